@@ -1,0 +1,131 @@
+/* libcqrs: the dispatcher: command bus on a libuv loop, and the event bus
+ * that publishes committed events to subscribers. */
+#ifndef CQRS_DISPATCHER_H
+#define CQRS_DISPATCHER_H
+
+#include <uv.h>
+
+#include "cqrs/repository.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cqrs_dispatcher cqrs_dispatcher_t;
+typedef struct cqrs_context cqrs_context_t;
+
+/* What a command came to. Borrowed by done callbacks. */
+typedef struct cqrs_result {
+  cqrs_error_t error;  /* code CQRS_OK on success; CQRS_EREJECTED for a business failure */
+  const char *command_id;
+  int64_t version;     /* version of the changed aggregate after the command */
+  size_t events;       /* events committed */
+  bool duplicate;      /* the command id had committed before: nothing appended */
+  const bson_t *value; /* optional value the handler returned, or NULL */
+} cqrs_result_t;
+
+#define cqrs_result_ok(r) ((r)->error.code == CQRS_OK)
+#define cqrs_result_rejected(r) ((r)->error.code == CQRS_EREJECTED)
+
+/* Completion of a command: runs once, on the loop thread. */
+typedef void (*cqrs_done_cb)(const cqrs_result_t *result, void *data);
+
+/* A command handler: load aggregates through the context, call the domain,
+ * return CQRS_OK (the context's pending events are committed), a rejection
+ * (cqrs_reject) or an error. It may run again after a concurrency conflict,
+ * so it must have no effect but through the context. It runs on the loop
+ * thread, or on a pool thread when the store or the handler blocks. */
+typedef cqrs_code_t (*cqrs_command_handler_fn)(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data,
+                                               cqrs_error_t *err);
+
+/* An event handler or projection: CQRS_OK, or an error (the event is retried
+ * with back-off, then dead-lettered). */
+typedef cqrs_code_t (*cqrs_event_handler_fn)(const cqrs_event_t *e, void *data, cqrs_error_t *err);
+
+/* Where events go once a subscriber has failed on them for good. Loop thread. */
+typedef void (*cqrs_dead_letter_fn)(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
+                                    void *data);
+
+typedef void (*cqrs_close_cb)(void *data);
+
+typedef struct cqrs_dispatcher_options {
+  unsigned conflict_retries;      /* handler re-runs after a conflict; default 5 */
+  unsigned retry_attempts;        /* deliveries to a failing subscriber; default 3 */
+  uint64_t retry_base_ms;         /* first back-off; default 1000 */
+  uint64_t retry_cap_ms;          /* back-off ceiling; default 30000 */
+  uint64_t poll_ms;               /* read the store for other processes' events every poll_ms; 0: off */
+  bool keep_alive;                /* keep the loop running until close, for commands from other threads */
+  cqrs_dead_letter_fn dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letters */
+  void *dead_letter_data;
+} cqrs_dispatcher_options_t;
+
+/* Fills `opts` with the defaults. */
+CQRS_EXPORT void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *opts);
+
+/* Creates a dispatcher on `loop`; call from the loop's thread. `reg` and
+ * `store` are borrowed and must outlive it. `opts` NULL: defaults. Reads the
+ * store's head once. Close it with cqrs_dispatcher_close. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqrs_store_t *store,
+                                            const cqrs_dispatcher_options_t *opts, cqrs_dispatcher_t **out,
+                                            cqrs_error_t *err);
+
+#define CQRS_HANDLER_BLOCKING 0x1u /* the handler blocks: run it on the thread pool */
+
+/* Registers the one handler of a command type (loop thread, before or while
+ * running). A second handler for the same type is CQRS_EDUPLICATE. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
+                                                 cqrs_command_handler_fn fn, void *data, unsigned flags,
+                                                 cqrs_error_t *err);
+
+/* Sends a command; callable from any thread. Takes over `cmd` in every case.
+ * The dispatcher keeps its loop alive while it has work it knows of; a
+ * command sent from another thread while uv_run has already returned waits
+ * for the next uv_run, unless the options ask for keep_alive.
+ * Returns CQRS_OK and later calls `done` exactly once on the loop thread, or
+ * returns an error (NULL arguments, CQRS_ECLOSED) and never calls `done`.
+ * A command with no handler completes with CQRS_ENO_HANDLER. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done,
+                                             void *data);
+
+/* Inside a handler: loads an aggregate (from the repository, once per id)
+ * and tracks it; the framework commits its pending events when the handler
+ * returns CQRS_OK. Only one aggregate may change per command. */
+CQRS_EXPORT cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *type, const char *id,
+                                          cqrs_aggregate_t **out, cqrs_error_t *err);
+/* Inside a handler: sets the value of the result (copied). */
+CQRS_EXPORT cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqrs_error_t *err);
+/* Inside a handler: the command being handled. */
+CQRS_EXPORT const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx);
+
+#define CQRS_SUBSCRIBE_BLOCKING 0x1u /* the handler blocks: deliver on the thread pool */
+
+/* Subscribes a named event handler to `types` (NULL-terminated; NULL: all
+ * types) from now on. Loop thread. Events come in position order, hence in
+ * version order per aggregate. A duplicate name is CQRS_EDUPLICATE. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name,
+                                                  const cqrs_event_type_t *const *types, cqrs_event_handler_fn fn,
+                                                  void *data, unsigned flags, cqrs_error_t *err);
+
+/* Number of events dead-lettered so far, and the i-th kept in memory
+ * (borrowed; NULL past the end or when a sink was given). Loop thread. */
+CQRS_EXPORT size_t cqrs_dispatcher_dead_letter_count(const cqrs_dispatcher_t *d);
+CQRS_EXPORT const cqrs_event_t *cqrs_dispatcher_dead_letter(const cqrs_dispatcher_t *d, size_t i,
+                                                            const char **subscriber, const cqrs_error_t **error);
+
+/* Number of commands sent and not yet completed. Any thread. */
+CQRS_EXPORT size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d);
+
+/* The dispatcher's store. */
+CQRS_EXPORT cqrs_store_t *cqrs_dispatcher_store(const cqrs_dispatcher_t *d);
+CQRS_EXPORT uv_loop_t *cqrs_dispatcher_loop(const cqrs_dispatcher_t *d);
+
+/* Closes: refuses new commands, completes those in flight, delivers what
+ * subscribers still hold (back-offs cut short), closes its handles, frees
+ * everything, then calls `cb` (may be NULL) on the loop thread. Loop thread;
+ * a second call is CQRS_ECLOSED. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_close(cqrs_dispatcher_t *d, cqrs_close_cb cb, void *data);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

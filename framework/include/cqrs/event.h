@@ -1,0 +1,80 @@
+/* libcqrs: event types and events. */
+#ifndef CQRS_EVENT_H
+#define CQRS_EVENT_H
+
+#include <bson/bson.h>
+
+#include "cqrs/fields.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* An event type, declared once as a static const and registered with a
+ * registry. Payloads are plain structs described by `fields`. */
+typedef struct cqrs_event_type {
+  const char *name;        /* stable, e.g. "account.deposited" */
+  uint32_t schema_version; /* current version of the payload shape, >= 1 */
+  size_t payload_size;
+  const cqrs_field_t *fields;
+} cqrs_event_type_t;
+
+/* What the events of one commit share. Immutable, reference counted. */
+typedef struct cqrs_envelope {
+  const char *aggregate_type;
+  const char *aggregate_id;
+  const char *causation_id;   /* the command that caused the events */
+  const char *correlation_id; /* the conversation the command belongs to */
+} cqrs_envelope_t;
+
+/* An event. Immutable once committed; every field is read-only to users.
+ * Events handed to a callback are borrowed for the duration of the call:
+ * take a reference with cqrs_event_ref to keep one. */
+typedef struct cqrs_event {
+  const cqrs_event_type_t *type;
+  const cqrs_envelope_t *envelope;
+  int64_t version;         /* 1-based, within the aggregate */
+  int64_t position;        /* global, assigned at commit; 0 before */
+  int64_t timestamp;       /* UTC ms */
+  uint32_t schema_version; /* always the type's current version once decoded */
+  char id[CQRS_EVENT_ID_LEN];
+  const void *payload; /* a `type->payload_size` struct */
+} cqrs_event_t;
+
+/* Convenience accessors. */
+#define cqrs_event_aggregate_id(e) ((e)->envelope->aggregate_id)
+#define cqrs_event_aggregate_type(e) ((e)->envelope->aggregate_type)
+#define cqrs_event_causation_id(e) ((e)->envelope->causation_id)
+#define cqrs_event_correlation_id(e) ((e)->envelope->correlation_id)
+
+/* Takes a reference; thread-safe. Returns `e`. */
+CQRS_EXPORT const cqrs_event_t *cqrs_event_ref(const cqrs_event_t *e);
+
+/* Drops a reference; the last one frees the event. NULL does nothing. */
+CQRS_EXPORT void cqrs_event_unref(const cqrs_event_t *e);
+
+/* Encodes a whole event (envelope, metadata and payload under "data"). */
+CQRS_EXPORT cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err);
+
+/* Creates an envelope with one reference, copying the strings (each at most
+ * CQRS_ID_MAX - 1 bytes or CQRS_ETOO_LARGE). Stores use it when decoding. */
+CQRS_EXPORT cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_id,
+                                          const char *causation_id, const char *correlation_id,
+                                          cqrs_envelope_t **out, cqrs_error_t *err);
+CQRS_EXPORT void cqrs_envelope_unref(const cqrs_envelope_t *env);
+
+/* Creates an event with one reference. Copies `payload` (payload_size bytes),
+ * takes a reference on `env`. `id` NULL generates one. Stores use it when
+ * decoding; domain code raises events through cqrs_aggregate_raise. */
+CQRS_EXPORT cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
+                                       int64_t version, int64_t timestamp, const void *payload,
+                                       cqrs_event_t **out, cqrs_error_t *err);
+
+/* Visitor used by stores and reads: return false to stop early. The event is
+ * borrowed for the duration of the call. */
+typedef bool (*cqrs_event_visit_cb)(const cqrs_event_t *e, void *data);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,56 @@
+/* libcqrs: projections (named, checkpointed subscribers) and checkpoint stores. */
+#ifndef CQRS_PROJECTION_H
+#define CQRS_PROJECTION_H
+
+#include "cqrs/dispatcher.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Where projections remember how far they have got. */
+typedef struct cqrs_checkpoint_ops {
+  bool blocking; /* called only from the thread pool when true */
+  /* *position is 0 when the projection has no checkpoint yet. */
+  cqrs_code_t (*load)(void *impl, const char *name, int64_t *position, cqrs_error_t *err);
+  cqrs_code_t (*save)(void *impl, const char *name, int64_t position, cqrs_error_t *err);
+  void (*destroy)(void *impl);
+} cqrs_checkpoint_ops_t;
+
+typedef struct cqrs_checkpoints cqrs_checkpoints_t;
+
+/* Wraps an implementation; takes over `impl`. */
+CQRS_EXPORT cqrs_checkpoints_t *cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl);
+CQRS_EXPORT void cqrs_checkpoints_destroy(cqrs_checkpoints_t *cp);
+CQRS_EXPORT cqrs_code_t cqrs_checkpoints_load(cqrs_checkpoints_t *cp, const char *name, int64_t *position,
+                                              cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_checkpoints_save(cqrs_checkpoints_t *cp, const char *name, int64_t position,
+                                              cqrs_error_t *err);
+/* In-memory checkpoints; thread-safe. */
+CQRS_EXPORT cqrs_checkpoints_t *cqrs_memory_checkpoints_new(void);
+
+typedef struct cqrs_projection_def {
+  const char *name;                      /* unique; the checkpoint's key */
+  const cqrs_event_type_t *const *types; /* NULL-terminated; NULL: all */
+  cqrs_event_handler_fn handler;         /* must be idempotent: it may see an event again after a crash */
+  void *data;
+  unsigned flags; /* CQRS_SUBSCRIBE_BLOCKING */
+} cqrs_projection_def_t;
+
+/* Starts a projection on `d` (loop thread): loads its checkpoint, catches up
+ * from it by reading the store, then follows live events, with no gap and
+ * no duplicate. The checkpoint advances after each batch applied. `cp` is
+ * borrowed and must outlive `d`. The dispatcher owns the projection. */
+CQRS_EXPORT cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
+                                              cqrs_checkpoints_t *cp, cqrs_error_t *err);
+
+/* True once the named projection has caught up and follows live events.
+ * Loop thread. */
+CQRS_EXPORT bool cqrs_projection_live(const cqrs_dispatcher_t *d, const char *name);
+/* Position of the last event the named projection has handled (0: none). */
+CQRS_EXPORT int64_t cqrs_projection_position(const cqrs_dispatcher_t *d, const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,44 @@
+/* libcqrs: queries: named, pure reads of read models. */
+#ifndef CQRS_QUERY_H
+#define CQRS_QUERY_H
+
+#include <uv.h>
+
+#include "cqrs/readmodel.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A query handler gets the read model as const: it can read, never write,
+ * and it has no way to the write side. `out` is initialised by the caller;
+ * the handler appends its answer. */
+typedef cqrs_code_t (*cqrs_query_fn)(const cqrs_readmodel_t *rm, const bson_t *params, bson_t *out, void *data,
+                                     cqrs_error_t *err);
+
+typedef struct cqrs_queries cqrs_queries_t;
+
+/* Creates a query bus over `rm` (borrowed). */
+CQRS_EXPORT cqrs_queries_t *cqrs_queries_new(const cqrs_readmodel_t *rm);
+CQRS_EXPORT void cqrs_queries_destroy(cqrs_queries_t *q);
+
+/* Registers query `name`; a duplicate is CQRS_EDUPLICATE. Before running any. */
+CQRS_EXPORT cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_fn fn, void *data,
+                                              cqrs_error_t *err);
+
+/* Runs query `name` on the calling thread (blocks when the read model does).
+ * `params` NULL is an empty document. Unknown name: CQRS_ENOT_FOUND. */
+CQRS_EXPORT cqrs_code_t cqrs_queries_run(const cqrs_queries_t *q, const char *name, const bson_t *params,
+                                         bson_t *out, cqrs_error_t *err);
+
+/* Runs query `name` off the loop thread when the read model blocks, inline
+ * otherwise, and calls `cb` once on the loop thread with the answer
+ * (borrowed). Returns an error without calling `cb` for NULL arguments. */
+typedef void (*cqrs_query_cb)(cqrs_code_t code, const bson_t *answer, const cqrs_error_t *err, void *data);
+CQRS_EXPORT cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const char *name,
+                                          const bson_t *params, cqrs_query_cb cb, void *data);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

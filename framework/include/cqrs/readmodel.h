@@ -1,0 +1,77 @@
+/* libcqrs: read-model stores: BSON documents by id in named collections,
+ * written by projections, read by queries. */
+#ifndef CQRS_READMODEL_H
+#define CQRS_READMODEL_H
+
+#include <bson/bson.h>
+
+#include "cqrs/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Every document written through this interface remembers, under the key
+ * CQRS_RM_POSITION, the global position of the last event applied to it; a
+ * write with a position not above it changes nothing, so replaying events is
+ * harmless. */
+#define CQRS_RM_POSITION "_position"
+#define CQRS_RM_MAX_FILTER 8
+
+typedef struct cqrs_find {
+  const bson_t *filter; /* equality on (dotted) keys, NULL: all */
+  const char *sort;     /* a (dotted) key, NULL: by id */
+  bool descending;
+  size_t limit; /* 0: no limit */
+} cqrs_find_t;
+
+typedef bool (*cqrs_doc_visit_cb)(const bson_t *doc, void *data);
+
+typedef struct cqrs_readmodel_ops {
+  bool blocking;
+  /* Inserts or replaces document `id` (the store sets _id and _position). */
+  cqrs_code_t (*put)(void *impl, const char *coll, const char *id, const bson_t *doc, int64_t position,
+                     bool *applied, cqrs_error_t *err);
+  /* Sets the given keys of document `id` (CQRS_ENOT_FOUND when absent). */
+  cqrs_code_t (*patch)(void *impl, const char *coll, const char *id, const bson_t *set, int64_t position,
+                       bool *applied, cqrs_error_t *err);
+  /* Sets the given keys of every document matching `filter`; *count updated. */
+  cqrs_code_t (*patch_where)(void *impl, const char *coll, const bson_t *filter, const bson_t *set,
+                             int64_t position, size_t *count, cqrs_error_t *err);
+  /* Copies document `id` into `out` (initialised by the store when found). */
+  cqrs_code_t (*get)(void *impl, const char *coll, const char *id, bson_t *out, bool *found, cqrs_error_t *err);
+  cqrs_code_t (*find)(void *impl, const char *coll, const cqrs_find_t *q, cqrs_doc_visit_cb cb, void *data,
+                      cqrs_error_t *err);
+  void (*destroy)(void *impl);
+} cqrs_readmodel_ops_t;
+
+typedef struct cqrs_readmodel cqrs_readmodel_t;
+
+/* Wraps an implementation; takes over `impl`. */
+CQRS_EXPORT cqrs_readmodel_t *cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl);
+CQRS_EXPORT void cqrs_readmodel_destroy(cqrs_readmodel_t *rm);
+CQRS_EXPORT bool cqrs_readmodel_blocking(const cqrs_readmodel_t *rm);
+/* In-memory read model; thread-safe. */
+CQRS_EXPORT cqrs_readmodel_t *cqrs_memory_readmodel_new(void);
+
+/* Writes (projections). `applied`/`count` may be NULL. Arguments are checked:
+ * NULL or empty names, ids over CQRS_ID_MAX - 1 bytes, position < 1. */
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_put(cqrs_readmodel_t *rm, const char *coll, const char *id,
+                                           const bson_t *doc, int64_t position, bool *applied, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_patch(cqrs_readmodel_t *rm, const char *coll, const char *id,
+                                             const bson_t *set, int64_t position, bool *applied,
+                                             cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_patch_where(cqrs_readmodel_t *rm, const char *coll, const bson_t *filter,
+                                                   const bson_t *set, int64_t position, size_t *count,
+                                                   cqrs_error_t *err);
+
+/* Reads (queries): take a const read model. */
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_get(const cqrs_readmodel_t *rm, const char *coll, const char *id,
+                                           bson_t *out, bool *found, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_find(const cqrs_readmodel_t *rm, const char *coll, const cqrs_find_t *q,
+                                            cqrs_doc_visit_cb cb, void *data, cqrs_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,59 @@
+/* libcqrs: the registry of types and upcasters. */
+#ifndef CQRS_REGISTRY_H
+#define CQRS_REGISTRY_H
+
+#include "cqrs/aggregate.h"
+#include "cqrs/command.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Turns a payload of schema version `from` into version `from + 1`.
+ * `out` is initialised by the caller. */
+typedef cqrs_code_t (*cqrs_upcast_fn)(const bson_t *in, bson_t *out, cqrs_error_t *err);
+
+/* Creates an empty registry. Register every type before sharing it between
+ * threads: reads are then lock-free. Free with cqrs_registry_destroy. */
+CQRS_EXPORT cqrs_registry_t *cqrs_registry_new(void);
+CQRS_EXPORT void cqrs_registry_destroy(cqrs_registry_t *reg);
+
+/* Register a type (borrowed: descriptors are static). A second type of the
+ * same name is CQRS_EDUPLICATE; a descriptor missing its name, size or
+ * fields is CQRS_EINVAL. */
+CQRS_EXPORT cqrs_code_t cqrs_registry_add_command(cqrs_registry_t *reg, const cqrs_command_type_t *type,
+                                                  cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_registry_add_event(cqrs_registry_t *reg, const cqrs_event_type_t *type,
+                                                cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_registry_add_aggregate(cqrs_registry_t *reg, const cqrs_aggregate_type_t *type,
+                                                    cqrs_error_t *err);
+
+/* Registers the upcaster from schema version `from` of event type `name`. */
+CQRS_EXPORT cqrs_code_t cqrs_registry_add_upcaster(cqrs_registry_t *reg, const char *name, uint32_t from,
+                                                   cqrs_upcast_fn fn, cqrs_error_t *err);
+
+/* Look-ups by name; NULL when unknown. */
+CQRS_EXPORT const cqrs_command_type_t *cqrs_registry_command(const cqrs_registry_t *reg, const char *name);
+CQRS_EXPORT const cqrs_event_type_t *cqrs_registry_event(const cqrs_registry_t *reg, const char *name);
+CQRS_EXPORT const cqrs_aggregate_type_t *cqrs_registry_aggregate(const cqrs_registry_t *reg, const char *name);
+
+/* Decodes a payload stored at `schema_version` of type `name`: runs the
+ * upcasters up to the current version, then the field table. *payload is
+ * allocated (type->payload_size bytes, free with cqrs_payload_free).
+ * Unknown type: CQRS_EUNKNOWN_TYPE; missing upcaster or newer version than
+ * known: CQRS_ECODEC. */
+CQRS_EXPORT cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char *name,
+                                                     uint32_t schema_version, const bson_t *data,
+                                                     const cqrs_event_type_t **type, void **payload,
+                                                     cqrs_error_t *err);
+CQRS_EXPORT void cqrs_payload_free(void *payload);
+
+/* Decodes a whole event document as written by cqrs_event_to_bson (upcasting
+ * its payload). The event has one reference. */
+CQRS_EXPORT cqrs_code_t cqrs_event_from_bson(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_t **out,
+                                             cqrs_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,95 @@
+/* libcqrs: the event store interface and the in-memory store. */
+#ifndef CQRS_STORE_H
+#define CQRS_STORE_H
+
+#include "cqrs/registry.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One commit: the pending events of one aggregate, all or nothing. */
+typedef struct cqrs_append {
+  const char *aggregate_type;
+  const char *aggregate_id;
+  int64_t expected_version; /* the stream's version before the commit */
+  const char *command_id;   /* a command id already committed appends nothing */
+  cqrs_event_t *const *events;
+  size_t count;
+} cqrs_append_t;
+
+typedef struct cqrs_append_result {
+  int64_t first_position; /* positions given to the events (0 when duplicate) */
+  int64_t last_position;
+  bool duplicate; /* the command id had committed before: nothing appended */
+} cqrs_append_result_t;
+
+typedef struct cqrs_snapshot {
+  const char *aggregate_type;
+  const char *aggregate_id;
+  int64_t version;
+  uint32_t schema_version;
+  bson_t state; /* owned by whoever initialised it */
+} cqrs_snapshot_t;
+
+/* What a store implements. Calls may come from any thread at once. A store
+ * whose calls block (network I/O) sets `blocking`: the framework then calls
+ * it only from the libuv thread pool, never from the loop thread. */
+typedef struct cqrs_store_ops {
+  const char *name;
+  bool blocking;
+  /* All or nothing. Sets each event's position. Stream moved: CQRS_ECONFLICT. */
+  cqrs_code_t (*append)(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err);
+  /* Visits the events of a stream with version >= from_version, in order. */
+  cqrs_code_t (*read_stream)(void *impl, const char *aggregate_type, const char *aggregate_id,
+                             int64_t from_version, cqrs_event_visit_cb cb, void *data, cqrs_error_t *err);
+  /* Visits up to `limit` events with position >= from_position, in position
+   * order, never skipping one that commits later with a smaller position. */
+  cqrs_code_t (*read_all)(void *impl, int64_t from_position, size_t limit, cqrs_event_visit_cb cb, void *data,
+                          cqrs_error_t *err);
+  /* The highest position visible to read_all (0: empty). */
+  cqrs_code_t (*head)(void *impl, int64_t *position, cqrs_error_t *err);
+  /* Newest snapshot of a stream; *found false when none. `out->state` is
+   * initialised by the store when found; the caller destroys it. */
+  cqrs_code_t (*snapshot_load)(void *impl, const char *aggregate_type, const char *aggregate_id,
+                               cqrs_snapshot_t *out, bool *found, cqrs_error_t *err);
+  cqrs_code_t (*snapshot_save)(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err);
+  void (*destroy)(void *impl);
+} cqrs_store_ops_t;
+
+typedef struct cqrs_store cqrs_store_t;
+
+/* Wraps an implementation. `ops` is borrowed (static); `impl` is taken over
+ * and released by ops->destroy in cqrs_store_destroy. */
+CQRS_EXPORT cqrs_store_t *cqrs_store_new(const cqrs_store_ops_t *ops, void *impl);
+/* Destroys the store. Nothing may use it afterwards. NULL does nothing. */
+CQRS_EXPORT void cqrs_store_destroy(cqrs_store_t *store);
+CQRS_EXPORT bool cqrs_store_blocking(const cqrs_store_t *store);
+CQRS_EXPORT void *cqrs_store_impl(const cqrs_store_t *store);
+
+/* Checked entry points: validate arguments (NULL, empty or oversized ids,
+ * negative versions, zero events) before calling the implementation. */
+CQRS_EXPORT cqrs_code_t cqrs_store_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
+                                          cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_store_read_stream(cqrs_store_t *s, const char *aggregate_type,
+                                               const char *aggregate_id, int64_t from_version,
+                                               cqrs_event_visit_cb cb, void *data, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_store_read_all(cqrs_store_t *s, int64_t from_position, size_t limit,
+                                            cqrs_event_visit_cb cb, void *data, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_store_head(cqrs_store_t *s, int64_t *position, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_store_snapshot_load(cqrs_store_t *s, const char *aggregate_type,
+                                                 const char *aggregate_id, cqrs_snapshot_t *out, bool *found,
+                                                 cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_store_snapshot_save(cqrs_store_t *s, const cqrs_snapshot_t *snap, cqrs_error_t *err);
+
+/* The in-memory store, the embedded default: non-blocking, thread-safe,
+ * lock-free reads. Holds up to 2^26 events. */
+CQRS_EXPORT cqrs_store_t *cqrs_memory_store_new(void);
+
+/* Bytes the memory store holds beyond event payloads (for benchmarks). */
+CQRS_EXPORT size_t cqrs_memory_store_overhead(const cqrs_store_t *store);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

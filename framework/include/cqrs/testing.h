@@ -1,0 +1,78 @@
+/* libcqrs-testing: given / when / then helpers for aggregate tests. Each
+ * fixture owns a real libuv loop, an in-memory store and a dispatcher; the
+ * test never sees them. Link cqrs::testing. */
+#ifndef CQRS_TESTING_H
+#define CQRS_TESTING_H
+
+#include "cqrs/cqrs.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cqrs_test cqrs_test_t;
+
+/* Registers the handlers (and subscribers) under test on the fixture's
+ * dispatcher. */
+typedef cqrs_code_t (*cqrs_test_setup_fn)(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err);
+
+/* Creates a fixture for aggregate `id` of `type`. `reg` is borrowed. Returns
+ * NULL (and prints why) if `setup` fails. */
+CQRS_EXPORT cqrs_test_t *cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type,
+                                       const char *id, cqrs_test_setup_fn setup, void *data);
+
+/* Closes the dispatcher and the loop. Returns false (and prints why) when
+ * the loop did not close cleanly. NULL: true. */
+CQRS_EXPORT bool cqrs_test_destroy(cqrs_test_t *t);
+
+/* Given: appends one past event to the aggregate under test, or to another
+ * aggregate with _for. */
+CQRS_EXPORT cqrs_code_t cqrs_test_given(cqrs_test_t *t, const cqrs_event_type_t *type, const void *payload);
+CQRS_EXPORT cqrs_code_t cqrs_test_given_for(cqrs_test_t *t, const cqrs_aggregate_type_t *atype, const char *id,
+                                            const cqrs_event_type_t *type, const void *payload);
+
+/* When: builds the command and runs it to completion on the fixture's loop.
+ * A payload that fails validation yields CQRS_EINVALID_COMMAND as result. */
+CQRS_EXPORT cqrs_code_t cqrs_test_when(cqrs_test_t *t, const cqrs_command_type_t *type, const void *payload);
+
+/* The last when's result (borrowed) and the events it committed. */
+CQRS_EXPORT const cqrs_error_t *cqrs_test_error(const cqrs_test_t *t);
+CQRS_EXPORT size_t cqrs_test_event_count(const cqrs_test_t *t);
+CQRS_EXPORT const cqrs_event_t *cqrs_test_event(const cqrs_test_t *t, size_t i);
+/* State of the aggregate under test, loaded afresh from the store: free
+ * with cqrs_aggregate_destroy. */
+CQRS_EXPORT cqrs_aggregate_t *cqrs_test_load(cqrs_test_t *t);
+CQRS_EXPORT cqrs_dispatcher_t *cqrs_test_dispatcher(cqrs_test_t *t);
+/* Runs the fixture's loop until nothing is pending. */
+CQRS_EXPORT void cqrs_test_run(cqrs_test_t *t);
+
+typedef struct cqrs_expected_event {
+  const cqrs_event_type_t *type; /* NULL ends a list */
+  const void *payload;
+} cqrs_expected_event_t;
+
+/* Then: each returns true, or false with a readable explanation in msg. */
+CQRS_EXPORT bool cqrs_test_check_events(const cqrs_test_t *t, const cqrs_expected_event_t *expected, char *msg,
+                                        size_t cap);
+CQRS_EXPORT bool cqrs_test_check_rejected(const cqrs_test_t *t, const char *reason, char *msg, size_t cap);
+CQRS_EXPORT bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, char *msg, size_t cap);
+
+/* cmocka assertions (include <cmocka.h> first). */
+#define CQRS__THEN(check)        \
+  do {                           \
+    char cqrs__msg[2048];        \
+    if (!(check)) fail_msg("%s", cqrs__msg); \
+  } while (0)
+#define CQRS_THEN_EVENTS(t, ...) \
+  CQRS__THEN(cqrs_test_check_events((t), (const cqrs_expected_event_t[]){__VA_ARGS__, {NULL, NULL}}, cqrs__msg, sizeof cqrs__msg))
+#define CQRS_THEN_NO_EVENTS(t) \
+  CQRS__THEN(cqrs_test_check_events((t), (const cqrs_expected_event_t[]){{NULL, NULL}}, cqrs__msg, sizeof cqrs__msg))
+#define CQRS_THEN_REJECTED(t, reason) CQRS__THEN(cqrs_test_check_rejected((t), (reason), cqrs__msg, sizeof cqrs__msg))
+#define CQRS_THEN_ERROR(t, code) CQRS__THEN(cqrs_test_check_error((t), (code), cqrs__msg, sizeof cqrs__msg))
+#define CQRS_GIVEN(t, type, ...) assert_int_equal(cqrs_test_given((t), (type), &(__VA_ARGS__)), CQRS_OK)
+#define CQRS_WHEN(t, type, ...) assert_int_equal(cqrs_test_when((t), (type), &(__VA_ARGS__)), CQRS_OK)
+
+#ifdef __cplusplus
+}
+#endif
+#endif

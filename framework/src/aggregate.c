@@ -1,0 +1,109 @@
+#include "cqrs-private.h"
+
+cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
+                               cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!type || !type->name || !type->apply)
+    return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks a name or an apply table");
+  cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
+  if (rc) return rc;
+  cqrs_aggregate_t *agg = cqrs__calloc(1, sizeof *agg);
+  void *state = cqrs__calloc(1, type->state_size ? type->state_size : 1);
+  if (!agg || !state) {
+    cqrs__free(agg);
+    cqrs__free(state);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an aggregate");
+  }
+  agg->type = type;
+  memcpy(agg->id, id, strlen(id) + 1);
+  agg->state = state;
+  if (type->state_init) type->state_init(state);
+  *out = agg;
+  return CQRS_OK;
+}
+
+void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg) {
+  for (size_t i = 0; i < agg->pending_count; i++) cqrs_event_unref(agg->pending[i]);
+  agg->pending_count = 0;
+}
+
+void cqrs_aggregate_destroy(cqrs_aggregate_t *agg) {
+  if (!agg) return;
+  cqrs__aggregate_clear_pending(agg);
+  cqrs__free(agg->pending);
+  if (agg->type->state_cleanup) agg->type->state_cleanup(agg->state);
+  cqrs__free(agg->state);
+  cqrs_envelope_unref(agg->envelope);
+  cqrs__free(agg);
+}
+
+void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env) {
+  cqrs_envelope_unref(agg->envelope);
+  agg->envelope = env;
+}
+
+static void apply_to_state(cqrs_aggregate_t *agg, const cqrs_event_t *e) {
+  for (const cqrs_apply_entry_t *a = agg->type->apply; a->type; a++) {
+    if (a->type == e->type) {
+      a->apply(agg->state, e);
+      return;
+    }
+  }
+}
+
+cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t *type, const void *payload,
+                                 cqrs_error_t *err) {
+  if (!agg || !type || !payload) return cqrs_error_set(err, CQRS_EINVAL, "NULL aggregate, event type or payload");
+  if (type->fields) {
+    cqrs_error_t e;
+    if (cqrs_fields_validate(type->fields, payload, &e))
+      return cqrs_error_set(err, CQRS_EINVAL, "event %.64s: %.180s", type->name, e.message);
+  }
+  if (!agg->envelope) {
+    cqrs_envelope_t *env;
+    cqrs_code_t rc = cqrs_envelope_new(agg->type->name, agg->id, NULL, NULL, &env, err);
+    if (rc) return rc;
+    agg->envelope = env;
+  }
+  if (agg->pending_count == agg->pending_cap) {
+    size_t cap = agg->pending_cap ? agg->pending_cap * 2 : 4;
+    cqrs_event_t **p = cqrs__realloc(agg->pending, cap * sizeof *p);
+    if (!p) return cqrs_error_set(err, CQRS_ENOMEM, "cannot grow the pending events");
+    agg->pending = p;
+    agg->pending_cap = cap;
+  }
+  cqrs_event_t *e;
+  int64_t version = agg->version + (int64_t)agg->pending_count + 1;
+  cqrs_code_t rc = cqrs_event_new(type, agg->envelope, NULL, version, cqrs_now_ms(), payload, &e, err);
+  if (rc) return rc;
+  apply_to_state(agg, e);
+  agg->pending[agg->pending_count++] = e;
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_aggregate_apply(cqrs_aggregate_t *agg, const cqrs_event_t *e, cqrs_error_t *err) {
+  if (!agg || !e) return cqrs_error_set(err, CQRS_EINVAL, "NULL aggregate or event");
+  if (agg->pending_count) return cqrs_error_set(err, CQRS_ESTATE, "aggregate has pending events");
+  if (e->version != agg->version + 1)
+    return cqrs_error_set(err, CQRS_ESTATE, "event version %lld does not follow %lld", (long long)e->version,
+                          (long long)agg->version);
+  apply_to_state(agg, e);
+  agg->version = e->version;
+  return CQRS_OK;
+}
+
+void cqrs__aggregate_committed(cqrs_aggregate_t *agg) {
+  agg->version += (int64_t)agg->pending_count;
+  cqrs__aggregate_clear_pending(agg);
+}
+
+const cqrs_aggregate_type_t *cqrs_aggregate_type(const cqrs_aggregate_t *agg) { return agg ? agg->type : NULL; }
+const char *cqrs_aggregate_id(const cqrs_aggregate_t *agg) { return agg ? agg->id : NULL; }
+void *cqrs_aggregate_state(cqrs_aggregate_t *agg) { return agg ? agg->state : NULL; }
+const void *cqrs_aggregate_state_const(const cqrs_aggregate_t *agg) { return agg ? agg->state : NULL; }
+int64_t cqrs_aggregate_version(const cqrs_aggregate_t *agg) { return agg ? agg->version : 0; }
+size_t cqrs_aggregate_pending_count(const cqrs_aggregate_t *agg) { return agg ? agg->pending_count : 0; }
+const cqrs_event_t *cqrs_aggregate_pending(const cqrs_aggregate_t *agg, size_t i) {
+  return agg && i < agg->pending_count ? agg->pending[i] : NULL;
+}

@@ -1,0 +1,565 @@
+/* The event side of the dispatcher. One feed reads committed events from the
+ * store in position order and fans them out; each subscriber has its own
+ * queue, so a failing one (retried with back-off, then dead-lettered) holds
+ * up nobody else. Projections first catch up from their checkpoint by
+ * reading the store, then join the feed. */
+#include <stdio.h>
+
+#include "dispatcher-private.h"
+
+#define FEED_BATCH 256
+#define SUB_BATCH 64
+#define CATCHUP_RETRY_MS 10
+
+static void sub_run(sub_t *s);
+
+/* ---- subscriber queues ---- */
+
+static bool q_push(sub_t *s, const cqrs_event_t *e) {
+  if (s->q_len == s->q_cap) {
+    size_t cap = s->q_cap ? s->q_cap * 2 : 64;
+    const cqrs_event_t **q = cqrs__malloc(cap * sizeof *q);
+    if (!q) return false;
+    for (size_t i = 0; i < s->q_len; i++) q[i] = s->q[(s->q_head + i) % s->q_cap];
+    cqrs__free((void *)s->q);
+    s->q = q;
+    s->q_cap = cap;
+    s->q_head = 0;
+  }
+  s->q[(s->q_head + s->q_len) % s->q_cap] = cqrs_event_ref(e);
+  s->q_len++;
+  return true;
+}
+
+static const cqrs_event_t *q_peek(const sub_t *s, size_t i) { return s->q[(s->q_head + i) % s->q_cap]; }
+
+static void q_pop(sub_t *s) {
+  cqrs_event_unref(s->q[s->q_head]);
+  s->q_head = (s->q_head + 1) % s->q_cap;
+  s->q_len--;
+}
+
+static bool sub_wants(const sub_t *s, const cqrs_event_t *e) {
+  if (!s->types) return true;
+  for (const cqrs_event_type_t **t = s->types; *t; t++) {
+    if (*t == e->type) return true;
+  }
+  return false;
+}
+
+/* ---- dead letters ---- */
+
+static void dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error) {
+  cqrs_dispatcher_t *d = s->d;
+  d->dead_total++;
+  if (d->opts.dead_letter) {
+    d->opts.dead_letter(s->name, e, error, d->opts.dead_letter_data);
+    return;
+  }
+  if (d->ndead == d->dead_cap) {
+    size_t cap = d->dead_cap ? d->dead_cap * 2 : 16;
+    dead_letter_t *p = cqrs__realloc(d->dead, cap * sizeof *p);
+    if (!p) {
+      fprintf(stderr, "cqrs: dead letter of %s/%s #%lld lost: out of memory\n", s->name, e->type->name,
+              (long long)e->position);
+      return;
+    }
+    d->dead = p;
+    d->dead_cap = cap;
+  }
+  dead_letter_t *dl = &d->dead[d->ndead++];
+  dl->event = cqrs_event_ref(e);
+  snprintf(dl->subscriber, sizeof dl->subscriber, "%s", s->name);
+  dl->error = *error;
+}
+
+size_t cqrs_dispatcher_dead_letter_count(const cqrs_dispatcher_t *d) { return d ? d->dead_total : 0; }
+
+const cqrs_event_t *cqrs_dispatcher_dead_letter(const cqrs_dispatcher_t *d, size_t i, const char **subscriber,
+                                                const cqrs_error_t **error) {
+  if (!d || i >= d->ndead) return NULL;
+  if (subscriber) *subscriber = d->dead[i].subscriber;
+  if (error) *error = &d->dead[i].error;
+  return d->dead[i].event;
+}
+
+/* ---- delivery ---- */
+
+static uint64_t backoff_ms(const cqrs_dispatcher_t *d, unsigned attempts) {
+  uint64_t ms = d->opts.retry_base_ms;
+  for (unsigned i = 1; i < attempts && ms < d->opts.retry_cap_ms; i++) ms *= 2;
+  return ms > d->opts.retry_cap_ms ? d->opts.retry_cap_ms : ms;
+}
+
+static void timer_cb(uv_timer_t *t) {
+  sub_t *s = t->data;
+  s->waiting = false;
+  sub_run(s);
+}
+
+/* The head of the queue failed: retry later, or give up on it. Returns true
+ * when the caller may go on with the queue. */
+static bool head_failed(sub_t *s, const cqrs_error_t *error) {
+  s->attempts++;
+  s->last_error = *error;
+  if (s->attempts < s->d->opts.retry_attempts) {
+    if (atomic_load(&s->d->closing)) return true; /* closing: retry at once */
+    s->waiting = true;
+    uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, s->attempts), 0);
+    return false;
+  }
+  const cqrs_event_t *e = q_peek(s, 0);
+  dead_letter(s, e, error);
+  s->position = e->position;
+  s->attempts = 0;
+  q_pop(s);
+  return true;
+}
+
+static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
+  cqrs_error_clear(err);
+  cqrs_code_t rc = s->fn(e, s->data, err);
+  if (rc && err->code == CQRS_OK) cqrs_error_set(err, rc, "subscriber %s returned %s", s->name, cqrs_code_name(rc));
+  return rc;
+}
+
+static void save_checkpoint(sub_t *s) {
+  if (!s->cp || s->position == s->saved) return;
+  cqrs_error_t err;
+  if (cqrs_checkpoints_save(s->cp, s->name, s->position, &err) == CQRS_OK) {
+    s->saved = s->position;
+  } else {
+    fprintf(stderr, "cqrs: checkpoint of %s not saved: %s\n", s->name, err.message);
+  }
+}
+
+/* ---- pool work: blocking subscribers and blocking stores ---- */
+
+typedef struct sub_work {
+  uv_work_t req;
+  sub_t *s;
+  const cqrs_event_t *batch[SUB_BATCH];
+  size_t n, done;
+  bool catchup; /* a read of the store rather than deliveries */
+  cqrs__event_vec_t read;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+  int64_t position;
+} sub_work_t;
+
+static bool collect(const cqrs_event_t *e, void *data) {
+  return cqrs__event_vec_push_ref(data, e) == CQRS_OK;
+}
+
+static void sub_work_cb(uv_work_t *w) {
+  sub_work_t *sw = w->data;
+  sub_t *s = sw->s;
+  if (sw->catchup) {
+    sw->rc = cqrs_store_read_all(s->d->store, s->read_pos + 1, FEED_BATCH, collect, &sw->read, &sw->err);
+    return;
+  }
+  sw->rc = CQRS_OK;
+  for (sw->done = 0; sw->done < sw->n; sw->done++) {
+    if ((sw->rc = call_handler(s, sw->batch[sw->done], &sw->err))) break;
+    sw->position = sw->batch[sw->done]->position;
+  }
+  if (s->cp && sw->done) {
+    /* Blocking projections save their checkpoint here, off the loop. */
+    cqrs_error_t err;
+    if (cqrs_checkpoints_save(s->cp, s->name, sw->position, &err) == CQRS_OK) s->saved = sw->position;
+  }
+}
+
+static void sub_after_work(uv_work_t *w, int status) {
+  sub_work_t *sw = w->data;
+  sub_t *s = sw->s;
+  s->busy = false;
+  s->d->work_inflight--;
+  if (sw->catchup) {
+    if (status == 0 && sw->rc == CQRS_OK) {
+      for (size_t i = 0; i < sw->read.len; i++) {
+        q_push(s, sw->read.items[i]);
+        s->read_pos = sw->read.items[i]->position;
+      }
+      if (sw->read.len == 0) {
+        if (s->read_pos >= s->d->feed_pos) {
+          s->state = SUB_LIVE;
+        } else if (!atomic_load(&s->d->closing)) {
+          s->waiting = true;
+          uv_timer_start(&s->timer, timer_cb, CATCHUP_RETRY_MS, 0);
+        }
+      }
+    } else if (!atomic_load(&s->d->closing)) {
+      fprintf(stderr, "cqrs: projection %s cannot read the store: %s\n", s->name, sw->err.message);
+      s->waiting = true;
+      uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, 1), 0);
+    }
+    cqrs__event_vec_free(&sw->read);
+  } else {
+    for (size_t i = 0; i < sw->done; i++) {
+      s->position = q_peek(s, 0)->position;
+      s->attempts = 0;
+      q_pop(s);
+    }
+    if (status == 0 && sw->rc != CQRS_OK) head_failed(s, &sw->err);
+  }
+  cqrs__free(sw);
+  sub_run(s);
+  if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
+}
+
+static bool start_work(sub_t *s, bool catchup) {
+  sub_work_t *sw = cqrs__calloc(1, sizeof *sw);
+  if (!sw) return false;
+  sw->s = s;
+  sw->catchup = catchup;
+  if (!catchup) {
+    sw->n = s->q_len < SUB_BATCH ? s->q_len : SUB_BATCH;
+    for (size_t i = 0; i < sw->n; i++) sw->batch[i] = q_peek(s, i);
+  }
+  sw->req.data = sw;
+  if (uv_queue_work(s->d->loop, &sw->req, sub_work_cb, sub_after_work)) {
+    cqrs__free(sw);
+    return false;
+  }
+  s->busy = true;
+  s->d->work_inflight++;
+  return true;
+}
+
+/* Reads the next catch-up batch inline (non-blocking store). Returns the
+ * number of events queued. */
+static size_t catchup_inline(sub_t *s) {
+  cqrs__event_vec_t v = {0};
+  cqrs_error_t err;
+  if (cqrs_store_read_all(s->d->store, s->read_pos + 1, FEED_BATCH, collect, &v, &err)) {
+    fprintf(stderr, "cqrs: projection %s cannot read the store: %s\n", s->name, err.message);
+  }
+  for (size_t i = 0; i < v.len; i++) {
+    q_push(s, v.items[i]);
+    s->read_pos = v.items[i]->position;
+  }
+  size_t n = v.len;
+  cqrs__event_vec_free(&v);
+  return n;
+}
+
+/* Moves a subscriber forward as far as it can without waiting. */
+static void sub_run(sub_t *s) {
+  if (s->running) return;
+  s->running = true;
+  cqrs_dispatcher_t *d = s->d;
+  bool closing = atomic_load(&d->closing);
+  while (!s->busy && !s->waiting && s->state != SUB_LOADING) {
+    if (s->q_len) {
+      if (s->blocking) {
+        if (!start_work(s, false)) break;
+        continue;
+      }
+      cqrs_error_t err;
+      const cqrs_event_t *e = q_peek(s, 0);
+      if (call_handler(s, e, &err) == CQRS_OK) {
+        s->position = e->position;
+        s->attempts = 0;
+        q_pop(s);
+      } else if (!head_failed(s, &err)) {
+        break;
+      }
+      continue;
+    }
+    if (s->state != SUB_CATCHING_UP || closing) break;
+    if (cqrs_store_blocking(d->store)) {
+      start_work(s, true);
+      break;
+    }
+    if (catchup_inline(s) == 0) {
+      if (s->read_pos >= d->feed_pos) s->state = SUB_LIVE;
+      break;
+    }
+  }
+  if (!s->blocking) save_checkpoint(s);
+  s->running = false;
+}
+
+static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
+  for (size_t i = 0; i < d->nsubs; i++) {
+    sub_t *s = d->subs[i];
+    if (s->state != SUB_LIVE || e->position <= s->position || !sub_wants(s, e)) continue;
+    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running) {
+      cqrs_error_t err;
+      if (call_handler(s, e, &err) == CQRS_OK) {
+        s->position = e->position;
+        continue;
+      }
+      q_push(s, e);
+      head_failed(s, &err);
+      continue;
+    }
+    if (!q_push(s, e)) {
+      cqrs_error_t err;
+      cqrs_error_set(&err, CQRS_ENOMEM, "subscriber queue full");
+      dead_letter(s, e, &err);
+    }
+  }
+  d->feed_pos = e->position;
+}
+
+static void feed_done(cqrs_dispatcher_t *d) {
+  for (size_t i = 0; i < d->nsubs; i++) sub_run(d->subs[i]);
+}
+
+static bool feed_visit(const cqrs_event_t *e, void *data) {
+  fan_out(data, e);
+  return true;
+}
+
+typedef struct feed_work {
+  uv_work_t req;
+  cqrs_dispatcher_t *d;
+  int64_t from;
+  cqrs__event_vec_t read;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+} feed_work_t;
+
+static void feed_work_cb(uv_work_t *w) {
+  feed_work_t *fw = w->data;
+  fw->rc = cqrs_store_read_all(fw->d->store, fw->from, FEED_BATCH, collect, &fw->read, &fw->err);
+}
+
+static void feed_after_work(uv_work_t *w, int status) {
+  feed_work_t *fw = w->data;
+  cqrs_dispatcher_t *d = fw->d;
+  d->feed_busy = false;
+  d->work_inflight--;
+  if (status == 0 && fw->rc == CQRS_OK) {
+    for (size_t i = 0; i < fw->read.len; i++) {
+      if (fw->read.items[i]->position > d->feed_pos) fan_out(d, fw->read.items[i]);
+    }
+  } else if (status == 0) {
+    fprintf(stderr, "cqrs: event feed cannot read the store: %s\n", fw->err.message);
+  }
+  bool again = d->feed_again || fw->read.len == FEED_BATCH;
+  cqrs__event_vec_free(&fw->read);
+  cqrs__free(fw);
+  feed_done(d);
+  if (again && !atomic_load(&d->closing)) cqrs__feed_kick(d, 0);
+  if (atomic_load(&d->closing)) cqrs__dispatcher_maybe_closed(d);
+}
+
+void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to) {
+  if (d->nsubs == 0) {
+    if (committed_up_to > d->feed_pos) d->feed_pos = committed_up_to;
+    return;
+  }
+  if (!cqrs_store_blocking(d->store)) {
+    cqrs_error_t err;
+    int64_t before;
+    do {
+      before = d->feed_pos;
+      if (cqrs_store_read_all(d->store, d->feed_pos + 1, FEED_BATCH, feed_visit, d, &err)) {
+        fprintf(stderr, "cqrs: event feed cannot read the store: %s\n", err.message);
+        break;
+      }
+    } while (d->feed_pos - before == FEED_BATCH);
+    feed_done(d);
+    return;
+  }
+  if (d->feed_busy) {
+    d->feed_again = true;
+    return;
+  }
+  feed_work_t *fw = cqrs__calloc(1, sizeof *fw);
+  if (!fw) return;
+  fw->d = d;
+  fw->from = d->feed_pos + 1;
+  fw->req.data = fw;
+  if (uv_queue_work(d->loop, &fw->req, feed_work_cb, feed_after_work)) {
+    cqrs__free(fw);
+    return;
+  }
+  d->feed_busy = true;
+  d->feed_again = false;
+  d->work_inflight++;
+}
+
+/* ---- subscribing ---- */
+
+static cqrs_code_t add_sub(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,
+                           cqrs_event_handler_fn fn, void *data, bool blocking, sub_t **out, cqrs_error_t *err) {
+  if (!d || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher or handler");
+  if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
+  cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "subscriber name", err);
+  if (rc) return rc;
+  for (size_t i = 0; i < d->nsubs; i++) {
+    if (!strcmp(d->subs[i]->name, name))
+      return cqrs_error_set(err, CQRS_EDUPLICATE, "subscriber '%s' already exists", name);
+  }
+  size_t ntypes = 0;
+  if (types) {
+    while (types[ntypes]) ntypes++;
+  }
+  sub_t *s = cqrs__calloc(1, sizeof *s);
+  sub_t **subs = cqrs__realloc(d->subs, (d->nsubs + 1) * sizeof *subs);
+  const cqrs_event_type_t **tcopy = types ? cqrs__calloc(ntypes + 1, sizeof *tcopy) : NULL;
+  if (subs) d->subs = subs;
+  if (!s || !subs || (types && !tcopy)) {
+    cqrs__free(s);
+    cqrs__free((void *)tcopy);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot add a subscriber");
+  }
+  if (tcopy) memcpy((void *)tcopy, types, ntypes * sizeof *tcopy);
+  s->d = d;
+  memcpy(s->name, name, strlen(name) + 1);
+  s->types = tcopy;
+  s->fn = fn;
+  s->data = data;
+  s->blocking = blocking;
+  s->position = d->feed_pos;
+  s->state = SUB_LIVE;
+  uv_timer_init(d->loop, &s->timer);
+  s->timer.data = s;
+  d->handles_open++;
+  d->subs[d->nsubs++] = s;
+  *out = s;
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,
+                                      cqrs_event_handler_fn fn, void *data, unsigned flags, cqrs_error_t *err) {
+  sub_t *s;
+  return add_sub(d, name, types, fn, data, flags & CQRS_SUBSCRIBE_BLOCKING, &s, err);
+}
+
+/* Checkpoint loads of blocking checkpoint stores run on the pool. */
+typedef struct cp_work {
+  uv_work_t req;
+  sub_t *s;
+  int64_t position;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+} cp_work_t;
+
+static void cp_work_cb(uv_work_t *w) {
+  cp_work_t *cw = w->data;
+  cw->rc = cqrs_checkpoints_load(cw->s->cp, cw->s->name, &cw->position, &cw->err);
+}
+
+static void start_catchup(sub_t *s, int64_t position) {
+  s->position = s->read_pos = s->saved = position;
+  s->state = SUB_CATCHING_UP;
+  sub_run(s);
+}
+
+static void cp_after_work(uv_work_t *w, int status) {
+  cp_work_t *cw = w->data;
+  sub_t *s = cw->s;
+  s->busy = false;
+  s->d->work_inflight--;
+  if (status == 0 && cw->rc == CQRS_OK) {
+    start_catchup(s, cw->position);
+  } else if (!atomic_load(&s->d->closing)) {
+    /* Keep the projection stopped rather than replaying from an unknown point. */
+    fprintf(stderr, "cqrs: projection %s cannot load its checkpoint: %s\n", s->name, cw->err.message);
+  }
+  cqrs__free(cw);
+  if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
+}
+
+cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
+                                  cqrs_error_t *err) {
+  if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, definition or checkpoints");
+  bool cp_blocking = cqrs__checkpoints_blocking(cp);
+  int64_t pos = 0;
+  cqrs_code_t rc;
+  if (!cp_blocking) {
+    if ((rc = cqrs__check_str(def->name, CQRS_NAME_MAX, "projection name", err))) return rc;
+    if ((rc = cqrs_checkpoints_load(cp, def->name, &pos, err))) return rc;
+  }
+  cp_work_t *cw = NULL;
+  if (cp_blocking && !(cw = cqrs__calloc(1, sizeof *cw)))
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot start a projection");
+  sub_t *s;
+  rc = add_sub(d, def->name, def->types, def->handler, def->data,
+               (def->flags & CQRS_SUBSCRIBE_BLOCKING) || cp_blocking, &s, err);
+  if (rc) {
+    cqrs__free(cw);
+    return rc;
+  }
+  s->cp = cp;
+  s->state = SUB_LOADING;
+  if (!cp_blocking) {
+    start_catchup(s, pos);
+    return CQRS_OK;
+  }
+  cw->s = s;
+  cw->req.data = cw;
+  if (uv_queue_work(d->loop, &cw->req, cp_work_cb, cp_after_work)) {
+    cqrs__free(cw);
+    fprintf(stderr, "cqrs: projection %s cannot queue work; it stays stopped\n", s->name);
+    return CQRS_OK;
+  }
+  s->busy = true;
+  d->work_inflight++;
+  return CQRS_OK;
+}
+
+static const sub_t *find_sub(const cqrs_dispatcher_t *d, const char *name) {
+  if (!d || !name) return NULL;
+  for (size_t i = 0; i < d->nsubs; i++) {
+    if (!strcmp(d->subs[i]->name, name)) return d->subs[i];
+  }
+  return NULL;
+}
+
+bool cqrs_projection_live(const cqrs_dispatcher_t *d, const char *name) {
+  const sub_t *s = find_sub(d, name);
+  return s && s->state == SUB_LIVE;
+}
+
+int64_t cqrs_projection_position(const cqrs_dispatcher_t *d, const char *name) {
+  const sub_t *s = find_sub(d, name);
+  return s ? s->position : 0;
+}
+
+/* ---- closing ---- */
+
+void cqrs__bus_close(cqrs_dispatcher_t *d) {
+  for (size_t i = 0; i < d->nsubs; i++) {
+    sub_t *s = d->subs[i];
+    if (s->waiting) {
+      uv_timer_stop(&s->timer);
+      s->waiting = false;
+    }
+    sub_run(s);
+  }
+}
+
+bool cqrs__bus_idle(const cqrs_dispatcher_t *d) {
+  if (d->feed_busy) return false;
+  for (size_t i = 0; i < d->nsubs; i++) {
+    const sub_t *s = d->subs[i];
+    if (s->busy || s->q_len) return false;
+  }
+  return true;
+}
+
+void cqrs__bus_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb) {
+  for (size_t i = 0; i < d->nsubs; i++) {
+    d->subs[i]->timer.data = d;
+    uv_close((uv_handle_t *)&d->subs[i]->timer, cb);
+  }
+}
+
+void cqrs__bus_free(cqrs_dispatcher_t *d) {
+  for (size_t i = 0; i < d->nsubs; i++) {
+    sub_t *s = d->subs[i];
+    while (s->q_len) q_pop(s);
+    cqrs__free((void *)s->q);
+    cqrs__free((void *)s->types);
+    cqrs__free(s);
+  }
+  cqrs__free(d->subs);
+  for (size_t i = 0; i < d->ndead; i++) cqrs_event_unref(d->dead[i].event);
+  cqrs__free(d->dead);
+}

@@ -1,0 +1,112 @@
+#include <uv.h>
+
+#include "cqrs-uthash.h"
+
+
+struct cqrs_checkpoints {
+  const cqrs_checkpoint_ops_t *ops;
+  void *impl;
+};
+
+cqrs_checkpoints_t *cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl) {
+  if (!ops || !ops->load || !ops->save) return NULL;
+  cqrs_checkpoints_t *cp = cqrs__calloc(1, sizeof *cp);
+  if (!cp) return NULL;
+  cp->ops = ops;
+  cp->impl = impl;
+  return cp;
+}
+
+void cqrs_checkpoints_destroy(cqrs_checkpoints_t *cp) {
+  if (!cp) return;
+  if (cp->ops->destroy) cp->ops->destroy(cp->impl);
+  cqrs__free(cp);
+}
+
+bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp) { return cp->ops->blocking; }
+
+cqrs_code_t cqrs_checkpoints_load(cqrs_checkpoints_t *cp, const char *name, int64_t *position, cqrs_error_t *err) {
+  if (!cp || !position) return cqrs_error_set(err, CQRS_EINVAL, "NULL checkpoints or position");
+  *position = 0;
+  cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "checkpoint name", err);
+  return rc ? rc : cp->ops->load(cp->impl, name, position, err);
+}
+
+cqrs_code_t cqrs_checkpoints_save(cqrs_checkpoints_t *cp, const char *name, int64_t position, cqrs_error_t *err) {
+  if (!cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL checkpoints");
+  if (position < 0) return cqrs_error_set(err, CQRS_EINVAL, "negative checkpoint");
+  cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "checkpoint name", err);
+  return rc ? rc : cp->ops->save(cp->impl, name, position, err);
+}
+
+typedef struct mem_cp_entry {
+  UT_hash_handle hh;
+  int64_t position;
+  char name[CQRS_NAME_MAX];
+} mem_cp_entry_t;
+
+typedef struct mem_cp {
+  uv_mutex_t lock;
+  mem_cp_entry_t *entries;
+} mem_cp_t;
+
+static cqrs_code_t mem_cp_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
+  CQRS__UNUSED(err);
+  mem_cp_t *m = impl;
+  uv_mutex_lock(&m->lock);
+  mem_cp_entry_t *e;
+  HASH_FIND_STR(m->entries, name, e);
+  *position = e ? e->position : 0;
+  uv_mutex_unlock(&m->lock);
+  return CQRS_OK;
+}
+
+static cqrs_code_t mem_cp_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+  mem_cp_t *m = impl;
+  cqrs_code_t rc = CQRS_OK;
+  uv_mutex_lock(&m->lock);
+  mem_cp_entry_t *e;
+  HASH_FIND_STR(m->entries, name, e);
+  if (!e) {
+    e = cqrs__calloc(1, sizeof *e);
+    if (e) {
+      memcpy(e->name, name, strlen(name) + 1);
+      CQRS_HASH_TRY(HASH_ADD_STR(m->entries, name, e));
+      if (CQRS_HASH_FAILED()) {
+        cqrs__free(e);
+        e = NULL;
+        rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot save checkpoint");
+      }
+    } else {
+      rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot save checkpoint");
+    }
+  }
+  if (e) e->position = position;
+  uv_mutex_unlock(&m->lock);
+  return rc;
+}
+
+static void mem_cp_destroy(void *impl) {
+  mem_cp_t *m = impl;
+  mem_cp_entry_t *e, *tmp;
+  HASH_ITER(hh, m->entries, e, tmp) {
+    HASH_DEL(m->entries, e);
+    cqrs__free(e);
+  }
+  uv_mutex_destroy(&m->lock);
+  cqrs__free(m);
+}
+
+static const cqrs_checkpoint_ops_t mem_cp_ops = {false, mem_cp_load, mem_cp_save, mem_cp_destroy};
+
+cqrs_checkpoints_t *cqrs_memory_checkpoints_new(void) {
+  mem_cp_t *m = cqrs__calloc(1, sizeof *m);
+  if (!m) return NULL;
+  if (uv_mutex_init(&m->lock)) {
+    cqrs__free(m);
+    return NULL;
+  }
+  cqrs_checkpoints_t *cp = cqrs_checkpoints_new(&mem_cp_ops, m);
+  if (!cp) mem_cp_destroy(m);
+  return cp;
+}

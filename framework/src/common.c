@@ -1,0 +1,159 @@
+#include <bson/bson.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "cqrs-uthash.h"
+
+_Thread_local bool cqrs__hash_oom;
+
+static cqrs_allocator_t allocator = {malloc, realloc, free};
+
+void cqrs_set_allocator(const cqrs_allocator_t *a) {
+  if (a && a->malloc_fn && a->realloc_fn && a->free_fn) {
+    allocator = *a;
+  } else {
+    allocator.malloc_fn = malloc;
+    allocator.realloc_fn = realloc;
+    allocator.free_fn = free;
+  }
+}
+
+void *cqrs__malloc(size_t size) { return allocator.malloc_fn(size ? size : 1); }
+
+void *cqrs__calloc(size_t n, size_t size) {
+  if (size && n > SIZE_MAX / size) return NULL;
+  void *p = cqrs__malloc(n * size);
+  if (p) memset(p, 0, n * size);
+  return p;
+}
+
+void *cqrs__realloc(void *ptr, size_t size) { return allocator.realloc_fn(ptr, size ? size : 1); }
+
+void cqrs__free(void *ptr) {
+  if (ptr) allocator.free_fn(ptr);
+}
+
+char *cqrs__strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = cqrs__malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+static const struct {
+  const char *name;
+  const char *text;
+} codes[CQRS_CODE_COUNT] = {
+    [CQRS_OK] = {"ok", "success"},
+    [CQRS_EREJECTED] = {"rejected", "rejected by a business rule"},
+    [CQRS_EINVAL] = {"invalid_argument", "invalid argument"},
+    [CQRS_EINVALID_COMMAND] = {"invalid_command", "invalid command"},
+    [CQRS_ENO_HANDLER] = {"no_handler", "no handler for this command type"},
+    [CQRS_EDUPLICATE] = {"duplicate", "already registered"},
+    [CQRS_EUNKNOWN_TYPE] = {"unknown_type", "unknown type"},
+    [CQRS_ECONFLICT] = {"conflict", "concurrency conflict: the stream has moved"},
+    [CQRS_ESTORE] = {"store_unavailable", "the store failed or is unavailable"},
+    [CQRS_ECODEC] = {"codec", "malformed or mistyped document"},
+    [CQRS_ENOMEM] = {"out_of_memory", "out of memory"},
+    [CQRS_EHANDLER] = {"handler_failed", "a handler failed"},
+    [CQRS_ECLOSED] = {"closed", "closing or closed"},
+    [CQRS_ENOT_FOUND] = {"not_found", "not found"},
+    [CQRS_ETOO_LARGE] = {"too_large", "too large"},
+    [CQRS_ESTATE] = {"bad_state", "not allowed in the current state"},
+};
+
+const char *cqrs_code_name(cqrs_code_t code) {
+  if ((unsigned)code >= CQRS_CODE_COUNT) return "unknown_code";
+  return codes[code].name;
+}
+
+const char *cqrs_strerror(cqrs_code_t code) {
+  if ((unsigned)code >= CQRS_CODE_COUNT) return "unknown error code";
+  return codes[code].text;
+}
+
+static void set_message(cqrs_error_t *err, const char *fmt, va_list ap) {
+  if (fmt) {
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+  } else {
+    snprintf(err->message, sizeof err->message, "%s", cqrs_strerror(err->code));
+  }
+}
+
+cqrs_code_t cqrs_error_set(cqrs_error_t *err, cqrs_code_t code, const char *fmt, ...) {
+  if (!err) return code;
+  err->code = code;
+  err->domain = code == CQRS_OK ? CQRS_DOMAIN_NONE : code == CQRS_ESTORE ? CQRS_DOMAIN_STORE : CQRS_DOMAIN_FRAMEWORK;
+  snprintf(err->name, sizeof err->name, "%s", cqrs_code_name(code));
+  va_list ap;
+  va_start(ap, fmt);
+  set_message(err, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+cqrs_code_t cqrs_reject(cqrs_error_t *err, const char *reason, const char *fmt, ...) {
+  if (!err) return CQRS_EREJECTED;
+  err->code = CQRS_EREJECTED;
+  err->domain = CQRS_DOMAIN_BUSINESS;
+  snprintf(err->name, sizeof err->name, "%s", reason && *reason ? reason : "rejected");
+  va_list ap;
+  va_start(ap, fmt);
+  set_message(err, fmt, ap);
+  va_end(ap);
+  return CQRS_EREJECTED;
+}
+
+void cqrs_error_clear(cqrs_error_t *err) {
+  if (!err) return;
+  err->code = CQRS_OK;
+  err->domain = CQRS_DOMAIN_NONE;
+  err->name[0] = '\0';
+  err->message[0] = '\0';
+}
+
+void cqrs__error_copy(cqrs_error_t *dst, const cqrs_error_t *src) {
+  if (dst && src && dst != src) *dst = *src;
+}
+
+cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err) {
+  if (!s || !*s) return cqrs_error_set(err, CQRS_EINVAL, "%s is NULL or empty", what);
+  if (strnlen(s, cap) >= cap) return cqrs_error_set(err, CQRS_ETOO_LARGE, "%s is longer than %zu bytes", what, cap - 1);
+  return CQRS_OK;
+}
+
+int64_t cqrs_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void cqrs_new_id(char buf[CQRS_EVENT_ID_LEN]) {
+  bson_oid_t oid;
+  bson_oid_init(&oid, NULL);
+  bson_oid_to_string(&oid, buf);
+}
+
+cqrs_code_t cqrs__event_vec_push_ref(cqrs__event_vec_t *v, const cqrs_event_t *e) {
+  if (v->len == v->cap) {
+    size_t cap = v->cap ? v->cap * 2 : 16;
+    const cqrs_event_t **items = cqrs__realloc((void *)v->items, cap * sizeof *items);
+    if (!items) return CQRS_ENOMEM;
+    v->items = items;
+    v->cap = cap;
+  }
+  v->items[v->len++] = cqrs_event_ref(e);
+  return CQRS_OK;
+}
+
+void cqrs__event_vec_clear(cqrs__event_vec_t *v) {
+  for (size_t i = 0; i < v->len; i++) cqrs_event_unref(v->items[i]);
+  v->len = 0;
+}
+
+void cqrs__event_vec_free(cqrs__event_vec_t *v) {
+  cqrs__event_vec_clear(v);
+  cqrs__free((void *)v->items);
+  v->items = NULL;
+  v->cap = 0;
+}

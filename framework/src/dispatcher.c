@@ -1,0 +1,375 @@
+/* The command side of the dispatcher: send, handler look-up, execution on the
+ * loop or the thread pool, commit with conflict retries, completion. */
+#include <stdio.h>
+
+#include "dispatcher-private.h"
+
+
+#define CTX_MAX_AGGREGATES 8
+#define DRAIN_BATCH 4096
+
+struct cqrs_context {
+  cqrs_dispatcher_t *d;
+  const cqrs_command_t *cmd;
+  cqrs_aggregate_t *aggs[CTX_MAX_AGGREGATES];
+  size_t naggs;
+  bson_t *value;
+};
+
+struct request {
+  request_t *next;
+  cqrs_dispatcher_t *d;
+  cqrs_command_t *cmd;
+  cqrs_done_cb done;
+  void *data;
+  handler_t *handler;
+  uv_work_t work;
+  cqrs_result_t result;
+  bson_t *value;
+  int64_t last_position;
+};
+
+void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->conflict_retries = 5;
+  o->retry_attempts = 3;
+  o->retry_base_ms = 1000;
+  o->retry_cap_ms = 30000;
+}
+
+static void async_cb(uv_async_t *h);
+static void poll_cb(uv_timer_t *t) { cqrs__feed_kick(t->data, 0); }
+
+cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqrs_store_t *store,
+                                const cqrs_dispatcher_options_t *opts, cqrs_dispatcher_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!loop || !reg || !store) return cqrs_error_set(err, CQRS_EINVAL, "NULL loop, registry or store");
+  cqrs_dispatcher_t *d = cqrs__calloc(1, sizeof *d);
+  if (!d) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a dispatcher");
+  d->loop = loop;
+  d->loop_thread = uv_thread_self();
+  d->reg = reg;
+  d->store = store;
+  if (opts) {
+    d->opts = *opts;
+  } else {
+    cqrs_dispatcher_options_init(&d->opts);
+  }
+  if (d->opts.retry_attempts == 0) d->opts.retry_attempts = 1;
+  cqrs_code_t rc = cqrs_store_head(store, &d->feed_pos, err);
+  if (rc) {
+    cqrs__free(d);
+    return rc;
+  }
+  if (uv_mutex_init(&d->inbox_lock)) {
+    cqrs__free(d);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a mutex");
+  }
+  if (uv_async_init(loop, &d->async, async_cb)) {
+    uv_mutex_destroy(&d->inbox_lock);
+    cqrs__free(d);
+    return cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
+  }
+  d->async.data = d;
+  if (!d->opts.keep_alive) uv_unref((uv_handle_t *)&d->async);
+  d->handles_open = 1;
+  if (d->opts.poll_ms) {
+    uv_timer_init(loop, &d->poll);
+    d->poll.data = d;
+    uv_timer_start(&d->poll, poll_cb, d->opts.poll_ms, d->opts.poll_ms);
+    uv_unref((uv_handle_t *)&d->poll);
+    d->poll_on = true;
+    d->handles_open++;
+  }
+  *out = d;
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
+                                     cqrs_command_handler_fn fn, void *data, unsigned flags, cqrs_error_t *err) {
+  if (!d || !type || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, command type or handler");
+  if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
+  if (!type->name || !type->fields) return cqrs_error_set(err, CQRS_EINVAL, "command type lacks a name or fields");
+  if (cqrs_registry_command(d->reg, type->name) != type)
+    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "command type '%s' is not in the registry", type->name);
+  handler_t *h;
+  HASH_FIND_PTR(d->handlers, &type, h);
+  if (h) return cqrs_error_set(err, CQRS_EDUPLICATE, "command '%s' already has a handler", type->name);
+  h = cqrs__calloc(1, sizeof *h);
+  if (!h) return cqrs_error_set(err, CQRS_ENOMEM, "cannot register a handler");
+  h->type = type;
+  h->fn = fn;
+  h->data = data;
+  h->flags = flags;
+  CQRS_HASH_TRY(HASH_ADD_PTR(d->handlers, type, h));
+  if (CQRS_HASH_FAILED()) {
+    cqrs__free(h);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot register a handler");
+  }
+  return CQRS_OK;
+}
+
+static bool on_loop_thread(const cqrs_dispatcher_t *d) {
+  uv_thread_t self = uv_thread_self();
+  return uv_thread_equal(&self, &d->loop_thread);
+}
+
+cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done, void *data) {
+  if (!d || !cmd) {
+    cqrs_command_destroy(cmd);
+    return CQRS_EINVAL;
+  }
+  if (atomic_load_explicit(&d->closing, memory_order_acquire)) {
+    cqrs_command_destroy(cmd);
+    return CQRS_ECLOSED;
+  }
+  request_t *r = cqrs__malloc(sizeof *r);
+  if (!r) {
+    cqrs_command_destroy(cmd);
+    return CQRS_ENOMEM;
+  }
+  r->next = NULL;
+  r->d = d;
+  r->cmd = cmd;
+  r->done = done;
+  r->data = data;
+  r->handler = NULL;
+  r->value = NULL;
+  r->last_position = 0;
+  memset(&r->result, 0, sizeof r->result);
+  atomic_fetch_add_explicit(&d->pending, 1, memory_order_relaxed);
+  if (on_loop_thread(d)) {
+    if (d->local_tail) {
+      d->local_tail->next = r;
+    } else {
+      d->local_head = r;
+      if (!d->opts.keep_alive) uv_ref((uv_handle_t *)&d->async);
+    }
+    d->local_tail = r;
+  } else {
+    uv_mutex_lock(&d->inbox_lock);
+    if (d->inbox_tail) {
+      d->inbox_tail->next = r;
+    } else {
+      d->inbox_head = r;
+    }
+    d->inbox_tail = r;
+    uv_mutex_unlock(&d->inbox_lock);
+  }
+  uv_async_send(&d->async);
+  return CQRS_OK;
+}
+
+/* ---- handler context ---- */
+
+cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *type, const char *id,
+                              cqrs_aggregate_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!ctx || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL context or aggregate type");
+  cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
+  if (rc) return rc;
+  for (size_t i = 0; i < ctx->naggs; i++) {
+    if (ctx->aggs[i]->type == type && !strcmp(ctx->aggs[i]->id, id)) {
+      *out = ctx->aggs[i];
+      return CQRS_OK;
+    }
+  }
+  if (ctx->naggs == CTX_MAX_AGGREGATES)
+    return cqrs_error_set(err, CQRS_ETOO_LARGE, "a command may load at most %d aggregates", CTX_MAX_AGGREGATES);
+  cqrs_aggregate_t *agg;
+  if ((rc = cqrs_repository_load(ctx->d->store, type, id, &agg, err))) return rc;
+  cqrs_envelope_t *env;
+  rc = cqrs_envelope_new(type->name, id, ctx->cmd->id, ctx->cmd->correlation_id, &env, err);
+  if (rc) {
+    cqrs_aggregate_destroy(agg);
+    return rc;
+  }
+  cqrs__aggregate_set_envelope(agg, env);
+  ctx->aggs[ctx->naggs++] = agg;
+  *out = agg;
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqrs_error_t *err) {
+  if (!ctx || !value) return cqrs_error_set(err, CQRS_EINVAL, "NULL context or value");
+  bson_t *copy = bson_copy(value);
+  if (!copy) return cqrs_error_set(err, CQRS_ENOMEM, "cannot copy the value");
+  if (ctx->value) bson_destroy(ctx->value);
+  ctx->value = copy;
+  return CQRS_OK;
+}
+
+const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx) { return ctx ? ctx->cmd : NULL; }
+
+static void context_reset(cqrs_context_t *ctx) {
+  for (size_t i = 0; i < ctx->naggs; i++) cqrs_aggregate_destroy(ctx->aggs[i]);
+  ctx->naggs = 0;
+  if (ctx->value) bson_destroy(ctx->value);
+  ctx->value = NULL;
+}
+
+static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_t *err) {
+  cqrs_aggregate_t *changed = NULL;
+  for (size_t i = 0; i < ctx->naggs; i++) {
+    if (!ctx->aggs[i]->pending_count) continue;
+    if (changed)
+      return cqrs_error_set(err, CQRS_ESTATE, "a command may change one aggregate; %s and %s both changed",
+                            changed->id, ctx->aggs[i]->id);
+    changed = ctx->aggs[i];
+  }
+  if (!changed) {
+    if (ctx->naggs == 1) r->result.version = ctx->aggs[0]->version;
+    return CQRS_OK;
+  }
+  cqrs_cause_t cause = {ctx->cmd->id, ctx->cmd->correlation_id};
+  cqrs_save_result_t sr;
+  cqrs_code_t rc = cqrs_repository_save(ctx->d->store, changed, &cause, &sr, err);
+  if (rc) return rc;
+  r->result.version = changed->version;
+  r->result.events = sr.committed;
+  r->result.duplicate = sr.duplicate;
+  r->last_position = sr.last_position;
+  return CQRS_OK;
+}
+
+/* Runs the handler and commits, again after a conflict. Any thread. */
+static void run_request(request_t *r) {
+  cqrs_dispatcher_t *d = r->d;
+  cqrs_error_t *err = &r->result.error;
+  cqrs_context_t ctx = {d, r->cmd, {NULL}, 0, NULL};
+  cqrs_code_t rc = CQRS_OK;
+  for (unsigned attempt = 0;; attempt++) {
+    cqrs_error_clear(err);
+    r->result.version = 0;
+    rc = r->handler->fn(&ctx, r->cmd, r->handler->data, err);
+    if (rc == CQRS_OK) rc = context_commit(&ctx, r, err);
+    if (rc != CQRS_ECONFLICT || attempt >= d->opts.conflict_retries) break;
+    context_reset(&ctx);
+  }
+  if (rc != CQRS_OK && err->code != rc) {
+    /* The handler failed without saying why. */
+    cqrs_error_set(err, rc, "handler of %s returned %s", r->cmd->type->name, cqrs_code_name(rc));
+  }
+  if (rc == CQRS_OK) {
+    r->value = ctx.value;
+    ctx.value = NULL;
+  }
+  context_reset(&ctx);
+}
+
+static void finish_request(request_t *r) {
+  cqrs_dispatcher_t *d = r->d;
+  if (r->result.events) cqrs__feed_kick(d, r->last_position);
+  r->result.command_id = r->cmd->id;
+  r->result.value = r->value;
+  if (r->done) r->done(&r->result, r->data);
+  if (r->value) bson_destroy(r->value);
+  cqrs_command_destroy(r->cmd);
+  cqrs__free(r);
+  atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
+  if (atomic_load_explicit(&d->closing, memory_order_relaxed)) cqrs__dispatcher_maybe_closed(d);
+}
+
+static void work_cb(uv_work_t *w) { run_request(w->data); }
+
+static void after_work_cb(uv_work_t *w, int status) {
+  request_t *r = w->data;
+  r->d->work_inflight--;
+  if (status == UV_ECANCELED) cqrs_error_set(&r->result.error, CQRS_ECLOSED, "the command was cancelled");
+  finish_request(r);
+}
+
+static void start_request(cqrs_dispatcher_t *d, request_t *r) {
+  handler_t *h;
+  const cqrs_command_type_t *type = r->cmd->type;
+  HASH_FIND_PTR(d->handlers, &type, h);
+  if (!h) {
+    cqrs_error_set(&r->result.error, CQRS_ENO_HANDLER, "no handler for command '%s'", type->name);
+    finish_request(r);
+    return;
+  }
+  r->handler = h;
+  if (cqrs_store_blocking(d->store) || (h->flags & CQRS_HANDLER_BLOCKING)) {
+    r->work.data = r;
+    if (uv_queue_work(d->loop, &r->work, work_cb, after_work_cb) == 0) {
+      d->work_inflight++;
+      return;
+    }
+    cqrs_error_set(&r->result.error, CQRS_ESTATE, "cannot queue work on the thread pool");
+  } else {
+    run_request(r);
+  }
+  finish_request(r);
+}
+
+static void async_cb(uv_async_t *h) {
+  cqrs_dispatcher_t *d = h->data;
+  uv_mutex_lock(&d->inbox_lock);
+  request_t *in = d->inbox_head;
+  request_t *in_tail = d->inbox_tail;
+  d->inbox_head = d->inbox_tail = NULL;
+  uv_mutex_unlock(&d->inbox_lock);
+  if (in) {
+    if (d->local_tail) {
+      d->local_tail->next = in;
+    } else {
+      d->local_head = in;
+    }
+    d->local_tail = in_tail;
+  }
+  for (int n = 0; d->local_head && n < DRAIN_BATCH; n++) {
+    request_t *r = d->local_head;
+    d->local_head = r->next;
+    if (!d->local_head) d->local_tail = NULL;
+    start_request(d, r);
+  }
+  if (d->local_head) {
+    uv_async_send(&d->async); /* yield to I/O, then go on */
+  } else if (!d->opts.keep_alive) {
+    uv_unref((uv_handle_t *)&d->async);
+  }
+}
+
+size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d) { return d ? atomic_load(&d->pending) : 0; }
+cqrs_store_t *cqrs_dispatcher_store(const cqrs_dispatcher_t *d) { return d ? d->store : NULL; }
+uv_loop_t *cqrs_dispatcher_loop(const cqrs_dispatcher_t *d) { return d ? d->loop : NULL; }
+
+/* ---- closing ---- */
+
+static void handle_closed(uv_handle_t *h) {
+  cqrs_dispatcher_t *d = h->data;
+  if (--d->handles_open > 0) return;
+  cqrs_close_cb cb = d->close_cb;
+  void *data = d->close_data;
+  cqrs__bus_free(d);
+  handler_t *hd, *tmp;
+  HASH_ITER(hh, d->handlers, hd, tmp) {
+    HASH_DEL(d->handlers, hd);
+    cqrs__free(hd);
+  }
+  uv_mutex_destroy(&d->inbox_lock);
+  cqrs__free(d);
+  if (cb) cb(data);
+}
+
+void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
+  if (d->closed_handles || atomic_load(&d->pending) || d->work_inflight || !cqrs__bus_idle(d)) return;
+  d->closed_handles = true;
+  uv_close((uv_handle_t *)&d->async, handle_closed);
+  if (d->poll_on) uv_close((uv_handle_t *)&d->poll, handle_closed);
+  cqrs__bus_close_handles(d, handle_closed);
+}
+
+cqrs_code_t cqrs_dispatcher_close(cqrs_dispatcher_t *d, cqrs_close_cb cb, void *data) {
+  if (!d) return CQRS_EINVAL;
+  if (atomic_exchange(&d->closing, true)) return CQRS_ECLOSED;
+  d->close_cb = cb;
+  d->close_data = data;
+  if (d->poll_on) uv_timer_stop(&d->poll);
+  cqrs__bus_close(d);
+  cqrs__dispatcher_maybe_closed(d);
+  return CQRS_OK;
+}

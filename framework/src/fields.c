@@ -1,0 +1,287 @@
+#include <stdio.h>
+
+#include "cqrs-private.h"
+
+#define AT(obj, f) ((const unsigned char *)(obj) + (f)->offset)
+#define AT_MUT(obj, f) ((unsigned char *)(obj) + (f)->offset)
+
+static bool currency_ok(const char *c) {
+  for (int i = 0; i < 3; i++) {
+    if (c[i] < 'A' || c[i] > 'Z') return false;
+  }
+  return c[3] == '\0';
+}
+
+cqrs_code_t cqrs_money_set(cqrs_money_t *m, int64_t amount, const char *currency, cqrs_error_t *err) {
+  if (!m || !currency) return cqrs_error_set(err, CQRS_EINVAL, "money or currency is NULL");
+  if (strnlen(currency, 4) != 3 || !currency_ok(currency))
+    return cqrs_error_set(err, CQRS_EINVAL, "currency must be three capital letters (ISO 4217)");
+  m->amount = amount;
+  memcpy(m->currency, currency, 4);
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_strlcpy(char *dst, size_t cap, const char *src, cqrs_error_t *err) {
+  if (!dst || !src || cap == 0) return cqrs_error_set(err, CQRS_EINVAL, "NULL string or zero capacity");
+  size_t n = strnlen(src, cap);
+  if (n >= cap) return cqrs_error_set(err, CQRS_ETOO_LARGE, "string longer than %zu bytes", cap - 1);
+  memcpy(dst, src, n + 1);
+  return CQRS_OK;
+}
+
+static bool append_money(bson_t *out, const char *key, const cqrs_money_t *m) {
+  bson_t child;
+  if (!bson_append_document_begin(out, key, -1, &child)) return false;
+  bool ok = bson_append_int64(&child, "amount", -1, m->amount) &&
+            bson_append_utf8(&child, "currency", -1, m->currency, (int)strnlen(m->currency, sizeof m->currency));
+  return bson_append_document_end(out, &child) && ok;
+}
+
+cqrs_code_t cqrs_fields_encode(const cqrs_field_t *fields, const void *obj, bson_t *out, cqrs_error_t *err) {
+  if (!fields || !obj || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to encode");
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    const void *p = AT(obj, f);
+    bool ok = true;
+    switch (f->kind) {
+    case CQRS_FIELD_STRING:
+      ok = bson_append_utf8(out, f->key, -1, (const char *)p, (int)strnlen((const char *)p, f->size));
+      break;
+    case CQRS_FIELD_INT64: {
+      int64_t v;
+      memcpy(&v, p, sizeof v);
+      ok = bson_append_int64(out, f->key, -1, v);
+      break;
+    }
+    case CQRS_FIELD_INT32: {
+      int32_t v;
+      memcpy(&v, p, sizeof v);
+      ok = bson_append_int32(out, f->key, -1, v);
+      break;
+    }
+    case CQRS_FIELD_BOOL: {
+      bool v;
+      memcpy(&v, p, sizeof v);
+      ok = bson_append_bool(out, f->key, -1, v);
+      break;
+    }
+    case CQRS_FIELD_TIME: {
+      int64_t v;
+      memcpy(&v, p, sizeof v);
+      ok = bson_append_date_time(out, f->key, -1, v);
+      break;
+    }
+    case CQRS_FIELD_MONEY:
+      ok = append_money(out, f->key, (const cqrs_money_t *)p);
+      break;
+    case CQRS_FIELD_DOC: {
+      bson_t child;
+      if (!bson_append_document_begin(out, f->key, -1, &child)) {
+        ok = false;
+        break;
+      }
+      cqrs_code_t rc = cqrs_fields_encode(f->fields, p, &child, err);
+      ok = bson_append_document_end(out, &child);
+      if (rc) return rc;
+      break;
+    }
+    case CQRS_FIELD_END:
+      break;
+    }
+    if (!ok) return cqrs_error_set(err, CQRS_ETOO_LARGE, "cannot append field '%s': document too large", f->key);
+  }
+  return CQRS_OK;
+}
+
+static cqrs_code_t wrong_type(cqrs_error_t *err, const cqrs_field_t *f, const char *want) {
+  return cqrs_error_set(err, CQRS_ECODEC, "field '%s' must be %s", f->key, want);
+}
+
+static cqrs_code_t decode_int64(const bson_iter_t *it, const cqrs_field_t *f, int64_t *v, cqrs_error_t *err) {
+  switch (bson_iter_type(it)) {
+  case BSON_TYPE_INT64:
+    *v = bson_iter_int64(it);
+    return CQRS_OK;
+  case BSON_TYPE_INT32:
+    *v = bson_iter_int32(it);
+    return CQRS_OK;
+  default:
+    return wrong_type(err, f, "an integer");
+  }
+}
+
+static cqrs_code_t decode_string(const bson_iter_t *it, const cqrs_field_t *f, char *dst, cqrs_error_t *err) {
+  if (!BSON_ITER_HOLDS_UTF8(it)) return wrong_type(err, f, "a string");
+  uint32_t len;
+  const char *s = bson_iter_utf8(it, &len);
+  if (len >= f->size) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is longer than %zu bytes", f->key, f->size - 1);
+  if (memchr(s, '\0', len)) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' holds a NUL byte", f->key);
+  memcpy(dst, s, len);
+  dst[len] = '\0';
+  return CQRS_OK;
+}
+
+static cqrs_code_t decode_money(const bson_iter_t *it, const cqrs_field_t *f, cqrs_money_t *m, cqrs_error_t *err) {
+  if (!BSON_ITER_HOLDS_DOCUMENT(it)) return wrong_type(err, f, "a document {amount, currency}");
+  bson_iter_t child;
+  if (!bson_iter_recurse(it, &child)) return wrong_type(err, f, "a document {amount, currency}");
+  bool have_amount = false, have_currency = false;
+  static const cqrs_field_t amount_f = {"amount", CQRS_FIELD_INT64, 0, 8, 0, 0, 0, NULL};
+  static const cqrs_field_t currency_f = {"currency", CQRS_FIELD_STRING, 0, 4, 0, 0, 0, NULL};
+  while (bson_iter_next(&child)) {
+    const char *k = bson_iter_key(&child);
+    cqrs_code_t rc = CQRS_OK;
+    cqrs_error_t inner;
+    if (!strcmp(k, "amount")) {
+      rc = decode_int64(&child, &amount_f, &m->amount, &inner);
+      have_amount = true;
+    } else if (!strcmp(k, "currency")) {
+      rc = decode_string(&child, &currency_f, m->currency, &inner);
+      have_currency = true;
+    }
+    if (rc) return cqrs_error_set(err, CQRS_ECODEC, "field '%s': %s", f->key, inner.message);
+  }
+  if (!have_amount || !have_currency) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' lacks amount or currency", f->key);
+  return CQRS_OK;
+}
+
+static cqrs_code_t decode_field(const bson_iter_t *it, const cqrs_field_t *f, void *obj, cqrs_error_t *err) {
+  void *p = AT_MUT(obj, f);
+  switch (f->kind) {
+  case CQRS_FIELD_STRING:
+    return decode_string(it, f, (char *)p, err);
+  case CQRS_FIELD_INT64: {
+    int64_t v;
+    cqrs_code_t rc = decode_int64(it, f, &v, err);
+    if (!rc) memcpy(p, &v, sizeof v);
+    return rc;
+  }
+  case CQRS_FIELD_INT32: {
+    if (!BSON_ITER_HOLDS_INT32(it)) return wrong_type(err, f, "a 32-bit integer");
+    int32_t v = bson_iter_int32(it);
+    memcpy(p, &v, sizeof v);
+    return CQRS_OK;
+  }
+  case CQRS_FIELD_BOOL: {
+    if (!BSON_ITER_HOLDS_BOOL(it)) return wrong_type(err, f, "a boolean");
+    bool v = bson_iter_bool(it);
+    memcpy(p, &v, sizeof v);
+    return CQRS_OK;
+  }
+  case CQRS_FIELD_TIME: {
+    int64_t v;
+    if (BSON_ITER_HOLDS_DATE_TIME(it)) {
+      v = bson_iter_date_time(it);
+    } else if (BSON_ITER_HOLDS_INT64(it)) {
+      v = bson_iter_int64(it);
+    } else {
+      return wrong_type(err, f, "a date");
+    }
+    memcpy(p, &v, sizeof v);
+    return CQRS_OK;
+  }
+  case CQRS_FIELD_MONEY: {
+    cqrs_money_t m = {0};
+    cqrs_code_t rc = decode_money(it, f, &m, err);
+    if (!rc) memcpy(p, &m, sizeof m);
+    return rc;
+  }
+  case CQRS_FIELD_DOC: {
+    if (!BSON_ITER_HOLDS_DOCUMENT(it)) return wrong_type(err, f, "a document");
+    uint32_t len;
+    const uint8_t *data;
+    bson_iter_document(it, &len, &data);
+    bson_t child;
+    if (!bson_init_static(&child, data, len)) return wrong_type(err, f, "a valid document");
+    return cqrs_fields_decode(f->fields, &child, p, err);
+  }
+  case CQRS_FIELD_END:
+    break;
+  }
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bson_t *in, void *obj, cqrs_error_t *err) {
+  if (!fields || !in || !obj) return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to decode");
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) memset(AT_MUT(obj, f), 0, f->size);
+  bson_iter_t it;
+  if (!bson_iter_init(&it, in)) return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON document");
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    bson_iter_t fit;
+    /* Keys usually come in table order: try the cursor's next key first. */
+    bool found = false;
+    if (bson_iter_next(&it) && !strcmp(bson_iter_key(&it), f->key)) {
+      fit = it;
+      found = true;
+    } else {
+      found = bson_iter_init_find(&fit, in, f->key);
+      if (found) it = fit;
+    }
+    if (!found) {
+      if (f->flags & CQRS_F_OPTIONAL) continue;
+      return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is missing", f->key);
+    }
+    cqrs_code_t rc = decode_field(&fit, f, obj, err);
+    if (rc) return rc;
+  }
+  return CQRS_OK;
+}
+
+static cqrs_code_t invalid(cqrs_error_t *err, const char *prefix, const cqrs_field_t *f, const char *what) {
+  return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%s%s%s %s", prefix, *prefix ? "." : "", f->key, what);
+}
+
+static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const char *prefix, cqrs_error_t *err) {
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    const void *p = AT(obj, f);
+    switch (f->kind) {
+    case CQRS_FIELD_STRING: {
+      size_t n = strnlen((const char *)p, f->size);
+      if (n >= f->size) {
+        char what[64];
+        snprintf(what, sizeof what, "is longer than %zu bytes", f->size - 1);
+        return invalid(err, prefix, f, what);
+      }
+      if ((f->flags & CQRS_F_REQUIRED) && n == 0) return invalid(err, prefix, f, "is empty");
+      break;
+    }
+    case CQRS_FIELD_INT64:
+    case CQRS_FIELD_TIME: {
+      int64_t v;
+      memcpy(&v, p, sizeof v);
+      if ((f->flags & CQRS_F_RANGE) && (v < f->min || v > f->max)) return invalid(err, prefix, f, "is out of range");
+      if ((f->flags & CQRS_F_REQUIRED) && v == 0) return invalid(err, prefix, f, "is missing");
+      break;
+    }
+    case CQRS_FIELD_INT32: {
+      int32_t v;
+      memcpy(&v, p, sizeof v);
+      if ((f->flags & CQRS_F_RANGE) && (v < f->min || v > f->max)) return invalid(err, prefix, f, "is out of range");
+      break;
+    }
+    case CQRS_FIELD_MONEY: {
+      cqrs_money_t m;
+      memcpy(&m, p, sizeof m);
+      if (!currency_ok(m.currency)) return invalid(err, prefix, f, "has no valid currency (three capital letters)");
+      if ((f->flags & CQRS_F_RANGE) && (m.amount < f->min || m.amount > f->max))
+        return invalid(err, prefix, f, "amount is out of range");
+      break;
+    }
+    case CQRS_FIELD_DOC: {
+      char sub[128];
+      snprintf(sub, sizeof sub, "%s%s%s", prefix, *prefix ? "." : "", f->key);
+      cqrs_code_t rc = validate(f->fields, p, sub, err);
+      if (rc) return rc;
+      break;
+    }
+    case CQRS_FIELD_BOOL:
+    case CQRS_FIELD_END:
+      break;
+    }
+  }
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_fields_validate(const cqrs_field_t *fields, const void *obj, cqrs_error_t *err) {
+  if (!fields || !obj) return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to validate");
+  return validate(fields, obj, "", err);
+}

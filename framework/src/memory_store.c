@@ -1,0 +1,295 @@
+/* The in-memory event store. Appends serialise on a write lock and publish
+ * with release stores; reads take no lock but the read side of the stream
+ * table's rwlock for a look-up, and walk arrays whose chunks never move. */
+#include <uv.h>
+
+#include "cqrs-uthash.h"
+
+
+#define LOG_CHUNK_BITS 12
+#define LOG_CHUNK (1u << LOG_CHUNK_BITS)
+#define LOG_DIR 16384u /* LOG_DIR * LOG_CHUNK = 2^26 events */
+#define STREAM_CHUNKS 40 /* chunk k holds 8 << k events */
+
+typedef struct stream {
+  UT_hash_handle hh;
+  _Atomic int64_t count;
+  cqrs_event_t **chunks[STREAM_CHUNKS];
+  bool has_snapshot;
+  int64_t snapshot_version;
+  uint32_t snapshot_schema;
+  bson_t *snapshot;
+  size_t keylen;
+  char key[]; /* "type\0id" */
+} stream_t;
+
+typedef struct command_id {
+  UT_hash_handle hh;
+  char id[];
+} command_id_t;
+
+typedef struct memstore {
+  uv_rwlock_t lock; /* write: appends and snapshots; read: stream look-ups */
+  stream_t *streams;
+  command_id_t *commands;
+  _Atomic int64_t head;
+  size_t overhead;
+  cqrs_event_t **log[LOG_DIR];
+} memstore_t;
+
+static size_t chunk_index(int64_t i, size_t *offset) {
+  uint64_t q = (uint64_t)i / 8 + 1;
+  size_t k = 63 - (size_t)__builtin_clzll(q);
+  *offset = (size_t)((uint64_t)i - 8 * ((UINT64_C(1) << k) - 1));
+  return k;
+}
+
+static size_t make_key(char *buf, size_t cap, const char *type, const char *id) {
+  size_t lt = strlen(type), li = strlen(id);
+  if (lt + li + 2 > cap) return 0;
+  memcpy(buf, type, lt + 1);
+  memcpy(buf + lt + 1, id, li + 1);
+  return lt + li + 2;
+}
+
+static stream_t *find_stream(memstore_t *m, const char *type, const char *id) {
+  char key[CQRS_NAME_MAX + CQRS_ID_MAX];
+  size_t n = make_key(key, sizeof key, type, id);
+  stream_t *s = NULL;
+  if (n) HASH_FIND(hh, m->streams, key, n, s);
+  return s;
+}
+
+static stream_t *find_stream_locked_read(memstore_t *m, const char *type, const char *id) {
+  uv_rwlock_rdlock(&m->lock);
+  stream_t *s = find_stream(m, type, id);
+  uv_rwlock_rdunlock(&m->lock);
+  return s;
+}
+
+static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
+  memstore_t *m = impl;
+  cqrs_code_t rc = CQRS_OK;
+  uv_rwlock_wrlock(&m->lock);
+  command_id_t *c;
+  HASH_FIND_STR(m->commands, req->command_id, c);
+  if (c) {
+    res->duplicate = true;
+    goto out;
+  }
+  stream_t *s = find_stream(m, req->aggregate_type, req->aggregate_id);
+  int64_t count = s ? atomic_load_explicit(&s->count, memory_order_relaxed) : 0;
+  if (count != req->expected_version) {
+    rc = cqrs_error_set(err, CQRS_ECONFLICT, "%s/%s is at version %lld, expected %lld", req->aggregate_type,
+                        req->aggregate_id, (long long)count, (long long)req->expected_version);
+    goto out;
+  }
+  int64_t head = atomic_load_explicit(&m->head, memory_order_relaxed);
+  if ((uint64_t)head + req->count > (uint64_t)LOG_DIR * LOG_CHUNK) {
+    rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "the memory store is full");
+    goto out;
+  }
+  /* Allocate everything first so that a failure leaves the store unchanged. */
+  size_t idlen = strlen(req->command_id) + 1;
+  c = cqrs__malloc(sizeof *c + idlen);
+  stream_t *fresh = NULL;
+  if (c && !s) {
+    char key[CQRS_NAME_MAX + CQRS_ID_MAX];
+    size_t n = make_key(key, sizeof key, req->aggregate_type, req->aggregate_id);
+    fresh = cqrs__calloc(1, sizeof *fresh + n);
+    if (fresh) {
+      memcpy(fresh->key, key, n);
+      fresh->keylen = n;
+    }
+  }
+  bool ok = c && (s || fresh);
+  stream_t *target = s ? s : fresh;
+  for (size_t i = 0; ok && i < req->count; i++) {
+    size_t off, k = chunk_index(count + (int64_t)i, &off);
+    if (!target->chunks[k]) {
+      target->chunks[k] = cqrs__calloc((size_t)8 << k, sizeof(cqrs_event_t *));
+      ok = target->chunks[k] != NULL;
+      if (ok) m->overhead += ((size_t)8 << k) * sizeof(cqrs_event_t *);
+    }
+    size_t g = (size_t)(head + (int64_t)i) >> LOG_CHUNK_BITS;
+    if (ok && !m->log[g]) {
+      m->log[g] = cqrs__calloc(LOG_CHUNK, sizeof(cqrs_event_t *));
+      ok = m->log[g] != NULL;
+      if (ok) m->overhead += LOG_CHUNK * sizeof(cqrs_event_t *);
+    }
+  }
+  if (!ok) {
+    cqrs__free(c);
+    if (fresh) {
+      for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(fresh->chunks[k]);
+      cqrs__free(fresh);
+    }
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
+    goto out;
+  }
+  memcpy(c->id, req->command_id, idlen);
+  CQRS_HASH_TRY(HASH_ADD_STR(m->commands, id, c));
+  if (!CQRS_HASH_FAILED() && fresh) {
+    CQRS_HASH_TRY(HASH_ADD_KEYPTR(hh, m->streams, fresh->key, fresh->keylen, fresh));
+    if (CQRS_HASH_FAILED()) HASH_DEL(m->commands, c);
+  }
+  if (CQRS_HASH_FAILED()) {
+    cqrs__free(c);
+    if (fresh) {
+      for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(fresh->chunks[k]);
+      cqrs__free(fresh);
+    }
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
+    goto out;
+  }
+  m->overhead += sizeof *c + idlen + 32;
+  if (fresh) m->overhead += sizeof *fresh + fresh->keylen + 32;
+  for (size_t i = 0; i < req->count; i++) {
+    cqrs_event_t *e = req->events[i];
+    int64_t pos = head + (int64_t)i;
+    e->position = pos + 1;
+    cqrs_event_ref(e);
+    size_t off, k = chunk_index(count + (int64_t)i, &off);
+    target->chunks[k][off] = e;
+    m->log[(size_t)pos >> LOG_CHUNK_BITS][(size_t)pos & (LOG_CHUNK - 1)] = e;
+    m->overhead += sizeof(cqrs__event_t);
+    if (i == 0 || e->envelope != req->events[i - 1]->envelope) m->overhead += sizeof(cqrs__envelope_t) + 64;
+  }
+  atomic_store_explicit(&target->count, count + (int64_t)req->count, memory_order_release);
+  atomic_store_explicit(&m->head, head + (int64_t)req->count, memory_order_release);
+  res->first_position = head + 1;
+  res->last_position = head + (int64_t)req->count;
+out:
+  uv_rwlock_wrunlock(&m->lock);
+  return rc;
+}
+
+static cqrs_code_t mem_read_stream(void *impl, const char *type, const char *id, int64_t from_version,
+                                   cqrs_event_visit_cb cb, void *data, cqrs_error_t *err) {
+  CQRS__UNUSED(err);
+  stream_t *s = find_stream_locked_read(impl, type, id);
+  if (!s) return CQRS_OK;
+  int64_t count = atomic_load_explicit(&s->count, memory_order_acquire);
+  int64_t i = from_version - 1;
+  while (i < count) {
+    size_t off, k = chunk_index(i, &off);
+    cqrs_event_t **chunk = s->chunks[k];
+    size_t end = (size_t)8 << k;
+    if ((int64_t)(end - off) > count - i) end = off + (size_t)(count - i);
+    for (size_t j = off; j < end; j++) {
+      if (!cb(chunk[j], data)) return CQRS_OK;
+    }
+    i += (int64_t)(end - off);
+  }
+  return CQRS_OK;
+}
+
+static cqrs_code_t mem_read_all(void *impl, int64_t from_position, size_t limit, cqrs_event_visit_cb cb, void *data,
+                                cqrs_error_t *err) {
+  CQRS__UNUSED(err);
+  memstore_t *m = impl;
+  int64_t head = atomic_load_explicit(&m->head, memory_order_acquire);
+  int64_t end = from_position - 1 + (int64_t)(limit > (size_t)INT64_MAX ? INT64_MAX : limit);
+  if (end > head || end < 0) end = head;
+  for (int64_t p = from_position - 1; p < end; p++) {
+    if (!cb(m->log[(size_t)p >> LOG_CHUNK_BITS][(size_t)p & (LOG_CHUNK - 1)], data)) break;
+  }
+  return CQRS_OK;
+}
+
+static cqrs_code_t mem_head(void *impl, int64_t *position, cqrs_error_t *err) {
+  CQRS__UNUSED(err);
+  *position = atomic_load_explicit(&((memstore_t *)impl)->head, memory_order_acquire);
+  return CQRS_OK;
+}
+
+static cqrs_code_t mem_snapshot_load(void *impl, const char *type, const char *id, cqrs_snapshot_t *out,
+                                     bool *found, cqrs_error_t *err) {
+  CQRS__UNUSED(err);
+  memstore_t *m = impl;
+  uv_rwlock_rdlock(&m->lock);
+  stream_t *s = find_stream(m, type, id);
+  if (s && s->has_snapshot) {
+    out->version = s->snapshot_version;
+    out->schema_version = s->snapshot_schema;
+    bson_copy_to(s->snapshot, &out->state);
+    *found = true;
+  }
+  uv_rwlock_rdunlock(&m->lock);
+  return CQRS_OK;
+}
+
+static cqrs_code_t mem_snapshot_save(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err) {
+  memstore_t *m = impl;
+  cqrs_code_t rc = CQRS_OK;
+  uv_rwlock_wrlock(&m->lock);
+  stream_t *s = find_stream(m, snap->aggregate_type, snap->aggregate_id);
+  if (!s || atomic_load_explicit(&s->count, memory_order_relaxed) < snap->version) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "snapshot of %s/%s is ahead of its stream", snap->aggregate_type,
+                        snap->aggregate_id);
+  } else if (!s->has_snapshot || snap->version >= s->snapshot_version) {
+    bson_t *copy = bson_copy(&snap->state);
+    if (s->snapshot) bson_destroy(s->snapshot);
+    s->snapshot = copy;
+    s->snapshot_version = snap->version;
+    s->snapshot_schema = snap->schema_version;
+    s->has_snapshot = true;
+  }
+  uv_rwlock_wrunlock(&m->lock);
+  return rc;
+}
+
+static void mem_destroy(void *impl) {
+  memstore_t *m = impl;
+  int64_t head = atomic_load(&m->head);
+  for (int64_t p = 0; p < head; p++) cqrs_event_unref(m->log[(size_t)p >> LOG_CHUNK_BITS][(size_t)p & (LOG_CHUNK - 1)]);
+  for (size_t g = 0; g < LOG_DIR; g++) cqrs__free(m->log[g]);
+  stream_t *s, *ts;
+  HASH_ITER(hh, m->streams, s, ts) {
+    HASH_DEL(m->streams, s);
+    for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(s->chunks[k]);
+    if (s->snapshot) bson_destroy(s->snapshot);
+    cqrs__free(s);
+  }
+  command_id_t *c, *tc;
+  HASH_ITER(hh, m->commands, c, tc) {
+    HASH_DEL(m->commands, c);
+    cqrs__free(c);
+  }
+  uv_rwlock_destroy(&m->lock);
+  cqrs__free(m);
+}
+
+static const cqrs_store_ops_t memory_ops = {
+    .name = "memory",
+    .blocking = false,
+    .append = mem_append,
+    .read_stream = mem_read_stream,
+    .read_all = mem_read_all,
+    .head = mem_head,
+    .snapshot_load = mem_snapshot_load,
+    .snapshot_save = mem_snapshot_save,
+    .destroy = mem_destroy,
+};
+
+cqrs_store_t *cqrs_memory_store_new(void) {
+  memstore_t *m = cqrs__calloc(1, sizeof *m);
+  if (!m) return NULL;
+  if (uv_rwlock_init(&m->lock)) {
+    cqrs__free(m);
+    return NULL;
+  }
+  m->overhead = sizeof *m;
+  cqrs_store_t *s = cqrs_store_new(&memory_ops, m);
+  if (!s) mem_destroy(m);
+  return s;
+}
+
+size_t cqrs_memory_store_overhead(const cqrs_store_t *store) {
+  if (!store || store->ops != &memory_ops) return 0;
+  memstore_t *m = store->impl;
+  uv_rwlock_rdlock(&m->lock);
+  size_t n = m->overhead;
+  uv_rwlock_rdunlock(&m->lock);
+  return n;
+}

@@ -1,0 +1,122 @@
+
+#include "cqrs-uthash.h"
+
+
+typedef struct query {
+  UT_hash_handle hh;
+  cqrs_query_fn fn;
+  void *data;
+  char name[CQRS_NAME_MAX];
+} query_t;
+
+struct cqrs_queries {
+  const cqrs_readmodel_t *rm;
+  query_t *queries;
+};
+
+cqrs_queries_t *cqrs_queries_new(const cqrs_readmodel_t *rm) {
+  if (!rm) return NULL;
+  cqrs_queries_t *q = cqrs__calloc(1, sizeof *q);
+  if (q) q->rm = rm;
+  return q;
+}
+
+void cqrs_queries_destroy(cqrs_queries_t *q) {
+  if (!q) return;
+  query_t *e, *tmp;
+  HASH_ITER(hh, q->queries, e, tmp) {
+    HASH_DEL(q->queries, e);
+    cqrs__free(e);
+  }
+  cqrs__free(q);
+}
+
+cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_fn fn, void *data,
+                                  cqrs_error_t *err) {
+  if (!q || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus or handler");
+  cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "query name", err);
+  if (rc) return rc;
+  query_t *e;
+  HASH_FIND_STR(q->queries, name, e);
+  if (e) return cqrs_error_set(err, CQRS_EDUPLICATE, "query '%s' is already registered", name);
+  if (!(e = cqrs__calloc(1, sizeof *e))) return cqrs_error_set(err, CQRS_ENOMEM, "cannot register a query");
+  memcpy(e->name, name, strlen(name) + 1);
+  e->fn = fn;
+  e->data = data;
+  CQRS_HASH_TRY(HASH_ADD_STR(q->queries, name, e));
+  if (CQRS_HASH_FAILED()) {
+    cqrs__free(e);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot register a query");
+  }
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_queries_run(const cqrs_queries_t *q, const char *name, const bson_t *params, bson_t *out,
+                             cqrs_error_t *err) {
+  if (!q || !name || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus, name or output");
+  query_t *e;
+  HASH_FIND_STR(q->queries, name, e);
+  if (!e) return cqrs_error_set(err, CQRS_ENOT_FOUND, "no query named '%.64s'", name);
+  bson_t empty = BSON_INITIALIZER;
+  cqrs_error_clear(err);
+  cqrs_code_t rc = e->fn(q->rm, params ? params : &empty, out, e->data, err);
+  if (rc && err && err->code == CQRS_OK) cqrs_error_set(err, rc, "query %s failed", name);
+  bson_destroy(&empty);
+  return rc;
+}
+
+typedef struct query_req {
+  uv_work_t work;
+  const cqrs_queries_t *q;
+  char name[CQRS_NAME_MAX];
+  bson_t params, answer;
+  cqrs_query_cb cb;
+  void *data;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+} query_req_t;
+
+static void query_work(uv_work_t *w) {
+  query_req_t *r = w->data;
+  r->rc = cqrs_queries_run(r->q, r->name, &r->params, &r->answer, &r->err);
+}
+
+static void query_after(uv_work_t *w, int status) {
+  query_req_t *r = w->data;
+  if (status) r->rc = cqrs_error_set(&r->err, CQRS_ECLOSED, "query cancelled");
+  r->cb(r->rc, &r->answer, &r->err, r->data);
+  bson_destroy(&r->params);
+  bson_destroy(&r->answer);
+  cqrs__free(r);
+}
+
+cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const char *name, const bson_t *params,
+                              cqrs_query_cb cb, void *data) {
+  if (!q || !loop || !cb) return CQRS_EINVAL;
+  if (cqrs__check_str(name, CQRS_NAME_MAX, "query name", NULL)) return CQRS_EINVAL;
+  query_req_t *r = cqrs__calloc(1, sizeof *r);
+  if (!r) return CQRS_ENOMEM;
+  r->q = q;
+  memcpy(r->name, name, strlen(name) + 1);
+  if (params) {
+    bson_copy_to(params, &r->params);
+  } else {
+    bson_init(&r->params);
+  }
+  bson_init(&r->answer);
+  r->cb = cb;
+  r->data = data;
+  r->work.data = r;
+  if (!cqrs_readmodel_blocking(q->rm)) {
+    query_work(&r->work);
+    query_after(&r->work, 0);
+    return CQRS_OK;
+  }
+  if (uv_queue_work(loop, &r->work, query_work, query_after)) {
+    bson_destroy(&r->params);
+    bson_destroy(&r->answer);
+    cqrs__free(r);
+    return CQRS_ESTATE;
+  }
+  return CQRS_OK;
+}

@@ -1,0 +1,418 @@
+#include <stdio.h>
+#include <uv.h>
+
+#include "cqrs-uthash.h"
+
+
+struct cqrs_readmodel {
+  const cqrs_readmodel_ops_t *ops;
+  void *impl;
+};
+
+cqrs_readmodel_t *cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl) {
+  if (!ops || !ops->put || !ops->patch || !ops->patch_where || !ops->get || !ops->find) return NULL;
+  cqrs_readmodel_t *rm = cqrs__calloc(1, sizeof *rm);
+  if (!rm) return NULL;
+  rm->ops = ops;
+  rm->impl = impl;
+  return rm;
+}
+
+void cqrs_readmodel_destroy(cqrs_readmodel_t *rm) {
+  if (!rm) return;
+  if (rm->ops->destroy) rm->ops->destroy(rm->impl);
+  cqrs__free(rm);
+}
+
+bool cqrs_readmodel_blocking(const cqrs_readmodel_t *rm) { return rm && rm->ops->blocking; }
+
+static cqrs_code_t check(const void *rm, const char *coll, const char *id, bool need_id, int64_t position,
+                         cqrs_error_t *err) {
+  if (!rm) return cqrs_error_set(err, CQRS_EINVAL, "read model is NULL");
+  cqrs_code_t rc = cqrs__check_str(coll, CQRS_NAME_MAX, "collection name", err);
+  if (!rc && need_id) rc = cqrs__check_str(id, CQRS_ID_MAX, "document id", err);
+  if (!rc && position < 1) rc = cqrs_error_set(err, CQRS_EINVAL, "position must be >= 1");
+  return rc;
+}
+
+cqrs_code_t cqrs_readmodel_put(cqrs_readmodel_t *rm, const char *coll, const char *id, const bson_t *doc,
+                               int64_t position, bool *applied, cqrs_error_t *err) {
+  bool dummy;
+  if (!applied) applied = &dummy;
+  *applied = false;
+  cqrs_code_t rc = check(rm, coll, id, true, position, err);
+  if (rc) return rc;
+  if (!doc) return cqrs_error_set(err, CQRS_EINVAL, "document is NULL");
+  return rm->ops->put(rm->impl, coll, id, doc, position, applied, err);
+}
+
+cqrs_code_t cqrs_readmodel_patch(cqrs_readmodel_t *rm, const char *coll, const char *id, const bson_t *set,
+                                 int64_t position, bool *applied, cqrs_error_t *err) {
+  bool dummy;
+  if (!applied) applied = &dummy;
+  *applied = false;
+  cqrs_code_t rc = check(rm, coll, id, true, position, err);
+  if (rc) return rc;
+  if (!set) return cqrs_error_set(err, CQRS_EINVAL, "patch is NULL");
+  return rm->ops->patch(rm->impl, coll, id, set, position, applied, err);
+}
+
+cqrs_code_t cqrs_readmodel_patch_where(cqrs_readmodel_t *rm, const char *coll, const bson_t *filter,
+                                       const bson_t *set, int64_t position, size_t *count, cqrs_error_t *err) {
+  size_t dummy;
+  if (!count) count = &dummy;
+  *count = 0;
+  cqrs_code_t rc = check(rm, coll, NULL, false, position, err);
+  if (rc) return rc;
+  if (!filter || !set) return cqrs_error_set(err, CQRS_EINVAL, "filter or patch is NULL");
+  return rm->ops->patch_where(rm->impl, coll, filter, set, position, count, err);
+}
+
+cqrs_code_t cqrs_readmodel_get(const cqrs_readmodel_t *rm, const char *coll, const char *id, bson_t *out,
+                               bool *found, cqrs_error_t *err) {
+  if (!out || !found) return cqrs_error_set(err, CQRS_EINVAL, "NULL output");
+  *found = false;
+  cqrs_code_t rc = check(rm, coll, id, true, 1, err);
+  return rc ? rc : rm->ops->get(rm->impl, coll, id, out, found, err);
+}
+
+cqrs_code_t cqrs_readmodel_find(const cqrs_readmodel_t *rm, const char *coll, const cqrs_find_t *q,
+                                cqrs_doc_visit_cb cb, void *data, cqrs_error_t *err) {
+  if (!q || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL query or callback");
+  cqrs_code_t rc = check(rm, coll, NULL, false, 1, err);
+  return rc ? rc : rm->ops->find(rm->impl, coll, q, cb, data, err);
+}
+
+/* ---- the in-memory read model ---- */
+
+typedef struct mdoc {
+  UT_hash_handle hh;
+  bson_t *doc;
+  int64_t position;
+  char id[CQRS_ID_MAX];
+} mdoc_t;
+
+typedef struct mcoll {
+  UT_hash_handle hh;
+  mdoc_t *docs;
+  char name[CQRS_NAME_MAX];
+} mcoll_t;
+
+typedef struct memrm {
+  uv_rwlock_t lock;
+  mcoll_t *colls;
+} memrm_t;
+
+static mcoll_t *get_coll(memrm_t *m, const char *name, bool create) {
+  mcoll_t *c;
+  HASH_FIND_STR(m->colls, name, c);
+  if (!c && create && (c = cqrs__calloc(1, sizeof *c))) {
+    memcpy(c->name, name, strlen(name) + 1);
+    CQRS_HASH_TRY(HASH_ADD_STR(m->colls, name, c));
+    if (CQRS_HASH_FAILED()) {
+      cqrs__free(c);
+      c = NULL;
+    }
+  }
+  return c;
+}
+
+static bool skip_key(const char *k) { return !strcmp(k, "_id") || !strcmp(k, CQRS_RM_POSITION); }
+
+static bson_t *build(const char *id, const bson_t *body, int64_t position) {
+  bson_t *out = bson_new();
+  BSON_APPEND_UTF8(out, "_id", id);
+  bson_iter_t it;
+  if (bson_iter_init(&it, body)) {
+    while (bson_iter_next(&it)) {
+      if (!skip_key(bson_iter_key(&it))) bson_append_iter(out, NULL, 0, &it);
+    }
+  }
+  BSON_APPEND_INT64(out, CQRS_RM_POSITION, position);
+  return out;
+}
+
+/* True when `set` holds a key that starts with `path` followed by a dot. */
+static bool set_has_below(const bson_t *set, const char *path, size_t plen) {
+  bson_iter_t it;
+  if (!bson_iter_init(&it, set)) return false;
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (!strncmp(k, path, plen) && k[plen] == '.') return true;
+  }
+  return false;
+}
+
+/* Copies `old` into `out`, replacing the values `set` names by (dotted) path
+ * and adding its new keys at this level, as MongoDB's $set does. */
+static void merge(bson_t *out, const bson_t *old, const bson_t *set, const char *prefix, bool top) {
+  size_t plen = strlen(prefix);
+  bson_iter_t it;
+  if (bson_iter_init(&it, old)) {
+    while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (top && skip_key(k)) continue;
+      char path[256];
+      int n = snprintf(path, sizeof path, "%s%s", prefix, k);
+      if (n < 0 || (size_t)n >= sizeof path) continue;
+      bson_iter_t s;
+      if (bson_iter_init_find(&s, set, path)) {
+        bson_append_iter(out, k, -1, &s);
+      } else if (BSON_ITER_HOLDS_DOCUMENT(&it) && set_has_below(set, path, (size_t)n)) {
+        uint32_t len;
+        const uint8_t *raw;
+        bson_iter_document(&it, &len, &raw);
+        bson_t child_old, child;
+        if (bson_init_static(&child_old, raw, len)) {
+          char sub[260];
+          snprintf(sub, sizeof sub, "%s.", path);
+          bson_append_document_begin(out, k, -1, &child);
+          merge(&child, &child_old, set, sub, false);
+          bson_append_document_end(out, &child);
+        }
+      } else {
+        bson_append_iter(out, k, -1, &it);
+      }
+    }
+  }
+  bson_iter_t s;
+  if (!bson_iter_init(&s, set)) return;
+  while (bson_iter_next(&s)) {
+    const char *k = bson_iter_key(&s);
+    if (strncmp(k, prefix, plen) || strchr(k + plen, '.') || (top && skip_key(k))) continue;
+    bson_iter_t exists;
+    if (!bson_iter_init_find(&exists, old, k + plen)) bson_append_iter(out, k + plen, -1, &s);
+  }
+}
+
+static void patch_doc(mdoc_t *d, const bson_t *set, int64_t position) {
+  bson_t *out = bson_new();
+  BSON_APPEND_UTF8(out, "_id", d->id);
+  merge(out, d->doc, set, "", true);
+  BSON_APPEND_INT64(out, CQRS_RM_POSITION, position);
+  bson_destroy(d->doc);
+  d->doc = out;
+  d->position = position;
+}
+
+static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const bson_t *doc, int64_t position,
+                           bool *applied, cqrs_error_t *err) {
+  memrm_t *m = impl;
+  cqrs_code_t rc = CQRS_OK;
+  uv_rwlock_wrlock(&m->lock);
+  mcoll_t *c = get_coll(m, coll, true);
+  mdoc_t *d = NULL;
+  if (c) HASH_FIND_STR(c->docs, id, d);
+  if (!c) {
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "out of memory");
+  } else if (d && d->position >= position) {
+    *applied = false;
+  } else if (!d && !(d = cqrs__calloc(1, sizeof *d))) {
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "out of memory");
+  } else {
+    bool fresh = d->doc == NULL;
+    if (fresh) {
+      memcpy(d->id, id, strlen(id) + 1);
+      CQRS_HASH_TRY(HASH_ADD_STR(c->docs, id, d));
+    }
+    if (fresh && CQRS_HASH_FAILED()) {
+      cqrs__free(d);
+      rc = cqrs_error_set(err, CQRS_ENOMEM, "out of memory");
+    } else {
+      if (d->doc) bson_destroy(d->doc);
+      d->doc = build(id, doc, position);
+      d->position = position;
+      *applied = true;
+    }
+  }
+  uv_rwlock_wrunlock(&m->lock);
+  return rc;
+}
+
+static cqrs_code_t mrm_patch(void *impl, const char *coll, const char *id, const bson_t *set, int64_t position,
+                             bool *applied, cqrs_error_t *err) {
+  memrm_t *m = impl;
+  cqrs_code_t rc = CQRS_OK;
+  uv_rwlock_wrlock(&m->lock);
+  mcoll_t *c = get_coll(m, coll, false);
+  mdoc_t *d = NULL;
+  if (c) HASH_FIND_STR(c->docs, id, d);
+  if (!d) {
+    rc = cqrs_error_set(err, CQRS_ENOT_FOUND, "%s/%s does not exist", coll, id);
+  } else if (d->position < position) {
+    patch_doc(d, set, position);
+    *applied = true;
+  }
+  uv_rwlock_wrunlock(&m->lock);
+  return rc;
+}
+
+static int cmp_values(const bson_iter_t *a, const bson_iter_t *b, bool *comparable) {
+  *comparable = true;
+  bson_type_t ta = bson_iter_type(a), tb = bson_iter_type(b);
+  bool na = ta == BSON_TYPE_INT32 || ta == BSON_TYPE_INT64 || ta == BSON_TYPE_DOUBLE;
+  bool nb = tb == BSON_TYPE_INT32 || tb == BSON_TYPE_INT64 || tb == BSON_TYPE_DOUBLE;
+  if (na && nb) {
+    if (ta != BSON_TYPE_DOUBLE && tb != BSON_TYPE_DOUBLE) {
+      int64_t x = bson_iter_as_int64(a), y = bson_iter_as_int64(b);
+      return x < y ? -1 : x > y;
+    }
+    double x = bson_iter_as_double(a), y = bson_iter_as_double(b);
+    return x < y ? -1 : x > y;
+  }
+  if (ta != tb) {
+    *comparable = false;
+    return ta < tb ? -1 : 1;
+  }
+  switch (ta) {
+  case BSON_TYPE_UTF8:
+    return strcmp(bson_iter_utf8(a, NULL), bson_iter_utf8(b, NULL));
+  case BSON_TYPE_DATE_TIME: {
+    int64_t x = bson_iter_date_time(a), y = bson_iter_date_time(b);
+    return x < y ? -1 : x > y;
+  }
+  case BSON_TYPE_BOOL:
+    return (int)bson_iter_bool(a) - (int)bson_iter_bool(b);
+  case BSON_TYPE_OID:
+    return bson_oid_compare(bson_iter_oid(a), bson_iter_oid(b));
+  case BSON_TYPE_NULL:
+    return 0;
+  default:
+    *comparable = false;
+    return 0;
+  }
+}
+
+static bool matches(const bson_t *doc, const bson_t *filter) {
+  if (!filter) return true;
+  bson_iter_t f;
+  if (!bson_iter_init(&f, filter)) return false;
+  while (bson_iter_next(&f)) {
+    bson_iter_t root, v;
+    if (!bson_iter_init(&root, doc) || !bson_iter_find_descendant(&root, bson_iter_key(&f), &v)) return false;
+    bool comparable;
+    if (cmp_values(&v, &f, &comparable) != 0 || !comparable) return false;
+  }
+  return true;
+}
+
+static cqrs_code_t mrm_patch_where(void *impl, const char *coll, const bson_t *filter, const bson_t *set,
+                                   int64_t position, size_t *count, cqrs_error_t *err) {
+  CQRS__UNUSED(err);
+  memrm_t *m = impl;
+  uv_rwlock_wrlock(&m->lock);
+  mcoll_t *c = get_coll(m, coll, false);
+  if (c) {
+    for (mdoc_t *d = c->docs; d; d = d->hh.next) {
+      if (d->position < position && matches(d->doc, filter)) {
+        patch_doc(d, set, position);
+        (*count)++;
+      }
+    }
+  }
+  uv_rwlock_wrunlock(&m->lock);
+  return CQRS_OK;
+}
+
+static cqrs_code_t mrm_get(void *impl, const char *coll, const char *id, bson_t *out, bool *found,
+                           cqrs_error_t *err) {
+  CQRS__UNUSED(err);
+  memrm_t *m = impl;
+  uv_rwlock_rdlock(&m->lock);
+  mcoll_t *c = get_coll(m, coll, false);
+  mdoc_t *d = NULL;
+  if (c) HASH_FIND_STR(c->docs, id, d);
+  if (d) {
+    bson_copy_to(d->doc, out);
+    *found = true;
+  }
+  uv_rwlock_rdunlock(&m->lock);
+  return CQRS_OK;
+}
+
+typedef struct sort_ctx {
+  const char *key;
+  bool desc;
+} sort_ctx_t;
+
+static _Thread_local const sort_ctx_t *current_sort;
+
+static int cmp_docs(const void *pa, const void *pb) {
+  const mdoc_t *a = *(const mdoc_t *const *)pa, *b = *(const mdoc_t *const *)pb;
+  const sort_ctx_t *s = current_sort;
+  int r;
+  if (!s->key) {
+    r = strcmp(a->id, b->id);
+  } else {
+    bson_iter_t ra, rb, va, vb;
+    bool ha = bson_iter_init(&ra, a->doc) && bson_iter_find_descendant(&ra, s->key, &va);
+    bool hb = bson_iter_init(&rb, b->doc) && bson_iter_find_descendant(&rb, s->key, &vb);
+    bool comparable;
+    if (!ha || !hb) {
+      r = (int)ha - (int)hb; /* missing sorts first */
+    } else {
+      r = cmp_values(&va, &vb, &comparable);
+    }
+    if (r == 0) r = strcmp(a->id, b->id);
+  }
+  return s->desc ? -r : r;
+}
+
+static cqrs_code_t mrm_find(void *impl, const char *coll, const cqrs_find_t *q, cqrs_doc_visit_cb cb, void *data,
+                            cqrs_error_t *err) {
+  memrm_t *m = impl;
+  cqrs_code_t rc = CQRS_OK;
+  uv_rwlock_rdlock(&m->lock);
+  mcoll_t *c = get_coll(m, coll, false);
+  size_t n = c ? HASH_COUNT(c->docs) : 0, k = 0;
+  mdoc_t **hits = n ? cqrs__malloc(n * sizeof *hits) : NULL;
+  if (n && !hits) {
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "out of memory");
+  } else if (n) {
+    for (mdoc_t *d = c->docs; d; d = d->hh.next) {
+      if (matches(d->doc, q->filter)) hits[k++] = d;
+    }
+    sort_ctx_t sc = {q->sort, q->descending};
+    current_sort = &sc;
+    qsort(hits, k, sizeof *hits, cmp_docs);
+    current_sort = NULL;
+    size_t limit = q->limit && q->limit < k ? q->limit : k;
+    for (size_t i = 0; i < limit; i++) {
+      if (!cb(hits[i]->doc, data)) break;
+    }
+  }
+  uv_rwlock_rdunlock(&m->lock);
+  cqrs__free(hits);
+  return rc;
+}
+
+static void mrm_destroy(void *impl) {
+  memrm_t *m = impl;
+  mcoll_t *c, *tc;
+  HASH_ITER(hh, m->colls, c, tc) {
+    mdoc_t *d, *td;
+    HASH_ITER(hh, c->docs, d, td) {
+      HASH_DEL(c->docs, d);
+      bson_destroy(d->doc);
+      cqrs__free(d);
+    }
+    HASH_DEL(m->colls, c);
+    cqrs__free(c);
+  }
+  uv_rwlock_destroy(&m->lock);
+  cqrs__free(m);
+}
+
+static const cqrs_readmodel_ops_t mrm_ops = {false, mrm_put, mrm_patch, mrm_patch_where, mrm_get, mrm_find, mrm_destroy};
+
+cqrs_readmodel_t *cqrs_memory_readmodel_new(void) {
+  memrm_t *m = cqrs__calloc(1, sizeof *m);
+  if (!m) return NULL;
+  if (uv_rwlock_init(&m->lock)) {
+    cqrs__free(m);
+    return NULL;
+  }
+  cqrs_readmodel_t *rm = cqrs_readmodel_new(&mrm_ops, m);
+  if (!rm) mrm_destroy(m);
+  return rm;
+}

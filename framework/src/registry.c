@@ -1,0 +1,233 @@
+
+#include "cqrs-uthash.h"
+
+
+typedef struct entry {
+  const char *name; /* borrowed from the descriptor */
+  const void *type;
+  UT_hash_handle hh;
+} entry_t;
+
+typedef struct upcaster {
+  char key[CQRS_NAME_MAX + 12]; /* "name#from" */
+  cqrs_upcast_fn fn;
+  UT_hash_handle hh;
+} upcaster_t;
+
+struct cqrs_registry {
+  entry_t *commands, *events, *aggregates;
+  upcaster_t *upcasters;
+};
+
+cqrs_registry_t *cqrs_registry_new(void) { return cqrs__calloc(1, sizeof(cqrs_registry_t)); }
+
+static void free_entries(entry_t **head) {
+  entry_t *e, *tmp;
+  HASH_ITER(hh, *head, e, tmp) {
+    HASH_DEL(*head, e);
+    cqrs__free(e);
+  }
+}
+
+void cqrs_registry_destroy(cqrs_registry_t *reg) {
+  if (!reg) return;
+  free_entries(&reg->commands);
+  free_entries(&reg->events);
+  free_entries(&reg->aggregates);
+  upcaster_t *u, *tmp;
+  HASH_ITER(hh, reg->upcasters, u, tmp) {
+    HASH_DEL(reg->upcasters, u);
+    cqrs__free(u);
+  }
+  cqrs__free(reg);
+}
+
+static cqrs_code_t add(entry_t **head, const char *kind, const char *name, const void *type, cqrs_error_t *err) {
+  cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, kind, err);
+  if (rc) return rc;
+  entry_t *e;
+  HASH_FIND_STR(*head, name, e);
+  if (e) {
+    if (e->type == type) return CQRS_OK;
+    return cqrs_error_set(err, CQRS_EDUPLICATE, "%s '%s' is already registered", kind, name);
+  }
+  e = cqrs__calloc(1, sizeof *e);
+  if (!e) return cqrs_error_set(err, CQRS_ENOMEM, "cannot register %s", kind);
+  e->name = name;
+  e->type = type;
+  CQRS_HASH_TRY(HASH_ADD_KEYPTR(hh, *head, e->name, strlen(e->name), e));
+  if (CQRS_HASH_FAILED()) {
+    cqrs__free(e);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot register %s", kind);
+  }
+  return CQRS_OK;
+}
+
+static const void *find(entry_t *head, const char *name) {
+  if (!name) return NULL;
+  entry_t *e;
+  HASH_FIND_STR(head, name, e);
+  return e ? e->type : NULL;
+}
+
+cqrs_code_t cqrs_registry_add_command(cqrs_registry_t *reg, const cqrs_command_type_t *type, cqrs_error_t *err) {
+  if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or command type");
+  if (!type->fields || !type->payload_size)
+    return cqrs_error_set(err, CQRS_EINVAL, "command type lacks fields or payload size");
+  return add(&reg->commands, "command type", type->name, type, err);
+}
+
+cqrs_code_t cqrs_registry_add_event(cqrs_registry_t *reg, const cqrs_event_type_t *type, cqrs_error_t *err) {
+  if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or event type");
+  if (!type->fields || !type->payload_size || type->schema_version < 1)
+    return cqrs_error_set(err, CQRS_EINVAL, "event type lacks fields, payload size or schema version");
+  return add(&reg->events, "event type", type->name, type, err);
+}
+
+cqrs_code_t cqrs_registry_add_aggregate(cqrs_registry_t *reg, const cqrs_aggregate_type_t *type,
+                                        cqrs_error_t *err) {
+  if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or aggregate type");
+  if (!type->apply) return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks an apply table");
+  if (type->snapshot_every && !type->snapshot_fields)
+    return cqrs_error_set(err, CQRS_EINVAL, "aggregate type takes snapshots but has no snapshot fields");
+  for (const cqrs_apply_entry_t *a = type->apply; a->type; a++) {
+    cqrs_code_t rc = cqrs_registry_add_event(reg, a->type, err);
+    if (rc) return rc;
+  }
+  return add(&reg->aggregates, "aggregate type", type->name, type, err);
+}
+
+const cqrs_command_type_t *cqrs_registry_command(const cqrs_registry_t *reg, const char *name) {
+  return reg ? find(reg->commands, name) : NULL;
+}
+const cqrs_event_type_t *cqrs_registry_event(const cqrs_registry_t *reg, const char *name) {
+  return reg ? find(reg->events, name) : NULL;
+}
+const cqrs_aggregate_type_t *cqrs_registry_aggregate(const cqrs_registry_t *reg, const char *name) {
+  return reg ? find(reg->aggregates, name) : NULL;
+}
+
+static void upcaster_key(char *buf, size_t cap, const char *name, uint32_t from) {
+  snprintf(buf, cap, "%.63s#%u", name, from);
+}
+
+cqrs_code_t cqrs_registry_add_upcaster(cqrs_registry_t *reg, const char *name, uint32_t from, cqrs_upcast_fn fn,
+                                       cqrs_error_t *err) {
+  if (!reg || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or upcaster");
+  cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "event type name", err);
+  if (rc) return rc;
+  if (from < 1) return cqrs_error_set(err, CQRS_EINVAL, "upcasters start from schema version 1");
+  upcaster_t *u;
+  char key[CQRS_NAME_MAX + 12];
+  upcaster_key(key, sizeof key, name, from);
+  HASH_FIND_STR(reg->upcasters, key, u);
+  if (u) return cqrs_error_set(err, CQRS_EDUPLICATE, "upcaster %s is already registered", key);
+  u = cqrs__calloc(1, sizeof *u);
+  if (!u) return cqrs_error_set(err, CQRS_ENOMEM, "cannot register an upcaster");
+  memcpy(u->key, key, sizeof key);
+  u->fn = fn;
+  CQRS_HASH_TRY(HASH_ADD_STR(reg->upcasters, key, u));
+  if (CQRS_HASH_FAILED()) {
+    cqrs__free(u);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot register an upcaster");
+  }
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char *name, uint32_t schema_version,
+                                         const bson_t *data, const cqrs_event_type_t **type_out, void **payload,
+                                         cqrs_error_t *err) {
+  if (!reg || !name || !data || !type_out || !payload)
+    return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to decode a payload");
+  *payload = NULL;
+  const cqrs_event_type_t *type = cqrs_registry_event(reg, name);
+  if (!type) return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "unknown event type '%.64s'", name);
+  if (schema_version < 1 || schema_version > type->schema_version)
+    return cqrs_error_set(err, CQRS_ECODEC, "%s: schema version %u is not between 1 and %u", type->name,
+                          schema_version, type->schema_version);
+  bson_t cur;
+  bson_copy_to(data, &cur);
+  cqrs_code_t rc = CQRS_OK;
+  for (uint32_t v = schema_version; v < type->schema_version; v++) {
+    char key[CQRS_NAME_MAX + 12];
+    upcaster_key(key, sizeof key, name, v);
+    upcaster_t *u;
+    HASH_FIND_STR(reg->upcasters, key, u);
+    if (!u) {
+      rc = cqrs_error_set(err, CQRS_ECODEC, "%s: no upcaster from schema version %u", type->name, v);
+      break;
+    }
+    bson_t next = BSON_INITIALIZER;
+    rc = u->fn(&cur, &next, err);
+    bson_destroy(&cur);
+    cur = next;
+    if (rc) break;
+  }
+  if (!rc) {
+    void *p = cqrs__calloc(1, type->payload_size);
+    if (!p) {
+      rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a payload");
+    } else if ((rc = cqrs_fields_decode(type->fields, &cur, p, err))) {
+      cqrs__free(p);
+    } else {
+      *payload = p;
+      *type_out = type;
+    }
+  }
+  bson_destroy(&cur);
+  return rc;
+}
+
+void cqrs_payload_free(void *payload) { cqrs__free(payload); }
+
+static const char *get_str(const bson_t *doc, const char *key) {
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)) return bson_iter_utf8(&it, NULL);
+  return NULL;
+}
+
+static bool get_int(const bson_t *doc, const char *key, int64_t *v) {
+  bson_iter_t it;
+  if (!bson_iter_init_find(&it, doc, key)) return false;
+  if (BSON_ITER_HOLDS_INT64(&it)) *v = bson_iter_int64(&it);
+  else if (BSON_ITER_HOLDS_INT32(&it)) *v = bson_iter_int32(&it);
+  else if (BSON_ITER_HOLDS_DATE_TIME(&it)) *v = bson_iter_date_time(&it);
+  else return false;
+  return true;
+}
+
+cqrs_code_t cqrs_event_from_bson(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_t **out,
+                                 cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!reg || !doc) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or document");
+  const char *id = get_str(doc, "id"), *type_name = get_str(doc, "type"), *atype = get_str(doc, "aggregateType"),
+             *aid = get_str(doc, "aggregateId");
+  int64_t schema = 0, version = 0, ts = 0, position = 0;
+  if (!type_name || !atype || !aid || !get_int(doc, "schemaVersion", &schema) || !get_int(doc, "version", &version) ||
+      !get_int(doc, "timestamp", &ts))
+    return cqrs_error_set(err, CQRS_ECODEC, "event document lacks type, aggregate, schema version, version or time");
+  get_int(doc, "position", &position);
+  bson_iter_t it;
+  if (!bson_iter_init_find(&it, doc, "data") || !BSON_ITER_HOLDS_DOCUMENT(&it))
+    return cqrs_error_set(err, CQRS_ECODEC, "event document lacks a document 'data'");
+  uint32_t len;
+  const uint8_t *raw;
+  bson_iter_document(&it, &len, &raw);
+  bson_t data;
+  if (!bson_init_static(&data, raw, len)) return cqrs_error_set(err, CQRS_ECODEC, "malformed event data");
+  if (schema < 1 || schema > UINT32_MAX) return cqrs_error_set(err, CQRS_ECODEC, "bad schema version");
+  const cqrs_event_type_t *type;
+  void *payload;
+  cqrs_code_t rc = cqrs_registry_decode_payload(reg, type_name, (uint32_t)schema, &data, &type, &payload, err);
+  if (rc) return rc;
+  cqrs_envelope_t *env;
+  rc = cqrs_envelope_new(atype, aid, get_str(doc, "causationId"), get_str(doc, "correlationId"), &env, err);
+  if (!rc) {
+    rc = cqrs_event_new(type, env, id, version, ts, payload, out, err);
+    cqrs_envelope_unref(env);
+  }
+  cqrs__free(payload);
+  if (!rc) (*out)->position = position;
+  return rc;
+}

@@ -1,0 +1,109 @@
+#include "cqrs-private.h"
+
+typedef struct replay {
+  cqrs_aggregate_t *agg;
+  cqrs_code_t rc;
+  cqrs_error_t *err;
+} replay_t;
+
+static bool replay_one(const cqrs_event_t *e, void *data) {
+  replay_t *r = data;
+  r->rc = cqrs_aggregate_apply(r->agg, e, r->err);
+  return r->rc == CQRS_OK;
+}
+
+/* Restores the state from the newest usable snapshot; a stale or undecodable
+ * one is ignored (the events replay from the start). */
+static void load_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg) {
+  const cqrs_aggregate_type_t *type = agg->type;
+  if (!type->snapshot_fields) return;
+  cqrs_snapshot_t snap;
+  bool found = false;
+  if (cqrs_store_snapshot_load(store, type->name, agg->id, &snap, &found, NULL) || !found) return;
+  if (snap.schema_version == type->snapshot_version && snap.version > 0) {
+    void *state = cqrs__calloc(1, type->state_size ? type->state_size : 1);
+    if (state && cqrs_fields_decode(type->snapshot_fields, &snap.state, state, NULL) == CQRS_OK) {
+      if (type->state_cleanup) type->state_cleanup(agg->state);
+      cqrs__free(agg->state);
+      agg->state = state;
+      agg->version = snap.version;
+      state = NULL;
+    }
+    cqrs__free(state);
+  }
+  bson_destroy(&snap.state);
+}
+
+cqrs_code_t cqrs_repository_load(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id,
+                                 cqrs_aggregate_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!store) return cqrs_error_set(err, CQRS_EINVAL, "store is NULL");
+  cqrs_aggregate_t *agg;
+  cqrs_code_t rc = cqrs_aggregate_new(type, id, &agg, err);
+  if (rc) return rc;
+  load_snapshot(store, agg);
+  replay_t r = {agg, CQRS_OK, err};
+  rc = cqrs_store_read_stream(store, type->name, id, agg->version + 1, replay_one, &r, err);
+  if (!rc) rc = r.rc;
+  if (rc) {
+    cqrs_aggregate_destroy(agg);
+    return rc;
+  }
+  *out = agg;
+  return CQRS_OK;
+}
+
+/* Gives the pending events an envelope naming their cause. */
+static cqrs_code_t stamp_cause(cqrs_aggregate_t *agg, const cqrs_cause_t *cause, cqrs_error_t *err) {
+  const cqrs_envelope_t *cur = agg->envelope;
+  const char *corr = cause->correlation_id && *cause->correlation_id ? cause->correlation_id : cause->command_id;
+  if (cur && !strcmp(cur->causation_id, cause->command_id) && !strcmp(cur->correlation_id, corr)) return CQRS_OK;
+  cqrs_envelope_t *env;
+  cqrs_code_t rc = cqrs_envelope_new(agg->type->name, agg->id, cause->command_id, corr, &env, err);
+  if (rc) return rc;
+  for (size_t i = 0; i < agg->pending_count; i++) {
+    cqrs_event_t *e = agg->pending[i];
+    cqrs_envelope_unref(e->envelope);
+    e->envelope = cqrs__envelope_ref(env);
+  }
+  cqrs__aggregate_set_envelope(agg, env);
+  return CQRS_OK;
+}
+
+static void maybe_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg, int64_t before) {
+  const cqrs_aggregate_type_t *type = agg->type;
+  if (!type->snapshot_every || !type->snapshot_fields) return;
+  if (agg->version / type->snapshot_every == before / type->snapshot_every) return;
+  cqrs_snapshot_t snap = {type->name, agg->id, agg->version, type->snapshot_version, BSON_INITIALIZER};
+  if (cqrs_fields_encode(type->snapshot_fields, agg->state, &snap.state, NULL) == CQRS_OK)
+    cqrs_store_snapshot_save(store, &snap, NULL);
+  bson_destroy(&snap.state);
+}
+
+cqrs_code_t cqrs_repository_save(cqrs_store_t *store, cqrs_aggregate_t *agg, const cqrs_cause_t *cause,
+                                 cqrs_save_result_t *res, cqrs_error_t *err) {
+  cqrs_save_result_t local;
+  if (!res) res = &local;
+  memset(res, 0, sizeof *res);
+  if (!store || !agg || !cause) return cqrs_error_set(err, CQRS_EINVAL, "NULL store, aggregate or cause");
+  cqrs_code_t rc = cqrs__check_str(cause->command_id, CQRS_ID_MAX, "command id", err);
+  if (rc) return rc;
+  if (agg->pending_count == 0) return CQRS_OK;
+  if ((rc = stamp_cause(agg, cause, err))) return rc;
+  cqrs_append_t req = {agg->type->name, agg->id, agg->version, cause->command_id, agg->pending, agg->pending_count};
+  cqrs_append_result_t ar;
+  if ((rc = cqrs_store_append(store, &req, &ar, err))) return rc;
+  res->duplicate = ar.duplicate;
+  res->last_position = ar.last_position;
+  if (ar.duplicate) {
+    /* The command had committed before: this run's events are not facts. */
+    cqrs__aggregate_clear_pending(agg);
+    return CQRS_OK;
+  }
+  int64_t before = agg->version;
+  res->committed = agg->pending_count;
+  cqrs__aggregate_committed(agg);
+  maybe_snapshot(store, agg, before);
+  return CQRS_OK;
+}

@@ -1,0 +1,80 @@
+#include "cqrs-private.h"
+
+cqrs_store_t *cqrs_store_new(const cqrs_store_ops_t *ops, void *impl) {
+  if (!ops || !ops->append || !ops->read_stream || !ops->read_all || !ops->head) return NULL;
+  cqrs_store_t *s = cqrs__calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->ops = ops;
+  s->impl = impl;
+  return s;
+}
+
+void cqrs_store_destroy(cqrs_store_t *s) {
+  if (!s) return;
+  if (s->ops->destroy) s->ops->destroy(s->impl);
+  cqrs__free(s);
+}
+
+bool cqrs_store_blocking(const cqrs_store_t *s) { return s && s->ops->blocking; }
+void *cqrs_store_impl(const cqrs_store_t *s) { return s ? s->impl : NULL; }
+
+static cqrs_code_t check_stream(const char *type, const char *id, cqrs_error_t *err) {
+  cqrs_code_t rc = cqrs__check_str(type, CQRS_NAME_MAX, "aggregate type", err);
+  return rc ? rc : cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
+}
+
+cqrs_code_t cqrs_store_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
+                              cqrs_error_t *err) {
+  if (!s || !req || !res) return cqrs_error_set(err, CQRS_EINVAL, "NULL store, request or result");
+  memset(res, 0, sizeof *res);
+  cqrs_code_t rc = check_stream(req->aggregate_type, req->aggregate_id, err);
+  if (rc) return rc;
+  if ((rc = cqrs__check_str(req->command_id, CQRS_ID_MAX, "command id", err))) return rc;
+  if (req->expected_version < 0) return cqrs_error_set(err, CQRS_EINVAL, "expected version is negative");
+  if (!req->events || req->count == 0) return cqrs_error_set(err, CQRS_EINVAL, "nothing to append");
+  for (size_t i = 0; i < req->count; i++) {
+    const cqrs_event_t *e = req->events[i];
+    if (!e || e->version != req->expected_version + (int64_t)i + 1)
+      return cqrs_error_set(err, CQRS_EINVAL, "event %zu is NULL or its version does not follow", i);
+  }
+  return s->ops->append(s->impl, req, res, err);
+}
+
+cqrs_code_t cqrs_store_read_stream(cqrs_store_t *s, const char *type, const char *id, int64_t from_version,
+                                   cqrs_event_visit_cb cb, void *data, cqrs_error_t *err) {
+  if (!s || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or callback");
+  cqrs_code_t rc = check_stream(type, id, err);
+  if (rc) return rc;
+  return s->ops->read_stream(s->impl, type, id, from_version < 1 ? 1 : from_version, cb, data, err);
+}
+
+cqrs_code_t cqrs_store_read_all(cqrs_store_t *s, int64_t from_position, size_t limit, cqrs_event_visit_cb cb,
+                                void *data, cqrs_error_t *err) {
+  if (!s || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or callback");
+  if (limit == 0) return CQRS_OK;
+  return s->ops->read_all(s->impl, from_position < 1 ? 1 : from_position, limit, cb, data, err);
+}
+
+cqrs_code_t cqrs_store_head(cqrs_store_t *s, int64_t *position, cqrs_error_t *err) {
+  if (!s || !position) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or position");
+  return s->ops->head(s->impl, position, err);
+}
+
+cqrs_code_t cqrs_store_snapshot_load(cqrs_store_t *s, const char *type, const char *id, cqrs_snapshot_t *out,
+                                     bool *found, cqrs_error_t *err) {
+  if (!s || !out || !found) return cqrs_error_set(err, CQRS_EINVAL, "NULL store, snapshot or flag");
+  *found = false;
+  cqrs_code_t rc = check_stream(type, id, err);
+  if (rc) return rc;
+  if (!s->ops->snapshot_load) return CQRS_OK;
+  return s->ops->snapshot_load(s->impl, type, id, out, found, err);
+}
+
+cqrs_code_t cqrs_store_snapshot_save(cqrs_store_t *s, const cqrs_snapshot_t *snap, cqrs_error_t *err) {
+  if (!s || !snap) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or snapshot");
+  cqrs_code_t rc = check_stream(snap->aggregate_type, snap->aggregate_id, err);
+  if (rc) return rc;
+  if (snap->version < 1) return cqrs_error_set(err, CQRS_EINVAL, "snapshot version must be >= 1");
+  if (!s->ops->snapshot_save) return cqrs_error_set(err, CQRS_ESTATE, "store %s keeps no snapshots", s->ops->name);
+  return s->ops->snapshot_save(s->impl, snap, err);
+}

@@ -1,0 +1,258 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cqrs/testing.h"
+
+/* Events a `when` committed, with a reference each. */
+typedef struct event_vec {
+  const cqrs_event_t **items;
+  size_t len, cap;
+} event_vec_t;
+
+static bool vec_push(event_vec_t *v, const cqrs_event_t *e) {
+  if (v->len == v->cap) {
+    size_t cap = v->cap ? v->cap * 2 : 8;
+    const cqrs_event_t **items = realloc((void *)v->items, cap * sizeof *items);
+    if (!items) return false;
+    v->items = items;
+    v->cap = cap;
+  }
+  v->items[v->len++] = cqrs_event_ref(e);
+  return true;
+}
+
+static void vec_clear(event_vec_t *v) {
+  for (size_t i = 0; i < v->len; i++) cqrs_event_unref(v->items[i]);
+  v->len = 0;
+}
+
+static void vec_free(event_vec_t *v) {
+  vec_clear(v);
+  free((void *)v->items);
+}
+
+struct cqrs_test {
+  uv_loop_t loop;
+  const cqrs_registry_t *reg;
+  const cqrs_aggregate_type_t *type;
+  char id[CQRS_ID_MAX];
+  cqrs_store_t *store;
+  cqrs_dispatcher_t *d;
+  unsigned given;
+  bool done;
+  cqrs_error_t error;
+  event_vec_t events;
+};
+
+cqrs_test_t *cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type, const char *id,
+                           cqrs_test_setup_fn setup, void *data) {
+  cqrs_error_t err;
+  if (!reg || !type || !id || !*id || strlen(id) >= CQRS_ID_MAX) {
+    fprintf(stderr, "cqrs_test_new: NULL registry or type, or a bad id\n");
+    return NULL;
+  }
+  cqrs_test_t *t = calloc(1, sizeof *t);
+  if (!t) return NULL;
+  uv_loop_init(&t->loop);
+  t->reg = reg;
+  t->type = type;
+  memcpy(t->id, id, strlen(id) + 1);
+  t->store = cqrs_memory_store_new();
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.retry_base_ms = 1;
+  if (!t->store || cqrs_dispatcher_new(&t->loop, reg, t->store, &o, &t->d, &err) ||
+      (setup && setup(t->d, data, &err))) {
+    fprintf(stderr, "cqrs_test_new: %s\n", err.message);
+    cqrs_test_destroy(t);
+    return NULL;
+  }
+  return t;
+}
+
+static void closed(void *data) { *(bool *)data = true; }
+
+bool cqrs_test_destroy(cqrs_test_t *t) {
+  if (!t) return true;
+  bool ok = true;
+  if (t->d) {
+    bool done = false;
+    cqrs_dispatcher_close(t->d, closed, &done);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    ok = done;
+  }
+  int rc = uv_loop_close(&t->loop);
+  if (rc) fprintf(stderr, "cqrs_test_destroy: uv_loop_close: %s\n", uv_strerror(rc));
+  vec_free(&t->events);
+  cqrs_store_destroy(t->store);
+  free(t);
+  return ok && rc == 0;
+}
+
+typedef struct version_probe {
+  int64_t version;
+} version_probe_t;
+
+static bool count_version(const cqrs_event_t *e, void *data) {
+  ((version_probe_t *)data)->version = e->version;
+  return true;
+}
+
+cqrs_code_t cqrs_test_given_for(cqrs_test_t *t, const cqrs_aggregate_type_t *atype, const char *id,
+                                const cqrs_event_type_t *type, const void *payload) {
+  cqrs_error_t err;
+  if (!t || !atype || !type || !payload) return CQRS_EINVAL;
+  version_probe_t probe = {0};
+  cqrs_code_t rc = cqrs_store_read_stream(t->store, atype->name, id, 1, count_version, &probe, &err);
+  if (rc) return rc;
+  char cmd_id[32];
+  snprintf(cmd_id, sizeof cmd_id, "given-%u", ++t->given);
+  cqrs_envelope_t *env;
+  if ((rc = cqrs_envelope_new(atype->name, id, cmd_id, NULL, &env, &err))) return rc;
+  cqrs_event_t *e;
+  rc = cqrs_event_new(type, env, NULL, probe.version + 1, cqrs_now_ms(), payload, &e, &err);
+  cqrs_envelope_unref(env);
+  if (rc) return rc;
+  cqrs_append_t req = {atype->name, id, probe.version, cmd_id, &e, 1};
+  cqrs_append_result_t res;
+  rc = cqrs_store_append(t->store, &req, &res, &err);
+  cqrs_event_unref(e);
+  if (rc) fprintf(stderr, "cqrs_test_given: %s\n", err.message);
+  return rc;
+}
+
+cqrs_code_t cqrs_test_given(cqrs_test_t *t, const cqrs_event_type_t *type, const void *payload) {
+  if (!t) return CQRS_EINVAL;
+  return cqrs_test_given_for(t, t->type, t->id, type, payload);
+}
+
+static void when_done(const cqrs_result_t *r, void *data) {
+  cqrs_test_t *t = data;
+  t->error = r->error;
+  t->done = true;
+}
+
+static bool collect(const cqrs_event_t *e, void *data) {
+  return vec_push(data, e);
+}
+
+void cqrs_test_run(cqrs_test_t *t) {
+  if (t) uv_run(&t->loop, UV_RUN_DEFAULT);
+}
+
+cqrs_code_t cqrs_test_when(cqrs_test_t *t, const cqrs_command_type_t *type, const void *payload) {
+  if (!t) return CQRS_EINVAL;
+  vec_clear(&t->events);
+  cqrs_error_clear(&t->error);
+  t->done = false;
+  int64_t head = 0;
+  cqrs_store_head(t->store, &head, NULL);
+  cqrs_command_t *cmd;
+  if (cqrs_command_new(type, payload, &cmd, &t->error)) return CQRS_OK; /* the result is the error */
+  cqrs_code_t rc = cqrs_dispatcher_send(t->d, cmd, when_done, t);
+  if (rc) return rc;
+  uv_run(&t->loop, UV_RUN_DEFAULT);
+  if (!t->done) return CQRS_ESTATE;
+  return cqrs_store_read_all(t->store, head + 1, SIZE_MAX, collect, &t->events, NULL);
+}
+
+const cqrs_error_t *cqrs_test_error(const cqrs_test_t *t) { return t ? &t->error : NULL; }
+size_t cqrs_test_event_count(const cqrs_test_t *t) { return t ? t->events.len : 0; }
+const cqrs_event_t *cqrs_test_event(const cqrs_test_t *t, size_t i) {
+  return t && i < t->events.len ? t->events.items[i] : NULL;
+}
+cqrs_dispatcher_t *cqrs_test_dispatcher(cqrs_test_t *t) { return t ? t->d : NULL; }
+
+cqrs_aggregate_t *cqrs_test_load(cqrs_test_t *t) {
+  cqrs_aggregate_t *agg = NULL;
+  if (t) cqrs_repository_load(t->store, t->type, t->id, &agg, NULL);
+  return agg;
+}
+
+static char *payload_json(const cqrs_event_type_t *type, const void *payload) {
+  bson_t b = BSON_INITIALIZER;
+  cqrs_fields_encode(type->fields, payload, &b, NULL);
+  char *json = bson_as_relaxed_extended_json(&b, NULL);
+  bson_destroy(&b);
+  return json;
+}
+
+static bool same_payload(const cqrs_event_type_t *type, const void *a, const void *b) {
+  bson_t x = BSON_INITIALIZER, y = BSON_INITIALIZER;
+  cqrs_fields_encode(type->fields, a, &x, NULL);
+  cqrs_fields_encode(type->fields, b, &y, NULL);
+  bool eq = bson_equal(&x, &y);
+  bson_destroy(&x);
+  bson_destroy(&y);
+  return eq;
+}
+
+static bool outcome_ok(const cqrs_test_t *t, char *msg, size_t cap) {
+  if (t->error.code == CQRS_OK) return true;
+  snprintf(msg, cap, "expected events, but the command failed: %s (%s): %s", cqrs_code_name(t->error.code),
+           t->error.name, t->error.message);
+  return false;
+}
+
+bool cqrs_test_check_events(const cqrs_test_t *t, const cqrs_expected_event_t *expected, char *msg, size_t cap) {
+  if (!t || !expected) {
+    snprintf(msg, cap, "NULL fixture or expectation");
+    return false;
+  }
+  if (!outcome_ok(t, msg, cap)) return false;
+  size_t n = 0;
+  while (expected[n].type) n++;
+  for (size_t i = 0; i < n || i < t->events.len; i++) {
+    const cqrs_event_t *got = i < t->events.len ? t->events.items[i] : NULL;
+    const cqrs_expected_event_t *want = i < n ? &expected[i] : NULL;
+    if (!got || !want) {
+      snprintf(msg, cap, "expected %zu event(s), got %zu; event %zu is %s %s", n, t->events.len, i + 1,
+               got ? "unexpected:" : "missing:", got ? got->type->name : want->type->name);
+      return false;
+    }
+    if (got->type != want->type || !same_payload(want->type, want->payload, got->payload)) {
+      char *g = payload_json(got->type, got->payload), *w = payload_json(want->type, want->payload);
+      snprintf(msg, cap, "event %zu: expected %s %s, got %s %s", i + 1, want->type->name, w ? w : "?",
+               got->type->name, g ? g : "?");
+      bson_free(g);
+      bson_free(w);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool cqrs_test_check_rejected(const cqrs_test_t *t, const char *reason, char *msg, size_t cap) {
+  if (!t || !reason) {
+    snprintf(msg, cap, "NULL fixture or reason");
+    return false;
+  }
+  if (t->error.code != CQRS_EREJECTED || strcmp(t->error.name, reason)) {
+    snprintf(msg, cap, "expected rejection '%s', got %s '%s': %s", reason, cqrs_code_name(t->error.code),
+             t->error.name, t->error.message);
+    return false;
+  }
+  if (t->events.len) {
+    snprintf(msg, cap, "rejected as expected, but %zu event(s) were committed", t->events.len);
+    return false;
+  }
+  return true;
+}
+
+bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, char *msg, size_t cap) {
+  if (!t) {
+    snprintf(msg, cap, "NULL fixture");
+    return false;
+  }
+  if (t->error.code != code) {
+    snprintf(msg, cap, "expected error %s, got %s '%s': %s", cqrs_code_name(code), cqrs_code_name(t->error.code),
+             t->error.name, t->error.message);
+    return false;
+  }
+  if (t->events.len) {
+    snprintf(msg, cap, "failed as expected, but %zu event(s) were committed", t->events.len);
+    return false;
+  }
+  return true;
+}

@@ -1,0 +1,167 @@
+#include "ledger.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const cqrs_field_t opened_fields[] = {CQRS_STRING(ledger_opened_t, owner, "owner", CQRS_F_REQUIRED),
+                                             CQRS_FIELDS_END};
+static const cqrs_field_t amount_fields[] = {CQRS_INT64_RANGE(ledger_amount_t, amount, "amount", 1, INT64_MAX),
+                                             CQRS_FIELDS_END};
+const cqrs_event_type_t ledger_opened = {"ledger.opened", 1, sizeof(ledger_opened_t), opened_fields};
+const cqrs_event_type_t ledger_credited = {"ledger.credited", 1, sizeof(ledger_amount_t), amount_fields};
+const cqrs_event_type_t ledger_debited = {"ledger.debited", 1, sizeof(ledger_amount_t), amount_fields};
+
+static const cqrs_field_t open_fields[] = {CQRS_STRING(ledger_open_cmd_t, id, "id", CQRS_F_REQUIRED),
+                                           CQRS_STRING(ledger_open_cmd_t, owner, "owner", CQRS_F_REQUIRED),
+                                           CQRS_FIELDS_END};
+static const cqrs_field_t move_fields[] = {CQRS_STRING(ledger_move_cmd_t, id, "id", CQRS_F_REQUIRED),
+                                           CQRS_INT64_RANGE(ledger_move_cmd_t, amount, "amount", 1, 1000000000000),
+                                           CQRS_FIELDS_END};
+const cqrs_command_type_t ledger_open = {"ledger.open", sizeof(ledger_open_cmd_t), open_fields, NULL, NULL};
+const cqrs_command_type_t ledger_credit = {"ledger.credit", sizeof(ledger_move_cmd_t), move_fields, NULL, NULL};
+const cqrs_command_type_t ledger_debit = {"ledger.debit", sizeof(ledger_move_cmd_t), move_fields, NULL, NULL};
+
+static void apply_opened(void *state, const cqrs_event_t *e) {
+  ledger_state_t *s = state;
+  const ledger_opened_t *p = e->payload;
+  s->opened = true;
+  memcpy(s->owner, p->owner, sizeof s->owner);
+  s->applied++;
+}
+static void apply_credited(void *state, const cqrs_event_t *e) {
+  ledger_state_t *s = state;
+  s->balance += ((const ledger_amount_t *)e->payload)->amount;
+  s->applied++;
+}
+static void apply_debited(void *state, const cqrs_event_t *e) {
+  ledger_state_t *s = state;
+  s->balance -= ((const ledger_amount_t *)e->payload)->amount;
+  s->applied++;
+}
+
+static const cqrs_apply_entry_t ledger_apply[] = {
+    {&ledger_opened, apply_opened}, {&ledger_credited, apply_credited}, {&ledger_debited, apply_debited}, {NULL, NULL}};
+static const cqrs_field_t state_fields[] = {CQRS_BOOL(ledger_state_t, opened, "opened", 0),
+                                            CQRS_STRING(ledger_state_t, owner, "owner", 0),
+                                            CQRS_INT64(ledger_state_t, balance, "balance", 0), CQRS_FIELDS_END};
+
+const cqrs_aggregate_type_t ledger_type = {"ledger", sizeof(ledger_state_t), NULL, NULL, ledger_apply, NULL, 0, 0};
+const cqrs_aggregate_type_t ledger_snap_type = {"ledger-snap", sizeof(ledger_state_t), NULL, NULL, ledger_apply,
+                                                state_fields, 1, 10};
+
+cqrs_registry_t *ledger_registry(void) {
+  cqrs_registry_t *reg = cqrs_registry_new();
+  if (!reg || cqrs_registry_add_aggregate(reg, &ledger_type, NULL) ||
+      cqrs_registry_add_aggregate(reg, &ledger_snap_type, NULL) || cqrs_registry_add_command(reg, &ledger_open, NULL) ||
+      cqrs_registry_add_command(reg, &ledger_credit, NULL) || cqrs_registry_add_command(reg, &ledger_debit, NULL)) {
+    fprintf(stderr, "ledger_registry failed\n");
+    abort();
+  }
+  return reg;
+}
+
+static cqrs_code_t handle_open(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  const ledger_open_cmd_t *c = cqrs_command_payload(cmd);
+  cqrs_aggregate_t *agg;
+  cqrs_code_t rc = cqrs_context_load(ctx, data, c->id, &agg, err);
+  if (rc) return rc;
+  if (((ledger_state_t *)cqrs_aggregate_state(agg))->opened)
+    return cqrs_reject(err, "ledger.already_open", "ledger %s is already open", c->id);
+  ledger_opened_t e = {{0}};
+  memcpy(e.owner, c->owner, sizeof e.owner);
+  return cqrs_aggregate_raise(agg, &ledger_opened, &e, err);
+}
+
+static cqrs_code_t handle_move(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err,
+                               bool credit) {
+  const ledger_move_cmd_t *c = cqrs_command_payload(cmd);
+  cqrs_aggregate_t *agg;
+  cqrs_code_t rc = cqrs_context_load(ctx, data, c->id, &agg, err);
+  if (rc) return rc;
+  const ledger_state_t *s = cqrs_aggregate_state(agg);
+  if (!s->opened) return cqrs_reject(err, "ledger.not_open", "ledger %s is not open", c->id);
+  if (!credit && s->balance < c->amount)
+    return cqrs_reject(err, "ledger.insufficient", "balance %lld < %lld", (long long)s->balance, (long long)c->amount);
+  ledger_amount_t e = {c->amount};
+  return cqrs_aggregate_raise(agg, credit ? &ledger_credited : &ledger_debited, &e, err);
+}
+
+static cqrs_code_t handle_credit(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  return handle_move(ctx, cmd, data, err, true);
+}
+
+static cqrs_code_t handle_debit(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  return handle_move(ctx, cmd, data, err, false);
+}
+
+cqrs_code_t ledger_handlers(cqrs_dispatcher_t *d, const cqrs_aggregate_type_t *type, unsigned flags,
+                            cqrs_error_t *err) {
+  void *t = (void *)(type ? type : &ledger_type);
+  cqrs_code_t rc = cqrs_dispatcher_register(d, &ledger_open, handle_open, t, flags, err);
+  if (!rc) rc = cqrs_dispatcher_register(d, &ledger_credit, handle_credit, t, flags, err);
+  if (!rc) rc = cqrs_dispatcher_register(d, &ledger_debit, handle_debit, t, flags, err);
+  return rc;
+}
+
+cqrs_code_t ledger_setup(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err) {
+  return ledger_handlers(d, data, 0, err);
+}
+
+static cqrs_command_t *must(const cqrs_command_type_t *type, const void *payload) {
+  cqrs_command_t *cmd;
+  cqrs_error_t err;
+  if (cqrs_command_new(type, payload, &cmd, &err)) {
+    fprintf(stderr, "cannot build %s: %s\n", type->name, err.message);
+    abort();
+  }
+  return cmd;
+}
+
+cqrs_command_t *ledger_open_new(const char *id, const char *owner) {
+  ledger_open_cmd_t c = {{0}, {0}};
+  snprintf(c.id, sizeof c.id, "%s", id);
+  snprintf(c.owner, sizeof c.owner, "%s", owner);
+  return must(&ledger_open, &c);
+}
+
+cqrs_command_t *ledger_credit_new(const char *id, int64_t amount) {
+  ledger_move_cmd_t c = {{0}, amount};
+  snprintf(c.id, sizeof c.id, "%s", id);
+  return must(&ledger_credit, &c);
+}
+
+cqrs_command_t *ledger_debit_new(const char *id, int64_t amount) {
+  ledger_move_cmd_t c = {{0}, amount};
+  snprintf(c.id, sizeof c.id, "%s", id);
+  return must(&ledger_debit, &c);
+}
+
+void ledger_fill(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id, int64_t n) {
+  cqrs_envelope_t *env;
+  cqrs_error_t err;
+  if (cqrs_envelope_new(type->name, id, "fill", NULL, &env, &err)) abort();
+  int64_t v = 0;
+  cqrs_event_t *batch[100];
+  while (v < n) {
+    size_t k = 0;
+    int64_t start = v;
+    for (; k < 100 && v < n; k++, v++) {
+      ledger_opened_t o = {"filler"};
+      ledger_amount_t a = {1};
+      if (cqrs_event_new(v == 0 ? &ledger_opened : &ledger_credited, env, NULL, v + 1, 0, v == 0 ? (void *)&o : (void *)&a,
+                         &batch[k], &err))
+        abort();
+    }
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "fill-%s-%lld", id, (long long)start);
+    cqrs_append_t req = {type->name, id, start, cmd, batch, k};
+    cqrs_append_result_t res;
+    if (cqrs_store_append(store, &req, &res, &err)) {
+      fprintf(stderr, "fill: %s\n", err.message);
+      abort();
+    }
+    for (size_t i = 0; i < k; i++) cqrs_event_unref(batch[i]);
+  }
+  cqrs_envelope_unref(env);
+}

@@ -1,0 +1,45 @@
+/* A small domain for the framework's own tests: a ledger that can be opened,
+ * credited and debited. */
+#ifndef TEST_LEDGER_H
+#define TEST_LEDGER_H
+
+#include <cqrs/cqrs.h>
+
+typedef struct ledger_state {
+  bool opened;
+  char owner[32];
+  int64_t balance;
+  int64_t applied; /* events applied, to tell a replay from a snapshot */
+} ledger_state_t;
+
+typedef struct ledger_opened { char owner[32]; } ledger_opened_t;
+typedef struct ledger_amount { int64_t amount; } ledger_amount_t;
+
+typedef struct ledger_open_cmd { char id[CQRS_ID_MAX]; char owner[32]; } ledger_open_cmd_t;
+typedef struct ledger_move_cmd { char id[CQRS_ID_MAX]; int64_t amount; } ledger_move_cmd_t;
+
+extern const cqrs_event_type_t ledger_opened;
+extern const cqrs_event_type_t ledger_credited;
+extern const cqrs_event_type_t ledger_debited;
+extern const cqrs_command_type_t ledger_open;
+extern const cqrs_command_type_t ledger_credit;
+extern const cqrs_command_type_t ledger_debit;
+extern const cqrs_aggregate_type_t ledger_type;      /* no snapshots */
+extern const cqrs_aggregate_type_t ledger_snap_type; /* a snapshot every 10 events */
+
+/* Registers every type above. */
+cqrs_registry_t *ledger_registry(void);
+/* Registers the three handlers for `type` (ledger_type by default). */
+cqrs_code_t ledger_handlers(cqrs_dispatcher_t *d, const cqrs_aggregate_type_t *type, unsigned flags,
+                            cqrs_error_t *err);
+cqrs_code_t ledger_setup(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err);
+
+/* Builds commands; abort the test on failure. */
+cqrs_command_t *ledger_open_new(const char *id, const char *owner);
+cqrs_command_t *ledger_credit_new(const char *id, int64_t amount);
+cqrs_command_t *ledger_debit_new(const char *id, int64_t amount);
+
+/* Appends `n` credits of 1 to stream `id` of `type` directly in `store`. */
+void ledger_fill(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id, int64_t n);
+
+#endif

@@ -1,0 +1,293 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ledger.h"
+
+#define MAX_SEEN 64
+
+typedef struct recorder {
+  const char *name;
+  int64_t positions[MAX_SEEN];
+  int64_t versions[MAX_SEEN];
+  const cqrs_event_type_t *types[MAX_SEEN];
+  size_t n;
+  int calls;
+  int fail_first; /* fail this many calls, then succeed */
+  bool fail_always;
+  uint64_t call_times[MAX_SEEN];
+  uv_loop_t *loop;
+  uv_thread_t loop_thread;
+  bool off_loop; /* a call came from another thread */
+} recorder_t;
+
+typedef struct fx {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_store_t *store;
+  cqrs_dispatcher_t *d;
+  int done, ok;
+  bool closed;
+} fx_t;
+
+static fx_t *fx_new(uint64_t base_ms, cqrs_dead_letter_fn sink, void *sink_data) {
+  fx_t *fx = calloc(1, sizeof *fx);
+  uv_loop_init(&fx->loop);
+  fx->reg = ledger_registry();
+  fx->store = cqrs_memory_store_new();
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.retry_base_ms = base_ms;
+  o.dead_letter = sink;
+  o.dead_letter_data = sink_data;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err)) fail_msg("%s", err.message);
+  assert_int_equal(ledger_handlers(fx->d, NULL, 0, NULL), CQRS_OK);
+  return fx;
+}
+
+static int setup(void **state) {
+  *state = fx_new(1, NULL, NULL);
+  return 0;
+}
+
+static void on_closed(void *data) { ((fx_t *)data)->closed = true; }
+
+static int teardown(void **state) {
+  fx_t *fx = *state;
+  if (fx->d) {
+    cqrs_dispatcher_close(fx->d, on_closed, fx);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    assert_true(fx->closed);
+  }
+  assert_int_equal(uv_loop_close(&fx->loop), 0);
+  cqrs_store_destroy(fx->store);
+  cqrs_registry_destroy(fx->reg);
+  free(fx);
+  return 0;
+}
+
+static cqrs_code_t record(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  recorder_t *r = data;
+  if (r->loop) {
+    uv_update_time(r->loop);
+    if (r->calls < MAX_SEEN) r->call_times[r->calls] = uv_now(r->loop);
+    uv_thread_t self = uv_thread_self();
+    if (!uv_thread_equal(&self, &r->loop_thread)) r->off_loop = true;
+  }
+  r->calls++;
+  if (r->fail_always || r->fail_first > 0) {
+    r->fail_first--;
+    return cqrs_error_set(err, CQRS_EHANDLER, "%s refuses %s", r->name, e->type->name);
+  }
+  if (r->n < MAX_SEEN) {
+    r->positions[r->n] = e->position;
+    r->versions[r->n] = e->version;
+    r->types[r->n] = e->type;
+    r->n++;
+  }
+  return CQRS_OK;
+}
+
+static void on_done(const cqrs_result_t *r, void *data) {
+  fx_t *fx = data;
+  fx->done++;
+  if (r->error.code == CQRS_OK) fx->ok++;
+}
+
+static void send_cmd(fx_t *fx, cqrs_command_t *cmd) { assert_int_equal(cqrs_dispatcher_send(fx->d, cmd, on_done, fx), CQRS_OK); }
+
+static void script(fx_t *fx) {
+  send_cmd(fx, ledger_open_new("a", "ada"));
+  send_cmd(fx, ledger_open_new("b", "bob"));
+  send_cmd(fx, ledger_credit_new("a", 10));
+  send_cmd(fx, ledger_credit_new("b", 20));
+  send_cmd(fx, ledger_debit_new("a", 5));
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(fx->ok, 5);
+}
+
+static void test_subscribers_get_events_in_order(void **state) {
+  fx_t *fx = *state;
+  recorder_t all = {.name = "all"}, credits = {.name = "credits"};
+  const cqrs_event_type_t *only_credits[] = {&ledger_credited, NULL};
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "all", NULL, record, &all, 0, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "credits", only_credits, record, &credits, 0, NULL), CQRS_OK);
+  script(fx);
+  assert_int_equal(all.n, 5);
+  for (size_t i = 1; i < all.n; i++) assert_true(all.positions[i] == all.positions[i - 1] + 1);
+  assert_ptr_equal(all.types[0], &ledger_opened);
+  assert_ptr_equal(all.types[4], &ledger_debited);
+  assert_int_equal(all.versions[4], 3); /* a's third event */
+  assert_int_equal(credits.n, 2);
+  assert_ptr_equal(credits.types[0], &ledger_credited);
+  assert_ptr_equal(credits.types[1], &ledger_credited);
+}
+
+static void test_failing_subscriber_is_retried_then_dead_lettered(void **state) {
+  fx_t *fx = *state;
+  recorder_t bad = {.name = "bad", .fail_always = true}, good = {.name = "good"};
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "bad", NULL, record, &bad, 0, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "good", NULL, record, &good, 0, NULL), CQRS_OK);
+  script(fx); /* the commands all succeed */
+  assert_int_equal(good.n, 5);
+  assert_int_equal(bad.calls, 5 * 3); /* three attempts each */
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 5);
+  const char *who;
+  const cqrs_error_t *why;
+  const cqrs_event_t *e = cqrs_dispatcher_dead_letter(fx->d, 0, &who, &why);
+  assert_non_null(e);
+  assert_string_equal(who, "bad");
+  assert_int_equal(why->code, CQRS_EHANDLER);
+  assert_non_null(strstr(why->message, "bad refuses ledger.opened"));
+  assert_ptr_equal(e->type, &ledger_opened);
+  assert_null(cqrs_dispatcher_dead_letter(fx->d, 5, NULL, NULL));
+}
+
+static void test_transient_failure_keeps_order(void **state) {
+  fx_t *fx = *state;
+  recorder_t flaky = {.name = "flaky", .fail_first = 2};
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "flaky", NULL, record, &flaky, 0, NULL), CQRS_OK);
+  script(fx);
+  assert_int_equal(flaky.n, 5);
+  assert_int_equal(flaky.calls, 7);
+  for (size_t i = 1; i < flaky.n; i++) assert_true(flaky.positions[i] > flaky.positions[i - 1]);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 0);
+}
+
+static void test_back_off_doubles(void **state) {
+  fx_t *fx = *state;
+  cqrs_dispatcher_close(fx->d, NULL, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  fx->d = NULL;
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  assert_int_equal(o.retry_attempts, 3); /* the seed's defaults */
+  assert_int_equal(o.retry_base_ms, 1000);
+  o.retry_base_ms = 30;
+  o.retry_attempts = 4;
+  assert_int_equal(cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, NULL), CQRS_OK);
+  ledger_handlers(fx->d, NULL, 0, NULL);
+  recorder_t bad = {.name = "bad", .fail_always = true, .loop = &fx->loop, .loop_thread = uv_thread_self()};
+  const cqrs_event_type_t *opened[] = {&ledger_opened, NULL};
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "bad", opened, record, &bad, 0, NULL), CQRS_OK);
+  send_cmd(fx, ledger_open_new("a", "ada"));
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(bad.calls, 4);
+  assert_true(bad.call_times[1] - bad.call_times[0] >= 30);
+  assert_true(bad.call_times[2] - bad.call_times[1] >= 60);
+  assert_true(bad.call_times[3] - bad.call_times[2] >= 120);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 1);
+}
+
+typedef struct sink {
+  int count;
+  char last[CQRS_NAME_MAX];
+} sink_t;
+
+static void to_sink(const char *sub, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
+  sink_t *s = data;
+  s->count++;
+  snprintf(s->last, sizeof s->last, "%s:%s", sub, e->type->name);
+  assert_int_equal(error->code, CQRS_EHANDLER);
+}
+
+static void test_dead_letter_sink(void **state) {
+  fx_t *old = *state;
+  teardown(state);
+  (void)old;
+  sink_t sink = {0, ""};
+  fx_t *fx = fx_new(1, to_sink, &sink);
+  *state = fx;
+  recorder_t bad = {.name = "bad", .fail_always = true};
+  const cqrs_event_type_t *debits[] = {&ledger_debited, NULL};
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "bad", debits, record, &bad, 0, NULL), CQRS_OK);
+  script(fx);
+  assert_int_equal(sink.count, 1);
+  assert_string_equal(sink.last, "bad:ledger.debited");
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 1);
+  assert_null(cqrs_dispatcher_dead_letter(fx->d, 0, NULL, NULL)); /* the sink has it */
+}
+
+static void test_blocking_subscriber_runs_off_the_loop(void **state) {
+  fx_t *fx = *state;
+  recorder_t slow = {.name = "slow", .loop = NULL, .loop_thread = uv_thread_self()};
+  recorder_t probe = {.name = "probe"};
+  (void)probe;
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "slow", NULL, record, &slow, CQRS_SUBSCRIBE_BLOCKING, NULL), CQRS_OK);
+  script(fx);
+  assert_int_equal(slow.n, 5);
+  for (size_t i = 1; i < slow.n; i++) assert_true(slow.positions[i] == slow.positions[i - 1] + 1);
+}
+
+static cqrs_code_t where(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)e;
+  (void)err;
+  uv_thread_t *loop_thread = data;
+  uv_thread_t self = uv_thread_self();
+  return uv_thread_equal(&self, loop_thread) ? cqrs_error_set(err, CQRS_EHANDLER, "ran on the loop thread") : CQRS_OK;
+}
+
+static void test_blocking_subscriber_thread(void **state) {
+  fx_t *fx = *state;
+  uv_thread_t me = uv_thread_self();
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "where", NULL, where, &me, CQRS_SUBSCRIBE_BLOCKING, NULL), CQRS_OK);
+  script(fx);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 0);
+}
+
+static void test_close_cuts_back_off_short(void **state) {
+  fx_t *fx = *state;
+  cqrs_dispatcher_close(fx->d, NULL, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  fx->d = NULL;
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.retry_base_ms = 60000; /* a minute: close must not wait for it */
+  assert_int_equal(cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, NULL), CQRS_OK);
+  ledger_handlers(fx->d, NULL, 0, NULL);
+  recorder_t bad = {.name = "bad", .fail_always = true};
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "bad", NULL, record, &bad, 0, NULL), CQRS_OK);
+  send_cmd(fx, ledger_open_new("z", "zoe"));
+  while (fx->done < 1) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(bad.calls, 1);
+  uv_update_time(&fx->loop);
+  uint64_t start = uv_now(&fx->loop);
+  cqrs_dispatcher_close(fx->d, on_closed, fx);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_update_time(&fx->loop);
+  assert_true(fx->closed);
+  assert_true(uv_now(&fx->loop) - start < 30000);
+  assert_int_equal(bad.calls, 3); /* every attempt made, none waited for */
+  fx->d = NULL;
+}
+
+static void test_subscribe_rules(void **state) {
+  fx_t *fx = *state;
+  recorder_t r = {.name = "r"};
+  cqrs_error_t err;
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "r", NULL, record, &r, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "r", NULL, record, &r, 0, &err), CQRS_EDUPLICATE);
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "", NULL, record, &r, 0, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "x", NULL, NULL, &r, 0, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_subscribe(NULL, "x", NULL, record, &r, 0, &err), CQRS_EINVAL);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_subscribers_get_events_in_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_failing_subscriber_is_retried_then_dead_lettered, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_transient_failure_keeps_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_back_off_doubles, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dead_letter_sink, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_blocking_subscriber_runs_off_the_loop, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_blocking_subscriber_thread, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_close_cuts_back_off_short, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_subscribe_rules, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

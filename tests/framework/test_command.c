@@ -1,0 +1,138 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include "ledger.h"
+
+static int setup(void **state) {
+  *state = ledger_registry();
+  return 0;
+}
+
+static int teardown(void **state) {
+  cqrs_registry_destroy(*state);
+  return 0;
+}
+
+static void test_new_command_has_ids_and_payload(void **state) {
+  (void)state;
+  cqrs_command_t *a = ledger_credit_new("acc-1", 250), *b = ledger_credit_new("acc-1", 250);
+  assert_ptr_equal(cqrs_command_type(a), &ledger_credit);
+  assert_int_equal(strlen(cqrs_command_id(a)), 24);
+  assert_string_not_equal(cqrs_command_id(a), cqrs_command_id(b));
+  assert_string_equal(cqrs_command_correlation_id(a), cqrs_command_id(a));
+  const ledger_move_cmd_t *p = cqrs_command_payload(a);
+  assert_string_equal(p->id, "acc-1");
+  assert_int_equal(p->amount, 250);
+  assert_int_equal(cqrs_command_set_id(a, "client-42", NULL), CQRS_OK);
+  assert_string_equal(cqrs_command_id(a), "client-42");
+  assert_string_equal(cqrs_command_correlation_id(a), "client-42");
+  assert_int_equal(cqrs_command_set_correlation_id(a, "conv-7", NULL), CQRS_OK);
+  assert_int_equal(cqrs_command_set_id(a, "client-43", NULL), CQRS_OK);
+  assert_string_equal(cqrs_command_correlation_id(a), "conv-7");
+  cqrs_error_t err;
+  assert_int_equal(cqrs_command_set_id(a, "", &err), CQRS_EINVAL);
+  char big[100];
+  memset(big, 'z', sizeof big - 1);
+  big[99] = '\0';
+  assert_int_equal(cqrs_command_set_id(a, big, &err), CQRS_ETOO_LARGE);
+  assert_string_equal(cqrs_command_id(a), "client-43");
+  cqrs_command_destroy(a);
+  cqrs_command_destroy(b);
+  cqrs_command_destroy(NULL);
+}
+
+static void test_invalid_commands_are_not_built(void **state) {
+  (void)state;
+  cqrs_command_t *cmd = (cqrs_command_t *)1;
+  cqrs_error_t err;
+  ledger_move_cmd_t bad_amount = {"acc", 0};
+  assert_int_equal(cqrs_command_new(&ledger_credit, &bad_amount, &cmd, &err), CQRS_EINVALID_COMMAND);
+  assert_null(cmd);
+  assert_string_equal(err.name, "invalid_command");
+  assert_non_null(strstr(err.message, "amount is out of range"));
+  ledger_move_cmd_t no_id = {"", 5};
+  assert_int_equal(cqrs_command_new(&ledger_credit, &no_id, &cmd, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "id is empty"));
+  assert_int_equal(cqrs_command_new(&ledger_credit, NULL, &cmd, &err), CQRS_EINVALID_COMMAND);
+  assert_int_equal(cqrs_command_new(NULL, &no_id, &cmd, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_command_new(&ledger_credit, &no_id, NULL, &err), CQRS_EINVAL);
+}
+
+static cqrs_code_t no_owner_named_root(const void *payload, cqrs_error_t *err) {
+  const ledger_open_cmd_t *c = payload;
+  if (!strcmp(c->owner, "root")) return cqrs_error_set(err, CQRS_EINVAL, "owner may not be root");
+  return CQRS_OK;
+}
+
+static void test_custom_validation(void **state) {
+  (void)state;
+  cqrs_command_type_t strict = ledger_open;
+  strict.validate = no_owner_named_root;
+  ledger_open_cmd_t c = {"acc", "root"};
+  cqrs_command_t *cmd;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_command_new(&strict, &c, &cmd, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "owner may not be root"));
+  strcpy(c.owner, "ada");
+  assert_int_equal(cqrs_command_new(&strict, &c, &cmd, &err), CQRS_OK);
+  cqrs_command_destroy(cmd);
+}
+
+static void test_bson_round_trip(void **state) {
+  cqrs_registry_t *reg = *state;
+  cqrs_command_t *a = ledger_debit_new("acc-9", 77);
+  cqrs_command_set_correlation_id(a, "conv-1", NULL);
+  bson_t b = BSON_INITIALIZER;
+  assert_int_equal(cqrs_command_to_bson(a, &b, NULL), CQRS_OK);
+  cqrs_command_t *c;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_command_from_bson(reg, &b, &c, &err), CQRS_OK);
+  assert_ptr_equal(cqrs_command_type(c), &ledger_debit);
+  assert_string_equal(cqrs_command_id(c), cqrs_command_id(a));
+  assert_string_equal(cqrs_command_correlation_id(c), "conv-1");
+  assert_int_equal(((const ledger_move_cmd_t *)cqrs_command_payload(c))->amount, 77);
+  bson_destroy(&b);
+  cqrs_command_destroy(a);
+  cqrs_command_destroy(c);
+}
+
+static void expect_from_json(cqrs_registry_t *reg, const char *json, cqrs_code_t code, const char *needle) {
+  bson_error_t berr;
+  bson_t *b = bson_new_from_json((const uint8_t *)json, -1, &berr);
+  assert_non_null(b);
+  cqrs_command_t *c = (cqrs_command_t *)1;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_command_from_bson(reg, b, &c, &err), code);
+  assert_null(c);
+  if (!strstr(err.message, needle)) fail_msg("'%s' does not mention '%s'", err.message, needle);
+  bson_destroy(b);
+}
+
+static void test_bad_documents(void **state) {
+  cqrs_registry_t *reg = *state;
+  expect_from_json(reg, "{\"data\":{}}", CQRS_ECODEC, "'type'");
+  expect_from_json(reg, "{\"type\":\"ledger.nuke\",\"data\":{}}", CQRS_EUNKNOWN_TYPE, "ledger.nuke");
+  expect_from_json(reg, "{\"type\":\"ledger.credit\"}", CQRS_ECODEC, "'data'");
+  expect_from_json(reg, "{\"type\":\"ledger.credit\",\"data\":{\"id\":\"a\"}}", CQRS_ECODEC, "amount");
+  expect_from_json(reg, "{\"type\":\"ledger.credit\",\"data\":{\"id\":\"a\",\"amount\":-5}}", CQRS_EINVALID_COMMAND,
+                   "amount");
+  expect_from_json(reg, "{\"type\":\"ledger.credit\",\"id\":5,\"data\":{\"id\":\"a\",\"amount\":5}}", CQRS_ECODEC,
+                   "'id'");
+  cqrs_command_t *c;
+  assert_int_equal(cqrs_command_from_bson(NULL, NULL, &c, NULL), CQRS_EINVAL);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_new_command_has_ids_and_payload),
+      cmocka_unit_test(test_invalid_commands_are_not_built),
+      cmocka_unit_test(test_custom_validation),
+      cmocka_unit_test(test_bson_round_trip),
+      cmocka_unit_test(test_bad_documents),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}

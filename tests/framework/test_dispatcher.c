@@ -1,0 +1,471 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ledger.h"
+
+typedef struct fx {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_store_t *store;
+  cqrs_dispatcher_t *d;
+  int done_count;
+  cqrs_result_t last;
+  cqrs_error_t last_error;
+  bool closed;
+} fx_t;
+
+typedef struct audit_cmd {
+  char id[CQRS_ID_MAX];
+} audit_cmd_t;
+static const cqrs_field_t audit_fields[] = {CQRS_STRING(audit_cmd_t, id, "id", CQRS_F_REQUIRED), CQRS_FIELDS_END};
+static const cqrs_command_type_t ledger_audit = {"ledger.audit", sizeof(audit_cmd_t), audit_fields, NULL, NULL};
+
+static fx_t *fx_new(unsigned flags, unsigned retries, bool keep_alive) {
+  fx_t *fx = calloc(1, sizeof *fx);
+  assert_int_equal(uv_loop_init(&fx->loop), 0);
+  fx->reg = ledger_registry();
+  assert_int_equal(cqrs_registry_add_command(fx->reg, &ledger_audit, NULL), CQRS_OK);
+  fx->store = cqrs_memory_store_new();
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.conflict_retries = retries;
+  o.keep_alive = keep_alive;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err)) fail_msg("%s", err.message);
+  if (ledger_handlers(fx->d, NULL, flags, &err)) fail_msg("%s", err.message);
+  return fx;
+}
+
+static int setup(void **state) {
+  *state = fx_new(0, 5, false);
+  return 0;
+}
+
+static int setup_blocking(void **state) {
+  *state = fx_new(CQRS_HANDLER_BLOCKING, 50, false);
+  return 0;
+}
+
+/* Commands from other threads: the loop must wait for them. */
+static int setup_threads(void **state) {
+  *state = fx_new(0, 50, true);
+  return 0;
+}
+
+static int setup_threads_blocking(void **state) {
+  *state = fx_new(CQRS_HANDLER_BLOCKING, 50, true);
+  return 0;
+}
+
+static void on_closed(void *data) { ((fx_t *)data)->closed = true; }
+
+static int teardown(void **state) {
+  fx_t *fx = *state;
+  if (fx->d) {
+    assert_int_equal(cqrs_dispatcher_close(fx->d, on_closed, fx), CQRS_OK);
+    assert_int_equal(uv_run(&fx->loop, UV_RUN_DEFAULT), 0);
+    assert_true(fx->closed);
+  }
+  assert_int_equal(uv_loop_close(&fx->loop), 0);
+  cqrs_store_destroy(fx->store);
+  cqrs_registry_destroy(fx->reg);
+  free(fx);
+  return 0;
+}
+
+static void on_done(const cqrs_result_t *r, void *data) {
+  fx_t *fx = data;
+  fx->done_count++;
+  fx->last = *r;
+  fx->last_error = r->error;
+  fx->last.value = NULL;
+}
+
+/* Sends and runs the loop until the command completes. */
+static const cqrs_error_t *run(fx_t *fx, cqrs_command_t *cmd) {
+  int before = fx->done_count;
+  assert_int_equal(cqrs_dispatcher_send(fx->d, cmd, on_done, fx), CQRS_OK);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(fx->done_count, before + 1);
+  return &fx->last_error;
+}
+
+static int64_t balance(fx_t *fx, const char *id) {
+  cqrs_aggregate_t *agg;
+  assert_int_equal(cqrs_repository_load(fx->store, &ledger_type, id, &agg, NULL), CQRS_OK);
+  int64_t b = ((ledger_state_t *)cqrs_aggregate_state(agg))->balance;
+  cqrs_aggregate_destroy(agg);
+  return b;
+}
+
+static void test_commands_reach_their_handler(void **state) {
+  fx_t *fx = *state;
+  assert_int_equal(run(fx, ledger_open_new("a", "ada"))->code, CQRS_OK);
+  assert_int_equal(fx->last.version, 1);
+  assert_int_equal(fx->last.events, 1);
+  assert_int_equal(run(fx, ledger_credit_new("a", 40))->code, CQRS_OK);
+  assert_int_equal(fx->last.version, 2);
+  assert_int_equal(run(fx, ledger_debit_new("a", 15))->code, CQRS_OK);
+  assert_int_equal(balance(fx, "a"), 25);
+  assert_int_equal(cqrs_dispatcher_pending(fx->d), 0);
+}
+
+static void test_business_failure_is_a_result(void **state) {
+  fx_t *fx = *state;
+  run(fx, ledger_open_new("a", "ada"));
+  const cqrs_error_t *e = run(fx, ledger_debit_new("a", 1));
+  assert_int_equal(e->code, CQRS_EREJECTED);
+  assert_int_equal(e->domain, CQRS_DOMAIN_BUSINESS);
+  assert_string_equal(e->name, "ledger.insufficient");
+  assert_int_equal(fx->last.events, 0);
+  e = run(fx, ledger_credit_new("nobody", 1));
+  assert_string_equal(e->name, "ledger.not_open");
+  int64_t head;
+  cqrs_store_head(fx->store, &head, NULL);
+  assert_int_equal(head, 1);
+}
+
+static void test_no_handler_is_a_failed_result(void **state) {
+  fx_t *fx = *state;
+  audit_cmd_t a = {"a"};
+  cqrs_command_t *cmd;
+  assert_int_equal(cqrs_command_new(&ledger_audit, &a, &cmd, NULL), CQRS_OK);
+  const cqrs_error_t *e = run(fx, cmd);
+  assert_int_equal(e->code, CQRS_ENO_HANDLER);
+  assert_non_null(strstr(e->message, "ledger.audit"));
+}
+
+static cqrs_code_t nop(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)ctx;
+  (void)cmd;
+  (void)err;
+  (*(int *)data)++;
+  return CQRS_OK;
+}
+
+static void test_registration_rules(void **state) {
+  fx_t *fx = *state;
+  int calls = 0;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_open, nop, &calls, 0, &err), CQRS_EDUPLICATE);
+  assert_non_null(strstr(err.message, "ledger.open"));
+  cqrs_command_type_t stranger = ledger_audit;
+  stranger.name = "ledger.stranger";
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &stranger, nop, &calls, 0, &err), CQRS_EUNKNOWN_TYPE);
+  assert_int_equal(cqrs_dispatcher_register(fx->d, NULL, nop, &calls, 0, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_audit, NULL, &calls, 0, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_register(NULL, &ledger_audit, nop, &calls, 0, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_audit, nop, &calls, 0, &err), CQRS_OK);
+  audit_cmd_t a = {"a"};
+  cqrs_command_t *cmd;
+  cqrs_command_new(&ledger_audit, &a, &cmd, NULL);
+  assert_int_equal(run(fx, cmd)->code, CQRS_OK);
+  assert_int_equal(calls, 1);
+}
+
+static void test_null_arguments(void **state) {
+  fx_t *fx = *state;
+  /* The command is taken over even when refused: ASan checks it is freed. */
+  assert_int_equal(cqrs_dispatcher_send(NULL, ledger_open_new("a", "b"), on_done, fx), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_send(fx->d, NULL, on_done, fx), CQRS_EINVAL);
+  uv_run(&fx->loop, UV_RUN_NOWAIT);
+  assert_int_equal(fx->done_count, 0);
+  cqrs_dispatcher_t *d;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_dispatcher_new(NULL, fx->reg, fx->store, NULL, &d, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_new(&fx->loop, fx->reg, NULL, NULL, &d, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_close(NULL, NULL, NULL), CQRS_EINVAL);
+  cqrs_aggregate_t *agg;
+  assert_int_equal(cqrs_context_load(NULL, &ledger_type, "a", &agg, &err), CQRS_EINVAL);
+}
+
+static cqrs_code_t failing(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)ctx;
+  (void)cmd;
+  (void)err;
+  (*(int *)data)++;
+  return CQRS_EHANDLER; /* and says nothing */
+}
+
+static void test_failing_handler(void **state) {
+  fx_t *fx = *state;
+  int calls = 0;
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_audit, failing, &calls, 0, NULL), CQRS_OK);
+  audit_cmd_t a = {"a"};
+  cqrs_command_t *cmd;
+  cqrs_command_new(&ledger_audit, &a, &cmd, NULL);
+  const cqrs_error_t *e = run(fx, cmd);
+  assert_int_equal(e->code, CQRS_EHANDLER);
+  assert_non_null(strstr(e->message, "ledger.audit"));
+  assert_int_equal(calls, 1); /* only conflicts are retried */
+}
+
+/* Credits, but on its first run writes behind its own back, as a concurrent
+ * writer would, so that its commit conflicts. */
+typedef struct sneaky {
+  fx_t *fx;
+  int runs;
+  int sneaks;
+} sneaky_t;
+
+static cqrs_code_t sneaky_credit(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  sneaky_t *s = data;
+  s->runs++;
+  cqrs_aggregate_t *agg;
+  cqrs_code_t rc = cqrs_context_load(ctx, &ledger_type, "a", &agg, err);
+  if (rc) return rc;
+  if (s->sneaks-- > 0) {
+    cqrs_aggregate_t *other;
+    assert_int_equal(cqrs_repository_load(s->fx->store, &ledger_type, "a", &other, NULL), CQRS_OK);
+    ledger_amount_t one = {1};
+    cqrs_aggregate_raise(other, &ledger_credited, &one, NULL);
+    char id[32];
+    snprintf(id, sizeof id, "sneak-%d", s->runs);
+    cqrs_cause_t cause = {id, NULL};
+    assert_int_equal(cqrs_repository_save(s->fx->store, other, &cause, NULL, NULL), CQRS_OK);
+    cqrs_aggregate_destroy(other);
+  }
+  ledger_amount_t a = {((const ledger_move_cmd_t *)cqrs_command_payload(cmd))->amount};
+  return cqrs_aggregate_raise(agg, &ledger_credited, &a, err);
+}
+
+static void test_conflict_is_retried(void **state) {
+  fx_t *fx = *state;
+  sneaky_t s = {fx, 0, 1};
+  cqrs_command_type_t t = ledger_audit;
+  (void)t;
+  run(fx, ledger_open_new("a", "ada"));
+  /* Swap in the sneaky handler on a fresh dispatcher for credits. */
+  cqrs_dispatcher_t *d2;
+  assert_int_equal(cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, NULL, &d2, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d2, &ledger_credit, sneaky_credit, &s, 0, NULL), CQRS_OK);
+  cqrs_dispatcher_t *main_d = fx->d;
+  fx->d = d2;
+  assert_int_equal(run(fx, ledger_credit_new("a", 10))->code, CQRS_OK);
+  assert_int_equal(s.runs, 2); /* one conflict, retried */
+  assert_int_equal(balance(fx, "a"), 11);
+  assert_int_equal(fx->last.version, 3);
+  fx->d = main_d;
+  cqrs_dispatcher_close(d2, NULL, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+}
+
+static void test_conflict_retries_are_bounded(void **state) {
+  fx_t *fx = *state;
+  run(fx, ledger_open_new("a", "ada"));
+  sneaky_t s = {fx, 0, 100};
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.conflict_retries = 2;
+  cqrs_dispatcher_t *d2;
+  assert_int_equal(cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &d2, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d2, &ledger_credit, sneaky_credit, &s, 0, NULL), CQRS_OK);
+  cqrs_dispatcher_t *main_d = fx->d;
+  fx->d = d2;
+  const cqrs_error_t *e = run(fx, ledger_credit_new("a", 10));
+  assert_int_equal(e->code, CQRS_ECONFLICT);
+  assert_string_equal(e->name, "conflict");
+  assert_int_equal(s.runs, 3);
+  assert_int_equal(balance(fx, "a"), 3); /* only the sneaky writes */
+  fx->d = main_d;
+  cqrs_dispatcher_close(d2, NULL, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+}
+
+#define SENDERS 4
+#define PER_SENDER 50
+
+typedef struct sender {
+  fx_t *fx;
+  int refused;
+} sender_t;
+
+static void send_credits(void *arg) {
+  sender_t *s = arg;
+  for (int i = 0; i < PER_SENDER; i++) {
+    if (cqrs_dispatcher_send(s->fx->d, ledger_credit_new("race", 1), on_done, s->fx)) s->refused++;
+  }
+}
+
+static void count_done(const cqrs_result_t *r, void *data) {
+  int *ok = data;
+  if (r->error.code == CQRS_OK) (*ok)++;
+}
+
+static void test_racing_threads_lose_no_update(void **state) {
+  fx_t *fx = *state;
+  int base = fx->done_count;
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("race", "ada"), on_done, fx), CQRS_OK);
+  while (fx->done_count == base) uv_run(&fx->loop, UV_RUN_ONCE);
+  base = fx->done_count;
+  uv_thread_t threads[SENDERS];
+  sender_t senders[SENDERS];
+  for (int i = 0; i < SENDERS; i++) {
+    senders[i] = (sender_t){fx, 0};
+    assert_int_equal(uv_thread_create(&threads[i], send_credits, &senders[i]), 0);
+  }
+  /* Run the loop while the threads send; stop when every command is done. */
+  while (fx->done_count - base < SENDERS * PER_SENDER) uv_run(&fx->loop, UV_RUN_ONCE);
+  for (int i = 0; i < SENDERS; i++) {
+    uv_thread_join(&threads[i]);
+    assert_int_equal(senders[i].refused, 0);
+  }
+  assert_int_equal(balance(fx, "race"), SENDERS * PER_SENDER);
+  int ok = 0;
+  for (int i = 0; i < 3; i++) cqrs_dispatcher_send(fx->d, ledger_credit_new("race", 1), count_done, &ok);
+  while (ok < 3) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(balance(fx, "race"), SENDERS * PER_SENDER + 3);
+}
+
+static cqrs_code_t slow(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)ctx;
+  (void)cmd;
+  (void)data;
+  (void)err;
+  uv_sleep(300);
+  return CQRS_OK;
+}
+
+static void tick(uv_timer_t *t) { *(bool *)t->data = true; }
+
+typedef struct order {
+  bool *timer_fired;
+  bool fired_before_done;
+  bool done;
+} order_t;
+
+static void note_order(const cqrs_result_t *r, void *data) {
+  order_t *o = data;
+  assert_int_equal(r->error.code, CQRS_OK);
+  o->fired_before_done = *o->timer_fired;
+  o->done = true;
+}
+
+static void test_blocking_handler_keeps_the_loop_responsive(void **state) {
+  fx_t *fx = *state;
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_audit, slow, NULL, CQRS_HANDLER_BLOCKING, NULL), CQRS_OK);
+  uv_timer_t timer;
+  bool fired = false;
+  uv_timer_init(&fx->loop, &timer);
+  timer.data = &fired;
+  uv_timer_start(&timer, tick, 20, 0); /* due long before the 300 ms handler ends */
+  audit_cmd_t a = {"a"};
+  cqrs_command_t *cmd;
+  cqrs_command_new(&ledger_audit, &a, &cmd, NULL);
+  order_t o = {&fired, false, false};
+  assert_int_equal(cqrs_dispatcher_send(fx->d, cmd, note_order, &o), CQRS_OK);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_true(o.done);
+  assert_true(o.fired_before_done);
+  uv_close((uv_handle_t *)&timer, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+}
+
+static void test_close_drains_in_flight_commands(void **state) {
+  fx_t *fx = *state;
+  run(fx, ledger_open_new("a", "ada"));
+  int ok = 0;
+  for (int i = 0; i < 10; i++) assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_credit_new("a", 1), count_done, &ok), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_close(fx->d, on_closed, fx), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_close(fx->d, on_closed, fx), CQRS_ECLOSED);
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_credit_new("a", 1), count_done, &ok), CQRS_ECLOSED);
+  assert_int_equal(uv_run(&fx->loop, UV_RUN_DEFAULT), 0);
+  assert_true(fx->closed);
+  assert_int_equal(ok, 10);
+  fx->d = NULL;
+  assert_int_equal(balance(fx, "a"), 10);
+}
+
+static void test_repeated_command_id_commits_once(void **state) {
+  fx_t *fx = *state;
+  run(fx, ledger_open_new("a", "ada"));
+  cqrs_command_t *c1 = ledger_credit_new("a", 5), *c2 = ledger_credit_new("a", 5);
+  cqrs_command_set_id(c1, "client-1", NULL);
+  cqrs_command_set_id(c2, "client-1", NULL);
+  assert_int_equal(run(fx, c1)->code, CQRS_OK);
+  assert_false(fx->last.duplicate);
+  assert_int_equal(run(fx, c2)->code, CQRS_OK);
+  assert_true(fx->last.duplicate);
+  assert_int_equal(fx->last.events, 0);
+  assert_int_equal(balance(fx, "a"), 5);
+}
+
+static cqrs_code_t two_changes(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)cmd;
+  (void)data;
+  cqrs_aggregate_t *x, *y;
+  ledger_opened_t o = {"ada"};
+  if (cqrs_context_load(ctx, &ledger_type, "x", &x, err) || cqrs_context_load(ctx, &ledger_type, "y", &y, err))
+    return err->code;
+  cqrs_aggregate_raise(x, &ledger_opened, &o, err);
+  cqrs_aggregate_raise(y, &ledger_opened, &o, err);
+  return CQRS_OK;
+}
+
+static void test_one_aggregate_changes_per_command(void **state) {
+  fx_t *fx = *state;
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_audit, two_changes, NULL, 0, NULL), CQRS_OK);
+  audit_cmd_t a = {"a"};
+  cqrs_command_t *cmd;
+  cqrs_command_new(&ledger_audit, &a, &cmd, NULL);
+  const cqrs_error_t *e = run(fx, cmd);
+  assert_int_equal(e->code, CQRS_ESTATE);
+  int64_t head;
+  cqrs_store_head(fx->store, &head, NULL);
+  assert_int_equal(head, 0);
+}
+
+static cqrs_code_t with_value(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)data;
+  bson_t v = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&v, "echo", ((const audit_cmd_t *)cqrs_command_payload(cmd))->id);
+  assert_ptr_equal(cqrs_context_command(ctx), cmd);
+  cqrs_code_t rc = cqrs_context_set_value(ctx, &v, err);
+  bson_destroy(&v);
+  return rc;
+}
+
+static void read_value(const cqrs_result_t *r, void *data) {
+  bson_iter_t it;
+  if (r->value && bson_iter_init_find(&it, r->value, "echo")) snprintf(data, 16, "%s", bson_iter_utf8(&it, NULL));
+}
+
+static void test_result_carries_a_value(void **state) {
+  fx_t *fx = *state;
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_audit, with_value, NULL, 0, NULL), CQRS_OK);
+  audit_cmd_t a = {"hello"};
+  cqrs_command_t *cmd;
+  cqrs_command_new(&ledger_audit, &a, &cmd, NULL);
+  char got[16] = "";
+  assert_int_equal(cqrs_dispatcher_send(fx->d, cmd, read_value, got), CQRS_OK);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_string_equal(got, "hello");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_commands_reach_their_handler, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_commands_reach_their_handler, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_business_failure_is_a_result, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_no_handler_is_a_failed_result, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_registration_rules, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_null_arguments, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_failing_handler, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_conflict_is_retried, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_conflict_retries_are_bounded, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_racing_threads_lose_no_update, setup_threads_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_racing_threads_lose_no_update, setup_threads, teardown),
+      cmocka_unit_test_setup_teardown(test_blocking_handler_keeps_the_loop_responsive, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_close_drains_in_flight_commands, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_close_drains_in_flight_commands, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_repeated_command_id_commits_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_one_aggregate_changes_per_command, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_result_carries_a_value, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

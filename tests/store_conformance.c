@@ -1,0 +1,339 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+#include "framework/ledger.h"
+#include "store_conformance.h"
+
+typedef struct fx {
+  const conformance_factory_t *f;
+  cqrs_registry_t *reg;
+  cqrs_store_t *store;
+} fx_t;
+
+static const conformance_factory_t *factory;
+
+static int setup(void **state) {
+  fx_t *fx = calloc(1, sizeof *fx);
+  fx->f = factory;
+  fx->reg = ledger_registry();
+  fx->store = factory->create(fx->reg, factory->data);
+  if (!fx->store) {
+    fprintf(stderr, "%s: cannot create a store\n", factory->name);
+    return -1;
+  }
+  *state = fx;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx_t *fx = *state;
+  fx->f->dispose(fx->store, fx->f->data);
+  cqrs_registry_destroy(fx->reg);
+  free(fx);
+  return 0;
+}
+
+/* Appends credits of `amounts` to ledger `id` expecting `expected`. */
+static cqrs_code_t append(cqrs_store_t *s, const char *id, int64_t expected, const char *cmd, const int64_t *amounts,
+                          size_t n, cqrs_append_result_t *res, cqrs_error_t *err) {
+  cqrs_envelope_t *env;
+  assert_int_equal(cqrs_envelope_new("ledger", id, cmd, "corr-1", &env, err), CQRS_OK);
+  cqrs_event_t *events[16];
+  for (size_t i = 0; i < n; i++) {
+    ledger_amount_t a = {amounts[i]};
+    assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, expected + (int64_t)i + 1, 1700000000000 + (int64_t)i,
+                                    &a, &events[i], err),
+                     CQRS_OK);
+  }
+  cqrs_append_t req = {"ledger", id, expected, cmd, events, n};
+  cqrs_append_result_t local;
+  cqrs_code_t rc = cqrs_store_append(s, &req, res ? res : &local, err);
+  for (size_t i = 0; i < n; i++) cqrs_event_unref(events[i]);
+  cqrs_envelope_unref(env);
+  return rc;
+}
+
+typedef struct seen {
+  const cqrs_event_t *e[512];
+  size_t n;
+} seen_t;
+
+static bool keep(const cqrs_event_t *e, void *data) {
+  seen_t *s = data;
+  if (s->n < 512) s->e[s->n++] = cqrs_event_ref(e);
+  return true;
+}
+
+static void seen_clear(seen_t *s) {
+  for (size_t i = 0; i < s->n; i++) cqrs_event_unref(s->e[i]);
+  s->n = 0;
+}
+
+static void read_stream(fx_t *fx, const char *id, int64_t from, seen_t *out) {
+  cqrs_error_t err;
+  seen_clear(out);
+  cqrs_code_t rc = cqrs_store_read_stream(fx->store, "ledger", id, from, keep, out, &err);
+  if (rc) fail_msg("read_stream: %s", err.message);
+}
+
+static void append_ok(fx_t *fx, const char *id, int64_t expected, const char *cmd, const int64_t *amounts, size_t n,
+                      cqrs_append_result_t *res) {
+  cqrs_error_t err;
+  cqrs_code_t rc = append(fx->store, id, expected, cmd, amounts, n, res, &err);
+  if (rc) fail_msg("append %s@%lld: %s", id, (long long)expected, err.message);
+}
+
+static void test_append_and_read(void **state) {
+  fx_t *fx = *state;
+  int64_t amounts[] = {10, 20, 30};
+  cqrs_append_result_t res;
+  append_ok(fx, "a1", 0, "cmd-1", amounts, 3, &res);
+  assert_false(res.duplicate);
+  assert_int_equal(res.last_position - res.first_position, 2);
+  seen_t seen = {{0}, 0};
+  read_stream(fx, "a1", 1, &seen);
+  assert_int_equal(seen.n, 3);
+  for (size_t i = 0; i < 3; i++) {
+    const cqrs_event_t *e = seen.e[i];
+    assert_ptr_equal(e->type, &ledger_credited);
+    assert_int_equal(e->version, (int64_t)i + 1);
+    assert_int_equal(e->position, res.first_position + (int64_t)i);
+    assert_int_equal(((const ledger_amount_t *)e->payload)->amount, amounts[i]);
+    assert_int_equal(e->timestamp, 1700000000000 + (int64_t)i);
+    assert_string_equal(cqrs_event_aggregate_id(e), "a1");
+    assert_string_equal(cqrs_event_aggregate_type(e), "ledger");
+    assert_string_equal(cqrs_event_causation_id(e), "cmd-1");
+    assert_string_equal(cqrs_event_correlation_id(e), "corr-1");
+    assert_int_equal(strlen(e->id), 24);
+  }
+  assert_string_not_equal(seen.e[0]->id, seen.e[1]->id);
+  read_stream(fx, "a1", 3, &seen);
+  assert_int_equal(seen.n, 1);
+  assert_int_equal(seen.e[0]->version, 3);
+  read_stream(fx, "nobody", 1, &seen);
+  assert_int_equal(seen.n, 0);
+  seen_clear(&seen);
+}
+
+static void test_conflict_appends_nothing(void **state) {
+  fx_t *fx = *state;
+  int64_t one[] = {1}, two[] = {5, 6};
+  append_ok(fx, "c1", 0, "cmd-a", one, 1, NULL);
+  int64_t head_before;
+  assert_int_equal(cqrs_store_head(fx->store, &head_before, NULL), CQRS_OK);
+  cqrs_error_t err;
+  assert_int_equal(append(fx->store, "c1", 0, "cmd-b", two, 2, NULL, &err), CQRS_ECONFLICT);
+  assert_int_equal(err.code, CQRS_ECONFLICT);
+  assert_int_equal(append(fx->store, "c1", 5, "cmd-c", two, 2, NULL, &err), CQRS_ECONFLICT);
+  int64_t head_after;
+  assert_int_equal(cqrs_store_head(fx->store, &head_after, NULL), CQRS_OK);
+  assert_int_equal(head_before, head_after);
+  seen_t seen = {{0}, 0};
+  read_stream(fx, "c1", 1, &seen);
+  assert_int_equal(seen.n, 1);
+  append_ok(fx, "c1", 1, "cmd-d", two, 2, NULL);
+  read_stream(fx, "c1", 1, &seen);
+  assert_int_equal(seen.n, 3);
+  assert_int_equal(seen.e[2]->version, 3);
+  seen_clear(&seen);
+}
+
+static void test_repeated_command_id(void **state) {
+  fx_t *fx = *state;
+  int64_t one[] = {7};
+  cqrs_append_result_t res;
+  append_ok(fx, "d1", 0, "same-cmd", one, 1, &res);
+  assert_false(res.duplicate);
+  /* The retry of a command that committed: expected version has moved on. */
+  append_ok(fx, "d1", 1, "same-cmd", one, 1, &res);
+  assert_true(res.duplicate);
+  /* And the retry with the original expected version is a duplicate, not a conflict. */
+  append_ok(fx, "d1", 0, "same-cmd", one, 1, &res);
+  assert_true(res.duplicate);
+  seen_t seen = {{0}, 0};
+  read_stream(fx, "d1", 1, &seen);
+  assert_int_equal(seen.n, 1);
+  seen_clear(&seen);
+}
+
+static void test_streams_are_separate(void **state) {
+  fx_t *fx = *state;
+  int64_t one[] = {1}, two[] = {2, 2};
+  append_ok(fx, "ab", 0, "s-1", one, 1, NULL);
+  append_ok(fx, "a", 0, "s-2", two, 2, NULL);
+  seen_t seen = {{0}, 0};
+  read_stream(fx, "ab", 1, &seen);
+  assert_int_equal(seen.n, 1);
+  read_stream(fx, "a", 1, &seen);
+  assert_int_equal(seen.n, 2);
+  cqrs_error_t err;
+  seen_clear(&seen);
+  assert_int_equal(cqrs_store_read_stream(fx->store, "ledger-snap", "a", 1, keep, &seen, &err), CQRS_OK);
+  assert_int_equal(seen.n, 0);
+}
+
+static void test_read_all(void **state) {
+  fx_t *fx = *state;
+  int64_t head0;
+  assert_int_equal(cqrs_store_head(fx->store, &head0, NULL), CQRS_OK);
+  int64_t a[] = {1, 2}, b[] = {3}, c[] = {4, 5, 6};
+  append_ok(fx, "x", 0, "ra-1", a, 2, NULL);
+  append_ok(fx, "y", 0, "ra-2", b, 1, NULL);
+  append_ok(fx, "x", 2, "ra-3", c, 3, NULL);
+  seen_t seen = {{0}, 0};
+  cqrs_error_t err;
+  assert_int_equal(cqrs_store_read_all(fx->store, head0 + 1, 100, keep, &seen, &err), CQRS_OK);
+  assert_int_equal(seen.n, 6);
+  for (size_t i = 0; i < 6; i++) {
+    assert_int_equal(seen.e[i]->position, head0 + 1 + (int64_t)i);
+    assert_int_equal(((const ledger_amount_t *)seen.e[i]->payload)->amount, (int64_t)i + 1);
+  }
+  seen_clear(&seen);
+  assert_int_equal(cqrs_store_read_all(fx->store, head0 + 2, 3, keep, &seen, &err), CQRS_OK);
+  assert_int_equal(seen.n, 3);
+  assert_int_equal(seen.e[0]->position, head0 + 2);
+  assert_int_equal(seen.e[2]->position, head0 + 4);
+  seen_clear(&seen);
+  int64_t head;
+  assert_int_equal(cqrs_store_head(fx->store, &head, NULL), CQRS_OK);
+  assert_int_equal(head, head0 + 6);
+  assert_int_equal(cqrs_store_read_all(fx->store, head + 1, 10, keep, &seen, &err), CQRS_OK);
+  assert_int_equal(seen.n, 0);
+}
+
+static void test_snapshots(void **state) {
+  fx_t *fx = *state;
+  int64_t amounts[] = {1, 1, 1, 1, 1, 1};
+  append_ok(fx, "s1", 0, "snap-1", amounts, 6, NULL);
+  cqrs_snapshot_t out;
+  bool found = true;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_store_snapshot_load(fx->store, "ledger", "s1", &out, &found, &err), CQRS_OK);
+  assert_false(found);
+  for (int64_t v = 2; v <= 5; v += 3) {
+    cqrs_snapshot_t snap = {"ledger", "s1", v, 1, BSON_INITIALIZER};
+    BSON_APPEND_INT64(&snap.state, "balance", v * 100);
+    assert_int_equal(cqrs_store_snapshot_save(fx->store, &snap, &err), CQRS_OK);
+    bson_destroy(&snap.state);
+  }
+  cqrs_snapshot_t older = {"ledger", "s1", 3, 1, BSON_INITIALIZER};
+  BSON_APPEND_INT64(&older.state, "balance", 300);
+  assert_int_equal(cqrs_store_snapshot_save(fx->store, &older, &err), CQRS_OK);
+  bson_destroy(&older.state);
+  assert_int_equal(cqrs_store_snapshot_load(fx->store, "ledger", "s1", &out, &found, &err), CQRS_OK);
+  assert_true(found);
+  assert_int_equal(out.version, 5);
+  assert_int_equal(out.schema_version, 1);
+  bson_iter_t it;
+  assert_true(bson_iter_init_find(&it, &out.state, "balance"));
+  assert_int_equal(bson_iter_as_int64(&it), 500);
+  bson_destroy(&out.state);
+}
+
+static void test_bad_arguments(void **state) {
+  fx_t *fx = *state;
+  cqrs_error_t err;
+  int64_t one[] = {1};
+  assert_int_equal(append(fx->store, "", 0, "bad-1", one, 1, NULL, &err), CQRS_EINVAL);
+  char big[200];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  assert_int_equal(cqrs_store_read_stream(fx->store, "ledger", big, 1, keep, NULL, &err), CQRS_ETOO_LARGE);
+  assert_int_equal(cqrs_store_read_stream(fx->store, NULL, "a", 1, keep, NULL, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_store_read_stream(fx->store, "ledger", "a", 1, NULL, NULL, &err), CQRS_EINVAL);
+  cqrs_append_t empty = {"ledger", "e", 0, "bad-2", NULL, 0};
+  cqrs_append_result_t res;
+  assert_int_equal(cqrs_store_append(fx->store, &empty, &res, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_store_append(NULL, &empty, &res, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_store_head(fx->store, NULL, &err), CQRS_EINVAL);
+}
+
+#define RACERS 4
+#define RACE_APPENDS 25
+
+typedef struct racer {
+  cqrs_store_t *store;
+  int id;
+  int conflicts;
+  int failures;
+} racer_t;
+
+typedef struct head_probe {
+  int64_t version;
+} head_probe_t;
+
+static bool last_version(const cqrs_event_t *e, void *data) {
+  ((head_probe_t *)data)->version = e->version;
+  return true;
+}
+
+static void race(void *arg) {
+  racer_t *r = arg;
+  for (int i = 0; i < RACE_APPENDS; i++) {
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "race-%d-%d", r->id, i);
+    for (;;) {
+      head_probe_t probe = {0};
+      cqrs_error_t err;
+      if (cqrs_store_read_stream(r->store, "ledger", "race", 1, last_version, &probe, &err)) {
+        r->failures++;
+        return;
+      }
+      int64_t amount = r->id * 1000 + i + 1;
+      cqrs_code_t rc = append(r->store, "race", probe.version, cmd, &amount, 1, NULL, &err);
+      if (rc == CQRS_OK) break;
+      if (rc != CQRS_ECONFLICT) {
+        fprintf(stderr, "racer %d: %s\n", r->id, err.message);
+        r->failures++;
+        return;
+      }
+      r->conflicts++;
+    }
+  }
+}
+
+static void test_concurrent_appends(void **state) {
+  fx_t *fx = *state;
+  uv_thread_t threads[RACERS];
+  racer_t racers[RACERS];
+  for (int i = 0; i < RACERS; i++) {
+    racers[i] = (racer_t){fx->store, i + 1, 0, 0};
+    assert_int_equal(uv_thread_create(&threads[i], race, &racers[i]), 0);
+  }
+  for (int i = 0; i < RACERS; i++) uv_thread_join(&threads[i]);
+  for (int i = 0; i < RACERS; i++) assert_int_equal(racers[i].failures, 0);
+  seen_t seen = {{0}, 0};
+  read_stream(fx, "race", 1, &seen);
+  assert_int_equal(seen.n, RACERS * RACE_APPENDS);
+  int counts[RACERS][RACE_APPENDS] = {{0}};
+  for (size_t i = 0; i < seen.n; i++) {
+    assert_int_equal(seen.e[i]->version, (int64_t)i + 1);
+    if (i) assert_true(seen.e[i]->position > seen.e[i - 1]->position);
+    int64_t a = ((const ledger_amount_t *)seen.e[i]->payload)->amount;
+    counts[a / 1000 - 1][a % 1000 - 1]++;
+  }
+  for (int r = 0; r < RACERS; r++)
+    for (int i = 0; i < RACE_APPENDS; i++) assert_int_equal(counts[r][i], 1);
+  seen_clear(&seen);
+}
+
+int conformance_run(const conformance_factory_t *f) {
+  factory = f;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_append_and_read, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_conflict_appends_nothing, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_repeated_command_id, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_streams_are_separate, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_read_all, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_snapshots, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_concurrent_appends, setup, teardown),
+  };
+  return _cmocka_run_group_tests(f->name, tests, sizeof tests / sizeof tests[0], NULL, NULL);
+}
