@@ -240,7 +240,21 @@ static void test_bad_arguments(void **state) {
   fx_t *fx = *state;
   cqrs_error_t err;
   int64_t one[] = {1};
-  assert_int_equal(append(fx->store, "", 0, "bad-1", one, 1, NULL, &err), CQRS_EINVAL);
+  (void)one;
+  cqrs_envelope_t *env;
+  assert_int_equal(cqrs_envelope_new("ledger", "x", "bad-1", NULL, &env, &err), CQRS_OK);
+  ledger_amount_t a = {1};
+  cqrs_event_t *e;
+  assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, 1, 0, &a, &e, &err), CQRS_OK);
+  cqrs_append_t no_id = {"ledger", "", 0, "bad-1", &e, 1};
+  cqrs_append_result_t r;
+  assert_int_equal(cqrs_store_append(fx->store, &no_id, &r, &err), CQRS_EINVAL);
+  cqrs_append_t no_cmd = {"ledger", "x", 0, NULL, &e, 1};
+  assert_int_equal(cqrs_store_append(fx->store, &no_cmd, &r, &err), CQRS_EINVAL);
+  cqrs_append_t gap = {"ledger", "x", 1, "bad-3", &e, 1}; /* event version 1 does not follow 1 */
+  assert_int_equal(cqrs_store_append(fx->store, &gap, &r, &err), CQRS_EINVAL);
+  cqrs_event_unref(e);
+  cqrs_envelope_unref(env);
   char big[200];
   memset(big, 'x', sizeof big - 1);
   big[sizeof big - 1] = '\0';

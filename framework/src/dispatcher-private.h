@@ -15,6 +15,10 @@ typedef struct handler {
 
 typedef struct request request_t;
 
+/* Handlers that run at once on the same aggregate take the same lock, so a
+ * dispatcher does not make conflicts with itself. */
+#define CQRS_STRIPES 256
+
 typedef enum sub_state { SUB_LOADING, SUB_CATCHING_UP, SUB_LIVE } sub_state_t;
 
 /* A subscriber: an event handler, or a projection (one with checkpoints). */
@@ -54,6 +58,7 @@ struct cqrs_dispatcher {
   cqrs_store_t *store;
   cqrs_dispatcher_options_t opts;
   handler_t *handlers;
+  uv_mutex_t stripes[CQRS_STRIPES];
 
   uv_async_t async;
   uv_mutex_t inbox_lock;

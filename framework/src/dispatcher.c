@@ -11,8 +11,11 @@
 struct cqrs_context {
   cqrs_dispatcher_t *d;
   const cqrs_command_t *cmd;
+  bool on_loop; /* never wait for a lock on the loop thread */
   cqrs_aggregate_t *aggs[CTX_MAX_AGGREGATES];
   size_t naggs;
+  unsigned held[CTX_MAX_AGGREGATES];
+  size_t nheld;
   bson_t *value;
 };
 
@@ -63,12 +66,16 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     cqrs__free(d);
     return rc;
   }
-  if (uv_mutex_init(&d->inbox_lock)) {
+  size_t stripes = 0;
+  while (stripes < CQRS_STRIPES && uv_mutex_init(&d->stripes[stripes]) == 0) stripes++;
+  if (stripes < CQRS_STRIPES || uv_mutex_init(&d->inbox_lock)) {
+    while (stripes) uv_mutex_destroy(&d->stripes[--stripes]);
     cqrs__free(d);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a mutex");
   }
   if (uv_async_init(loop, &d->async, async_cb)) {
     uv_mutex_destroy(&d->inbox_lock);
+    for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
     cqrs__free(d);
     return cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
   }
@@ -164,6 +171,31 @@ cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs
 
 /* ---- handler context ---- */
 
+static unsigned stripe_of(const char *type, const char *id) {
+  uint32_t h = 2166136261u;
+  for (const char *p = type; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  h = (h ^ '/') * 16777619u;
+  for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  return h % CQRS_STRIPES;
+}
+
+/* Takes the aggregate's lock when that cannot deadlock: a context waits for
+ * a lock only while it holds none, and the loop thread never waits. Without
+ * the lock, optimistic concurrency still guards the commit. */
+static void lock_aggregate(cqrs_context_t *ctx, const char *type, const char *id) {
+  unsigned s = stripe_of(type, id);
+  for (size_t i = 0; i < ctx->nheld; i++) {
+    if (ctx->held[i] == s) return;
+  }
+  uv_mutex_t *m = &ctx->d->stripes[s];
+  bool locked = (ctx->nheld || ctx->on_loop) ? uv_mutex_trylock(m) == 0 : (uv_mutex_lock(m), true);
+  if (locked) ctx->held[ctx->nheld++] = s;
+}
+
+static void unlock_aggregates(cqrs_context_t *ctx) {
+  while (ctx->nheld) uv_mutex_unlock(&ctx->d->stripes[ctx->held[--ctx->nheld]]);
+}
+
 cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *type, const char *id,
                               cqrs_aggregate_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
@@ -179,6 +211,7 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   }
   if (ctx->naggs == CTX_MAX_AGGREGATES)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "a command may load at most %d aggregates", CTX_MAX_AGGREGATES);
+  lock_aggregate(ctx, type->name, id);
   cqrs_aggregate_t *agg;
   if ((rc = cqrs_repository_load(ctx->d->store, type, id, &agg, err))) return rc;
   cqrs_envelope_t *env;
@@ -207,6 +240,7 @@ const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx) { return c
 static void context_reset(cqrs_context_t *ctx) {
   for (size_t i = 0; i < ctx->naggs; i++) cqrs_aggregate_destroy(ctx->aggs[i]);
   ctx->naggs = 0;
+  unlock_aggregates(ctx);
   if (ctx->value) bson_destroy(ctx->value);
   ctx->value = NULL;
 }
@@ -239,7 +273,7 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
 static void run_request(request_t *r) {
   cqrs_dispatcher_t *d = r->d;
   cqrs_error_t *err = &r->result.error;
-  cqrs_context_t ctx = {d, r->cmd, {NULL}, 0, NULL};
+  cqrs_context_t ctx = {.d = d, .cmd = r->cmd, .on_loop = on_loop_thread(d)};
   cqrs_code_t rc = CQRS_OK;
   for (unsigned attempt = 0;; attempt++) {
     cqrs_error_clear(err);
@@ -351,6 +385,7 @@ static void handle_closed(uv_handle_t *h) {
     cqrs__free(hd);
   }
   uv_mutex_destroy(&d->inbox_lock);
+  for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
   cqrs__free(d);
   if (cb) cb(data);
 }

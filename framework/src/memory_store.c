@@ -189,8 +189,9 @@ static cqrs_code_t mem_read_all(void *impl, int64_t from_position, size_t limit,
   CQRS__UNUSED(err);
   memstore_t *m = impl;
   int64_t head = atomic_load_explicit(&m->head, memory_order_acquire);
-  int64_t end = from_position - 1 + (int64_t)(limit > (size_t)INT64_MAX ? INT64_MAX : limit);
-  if (end > head || end < 0) end = head;
+  int64_t end = head;
+  if (from_position - 1 < head && (uint64_t)limit < (uint64_t)(head - (from_position - 1)))
+    end = from_position - 1 + (int64_t)limit;
   for (int64_t p = from_position - 1; p < end; p++) {
     if (!cb(m->log[(size_t)p >> LOG_CHUNK_BITS][(size_t)p & (LOG_CHUNK - 1)], data)) break;
   }

@@ -165,3 +165,54 @@ void ledger_fill(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const c
   }
   cqrs_envelope_unref(env);
 }
+
+typedef struct blocking {
+  cqrs_store_t *inner;
+  unsigned delay_ms;
+} blocking_t;
+
+static cqrs_code_t b_append(void *impl, const cqrs_append_t *r, cqrs_append_result_t *res, cqrs_error_t *err) {
+  return cqrs_store_append(((blocking_t *)impl)->inner, r, res, err);
+}
+static cqrs_code_t b_read_stream(void *impl, const char *t, const char *id, int64_t from, cqrs_event_visit_cb cb,
+                                 void *data, cqrs_error_t *err) {
+  return cqrs_store_read_stream(((blocking_t *)impl)->inner, t, id, from, cb, data, err);
+}
+static cqrs_code_t b_read_all(void *impl, int64_t from, size_t limit, cqrs_event_visit_cb cb, void *data,
+                              cqrs_error_t *err) {
+  blocking_t *b = impl;
+  if (b->delay_ms) uv_sleep(b->delay_ms);
+  return cqrs_store_read_all(b->inner, from, limit, cb, data, err);
+}
+static cqrs_code_t b_head(void *impl, int64_t *p, cqrs_error_t *err) {
+  return cqrs_store_head(((blocking_t *)impl)->inner, p, err);
+}
+static cqrs_code_t b_snap_load(void *impl, const char *t, const char *id, cqrs_snapshot_t *out, bool *found,
+                               cqrs_error_t *err) {
+  return cqrs_store_snapshot_load(((blocking_t *)impl)->inner, t, id, out, found, err);
+}
+static cqrs_code_t b_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err) {
+  return cqrs_store_snapshot_save(((blocking_t *)impl)->inner, snap, err);
+}
+
+static const cqrs_store_ops_t blocking_ops = {"blocking", true, b_append, b_read_stream, b_read_all, b_head,
+                                              b_snap_load, b_snap_save, free};
+
+cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms) {
+  blocking_t *b = calloc(1, sizeof *b);
+  b->inner = inner;
+  b->delay_ms = delay_ms;
+  return cqrs_store_new(&blocking_ops, b);
+}
+
+static cqrs_code_t bc_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
+  return cqrs_checkpoints_load(impl, name, position, err);
+}
+static cqrs_code_t bc_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+  return cqrs_checkpoints_save(impl, name, position, err);
+}
+static const cqrs_checkpoint_ops_t blocking_cp_ops = {true, bc_load, bc_save, NULL};
+
+cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner) {
+  return cqrs_checkpoints_new(&blocking_cp_ops, inner);
+}

@@ -42,4 +42,11 @@ cqrs_command_t *ledger_debit_new(const char *id, int64_t amount);
 /* Appends `n` credits of 1 to stream `id` of `type` directly in `store`. */
 void ledger_fill(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id, int64_t n);
 
+
+/* A store that forwards to `inner` (borrowed) but declares itself blocking,
+ * so the framework calls it from the thread pool only; each read_all first
+ * sleeps `delay_ms`, to widen races. Destroy with cqrs_store_destroy. */
+cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms);
+/* Checkpoints that forward to `inner` (borrowed) but are blocking. */
+cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner);
 #endif

@@ -1,0 +1,209 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ledger.h"
+
+#define MAX_POS 4096
+
+typedef struct seen {
+  int count[MAX_POS];
+  int64_t order[MAX_POS];
+  size_t n;
+  int fail_at; /* position to fail on forever; 0: none */
+} seen_t;
+
+static cqrs_code_t watch(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  seen_t *s = data;
+  if (s->fail_at && e->position == s->fail_at) return cqrs_error_set(err, CQRS_EHANDLER, "cannot project %lld", (long long)e->position);
+  if (e->position < MAX_POS) s->count[e->position]++;
+  if (s->n < MAX_POS) s->order[s->n++] = e->position;
+  return CQRS_OK;
+}
+
+typedef struct fx {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_store_t *mem, *store; /* store: mem, or a blocking view of it */
+  cqrs_checkpoints_t *cp_mem, *cp;
+  cqrs_dispatcher_t *d;
+  int done;
+} fx_t;
+
+static void open_dispatcher(fx_t *fx) {
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.retry_base_ms = 1;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err)) fail_msg("%s", err.message);
+  assert_int_equal(ledger_handlers(fx->d, NULL, 0, NULL), CQRS_OK);
+}
+
+static void close_dispatcher(fx_t *fx) {
+  assert_int_equal(cqrs_dispatcher_close(fx->d, NULL, NULL), CQRS_OK);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  fx->d = NULL;
+}
+
+static fx_t *fx_new(bool blocking) {
+  fx_t *fx = calloc(1, sizeof *fx);
+  uv_loop_init(&fx->loop);
+  fx->reg = ledger_registry();
+  fx->mem = cqrs_memory_store_new();
+  fx->store = blocking ? ledger_blocking_store(fx->mem, 2) : fx->mem;
+  fx->cp_mem = cqrs_memory_checkpoints_new();
+  fx->cp = blocking ? ledger_blocking_checkpoints(fx->cp_mem) : fx->cp_mem;
+  open_dispatcher(fx);
+  return fx;
+}
+
+static int setup(void **state) {
+  *state = fx_new(false);
+  return 0;
+}
+
+static int setup_blocking(void **state) {
+  *state = fx_new(true);
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx_t *fx = *state;
+  if (fx->d) close_dispatcher(fx);
+  assert_int_equal(uv_loop_close(&fx->loop), 0);
+  if (fx->cp != fx->cp_mem) cqrs_checkpoints_destroy(fx->cp);
+  cqrs_checkpoints_destroy(fx->cp_mem);
+  if (fx->store != fx->mem) cqrs_store_destroy(fx->store);
+  cqrs_store_destroy(fx->mem);
+  cqrs_registry_destroy(fx->reg);
+  free(fx);
+  return 0;
+}
+
+static void on_done(const cqrs_result_t *r, void *data) {
+  assert_int_equal(r->error.code, CQRS_OK);
+  ((fx_t *)data)->done++;
+}
+
+static void credit(fx_t *fx, const char *id, int n) {
+  for (int i = 0; i < n; i++)
+    assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_credit_new(id, 1), on_done, fx), CQRS_OK);
+}
+
+static int64_t head(fx_t *fx) {
+  int64_t h;
+  assert_int_equal(cqrs_store_head(fx->mem, &h, NULL), CQRS_OK);
+  return h;
+}
+
+/* Every position in (from, to] seen once, in order, and no other. */
+static void assert_range_once(const seen_t *s, int64_t from, int64_t h) {
+  assert_true(h < MAX_POS);
+  for (int64_t p = 1; p <= h; p++) {
+    int want = p > from ? 1 : 0;
+    if (s->count[p] != want) fail_msg("position %lld seen %d times, want %d", (long long)p, s->count[p], want);
+  }
+  assert_int_equal(s->n, (size_t)(h - from));
+  for (size_t i = 1; i < s->n; i++) assert_true(s->order[i] > s->order[i - 1]);
+}
+
+static void assert_exactly_once(fx_t *fx, const seen_t *s, int64_t from) { assert_range_once(s, from, head(fx)); }
+
+static void start(fx_t *fx, const char *name, seen_t *s, unsigned flags) {
+  cqrs_projection_def_t def = {name, NULL, watch, s, flags};
+  cqrs_error_t err;
+  if (cqrs_projection_start(fx->d, &def, fx->cp, &err)) fail_msg("%s", err.message);
+}
+
+static void test_catch_up_then_live(void **state) {
+  fx_t *fx = *state;
+  ledger_fill(fx->mem, &ledger_type, "a", 300);
+  ledger_fill(fx->mem, &ledger_type, "b", 400);
+  assert_int_equal(cqrs_checkpoints_save(fx->cp, "proj", 100, NULL), CQRS_OK);
+  seen_t *s = calloc(1, sizeof *s);
+  start(fx, "proj", s, 0);
+  credit(fx, "a", 50); /* live, perhaps while still catching up */
+  while (fx->done < 50 || !cqrs_projection_live(fx->d, "proj") || cqrs_projection_position(fx->d, "proj") < head(fx))
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_exactly_once(fx, s, 100);
+  credit(fx, "b", 20);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(fx->done, 70);
+  assert_exactly_once(fx, s, 100);
+  int64_t saved;
+  close_dispatcher(fx);
+  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(saved, head(fx));
+  free(s);
+}
+
+static void test_restart_resumes_from_checkpoint(void **state) {
+  fx_t *fx = *state;
+  seen_t *first = calloc(1, sizeof *first), *second = calloc(1, sizeof *second);
+  ledger_fill(fx->mem, &ledger_type, "a", 1); /* opens it */
+  start(fx, "proj", first, 0);
+  credit(fx, "a", 30);
+  while (fx->done < 30 || cqrs_projection_position(fx->d, "proj") < head(fx)) uv_run(&fx->loop, UV_RUN_ONCE);
+  close_dispatcher(fx);
+  int64_t stop = head(fx);
+  /* While no projection runs, others write. */
+  ledger_fill(fx->mem, &ledger_type, "z", 40);
+  open_dispatcher(fx);
+  start(fx, "proj", second, 0);
+  credit(fx, "a", 5);
+  while (fx->done < 35 || !cqrs_projection_live(fx->d, "proj") || cqrs_projection_position(fx->d, "proj") < head(fx))
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_range_once(first, 0, stop);
+  assert_exactly_once(fx, second, stop);
+  free(first);
+  free(second);
+}
+
+static void test_failing_projection_dead_letters_and_moves_on(void **state) {
+  fx_t *fx = *state;
+  ledger_fill(fx->mem, &ledger_type, "a", 10);
+  seen_t *s = calloc(1, sizeof *s);
+  s->fail_at = 4;
+  start(fx, "proj", s, 0);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  while (cqrs_projection_position(fx->d, "proj") < 10) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(s->n, 9);
+  assert_int_equal(s->count[4], 0);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 1);
+  free(s);
+}
+
+static void test_projection_rules(void **state) {
+  fx_t *fx = *state;
+  seen_t s;
+  memset(&s, 0, sizeof s);
+  cqrs_projection_def_t def = {"p", NULL, watch, &s, 0};
+  cqrs_error_t err;
+  assert_int_equal(cqrs_projection_start(fx->d, &def, fx->cp, &err), CQRS_OK);
+  assert_int_equal(cqrs_projection_start(fx->d, &def, fx->cp, &err), CQRS_EDUPLICATE);
+  assert_int_equal(cqrs_projection_start(fx->d, NULL, fx->cp, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_projection_start(fx->d, &def, NULL, &err), CQRS_EINVAL);
+  def.name = "";
+  assert_int_equal(cqrs_projection_start(fx->d, &def, fx->cp, &err), CQRS_EINVAL);
+  assert_false(cqrs_projection_live(fx->d, "nope"));
+  assert_int_equal(cqrs_projection_position(fx->d, "nope"), 0);
+  assert_int_equal(cqrs_checkpoints_save(fx->cp_mem, "", 1, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save(fx->cp_mem, "x", -1, &err), CQRS_EINVAL);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_restart_resumes_from_checkpoint, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_restart_resumes_from_checkpoint, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_projection_rules, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,99 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include <cqrs/testing.h>
+
+#include "ledger.h"
+
+typedef struct fx {
+  cqrs_registry_t *reg;
+  cqrs_test_t *t;
+} fx_t;
+
+static int setup(void **state) {
+  fx_t *fx = calloc(1, sizeof *fx);
+  fx->reg = ledger_registry();
+  fx->t = cqrs_test_new(fx->reg, &ledger_type, "acc-1", ledger_setup, NULL);
+  *state = fx;
+  return fx->t ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  fx_t *fx = *state;
+  assert_true(cqrs_test_destroy(fx->t));
+  cqrs_registry_destroy(fx->reg);
+  free(fx);
+  return 0;
+}
+
+static void test_given_when_then_events(void **state) {
+  fx_t *fx = *state;
+  CQRS_GIVEN(fx->t, &ledger_opened, (ledger_opened_t){"ada"});
+  CQRS_GIVEN(fx->t, &ledger_credited, (ledger_amount_t){50});
+  CQRS_WHEN(fx->t, &ledger_debit, (ledger_move_cmd_t){"acc-1", 20});
+  CQRS_THEN_EVENTS(fx->t, {&ledger_debited, &(ledger_amount_t){20}});
+  cqrs_aggregate_t *agg = cqrs_test_load(fx->t);
+  assert_int_equal(((ledger_state_t *)cqrs_aggregate_state(agg))->balance, 30);
+  assert_int_equal(cqrs_aggregate_version(agg), 3);
+  cqrs_aggregate_destroy(agg);
+  assert_int_equal(cqrs_test_event_count(fx->t), 1);
+  assert_int_equal(cqrs_test_event(fx->t, 0)->version, 3);
+}
+
+static void test_then_rejected(void **state) {
+  fx_t *fx = *state;
+  CQRS_GIVEN(fx->t, &ledger_opened, (ledger_opened_t){"ada"});
+  CQRS_WHEN(fx->t, &ledger_debit, (ledger_move_cmd_t){"acc-1", 1});
+  CQRS_THEN_REJECTED(fx->t, "ledger.insufficient");
+}
+
+static void test_then_error_for_invalid_command(void **state) {
+  fx_t *fx = *state;
+  CQRS_WHEN(fx->t, &ledger_credit, (ledger_move_cmd_t){"acc-1", -5});
+  CQRS_THEN_ERROR(fx->t, CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(cqrs_test_error(fx->t)->message, "amount"));
+}
+
+static void test_checks_explain_mismatches(void **state) {
+  fx_t *fx = *state;
+  char msg[512];
+  CQRS_GIVEN(fx->t, &ledger_opened, (ledger_opened_t){"ada"});
+  CQRS_WHEN(fx->t, &ledger_credit, (ledger_move_cmd_t){"acc-1", 7});
+  const cqrs_expected_event_t wrong_amount[] = {{&ledger_credited, &(ledger_amount_t){8}}, {NULL, NULL}};
+  assert_false(cqrs_test_check_events(fx->t, wrong_amount, msg, sizeof msg));
+  assert_non_null(strstr(msg, "expected ledger.credited { \"amount\" : 8 }, got ledger.credited { \"amount\" : 7 }"));
+  const cqrs_expected_event_t two[] = {{&ledger_credited, &(ledger_amount_t){7}}, {&ledger_credited, &(ledger_amount_t){7}},
+                                       {NULL, NULL}};
+  assert_false(cqrs_test_check_events(fx->t, two, msg, sizeof msg));
+  assert_non_null(strstr(msg, "expected 2 event(s), got 1"));
+  assert_false(cqrs_test_check_rejected(fx->t, "ledger.insufficient", msg, sizeof msg));
+  assert_non_null(strstr(msg, "expected rejection 'ledger.insufficient', got ok"));
+  assert_false(cqrs_test_check_error(fx->t, CQRS_ECONFLICT, msg, sizeof msg));
+  CQRS_WHEN(fx->t, &ledger_debit, (ledger_move_cmd_t){"acc-1", 100});
+  assert_false(cqrs_test_check_events(fx->t, wrong_amount, msg, sizeof msg));
+  assert_non_null(strstr(msg, "the command failed: rejected (ledger.insufficient)"));
+}
+
+static void test_given_for_other_aggregates(void **state) {
+  fx_t *fx = *state;
+  assert_int_equal(cqrs_test_given_for(fx->t, &ledger_type, "acc-2", &ledger_opened, &(ledger_opened_t){"bob"}), CQRS_OK);
+  CQRS_WHEN(fx->t, &ledger_credit, (ledger_move_cmd_t){"acc-2", 3});
+  CQRS_THEN_EVENTS(fx->t, {&ledger_credited, &(ledger_amount_t){3}});
+  assert_null(cqrs_test_new(fx->reg, &ledger_type, "", NULL, NULL));
+  assert_true(cqrs_test_destroy(NULL));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_given_when_then_events, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_then_rejected, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_then_error_for_invalid_command, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_checks_explain_mismatches, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_given_for_other_aggregates, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
