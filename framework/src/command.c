@@ -57,7 +57,7 @@ cqrs_code_t cqrs_command_from_bson(const cqrs_registry_t *reg, const bson_t *doc
   bson_iter_document(&it, &len, &raw);
   bson_t data;
   if (!bson_init_static(&data, raw, len)) return cqrs_error_set(err, CQRS_ECODEC, "malformed 'data'");
-  cqrs_command_t *cmd;
+  cqrs_command_t *cmd = NULL;
   cqrs_code_t rc = command_alloc(type, &cmd, err);
   if (rc) return rc;
   memset(cmd->payload, 0, type->payload_size);
