@@ -34,8 +34,20 @@ cqrs_code_t cqrs_command_new(const cqrs_command_type_t *type, const void *payloa
   if (rc) return rc;
   if (!payload) return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%s: payload is NULL", type->name);
   if ((rc = validate_payload(type, payload, err))) return rc;
+  char natural[CQRS_ID_MAX];
+  if (type->make_id) {
+    cqrs_error_t e;
+    cqrs_error_clear(&e);
+    natural[0] = '\0';
+    if (type->make_id(payload, natural, sizeof natural, &e) || cqrs__check_str(natural, sizeof natural, "id", &e))
+      return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%.64s: no id: %.160s", type->name, e.message);
+  }
   if ((rc = command_alloc(type, out, err))) return rc;
   memcpy((*out)->payload, payload, type->payload_size);
+  if (type->make_id) {
+    memcpy((*out)->id, natural, strlen(natural) + 1);
+    memcpy((*out)->correlation_id, natural, strlen(natural) + 1);
+  }
   return CQRS_OK;
 }
 

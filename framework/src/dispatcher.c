@@ -169,6 +169,46 @@ cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs
   return CQRS_OK;
 }
 
+typedef struct waiter {
+  uv_sem_t sem;
+  cqrs_error_t error;
+  bool duplicate;
+} waiter_t;
+
+static void wake(const cqrs_result_t *r, void *data) {
+  waiter_t *w = data;
+  w->error = r->error;
+  w->duplicate = r->duplicate;
+  uv_sem_post(&w->sem);
+}
+
+cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err, bool *duplicate) {
+  if (duplicate) *duplicate = false;
+  if (!d || !cmd) {
+    cqrs_command_destroy(cmd);
+    return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher or command");
+  }
+  if (on_loop_thread(d)) {
+    cqrs_command_destroy(cmd);
+    return cqrs_error_set(err, CQRS_ESTATE, "cqrs_dispatcher_execute would block the loop thread");
+  }
+  waiter_t w;
+  if (uv_sem_init(&w.sem, 0)) {
+    cqrs_command_destroy(cmd);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a semaphore");
+  }
+  cqrs_code_t rc = cqrs_dispatcher_send(d, cmd, wake, &w);
+  if (rc) {
+    uv_sem_destroy(&w.sem);
+    return cqrs_error_set(err, rc, "the dispatcher refused the command");
+  }
+  uv_sem_wait(&w.sem);
+  uv_sem_destroy(&w.sem);
+  cqrs__error_copy(err, &w.error);
+  if (duplicate) *duplicate = w.duplicate;
+  return w.error.code;
+}
+
 /* ---- handler context ---- */
 
 static unsigned stripe_of(const char *type, const char *id) {

@@ -18,9 +18,9 @@ static const cqrs_field_t open_fields[] = {CQRS_STRING(ledger_open_cmd_t, id, "i
 static const cqrs_field_t move_fields[] = {CQRS_STRING(ledger_move_cmd_t, id, "id", CQRS_F_REQUIRED),
                                            CQRS_INT64_RANGE(ledger_move_cmd_t, amount, "amount", 1, 1000000000000),
                                            CQRS_FIELDS_END};
-const cqrs_command_type_t ledger_open = {"ledger.open", sizeof(ledger_open_cmd_t), open_fields, NULL, NULL};
-const cqrs_command_type_t ledger_credit = {"ledger.credit", sizeof(ledger_move_cmd_t), move_fields, NULL, NULL};
-const cqrs_command_type_t ledger_debit = {"ledger.debit", sizeof(ledger_move_cmd_t), move_fields, NULL, NULL};
+const cqrs_command_type_t ledger_open = {.name = "ledger.open", .payload_size = sizeof(ledger_open_cmd_t), .fields = open_fields};
+const cqrs_command_type_t ledger_credit = {.name = "ledger.credit", .payload_size = sizeof(ledger_move_cmd_t), .fields = move_fields};
+const cqrs_command_type_t ledger_debit = {.name = "ledger.debit", .payload_size = sizeof(ledger_move_cmd_t), .fields = move_fields};
 
 static void apply_opened(void *state, const cqrs_event_t *e) {
   ledger_state_t *s = state;

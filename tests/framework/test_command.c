@@ -126,11 +126,38 @@ static void test_bad_documents(void **state) {
   assert_int_equal(cqrs_command_from_bson(NULL, NULL, &c, NULL), CQRS_EINVAL);
 }
 
+static cqrs_code_t id_from_account(const void *payload, char *buf, size_t cap, cqrs_error_t *err) {
+  const ledger_open_cmd_t *c = payload;
+  if (!strcmp(c->owner, "nobody")) return cqrs_error_set(err, CQRS_EINVAL, "nobody has no id");
+  snprintf(buf, cap, "open:%s", c->id);
+  return CQRS_OK;
+}
+
+static void test_natural_ids(void **state) {
+  (void)state;
+  cqrs_command_type_t natural = ledger_open;
+  natural.make_id = id_from_account;
+  ledger_open_cmd_t c = {"acc-7", "ada"};
+  cqrs_command_t *a, *b;
+  assert_int_equal(cqrs_command_new(&natural, &c, &a, NULL), CQRS_OK);
+  assert_int_equal(cqrs_command_new(&natural, &c, &b, NULL), CQRS_OK);
+  assert_string_equal(cqrs_command_id(a), "open:acc-7");
+  assert_string_equal(cqrs_command_id(a), cqrs_command_id(b));
+  assert_string_equal(cqrs_command_correlation_id(a), "open:acc-7");
+  cqrs_command_destroy(a);
+  cqrs_command_destroy(b);
+  strcpy(c.owner, "nobody");
+  cqrs_error_t err;
+  assert_int_equal(cqrs_command_new(&natural, &c, &a, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "nobody has no id"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_new_command_has_ids_and_payload),
       cmocka_unit_test(test_invalid_commands_are_not_built),
       cmocka_unit_test(test_custom_validation),
+      cmocka_unit_test(test_natural_ids),
       cmocka_unit_test(test_bson_round_trip),
       cmocka_unit_test(test_bad_documents),
   };

@@ -23,7 +23,7 @@ typedef struct audit_cmd {
   char id[CQRS_ID_MAX];
 } audit_cmd_t;
 static const cqrs_field_t audit_fields[] = {CQRS_STRING(audit_cmd_t, id, "id", CQRS_F_REQUIRED), CQRS_FIELDS_END};
-static const cqrs_command_type_t ledger_audit = {"ledger.audit", sizeof(audit_cmd_t), audit_fields, NULL, NULL};
+static const cqrs_command_type_t ledger_audit = {.name = "ledger.audit", .payload_size = sizeof(audit_cmd_t), .fields = audit_fields};
 
 static fx_t *fx_new(unsigned flags, unsigned retries, bool keep_alive) {
   fx_t *fx = calloc(1, sizeof *fx);
@@ -447,6 +447,49 @@ static void test_result_carries_a_value(void **state) {
   assert_string_equal(got, "hello");
 }
 
+typedef struct exec_job {
+  fx_t *fx;
+  cqrs_code_t first, second, rejected;
+  bool second_duplicate;
+  char reason[CQRS_NAME_MAX];
+  _Atomic bool finished;
+} exec_job_t;
+
+static void exec_worker(void *arg) {
+  exec_job_t *j = arg;
+  cqrs_command_t *c1 = ledger_credit_new("a", 5), *c2 = ledger_credit_new("a", 5);
+  cqrs_command_set_id(c1, "exec-1", NULL);
+  cqrs_command_set_id(c2, "exec-1", NULL);
+  j->first = cqrs_dispatcher_execute(j->fx->d, c1, NULL, NULL);
+  j->second = cqrs_dispatcher_execute(j->fx->d, c2, NULL, &j->second_duplicate);
+  cqrs_error_t err;
+  j->rejected = cqrs_dispatcher_execute(j->fx->d, ledger_debit_new("a", 1000), &err, NULL);
+  snprintf(j->reason, sizeof j->reason, "%s", err.name);
+  j->finished = true;
+}
+
+static void test_execute_waits_for_the_result(void **state) {
+  fx_t *fx = *state;
+  int base = fx->done_count;
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("a", "ada"), on_done, fx), CQRS_OK);
+  while (fx->done_count == base) uv_run(&fx->loop, UV_RUN_ONCE);
+  exec_job_t job = {.fx = fx};
+  uv_thread_t t;
+  assert_int_equal(uv_thread_create(&t, exec_worker, &job), 0);
+  while (!job.finished) uv_run(&fx->loop, UV_RUN_NOWAIT);
+  uv_thread_join(&t);
+  assert_int_equal(job.first, CQRS_OK);
+  assert_int_equal(job.second, CQRS_OK);
+  assert_true(job.second_duplicate);
+  assert_int_equal(job.rejected, CQRS_EREJECTED);
+  assert_string_equal(job.reason, "ledger.insufficient");
+  assert_int_equal(balance(fx, "a"), 5);
+  /* On the loop thread it would deadlock: refused. */
+  cqrs_error_t err;
+  assert_int_equal(cqrs_dispatcher_execute(fx->d, ledger_credit_new("a", 1), &err, NULL), CQRS_ESTATE);
+  assert_int_equal(cqrs_dispatcher_execute(NULL, NULL, &err, NULL), CQRS_EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_commands_reach_their_handler, setup, teardown),
@@ -466,6 +509,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_repeated_command_id_commits_once, setup, teardown),
       cmocka_unit_test_setup_teardown(test_one_aggregate_changes_per_command, setup, teardown),
       cmocka_unit_test_setup_teardown(test_result_carries_a_value, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_execute_waits_for_the_result, setup_threads, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

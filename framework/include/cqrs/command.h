@@ -20,14 +20,18 @@ typedef struct cqrs_command_type {
   const cqrs_field_t *fields;
   cqrs_code_t (*validate)(const void *payload, cqrs_error_t *err); /* optional */
   void (*payload_free)(void *payload);                             /* optional */
+  /* Optional natural id: writes the command id derived from the payload
+   * (e.g. "invoice.issue:inv_123") into buf[CQRS_ID_MAX], so that the same
+   * request sent twice commits once. Without it ids are fresh. */
+  cqrs_code_t (*make_id)(const void *payload, char *buf, size_t cap, cqrs_error_t *err);
 } cqrs_command_type_t;
 
 typedef struct cqrs_command cqrs_command_t;
 typedef struct cqrs_registry cqrs_registry_t;
 
 /* Builds a command: validates `payload`, copies it (payload_size bytes, so a
- * payload owning pointers hands them over), gives the command a fresh id and
- * uses it as correlation id. On error nothing is allocated and *out is NULL.
+ * payload owning pointers hands them over), gives the command a fresh id (or
+ * the type's natural id) and uses it as correlation id. On error nothing is allocated and *out is NULL.
  * Free with cqrs_command_destroy unless handed to cqrs_dispatcher_send. */
 CQRS_EXPORT cqrs_code_t cqrs_command_new(const cqrs_command_type_t *type, const void *payload,
                                          cqrs_command_t **out, cqrs_error_t *err);

@@ -87,6 +87,13 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqr
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done,
                                              void *data);
 
+/* Sends a command and waits for its result, from a thread other than the
+ * loop's (a blocking subscriber, a worker): the loop must be running. Takes
+ * over `cmd`. Returns the result's code and fills `err` (may be NULL) and
+ * `duplicate` (may be NULL). On the loop thread: CQRS_ESTATE at once. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err,
+                                                bool *duplicate);
+
 /* Inside a handler: loads an aggregate (from the repository, once per id)
  * and tracks it; the framework commits its pending events when the handler
  * returns CQRS_OK. Only one aggregate may change per command. */
