@@ -1,0 +1,271 @@
+/* The billing context: accounts and transfers, customers and invoices, on
+ * libcqrs. Uses only the public framework API. Money is always an integer
+ * count of minor units with its ISO 4217 currency. */
+#ifndef BILLING_H
+#define BILLING_H
+
+#include <cqrs/cqrs.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BILLING_NAME_MAX 128  /* owners, customer names (including NUL) */
+#define BILLING_EMAIL_MAX 255 /* RFC 5321's 254 + NUL */
+#define BILLING_NUMBER_MAX 24 /* "INV-2026-001" */
+
+/* ---- accounts ---- */
+
+typedef struct billing_open_account {
+  char account_id[CQRS_ID_MAX];
+  char owner[BILLING_NAME_MAX];
+  char currency[4];
+} billing_open_account_t;
+
+/* Deposit, withdraw and refund. `transfer_id` is empty outside transfers. */
+typedef struct billing_move {
+  char account_id[CQRS_ID_MAX];
+  cqrs_money_t amount;
+  char transfer_id[CQRS_ID_MAX];
+} billing_move_t;
+
+typedef struct billing_close_account {
+  char account_id[CQRS_ID_MAX];
+} billing_close_account_t;
+
+typedef struct billing_account_opened {
+  char owner[BILLING_NAME_MAX];
+  char currency[4];
+} billing_account_opened_t;
+
+/* Deposited, withdrawn, refunded: the amount and the balance after it. */
+typedef struct billing_account_moved {
+  cqrs_money_t amount;
+  int64_t balance;
+  char transfer_id[CQRS_ID_MAX];
+} billing_account_moved_t;
+
+typedef struct billing_account_closed {
+  int64_t closed_at;
+} billing_account_closed_t;
+
+typedef struct billing_account_state {
+  bool opened, closed;
+  char owner[BILLING_NAME_MAX];
+  char currency[4];
+  int64_t balance;
+} billing_account_state_t;
+
+extern const cqrs_command_type_t billing_open_account, billing_deposit, billing_withdraw, billing_refund,
+    billing_close_account;
+extern const cqrs_event_type_t billing_account_opened, billing_account_deposited, billing_account_withdrawn,
+    billing_account_refunded, billing_account_closed;
+extern const cqrs_aggregate_type_t billing_account;
+
+/* ---- transfers ---- */
+
+typedef struct billing_request_transfer {
+  char transfer_id[CQRS_ID_MAX];
+  char from[CQRS_ID_MAX];
+  char to[CQRS_ID_MAX];
+  cqrs_money_t amount;
+} billing_request_transfer_t;
+
+/* Outcomes the process manager records: complete, fail, refund. */
+typedef struct billing_transfer_outcome {
+  char transfer_id[CQRS_ID_MAX];
+  char reason[CQRS_NAME_MAX]; /* why it failed or was refunded; empty when completed */
+} billing_transfer_outcome_t;
+
+typedef struct billing_transfer_requested {
+  char from[CQRS_ID_MAX];
+  char to[CQRS_ID_MAX];
+  cqrs_money_t amount;
+} billing_transfer_requested_t;
+
+typedef struct billing_transfer_ended {
+  char reason[CQRS_NAME_MAX];
+} billing_transfer_ended_t;
+
+typedef enum billing_transfer_status {
+  BILLING_TRANSFER_NONE = 0,
+  BILLING_TRANSFER_REQUESTED,
+  BILLING_TRANSFER_COMPLETED,
+  BILLING_TRANSFER_FAILED,  /* the debit was refused: nothing moved */
+  BILLING_TRANSFER_REFUNDED /* the credit was refused: the debit was given back */
+} billing_transfer_status_t;
+
+typedef struct billing_transfer_state {
+  int32_t status;
+  char from[CQRS_ID_MAX];
+  char to[CQRS_ID_MAX];
+  cqrs_money_t amount;
+  char reason[CQRS_NAME_MAX];
+} billing_transfer_state_t;
+
+extern const cqrs_command_type_t billing_request_transfer, billing_complete_transfer, billing_fail_transfer,
+    billing_refund_transfer;
+extern const cqrs_event_type_t billing_transfer_requested, billing_transfer_completed, billing_transfer_failed,
+    billing_transfer_refunded;
+extern const cqrs_aggregate_type_t billing_transfer;
+
+/* ---- customers ---- */
+
+typedef struct billing_register_customer {
+  char customer_id[CQRS_ID_MAX];
+  char name[BILLING_NAME_MAX];
+  char email[BILLING_EMAIL_MAX];
+} billing_register_customer_t;
+
+typedef struct billing_change_email {
+  char customer_id[CQRS_ID_MAX];
+  char email[BILLING_EMAIL_MAX];
+} billing_change_email_t;
+
+typedef struct billing_customer_registered {
+  char name[BILLING_NAME_MAX];
+  char email[BILLING_EMAIL_MAX];
+} billing_customer_registered_t;
+
+typedef struct billing_email_changed {
+  char email[BILLING_EMAIL_MAX];
+  char previous[BILLING_EMAIL_MAX];
+} billing_email_changed_t;
+
+typedef struct billing_customer_state {
+  bool registered;
+  char name[BILLING_NAME_MAX];
+  char email[BILLING_EMAIL_MAX];
+} billing_customer_state_t;
+
+extern const cqrs_command_type_t billing_register_customer, billing_change_email;
+extern const cqrs_event_type_t billing_customer_registered, billing_customer_email_changed;
+extern const cqrs_aggregate_type_t billing_customer;
+
+/* True when `email` looks like an address: one '@', a local part, a domain
+ * with a dot, no spaces or control characters, at most 254 bytes. */
+bool billing_email_valid(const char *email);
+
+/* ---- invoices ---- */
+
+typedef struct billing_issue_invoice {
+  char invoice_id[CQRS_ID_MAX];
+  char customer_id[CQRS_ID_MAX];
+  cqrs_money_t amount;
+  int64_t due_date; /* UTC ms */
+} billing_issue_invoice_t;
+
+typedef struct billing_pay_invoice {
+  char invoice_id[CQRS_ID_MAX];
+  cqrs_money_t amount;
+} billing_pay_invoice_t;
+
+typedef struct billing_cancel_invoice {
+  char invoice_id[CQRS_ID_MAX];
+  char reason[CQRS_NAME_MAX];
+} billing_cancel_invoice_t;
+
+/* The book of a year numbers its invoices: invoice.numbered is the fact that
+ * a number went to an invoice; the process manager then records the invoice
+ * (invoice.issued) on the invoice's own stream. */
+typedef struct billing_invoice_numbered {
+  char invoice_id[CQRS_ID_MAX];
+  char number[BILLING_NUMBER_MAX];
+  char customer_id[CQRS_ID_MAX];
+  cqrs_money_t amount;
+  int64_t due_date;
+} billing_invoice_numbered_t;
+
+typedef billing_invoice_numbered_t billing_record_invoice_t;
+
+typedef struct billing_invoice_issued {
+  char number[BILLING_NUMBER_MAX];
+  char customer_id[CQRS_ID_MAX];
+  cqrs_money_t amount;
+  int64_t due_date;
+} billing_invoice_issued_t;
+
+typedef struct billing_invoice_paid {
+  cqrs_money_t amount;
+} billing_invoice_paid_t;
+
+typedef struct billing_invoice_cancelled {
+  char reason[CQRS_NAME_MAX];
+} billing_invoice_cancelled_t;
+
+typedef enum billing_invoice_status {
+  BILLING_INVOICE_NONE = 0,
+  BILLING_INVOICE_PENDING,
+  BILLING_INVOICE_PAID,
+  BILLING_INVOICE_CANCELLED
+} billing_invoice_status_t;
+
+typedef struct billing_invoice_state {
+  int32_t status;
+  char number[BILLING_NUMBER_MAX];
+  char customer_id[CQRS_ID_MAX];
+  cqrs_money_t amount;
+  int64_t due_date;
+} billing_invoice_state_t;
+
+typedef struct billing_book_state {
+  int64_t last; /* the last number given this year */
+} billing_book_state_t;
+
+extern const cqrs_command_type_t billing_issue_invoice, billing_record_invoice, billing_pay_invoice,
+    billing_cancel_invoice;
+extern const cqrs_event_type_t billing_invoice_numbered, billing_invoice_issued, billing_invoice_paid,
+    billing_invoice_cancelled;
+extern const cqrs_aggregate_type_t billing_invoice, billing_invoice_book;
+
+/* Formats "INV-YYYY-NNN" (at least three digits). */
+void billing_invoice_number(char buf[BILLING_NUMBER_MAX], int year, int64_t n);
+
+/* ---- wiring ---- */
+
+/* Read-side collection names; the defaults are the seed's. */
+typedef struct billing_collections {
+  const char *invoices;  /* "billing_queries" */
+  const char *customers; /* "billing_customers" */
+  const char *balances;  /* "billing_balances" */
+} billing_collections_t;
+extern const billing_collections_t billing_default_collections;
+
+/* Registers every billing type (and nothing else) in `reg`. */
+cqrs_code_t billing_register(cqrs_registry_t *reg, cqrs_error_t *err);
+
+/* Registers the command handlers of the four aggregates on `d`. Enough for
+ * aggregate tests; transfers and invoices also need the process manager. */
+cqrs_code_t billing_register_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
+
+typedef struct billing billing_t;
+
+/* Wires the whole context on `d`: command handlers, the process manager of
+ * transfers and invoices (a blocking projection "billing.process"), and the
+ * projections "billing.invoices" and "billing.balances" into `rm`. `rm` and
+ * `cp` are borrowed. `cols` NULL: the defaults. Free with billing_destroy
+ * once `d` is closed. */
+cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoints_t *cp,
+                                      const billing_collections_t *cols, billing_t **out, cqrs_error_t *err);
+void billing_destroy(billing_t *b);
+
+/* Projection handlers, exposed for tests that replay events by hand. `data`
+ * is a billing_t. */
+cqrs_code_t billing_project_invoices(const cqrs_event_t *e, void *data, cqrs_error_t *err);
+cqrs_code_t billing_project_balances(const cqrs_event_t *e, void *data, cqrs_error_t *err);
+/* A billing_t with no dispatcher, for those tests. */
+billing_t *billing_projector_new(cqrs_readmodel_t *rm, const billing_collections_t *cols);
+
+/* Registers the queries on `q` (which reads the read model `billing_start`
+ * writes). `cols` NULL: the defaults; it must outlive `q`.
+ *   invoice.by_id        {id}                         -> {invoice: doc} or CQRS_ENOT_FOUND
+ *   invoice.by_customer  {customerId, status, limit?} -> {invoices: [doc...]} newest first
+ *   account.balance      {accountId}                  -> {balance: {amount, currency}, status}
+ *   account.total        {}                           -> {totals: {EUR: n, ...}} */
+cqrs_code_t billing_register_queries(cqrs_queries_t *q, const billing_collections_t *cols,
+                                                 cqrs_error_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

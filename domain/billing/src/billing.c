@@ -1,0 +1,80 @@
+/* Registration and wiring of the billing context. */
+#include <stdlib.h>
+
+#include "billing-private.h"
+
+const billing_collections_t billing_default_collections = {"billing_queries", "billing_customers",
+                                                           "billing_balances"};
+
+static const cqrs_aggregate_type_t *const aggregates[] = {&billing_account, &billing_transfer, &billing_customer,
+                                                          &billing_invoice, &billing_invoice_book, NULL};
+static const cqrs_command_type_t *const commands[] = {
+    &billing_open_account,   &billing_deposit,           &billing_withdraw,      &billing_refund,
+    &billing_close_account,  &billing_request_transfer,  &billing_complete_transfer, &billing_fail_transfer,
+    &billing_refund_transfer, &billing_register_customer, &billing_change_email,  &billing_issue_invoice,
+    &billing_record_invoice, &billing_pay_invoice,       &billing_cancel_invoice, NULL};
+
+cqrs_code_t billing_register(cqrs_registry_t *reg, cqrs_error_t *err) {
+  cqrs_code_t rc = CQRS_OK;
+  for (size_t i = 0; !rc && aggregates[i]; i++) rc = cqrs_registry_add_aggregate(reg, aggregates[i], err);
+  for (size_t i = 0; !rc && commands[i]; i++) rc = cqrs_registry_add_command(reg, commands[i], err);
+  return rc;
+}
+
+cqrs_code_t billing_register_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err) {
+  cqrs_code_t rc = billing__account_handlers(d, err);
+  if (!rc) rc = billing__transfer_handlers(d, err);
+  if (!rc) rc = billing__customer_handlers(d, err);
+  if (!rc) rc = billing__invoice_handlers(d, err);
+  return rc;
+}
+
+billing_t *billing_projector_new(cqrs_readmodel_t *rm, const billing_collections_t *cols) {
+  if (!rm) return NULL;
+  billing_t *b = calloc(1, sizeof *b);
+  if (!b) return NULL;
+  b->rm = rm;
+  b->cols = cols ? *cols : billing_default_collections;
+  return b;
+}
+
+static const cqrs_event_type_t *const process_types[] = {&billing_transfer_requested, &billing_account_withdrawn,
+                                                         &billing_invoice_numbered, NULL};
+static const cqrs_event_type_t *const invoice_types[] = {&billing_customer_registered,
+                                                         &billing_customer_email_changed,
+                                                         &billing_invoice_issued,
+                                                         &billing_invoice_paid,
+                                                         &billing_invoice_cancelled,
+                                                         NULL};
+static const cqrs_event_type_t *const balance_types[] = {&billing_account_opened, &billing_account_deposited,
+                                                         &billing_account_withdrawn, &billing_account_refunded,
+                                                         &billing_account_closed, NULL};
+
+cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoints_t *cp,
+                          const billing_collections_t *cols, billing_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!d || !rm || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, read model or checkpoints");
+  billing_t *b = billing_projector_new(rm, cols);
+  if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate the billing context");
+  b->d = d;
+  unsigned rm_flags = cqrs_readmodel_blocking(rm) ? CQRS_SUBSCRIBE_BLOCKING : 0;
+  const cqrs_projection_def_t process = {"billing.process", process_types, billing__process, b,
+                                         CQRS_SUBSCRIBE_BLOCKING};
+  const cqrs_projection_def_t invoices = {"billing.invoices", invoice_types, billing_project_invoices, b, rm_flags};
+  const cqrs_projection_def_t balances = {"billing.balances", balance_types, billing_project_balances, b, rm_flags};
+  cqrs_code_t rc = billing_register_handlers(d, err);
+  if (!rc) rc = cqrs_projection_start(d, &invoices, cp, err);
+  if (!rc) rc = cqrs_projection_start(d, &balances, cp, err);
+  if (!rc) rc = cqrs_projection_start(d, &process, cp, err);
+  if (rc) {
+    /* The dispatcher may hold projections that point at b: it stays alive
+     * until the caller closes the dispatcher and destroys b. */
+    *out = b;
+    return rc;
+  }
+  *out = b;
+  return CQRS_OK;
+}
+
+void billing_destroy(billing_t *b) { free(b); }

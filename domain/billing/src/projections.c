@@ -1,0 +1,111 @@
+/* The read side: invoices as the seed's billing_queries documents (with the
+ * customer's name and e-mail), customers, and account balances. Every write
+ * carries the event's position, so replaying events changes nothing. */
+#include "billing-private.h"
+
+static cqrs_code_t customer_registered(billing_t *b, const cqrs_event_t *e, cqrs_error_t *err) {
+  const billing_customer_registered_t *p = e->payload;
+  bson_t doc = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&doc, "name", p->name);
+  BSON_APPEND_UTF8(&doc, "email", p->email);
+  cqrs_code_t rc = cqrs_readmodel_put(b->rm, b->cols.customers, cqrs_event_aggregate_id(e), &doc, e->position, NULL, err);
+  bson_destroy(&doc);
+  return rc;
+}
+
+static cqrs_code_t email_changed(billing_t *b, const cqrs_event_t *e, cqrs_error_t *err) {
+  const billing_email_changed_t *p = e->payload;
+  const char *id = cqrs_event_aggregate_id(e);
+  bson_t set = BSON_INITIALIZER, filter = BSON_INITIALIZER, inv_set = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&set, "email", p->email);
+  BSON_APPEND_UTF8(&filter, "customer.id", id);
+  BSON_APPEND_UTF8(&inv_set, "customer.email", p->email);
+  BSON_APPEND_DATE_TIME(&inv_set, "updatedAt", e->timestamp);
+  cqrs_code_t rc = cqrs_readmodel_patch(b->rm, b->cols.customers, id, &set, e->position, NULL, err);
+  if (!rc) rc = cqrs_readmodel_patch_where(b->rm, b->cols.invoices, &filter, &inv_set, e->position, NULL, err);
+  bson_destroy(&set);
+  bson_destroy(&filter);
+  bson_destroy(&inv_set);
+  return rc;
+}
+
+static void copy_string(const bson_t *doc, const char *key, bson_t *out) {
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)) {
+    BSON_APPEND_UTF8(out, key, bson_iter_utf8(&it, NULL));
+  } else {
+    BSON_APPEND_UTF8(out, key, "");
+  }
+}
+
+static cqrs_code_t invoice_issued(billing_t *b, const cqrs_event_t *e, cqrs_error_t *err) {
+  const billing_invoice_issued_t *p = e->payload;
+  bson_t customer;
+  bool found = false;
+  cqrs_code_t rc = cqrs_readmodel_get(b->rm, b->cols.customers, p->customer_id, &customer, &found, err);
+  if (rc) return rc;
+  bson_t doc = BSON_INITIALIZER, cust;
+  BSON_APPEND_UTF8(&doc, "invoiceNumber", p->number);
+  BSON_APPEND_INT64(&doc, "amount", p->amount.amount);
+  BSON_APPEND_UTF8(&doc, "currency", p->amount.currency);
+  BSON_APPEND_DOCUMENT_BEGIN(&doc, "customer", &cust);
+  BSON_APPEND_UTF8(&cust, "id", p->customer_id);
+  bson_t empty = BSON_INITIALIZER;
+  copy_string(found ? &customer : &empty, "name", &cust);
+  copy_string(found ? &customer : &empty, "email", &cust);
+  bson_append_document_end(&doc, &cust);
+  BSON_APPEND_UTF8(&doc, "status", "pending");
+  BSON_APPEND_DATE_TIME(&doc, "createdAt", e->timestamp);
+  BSON_APPEND_DATE_TIME(&doc, "updatedAt", e->timestamp);
+  BSON_APPEND_DATE_TIME(&doc, "dueDate", p->due_date);
+  rc = cqrs_readmodel_put(b->rm, b->cols.invoices, cqrs_event_aggregate_id(e), &doc, e->position, NULL, err);
+  bson_destroy(&doc);
+  bson_destroy(&empty);
+  if (found) bson_destroy(&customer);
+  return rc;
+}
+
+static cqrs_code_t invoice_status(billing_t *b, const cqrs_event_t *e, const char *status, const char *date_key,
+                                  cqrs_error_t *err) {
+  bson_t set = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&set, "status", status);
+  if (date_key) BSON_APPEND_DATE_TIME(&set, date_key, e->timestamp);
+  BSON_APPEND_DATE_TIME(&set, "updatedAt", e->timestamp);
+  cqrs_code_t rc = cqrs_readmodel_patch(b->rm, b->cols.invoices, cqrs_event_aggregate_id(e), &set, e->position, NULL, err);
+  bson_destroy(&set);
+  return rc;
+}
+
+cqrs_code_t billing_project_invoices(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  billing_t *b = data;
+  if (e->type == &billing_customer_registered) return customer_registered(b, e, err);
+  if (e->type == &billing_customer_email_changed) return email_changed(b, e, err);
+  if (e->type == &billing_invoice_issued) return invoice_issued(b, e, err);
+  if (e->type == &billing_invoice_paid) return invoice_status(b, e, "paid", "paidAt", err);
+  if (e->type == &billing_invoice_cancelled) return invoice_status(b, e, "cancelled", "cancelledAt", err);
+  return CQRS_OK;
+}
+
+cqrs_code_t billing_project_balances(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  billing_t *b = data;
+  const char *id = cqrs_event_aggregate_id(e);
+  bson_t doc = BSON_INITIALIZER;
+  cqrs_code_t rc = CQRS_OK;
+  if (e->type == &billing_account_opened) {
+    const billing_account_opened_t *p = e->payload;
+    BSON_APPEND_UTF8(&doc, "owner", p->owner);
+    BSON_APPEND_UTF8(&doc, "currency", p->currency);
+    BSON_APPEND_INT64(&doc, "balance", 0);
+    BSON_APPEND_UTF8(&doc, "status", "open");
+    rc = cqrs_readmodel_put(b->rm, b->cols.balances, id, &doc, e->position, NULL, err);
+  } else if (e->type == &billing_account_deposited || e->type == &billing_account_withdrawn ||
+             e->type == &billing_account_refunded) {
+    BSON_APPEND_INT64(&doc, "balance", ((const billing_account_moved_t *)e->payload)->balance);
+    rc = cqrs_readmodel_patch(b->rm, b->cols.balances, id, &doc, e->position, NULL, err);
+  } else if (e->type == &billing_account_closed) {
+    BSON_APPEND_UTF8(&doc, "status", "closed");
+    rc = cqrs_readmodel_patch(b->rm, b->cols.balances, id, &doc, e->position, NULL, err);
+  }
+  bson_destroy(&doc);
+  return rc;
+}

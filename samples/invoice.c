@@ -1,0 +1,137 @@
+/* The invoice flow: registers customers, issues invoices, pays some (once
+ * twice, once with a wrong amount), cancels one, changes an e-mail, then
+ * prints the read model (the seed's billing_queries documents) through the
+ * queries. */
+#include <stdio.h>
+#include <string.h>
+
+#include "sample.h"
+
+static void customer(sample_t *s, const char *id, const char *name, const char *email, const char *expect) {
+  billing_register_customer_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.customer_id, sizeof c.customer_id, "%s", id);
+  snprintf(c.name, sizeof c.name, "%s", name);
+  snprintf(c.email, sizeof c.email, "%s", email);
+  char label[96];
+  snprintf(label, sizeof label, "register %s (%s)", name, email);
+  sample_send(s, label, &billing_register_customer, &c, expect);
+}
+
+static void issue(sample_t *s, const char *id, const char *cust, int64_t cents, const char *expect) {
+  billing_issue_invoice_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.invoice_id, sizeof c.invoice_id, "%s", id);
+  snprintf(c.customer_id, sizeof c.customer_id, "%s", cust);
+  c.amount = sample_eur(cents);
+  c.due_date = cqrs_now_ms() + 30LL * 24 * 3600 * 1000;
+  char label[96], m[32];
+  sample_money(m, sizeof m, cents, "EUR");
+  snprintf(label, sizeof label, "issue %s to %s for %s", id, cust, m);
+  sample_send(s, label, &billing_issue_invoice, &c, expect);
+}
+
+static void pay(sample_t *s, const char *id, int64_t cents, const char *expect) {
+  billing_pay_invoice_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.invoice_id, sizeof c.invoice_id, "%s", id);
+  c.amount = sample_eur(cents);
+  char label[96], m[32];
+  sample_money(m, sizeof m, cents, "EUR");
+  snprintf(label, sizeof label, "pay %s with %s", id, m);
+  sample_send(s, label, &billing_pay_invoice, &c, expect);
+}
+
+static const char *str(const bson_t *doc, const char *path) {
+  bson_iter_t it, v;
+  if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &v) && BSON_ITER_HOLDS_UTF8(&v))
+    return bson_iter_utf8(&v, NULL);
+  return "?";
+}
+
+static void print_invoice(const bson_t *doc) {
+  bson_iter_t it;
+  char m[32] = "?";
+  if (bson_iter_init_find(&it, doc, "amount")) sample_money(m, sizeof m, bson_iter_as_int64(&it), str(doc, "currency"));
+  printf("    %-8s %-13s %14s  %-9s %s <%s>\n", str(doc, "_id"), str(doc, "invoiceNumber"), m, str(doc, "status"),
+         str(doc, "customer.name"), str(doc, "customer.email"));
+}
+
+static void list(sample_t *s, const char *cust, const char *status) {
+  bson_t params = BSON_INITIALIZER, out;
+  BSON_APPEND_UTF8(&params, "customerId", cust);
+  BSON_APPEND_UTF8(&params, "status", status);
+  BSON_APPEND_INT32(&params, "limit", 10);
+  printf("  %s, %s, newest first:\n", cust, status);
+  if (sample_query(s, "invoice.by_customer", &params, &out)) {
+    bson_iter_t it, arr;
+    if (bson_iter_init_find(&it, &out, "invoices") && bson_iter_recurse(&it, &arr)) {
+      int n = 0;
+      while (bson_iter_next(&arr)) {
+        uint32_t len;
+        const uint8_t *raw;
+        bson_iter_document(&arr, &len, &raw);
+        bson_t doc;
+        if (bson_init_static(&doc, raw, len)) print_invoice(&doc);
+        n++;
+      }
+      if (!n) printf("    (none)\n");
+    }
+  }
+  bson_destroy(&out);
+  bson_destroy(&params);
+}
+
+int main(int argc, char **argv) {
+  sample_t s;
+  int rc = sample_open(&s, "invoice", argc, argv);
+  if (rc) return rc == 1 ? 0 : rc;
+
+  printf("customers:\n");
+  customer(&s, "acme", "Acme Corp", "billing@acme.com", "");
+  customer(&s, "globex", "Globex", "ap@globex.example", "");
+  customer(&s, "initech", "Initech", "not an address", "invalid_command");
+
+  printf("invoices:\n");
+  issue(&s, "inv_1", "acme", 150000, "");
+  issue(&s, "inv_2", "acme", 20000, "");
+  issue(&s, "inv_3", "globex", 9990, "");
+  issue(&s, "inv_4", "acme", 5000, "");
+  issue(&s, "inv_1", "acme", 150000, "invoice.already_issued"); /* again: no second number */
+  billing_issue_invoice_t stranger = {"inv_9", "nobody", {100, "EUR"}, 1};
+  sample_send(&s, "issue inv_9 to an unknown customer", &billing_issue_invoice, &stranger, "invoice.unknown_customer");
+  pay(&s, "inv_1", 150000, "");
+  pay(&s, "inv_1", 150000, "invoice.already_paid");
+  pay(&s, "inv_2", 19999, "invoice.wrong_amount");
+  billing_cancel_invoice_t cancel = {"inv_4", "ordered twice"};
+  sample_send(&s, "cancel inv_4", &billing_cancel_invoice, &cancel, "");
+  pay(&s, "inv_4", 5000, "invoice.cancelled");
+  billing_change_email_t change = {"acme", "accounts@acme.com"};
+  sample_send(&s, "change acme's e-mail to accounts@acme.com", &billing_change_email, &change, "");
+
+  printf("read model (billing_queries):\n");
+  bson_t params = BSON_INITIALIZER, out;
+  BSON_APPEND_UTF8(&params, "id", "inv_1");
+  if (sample_query(&s, "invoice.by_id", &params, &out)) {
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, &out, "invoice")) {
+      uint32_t len;
+      const uint8_t *raw;
+      bson_iter_document(&it, &len, &raw);
+      bson_t doc;
+      if (bson_init_static(&doc, raw, len)) {
+        char *json = bson_as_relaxed_extended_json(&doc, NULL);
+        printf("  inv_1: %s\n", json);
+        bson_free(json);
+        if (strcmp(str(&doc, "customer.email"), "accounts@acme.com")) s.failures++;
+      }
+    }
+  }
+  bson_destroy(&out);
+  bson_destroy(&params);
+  list(&s, "acme", "paid");
+  list(&s, "acme", "pending");
+  list(&s, "acme", "cancelled");
+  list(&s, "globex", "pending");
+  return sample_close(&s);
+}

@@ -1,0 +1,162 @@
+#include "sample.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(const char *name, FILE *to) {
+  fprintf(to,
+          "usage: %s [--mongo URI]\n"
+          "  Runs the %s flow of the billing sample, in memory by default.\n"
+          "  --mongo URI   use a MongoDB server (URI also read from MONGODB_URI when the flag has none)\n",
+          name, name);
+}
+
+int sample_open(sample_t *s, const char *name, int argc, char **argv) {
+  memset(s, 0, sizeof *s);
+  s->name = name;
+  const char *mongo = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(name, stdout);
+      return 1;
+    } else if (!strcmp(argv[i], "--mongo")) {
+      if (i + 1 < argc && strncmp(argv[i + 1], "--", 2)) {
+        mongo = argv[++i];
+      } else if (getenv("MONGODB_URI") && *getenv("MONGODB_URI")) {
+        mongo = getenv("MONGODB_URI");
+      } else {
+        fprintf(stderr, "%s: --mongo needs a URI (or MONGODB_URI in the environment)\n", name);
+        return 2;
+      }
+    } else {
+      fprintf(stderr, "%s: unknown argument '%s'\n", name, argv[i]);
+      usage(name, stderr);
+      return 2;
+    }
+  }
+  uv_loop_init(&s->loop);
+  cqrs_error_t err;
+  s->reg = cqrs_registry_new();
+  if (!s->reg || billing_register(s->reg, &err)) {
+    fprintf(stderr, "%s: cannot register the billing types: %s\n", name, err.message);
+    return 3;
+  }
+  if (mongo) {
+    int rc = sample_mongo_open(s, mongo);
+    if (rc) return rc;
+  } else {
+    s->store = cqrs_memory_store_new();
+    s->rm = cqrs_memory_readmodel_new();
+    s->cp = cqrs_memory_checkpoints_new();
+  }
+  if (!s->store || !s->rm || !s->cp) {
+    fprintf(stderr, "%s: out of memory\n", name);
+    return 3;
+  }
+  if (cqrs_dispatcher_new(&s->loop, s->reg, s->store, NULL, &s->d, &err) ||
+      billing_start(s->d, s->rm, s->cp, NULL, &s->billing, &err)) {
+    fprintf(stderr, "%s: cannot start: %s\n", name, err.message);
+    return 3;
+  }
+  s->q = cqrs_queries_new(s->rm);
+  if (!s->q || billing_register_queries(s->q, NULL, &err)) {
+    fprintf(stderr, "%s: cannot register the queries\n", name);
+    return 3;
+  }
+  printf("%s: billing on %s\n", name, mongo ? "MongoDB" : "the in-memory store");
+  return 0;
+}
+
+int sample_close(sample_t *s) {
+  if (s->d) {
+    cqrs_dispatcher_close(s->d, NULL, NULL);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+  }
+  int rc = uv_loop_close(&s->loop);
+  if (rc) fprintf(stderr, "%s: the loop did not close cleanly: %s\n", s->name, uv_strerror(rc));
+  cqrs_queries_destroy(s->q);
+  billing_destroy(s->billing);
+  if (s->backend) {
+    sample_mongo_close(s);
+  } else {
+    cqrs_checkpoints_destroy(s->cp);
+    cqrs_readmodel_destroy(s->rm);
+    cqrs_store_destroy(s->store);
+  }
+  cqrs_registry_destroy(s->reg);
+  return s->failures ? 1 : rc ? 1 : 0;
+}
+
+typedef struct pending {
+  sample_t *s;
+  const char *label;
+  const char *expect;
+  bool done;
+} pending_t;
+
+static void on_done(const cqrs_result_t *r, void *data) {
+  pending_t *p = data;
+  p->done = true;
+  const char *got = r->error.code == CQRS_OK ? "" : r->error.name;
+  bool as_expected = !strcmp(got, p->expect);
+  if (r->error.code == CQRS_OK) {
+    const char *extra = "";
+    char buf[64] = "";
+    bson_iter_t it;
+    if (r->value && bson_iter_init_find(&it, r->value, "number") && BSON_ITER_HOLDS_UTF8(&it)) {
+      snprintf(buf, sizeof buf, " as %s", bson_iter_utf8(&it, NULL));
+      extra = buf;
+    }
+    printf("  %-44s ok%s%s\n", p->label, extra, r->duplicate ? " (already done)" : "");
+  } else {
+    printf("  %-44s %s: %s\n", p->label, r->error.code == CQRS_EREJECTED ? "refused" : "error", r->error.message);
+  }
+  if (!as_expected) {
+    fprintf(stderr, "%s: '%s' should have %s%s\n", p->s->name, p->label, *p->expect ? "been refused as " : "succeeded",
+            p->expect);
+    p->s->failures++;
+  }
+}
+
+void sample_send(sample_t *s, const char *label, const cqrs_command_type_t *type, const void *payload,
+                 const char *expect) {
+  cqrs_command_t *cmd;
+  cqrs_error_t err;
+  if (cqrs_command_new(type, payload, &cmd, &err)) {
+    printf("  %-44s invalid: %s\n", label, err.message);
+    if (strcmp(expect, err.name)) s->failures++;
+    return;
+  }
+  pending_t p = {s, label, expect, false};
+  if (cqrs_dispatcher_send(s->d, cmd, on_done, &p)) {
+    fprintf(stderr, "%s: cannot send %s\n", s->name, label);
+    s->failures++;
+    return;
+  }
+  uv_run(&s->loop, UV_RUN_DEFAULT); /* returns once the command and what it set off are done */
+  if (!p.done) s->failures++;
+}
+
+bool sample_query(sample_t *s, const char *name, const bson_t *params, bson_t *out) {
+  bson_init(out);
+  cqrs_error_t err;
+  if (cqrs_queries_run(s->q, name, params, out, &err)) {
+    fprintf(stderr, "%s: query %s failed: %s\n", s->name, name, err.message);
+    s->failures++;
+    return false;
+  }
+  return true;
+}
+
+void sample_money(char *buf, size_t cap, int64_t amount, const char *currency) {
+  const char *sign = amount < 0 ? "-" : "";
+  uint64_t v = amount < 0 ? (uint64_t)0 - (uint64_t)amount : (uint64_t)amount;
+  snprintf(buf, cap, "%s%llu.%02llu %s", sign, (unsigned long long)(v / 100), (unsigned long long)(v % 100), currency);
+}
+
+cqrs_money_t sample_eur(int64_t cents) {
+  cqrs_money_t m;
+  cqrs_money_set(&m, cents, "EUR", NULL);
+  return m;
+}

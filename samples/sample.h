@@ -1,0 +1,50 @@
+/* What both samples share: argument parsing, the wiring of a billing
+ * context on a loop, sending a command and printing its result, queries. */
+#ifndef SAMPLE_H
+#define SAMPLE_H
+
+#include <billing/billing.h>
+
+typedef struct sample {
+  const char *name;
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_store_t *store;
+  cqrs_readmodel_t *rm;
+  cqrs_checkpoints_t *cp;
+  cqrs_dispatcher_t *d;
+  cqrs_queries_t *q;
+  billing_t *billing;
+  void *backend; /* what the MongoDB back end keeps, when used */
+  int failures;  /* results that were not what the script expected */
+} sample_t;
+
+/* Parses argv (--mongo URI, --help), builds everything. Returns 0, or the
+ * exit code to return at once (after printing why). */
+int sample_open(sample_t *s, const char *name, int argc, char **argv);
+/* Closes and frees everything; returns the exit code. */
+int sample_close(sample_t *s);
+
+/* Sends a command built from `payload` and runs the loop until everything
+ * it set off has settled. Prints one line. `expect` is the business reason
+ * the script expects ("" for success); a different outcome counts as a
+ * failure. */
+void sample_send(sample_t *s, const char *label, const cqrs_command_type_t *type, const void *payload,
+                 const char *expect);
+
+/* Runs a query; `out` is initialised here; returns false (and prints why)
+ * on error. */
+bool sample_query(sample_t *s, const char *name, const bson_t *params, bson_t *out);
+
+/* "1500.00 EUR" */
+void sample_money(char *buf, size_t cap, int64_t amount, const char *currency);
+
+/* Builds money or exits: the samples' amounts are constants. */
+cqrs_money_t sample_eur(int64_t cents);
+
+/* The MongoDB back end, when built: opens store, read model and checkpoints
+ * on `uri`. Returns 0 or an exit code. */
+int sample_mongo_open(sample_t *s, const char *uri);
+void sample_mongo_close(sample_t *s);
+
+#endif
