@@ -42,19 +42,11 @@ static void pay(sample_t *s, const char *id, int64_t cents, const char *expect) 
   sample_send(s, label, &billing_pay_invoice, &c, expect);
 }
 
-static const char *str(const bson_t *doc, const char *path) {
-  bson_iter_t it, v;
-  if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &v) && BSON_ITER_HOLDS_UTF8(&v))
-    return bson_iter_utf8(&v, NULL);
-  return "?";
-}
-
 static void print_invoice(const bson_t *doc) {
-  bson_iter_t it;
-  char m[32] = "?";
-  if (bson_iter_init_find(&it, doc, "amount")) sample_money(m, sizeof m, bson_iter_as_int64(&it), str(doc, "currency"));
-  printf("    %-8s %-13s %14s  %-9s %s <%s>\n", str(doc, "_id"), str(doc, "invoiceNumber"), m, str(doc, "status"),
-         str(doc, "customer.name"), str(doc, "customer.email"));
+  char m[32];
+  sample_money(m, sizeof m, sample_int(doc, "amount", 0), sample_str(doc, "currency"));
+  printf("    %-8s %-13s %14s  %-9s %s <%s>\n", sample_str(doc, "_id"), sample_str(doc, "invoiceNumber"), m, sample_str(doc, "status"),
+         sample_str(doc, "customer.name"), sample_str(doc, "customer.email"));
 }
 
 static void list(sample_t *s, const char *cust, const char *status) {
@@ -123,7 +115,7 @@ int main(int argc, char **argv) {
         char *json = bson_as_relaxed_extended_json(&doc, NULL);
         printf("  inv_1: %s\n", json);
         bson_free(json);
-        if (strcmp(str(&doc, "customer.email"), "accounts@acme.com")) s.failures++;
+        if (strcmp(sample_str(&doc, "customer.email"), "accounts@acme.com")) s.failures++;
       }
     }
   }

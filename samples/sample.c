@@ -149,6 +149,21 @@ bool sample_query(sample_t *s, const char *name, const bson_t *params, bson_t *o
   return true;
 }
 
+const char *sample_str(const bson_t *doc, const char *path) {
+  bson_iter_t it, v;
+  if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &v) && BSON_ITER_HOLDS_UTF8(&v))
+    return bson_iter_utf8(&v, NULL);
+  return "?";
+}
+
+int64_t sample_int(const bson_t *doc, const char *path, int64_t dflt) {
+  bson_iter_t it, v;
+  if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &v) &&
+      (BSON_ITER_HOLDS_INT64(&v) || BSON_ITER_HOLDS_INT32(&v)))
+    return bson_iter_as_int64(&v);
+  return dflt;
+}
+
 void sample_money(char *buf, size_t cap, int64_t amount, const char *currency) {
   const char *sign = amount < 0 ? "-" : "";
   uint64_t v = amount < 0 ? (uint64_t)0 - (uint64_t)amount : (uint64_t)amount;

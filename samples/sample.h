@@ -36,6 +36,10 @@ void sample_send(sample_t *s, const char *label, const cqrs_command_type_t *type
  * on error. */
 bool sample_query(sample_t *s, const char *name, const bson_t *params, bson_t *out);
 
+/* The string or integer at a dotted path of `doc`; "?" or `dflt` when absent. */
+const char *sample_str(const bson_t *doc, const char *path);
+int64_t sample_int(const bson_t *doc, const char *path, int64_t dflt);
+
 /* "1500.00 EUR" */
 void sample_money(char *buf, size_t cap, int64_t amount, const char *currency);
 

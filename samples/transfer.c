@@ -74,11 +74,7 @@ static void report_transfer(sample_t *s, const char *tid, int32_t expect) {
 
 static int64_t total_eur(sample_t *s) {
   bson_t out;
-  int64_t total = -1;
-  if (sample_query(s, "account.total", NULL, &out)) {
-    bson_iter_t it, v;
-    if (bson_iter_init(&it, &out) && bson_iter_find_descendant(&it, "totals.EUR", &v)) total = bson_iter_as_int64(&v);
-  }
+  int64_t total = sample_query(s, "account.total", NULL, &out) ? sample_int(&out, "totals.EUR", -1) : -1;
   bson_destroy(&out);
   return total;
 }
@@ -87,13 +83,9 @@ static void print_balance(sample_t *s, const char *id) {
   bson_t params = BSON_INITIALIZER, out;
   BSON_APPEND_UTF8(&params, "accountId", id);
   if (sample_query(s, "account.balance", &params, &out)) {
-    bson_iter_t it, a, c, st;
-    bson_iter_init(&it, &out);
-    bson_iter_t it2 = it, it3 = it;
-    char m[32] = "?";
-    if (bson_iter_find_descendant(&it, "balance.amount", &a) && bson_iter_find_descendant(&it2, "balance.currency", &c))
-      sample_money(m, sizeof m, bson_iter_as_int64(&a), bson_iter_utf8(&c, NULL));
-    printf("  %-8s %16s  %s\n", id, m, bson_iter_find_descendant(&it3, "status", &st) ? bson_iter_utf8(&st, NULL) : "");
+    char m[32];
+    sample_money(m, sizeof m, sample_int(&out, "balance.amount", 0), sample_str(&out, "balance.currency"));
+    printf("  %-8s %16s  %s\n", id, m, sample_str(&out, "status"));
   }
   bson_destroy(&out);
   bson_destroy(&params);

@@ -1,0 +1,156 @@
+#include <stdio.h>
+#include <time.h>
+
+#include "fixture.h"
+
+static int setup(void **state) {
+  *state = bfx_new(&billing_invoice, "inv-1");
+  return 0;
+}
+
+#define T (((bfx_t *)*state)->t)
+#define DUE 1798761600000LL
+
+static int year_now(void) {
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  return tm.tm_year + 1900;
+}
+
+static void given_customer(void **state) {
+  assert_int_equal(cqrs_test_given_for(T, &billing_customer, "c-1", &billing_customer_registered,
+                                       &(billing_customer_registered_t){"Acme", "a@acme.com"}),
+                   CQRS_OK);
+}
+
+static void given_issued(void **state, int64_t cents) {
+  CQRS_GIVEN(T, &billing_invoice_issued, (billing_invoice_issued_t){"INV-2026-001", "c-1", EUR(cents), DUE});
+}
+
+static void test_issue_takes_the_next_number_of_the_year(void **state) {
+  given_customer(state);
+  char first[BILLING_NUMBER_MAX], third[BILLING_NUMBER_MAX], book[8];
+  billing_invoice_number(first, year_now(), 1);
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "c-1", EUR(150000), DUE});
+  billing_invoice_numbered_t want = {"inv-1", "", "c-1", EUR(150000), DUE};
+  memcpy(want.number, first, sizeof want.number);
+  CQRS_THEN_EVENTS(T, {&billing_invoice_numbered, &want});
+  assert_string_equal(cqrs_event_aggregate_type(cqrs_test_event(T, 0)), "invoice_book");
+  snprintf(book, sizeof book, "%04d", year_now());
+  assert_string_equal(cqrs_event_aggregate_id(cqrs_test_event(T, 0)), book);
+  /* The book's 2nd and 3rd numbers go to the next invoices. */
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-2", "c-1", EUR(5), DUE});
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-3", "c-1", EUR(5), DUE});
+  billing_invoice_number(third, year_now(), 3);
+  assert_string_equal(((const billing_invoice_numbered_t *)cqrs_test_event(T, 0)->payload)->number, third);
+}
+
+static void test_issue_needs_a_known_customer(void **state) {
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "c-1", EUR(5), DUE});
+  CQRS_THEN_REJECTED(T, "invoice.unknown_customer");
+}
+
+static void test_issue_validates(void **state) {
+  given_customer(state);
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "c-1", EUR(0), DUE});
+  CQRS_THEN_ERROR(T, CQRS_EINVALID_COMMAND);
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "c-1", EUR(5), 0});
+  CQRS_THEN_ERROR(T, CQRS_EINVALID_COMMAND);
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "", EUR(5), DUE});
+  CQRS_THEN_ERROR(T, CQRS_EINVALID_COMMAND);
+}
+
+static void test_issue_twice_is_refused(void **state) {
+  given_customer(state);
+  given_issued(state, 5);
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "c-1", EUR(5), DUE});
+  CQRS_THEN_REJECTED(T, "invoice.already_issued");
+}
+
+static void test_record_is_idempotent(void **state) {
+  billing_record_invoice_t r = {"inv-1", "INV-2026-007", "c-1", EUR(5), DUE};
+  CQRS_WHEN(T, &billing_record_invoice, r);
+  CQRS_THEN_EVENTS(T, {&billing_invoice_issued, &(billing_invoice_issued_t){"INV-2026-007", "c-1", EUR(5), DUE}});
+  CQRS_WHEN(T, &billing_record_invoice, r);
+  assert_int_equal(cqrs_test_error(T)->code, CQRS_OK);
+  assert_int_equal(cqrs_test_event_count(T), 0);
+}
+
+static void test_pay(void **state) {
+  given_issued(state, 150000);
+  CQRS_WHEN(T, &billing_pay_invoice, (billing_pay_invoice_t){"inv-1", EUR(150000)});
+  CQRS_THEN_EVENTS(T, {&billing_invoice_paid, &(billing_invoice_paid_t){EUR(150000)}});
+}
+
+static void test_pay_twice_is_refused(void **state) {
+  given_issued(state, 5);
+  CQRS_GIVEN(T, &billing_invoice_paid, (billing_invoice_paid_t){EUR(5)});
+  CQRS_WHEN(T, &billing_pay_invoice, (billing_pay_invoice_t){"inv-1", EUR(5)});
+  CQRS_THEN_REJECTED(T, "invoice.already_paid");
+}
+
+static void test_pay_wrong_amount_is_refused(void **state) {
+  given_issued(state, 150000);
+  CQRS_WHEN(T, &billing_pay_invoice, (billing_pay_invoice_t){"inv-1", EUR(149999)});
+  CQRS_THEN_REJECTED(T, "invoice.wrong_amount");
+  CQRS_WHEN(T, &billing_pay_invoice, (billing_pay_invoice_t){"inv-1", EUR(150001)});
+  CQRS_THEN_REJECTED(T, "invoice.wrong_amount");
+  CQRS_WHEN(T, &billing_pay_invoice, (billing_pay_invoice_t){"inv-1", USD(150000)});
+  CQRS_THEN_REJECTED(T, "invoice.wrong_amount");
+}
+
+static void test_pay_cancelled_is_refused(void **state) {
+  given_issued(state, 5);
+  CQRS_GIVEN(T, &billing_invoice_cancelled, (billing_invoice_cancelled_t){"duplicate"});
+  CQRS_WHEN(T, &billing_pay_invoice, (billing_pay_invoice_t){"inv-1", EUR(5)});
+  CQRS_THEN_REJECTED(T, "invoice.cancelled");
+}
+
+static void test_pay_unknown_is_refused(void **state) {
+  CQRS_WHEN(T, &billing_pay_invoice, (billing_pay_invoice_t){"inv-1", EUR(5)});
+  CQRS_THEN_REJECTED(T, "invoice.unknown");
+}
+
+static void test_cancel_only_while_pending(void **state) {
+  given_issued(state, 5);
+  CQRS_WHEN(T, &billing_cancel_invoice, (billing_cancel_invoice_t){"inv-1", "duplicate"});
+  CQRS_THEN_EVENTS(T, {&billing_invoice_cancelled, &(billing_invoice_cancelled_t){"duplicate"}});
+  CQRS_WHEN(T, &billing_cancel_invoice, (billing_cancel_invoice_t){"inv-1", "again"});
+  CQRS_THEN_REJECTED(T, "invoice.cancelled");
+}
+
+static void test_cancel_paid_is_refused(void **state) {
+  given_issued(state, 5);
+  CQRS_GIVEN(T, &billing_invoice_paid, (billing_invoice_paid_t){EUR(5)});
+  CQRS_WHEN(T, &billing_cancel_invoice, (billing_cancel_invoice_t){"inv-1", "late"});
+  CQRS_THEN_REJECTED(T, "invoice.already_paid");
+}
+
+static void test_number_format(void **state) {
+  (void)state;
+  char buf[BILLING_NUMBER_MAX];
+  billing_invoice_number(buf, 2024, 1);
+  assert_string_equal(buf, "INV-2024-001");
+  billing_invoice_number(buf, 2024, 1234);
+  assert_string_equal(buf, "INV-2024-1234");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_issue_takes_the_next_number_of_the_year, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_issue_needs_a_known_customer, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_issue_validates, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_issue_twice_is_refused, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_record_is_idempotent, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_pay, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_pay_twice_is_refused, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_pay_wrong_amount_is_refused, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_pay_cancelled_is_refused, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_pay_unknown_is_refused, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_only_while_pending, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_paid_is_refused, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_number_format, setup, bfx_teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
