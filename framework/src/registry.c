@@ -145,8 +145,8 @@ cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char 
   if (schema_version < 1 || schema_version > type->schema_version)
     return cqrs_error_set(err, CQRS_ECODEC, "%s: schema version %u is not between 1 and %u", type->name,
                           schema_version, type->schema_version);
-  bson_t cur;
-  bson_copy_to(data, &cur);
+  /* bson_t must not be copied by value: walk the versions with pointers. */
+  bson_t *cur = bson_copy(data);
   cqrs_code_t rc = CQRS_OK;
   for (uint32_t v = schema_version; v < type->schema_version; v++) {
     char key[CQRS_NAME_MAX + 12];
@@ -157,9 +157,9 @@ cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char 
       rc = cqrs_error_set(err, CQRS_ECODEC, "%s: no upcaster from schema version %u", type->name, v);
       break;
     }
-    bson_t next = BSON_INITIALIZER;
-    rc = u->fn(&cur, &next, err);
-    bson_destroy(&cur);
+    bson_t *next = bson_new();
+    rc = u->fn(cur, next, err);
+    bson_destroy(cur);
     cur = next;
     if (rc) break;
   }
@@ -167,14 +167,14 @@ cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char 
     void *p = cqrs__calloc(1, type->payload_size);
     if (!p) {
       rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a payload");
-    } else if ((rc = cqrs_fields_decode(type->fields, &cur, p, err))) {
+    } else if ((rc = cqrs_fields_decode(type->fields, cur, p, err))) {
       cqrs__free(p);
     } else {
       *payload = p;
       *type_out = type;
     }
   }
-  bson_destroy(&cur);
+  bson_destroy(cur);
   return rc;
 }
 

@@ -25,6 +25,12 @@ static cqrs_code_t v1_to_v2(const bson_t *in, bson_t *out, cqrs_error_t *err) {
     return cqrs_error_set(err, CQRS_ECODEC, "v1 lacks a title");
   BSON_APPEND_UTF8(out, "name", bson_iter_utf8(&it, NULL));
   BSON_APPEND_UTF8(out, "reason", "unknown");
+  /* Past libbson's inline buffer, so that each step's document lives on the
+   * heap: the chain must not copy bson_t values. */
+  char note[300];
+  memset(note, 'n', sizeof note - 1);
+  note[sizeof note - 1] = '\0';
+  BSON_APPEND_UTF8(out, "note", note);
   return CQRS_OK;
 }
 
