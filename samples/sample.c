@@ -6,9 +6,11 @@
 
 static void usage(const char *name, FILE *to) {
   fprintf(to,
-          "usage: %s [--mongo URI]\n"
+          "usage: %s [--mongo URI [--reset]]\n"
           "  Runs the %s flow of the billing sample, in memory by default.\n"
-          "  --mongo URI   use a MongoDB server (URI also read from MONGODB_URI when the flag has none)\n",
+          "  --mongo URI   use a MongoDB server (URI also read from MONGODB_URI when the flag has none);\n"
+          "                the database is the URI's, else \"cqrs\"\n"
+          "  --reset       drop that database first (the sample expects to start empty)\n",
           name, name);
 }
 
@@ -29,6 +31,8 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
         fprintf(stderr, "%s: --mongo needs a URI (or MONGODB_URI in the environment)\n", name);
         return 2;
       }
+    } else if (!strcmp(argv[i], "--reset")) {
+      s->reset = true;
     } else {
       fprintf(stderr, "%s: unknown argument '%s'\n", name, argv[i]);
       usage(name, stderr);
@@ -54,7 +58,15 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
     fprintf(stderr, "%s: out of memory\n", name);
     return 3;
   }
-  if (cqrs_dispatcher_new(&s->loop, s->reg, s->store, NULL, &s->d, &err) ||
+  if (s->reset && !mongo) {
+    fprintf(stderr, "%s: --reset goes with --mongo\n", name);
+    return 2;
+  }
+  cqrs_dispatcher_options_t opts;
+  cqrs_dispatcher_options_init(&opts);
+  opts.dead_letter = s->dead_letter;
+  opts.dead_letter_data = s->dead_letter_data;
+  if (cqrs_dispatcher_new(&s->loop, s->reg, s->store, &opts, &s->d, &err) ||
       billing_start(s->d, s->rm, s->cp, NULL, &s->billing, &err)) {
     fprintf(stderr, "%s: cannot start: %s\n", name, err.message);
     return 3;

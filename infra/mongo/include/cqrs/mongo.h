@@ -1,0 +1,75 @@
+/* libcqrs-mongo: the event store, snapshots, read models, checkpoints and
+ * dead letters on MongoDB (mongo-c-driver). Every call here blocks on the
+ * network: the objects it makes declare themselves blocking, so libcqrs
+ * calls them only from the libuv thread pool. Needs no multi-document
+ * transactions, change streams or atomic findAndModify. */
+#ifndef CQRS_MONGO_H
+#define CQRS_MONGO_H
+
+#include <cqrs/cqrs.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cqrs_mongo cqrs_mongo_t;
+
+/* Database and collection names; NULL fields take the defaults. */
+typedef struct cqrs_mongo_options {
+  const char *database;     /* default: the URI's, else "cqrs" */
+  const char *events;       /* one document per commit; default "cqrs_events" */
+  const char *snapshots;    /* default "cqrs_snapshots" */
+  const char *checkpoints;  /* default "cqrs_checkpoints" */
+  const char *dead_letters; /* default "cqrs_dead_letters" */
+  int32_t server_selection_timeout_ms; /* 0: the URI's, else 2000 */
+} cqrs_mongo_options_t;
+
+/* Parses `uri` and creates a client pool; does not contact the server, so a
+ * server that is down now is an error of the first operation, not of this
+ * call. `reg` (borrowed) decodes events. `loop` (borrowed) runs dead-letter
+ * writes; may be NULL if dead letters are not sent here. Errors never quote
+ * credentials. Free with cqrs_mongo_destroy after every object made from it. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_new(const char *uri, const cqrs_mongo_options_t *opts,
+                                       const cqrs_registry_t *reg, uv_loop_t *loop, cqrs_mongo_t **out,
+                                       cqrs_error_t *err);
+CQRS_EXPORT void cqrs_mongo_destroy(cqrs_mongo_t *m);
+
+/* The URI with any password replaced by "***", for printing. */
+CQRS_EXPORT const char *cqrs_mongo_uri_redacted(const cqrs_mongo_t *m);
+CQRS_EXPORT const char *cqrs_mongo_database(const cqrs_mongo_t *m);
+
+/* Creates the indexes the store needs, idempotently (blocks): on the events
+ * collection {timestamp: 1} and {type: 1, timestamp: 1}, and the unique
+ * {aggregateType, aggregateId, version}, {commandId} and {position}; on dead
+ * letters {at: 1}. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_ensure_indexes(cqrs_mongo_t *m, cqrs_error_t *err);
+
+/* Creates one index on collection `coll` if absent (blocks). `keys` e.g.
+ * {"customer.id": 1, status: 1}. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_ensure_index(cqrs_mongo_t *m, const char *coll, const bson_t *keys,
+                                                const char *name, bool unique, cqrs_error_t *err);
+
+/* Lists the index names of `coll` into `out` (an array document). */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_index_names(cqrs_mongo_t *m, const char *coll, bson_t *out, cqrs_error_t *err);
+
+/* Views on `m` (which must outlive them); free each with its own _destroy. */
+CQRS_EXPORT cqrs_store_t *cqrs_mongo_store_new(cqrs_mongo_t *m);
+CQRS_EXPORT cqrs_readmodel_t *cqrs_mongo_readmodel_new(cqrs_mongo_t *m);
+CQRS_EXPORT cqrs_checkpoints_t *cqrs_mongo_checkpoints_new(cqrs_mongo_t *m);
+
+/* A dead-letter sink for cqrs_dispatcher_options_t (data: the cqrs_mongo_t):
+ * writes {subscriber, event, error, at} to the dead-letters collection from
+ * the thread pool of the loop given to cqrs_mongo_new. */
+CQRS_EXPORT void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
+                                        void *data);
+
+/* Drops the whole database (blocks). For tests. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_drop_database(cqrs_mongo_t *m, cqrs_error_t *err);
+
+/* Sends mongo-c-driver's own log lines below ERROR nowhere (process-wide). */
+CQRS_EXPORT void cqrs_mongo_quiet_logs(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,37 @@
+/* libcqrs-mongo internals. */
+#ifndef CQRS_MONGO_PRIVATE_H
+#define CQRS_MONGO_PRIVATE_H
+
+#include <mongoc/mongoc.h>
+#include <stdatomic.h>
+
+#include "cqrs/mongo.h"
+
+struct cqrs_mongo {
+  mongoc_client_pool_t *pool;
+  mongoc_uri_t *uri;
+  char *redacted;
+  char *db, *events, *snapshots, *checkpoints, *dead_letters;
+  const cqrs_registry_t *reg;
+  uv_loop_t *loop;
+  _Atomic int64_t next_position; /* the next global position, as last seen; 0: unknown */
+};
+
+/* A pooled client and one of m's collections; release with cqrs__mongo_done. */
+typedef struct mconn {
+  mongoc_client_t *client;
+  mongoc_collection_t *coll;
+} mconn_t;
+
+void cqrs__mongo_open(cqrs_mongo_t *m, const char *coll, mconn_t *c);
+void cqrs__mongo_done(cqrs_mongo_t *m, mconn_t *c);
+
+/* Fills `err` with a store error about `what` from a driver error. */
+cqrs_code_t cqrs__mongo_error(cqrs_error_t *err, const bson_error_t *e, const char *what);
+bool cqrs__mongo_duplicate_key(const bson_error_t *e);
+
+/* Finds one document; *found false when none. `out` initialised when found. */
+cqrs_code_t cqrs__mongo_find_one(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts, bson_t *out,
+                                 bool *found, cqrs_error_t *err, const char *what);
+
+#endif

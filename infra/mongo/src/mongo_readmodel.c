@@ -1,0 +1,250 @@
+/* Read models, checkpoints and dead letters on MongoDB. Read-model writes
+ * are guarded by _position, so replaying an event changes nothing: a
+ * replace or an update matches only a document whose _position is lower. */
+#include <stdio.h>
+#include <string.h>
+
+#include "mongo-private.h"
+
+static void position_below(bson_t *filter, int64_t position) {
+  bson_t range;
+  BSON_APPEND_DOCUMENT_BEGIN(filter, CQRS_RM_POSITION, &range);
+  BSON_APPEND_INT64(&range, "$lt", position);
+  bson_append_document_end(filter, &range);
+}
+
+static int64_t reply_count(const bson_t *reply, const char *key) {
+  bson_iter_t it;
+  return bson_iter_init_find(&it, reply, key) ? bson_iter_as_int64(&it) : 0;
+}
+
+static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const bson_t *doc, int64_t position,
+                           bool *applied, cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
+  bson_t filter = BSON_INITIALIZER, body = BSON_INITIALIZER, opts = BSON_INITIALIZER, reply;
+  BSON_APPEND_UTF8(&filter, "_id", id);
+  position_below(&filter, position);
+  BSON_APPEND_UTF8(&body, "_id", id);
+  bson_iter_t it;
+  if (bson_iter_init(&it, doc)) {
+    while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strcmp(k, "_id") && strcmp(k, CQRS_RM_POSITION)) bson_append_iter(&body, NULL, 0, &it);
+    }
+  }
+  BSON_APPEND_INT64(&body, CQRS_RM_POSITION, position);
+  BSON_APPEND_BOOL(&opts, "upsert", true);
+  mconn_t c;
+  cqrs__mongo_open(m, coll, &c);
+  bson_error_t e;
+  bool ok = mongoc_collection_replace_one(c.coll, &filter, &body, &opts, &reply, &e);
+  cqrs__mongo_done(m, &c);
+  cqrs_code_t rc = CQRS_OK;
+  if (ok) {
+    *applied = reply_count(&reply, "matchedCount") + reply_count(&reply, "upsertedCount") > 0;
+  } else if (cqrs__mongo_duplicate_key(&e)) {
+    *applied = false; /* the document is at this position or later */
+  } else {
+    rc = cqrs__mongo_error(err, &e, "write a read-model document");
+  }
+  bson_destroy(&reply);
+  bson_destroy(&filter);
+  bson_destroy(&body);
+  bson_destroy(&opts);
+  return rc;
+}
+
+static cqrs_code_t update(cqrs_mongo_t *m, const char *coll, bson_t *filter, const bson_t *set, int64_t position,
+                          bool many, int64_t *matched, cqrs_error_t *err) {
+  position_below(filter, position);
+  bson_t u = BSON_INITIALIZER, s, reply;
+  BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &s);
+  bson_iter_t it;
+  if (bson_iter_init(&it, set)) {
+    while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (strcmp(k, "_id") && strcmp(k, CQRS_RM_POSITION)) bson_append_iter(&s, NULL, 0, &it);
+    }
+  }
+  BSON_APPEND_INT64(&s, CQRS_RM_POSITION, position);
+  bson_append_document_end(&u, &s);
+  mconn_t c;
+  cqrs__mongo_open(m, coll, &c);
+  bson_error_t e;
+  bool ok = many ? mongoc_collection_update_many(c.coll, filter, &u, NULL, &reply, &e)
+                 : mongoc_collection_update_one(c.coll, filter, &u, NULL, &reply, &e);
+  cqrs__mongo_done(m, &c);
+  cqrs_code_t rc = ok ? CQRS_OK : cqrs__mongo_error(err, &e, "update read-model documents");
+  *matched = ok ? reply_count(&reply, "matchedCount") : 0;
+  bson_destroy(&reply);
+  bson_destroy(&u);
+  return rc;
+}
+
+static cqrs_code_t mrm_get(void *impl, const char *coll, const char *id, bson_t *out, bool *found, cqrs_error_t *err);
+
+static cqrs_code_t mrm_patch(void *impl, const char *coll, const char *id, const bson_t *set, int64_t position,
+                             bool *applied, cqrs_error_t *err) {
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", id);
+  int64_t matched;
+  cqrs_code_t rc = update(impl, coll, &filter, set, position, false, &matched, err);
+  bson_destroy(&filter);
+  if (rc) return rc;
+  *applied = matched > 0;
+  if (*applied) return CQRS_OK;
+  bson_t doc;
+  bool found;
+  if ((rc = mrm_get(impl, coll, id, &doc, &found, err))) return rc;
+  if (!found) return cqrs_error_set(err, CQRS_ENOT_FOUND, "%s/%s does not exist", coll, id);
+  bson_destroy(&doc);
+  return CQRS_OK;
+}
+
+static cqrs_code_t mrm_patch_where(void *impl, const char *coll, const bson_t *filter, const bson_t *set,
+                                   int64_t position, size_t *count, cqrs_error_t *err) {
+  bson_t f = BSON_INITIALIZER;
+  bson_concat(&f, filter);
+  int64_t matched;
+  cqrs_code_t rc = update(impl, coll, &f, set, position, true, &matched, err);
+  bson_destroy(&f);
+  *count = (size_t)matched;
+  return rc;
+}
+
+static cqrs_code_t mrm_get(void *impl, const char *coll, const char *id, bson_t *out, bool *found, cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", id);
+  mconn_t c;
+  cqrs__mongo_open(m, coll, &c);
+  cqrs_code_t rc = cqrs__mongo_find_one(c.coll, &filter, NULL, out, found, err, "read a read-model document");
+  cqrs__mongo_done(m, &c);
+  bson_destroy(&filter);
+  return rc;
+}
+
+static cqrs_code_t mrm_find(void *impl, const char *coll, const cqrs_find_t *q, cqrs_doc_visit_cb cb, void *data,
+                            cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
+  bson_t empty = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort;
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+  if (q->sort) BSON_APPEND_INT32(&sort, q->sort, q->descending ? -1 : 1);
+  BSON_APPEND_INT32(&sort, "_id", q->descending ? -1 : 1);
+  bson_append_document_end(&opts, &sort);
+  if (q->limit) BSON_APPEND_INT64(&opts, "limit", (int64_t)q->limit);
+  mconn_t c;
+  cqrs__mongo_open(m, coll, &c);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c.coll, q->filter ? q->filter : &empty, &opts, NULL);
+  const bson_t *doc;
+  while (mongoc_cursor_next(cur, &doc)) {
+    if (!cb(doc, data)) break;
+  }
+  bson_error_t e;
+  cqrs_code_t rc = mongoc_cursor_error(cur, &e) ? cqrs__mongo_error(err, &e, "find read-model documents") : CQRS_OK;
+  mongoc_cursor_destroy(cur);
+  cqrs__mongo_done(m, &c);
+  bson_destroy(&empty);
+  bson_destroy(&opts);
+  return rc;
+}
+
+static const cqrs_readmodel_ops_t mongo_rm_ops = {true,    mrm_put,  mrm_patch, mrm_patch_where,
+                                                  mrm_get, mrm_find, NULL};
+
+cqrs_readmodel_t *cqrs_mongo_readmodel_new(cqrs_mongo_t *m) { return m ? cqrs_readmodel_new(&mongo_rm_ops, m) : NULL; }
+
+/* ---- checkpoints ---- */
+
+static cqrs_code_t mcp_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
+  bson_t filter = BSON_INITIALIZER, doc;
+  BSON_APPEND_UTF8(&filter, "_id", name);
+  bool found;
+  mconn_t c;
+  cqrs__mongo_open(m, m->checkpoints, &c);
+  cqrs_code_t rc = cqrs__mongo_find_one(c.coll, &filter, NULL, &doc, &found, err, "load a checkpoint");
+  cqrs__mongo_done(m, &c);
+  bson_destroy(&filter);
+  *position = 0;
+  if (!rc && found) {
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, &doc, "position")) *position = bson_iter_as_int64(&it);
+    bson_destroy(&doc);
+  }
+  return rc;
+}
+
+static cqrs_code_t mcp_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
+  bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, s, opts = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", name);
+  BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &s);
+  BSON_APPEND_INT64(&s, "position", position);
+  BSON_APPEND_DATE_TIME(&s, "at", cqrs_now_ms());
+  bson_append_document_end(&u, &s);
+  BSON_APPEND_BOOL(&opts, "upsert", true);
+  mconn_t c;
+  cqrs__mongo_open(m, m->checkpoints, &c);
+  bson_error_t e;
+  bool ok = mongoc_collection_update_one(c.coll, &filter, &u, &opts, NULL, &e);
+  cqrs__mongo_done(m, &c);
+  bson_destroy(&filter);
+  bson_destroy(&u);
+  bson_destroy(&opts);
+  return ok ? CQRS_OK : cqrs__mongo_error(err, &e, "save a checkpoint");
+}
+
+static const cqrs_checkpoint_ops_t mongo_cp_ops = {true, mcp_load, mcp_save, NULL};
+
+cqrs_checkpoints_t *cqrs_mongo_checkpoints_new(cqrs_mongo_t *m) {
+  return m ? cqrs_checkpoints_new(&mongo_cp_ops, m) : NULL;
+}
+
+/* ---- dead letters ---- */
+
+typedef struct dl_work {
+  uv_work_t req;
+  cqrs_mongo_t *m;
+  bson_t doc;
+} dl_work_t;
+
+static void dl_insert(uv_work_t *w) {
+  dl_work_t *d = w->data;
+  mconn_t c;
+  cqrs__mongo_open(d->m, d->m->dead_letters, &c);
+  bson_error_t e;
+  if (!mongoc_collection_insert_one(c.coll, &d->doc, NULL, NULL, &e))
+    fprintf(stderr, "cqrs-mongo: a dead letter could not be written: %s\n", e.message);
+  cqrs__mongo_done(d->m, &c);
+}
+
+static void dl_done(uv_work_t *w, int status) {
+  dl_work_t *d = w->data;
+  if (status) dl_insert(w); /* cancelled: write it here rather than lose it */
+  bson_destroy(&d->doc);
+  bson_free(d);
+}
+
+void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
+  cqrs_mongo_t *m = data;
+  dl_work_t *d = bson_malloc0(sizeof *d);
+  d->m = m;
+  d->req.data = d;
+  bson_init(&d->doc);
+  BSON_APPEND_UTF8(&d->doc, "subscriber", subscriber);
+  bson_t ev, er;
+  BSON_APPEND_DOCUMENT_BEGIN(&d->doc, "event", &ev);
+  cqrs_event_to_bson(e, &ev, NULL);
+  bson_append_document_end(&d->doc, &ev);
+  BSON_APPEND_DOCUMENT_BEGIN(&d->doc, "error", &er);
+  BSON_APPEND_UTF8(&er, "code", cqrs_code_name(error->code));
+  BSON_APPEND_UTF8(&er, "name", error->name);
+  BSON_APPEND_UTF8(&er, "message", error->message);
+  bson_append_document_end(&d->doc, &er);
+  BSON_APPEND_DATE_TIME(&d->doc, "at", cqrs_now_ms());
+  if (!m->loop || uv_queue_work(m->loop, &d->req, dl_insert, dl_done)) {
+    dl_insert(&d->req); /* no loop to lend a thread: write it now */
+    dl_done(&d->req, 0);
+  }
+}

@@ -1,0 +1,35 @@
+/* --mongo: the billing context on MongoDB. */
+#include <stdio.h>
+
+#include "billing_mongo.h"
+#include "sample.h"
+
+int sample_mongo_open(sample_t *s, const char *uri) {
+  cqrs_mongo_quiet_logs();
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  if (cqrs_mongo_new(uri, &billing_mongo_options, s->reg, &s->loop, &m, &err)) {
+    fprintf(stderr, "%s: %s\n", s->name, err.message);
+    return 2;
+  }
+  if ((s->reset && billing_mongo_reset(m, &err)) || billing_mongo_indexes(m, &err)) {
+    fprintf(stderr, "%s: cannot use MongoDB at %s: %s\n", s->name, cqrs_mongo_uri_redacted(m), err.message);
+    cqrs_mongo_destroy(m);
+    return 3;
+  }
+  s->backend = m;
+  s->store = cqrs_mongo_store_new(m);
+  s->rm = cqrs_mongo_readmodel_new(m);
+  s->cp = cqrs_mongo_checkpoints_new(m);
+  s->dead_letter = cqrs_mongo_dead_letter;
+  s->dead_letter_data = m;
+  printf("%s: MongoDB at %s, database %s\n", s->name, cqrs_mongo_uri_redacted(m), cqrs_mongo_database(m));
+  return 0;
+}
+
+void sample_mongo_close(sample_t *s) {
+  cqrs_checkpoints_destroy(s->cp);
+  cqrs_readmodel_destroy(s->rm);
+  cqrs_store_destroy(s->store);
+  cqrs_mongo_destroy(s->backend);
+}
