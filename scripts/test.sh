@@ -4,21 +4,18 @@
 # under valgrind on a plain build. Usage: scripts/test.sh [--no-valgrind]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
 
 scripts/install-deps.sh
 
-mongo_args=()
-if [ -x scripts/mongo-server.sh ]; then
-  # Starts a MongoDB-compatible test server unless MONGODB_URI is set;
-  # exports MONGODB_URI for the Mongo tests and stops the server on exit.
-  # shellcheck source=/dev/null
-  source scripts/mongo-server.sh
-fi
+
+# A MongoDB-compatible test server unless MONGODB_URI is set; it exports
+# MONGODB_URI for the Mongo tests and stops the server on exit.
+# shellcheck source=scripts/mongo-server.sh
+source scripts/mongo-server.sh
 
 echo "== build (ASan + UBSan, -Werror)"
-cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DCQRS_SANITIZE=ON -DCQRS_WERROR=ON "${mongo_args[@]}" >/dev/null
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DCQRS_SANITIZE=ON -DCQRS_WERROR=ON >/dev/null
 cmake --build build/asan -j"$jobs"
 echo "== tests (ASan + UBSan)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
@@ -28,7 +25,7 @@ if [ "${1:-}" != "--no-valgrind" ]; then
   echo "== build (plain, for valgrind)"
   cmake -S . -B build/valgrind -DCMAKE_BUILD_TYPE=Debug -DCQRS_WERROR=ON \
     "-DCQRS_TEST_WRAPPER=valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect --track-origins=no -q" \
-    "${mongo_args[@]}" >/dev/null
+    >/dev/null
   cmake --build build/valgrind -j"$jobs"
   echo "== tests (valgrind)"
   ctest --test-dir build/valgrind --output-on-failure -j"$jobs"

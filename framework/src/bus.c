@@ -98,10 +98,25 @@ static void timer_cb(uv_timer_t *t) {
 }
 
 /* The head of the queue failed: retry later, or give up on it. Returns true
- * when the caller may go on with the queue. */
+ * when the caller may go on with the queue. A store that is unavailable is
+ * no fault of the event: that is retried (back-off capped) until the store
+ * returns, never dead-lettered; on close the subscriber lets go of what it
+ * holds, which a projection reads again from its checkpoint. */
 static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   s->attempts++;
   s->last_error = *error;
+  if (error->code == CQRS_ESTORE) {
+    if (atomic_load(&s->d->closing)) {
+      if (!s->cp && s->q_len)
+        fprintf(stderr, "cqrs: subscriber %s drops %zu event(s) at close: %s\n", s->name, s->q_len, error->message);
+      while (s->q_len) q_pop(s);
+      s->attempts = 0;
+      return false;
+    }
+    s->waiting = true;
+    uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, s->attempts), 0);
+    return false;
+  }
   if (s->attempts < s->d->opts.retry_attempts) {
     if (atomic_load(&s->d->closing)) return true; /* closing: retry at once */
     s->waiting = true;

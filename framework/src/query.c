@@ -69,7 +69,7 @@ typedef struct query_req {
   uv_work_t work;
   const cqrs_queries_t *q;
   char name[CQRS_NAME_MAX];
-  bson_t params, answer;
+  bson_t *params, *answer; /* pointers: a bson_t needs 128-byte alignment */
   cqrs_query_cb cb;
   void *data;
   cqrs_code_t rc;
@@ -78,15 +78,15 @@ typedef struct query_req {
 
 static void query_work(uv_work_t *w) {
   query_req_t *r = w->data;
-  r->rc = cqrs_queries_run(r->q, r->name, &r->params, &r->answer, &r->err);
+  r->rc = cqrs_queries_run(r->q, r->name, r->params, r->answer, &r->err);
 }
 
 static void query_after(uv_work_t *w, int status) {
   query_req_t *r = w->data;
   if (status) r->rc = cqrs_error_set(&r->err, CQRS_ECLOSED, "query cancelled");
-  r->cb(r->rc, &r->answer, &r->err, r->data);
-  bson_destroy(&r->params);
-  bson_destroy(&r->answer);
+  r->cb(r->rc, r->answer, &r->err, r->data);
+  bson_destroy(r->params);
+  bson_destroy(r->answer);
   cqrs__free(r);
 }
 
@@ -98,12 +98,8 @@ cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const ch
   if (!r) return CQRS_ENOMEM;
   r->q = q;
   memcpy(r->name, name, strlen(name) + 1);
-  if (params) {
-    bson_copy_to(params, &r->params);
-  } else {
-    bson_init(&r->params);
-  }
-  bson_init(&r->answer);
+  r->params = params ? bson_copy(params) : bson_new();
+  r->answer = bson_new();
   r->cb = cb;
   r->data = data;
   r->work.data = r;
@@ -113,8 +109,8 @@ cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const ch
     return CQRS_OK;
   }
   if (uv_queue_work(loop, &r->work, query_work, query_after)) {
-    bson_destroy(&r->params);
-    bson_destroy(&r->answer);
+    bson_destroy(r->params);
+    bson_destroy(r->answer);
     cqrs__free(r);
     return CQRS_ESTATE;
   }

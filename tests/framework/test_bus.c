@@ -266,6 +266,54 @@ static void test_close_cuts_back_off_short(void **state) {
   fx->d = NULL;
 }
 
+typedef struct outage {
+  int down_for; /* calls that find the store down */
+  int calls;
+  int delivered;
+} outage_t;
+
+static cqrs_code_t store_down(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)e;
+  outage_t *o = data;
+  if (o->calls++ < o->down_for) return cqrs_error_set(err, CQRS_ESTORE, "read model unreachable");
+  o->delivered++;
+  return CQRS_OK;
+}
+
+static void test_unavailable_store_is_retried_not_dead_lettered(void **state) {
+  fx_t *fx = *state; /* 3 attempts, 1 ms back-off */
+  outage_t o = {5, 0, 0};
+  const cqrs_event_type_t *opened[] = {&ledger_opened, NULL};
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "rm", opened, store_down, &o, 0, NULL), CQRS_OK);
+  send_cmd(fx, ledger_open_new("a", "ada"));
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(o.calls, 6);
+  assert_int_equal(o.delivered, 1);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 0);
+}
+
+static void test_close_during_an_outage(void **state) {
+  fx_t *fx = *state;
+  cqrs_dispatcher_close(fx->d, NULL, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  fx->d = NULL;
+  cqrs_dispatcher_options_t opts;
+  cqrs_dispatcher_options_init(&opts);
+  opts.retry_base_ms = 60000;
+  assert_int_equal(cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &opts, &fx->d, NULL), CQRS_OK);
+  ledger_handlers(fx->d, NULL, 0, NULL);
+  outage_t o = {1000, 0, 0};
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "rm", NULL, store_down, &o, 0, NULL), CQRS_OK);
+  send_cmd(fx, ledger_open_new("a", "ada"));
+  while (fx->done < 1) uv_run(&fx->loop, UV_RUN_ONCE);
+  cqrs_dispatcher_close(fx->d, on_closed, fx);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_true(fx->closed);
+  fx->d = NULL;
+  assert_int_equal(o.delivered, 0);
+  assert_int_equal(o.calls, 2); /* one last try at close, then it lets go: no retry storm */
+}
+
 static void test_subscribe_rules(void **state) {
   fx_t *fx = *state;
   recorder_t r = {.name = "r"};
@@ -288,6 +336,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_blocking_subscriber_thread, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_cuts_back_off_short, setup, teardown),
       cmocka_unit_test_setup_teardown(test_subscribe_rules, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unavailable_store_is_retried_not_dead_lettered, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_close_during_an_outage, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

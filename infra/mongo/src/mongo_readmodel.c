@@ -206,7 +206,7 @@ cqrs_checkpoints_t *cqrs_mongo_checkpoints_new(cqrs_mongo_t *m) {
 typedef struct dl_work {
   uv_work_t req;
   cqrs_mongo_t *m;
-  bson_t doc;
+  bson_t *doc; /* a pointer: a bson_t needs 128-byte alignment */
 } dl_work_t;
 
 static void dl_insert(uv_work_t *w) {
@@ -214,7 +214,7 @@ static void dl_insert(uv_work_t *w) {
   mconn_t c;
   cqrs__mongo_open(d->m, d->m->dead_letters, &c);
   bson_error_t e;
-  if (!mongoc_collection_insert_one(c.coll, &d->doc, NULL, NULL, &e))
+  if (!mongoc_collection_insert_one(c.coll, d->doc, NULL, NULL, &e))
     fprintf(stderr, "cqrs-mongo: a dead letter could not be written: %s\n", e.message);
   cqrs__mongo_done(d->m, &c);
 }
@@ -222,7 +222,7 @@ static void dl_insert(uv_work_t *w) {
 static void dl_done(uv_work_t *w, int status) {
   dl_work_t *d = w->data;
   if (status) dl_insert(w); /* cancelled: write it here rather than lose it */
-  bson_destroy(&d->doc);
+  bson_destroy(d->doc);
   bson_free(d);
 }
 
@@ -231,18 +231,18 @@ void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const
   dl_work_t *d = bson_malloc0(sizeof *d);
   d->m = m;
   d->req.data = d;
-  bson_init(&d->doc);
-  BSON_APPEND_UTF8(&d->doc, "subscriber", subscriber);
+  d->doc = bson_new();
+  BSON_APPEND_UTF8(d->doc, "subscriber", subscriber);
   bson_t ev, er;
-  BSON_APPEND_DOCUMENT_BEGIN(&d->doc, "event", &ev);
+  BSON_APPEND_DOCUMENT_BEGIN(d->doc, "event", &ev);
   cqrs_event_to_bson(e, &ev, NULL);
-  bson_append_document_end(&d->doc, &ev);
-  BSON_APPEND_DOCUMENT_BEGIN(&d->doc, "error", &er);
+  bson_append_document_end(d->doc, &ev);
+  BSON_APPEND_DOCUMENT_BEGIN(d->doc, "error", &er);
   BSON_APPEND_UTF8(&er, "code", cqrs_code_name(error->code));
   BSON_APPEND_UTF8(&er, "name", error->name);
   BSON_APPEND_UTF8(&er, "message", error->message);
-  bson_append_document_end(&d->doc, &er);
-  BSON_APPEND_DATE_TIME(&d->doc, "at", cqrs_now_ms());
+  bson_append_document_end(d->doc, &er);
+  BSON_APPEND_DATE_TIME(d->doc, "at", cqrs_now_ms());
   if (!m->loop || uv_queue_work(m->loop, &d->req, dl_insert, dl_done)) {
     dl_insert(&d->req); /* no loop to lend a thread: write it now */
     dl_done(&d->req, 0);

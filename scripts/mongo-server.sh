@@ -1,0 +1,69 @@
+# Sourced by scripts/test.sh. Provides MONGODB_URI for the MongoDB tests:
+# the caller's if set; otherwise starts FerretDB v1.24.2 (SQLite backend) on
+# 127.0.0.1 through the launcher in scripts/ferretdb/, with telemetry off, no
+# state or debug listener, data in a temporary directory, the build cached
+# between runs, and the server stopped when the calling shell exits. With
+# CI=true a server is required; elsewhere its absence only skips those tests.
+# Also exports CQRS_FERRETDB_LAUNCHER, which tests use to run servers of
+# their own (to stop and restart them).
+
+mongo_server_fail() {
+  if [ "${CI:-}" = "true" ]; then
+    echo "error: $1 (the MongoDB tests are required in CI)" >&2
+    exit 1
+  fi
+  echo "note: $1; the MongoDB tests will be skipped (set MONGODB_URI to run them)" >&2
+}
+
+mongo_server_start() {
+  local src=scripts/ferretdb cache bin hash port data pid
+  cache=${XDG_CACHE_HOME:-$HOME/.cache}/libcqrs
+  hash=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-16)
+  bin=$cache/ferretdb-launcher-$hash
+  if [ ! -x "$bin" ]; then
+    if ! command -v go >/dev/null 2>&1; then
+      mongo_server_fail "Go is not installed, so FerretDB cannot be built"
+      return 0
+    fi
+    echo "== building the FerretDB launcher (cached in $cache)"
+    mkdir -p "$cache"
+    if ! (cd "$src" && go build -trimpath -o "$bin.tmp" .); then
+      mongo_server_fail "the FerretDB launcher did not build"
+      return 0
+    fi
+    mv "$bin.tmp" "$bin"
+  fi
+  export CQRS_FERRETDB_LAUNCHER=$bin
+  # A free loopback port: nothing answers there.
+  port=""
+  for p in $(shuf -i 27100-27999 -n 50); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
+  done
+  if [ -z "$port" ]; then
+    mongo_server_fail "no free port for FerretDB"
+    return 0
+  fi
+  data=$(mktemp -d "${TMPDIR:-/tmp}/libcqrs-ferretdb.XXXXXX")
+  "$bin" -listen "127.0.0.1:$port" -dir "$data/db" >"$data/log" 2>&1 &
+  pid=$!
+  MONGO_SERVER_PID=$pid
+  MONGO_SERVER_DATA=$data
+  trap 'kill "$MONGO_SERVER_PID" 2>/dev/null; wait "$MONGO_SERVER_PID" 2>/dev/null; rm -rf "$MONGO_SERVER_DATA"' EXIT
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      export MONGODB_URI="mongodb://127.0.0.1:$port"
+      echo "== FerretDB on $MONGODB_URI (pid $pid)"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  cat "$data/log" >&2
+  mongo_server_fail "FerretDB did not start"
+}
+
+if [ -n "${MONGODB_URI:-}" ]; then
+  echo "== MongoDB tests on the server of MONGODB_URI"
+else
+  mongo_server_start
+fi
