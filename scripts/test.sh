@@ -23,7 +23,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 
 if [ "${1:-}" != "--no-valgrind" ]; then
   echo "== build (plain, for valgrind)"
-  cmake -S . -B build/valgrind -DCMAKE_BUILD_TYPE=Debug -DCQRS_WERROR=ON \
+  cmake -S . -B build/valgrind -DCMAKE_BUILD_TYPE=Debug -DCQRS_WERROR=ON -DCQRS_SAMPLES=ON \
     "-DCQRS_TEST_WRAPPER=valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect --track-origins=no -q" \
     >/dev/null
   cmake --build build/valgrind -j"$jobs"

@@ -20,7 +20,7 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:27017", "TCP address to listen on")
 	dir := flag.String("dir", "", "SQLite data directory (required)")
-	verbose := flag.Bool("v", false, "log at info level")
+	verbose := flag.Bool("v", false, "log at info level (default: errors only)")
 	flag.Parse()
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "ferretdb-launcher: -dir is required")
@@ -30,7 +30,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "ferretdb-launcher: %v\n", err)
 		os.Exit(1)
 	}
-	level := slog.LevelWarn
+	level := slog.LevelError
 	if *verbose {
 		level = slog.LevelInfo
 	}
