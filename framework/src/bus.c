@@ -442,7 +442,7 @@ static cqrs_code_t add_sub(cqrs_dispatcher_t *d, const char *name, const cqrs_ev
 
 cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,
                                       cqrs_event_handler_fn fn, void *data, unsigned flags, cqrs_error_t *err) {
-  sub_t *s;
+  sub_t *s = NULL;
   return add_sub(d, name, types, fn, data, flags & CQRS_SUBSCRIBE_BLOCKING, &s, err);
 }
 
@@ -494,7 +494,7 @@ cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_de
   cp_work_t *cw = NULL;
   if (cp_blocking && !(cw = cqrs__calloc(1, sizeof *cw)))
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot start a projection");
-  sub_t *s;
+  sub_t *s = NULL;
   rc = add_sub(d, def->name, def->types, def->handler, def->data,
                (def->flags & CQRS_SUBSCRIBE_BLOCKING) || cp_blocking, &s, err);
   if (rc) {

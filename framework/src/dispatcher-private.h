@@ -64,6 +64,8 @@ struct cqrs_dispatcher {
   uv_mutex_t inbox_lock;
   request_t *inbox_head, *inbox_tail; /* from other threads */
   request_t *local_head, *local_tail; /* from the loop thread */
+  request_t *free_requests;           /* loop thread only */
+  size_t nfree;
   _Atomic size_t pending;
   _Atomic bool closing;
   int handles_open;

@@ -7,6 +7,7 @@
 
 #define CTX_MAX_AGGREGATES 8
 #define DRAIN_BATCH 4096
+#define FREE_REQUESTS 1024 /* requests kept for reuse on the loop thread */
 
 struct cqrs_context {
   cqrs_dispatcher_t *d;
@@ -132,7 +133,15 @@ cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs
     cqrs_command_destroy(cmd);
     return CQRS_ECLOSED;
   }
-  request_t *r = cqrs__malloc(sizeof *r);
+  bool local = on_loop_thread(d);
+  request_t *r = NULL;
+  if (local && d->free_requests) {
+    r = d->free_requests;
+    d->free_requests = r->next;
+    d->nfree--;
+  } else {
+    r = cqrs__malloc(sizeof *r);
+  }
   if (!r) {
     cqrs_command_destroy(cmd);
     return CQRS_ENOMEM;
@@ -145,9 +154,14 @@ cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs
   r->handler = NULL;
   r->value = NULL;
   r->last_position = 0;
-  memset(&r->result, 0, sizeof r->result);
+  r->result.error.code = CQRS_OK;
+  r->result.error.domain = CQRS_DOMAIN_NONE;
+  r->result.error.name[0] = r->result.error.message[0] = '\0';
+  r->result.version = 0;
+  r->result.events = 0;
+  r->result.duplicate = false;
   atomic_fetch_add_explicit(&d->pending, 1, memory_order_relaxed);
-  if (on_loop_thread(d)) {
+  if (local) {
     if (d->local_tail) {
       d->local_tail->next = r;
     } else {
@@ -342,7 +356,13 @@ static void finish_request(request_t *r) {
   if (r->done) r->done(&r->result, r->data);
   if (r->value) bson_destroy(r->value);
   cqrs_command_destroy(r->cmd);
-  cqrs__free(r);
+  if (d->nfree < FREE_REQUESTS && !atomic_load_explicit(&d->closing, memory_order_relaxed)) {
+    r->next = d->free_requests;
+    d->free_requests = r;
+    d->nfree++;
+  } else {
+    cqrs__free(r);
+  }
   atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
   if (atomic_load_explicit(&d->closing, memory_order_relaxed)) cqrs__dispatcher_maybe_closed(d);
 }
@@ -419,6 +439,11 @@ static void handle_closed(uv_handle_t *h) {
   cqrs_close_cb cb = d->close_cb;
   void *data = d->close_data;
   cqrs__bus_free(d);
+  while (d->free_requests) {
+    request_t *r = d->free_requests;
+    d->free_requests = r->next;
+    cqrs__free(r);
+  }
   handler_t *hd, *tmp;
   HASH_ITER(hh, d->handlers, hd, tmp) {
     HASH_DEL(d->handlers, hd);

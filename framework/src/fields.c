@@ -150,7 +150,7 @@ static cqrs_code_t decode_field(const bson_iter_t *it, const cqrs_field_t *f, vo
   case CQRS_FIELD_STRING:
     return decode_string(it, f, (char *)p, err);
   case CQRS_FIELD_INT64: {
-    int64_t v;
+    int64_t v = 0;
     cqrs_code_t rc = decode_int64(it, f, &v, err);
     if (!rc) memcpy(p, &v, sizeof v);
     return rc;

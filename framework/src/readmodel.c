@@ -143,31 +143,43 @@ static bool set_has_below(const bson_t *set, const char *path, size_t plen) {
   return false;
 }
 
+static bool has_dotted_key(const bson_t *set) {
+  bson_iter_t it;
+  if (!bson_iter_init(&it, set)) return false;
+  while (bson_iter_next(&it)) {
+    if (strchr(bson_iter_key(&it), '.')) return true;
+  }
+  return false;
+}
+
 /* Copies `old` into `out`, replacing the values `set` names by (dotted) path
- * and adding its new keys at this level, as MongoDB's $set does. */
-static void merge(bson_t *out, const bson_t *old, const bson_t *set, const char *prefix, bool top) {
-  size_t plen = strlen(prefix);
+ * and adding its new keys at this level, as MongoDB's $set does. `path` holds
+ * the prefix of this level (plen bytes, "" or "a.b."); it has room for 256. */
+static void merge(bson_t *out, const bson_t *old, const bson_t *set, char *path, size_t plen, bool top) {
   bson_iter_t it;
   if (bson_iter_init(&it, old)) {
     while (bson_iter_next(&it)) {
       const char *k = bson_iter_key(&it);
       if (top && skip_key(k)) continue;
-      char path[256];
-      int n = snprintf(path, sizeof path, "%s%s", prefix, k);
-      if (n < 0 || (size_t)n >= sizeof path) continue;
+      size_t klen = strlen(k);
+      if (plen + klen + 2 > 256) {
+        bson_append_iter(out, k, -1, &it);
+        continue;
+      }
+      memcpy(path + plen, k, klen + 1);
       bson_iter_t s;
       if (bson_iter_init_find(&s, set, path)) {
         bson_append_iter(out, k, -1, &s);
-      } else if (BSON_ITER_HOLDS_DOCUMENT(&it) && set_has_below(set, path, (size_t)n)) {
+      } else if (BSON_ITER_HOLDS_DOCUMENT(&it) && set_has_below(set, path, plen + klen)) {
         uint32_t len;
         const uint8_t *raw;
         bson_iter_document(&it, &len, &raw);
         bson_t child_old, child;
         if (bson_init_static(&child_old, raw, len)) {
-          char sub[260];
-          snprintf(sub, sizeof sub, "%s.", path);
+          path[plen + klen] = '.';
+          path[plen + klen + 1] = '\0';
           bson_append_document_begin(out, k, -1, &child);
-          merge(&child, &child_old, set, sub, false);
+          merge(&child, &child_old, set, path, plen + klen + 1, false);
           bson_append_document_end(out, &child);
         }
       } else {
@@ -175,20 +187,105 @@ static void merge(bson_t *out, const bson_t *old, const bson_t *set, const char 
       }
     }
   }
+  path[plen] = '\0';
   bson_iter_t s;
   if (!bson_iter_init(&s, set)) return;
   while (bson_iter_next(&s)) {
     const char *k = bson_iter_key(&s);
-    if (strncmp(k, prefix, plen) || strchr(k + plen, '.') || (top && skip_key(k))) continue;
+    if (strncmp(k, path, plen) || strchr(k + plen, '.') || (top && skip_key(k))) continue;
     bson_iter_t exists;
     if (!bson_iter_init_find(&exists, old, k + plen)) bson_append_iter(out, k + plen, -1, &s);
   }
 }
 
+/* The common case: top-level keys only. */
+static void merge_flat(bson_t *out, const bson_t *old, const bson_t *set) {
+  bson_iter_t it, s;
+  if (bson_iter_init(&it, old)) {
+    while (bson_iter_next(&it)) {
+      const char *k = bson_iter_key(&it);
+      if (skip_key(k)) continue;
+      if (bson_iter_init_find(&s, set, k)) {
+        bson_append_iter(out, k, -1, &s);
+      } else {
+        bson_append_iter(out, k, -1, &it);
+      }
+    }
+  }
+  if (!bson_iter_init(&s, set)) return;
+  while (bson_iter_next(&s)) {
+    const char *k = bson_iter_key(&s);
+    bson_iter_t exists;
+    if (!skip_key(k) && !bson_iter_init_find(&exists, old, k)) bson_append_iter(out, k, -1, &s);
+  }
+}
+
+static bool fixed_size(bson_type_t t) {
+  return t == BSON_TYPE_INT64 || t == BSON_TYPE_INT32 || t == BSON_TYPE_DOUBLE || t == BSON_TYPE_BOOL ||
+         t == BSON_TYPE_DATE_TIME;
+}
+
+static void overwrite(bson_iter_t *it, const bson_iter_t *s) {
+  switch (bson_iter_type(s)) {
+  case BSON_TYPE_INT64:
+    bson_iter_overwrite_int64(it, bson_iter_int64(s));
+    break;
+  case BSON_TYPE_INT32:
+    bson_iter_overwrite_int32(it, bson_iter_int32(s));
+    break;
+  case BSON_TYPE_DOUBLE:
+    bson_iter_overwrite_double(it, bson_iter_double(s));
+    break;
+  case BSON_TYPE_BOOL:
+    bson_iter_overwrite_bool(it, bson_iter_bool(s));
+    break;
+  default:
+    bson_iter_overwrite_date_time(it, bson_iter_date_time(s));
+    break;
+  }
+}
+
+/* When every key set is a top-level field already there with the same
+ * fixed-size type, overwrites the values where they lie: no rebuild. Two
+ * passes over the document (check, then write); `set` is small. */
+static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
+  uint32_t nset = bson_count_keys(set), matched = 0;
+  bool have_pos = false;
+  bson_iter_t s, it;
+  if (nset == 0 || !bson_iter_init(&it, d->doc)) return false;
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (!strcmp(k, CQRS_RM_POSITION)) {
+      have_pos = BSON_ITER_HOLDS_INT64(&it);
+    } else if (bson_iter_init_find(&s, set, k)) {
+      if (bson_iter_type(&s) != bson_iter_type(&it) || !fixed_size(bson_iter_type(&s))) return false;
+      matched++;
+    }
+  }
+  if (matched != nset || !have_pos) return false;
+  bson_iter_init(&it, d->doc);
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (!strcmp(k, CQRS_RM_POSITION)) {
+      bson_iter_overwrite_int64(&it, position);
+    } else if (bson_iter_init_find(&s, set, k)) {
+      overwrite(&it, &s);
+    }
+  }
+  d->position = position;
+  return true;
+}
+
 static void patch_doc(mdoc_t *d, const bson_t *set, int64_t position) {
+  if (patch_in_place(d, set, position)) return;
   bson_t *out = bson_new();
   BSON_APPEND_UTF8(out, "_id", d->id);
-  merge(out, d->doc, set, "", true);
+  if (has_dotted_key(set)) {
+    char path[256] = "";
+    merge(out, d->doc, set, path, 0, true);
+  } else {
+    merge_flat(out, d->doc, set);
+  }
   BSON_APPEND_INT64(out, CQRS_RM_POSITION, position);
   bson_destroy(d->doc);
   d->doc = out;

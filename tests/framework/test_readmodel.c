@@ -81,6 +81,33 @@ static void test_put_get_and_idempotence(void **state) {
   assert_false(found);
 }
 
+static void test_patch_in_place_and_rebuilt_agree(void **state) {
+  cqrs_readmodel_t *rm = *state;
+  put(rm, "a", "{\"balance\":{\"$numberLong\":\"5\"},\"at\":{\"$date\":1},\"n\":1,\"s\":\"x\"}", 1, true);
+  /* Same fixed-size types: overwritten where they lie. */
+  bson_t *set = json("{\"balance\":{\"$numberLong\":\"70\"},\"at\":{\"$date\":2000},\"n\":2}");
+  bool applied;
+  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, 2, &applied, NULL), CQRS_OK);
+  assert_true(applied);
+  assert_int_equal(get_int(rm, "a", "balance"), 70);
+  assert_int_equal(get_int(rm, "a", "n"), 2);
+  assert_int_equal(get_int(rm, "a", CQRS_RM_POSITION), 2);
+  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, 2, &applied, NULL), CQRS_OK);
+  assert_false(applied);
+  bson_destroy(set);
+  /* A type change, a new key, a string: rebuilt, with the same result shape. */
+  set = json("{\"n\":\"two\",\"extra\":true,\"balance\":{\"$numberLong\":\"71\"}}");
+  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, 3, &applied, NULL), CQRS_OK);
+  assert_true(applied);
+  char buf[16];
+  assert_string_equal(get_str(rm, "a", "n", buf, sizeof buf), "two");
+  assert_string_equal(get_str(rm, "a", "s", buf, sizeof buf), "x");
+  assert_int_equal(get_int(rm, "a", "balance"), 71);
+  assert_int_equal(get_int(rm, "a", "extra"), 1);
+  assert_int_equal(get_int(rm, "a", CQRS_RM_POSITION), 3);
+  bson_destroy(set);
+}
+
 static void test_patch_sets_dotted_paths(void **state) {
   cqrs_readmodel_t *rm = *state;
   put(rm, "i1", "{\"customer\":{\"id\":\"c1\",\"name\":\"Acme\",\"email\":\"a@x\"},\"status\":\"pending\"}", 1, true);
@@ -174,6 +201,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_get_and_idempotence, setup, teardown),
       cmocka_unit_test_setup_teardown(test_patch_sets_dotted_paths, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_patch_in_place_and_rebuilt_agree, setup, teardown),
       cmocka_unit_test_setup_teardown(test_find_filters_sorts_and_limits, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
   };

@@ -137,7 +137,7 @@ static cqrs_code_t handle_issue(cqrs_context_t *ctx, const cqrs_command_t *cmd, 
   if (!((const billing_customer_state_t *)cqrs_aggregate_state_const(cust))->registered)
     return cqrs_reject(err, "invoice.unknown_customer", "customer %s does not exist", c->customer_id);
   int year = current_year();
-  char book_id[8];
+  char book_id[16];
   snprintf(book_id, sizeof book_id, "%04d", year);
   if ((rc = cqrs_context_load(ctx, &billing_invoice_book, book_id, &book, err))) return rc;
   billing_invoice_numbered_t e;

@@ -12,7 +12,7 @@ extern "C" {
 
 #define BILLING_NAME_MAX 128  /* owners, customer names (including NUL) */
 #define BILLING_EMAIL_MAX 255 /* RFC 5321's 254 + NUL */
-#define BILLING_NUMBER_MAX 24 /* "INV-2026-001" */
+#define BILLING_NUMBER_MAX 40 /* "INV-2026-001", with room for any int year and count */
 
 /* ---- accounts ---- */
 

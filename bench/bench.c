@@ -1,0 +1,514 @@
+/* cqrs-bench SCENARIO [--mongo URI] [--n N]: runs one benchmark scenario and
+ * prints one JSON line: name, operations, seconds, ops/s, p50 and p99
+ * latency in microseconds, peak RSS in KiB, and what the scenario adds.
+ * Scenarios: dispatch, pipeline, pipeline-2threads, rehydrate,
+ * mongo-append, projection-lag, projection-lag-mongo, query-mongo,
+ * memory-overhead. See docs/benchmarks.md. */
+#include <billing/billing.h>
+#include <cqrs/mongo.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "billing_mongo.h"
+
+static const char *mongo_uri;
+static long n_arg;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static long peak_rss_kib(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Latency samples in nanoseconds. */
+typedef struct samples {
+  uint64_t *v;
+  size_t n, cap;
+} samples_t;
+
+static void sample(samples_t *s, uint64_t ns) {
+  if (s->n == s->cap) {
+    s->cap = s->cap ? s->cap * 2 : 4096;
+    s->v = realloc(s->v, s->cap * sizeof *s->v);
+  }
+  s->v[s->n++] = ns;
+}
+
+static double pct(samples_t *s, double p) {
+  if (!s->n) return 0;
+  qsort(s->v, s->n, sizeof *s->v, cmp_u64);
+  size_t i = (size_t)(p * (double)(s->n - 1));
+  return (double)s->v[i] / 1000.0;
+}
+
+static void report(const char *name, uint64_t ops, double seconds, samples_t *lat, const char *extra) {
+  double p50 = pct(lat, 0.50), p99 = pct(lat, 0.99);
+  printf("{\"name\": \"%s\", \"operations\": %" PRIu64 ", \"seconds\": %.4f, \"ops_per_s\": %.0f, \"p50_us\": %.3f, "
+         "\"p99_us\": %.3f, \"peak_rss_kib\": %ld%s%s}\n",
+         name, ops, seconds, seconds > 0 ? (double)ops / seconds : 0, p50, p99, peak_rss_kib(), extra ? ", " : "",
+         extra ? extra : "");
+  fflush(stdout);
+  free(lat->v);
+}
+
+static void die(const char *what, const cqrs_error_t *err) {
+  fprintf(stderr, "cqrs-bench: %s: %s\n", what, err ? err->message : "failed");
+  exit(1);
+}
+
+/* ---- dispatch: a command to a no-op handler on the loop ---- */
+
+typedef struct nop_cmd {
+  char id[16];
+} nop_cmd_t;
+static const cqrs_field_t nop_fields[] = {CQRS_STRING(nop_cmd_t, id, "id", 0), CQRS_FIELDS_END};
+static const cqrs_command_type_t nop_type = {.name = "bench.nop", .payload_size = sizeof(nop_cmd_t),
+                                             .fields = nop_fields};
+
+static cqrs_code_t nop_handler(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)ctx;
+  (void)cmd;
+  (void)data;
+  (void)err;
+  return CQRS_OK;
+}
+
+static void count_done(const cqrs_result_t *r, void *data) {
+  if (r->error.code == CQRS_OK) (*(uint64_t *)data)++;
+}
+
+static void bench_dispatch(void) {
+  long total = n_arg ? n_arg : 2000000, batch = 10000;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_add_command(reg, &nop_type, NULL);
+  cqrs_store_t *store = cqrs_memory_store_new();
+  cqrs_dispatcher_t *d;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err)) die("dispatcher", &err);
+  cqrs_dispatcher_register(d, &nop_type, nop_handler, NULL, 0, NULL);
+  cqrs_command_t **cmds = malloc((size_t)batch * sizeof *cmds);
+  nop_cmd_t p = {"x"};
+  samples_t lat = {0};
+  uint64_t done = 0, busy = 0;
+  for (long sent = 0; sent < total; sent += batch) {
+    for (long i = 0; i < batch; i++) cqrs_command_new(&nop_type, &p, &cmds[i], NULL); /* built outside the timing */
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < batch; i++) cqrs_dispatcher_send(d, cmds[i], count_done, &done);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uint64_t dt = now_ns() - t0;
+    busy += dt;
+    sample(&lat, dt / (uint64_t)batch);
+  }
+  if (done != (uint64_t)total) fprintf(stderr, "dispatch: %" PRIu64 " of %ld done\n", done, total);
+  char extra[128];
+  snprintf(extra, sizeof extra, "\"ns_per_op\": %.1f, \"latency\": \"per command, mean of each batch of %ld\"",
+           (double)busy / (double)total, batch);
+  report("dispatch", (uint64_t)total, (double)busy / 1e9, &lat, extra);
+  cqrs_dispatcher_close(d, NULL, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  free(cmds);
+  cqrs_store_destroy(store);
+  cqrs_registry_destroy(reg);
+}
+
+/* ---- pipeline: deposits on 10,000 accounts through the whole path ---- */
+
+#define ACCOUNTS 10000
+
+typedef struct pipe_env {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_store_t *store;
+  cqrs_readmodel_t *rm;
+  cqrs_checkpoints_t *cp;
+  cqrs_dispatcher_t *d;
+  billing_t *b;
+} pipe_env_t;
+
+static void pipe_open(pipe_env_t *e, bool keep_alive) {
+  memset(e, 0, sizeof *e);
+  uv_loop_init(&e->loop);
+  e->reg = cqrs_registry_new();
+  billing_register(e->reg, NULL);
+  e->store = cqrs_memory_store_new();
+  e->rm = cqrs_memory_readmodel_new();
+  e->cp = cqrs_memory_checkpoints_new();
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.keep_alive = keep_alive;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&e->loop, e->reg, e->store, &o, &e->d, &err)) die("dispatcher", &err);
+  if (billing_register_handlers(e->d, &err)) die("handlers", &err);
+  /* One projection: the balances. */
+  e->b = billing_projector_new(e->rm, NULL);
+  static const cqrs_event_type_t *const types[] = {&billing_account_opened, &billing_account_deposited, NULL};
+  cqrs_projection_def_t def = {"balances", types, billing_project_balances, e->b, 0};
+  if (cqrs_projection_start(e->d, &def, e->cp, &err)) die("projection", &err);
+  uint64_t ok = 0;
+  for (int i = 0; i < ACCOUNTS; i++) {
+    billing_open_account_t c = {"", "Owner", "EUR"};
+    snprintf(c.account_id, sizeof c.account_id, "acc-%d", i);
+    cqrs_command_t *cmd;
+    cqrs_command_new(&billing_open_account, &c, &cmd, NULL);
+    cqrs_dispatcher_send(e->d, cmd, count_done, &ok);
+  }
+  if (keep_alive) {
+    while (ok < ACCOUNTS) uv_run(&e->loop, UV_RUN_ONCE);
+  } else {
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+  }
+}
+
+static void pipe_close(pipe_env_t *e) {
+  cqrs_dispatcher_close(e->d, NULL, NULL);
+  uv_run(&e->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&e->loop);
+  billing_destroy(e->b);
+  cqrs_checkpoints_destroy(e->cp);
+  cqrs_readmodel_destroy(e->rm);
+  cqrs_store_destroy(e->store);
+  cqrs_registry_destroy(e->reg);
+}
+
+static cqrs_command_t *deposit_cmd(long i) {
+  billing_move_t c = {"", {1, "EUR"}, ""};
+  snprintf(c.account_id, sizeof c.account_id, "acc-%ld", i % ACCOUNTS);
+  cqrs_command_t *cmd;
+  cqrs_command_new(&billing_deposit, &c, &cmd, NULL);
+  return cmd;
+}
+
+static void bench_pipeline(void) {
+  long total = n_arg ? n_arg : 500000, batch = 10000;
+  pipe_env_t e;
+  pipe_open(&e, false);
+  samples_t lat = {0};
+  uint64_t done = 0, busy = 0;
+  cqrs_command_t **cmds = malloc((size_t)batch * sizeof *cmds);
+  for (long sent = 0; sent < total; sent += batch) {
+    for (long i = 0; i < batch; i++) cmds[i] = deposit_cmd(sent + i);
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < batch; i++) cqrs_dispatcher_send(e.d, cmds[i], count_done, &done);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    uint64_t dt = now_ns() - t0;
+    busy += dt;
+    sample(&lat, dt / (uint64_t)batch);
+  }
+  if (done != (uint64_t)total) fprintf(stderr, "pipeline: %" PRIu64 " of %ld done\n", done, total);
+  char extra[160];
+  snprintf(extra, sizeof extra,
+           "\"accounts\": %d, \"senders\": 1, \"latency\": \"per command, mean of each batch of %ld\"", ACCOUNTS,
+           batch);
+  report("pipeline", (uint64_t)total, (double)busy / 1e9, &lat, extra);
+  free(cmds);
+  pipe_close(&e);
+}
+
+typedef struct sender {
+  pipe_env_t *e;
+  long from, count;
+  atomic_uint_fast64_t *done;
+} sender_t;
+
+static void count_done_atomic(const cqrs_result_t *r, void *data) {
+  if (r->error.code == CQRS_OK) atomic_fetch_add((atomic_uint_fast64_t *)data, 1);
+}
+
+static void send_range(void *arg) {
+  sender_t *s = arg;
+  for (long i = 0; i < s->count; i++) cqrs_dispatcher_send(s->e->d, deposit_cmd(s->from + i), count_done_atomic, s->done);
+}
+
+static void bench_pipeline_threads(void) {
+  long total = n_arg ? n_arg : 500000;
+  pipe_env_t e;
+  pipe_open(&e, true);
+  atomic_uint_fast64_t done = 0;
+  sender_t s[2] = {{&e, 0, total / 2, &done}, {&e, total / 2, total - total / 2, &done}};
+  uv_thread_t t[2];
+  samples_t lat = {0};
+  uint64_t t0 = now_ns();
+  for (int i = 0; i < 2; i++) uv_thread_create(&t[i], send_range, &s[i]);
+  uint64_t last = t0, last_done = 0;
+  while (atomic_load(&done) < (uint64_t)total) {
+    uv_run(&e.loop, UV_RUN_ONCE);
+    uint64_t d = atomic_load(&done), now = now_ns();
+    if (d - last_done >= 10000) {
+      sample(&lat, (now - last) / (d - last_done));
+      last = now;
+      last_done = d;
+    }
+  }
+  uint64_t dt = now_ns() - t0;
+  for (int i = 0; i < 2; i++) uv_thread_join(&t[i]);
+  char extra[160];
+  snprintf(extra, sizeof extra,
+           "\"accounts\": %d, \"senders\": 2, \"latency\": \"per command, mean over each 10000 completions\"",
+           ACCOUNTS);
+  report("pipeline-2threads", (uint64_t)total, (double)dt / 1e9, &lat, extra);
+  pipe_close(&e);
+}
+
+/* ---- rehydrate: loading one aggregate of 1k, 10k, 100k events ---- */
+
+static void bench_rehydrate(void) {
+  static const long sizes[] = {1000, 10000, 100000};
+  for (int snap = 0; snap < 2; snap++) {
+    for (size_t k = 0; k < 3; k++) {
+      long n = sizes[k];
+      cqrs_store_t *store = cqrs_memory_store_new();
+      cqrs_aggregate_type_t type = billing_account;
+      type.snapshot_every = snap ? 100 : 0;
+      if (!snap) type.snapshot_fields = NULL;
+      /* Build the stream through the repository, so snapshots are taken as in production. */
+      cqrs_aggregate_t *agg;
+      cqrs_repository_load(store, &type, "a", &agg, NULL);
+      billing_account_opened_t o = {"Owner", "EUR"};
+      cqrs_aggregate_raise(agg, &billing_account_opened, &o, NULL);
+      char cmd[32];
+      for (long i = 1; i < n; i++) {
+        billing_account_moved_t mv = {{1, "EUR"}, i, ""};
+        cqrs_aggregate_raise(agg, &billing_account_deposited, &mv, NULL);
+        if (i % 1000 == 0 || i == n - 1) {
+          snprintf(cmd, sizeof cmd, "c%ld", i);
+          cqrs_cause_t cause = {cmd, NULL};
+          cqrs_error_t err;
+          if (cqrs_repository_save(store, agg, &cause, NULL, &err)) die("save", &err);
+        }
+      }
+      cqrs_aggregate_destroy(agg);
+      samples_t lat = {0};
+      int reps = (int)(2000000 / n) + 3;
+      uint64_t busy = 0;
+      int64_t version = 0;
+      for (int r = 0; r < reps; r++) {
+        uint64_t t0 = now_ns();
+        cqrs_repository_load(store, &type, "a", &agg, NULL);
+        uint64_t dt = now_ns() - t0;
+        version = cqrs_aggregate_version(agg);
+        cqrs_aggregate_destroy(agg);
+        busy += dt;
+        sample(&lat, dt);
+      }
+      char name[64], extra[200];
+      snprintf(name, sizeof name, "rehydrate-%ldk%s", n / 1000, snap ? "-snapshots" : "");
+      double per_load = (double)busy / reps;
+      snprintf(extra, sizeof extra,
+               "\"events\": %ld, \"version\": %" PRId64 ", \"events_applied_per_s\": %.0f, \"latency\": \"per load\"",
+               n, version, snap ? 0.0 : (double)n / (per_load / 1e9));
+      report(name, (uint64_t)reps, (double)busy / 1e9, &lat, extra);
+      cqrs_store_destroy(store);
+    }
+  }
+}
+
+/* ---- memory overhead of the in-memory store ---- */
+
+static void bench_memory_overhead(void) {
+  cqrs_store_t *store = cqrs_memory_store_new();
+  long n = n_arg ? n_arg : 1000000;
+  size_t before = cqrs_memory_store_overhead(store);
+  cqrs_aggregate_t *agg;
+  uint64_t t0 = now_ns();
+  long streams = n / 10;
+  for (long s = 0; s < streams; s++) {
+    char id[32], cmd[32];
+    snprintf(id, sizeof id, "acc-%ld", s);
+    snprintf(cmd, sizeof cmd, "c%ld", s);
+    cqrs_repository_load(store, &billing_account, id, &agg, NULL);
+    for (int i = 0; i < 10; i++) {
+      billing_account_moved_t mv = {{1, "EUR"}, i, ""};
+      cqrs_aggregate_raise(agg, &billing_account_deposited, &mv, NULL);
+    }
+    cqrs_cause_t cause = {cmd, NULL};
+    cqrs_repository_save(store, agg, &cause, NULL, NULL);
+    cqrs_aggregate_destroy(agg);
+  }
+  double secs = (double)(now_ns() - t0) / 1e9;
+  size_t per = (cqrs_memory_store_overhead(store) - before) / (size_t)n;
+  char extra[160];
+  snprintf(extra, sizeof extra, "\"bytes_per_event_beyond_payload\": %zu, \"payload_bytes\": %zu, \"streams\": %ld", per,
+           sizeof(billing_account_moved_t), streams);
+  samples_t lat = {0};
+  report("memory-overhead", (uint64_t)n, secs, &lat, extra);
+  cqrs_store_destroy(store);
+}
+
+/* ---- projection lag: from the end of an append to the projection ---- */
+
+/* A store that forwards to another and notes when each position's append
+ * returned. */
+#define MAX_POS (1u << 20)
+static uint64_t *appended_at;
+
+typedef struct timed {
+  cqrs_store_t *inner;
+} timed_t;
+
+static cqrs_code_t t_append(void *impl, const cqrs_append_t *r, cqrs_append_result_t *res, cqrs_error_t *err) {
+  cqrs_code_t rc = cqrs_store_append(((timed_t *)impl)->inner, r, res, err);
+  uint64_t now = now_ns();
+  if (!rc && !res->duplicate)
+    for (int64_t p = res->first_position; p <= res->last_position; p++)
+      if ((uint64_t)p < MAX_POS) appended_at[p] = now;
+  return rc;
+}
+static cqrs_code_t t_read_stream(void *impl, const char *t, const char *id, int64_t from, cqrs_event_visit_cb cb,
+                                 void *data, cqrs_error_t *err) {
+  return cqrs_store_read_stream(((timed_t *)impl)->inner, t, id, from, cb, data, err);
+}
+static cqrs_code_t t_read_all(void *impl, int64_t from, size_t limit, cqrs_event_visit_cb cb, void *data,
+                              cqrs_error_t *err) {
+  return cqrs_store_read_all(((timed_t *)impl)->inner, from, limit, cb, data, err);
+}
+static cqrs_code_t t_head(void *impl, int64_t *p, cqrs_error_t *err) {
+  return cqrs_store_head(((timed_t *)impl)->inner, p, err);
+}
+static cqrs_code_t t_snap_load(void *impl, const char *t, const char *id, cqrs_snapshot_t *out, bool *found,
+                               cqrs_error_t *err) {
+  return cqrs_store_snapshot_load(((timed_t *)impl)->inner, t, id, out, found, err);
+}
+static cqrs_code_t t_snap_save(void *impl, const cqrs_snapshot_t *s, cqrs_error_t *err) {
+  return cqrs_store_snapshot_save(((timed_t *)impl)->inner, s, err);
+}
+static cqrs_store_ops_t timed_ops = {"timed", false, t_append, t_read_stream, t_read_all, t_head,
+                                     t_snap_load, t_snap_save, NULL};
+
+typedef struct lag_proj {
+  billing_t *b;
+  samples_t lat;
+  uint64_t seen;
+} lag_proj_t;
+
+static cqrs_code_t lag_handler(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  lag_proj_t *lp = data;
+  cqrs_code_t rc = billing_project_balances(e, lp->b, err);
+  uint64_t now = now_ns();
+  if (!rc && (uint64_t)e->position < MAX_POS && appended_at[e->position] && e->type == &billing_account_deposited)
+    sample(&lp->lat, now - appended_at[e->position]);
+  lp->seen++;
+  return rc;
+}
+
+static void bench_projection_lag(bool mongo) {
+  long total = n_arg ? n_arg : (mongo ? 2000 : 100000);
+  appended_at = calloc(MAX_POS, sizeof *appended_at);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = cqrs_registry_new();
+  billing_register(reg, NULL);
+  cqrs_mongo_t *m = NULL;
+  cqrs_store_t *inner;
+  cqrs_readmodel_t *rm;
+  cqrs_checkpoints_t *cp;
+  cqrs_error_t err;
+  if (mongo) {
+    cqrs_mongo_options_t o = billing_mongo_options;
+    char db[64];
+    snprintf(db, sizeof db, "cqrs_bench_lag_%d", (int)getpid());
+    o.database = db;
+    cqrs_mongo_quiet_logs();
+    if (cqrs_mongo_new(mongo_uri, &o, reg, &loop, &m, &err) || billing_mongo_indexes(m, &err)) die("mongo", &err);
+    inner = cqrs_mongo_store_new(m);
+    rm = cqrs_mongo_readmodel_new(m);
+    cp = cqrs_mongo_checkpoints_new(m);
+    timed_ops.blocking = true;
+  } else {
+    inner = cqrs_memory_store_new();
+    rm = cqrs_memory_readmodel_new();
+    cp = cqrs_memory_checkpoints_new();
+  }
+  timed_t timed = {inner};
+  cqrs_store_t *store = cqrs_store_new(&timed_ops, &timed);
+  cqrs_dispatcher_t *d;
+  if (cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err)) die("dispatcher", &err);
+  billing_register_handlers(d, NULL);
+  lag_proj_t lp = {billing_projector_new(rm, NULL), {0}, 0};
+  static const cqrs_event_type_t *const types[] = {&billing_account_opened, &billing_account_deposited, NULL};
+  cqrs_projection_def_t def = {"balances", types, lag_handler, &lp, mongo ? CQRS_SUBSCRIBE_BLOCKING : 0};
+  if (cqrs_projection_start(d, &def, cp, &err)) die("projection", &err);
+  uint64_t done = 0;
+  int accounts = mongo ? 100 : 1000;
+  for (int i = 0; i < accounts; i++) {
+    billing_open_account_t c = {"", "Owner", "EUR"};
+    snprintf(c.account_id, sizeof c.account_id, "acc-%d", i);
+    cqrs_command_t *cmd;
+    cqrs_command_new(&billing_open_account, &c, &cmd, NULL);
+    cqrs_dispatcher_send(d, cmd, count_done, &done);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  /* Commands one after another, as a client would send them. */
+  uint64_t t0 = now_ns();
+  for (long i = 0; i < total; i++) {
+    billing_move_t c = {"", {1, "EUR"}, ""};
+    snprintf(c.account_id, sizeof c.account_id, "acc-%ld", i % accounts);
+    cqrs_command_t *cmd;
+    cqrs_command_new(&billing_deposit, &c, &cmd, NULL);
+    cqrs_dispatcher_send(d, cmd, count_done, &done);
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  double secs = (double)(now_ns() - t0) / 1e9;
+  char extra[200];
+  snprintf(extra, sizeof extra, "\"store\": \"%s\", \"latency\": \"append returned -> projection handler ran\"",
+           mongo ? "mongodb" : "memory");
+  report(mongo ? "projection-lag-mongo" : "projection-lag", (uint64_t)total, secs, &lp.lat, extra);
+  cqrs_dispatcher_close(d, NULL, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  billing_destroy(lp.b);
+  cqrs_store_destroy(store);
+  cqrs_checkpoints_destroy(cp);
+  cqrs_readmodel_destroy(rm);
+  cqrs_store_destroy(inner);
+  if (m) {
+    cqrs_mongo_drop_database(m, NULL);
+    cqrs_mongo_destroy(m);
+  }
+  cqrs_registry_destroy(reg);
+  free(appended_at);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N]\n");
+    return 2;
+  }
+  for (int i = 2; i < argc; i++) {
+    if (!strcmp(argv[i], "--mongo") && i + 1 < argc) mongo_uri = argv[++i];
+    else if (!strcmp(argv[i], "--n") && i + 1 < argc) n_arg = atol(argv[++i]);
+  }
+  if (!mongo_uri) mongo_uri = getenv("MONGODB_URI");
+  const char *s = argv[1];
+  if (!strcmp(s, "dispatch")) bench_dispatch();
+  else if (!strcmp(s, "pipeline")) bench_pipeline();
+  else if (!strcmp(s, "pipeline-2threads")) bench_pipeline_threads();
+  else if (!strcmp(s, "rehydrate")) bench_rehydrate();
+  else if (!strcmp(s, "memory-overhead")) bench_memory_overhead();
+  else if (!strcmp(s, "projection-lag")) bench_projection_lag(false);
+  else if (!strcmp(s, "projection-lag-mongo") && mongo_uri) bench_projection_lag(true);
+  else {
+    fprintf(stderr, "cqrs-bench: unknown scenario '%s', or no MongoDB URI for it\n", s);
+    return 2;
+  }
+  return 0;
+}
