@@ -16,9 +16,10 @@
 #include <unistd.h>
 
 #include "billing_mongo.h"
+#include <mongoc/mongoc.h>
 
 static const char *mongo_uri;
-static long n_arg;
+static long n_arg, batch_arg;
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -95,7 +96,7 @@ static void count_done(const cqrs_result_t *r, void *data) {
 }
 
 static void bench_dispatch(void) {
-  long total = n_arg ? n_arg : 2000000, batch = 10000;
+  long total = n_arg ? n_arg : 2000000, batch = batch_arg ? batch_arg : 1000;
   uv_loop_t loop;
   uv_loop_init(&loop);
   cqrs_registry_t *reg = cqrs_registry_new();
@@ -199,7 +200,7 @@ static cqrs_command_t *deposit_cmd(long i) {
 }
 
 static void bench_pipeline(void) {
-  long total = n_arg ? n_arg : 500000, batch = 10000;
+  long total = n_arg ? n_arg : 500000, batch = batch_arg ? batch_arg : 1000;
   pipe_env_t e;
   pipe_open(&e, false);
   samples_t lat = {0};
@@ -488,14 +489,244 @@ static void bench_projection_lag(bool mongo) {
   free(appended_at);
 }
 
+/* ---- mongo-append: the store against raw driver inserts ---- */
+
+typedef struct appender {
+  cqrs_store_t *s;          /* the framework's store, or NULL for raw */
+  mongoc_client_pool_t *pool; /* raw */
+  const char *db;
+  int id;
+  long commits;
+  samples_t lat;
+  int failures;
+} appender_t;
+
+/* The same document the store writes for a one-event commit. */
+static void commit_doc(bson_t *doc, const char *stream, int64_t version, int64_t position, const char *cmd) {
+  char eid[25];
+  cqrs_new_id(eid);
+  BSON_APPEND_UTF8(doc, "eventId", eid);
+  BSON_APPEND_UTF8(doc, "type", "account.deposited");
+  BSON_APPEND_INT32(doc, "schemaVersion", 1);
+  BSON_APPEND_INT64(doc, "version", version);
+  BSON_APPEND_DATE_TIME(doc, "timestamp", cqrs_now_ms());
+  bson_t data, amount;
+  BSON_APPEND_DOCUMENT_BEGIN(doc, "data", &data);
+  BSON_APPEND_DOCUMENT_BEGIN(&data, "amount", &amount);
+  BSON_APPEND_INT64(&amount, "amount", 1);
+  BSON_APPEND_UTF8(&amount, "currency", "EUR");
+  bson_append_document_end(&data, &amount);
+  BSON_APPEND_INT64(&data, "balance", version);
+  BSON_APPEND_UTF8(&data, "transferId", "");
+  bson_append_document_end(doc, &data);
+  BSON_APPEND_UTF8(doc, "aggregateType", "account");
+  BSON_APPEND_UTF8(doc, "aggregateId", stream);
+  BSON_APPEND_INT64(doc, "lastVersion", version);
+  BSON_APPEND_INT64(doc, "position", position);
+  BSON_APPEND_INT64(doc, "lastPosition", position);
+  BSON_APPEND_UTF8(doc, "commandId", cmd);
+  BSON_APPEND_UTF8(doc, "correlationId", cmd);
+}
+
+static _Atomic int64_t raw_position;
+
+static void run_appender(void *arg) {
+  appender_t *a = arg;
+  char stream[32];
+  snprintf(stream, sizeof stream, "w%d", a->id);
+  mongoc_client_t *client = a->pool ? mongoc_client_pool_pop(a->pool) : NULL;
+  mongoc_collection_t *coll = client ? mongoc_client_get_collection(client, a->db, "raw_commands") : NULL;
+  for (long i = 0; i < a->commits; i++) {
+    char cmd[72];
+    snprintf(cmd, sizeof cmd, "%s-%ld", stream, i);
+    uint64_t t0 = now_ns();
+    if (a->s) {
+      cqrs_envelope_t *env;
+      cqrs_event_t *e;
+      cqrs_envelope_new("account", stream, cmd, NULL, &env, NULL);
+      billing_account_moved_t mv = {{1, "EUR"}, i + 1, ""};
+      cqrs_event_new(&billing_account_deposited, env, NULL, i + 1, cqrs_now_ms(), &mv, &e, NULL);
+      cqrs_envelope_unref(env);
+      cqrs_append_t req = {"account", stream, i, cmd, &e, 1};
+      cqrs_append_result_t res;
+      cqrs_error_t err;
+      if (cqrs_store_append(a->s, &req, &res, &err)) {
+        fprintf(stderr, "append: %s\n", err.message);
+        a->failures++;
+      }
+      cqrs_event_unref(e);
+    } else {
+      bson_t doc = BSON_INITIALIZER;
+      commit_doc(&doc, stream, i + 1, atomic_fetch_add(&raw_position, 1) + 1, cmd);
+      bson_error_t e;
+      if (!mongoc_collection_insert_one(coll, &doc, NULL, NULL, &e)) {
+        fprintf(stderr, "raw insert: %s\n", e.message);
+        a->failures++;
+      }
+      bson_destroy(&doc);
+    }
+    sample(&a->lat, now_ns() - t0);
+  }
+  if (coll) mongoc_collection_destroy(coll);
+  if (client) mongoc_client_pool_push(a->pool, client);
+}
+
+static double run_appenders(appender_t *a, int n, samples_t *all) {
+  uv_thread_t t[16];
+  uint64_t t0 = now_ns();
+  for (int i = 0; i < n; i++) uv_thread_create(&t[i], run_appender, &a[i]);
+  for (int i = 0; i < n; i++) {
+    uv_thread_join(&t[i]);
+    for (size_t k = 0; k < a[i].lat.n; k++) sample(all, a[i].lat.v[k]);
+    free(a[i].lat.v);
+    if (a[i].failures) die("appender failed", NULL);
+  }
+  return (double)(now_ns() - t0) / 1e9;
+}
+
+static void bench_mongo_append(void) {
+  long commits = n_arg ? n_arg : 2000;
+  cqrs_registry_t *reg = cqrs_registry_new();
+  billing_register(reg, NULL);
+  cqrs_mongo_options_t o = billing_mongo_options;
+  char db[64];
+  snprintf(db, sizeof db, "cqrs_bench_append_%d", (int)getpid());
+  o.database = db;
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  cqrs_mongo_quiet_logs();
+  if (cqrs_mongo_new(mongo_uri, &o, reg, NULL, &m, &err) || cqrs_mongo_ensure_indexes(m, &err)) die("mongo", &err);
+  /* The raw collection gets the same indexes, so the server does the same work. */
+  static const char *const idx[][2] = {{"{\"timestamp\": 1}", "timestamp"},
+                                      {"{\"type\": 1, \"timestamp\": 1}", "type_timestamp"},
+                                      {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version"},
+                                      {"{\"commandId\": 1}", "command_id"},
+                                      {"{\"position\": 1}", "position"}};
+  for (int i = 0; i < 5; i++) {
+    bson_error_t be;
+    bson_t *keys = bson_new_from_json((const uint8_t *)idx[i][0], -1, &be);
+    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 2, &err)) die("index", &err);
+    bson_destroy(keys);
+  }
+  cqrs_store_t *store = cqrs_mongo_store_new(m);
+  mongoc_uri_t *uri = mongoc_uri_new(mongo_uri);
+  mongoc_client_pool_t *pool = mongoc_client_pool_new(uri);
+  static const int writers[] = {1, 4};
+  for (int w = 0; w < 2; w++) {
+    int n = writers[w];
+    appender_t fa[16], ra[16];
+    for (int i = 0; i < n; i++) {
+      fa[i] = (appender_t){store, NULL, db, w * 100 + i, commits / n, {0}, 0};
+      ra[i] = (appender_t){NULL, pool, db, w * 100 + i, commits / n, {0}, 0};
+    }
+    samples_t raw_lat = {0}, fw_lat = {0};
+    /* Alternate, so that neither side gets the warmer server. */
+    double raw_s = run_appenders(ra, n, &raw_lat);
+    double fw_s = run_appenders(fa, n, &fw_lat);
+    long done = (commits / n) * n;
+    char name[48], extra[200];
+    snprintf(extra, sizeof extra, "\"writers\": %d, \"latency\": \"per insert\"", n);
+    snprintf(name, sizeof name, "mongo-append-raw-%dw", n);
+    report(name, (uint64_t)done, raw_s, &raw_lat, extra);
+    snprintf(extra, sizeof extra, "\"writers\": %d, \"ratio_to_raw\": %.3f, \"latency\": \"per commit\"", n,
+             raw_s / fw_s);
+    snprintf(name, sizeof name, "mongo-append-%dw", n);
+    report(name, (uint64_t)done, fw_s, &fw_lat, extra);
+  }
+  mongoc_client_pool_destroy(pool);
+  mongoc_uri_destroy(uri);
+  cqrs_store_destroy(store);
+  cqrs_mongo_drop_database(m, NULL);
+  cqrs_mongo_destroy(m);
+  cqrs_registry_destroy(reg);
+}
+
+/* ---- query-mongo: a customer's invoices by status, 100,000 invoices ---- */
+
+static void bench_query_mongo(void) {
+  long invoices = n_arg ? n_arg : 100000, customers = 1000, queries = 2000;
+  cqrs_registry_t *reg = cqrs_registry_new();
+  billing_register(reg, NULL);
+  cqrs_mongo_options_t o = billing_mongo_options;
+  char db[64];
+  snprintf(db, sizeof db, "cqrs_bench_query_%d", (int)getpid());
+  o.database = db;
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  cqrs_mongo_quiet_logs();
+  if (cqrs_mongo_new(mongo_uri, &o, reg, NULL, &m, &err) || billing_mongo_indexes(m, &err)) die("mongo", &err);
+  /* Loading goes straight through the driver, in bulk: it is not measured. */
+  mongoc_client_t *client = mongoc_client_new(mongo_uri);
+  mongoc_collection_t *coll = mongoc_client_get_collection(client, db, "billing_queries");
+  static const char *const statuses[] = {"pending", "paid", "cancelled"};
+  for (long i = 0; i < invoices;) {
+    mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(coll, NULL);
+    for (int k = 0; k < 1000 && i < invoices; k++, i++) {
+      char id[32], num[32], cust[32];
+      snprintf(id, sizeof id, "inv_%ld", i);
+      snprintf(num, sizeof num, "INV-2026-%03ld", i + 1);
+      snprintf(cust, sizeof cust, "cust_%ld", (i * 7919) % customers);
+      bson_t *doc = BCON_NEW("_id", BCON_UTF8(id), "invoiceNumber", BCON_UTF8(num), "amount", BCON_INT64(1000 + i % 5000),
+                             "currency", BCON_UTF8("EUR"), "customer", "{", "id", BCON_UTF8(cust), "name",
+                             BCON_UTF8("Customer"), "email", BCON_UTF8("c@example.com"), "}", "status",
+                             BCON_UTF8(statuses[i % 3]), "createdAt", BCON_DATE_TIME(1700000000000 + i * 1000),
+                             "updatedAt", BCON_DATE_TIME(1700000000000 + i * 1000), "_position", BCON_INT64(i + 1));
+      mongoc_bulk_operation_insert(bulk, doc);
+      bson_destroy(doc);
+    }
+    bson_error_t be;
+    if (!mongoc_bulk_operation_execute(bulk, NULL, &be)) {
+      fprintf(stderr, "bulk: %s\n", be.message);
+      exit(1);
+    }
+    mongoc_bulk_operation_destroy(bulk);
+  }
+  mongoc_collection_destroy(coll);
+  mongoc_client_destroy(client);
+  cqrs_readmodel_t *rm = cqrs_mongo_readmodel_new(m);
+  cqrs_queries_t *q = cqrs_queries_new(rm);
+  billing_register_queries(q, NULL, NULL);
+  samples_t lat = {0};
+  uint64_t busy = 0;
+  long found = 0;
+  for (long i = 0; i < queries; i++) {
+    bson_t params = BSON_INITIALIZER, out = BSON_INITIALIZER;
+    char cust[32];
+    snprintf(cust, sizeof cust, "cust_%ld", (i * 31) % customers);
+    BSON_APPEND_UTF8(&params, "customerId", cust);
+    BSON_APPEND_UTF8(&params, "status", statuses[i % 3]);
+    BSON_APPEND_INT32(&params, "limit", 10);
+    uint64_t t0 = now_ns();
+    if (cqrs_queries_run(q, "invoice.by_customer", &params, &out, &err)) die("query", &err);
+    uint64_t dt = now_ns() - t0;
+    busy += dt;
+    sample(&lat, dt);
+    bson_iter_t it, arr;
+    if (bson_iter_init_find(&it, &out, "invoices") && bson_iter_recurse(&it, &arr))
+      while (bson_iter_next(&arr)) found++;
+    bson_destroy(&params);
+    bson_destroy(&out);
+  }
+  char extra[160];
+  snprintf(extra, sizeof extra, "\"invoices\": %ld, \"customers\": %ld, \"results_per_query\": %.1f, \"latency\": \"per query\"",
+           invoices, customers, (double)found / (double)queries);
+  report("query-mongo", (uint64_t)queries, (double)busy / 1e9, &lat, extra);
+  cqrs_queries_destroy(q);
+  cqrs_readmodel_destroy(rm);
+  cqrs_mongo_drop_database(m, NULL);
+  cqrs_mongo_destroy(m);
+  cqrs_registry_destroy(reg);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N]\n");
+    fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N] [--batch B]\n");
     return 2;
   }
   for (int i = 2; i < argc; i++) {
     if (!strcmp(argv[i], "--mongo") && i + 1 < argc) mongo_uri = argv[++i];
     else if (!strcmp(argv[i], "--n") && i + 1 < argc) n_arg = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch_arg = atol(argv[++i]);
   }
   if (!mongo_uri) mongo_uri = getenv("MONGODB_URI");
   const char *s = argv[1];
@@ -506,6 +737,8 @@ int main(int argc, char **argv) {
   else if (!strcmp(s, "memory-overhead")) bench_memory_overhead();
   else if (!strcmp(s, "projection-lag")) bench_projection_lag(false);
   else if (!strcmp(s, "projection-lag-mongo") && mongo_uri) bench_projection_lag(true);
+  else if (!strcmp(s, "mongo-append") && mongo_uri) bench_mongo_append();
+  else if (!strcmp(s, "query-mongo") && mongo_uri) bench_query_mongo();
   else {
     fprintf(stderr, "cqrs-bench: unknown scenario '%s', or no MongoDB URI for it\n", s);
     return 2;

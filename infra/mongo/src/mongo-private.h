@@ -7,6 +7,15 @@
 
 #include "cqrs/mongo.h"
 
+/* The last version known of a stream, so that an append need not look up
+ * the commit its expected version names. Commits are never deleted, so a
+ * version once seen stays true. Direct-mapped; a collision just forgets. */
+#define VERSION_SLOTS 1024
+typedef struct version_slot {
+  int64_t version; /* 0: empty */
+  char key[CQRS_NAME_MAX + CQRS_ID_MAX];
+} version_slot_t;
+
 struct cqrs_mongo {
   mongoc_client_pool_t *pool;
   mongoc_uri_t *uri;
@@ -15,7 +24,16 @@ struct cqrs_mongo {
   const cqrs_registry_t *reg;
   uv_loop_t *loop;
   _Atomic int64_t next_position; /* the next global position, as last seen; 0: unknown */
+  uv_mutex_t versions_lock;
+  /* Positions are claimed one after the other (each after its predecessor
+   * is visible): within a process, writers queue here instead of colliding. */
+  uv_mutex_t append_lock;
+  version_slot_t *versions;
 };
+
+/* Remembers that stream (type, id) reached `version`; tells whether it did. */
+void cqrs__mongo_version_seen(cqrs_mongo_t *m, const char *type, const char *id, int64_t version);
+bool cqrs__mongo_version_known(cqrs_mongo_t *m, const char *type, const char *id, int64_t version);
 
 /* A pooled client and one of m's collections; release with cqrs__mongo_done. */
 typedef struct mconn {

@@ -68,6 +68,9 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->dead_letters = dup_or(o.dead_letters, "cqrs_dead_letters");
   m->reg = reg;
   m->loop = loop;
+  m->versions = bson_malloc0(VERSION_SLOTS * sizeof *m->versions);
+  uv_mutex_init(&m->versions_lock);
+  uv_mutex_init(&m->append_lock);
   if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
       !name_ok(m->dead_letters)) {
     cqrs_mongo_destroy(m);
@@ -86,6 +89,11 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
 void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   if (!m) return;
   if (m->pool) mongoc_client_pool_destroy(m->pool);
+  if (m->versions) {
+    uv_mutex_destroy(&m->versions_lock);
+    uv_mutex_destroy(&m->append_lock);
+  }
+  bson_free(m->versions);
   mongoc_uri_destroy(m->uri);
   bson_free(m->redacted);
   bson_free(m->db);
@@ -98,6 +106,40 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
 
 const char *cqrs_mongo_uri_redacted(const cqrs_mongo_t *m) { return m ? m->redacted : NULL; }
 const char *cqrs_mongo_database(const cqrs_mongo_t *m) { return m ? m->db : NULL; }
+
+static size_t version_key(char *key, const char *type, const char *id, uint32_t *hash) {
+  size_t lt = strlen(type), li = strlen(id);
+  memcpy(key, type, lt + 1);
+  memcpy(key + lt + 1, id, li + 1);
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < lt + li + 2; i++) h = (h ^ (unsigned char)key[i]) * 16777619u;
+  *hash = h;
+  return lt + li + 2;
+}
+
+void cqrs__mongo_version_seen(cqrs_mongo_t *m, const char *type, const char *id, int64_t version) {
+  char key[CQRS_NAME_MAX + CQRS_ID_MAX];
+  uint32_t h;
+  size_t n = version_key(key, type, id, &h);
+  version_slot_t *slot = &m->versions[h % VERSION_SLOTS];
+  uv_mutex_lock(&m->versions_lock);
+  if (memcmp(slot->key, key, n) || slot->version < version) {
+    memcpy(slot->key, key, n);
+    slot->version = version;
+  }
+  uv_mutex_unlock(&m->versions_lock);
+}
+
+bool cqrs__mongo_version_known(cqrs_mongo_t *m, const char *type, const char *id, int64_t version) {
+  char key[CQRS_NAME_MAX + CQRS_ID_MAX];
+  uint32_t h;
+  size_t n = version_key(key, type, id, &h);
+  version_slot_t *slot = &m->versions[h % VERSION_SLOTS];
+  uv_mutex_lock(&m->versions_lock);
+  bool known = slot->version == version && !memcmp(slot->key, key, n);
+  uv_mutex_unlock(&m->versions_lock);
+  return known;
+}
 
 void cqrs__mongo_open(cqrs_mongo_t *m, const char *coll, mconn_t *c) {
   c->client = mongoc_client_pool_pop(m->pool);

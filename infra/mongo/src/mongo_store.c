@@ -6,11 +6,12 @@
  * position is only claimed after its predecessor is visible, so readers
  * never meet a gap, nor a commit that lands late behind a later one. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mongo-private.h"
 
-#define CLAIM_ATTEMPTS 64
+#define CLAIM_ATTEMPTS 200
 
 static void append_event(bson_t *out, const cqrs_event_t *e) {
   BSON_APPEND_UTF8(out, "eventId", e->id);
@@ -106,13 +107,18 @@ static cqrs_code_t conflict(const cqrs_append_t *req, cqrs_error_t *err) {
                         req->aggregate_id, (long long)req->expected_version);
 }
 
+static cqrs_code_t claim_and_insert(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
+                                    cqrs_append_result_t *res, cqrs_error_t *err);
+
 static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
                              cqrs_append_result_t *res, cqrs_error_t *err) {
   bool found;
   cqrs_code_t rc;
-  if (req->expected_version > 0) {
+  if (req->expected_version > 0 &&
+      !cqrs__mongo_version_known(m, req->aggregate_type, req->aggregate_id, req->expected_version)) {
     /* The unique index catches an expected version that is behind; one
-     * that is ahead of the stream needs this look. */
+     * that is ahead of the stream needs this look, unless this process has
+     * seen the stream reach it. */
     if ((rc = version_exists(coll, req, "lastVersion", req->expected_version, &found, err))) return rc;
     if (!found) {
       if ((rc = command_exists(coll, req->command_id, &found, err))) return rc;
@@ -123,6 +129,16 @@ static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const c
       return conflict(req, err);
     }
   }
+  uv_mutex_lock(&m->append_lock);
+  rc = claim_and_insert(m, coll, req, res, err);
+  uv_mutex_unlock(&m->append_lock);
+  return rc;
+}
+
+static cqrs_code_t claim_and_insert(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
+                                    cqrs_append_result_t *res, cqrs_error_t *err) {
+  bool found;
+  cqrs_code_t rc;
   int64_t position = atomic_load(&m->next_position);
   if (position <= 0) {
     if ((rc = head_on(coll, &position, err))) return rc;
@@ -141,10 +157,24 @@ static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const c
       int64_t next = res->last_position + 1, seen = atomic_load(&m->next_position);
       while (seen < next && !atomic_compare_exchange_weak(&m->next_position, &seen, next)) {
       }
+      cqrs__mongo_version_seen(m, req->aggregate_type, req->aggregate_id,
+                               req->expected_version + (int64_t)req->count);
       return CQRS_OK;
     }
     if (!cqrs__mongo_duplicate_key(&e)) return cqrs__mongo_error(err, &e, "append a commit");
-    /* Which unique index turned us away? FerretDB does not say. */
+    /* Which unique index turned us away? FerretDB does not say. Most often
+     * another writer's commit took the position: then the head has reached
+     * it, and the next claim is head + 1. (Trying the next position blindly
+     * would be wrong: a commit spans a range of positions and the index
+     * holds only its first.) Racers re-reading the head together collide
+     * again: spread them out, more at each collision. */
+    if (attempt > 1) uv_sleep((unsigned)(rand() % (1 << (attempt < 6 ? attempt : 6))));
+    int64_t head;
+    if ((rc = head_on(coll, &head, err))) return rc;
+    if (head >= position) {
+      position = head + 1;
+      continue;
+    }
     if ((rc = command_exists(coll, req->command_id, &found, err))) return rc;
     if (found) {
       res->duplicate = true;
@@ -152,8 +182,7 @@ static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const c
     }
     if ((rc = version_exists(coll, req, "version", req->expected_version + 1, &found, err))) return rc;
     if (found) return conflict(req, err);
-    if ((rc = head_on(coll, &position, err))) return rc;
-    position++;
+    position = head + 1;
   }
   return cqrs_error_set(err, CQRS_ESTORE, "MongoDB: no free global position after %d attempts", CLAIM_ATTEMPTS);
 }
@@ -222,6 +251,7 @@ static cqrs_code_t decode_event(const cqrs_registry_t *reg, const bson_t *ev, co
 
 typedef struct reader {
   const cqrs_registry_t *reg;
+  int64_t last_version; /* the highest version visited */
   int64_t min_version, min_position;
   size_t limit, seen;
   cqrs_event_visit_cb cb;
@@ -263,6 +293,7 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
     if (version < r->min_version || position + i < r->min_position) continue;
     cqrs_event_t *e;
     if ((rc = decode_event(r->reg, ev, env, position + i, &e, err))) break;
+    if (version > r->last_version) r->last_version = version;
     if (!r->cb(e, r->data) || ++r->seen >= r->limit) r->stopped = true;
     cqrs_event_unref(e);
   }
@@ -300,9 +331,11 @@ static cqrs_code_t ms_read_stream(void *impl, const char *type, const char *id, 
   BSON_APPEND_DOCUMENT_BEGIN(&filter, "lastVersion", &range);
   BSON_APPEND_INT64(&range, "$gte", from_version);
   bson_append_document_end(&filter, &range);
-  reader_t r = {m->reg, from_version, 0, SIZE_MAX, 0, cb, data, false};
+  reader_t r = {m->reg, 0, from_version, 0, SIZE_MAX, 0, cb, data, false};
   cqrs_code_t rc = read_commits(m, &filter, "version", 0, &r, err);
   bson_destroy(&filter);
+  /* Read to the end: the stream was at this version. */
+  if (!rc && !r.stopped && r.last_version > 0) cqrs__mongo_version_seen(m, type, id, r.last_version);
   return rc;
 }
 
@@ -313,7 +346,7 @@ static cqrs_code_t ms_read_all(void *impl, int64_t from_position, size_t limit, 
   BSON_APPEND_DOCUMENT_BEGIN(&filter, "lastPosition", &range);
   BSON_APPEND_INT64(&range, "$gte", from_position);
   bson_append_document_end(&filter, &range);
-  reader_t r = {m->reg, 0, from_position, limit, 0, cb, data, false};
+  reader_t r = {m->reg, 0, 0, from_position, limit, 0, cb, data, false};
   /* A commit holds one event or more: `limit` commits hold enough. */
   cqrs_code_t rc = read_commits(m, &filter, "position", limit > (size_t)INT64_MAX ? 0 : (int64_t)limit, &r, err);
   bson_destroy(&filter);
