@@ -362,6 +362,17 @@ static void feed_after_work(uv_work_t *w, int status) {
   if (atomic_load(&d->closing)) cqrs__dispatcher_maybe_closed(d);
 }
 
+void cqrs__feed_committed(cqrs_dispatcher_t *d, cqrs__event_vec_t *events) {
+  if (!events->len) return;
+  int64_t last = events->items[events->len - 1]->position;
+  if (d->nsubs == 0 || d->feed_busy || events->items[0]->position != d->feed_pos + 1) {
+    cqrs__feed_kick(d, last);
+    return;
+  }
+  for (size_t i = 0; i < events->len; i++) fan_out(d, events->items[i]);
+  feed_done(d);
+}
+
 void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to) {
   if (d->nsubs == 0) {
     if (committed_up_to > d->feed_pos) d->feed_pos = committed_up_to;

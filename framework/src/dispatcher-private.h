@@ -88,6 +88,9 @@ struct cqrs_dispatcher {
 
 /* bus.c */
 void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to);
+/* Publishes events this dispatcher just committed, without reading them
+ * back, when they follow what the feed has published; else kicks the feed. */
+void cqrs__feed_committed(cqrs_dispatcher_t *d, cqrs__event_vec_t *events);
 void cqrs__bus_close(cqrs_dispatcher_t *d);  /* cut back-offs short */
 bool cqrs__bus_idle(const cqrs_dispatcher_t *d);
 void cqrs__bus_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb);

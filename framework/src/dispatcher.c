@@ -31,6 +31,7 @@ struct request {
   cqrs_result_t result;
   bson_t *value;
   int64_t last_position;
+  cqrs__event_vec_t committed; /* the events the command committed, referenced */
 };
 
 void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
@@ -136,13 +137,12 @@ cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs
   bool local = on_loop_thread(d);
   request_t *r = NULL;
   if (local && d->free_requests) {
-    r = d->free_requests;
+    r = d->free_requests; /* its `committed` vector is empty, its capacity kept */
     d->free_requests = r->next;
     d->nfree--;
+  } else if ((r = cqrs__malloc(sizeof *r))) {
+    r->committed = (cqrs__event_vec_t){0};
   } else {
-    r = cqrs__malloc(sizeof *r);
-  }
-  if (!r) {
     cqrs_command_destroy(cmd);
     return CQRS_ENOMEM;
   }
@@ -314,7 +314,13 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
   }
   cqrs_cause_t cause = {ctx->cmd->id, ctx->cmd->correlation_id};
   cqrs_save_result_t sr;
+  /* Keep the events: once committed they are published from here. */
+  cqrs__event_vec_clear(&r->committed);
+  for (size_t i = 0; i < changed->pending_count; i++) {
+    if (cqrs__event_vec_push_ref(&r->committed, changed->pending[i])) break;
+  }
   cqrs_code_t rc = cqrs_repository_save(ctx->d->store, changed, &cause, &sr, err);
+  if (rc || sr.duplicate || r->committed.len != sr.committed) cqrs__event_vec_clear(&r->committed);
   if (rc) return rc;
   r->result.version = changed->version;
   r->result.events = sr.committed;
@@ -350,7 +356,8 @@ static void run_request(request_t *r) {
 
 static void finish_request(request_t *r) {
   cqrs_dispatcher_t *d = r->d;
-  if (r->result.events) cqrs__feed_kick(d, r->last_position);
+  if (r->result.events) cqrs__feed_committed(d, &r->committed);
+  cqrs__event_vec_clear(&r->committed);
   r->result.command_id = r->cmd->id;
   r->result.value = r->value;
   if (r->done) r->done(&r->result, r->data);
@@ -361,6 +368,7 @@ static void finish_request(request_t *r) {
     d->free_requests = r;
     d->nfree++;
   } else {
+    cqrs__event_vec_free(&r->committed);
     cqrs__free(r);
   }
   atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
@@ -442,6 +450,7 @@ static void handle_closed(uv_handle_t *h) {
   while (d->free_requests) {
     request_t *r = d->free_requests;
     d->free_requests = r->next;
+    cqrs__event_vec_free(&r->committed);
     cqrs__free(r);
   }
   handler_t *hd, *tmp;
