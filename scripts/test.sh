@@ -21,6 +21,13 @@ echo "== tests (ASan + UBSan)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan --output-on-failure -j"$jobs"
 
+echo "== build (Release, -O3, -Werror, with the benchmarks)"
+cmake -S . -B build/release-check -DCMAKE_BUILD_TYPE=Release -DCQRS_WERROR=ON -DCQRS_BENCH=ON -DCQRS_TESTS=OFF >/dev/null
+cmake --build build/release-check -j"$jobs"
+# The benchmarks still run (a smoke run: nothing here is timed or compared).
+build/release-check/bench/cqrs-bench dispatch --n 20000 >/dev/null
+build/release-check/bench/cqrs-bench pipeline --n 20000 >/dev/null
+
 if [ "${1:-}" != "--no-valgrind" ]; then
   echo "== build (plain, for valgrind)"
   cmake -S . -B build/valgrind -DCMAKE_BUILD_TYPE=Debug -DCQRS_WERROR=ON -DCQRS_SAMPLES=ON \

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every benchmark scenario (a Release build with -DCQRS_BENCH=ON), prints
+# one JSON line per scenario, and writes the table into docs/benchmarks.md.
+# The MongoDB scenarios use MONGODB_URI, else the FerretDB test server.
+# Environment: QUERY_INVOICES (default 100000), QUERY_COUNT (default 10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc 2>/dev/null || echo 2)
+scripts/install-deps.sh
+# shellcheck source=scripts/mongo-server.sh
+source scripts/mongo-server.sh
+cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DCQRS_BENCH=ON -DCQRS_TESTS=OFF >/dev/null
+cmake --build build/bench -j"$jobs" >/dev/null
+bin=build/bench/bench/cqrs-bench
+out=build/bench/results.jsonl
+: >"$out"
+run() { "$bin" "$@" | tee -a "$out"; }
+run dispatch --batch 1000
+run dispatch --batch 10000
+run pipeline
+run pipeline-2threads
+run rehydrate
+run memory-overhead
+run projection-lag
+if [ -n "${MONGODB_URI:-}" ]; then
+  run mongo-append --n 2000
+  run projection-lag-mongo --n 300
+  run query-mongo --n "${QUERY_INVOICES:-100000}" --queries "${QUERY_COUNT:-10}"
+else
+  echo "note: no MongoDB server: the MongoDB scenarios were not run" >&2
+fi
+python3 scripts/bench-table.py "$out" docs/benchmarks.md "scripts/bench.sh"
+echo "== table written to docs/benchmarks.md"
