@@ -67,14 +67,10 @@ cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_check
   if (!rc) rc = cqrs_projection_start(d, &invoices, cp, err);
   if (!rc) rc = cqrs_projection_start(d, &balances, cp, err);
   if (!rc) rc = cqrs_projection_start(d, &process, cp, err);
-  if (rc) {
-    /* The dispatcher may hold projections that point at b: it stays alive
-     * until the caller closes the dispatcher and destroys b. */
-    *out = b;
-    return rc;
-  }
+  /* Even on an error the dispatcher may hold projections that point at b:
+   * the caller closes the dispatcher, then destroys b. */
   *out = b;
-  return CQRS_OK;
+  return rc;
 }
 
 void billing_destroy(billing_t *b) { free(b); }

@@ -243,8 +243,9 @@ typedef struct billing billing_t;
 /* Wires the whole context on `d`: command handlers, the process manager of
  * transfers and invoices (a blocking projection "billing.process"), and the
  * projections "billing.invoices" and "billing.balances" into `rm`. `rm` and
- * `cp` are borrowed. `cols` NULL: the defaults. Free with billing_destroy
- * once `d` is closed. */
+ * `cp` are borrowed. `cols` NULL: the defaults. Free *out with
+ * billing_destroy once `d` is closed; on an error *out may be set too (some
+ * projections may already use it): close `d`, then destroy it. */
 cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoints_t *cp,
                                       const billing_collections_t *cols, billing_t **out, cqrs_error_t *err);
 void billing_destroy(billing_t *b);
