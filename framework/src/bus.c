@@ -342,17 +342,27 @@ static void feed_work_cb(uv_work_t *w) {
   fw->rc = cqrs_store_read_all(fw->d->store, fw->from, FEED_BATCH, collect, &fw->read, &fw->err);
 }
 
+static void feed_retry(uv_timer_t *t) { cqrs__feed_kick(t->data, 0); }
+
+/* A read of the store failed: try again later, so that subscribers hear of
+ * what was committed even if nothing else is. */
+static void feed_failed(cqrs_dispatcher_t *d, const cqrs_error_t *err) {
+  if (d->feed_failures++ == 0) fprintf(stderr, "cqrs: event feed cannot read the store: %s\n", err->message);
+  if (!atomic_load(&d->closing)) uv_timer_start(&d->feed_timer, feed_retry, backoff_ms(d, d->feed_failures), 0);
+}
+
 static void feed_after_work(uv_work_t *w, int status) {
   feed_work_t *fw = w->data;
   cqrs_dispatcher_t *d = fw->d;
   d->feed_busy = false;
   d->work_inflight--;
   if (status == 0 && fw->rc == CQRS_OK) {
+    d->feed_failures = 0;
     for (size_t i = 0; i < fw->read.len; i++) {
       if (fw->read.items[i]->position > d->feed_pos) fan_out(d, fw->read.items[i]);
     }
   } else if (status == 0) {
-    fprintf(stderr, "cqrs: event feed cannot read the store: %s\n", fw->err.message);
+    feed_failed(d, &fw->err);
   }
   bool again = d->feed_again || fw->read.len == FEED_BATCH;
   cqrs__event_vec_free(&fw->read);
@@ -384,7 +394,7 @@ void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to) {
     do {
       before = d->feed_pos;
       if (cqrs_store_read_all(d->store, d->feed_pos + 1, FEED_BATCH, feed_visit, d, &err)) {
-        fprintf(stderr, "cqrs: event feed cannot read the store: %s\n", err.message);
+        feed_failed(d, &err);
         break;
       }
     } while (d->feed_pos - before == FEED_BATCH);

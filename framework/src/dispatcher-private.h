@@ -76,6 +76,8 @@ struct cqrs_dispatcher {
   /* Event feed: what has been fanned out to subscribers. */
   int64_t feed_pos;
   bool feed_busy, feed_again;
+  uv_timer_t feed_timer;  /* retries a read of the store that failed */
+  unsigned feed_failures; /* reads failed in a row */
   size_t work_inflight; /* pool work of subscribers and the feed */
   sub_t **subs;
   size_t nsubs;

@@ -84,6 +84,9 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   d->async.data = d;
   if (!d->opts.keep_alive) uv_unref((uv_handle_t *)&d->async);
   d->handles_open = 1;
+  uv_timer_init(loop, &d->feed_timer);
+  d->feed_timer.data = d;
+  d->handles_open++;
   if (d->opts.poll_ms) {
     uv_timer_init(loop, &d->poll);
     d->poll.data = d;
@@ -468,6 +471,7 @@ void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
   if (d->closed_handles || atomic_load(&d->pending) || d->work_inflight || !cqrs__bus_idle(d)) return;
   d->closed_handles = true;
   uv_close((uv_handle_t *)&d->async, handle_closed);
+  uv_close((uv_handle_t *)&d->feed_timer, handle_closed);
   if (d->poll_on) uv_close((uv_handle_t *)&d->poll, handle_closed);
   cqrs__bus_close_handles(d, handle_closed);
 }
@@ -478,6 +482,7 @@ cqrs_code_t cqrs_dispatcher_close(cqrs_dispatcher_t *d, cqrs_close_cb cb, void *
   d->close_cb = cb;
   d->close_data = data;
   if (d->poll_on) uv_timer_stop(&d->poll);
+  uv_timer_stop(&d->feed_timer);
   cqrs__bus_close(d);
   cqrs__dispatcher_maybe_closed(d);
   return CQRS_OK;

@@ -1,5 +1,6 @@
 #include "ledger.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,6 +170,7 @@ void ledger_fill(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const c
 typedef struct blocking {
   cqrs_store_t *inner;
   unsigned delay_ms;
+  _Atomic int fail_reads;
 } blocking_t;
 
 static cqrs_code_t b_append(void *impl, const cqrs_append_t *r, cqrs_append_result_t *res, cqrs_error_t *err) {
@@ -182,6 +184,10 @@ static cqrs_code_t b_read_all(void *impl, int64_t from, size_t limit, cqrs_event
                               cqrs_error_t *err) {
   blocking_t *b = impl;
   if (b->delay_ms) uv_sleep(b->delay_ms);
+  if (atomic_load(&b->fail_reads) > 0) {
+    atomic_fetch_sub(&b->fail_reads, 1);
+    return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
+  }
   return cqrs_store_read_all(b->inner, from, limit, cb, data, err);
 }
 static cqrs_code_t b_head(void *impl, int64_t *p, cqrs_error_t *err) {
@@ -197,6 +203,10 @@ static cqrs_code_t b_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_err
 
 static const cqrs_store_ops_t blocking_ops = {"blocking", true, b_append, b_read_stream, b_read_all, b_head,
                                               b_snap_load, b_snap_save, free};
+
+void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n) {
+  atomic_store(&((blocking_t *)cqrs_store_impl(store))->fail_reads, n);
+}
 
 cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms) {
   blocking_t *b = calloc(1, sizeof *b);

@@ -47,6 +47,9 @@ void ledger_fill(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const c
  * so the framework calls it from the thread pool only; each read_all first
  * sleeps `delay_ms`, to widen races. Destroy with cqrs_store_destroy. */
 cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms);
+/* Makes the next `n` read_all calls of a ledger_blocking_store fail with
+ * CQRS_ESTORE, as a server that went away would. */
+void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n);
 /* Checkpoints that forward to `inner` (borrowed) but are blocking. */
 cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner);
 #endif

@@ -177,6 +177,23 @@ static void test_failing_projection_dead_letters_and_moves_on(void **state) {
   free(s);
 }
 
+/* The store's reads fail for a while after a commit: the projection still
+ * hears of it, with no further command to wake the feed. */
+static void test_feed_retries_a_failed_read(void **state) {
+  fx_t *fx = *state; /* blocking store */
+  seen_t *s = calloc(1, sizeof *s);
+  ledger_fill(fx->mem, &ledger_type, "a", 1);
+  start(fx, "proj", s, 0);
+  while (!cqrs_projection_live(fx->d, "proj")) uv_run(&fx->loop, UV_RUN_ONCE);
+  ledger_blocking_store_fail_reads(fx->store, 3);
+  credit(fx, "a", 1);
+  uv_run(&fx->loop, UV_RUN_DEFAULT); /* returns once the retries have delivered it */
+  assert_int_equal(fx->done, 1);
+  assert_exactly_once(fx, s, 0);
+  assert_int_equal(cqrs_projection_position(fx->d, "proj"), 2);
+  free(s);
+}
+
 static void test_projection_rules(void **state) {
   fx_t *fx = *state;
   seen_t s;
@@ -204,6 +221,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup, teardown),
       cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_projection_rules, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_feed_retries_a_failed_read, setup_blocking, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
