@@ -228,6 +228,10 @@ static void dl_done(uv_work_t *w, int status) {
 
 void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
   cqrs_mongo_t *m = data;
+  if (!m || !subscriber || !e || !error) {
+    fprintf(stderr, "cqrs-mongo: dead letter with a NULL argument dropped\n");
+    return;
+  }
   dl_work_t *d = bson_malloc0(sizeof *d);
   d->m = m;
   d->req.data = d;
