@@ -104,7 +104,6 @@ static void timer_cb(uv_timer_t *t) {
  * holds, which a projection reads again from its checkpoint. */
 static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   s->attempts++;
-  s->last_error = *error;
   if (error->code == CQRS_ESTORE) {
     if (atomic_load(&s->d->closing)) {
       if (!s->cp && s->q_len)

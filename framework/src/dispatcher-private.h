@@ -38,7 +38,6 @@ typedef struct sub {
   const cqrs_event_t **q;
   size_t q_head, q_len, q_cap;
   unsigned attempts; /* failed deliveries of the queue's head */
-  cqrs_error_t last_error;
   bool busy;    /* pool work in flight */
   bool waiting; /* back-off timer running */
   bool running; /* inside sub_run */
