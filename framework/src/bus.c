@@ -104,6 +104,13 @@ static void timer_cb(uv_timer_t *t) {
  * holds, which a projection reads again from its checkpoint. */
 static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   s->attempts++;
+  if (error->code == CQRS_ECLOSED && atomic_load(&s->d->closing)) {
+    /* A process manager cannot send at close: what it holds is read again
+     * from its checkpoint on the next start. */
+    while (s->q_len) q_pop(s);
+    s->attempts = 0;
+    return false;
+  }
   if (error->code == CQRS_ESTORE) {
     if (atomic_load(&s->d->closing)) {
       if (!s->cp && s->q_len)
@@ -133,18 +140,81 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
 static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
   cqrs_error_clear(err);
   cqrs_code_t rc = s->fn(e, s->data, err);
+  if (rc == CQRS__PENDING && s->async) return rc;
   if (rc && err->code == CQRS_OK) cqrs_error_set(err, rc, "subscriber %s returned %s", s->name, cqrs_code_name(rc));
   return rc;
 }
 
-static void save_checkpoint(sub_t *s) {
-  if (!s->cp || s->position == s->saved) return;
+typedef struct cp_save_work {
+  uv_work_t req;
+  sub_t *s;
+  int64_t position;
+  cqrs_code_t rc;
   cqrs_error_t err;
-  if (cqrs_checkpoints_save(s->cp, s->name, s->position, &err) == CQRS_OK) {
-    s->saved = s->position;
+} cp_save_work_t;
+
+static void cp_save_work_cb(uv_work_t *w) {
+  cp_save_work_t *cw = w->data;
+  cw->rc = cqrs_checkpoints_save(cw->s->cp, cw->s->name, cw->position, &cw->err);
+}
+
+static void save_checkpoint(sub_t *s);
+
+static void cp_save_after(uv_work_t *w, int status) {
+  cp_save_work_t *cw = w->data;
+  sub_t *s = cw->s;
+  s->cp_saving = false;
+  s->d->work_inflight--;
+  if (status == 0 && cw->rc == CQRS_OK) {
+    s->saved = cw->position;
+  } else if (status == 0) {
+    fprintf(stderr, "cqrs: checkpoint of %s not saved: %s\n", s->name, cw->err.message);
+  }
+  cqrs__free(cw);
+  save_checkpoint(s);
+  if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
+}
+
+/* Saves inline, or on the pool for an async subscriber whose checkpoints
+ * block (one save in flight; the newest position wins). */
+static void save_checkpoint(sub_t *s) {
+  if (!s->cp) return;
+  int64_t at = s->checkpoint ? s->checkpoint(s->data, s->position) : s->position;
+  if (at == s->saved || at < 0) return;
+  if (s->cp_blocking) {
+    if (s->cp_saving) return;
+    cp_save_work_t *cw = cqrs__calloc(1, sizeof *cw);
+    if (!cw) return;
+    cw->s = s;
+    cw->position = at;
+    cw->req.data = cw;
+    if (uv_queue_work(s->d->loop, &cw->req, cp_save_work_cb, cp_save_after)) {
+      cqrs__free(cw);
+      return;
+    }
+    s->cp_saving = true;
+    s->d->work_inflight++;
+    return;
+  }
+  cqrs_error_t err;
+  if (cqrs_checkpoints_save(s->cp, s->name, at, &err) == CQRS_OK) {
+    s->saved = at;
   } else {
     fprintf(stderr, "cqrs: checkpoint of %s not saved: %s\n", s->name, err.message);
   }
+}
+
+void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err) {
+  s->busy = false;
+  if (!err || err->code == CQRS_OK) {
+    s->position = q_peek(s, 0)->position;
+    s->attempts = 0;
+    q_pop(s);
+  } else {
+    head_failed(s, err);
+  }
+  sub_run(s);
+  if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
 }
 
 /* ---- pool work: blocking subscribers and blocking stores ---- */
@@ -272,7 +342,12 @@ static void sub_run(sub_t *s) {
       }
       cqrs_error_t err;
       const cqrs_event_t *e = q_peek(s, 0);
-      if (call_handler(s, e, &err) == CQRS_OK) {
+      cqrs_code_t rc = call_handler(s, e, &err);
+      if (rc == CQRS__PENDING) {
+        s->busy = true;
+        break;
+      }
+      if (rc == CQRS_OK) {
         s->position = e->position;
         s->attempts = 0;
         q_pop(s);
@@ -299,7 +374,7 @@ static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
   for (size_t i = 0; i < d->nsubs; i++) {
     sub_t *s = d->subs[i];
     if (s->state != SUB_LIVE || e->position <= s->position || !sub_wants(s, e)) continue;
-    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running) {
+    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async) {
       cqrs_error_t err;
       if (call_handler(s, e, &err) == CQRS_OK) {
         s->position = e->position;
@@ -501,8 +576,24 @@ static void cp_after_work(uv_work_t *w, int status) {
   if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
 }
 
+static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
+                                    cqrs__checkpoint_fn checkpoint, bool async, sub_t **out, cqrs_error_t *err);
+
 cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
                                   cqrs_error_t *err) {
+  sub_t *s;
+  return projection_start(d, def, cp, NULL, false, &s, err);
+}
+
+cqrs_code_t cqrs__projection_start_async(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
+                                         cqrs_checkpoints_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
+                                         cqrs_error_t *err) {
+  return projection_start(d, def, cp, checkpoint, true, out, err);
+}
+
+static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
+                                    cqrs__checkpoint_fn checkpoint, bool async, sub_t **out, cqrs_error_t *err) {
+  *out = NULL;
   if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, definition or checkpoints");
   bool cp_blocking = cqrs__checkpoints_blocking(cp);
   int64_t pos = 0;
@@ -516,12 +607,16 @@ cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_de
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot start a projection");
   sub_t *s = NULL;
   rc = add_sub(d, def->name, def->types, def->handler, def->data,
-               (def->flags & CQRS_SUBSCRIBE_BLOCKING) || cp_blocking, &s, err);
+               !async && ((def->flags & CQRS_SUBSCRIBE_BLOCKING) || cp_blocking), &s, err);
   if (rc) {
     cqrs__free(cw);
     return rc;
   }
+  *out = s;
   s->cp = cp;
+  s->async = async;
+  s->checkpoint = checkpoint;
+  s->cp_blocking = async && cp_blocking;
   s->state = SUB_LOADING;
   if (!cp_blocking) {
     start_catchup(s, pos);
@@ -574,7 +669,7 @@ bool cqrs__bus_idle(const cqrs_dispatcher_t *d) {
   if (d->feed_busy) return false;
   for (size_t i = 0; i < d->nsubs; i++) {
     const sub_t *s = d->subs[i];
-    if (s->busy || s->q_len) return false;
+    if (s->busy || s->q_len || s->cp_saving) return false;
   }
   return true;
 }

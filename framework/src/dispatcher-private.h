@@ -41,6 +41,9 @@ typedef struct sub {
   bool busy;    /* pool work in flight */
   bool waiting; /* back-off timer running */
   bool running; /* inside sub_run */
+  bool async;   /* the handler completes later (CQRS__PENDING) */
+  int64_t (*checkpoint)(void *data, int64_t handled); /* NULL: the position handled */
+  bool cp_blocking, cp_saving; /* a checkpoint save on the pool, for async subscribers */
   uv_timer_t timer;
 } sub_t;
 
@@ -67,6 +70,7 @@ struct cqrs_dispatcher {
   size_t nfree;
   _Atomic size_t pending;
   _Atomic bool closing;
+  _Atomic size_t senders; /* threads inside cqrs_dispatcher_send: freeing waits for them */
   int handles_open;
   cqrs_close_cb close_cb;
   void *close_data;
@@ -85,6 +89,9 @@ struct cqrs_dispatcher {
 
   dead_letter_t *dead;
   size_t ndead, dead_cap, dead_total;
+
+  struct cqrs__process **procs; /* process managers running here (process.c) */
+  size_t nprocs;
 };
 
 /* bus.c */
@@ -96,7 +103,29 @@ void cqrs__bus_close(cqrs_dispatcher_t *d);  /* cut back-offs short */
 bool cqrs__bus_idle(const cqrs_dispatcher_t *d);
 void cqrs__bus_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb);
 void cqrs__bus_free(cqrs_dispatcher_t *d);
+/* Subscribers whose handler completes later: it returns CQRS__PENDING and
+ * the dispatcher calls cqrs__sub_complete once, on the loop thread.
+ * `checkpoint` (may be NULL) gives the position to save, at most the one
+ * handled (a process manager holds it back to the oldest open instance). */
+#define CQRS__PENDING ((cqrs_code_t)(CQRS_CODE_COUNT + 1))
+typedef int64_t (*cqrs__checkpoint_fn)(void *data, int64_t handled);
+cqrs_code_t cqrs__projection_start_async(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
+                                         cqrs_checkpoints_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
+                                         cqrs_error_t *err);
+void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err);
+
+/* process.c: process managers attached to the dispatcher. */
+typedef struct cqrs__process cqrs__process_t;
+bool cqrs__process_idle(const cqrs__process_t *p);
+void cqrs__process_closing(cqrs__process_t *p);
+void cqrs__process_close_handles(cqrs__process_t *p, uv_close_cb cb);
+void cqrs__process_free(cqrs__process_t *p);
+
 /* dispatcher.c */
 void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d);
+/* Sends a command the framework built (a process step or input): reserved
+ * ids allowed. */
+cqrs_code_t cqrs__dispatcher_send_internal(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done,
+                                           void *data);
 
 #endif

@@ -22,6 +22,8 @@ typedef struct cqrs_result {
   size_t events;       /* events committed */
   bool duplicate;      /* the command id had committed before: nothing appended */
   const bson_t *value; /* optional value the handler returned, or NULL */
+  int64_t position;    /* global position of the last event committed (0: none); wait for
+                        * projections to reach it with cqrs_projection_wait */
 } cqrs_result_t;
 
 #define cqrs_result_ok(r) ((r)->error.code == CQRS_OK)
@@ -82,15 +84,21 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqr
  * command sent from another thread while uv_run has already returned waits
  * for the next uv_run, unless the options ask for keep_alive.
  * Returns CQRS_OK and later calls `done` exactly once on the loop thread, or
- * returns an error (NULL arguments, CQRS_ECLOSED) and never calls `done`.
+ * returns an error (NULL arguments, CQRS_ECLOSED, CQRS_EINVALID_COMMAND for
+ * an id starting with '~', reserved for process-manager steps) and never
+ * calls `done`. Safe against a concurrent cqrs_dispatcher_close; calling it
+ * after the close callback has run is a use after free.
  * A command with no handler completes with CQRS_ENO_HANDLER. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done,
                                              void *data);
 
 /* Sends a command and waits for its result, from a thread other than the
- * loop's (a blocking subscriber, a worker): the loop must be running. Takes
- * over `cmd`. Returns the result's code and fills `err` (may be NULL) and
- * `duplicate` (may be NULL). On the loop thread: CQRS_ESTATE at once. */
+ * loop's (a worker thread of the application): the loop must be running.
+ * Takes over `cmd`. Returns the result's code and fills `err` (may be NULL)
+ * and `duplicate` (may be NULL). On the loop thread: CQRS_ESTATE at once.
+ * Not for subscribers or handlers on the thread pool: a pool thread that
+ * waits can starve the pool; process managers (process.h) send steps
+ * without waiting. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err,
                                                 bool *duplicate);
 
