@@ -72,6 +72,29 @@ CQRS_EXPORT bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, c
 #define CQRS_GIVEN(t, type, ...) assert_int_equal(cqrs_test_given((t), (type), &(__VA_ARGS__)), CQRS_OK)
 #define CQRS_WHEN(t, type, ...) assert_int_equal(cqrs_test_when((t), (type), &(__VA_ARGS__)), CQRS_OK)
 
+/* Process types (cqrs_process_test_t from process.h): given / when these
+ * inputs, then these steps are sent, this deadline set, or the instance
+ * ended; no loop, no store. Given and when are the same call; the then
+ * macros look at what the last input decided. */
+#define CQRS_PROCESS_GIVEN_EVENT(t, type, aggregate_id, ...) \
+  assert_int_equal(cqrs_process_test_event((t), (type), (aggregate_id), &(__VA_ARGS__), NULL), CQRS_OK)
+#define CQRS_PROCESS_WHEN_EVENT CQRS_PROCESS_GIVEN_EVENT
+#define CQRS_PROCESS_GIVEN_STEP(t, step, status, reason) \
+  assert_int_equal(cqrs_process_test_step((t), (step), (status), (reason), NULL), CQRS_OK)
+#define CQRS_PROCESS_WHEN_STEP CQRS_PROCESS_GIVEN_STEP
+#define CQRS_PROCESS_WHEN_DEADLINE(t, name) assert_int_equal(cqrs_process_test_deadline((t), (name), NULL), CQRS_OK)
+/* Exactly one step was sent: `step`, a command of `type`. */
+#define CQRS_PROCESS_THEN_SENDS(t, step, type)                                              \
+  do {                                                                                      \
+    const cqrs_command_type_t *cqrs__type = NULL;                                           \
+    assert_int_equal(cqrs_process_test_sent_count(t), 1);                                   \
+    assert_string_equal(cqrs_process_test_sent((t), 0, &cqrs__type, NULL), (step));         \
+    assert_ptr_equal(cqrs__type, (type));                                                   \
+  } while (0)
+#define CQRS_PROCESS_THEN_NOTHING(t) assert_int_equal(cqrs_process_test_recorded(t), 0)
+#define CQRS_PROCESS_THEN_ENDED(t) assert_true(cqrs_process_test_ended(t))
+#define CQRS_PROCESS_THEN_DEADLINE(t, name, at) assert_int_equal(cqrs_process_test_deadline_at((t), (name)), (at))
+
 #ifdef __cplusplus
 }
 #endif
