@@ -368,6 +368,7 @@ static void sub_run(sub_t *s) {
   }
   if (!s->blocking) save_checkpoint(s);
   s->running = false;
+  cqrs__waiters_check(d);
 }
 
 static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {

@@ -60,6 +60,7 @@ static const struct {
     [CQRS_ENOT_FOUND] = {"not_found", "not found"},
     [CQRS_ETOO_LARGE] = {"too_large", "too large"},
     [CQRS_ESTATE] = {"bad_state", "not allowed in the current state"},
+    [CQRS_ETIMEOUT] = {"timeout", "timed out"},
 };
 
 const char *cqrs_code_name(cqrs_code_t code) {

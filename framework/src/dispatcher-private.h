@@ -92,6 +92,11 @@ struct cqrs_dispatcher {
 
   struct cqrs__process **procs; /* process managers running here (process.c) */
   size_t nprocs;
+
+  /* Read-your-writes waiters (wait.c): on the loop thread, and handed over
+   * from other threads under the inbox lock. */
+  struct cqrs__waiter *waiters, *wait_inbox;
+  uv_timer_t wait_timer;
 };
 
 /* bus.c */
@@ -120,6 +125,11 @@ bool cqrs__process_idle(const cqrs__process_t *p);
 void cqrs__process_closing(cqrs__process_t *p);
 void cqrs__process_close_handles(cqrs__process_t *p, uv_close_cb cb);
 void cqrs__process_free(cqrs__process_t *p);
+
+/* wait.c */
+void cqrs__waiters_check(cqrs_dispatcher_t *d);  /* after subscribers moved; loop thread */
+void cqrs__waiters_adopt(cqrs_dispatcher_t *d);  /* takes the inbox's waiters; inbox lock held */
+void cqrs__waiters_close(cqrs_dispatcher_t *d);  /* completes every waiter with CQRS_ECLOSED */
 
 /* dispatcher.c */
 void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d);

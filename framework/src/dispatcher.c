@@ -87,6 +87,9 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   uv_timer_init(loop, &d->feed_timer);
   d->feed_timer.data = d;
   d->handles_open++;
+  uv_timer_init(loop, &d->wait_timer);
+  d->wait_timer.data = d;
+  d->handles_open++;
   if (d->opts.poll_ms) {
     uv_timer_init(loop, &d->poll);
     d->poll.data = d;
@@ -459,7 +462,10 @@ static void async_cb(uv_async_t *h) {
   request_t *in = d->inbox_head;
   request_t *in_tail = d->inbox_tail;
   d->inbox_head = d->inbox_tail = NULL;
+  bool waits = d->wait_inbox != NULL;
+  cqrs__waiters_adopt(d);
   uv_mutex_unlock(&d->inbox_lock);
+  if (waits) cqrs__waiters_check(d);
   if (in) {
     if (d->local_tail) {
       d->local_tail->next = in;
@@ -525,6 +531,7 @@ void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
   for (size_t i = 0; i < d->nprocs; i++) cqrs__process_close_handles(d->procs[i], handle_closed);
   uv_close((uv_handle_t *)&d->async, handle_closed);
   uv_close((uv_handle_t *)&d->feed_timer, handle_closed);
+  uv_close((uv_handle_t *)&d->wait_timer, handle_closed);
   if (d->poll_on) uv_close((uv_handle_t *)&d->poll, handle_closed);
   cqrs__bus_close_handles(d, handle_closed);
 }
@@ -540,6 +547,7 @@ cqrs_code_t cqrs_dispatcher_close(cqrs_dispatcher_t *d, cqrs_close_cb cb, void *
   d->close_data = data;
   if (d->poll_on) uv_timer_stop(&d->poll);
   uv_timer_stop(&d->feed_timer);
+  cqrs__waiters_close(d);
   cqrs__bus_close(d);
   cqrs__dispatcher_maybe_closed(d);
   return CQRS_OK;

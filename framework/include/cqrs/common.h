@@ -47,6 +47,7 @@ typedef enum cqrs_code {
   CQRS_ENOT_FOUND,       /* no such document, snapshot or query */
   CQRS_ETOO_LARGE,       /* a string, document or store limit exceeded */
   CQRS_ESTATE,           /* call not allowed in the current state */
+  CQRS_ETIMEOUT,         /* a wait ran out of time */
   CQRS_CODE_COUNT
 } cqrs_code_t;
 
