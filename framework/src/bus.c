@@ -261,11 +261,13 @@ static void sub_after_work(uv_work_t *w, int status) {
   s->d->work_inflight--;
   if (sw->catchup) {
     if (status == 0 && sw->rc == CQRS_OK) {
-      for (size_t i = 0; i < sw->read.len; i++) {
-        q_push(s, sw->read.items[i]);
-        s->read_pos = sw->read.items[i]->position;
-      }
-      if (sw->read.len == 0) {
+      size_t queued = 0;
+      while (queued < sw->read.len && q_push(s, sw->read.items[queued])) s->read_pos = sw->read.items[queued++]->position;
+      if (queued < sw->read.len && !atomic_load(&s->d->closing)) {
+        /* Out of memory: read the rest again later. */
+        s->waiting = true;
+        uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, 1), 0);
+      } else if (sw->read.len == 0) {
         if (s->read_pos >= s->d->feed_pos) {
           s->state = SUB_LIVE;
         } else if (!atomic_load(&s->d->closing)) {
@@ -319,11 +321,8 @@ static size_t catchup_inline(sub_t *s) {
   if (cqrs_store_read_all(s->d->store, s->read_pos + 1, FEED_BATCH, collect, &v, &err)) {
     fprintf(stderr, "cqrs: projection %s cannot read the store: %s\n", s->name, err.message);
   }
-  for (size_t i = 0; i < v.len; i++) {
-    q_push(s, v.items[i]);
-    s->read_pos = v.items[i]->position;
-  }
-  size_t n = v.len;
+  size_t n = 0;
+  while (n < v.len && q_push(s, v.items[n])) s->read_pos = v.items[n++]->position;
   cqrs__event_vec_free(&v);
   return n;
 }
@@ -381,7 +380,12 @@ static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
         s->position = e->position;
         continue;
       }
-      q_push(s, e);
+      if (!q_push(s, e)) {
+        /* No room to hold it for a retry: this subscriber gives up on it. */
+        dead_letter(s, e, &err);
+        s->position = e->position;
+        continue;
+      }
       head_failed(s, &err);
       continue;
     }
