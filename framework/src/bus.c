@@ -60,7 +60,7 @@ static void dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *err
     size_t cap = d->dead_cap ? d->dead_cap * 2 : 16;
     dead_letter_t *p = cqrs__realloc(d->dead, cap * sizeof *p);
     if (!p) {
-      fprintf(stderr, "cqrs: dead letter of %s/%s #%lld lost: out of memory\n", s->name, e->type->name,
+      cqrs_log(CQRS_LOG_ERROR, "bus", "dead letter of %s/%s #%lld lost: out of memory", s->name, e->type->name,
               (long long)e->position);
       return;
     }
@@ -114,7 +114,7 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   if (error->code == CQRS_ESTORE) {
     if (atomic_load(&s->d->closing)) {
       if (!s->cp && s->q_len)
-        fprintf(stderr, "cqrs: subscriber %s drops %zu event(s) at close: %s\n", s->name, s->q_len, error->message);
+        cqrs_log(CQRS_LOG_ERROR, "bus", "subscriber %s drops %zu event(s) at close: %s", s->name, s->q_len, error->message);
       while (s->q_len) q_pop(s);
       s->attempts = 0;
       return false;
@@ -168,7 +168,7 @@ static void cp_save_after(uv_work_t *w, int status) {
   if (status == 0 && cw->rc == CQRS_OK) {
     s->saved = cw->position;
   } else if (status == 0) {
-    fprintf(stderr, "cqrs: checkpoint of %s not saved: %s\n", s->name, cw->err.message);
+    cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: %s", s->name, cw->err.message);
   }
   cqrs__free(cw);
   save_checkpoint(s);
@@ -200,7 +200,7 @@ static void save_checkpoint(sub_t *s) {
   if (cqrs_checkpoints_save(s->cp, s->name, at, &err) == CQRS_OK) {
     s->saved = at;
   } else {
-    fprintf(stderr, "cqrs: checkpoint of %s not saved: %s\n", s->name, err.message);
+    cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: %s", s->name, err.message);
   }
 }
 
@@ -276,7 +276,7 @@ static void sub_after_work(uv_work_t *w, int status) {
         }
       }
     } else if (!atomic_load(&s->d->closing)) {
-      fprintf(stderr, "cqrs: projection %s cannot read the store: %s\n", s->name, sw->err.message);
+      cqrs_log(CQRS_LOG_WARNING, "bus", "projection %s cannot read the store: %s", s->name, sw->err.message);
       s->waiting = true;
       uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, 1), 0);
     }
@@ -319,7 +319,7 @@ static size_t catchup_inline(sub_t *s) {
   cqrs__event_vec_t v = {0};
   cqrs_error_t err;
   if (cqrs_store_read_all(s->d->store, s->read_pos + 1, FEED_BATCH, collect, &v, &err)) {
-    fprintf(stderr, "cqrs: projection %s cannot read the store: %s\n", s->name, err.message);
+    cqrs_log(CQRS_LOG_WARNING, "bus", "projection %s cannot read the store: %s", s->name, err.message);
   }
   size_t n = 0;
   while (n < v.len && q_push(s, v.items[n])) s->read_pos = v.items[n++]->position;
@@ -426,7 +426,7 @@ static void feed_retry(uv_timer_t *t) { cqrs__feed_kick(t->data, 0); }
 /* A read of the store failed: try again later, so that subscribers hear of
  * what was committed even if nothing else is. */
 static void feed_failed(cqrs_dispatcher_t *d, const cqrs_error_t *err) {
-  if (d->feed_failures++ == 0) fprintf(stderr, "cqrs: event feed cannot read the store: %s\n", err->message);
+  if (d->feed_failures++ == 0) cqrs_log(CQRS_LOG_WARNING, "bus", "event feed cannot read the store: %s", err->message);
   if (!atomic_load(&d->closing)) uv_timer_start(&d->feed_timer, feed_retry, backoff_ms(d, d->feed_failures), 0);
 }
 
@@ -575,7 +575,7 @@ static void cp_after_work(uv_work_t *w, int status) {
     start_catchup(s, cw->position);
   } else if (!atomic_load(&s->d->closing)) {
     /* Keep the projection stopped rather than replaying from an unknown point. */
-    fprintf(stderr, "cqrs: projection %s cannot load its checkpoint: %s\n", s->name, cw->err.message);
+    cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot load its checkpoint: %s", s->name, cw->err.message);
   }
   cqrs__free(cw);
   if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
@@ -631,7 +631,7 @@ static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_
   cw->req.data = cw;
   if (uv_queue_work(d->loop, &cw->req, cp_work_cb, cp_after_work)) {
     cqrs__free(cw);
-    fprintf(stderr, "cqrs: projection %s cannot queue work; it stays stopped\n", s->name);
+    cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot queue work; it stays stopped", s->name);
     return CQRS_OK;
   }
   s->busy = true;

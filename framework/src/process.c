@@ -748,7 +748,7 @@ static void on_input_done(const cqrs_result_t *r, void *data) {
     o->resume_at = cqrs_now_ms() + (cqrs_result_ok(r) ? 0 : RETRY_BASE_MS * 10);
     memset(o->deadline_due, 0, sizeof o->deadline_due);
     if (!req->from_sub && !cqrs_result_ok(r))
-      fprintf(stderr, "cqrs: process %s/%s: input not recorded: %s\n", rt->pm->def->name, req->instance,
+      cqrs_log(CQRS_LOG_WARNING, "process", "process %s/%s: input not recorded: %s", rt->pm->def->name, req->instance,
               r->error.message);
   }
   if (req->from_sub) cqrs__sub_complete(rt->sub, cqrs_result_ok(r) ? NULL : &r->error);

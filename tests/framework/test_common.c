@@ -41,6 +41,15 @@ static void test_error_and_rejection_shapes(void **state) {
   assert_int_equal(cqrs_reject(NULL, "r", "x"), CQRS_EREJECTED);
 }
 
+static void test_version(void **state) {
+  (void)state;
+  unsigned h = cqrs_version_hex();
+  char want[32];
+  snprintf(want, sizeof want, "%u.%u.%u", h >> 16, (h >> 8) & 0xff, h & 0xff);
+  assert_string_equal(cqrs_version(), want);
+  assert_true(h >= 0x000100);
+}
+
 static void test_ids_are_unique(void **state) {
   (void)state;
   char a[CQRS_EVENT_ID_LEN], b[CQRS_EVENT_ID_LEN];
@@ -194,6 +203,7 @@ int main(void) {
       cmocka_unit_test(test_strerror_names_every_code),
       cmocka_unit_test(test_error_and_rejection_shapes),
       cmocka_unit_test(test_ids_are_unique),
+      cmocka_unit_test(test_version),
       cmocka_unit_test(test_every_allocation_failure_is_an_error),
       cmocka_unit_test(test_every_allocation_failure_of_a_round_trip),
   };

@@ -179,8 +179,21 @@ static void test_failing_projection_dead_letters_and_moves_on(void **state) {
 
 /* The store's reads fail for a while after a commit: the projection still
  * hears of it, with no further command to wake the feed. */
+typedef struct logged {
+  int warnings;
+  char last[256];
+} logged_t;
+
+static void capture_log(cqrs_log_level_t level, const char *domain, const char *message, void *data) {
+  logged_t *l = data;
+  if (level == CQRS_LOG_WARNING && !strcmp(domain, "bus")) l->warnings++;
+  snprintf(l->last, sizeof l->last, "%s", message);
+}
+
 static void test_feed_retries_a_failed_read(void **state) {
   fx_t *fx = *state; /* blocking store */
+  logged_t logged = {0, ""};
+  cqrs_log_set_handler(capture_log, &logged);
   seen_t *s = calloc(1, sizeof *s);
   ledger_fill(fx->mem, &ledger_type, "a", 1);
   start(fx, "proj", s, 0);
@@ -191,6 +204,10 @@ static void test_feed_retries_a_failed_read(void **state) {
   assert_int_equal(fx->done, 1);
   assert_exactly_once(fx, s, 0);
   assert_int_equal(cqrs_projection_position(fx->d, "proj"), 2);
+  cqrs_log_set_handler(NULL, NULL);
+  /* The library told the log handler, not stderr. */
+  assert_int_equal(logged.warnings, 1);
+  assert_non_null(strstr(logged.last, "event feed cannot read the store: the server went away"));
   free(s);
 }
 
