@@ -35,7 +35,9 @@ CQRS_EXPORT cqrs_code_t cqrs_test_given_for(cqrs_test_t *t, const cqrs_aggregate
  * A payload that fails validation yields CQRS_EINVALID_COMMAND as result. */
 CQRS_EXPORT cqrs_code_t cqrs_test_when(cqrs_test_t *t, const cqrs_command_type_t *type, const void *payload);
 
-/* The last when's result (borrowed) and the events it committed. */
+/* The last when's result (borrowed) and the events its command committed
+ * (not those that subscribers or process managers committed in the same
+ * run of the loop). */
 CQRS_EXPORT const cqrs_error_t *cqrs_test_error(const cqrs_test_t *t);
 CQRS_EXPORT size_t cqrs_test_event_count(const cqrs_test_t *t);
 CQRS_EXPORT const cqrs_event_t *cqrs_test_event(const cqrs_test_t *t, size_t i);
@@ -51,7 +53,8 @@ typedef struct cqrs_expected_event {
   const void *payload;
 } cqrs_expected_event_t;
 
-/* Then: each returns true, or false with a readable explanation in msg. */
+/* Then: each returns true, or false with a readable explanation in msg.
+ * _rejected and _error also check that the command committed nothing. */
 CQRS_EXPORT bool cqrs_test_check_events(const cqrs_test_t *t, const cqrs_expected_event_t *expected, char *msg,
                                         size_t cap);
 CQRS_EXPORT bool cqrs_test_check_rejected(const cqrs_test_t *t, const char *reason, char *msg, size_t cap);
