@@ -31,9 +31,11 @@ CQRS_EXPORT cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *nam
 CQRS_EXPORT cqrs_code_t cqrs_queries_run(const cqrs_queries_t *q, const char *name, const bson_t *params,
                                          bson_t *out, cqrs_error_t *err);
 
-/* Runs query `name` off the loop thread when the read model blocks, inline
- * otherwise, and calls `cb` once on the loop thread with the answer
- * (borrowed). Returns an error without calling `cb` for NULL arguments. */
+/* Runs query `name` off the loop thread when the read model blocks, on the
+ * loop thread at its next turn otherwise, and calls `cb` once, later, on the
+ * loop thread with the answer (borrowed); never inside this call. Call it
+ * on the loop's thread. Returns an error without calling `cb` for NULL
+ * arguments. */
 typedef void (*cqrs_query_cb)(cqrs_code_t code, const bson_t *answer, const cqrs_error_t *err, void *data);
 CQRS_EXPORT cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const char *name,
                                           const bson_t *params, cqrs_query_cb cb, void *data);
