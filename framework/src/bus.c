@@ -501,7 +501,7 @@ void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to) {
 /* ---- subscribing ---- */
 
 static cqrs_code_t add_sub(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,
-                           cqrs_event_handler_fn fn, void *data, bool blocking, sub_t **out, cqrs_error_t *err) {
+                           cqrs_event_handler_cb fn, void *data, bool blocking, sub_t **out, cqrs_error_t *err) {
   if (!d || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher or handler");
   if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "subscriber name", err);
@@ -541,7 +541,7 @@ static cqrs_code_t add_sub(cqrs_dispatcher_t *d, const char *name, const cqrs_ev
 }
 
 cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,
-                                      cqrs_event_handler_fn fn, void *data, unsigned flags, cqrs_error_t *err) {
+                                      cqrs_event_handler_cb fn, void *data, unsigned flags, cqrs_error_t *err) {
   sub_t *s = NULL;
   return add_sub(d, name, types, fn, data, flags & CQRS_SUBSCRIBE_BLOCKING, &s, err);
 }

@@ -7,7 +7,7 @@
 
 typedef struct handler {
   const cqrs_command_type_t *type; /* key */
-  cqrs_command_handler_fn fn;
+  cqrs_command_handler_cb fn;
   void *data;
   unsigned flags;
   UT_hash_handle hh;
@@ -26,7 +26,7 @@ typedef struct sub {
   cqrs_dispatcher_t *d;
   char name[CQRS_NAME_MAX];
   const cqrs_event_type_t **types; /* NULL: all */
-  cqrs_event_handler_fn fn;
+  cqrs_event_handler_cb fn;
   void *data;
   bool blocking;
   cqrs_checkpoints_t *cp; /* projections only */

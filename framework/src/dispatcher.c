@@ -103,7 +103,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
 }
 
 cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
-                                     cqrs_command_handler_fn fn, void *data, unsigned flags, cqrs_error_t *err) {
+                                     cqrs_command_handler_cb fn, void *data, unsigned flags, cqrs_error_t *err) {
   if (!d || !type || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, command type or handler");
   if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   if (!type->name || !type->fields) return cqrs_error_set(err, CQRS_EINVAL, "command type lacks a name or fields");

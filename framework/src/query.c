@@ -4,7 +4,7 @@
 
 typedef struct query {
   UT_hash_handle hh;
-  cqrs_query_fn fn;
+  cqrs_query_handler_cb fn;
   void *data;
   char name[CQRS_NAME_MAX];
 } query_t;
@@ -31,7 +31,7 @@ void cqrs_queries_destroy(cqrs_queries_t *q) {
   cqrs__free(q);
 }
 
-cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_fn fn, void *data,
+cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_handler_cb fn, void *data,
                                   cqrs_error_t *err) {
   if (!q || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus or handler");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "query name", err);

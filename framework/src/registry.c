@@ -11,7 +11,7 @@ typedef struct entry {
 
 typedef struct upcaster {
   char key[CQRS_NAME_MAX + 12]; /* "name#from" */
-  cqrs_upcast_fn fn;
+  cqrs_upcast_cb fn;
   UT_hash_handle hh;
 } upcaster_t;
 
@@ -147,7 +147,7 @@ static void upcaster_key(char *buf, size_t cap, const char *name, uint32_t from)
   snprintf(buf, cap, "%.63s#%u", name, from);
 }
 
-cqrs_code_t cqrs_registry_add_upcaster(cqrs_registry_t *reg, const char *name, uint32_t from, cqrs_upcast_fn fn,
+cqrs_code_t cqrs_registry_add_upcaster(cqrs_registry_t *reg, const char *name, uint32_t from, cqrs_upcast_cb fn,
                                        cqrs_error_t *err) {
   if (!reg || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or upcaster");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "event type name", err);

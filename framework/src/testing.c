@@ -47,7 +47,7 @@ struct cqrs_test {
 };
 
 cqrs_test_t *cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type, const char *id,
-                           cqrs_test_setup_fn setup, void *data) {
+                           cqrs_test_setup_cb setup, void *data) {
   cqrs_error_t err;
   if (!reg || !type || !id || !*id || strlen(id) >= CQRS_ID_MAX) {
     fprintf(stderr, "cqrs_test_new: NULL registry or type, or a bad id\n");

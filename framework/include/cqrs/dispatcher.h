@@ -37,16 +37,19 @@ typedef void (*cqrs_done_cb)(const cqrs_result_t *result, void *data);
  * (cqrs_reject) or an error. It may run again after a concurrency conflict,
  * so it must have no effect but through the context. It runs on the loop
  * thread, or on a pool thread when the store or the handler blocks. */
-typedef cqrs_code_t (*cqrs_command_handler_fn)(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data,
+typedef cqrs_code_t (*cqrs_command_handler_cb)(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data,
                                                cqrs_error_t *err);
+typedef cqrs_command_handler_cb cqrs_command_handler_fn; /* the name before 0.2; kept for old code */
 
 /* An event handler or projection: CQRS_OK, or an error (the event is retried
  * with back-off, then dead-lettered). */
-typedef cqrs_code_t (*cqrs_event_handler_fn)(const cqrs_event_t *e, void *data, cqrs_error_t *err);
+typedef cqrs_code_t (*cqrs_event_handler_cb)(const cqrs_event_t *e, void *data, cqrs_error_t *err);
+typedef cqrs_event_handler_cb cqrs_event_handler_fn; /* the name before 0.2; kept for old code */
 
 /* Where events go once a subscriber has failed on them for good. Loop thread. */
-typedef void (*cqrs_dead_letter_fn)(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
+typedef void (*cqrs_dead_letter_cb)(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
                                     void *data);
+typedef cqrs_dead_letter_cb cqrs_dead_letter_fn; /* the name before 0.2; kept for old code */
 
 typedef void (*cqrs_close_cb)(void *data);
 
@@ -57,7 +60,7 @@ typedef struct cqrs_dispatcher_options {
   uint64_t retry_cap_ms;          /* back-off ceiling; default 30000 */
   uint64_t poll_ms;               /* read the store for other processes' events every poll_ms; 0: off */
   bool keep_alive;                /* keep the loop running until close, for commands from other threads */
-  cqrs_dead_letter_fn dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letters */
+  cqrs_dead_letter_cb dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letters */
   void *dead_letter_data;
 } cqrs_dispatcher_options_t;
 
@@ -76,7 +79,7 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry
 /* Registers the one handler of a command type (loop thread, before or while
  * running). A second handler for the same type is CQRS_EDUPLICATE. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
-                                                 cqrs_command_handler_fn fn, void *data, unsigned flags,
+                                                 cqrs_command_handler_cb fn, void *data, unsigned flags,
                                                  cqrs_error_t *err);
 
 /* Sends a command; callable from any thread. Takes over `cmd` in every case.
@@ -118,7 +121,7 @@ CQRS_EXPORT const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx
  * types) from now on. Loop thread. Events come in position order, hence in
  * version order per aggregate. A duplicate name is CQRS_EDUPLICATE. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name,
-                                                  const cqrs_event_type_t *const *types, cqrs_event_handler_fn fn,
+                                                  const cqrs_event_type_t *const *types, cqrs_event_handler_cb fn,
                                                   void *data, unsigned flags, cqrs_error_t *err);
 
 /* Number of events dead-lettered so far, and the i-th kept in memory

@@ -32,7 +32,7 @@ CQRS_EXPORT cqrs_checkpoints_t *cqrs_memory_checkpoints_new(void);
 typedef struct cqrs_projection_def {
   const char *name;                      /* unique; the checkpoint's key */
   const cqrs_event_type_t *const *types; /* NULL-terminated; NULL: all */
-  cqrs_event_handler_fn handler;         /* must be idempotent: it may see an event again after a crash */
+  cqrs_event_handler_cb handler;         /* must be idempotent: it may see an event again after a crash */
   void *data;
   unsigned flags; /* CQRS_SUBSCRIBE_BLOCKING */
 } cqrs_projection_def_t;

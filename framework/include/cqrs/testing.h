@@ -14,12 +14,13 @@ typedef struct cqrs_test cqrs_test_t;
 
 /* Registers the handlers (and subscribers) under test on the fixture's
  * dispatcher. */
-typedef cqrs_code_t (*cqrs_test_setup_fn)(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err);
+typedef cqrs_code_t (*cqrs_test_setup_cb)(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err);
+typedef cqrs_test_setup_cb cqrs_test_setup_fn; /* the name before 0.2; kept for old code */
 
 /* Creates a fixture for aggregate `id` of `type`. `reg` is borrowed. Returns
  * NULL (and prints why) if `setup` fails. */
 CQRS_EXPORT cqrs_test_t *cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type,
-                                       const char *id, cqrs_test_setup_fn setup, void *data);
+                                       const char *id, cqrs_test_setup_cb setup, void *data);
 
 /* Closes the dispatcher and the loop. Returns false (and prints why) when
  * the loop did not close cleanly. NULL: true. */
