@@ -2,13 +2,20 @@
 # output in build/logs/<name>.log and prints one line, `== NAME ... 41 s`;
 # on failure it shows the log's tail and exits with COMMAND's status.
 # `phase --summary NAME -- ctest ...` also prints ctest's closing lines
-# (CI reads them). PHASE_VERBOSE=1 shows everything as it runs. COMMAND may
+# (CI reads them). `phase --may-fail NAME -- ...` returns the status instead
+# of exiting. PHASE_VERBOSE=1 shows everything as it runs. COMMAND may
 # be a shell function: it runs in a background subshell so that `set -e`
 # still holds inside it.
 
 phase() {
-  local summary=0 name log start rc=0
-  if [ "$1" = --summary ]; then summary=1; shift; fi
+  local summary=0 may_fail=0 name log start rc=0
+  while :; do
+    case $1 in
+      --summary) summary=1; shift ;;
+      --may-fail) may_fail=1; shift ;;
+      *) break ;;
+    esac
+  done
   name=$1; shift
   [ "${1:-}" = -- ] && shift
   mkdir -p build/logs
@@ -26,6 +33,7 @@ phase() {
   if [ "$rc" -ne 0 ]; then
     echo "FAILED after $((SECONDS - start)) s (exit $rc); the end of $log:"
     tail -n 60 "$log" | sed 's/^/   | /'
+    [ "$may_fail" = 1 ] && return "$rc"
     exit "$rc"
   fi
   echo "$((SECONDS - start)) s"
