@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts: `phase NAME -- COMMAND...` runs COMMAND with its
 # output in build/logs/<name>.log and prints one line, `== NAME ... 41 s`;
 # on failure it shows the log's tail and exits with COMMAND's status.
@@ -19,7 +20,7 @@ phase() {
   name=$1; shift
   [ "${1:-}" = -- ] && shift
   mkdir -p build/logs
-  log=build/logs/$(printf '%s' "$name" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/^-//;s/-$//').log
+  log=build/logs/$(printf '%s' "$name" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-//;s/-$//').log
   start=$SECONDS
   if [ "${PHASE_VERBOSE:-}" = 1 ]; then
     echo "== $name"
