@@ -209,8 +209,11 @@ cqrs_code_t cqrs_id_derive(char buf[CQRS_ID_MAX], const char *prefix, const char
   if (!buf || !prefix || !id) return cqrs_error_set(err, CQRS_EINVAL, "NULL buffer, prefix or id");
   size_t np = strlen(prefix);
   if (np + 34 >= CQRS_ID_MAX) return cqrs_error_set(err, CQRS_EINVAL, "id prefix '%.64s' is too long", prefix);
-  if (np + 1 + strlen(id) < CQRS_ID_MAX) {
-    snprintf(buf, CQRS_ID_MAX, "%s:%s", prefix, id);
+  size_t ni = strlen(id);
+  if (np + 1 + ni < CQRS_ID_MAX) {
+    memcpy(buf, prefix, np);
+    buf[np] = ':';
+    memcpy(buf + np + 1, id, ni + 1);
     return CQRS_OK;
   }
   uint64_t h[2];

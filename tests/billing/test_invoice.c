@@ -30,7 +30,7 @@ static void given_issued(void **state, int64_t cents) {
 
 static void test_issue_takes_the_next_number_of_the_year(void **state) {
   given_customer(state);
-  char first[BILLING_NUMBER_MAX], third[BILLING_NUMBER_MAX], book[8];
+  char first[BILLING_NUMBER_MAX], third[BILLING_NUMBER_MAX], book[16];
   billing_invoice_number(first, year_now(), 1);
   CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "c-1", EUR(150000), DUE});
   billing_invoice_numbered_t want = {"inv-1", "", "c-1", EUR(150000), DUE};
