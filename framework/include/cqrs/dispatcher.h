@@ -60,7 +60,7 @@ typedef struct cqrs_dispatcher_options {
   uint64_t retry_cap_ms;          /* back-off ceiling; default 30000 */
   uint64_t poll_ms;               /* read the store for other processes' events every poll_ms; 0: off */
   bool keep_alive;                /* keep the loop running until close, for commands from other threads */
-  cqrs_dead_letter_cb dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letters */
+  cqrs_dead_letter_cb dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letter */
   void *dead_letter_data;
 } cqrs_dispatcher_options_t;
 
