@@ -225,12 +225,35 @@ static void request(flow_t *f, const char *tid, const char *from, const char *to
   if (strcmp(e->code ? e->name : "", expect)) fail_msg("transfer %s: got '%s' (%s)", tid, e->name, e->message);
 }
 
+typedef struct correlated {
+  const char *want;
+  int seen, wrong;
+} correlated_t;
+
+static bool count_correlated(const cqrs_event_t *e, void *data) {
+  correlated_t *c = data;
+  bool of_transfer = !strcmp(cqrs_event_aggregate_type(e), "transfer") ||
+                     !strcmp(cqrs_event_aggregate_type(e), "process:transfer") ||
+                     (e->type == &billing_account_withdrawn || e->type == &billing_account_deposited);
+  if (e->type == &billing_account_deposited && !((const billing_account_moved_t *)e->payload)->transfer_id[0])
+    of_transfer = false; /* the initial deposits */
+  if (!of_transfer) return true;
+  c->seen++;
+  if (strcmp(cqrs_event_correlation_id(e), c->want)) c->wrong++;
+  return true;
+}
+
 static void test_flow_completes(void **state) {
   flow_t *f = *state;
   open_with(f, "a", "EUR", 100000);
   open_with(f, "b", "EUR", 0);
   request(f, "t-1", "a", "b", EUR(30000), "");
   assert_int_equal(transfer_status(f, "t-1", NULL), BILLING_TRANSFER_COMPLETED);
+  /* Every event the transfer set off carries the request's correlation id. */
+  correlated_t c = {"transfer.request:t-1", 0, 0};
+  assert_int_equal(cqrs_store_read_all(f->mem, 1, SIZE_MAX, count_correlated, &c, NULL), CQRS_OK);
+  assert_int_equal(c.wrong, 0);
+  assert_true(c.seen >= 5); /* requested, withdrawn, deposited, completed, and the process's own */
   assert_int_equal(balance(f, "a"), 70000);
   assert_int_equal(balance(f, "b"), 30000);
   assert_int_equal(total_eur(f), 100000);
