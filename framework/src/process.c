@@ -432,12 +432,23 @@ static void decision_free(cqrs_process_t *p) {
   cqrs__free(p->user);
 }
 
+/* Compares what the state records (its fields), not its bytes: padding and
+ * bytes past a string's end are nobody's business. */
+static bool state_changed(const pm_type_t *pm, const void *before, const void *after) {
+  bson_t a = BSON_INITIALIZER, b = BSON_INITIALIZER;
+  bool changed = cqrs_fields_encode(pm->def->state_fields, before, &a, NULL) ||
+                 cqrs_fields_encode(pm->def->state_fields, after, &b, NULL) || !bson_equal(&a, &b);
+  bson_destroy(&a);
+  bson_destroy(&b);
+  return changed;
+}
+
 /* Records `rec` and what the handler decided on `agg`. */
 static cqrs_code_t record(cqrs_aggregate_t *agg, const pm_type_t *pm, cqrs_process_t *p, const pm_received_t *rec,
                           cqrs_error_t *err) {
   const pm_instance_t *in = cqrs_aggregate_state_const(agg);
   cqrs_code_t rc = cqrs_aggregate_raise(agg, &pm->kinds[0].pub, rec, err);
-  if (!rc && pm->def->state_size && memcmp(in->user, p->user, pm->def->state_size))
+  if (!rc && pm->def->state_size && state_changed(pm, in->user, p->user))
     rc = cqrs_aggregate_raise(agg, &pm->kinds[1].pub, p->user, err);
   for (size_t i = 0; !rc && i < p->nsends; i++)
     rc = cqrs_aggregate_raise(agg, &pm->steps[p->sends[i]].pub, p->payloads[i], err);
