@@ -5,6 +5,7 @@
  * reading the store, then join the feed. */
 #include <stdio.h>
 
+#include "cache-private.h"
 #include "dispatcher-private.h"
 
 #define FEED_BATCH 256
@@ -296,6 +297,7 @@ static void sub_run(sub_t *s) {
 }
 
 static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
+  cqrs__cache_seen(d->cache, e); /* another writer's commit makes the cached state stale */
   for (size_t i = 0; i < d->nsubs; i++) {
     sub_t *s = d->subs[i];
     if (s->state != SUB_LIVE || e->position <= s->position || !sub_wants(s, e)) continue;

@@ -85,6 +85,8 @@ struct cqrs_dispatcher {
 
   dead_letter_t *dead;
   size_t ndead, dead_cap, dead_total;
+
+  struct cqrs__cache *cache; /* NULL: off */
 };
 
 /* bus.c */

@@ -245,33 +245,51 @@ static void overwrite(bson_iter_t *it, const bson_iter_t *s) {
   }
 }
 
+#define PATCH_KEYS 8
+
+/* Where the position's int64 lies: build and patch_doc always write it last,
+ * just before the document's terminating byte. */
+static uint32_t position_offset(const bson_t *doc) { return doc->len - 1 - (uint32_t)sizeof(int64_t); }
+
 /* When every key set is a top-level field already there with the same
- * fixed-size type, overwrites the values where they lie: no rebuild. Two
- * passes over the document (check, then write); `set` is small. */
+ * fixed-size type, overwrites the values where they lie: no rebuild. One
+ * pass over `set` (small), one over the document that stops at the last key
+ * it needs; the position is written at its known offset. */
+/* bson_iter_t is over-aligned: arrays of it need a wrapper. */
+typedef struct slot {
+  bson_iter_t it;
+} slot_t;
+
 static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
-  uint32_t nset = bson_count_keys(set), matched = 0;
-  bool have_pos = false;
-  bson_iter_t s, it;
-  if (nset == 0 || !bson_iter_init(&it, d->doc)) return false;
+  slot_t s[PATCH_KEYS], at[PATCH_KEYS];
+  bson_iter_t it;
+  const char *key[PATCH_KEYS];
+  uint32_t klen[PATCH_KEYS];
+  size_t n = 0, found = 0;
+  if (!bson_iter_init(&it, set)) return false;
   while (bson_iter_next(&it)) {
+    if (n == PATCH_KEYS || !fixed_size(bson_iter_type(&it))) return false;
+    s[n].it = it;
+    key[n] = bson_iter_key(&it);
+    klen[n] = bson_iter_key_len(&it);
+    n++;
+  }
+  if (n == 0 || !bson_iter_init(&it, d->doc)) return false;
+  while (found < n && bson_iter_next(&it)) {
     const char *k = bson_iter_key(&it);
-    if (!strcmp(k, CQRS_RM_POSITION)) {
-      have_pos = BSON_ITER_HOLDS_INT64(&it);
-    } else if (bson_iter_init_find(&s, set, k)) {
-      if (bson_iter_type(&s) != bson_iter_type(&it) || !fixed_size(bson_iter_type(&s))) return false;
-      matched++;
+    uint32_t kl = bson_iter_key_len(&it);
+    for (size_t i = 0; i < n; i++) {
+      if (klen[i] != kl || memcmp(key[i], k, kl)) continue;
+      if (bson_iter_type(&s[i].it) != bson_iter_type(&it)) return false;
+      at[i].it = it;
+      found++;
+      break;
     }
   }
-  if (matched != nset || !have_pos) return false;
-  bson_iter_init(&it, d->doc);
-  while (bson_iter_next(&it)) {
-    const char *k = bson_iter_key(&it);
-    if (!strcmp(k, CQRS_RM_POSITION)) {
-      bson_iter_overwrite_int64(&it, position);
-    } else if (bson_iter_init_find(&s, set, k)) {
-      overwrite(&it, &s);
-    }
-  }
+  if (found != n) return false;
+  for (size_t i = 0; i < n; i++) overwrite(&at[i].it, &s[i].it);
+  uint64_t le = BSON_UINT64_TO_LE((uint64_t)position);
+  memcpy((uint8_t *)(uintptr_t)bson_get_data(d->doc) + position_offset(d->doc), &le, sizeof le);
   d->position = position;
   return true;
 }
