@@ -8,17 +8,21 @@ cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id
     return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks a name or an apply table");
   cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
   if (rc) return rc;
-  cqrs_aggregate_t *agg = cqrs__calloc(1, sizeof *agg);
-  void *state = cqrs__calloc(1, type->state_size ? type->state_size : 1);
-  if (!agg || !state) {
-    cqrs__free(agg);
-    cqrs__free(state);
-    return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an aggregate");
-  }
+  /* One block: the aggregate, room for two pending events, the state. */
+  if (type->state_size > SIZE_MAX - sizeof(cqrs_aggregate_t))
+    return cqrs_error_set(err, CQRS_ETOO_LARGE, "aggregate state too large");
+  cqrs_aggregate_t *agg = cqrs__malloc(sizeof *agg + type->state_size);
+  if (!agg) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an aggregate");
   agg->type = type;
   memcpy(agg->id, id, strlen(id) + 1);
-  agg->state = state;
-  if (type->state_init) type->state_init(state);
+  agg->version = 0;
+  agg->envelope = NULL;
+  agg->pending = agg->pending_inline;
+  agg->pending_count = 0;
+  agg->pending_cap = sizeof agg->pending_inline / sizeof agg->pending_inline[0];
+  agg->state = agg->state_inline;
+  memset(agg->state, 0, type->state_size);
+  if (type->state_init) type->state_init(agg->state);
   *out = agg;
   return CQRS_OK;
 }
@@ -31,9 +35,8 @@ void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg) {
 void cqrs_aggregate_destroy(cqrs_aggregate_t *agg) {
   if (!agg) return;
   cqrs__aggregate_clear_pending(agg);
-  cqrs__free(agg->pending);
+  if (agg->pending != agg->pending_inline) cqrs__free(agg->pending);
   if (agg->type->state_cleanup) agg->type->state_cleanup(agg->state);
-  cqrs__free(agg->state);
   cqrs_envelope_unref(agg->envelope);
   cqrs__free(agg);
 }
@@ -67,9 +70,11 @@ cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t 
     agg->envelope = env;
   }
   if (agg->pending_count == agg->pending_cap) {
-    size_t cap = agg->pending_cap ? agg->pending_cap * 2 : 4;
-    cqrs_event_t **p = cqrs__realloc(agg->pending, cap * sizeof *p);
+    size_t cap = agg->pending_cap * 2;
+    bool inline_ = agg->pending == agg->pending_inline;
+    cqrs_event_t **p = cqrs__realloc(inline_ ? NULL : agg->pending, cap * sizeof *p);
     if (!p) return cqrs_error_set(err, CQRS_ENOMEM, "cannot grow the pending events");
+    if (inline_) memcpy(p, agg->pending_inline, sizeof agg->pending_inline);
     agg->pending = p;
     agg->pending_cap = cap;
   }

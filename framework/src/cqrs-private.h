@@ -44,9 +44,11 @@ struct cqrs_aggregate {
   char id[CQRS_ID_MAX];
   int64_t version;
   const cqrs_envelope_t *envelope; /* for raised events; NULL until needed */
-  cqrs_event_t **pending;
+  cqrs_event_t **pending; /* pending_inline until a command raises more */
   size_t pending_count, pending_cap;
-  void *state;
+  void *state; /* state_inline */
+  cqrs_event_t *pending_inline[2];
+  _Alignas(max_align_t) unsigned char state_inline[];
 };
 
 /* Envelope used by events an aggregate raises from now on (e.g. the command

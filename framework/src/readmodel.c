@@ -85,10 +85,18 @@ cqrs_code_t cqrs_readmodel_find(const cqrs_readmodel_t *rm, const char *coll, co
 
 /* ---- the in-memory read model ---- */
 
+#define MEMO_KEY 24
+
 typedef struct mdoc {
   UT_hash_handle hh;
   bson_t *doc;
   int64_t position;
+  /* Where the last single-key in-place patch wrote: the next patch of the
+   * same key writes there without walking the document. Reset on rebuild. */
+  uint32_t memo_off;
+  uint8_t memo_klen; /* 0: none */
+  uint8_t memo_type;
+  char memo_key[MEMO_KEY];
   char id[CQRS_ID_MAX];
 } mdoc_t;
 
@@ -225,47 +233,57 @@ static bool fixed_size(bson_type_t t) {
          t == BSON_TYPE_DATE_TIME;
 }
 
-static void overwrite(bson_iter_t *it, const bson_iter_t *s) {
+/* Writes the fixed-size value `s` holds at byte `off` of `doc`, in place. */
+static void write_fixed(bson_t *doc, uint32_t off, const bson_iter_t *s) {
+  uint8_t *p = (uint8_t *)(uintptr_t)bson_get_data(doc) + off;
+  uint64_t v8;
+  uint32_t v4;
+  double dv;
   switch (bson_iter_type(s)) {
-  case BSON_TYPE_INT64:
-    bson_iter_overwrite_int64(it, bson_iter_int64(s));
-    break;
   case BSON_TYPE_INT32:
-    bson_iter_overwrite_int32(it, bson_iter_int32(s));
-    break;
-  case BSON_TYPE_DOUBLE:
-    bson_iter_overwrite_double(it, bson_iter_double(s));
-    break;
+    v4 = BSON_UINT32_TO_LE((uint32_t)bson_iter_int32(s));
+    memcpy(p, &v4, sizeof v4);
+    return;
   case BSON_TYPE_BOOL:
-    bson_iter_overwrite_bool(it, bson_iter_bool(s));
+    *p = bson_iter_bool(s) ? 1 : 0;
+    return;
+  case BSON_TYPE_DOUBLE:
+    dv = bson_iter_double(s);
+    memcpy(&v8, &dv, sizeof v8);
+    break;
+  case BSON_TYPE_INT64:
+    v8 = (uint64_t)bson_iter_int64(s);
     break;
   default:
-    bson_iter_overwrite_date_time(it, bson_iter_date_time(s));
+    v8 = (uint64_t)bson_iter_date_time(s);
     break;
   }
+  v8 = BSON_UINT64_TO_LE(v8);
+  memcpy(p, &v8, sizeof v8);
 }
 
 #define PATCH_KEYS 8
 
-/* Where the position's int64 lies: build and patch_doc always write it last,
- * just before the document's terminating byte. */
+/* build and patch_doc always write the position last, just before the
+ * document's terminating byte. */
 static uint32_t position_offset(const bson_t *doc) { return doc->len - 1 - (uint32_t)sizeof(int64_t); }
 
-/* When every key set is a top-level field already there with the same
- * fixed-size type, overwrites the values where they lie: no rebuild. One
- * pass over `set` (small), one over the document that stops at the last key
- * it needs; the position is written at its known offset. */
 /* bson_iter_t is over-aligned: arrays of it need a wrapper. */
 typedef struct slot {
   bson_iter_t it;
 } slot_t;
 
+/* When every key set is a top-level field already there with the same
+ * fixed-size type, overwrites the values where they lie: no rebuild. One
+ * pass over `set` (small); one over the document that stops at the last key
+ * it needs, or none when the key is the one patched last time; the position
+ * is written at its known offset. */
 static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
-  slot_t s[PATCH_KEYS], at[PATCH_KEYS];
-  bson_iter_t it;
+  slot_t s[PATCH_KEYS];
+  uint32_t off[PATCH_KEYS], klen[PATCH_KEYS];
   const char *key[PATCH_KEYS];
-  uint32_t klen[PATCH_KEYS];
   size_t n = 0, found = 0;
+  bson_iter_t it;
   if (!bson_iter_init(&it, set)) return false;
   while (bson_iter_next(&it)) {
     if (n == PATCH_KEYS || !fixed_size(bson_iter_type(&it))) return false;
@@ -274,22 +292,34 @@ static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
     klen[n] = bson_iter_key_len(&it);
     n++;
   }
+  if (n == 1 && d->memo_klen == klen[0] && d->memo_type == (uint8_t)bson_iter_type(&s[0].it) &&
+      !memcmp(d->memo_key, key[0], klen[0])) {
+    off[0] = d->memo_off;
+    found = 1;
+  }
   if (n == 0 || !bson_iter_init(&it, d->doc)) return false;
+  const uint8_t *base = bson_get_data(d->doc);
   while (found < n && bson_iter_next(&it)) {
     const char *k = bson_iter_key(&it);
     uint32_t kl = bson_iter_key_len(&it);
     for (size_t i = 0; i < n; i++) {
       if (klen[i] != kl || memcmp(key[i], k, kl)) continue;
       if (bson_iter_type(&s[i].it) != bson_iter_type(&it)) return false;
-      at[i].it = it;
+      off[i] = (uint32_t)((const uint8_t *)k - base) + kl + 1;
       found++;
       break;
     }
   }
   if (found != n) return false;
-  for (size_t i = 0; i < n; i++) overwrite(&at[i].it, &s[i].it);
+  for (size_t i = 0; i < n; i++) write_fixed(d->doc, off[i], &s[i].it);
+  if (n == 1 && klen[0] < MEMO_KEY) {
+    d->memo_off = off[0];
+    d->memo_klen = (uint8_t)klen[0];
+    d->memo_type = (uint8_t)bson_iter_type(&s[0].it);
+    memcpy(d->memo_key, key[0], klen[0]);
+  }
   uint64_t le = BSON_UINT64_TO_LE((uint64_t)position);
-  memcpy((uint8_t *)(uintptr_t)bson_get_data(d->doc) + position_offset(d->doc), &le, sizeof le);
+  memcpy((uint8_t *)(uintptr_t)base + position_offset(d->doc), &le, sizeof le);
   d->position = position;
   return true;
 }
@@ -308,6 +338,7 @@ static void patch_doc(mdoc_t *d, const bson_t *set, int64_t position) {
   bson_destroy(d->doc);
   d->doc = out;
   d->position = position;
+  d->memo_klen = 0;
 }
 
 static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const bson_t *doc, int64_t position,
@@ -337,6 +368,7 @@ static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const b
       if (d->doc) bson_destroy(d->doc);
       d->doc = build(id, doc, position);
       d->position = position;
+      d->memo_klen = 0;
       *applied = true;
     }
   }

@@ -24,10 +24,8 @@ static void load_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg) {
     void *state = cqrs__calloc(1, type->state_size ? type->state_size : 1);
     if (state && cqrs_fields_decode(type->snapshot_fields, &snap.state, state, NULL) == CQRS_OK) {
       if (type->state_cleanup) type->state_cleanup(agg->state);
-      cqrs__free(agg->state);
-      agg->state = state;
+      memcpy(agg->state, state, type->state_size);
       agg->version = snap.version;
-      state = NULL;
     }
     cqrs__free(state);
   }

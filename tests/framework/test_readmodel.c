@@ -108,6 +108,31 @@ static void test_patch_in_place_and_rebuilt_agree(void **state) {
   bson_destroy(set);
 }
 
+/* A key patched again is written where it was last time, until a rebuild
+ * moves it. */
+static void test_repeated_patch_follows_rebuilds(void **state) {
+  cqrs_readmodel_t *rm = *state;
+  put(rm, "a", "{\"n\":\"x\",\"balance\":{\"$numberLong\":\"5\"}}", 1, true);
+  char one[64], buf[64];
+  for (int64_t p = 2; p <= 4; p++) {
+    snprintf(one, sizeof one, "{\"balance\":{\"$numberLong\":\"%lld\"}}", (long long)(p * 10));
+    bson_t *set = json(one);
+    assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, p, NULL, NULL), CQRS_OK);
+    bson_destroy(set);
+    assert_int_equal(get_int(rm, "a", "balance"), p * 10);
+    assert_int_equal(get_int(rm, "a", CQRS_RM_POSITION), p);
+  }
+  bson_t *set = json("{\"n\":\"a longer string moves the balance\"}");
+  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, 5, NULL, NULL), CQRS_OK);
+  bson_destroy(set);
+  set = json("{\"balance\":{\"$numberLong\":\"60\"}}");
+  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, 6, NULL, NULL), CQRS_OK);
+  bson_destroy(set);
+  assert_int_equal(get_int(rm, "a", "balance"), 60);
+  assert_string_equal(get_str(rm, "a", "n", buf, sizeof buf), "a longer string moves the balance");
+  assert_int_equal(get_int(rm, "a", CQRS_RM_POSITION), 6);
+}
+
 static void test_patch_sets_dotted_paths(void **state) {
   cqrs_readmodel_t *rm = *state;
   put(rm, "i1", "{\"customer\":{\"id\":\"c1\",\"name\":\"Acme\",\"email\":\"a@x\"},\"status\":\"pending\"}", 1, true);
@@ -201,6 +226,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_get_and_idempotence, setup, teardown),
       cmocka_unit_test_setup_teardown(test_patch_sets_dotted_paths, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_repeated_patch_follows_rebuilds, setup, teardown),
       cmocka_unit_test_setup_teardown(test_patch_in_place_and_rebuilt_agree, setup, teardown),
       cmocka_unit_test_setup_teardown(test_find_filters_sorts_and_limits, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
