@@ -1,22 +1,34 @@
 #include "cqrs-private.h"
 
-cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
-                               cqrs_error_t *err) {
+#define POOL_MAX 64
+#define STATE_ROOM 256 /* pooled blocks hold states up to this size */
+
+cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggregate_type_t *type, const char *id,
+                                       cqrs_aggregate_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!type || !type->name || !type->apply)
     return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks a name or an apply table");
   cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
   if (rc) return rc;
-  /* One block: the aggregate, room for two pending events, the state. */
   if (type->state_size > SIZE_MAX - sizeof(cqrs_aggregate_t))
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "aggregate state too large");
-  cqrs_aggregate_t *agg = cqrs__malloc(sizeof *agg + type->state_size);
-  if (!agg) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an aggregate");
+  /* One block: the aggregate, room for two pending events, the state. */
+  cqrs_aggregate_t *agg = NULL;
+  if (pool && pool->head && pool->head->state_cap >= type->state_size) {
+    agg = pool->head;
+    pool->head = agg->next_free;
+    pool->n--;
+  } else {
+    size_t cap = pool && type->state_size < STATE_ROOM ? STATE_ROOM : type->state_size;
+    if (!(agg = cqrs__malloc(sizeof *agg + cap))) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an aggregate");
+    agg->state_cap = cap;
+  }
   agg->type = type;
   memcpy(agg->id, id, strlen(id) + 1);
   agg->version = 0;
   agg->envelope = NULL;
+  agg->next_free = NULL;
   agg->pending = agg->pending_inline;
   agg->pending_count = 0;
   agg->pending_cap = sizeof agg->pending_inline / sizeof agg->pending_inline[0];
@@ -27,19 +39,41 @@ cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id
   return CQRS_OK;
 }
 
+cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
+                               cqrs_error_t *err) {
+  return cqrs__aggregate_new_pooled(NULL, type, id, out, err);
+}
+
 void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg) {
   for (size_t i = 0; i < agg->pending_count; i++) cqrs_event_unref(agg->pending[i]);
   agg->pending_count = 0;
 }
 
-void cqrs_aggregate_destroy(cqrs_aggregate_t *agg) {
+void cqrs__aggregate_release(cqrs__agg_pool_t *pool, cqrs_aggregate_t *agg) {
   if (!agg) return;
   cqrs__aggregate_clear_pending(agg);
   if (agg->pending != agg->pending_inline) cqrs__free(agg->pending);
   if (agg->type->state_cleanup) agg->type->state_cleanup(agg->state);
   cqrs_envelope_unref(agg->envelope);
+  if (pool && pool->n < POOL_MAX && agg->state_cap >= STATE_ROOM) {
+    agg->next_free = pool->head;
+    pool->head = agg;
+    pool->n++;
+    return;
+  }
   cqrs__free(agg);
 }
+
+void cqrs__agg_pool_free(cqrs__agg_pool_t *pool) {
+  while (pool->head) {
+    cqrs_aggregate_t *agg = pool->head;
+    pool->head = agg->next_free;
+    cqrs__free(agg);
+  }
+  pool->n = 0;
+}
+
+void cqrs_aggregate_destroy(cqrs_aggregate_t *agg) { cqrs__aggregate_release(NULL, agg); }
 
 void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env) {
   cqrs_envelope_unref(agg->envelope);

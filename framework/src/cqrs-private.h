@@ -47,9 +47,24 @@ struct cqrs_aggregate {
   cqrs_event_t **pending; /* pending_inline until a command raises more */
   size_t pending_count, pending_cap;
   void *state; /* state_inline */
+  size_t state_cap; /* room in state_inline */
+  struct cqrs_aggregate *next_free;
   cqrs_event_t *pending_inline[2];
   _Alignas(max_align_t) unsigned char state_inline[];
 };
+
+/* Aggregates kept for reuse by one thread (the dispatcher's loop thread), so
+ * that a command allocates none. */
+typedef struct cqrs__agg_pool {
+  cqrs_aggregate_t *head;
+  size_t n;
+} cqrs__agg_pool_t;
+/* cqrs_aggregate_new, taking a block from `pool` (may be NULL) when it can. */
+cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggregate_type_t *type, const char *id,
+                                       cqrs_aggregate_t **out, cqrs_error_t *err);
+/* cqrs_aggregate_destroy, keeping the block in `pool` (may be NULL). */
+void cqrs__aggregate_release(cqrs__agg_pool_t *pool, cqrs_aggregate_t *agg);
+void cqrs__agg_pool_free(cqrs__agg_pool_t *pool);
 
 /* Envelope used by events an aggregate raises from now on (e.g. the command
  * being handled); NULL ids mean "set at commit". Takes a reference. */
@@ -61,6 +76,9 @@ void cqrs__aggregate_committed(cqrs_aggregate_t *agg);
 void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg);
 
 cqrs_event_t *cqrs__event_mut(const cqrs_event_t *e);
+/* cqrs_envelope_new for strings known valid: non-NULL, within their caps. */
+cqrs_code_t cqrs__envelope_make(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
+                                const char *correlation_id, cqrs_envelope_t **out, cqrs_error_t *err);
 const cqrs_envelope_t *cqrs__envelope_ref(const cqrs_envelope_t *env);
 
 struct cqrs_store {

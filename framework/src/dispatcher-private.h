@@ -87,6 +87,7 @@ struct cqrs_dispatcher {
   size_t ndead, dead_cap, dead_total;
 
   struct cqrs__cache *cache; /* NULL: off */
+  cqrs__agg_pool_t free_aggs; /* loop thread only */
 };
 
 /* bus.c */

@@ -277,11 +277,14 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "a command may load at most %d aggregates", CTX_MAX_AGGREGATES);
   lock_aggregate(ctx, type->name, id);
   cqrs_aggregate_t *agg;
-  if ((rc = cqrs__repository_load_cached(ctx->d->store, ctx->d->cache, type, id, &agg, err))) return rc;
+  cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
+  if ((rc = cqrs__repository_load_cached(ctx->d->store, ctx->d->cache, pool, type, id, &agg, err))) return rc;
   cqrs_envelope_t *env;
-  rc = cqrs_envelope_new(type->name, id, ctx->cmd->id, ctx->cmd->correlation_id, &env, err);
+  const char *corr = *ctx->cmd->correlation_id ? ctx->cmd->correlation_id : ctx->cmd->id;
+  rc = cqrs__check_str(type->name, CQRS_NAME_MAX, "aggregate type", err);
+  if (!rc) rc = cqrs__envelope_make(type->name, id, ctx->cmd->id, corr, &env, err);
   if (rc) {
-    cqrs_aggregate_destroy(agg);
+    cqrs__aggregate_release(pool, agg);
     return rc;
   }
   cqrs__aggregate_set_envelope(agg, env);
@@ -302,7 +305,8 @@ cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqr
 const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx) { return ctx ? ctx->cmd : NULL; }
 
 static void context_reset(cqrs_context_t *ctx) {
-  for (size_t i = 0; i < ctx->naggs; i++) cqrs_aggregate_destroy(ctx->aggs[i]);
+  cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
+  for (size_t i = 0; i < ctx->naggs; i++) cqrs__aggregate_release(pool, ctx->aggs[i]);
   ctx->naggs = 0;
   unlock_aggregates(ctx);
   if (ctx->value) bson_destroy(ctx->value);
@@ -471,6 +475,7 @@ static void handle_closed(uv_handle_t *h) {
   uv_mutex_destroy(&d->inbox_lock);
   for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
   cqrs__cache_destroy(d->cache);
+  cqrs__agg_pool_free(&d->free_aggs);
   cqrs__free(d);
   if (cb) cb(data);
 }

@@ -35,8 +35,15 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
   if (!correlation_id || !*correlation_id) correlation_id = causation_id;
   if (strnlen(causation_id, CQRS_ID_MAX) >= CQRS_ID_MAX || strnlen(correlation_id, CQRS_ID_MAX) >= CQRS_ID_MAX)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "causation or correlation id too long");
+  return cqrs__envelope_make(aggregate_type, aggregate_id, causation_id, correlation_id, out, err);
+}
+
+cqrs_code_t cqrs__envelope_make(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
+                                const char *correlation_id, cqrs_envelope_t **out, cqrs_error_t *err) {
+  /* Most commands start their own conversation: one copy of the id serves. */
+  bool same = !strcmp(causation_id, correlation_id);
   size_t lt = strlen(aggregate_type) + 1, li = strlen(aggregate_id) + 1, lc = strlen(causation_id) + 1,
-         lr = strlen(correlation_id) + 1;
+         lr = same ? 0 : strlen(correlation_id) + 1;
   cqrs__envelope_t *b = cqrs__malloc(sizeof *b + lt + li + lc + lr);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an envelope");
   atomic_init(&b->refs, 1);
@@ -47,7 +54,7 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
   p += li;
   b->pub.causation_id = memcpy(p, causation_id, lc);
   p += lc;
-  b->pub.correlation_id = memcpy(p, correlation_id, lr);
+  b->pub.correlation_id = same ? b->pub.causation_id : memcpy(p, correlation_id, lr);
   *out = &b->pub;
   return CQRS_OK;
 }

@@ -109,6 +109,7 @@ typedef struct mcoll {
 typedef struct memrm {
   uv_rwlock_t lock;
   mcoll_t *colls;
+  mcoll_t *last; /* the collection a writer used last; written under the write lock */
 } memrm_t;
 
 static mcoll_t *get_coll(memrm_t *m, const char *name, bool create) {
@@ -122,6 +123,15 @@ static mcoll_t *get_coll(memrm_t *m, const char *name, bool create) {
       c = NULL;
     }
   }
+  return c;
+}
+
+/* get_coll for writers (the write lock held): a projection writes one
+ * collection after another, so the last one is checked first. */
+static mcoll_t *get_coll_w(memrm_t *m, const char *name, bool create) {
+  if (m->last && !strcmp(m->last->name, name)) return m->last;
+  mcoll_t *c = get_coll(m, name, create);
+  if (c) m->last = c;
   return c;
 }
 
@@ -346,7 +356,7 @@ static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const b
   memrm_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
   uv_rwlock_wrlock(&m->lock);
-  mcoll_t *c = get_coll(m, coll, true);
+  mcoll_t *c = get_coll_w(m, coll, true);
   mdoc_t *d = NULL;
   if (c) HASH_FIND_STR(c->docs, id, d);
   if (!c) {
@@ -381,7 +391,7 @@ static cqrs_code_t mrm_patch(void *impl, const char *coll, const char *id, const
   memrm_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
   uv_rwlock_wrlock(&m->lock);
-  mcoll_t *c = get_coll(m, coll, false);
+  mcoll_t *c = get_coll_w(m, coll, false);
   mdoc_t *d = NULL;
   if (c) HASH_FIND_STR(c->docs, id, d);
   if (!d) {
@@ -448,7 +458,7 @@ static cqrs_code_t mrm_patch_where(void *impl, const char *coll, const bson_t *f
   CQRS__UNUSED(err);
   memrm_t *m = impl;
   uv_rwlock_wrlock(&m->lock);
-  mcoll_t *c = get_coll(m, coll, false);
+  mcoll_t *c = get_coll_w(m, coll, false);
   if (c) {
     for (mdoc_t *d = c->docs; d; d = d->hh.next) {
       if (d->position < position && matches(d->doc, filter)) {

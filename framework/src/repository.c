@@ -40,17 +40,18 @@ static cqrs_code_t load_from_store(cqrs_store_t *store, cqrs_aggregate_t *agg, c
   return rc ? rc : r.rc;
 }
 
-cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cache, const cqrs_aggregate_type_t *type,
-                                         const char *id, cqrs_aggregate_t **out, cqrs_error_t *err) {
+cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
+                                         const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
+                                         cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!store) return cqrs_error_set(err, CQRS_EINVAL, "store is NULL");
   cqrs_aggregate_t *agg;
-  cqrs_code_t rc = cqrs_aggregate_new(type, id, &agg, err);
+  cqrs_code_t rc = cqrs__aggregate_new_pooled(pool, type, id, &agg, err);
   if (rc) return rc;
   if (!cqrs__cache_get(cache, agg)) {
     if ((rc = load_from_store(store, agg, err))) {
-      cqrs_aggregate_destroy(agg);
+      cqrs__aggregate_release(pool, agg);
       return rc;
     }
     cqrs__cache_put(cache, agg);
@@ -61,7 +62,7 @@ cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cac
 
 cqrs_code_t cqrs_repository_load(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id,
                                  cqrs_aggregate_t **out, cqrs_error_t *err) {
-  return cqrs__repository_load_cached(store, NULL, type, id, out, err);
+  return cqrs__repository_load_cached(store, NULL, NULL, type, id, out, err);
 }
 
 /* Gives the pending events an envelope naming their cause. */
