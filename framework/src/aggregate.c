@@ -28,6 +28,7 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
   memcpy(agg->id, id, strlen(id) + 1);
   agg->version = 0;
   agg->envelope = NULL;
+  agg->cause_id = agg->correlation_id = NULL;
   agg->next_free = NULL;
   agg->pending = agg->pending_inline;
   agg->pending_count = 0;
@@ -75,6 +76,11 @@ void cqrs__agg_pool_free(cqrs__agg_pool_t *pool) {
 
 void cqrs_aggregate_destroy(cqrs_aggregate_t *agg) { cqrs__aggregate_release(NULL, agg); }
 
+void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, const char *correlation_id) {
+  agg->cause_id = cause_id;
+  agg->correlation_id = correlation_id;
+}
+
 void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env) {
   cqrs_envelope_unref(agg->envelope);
   agg->envelope = env;
@@ -98,10 +104,8 @@ cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t 
       return cqrs_error_set(err, CQRS_EINVAL, "event %.64s: %.180s", type->name, e.message);
   }
   if (!agg->envelope) {
-    cqrs_envelope_t *env;
-    cqrs_code_t rc = cqrs_envelope_new(agg->type->name, agg->id, NULL, NULL, &env, err);
+    cqrs_code_t rc = cqrs__check_str(agg->type->name, CQRS_NAME_MAX, "aggregate type", err);
     if (rc) return rc;
-    agg->envelope = env;
   }
   if (agg->pending_count == agg->pending_cap) {
     size_t cap = agg->pending_cap * 2;
@@ -114,7 +118,17 @@ cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t 
   }
   cqrs_event_t *e;
   int64_t version = agg->version + (int64_t)agg->pending_count + 1;
-  cqrs_code_t rc = cqrs_event_new(type, agg->envelope, NULL, version, cqrs_now_ms(), payload, &e, err);
+  cqrs_code_t rc;
+  if (agg->envelope) {
+    rc = cqrs_event_new(type, agg->envelope, NULL, version, cqrs_now_ms(), payload, &e, err);
+  } else {
+    /* The first event of a command carries the commit's envelope. */
+    const char *cause = agg->cause_id ? agg->cause_id : "";
+    const char *corr = agg->correlation_id && *agg->correlation_id ? agg->correlation_id : cause;
+    rc = cqrs__event_new_hosting(type, agg->type->name, agg->id, cause, corr, version, cqrs_now_ms(), payload, &e,
+                                 err);
+    if (!rc) agg->envelope = cqrs__envelope_ref(e->envelope);
+  }
   if (rc) return rc;
   apply_to_state(agg, e);
   agg->pending[agg->pending_count++] = e;

@@ -279,15 +279,7 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   cqrs_aggregate_t *agg;
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
   if ((rc = cqrs__repository_load_cached(ctx->d->store, ctx->d->cache, pool, type, id, &agg, err))) return rc;
-  cqrs_envelope_t *env;
-  const char *corr = *ctx->cmd->correlation_id ? ctx->cmd->correlation_id : ctx->cmd->id;
-  rc = cqrs__check_str(type->name, CQRS_NAME_MAX, "aggregate type", err);
-  if (!rc) rc = cqrs__envelope_make(type->name, id, ctx->cmd->id, corr, &env, err);
-  if (rc) {
-    cqrs__aggregate_release(pool, agg);
-    return rc;
-  }
-  cqrs__aggregate_set_envelope(agg, env);
+  cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
   ctx->aggs[ctx->naggs++] = agg;
   *out = agg;
   return CQRS_OK;

@@ -74,9 +74,7 @@ static cqrs_code_t stamp_cause(cqrs_aggregate_t *agg, const cqrs_cause_t *cause,
   cqrs_code_t rc = cqrs_envelope_new(agg->type->name, agg->id, cause->command_id, corr, &env, err);
   if (rc) return rc;
   for (size_t i = 0; i < agg->pending_count; i++) {
-    cqrs_event_t *e = agg->pending[i];
-    cqrs_envelope_unref(e->envelope);
-    e->envelope = cqrs__envelope_ref(env);
+    cqrs__event_set_envelope(agg->pending[i], env);
   }
   cqrs__aggregate_set_envelope(agg, env);
   return CQRS_OK;
