@@ -26,6 +26,11 @@ void cqrs_readmodel_destroy(cqrs_readmodel_t *rm) {
 
 bool cqrs_readmodel_blocking(const cqrs_readmodel_t *rm) { return rm && rm->ops->blocking; }
 
+static const cqrs_readmodel_ops_t mrm_ops;
+typedef struct memrm memrm_t;
+static cqrs_code_t mrm_set_int64(memrm_t *m, const char *coll, const char *id, const char *key, int64_t value,
+                                 int64_t position, bool *applied, cqrs_error_t *err);
+
 static cqrs_code_t check(const void *rm, const char *coll, const char *id, bool need_id, int64_t position,
                          cqrs_error_t *err) {
   if (!rm) return cqrs_error_set(err, CQRS_EINVAL, "read model is NULL");
@@ -55,6 +60,22 @@ cqrs_code_t cqrs_readmodel_patch(cqrs_readmodel_t *rm, const char *coll, const c
   if (rc) return rc;
   if (!set) return cqrs_error_set(err, CQRS_EINVAL, "patch is NULL");
   return rm->ops->patch(rm->impl, coll, id, set, position, applied, err);
+}
+
+cqrs_code_t cqrs_readmodel_set_int64(cqrs_readmodel_t *rm, const char *coll, const char *id, const char *key,
+                                     int64_t value, int64_t position, bool *applied, cqrs_error_t *err) {
+  bool dummy;
+  if (!applied) applied = &dummy;
+  *applied = false;
+  cqrs_code_t rc = check(rm, coll, id, true, position, err);
+  if (rc) return rc;
+  if (!key || !*key) return cqrs_error_set(err, CQRS_EINVAL, "key is NULL or empty");
+  if (rm->ops == &mrm_ops) return mrm_set_int64(rm->impl, coll, id, key, value, position, applied, err);
+  bson_t set = BSON_INITIALIZER;
+  if (!BSON_APPEND_INT64(&set, key, value)) rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "key too long");
+  if (!rc) rc = rm->ops->patch(rm->impl, coll, id, &set, position, applied, err);
+  bson_destroy(&set);
+  return rc;
 }
 
 cqrs_code_t cqrs_readmodel_patch_where(cqrs_readmodel_t *rm, const char *coll, const bson_t *filter,
@@ -106,11 +127,11 @@ typedef struct mcoll {
   char name[CQRS_NAME_MAX];
 } mcoll_t;
 
-typedef struct memrm {
+struct memrm {
   uv_rwlock_t lock;
   mcoll_t *colls;
   mcoll_t *last; /* the collection a writer used last; written under the write lock */
-} memrm_t;
+};
 
 static mcoll_t *get_coll(memrm_t *m, const char *name, bool create) {
   mcoll_t *c;
@@ -243,40 +264,77 @@ static bool fixed_size(bson_type_t t) {
          t == BSON_TYPE_DATE_TIME;
 }
 
+static void write_u64(bson_t *doc, uint32_t off, uint64_t v) {
+  v = BSON_UINT64_TO_LE(v);
+  memcpy((uint8_t *)(uintptr_t)bson_get_data(doc) + off, &v, sizeof v);
+}
+
 /* Writes the fixed-size value `s` holds at byte `off` of `doc`, in place. */
 static void write_fixed(bson_t *doc, uint32_t off, const bson_iter_t *s) {
   uint8_t *p = (uint8_t *)(uintptr_t)bson_get_data(doc) + off;
-  uint64_t v8;
   uint32_t v4;
   double dv;
+  uint64_t v8;
   switch (bson_iter_type(s)) {
   case BSON_TYPE_INT32:
     v4 = BSON_UINT32_TO_LE((uint32_t)bson_iter_int32(s));
     memcpy(p, &v4, sizeof v4);
-    return;
+    break;
   case BSON_TYPE_BOOL:
     *p = bson_iter_bool(s) ? 1 : 0;
-    return;
+    break;
   case BSON_TYPE_DOUBLE:
     dv = bson_iter_double(s);
     memcpy(&v8, &dv, sizeof v8);
+    write_u64(doc, off, v8);
     break;
   case BSON_TYPE_INT64:
-    v8 = (uint64_t)bson_iter_int64(s);
+    write_u64(doc, off, (uint64_t)bson_iter_int64(s));
     break;
   default:
-    v8 = (uint64_t)bson_iter_date_time(s);
+    write_u64(doc, off, (uint64_t)bson_iter_date_time(s));
     break;
   }
-  v8 = BSON_UINT64_TO_LE(v8);
-  memcpy(p, &v8, sizeof v8);
 }
 
 #define PATCH_KEYS 8
 
 /* build and patch_doc always write the position last, just before the
  * document's terminating byte. */
-static uint32_t position_offset(const bson_t *doc) { return doc->len - 1 - (uint32_t)sizeof(int64_t); }
+static void write_position(mdoc_t *d, int64_t position) {
+  write_u64(d->doc, d->doc->len - 1 - (uint32_t)sizeof(int64_t), (uint64_t)position);
+  d->position = position;
+}
+
+static void remember(mdoc_t *d, const char *key, uint32_t klen, bson_type_t type, uint32_t off) {
+  if (klen >= MEMO_KEY) return;
+  d->memo_off = off;
+  d->memo_klen = (uint8_t)klen;
+  d->memo_type = (uint8_t)type;
+  memcpy(d->memo_key, key, klen);
+}
+
+/* The offset of the value of top-level `key` when it has type `type`: where
+ * the last in-place write of that key went, else found by a walk that stops
+ * at the key. */
+static bool locate(mdoc_t *d, const char *key, uint32_t klen, bson_type_t type, uint32_t *off) {
+  if (d->memo_klen == klen && d->memo_type == (uint8_t)type && !memcmp(d->memo_key, key, klen)) {
+    *off = d->memo_off;
+    return true;
+  }
+  bson_iter_t it;
+  if (!bson_iter_init(&it, d->doc)) return false;
+  const uint8_t *base = bson_get_data(d->doc);
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (bson_iter_key_len(&it) != klen || memcmp(k, key, klen)) continue;
+    if (bson_iter_type(&it) != type) return false;
+    *off = (uint32_t)((const uint8_t *)k - base) + klen + 1;
+    remember(d, key, klen, type, *off);
+    return true;
+  }
+  return false;
+}
 
 /* bson_iter_t is over-aligned: arrays of it need a wrapper. */
 typedef struct slot {
@@ -285,9 +343,9 @@ typedef struct slot {
 
 /* When every key set is a top-level field already there with the same
  * fixed-size type, overwrites the values where they lie: no rebuild. One
- * pass over `set` (small); one over the document that stops at the last key
- * it needs, or none when the key is the one patched last time; the position
- * is written at its known offset. */
+ * pass over `set` (small); one key is located as above, several by one walk
+ * of the document that stops at the last it needs; the position is written
+ * at its known offset. */
 static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
   slot_t s[PATCH_KEYS];
   uint32_t off[PATCH_KEYS], klen[PATCH_KEYS];
@@ -302,9 +360,8 @@ static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
     klen[n] = bson_iter_key_len(&it);
     n++;
   }
-  if (n == 1 && d->memo_klen == klen[0] && d->memo_type == (uint8_t)bson_iter_type(&s[0].it) &&
-      !memcmp(d->memo_key, key[0], klen[0])) {
-    off[0] = d->memo_off;
+  if (n == 1) {
+    if (!locate(d, key[0], klen[0], bson_iter_type(&s[0].it), &off[0])) return false;
     found = 1;
   }
   if (n == 0 || !bson_iter_init(&it, d->doc)) return false;
@@ -322,15 +379,7 @@ static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
   }
   if (found != n) return false;
   for (size_t i = 0; i < n; i++) write_fixed(d->doc, off[i], &s[i].it);
-  if (n == 1 && klen[0] < MEMO_KEY) {
-    d->memo_off = off[0];
-    d->memo_klen = (uint8_t)klen[0];
-    d->memo_type = (uint8_t)bson_iter_type(&s[0].it);
-    memcpy(d->memo_key, key[0], klen[0]);
-  }
-  uint64_t le = BSON_UINT64_TO_LE((uint64_t)position);
-  memcpy((uint8_t *)(uintptr_t)base + position_offset(d->doc), &le, sizeof le);
-  d->position = position;
+  write_position(d, position);
   return true;
 }
 
@@ -381,6 +430,33 @@ static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const b
       d->memo_klen = 0;
       *applied = true;
     }
+  }
+  uv_rwlock_wrunlock(&m->lock);
+  return rc;
+}
+
+/* cqrs_readmodel_set_int64 in memory: no BSON built when the field is there. */
+static cqrs_code_t mrm_set_int64(memrm_t *m, const char *coll, const char *id, const char *key, int64_t value,
+                                 int64_t position, bool *applied, cqrs_error_t *err) {
+  cqrs_code_t rc = CQRS_OK;
+  uv_rwlock_wrlock(&m->lock);
+  mcoll_t *c = get_coll_w(m, coll, false);
+  mdoc_t *d = NULL;
+  if (c) HASH_FIND_STR(c->docs, id, d);
+  uint32_t off;
+  if (!d) {
+    rc = cqrs_error_set(err, CQRS_ENOT_FOUND, "%s/%s does not exist", coll, id);
+  } else if (d->position < position) {
+    if (locate(d, key, (uint32_t)strlen(key), BSON_TYPE_INT64, &off)) {
+      write_u64(d->doc, off, (uint64_t)value);
+      write_position(d, position);
+    } else {
+      bson_t set = BSON_INITIALIZER;
+      BSON_APPEND_INT64(&set, key, value);
+      patch_doc(d, &set, position);
+      bson_destroy(&set);
+    }
+    *applied = true;
   }
   uv_rwlock_wrunlock(&m->lock);
   return rc;
