@@ -1,26 +1,48 @@
 #include "cqrs-private.h"
 
-cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
-                               cqrs_error_t *err) {
+#define POOL_MAX 64
+#define STATE_ROOM 256 /* pooled blocks hold states up to this size */
+
+cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggregate_type_t *type, const char *id,
+                                       cqrs_aggregate_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!type || !type->name || !type->apply)
     return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks a name or an apply table");
   cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
   if (rc) return rc;
-  cqrs_aggregate_t *agg = cqrs__calloc(1, sizeof *agg);
-  void *state = cqrs__calloc(1, type->state_size ? type->state_size : 1);
-  if (!agg || !state) {
-    cqrs__free(agg);
-    cqrs__free(state);
-    return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an aggregate");
+  if (type->state_size > SIZE_MAX - sizeof(cqrs_aggregate_t))
+    return cqrs_error_set(err, CQRS_ETOO_LARGE, "aggregate state too large");
+  /* One block: the aggregate, room for two pending events, the state. */
+  cqrs_aggregate_t *agg = NULL;
+  if (pool && pool->head && pool->head->state_cap >= type->state_size) {
+    agg = pool->head;
+    pool->head = agg->next_free;
+    pool->n--;
+  } else {
+    size_t cap = pool && type->state_size < STATE_ROOM ? STATE_ROOM : type->state_size;
+    if (!(agg = cqrs__malloc(sizeof *agg + cap))) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an aggregate");
+    agg->state_cap = cap;
   }
   agg->type = type;
   memcpy(agg->id, id, strlen(id) + 1);
-  agg->state = state;
-  if (type->state_init) type->state_init(state);
+  agg->version = 0;
+  agg->envelope = NULL;
+  agg->cause_id = agg->correlation_id = NULL;
+  agg->next_free = NULL;
+  agg->pending = agg->pending_inline;
+  agg->pending_count = 0;
+  agg->pending_cap = sizeof agg->pending_inline / sizeof agg->pending_inline[0];
+  agg->state = agg->state_inline;
+  memset(agg->state, 0, type->state_size);
+  if (type->state_init) type->state_init(agg->state);
   *out = agg;
   return CQRS_OK;
+}
+
+cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
+                               cqrs_error_t *err) {
+  return cqrs__aggregate_new_pooled(NULL, type, id, out, err);
 }
 
 void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg) {
@@ -28,14 +50,35 @@ void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg) {
   agg->pending_count = 0;
 }
 
-void cqrs_aggregate_destroy(cqrs_aggregate_t *agg) {
+void cqrs__aggregate_release(cqrs__agg_pool_t *pool, cqrs_aggregate_t *agg) {
   if (!agg) return;
   cqrs__aggregate_clear_pending(agg);
-  cqrs__free(agg->pending);
+  if (agg->pending != agg->pending_inline) cqrs__free(agg->pending);
   if (agg->type->state_cleanup) agg->type->state_cleanup(agg->state);
-  cqrs__free(agg->state);
   cqrs_envelope_unref(agg->envelope);
+  if (pool && pool->n < POOL_MAX && agg->state_cap >= STATE_ROOM) {
+    agg->next_free = pool->head;
+    pool->head = agg;
+    pool->n++;
+    return;
+  }
   cqrs__free(agg);
+}
+
+void cqrs__agg_pool_free(cqrs__agg_pool_t *pool) {
+  while (pool->head) {
+    cqrs_aggregate_t *agg = pool->head;
+    pool->head = agg->next_free;
+    cqrs__free(agg);
+  }
+  pool->n = 0;
+}
+
+void cqrs_aggregate_destroy(cqrs_aggregate_t *agg) { cqrs__aggregate_release(NULL, agg); }
+
+void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, const char *correlation_id) {
+  agg->cause_id = cause_id;
+  agg->correlation_id = correlation_id;
 }
 
 void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env) {
@@ -61,21 +104,31 @@ cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t 
       return cqrs_error_set(err, CQRS_EINVAL, "event %.64s: %.180s", type->name, e.message);
   }
   if (!agg->envelope) {
-    cqrs_envelope_t *env;
-    cqrs_code_t rc = cqrs_envelope_new(agg->type->name, agg->id, NULL, NULL, &env, err);
+    cqrs_code_t rc = cqrs__check_str(agg->type->name, CQRS_NAME_MAX, "aggregate type", err);
     if (rc) return rc;
-    agg->envelope = env;
   }
   if (agg->pending_count == agg->pending_cap) {
-    size_t cap = agg->pending_cap ? agg->pending_cap * 2 : 4;
-    cqrs_event_t **p = cqrs__realloc(agg->pending, cap * sizeof *p);
+    size_t cap = agg->pending_cap * 2;
+    bool inline_ = agg->pending == agg->pending_inline;
+    cqrs_event_t **p = cqrs__realloc(inline_ ? NULL : agg->pending, cap * sizeof *p);
     if (!p) return cqrs_error_set(err, CQRS_ENOMEM, "cannot grow the pending events");
+    if (inline_) memcpy(p, agg->pending_inline, sizeof agg->pending_inline);
     agg->pending = p;
     agg->pending_cap = cap;
   }
   cqrs_event_t *e;
   int64_t version = agg->version + (int64_t)agg->pending_count + 1;
-  cqrs_code_t rc = cqrs_event_new(type, agg->envelope, NULL, version, cqrs_now_ms(), payload, &e, err);
+  cqrs_code_t rc;
+  if (agg->envelope) {
+    rc = cqrs_event_new(type, agg->envelope, NULL, version, cqrs_now_ms(), payload, &e, err);
+  } else {
+    /* The first event of a command carries the commit's envelope. */
+    const char *cause = agg->cause_id ? agg->cause_id : "";
+    const char *corr = agg->correlation_id && *agg->correlation_id ? agg->correlation_id : cause;
+    rc = cqrs__event_new_hosting(type, agg->type->name, agg->id, cause, corr, version, cqrs_now_ms(), payload, &e,
+                                 err);
+    if (!rc) agg->envelope = cqrs__envelope_ref(e->envelope);
+  }
   if (rc) return rc;
   apply_to_state(agg, e);
   agg->pending[agg->pending_count++] = e;

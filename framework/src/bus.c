@@ -5,6 +5,7 @@
  * reading the store, then join the feed. */
 #include <stdio.h>
 
+#include "cache-private.h"
 #include "dispatcher-private.h"
 
 #define FEED_BATCH 256
@@ -402,7 +403,10 @@ static void feed_done(cqrs_dispatcher_t *d) {
   for (size_t i = 0; i < d->nsubs; i++) sub_run(d->subs[i]);
 }
 
+/* Events the feed reads from the store may be other writers' commits, which
+ * make the cached states of their aggregates stale. */
 static bool feed_visit(const cqrs_event_t *e, void *data) {
+  cqrs__cache_seen(((cqrs_dispatcher_t *)data)->cache, e);
   fan_out(data, e);
   return true;
 }
@@ -438,6 +442,7 @@ static void feed_after_work(uv_work_t *w, int status) {
   if (status == 0 && fw->rc == CQRS_OK) {
     d->feed_failures = 0;
     for (size_t i = 0; i < fw->read.len; i++) {
+      cqrs__cache_seen(d->cache, fw->read.items[i]);
       if (fw->read.items[i]->position > d->feed_pos) fan_out(d, fw->read.items[i]);
     }
   } else if (status == 0) {

@@ -29,6 +29,7 @@ typedef struct cqrs__event {
 typedef struct cqrs__envelope {
   cqrs_envelope_t pub;
   atomic_uint refs;
+  struct cqrs__event *host; /* the event whose block holds it, which counts its references; NULL: its own */
   char strings[];
 } cqrs__envelope_t;
 
@@ -45,14 +46,35 @@ struct cqrs_aggregate {
   char id[CQRS_ID_MAX];
   int64_t version;
   const cqrs_envelope_t *envelope; /* for raised events; NULL until needed */
-  cqrs_event_t **pending;
+  cqrs_event_t **pending; /* pending_inline until a command raises more */
   size_t pending_count, pending_cap;
-  void *state;
+  void *state; /* state_inline */
+  size_t state_cap; /* room in state_inline */
+  const char *cause_id, *correlation_id; /* borrowed, for the envelope of raised events; NULL: set at commit */
+  struct cqrs_aggregate *next_free;
+  cqrs_event_t *pending_inline[2];
+  _Alignas(max_align_t) unsigned char state_inline[];
 };
+
+/* Aggregates kept for reuse by one thread (the dispatcher's loop thread), so
+ * that a command allocates none. */
+typedef struct cqrs__agg_pool {
+  cqrs_aggregate_t *head;
+  size_t n;
+} cqrs__agg_pool_t;
+/* cqrs_aggregate_new, taking a block from `pool` (may be NULL) when it can. */
+cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggregate_type_t *type, const char *id,
+                                       cqrs_aggregate_t **out, cqrs_error_t *err);
+/* cqrs_aggregate_destroy, keeping the block in `pool` (may be NULL). */
+void cqrs__aggregate_release(cqrs__agg_pool_t *pool, cqrs_aggregate_t *agg);
+void cqrs__agg_pool_free(cqrs__agg_pool_t *pool);
 
 /* Envelope used by events an aggregate raises from now on (e.g. the command
  * being handled); NULL ids mean "set at commit". Takes a reference. */
 void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env);
+/* Names the command whose events the aggregate raises from now on (borrowed:
+ * they must outlive the aggregate or the next call). */
+void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, const char *correlation_id);
 /* Marks the pending events committed: version moves, list empties. */
 void cqrs__aggregate_committed(cqrs_aggregate_t *agg);
 /* Drops the pending events (their effect on the state stays: discard the
@@ -60,6 +82,18 @@ void cqrs__aggregate_committed(cqrs_aggregate_t *agg);
 void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg);
 
 cqrs_event_t *cqrs__event_mut(const cqrs_event_t *e);
+/* An event that carries its envelope in its own block: one allocation where
+ * there would be two. References to that envelope are references to the
+ * event. Strings known valid: non-NULL, within their caps. */
+cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *aggregate_type,
+                                    const char *aggregate_id, const char *causation_id, const char *correlation_id,
+                                    int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
+                                    cqrs_error_t *err);
+/* Gives a (pending) event another envelope, taking a reference on it. */
+void cqrs__event_set_envelope(cqrs_event_t *e, const cqrs_envelope_t *env);
+/* cqrs_envelope_new for strings known valid: non-NULL, within their caps. */
+cqrs_code_t cqrs__envelope_make(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
+                                const char *correlation_id, cqrs_envelope_t **out, cqrs_error_t *err);
 const cqrs_envelope_t *cqrs__envelope_ref(const cqrs_envelope_t *env);
 
 struct cqrs_store {

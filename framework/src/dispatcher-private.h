@@ -97,6 +97,9 @@ struct cqrs_dispatcher {
    * from other threads under the inbox lock. */
   struct cqrs__waiter *waiters, *wait_inbox;
   uv_timer_t wait_timer;
+
+  struct cqrs__cache *cache; /* NULL: off */
+  cqrs__agg_pool_t free_aggs; /* loop thread only */
 };
 
 /* bus.c */

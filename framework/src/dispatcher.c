@@ -2,6 +2,7 @@
  * loop or the thread pool, commit with conflict retries, completion. */
 #include <stdio.h>
 
+#include "cache-private.h"
 #include "dispatcher-private.h"
 
 
@@ -41,6 +42,7 @@ void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
   o->retry_attempts = 3;
   o->retry_base_ms = 1000;
   o->retry_cap_ms = 30000;
+  o->aggregate_cache = 16384;
 }
 
 static void async_cb(uv_async_t *h);
@@ -64,6 +66,9 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   }
   if (d->opts.retry_attempts == 0) d->opts.retry_attempts = 1;
   cqrs_code_t rc = cqrs_store_head(store, &d->feed_pos, err);
+  bool nomem;
+  if (!rc && !(d->cache = cqrs__cache_new(d->opts.aggregate_cache, &nomem)) && nomem)
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate the aggregate cache");
   if (rc) {
     cqrs__free(d);
     return rc;
@@ -72,12 +77,14 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   while (stripes < CQRS_STRIPES && uv_mutex_init(&d->stripes[stripes]) == 0) stripes++;
   if (stripes < CQRS_STRIPES || uv_mutex_init(&d->inbox_lock)) {
     while (stripes) uv_mutex_destroy(&d->stripes[--stripes]);
+    cqrs__cache_destroy(d->cache);
     cqrs__free(d);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a mutex");
   }
   if (uv_async_init(loop, &d->async, async_cb)) {
     uv_mutex_destroy(&d->inbox_lock);
     for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
+    cqrs__cache_destroy(d->cache);
     cqrs__free(d);
     return cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
   }
@@ -315,14 +322,9 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "a command may load at most %d aggregates", CTX_MAX_AGGREGATES);
   lock_aggregate(ctx, type->name, id);
   cqrs_aggregate_t *agg;
-  if ((rc = cqrs_repository_load(ctx->d->store, type, id, &agg, err))) return rc;
-  cqrs_envelope_t *env;
-  rc = cqrs_envelope_new(type->name, id, ctx->cmd->id, ctx->cmd->correlation_id, &env, err);
-  if (rc) {
-    cqrs_aggregate_destroy(agg);
-    return rc;
-  }
-  cqrs__aggregate_set_envelope(agg, env);
+  cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
+  if ((rc = cqrs__repository_load_cached(ctx->d->store, ctx->d->cache, pool, type, id, &agg, err))) return rc;
+  cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
   ctx->aggs[ctx->naggs++] = agg;
   *out = agg;
   return CQRS_OK;
@@ -340,7 +342,8 @@ cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqr
 const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx) { return ctx ? ctx->cmd : NULL; }
 
 static void context_reset(cqrs_context_t *ctx) {
-  for (size_t i = 0; i < ctx->naggs; i++) cqrs_aggregate_destroy(ctx->aggs[i]);
+  cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
+  for (size_t i = 0; i < ctx->naggs; i++) cqrs__aggregate_release(pool, ctx->aggs[i]);
   ctx->naggs = 0;
   unlock_aggregates(ctx);
   if (ctx->value) bson_destroy(ctx->value);
@@ -367,7 +370,7 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
   for (size_t i = 0; i < changed->pending_count; i++) {
     if (cqrs__event_vec_push_ref(&r->committed, changed->pending[i])) break;
   }
-  cqrs_code_t rc = cqrs_repository_save(ctx->d->store, changed, &cause, &sr, err);
+  cqrs_code_t rc = cqrs__repository_save_cached(ctx->d->store, ctx->d->cache, changed, &cause, &sr, err);
   if (rc || sr.duplicate || r->committed.len != sr.committed) cqrs__event_vec_clear(&r->committed);
   if (rc) return rc;
   r->result.version = changed->version;
@@ -518,6 +521,8 @@ static void handle_closed(uv_handle_t *h) {
   }
   uv_mutex_destroy(&d->inbox_lock);
   for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
+  cqrs__cache_destroy(d->cache);
+  cqrs__agg_pool_free(&d->free_aggs);
   cqrs__free(d);
   if (cb) cb(data);
 }

@@ -10,6 +10,10 @@ static cqrs__envelope_t *env_block_of(const cqrs_envelope_t *env) {
 
 cqrs_event_t *cqrs__event_mut(const cqrs_event_t *e) { return &block_of(e)->pub; }
 
+/* Whether `env` lives in the block of event `b` (see cqrs__event_new_hosting):
+ * the event's own pointer to it is no reference. */
+static bool hosts(const cqrs__event_t *b, const cqrs_envelope_t *env) { return env && env_block_of(env)->host == b; }
+
 const cqrs_event_t *cqrs_event_ref(const cqrs_event_t *e) {
   if (e) atomic_fetch_add_explicit(&block_of(e)->refs, 1, memory_order_relaxed);
   return e;
@@ -19,8 +23,14 @@ void cqrs_event_unref(const cqrs_event_t *e) {
   if (!e) return;
   cqrs__event_t *b = block_of(e);
   if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1) return;
-  cqrs_envelope_unref(b->pub.envelope);
+  if (!hosts(b, b->pub.envelope)) cqrs_envelope_unref(b->pub.envelope);
   cqrs__free(b);
+}
+
+void cqrs__event_set_envelope(cqrs_event_t *e, const cqrs_envelope_t *env) {
+  cqrs__event_t *b = block_of(e);
+  if (!hosts(b, e->envelope)) cqrs_envelope_unref(e->envelope);
+  e->envelope = hosts(b, env) ? env : cqrs__envelope_ref(env);
 }
 
 cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
@@ -35,32 +45,82 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
   if (!correlation_id || !*correlation_id) correlation_id = causation_id;
   if (strnlen(causation_id, CQRS_ID_MAX) >= CQRS_ID_MAX || strnlen(correlation_id, CQRS_ID_MAX) >= CQRS_ID_MAX)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "causation or correlation id too long");
-  size_t lt = strlen(aggregate_type) + 1, li = strlen(aggregate_id) + 1, lc = strlen(causation_id) + 1,
-         lr = strlen(correlation_id) + 1;
-  cqrs__envelope_t *b = cqrs__malloc(sizeof *b + lt + li + lc + lr);
-  if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an envelope");
+  return cqrs__envelope_make(aggregate_type, aggregate_id, causation_id, correlation_id, out, err);
+}
+
+/* Bytes the strings of an envelope take; *same: the correlation id is the
+ * causation id, kept once (most commands start their own conversation). */
+static size_t env_strings(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
+                          const char *correlation_id, bool *same) {
+  *same = !strcmp(causation_id, correlation_id);
+  return strlen(aggregate_type) + strlen(aggregate_id) + strlen(causation_id) + 3 +
+         (*same ? 0 : strlen(correlation_id) + 1);
+}
+
+static void env_fill(cqrs__envelope_t *b, cqrs__event_t *host, const char *aggregate_type, const char *aggregate_id,
+                     const char *causation_id, const char *correlation_id, bool same) {
   atomic_init(&b->refs, 1);
+  b->host = host;
   char *p = b->strings;
-  b->pub.aggregate_type = memcpy(p, aggregate_type, lt);
-  p += lt;
-  b->pub.aggregate_id = memcpy(p, aggregate_id, li);
-  p += li;
-  b->pub.causation_id = memcpy(p, causation_id, lc);
-  p += lc;
-  b->pub.correlation_id = memcpy(p, correlation_id, lr);
+  size_t n = strlen(aggregate_type) + 1;
+  b->pub.aggregate_type = memcpy(p, aggregate_type, n);
+  p += n;
+  n = strlen(aggregate_id) + 1;
+  b->pub.aggregate_id = memcpy(p, aggregate_id, n);
+  p += n;
+  n = strlen(causation_id) + 1;
+  b->pub.causation_id = memcpy(p, causation_id, n);
+  p += n;
+  b->pub.correlation_id = same ? b->pub.causation_id : memcpy(p, correlation_id, strlen(correlation_id) + 1);
+}
+
+cqrs_code_t cqrs__envelope_make(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
+                                const char *correlation_id, cqrs_envelope_t **out, cqrs_error_t *err) {
+  bool same;
+  size_t n = env_strings(aggregate_type, aggregate_id, causation_id, correlation_id, &same);
+  cqrs__envelope_t *b = cqrs__malloc(sizeof *b + n);
+  if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an envelope");
+  env_fill(b, NULL, aggregate_type, aggregate_id, causation_id, correlation_id, same);
   *out = &b->pub;
   return CQRS_OK;
 }
 
+/* An envelope hosted by an event counts its references on the event. */
 void cqrs_envelope_unref(const cqrs_envelope_t *env) {
   if (!env) return;
   cqrs__envelope_t *b = env_block_of(env);
-  if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) cqrs__free(b);
+  if (b->host) {
+    cqrs_event_unref(&b->host->pub);
+  } else if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
+    cqrs__free(b);
+  }
 }
 
 const cqrs_envelope_t *cqrs__envelope_ref(const cqrs_envelope_t *env) {
-  if (env) atomic_fetch_add_explicit(&env_block_of(env)->refs, 1, memory_order_relaxed);
+  if (!env) return env;
+  cqrs__envelope_t *b = env_block_of(env);
+  atomic_fetch_add_explicit(b->host ? &b->host->refs : &b->refs, 1, memory_order_relaxed);
   return env;
+}
+
+/* `env` is a reference the event takes over, or the envelope it hosts. */
+static void event_fill(cqrs__event_t *b, const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
+                       int64_t version, int64_t timestamp, const void *payload) {
+  atomic_init(&b->refs, 1);
+  memcpy(b->payload, payload, type->payload_size);
+  cqrs_event_t *e = &b->pub;
+  e->type = type;
+  e->envelope = env;
+  e->version = version;
+  e->position = 0;
+  e->timestamp = timestamp;
+  e->schema_version = type->schema_version;
+  if (id && *id) {
+    memcpy(e->id, id, strlen(id) + 1);
+  } else {
+    cqrs_new_id(e->id);
+  }
+  e->payload = b->payload;
 }
 
 cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
@@ -74,22 +134,25 @@ cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t 
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "event id longer than %d bytes", CQRS_EVENT_ID_LEN - 1);
   cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
-  atomic_init(&b->refs, 1);
-  memcpy(b->payload, payload, type->payload_size);
-  cqrs_event_t *e = &b->pub;
-  e->type = type;
-  e->envelope = cqrs__envelope_ref(env);
-  e->version = version;
-  e->position = 0;
-  e->timestamp = timestamp;
-  e->schema_version = type->schema_version;
-  if (id && *id) {
-    memcpy(e->id, id, strlen(id) + 1);
-  } else {
-    cqrs_new_id(e->id);
-  }
-  e->payload = b->payload;
-  *out = e;
+  event_fill(b, type, cqrs__envelope_ref(env), id, version, timestamp, payload);
+  *out = &b->pub;
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *aggregate_type,
+                                    const char *aggregate_id, const char *causation_id, const char *correlation_id,
+                                    int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
+                                    cqrs_error_t *err) {
+  bool same;
+  size_t n = env_strings(aggregate_type, aggregate_id, causation_id, correlation_id, &same);
+  size_t align = _Alignof(cqrs__envelope_t);
+  size_t at = (sizeof(cqrs__event_t) + type->payload_size + align - 1) / align * align;
+  cqrs__event_t *b = cqrs__malloc(at + sizeof(cqrs__envelope_t) + n);
+  if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
+  cqrs__envelope_t *env = (cqrs__envelope_t *)(void *)((char *)b + at);
+  env_fill(env, b, aggregate_type, aggregate_id, causation_id, correlation_id, same);
+  event_fill(b, type, &env->pub, NULL, version, timestamp, payload);
+  *out = &b->pub;
   return CQRS_OK;
 }
 

@@ -23,15 +23,77 @@ typedef struct stream {
   char key[]; /* "type\0id" */
 } stream_t;
 
-typedef struct command_id {
-  UT_hash_handle hh;
-  char id[];
-} command_id_t;
+/* The command ids committed, for idempotency: an open-addressing set of
+ * pointers. An id usually is the causation id of the commit's envelope,
+ * which the store keeps alive with the events, so it is not copied; other
+ * ids are copied and listed in `owned`. */
+typedef struct id_slot {
+  uint32_t hash;
+  const char *id; /* NULL: free */
+} id_slot_t;
+
+typedef struct id_set {
+  id_slot_t *slots;
+  size_t cap, len; /* cap a power of two, len <= 7/10 cap */
+  char **owned;
+  size_t nowned, owned_cap;
+} id_set_t;
+
+static uint32_t hash_id(const char *s) {
+  uint32_t h = 2166136261u;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+static bool ids_has(const id_set_t *set, const char *id, uint32_t h) {
+  if (!set->cap) return false;
+  for (size_t i = h & (set->cap - 1);; i = (i + 1) & (set->cap - 1)) {
+    const id_slot_t *sl = &set->slots[i];
+    if (!sl->id) return false;
+    if (sl->hash == h && !strcmp(sl->id, id)) return true;
+  }
+}
+
+static void ids_put(id_slot_t *slots, size_t cap, uint32_t h, const char *id) {
+  size_t i = h & (cap - 1);
+  while (slots[i].id) i = (i + 1) & (cap - 1);
+  slots[i].hash = h;
+  slots[i].id = id;
+}
+
+/* Makes room for one more id (and one more owned copy); false: no memory,
+ * the set unchanged. */
+static bool ids_reserve(id_set_t *set, bool copy) {
+  if (copy && set->nowned == set->owned_cap) {
+    size_t cap = set->owned_cap ? set->owned_cap * 2 : 16;
+    char **o = cqrs__realloc(set->owned, cap * sizeof *o);
+    if (!o) return false;
+    set->owned = o;
+    set->owned_cap = cap;
+  }
+  if ((set->len + 1) * 10 <= set->cap * 7) return true;
+  size_t cap = set->cap ? set->cap * 2 : 1024;
+  id_slot_t *slots = cqrs__calloc(cap, sizeof *slots);
+  if (!slots) return false;
+  for (size_t i = 0; i < set->cap; i++) {
+    if (set->slots[i].id) ids_put(slots, cap, set->slots[i].hash, set->slots[i].id);
+  }
+  cqrs__free(set->slots);
+  set->slots = slots;
+  set->cap = cap;
+  return true;
+}
+
+static void ids_free(id_set_t *set) {
+  for (size_t i = 0; i < set->nowned; i++) cqrs__free(set->owned[i]);
+  cqrs__free(set->owned);
+  cqrs__free(set->slots);
+}
 
 typedef struct memstore {
   uv_rwlock_t lock; /* write: appends and snapshots; read: stream look-ups */
   stream_t *streams;
-  command_id_t *commands;
+  id_set_t commands;
   _Atomic int64_t head;
   size_t overhead;
   cqrs_event_t **log[LOG_DIR];
@@ -71,9 +133,8 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   memstore_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
   uv_rwlock_wrlock(&m->lock);
-  command_id_t *c;
-  HASH_FIND_STR(m->commands, req->command_id, c);
-  if (c) {
+  uint32_t idh = hash_id(req->command_id);
+  if (ids_has(&m->commands, req->command_id, idh)) {
     res->duplicate = true;
     goto out;
   }
@@ -90,10 +151,13 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
     goto out;
   }
   /* Allocate everything first so that a failure leaves the store unchanged. */
-  size_t idlen = strlen(req->command_id) + 1;
-  c = cqrs__malloc(sizeof *c + idlen);
+  const cqrs_envelope_t *env = req->events[0]->envelope;
+  bool copy = !env || strcmp(env->causation_id, req->command_id);
+  for (size_t i = 1; !copy && i < req->count; i++) copy = req->events[i]->envelope != env;
+  char *id_copy = copy ? cqrs__strdup(req->command_id) : NULL;
+  bool ok = (!copy || id_copy) && ids_reserve(&m->commands, copy);
   stream_t *fresh = NULL;
-  if (c && !s) {
+  if (ok && !s) {
     char key[CQRS_NAME_MAX + CQRS_ID_MAX];
     size_t n = make_key(key, sizeof key, req->aggregate_type, req->aggregate_id);
     fresh = cqrs__calloc(1, sizeof *fresh + n);
@@ -101,8 +165,8 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
       memcpy(fresh->key, key, n);
       fresh->keylen = n;
     }
+    ok = fresh != NULL;
   }
-  bool ok = c && (s || fresh);
   stream_t *target = s ? s : fresh;
   for (size_t i = 0; ok && i < req->count; i++) {
     size_t off, k = chunk_index(count + (int64_t)i, &off);
@@ -118,23 +182,12 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
       if (ok) m->overhead += LOG_CHUNK * sizeof(cqrs_event_t *);
     }
   }
-  if (!ok) {
-    cqrs__free(c);
-    if (fresh) {
-      for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(fresh->chunks[k]);
-      cqrs__free(fresh);
-    }
-    rc = cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
-    goto out;
-  }
-  memcpy(c->id, req->command_id, idlen);
-  CQRS_HASH_TRY(HASH_ADD_STR(m->commands, id, c));
-  if (!CQRS_HASH_FAILED() && fresh) {
+  if (ok && fresh) {
     CQRS_HASH_TRY(HASH_ADD_KEYPTR(hh, m->streams, fresh->key, fresh->keylen, fresh));
-    if (CQRS_HASH_FAILED()) HASH_DEL(m->commands, c);
+    ok = !CQRS_HASH_FAILED();
   }
-  if (CQRS_HASH_FAILED()) {
-    cqrs__free(c);
+  if (!ok) {
+    cqrs__free(id_copy);
     if (fresh) {
       for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(fresh->chunks[k]);
       cqrs__free(fresh);
@@ -142,7 +195,11 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
     rc = cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
     goto out;
   }
-  m->overhead += sizeof *c + idlen + 32;
+  /* The events' envelope, which the store now keeps, holds the id. */
+  ids_put(m->commands.slots, m->commands.cap, idh, copy ? id_copy : env->causation_id);
+  m->commands.len++;
+  if (copy) m->commands.owned[m->commands.nowned++] = id_copy;
+  m->overhead += sizeof(id_slot_t) * 10 / 7 + (copy ? strlen(id_copy) + 1 + sizeof id_copy : 0);
   if (fresh) m->overhead += sizeof *fresh + fresh->keylen + 32;
   for (size_t i = 0; i < req->count; i++) {
     cqrs_event_t *e = req->events[i];
@@ -252,11 +309,7 @@ static void mem_destroy(void *impl) {
     if (s->snapshot) bson_destroy(s->snapshot);
     cqrs__free(s);
   }
-  command_id_t *c, *tc;
-  HASH_ITER(hh, m->commands, c, tc) {
-    HASH_DEL(m->commands, c);
-    cqrs__free(c);
-  }
+  ids_free(&m->commands);
   uv_rwlock_destroy(&m->lock);
   cqrs__free(m);
 }

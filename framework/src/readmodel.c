@@ -26,6 +26,11 @@ void cqrs_readmodel_destroy(cqrs_readmodel_t *rm) {
 
 bool cqrs_readmodel_blocking(const cqrs_readmodel_t *rm) { return rm && rm->ops->blocking; }
 
+static const cqrs_readmodel_ops_t mrm_ops;
+typedef struct memrm memrm_t;
+static cqrs_code_t mrm_set_int64(memrm_t *m, const char *coll, const char *id, const char *key, int64_t value,
+                                 int64_t position, bool *applied, cqrs_error_t *err);
+
 static cqrs_code_t check(const void *rm, const char *coll, const char *id, bool need_id, int64_t position,
                          cqrs_error_t *err) {
   if (!rm) return cqrs_error_set(err, CQRS_EINVAL, "read model is NULL");
@@ -57,6 +62,22 @@ cqrs_code_t cqrs_readmodel_patch(cqrs_readmodel_t *rm, const char *coll, const c
   return rm->ops->patch(rm->impl, coll, id, set, position, applied, err);
 }
 
+cqrs_code_t cqrs_readmodel_set_int64(cqrs_readmodel_t *rm, const char *coll, const char *id, const char *key,
+                                     int64_t value, int64_t position, bool *applied, cqrs_error_t *err) {
+  bool dummy;
+  if (!applied) applied = &dummy;
+  *applied = false;
+  cqrs_code_t rc = check(rm, coll, id, true, position, err);
+  if (rc) return rc;
+  if (!key || !*key) return cqrs_error_set(err, CQRS_EINVAL, "key is NULL or empty");
+  if (rm->ops == &mrm_ops) return mrm_set_int64(rm->impl, coll, id, key, value, position, applied, err);
+  bson_t set = BSON_INITIALIZER;
+  if (!BSON_APPEND_INT64(&set, key, value)) rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "key too long");
+  if (!rc) rc = rm->ops->patch(rm->impl, coll, id, &set, position, applied, err);
+  bson_destroy(&set);
+  return rc;
+}
+
 cqrs_code_t cqrs_readmodel_patch_where(cqrs_readmodel_t *rm, const char *coll, const bson_t *filter,
                                        const bson_t *set, int64_t position, size_t *count, cqrs_error_t *err) {
   size_t dummy;
@@ -85,10 +106,18 @@ cqrs_code_t cqrs_readmodel_find(const cqrs_readmodel_t *rm, const char *coll, co
 
 /* ---- the in-memory read model ---- */
 
+#define MEMO_KEY 24
+
 typedef struct mdoc {
   UT_hash_handle hh;
   bson_t *doc;
   int64_t position;
+  /* Where the last single-key in-place patch wrote: the next patch of the
+   * same key writes there without walking the document. Reset on rebuild. */
+  uint32_t memo_off;
+  uint8_t memo_klen; /* 0: none */
+  uint8_t memo_type;
+  char memo_key[MEMO_KEY];
   char id[CQRS_ID_MAX];
 } mdoc_t;
 
@@ -98,10 +127,11 @@ typedef struct mcoll {
   char name[CQRS_NAME_MAX];
 } mcoll_t;
 
-typedef struct memrm {
+struct memrm {
   uv_rwlock_t lock;
   mcoll_t *colls;
-} memrm_t;
+  mcoll_t *last; /* the collection a writer used last; written under the write lock */
+};
 
 static mcoll_t *get_coll(memrm_t *m, const char *name, bool create) {
   mcoll_t *c;
@@ -114,6 +144,15 @@ static mcoll_t *get_coll(memrm_t *m, const char *name, bool create) {
       c = NULL;
     }
   }
+  return c;
+}
+
+/* get_coll for writers (the write lock held): a projection writes one
+ * collection after another, so the last one is checked first. */
+static mcoll_t *get_coll_w(memrm_t *m, const char *name, bool create) {
+  if (m->last && !strcmp(m->last->name, name)) return m->last;
+  mcoll_t *c = get_coll(m, name, create);
+  if (c) m->last = c;
   return c;
 }
 
@@ -225,54 +264,122 @@ static bool fixed_size(bson_type_t t) {
          t == BSON_TYPE_DATE_TIME;
 }
 
-static void overwrite(bson_iter_t *it, const bson_iter_t *s) {
+static void write_u64(bson_t *doc, uint32_t off, uint64_t v) {
+  v = BSON_UINT64_TO_LE(v);
+  memcpy((uint8_t *)(uintptr_t)bson_get_data(doc) + off, &v, sizeof v);
+}
+
+/* Writes the fixed-size value `s` holds at byte `off` of `doc`, in place. */
+static void write_fixed(bson_t *doc, uint32_t off, const bson_iter_t *s) {
+  uint8_t *p = (uint8_t *)(uintptr_t)bson_get_data(doc) + off;
+  uint32_t v4;
+  double dv;
+  uint64_t v8;
   switch (bson_iter_type(s)) {
-  case BSON_TYPE_INT64:
-    bson_iter_overwrite_int64(it, bson_iter_int64(s));
-    break;
   case BSON_TYPE_INT32:
-    bson_iter_overwrite_int32(it, bson_iter_int32(s));
-    break;
-  case BSON_TYPE_DOUBLE:
-    bson_iter_overwrite_double(it, bson_iter_double(s));
+    v4 = BSON_UINT32_TO_LE((uint32_t)bson_iter_int32(s));
+    memcpy(p, &v4, sizeof v4);
     break;
   case BSON_TYPE_BOOL:
-    bson_iter_overwrite_bool(it, bson_iter_bool(s));
+    *p = bson_iter_bool(s) ? 1 : 0;
+    break;
+  case BSON_TYPE_DOUBLE:
+    dv = bson_iter_double(s);
+    memcpy(&v8, &dv, sizeof v8);
+    write_u64(doc, off, v8);
+    break;
+  case BSON_TYPE_INT64:
+    write_u64(doc, off, (uint64_t)bson_iter_int64(s));
     break;
   default:
-    bson_iter_overwrite_date_time(it, bson_iter_date_time(s));
+    write_u64(doc, off, (uint64_t)bson_iter_date_time(s));
     break;
   }
 }
 
-/* When every key set is a top-level field already there with the same
- * fixed-size type, overwrites the values where they lie: no rebuild. Two
- * passes over the document (check, then write); `set` is small. */
-static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
-  uint32_t nset = bson_count_keys(set), matched = 0;
-  bool have_pos = false;
-  bson_iter_t s, it;
-  if (nset == 0 || !bson_iter_init(&it, d->doc)) return false;
-  while (bson_iter_next(&it)) {
-    const char *k = bson_iter_key(&it);
-    if (!strcmp(k, CQRS_RM_POSITION)) {
-      have_pos = BSON_ITER_HOLDS_INT64(&it);
-    } else if (bson_iter_init_find(&s, set, k)) {
-      if (bson_iter_type(&s) != bson_iter_type(&it) || !fixed_size(bson_iter_type(&s))) return false;
-      matched++;
-    }
-  }
-  if (matched != nset || !have_pos) return false;
-  bson_iter_init(&it, d->doc);
-  while (bson_iter_next(&it)) {
-    const char *k = bson_iter_key(&it);
-    if (!strcmp(k, CQRS_RM_POSITION)) {
-      bson_iter_overwrite_int64(&it, position);
-    } else if (bson_iter_init_find(&s, set, k)) {
-      overwrite(&it, &s);
-    }
-  }
+#define PATCH_KEYS 8
+
+/* build and patch_doc always write the position last, just before the
+ * document's terminating byte. */
+static void write_position(mdoc_t *d, int64_t position) {
+  write_u64(d->doc, d->doc->len - 1 - (uint32_t)sizeof(int64_t), (uint64_t)position);
   d->position = position;
+}
+
+static void remember(mdoc_t *d, const char *key, uint32_t klen, bson_type_t type, uint32_t off) {
+  if (klen >= MEMO_KEY) return;
+  d->memo_off = off;
+  d->memo_klen = (uint8_t)klen;
+  d->memo_type = (uint8_t)type;
+  memcpy(d->memo_key, key, klen);
+}
+
+/* The offset of the value of top-level `key` when it has type `type`: where
+ * the last in-place write of that key went, else found by a walk that stops
+ * at the key. */
+static bool locate(mdoc_t *d, const char *key, uint32_t klen, bson_type_t type, uint32_t *off) {
+  if (d->memo_klen == klen && d->memo_type == (uint8_t)type && !memcmp(d->memo_key, key, klen)) {
+    *off = d->memo_off;
+    return true;
+  }
+  bson_iter_t it;
+  if (!bson_iter_init(&it, d->doc)) return false;
+  const uint8_t *base = bson_get_data(d->doc);
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (bson_iter_key_len(&it) != klen || memcmp(k, key, klen)) continue;
+    if (bson_iter_type(&it) != type) return false;
+    *off = (uint32_t)((const uint8_t *)k - base) + klen + 1;
+    remember(d, key, klen, type, *off);
+    return true;
+  }
+  return false;
+}
+
+/* bson_iter_t is over-aligned: arrays of it need a wrapper. */
+typedef struct slot {
+  bson_iter_t it;
+} slot_t;
+
+/* When every key set is a top-level field already there with the same
+ * fixed-size type, overwrites the values where they lie: no rebuild. One
+ * pass over `set` (small); one key is located as above, several by one walk
+ * of the document that stops at the last it needs; the position is written
+ * at its known offset. */
+static bool patch_in_place(mdoc_t *d, const bson_t *set, int64_t position) {
+  slot_t s[PATCH_KEYS];
+  uint32_t off[PATCH_KEYS], klen[PATCH_KEYS];
+  const char *key[PATCH_KEYS];
+  size_t n = 0, found = 0;
+  bson_iter_t it;
+  if (!bson_iter_init(&it, set)) return false;
+  while (bson_iter_next(&it)) {
+    if (n == PATCH_KEYS || !fixed_size(bson_iter_type(&it))) return false;
+    s[n].it = it;
+    key[n] = bson_iter_key(&it);
+    klen[n] = bson_iter_key_len(&it);
+    n++;
+  }
+  if (n == 1) {
+    if (!locate(d, key[0], klen[0], bson_iter_type(&s[0].it), &off[0])) return false;
+    found = 1;
+  }
+  if (n == 0 || !bson_iter_init(&it, d->doc)) return false;
+  const uint8_t *base = bson_get_data(d->doc);
+  while (found < n && bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    uint32_t kl = bson_iter_key_len(&it);
+    for (size_t i = 0; i < n; i++) {
+      if (klen[i] != kl || memcmp(key[i], k, kl)) continue;
+      if (bson_iter_type(&s[i].it) != bson_iter_type(&it)) return false;
+      off[i] = (uint32_t)((const uint8_t *)k - base) + kl + 1;
+      found++;
+      break;
+    }
+  }
+  if (found != n) return false;
+  for (size_t i = 0; i < n; i++) write_fixed(d->doc, off[i], &s[i].it);
+  write_position(d, position);
   return true;
 }
 
@@ -290,6 +397,7 @@ static void patch_doc(mdoc_t *d, const bson_t *set, int64_t position) {
   bson_destroy(d->doc);
   d->doc = out;
   d->position = position;
+  d->memo_klen = 0;
 }
 
 static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const bson_t *doc, int64_t position,
@@ -297,7 +405,7 @@ static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const b
   memrm_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
   uv_rwlock_wrlock(&m->lock);
-  mcoll_t *c = get_coll(m, coll, true);
+  mcoll_t *c = get_coll_w(m, coll, true);
   mdoc_t *d = NULL;
   if (c) HASH_FIND_STR(c->docs, id, d);
   if (!c) {
@@ -319,8 +427,36 @@ static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const b
       if (d->doc) bson_destroy(d->doc);
       d->doc = build(id, doc, position);
       d->position = position;
+      d->memo_klen = 0;
       *applied = true;
     }
+  }
+  uv_rwlock_wrunlock(&m->lock);
+  return rc;
+}
+
+/* cqrs_readmodel_set_int64 in memory: no BSON built when the field is there. */
+static cqrs_code_t mrm_set_int64(memrm_t *m, const char *coll, const char *id, const char *key, int64_t value,
+                                 int64_t position, bool *applied, cqrs_error_t *err) {
+  cqrs_code_t rc = CQRS_OK;
+  uv_rwlock_wrlock(&m->lock);
+  mcoll_t *c = get_coll_w(m, coll, false);
+  mdoc_t *d = NULL;
+  if (c) HASH_FIND_STR(c->docs, id, d);
+  uint32_t off;
+  if (!d) {
+    rc = cqrs_error_set(err, CQRS_ENOT_FOUND, "%s/%s does not exist", coll, id);
+  } else if (d->position < position) {
+    if (locate(d, key, (uint32_t)strlen(key), BSON_TYPE_INT64, &off)) {
+      write_u64(d->doc, off, (uint64_t)value);
+      write_position(d, position);
+    } else {
+      bson_t set = BSON_INITIALIZER;
+      BSON_APPEND_INT64(&set, key, value);
+      patch_doc(d, &set, position);
+      bson_destroy(&set);
+    }
+    *applied = true;
   }
   uv_rwlock_wrunlock(&m->lock);
   return rc;
@@ -331,7 +467,7 @@ static cqrs_code_t mrm_patch(void *impl, const char *coll, const char *id, const
   memrm_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
   uv_rwlock_wrlock(&m->lock);
-  mcoll_t *c = get_coll(m, coll, false);
+  mcoll_t *c = get_coll_w(m, coll, false);
   mdoc_t *d = NULL;
   if (c) HASH_FIND_STR(c->docs, id, d);
   if (!d) {
@@ -398,7 +534,7 @@ static cqrs_code_t mrm_patch_where(void *impl, const char *coll, const bson_t *f
   CQRS__UNUSED(err);
   memrm_t *m = impl;
   uv_rwlock_wrlock(&m->lock);
-  mcoll_t *c = get_coll(m, coll, false);
+  mcoll_t *c = get_coll_w(m, coll, false);
   if (c) {
     for (mdoc_t *d = c->docs; d; d = d->hh.next) {
       if (d->position < position && matches(d->doc, filter)) {

@@ -1,4 +1,4 @@
-#include "cqrs-private.h"
+#include "cache-private.h"
 
 typedef struct replay {
   cqrs_aggregate_t *agg;
@@ -24,34 +24,45 @@ static void load_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg) {
     void *state = cqrs__calloc(1, type->state_size ? type->state_size : 1);
     if (state && cqrs_fields_decode(type->snapshot_fields, &snap.state, state, NULL) == CQRS_OK) {
       if (type->state_cleanup) type->state_cleanup(agg->state);
-      cqrs__free(agg->state);
-      agg->state = state;
+      memcpy(agg->state, state, type->state_size);
       agg->version = snap.version;
-      state = NULL;
     }
     cqrs__free(state);
   }
   bson_destroy(&snap.state);
 }
 
-cqrs_code_t cqrs_repository_load(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id,
-                                 cqrs_aggregate_t **out, cqrs_error_t *err) {
+/* Snapshot, then the events after it, into a fresh aggregate. */
+static cqrs_code_t load_from_store(cqrs_store_t *store, cqrs_aggregate_t *agg, cqrs_error_t *err) {
+  load_snapshot(store, agg);
+  replay_t r = {agg, CQRS_OK, err};
+  cqrs_code_t rc = cqrs_store_read_stream(store, agg->type->name, agg->id, agg->version + 1, replay_one, &r, err);
+  return rc ? rc : r.rc;
+}
+
+cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
+                                         const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
+                                         cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!store) return cqrs_error_set(err, CQRS_EINVAL, "store is NULL");
   cqrs_aggregate_t *agg;
-  cqrs_code_t rc = cqrs_aggregate_new(type, id, &agg, err);
+  cqrs_code_t rc = cqrs__aggregate_new_pooled(pool, type, id, &agg, err);
   if (rc) return rc;
-  load_snapshot(store, agg);
-  replay_t r = {agg, CQRS_OK, err};
-  rc = cqrs_store_read_stream(store, type->name, id, agg->version + 1, replay_one, &r, err);
-  if (!rc) rc = r.rc;
-  if (rc) {
-    cqrs_aggregate_destroy(agg);
-    return rc;
+  if (!cqrs__cache_get(cache, agg)) {
+    if ((rc = load_from_store(store, agg, err))) {
+      cqrs__aggregate_release(pool, agg);
+      return rc;
+    }
+    cqrs__cache_put(cache, agg);
   }
   *out = agg;
   return CQRS_OK;
+}
+
+cqrs_code_t cqrs_repository_load(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id,
+                                 cqrs_aggregate_t **out, cqrs_error_t *err) {
+  return cqrs__repository_load_cached(store, NULL, NULL, type, id, out, err);
 }
 
 /* Gives the pending events an envelope naming their cause. */
@@ -63,9 +74,7 @@ static cqrs_code_t stamp_cause(cqrs_aggregate_t *agg, const cqrs_cause_t *cause,
   cqrs_code_t rc = cqrs_envelope_new(agg->type->name, agg->id, cause->command_id, corr, &env, err);
   if (rc) return rc;
   for (size_t i = 0; i < agg->pending_count; i++) {
-    cqrs_event_t *e = agg->pending[i];
-    cqrs_envelope_unref(e->envelope);
-    e->envelope = cqrs__envelope_ref(env);
+    cqrs__event_set_envelope(agg->pending[i], env);
   }
   cqrs__aggregate_set_envelope(agg, env);
   return CQRS_OK;
@@ -106,4 +115,18 @@ cqrs_code_t cqrs_repository_save(cqrs_store_t *store, cqrs_aggregate_t *agg, con
   cqrs__aggregate_committed(agg);
   maybe_snapshot(store, agg, before);
   return CQRS_OK;
+}
+
+cqrs_code_t cqrs__repository_save_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs_aggregate_t *agg,
+                                         const cqrs_cause_t *cause, cqrs_save_result_t *res, cqrs_error_t *err) {
+  cqrs_save_result_t local;
+  if (!res) res = &local;
+  cqrs_code_t rc = cqrs_repository_save(store, agg, cause, res, err);
+  if (!cache || !agg) return rc;
+  if (rc) {
+    cqrs__cache_drop(cache, agg->type->name, agg->id);
+  } else if (res->committed) {
+    cqrs__cache_put(cache, agg);
+  }
+  return rc;
 }

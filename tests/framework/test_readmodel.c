@@ -108,6 +108,119 @@ static void test_patch_in_place_and_rebuilt_agree(void **state) {
   bson_destroy(set);
 }
 
+/* A key patched again is written where it was last time, until a rebuild
+ * moves it. */
+static void test_repeated_patch_follows_rebuilds(void **state) {
+  cqrs_readmodel_t *rm = *state;
+  put(rm, "a", "{\"n\":\"x\",\"balance\":{\"$numberLong\":\"5\"}}", 1, true);
+  char one[64], buf[64];
+  for (int64_t p = 2; p <= 4; p++) {
+    snprintf(one, sizeof one, "{\"balance\":{\"$numberLong\":\"%lld\"}}", (long long)(p * 10));
+    bson_t *set = json(one);
+    assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, p, NULL, NULL), CQRS_OK);
+    bson_destroy(set);
+    assert_int_equal(get_int(rm, "a", "balance"), p * 10);
+    assert_int_equal(get_int(rm, "a", CQRS_RM_POSITION), p);
+  }
+  bson_t *set = json("{\"n\":\"a longer string moves the balance\"}");
+  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, 5, NULL, NULL), CQRS_OK);
+  bson_destroy(set);
+  set = json("{\"balance\":{\"$numberLong\":\"60\"}}");
+  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "a", set, 6, NULL, NULL), CQRS_OK);
+  bson_destroy(set);
+  assert_int_equal(get_int(rm, "a", "balance"), 60);
+  assert_string_equal(get_str(rm, "a", "n", buf, sizeof buf), "a longer string moves the balance");
+  assert_int_equal(get_int(rm, "a", CQRS_RM_POSITION), 6);
+}
+
+static void test_set_int64_is_a_patch_of_one_key(void **state) {
+  cqrs_readmodel_t *rm = *state;
+  put(rm, "a", "{\"s\":\"x\",\"balance\":{\"$numberLong\":\"5\"},\"n\":1}", 1, true);
+  bool applied;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "balance", 70, 2, &applied, &err), CQRS_OK);
+  assert_true(applied);
+  assert_int_equal(get_int(rm, "a", "balance"), 70);
+  assert_int_equal(get_int(rm, "a", CQRS_RM_POSITION), 2);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "balance", 1, 2, &applied, &err), CQRS_OK);
+  assert_false(applied); /* not newer */
+  assert_int_equal(get_int(rm, "a", "balance"), 70);
+  /* A new key, an int32 key: rebuilt like any patch. */
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "total", 9, 3, &applied, &err), CQRS_OK);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "n", 2, 4, &applied, &err), CQRS_OK);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "balance", 71, 5, &applied, &err), CQRS_OK);
+  assert_int_equal(get_int(rm, "a", "total"), 9);
+  assert_int_equal(get_int(rm, "a", "n"), 2);
+  assert_int_equal(get_int(rm, "a", "balance"), 71);
+  assert_int_equal(get_int(rm, "a", CQRS_RM_POSITION), 5);
+  char buf[8];
+  assert_string_equal(get_str(rm, "a", "s", buf, sizeof buf), "x");
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "ghost", "balance", 1, 6, &applied, &err), CQRS_ENOT_FOUND);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "", 1, 6, &applied, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", NULL, 1, 6, &applied, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "balance", 1, 0, &applied, &err), CQRS_EINVAL);
+}
+
+/* Other read models get the $set document through their patch. */
+typedef struct spy {
+  bson_t *last;
+} spy_t;
+
+static cqrs_code_t spy_patch(void *impl, const char *coll, const char *id, const bson_t *set, int64_t position,
+                             bool *applied, cqrs_error_t *err) {
+  (void)coll;
+  (void)id;
+  (void)position;
+  (void)err;
+  spy_t *s = impl;
+  if (s->last) bson_destroy(s->last);
+  s->last = bson_copy(set);
+  *applied = true;
+  return CQRS_OK;
+}
+
+static cqrs_code_t spy_put(void *impl, const char *coll, const char *id, const bson_t *doc, int64_t position,
+                           bool *applied, cqrs_error_t *err) {
+  return spy_patch(impl, coll, id, doc, position, applied, err);
+}
+
+static cqrs_code_t spy_patch_where(void *impl, const char *coll, const bson_t *filter, const bson_t *set,
+                                   int64_t position, size_t *count, cqrs_error_t *err) {
+  (void)filter;
+  (void)count;
+  bool applied;
+  return spy_patch(impl, coll, NULL, set, position, &applied, err);
+}
+
+static cqrs_code_t spy_get(void *impl, const char *coll, const char *id, bson_t *out, bool *found,
+                           cqrs_error_t *err) {
+  (void)impl, (void)coll, (void)id, (void)out, (void)found, (void)err;
+  return CQRS_OK;
+}
+
+static cqrs_code_t spy_find(void *impl, const char *coll, const cqrs_find_t *q, cqrs_doc_visit_cb cb, void *data,
+                            cqrs_error_t *err) {
+  (void)impl, (void)coll, (void)q, (void)cb, (void)data, (void)err;
+  return CQRS_OK;
+}
+
+static void test_set_int64_elsewhere_is_a_patch(void **state) {
+  (void)state;
+  static const cqrs_readmodel_ops_t spy_ops = {false, spy_put, spy_patch, spy_patch_where, spy_get, spy_find, NULL};
+  spy_t spy = {NULL};
+  cqrs_readmodel_t *rm = cqrs_readmodel_new(&spy_ops, &spy);
+  assert_non_null(rm);
+  bool applied = false;
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "balance", 42, 3, &applied, NULL), CQRS_OK);
+  assert_true(applied);
+  assert_non_null(spy.last);
+  char *got = bson_as_relaxed_extended_json(spy.last, NULL);
+  assert_string_equal(got, "{ \"balance\" : 42 }");
+  bson_free(got);
+  bson_destroy(spy.last);
+  cqrs_readmodel_destroy(rm);
+}
+
 static void test_patch_sets_dotted_paths(void **state) {
   cqrs_readmodel_t *rm = *state;
   put(rm, "i1", "{\"customer\":{\"id\":\"c1\",\"name\":\"Acme\",\"email\":\"a@x\"},\"status\":\"pending\"}", 1, true);
@@ -201,6 +314,9 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_get_and_idempotence, setup, teardown),
       cmocka_unit_test_setup_teardown(test_patch_sets_dotted_paths, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_repeated_patch_follows_rebuilds, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_set_int64_is_a_patch_of_one_key, setup, teardown),
+      cmocka_unit_test(test_set_int64_elsewhere_is_a_patch),
       cmocka_unit_test_setup_teardown(test_patch_in_place_and_rebuilt_agree, setup, teardown),
       cmocka_unit_test_setup_teardown(test_find_filters_sorts_and_limits, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),

@@ -100,8 +100,8 @@ cqrs_code_t billing_project_balances(const cqrs_event_t *e, void *data, cqrs_err
     rc = cqrs_readmodel_put(b->rm, b->cols.balances, id, &doc, e->position, NULL, err);
   } else if (e->type == &billing_account_deposited || e->type == &billing_account_withdrawn ||
              e->type == &billing_account_refunded) {
-    BSON_APPEND_INT64(&doc, "balance", ((const billing_account_moved_t *)e->payload)->balance);
-    rc = cqrs_readmodel_patch(b->rm, b->cols.balances, id, &doc, e->position, NULL, err);
+    rc = cqrs_readmodel_set_int64(b->rm, b->cols.balances, id, "balance",
+                                  ((const billing_account_moved_t *)e->payload)->balance, e->position, NULL, err);
   } else if (e->type == &billing_account_closed) {
     BSON_APPEND_UTF8(&doc, "status", "closed");
     rc = cqrs_readmodel_patch(b->rm, b->cols.balances, id, &doc, e->position, NULL, err);

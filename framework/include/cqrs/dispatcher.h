@@ -62,6 +62,10 @@ typedef struct cqrs_dispatcher_options {
   bool keep_alive;                /* keep the loop running until close, for commands from other threads */
   cqrs_dead_letter_cb dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letter */
   void *dead_letter_data;
+  /* Aggregates whose state the dispatcher keeps between commands (least
+   * recently used evicted); default 16384; 0: off. Types with a state_cleanup
+   * are never kept. See docs/architecture.md, "The aggregate cache". */
+  size_t aggregate_cache;
 } cqrs_dispatcher_options_t;
 
 /* Fills `opts` with the defaults. */

@@ -61,6 +61,12 @@ CQRS_EXPORT cqrs_code_t cqrs_readmodel_put(cqrs_readmodel_t *rm, const char *col
 CQRS_EXPORT cqrs_code_t cqrs_readmodel_patch(cqrs_readmodel_t *rm, const char *coll, const char *id,
                                              const bson_t *set, int64_t position, bool *applied,
                                              cqrs_error_t *err);
+/* cqrs_readmodel_patch of the one key {key: value}: the usual write of a
+ * projection (a balance, a counter). The in-memory read model writes the
+ * value where it lies, without building a document. */
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_set_int64(cqrs_readmodel_t *rm, const char *coll, const char *id,
+                                                 const char *key, int64_t value, int64_t position, bool *applied,
+                                                 cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_readmodel_patch_where(cqrs_readmodel_t *rm, const char *coll, const bson_t *filter,
                                                    const bson_t *set, int64_t position, size_t *count,
                                                    cqrs_error_t *err);

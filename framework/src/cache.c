@@ -1,0 +1,214 @@
+/* The aggregate cache (see cache-private.h). Sharded by a hash of the type
+ * name and the id; each shard is a chained hash table with a fixed number
+ * of buckets and an LRU list, under its own mutex, so handlers on pool
+ * threads contend only when they touch the same shard. A small cache has one
+ * shard (exact LRU); a large one 16, each holding a 16th of the capacity. */
+#include <uv.h>
+
+#include "cache-private.h"
+
+#define SHARDS 16
+#define SHARDED_FROM 256 /* capacity from which the cache is split in SHARDS */
+
+typedef struct entry {
+  struct entry *chain;       /* next in the bucket */
+  struct entry *prev, *next; /* LRU: head is the most recent */
+  const cqrs_aggregate_type_t *type;
+  uint32_t hash;
+  int64_t version;
+  char id[CQRS_ID_MAX];
+  _Alignas(max_align_t) unsigned char state[];
+} entry_t;
+
+typedef struct shard {
+  uv_mutex_t lock;
+  entry_t **buckets;
+  uint32_t mask;
+  entry_t *head, *tail;
+  size_t count, cap;
+} shard_t;
+
+struct cqrs__cache {
+  size_t nshards;
+  shard_t shards[SHARDS];
+};
+
+static uint32_t hash_of(const char *type, const char *id) {
+  uint32_t h = 2166136261u;
+  for (const char *p = type; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  h = (h ^ '/') * 16777619u;
+  for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  return h ^ (h >> 15);
+}
+
+cqrs__cache_t *cqrs__cache_new(size_t capacity, bool *nomem) {
+  *nomem = false;
+  if (capacity == 0) return NULL;
+  cqrs__cache_t *c = cqrs__calloc(1, sizeof *c);
+  size_t nshards = capacity < SHARDED_FROM ? 1 : SHARDS;
+  size_t per = (capacity + nshards - 1) / nshards, nb = 8;
+  while (nb < per && nb < ((size_t)1 << 30)) nb <<= 1;
+  size_t made = 0;
+  if (c) c->nshards = nshards;
+  for (; c && made < nshards; made++) {
+    shard_t *s = &c->shards[made];
+    s->buckets = cqrs__calloc(nb, sizeof *s->buckets);
+    if (!s->buckets) break;
+    if (uv_mutex_init(&s->lock)) {
+      cqrs__free(s->buckets);
+      break;
+    }
+    s->mask = (uint32_t)(nb - 1);
+    s->cap = per;
+  }
+  if (c && made == nshards) return c;
+  while (c && made) {
+    shard_t *s = &c->shards[--made];
+    uv_mutex_destroy(&s->lock);
+    cqrs__free(s->buckets);
+  }
+  cqrs__free(c);
+  *nomem = true;
+  return NULL;
+}
+
+void cqrs__cache_destroy(cqrs__cache_t *c) {
+  if (!c) return;
+  for (size_t i = 0; i < c->nshards; i++) {
+    shard_t *s = &c->shards[i];
+    for (entry_t *e = s->head, *n; e; e = n) {
+      n = e->next;
+      cqrs__free(e);
+    }
+    cqrs__free(s->buckets);
+    uv_mutex_destroy(&s->lock);
+  }
+  cqrs__free(c);
+}
+
+bool cqrs__cache_accepts(const cqrs__cache_t *c, const cqrs_aggregate_type_t *type) {
+  return c && type && !type->state_cleanup;
+}
+
+/* The entry for (type name, id) and the link that points at it. */
+static entry_t **find(shard_t *s, uint32_t h, const char *type, const char *id) {
+  entry_t **link = &s->buckets[h & s->mask];
+  for (; *link; link = &(*link)->chain) {
+    entry_t *e = *link;
+    if (e->hash == h && !strcmp(e->id, id) && (e->type->name == type || !strcmp(e->type->name, type))) break;
+  }
+  return link;
+}
+
+static void lru_unlink(shard_t *s, entry_t *e) {
+  if (e->prev) {
+    e->prev->next = e->next;
+  } else {
+    s->head = e->next;
+  }
+  if (e->next) {
+    e->next->prev = e->prev;
+  } else {
+    s->tail = e->prev;
+  }
+}
+
+static void lru_push_front(shard_t *s, entry_t *e) {
+  e->prev = NULL;
+  e->next = s->head;
+  if (s->head) {
+    s->head->prev = e;
+  } else {
+    s->tail = e;
+  }
+  s->head = e;
+}
+
+static void remove_entry(shard_t *s, entry_t **link) {
+  entry_t *e = *link;
+  *link = e->chain;
+  lru_unlink(s, e);
+  s->count--;
+  cqrs__free(e);
+}
+
+static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >> 24) % c->nshards]; }
+
+bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
+  if (!cqrs__cache_accepts(c, agg->type)) return false;
+  uint32_t h = hash_of(agg->type->name, agg->id);
+  shard_t *s = shard_of(c, h);
+  uv_mutex_lock(&s->lock);
+  entry_t *e = *find(s, h, agg->type->name, agg->id);
+  if (e) {
+    memcpy(agg->state, e->state, agg->type->state_size);
+    agg->version = e->version;
+    if (s->head != e) {
+      lru_unlink(s, e);
+      lru_push_front(s, e);
+    }
+  }
+  uv_mutex_unlock(&s->lock);
+  return e != NULL;
+}
+
+void cqrs__cache_put(cqrs__cache_t *c, const cqrs_aggregate_t *agg) {
+  if (!cqrs__cache_accepts(c, agg->type) || agg->pending_count || agg->version < 1) return;
+  const cqrs_aggregate_type_t *type = agg->type;
+  uint32_t h = hash_of(type->name, agg->id);
+  shard_t *s = shard_of(c, h);
+  uv_mutex_lock(&s->lock);
+  entry_t **link = find(s, h, type->name, agg->id);
+  entry_t *e = *link;
+  if (e && e->type != type) {
+    /* Two descriptors under one name: trust neither. */
+    remove_entry(s, link);
+    e = NULL;
+    link = find(s, h, type->name, agg->id);
+  }
+  if (!e) {
+    if (s->count >= s->cap) {
+      entry_t *old = s->tail;
+      remove_entry(s, find(s, old->hash, old->type->name, old->id));
+      link = find(s, h, type->name, agg->id);
+    }
+    e = cqrs__malloc(sizeof *e + type->state_size);
+    if (e) {
+      e->chain = NULL;
+      e->type = type;
+      e->hash = h;
+      e->version = 0;
+      memcpy(e->id, agg->id, strlen(agg->id) + 1);
+      *link = e;
+      lru_push_front(s, e);
+      s->count++;
+    }
+  } else if (s->head != e) {
+    lru_unlink(s, e);
+    lru_push_front(s, e);
+  }
+  if (e && agg->version > e->version) {
+    memcpy(e->state, agg->state, type->state_size);
+    e->version = agg->version;
+  }
+  uv_mutex_unlock(&s->lock);
+}
+
+static void drop_if(cqrs__cache_t *c, const char *type, const char *id, int64_t newer_than) {
+  uint32_t h = hash_of(type, id);
+  shard_t *s = shard_of(c, h);
+  uv_mutex_lock(&s->lock);
+  entry_t **link = find(s, h, type, id);
+  if (*link && (*link)->version < newer_than) {
+    remove_entry(s, link);
+  }
+  uv_mutex_unlock(&s->lock);
+}
+
+void cqrs__cache_drop(cqrs__cache_t *c, const char *type, const char *id) {
+  if (c && type && id) drop_if(c, type, id, INT64_MAX);
+}
+
+void cqrs__cache_seen(cqrs__cache_t *c, const cqrs_event_t *e) {
+  if (c && e && e->envelope) drop_if(c, e->envelope->aggregate_type, e->envelope->aggregate_id, e->version);
+}
