@@ -124,6 +124,8 @@ cqrs_code_t cqrs_http_metrics_start(uv_loop_t *loop, const cqrs_metrics_t *m, co
   h->timer.data = h;
   h->handles_open = 2;
   uv_poll_start(&h->poll, UV_READABLE, poll_cb);
+  uv_unref((uv_handle_t *)&h->poll);
+  uv_unref((uv_handle_t *)&h->timer);
   *out = h;
   return CQRS_OK;
 }

@@ -18,7 +18,9 @@ typedef struct cqrs_http_metrics cqrs_http_metrics_t;
  * 404 elsewhere, 405 for other methods. Requests are handled on `loop`'s
  * thread, which must be the loop of the dispatcher `m` watches. Errors:
  * CQRS_EINVAL (arguments, address), CQRS_ESTATE (cannot listen: port in use),
- * CQRS_ENOMEM. Close it with cqrs_http_metrics_close before that dispatcher. */
+ * CQRS_ENOMEM. Like a dispatcher without keep_alive, it does not keep the
+ * loop alive by itself. Close it with cqrs_http_metrics_close before that
+ * dispatcher. */
 CQRS_EXPORT cqrs_code_t cqrs_http_metrics_start(uv_loop_t *loop, const cqrs_metrics_t *m, const char *host,
                                                 uint16_t port, cqrs_http_metrics_t **out, cqrs_error_t *err);
 
