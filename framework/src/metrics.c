@@ -160,8 +160,17 @@ typedef struct series {
   _Atomic uint64_t buckets[CQRS_METRICS_BUCKETS]; /* not cumulative */
 } series_t;
 
+/* The hot path, a command that succeeded, finds its two series by the type
+ * pointer: no hashing of names. Entries are set once and kept. */
+#define TYPE_CACHE 256
+typedef struct type_entry {
+  const cqrs_command_type_t *type;
+  series_t *ok, *duration;
+} type_entry_t;
+
 struct cqrs_metrics {
   _Atomic(series_t *) slots[SLOTS];
+  _Atomic(type_entry_t *) types[TYPE_CACHE];
   uv_mutex_t lock; /* taken only to add a series */
   size_t nseries;
   _Atomic uint64_t conflicts, retries, events, dropped;
@@ -236,20 +245,37 @@ static void observe(series_t *s, uint64_t ns) {
 
 /* ---- the metrics middleware ---- */
 
+static type_entry_t *type_entry(cqrs_metrics_t *m, const cqrs_command_type_t *type) {
+  _Atomic(type_entry_t *) *slot = &m->types[((uintptr_t)type >> 4) % TYPE_CACHE];
+  type_entry_t *e = atomic_load_explicit(slot, memory_order_acquire);
+  if (e) return e->type == type ? e : NULL;
+  if (!(e = cqrs__malloc(sizeof *e))) return NULL;
+  e->type = type;
+  e->ok = lookup(m, F_COMMANDS, type->name, "ok", "");
+  e->duration = lookup(m, F_COMMAND_DURATION, type->name, NULL, NULL);
+  type_entry_t *none = NULL;
+  if (!e->ok || !e->duration || !atomic_compare_exchange_strong(slot, &none, e)) {
+    cqrs__free(e); /* another thread won, or a type shares the slot: the slow path serves it */
+    return none && none->type == type ? none : NULL;
+  }
+  return e;
+}
+
 static void on_command(const cqrs_command_t *cmd, const cqrs_result_t *r, const cqrs_command_stats_t *st,
                        void *data) {
   cqrs_metrics_t *m = data;
   const char *type = cmd->type->name;
   cqrs_code_t code = r->error.code;
+  type_entry_t *te = type_entry(m, cmd->type);
   if (code == CQRS_OK) {
-    add(lookup(m, F_COMMANDS, type, "ok", ""), 1);
+    add(te ? te->ok : lookup(m, F_COMMANDS, type, "ok", ""), 1);
     if (!r->duplicate && r->events) atomic_fetch_add_explicit(&m->events, r->events, memory_order_relaxed);
   } else if (code == CQRS_EREJECTED) {
     add(lookup(m, F_COMMANDS, type, "rejected", r->error.name), 1);
   } else {
     add(lookup(m, F_COMMANDS, type, "error", cqrs_code_name(code)), 1);
   }
-  observe(lookup(m, F_COMMAND_DURATION, type, NULL, NULL), st->duration_ns);
+  observe(te ? te->duration : lookup(m, F_COMMAND_DURATION, type, NULL, NULL), st->duration_ns);
   if (st->conflicts) {
     atomic_fetch_add_explicit(&m->conflicts, st->conflicts, memory_order_relaxed);
     unsigned reruns = st->conflicts - (code == CQRS_ECONFLICT ? 1 : 0);
@@ -290,6 +316,7 @@ cqrs_code_t cqrs_metrics_new(cqrs_metrics_t **out, cqrs_error_t *err) {
 void cqrs_metrics_destroy(cqrs_metrics_t *m) {
   if (!m) return;
   for (size_t i = 0; i < SLOTS; i++) cqrs__free(atomic_load(&m->slots[i]));
+  for (size_t i = 0; i < TYPE_CACHE; i++) cqrs__free(atomic_load(&m->types[i]));
   uv_mutex_destroy(&m->lock);
   cqrs__free(m);
 }
