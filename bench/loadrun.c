@@ -368,8 +368,9 @@ static int report(run_t *r, double seconds, double drain_s) {
            r->rate, seconds, r->reads, r->writes, achieved, rp50, rp95, rp99, wp50, wp95, wp99, lag99, r->max_lag_s,
            r->max_lag_positions, drain_s, r->read_errors + r->write_errors, r->skipped, r->rejections, err_rate);
   } else {
-    printf("load run: %ld ops/s asked for %.1f s; %" PRIu64 " reads, %" PRIu64 " writes\n", r->rate, seconds,
-           r->reads, r->writes);
+    printf("load run: %ld ops/s asked for %ld s (the last completed after %.1f s); %" PRIu64 " reads, %" PRIu64
+           " writes\n",
+           r->rate, r->duration_s, seconds, r->reads, r->writes);
     printf("  %-22s %-28s %-12s %s\n", "figure", "measured", "target", "met");
     printf("  %-22s p50 %.2f  p95 %.2f  p99 %-7.2f %-12s %s\n", "read latency (ms)", rp50, rp95, rp99, "p99 < 50",
            verdict(ok_read));
