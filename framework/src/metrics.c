@@ -403,7 +403,7 @@ static bool copy_family(const cqrs_metrics_t *m, cqrs_metrics_snapshot_t *s, fam
       x->sum = (double)atomic_load_explicit(&se->sum_ns, memory_order_relaxed) / 1e9;
     }
   }
-  qsort(s->items + first, s->len - first, sizeof *s->items, by_labels);
+  if (s->len > first) qsort(s->items + first, s->len - first, sizeof *s->items, by_labels);
   return true;
 }
 
