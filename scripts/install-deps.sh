@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages libcqrs builds and tests with, when any is missing.
+# The Go toolchain for the MongoDB test server comes on demand, through
+# scripts/go-toolchain.sh (Debian 12 ships no Go recent enough).
 set -euo pipefail
 pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind libmicrohttpd-dev libcurl4-openssl-dev)
 missing=()

@@ -1,11 +1,15 @@
-# Sourced by scripts/test.sh. Provides MONGODB_URI for the MongoDB tests:
-# the caller's if set; otherwise starts FerretDB v1.24.2 (SQLite backend) on
+# Sourced by scripts/test.sh. Provides MONGODB_URI for the MongoDB tests: the
+# caller's if set; otherwise starts FerretDB v1.24.2 (SQLite backend) on
 # 127.0.0.1 through the launcher in scripts/ferretdb/, with telemetry off, no
-# state or debug listener, data in a temporary directory, the build cached
-# between runs, and the server stopped when the calling shell exits. With
+# state or debug listener, data in a temporary directory, the build (and the
+# Go toolchain it needs, see scripts/go-toolchain.sh) cached between runs in
+# ~/.cache/libcqrs, and the server stopped when the calling shell exits. With
 # CI=true a server is required; elsewhere its absence only skips those tests.
 # Also exports CQRS_FERRETDB_LAUNCHER, which tests use to run servers of
 # their own (to stop and restart them).
+
+# shellcheck source=scripts/phase.sh
+type phase >/dev/null 2>&1 || source scripts/phase.sh
 
 mongo_server_fail() {
   if [ "${CI:-}" = "true" ]; then
@@ -15,23 +19,26 @@ mongo_server_fail() {
   echo "note: $1; the MongoDB tests will be skipped (set MONGODB_URI to run them)" >&2
 }
 
+# Builds the launcher with a Go toolchain that scripts/go-toolchain.sh finds or
+# fetches (Debian 12's own Go is too old for FerretDB).
+mongo_server_build() {
+  local go
+  go=$(scripts/go-toolchain.sh)
+  (cd "$1" && GOTOOLCHAIN=local "$go" build -trimpath -o "$2.tmp" .)
+  mv "$2.tmp" "$2"
+}
+
 mongo_server_start() {
   local src=scripts/ferretdb cache bin hash port data pid
   cache=${XDG_CACHE_HOME:-$HOME/.cache}/libcqrs
   hash=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-16)
   bin=$cache/ferretdb-launcher-$hash
   if [ ! -x "$bin" ]; then
-    if ! command -v go >/dev/null 2>&1; then
-      mongo_server_fail "Go is not installed, so FerretDB cannot be built"
-      return 0
-    fi
-    echo "== building the FerretDB launcher (cached in $cache)"
     mkdir -p "$cache"
-    if ! (cd "$src" && go build -trimpath -o "$bin.tmp" .); then
+    if ! phase --may-fail "FerretDB launcher (Go toolchain + build, cached)" -- mongo_server_build "$src" "$bin"; then
       mongo_server_fail "the FerretDB launcher did not build"
       return 0
     fi
-    mv "$bin.tmp" "$bin"
   fi
   export CQRS_FERRETDB_LAUNCHER=$bin
   # A free loopback port: nothing answers there.

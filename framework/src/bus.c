@@ -60,7 +60,7 @@ static void dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *err
     size_t cap = d->dead_cap ? d->dead_cap * 2 : 16;
     dead_letter_t *p = cqrs__realloc(d->dead, cap * sizeof *p);
     if (!p) {
-      fprintf(stderr, "cqrs: dead letter of %s/%s #%lld lost: out of memory\n", s->name, e->type->name,
+      cqrs_log(CQRS_LOG_ERROR, "bus", "dead letter of %s/%s #%lld lost: out of memory", s->name, e->type->name,
               (long long)e->position);
       return;
     }
@@ -105,10 +105,17 @@ static void timer_cb(uv_timer_t *t) {
 static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   s->attempts++;
   s->retries++;
+  if (error->code == CQRS_ECLOSED && atomic_load(&s->d->closing)) {
+    /* A process manager cannot send at close: what it holds is read again
+     * from its checkpoint on the next start. */
+    while (s->q_len) q_pop(s);
+    s->attempts = 0;
+    return false;
+  }
   if (error->code == CQRS_ESTORE) {
     if (atomic_load(&s->d->closing)) {
       if (!s->cp && s->q_len)
-        fprintf(stderr, "cqrs: subscriber %s drops %zu event(s) at close: %s\n", s->name, s->q_len, error->message);
+        cqrs_log(CQRS_LOG_ERROR, "bus", "subscriber %s drops %zu event(s) at close: %s", s->name, s->q_len, error->message);
       while (s->q_len) q_pop(s);
       s->attempts = 0;
       return false;
@@ -134,18 +141,81 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
 static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
   cqrs_error_clear(err);
   cqrs_code_t rc = s->fn(e, s->data, err);
+  if (rc == CQRS__PENDING && s->async) return rc;
   if (rc && err->code == CQRS_OK) cqrs_error_set(err, rc, "subscriber %s returned %s", s->name, cqrs_code_name(rc));
   return rc;
 }
 
-static void save_checkpoint(sub_t *s) {
-  if (!s->cp || s->position == s->saved) return;
+typedef struct cp_save_work {
+  uv_work_t req;
+  sub_t *s;
+  int64_t position;
+  cqrs_code_t rc;
   cqrs_error_t err;
-  if (cqrs_checkpoints_save(s->cp, s->name, s->position, &err) == CQRS_OK) {
-    s->saved = s->position;
-  } else {
-    fprintf(stderr, "cqrs: checkpoint of %s not saved: %s\n", s->name, err.message);
+} cp_save_work_t;
+
+static void cp_save_work_cb(uv_work_t *w) {
+  cp_save_work_t *cw = w->data;
+  cw->rc = cqrs_checkpoints_save(cw->s->cp, cw->s->name, cw->position, &cw->err);
+}
+
+static void save_checkpoint(sub_t *s);
+
+static void cp_save_after(uv_work_t *w, int status) {
+  cp_save_work_t *cw = w->data;
+  sub_t *s = cw->s;
+  s->cp_saving = false;
+  s->d->work_inflight--;
+  if (status == 0 && cw->rc == CQRS_OK) {
+    s->saved = cw->position;
+  } else if (status == 0) {
+    cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: %s", s->name, cw->err.message);
   }
+  cqrs__free(cw);
+  save_checkpoint(s);
+  if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
+}
+
+/* Saves inline, or on the pool for an async subscriber whose checkpoints
+ * block (one save in flight; the newest position wins). */
+static void save_checkpoint(sub_t *s) {
+  if (!s->cp) return;
+  int64_t at = s->checkpoint ? s->checkpoint(s->data, s->position) : s->position;
+  if (at == s->saved || at < 0) return;
+  if (s->cp_blocking) {
+    if (s->cp_saving) return;
+    cp_save_work_t *cw = cqrs__calloc(1, sizeof *cw);
+    if (!cw) return;
+    cw->s = s;
+    cw->position = at;
+    cw->req.data = cw;
+    if (uv_queue_work(s->d->loop, &cw->req, cp_save_work_cb, cp_save_after)) {
+      cqrs__free(cw);
+      return;
+    }
+    s->cp_saving = true;
+    s->d->work_inflight++;
+    return;
+  }
+  cqrs_error_t err;
+  if (cqrs_checkpoints_save(s->cp, s->name, at, &err) == CQRS_OK) {
+    s->saved = at;
+  } else {
+    cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: %s", s->name, err.message);
+  }
+}
+
+void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err) {
+  s->busy = false;
+  if (!err || err->code == CQRS_OK) {
+    s->position = q_peek(s, 0)->position;
+    s->attempts = 0;
+    q_pop(s);
+  } else {
+    head_failed(s, err);
+  }
+  sub_run(s);
+  if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
 }
 
 /* ---- pool work: blocking subscribers and blocking stores ---- */
@@ -192,11 +262,13 @@ static void sub_after_work(uv_work_t *w, int status) {
   s->d->work_inflight--;
   if (sw->catchup) {
     if (status == 0 && sw->rc == CQRS_OK) {
-      for (size_t i = 0; i < sw->read.len; i++) {
-        q_push(s, sw->read.items[i]);
-        s->read_pos = sw->read.items[i]->position;
-      }
-      if (sw->read.len == 0) {
+      size_t queued = 0;
+      while (queued < sw->read.len && q_push(s, sw->read.items[queued])) s->read_pos = sw->read.items[queued++]->position;
+      if (queued < sw->read.len && !atomic_load(&s->d->closing)) {
+        /* Out of memory: read the rest again later. */
+        s->waiting = true;
+        uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, 1), 0);
+      } else if (sw->read.len == 0) {
         if (s->read_pos >= s->d->feed_pos) {
           s->state = SUB_LIVE;
         } else if (!atomic_load(&s->d->closing)) {
@@ -205,7 +277,7 @@ static void sub_after_work(uv_work_t *w, int status) {
         }
       }
     } else if (!atomic_load(&s->d->closing)) {
-      fprintf(stderr, "cqrs: projection %s cannot read the store: %s\n", s->name, sw->err.message);
+      cqrs_log(CQRS_LOG_WARNING, "bus", "projection %s cannot read the store: %s", s->name, sw->err.message);
       s->waiting = true;
       uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, 1), 0);
     }
@@ -248,13 +320,10 @@ static size_t catchup_inline(sub_t *s) {
   cqrs__event_vec_t v = {0};
   cqrs_error_t err;
   if (cqrs_store_read_all(s->d->store, s->read_pos + 1, FEED_BATCH, collect, &v, &err)) {
-    fprintf(stderr, "cqrs: projection %s cannot read the store: %s\n", s->name, err.message);
+    cqrs_log(CQRS_LOG_WARNING, "bus", "projection %s cannot read the store: %s", s->name, err.message);
   }
-  for (size_t i = 0; i < v.len; i++) {
-    q_push(s, v.items[i]);
-    s->read_pos = v.items[i]->position;
-  }
-  size_t n = v.len;
+  size_t n = 0;
+  while (n < v.len && q_push(s, v.items[n])) s->read_pos = v.items[n++]->position;
   cqrs__event_vec_free(&v);
   return n;
 }
@@ -273,7 +342,12 @@ static void sub_run(sub_t *s) {
       }
       cqrs_error_t err;
       const cqrs_event_t *e = q_peek(s, 0);
-      if (call_handler(s, e, &err) == CQRS_OK) {
+      cqrs_code_t rc = call_handler(s, e, &err);
+      if (rc == CQRS__PENDING) {
+        s->busy = true;
+        break;
+      }
+      if (rc == CQRS_OK) {
         s->position = e->position;
         s->attempts = 0;
         q_pop(s);
@@ -294,19 +368,25 @@ static void sub_run(sub_t *s) {
   }
   if (!s->blocking) save_checkpoint(s);
   s->running = false;
+  cqrs__waiters_check(d);
 }
 
 static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
   for (size_t i = 0; i < d->nsubs; i++) {
     sub_t *s = d->subs[i];
     if (s->state != SUB_LIVE || e->position <= s->position || !sub_wants(s, e)) continue;
-    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running) {
+    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async) {
       cqrs_error_t err;
       if (call_handler(s, e, &err) == CQRS_OK) {
         s->position = e->position;
         continue;
       }
-      q_push(s, e);
+      if (!q_push(s, e)) {
+        /* No room to hold it for a retry: this subscriber gives up on it. */
+        dead_letter(s, e, &err);
+        s->position = e->position;
+        continue;
+      }
       head_failed(s, &err);
       continue;
     }
@@ -347,7 +427,7 @@ static void feed_retry(uv_timer_t *t) { cqrs__feed_kick(t->data, 0); }
 /* A read of the store failed: try again later, so that subscribers hear of
  * what was committed even if nothing else is. */
 static void feed_failed(cqrs_dispatcher_t *d, const cqrs_error_t *err) {
-  if (d->feed_failures++ == 0) fprintf(stderr, "cqrs: event feed cannot read the store: %s\n", err->message);
+  if (d->feed_failures++ == 0) cqrs_log(CQRS_LOG_WARNING, "bus", "event feed cannot read the store: %s", err->message);
   if (!atomic_load(&d->closing)) uv_timer_start(&d->feed_timer, feed_retry, backoff_ms(d, d->feed_failures), 0);
 }
 
@@ -422,7 +502,7 @@ void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to) {
 /* ---- subscribing ---- */
 
 static cqrs_code_t add_sub(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,
-                           cqrs_event_handler_fn fn, void *data, bool blocking, sub_t **out, cqrs_error_t *err) {
+                           cqrs_event_handler_cb fn, void *data, bool blocking, sub_t **out, cqrs_error_t *err) {
   if (!d || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher or handler");
   if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "subscriber name", err);
@@ -462,7 +542,7 @@ static cqrs_code_t add_sub(cqrs_dispatcher_t *d, const char *name, const cqrs_ev
 }
 
 cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,
-                                      cqrs_event_handler_fn fn, void *data, unsigned flags, cqrs_error_t *err) {
+                                      cqrs_event_handler_cb fn, void *data, unsigned flags, cqrs_error_t *err) {
   sub_t *s = NULL;
   return add_sub(d, name, types, fn, data, flags & CQRS_SUBSCRIBE_BLOCKING, &s, err);
 }
@@ -496,14 +576,30 @@ static void cp_after_work(uv_work_t *w, int status) {
     start_catchup(s, cw->position);
   } else if (!atomic_load(&s->d->closing)) {
     /* Keep the projection stopped rather than replaying from an unknown point. */
-    fprintf(stderr, "cqrs: projection %s cannot load its checkpoint: %s\n", s->name, cw->err.message);
+    cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot load its checkpoint: %s", s->name, cw->err.message);
   }
   cqrs__free(cw);
   if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
 }
 
+static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
+                                    cqrs__checkpoint_fn checkpoint, bool async, sub_t **out, cqrs_error_t *err);
+
 cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
                                   cqrs_error_t *err) {
+  sub_t *s;
+  return projection_start(d, def, cp, NULL, false, &s, err);
+}
+
+cqrs_code_t cqrs__projection_start_async(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
+                                         cqrs_checkpoints_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
+                                         cqrs_error_t *err) {
+  return projection_start(d, def, cp, checkpoint, true, out, err);
+}
+
+static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
+                                    cqrs__checkpoint_fn checkpoint, bool async, sub_t **out, cqrs_error_t *err) {
+  *out = NULL;
   if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, definition or checkpoints");
   bool cp_blocking = cqrs__checkpoints_blocking(cp);
   int64_t pos = 0;
@@ -517,12 +613,16 @@ cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_de
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot start a projection");
   sub_t *s = NULL;
   rc = add_sub(d, def->name, def->types, def->handler, def->data,
-               (def->flags & CQRS_SUBSCRIBE_BLOCKING) || cp_blocking, &s, err);
+               !async && ((def->flags & CQRS_SUBSCRIBE_BLOCKING) || cp_blocking), &s, err);
   if (rc) {
     cqrs__free(cw);
     return rc;
   }
+  *out = s;
   s->cp = cp;
+  s->async = async;
+  s->checkpoint = checkpoint;
+  s->cp_blocking = async && cp_blocking;
   s->state = SUB_LOADING;
   if (!cp_blocking) {
     start_catchup(s, pos);
@@ -532,7 +632,7 @@ cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_de
   cw->req.data = cw;
   if (uv_queue_work(d->loop, &cw->req, cp_work_cb, cp_after_work)) {
     cqrs__free(cw);
-    fprintf(stderr, "cqrs: projection %s cannot queue work; it stays stopped\n", s->name);
+    cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot queue work; it stays stopped", s->name);
     return CQRS_OK;
   }
   s->busy = true;
@@ -575,7 +675,7 @@ bool cqrs__bus_idle(const cqrs_dispatcher_t *d) {
   if (d->feed_busy) return false;
   for (size_t i = 0; i < d->nsubs; i++) {
     const sub_t *s = d->subs[i];
-    if (s->busy || s->q_len) return false;
+    if (s->busy || s->q_len || s->cp_saving) return false;
   }
   return true;
 }

@@ -20,6 +20,7 @@ static cqrs_code_t command_alloc(const cqrs_command_type_t *type, cqrs_command_t
   cqrs_command_t *cmd = cqrs__malloc(sizeof *cmd + type->payload_size);
   if (!cmd) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a command");
   cmd->type = type;
+  cmd->internal = false;
   cqrs_new_id(cmd->id);
   memcpy(cmd->correlation_id, cmd->id, sizeof cmd->correlation_id);
   *out = cmd;

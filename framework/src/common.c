@@ -1,4 +1,5 @@
 #include <bson/bson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -60,6 +61,7 @@ static const struct {
     [CQRS_ENOT_FOUND] = {"not_found", "not found"},
     [CQRS_ETOO_LARGE] = {"too_large", "too large"},
     [CQRS_ESTATE] = {"bad_state", "not allowed in the current state"},
+    [CQRS_ETIMEOUT] = {"timeout", "timed out"},
 };
 
 const char *cqrs_code_name(cqrs_code_t code) {
@@ -157,3 +159,33 @@ void cqrs__event_vec_free(cqrs__event_vec_t *v) {
   v->items = NULL;
   v->cap = 0;
 }
+
+static cqrs_log_cb log_cb;
+static void *log_data;
+
+void cqrs_log_set_handler(cqrs_log_cb cb, void *data) {
+  log_cb = cb;
+  log_data = data;
+}
+
+void cqrs_log(cqrs_log_level_t level, const char *domain, const char *fmt, ...) {
+  if (!fmt) return;
+  if (!log_cb && level > CQRS_LOG_WARNING) return;
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (log_cb) {
+    log_cb(level, domain ? domain : "", msg, log_data);
+  } else {
+    fprintf(stderr, "cqrs %s: %s\n", domain ? domain : "", msg);
+  }
+}
+
+#ifndef CQRS_VERSION_STRING
+#define CQRS_VERSION_STRING "0.0.0"
+#define CQRS_VERSION_HEX 0
+#endif
+const char *cqrs_version(void) { return CQRS_VERSION_STRING; }
+unsigned cqrs_version_hex(void) { return CQRS_VERSION_HEX; }

@@ -36,6 +36,7 @@ struct cqrs_command {
   const cqrs_command_type_t *type;
   char id[CQRS_ID_MAX];
   char correlation_id[CQRS_ID_MAX];
+  bool internal; /* sent by the framework (a process step): may use reserved ids */
   _Alignas(max_align_t) unsigned char payload[];
 };
 
@@ -91,6 +92,16 @@ void cqrs__event_vec_free(cqrs__event_vec_t *v);
 
 bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp);
 
+/* Objects a module builds for types it registers, freed with the registry. */
+cqrs_code_t cqrs__registry_keep(cqrs_registry_t *reg, const char *key, void *obj, void (*free_fn)(void *),
+                                cqrs_error_t *err);
+void *cqrs__registry_kept(const cqrs_registry_t *reg, const char *key);
+
 #define CQRS__UNUSED(x) (void)(x)
+
+/* Command ids starting with this character belong to process managers:
+ * the dispatcher refuses them from anyone else, so no outside command can
+ * take the id of a step before the step runs. */
+#define CQRS__RESERVED_ID_PREFIX '~'
 
 #endif

@@ -8,7 +8,7 @@
 
 typedef struct handler {
   const cqrs_command_type_t *type; /* key */
-  cqrs_command_handler_fn fn;
+  cqrs_command_handler_cb fn;
   void *data;
   unsigned flags;
   UT_hash_handle hh;
@@ -27,7 +27,7 @@ typedef struct sub {
   cqrs_dispatcher_t *d;
   char name[CQRS_NAME_MAX];
   const cqrs_event_type_t **types; /* NULL: all */
-  cqrs_event_handler_fn fn;
+  cqrs_event_handler_cb fn;
   void *data;
   bool blocking;
   cqrs_checkpoints_t *cp; /* projections only */
@@ -43,6 +43,9 @@ typedef struct sub {
   bool waiting; /* back-off timer running */
   bool running; /* inside sub_run */
   uint64_t retries; /* failed deliveries, for metrics */
+  bool async;   /* the handler completes later (CQRS__PENDING) */
+  int64_t (*checkpoint)(void *data, int64_t handled); /* NULL: the position handled */
+  bool cp_blocking, cp_saving; /* a checkpoint save on the pool, for async subscribers */
   uv_timer_t timer;
 } sub_t;
 
@@ -69,6 +72,7 @@ struct cqrs_dispatcher {
   size_t nfree;
   _Atomic size_t pending;
   _Atomic bool closing;
+  _Atomic size_t senders; /* threads inside cqrs_dispatcher_send: freeing waits for them */
   int handles_open;
   cqrs_close_cb close_cb;
   void *close_data;
@@ -89,6 +93,13 @@ struct cqrs_dispatcher {
   size_t ndead, dead_cap, dead_total;
 
   cqrs__mw_chain_t mw; /* middleware around commands (metrics.c) */
+  struct cqrs__process **procs; /* process managers running here (process.c) */
+  size_t nprocs;
+
+  /* Read-your-writes waiters (wait.c): on the loop thread, and handed over
+   * from other threads under the inbox lock. */
+  struct cqrs__waiter *waiters, *wait_inbox;
+  uv_timer_t wait_timer;
 };
 
 /* bus.c */
@@ -100,7 +111,34 @@ void cqrs__bus_close(cqrs_dispatcher_t *d);  /* cut back-offs short */
 bool cqrs__bus_idle(const cqrs_dispatcher_t *d);
 void cqrs__bus_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb);
 void cqrs__bus_free(cqrs_dispatcher_t *d);
+/* Subscribers whose handler completes later: it returns CQRS__PENDING and
+ * the dispatcher calls cqrs__sub_complete once, on the loop thread.
+ * `checkpoint` (may be NULL) gives the position to save, at most the one
+ * handled (a process manager holds it back to the oldest open instance). */
+#define CQRS__PENDING ((cqrs_code_t)(CQRS_CODE_COUNT + 1))
+typedef int64_t (*cqrs__checkpoint_fn)(void *data, int64_t handled);
+cqrs_code_t cqrs__projection_start_async(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
+                                         cqrs_checkpoints_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
+                                         cqrs_error_t *err);
+void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err);
+
+/* process.c: process managers attached to the dispatcher. */
+typedef struct cqrs__process cqrs__process_t;
+bool cqrs__process_idle(const cqrs__process_t *p);
+void cqrs__process_closing(cqrs__process_t *p);
+void cqrs__process_close_handles(cqrs__process_t *p, uv_close_cb cb);
+void cqrs__process_free(cqrs__process_t *p);
+
+/* wait.c */
+void cqrs__waiters_check(cqrs_dispatcher_t *d);  /* after subscribers moved; loop thread */
+void cqrs__waiters_adopt(cqrs_dispatcher_t *d);  /* takes the inbox's waiters; inbox lock held */
+void cqrs__waiters_close(cqrs_dispatcher_t *d);  /* completes every waiter with CQRS_ECLOSED */
+
 /* dispatcher.c */
 void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d);
+/* Sends a command the framework built (a process step or input): reserved
+ * ids allowed. */
+cqrs_code_t cqrs__dispatcher_send_internal(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done,
+                                           void *data);
 
 #endif

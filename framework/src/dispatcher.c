@@ -89,6 +89,9 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   uv_timer_init(loop, &d->feed_timer);
   d->feed_timer.data = d;
   d->handles_open++;
+  uv_timer_init(loop, &d->wait_timer);
+  d->wait_timer.data = d;
+  d->handles_open++;
   if (d->opts.poll_ms) {
     uv_timer_init(loop, &d->poll);
     d->poll.data = d;
@@ -102,7 +105,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
 }
 
 cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
-                                     cqrs_command_handler_fn fn, void *data, unsigned flags, cqrs_error_t *err) {
+                                     cqrs_command_handler_cb fn, void *data, unsigned flags, cqrs_error_t *err) {
   if (!d || !type || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, command type or handler");
   if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   if (!type->name || !type->fields) return cqrs_error_set(err, CQRS_EINVAL, "command type lacks a name or fields");
@@ -130,16 +133,45 @@ static bool on_loop_thread(const cqrs_dispatcher_t *d) {
   return uv_thread_equal(&self, &d->loop_thread);
 }
 
+static cqrs_code_t submit(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done, void *data);
+
 cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done, void *data) {
   if (!d || !cmd) {
     cqrs_command_destroy(cmd);
     return CQRS_EINVAL;
   }
-  if (atomic_load_explicit(&d->closing, memory_order_acquire)) {
+  if (cmd->id[0] == CQRS__RESERVED_ID_PREFIX && !cmd->internal) {
     cqrs_command_destroy(cmd);
-    return CQRS_ECLOSED;
+    return CQRS_EINVALID_COMMAND;
   }
+  return submit(d, cmd, done, data);
+}
+
+cqrs_code_t cqrs__dispatcher_send_internal(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done,
+                                           void *data) {
+  cmd->internal = true;
+  return submit(d, cmd, done, data);
+}
+
+/* Another thread may send while the loop thread closes: `closing` is set and
+ * `pending` raised under the inbox lock, so a close that saw no pending
+ * command cannot miss one that was accepted; `senders` keeps the memory
+ * alive until every thread inside this function has left it. */
+static cqrs_code_t submit(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done, void *data) {
   bool local = on_loop_thread(d);
+  if (local) {
+    if (atomic_load_explicit(&d->closing, memory_order_relaxed)) {
+      cqrs_command_destroy(cmd);
+      return CQRS_ECLOSED;
+    }
+  } else {
+    atomic_fetch_add(&d->senders, 1);
+    if (atomic_load(&d->closing)) {
+      atomic_fetch_sub(&d->senders, 1);
+      cqrs_command_destroy(cmd);
+      return CQRS_ECLOSED;
+    }
+  }
   request_t *r = NULL;
   if (local && d->free_requests) {
     r = d->free_requests; /* its `committed` vector is empty, its capacity kept */
@@ -148,6 +180,7 @@ cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs
   } else if ((r = cqrs__malloc(sizeof *r))) {
     r->committed = (cqrs__event_vec_t){0};
   } else {
+    if (!local) atomic_fetch_sub(&d->senders, 1);
     cqrs_command_destroy(cmd);
     return CQRS_ENOMEM;
   }
@@ -165,8 +198,9 @@ cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs
   r->result.version = 0;
   r->result.events = 0;
   r->result.duplicate = false;
-  atomic_fetch_add_explicit(&d->pending, 1, memory_order_relaxed);
+  r->result.position = 0;
   if (local) {
+    atomic_fetch_add_explicit(&d->pending, 1, memory_order_relaxed);
     if (d->local_tail) {
       d->local_tail->next = r;
     } else {
@@ -174,17 +208,28 @@ cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs
       if (!d->opts.keep_alive) uv_ref((uv_handle_t *)&d->async);
     }
     d->local_tail = r;
-  } else {
-    uv_mutex_lock(&d->inbox_lock);
-    if (d->inbox_tail) {
-      d->inbox_tail->next = r;
-    } else {
-      d->inbox_head = r;
-    }
-    d->inbox_tail = r;
-    uv_mutex_unlock(&d->inbox_lock);
+    uv_async_send(&d->async);
+    return CQRS_OK;
   }
+  uv_mutex_lock(&d->inbox_lock);
+  if (atomic_load(&d->closing)) {
+    uv_mutex_unlock(&d->inbox_lock);
+    atomic_fetch_sub(&d->senders, 1);
+    cqrs__event_vec_free(&r->committed);
+    cqrs__free(r);
+    cqrs_command_destroy(cmd);
+    return CQRS_ECLOSED;
+  }
+  atomic_fetch_add(&d->pending, 1);
+  if (d->inbox_tail) {
+    d->inbox_tail->next = r;
+  } else {
+    d->inbox_head = r;
+  }
+  d->inbox_tail = r;
   uv_async_send(&d->async);
+  uv_mutex_unlock(&d->inbox_lock);
+  atomic_fetch_sub(&d->senders, 1);
   return CQRS_OK;
 }
 
@@ -330,6 +375,7 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
   r->result.version = changed->version;
   r->result.events = sr.committed;
   r->result.duplicate = sr.duplicate;
+  r->result.position = sr.last_position;
   r->last_position = sr.last_position;
   return CQRS_OK;
 }
@@ -429,7 +475,10 @@ static void async_cb(uv_async_t *h) {
   request_t *in = d->inbox_head;
   request_t *in_tail = d->inbox_tail;
   d->inbox_head = d->inbox_tail = NULL;
+  bool waits = d->wait_inbox != NULL;
+  cqrs__waiters_adopt(d);
   uv_mutex_unlock(&d->inbox_lock);
+  if (waits) cqrs__waiters_check(d);
   if (in) {
     if (d->local_tail) {
       d->local_tail->next = in;
@@ -462,6 +511,12 @@ static void handle_closed(uv_handle_t *h) {
   if (--d->handles_open > 0) return;
   cqrs_close_cb cb = d->close_cb;
   void *data = d->close_data;
+  /* A thread that saw the dispatcher open may still be leaving send(). */
+  while (atomic_load(&d->senders)) uv_sleep(0);
+  uv_mutex_lock(&d->inbox_lock);
+  uv_mutex_unlock(&d->inbox_lock);
+  for (size_t i = 0; i < d->nprocs; i++) cqrs__process_free(d->procs[i]);
+  cqrs__free(d->procs);
   cqrs__bus_free(d);
   while (d->free_requests) {
     request_t *r = d->free_requests;
@@ -482,20 +537,30 @@ static void handle_closed(uv_handle_t *h) {
 
 void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
   if (d->closed_handles || atomic_load(&d->pending) || d->work_inflight || !cqrs__bus_idle(d)) return;
+  for (size_t i = 0; i < d->nprocs; i++) {
+    if (!cqrs__process_idle(d->procs[i])) return;
+  }
   d->closed_handles = true;
+  for (size_t i = 0; i < d->nprocs; i++) cqrs__process_close_handles(d->procs[i], handle_closed);
   uv_close((uv_handle_t *)&d->async, handle_closed);
   uv_close((uv_handle_t *)&d->feed_timer, handle_closed);
+  uv_close((uv_handle_t *)&d->wait_timer, handle_closed);
   if (d->poll_on) uv_close((uv_handle_t *)&d->poll, handle_closed);
   cqrs__bus_close_handles(d, handle_closed);
 }
 
 cqrs_code_t cqrs_dispatcher_close(cqrs_dispatcher_t *d, cqrs_close_cb cb, void *data) {
   if (!d) return CQRS_EINVAL;
-  if (atomic_exchange(&d->closing, true)) return CQRS_ECLOSED;
+  uv_mutex_lock(&d->inbox_lock);
+  bool was = atomic_exchange(&d->closing, true);
+  uv_mutex_unlock(&d->inbox_lock);
+  if (was) return CQRS_ECLOSED;
+  for (size_t i = 0; i < d->nprocs; i++) cqrs__process_closing(d->procs[i]);
   d->close_cb = cb;
   d->close_data = data;
   if (d->poll_on) uv_timer_stop(&d->poll);
   uv_timer_stop(&d->feed_timer);
+  cqrs__waiters_close(d);
   cqrs__bus_close(d);
   cqrs__dispatcher_maybe_closed(d);
   return CQRS_OK;

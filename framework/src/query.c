@@ -5,7 +5,7 @@
 
 typedef struct query {
   UT_hash_handle hh;
-  cqrs_query_fn fn;
+  cqrs_query_handler_cb fn;
   void *data;
   char name[CQRS_NAME_MAX];
 } query_t;
@@ -33,7 +33,7 @@ void cqrs_queries_destroy(cqrs_queries_t *q) {
   cqrs__free(q);
 }
 
-cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_fn fn, void *data,
+cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_handler_cb fn, void *data,
                                   cqrs_error_t *err) {
   if (!q || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus or handler");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "query name", err);
@@ -79,6 +79,7 @@ cqrs_code_t cqrs_queries_run(const cqrs_queries_t *q, const char *name, const bs
 
 typedef struct query_req {
   uv_work_t work;
+  uv_timer_t timer; /* a non-blocking read model: run at the next turn of the loop */
   const cqrs_queries_t *q;
   char name[CQRS_NAME_MAX];
   bson_t *params, *answer; /* pointers: a bson_t needs 128-byte alignment */
@@ -93,13 +94,26 @@ static void query_work(uv_work_t *w) {
   r->rc = cqrs_queries_run(r->q, r->name, r->params, r->answer, &r->err);
 }
 
+static void query_free(query_req_t *r) {
+  bson_destroy(r->params);
+  bson_destroy(r->answer);
+  cqrs__free(r);
+}
+
 static void query_after(uv_work_t *w, int status) {
   query_req_t *r = w->data;
   if (status) r->rc = cqrs_error_set(&r->err, CQRS_ECLOSED, "query cancelled");
   r->cb(r->rc, r->answer, &r->err, r->data);
-  bson_destroy(r->params);
-  bson_destroy(r->answer);
-  cqrs__free(r);
+  query_free(r);
+}
+
+static void timer_closed(uv_handle_t *h) { query_free(h->data); }
+
+static void query_now(uv_timer_t *t) {
+  query_req_t *r = t->data;
+  query_work(&r->work);
+  r->cb(r->rc, r->answer, &r->err, r->data);
+  uv_close((uv_handle_t *)t, timer_closed);
 }
 
 cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const char *name, const bson_t *params,
@@ -116,14 +130,14 @@ cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const ch
   r->data = data;
   r->work.data = r;
   if (!cqrs_readmodel_blocking(q->rm)) {
-    query_work(&r->work);
-    query_after(&r->work, 0);
+    /* Never inside the call: the callback runs later, on the loop thread. */
+    uv_timer_init(loop, &r->timer);
+    r->timer.data = r;
+    uv_timer_start(&r->timer, query_now, 0, 0);
     return CQRS_OK;
   }
   if (uv_queue_work(loop, &r->work, query_work, query_after)) {
-    bson_destroy(r->params);
-    bson_destroy(r->answer);
-    cqrs__free(r);
+    query_free(r);
     return CQRS_ESTATE;
   }
   return CQRS_OK;

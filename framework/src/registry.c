@@ -1,3 +1,4 @@
+#include <stdio.h>
 
 #include "cqrs-uthash.h"
 
@@ -10,14 +11,43 @@ typedef struct entry {
 
 typedef struct upcaster {
   char key[CQRS_NAME_MAX + 12]; /* "name#from" */
-  cqrs_upcast_fn fn;
+  cqrs_upcast_cb fn;
   UT_hash_handle hh;
 } upcaster_t;
+
+typedef struct kept {
+  char key[CQRS_NAME_MAX];
+  void *obj;
+  void (*free_fn)(void *);
+  UT_hash_handle hh;
+} kept_t;
 
 struct cqrs_registry {
   entry_t *commands, *events, *aggregates;
   upcaster_t *upcasters;
+  kept_t *kept; /* what modules built for their types (process.c) */
 };
+
+cqrs_code_t cqrs__registry_keep(cqrs_registry_t *reg, const char *key, void *obj, void (*free_fn)(void *),
+                                cqrs_error_t *err) {
+  kept_t *k = cqrs__calloc(1, sizeof *k);
+  if (!k) return cqrs_error_set(err, CQRS_ENOMEM, "cannot keep %s", key);
+  snprintf(k->key, sizeof k->key, "%s", key);
+  k->obj = obj;
+  k->free_fn = free_fn;
+  CQRS_HASH_TRY(HASH_ADD_STR(reg->kept, key, k));
+  if (CQRS_HASH_FAILED()) {
+    cqrs__free(k);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot keep %s", key);
+  }
+  return CQRS_OK;
+}
+
+void *cqrs__registry_kept(const cqrs_registry_t *reg, const char *key) {
+  kept_t *k;
+  HASH_FIND_STR(reg->kept, key, k);
+  return k ? k->obj : NULL;
+}
 
 cqrs_registry_t *cqrs_registry_new(void) { return cqrs__calloc(1, sizeof(cqrs_registry_t)); }
 
@@ -38,6 +68,12 @@ void cqrs_registry_destroy(cqrs_registry_t *reg) {
   HASH_ITER(hh, reg->upcasters, u, tmp) {
     HASH_DEL(reg->upcasters, u);
     cqrs__free(u);
+  }
+  kept_t *k, *ktmp;
+  HASH_ITER(hh, reg->kept, k, ktmp) {
+    HASH_DEL(reg->kept, k);
+    if (k->free_fn) k->free_fn(k->obj);
+    cqrs__free(k);
   }
   cqrs__free(reg);
 }
@@ -111,7 +147,7 @@ static void upcaster_key(char *buf, size_t cap, const char *name, uint32_t from)
   snprintf(buf, cap, "%.63s#%u", name, from);
 }
 
-cqrs_code_t cqrs_registry_add_upcaster(cqrs_registry_t *reg, const char *name, uint32_t from, cqrs_upcast_fn fn,
+cqrs_code_t cqrs_registry_add_upcaster(cqrs_registry_t *reg, const char *name, uint32_t from, cqrs_upcast_cb fn,
                                        cqrs_error_t *err) {
   if (!reg || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or upcaster");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "event type name", err);

@@ -43,10 +43,11 @@ struct cqrs_test {
   bool done;
   cqrs_error_t error;
   event_vec_t events;
+  char cmd_id[CQRS_ID_MAX]; /* the when's command: only its events count */
 };
 
 cqrs_test_t *cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type, const char *id,
-                           cqrs_test_setup_fn setup, void *data) {
+                           cqrs_test_setup_cb setup, void *data) {
   cqrs_error_t err;
   if (!reg || !type || !id || !*id || strlen(id) >= CQRS_ID_MAX) {
     fprintf(stderr, "cqrs_test_new: NULL registry or type, or a bad id\n");
@@ -134,7 +135,9 @@ static void when_done(const cqrs_result_t *r, void *data) {
 }
 
 static bool collect(const cqrs_event_t *e, void *data) {
-  return vec_push(data, e);
+  cqrs_test_t *t = data;
+  if (strcmp(cqrs_event_causation_id(e), t->cmd_id)) return true; /* a subscriber's or process's */
+  return vec_push(&t->events, e);
 }
 
 void cqrs_test_run(cqrs_test_t *t) {
@@ -150,11 +153,12 @@ cqrs_code_t cqrs_test_when(cqrs_test_t *t, const cqrs_command_type_t *type, cons
   cqrs_store_head(t->store, &head, NULL);
   cqrs_command_t *cmd;
   if (cqrs_command_new(type, payload, &cmd, &t->error)) return CQRS_OK; /* the result is the error */
+  snprintf(t->cmd_id, sizeof t->cmd_id, "%s", cqrs_command_id(cmd));
   cqrs_code_t rc = cqrs_dispatcher_send(t->d, cmd, when_done, t);
   if (rc) return rc;
   uv_run(&t->loop, UV_RUN_DEFAULT);
   if (!t->done) return CQRS_ESTATE;
-  return cqrs_store_read_all(t->store, head + 1, SIZE_MAX, collect, &t->events, NULL);
+  return cqrs_store_read_all(t->store, head + 1, SIZE_MAX, collect, t, NULL);
 }
 
 const cqrs_error_t *cqrs_test_error(const cqrs_test_t *t) { return t ? &t->error : NULL; }

@@ -30,7 +30,7 @@ static void given_issued(void **state, int64_t cents) {
 
 static void test_issue_takes_the_next_number_of_the_year(void **state) {
   given_customer(state);
-  char first[BILLING_NUMBER_MAX], third[BILLING_NUMBER_MAX], book[8];
+  char first[BILLING_NUMBER_MAX], third[BILLING_NUMBER_MAX], book[16];
   billing_invoice_number(first, year_now(), 1);
   CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "c-1", EUR(150000), DUE});
   billing_invoice_numbered_t want = {"inv-1", "", "c-1", EUR(150000), DUE};
@@ -136,6 +136,27 @@ static void test_number_format(void **state) {
   assert_string_equal(buf, "INV-2024-1234");
 }
 
+/* The invoice process, given / when / then: a numbered invoice is
+ * recorded on its own stream, once. */
+static void test_invoice_process_records_the_numbered_invoice(void **state) {
+  (void)state;
+  cqrs_process_test_t *t;
+  assert_int_equal(cqrs_process_test_new(&billing_invoice_process, "2026.1", NULL, &t, NULL), CQRS_OK);
+  billing_invoice_numbered_t n = {"inv-1", "INV-2026-001", "c-1", EUR(150000), DUE};
+  CQRS_PROCESS_WHEN_EVENT(t, &billing_invoice_numbered, "2026", n);
+  CQRS_PROCESS_THEN_SENDS(t, "record", &billing_record_invoice);
+  const billing_record_invoice_t *r;
+  cqrs_process_test_sent(t, 0, NULL, (const void **)&r);
+  assert_string_equal(r->invoice_id, "inv-1");
+  assert_string_equal(r->number, "INV-2026-001");
+  CQRS_PROCESS_WHEN_STEP(t, "record", CQRS_STEP_ACCEPTED, NULL);
+  CQRS_PROCESS_THEN_ENDED(t);
+  /* The same event again: the instance has ended and sends nothing. */
+  CQRS_PROCESS_WHEN_EVENT(t, &billing_invoice_numbered, "2026", n);
+  CQRS_PROCESS_THEN_NOTHING(t);
+  cqrs_process_test_destroy(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_issue_takes_the_next_number_of_the_year, setup, bfx_teardown),
@@ -151,6 +172,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_cancel_only_while_pending, setup, bfx_teardown),
       cmocka_unit_test_setup_teardown(test_cancel_paid_is_refused, setup, bfx_teardown),
       cmocka_unit_test_setup_teardown(test_number_format, setup, bfx_teardown),
+      cmocka_unit_test(test_invoice_process_records_the_numbered_invoice),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

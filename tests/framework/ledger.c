@@ -226,3 +226,65 @@ static const cqrs_checkpoint_ops_t blocking_cp_ops = {true, bc_load, bc_save, NU
 cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner) {
   return cqrs_checkpoints_new(&blocking_cp_ops, inner);
 }
+
+/* A store that forwards to `inner` until `budget` calls have been made, then
+ * fails every call as a server that went away would: what a process killed
+ * at that point leaves behind. */
+typedef struct faulty {
+  cqrs_store_t *inner;
+  _Atomic long budget; /* calls left; < 0: unlimited */
+  _Atomic long calls;
+} faulty_t;
+
+static bool spend(faulty_t *f) {
+  atomic_fetch_add(&f->calls, 1);
+  long b = atomic_load(&f->budget);
+  while (b > 0 && !atomic_compare_exchange_weak(&f->budget, &b, b - 1)) {
+  }
+  return b != 0;
+}
+#define FAULTY(impl, err)                                                            \
+  faulty_t *f = impl;                                                                \
+  if (!spend(f)) return cqrs_error_set(err, CQRS_ESTORE, "the store stopped (fault injection)")
+
+static cqrs_code_t f_append(void *impl, const cqrs_append_t *r, cqrs_append_result_t *res, cqrs_error_t *err) {
+  FAULTY(impl, err);
+  return cqrs_store_append(f->inner, r, res, err);
+}
+static cqrs_code_t f_read_stream(void *impl, const char *t, const char *id, int64_t from, cqrs_event_visit_cb cb,
+                                 void *data, cqrs_error_t *err) {
+  FAULTY(impl, err);
+  return cqrs_store_read_stream(f->inner, t, id, from, cb, data, err);
+}
+static cqrs_code_t f_read_all(void *impl, int64_t from, size_t limit, cqrs_event_visit_cb cb, void *data,
+                              cqrs_error_t *err) {
+  FAULTY(impl, err);
+  return cqrs_store_read_all(f->inner, from, limit, cb, data, err);
+}
+static cqrs_code_t f_head(void *impl, int64_t *p, cqrs_error_t *err) {
+  FAULTY(impl, err);
+  return cqrs_store_head(f->inner, p, err);
+}
+static cqrs_code_t f_snap_load(void *impl, const char *t, const char *id, cqrs_snapshot_t *out, bool *found,
+                               cqrs_error_t *err) {
+  FAULTY(impl, err);
+  return cqrs_store_snapshot_load(f->inner, t, id, out, found, err);
+}
+static cqrs_code_t f_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err) {
+  FAULTY(impl, err);
+  return cqrs_store_snapshot_save(f->inner, snap, err);
+}
+
+static const cqrs_store_ops_t faulty_ops = {"faulty", false, f_append, f_read_stream, f_read_all, f_head,
+                                            f_snap_load, f_snap_save, free};
+
+cqrs_store_t *ledger_faulty_store(cqrs_store_t *inner, long budget) {
+  faulty_t *f = calloc(1, sizeof *f);
+  f->inner = inner;
+  atomic_store(&f->budget, budget);
+  return cqrs_store_new(&faulty_ops, f);
+}
+
+long ledger_faulty_store_calls(cqrs_store_t *store) {
+  return atomic_load(&((faulty_t *)cqrs_store_impl(store))->calls);
+}

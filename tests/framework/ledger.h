@@ -50,6 +50,11 @@ cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms);
 /* Makes the next `n` read_all calls of a ledger_blocking_store fail with
  * CQRS_ESTORE, as a server that went away would. */
 void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n);
+/* A non-blocking store that forwards to `inner` (borrowed) for `budget`
+ * calls (< 0: forever), then fails every call with CQRS_ESTORE: a process
+ * stopped after its budget-th store call. */
+cqrs_store_t *ledger_faulty_store(cqrs_store_t *inner, long budget);
+long ledger_faulty_store_calls(cqrs_store_t *store);
 /* Checkpoints that forward to `inner` (borrowed) but are blocking. */
 cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner);
 #endif

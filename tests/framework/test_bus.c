@@ -34,7 +34,7 @@ typedef struct fx {
   bool closed;
 } fx_t;
 
-static fx_t *fx_new(uint64_t base_ms, cqrs_dead_letter_fn sink, void *sink_data) {
+static fx_t *fx_new(uint64_t base_ms, cqrs_dead_letter_cb sink, void *sink_data) {
   fx_t *fx = calloc(1, sizeof *fx);
   uv_loop_init(&fx->loop);
   fx->reg = ledger_registry();

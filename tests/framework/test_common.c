@@ -41,6 +41,15 @@ static void test_error_and_rejection_shapes(void **state) {
   assert_int_equal(cqrs_reject(NULL, "r", "x"), CQRS_EREJECTED);
 }
 
+static void test_version(void **state) {
+  (void)state;
+  unsigned h = cqrs_version_hex();
+  char want[32];
+  snprintf(want, sizeof want, "%u.%u.%u", h >> 16, (h >> 8) & 0xff, h & 0xff);
+  assert_string_equal(cqrs_version(), want);
+  assert_true(h >= 0x000100);
+}
+
 static void test_ids_are_unique(void **state) {
   (void)state;
   char a[CQRS_EVENT_ID_LEN], b[CQRS_EVENT_ID_LEN];
@@ -103,12 +112,100 @@ static void test_every_allocation_failure_is_an_error(void **state) {
   assert_int_equal(run_flow(), 0);
 }
 
+/* The whole round trip on a loop: send, handler, commit, publication to a
+ * projection, completion, close. Returns 0 when everything succeeded, 1
+ * when something reported an error; crashes and leaks are the failures. */
+static int projected, tried;
+/* Fails the first event, which is dead-lettered at once (one attempt):
+ * publication then has to queue it, so that path fails its allocations too. */
+static cqrs_code_t count_projected(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)e, (void)data;
+  if (tried++ == 0) return cqrs_error_set(err, CQRS_EHANDLER, "not this one");
+  projected++;
+  return CQRS_OK;
+}
+
+static int completed_ok, completed;
+static void round_trip_done(const cqrs_result_t *r, void *data) {
+  (void)data;
+  completed++;
+  completed_ok += cqrs_result_ok(r);
+}
+
+static int run_round_trip(void) {
+  uv_loop_t loop;
+  if (uv_loop_init(&loop)) return 1;
+  projected = tried = completed = completed_ok = 0;
+  int rc = 1, sent = 0;
+  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_store_t *store = cqrs_memory_store_new();
+  cqrs_checkpoints_t *cp = cqrs_memory_checkpoints_new();
+  cqrs_dispatcher_t *d = NULL;
+  if (!reg || !store || !cp) goto out;
+  if (cqrs_registry_add_aggregate(reg, &ledger_type, NULL) || cqrs_registry_add_command(reg, &ledger_open, NULL) ||
+      cqrs_registry_add_command(reg, &ledger_credit, NULL) || cqrs_registry_add_command(reg, &ledger_debit, NULL))
+    goto out;
+  cqrs_dispatcher_options_t opts;
+  cqrs_dispatcher_options_init(&opts);
+  opts.retry_base_ms = 1;
+  opts.retry_attempts = 1;
+  if (cqrs_dispatcher_new(&loop, reg, store, &opts, &d, NULL)) goto out;
+  bool ok = ledger_handlers(d, NULL, 0, NULL) == CQRS_OK;
+  cqrs_projection_def_t def = {"count", NULL, count_projected, NULL, 0};
+  ok = ok && cqrs_projection_start(d, &def, cp, NULL) == CQRS_OK;
+  ledger_open_cmd_t o = {"acc", "owner"};
+  ledger_move_cmd_t c = {"acc", 5};
+  for (int i = 0; i < 3; i++) {
+    cqrs_command_t *cmd;
+    if (cqrs_command_new(i ? &ledger_credit : &ledger_open, i ? (const void *)&c : (const void *)&o, &cmd, NULL)) continue;
+    sent += cqrs_dispatcher_send(d, cmd, round_trip_done, NULL) == CQRS_OK;
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (completed != sent) fail_msg("%d commands accepted, %d completed", sent, completed);
+  size_t dead = cqrs_dispatcher_dead_letter_count(d);
+  if (cqrs_dispatcher_close(d, NULL, NULL)) fail_msg("close refused");
+  uv_run(&loop, UV_RUN_DEFAULT);
+  d = NULL;
+  rc = ok && sent == 3 && completed_ok == 3 && projected == 2 && dead == 1 ? 0 : 1;
+out:
+  if (d) {
+    cqrs_dispatcher_close(d, NULL, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+  }
+  if (uv_loop_close(&loop)) fail_msg("the loop still has handles");
+  cqrs_checkpoints_destroy(cp);
+  cqrs_store_destroy(store);
+  cqrs_registry_destroy(reg);
+  return rc;
+}
+
+static void test_every_allocation_failure_of_a_round_trip(void **state) {
+  (void)state;
+  cqrs_allocator_t hook = {failing_malloc, failing_realloc, free};
+  int failures = 0;
+  long n;
+  for (n = 0; n < 2000; n++) {
+    fail_at = n;
+    cqrs_set_allocator(&hook);
+    int rc = run_round_trip();
+    cqrs_set_allocator(NULL);
+    if (fail_at >= 0) break; /* the round trip needed fewer than n allocations: done */
+    failures += rc;
+  }
+  assert_true(n > 20);
+  assert_true(n < 2000);
+  assert_true(failures > 0);
+  assert_int_equal(run_round_trip(), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strerror_names_every_code),
       cmocka_unit_test(test_error_and_rejection_shapes),
       cmocka_unit_test(test_ids_are_unique),
+      cmocka_unit_test(test_version),
       cmocka_unit_test(test_every_allocation_failure_is_an_error),
+      cmocka_unit_test(test_every_allocation_failure_of_a_round_trip),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "ledger.h"
@@ -490,6 +491,63 @@ static void test_execute_waits_for_the_result(void **state) {
   assert_int_equal(cqrs_dispatcher_execute(NULL, NULL, &err, NULL), CQRS_EINVAL);
 }
 
+/* ---- send racing close ---- */
+
+typedef struct racer {
+  cqrs_dispatcher_t *d;
+  _Atomic long accepted;
+  long completed; /* loop thread */
+} racer_t;
+
+static void race_done(const cqrs_result_t *r, void *data) {
+  (void)r;
+  ((racer_t *)data)->completed++;
+}
+
+static void race_sender(void *arg) {
+  racer_t *rc = arg;
+  for (long i = 0;; i++) {
+    cqrs_code_t code = cqrs_dispatcher_send(rc->d, ledger_credit_new("race", 1), race_done, rc);
+    if (code == CQRS_ECLOSED) return;
+    assert_int_equal(code, CQRS_OK);
+    atomic_fetch_add(&rc->accepted, 1);
+  }
+}
+
+static void race_closed(void *data) { *(bool *)data = true; }
+
+/* Threads send in a tight loop while the loop thread closes: every send is
+ * either refused or completed, never accepted and lost; run under
+ * ThreadSanitizer too. */
+static void test_send_racing_close(void **state) {
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  for (int round = 0; round < 200; round++) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    cqrs_store_t *store = cqrs_memory_store_new();
+    cqrs_dispatcher_options_t o;
+    cqrs_dispatcher_options_init(&o);
+    o.keep_alive = true;
+    racer_t rc = {NULL, 0, 0};
+    assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, &o, &rc.d, NULL), CQRS_OK);
+    assert_int_equal(ledger_handlers(rc.d, NULL, 0, NULL), CQRS_OK);
+    uv_thread_t t[2];
+    for (int i = 0; i < 2; i++) assert_int_equal(uv_thread_create(&t[i], race_sender, &rc), 0);
+    while (atomic_load(&rc.accepted) < round % 50) uv_run(&loop, UV_RUN_NOWAIT);
+    bool closed = false;
+    assert_int_equal(cqrs_dispatcher_close(rc.d, race_closed, &closed), CQRS_OK);
+    /* Every sender now hears CQRS_ECLOSED; none calls after the close completes. */
+    for (int i = 0; i < 2; i++) uv_thread_join(&t[i]);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(closed);
+    assert_int_equal(rc.completed, atomic_load(&rc.accepted));
+    assert_int_equal(uv_loop_close(&loop), 0);
+    cqrs_store_destroy(store);
+  }
+  cqrs_registry_destroy(reg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_commands_reach_their_handler, setup, teardown),
@@ -510,6 +568,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_one_aggregate_changes_per_command, setup, teardown),
       cmocka_unit_test_setup_teardown(test_result_carries_a_value, setup, teardown),
       cmocka_unit_test_setup_teardown(test_execute_waits_for_the_result, setup_threads, teardown),
+      cmocka_unit_test(test_send_racing_close),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

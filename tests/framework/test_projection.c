@@ -179,8 +179,21 @@ static void test_failing_projection_dead_letters_and_moves_on(void **state) {
 
 /* The store's reads fail for a while after a commit: the projection still
  * hears of it, with no further command to wake the feed. */
+typedef struct logged {
+  int warnings;
+  char last[256];
+} logged_t;
+
+static void capture_log(cqrs_log_level_t level, const char *domain, const char *message, void *data) {
+  logged_t *l = data;
+  if (level == CQRS_LOG_WARNING && !strcmp(domain, "bus")) l->warnings++;
+  snprintf(l->last, sizeof l->last, "%s", message);
+}
+
 static void test_feed_retries_a_failed_read(void **state) {
   fx_t *fx = *state; /* blocking store */
+  logged_t logged = {0, ""};
+  cqrs_log_set_handler(capture_log, &logged);
   seen_t *s = calloc(1, sizeof *s);
   ledger_fill(fx->mem, &ledger_type, "a", 1);
   start(fx, "proj", s, 0);
@@ -191,6 +204,10 @@ static void test_feed_retries_a_failed_read(void **state) {
   assert_int_equal(fx->done, 1);
   assert_exactly_once(fx, s, 0);
   assert_int_equal(cqrs_projection_position(fx->d, "proj"), 2);
+  cqrs_log_set_handler(NULL, NULL);
+  /* The library told the log handler, not stderr. */
+  assert_int_equal(logged.warnings, 1);
+  assert_non_null(strstr(logged.last, "event feed cannot read the store: the server went away"));
   free(s);
 }
 
@@ -212,8 +229,118 @@ static void test_projection_rules(void **state) {
   assert_int_equal(cqrs_checkpoints_save(fx->cp_mem, "x", -1, &err), CQRS_EINVAL);
 }
 
+/* ---- read-your-writes ---- */
+
+typedef struct waited {
+  cqrs_code_t status;
+  int calls;
+  int64_t position;
+  seen_t *seen;
+} waited_t;
+
+static void on_waited(cqrs_code_t status, void *data) {
+  waited_t *w = data;
+  w->status = status;
+  w->calls++;
+  if (status == CQRS_OK && w->seen) {
+    /* The projection has handled the position it was asked for. */
+    bool found = false;
+    for (size_t i = 0; i < w->seen->n; i++) found |= w->seen->order[i] == w->position;
+    assert_true(found);
+  }
+}
+
+typedef struct pos_of {
+  int64_t position;
+  int done;
+} pos_of_t;
+
+static void note_position(const cqrs_result_t *r, void *data) {
+  ((pos_of_t *)data)->position = r->position;
+  ((pos_of_t *)data)->done++;
+}
+
+/* A command's result carries the position of its last event; waiting for a
+ * projection to reach it calls back once it has. */
+static void test_wait_for_a_projection(void **state) {
+  fx_t *fx = *state;
+  seen_t *s = calloc(1, sizeof *s);
+  start(fx, "waited", s, CQRS_SUBSCRIBE_BLOCKING);
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("w", "o"), on_done, fx), CQRS_OK);
+  pos_of_t p = {0, 0};
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_credit_new("w", 5), note_position, &p), CQRS_OK);
+  while (!p.done) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(p.position, 2);
+  waited_t w = {CQRS_OK, 0, p.position, s};
+  assert_int_equal(cqrs_projection_wait(fx->d, "waited", p.position, 5000, on_waited, &w), CQRS_OK);
+  assert_int_equal(w.calls, 0); /* never inside the call */
+  waited_t all = {CQRS_OK, 0, p.position, s};
+  assert_int_equal(cqrs_projection_wait(fx->d, NULL, p.position, 5000, on_waited, &all), CQRS_OK);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(w.calls, 1);
+  assert_int_equal(w.status, CQRS_OK);
+  assert_int_equal(all.calls, 1);
+  assert_int_equal(all.status, CQRS_OK);
+
+  /* A position nobody will reach: a timeout. An unknown name: refused. */
+  waited_t late = {CQRS_OK, 0, 0, NULL};
+  assert_int_equal(cqrs_projection_wait(fx->d, "waited", p.position + 100, 30, on_waited, &late), CQRS_OK);
+  assert_int_equal(cqrs_projection_wait(fx->d, "nobody", 1, 30, on_waited, &late), CQRS_ENOT_FOUND);
+  assert_int_equal(cqrs_projection_wait(fx->d, "waited", 1, 30, NULL, NULL), CQRS_EINVAL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(late.calls, 1);
+  assert_int_equal(late.status, CQRS_ETIMEOUT);
+
+  /* Closing completes a waiter that is still waiting. */
+  waited_t closing = {CQRS_OK, 0, 0, NULL};
+  assert_int_equal(cqrs_projection_wait(fx->d, "waited", p.position + 100, 60000, on_waited, &closing), CQRS_OK);
+  close_dispatcher(fx);
+  assert_int_equal(closing.calls, 1);
+  assert_int_equal(closing.status, CQRS_ECLOSED);
+  free(s);
+}
+
+typedef struct sync_job {
+  cqrs_dispatcher_t *d;
+  int64_t position;
+  cqrs_code_t got;
+} sync_job_t;
+
+static void sync_waiter(void *arg) {
+  sync_job_t *j = arg;
+  j->got = cqrs_projection_wait_sync(j->d, "waited", j->position, 5000);
+}
+
+static void tick(uv_timer_t *t) { (void)t; }
+
+static void test_wait_from_another_thread(void **state) {
+  fx_t *fx = *state;
+  seen_t *s = calloc(1, sizeof *s);
+  start(fx, "waited", s, CQRS_SUBSCRIBE_BLOCKING);
+  assert_int_equal(cqrs_projection_wait_sync(fx->d, "waited", 1, 10), CQRS_ESTATE); /* loop thread */
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("w", "o"), on_done, fx), CQRS_OK);
+  sync_job_t j = {fx->d, 1, CQRS_ECODEC};
+  uv_thread_t t;
+  assert_int_equal(uv_thread_create(&t, sync_waiter, &j), 0);
+  uv_timer_t keep;
+  uv_timer_init(&fx->loop, &keep);
+  while (j.got == CQRS_ECODEC) {
+    uv_timer_start(&keep, tick, 5, 0);
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  }
+  uv_thread_join(&t);
+  assert_int_equal(j.got, CQRS_OK);
+  assert_true(s->n >= 1);
+  uv_close((uv_handle_t *)&keep, NULL);
+  uv_run(&fx->loop, UV_RUN_NOWAIT); /* `keep` lives on this stack */
+  free(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_wait_for_a_projection, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_wait_for_a_projection, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_wait_from_another_thread, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup, teardown),
       cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_restart_resumes_from_checkpoint, setup, teardown),

@@ -111,6 +111,7 @@ static void test_send_on_a_loop(void **state) {
   BSON_APPEND_UTF8(&params, "status", "pending");
   int64_t got = -1;
   assert_int_equal(cqrs_queries_send(fx->q, &loop, "count_by_status", &params, on_answer, &got), CQRS_OK);
+  assert_int_equal(got, -1); /* not inside the call, even on a non-blocking read model */
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(got, 1);
   assert_int_equal(cqrs_queries_send(fx->q, &loop, "count_by_status", &params, NULL, &got), CQRS_EINVAL);

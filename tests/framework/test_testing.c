@@ -78,6 +78,34 @@ static void test_checks_explain_mismatches(void **state) {
   assert_non_null(strstr(msg, "the command failed: rejected (ledger.insufficient)"));
 }
 
+/* A subscriber that commits in the same run as the command under test. */
+static cqrs_code_t credit_on_open(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)err;
+  if (e->type == &ledger_opened) cqrs_dispatcher_send(data, ledger_credit_new(cqrs_event_aggregate_id(e), 7), NULL, NULL);
+  return CQRS_OK;
+}
+
+static cqrs_code_t setup_with_follower(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err) {
+  (void)data;
+  cqrs_code_t rc = ledger_handlers(d, NULL, 0, err);
+  return rc ? rc : cqrs_dispatcher_subscribe(d, "follower", NULL, credit_on_open, d, 0, err);
+}
+
+/* Then counts only the command's own events. */
+static void test_then_ignores_what_subscribers_commit(void **state) {
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_test_t *t = cqrs_test_new(reg, &ledger_type, "acc-1", setup_with_follower, NULL);
+  assert_non_null(t);
+  CQRS_WHEN(t, &ledger_open, (ledger_open_cmd_t){"acc-1", "ada"});
+  CQRS_THEN_EVENTS(t, {&ledger_opened, &(ledger_opened_t){"ada"}});
+  cqrs_aggregate_t *agg = cqrs_test_load(t);
+  assert_int_equal(((ledger_state_t *)cqrs_aggregate_state(agg))->balance, 7); /* the follower did commit */
+  cqrs_aggregate_destroy(agg);
+  assert_true(cqrs_test_destroy(t));
+  cqrs_registry_destroy(reg);
+}
+
 static void test_given_for_other_aggregates(void **state) {
   fx_t *fx = *state;
   assert_int_equal(cqrs_test_given_for(fx->t, &ledger_type, "acc-2", &ledger_opened, &(ledger_opened_t){"bob"}), CQRS_OK);
@@ -94,6 +122,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_then_error_for_invalid_command, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checks_explain_mismatches, setup, teardown),
       cmocka_unit_test_setup_teardown(test_given_for_other_aggregates, setup, teardown),
+      cmocka_unit_test(test_then_ignores_what_subscribers_commit),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,8 +15,6 @@
   (amount) < 0 ? "-" : "", (long long)((amount) < 0 ? -((amount) / 100) : (amount) / 100), \
       (long long)((amount) < 0 ? -((amount) % 100) : (amount) % 100), (currency)
 
-/* Command ids the process manager derives from a transfer or invoice id. */
-#define BILLING_STEP_ID(buf, id, step) snprintf((buf), CQRS_ID_MAX, "%.40s/%s", (id), (step))
 
 cqrs_code_t billing__account_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
 cqrs_code_t billing__transfer_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
@@ -29,7 +27,5 @@ struct billing {
   billing_collections_t cols;
 };
 
-/* The process manager's handler (transfers and invoices). */
-cqrs_code_t billing__process(const cqrs_event_t *e, void *data, cqrs_error_t *err);
 
 #endif

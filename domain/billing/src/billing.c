@@ -18,6 +18,8 @@ cqrs_code_t billing_register(cqrs_registry_t *reg, cqrs_error_t *err) {
   cqrs_code_t rc = CQRS_OK;
   for (size_t i = 0; !rc && aggregates[i]; i++) rc = cqrs_registry_add_aggregate(reg, aggregates[i], err);
   for (size_t i = 0; !rc && commands[i]; i++) rc = cqrs_registry_add_command(reg, commands[i], err);
+  if (!rc) rc = cqrs_registry_add_process(reg, &billing_transfer_process, err);
+  if (!rc) rc = cqrs_registry_add_process(reg, &billing_invoice_process, err);
   return rc;
 }
 
@@ -38,8 +40,6 @@ billing_t *billing_projector_new(cqrs_readmodel_t *rm, const billing_collections
   return b;
 }
 
-static const cqrs_event_type_t *const process_types[] = {&billing_transfer_requested, &billing_account_withdrawn,
-                                                         &billing_invoice_numbered, NULL};
 static const cqrs_event_type_t *const invoice_types[] = {&billing_customer_registered,
                                                          &billing_customer_email_changed,
                                                          &billing_invoice_issued,
@@ -59,14 +59,13 @@ cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_check
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate the billing context");
   b->d = d;
   unsigned rm_flags = cqrs_readmodel_blocking(rm) ? CQRS_SUBSCRIBE_BLOCKING : 0;
-  const cqrs_projection_def_t process = {"billing.process", process_types, billing__process, b,
-                                         CQRS_SUBSCRIBE_BLOCKING};
   const cqrs_projection_def_t invoices = {"billing.invoices", invoice_types, billing_project_invoices, b, rm_flags};
   const cqrs_projection_def_t balances = {"billing.balances", balance_types, billing_project_balances, b, rm_flags};
   cqrs_code_t rc = billing_register_handlers(d, err);
   if (!rc) rc = cqrs_projection_start(d, &invoices, cp, err);
   if (!rc) rc = cqrs_projection_start(d, &balances, cp, err);
-  if (!rc) rc = cqrs_projection_start(d, &process, cp, err);
+  if (!rc) rc = cqrs_process_start(d, &billing_transfer_process, b, cp, err);
+  if (!rc) rc = cqrs_process_start(d, &billing_invoice_process, b, cp, err);
   /* Even on an error the dispatcher may hold projections that point at b:
    * the caller closes the dispatcher, then destroys b. */
   *out = b;

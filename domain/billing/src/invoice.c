@@ -31,15 +31,13 @@ static const cqrs_field_t cancel_fields[] = {
     CQRS_STRING(billing_cancel_invoice_t, reason, "reason", CQRS_F_OPTIONAL), CQRS_FIELDS_END};
 
 static cqrs_code_t issue_id(const void *payload, char *buf, size_t cap, cqrs_error_t *err) {
-  BILLING_UNUSED(err);
-  snprintf(buf, cap, "invoice.issue:%.40s", ((const billing_issue_invoice_t *)payload)->invoice_id);
-  return CQRS_OK;
+  BILLING_UNUSED(cap);
+  return cqrs_id_derive(buf, "invoice.issue", ((const billing_issue_invoice_t *)payload)->invoice_id, err);
 }
 
 static cqrs_code_t record_id(const void *payload, char *buf, size_t cap, cqrs_error_t *err) {
-  BILLING_UNUSED(err);
-  snprintf(buf, cap, "invoice.record:%.40s", ((const billing_record_invoice_t *)payload)->invoice_id);
-  return CQRS_OK;
+  BILLING_UNUSED(cap);
+  return cqrs_id_derive(buf, "invoice.record", ((const billing_record_invoice_t *)payload)->invoice_id, err);
 }
 
 const cqrs_command_type_t billing_issue_invoice = {.name = "invoice.issue",

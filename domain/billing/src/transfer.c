@@ -1,4 +1,4 @@
-/* The transfer aggregate. A transfer is requested here; the process manager
+/* The transfer aggregate. A transfer is requested here; its process
  * (process.c) then debits, credits or refunds the accounts, and records the
  * outcome with complete, fail or refund. */
 #include "billing-private.h"
@@ -13,9 +13,8 @@ static const cqrs_field_t outcome_fields[] = {
     CQRS_STRING(billing_transfer_outcome_t, reason, "reason", CQRS_F_OPTIONAL), CQRS_FIELDS_END};
 
 static cqrs_code_t natural_request_id(const void *payload, char *buf, size_t cap, cqrs_error_t *err) {
-  BILLING_UNUSED(err);
-  snprintf(buf, cap, "%.40s/request", ((const billing_request_transfer_t *)payload)->transfer_id);
-  return CQRS_OK;
+  BILLING_UNUSED(cap);
+  return cqrs_id_derive(buf, "transfer.request", ((const billing_request_transfer_t *)payload)->transfer_id, err);
 }
 
 const cqrs_command_type_t billing_request_transfer = {.name = "transfer.request",

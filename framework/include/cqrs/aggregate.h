@@ -9,11 +9,12 @@ extern "C" {
 #endif
 
 /* Applies one event to the state. Must not fail: an event is a fact. */
-typedef void (*cqrs_apply_fn)(void *state, const cqrs_event_t *e);
+typedef void (*cqrs_apply_cb)(void *state, const cqrs_event_t *e);
+typedef cqrs_apply_cb cqrs_apply_fn; /* the name before 0.2; kept for old code */
 
 typedef struct cqrs_apply_entry {
   const cqrs_event_type_t *type;
-  cqrs_apply_fn apply;
+  cqrs_apply_cb apply;
 } cqrs_apply_entry_t;
 
 /* An aggregate type, declared once as a static const. The state is a plain

@@ -47,6 +47,7 @@ typedef enum cqrs_code {
   CQRS_ENOT_FOUND,       /* no such document, snapshot or query */
   CQRS_ETOO_LARGE,       /* a string, document or store limit exceeded */
   CQRS_ESTATE,           /* call not allowed in the current state */
+  CQRS_ETIMEOUT,         /* a wait ran out of time */
   CQRS_CODE_COUNT
 } cqrs_code_t;
 
@@ -96,6 +97,25 @@ typedef struct cqrs_allocator {
   void (*free_fn)(void *ptr);
 } cqrs_allocator_t;
 CQRS_EXPORT void cqrs_set_allocator(const cqrs_allocator_t *allocator);
+
+/* The library does not print: what it has to say goes to a log handler.
+ * The default writes "cqrs <domain>: <message>" lines to stderr for warnings
+ * and errors. Set it before creating any object; `cb` NULL restores the
+ * default. Handlers may be called from any thread (pool threads too). */
+typedef enum cqrs_log_level {
+  CQRS_LOG_ERROR = 0, /* something was lost or stopped for good */
+  CQRS_LOG_WARNING,   /* a failure that is retried or worked around */
+  CQRS_LOG_INFO,
+  CQRS_LOG_DEBUG
+} cqrs_log_level_t;
+typedef void (*cqrs_log_cb)(cqrs_log_level_t level, const char *domain, const char *message, void *data);
+CQRS_EXPORT void cqrs_log_set_handler(cqrs_log_cb cb, void *data);
+/* Logs through the handler; for back ends ("mongo") and applications. */
+CQRS_EXPORT void cqrs_log(cqrs_log_level_t level, const char *domain, const char *fmt, ...) CQRS_PRINTF(3, 4);
+
+/* The library's version, "MAJOR.MINOR.PATCH", and as 0xMMmmpp. */
+CQRS_EXPORT const char *cqrs_version(void);
+CQRS_EXPORT unsigned cqrs_version_hex(void);
 
 /* Milliseconds since the Unix epoch, UTC. */
 CQRS_EXPORT int64_t cqrs_now_ms(void);

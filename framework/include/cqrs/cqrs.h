@@ -15,6 +15,7 @@
 #include "cqrs/readmodel.h"
 #include "cqrs/query.h"
 #include "cqrs/metrics.h"
+#include "cqrs/process.h"
 
 #define CQRS_VERSION_MAJOR 0
 #define CQRS_VERSION_MINOR 1

@@ -22,6 +22,8 @@ typedef struct cqrs_result {
   size_t events;       /* events committed */
   bool duplicate;      /* the command id had committed before: nothing appended */
   const bson_t *value; /* optional value the handler returned, or NULL */
+  int64_t position;    /* global position of the last event committed (0: none); wait for
+                        * projections to reach it with cqrs_projection_wait */
 } cqrs_result_t;
 
 #define cqrs_result_ok(r) ((r)->error.code == CQRS_OK)
@@ -35,16 +37,19 @@ typedef void (*cqrs_done_cb)(const cqrs_result_t *result, void *data);
  * (cqrs_reject) or an error. It may run again after a concurrency conflict,
  * so it must have no effect but through the context. It runs on the loop
  * thread, or on a pool thread when the store or the handler blocks. */
-typedef cqrs_code_t (*cqrs_command_handler_fn)(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data,
+typedef cqrs_code_t (*cqrs_command_handler_cb)(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data,
                                                cqrs_error_t *err);
+typedef cqrs_command_handler_cb cqrs_command_handler_fn; /* the name before 0.2; kept for old code */
 
 /* An event handler or projection: CQRS_OK, or an error (the event is retried
  * with back-off, then dead-lettered). */
-typedef cqrs_code_t (*cqrs_event_handler_fn)(const cqrs_event_t *e, void *data, cqrs_error_t *err);
+typedef cqrs_code_t (*cqrs_event_handler_cb)(const cqrs_event_t *e, void *data, cqrs_error_t *err);
+typedef cqrs_event_handler_cb cqrs_event_handler_fn; /* the name before 0.2; kept for old code */
 
 /* Where events go once a subscriber has failed on them for good. Loop thread. */
-typedef void (*cqrs_dead_letter_fn)(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
+typedef void (*cqrs_dead_letter_cb)(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
                                     void *data);
+typedef cqrs_dead_letter_cb cqrs_dead_letter_fn; /* the name before 0.2; kept for old code */
 
 typedef void (*cqrs_close_cb)(void *data);
 
@@ -55,7 +60,7 @@ typedef struct cqrs_dispatcher_options {
   uint64_t retry_cap_ms;          /* back-off ceiling; default 30000 */
   uint64_t poll_ms;               /* read the store for other processes' events every poll_ms; 0: off */
   bool keep_alive;                /* keep the loop running until close, for commands from other threads */
-  cqrs_dead_letter_fn dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letters */
+  cqrs_dead_letter_cb dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letter */
   void *dead_letter_data;
 } cqrs_dispatcher_options_t;
 
@@ -74,7 +79,7 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry
 /* Registers the one handler of a command type (loop thread, before or while
  * running). A second handler for the same type is CQRS_EDUPLICATE. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
-                                                 cqrs_command_handler_fn fn, void *data, unsigned flags,
+                                                 cqrs_command_handler_cb fn, void *data, unsigned flags,
                                                  cqrs_error_t *err);
 
 /* Sends a command; callable from any thread. Takes over `cmd` in every case.
@@ -82,15 +87,21 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqr
  * command sent from another thread while uv_run has already returned waits
  * for the next uv_run, unless the options ask for keep_alive.
  * Returns CQRS_OK and later calls `done` exactly once on the loop thread, or
- * returns an error (NULL arguments, CQRS_ECLOSED) and never calls `done`.
+ * returns an error (NULL arguments, CQRS_ECLOSED, CQRS_EINVALID_COMMAND for
+ * an id starting with '~', reserved for process-manager steps) and never
+ * calls `done`. Safe against a concurrent cqrs_dispatcher_close; calling it
+ * after the close callback has run is a use after free.
  * A command with no handler completes with CQRS_ENO_HANDLER. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done,
                                              void *data);
 
 /* Sends a command and waits for its result, from a thread other than the
- * loop's (a blocking subscriber, a worker): the loop must be running. Takes
- * over `cmd`. Returns the result's code and fills `err` (may be NULL) and
- * `duplicate` (may be NULL). On the loop thread: CQRS_ESTATE at once. */
+ * loop's (a worker thread of the application): the loop must be running.
+ * Takes over `cmd`. Returns the result's code and fills `err` (may be NULL)
+ * and `duplicate` (may be NULL). On the loop thread: CQRS_ESTATE at once.
+ * Not for subscribers or handlers on the thread pool: a pool thread that
+ * waits can starve the pool; process managers (process.h) send steps
+ * without waiting. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err,
                                                 bool *duplicate);
 
@@ -110,7 +121,7 @@ CQRS_EXPORT const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx
  * types) from now on. Loop thread. Events come in position order, hence in
  * version order per aggregate. A duplicate name is CQRS_EDUPLICATE. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name,
-                                                  const cqrs_event_type_t *const *types, cqrs_event_handler_fn fn,
+                                                  const cqrs_event_type_t *const *types, cqrs_event_handler_cb fn,
                                                   void *data, unsigned flags, cqrs_error_t *err);
 
 /* Number of events dead-lettered so far, and the i-th kept in memory

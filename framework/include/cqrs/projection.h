@@ -32,7 +32,7 @@ CQRS_EXPORT cqrs_checkpoints_t *cqrs_memory_checkpoints_new(void);
 typedef struct cqrs_projection_def {
   const char *name;                      /* unique; the checkpoint's key */
   const cqrs_event_type_t *const *types; /* NULL-terminated; NULL: all */
-  cqrs_event_handler_fn handler;         /* must be idempotent: it may see an event again after a crash */
+  cqrs_event_handler_cb handler;         /* must be idempotent: it may see an event again after a crash */
   void *data;
   unsigned flags; /* CQRS_SUBSCRIBE_BLOCKING */
 } cqrs_projection_def_t;
@@ -49,6 +49,22 @@ CQRS_EXPORT cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_p
 CQRS_EXPORT bool cqrs_projection_live(const cqrs_dispatcher_t *d, const char *name);
 /* Position of the last event the named projection has handled (0: none). */
 CQRS_EXPORT int64_t cqrs_projection_position(const cqrs_dispatcher_t *d, const char *name);
+
+/* Read-your-writes: waits until projection `name` (NULL: every projection
+ * and process manager on `d`) has handled everything up to global
+ * `position` (a cqrs_result_t's position), at most `timeout_ms`. */
+typedef void (*cqrs_wait_cb)(cqrs_code_t status, void *data);
+/* Loop thread. Calls `cb` once, later, on the loop thread: CQRS_OK,
+ * CQRS_ETIMEOUT, or CQRS_ECLOSED when the dispatcher closes first (from
+ * within cqrs_dispatcher_close); or
+ * returns an error (NULL arguments, CQRS_ENOT_FOUND for an unknown name,
+ * CQRS_ECLOSED) and never calls it. */
+CQRS_EXPORT cqrs_code_t cqrs_projection_wait(cqrs_dispatcher_t *d, const char *name, int64_t position,
+                                             uint64_t timeout_ms, cqrs_wait_cb cb, void *data);
+/* The same from any thread but the loop's (which must be running): blocks
+ * and returns the status. On the loop thread: CQRS_ESTATE at once. */
+CQRS_EXPORT cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const char *name, int64_t position,
+                                                  uint64_t timeout_ms);
 
 #ifdef __cplusplus
 }

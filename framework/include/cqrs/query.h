@@ -13,8 +13,9 @@ extern "C" {
 /* A query handler gets the read model as const: it can read, never write,
  * and it has no way to the write side. `out` is initialised by the caller;
  * the handler appends its answer. */
-typedef cqrs_code_t (*cqrs_query_fn)(const cqrs_readmodel_t *rm, const bson_t *params, bson_t *out, void *data,
+typedef cqrs_code_t (*cqrs_query_handler_cb)(const cqrs_readmodel_t *rm, const bson_t *params, bson_t *out, void *data,
                                      cqrs_error_t *err);
+typedef cqrs_query_handler_cb cqrs_query_fn; /* the name before 0.2; kept for old code */
 
 typedef struct cqrs_queries cqrs_queries_t;
 
@@ -23,7 +24,7 @@ CQRS_EXPORT cqrs_queries_t *cqrs_queries_new(const cqrs_readmodel_t *rm);
 CQRS_EXPORT void cqrs_queries_destroy(cqrs_queries_t *q);
 
 /* Registers query `name`; a duplicate is CQRS_EDUPLICATE. Before running any. */
-CQRS_EXPORT cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_fn fn, void *data,
+CQRS_EXPORT cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_handler_cb fn, void *data,
                                               cqrs_error_t *err);
 
 /* Runs query `name` on the calling thread (blocks when the read model does).
@@ -31,9 +32,11 @@ CQRS_EXPORT cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *nam
 CQRS_EXPORT cqrs_code_t cqrs_queries_run(const cqrs_queries_t *q, const char *name, const bson_t *params,
                                          bson_t *out, cqrs_error_t *err);
 
-/* Runs query `name` off the loop thread when the read model blocks, inline
- * otherwise, and calls `cb` once on the loop thread with the answer
- * (borrowed). Returns an error without calling `cb` for NULL arguments. */
+/* Runs query `name` off the loop thread when the read model blocks, on the
+ * loop thread at its next turn otherwise, and calls `cb` once, later, on the
+ * loop thread with the answer (borrowed); never inside this call. Call it
+ * on the loop's thread. Returns an error without calling `cb` for NULL
+ * arguments. */
 typedef void (*cqrs_query_cb)(cqrs_code_t code, const bson_t *answer, const cqrs_error_t *err, void *data);
 CQRS_EXPORT cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const char *name,
                                           const bson_t *params, cqrs_query_cb cb, void *data);

@@ -11,7 +11,8 @@ extern "C" {
 
 /* Turns a payload of schema version `from` into version `from + 1`.
  * `out` is initialised by the caller. */
-typedef cqrs_code_t (*cqrs_upcast_fn)(const bson_t *in, bson_t *out, cqrs_error_t *err);
+typedef cqrs_code_t (*cqrs_upcast_cb)(const bson_t *in, bson_t *out, cqrs_error_t *err);
+typedef cqrs_upcast_cb cqrs_upcast_fn; /* the name before 0.2; kept for old code */
 
 /* Creates an empty registry. Register every type before sharing it between
  * threads: reads are then lock-free. Free with cqrs_registry_destroy. */
@@ -30,7 +31,7 @@ CQRS_EXPORT cqrs_code_t cqrs_registry_add_aggregate(cqrs_registry_t *reg, const 
 
 /* Registers the upcaster from schema version `from` of event type `name`. */
 CQRS_EXPORT cqrs_code_t cqrs_registry_add_upcaster(cqrs_registry_t *reg, const char *name, uint32_t from,
-                                                   cqrs_upcast_fn fn, cqrs_error_t *err);
+                                                   cqrs_upcast_cb fn, cqrs_error_t *err);
 
 /* Look-ups by name; NULL when unknown. */
 CQRS_EXPORT const cqrs_command_type_t *cqrs_registry_command(const cqrs_registry_t *reg, const char *name);

@@ -14,12 +14,13 @@ typedef struct cqrs_test cqrs_test_t;
 
 /* Registers the handlers (and subscribers) under test on the fixture's
  * dispatcher. */
-typedef cqrs_code_t (*cqrs_test_setup_fn)(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err);
+typedef cqrs_code_t (*cqrs_test_setup_cb)(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err);
+typedef cqrs_test_setup_cb cqrs_test_setup_fn; /* the name before 0.2; kept for old code */
 
 /* Creates a fixture for aggregate `id` of `type`. `reg` is borrowed. Returns
  * NULL (and prints why) if `setup` fails. */
 CQRS_EXPORT cqrs_test_t *cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type,
-                                       const char *id, cqrs_test_setup_fn setup, void *data);
+                                       const char *id, cqrs_test_setup_cb setup, void *data);
 
 /* Closes the dispatcher and the loop. Returns false (and prints why) when
  * the loop did not close cleanly. NULL: true. */
@@ -35,7 +36,9 @@ CQRS_EXPORT cqrs_code_t cqrs_test_given_for(cqrs_test_t *t, const cqrs_aggregate
  * A payload that fails validation yields CQRS_EINVALID_COMMAND as result. */
 CQRS_EXPORT cqrs_code_t cqrs_test_when(cqrs_test_t *t, const cqrs_command_type_t *type, const void *payload);
 
-/* The last when's result (borrowed) and the events it committed. */
+/* The last when's result (borrowed) and the events its command committed
+ * (not those that subscribers or process managers committed in the same
+ * run of the loop). */
 CQRS_EXPORT const cqrs_error_t *cqrs_test_error(const cqrs_test_t *t);
 CQRS_EXPORT size_t cqrs_test_event_count(const cqrs_test_t *t);
 CQRS_EXPORT const cqrs_event_t *cqrs_test_event(const cqrs_test_t *t, size_t i);
@@ -51,7 +54,8 @@ typedef struct cqrs_expected_event {
   const void *payload;
 } cqrs_expected_event_t;
 
-/* Then: each returns true, or false with a readable explanation in msg. */
+/* Then: each returns true, or false with a readable explanation in msg.
+ * _rejected and _error also check that the command committed nothing. */
 CQRS_EXPORT bool cqrs_test_check_events(const cqrs_test_t *t, const cqrs_expected_event_t *expected, char *msg,
                                         size_t cap);
 CQRS_EXPORT bool cqrs_test_check_rejected(const cqrs_test_t *t, const char *reason, char *msg, size_t cap);
@@ -71,6 +75,29 @@ CQRS_EXPORT bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, c
 #define CQRS_THEN_ERROR(t, code) CQRS__THEN(cqrs_test_check_error((t), (code), cqrs__msg, sizeof cqrs__msg))
 #define CQRS_GIVEN(t, type, ...) assert_int_equal(cqrs_test_given((t), (type), &(__VA_ARGS__)), CQRS_OK)
 #define CQRS_WHEN(t, type, ...) assert_int_equal(cqrs_test_when((t), (type), &(__VA_ARGS__)), CQRS_OK)
+
+/* Process types (cqrs_process_test_t from process.h): given / when these
+ * inputs, then these steps are sent, this deadline set, or the instance
+ * ended; no loop, no store. Given and when are the same call; the then
+ * macros look at what the last input decided. */
+#define CQRS_PROCESS_GIVEN_EVENT(t, type, aggregate_id, ...) \
+  assert_int_equal(cqrs_process_test_event((t), (type), (aggregate_id), &(__VA_ARGS__), NULL), CQRS_OK)
+#define CQRS_PROCESS_WHEN_EVENT CQRS_PROCESS_GIVEN_EVENT
+#define CQRS_PROCESS_GIVEN_STEP(t, step, status, reason) \
+  assert_int_equal(cqrs_process_test_step((t), (step), (status), (reason), NULL), CQRS_OK)
+#define CQRS_PROCESS_WHEN_STEP CQRS_PROCESS_GIVEN_STEP
+#define CQRS_PROCESS_WHEN_DEADLINE(t, name) assert_int_equal(cqrs_process_test_deadline((t), (name), NULL), CQRS_OK)
+/* Exactly one step was sent: `step`, a command of `type`. */
+#define CQRS_PROCESS_THEN_SENDS(t, step, type)                                              \
+  do {                                                                                      \
+    const cqrs_command_type_t *cqrs__type = NULL;                                           \
+    assert_int_equal(cqrs_process_test_sent_count(t), 1);                                   \
+    assert_string_equal(cqrs_process_test_sent((t), 0, &cqrs__type, NULL), (step));         \
+    assert_ptr_equal(cqrs__type, (type));                                                   \
+  } while (0)
+#define CQRS_PROCESS_THEN_NOTHING(t) assert_int_equal(cqrs_process_test_recorded(t), 0)
+#define CQRS_PROCESS_THEN_ENDED(t) assert_true(cqrs_process_test_ended(t))
+#define CQRS_PROCESS_THEN_DEADLINE(t, name, at) assert_int_equal(cqrs_process_test_deadline_at((t), (name)), (at))
 
 #ifdef __cplusplus
 }

@@ -221,6 +221,13 @@ extern const cqrs_aggregate_type_t billing_invoice, billing_invoice_book;
 /* Formats "INV-YYYY-NNN" (at least three digits). */
 void billing_invoice_number(char buf[BILLING_NUMBER_MAX], int year, int64_t n);
 
+/* ---- process managers ---- */
+
+/* Transfers: debit, credit, refund and the outcome, one instance per
+ * transfer ("process:transfer"). Invoices: records each numbered invoice on
+ * its own stream ("process:invoice"). docs/billing.md tells the steps. */
+extern const cqrs_process_type_t billing_transfer_process, billing_invoice_process;
+
 /* ---- wiring ---- */
 
 /* Read-side collection names; the defaults are the seed's. */
@@ -240,8 +247,8 @@ cqrs_code_t billing_register_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
 
 typedef struct billing billing_t;
 
-/* Wires the whole context on `d`: command handlers, the process manager of
- * transfers and invoices (a blocking projection "billing.process"), and the
+/* Wires the whole context on `d`: command handlers, the process managers of
+ * transfers and invoices (billing_transfer_process, billing_invoice_process), and the
  * projections "billing.invoices" and "billing.balances" into `rm`. `rm` and
  * `cp` are borrowed. `cols` NULL: the defaults. Free *out with
  * billing_destroy once `d` is closed; on an error *out may be set too (some

@@ -1,0 +1,154 @@
+/* libcqrs: process managers (sagas): flows across aggregates, such as a
+ * transfer that debits one account, credits another and refunds on failure.
+ *
+ * A process type is a static descriptor, like an aggregate type. Each
+ * instance keeps its own event stream ("process:<name>"/<instance id>):
+ * every input it handles (a routed event, the outcome of one of its steps,
+ * a deadline) is recorded there in one idempotent commit, together with
+ * the new state and what was decided (steps to send, deadlines, the end),
+ * so a replay never runs a decision again: it reads what was decided.
+ * See docs/architecture.md, "Process managers". */
+#ifndef CQRS_PROCESS_H
+#define CQRS_PROCESS_H
+
+#include "cqrs/projection.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CQRS_PROCESS_STEPS_MAX 16    /* steps a process type declares */
+#define CQRS_PROCESS_DEADLINES_MAX 8 /* deadlines an instance holds at once */
+
+typedef enum cqrs_step_status {
+  CQRS_STEP_ACCEPTED = 1, /* the command committed (or had committed: a duplicate) */
+  CQRS_STEP_REJECTED,     /* a business rejection: nothing changed */
+  CQRS_STEP_FAILED        /* a permanent error (no handler, invalid command, handler error) */
+} cqrs_step_status_t;
+/* Transient errors (store unavailable, conflicts retried out, out of
+ * memory, closing) are not outcomes: the step is sent again later with the
+ * same id, which the store makes idempotent. */
+
+typedef struct cqrs_step_outcome {
+  const char *step; /* the step's name */
+  cqrs_step_status_t status;
+  const char *reason; /* rejected: the business reason; failed: the error's name; else "" */
+} cqrs_step_outcome_t;
+
+/* An instance inside a handler: decide through cqrs_process_send,
+ * _schedule, _cancel and _end. */
+typedef struct cqrs_process cqrs_process_t;
+
+/* Handlers change `state` (the type's state struct, a working copy) and
+ * decide; they must have no other effect (they may run again after a
+ * concurrency conflict). Return CQRS_OK, or an error: nothing is recorded
+ * and the input is retried (a routed event then goes to the dead letters
+ * after the dispatcher's retry attempts). They run where the store's calls
+ * run: on the loop thread, or on a pool thread for a blocking store. */
+typedef cqrs_code_t (*cqrs_process_event_cb)(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data,
+                                             cqrs_error_t *err);
+typedef cqrs_code_t (*cqrs_process_step_cb)(cqrs_process_t *p, void *state, const cqrs_step_outcome_t *o,
+                                            void *data, cqrs_error_t *err);
+typedef cqrs_code_t (*cqrs_process_deadline_cb)(cqrs_process_t *p, void *state, const char *deadline,
+                                                void *data, cqrs_error_t *err);
+/* Writes the id of the instance an event belongs to into buf[cap]
+ * (CQRS_ID_MAX); returns false when the event belongs to no instance. */
+typedef bool (*cqrs_process_route_cb)(const cqrs_event_t *e, char *buf, size_t cap);
+
+/* Which events reach the process. Route by what only the event's own
+ * aggregate decides (its id, its version), never by a payload field that
+ * any command can set. */
+typedef struct cqrs_process_route {
+  const cqrs_event_type_t *type;
+  bool starts;                 /* may start an instance; otherwise only an existing one hears it */
+  cqrs_process_route_cb route; /* NULL: the event's aggregate id */
+  cqrs_process_event_cb handle;
+} cqrs_process_route_t;
+
+/* A step: a command the process sends, at most once per occurrence. Its
+ * command id is derived from (process, instance, step, occurrence). */
+typedef struct cqrs_process_step {
+  const char *name; /* unique in the type; letters, digits, '_' and '-' */
+  const cqrs_command_type_t *command;
+} cqrs_process_step_t;
+
+typedef struct cqrs_process_type {
+  const char *name; /* letters, digits, '_', '-', '.'; the stream type is "process:<name>" */
+  size_t state_size;
+  const cqrs_field_t *state_fields;    /* how the state is recorded; required when state_size > 0 */
+  uint32_t state_version;              /* schema version of the recorded state; 0 means 1 */
+  const cqrs_process_route_t *routes;  /* ends with {NULL} */
+  const cqrs_process_step_t *steps;    /* ends with {NULL, NULL} */
+  cqrs_process_step_cb on_step;        /* required when there are steps */
+  cqrs_process_deadline_cb on_deadline; /* optional */
+} cqrs_process_type_t;
+
+/* Registers a process type and the types it records (its stream, events
+ * and internal command). Before the registry is shared. */
+CQRS_EXPORT cqrs_code_t cqrs_registry_add_process(cqrs_registry_t *reg, const cqrs_process_type_t *type,
+                                                  cqrs_error_t *err);
+
+/* Runs process `type` on `d` (loop thread): a checkpointed subscriber of the
+ * routed events, named after the type. On start it catches up from its
+ * checkpoint, which never passes the first event of an instance still open,
+ * so unfinished instances resume: each step decided without a recorded
+ * outcome is sent again (same id). `data` goes to the handlers; `cp` is
+ * borrowed and must outlive `d`. No thread ever waits for a step. */
+CQRS_EXPORT cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *type, void *data,
+                                           cqrs_checkpoints_t *cp, cqrs_error_t *err);
+
+/* Instances of the named process this dispatcher knows to be open. Loop thread. */
+CQRS_EXPORT size_t cqrs_process_open_count(const cqrs_dispatcher_t *d, const char *name);
+
+/* Inside a handler: decides to send step `step` with `payload` (copied and
+ * validated against the step's command type: CQRS_EINVALID_COMMAND). A
+ * step whose previous occurrence has no outcome yet is CQRS_ESTATE. */
+CQRS_EXPORT cqrs_code_t cqrs_process_send(cqrs_process_t *p, const char *step, const void *payload,
+                                          cqrs_error_t *err);
+/* Inside a handler: wakes the instance at `at_ms` (UTC ms) with deadline
+ * `name` (replacing one of the same name), or cancels it. */
+CQRS_EXPORT cqrs_code_t cqrs_process_schedule(cqrs_process_t *p, const char *name, int64_t at_ms, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_process_cancel(cqrs_process_t *p, const char *name, cqrs_error_t *err);
+/* Inside a handler: the instance ends once this input is recorded; nothing reaches it afterwards. */
+CQRS_EXPORT void cqrs_process_end(cqrs_process_t *p);
+CQRS_EXPORT const char *cqrs_process_id(const cqrs_process_t *p);
+/* The time of the input (the event's timestamp, the deadline's time): use
+ * it rather than the clock, so that the decision depends only on its input. */
+CQRS_EXPORT int64_t cqrs_process_now(const cqrs_process_t *p);
+
+/* Writes "<prefix>:<id>" into buf[CQRS_ID_MAX], or, when that does not fit,
+ * "<prefix>#" and a 128-bit hash of both in hex: distinct inputs give
+ * distinct ids, never a cut one. CQRS_EINVAL for NULL or an over-long prefix. */
+CQRS_EXPORT cqrs_code_t cqrs_id_derive(char buf[CQRS_ID_MAX], const char *prefix, const char *id,
+                                       cqrs_error_t *err);
+
+/* ---- testing a process type without a loop (see testing.h) ---- */
+
+typedef struct cqrs_process_test cqrs_process_test_t;
+/* A lone instance `id` of `type` with no store, no loop and no dispatcher. */
+CQRS_EXPORT cqrs_code_t cqrs_process_test_new(const cqrs_process_type_t *type, const char *id, void *data,
+                                              cqrs_process_test_t **out, cqrs_error_t *err);
+CQRS_EXPORT void cqrs_process_test_destroy(cqrs_process_test_t *t);
+/* Inputs: the instance handles them as it would live; its decisions are
+ * kept as if recorded. An input it ignores records nothing. */
+CQRS_EXPORT cqrs_code_t cqrs_process_test_event(cqrs_process_test_t *t, const cqrs_event_type_t *type,
+                                                const char *aggregate_id, const void *payload, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_process_test_step(cqrs_process_test_t *t, const char *step, cqrs_step_status_t status,
+                                               const char *reason, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_process_test_deadline(cqrs_process_test_t *t, const char *name, cqrs_error_t *err);
+/* What the last input decided: steps sent (i-th: its name, command type
+ * and payload, borrowed), whether the instance ended, a deadline's time
+ * (0: none). And the instance's state now. */
+CQRS_EXPORT size_t cqrs_process_test_sent_count(const cqrs_process_test_t *t);
+CQRS_EXPORT const char *cqrs_process_test_sent(const cqrs_process_test_t *t, size_t i,
+                                               const cqrs_command_type_t **type, const void **payload);
+CQRS_EXPORT bool cqrs_process_test_ended(const cqrs_process_test_t *t);
+CQRS_EXPORT int64_t cqrs_process_test_deadline_at(const cqrs_process_test_t *t, const char *name);
+CQRS_EXPORT const void *cqrs_process_test_state(const cqrs_process_test_t *t);
+/* Events the last input recorded in the instance's stream. */
+CQRS_EXPORT size_t cqrs_process_test_recorded(const cqrs_process_test_t *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,284 @@
+/* Process managers: steps without blocking threads, deadlines that survive
+ * a restart, derived ids, routing. The billing tests drive a whole flow
+ * (tests/billing/test_transfer.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "framework/ledger.h"
+#include <cqrs/testing.h>
+
+typedef struct nothing {
+  char id[CQRS_ID_MAX];
+} nothing_t;
+static const cqrs_field_t nothing_fields[] = {CQRS_STRING(nothing_t, id, "id", CQRS_F_REQUIRED), CQRS_FIELDS_END};
+/* A step that takes a while and changes nothing. */
+static const cqrs_command_type_t slow_work = {.name = "test.slow", .payload_size = sizeof(nothing_t),
+                                              .fields = nothing_fields};
+
+static cqrs_code_t handle_slow(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)ctx, (void)cmd, (void)data, (void)err;
+  uv_sleep(40);
+  return CQRS_OK;
+}
+
+typedef struct counted {
+  int32_t steps;
+} counted_t;
+static const cqrs_field_t counted_fields[] = {CQRS_INT32(counted_t, steps, "steps", 0), CQRS_FIELDS_END};
+
+
+static cqrs_code_t start_slow(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)state, (void)e, (void)data;
+  nothing_t n = {{0}};
+  snprintf(n.id, sizeof n.id, "%s", cqrs_process_id(p));
+  return cqrs_process_send(p, "work", &n, err);
+}
+
+static cqrs_code_t after_slow(cqrs_process_t *p, void *state, const cqrs_step_outcome_t *o, void *data,
+                              cqrs_error_t *err) {
+  (void)data, (void)err;
+  assert_int_equal(o->status, CQRS_STEP_ACCEPTED);
+  ((counted_t *)state)->steps++;
+  cqrs_process_end(p);
+  return CQRS_OK;
+}
+
+static const cqrs_process_route_t slow_routes[] = {{&ledger_opened, true, NULL, start_slow}, {NULL, false, NULL, NULL}};
+static const cqrs_process_step_t slow_steps[] = {{"work", &slow_work}, {NULL, NULL}};
+#define SLOW_PROCESS(n)                                                                                       \
+  {.name = "slow" #n, .state_size = sizeof(counted_t), .state_fields = counted_fields, .routes = slow_routes, \
+   .steps = slow_steps, .on_step = after_slow}
+static const cqrs_process_type_t slow_types[8] = {SLOW_PROCESS(0), SLOW_PROCESS(1), SLOW_PROCESS(2), SLOW_PROCESS(3),
+                                                  SLOW_PROCESS(4), SLOW_PROCESS(5), SLOW_PROCESS(6), SLOW_PROCESS(7)};
+
+static void count_ended(const cqrs_result_t *r, void *data) {
+  (void)r, (void)data;
+}
+
+static void watchdog(uv_timer_t *t) {
+  (void)t;
+  fail_msg("process managers stalled");
+}
+
+/* Eight process managers whose steps block for a while, on libuv's default
+ * four pool threads: nothing waits for a step, so nothing stalls. */
+static void test_eight_processes_on_four_pool_threads(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = ledger_registry();
+  assert_int_equal(cqrs_registry_add_command(reg, &slow_work, NULL), CQRS_OK);
+  for (int i = 0; i < 8; i++) assert_int_equal(cqrs_registry_add_process(reg, &slow_types[i], NULL), CQRS_OK);
+  cqrs_store_t *mem = cqrs_memory_store_new(), *store = ledger_blocking_store(mem, 0);
+  cqrs_checkpoints_t *cp = cqrs_memory_checkpoints_new();
+  cqrs_dispatcher_t *d;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d, &slow_work, handle_slow, NULL, CQRS_HANDLER_BLOCKING, &err), CQRS_OK);
+  for (int i = 0; i < 8; i++) assert_int_equal(cqrs_process_start(d, &slow_types[i], NULL, cp, &err), CQRS_OK);
+  for (int i = 0; i < 4; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "l-%d", i);
+    assert_int_equal(cqrs_dispatcher_send(d, ledger_open_new(id, "o"), count_ended, NULL), CQRS_OK);
+  }
+  uv_timer_t dog;
+  uv_timer_init(&loop, &dog);
+  uv_timer_start(&dog, watchdog, 60000, 0);
+  uv_unref((uv_handle_t *)&dog);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  for (int i = 0; i < 8; i++) {
+    assert_int_equal(cqrs_process_open_count(d, slow_types[i].name), 0);
+    for (int k = 0; k < 4; k++) {
+      char id[16];
+      snprintf(id, sizeof id, "l-%d", k);
+      char stream[CQRS_NAME_MAX];
+      snprintf(stream, sizeof stream, "process:%s", slow_types[i].name);
+      const cqrs_aggregate_type_t *t = cqrs_registry_aggregate(reg, stream);
+      cqrs_aggregate_t *agg;
+      assert_int_equal(cqrs_repository_load(mem, t, id, &agg, NULL), CQRS_OK);
+      /* received, step (the state did not change); received (the outcome), state, ended */
+      assert_int_equal(cqrs_aggregate_version(agg), 5);
+      cqrs_aggregate_destroy(agg);
+    }
+  }
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_close((uv_handle_t *)&dog, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  cqrs_checkpoints_destroy(cp);
+  cqrs_store_destroy(store);
+  cqrs_store_destroy(mem);
+  cqrs_registry_destroy(reg);
+}
+
+/* ---- deadlines ---- */
+
+static int deadlines_fired;
+
+static cqrs_code_t start_timer(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)state, (void)data;
+  return cqrs_process_schedule(p, "expire", e->timestamp + 150, err);
+}
+
+static cqrs_code_t on_expire(cqrs_process_t *p, void *state, const char *name, void *data, cqrs_error_t *err) {
+  (void)state, (void)data, (void)err;
+  assert_string_equal(name, "expire");
+  deadlines_fired++;
+  cqrs_process_end(p);
+  return CQRS_OK;
+}
+
+static const cqrs_process_route_t timer_routes[] = {{&ledger_opened, true, NULL, start_timer},
+                                                    {NULL, false, NULL, NULL}};
+static const cqrs_process_type_t timer_type = {.name = "timer", .routes = timer_routes, .on_deadline = on_expire};
+
+typedef struct waiter {
+  cqrs_dispatcher_t *d;
+  uv_timer_t t;
+} waiter_t;
+
+static void wait_ended(uv_timer_t *t) {
+  waiter_t *w = t->data;
+  if (cqrs_process_open_count(w->d, "timer") == 0) uv_timer_stop(t);
+}
+
+/* A deadline set before a stop fires after the restart, once. */
+static void test_deadline_fires_after_a_restart(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = ledger_registry();
+  assert_int_equal(cqrs_registry_add_process(reg, &timer_type, NULL), CQRS_OK);
+  cqrs_store_t *store = cqrs_memory_store_new();
+  cqrs_checkpoints_t *cp = cqrs_memory_checkpoints_new();
+  cqrs_dispatcher_t *d;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_process_start(d, &timer_type, NULL, cp, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, ledger_open_new("l-1", "o"), NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT); /* returns: a deadline alone does not hold the loop */
+  assert_int_equal(cqrs_process_open_count(d, "timer"), 1);
+  assert_int_equal(deadlines_fired, 0);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_process_start(d, &timer_type, NULL, cp, &err), CQRS_OK);
+  waiter_t w = {d, {0}};
+  uv_timer_init(&loop, &w.t);
+  w.t.data = &w;
+  uv_timer_start(&w.t, wait_ended, 10, 10);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(deadlines_fired, 1);
+  assert_int_equal(cqrs_process_open_count(d, "timer"), 0);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_close((uv_handle_t *)&w.t, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(deadlines_fired, 1);
+  cqrs_checkpoints_destroy(cp);
+  cqrs_store_destroy(store);
+  cqrs_registry_destroy(reg);
+}
+
+/* Given / when / then of a deadline, with the test helpers. */
+static void test_deadline_given_when_then(void **state) {
+  (void)state;
+  cqrs_process_test_t *t;
+  assert_int_equal(cqrs_process_test_new(&timer_type, "l-1", NULL, &t, NULL), CQRS_OK);
+  CQRS_PROCESS_WHEN_EVENT(t, &ledger_opened, "l-1", (ledger_opened_t){"o"});
+  assert_true(cqrs_process_test_deadline_at(t, "expire") > 0);
+  int before = deadlines_fired;
+  CQRS_PROCESS_WHEN_DEADLINE(t, "expire");
+  CQRS_PROCESS_THEN_ENDED(t);
+  assert_int_equal(deadlines_fired, before + 1);
+  CQRS_PROCESS_THEN_DEADLINE(t, "expire", 0);
+  cqrs_process_test_destroy(t);
+}
+
+/* ---- ids and registration ---- */
+
+static void test_derived_ids_are_never_cut(void **state) {
+  (void)state;
+  char a[CQRS_ID_MAX], b[CQRS_ID_MAX], c[CQRS_ID_MAX];
+  assert_int_equal(cqrs_id_derive(a, "transfer.request", "t-1", NULL), CQRS_OK);
+  assert_string_equal(a, "transfer.request:t-1");
+  char id1[CQRS_ID_MAX], id2[CQRS_ID_MAX];
+  memset(id1, 'x', sizeof id1 - 1);
+  id1[sizeof id1 - 1] = '\0';
+  memcpy(id2, id1, sizeof id2);
+  id2[sizeof id2 - 2] = 'y';
+  assert_int_equal(cqrs_id_derive(a, "transfer.request", id1, NULL), CQRS_OK);
+  assert_int_equal(cqrs_id_derive(b, "transfer.request", id2, NULL), CQRS_OK);
+  assert_int_equal(cqrs_id_derive(c, "transfer.request", id1, NULL), CQRS_OK);
+  assert_string_not_equal(a, b);
+  assert_string_equal(a, c);
+  assert_true(strlen(a) < CQRS_ID_MAX);
+  assert_int_equal(strncmp(a, "transfer.request#", 17), 0);
+  char long_prefix[CQRS_ID_MAX];
+  memset(long_prefix, 'p', 40);
+  long_prefix[40] = '\0';
+  assert_int_equal(cqrs_id_derive(a, long_prefix, "x", NULL), CQRS_EINVAL);
+  assert_int_equal(cqrs_id_derive(NULL, "p", "x", NULL), CQRS_EINVAL);
+}
+
+static void test_registration_is_checked(void **state) {
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_error_t err;
+  static const cqrs_process_type_t unnamed = {.name = "bad/name", .routes = timer_routes};
+  static const cqrs_process_type_t no_routes = {.name = "empty"};
+  static const cqrs_process_type_t no_fields = {.name = "nofields", .state_size = 8, .routes = timer_routes};
+  static const cqrs_process_type_t no_on_step = {.name = "nostep", .routes = slow_routes, .steps = slow_steps};
+  assert_int_equal(cqrs_registry_add_process(reg, &unnamed, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_registry_add_process(reg, &no_routes, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_registry_add_process(reg, &no_fields, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_registry_add_process(reg, &no_on_step, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_registry_add_process(reg, &timer_type, &err), CQRS_OK);
+  assert_int_equal(cqrs_registry_add_process(reg, &timer_type, &err), CQRS_EDUPLICATE);
+  assert_int_equal(cqrs_registry_add_process(NULL, &timer_type, &err), CQRS_EINVAL);
+  cqrs_registry_destroy(reg);
+}
+
+/* An outside command cannot take an id reserved for process steps. */
+static void test_reserved_ids_are_refused(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_store_t *store = cqrs_memory_store_new();
+  cqrs_dispatcher_t *d;
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, NULL), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, NULL), CQRS_OK);
+  cqrs_command_t *cmd = ledger_open_new("l-1", "o");
+  assert_int_equal(cqrs_command_set_id(cmd, "~slow0/work:l-1", NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, cmd, NULL, NULL), CQRS_EINVALID_COMMAND);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  int64_t head;
+  assert_int_equal(cqrs_store_head(store, &head, NULL), CQRS_OK);
+  assert_int_equal(head, 0);
+  cqrs_store_destroy(store);
+  cqrs_registry_destroy(reg);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_eight_processes_on_four_pool_threads),
+      cmocka_unit_test(test_deadline_fires_after_a_restart),
+      cmocka_unit_test(test_deadline_given_when_then),
+      cmocka_unit_test(test_derived_ids_are_never_cut),
+      cmocka_unit_test(test_registration_is_checked),
+      cmocka_unit_test(test_reserved_ids_are_refused),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
