@@ -75,13 +75,13 @@ static void test_sample_announces_its_endpoint(void **state) {
   }
   assert_true(!strncmp(endpoint, "http://127.0.0.1:", 17));
 
-  /* The flow's last command is an e-mail change: once counted, the flow is
-   * over and the process lingers, idle. */
+  /* The flow ends with four invoice.by_customer queries: once they are
+   * counted, it is over and the process lingers, idle. */
   char *text = NULL;
   for (int i = 0; i < 300; i++) {
     free(text);
     text = scrape(endpoint);
-    if (prom_value(text, "cqrs_commands_total{type=\"customer.change_email\",outcome=\"ok\",reason=\"\"}") == 1) break;
+    if (prom_value(text, "cqrs_queries_total{name=\"invoice.by_customer\",outcome=\"ok\"}") == 4) break;
     usleep(200000);
   }
   char why[128];
