@@ -15,6 +15,7 @@
 #include <cqrs/http.h>
 
 #include "ledger.h"
+#include "http_get.h"
 #include "prom_check.h"
 
 typedef struct fx {
@@ -84,15 +85,6 @@ typedef struct call {
   uv_async_t done;
 } call_t;
 
-static size_t on_body(char *p, size_t size, size_t n, void *data) {
-  call_t *c = data;
-  c->body = realloc(c->body, c->len + size * n + 1);
-  memcpy(c->body + c->len, p, size * n);
-  c->len += size * n;
-  c->body[c->len] = '\0';
-  return size * n;
-}
-
 static void raw_call(call_t *c) {
   int s = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(c->port), .sin_addr.s_addr = htonl(0x7f000001)};
@@ -115,23 +107,7 @@ static void client(void *arg) {
   } else {
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%u%s", (unsigned)c->port, c->path);
-    CURL *curl = curl_easy_init();
-    curl_easy_setopt(curl, CURLOPT_URL, url);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT, 20L);
-    if (c->method) curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, c->method);
-    if (c->method && !strcmp(c->method, "HEAD")) curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
-    CURLcode rc = curl_easy_perform(curl);
-    if (rc == CURLE_OK) {
-      char *type = NULL;
-      curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &c->status);
-      curl_easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &type);
-      snprintf(c->type, sizeof c->type, "%s", type ? type : "");
-    } else {
-      fprintf(stderr, "curl: %s\n", curl_easy_strerror(rc));
-    }
-    curl_easy_cleanup(curl);
+    c->body = http_get(url, c->method, &c->status, c->type, sizeof c->type);
   }
   uv_async_send(&c->done);
 }

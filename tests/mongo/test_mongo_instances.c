@@ -5,36 +5,15 @@
 #include <mongoc/mongoc.h>
 
 #include "mongo_fixture.h"
+#include "http_get.h"
 #include "prom_check.h"
 
-typedef struct body {
-  char *p;
-  size_t len;
-} body_t;
-
-static size_t on_body(char *p, size_t size, size_t n, void *data) {
-  body_t *b = data;
-  b->p = realloc(b->p, b->len + size * n + 1);
-  memcpy(b->p + b->len, p, size * n);
-  b->len += size * n;
-  b->p[b->len] = '\0';
-  return size * n;
-}
-
 static char *scrape(const char *endpoint) {
-  body_t b = {0};
-  CURL *curl = curl_easy_init();
-  curl_easy_setopt(curl, CURLOPT_URL, endpoint);
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 20L);
-  assert_int_equal(curl_easy_perform(curl), CURLE_OK);
   long status = 0;
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-  curl_easy_cleanup(curl);
+  char *body = http_get(endpoint, NULL, &status, NULL, 0);
+  assert_non_null(body);
   assert_int_equal(status, 200);
-  assert_non_null(b.p);
-  return b.p;
+  return body;
 }
 
 /* The announcement of the process serving `endpoint`; found false when none. */
