@@ -20,6 +20,7 @@
 
 static const char *mongo_uri;
 static long n_arg, batch_arg, queries_arg;
+static bool metrics_arg; /* --metrics: count commands and projections as an operator would */
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -144,6 +145,7 @@ typedef struct pipe_env {
   cqrs_checkpoints_t *cp;
   cqrs_dispatcher_t *d;
   billing_t *b;
+  cqrs_metrics_t *m;
 } pipe_env_t;
 
 static void pipe_open(pipe_env_t *e, bool keep_alive) {
@@ -160,6 +162,7 @@ static void pipe_open(pipe_env_t *e, bool keep_alive) {
   cqrs_error_t err;
   if (cqrs_dispatcher_new(&e->loop, e->reg, e->store, &o, &e->d, &err)) die("dispatcher", &err);
   if (billing_register_handlers(e->d, &err)) die("handlers", &err);
+  if (metrics_arg && (cqrs_metrics_new(&e->m, &err) || cqrs_metrics_attach(e->m, e->d, &err))) die("metrics", &err);
   /* One projection: the balances. */
   e->b = billing_projector_new(e->rm, NULL);
   static const cqrs_event_type_t *const types[] = {&billing_account_opened, &billing_account_deposited, NULL};
@@ -184,6 +187,7 @@ static void pipe_close(pipe_env_t *e) {
   cqrs_dispatcher_close(e->d, NULL, NULL);
   uv_run(&e->loop, UV_RUN_DEFAULT);
   uv_loop_close(&e->loop);
+  cqrs_metrics_destroy(e->m);
   billing_destroy(e->b);
   cqrs_checkpoints_destroy(e->cp);
   cqrs_readmodel_destroy(e->rm);
@@ -218,8 +222,8 @@ static void bench_pipeline(void) {
   if (done != (uint64_t)total) fprintf(stderr, "pipeline: %" PRIu64 " of %ld done\n", done, total);
   char extra[160];
   snprintf(extra, sizeof extra,
-           "\"accounts\": %d, \"senders\": 1, \"latency\": \"per command, mean of each batch of %ld\"", ACCOUNTS,
-           batch);
+           "\"accounts\": %d, \"senders\": 1, \"metrics\": %s, \"latency\": \"per command, mean of each batch of %ld\"",
+           ACCOUNTS, metrics_arg ? "true" : "false", batch);
   report("pipeline", (uint64_t)total, (double)busy / 1e9, &lat, extra);
   free(cmds);
   pipe_close(&e);
@@ -731,6 +735,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--n") && i + 1 < argc) n_arg = atol(argv[++i]);
     else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch_arg = atol(argv[++i]);
     else if (!strcmp(argv[i], "--queries") && i + 1 < argc) queries_arg = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--metrics")) metrics_arg = true;
   }
   if (!mongo_uri) mongo_uri = getenv("MONGODB_URI");
   const char *s = argv[1];

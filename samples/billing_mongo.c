@@ -1,5 +1,9 @@
 #include "billing_mongo.h"
 
+#include <mongoc/mongoc.h>
+#include <stdio.h>
+#include <stdlib.h>
+
 
 const cqrs_mongo_options_t billing_mongo_options = {
     .events = "billing_commands",
@@ -29,4 +33,110 @@ cqrs_code_t billing_mongo_indexes(cqrs_mongo_t *m, cqrs_error_t *err) {
 cqrs_code_t billing_mongo_reset(cqrs_mongo_t *m, cqrs_error_t *err) {
   /* The sample's own database only: everything in it is the sample's. */
   return cqrs_mongo_drop_database(m, err);
+}
+
+#define HEARTBEAT_MS 5000
+
+struct billing_instance {
+  mongoc_client_pool_t *pool;
+  char db[128], id[300], app[32], endpoint[128];
+  int64_t started;
+  uv_timer_t timer;
+  uv_work_t work;
+  bool busy, stopping, closed;
+};
+
+static bool instance_write(billing_instance_t *in, bool remove, bson_error_t *e) {
+  mongoc_client_t *c = mongoc_client_pool_pop(in->pool);
+  mongoc_collection_t *coll = mongoc_client_get_collection(c, in->db, "cqrs_instances");
+  bson_t *sel = BCON_NEW("_id", BCON_UTF8(in->id));
+  bool ok;
+  if (remove) {
+    ok = mongoc_collection_delete_one(coll, sel, NULL, NULL, e);
+  } else {
+    bson_t *doc = BCON_NEW("_id", BCON_UTF8(in->id), "endpoint", BCON_UTF8(in->endpoint), "app", BCON_UTF8(in->app),
+                           "startedAt", BCON_DATE_TIME(in->started), "heartbeatAt", BCON_DATE_TIME(cqrs_now_ms()));
+    bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true));
+    ok = mongoc_collection_replace_one(coll, sel, doc, opts, NULL, e);
+    bson_destroy(opts);
+    bson_destroy(doc);
+  }
+  bson_destroy(sel);
+  mongoc_collection_destroy(coll);
+  mongoc_client_pool_push(in->pool, c);
+  return ok;
+}
+
+static void beat_work(uv_work_t *w) {
+  bson_error_t e;
+  billing_instance_t *in = w->data;
+  if (!instance_write(in, false, &e)) fprintf(stderr, "cqrs_instances: heartbeat of %s failed: %s\n", in->id, e.message);
+}
+
+static void instance_free(billing_instance_t *in) {
+  bson_error_t e;
+  if (!instance_write(in, true, &e)) fprintf(stderr, "cqrs_instances: cannot remove %s: %s\n", in->id, e.message);
+  mongoc_client_pool_destroy(in->pool);
+  free(in);
+}
+
+static void beat_done(uv_work_t *w, int status) {
+  (void)status;
+  billing_instance_t *in = w->data;
+  in->busy = false;
+  if (in->closed) instance_free(in);
+}
+
+static void beat(uv_timer_t *t) {
+  billing_instance_t *in = t->data;
+  if (in->busy || in->stopping) return; /* a slow server: skip a beat rather than queue them */
+  in->work.data = in;
+  if (uv_queue_work(t->loop, &in->work, beat_work, beat_done) == 0) in->busy = true;
+}
+
+cqrs_code_t billing_instance_start(uv_loop_t *loop, const char *uri, const char *app, const char *endpoint,
+                                   billing_instance_t **out, cqrs_error_t *err) {
+  *out = NULL;
+  bson_error_t e;
+  mongoc_uri_t *u = mongoc_uri_new_with_error(uri, &e);
+  if (!u) return cqrs_error_set(err, CQRS_EINVAL, "bad MongoDB URI: %s", e.message);
+  billing_instance_t *in = calloc(1, sizeof *in);
+  if (!in || !(in->pool = mongoc_client_pool_new(u))) {
+    mongoc_uri_destroy(u);
+    free(in);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a client pool");
+  }
+  snprintf(in->db, sizeof in->db, "%s", mongoc_uri_get_database(u) ? mongoc_uri_get_database(u) : "cqrs");
+  mongoc_uri_destroy(u);
+  char host[256] = "localhost";
+  size_t hl = sizeof host;
+  uv_os_gethostname(host, &hl);
+  snprintf(in->id, sizeof in->id, "%s:%d", host, (int)uv_os_getpid());
+  snprintf(in->app, sizeof in->app, "%s", app);
+  snprintf(in->endpoint, sizeof in->endpoint, "%s", endpoint);
+  in->started = cqrs_now_ms();
+  if (!instance_write(in, false, &e)) {
+    mongoc_client_pool_destroy(in->pool);
+    free(in);
+    return cqrs_error_set(err, CQRS_ESTORE, "cannot register in cqrs_instances: %s", e.message);
+  }
+  uv_timer_init(loop, &in->timer);
+  in->timer.data = in;
+  uv_timer_start(&in->timer, beat, HEARTBEAT_MS, HEARTBEAT_MS);
+  uv_unref((uv_handle_t *)&in->timer);
+  *out = in;
+  return CQRS_OK;
+}
+
+static void instance_closed(uv_handle_t *h) {
+  billing_instance_t *in = h->data;
+  in->closed = true;
+  if (!in->busy) instance_free(in); /* else once the heartbeat in flight is back */
+}
+
+void billing_instance_stop(billing_instance_t *in) {
+  if (!in) return;
+  in->stopping = true;
+  uv_timer_stop(&in->timer);
+  uv_close((uv_handle_t *)&in->timer, instance_closed);
 }

@@ -17,4 +17,14 @@ cqrs_code_t billing_mongo_indexes(cqrs_mongo_t *m, cqrs_error_t *err);
 /* Drops the billing collections (the sample's --reset). */
 cqrs_code_t billing_mongo_reset(cqrs_mongo_t *m, cqrs_error_t *err);
 
+/* A running process announces its /metrics endpoint in the collection
+ * cqrs_instances of the URI's database: {_id: "<host>:<pid>", endpoint, app,
+ * startedAt, heartbeatAt}, heartbeatAt refreshed every 5 s from the thread
+ * pool (the timer does not keep `loop` alive); the operator tool lists them.
+ * Stop removes the document (a short blocking call: at shutdown). */
+typedef struct billing_instance billing_instance_t;
+cqrs_code_t billing_instance_start(uv_loop_t *loop, const char *uri, const char *app, const char *endpoint,
+                                   billing_instance_t **out, cqrs_error_t *err);
+void billing_instance_stop(billing_instance_t *inst);
+
 #endif

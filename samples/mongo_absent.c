@@ -10,3 +10,10 @@ int sample_mongo_open(sample_t *s, const char *uri) {
 }
 
 void sample_mongo_close(sample_t *s) { (void)s; }
+
+int sample_mongo_announce(sample_t *s, const char *uri, const char *endpoint) {
+  (void)s, (void)uri, (void)endpoint;
+  return 2; /* unreachable: --mongo fails first */
+}
+
+void sample_mongo_unannounce(sample_t *s) { (void)s; }

@@ -33,3 +33,19 @@ void sample_mongo_close(sample_t *s) {
   cqrs_store_destroy(s->store);
   cqrs_mongo_destroy(s->backend);
 }
+
+int sample_mongo_announce(sample_t *s, const char *uri, const char *endpoint) {
+  cqrs_error_t err;
+  billing_instance_t *in;
+  if (billing_instance_start(&s->loop, uri, "billing", endpoint, &in, &err)) {
+    fprintf(stderr, "%s: %s\n", s->name, err.message);
+    return 3;
+  }
+  s->instance = in;
+  return 0;
+}
+
+void sample_mongo_unannounce(sample_t *s) {
+  billing_instance_stop(s->instance);
+  s->instance = NULL;
+}

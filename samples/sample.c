@@ -1,5 +1,9 @@
 #include "sample.h"
 
+#ifdef CQRS_SAMPLE_HTTP
+#include <cqrs/http.h>
+#endif
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,13 +14,63 @@ static void usage(const char *name, FILE *to) {
           "  Runs the %s flow of the billing sample, in memory by default.\n"
           "  --mongo URI   use a MongoDB server (URI also read from MONGODB_URI when the flag has none);\n"
           "                the database is the URI's, else \"cqrs\"\n"
-          "  --reset       drop that database first (the sample expects to start empty)\n",
+          "  --reset       drop that database first (the sample expects to start empty)\n"
+          "  --metrics-port N  serve GET /metrics on 127.0.0.1:N (0: any free port); with --mongo,\n"
+          "                announce it in the collection cqrs_instances\n"
+          "  --linger S    keep serving /metrics S seconds after the flow\n",
           name, name);
+}
+
+/* A whole decimal number in [lo, hi], or -1. */
+static long number_arg(const char *v, long lo, long hi) {
+  char *end;
+  long n = v ? strtol(v, &end, 10) : -1;
+  return v && *v && !*end && n >= lo && n <= hi ? n : -1;
+}
+
+static int metrics_open(sample_t *s, const char *mongo) {
+#ifdef CQRS_SAMPLE_HTTP
+  cqrs_error_t err;
+  cqrs_http_metrics_t *h;
+  if (cqrs_metrics_new(&s->metrics, &err) || cqrs_metrics_attach(s->metrics, s->d, &err) ||
+      cqrs_metrics_attach_queries(s->metrics, s->q, &err) ||
+      cqrs_http_metrics_start(&s->loop, s->metrics, NULL, (uint16_t)s->metrics_port, &h, &err)) {
+    fprintf(stderr, "%s: cannot serve metrics: %s\n", s->name, err.message);
+    return 3;
+  }
+  s->http = h;
+  char endpoint[64];
+  snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%u/metrics", (unsigned)cqrs_http_metrics_port(h));
+  printf("%s: metrics at %s\n", s->name, endpoint);
+  fflush(stdout);
+  return mongo ? sample_mongo_announce(s, mongo, endpoint) : 0;
+#else
+  (void)mongo;
+  fprintf(stderr, "%s: this build has no /metrics endpoint (needs libmicrohttpd, -DCQRS_HTTP=ON)\n", s->name);
+  return 2;
+#endif
+}
+
+static void linger_done(uv_timer_t *t) { uv_close((uv_handle_t *)t, NULL); }
+
+static void metrics_close(sample_t *s) {
+#ifdef CQRS_SAMPLE_HTTP
+  if (s->http && s->linger_s) {
+    uv_timer_t t;
+    uv_timer_init(&s->loop, &t);
+    uv_timer_start(&t, linger_done, (uint64_t)s->linger_s * 1000, 0);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+  }
+  if (s->http) cqrs_http_metrics_close(s->http, NULL, NULL);
+  s->http = NULL;
+#endif
+  if (s->instance) sample_mongo_unannounce(s);
 }
 
 int sample_open(sample_t *s, const char *name, int argc, char **argv) {
   memset(s, 0, sizeof *s);
   s->name = name;
+  s->metrics_port = -1;
   const char *mongo = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -33,6 +87,16 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
       }
     } else if (!strcmp(argv[i], "--reset")) {
       s->reset = true;
+    } else if (!strcmp(argv[i], "--metrics-port") || !strcmp(argv[i], "--linger")) {
+      bool port = !strcmp(argv[i], "--metrics-port");
+      long n = number_arg(i + 1 < argc ? argv[i + 1] : NULL, 0, port ? 65535 : 86400);
+      if (n < 0) {
+        fprintf(stderr, "%s: %s needs a number (%s)\n", name, argv[i], port ? "0..65535" : "seconds");
+        return 2;
+      }
+      i++;
+      if (port) s->metrics_port = (int)n;
+      else s->linger_s = (unsigned)n;
     } else {
       fprintf(stderr, "%s: unknown argument '%s'\n", name, argv[i]);
       usage(name, stderr);
@@ -76,11 +140,16 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
     fprintf(stderr, "%s: cannot register the queries\n", name);
     return 3;
   }
+  if (s->metrics_port >= 0) {
+    int rc = metrics_open(s, mongo);
+    if (rc) return rc;
+  }
   printf("%s: billing on %s\n", name, mongo ? "MongoDB" : "the in-memory store");
   return 0;
 }
 
 int sample_close(sample_t *s) {
+  metrics_close(s);
   if (s->d) {
     cqrs_dispatcher_close(s->d, NULL, NULL);
     uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -88,6 +157,7 @@ int sample_close(sample_t *s) {
   int rc = uv_loop_close(&s->loop);
   if (rc) fprintf(stderr, "%s: the loop did not close cleanly: %s\n", s->name, uv_strerror(rc));
   cqrs_queries_destroy(s->q);
+  cqrs_metrics_destroy(s->metrics);
   billing_destroy(s->billing);
   if (s->backend) {
     sample_mongo_close(s);

@@ -20,6 +20,11 @@ typedef struct sample {
   cqrs_dead_letter_cb dead_letter;
   void *dead_letter_data;
   int failures;  /* results that were not what the script expected */
+  int metrics_port;     /* --metrics-port N: serve /metrics (0: any free port); -1: off */
+  unsigned linger_s;    /* --linger S: keep serving S seconds after the script */
+  cqrs_metrics_t *metrics;
+  void *http;           /* cqrs_http_metrics_t, when built */
+  void *instance;       /* the entry in cqrs_instances, on MongoDB */
 } sample_t;
 
 /* Parses argv (--mongo URI, --help), builds everything. Returns 0, or the
@@ -53,5 +58,8 @@ cqrs_money_t sample_eur(int64_t cents);
  * on `uri`. Returns 0 or an exit code. */
 int sample_mongo_open(sample_t *s, const char *uri);
 void sample_mongo_close(sample_t *s);
+/* Announces the process's /metrics endpoint in cqrs_instances; 0 or an exit code. */
+int sample_mongo_announce(sample_t *s, const char *uri, const char *endpoint);
+void sample_mongo_unannounce(sample_t *s);
 
 #endif

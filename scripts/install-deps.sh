@@ -3,7 +3,7 @@
 # The Go toolchain for the MongoDB test server comes on demand, through
 # scripts/go-toolchain.sh (Debian 12 ships no Go recent enough).
 set -euo pipefail
-pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind)
+pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind libmicrohttpd-dev libcurl4-openssl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

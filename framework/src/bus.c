@@ -105,6 +105,7 @@ static void timer_cb(uv_timer_t *t) {
  * holds, which a projection reads again from its checkpoint. */
 static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   s->attempts++;
+  s->retries++;
   if (error->code == CQRS_ECLOSED && atomic_load(&s->d->closing)) {
     /* A process manager cannot send at close: what it holds is read again
      * from its checkpoint on the next start. */
@@ -703,3 +704,21 @@ void cqrs__bus_free(cqrs_dispatcher_t *d) {
   for (size_t i = 0; i < d->ndead; i++) cqrs_event_unref(d->dead[i].event);
   cqrs__free(d->dead);
 }
+
+/* ---- figures for metrics ---- */
+
+bool cqrs__bus_sub_figures(const cqrs_dispatcher_t *d, size_t i, cqrs__sub_figures_t *out) {
+  if (!d || i >= d->nsubs) return false;
+  const sub_t *s = d->subs[i];
+  out->name = s->name;
+  out->position = s->position;
+  /* A live subscriber with nothing queued has seen everything the feed has,
+   * including the events its types filter out. */
+  bool idle = s->state == SUB_LIVE && !s->q_len && !s->busy && !s->waiting;
+  out->handled_up_to = idle && d->feed_pos > s->position ? d->feed_pos : s->position;
+  out->oldest_pending_ts = s->q_len ? q_peek(s, 0)->timestamp : 0;
+  out->retries = s->retries;
+  return true;
+}
+
+int64_t cqrs__bus_feed_position(const cqrs_dispatcher_t *d) { return d ? d->feed_pos : 0; }

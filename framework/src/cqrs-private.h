@@ -96,9 +96,23 @@ cqrs_code_t cqrs__envelope_make(const char *aggregate_type, const char *aggregat
                                 const char *correlation_id, cqrs_envelope_t **out, cqrs_error_t *err);
 const cqrs_envelope_t *cqrs__envelope_ref(const cqrs_envelope_t *env);
 
+/* Calls that reached the implementation, by operation, for metrics. */
+typedef enum cqrs__store_op {
+  CQRS__STORE_APPEND,
+  CQRS__STORE_READ_STREAM,
+  CQRS__STORE_READ_ALL,
+  CQRS__STORE_HEAD,
+  CQRS__STORE_SNAPSHOT_LOAD,
+  CQRS__STORE_SNAPSHOT_SAVE,
+  CQRS__STORE_OPS
+} cqrs__store_op_t;
+
 struct cqrs_store {
   const cqrs_store_ops_t *ops;
   void *impl;
+  _Atomic uint64_t calls[CQRS__STORE_OPS];
+  _Atomic uint64_t errors[CQRS__STORE_OPS][2]; /* [op][0 transient (CQRS_ESTORE), 1 permanent] */
+  _Atomic int64_t head_seen;                   /* highest position an append or a head call returned */
 };
 
 /* A growable array of event references. */

@@ -4,6 +4,7 @@
 
 
 #include "cqrs-uthash.h"
+#include "metrics-private.h"
 
 typedef struct handler {
   const cqrs_command_type_t *type; /* key */
@@ -41,6 +42,7 @@ typedef struct sub {
   bool busy;    /* pool work in flight */
   bool waiting; /* back-off timer running */
   bool running; /* inside sub_run */
+  uint64_t retries; /* failed deliveries, for metrics */
   bool async;   /* the handler completes later (CQRS__PENDING) */
   int64_t (*checkpoint)(void *data, int64_t handled); /* NULL: the position handled */
   bool cp_blocking, cp_saving; /* a checkpoint save on the pool, for async subscribers */
@@ -90,6 +92,7 @@ struct cqrs_dispatcher {
   dead_letter_t *dead;
   size_t ndead, dead_cap, dead_total;
 
+  cqrs__mw_chain_t mw; /* middleware around commands (metrics.c) */
   struct cqrs__process **procs; /* process managers running here (process.c) */
   size_t nprocs;
 

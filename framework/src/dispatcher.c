@@ -33,6 +33,8 @@ struct request {
   bson_t *value;
   int64_t last_position;
   cqrs__event_vec_t committed; /* the events the command committed, referenced */
+  uint64_t started_ns;         /* for the middleware; 0 when none was in use */
+  unsigned conflicts;
 };
 
 void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
@@ -392,6 +394,7 @@ static void run_request(request_t *r) {
     r->result.version = 0;
     rc = r->handler->fn(&ctx, r->cmd, r->handler->data, err);
     if (rc == CQRS_OK) rc = context_commit(&ctx, r, err);
+    if (rc == CQRS_ECONFLICT) r->conflicts++;
     if (rc != CQRS_ECONFLICT || attempt >= d->opts.conflict_retries) break;
     context_reset(&ctx);
   }
@@ -412,6 +415,7 @@ static void finish_request(request_t *r) {
   cqrs__event_vec_clear(&r->committed);
   r->result.command_id = r->cmd->id;
   r->result.value = r->value;
+  if (d->mw.n) cqrs__mw_command_after(&d->mw, r->cmd, &r->result, r->started_ns, r->conflicts);
   if (r->done) r->done(&r->result, r->data);
   if (r->value) bson_destroy(r->value);
   cqrs_command_destroy(r->cmd);
@@ -437,6 +441,15 @@ static void after_work_cb(uv_work_t *w, int status) {
 }
 
 static void start_request(cqrs_dispatcher_t *d, request_t *r) {
+  r->conflicts = 0;
+  r->started_ns = 0;
+  if (d->mw.n) {
+    r->started_ns = uv_hrtime();
+    if (cqrs__mw_command_before(&d->mw, r->cmd, &r->result.error)) {
+      finish_request(r);
+      return;
+    }
+  }
   handler_t *h;
   const cqrs_command_type_t *type = r->cmd->type;
   HASH_FIND_PTR(d->handlers, &type, h);

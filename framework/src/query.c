@@ -1,5 +1,6 @@
 
 #include "cqrs-uthash.h"
+#include "metrics-private.h"
 
 
 typedef struct query {
@@ -12,6 +13,7 @@ typedef struct query {
 struct cqrs_queries {
   const cqrs_readmodel_t *rm;
   query_t *queries;
+  cqrs__mw_chain_t mw;
 };
 
 cqrs_queries_t *cqrs_queries_new(const cqrs_readmodel_t *rm) {
@@ -51,16 +53,26 @@ cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_quer
   return CQRS_OK;
 }
 
+cqrs_code_t cqrs_queries_use(cqrs_queries_t *q, const cqrs_middleware_t *mw, void *data, cqrs_error_t *err) {
+  if (!q) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus");
+  return cqrs__mw_add(&q->mw, mw, data, err);
+}
+
 cqrs_code_t cqrs_queries_run(const cqrs_queries_t *q, const char *name, const bson_t *params, bson_t *out,
                              cqrs_error_t *err) {
   if (!q || !name || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus, name or output");
   query_t *e;
   HASH_FIND_STR(q->queries, name, e);
   if (!e) return cqrs_error_set(err, CQRS_ENOT_FOUND, "no query named '%.64s'", name);
+  cqrs_error_t local;
+  if (!err) err = &local; /* the middleware sees why */
   bson_t empty = BSON_INITIALIZER;
   cqrs_error_clear(err);
-  cqrs_code_t rc = e->fn(q->rm, params ? params : &empty, out, e->data, err);
+  uint64_t started = q->mw.n ? uv_hrtime() : 0;
+  cqrs_code_t rc = q->mw.n ? cqrs__mw_query_before(&q->mw, name, params ? params : &empty, err) : CQRS_OK;
+  if (rc == CQRS_OK) rc = e->fn(q->rm, params ? params : &empty, out, e->data, err);
   if (rc && err && err->code == CQRS_OK) cqrs_error_set(err, rc, "query %s failed", name);
+  if (q->mw.n) cqrs__mw_query_after(&q->mw, name, rc, err, started);
   bson_destroy(&empty);
   return rc;
 }

@@ -18,6 +18,23 @@ void cqrs_store_destroy(cqrs_store_t *s) {
 bool cqrs_store_blocking(const cqrs_store_t *s) { return s && s->ops->blocking; }
 void *cqrs_store_impl(const cqrs_store_t *s) { return s ? s->impl : NULL; }
 
+/* Counts a call that reached the implementation. A conflict is an answer,
+ * not a failure; CQRS_ESTORE (the server is unavailable) is transient. */
+static cqrs_code_t counted(cqrs_store_t *s, cqrs__store_op_t op, cqrs_code_t rc) {
+  atomic_fetch_add_explicit(&s->calls[op], 1, memory_order_relaxed);
+  if (rc != CQRS_OK && rc != CQRS_ECONFLICT)
+    atomic_fetch_add_explicit(&s->errors[op][rc == CQRS_ESTORE ? 0 : 1], 1, memory_order_relaxed);
+  return rc;
+}
+
+static void saw_position(cqrs_store_t *s, int64_t position) {
+  int64_t seen = atomic_load_explicit(&s->head_seen, memory_order_relaxed);
+  while (position > seen &&
+         !atomic_compare_exchange_weak_explicit(&s->head_seen, &seen, position, memory_order_relaxed,
+                                                memory_order_relaxed)) {
+  }
+}
+
 static cqrs_code_t check_stream(const char *type, const char *id, cqrs_error_t *err) {
   cqrs_code_t rc = cqrs__check_str(type, CQRS_NAME_MAX, "aggregate type", err);
   return rc ? rc : cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
@@ -37,7 +54,9 @@ cqrs_code_t cqrs_store_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_ap
     if (!e || e->version != req->expected_version + (int64_t)i + 1)
       return cqrs_error_set(err, CQRS_EINVAL, "event %zu is NULL or its version does not follow", i);
   }
-  return s->ops->append(s->impl, req, res, err);
+  rc = counted(s, CQRS__STORE_APPEND, s->ops->append(s->impl, req, res, err));
+  if (rc == CQRS_OK) saw_position(s, res->last_position);
+  return rc;
 }
 
 cqrs_code_t cqrs_store_read_stream(cqrs_store_t *s, const char *type, const char *id, int64_t from_version,
@@ -45,19 +64,23 @@ cqrs_code_t cqrs_store_read_stream(cqrs_store_t *s, const char *type, const char
   if (!s || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or callback");
   cqrs_code_t rc = check_stream(type, id, err);
   if (rc) return rc;
-  return s->ops->read_stream(s->impl, type, id, from_version < 1 ? 1 : from_version, cb, data, err);
+  return counted(s, CQRS__STORE_READ_STREAM,
+                 s->ops->read_stream(s->impl, type, id, from_version < 1 ? 1 : from_version, cb, data, err));
 }
 
 cqrs_code_t cqrs_store_read_all(cqrs_store_t *s, int64_t from_position, size_t limit, cqrs_event_visit_cb cb,
                                 void *data, cqrs_error_t *err) {
   if (!s || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or callback");
   if (limit == 0) return CQRS_OK;
-  return s->ops->read_all(s->impl, from_position < 1 ? 1 : from_position, limit, cb, data, err);
+  return counted(s, CQRS__STORE_READ_ALL,
+                 s->ops->read_all(s->impl, from_position < 1 ? 1 : from_position, limit, cb, data, err));
 }
 
 cqrs_code_t cqrs_store_head(cqrs_store_t *s, int64_t *position, cqrs_error_t *err) {
   if (!s || !position) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or position");
-  return s->ops->head(s->impl, position, err);
+  cqrs_code_t rc = counted(s, CQRS__STORE_HEAD, s->ops->head(s->impl, position, err));
+  if (rc == CQRS_OK) saw_position(s, *position);
+  return rc;
 }
 
 cqrs_code_t cqrs_store_snapshot_load(cqrs_store_t *s, const char *type, const char *id, cqrs_snapshot_t *out,
@@ -67,7 +90,7 @@ cqrs_code_t cqrs_store_snapshot_load(cqrs_store_t *s, const char *type, const ch
   cqrs_code_t rc = check_stream(type, id, err);
   if (rc) return rc;
   if (!s->ops->snapshot_load) return CQRS_OK;
-  return s->ops->snapshot_load(s->impl, type, id, out, found, err);
+  return counted(s, CQRS__STORE_SNAPSHOT_LOAD, s->ops->snapshot_load(s->impl, type, id, out, found, err));
 }
 
 cqrs_code_t cqrs_store_snapshot_save(cqrs_store_t *s, const cqrs_snapshot_t *snap, cqrs_error_t *err) {
@@ -76,5 +99,5 @@ cqrs_code_t cqrs_store_snapshot_save(cqrs_store_t *s, const cqrs_snapshot_t *sna
   if (rc) return rc;
   if (snap->version < 1) return cqrs_error_set(err, CQRS_EINVAL, "snapshot version must be >= 1");
   if (!s->ops->snapshot_save) return cqrs_error_set(err, CQRS_ESTATE, "store %s keeps no snapshots", s->ops->name);
-  return s->ops->snapshot_save(s->impl, snap, err);
+  return counted(s, CQRS__STORE_SNAPSHOT_SAVE, s->ops->snapshot_save(s->impl, snap, err));
 }

@@ -14,6 +14,7 @@
 #include "cqrs/projection.h"
 #include "cqrs/readmodel.h"
 #include "cqrs/query.h"
+#include "cqrs/metrics.h"
 #include "cqrs/process.h"
 
 #define CQRS_VERSION_MAJOR 0

@@ -1,0 +1,156 @@
+/* GET /metrics on libmicrohttpd, driven by the application's libuv loop:
+ * the daemon runs without a thread of its own (MHD_USE_EPOLL), one uv_poll
+ * watches its epoll descriptor and a uv_timer its idle timeouts; each wake-up
+ * calls MHD_run, which never blocks. So every request is answered on the loop
+ * thread, where a snapshot of the dispatcher may be taken. */
+#include <errno.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cqrs/http.h"
+
+#define CONNECTION_LIMIT 64
+#define CONNECTION_TIMEOUT_S 10
+
+struct cqrs_http_metrics {
+  uv_loop_t *loop;
+  const cqrs_metrics_t *m;
+  struct MHD_Daemon *daemon;
+  uv_poll_t poll;
+  uv_timer_t timer;
+  int handles_open;
+  bool closing;
+  uint16_t port;
+  uint64_t requests;
+  cqrs_close_cb close_cb;
+  void *close_data;
+};
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type, const char *body,
+                             size_t len, const char *allow) {
+  struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+  if (!r) return MHD_NO;
+  enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+  if (ok == MHD_YES && allow) ok = MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+  if (ok == MHD_YES) ok = MHD_queue_response(c, status, r);
+  MHD_destroy_response(r);
+  return ok;
+}
+
+static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                              const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+  (void)version, (void)upload, (void)con_cls;
+  cqrs_http_metrics_t *h = cls;
+  static const char text_plain[] = "text/plain; charset=utf-8";
+  h->requests++;
+  *upload_size = 0; /* a body is read and ignored */
+  bool get = !strcmp(method, MHD_HTTP_METHOD_GET), head = !strcmp(method, MHD_HTTP_METHOD_HEAD);
+  if (strcmp(url, "/metrics")) return reply(c, MHD_HTTP_NOT_FOUND, text_plain, "not found: try /metrics\n", 24, NULL);
+  if (!get && !head)
+    return reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, text_plain, "method not allowed\n", 19, "GET, HEAD");
+  cqrs_metrics_snapshot_t *s;
+  char *text = NULL;
+  size_t len = 0;
+  cqrs_error_t err;
+  if (cqrs_metrics_snapshot(h->m, &s, &err) == CQRS_OK) {
+    cqrs_metrics_render(s, &text, &len, &err);
+    cqrs_metrics_snapshot_destroy(s);
+  }
+  if (!text) {
+    char msg[CQRS_MESSAGE_MAX + 2];
+    int n = snprintf(msg, sizeof msg, "%s\n", err.message);
+    return reply(c, MHD_HTTP_INTERNAL_SERVER_ERROR, text_plain, msg, n > 0 ? (size_t)n : 0, NULL);
+  }
+  enum MHD_Result ok = reply(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL);
+  cqrs_metrics_text_free(text);
+  return ok;
+}
+
+static void timer_cb(uv_timer_t *t);
+
+/* Lets the daemon do what it can, then sleeps until its next timeout. */
+static void drive(cqrs_http_metrics_t *h) {
+  if (h->closing) return;
+  MHD_run(h->daemon);
+  MHD_UNSIGNED_LONG_LONG ms;
+  if (MHD_get_timeout(h->daemon, &ms) == MHD_YES) {
+    uv_timer_start(&h->timer, timer_cb, (uint64_t)ms, 0);
+  } else {
+    uv_timer_stop(&h->timer);
+  }
+}
+
+static void timer_cb(uv_timer_t *t) { drive(t->data); }
+
+static void poll_cb(uv_poll_t *p, int status, int events) {
+  (void)status, (void)events; /* an error on the descriptor is MHD's to see */
+  drive(p->data);
+}
+
+cqrs_code_t cqrs_http_metrics_start(uv_loop_t *loop, const cqrs_metrics_t *m, const char *host, uint16_t port,
+                                    cqrs_http_metrics_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!loop || !m) return cqrs_error_set(err, CQRS_EINVAL, "NULL loop or metrics");
+  if (!host) host = "127.0.0.1";
+  struct sockaddr_in addr;
+  if (uv_ip4_addr(host, port, &addr))
+    return cqrs_error_set(err, CQRS_EINVAL, "'%.64s' is not an IPv4 address", host);
+  cqrs_http_metrics_t *h = calloc(1, sizeof *h);
+  if (!h) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate the endpoint");
+  h->loop = loop;
+  h->m = m;
+  h->daemon = MHD_start_daemon(MHD_USE_EPOLL, port, NULL, NULL, answer, h, MHD_OPTION_SOCK_ADDR,
+                               (struct sockaddr *)&addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTION_LIMIT,
+                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S, MHD_OPTION_END);
+  if (!h->daemon) {
+    int e = errno;
+    free(h);
+    return cqrs_error_set(err, CQRS_ESTATE, "cannot serve /metrics on %s:%u: %s", host, (unsigned)port,
+                          e ? strerror(e) : "libmicrohttpd refused");
+  }
+  const union MHD_DaemonInfo *fd = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+  const union MHD_DaemonInfo *bound = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+  h->port = bound ? bound->port : port;
+  if (!fd || uv_poll_init(loop, &h->poll, fd->epoll_fd)) {
+    MHD_stop_daemon(h->daemon);
+    free(h);
+    return cqrs_error_set(err, CQRS_ESTATE, "cannot watch the endpoint's descriptor on the loop");
+  }
+  h->poll.data = h;
+  uv_timer_init(loop, &h->timer);
+  h->timer.data = h;
+  h->handles_open = 2;
+  uv_poll_start(&h->poll, UV_READABLE, poll_cb);
+  uv_unref((uv_handle_t *)&h->poll);
+  uv_unref((uv_handle_t *)&h->timer);
+  *out = h;
+  return CQRS_OK;
+}
+
+uint16_t cqrs_http_metrics_port(const cqrs_http_metrics_t *h) { return h ? h->port : 0; }
+uint64_t cqrs_http_metrics_requests(const cqrs_http_metrics_t *h) { return h ? h->requests : 0; }
+
+/* The daemon closes its descriptors once the loop has let go of them. */
+static void handle_closed(uv_handle_t *hd) {
+  cqrs_http_metrics_t *h = hd->data;
+  if (--h->handles_open) return;
+  MHD_stop_daemon(h->daemon);
+  cqrs_close_cb cb = h->close_cb;
+  void *data = h->close_data;
+  free(h);
+  if (cb) cb(data);
+}
+
+cqrs_code_t cqrs_http_metrics_close(cqrs_http_metrics_t *h, cqrs_close_cb cb, void *data) {
+  if (!h) return CQRS_EINVAL;
+  if (h->closing) return CQRS_ECLOSED;
+  h->closing = true;
+  h->close_cb = cb;
+  h->close_data = data;
+  uv_close((uv_handle_t *)&h->poll, handle_closed);
+  uv_close((uv_handle_t *)&h->timer, handle_closed);
+  return CQRS_OK;
+}
