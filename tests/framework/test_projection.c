@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -267,6 +268,7 @@ static void test_wait_for_a_projection(void **state) {
   seen_t *s = calloc(1, sizeof *s);
   start(fx, "waited", s, CQRS_SUBSCRIBE_BLOCKING);
   assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("w", "o"), on_done, fx), CQRS_OK);
+  while (!fx->done) uv_run(&fx->loop, UV_RUN_ONCE); /* on the pool, a credit could overtake it */
   pos_of_t p = {0, 0};
   assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_credit_new("w", 5), note_position, &p), CQRS_OK);
   while (!p.done) uv_run(&fx->loop, UV_RUN_ONCE);
@@ -303,12 +305,12 @@ static void test_wait_for_a_projection(void **state) {
 typedef struct sync_job {
   cqrs_dispatcher_t *d;
   int64_t position;
-  cqrs_code_t got;
+  _Atomic int got;
 } sync_job_t;
 
 static void sync_waiter(void *arg) {
   sync_job_t *j = arg;
-  j->got = cqrs_projection_wait_sync(j->d, "waited", j->position, 5000);
+  atomic_store(&j->got, cqrs_projection_wait_sync(j->d, "waited", j->position, 5000));
 }
 
 static void tick(uv_timer_t *t) { (void)t; }
@@ -324,12 +326,12 @@ static void test_wait_from_another_thread(void **state) {
   assert_int_equal(uv_thread_create(&t, sync_waiter, &j), 0);
   uv_timer_t keep;
   uv_timer_init(&fx->loop, &keep);
-  while (j.got == CQRS_ECODEC) {
+  while (atomic_load(&j.got) == CQRS_ECODEC) {
     uv_timer_start(&keep, tick, 5, 0);
     uv_run(&fx->loop, UV_RUN_ONCE);
   }
   uv_thread_join(&t);
-  assert_int_equal(j.got, CQRS_OK);
+  assert_int_equal(atomic_load(&j.got), CQRS_OK);
   assert_true(s->n >= 1);
   uv_close((uv_handle_t *)&keep, NULL);
   uv_run(&fx->loop, UV_RUN_NOWAIT); /* `keep` lives on this stack */
