@@ -9,6 +9,8 @@
  * Configuration (spin -D...):
  *   MAXCRASH   OS-process crashes, at any step (default 1)
  *   MAXRESEND  commands re-sent by their client after an answer (default 1)
+ *   WITNESS    one of the W_ conditions below: the run must then fail,
+ *              showing that the case is reached (the model is not vacuous)
  *   CHECKS     which properties to check, a sum of the P_ bits below
  *              (default all; scripts/models.sh checks each broken variant
  *              against the one property it must break)
@@ -42,6 +44,22 @@
 #define P_VERSIONS 64           /* each stream's versions are 1..v, each once */
 #ifndef CHECKS
 #define CHECKS 127
+#endif
+
+/* Witnesses: cases the search must reach (scripts/models.sh checks it does). */
+#ifdef WITNESS
+bool w_duplicate, w_conflict, w_reclaim, w_crash_after_insert;
+bool witness_not_reached = true;
+#define MARK(x) x = true
+#define W_DUPLICATE w_duplicate                   /* an append answered 'duplicate' */
+#define W_CONFLICT w_conflict                     /* an append answered 'conflict' */
+#define W_RECLAIM w_reclaim                       /* a racer took the claimed position */
+#define W_CRASH_AFTER_INSERT w_crash_after_insert /* a crash between insert and answer */
+active proctype witness() {
+end: atomic { WITNESS -> witness_not_reached = false; assert(witness_not_reached) }
+}
+#else
+#define MARK(x) skip
 #endif
 
 #define NW 3       /* writers (threads calling cqrs_store_append) */
@@ -235,7 +253,8 @@ proctype writer(byte w) {
        :: k < ndocs -> if :: dstream[k] == s && dlastver[k] > exp -> exp = dlastver[k] :: else fi; k++
        :: else -> break
        od;
-       k = 0
+       k = 0;
+       printf("w%d (process %d): loads stream %d, version %d\n", w, p, s, exp)
      }
      {
        if :: exp > 0 -> version_seen(exp) :: skip fi;
@@ -270,6 +289,7 @@ proctype writer(byte w) {
              /* insert; on success next_position and the version seen */
              d_step {
                insert(pos, ok);
+               printf("w%d: insert at position %d, version %d: %d (1 committed, 0 duplicate key)\n", w, pos, exp + 1, ok);
                if
                :: ok -> if :: npos[p] < pos + n -> npos[p] = pos + n :: else fi;
                         version_seen(exp + n); r = R_OK; ok = false
@@ -284,7 +304,7 @@ proctype writer(byte w) {
              pos = pos + 1
 #else
              /* a duplicate key: read the head; another writer took it? */
-             d_step { head_on(head); if :: head >= pos -> pos = CLAIM(head); head = 0; ok = true :: else fi }
+             d_step { head_on(head); if :: head >= pos -> pos = CLAIM(head); head = 0; ok = true; MARK(w_reclaim) :: else fi }
              if
              :: ok -> ok = false
              :: else ->
@@ -316,9 +336,11 @@ proctype writer(byte w) {
        atomic {
          if :: lock[p] == w -> lock[p] = NONE :: else fi;
          pos = 0;
+         printf("w%d: answered %d (1 ok, 2 duplicate, 3 conflict, 4 error)\n", w, r);
          if
-         :: r == R_CONFLICT -> skip
+         :: r == R_CONFLICT -> MARK(w_conflict)
          :: else ->
+            if :: r == R_DUP -> MARK(w_duplicate) :: else fi;
             /* No commit lost: an append answered ok or duplicate is in the store. */
             no_commit_lost = r == R_ERROR || ncommit[w] >= 1;
 #if CHECKS & P_NO_COMMIT_LOST
@@ -331,7 +353,8 @@ proctype writer(byte w) {
          fi
        }
      } unless {
-       epoch[p] != ep  /* the process crashed: its writers start again */
+       epoch[p] != ep;  /* the process crashed: its writers start again */
+       if :: r == R_OK -> MARK(w_crash_after_insert) :: else fi
      };
      if :: r == NONE -> break :: else fi
   od;
@@ -349,6 +372,7 @@ end:
      if :: q = 0 :: q = 1 fi;
      d_step {
        crashes++; epoch[q]++; npos[q] = 0; lock[q] = NONE;
+       printf("crash of process %d\n", q);
        i = 0;
        do :: i < NSTREAM -> vcache[q * NSTREAM + i] = 0; i++ :: else -> break od;
        i = 0; q = 0
@@ -377,6 +401,7 @@ active proctype reader() {
 #if CHECKS & P_READER_NEVER_SKIPS
        assert(reader_never_skips);
 #endif
+       printf("reader: reads the commit at positions %d..%d\n", dpos[best], dlast[best]);
        dlv[best]++;
        rp = dlast[best];
        best = 0; i = 0
