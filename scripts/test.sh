@@ -28,6 +28,9 @@ cmake --build build/release-check -j"$jobs"
 build/release-check/bench/cqrs-bench dispatch --n 20000 >/dev/null
 build/release-check/bench/cqrs-bench pipeline --n 20000 >/dev/null
 
+# The protocol models (docs/models.md), exhaustive within their bounds.
+echo "== model checking"; scripts/models.sh
+
 if [ "${1:-}" != "--no-valgrind" ]; then
   echo "== build (plain, for valgrind)"
   cmake -S . -B build/valgrind -DCMAKE_BUILD_TYPE=Debug -DCQRS_WERROR=ON -DCQRS_SAMPLES=ON \
