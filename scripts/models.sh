@@ -4,7 +4,7 @@
 # show no violation; each deliberately broken variant must still fail, on
 # the property it breaks, with a counterexample trail that spin replays.
 # Usage: scripts/models.sh [--deep] [--keep DIR]
-#   --deep      larger bounds (minutes and a few GB; not run by test.sh)
+#   --deep      also the larger bounds (minutes, about 1 GB; not run by test.sh)
 #   --keep DIR  keep the pan output and trails there (default: a temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,9 +74,13 @@ refute() {
 safety="-DSAFETY -DNOCLAIM"
 
 echo "-- append path (docs/models/append.pml)"
-if [ $deep -eq 1 ]; then b="-DMAXCRASH=2 -DMAXRESEND=1"; else b="-DMAXCRASH=1 -DMAXRESEND=0"; fi
+b="-DMAXCRASH=1 -DMAXRESEND=0"
 p="-m200000"
 verify append append.pml "$b" "$safety" "$p"
+if [ $deep -eq 1 ]; then
+  verify append-2-crashes append.pml "-DMAXCRASH=2 -DMAXRESEND=0" "$safety" "$p"
+  verify append-crash-and-resend append.pml "-DMAXCRASH=1 -DMAXRESEND=1" "$safety" "$p"
+fi
 # Each broken variant checked against the one property it must break.
 refute append-head-plus-2 append.pml "$b -DBUG_HEAD_PLUS_2 -DCHECKS=2" "$safety" "$p" positions_gap_free
 refute append-blind-next append.pml "$b -DBUG_BLIND_NEXT -DCHECKS=1" "$safety" "$p" positions_unique
@@ -91,10 +95,14 @@ for w in W_DUPLICATE W_CONFLICT W_RECLAIM W_CRASH_AFTER_INSERT; do
 done
 
 echo "-- process-manager steps (docs/models/process.pml)"
-if [ $deep -eq 1 ]; then b="-DMAXCRASH=5 -DMAXERR=4"; else b="-DMAXCRASH=3 -DMAXERR=2"; fi
+b="-DMAXCRASH=3 -DMAXERR=2"
 verify process process.pml "$b" "$safety" "$p"
 # Progress: the ltl claim, acceptance cycles under weak fairness.
 verify process-progress process.pml "$b -DCHECKS=0" "" "-a -f $p"
+if [ $deep -eq 1 ]; then
+  verify process-deep process.pml "-DMAXCRASH=6 -DMAXERR=4" "$safety" "$p"
+  verify process-deep-progress process.pml "-DMAXCRASH=6 -DMAXERR=4 -DCHECKS=0" "" "-a -f $p"
+fi
 refute process-resend-rejected process.pml "$b -DBUG_RESEND_REJECTED -DCHECKS=2" "$safety" "$p" rejected_not_resent
 refute process-resend-rejected-record process.pml "$b -DBUG_RESEND_REJECTED -DCHECKS=4" "$safety" "$p" record_agrees
 refute process-route-by-payload process.pml "$b -DBUG_ROUTE_BY_PAYLOAD -DCHECKS=8" "$safety" "$p" money_conserved
@@ -106,6 +114,18 @@ refute process-checkpoint-past-open process.pml "$b -DBUG_CHECKPOINT_PAST_OPEN -
 for w in W_COMPLETED W_REFUNDED W_FAILED W_DUPLICATE_STEP W_ENDS_AFTER_CRASHES; do
   refute "process-witness-$w" process.pml "$b -DWITNESS=$w -DCHECKS=0" "$safety" "$p" witness_not_reached
 done
+# A limit of the contract as it stands: two OS processes running the same
+# process manager. One records a step's rejection while the other's send of
+# the same step is accepted (a rejection leaves no trace under the id).
+refute process-two-nodes-limit process.pml "-DNODES=2 -DMAXCRASH=0 -DMAXERR=0 -DCHECKS=8" "$safety" "$p" money_conserved
+# The proposed change that lifts it: the store records a step's rejection
+# under its command id, and a later send of the id is answered 'rejected'.
+r="-DNODES=2 -DREJECTION_RECORDED"
+verify process-two-nodes-rejection-recorded process.pml "$r -DMAXCRASH=1 -DMAXERR=1" "$safety" "$p"
+if [ $deep -eq 1 ]; then
+  verify process-two-nodes-rejection-recorded-deep process.pml "$r -DMAXCRASH=3 -DMAXERR=2" "$safety" "$p"
+  verify process-two-nodes-rejection-recorded-progress process.pml "$r -DMAXCRASH=1 -DMAXERR=1 -DCHECKS=0" "-DNFAIR=3" "-a -f $p"
+fi
 
 if [ $failed -ne 0 ]; then
   echo "models.sh: FAILED (see docs/models.md to read a trail)"

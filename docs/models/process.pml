@@ -16,6 +16,11 @@
  *   MAXCRASH   crashes of the process (default 2)
  *   MAXERR     transient errors of step commands (store unavailable,
  *              closing): not outcomes, the step is re-sent (default 1)
+ *   NODES      OS processes running the process manager at once (default 1;
+ *              2 breaks the contract as it stands: see docs/models.md)
+ *   REJECTION_RECORDED  a proposed change: the store records a step's
+ *              rejection under its command id, and a later send of that id
+ *              is answered 'rejected' (with it, NODES=2 passes)
  *   CHECKS     which properties to check, a sum of the P_ bits (default all)
  *   WITNESS    one of the W_ conditions below: the run must then fail,
  *              showing that the case is reached (the model is not vacuous)
@@ -40,6 +45,9 @@
 #endif
 #ifndef MAXERR
 #define MAXERR 1
+#endif
+#ifndef NODES
+#define NODES 1  /* OS processes running the process manager (at most 2) */
 #endif
 
 #define P_AT_MOST_ONCE 1        /* each step's command takes effect at most once */
@@ -87,6 +95,9 @@ byte outcome[NSTEP];   /* input "outcome of step s" recorded, and which */
 bool decided[NSTEP];
 #define ENDED (outcome[COMPLETE] == O_ACC || outcome[FAIL] == O_ACC || outcome[REFUNDED] == O_ACC)
 bool step_committed[NSTEP]; /* the command-id index: step s's command committed */
+#ifdef REJECTION_RECORDED
+bool step_rejected[NSTEP];  /* REJECTION_RECORDED: step s's command was rejected */
+#endif
 /* The aggregates: the effects of the step commands, and of outside commands. */
 byte debits, credits, refunds;           /* on the two accounts */
 byte t_completed, t_failed, t_refunded;  /* events on the transfer T */
@@ -97,17 +108,27 @@ byte withdrawn_by_hand, taken_from_target;
 byte feed_len = 1;
 byte checkpoint;       /* the subscriber's saved position */
 
-/* ---- the running process (lost in a crash) ---- */
-bool known;            /* an input was routed to T in this life */
-bool loaded;           /* T's stream read */
-byte sub_pos;          /* the subscriber's position: events handled */
-byte cur = NONE;       /* the input being handled */
-byte cur_value;        /* its outcome (for a step's outcome) */
-bool cur_from_feed;    /* it came from the feed (the subscriber waits on it) */
-byte flight[NSTEP];    /* F_ */
-#ifdef BUG_SEND_BEFORE_COMMIT
-bool cur_sent;         /* the broken runtime sent the decision already */
-#endif
+/* ---- a running OS process (lost in a crash) ---- */
+typedef node_t {
+  bool known;          /* an input was routed to T in this life */
+  bool loaded;         /* T's stream read */
+  byte sub_pos;        /* the subscriber's position: events handled */
+  byte cur;            /* the input being handled, or NONE */
+  byte cur_value;      /* its outcome (for a step's outcome) */
+  bool cur_from_feed;  /* it came from the feed (the subscriber waits on it) */
+  byte flight[NSTEP];  /* F_ */
+  bool cur_sent        /* BUG_SEND_BEFORE_COMMIT: the decision went out already */
+}
+node_t nd[NODES];
+/* In node(me), the names below are that process's own. */
+#define known nd[me].known
+#define loaded nd[me].loaded
+#define sub_pos nd[me].sub_pos
+#define cur nd[me].cur
+#define cur_value nd[me].cur_value
+#define cur_from_feed nd[me].cur_from_feed
+#define flight nd[me].flight
+#define cur_sent nd[me].cur_sent
 
 /* ---- bounds ---- */
 byte crashes, errors;
@@ -216,8 +237,9 @@ inline take_effect(s) {
   step_committed[s] = true
 }
 
-active proctype node() {
+proctype node(byte me) {
   byte s, next;
+  cur = NONE;
 end:
   do
   /* -- subscriber: the next event of the feed, routed by the event's own
@@ -226,12 +248,12 @@ end:
        cur == NONE && sub_pos < feed_len ->
        if
        :: sub_pos == 0 -> cur = START; cur_from_feed = true; known = true;
-          printf("subscriber: transfer.requested on T, routed to instance T\n")
+          printf("node %d: subscriber: transfer.requested on T, routed to instance T\n", me)
        :: sub_pos == 1 ->
 #ifdef BUG_ROUTE_BY_PAYLOAD
           /* BROKEN: routed by the payload's transfer id, as the debit's acceptance */
           cur = DEBIT; cur_value = O_ACC; cur_from_feed = true; known = true;
-          printf("subscriber: account.withdrawn naming T routed to T (BROKEN)\n")
+          printf("node %d: subscriber: account.withdrawn naming T routed to T (BROKEN)\n", me)
 #else
           sub_pos++  /* account.withdrawn on an account: not this process's event */
 #endif
@@ -244,10 +266,10 @@ end:
 #else
        checkpoint < sub_pos && ENDED -> checkpoint = sub_pos
 #endif
-       ; printf("subscriber: checkpoint saved at %d\n", checkpoint)
+       ; printf("node %d: subscriber: checkpoint saved at %d\n", me, checkpoint)
      }
   /* -- runtime: load the instance from its stream (the first input routed to it) */
-  :: atomic { known && !loaded -> loaded = true; printf("runtime: loads T from its stream\n") }
+  :: atomic { known && !loaded -> loaded = true; printf("node %d: runtime: loads T from its stream\n", me) }
   /* -- runtime: a step's completion becomes the input */
   :: atomic {
        cur == NONE && loaded && ANY(BACK) ->
@@ -255,7 +277,7 @@ end:
        do :: !BACK(s) -> s++ :: else -> break od;
        cur = s; cur_value = (flight[s] == F_ACC -> O_ACC : O_REJ); cur_from_feed = false;
        flight[s] = F_HANDLING;
-       printf("runtime: step %d completed: %d (1 accepted, 2 rejected)\n", s, cur_value); s = 0
+       printf("node %d: runtime: step %d completed: %d (1 accepted, 2 rejected)\n", me, s, cur_value); s = 0
      }
   /* -- runtime: handle the input: decide, and commit (one store operation) */
   :: atomic {
@@ -267,9 +289,9 @@ end:
           (cur == START -> !started : outcome[cur] == O_NONE) ->
           /* BROKEN: the step goes out before its decision is committed */
           flight[next] = F_QUEUED; cur_sent = true;
-          printf("runtime: sends step %d before committing input %d (BROKEN)\n", next, cur); next = 0
+          printf("node %d: runtime: sends step %d before committing input %d (BROKEN)\n", me, next, cur); next = 0
        :: else ->
-          printf("runtime: commits input %d (6 start, else a step's outcome %d), deciding step %d (255 none)\n", cur, cur_value, next);
+          printf("node %d: runtime: commits input %d (6 start, else a step's outcome %d), deciding step %d (255 none)\n", me, cur, cur_value, next);
           commit(cur, cur_value, next);
           cur_sent = false;
           if :: cur != START -> flight[cur] = F_IDLE :: else fi;
@@ -277,7 +299,7 @@ end:
           cur = NONE; cur_value = 0; cur_from_feed = false; next = 0
        fi
 #else
-       printf("runtime: commits input %d (6 start, else a step's outcome %d), deciding step %d (255 none)\n", cur, cur_value, next);
+       printf("node %d: runtime: commits input %d (6 start, else a step's outcome %d), deciding step %d (255 none)\n", me, cur, cur_value, next);
        commit(cur, cur_value, next);
        if :: cur != START -> flight[cur] = F_IDLE :: else fi;
        if :: cur_from_feed -> sub_pos++ :: else fi;
@@ -296,7 +318,7 @@ end:
        assert(rejected_not_resent);
 #endif
        flight[s] = F_QUEUED;
-       printf("runtime: sends step %d\n", s); s = 0
+       printf("node %d: runtime: sends step %d\n", me, s); s = 0
      }
   /* -- dispatcher: execute a queued step command (one store operation) */
   :: atomic {
@@ -310,17 +332,25 @@ end:
        if
 #ifndef BUG_FRESH_STEP_ID
        :: step_committed[s] -> flight[s] = F_ACC; MARK(w_duplicate_step)  /* a duplicate id: no-op, reported accepted */
+#ifdef REJECTION_RECORDED
+       :: step_rejected[s] -> flight[s] = F_REJ  /* the recorded rejection, again */
+       :: !step_committed[s] && !step_rejected[s] ->
+#else
        :: !step_committed[s] ->
+#endif
 #else
        :: true ->  /* BROKEN: a new id at each send, so never a duplicate */
 #endif
           if
           :: take_effect(s); flight[s] = F_ACC
           :: (s == DEBIT || s == CREDIT) -> flight[s] = F_REJ  /* balance moved, account closed */
+#ifdef REJECTION_RECORDED
+             ; step_rejected[s] = true
+#endif
           :: errors < MAXERR -> errors++; flight[s] = F_TRANSIENT
           fi
        fi;
-       printf("dispatcher: step %d: %d (2 accepted, 3 rejected, 4 transient error)\n", s, flight[s]);
+       printf("node %d: dispatcher: step %d: %d (2 accepted, 3 rejected, 4 transient error)\n", me, s, flight[s]);
        s = 0
      }
   /* -- outside: an account.withdraw sent by hand, its payload naming T */
@@ -342,17 +372,24 @@ end:
   /* -- a crash: everything in memory is gone, the store stays; the process
    *    restarts, its subscriber from the checkpoint. */
   :: atomic {
-       crashes < MAXCRASH -> crashes++; printf("crash; restart\n");
+       crashes < MAXCRASH -> crashes++; printf("node %d: crash; restart\n", me);
        known = false; loaded = false; sub_pos = checkpoint;
        cur = NONE; cur_value = 0; cur_from_feed = false;
-#ifdef BUG_SEND_BEFORE_COMMIT
        cur_sent = false;
-#endif
        s = 0;
        do :: s < NSTEP -> flight[s] = F_IDLE; s++ :: else -> break od;
        s = 0
      }
   od
+}
+
+init {
+  atomic {
+    run node(0);
+#if NODES > 1
+    run node(1)
+#endif
+  }
 }
 
 /* Progress: with crashes and transient errors bounded, every run ends with
