@@ -8,7 +8,7 @@
  *
  * Configuration (spin -D...):
  *   MAXCRASH   OS-process crashes, at any step (default 1)
- *   MAXRESEND  commands re-sent by their client after an answer (default 1)
+ *   MAXRESEND  commands re-sent by their client after an answer (default 0)
  *   WITNESS    one of the W_ conditions below: the run must then fail,
  *              showing that the case is reached (the model is not vacuous)
  *   CHECKS     which properties to check, a sum of the P_ bits below
@@ -31,7 +31,7 @@
 #define MAXCRASH 1
 #endif
 #ifndef MAXRESEND
-#define MAXRESEND 1
+#define MAXRESEND 0
 #endif
 
 /* The properties (each its own assertion, named as below in pan's output). */

@@ -13,9 +13,9 @@
  * store operation, so a crash (also an alternative) falls between any two.
  *
  * Configuration (spin -D...):
- *   MAXCRASH   crashes of the process (default 2)
+ *   MAXCRASH   crashes of the process (default 3)
  *   MAXERR     transient errors of step commands (store unavailable,
- *              closing): not outcomes, the step is re-sent (default 1)
+ *              closing): not outcomes, the step is re-sent (default 2)
  *   NODES      OS processes running the process manager at once (default 1;
  *              2 breaks the contract as it stands: see docs/models.md)
  *   REJECTION_RECORDED  a proposed change: the store records a step's
@@ -41,10 +41,10 @@
  */
 
 #ifndef MAXCRASH
-#define MAXCRASH 2
+#define MAXCRASH 3
 #endif
 #ifndef MAXERR
-#define MAXERR 1
+#define MAXERR 2
 #endif
 #ifndef NODES
 #define NODES 1  /* OS processes running the process manager (at most 2) */
