@@ -2,8 +2,8 @@
 # Installs the Debian packages libcqrs builds and tests with, when any is missing.
 set -euo pipefail
 pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind)
-pkgs+=(spin) # model checking: scripts/models.sh
 missing=()
+pkgs+=(spin) # model checking: scripts/models.sh
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
