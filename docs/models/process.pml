@@ -200,7 +200,8 @@ end: atomic { WITNESS -> witness_not_reached = false; assert(witness_not_reached
 #define MARK(x) skip
 #endif
 
-/* The decision of the transfer process for an input (its handler). */
+/* The decision of the transfer process for an input (its handlers,
+ * domain/billing/src/process.c: on_requested, on_transfer_step). */
 inline decide(input, value, next) {
   if
   :: input == START -> next = DEBIT
@@ -243,7 +244,7 @@ proctype node(byte me) {
 end:
   do
   /* -- subscriber: the next event of the feed, routed by the event's own
-   *    aggregate (transfer.requested on T -> instance T). */
+   *    aggregate (transfer.requested on T -> instance T). process.c: on_event */
   :: atomic {
        cur == NONE && sub_pos < feed_len ->
        if
@@ -259,7 +260,8 @@ end:
 #endif
        fi
      }
-  /* -- subscriber: save the checkpoint; never past the start of an open instance */
+  /* -- subscriber: save the checkpoint; never past the start of an open
+   *    instance. process.c: checkpoint_at; bus.c saves it */
   :: atomic {
 #ifdef BUG_CHECKPOINT_PAST_OPEN
        checkpoint < sub_pos -> checkpoint = sub_pos
@@ -268,9 +270,11 @@ end:
 #endif
        ; printf("node %d: subscriber: checkpoint saved at %d\n", me, checkpoint)
      }
-  /* -- runtime: load the instance from its stream (the first input routed to it) */
+  /* -- runtime: load the instance from its stream (the first input routed
+   *    to it). process.c: handle_input -> cqrs_context_load; after a
+   *    restart, the duplicate start input, then resume */
   :: atomic { known && !loaded -> loaded = true; printf("node %d: runtime: loads T from its stream\n", me) }
-  /* -- runtime: a step's completion becomes the input */
+  /* -- runtime: a step's completion becomes the input. process.c: on_step_done */
   :: atomic {
        cur == NONE && loaded && ANY(BACK) ->
        s = 0;
@@ -279,7 +283,9 @@ end:
        flight[s] = F_HANDLING;
        printf("node %d: runtime: step %d completed: %d (1 accepted, 2 rejected)\n", me, s, cur_value); s = 0
      }
-  /* -- runtime: handle the input: decide, and commit (one store operation) */
+  /* -- runtime: handle the input: decide, and commit (one store operation).
+   *    process.c: handle_input -> decide -> record, committed by the
+   *    dispatcher under the input's derived id; then on_input_done */
   :: atomic {
        cur != NONE && loaded ->
        decide(cur, cur_value, next);
@@ -308,7 +314,8 @@ end:
      }
   /* -- runtime: send each step decided and without a recorded outcome (the
    *    new decision, a re-send after a transient error, a re-send after a
-   *    restart), at most one send of a step at a time. */
+   *    restart), at most one send of a step at a time.
+   *    process.c: send_steps -> send_step (step_id), open_step_t.inflight */
   :: atomic {
        loaded && ANY(SENDABLE) ->
        s = 0;
@@ -320,7 +327,8 @@ end:
        flight[s] = F_QUEUED;
        printf("node %d: runtime: sends step %d\n", me, s); s = 0
      }
-  /* -- dispatcher: execute a queued step command (one store operation) */
+  /* -- dispatcher: execute a queued step command (one store operation).
+   *    dispatcher.c: the command path; the store's unique command id */
   :: atomic {
        ANY(QUEUED) ->
        s = 0;
@@ -359,7 +367,8 @@ end:
        printf("outside: account.withdraw by hand, naming T\n")
      }
   /* -- outside: a command using the debit step's id (derivable), withdrawing
-   *    from the target: the dispatcher refuses the reserved prefix. */
+   *    from the target: the dispatcher refuses the reserved prefix
+   *    (dispatcher.c, CQRS__RESERVED_ID_PREFIX). */
   :: atomic {
        !outsider_tried_reserved -> outsider_tried_reserved = true;
        printf("outside: a command with the debit step's id\n");
