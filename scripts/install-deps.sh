@@ -5,6 +5,7 @@
 set -euo pipefail
 pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind libmicrohttpd-dev libcurl4-openssl-dev)
 missing=()
+pkgs+=(spin) # model checking: scripts/models.sh
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -62,6 +62,9 @@ install_and_consume() {
 }
 phase "install + consumer project (find_package, pkg-config)" -- install_and_consume
 
+# The protocol models (docs/models.md), exhaustive within their bounds.
+echo "== model checking"; scripts/models.sh
+
 if [ "${1:-}" != "--no-valgrind" ]; then
   phase "build (plain, for valgrind)" -- \
     configure_and_build build/valgrind -DCMAKE_BUILD_TYPE=Debug -DCQRS_WERROR=ON -DCQRS_SAMPLES=ON \

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Model-checks the Promela models in docs/models/ with spin (docs/models.md):
+# each model is searched exhaustively within the bounds given here and must
+# show no violation; each deliberately broken variant must still fail, on
+# the property it breaks, with a counterexample trail that spin replays.
+# Usage: scripts/models.sh [--deep] [--keep DIR]
+#   --deep      also the larger bounds (minutes, about 1 GB; not run by test.sh)
+#   --keep DIR  keep the pan output and trails there (default: a temp dir)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+models=$PWD/docs/models
+deep=0 keep=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --deep) deep=1 ;;
+  --keep) keep=${2:?--keep needs a directory}; shift ;;
+  *) echo "usage: scripts/models.sh [--deep] [--keep DIR]" >&2; exit 2 ;;
+  esac
+  shift
+done
+command -v spin >/dev/null || { echo "models.sh: spin is not installed (scripts/install-deps.sh)" >&2; exit 1; }
+if [ -n "$keep" ]; then
+  mkdir -p "$keep"; work=$(cd "$keep" && pwd)
+else
+  work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+fi
+# pan stops, and fails, rather than take the machine: a search that hits
+# the memory or depth bound is not exhaustive and counts as a failure.
+cc_flags=(-O1 -w -DCOLLAPSE -DMEMLIM=3000)
+failed=0
+
+# build NAME MODEL "SPIN_FLAGS" "CC_FLAGS": generates and compiles pan in $work/NAME.
+build() {
+  local name=$1 model=$2 sflags=$3 cflags=$4
+  rm -rf "${work:?}/$name"; mkdir -p "$work/$name"
+  cp "$models/$model" "$work/$name/"
+  # shellcheck disable=SC2086
+  (cd "$work/$name" && spin $sflags -a "$model" >spin.out 2>&1 && gcc "${cc_flags[@]}" $cflags -o pan pan.c) ||
+    { echo "FAIL $name: spin or gcc failed"; cat "$work/$name/spin.out"; return 1; }
+}
+
+# verify NAME MODEL "SPIN_FLAGS" "CC_FLAGS" "PAN_FLAGS": must be exhaustive and clean.
+verify() {
+  local name=$1 model=$2 t0=$SECONDS out=$work/$1/pan.out
+  build "$name" "$model" "$3" "$4" || { failed=1; return; }
+  # shellcheck disable=SC2086
+  (cd "$work/$name" && ./pan $5 >pan.out 2>&1) || true
+  if grep -q "errors: 0" "$out" && ! grep -qE "max search depth too small|reached -DMEMLIM|Search not completed" "$out"; then
+    echo "ok   $name: $(awk '/states, stored/{print $1}' "$out") states, no violation ($((SECONDS - t0)) s)"
+  else
+    echo "FAIL $name ($3): not verified"; grep -E "^pan:|error|depth" "$out" | head -5; failed=1
+  fi
+}
+
+# refute NAME MODEL "SPIN_FLAGS" "CC_FLAGS" "PAN_FLAGS" WHAT: must fail on WHAT
+# (an assertion's name, or "acceptance cycle") with a trail, and spin must
+# replay the trail to the same failure.
+refute() {
+  local name=$1 model=$2 what=$6 t0=$SECONDS dir=$work/$1
+  build "$name" "$model" "$3" "$4" || { failed=1; return; }
+  # shellcheck disable=SC2086
+  (cd "$dir" && ./pan $5 >pan.out 2>&1) || true
+  # shellcheck disable=SC2086
+  if grep -qE "^pan:1: .*$what" "$dir/pan.out" && [ -f "$dir/$model.trail" ] &&
+    (cd "$dir" && spin $3 -t -k "$model.trail" "$model" >replay.out 2>&1) &&
+    grep -qE "$what|START OF CYCLE" "$dir/replay.out"; then
+    echo "ok   $name: fails as it must ($what, trail of depth $(sed -n 's/.*at depth \([0-9]*\).*/\1/p' "$dir/pan.out" | head -1), $((SECONDS - t0)) s)"
+  else
+    echo "FAIL $name ($3): expected $what with a trail"; grep -E "^pan:|errors" "$dir/pan.out" | head -5
+    failed=1
+  fi
+}
+
+safety="-DSAFETY -DNOCLAIM"
+
+echo "-- append path (docs/models/append.pml)"
+b="-DMAXCRASH=1 -DMAXRESEND=0"
+p="-m200000"
+verify append append.pml "$b" "$safety" "$p"
+if [ $deep -eq 1 ]; then
+  verify append-2-crashes append.pml "-DMAXCRASH=2 -DMAXRESEND=0" "$safety" "$p"
+  verify append-crash-and-resend append.pml "-DMAXCRASH=1 -DMAXRESEND=1" "$safety" "$p"
+fi
+# Each broken variant checked against the one property it must break.
+refute append-head-plus-2 append.pml "$b -DBUG_HEAD_PLUS_2 -DCHECKS=2" "$safety" "$p" positions_gap_free
+refute append-blind-next append.pml "$b -DBUG_BLIND_NEXT -DCHECKS=1" "$safety" "$p" positions_unique
+refute append-no-wait append.pml "$b -DBUG_NO_WAIT -DCHECKS=4" "$safety" "$p" reader_never_skips
+refute append-no-wait-late append.pml "$b -DBUG_NO_WAIT -DCHECKS=8" "$safety" "$p" reader_read_all
+refute append-dup-is-success append.pml "$b -DBUG_DUP_IS_SUCCESS -DCHECKS=16" "$safety" "$p" no_commit_lost
+refute append-no-command-index append.pml "$b -DBUG_NO_CMD_INDEX -DCHECKS=32" "$safety" "$p" command_ids_unique
+refute append-no-version-index append.pml "$b -DBUG_NO_VERSION_INDEX -DCHECKS=64" "$safety" "$p" stream_versions_ok
+# The cases the properties are about are reached.
+for w in W_DUPLICATE W_CONFLICT W_RECLAIM W_CRASH_AFTER_INSERT; do
+  refute "append-witness-$w" append.pml "$b -DWITNESS=$w -DCHECKS=0" "$safety" "$p" witness_not_reached
+done
+
+echo "-- process-manager steps (docs/models/process.pml)"
+b="-DMAXCRASH=3 -DMAXERR=2"
+verify process process.pml "$b" "$safety" "$p"
+# Progress: the ltl claim, acceptance cycles under weak fairness.
+verify process-progress process.pml "$b -DCHECKS=0" "" "-a -f $p"
+if [ $deep -eq 1 ]; then
+  verify process-deep process.pml "-DMAXCRASH=6 -DMAXERR=4" "$safety" "$p"
+  verify process-deep-progress process.pml "-DMAXCRASH=6 -DMAXERR=4 -DCHECKS=0" "" "-a -f $p"
+fi
+refute process-resend-rejected process.pml "$b -DBUG_RESEND_REJECTED -DCHECKS=2" "$safety" "$p" rejected_not_resent
+refute process-resend-rejected-record process.pml "$b -DBUG_RESEND_REJECTED -DCHECKS=4" "$safety" "$p" record_agrees
+refute process-route-by-payload process.pml "$b -DBUG_ROUTE_BY_PAYLOAD -DCHECKS=8" "$safety" "$p" money_conserved
+refute process-send-before-commit process.pml "$b -DBUG_SEND_BEFORE_COMMIT -DCHECKS=4" "$safety" "$p" record_agrees
+refute process-send-before-commit-order process.pml "$b -DBUG_SEND_BEFORE_COMMIT -DCHECKS=16" "$safety" "$p" sent_after_commit
+refute process-fresh-step-id process.pml "$b -DBUG_FRESH_STEP_ID -DCHECKS=1" "$safety" "$p" at_most_once
+refute process-reserved-open process.pml "$b -DBUG_RESERVED_OPEN -DCHECKS=4" "$safety" "$p" record_agrees
+refute process-checkpoint-past-open process.pml "$b -DBUG_CHECKPOINT_PAST_OPEN -DCHECKS=0" "" "-a -f $p" "acceptance cycle"
+for w in W_COMPLETED W_REFUNDED W_FAILED W_DUPLICATE_STEP W_ENDS_AFTER_CRASHES; do
+  refute "process-witness-$w" process.pml "$b -DWITNESS=$w -DCHECKS=0" "$safety" "$p" witness_not_reached
+done
+# A limit of the contract as it stands: two OS processes running the same
+# process manager. One records a step's rejection while the other's send of
+# the same step is accepted (a rejection leaves no trace under the id).
+refute process-two-nodes-limit process.pml "-DNODES=2 -DMAXCRASH=0 -DMAXERR=0 -DCHECKS=8" "$safety" "$p" money_conserved
+# The proposed change that lifts it: the store records a step's rejection
+# under its command id, and a later send of the id is answered 'rejected'.
+r="-DNODES=2 -DREJECTION_RECORDED"
+verify process-two-nodes-rejection-recorded process.pml "$r -DMAXCRASH=1 -DMAXERR=1" "$safety" "$p"
+if [ $deep -eq 1 ]; then
+  verify process-two-nodes-rejection-recorded-deep process.pml "$r -DMAXCRASH=3 -DMAXERR=2" "$safety" "$p"
+  verify process-two-nodes-rejection-recorded-progress process.pml "$r -DMAXCRASH=1 -DMAXERR=1 -DCHECKS=0" "-DNFAIR=3" "-a -f $p"
+fi
+
+if [ $failed -ne 0 ]; then
+  echo "models.sh: FAILED (see docs/models.md to read a trail)"
+  [ -n "$keep" ] || { trap - EXIT; echo "pan output and trails kept in $work"; }
+  exit 1
+fi
+echo "models.sh: every model verified, every broken variant refuted, every witness reached"
