@@ -63,7 +63,7 @@ install_and_consume() {
 phase "install + consumer project (find_package, pkg-config)" -- install_and_consume
 
 # The protocol models (docs/models.md), exhaustive within their bounds.
-echo "== model checking"; scripts/models.sh
+phase "model checking (spin)" -- scripts/models.sh
 
 if [ "${1:-}" != "--no-valgrind" ]; then
   phase "build (plain, for valgrind)" -- \
