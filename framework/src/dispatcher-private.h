@@ -125,6 +125,16 @@ cqrs_code_t cqrs__projection_start_async(cqrs_dispatcher_t *d, const cqrs_projec
                                          cqrs_error_t *err);
 void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err);
 
+/* process.c: the outcome of a step is the first one recorded under its id:
+ * a refusal (rejection or permanent error) is recorded in stream
+ * "cqrs.step"/<id>, so that a later send of the same id, after a crash or
+ * from another process, is refused the same way even if it would now be
+ * accepted; a duplicate that was a refusal is that refusal. May change
+ * *rc, `res` and `err`. On the thread that ran the handler. */
+void cqrs__step_settle(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code_t *rc, cqrs_result_t *res,
+                       cqrs_error_t *err);
+bool cqrs__code_transient(cqrs_code_t code);
+
 /* process.c: process managers attached to the dispatcher. */
 typedef struct cqrs__process cqrs__process_t;
 bool cqrs__process_idle(const cqrs__process_t *p);

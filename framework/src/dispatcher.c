@@ -402,6 +402,7 @@ static void run_request(request_t *r) {
     /* The handler failed without saying why. */
     cqrs_error_set(err, rc, "handler of %s returned %s", r->cmd->type->name, cqrs_code_name(rc));
   }
+  if (r->cmd->step) cqrs__step_settle(d->store, r->cmd, &rc, &r->result, err);
   if (rc == CQRS_OK) {
     r->value = ctx.value;
     ctx.value = NULL;

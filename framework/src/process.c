@@ -295,6 +295,104 @@ static const cqrs_field_t cmd_fields[] = {CQRS_STRING(pm_cmd_t, instance, "insta
 static const cqrs_command_type_t input_cmd = {
     .name = "cqrs.process.input", .payload_size = sizeof(pm_cmd_t), .fields = cmd_fields};
 
+/* ---- refusals of steps, recorded under the step's id ---- */
+
+typedef struct refusal {
+  int32_t code;
+  char name[CQRS_NAME_MAX];
+  char message[CQRS_MESSAGE_MAX];
+} refusal_t;
+
+static const cqrs_field_t refusal_fields[] = {CQRS_INT32(refusal_t, code, "code", 0),
+                                              CQRS_STRING(refusal_t, name, "name", 0),
+                                              CQRS_STRING(refusal_t, message, "message", 0), CQRS_FIELDS_END};
+static const cqrs_event_type_t refused_type = {"cqrs.step.refused", 1, sizeof(refusal_t), refusal_fields};
+static void no_apply(void *state, const cqrs_event_t *e) {
+  CQRS__UNUSED(state);
+  CQRS__UNUSED(e);
+}
+static const cqrs_apply_entry_t refusal_apply[] = {{&refused_type, no_apply}, {NULL, NULL}};
+static const cqrs_aggregate_type_t refusal_stream = {.name = "cqrs.step", .state_size = 1, .apply = refusal_apply};
+
+bool cqrs__code_transient(cqrs_code_t code) {
+  return code == CQRS_ESTORE || code == CQRS_ECLOSED || code == CQRS_ENOMEM || code == CQRS_ECONFLICT ||
+         code == CQRS_ETIMEOUT;
+}
+
+static bool read_refusal(const cqrs_event_t *e, void *data) {
+  if (e->type == &refused_type) *(refusal_t *)data = *(const refusal_t *)e->payload;
+  return false;
+}
+
+/* Reads the refusal recorded under `id`: CQRS_OK with ->code set, or with
+ * ->code 0 when none was. */
+static cqrs_code_t find_refusal(cqrs_store_t *store, const char *id, refusal_t *out, cqrs_error_t *err) {
+  memset(out, 0, sizeof *out);
+  return cqrs_store_read_stream(store, refusal_stream.name, id, 1, read_refusal, out, err);
+}
+
+static void refusal_to_error(const refusal_t *f, cqrs_code_t *rc, cqrs_error_t *err) {
+  *rc = (cqrs_code_t)f->code;
+  if (f->code == CQRS_EREJECTED) {
+    cqrs_reject(err, f->name, "%s", f->message);
+  } else {
+    cqrs_error_set(err, *rc, "%s", f->message);
+  }
+}
+
+void cqrs__step_settle(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code_t *rc, cqrs_result_t *res,
+                       cqrs_error_t *err) {
+  refusal_t f;
+  cqrs_error_t e;
+  if (*rc == CQRS_OK && !res->duplicate) return; /* the first answer under this id: accepted */
+  if (*rc == CQRS_OK) {
+    /* A duplicate: what committed under this id may be a refusal. */
+    if (find_refusal(store, cmd->id, &f, &e)) {
+      *rc = cqrs_error_set(err, CQRS_ESTORE, "cannot tell how step %s ended: %.180s", cmd->id, e.message);
+    } else if (f.code) {
+      res->duplicate = false;
+      refusal_to_error(&f, rc, err);
+    }
+    return;
+  }
+  if (cqrs__code_transient(*rc) || (int)*rc < 0 || *rc >= CQRS_CODE_COUNT) return;
+  memset(&f, 0, sizeof f);
+  f.code = (int32_t)*rc;
+  snprintf(f.name, sizeof f.name, "%s", err->name);
+  snprintf(f.message, sizeof f.message, "%s", err->message);
+  cqrs_envelope_t *env;
+  cqrs_event_t *ev = NULL;
+  cqrs_code_t w = cqrs_envelope_new(refusal_stream.name, cmd->id, cmd->id, cmd->correlation_id, &env, &e);
+  if (!w) {
+    w = cqrs_event_new(&refused_type, env, NULL, 1, cqrs_now_ms(), &f, &ev, &e);
+    cqrs_envelope_unref(env);
+  }
+  cqrs_append_result_t ar = {0};
+  if (!w) {
+    cqrs_append_t req = {refusal_stream.name, cmd->id, 0, cmd->id, &ev, 1};
+    w = cqrs_store_append(store, &req, &ar, &e);
+  }
+  cqrs_event_unref(ev);
+  if (w == CQRS_ECONFLICT) ar.duplicate = true; /* a refusal is there already */
+  if (w && w != CQRS_ECONFLICT) {
+    /* Not recorded: not an outcome yet; the step is sent again later. */
+    *rc = cqrs_error_set(err, CQRS_ESTORE, "step %s refused, but the refusal was not recorded: %.160s", cmd->id,
+                         e.message);
+    return;
+  }
+  if (!ar.duplicate) return; /* recorded: this refusal is the outcome */
+  /* Something else committed under this id first: that is the outcome. */
+  if (find_refusal(store, cmd->id, &f, &e)) {
+    *rc = cqrs_error_set(err, CQRS_ESTORE, "cannot tell how step %s ended: %.180s", cmd->id, e.message);
+  } else if (f.code) {
+    refusal_to_error(&f, rc, err);
+  } else {
+    *rc = CQRS_OK;
+    cqrs_error_clear(err);
+    res->duplicate = true;
+  }
+}
+
 cqrs_code_t cqrs_registry_add_process(cqrs_registry_t *reg, const cqrs_process_type_t *def, cqrs_error_t *err) {
   if (!reg) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry");
   cqrs_code_t rc = check_def(def, err);
@@ -332,6 +430,8 @@ cqrs_code_t cqrs_registry_add_process(cqrs_registry_t *reg, const cqrs_process_t
   rc = cqrs_registry_add_aggregate(reg, &pm->agg, err);
   for (size_t i = 0; !rc && pm->apply[i].type; i++) rc = cqrs_registry_add_event(reg, pm->apply[i].type, err);
   if (!rc) rc = cqrs_registry_add_command(reg, &input_cmd, err);
+  if (!rc) rc = cqrs_registry_add_aggregate(reg, &refusal_stream, err);
+  if (!rc) rc = cqrs_registry_add_event(reg, &refused_type, err);
   if (!rc) rc = cqrs__registry_keep(reg, pm->stream, pm, pm_type_free, err);
   if (rc) cqrs__free(pm); /* a half registration leaves names pointing here: destroy the registry */
   return rc;
@@ -791,9 +891,6 @@ typedef struct step_call {
   int32_t occurrence;
 } step_call_t;
 
-static bool transient(cqrs_code_t code) {
-  return code == CQRS_ESTORE || code == CQRS_ECLOSED || code == CQRS_ENOMEM || code == CQRS_ECONFLICT;
-}
 
 static void on_step_done(const cqrs_result_t *r, void *data) {
   step_call_t *sc = data;
@@ -804,7 +901,7 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
   open_step_t *st = &o->steps[sc->step];
   st->inflight = false;
   if (!rt->closing && st->sent && st->occurrence == sc->occurrence) {
-    if (transient(r->error.code)) {
+    if (cqrs__code_transient(r->error.code)) {
       st->retry_at = cqrs_now_ms() + backoff(++st->attempts);
     } else {
       char what[CQRS_ID_MAX];
@@ -847,6 +944,7 @@ static void send_step(cqrs__process_t *rt, open_t *o, int i) {
   sc->step = i;
   sc->occurrence = st->occurrence;
   step_id(cmd->id, rt->pm, o->id, i, st->occurrence);
+  cmd->step = true;
   if (o->correlation[0]) memcpy(cmd->correlation_id, o->correlation, sizeof cmd->correlation_id);
   if (cqrs__dispatcher_send_internal(rt->d, cmd, on_step_done, sc)) {
     cqrs__free(sc);
