@@ -6,7 +6,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "framework/ledger.h"
@@ -271,6 +273,145 @@ static void test_reserved_ids_are_refused(void **state) {
   cqrs_registry_destroy(reg);
 }
 
+/* ---- two processes running the same process manager ---- */
+
+enum { RACERS = 400 };
+static _Atomic int race_outcome[RACERS]; /* the outcome each instance recorded */
+
+static int racer_index(const char *id) { return atoi(id + 2); }
+
+static cqrs_code_t race_start(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)state, (void)e, (void)data;
+  ledger_move_cmd_t take = {{0}, 5};
+  snprintf(take.id, sizeof take.id, "%s", cqrs_process_id(p));
+  return cqrs_process_send(p, "take", &take, err);
+}
+
+static cqrs_code_t race_step(cqrs_process_t *p, void *state, const cqrs_step_outcome_t *o, void *data,
+                             cqrs_error_t *err) {
+  (void)state, (void)data, (void)err;
+  atomic_store(&race_outcome[racer_index(cqrs_process_id(p))], (int)o->status);
+  cqrs_process_end(p);
+  return CQRS_OK;
+}
+
+static const cqrs_process_route_t race_routes[] = {{&ledger_opened, true, NULL, race_start},
+                                                   {NULL, false, NULL, NULL}};
+static const cqrs_process_step_t race_steps[] = {{"take", &ledger_debit}, {NULL, NULL}};
+static const cqrs_process_type_t race_type = {.name = "race", .routes = race_routes, .steps = race_steps,
+                                              .on_step = race_step};
+
+typedef struct takes {
+  char id[CQRS_ID_MAX];
+  int debits;
+} takes_t;
+
+static bool count_takes(const cqrs_event_t *e, void *data) {
+  takes_t *t = data;
+  t->debits += e->type == &ledger_debited && !strcmp(cqrs_event_causation_id(e), t->id);
+  return true;
+}
+
+typedef struct crediter {
+  cqrs_dispatcher_t *d;
+  int next;
+} crediter_t;
+
+static void credit_some(uv_timer_t *t) {
+  crediter_t *c = t->data;
+  for (int k = 0; k < 3 && c->next < RACERS; k++, c->next++) {
+    char id[16];
+    snprintf(id, sizeof id, "r-%d", c->next);
+    cqrs_dispatcher_send(c->d, ledger_credit_new(id, 5), NULL, NULL);
+  }
+  if (c->next == RACERS) uv_timer_stop(t);
+}
+
+/* Stops the loop once every instance has recorded its outcome and both
+ * dispatchers are idle (their polling would keep it running). */
+static void stop_when_recorded(uv_timer_t *t) {
+  cqrs_dispatcher_t **d = t->data;
+  for (int i = 0; i < RACERS; i++) {
+    if (!atomic_load(&race_outcome[i])) return;
+  }
+  if (cqrs_dispatcher_pending(d[0]) || cqrs_dispatcher_pending(d[1])) return;
+  if (cqrs_process_open_count(d[0], "race") || cqrs_process_open_count(d[1], "race")) return;
+  uv_stop(t->loop);
+}
+
+static void race_quiet(cqrs_log_level_t level, const char *domain, const char *message, void *data) {
+  (void)level, (void)domain, (void)message, (void)data;
+}
+
+/* Two dispatchers (two processes of one application) run the same process
+ * manager on one store, and both may send an instance's step: whichever
+ * answer is recorded first under the step's id is the step's outcome for
+ * both, so a step refused for one is never accepted for the other. Each
+ * instance's recorded outcome agrees with the ledger. */
+static void test_two_runtimes_agree_on_each_step(void **state) {
+  (void)state;
+  cqrs_log_set_handler(race_quiet, NULL);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = ledger_registry();
+  assert_int_equal(cqrs_registry_add_process(reg, &race_type, NULL), CQRS_OK);
+  cqrs_store_t *mem = cqrs_memory_store_new(), *store = ledger_blocking_store(mem, 0);
+  cqrs_checkpoints_t *cp[2] = {cqrs_memory_checkpoints_new(), cqrs_memory_checkpoints_new()};
+  cqrs_dispatcher_t *d[2];
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.poll_ms = 1;
+  o.retry_base_ms = 1;
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, &o, &d[i], NULL), CQRS_OK);
+    assert_int_equal(ledger_handlers(d[i], NULL, 0, NULL), CQRS_OK);
+    assert_int_equal(cqrs_process_start(d[i], &race_type, NULL, cp[i], NULL), CQRS_OK);
+  }
+  for (int i = 0; i < RACERS; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "r-%d", i);
+    atomic_store(&race_outcome[i], 0);
+    assert_int_equal(cqrs_dispatcher_send(d[0], ledger_open_new(id, "o"), NULL, NULL), CQRS_OK);
+  }
+  /* The credits come while the takes run: a take is refused before its
+   * credit and accepted after it. */
+  crediter_t cr = {d[1], 0};
+  uv_timer_t credits;
+  uv_timer_init(&loop, &credits);
+  credits.data = &cr;
+  uv_timer_start(&credits, credit_some, 1, 1);
+  uv_timer_t stop;
+  uv_timer_init(&loop, &stop);
+  stop.data = d;
+  uv_timer_start(&stop, stop_when_recorded, 5, 5);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int refused = 0;
+  for (int i = 0; i < RACERS; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "r-%d", i);
+    takes_t t = {{0}, 0};
+    assert_int_equal(cqrs_id_derive(t.id, "~race/take", id, NULL), CQRS_OK);
+    assert_int_equal(cqrs_store_read_all(mem, 1, SIZE_MAX, count_takes, &t, NULL), CQRS_OK);
+    int outcome = atomic_load(&race_outcome[i]);
+    if (outcome == CQRS_STEP_ACCEPTED && t.debits != 1)
+      fail_msg("%s: recorded accepted, but %d debits", id, t.debits);
+    if (outcome != CQRS_STEP_ACCEPTED && t.debits != 0)
+      fail_msg("%s: recorded %d, but %d debits", id, outcome, t.debits);
+    refused += outcome == CQRS_STEP_REJECTED;
+  }
+  for (int i = 0; i < 2; i++) assert_int_equal(cqrs_dispatcher_close(d[i], NULL, NULL), CQRS_OK);
+  uv_close((uv_handle_t *)&stop, NULL);
+  uv_close((uv_handle_t *)&credits, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  for (int i = 0; i < 2; i++) cqrs_checkpoints_destroy(cp[i]);
+  cqrs_store_destroy(store);
+  cqrs_store_destroy(mem);
+  cqrs_registry_destroy(reg);
+  cqrs_log_set_handler(NULL, NULL);
+  fprintf(stderr, "two runtimes: %d of %d takes refused\n", refused, RACERS);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_eight_processes_on_four_pool_threads),
@@ -279,6 +420,7 @@ int main(void) {
       cmocka_unit_test(test_derived_ids_are_never_cut),
       cmocka_unit_test(test_registration_is_checked),
       cmocka_unit_test(test_reserved_ids_are_refused),
+      cmocka_unit_test(test_two_runtimes_agree_on_each_step),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
