@@ -104,9 +104,9 @@ if [ $deep -eq 1 ]; then
   verify process-deep-progress process.pml "-DMAXCRASH=6 -DMAXERR=4 -DCHECKS=0" "" "-a -f $p"
 fi
 refute process-resend-rejected process.pml "$b -DBUG_RESEND_REJECTED -DCHECKS=2" "$safety" "$p" rejected_not_resent
-refute process-resend-rejected-record process.pml "$b -DBUG_RESEND_REJECTED -DCHECKS=4" "$safety" "$p" record_agrees
+refute process-resend-rejected-record process.pml "$b -DBUG_RESEND_REJECTED -DBUG_REJECTION_UNRECORDED -DCHECKS=4" "$safety" "$p" record_agrees
 refute process-route-by-payload process.pml "$b -DBUG_ROUTE_BY_PAYLOAD -DCHECKS=8" "$safety" "$p" money_conserved
-refute process-send-before-commit process.pml "$b -DBUG_SEND_BEFORE_COMMIT -DCHECKS=4" "$safety" "$p" record_agrees
+refute process-send-before-commit process.pml "$b -DBUG_SEND_BEFORE_COMMIT -DBUG_REJECTION_UNRECORDED -DCHECKS=4" "$safety" "$p" record_agrees
 refute process-send-before-commit-order process.pml "$b -DBUG_SEND_BEFORE_COMMIT -DCHECKS=16" "$safety" "$p" sent_after_commit
 refute process-fresh-step-id process.pml "$b -DBUG_FRESH_STEP_ID -DCHECKS=1" "$safety" "$p" at_most_once
 refute process-reserved-open process.pml "$b -DBUG_RESERVED_OPEN -DCHECKS=4" "$safety" "$p" record_agrees
@@ -114,13 +114,13 @@ refute process-checkpoint-past-open process.pml "$b -DBUG_CHECKPOINT_PAST_OPEN -
 for w in W_COMPLETED W_REFUNDED W_FAILED W_DUPLICATE_STEP W_ENDS_AFTER_CRASHES; do
   refute "process-witness-$w" process.pml "$b -DWITNESS=$w -DCHECKS=0" "$safety" "$p" witness_not_reached
 done
-# A limit of the contract as it stands: two OS processes running the same
-# process manager. One records a step's rejection while the other's send of
-# the same step is accepted (a rejection leaves no trace under the id).
-refute process-two-nodes-limit process.pml "-DNODES=2 -DMAXCRASH=0 -DMAXERR=0 -DCHECKS=8" "$safety" "$p" money_conserved
-# The proposed change that lifts it: the store records a step's rejection
-# under its command id, and a later send of the id is answered 'rejected'.
-r="-DNODES=2 -DREJECTION_RECORDED"
+# Two OS processes running the same process manager. Without the refusal
+# recorded under the step's id, one records a step's rejection while the
+# other's send of the same step is accepted: money created.
+refute process-two-nodes-unrecorded process.pml "-DNODES=2 -DBUG_REJECTION_UNRECORDED -DMAXCRASH=0 -DMAXERR=0 -DCHECKS=8" "$safety" "$p" money_conserved
+# As the code does (cqrs__step_settle): every send of a step gets the answer
+# of its first execution.
+r="-DNODES=2"
 verify process-two-nodes-rejection-recorded process.pml "$r -DMAXCRASH=1 -DMAXERR=1" "$safety" "$p"
 if [ $deep -eq 1 ]; then
   verify process-two-nodes-rejection-recorded-deep process.pml "$r -DMAXCRASH=3 -DMAXERR=2" "$safety" "$p"

@@ -18,9 +18,11 @@
  *              closing): not outcomes, the step is re-sent (default 2)
  *   NODES      OS processes running the process manager at once (default 1;
  *              2 breaks the contract as it stands: see docs/models.md)
- *   REJECTION_RECORDED  a proposed change: the store records a step's
- *              rejection under its command id, and a later send of that id
- *              is answered 'rejected' (with it, NODES=2 passes)
+ *   REJECTION_RECORDED  on unless BUG_REJECTION_UNRECORDED: a step's
+ *              refusal is recorded under its command id, and a later send of
+ *              that id is answered with it (cqrs__step_settle in
+ *              framework/src/process.c, called by run_request in
+ *              dispatcher.c); with it, NODES=2 passes
  *   CHECKS     which properties to check, a sum of the P_ bits (default all)
  *   WITNESS    one of the W_ conditions below: the run must then fail,
  *              showing that the case is reached (the model is not vacuous)
@@ -45,6 +47,9 @@
 #endif
 #ifndef MAXERR
 #define MAXERR 2
+#endif
+#ifndef BUG_REJECTION_UNRECORDED
+#define REJECTION_RECORDED /* as the code does: see cqrs__step_settle */
 #endif
 #ifndef NODES
 #define NODES 1  /* OS processes running the process manager (at most 2) */
