@@ -44,7 +44,17 @@ typedef struct mconn {
 void cqrs__mongo_open(cqrs_mongo_t *m, const char *coll, mconn_t *c);
 void cqrs__mongo_done(cqrs_mongo_t *m, mconn_t *c);
 
-/* Fills `err` with a store error about `what` from a driver error. */
+/* What a driver or server error means for the caller, decided here once. */
+typedef enum mongo_fault {
+  MONGO_FAULT_TRANSIENT, /* network, failover, time limits: retry with back-off */
+  MONGO_FAULT_PERMANENT, /* validation, authorisation, bad value: retrying cannot help */
+  MONGO_FAULT_TOO_LARGE  /* a document over the server's 16 MB */
+} mongo_fault_t;
+mongo_fault_t cqrs__mongo_classify(const bson_error_t *e);
+
+/* Fills `err` with a store error about `what` from a driver error: the
+ * driver's domain and code as its cause, classified (CQRS_ETOO_LARGE for
+ * an oversized document, else CQRS_ESTORE, transient or not). */
 cqrs_code_t cqrs__mongo_error(cqrs_error_t *err, const bson_error_t *e, const char *what);
 bool cqrs__mongo_duplicate_key(const bson_error_t *e);
 

@@ -13,44 +13,61 @@
 
 #define CLAIM_ATTEMPTS 200
 
-static void append_event(bson_t *out, const cqrs_event_t *e) {
-  BSON_APPEND_UTF8(out, "eventId", e->id);
-  BSON_APPEND_UTF8(out, "type", e->type->name);
-  BSON_APPEND_INT32(out, "schemaVersion", (int32_t)e->schema_version);
-  BSON_APPEND_INT64(out, "version", e->version);
-  BSON_APPEND_DATE_TIME(out, "timestamp", e->timestamp);
+/* MongoDB refuses documents over 16 MiB. */
+#define MAX_COMMIT_BYTES (16 * 1024 * 1024)
+
+static bool append_event(bson_t *out, const cqrs_event_t *e) {
+  const cqrs_unknown_event_t *u = e->type == &cqrs_unknown_event_type ? e->payload : NULL;
+  bool ok = BSON_APPEND_UTF8(out, "eventId", e->id) && BSON_APPEND_UTF8(out, "type", u ? u->type : e->type->name) &&
+            BSON_APPEND_INT32(out, "schemaVersion", (int32_t)(u ? u->schema_version : e->schema_version)) &&
+            BSON_APPEND_INT64(out, "version", e->version) && BSON_APPEND_DATE_TIME(out, "timestamp", e->timestamp);
+  if (!ok) return false;
+  if (u) {
+    bson_t raw;
+    return bson_init_static(&raw, u->data, u->data_len) && BSON_APPEND_DOCUMENT(out, "data", &raw);
+  }
   bson_t data;
-  BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data);
+  if (!BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data)) return false;
   cqrs_fields_encode(e->type->fields, e->payload, &data, NULL);
-  bson_append_document_end(out, &data);
+  return bson_append_document_end(out, &data);
 }
 
-/* The commit document: the first event at the top level (the seed's shape:
- * type, data, timestamp, version), the others under "more". */
-static void build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position) {
-  append_event(doc, req->events[0]);
+/* The commit document: the seed's top-level fields (`type`, `timestamp`,
+ * `version` of the first event), the commit's metadata, and every event in
+ * `events`, where the multikey index {events.type, events.timestamp} finds
+ * each of them by type and time. Over MongoDB's limit: CQRS_ETOO_LARGE. */
+static cqrs_code_t build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position, cqrs_error_t *err) {
+  const cqrs_event_t *first = req->events[0];
+  const cqrs_unknown_event_t *u = first->type == &cqrs_unknown_event_type ? first->payload : NULL;
+  BSON_APPEND_UTF8(doc, "type", u ? u->type : first->type->name);
+  BSON_APPEND_DATE_TIME(doc, "timestamp", first->timestamp);
+  BSON_APPEND_INT64(doc, "version", first->version);
   BSON_APPEND_UTF8(doc, "aggregateType", req->aggregate_type);
   BSON_APPEND_UTF8(doc, "aggregateId", req->aggregate_id);
   BSON_APPEND_INT64(doc, "lastVersion", req->expected_version + (int64_t)req->count);
   BSON_APPEND_INT64(doc, "position", position);
   BSON_APPEND_INT64(doc, "lastPosition", position + (int64_t)req->count - 1);
   BSON_APPEND_UTF8(doc, "commandId", req->command_id);
-  const cqrs_envelope_t *env = req->events[0]->envelope;
+  const cqrs_envelope_t *env = first->envelope;
   BSON_APPEND_UTF8(doc, "correlationId", env && env->correlation_id[0] ? env->correlation_id : req->command_id);
-  if (req->count > 1) {
-    bson_t more;
-    BSON_APPEND_ARRAY_BEGIN(doc, "more", &more);
-    for (size_t i = 1; i < req->count; i++) {
-      char key[16];
-      const char *k;
-      bson_uint32_to_string((uint32_t)(i - 1), &k, key, sizeof key);
-      bson_t ev;
-      bson_append_document_begin(&more, k, -1, &ev);
-      append_event(&ev, req->events[i]);
-      bson_append_document_end(&more, &ev);
+  bson_t events;
+  BSON_APPEND_ARRAY_BEGIN(doc, "events", &events);
+  for (size_t i = 0; i < req->count; i++) {
+    char key[16];
+    const char *k;
+    bson_uint32_to_string((uint32_t)i, &k, key, sizeof key);
+    bson_t ev;
+    bool ok = bson_append_document_begin(&events, k, -1, &ev) && append_event(&ev, req->events[i]);
+    ok = bson_append_document_end(&events, &ev) && ok;
+    if (!ok || doc->len + events.len > MAX_COMMIT_BYTES) {
+      bson_append_array_end(doc, &events);
+      return cqrs_error_set(err, CQRS_ETOO_LARGE,
+                            "a commit of %zu events to %s/%s is over MongoDB's 16 MB document limit", req->count,
+                            req->aggregate_type, req->aggregate_id);
     }
-    bson_append_array_end(doc, &more);
   }
+  bson_append_array_end(doc, &events);
+  return CQRS_OK;
 }
 
 static cqrs_code_t head_on(mongoc_collection_t *coll, int64_t *position, cqrs_error_t *err) {
@@ -146,7 +163,10 @@ static cqrs_code_t claim_and_insert(cqrs_mongo_t *m, mongoc_collection_t *coll, 
   }
   for (int attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
     bson_t doc = BSON_INITIALIZER;
-    build_commit(&doc, req, position);
+    if ((rc = build_commit(&doc, req, position, err))) {
+      bson_destroy(&doc);
+      return rc;
+    }
     bson_error_t e;
     bool ok = mongoc_collection_insert_one(coll, &doc, NULL, NULL, &e);
     bson_destroy(&doc);
@@ -224,9 +244,10 @@ static bool get_int(const bson_t *doc, const char *key, int64_t *v) {
   return bson_iter_init_find(&it, doc, key) && int_of(&it, v);
 }
 
-/* Decodes one event of a commit (the top level, or an element of "more"). */
+/* Decodes one event of a commit. A type this process does not know is, when
+ * `placeholder`, the framework's unknown-event placeholder. */
 static cqrs_code_t decode_event(const cqrs_registry_t *reg, const bson_t *ev, const cqrs_envelope_t *env,
-                                int64_t position, cqrs_event_t **out, cqrs_error_t *err) {
+                                int64_t position, bool placeholder, cqrs_event_t **out, cqrs_error_t *err) {
   const char *type = str_of(ev, "type");
   int64_t schema = 0, version = 0, ts = 0;
   bson_iter_t it;
@@ -239,12 +260,17 @@ static cqrs_code_t decode_event(const cqrs_registry_t *reg, const bson_t *ev, co
   bson_iter_document(&it, &len, &raw);
   bson_t data;
   if (!bson_init_static(&data, raw, len)) return cqrs_error_set(err, CQRS_ECODEC, "malformed event data");
-  const cqrs_event_type_t *etype;
-  void *payload;
-  cqrs_code_t rc = cqrs_registry_decode_payload(reg, type, (uint32_t)schema, &data, &etype, &payload, err);
-  if (rc) return rc;
-  rc = cqrs_event_new(etype, env, str_of(ev, "eventId"), version, ts, payload, out, err);
-  cqrs_payload_free(payload);
+  const char *id = str_of(ev, "eventId");
+  cqrs_code_t rc;
+  if (placeholder && !cqrs_registry_event(reg, type)) {
+    rc = cqrs_unknown_event_new(type, (uint32_t)schema, &data, env, id, version, ts, out, err);
+  } else {
+    const cqrs_event_type_t *etype;
+    void *payload;
+    if ((rc = cqrs_registry_decode_payload(reg, type, (uint32_t)schema, &data, &etype, &payload, err))) return rc;
+    rc = cqrs_event_new(etype, env, id, version, ts, payload, out, err);
+    cqrs_payload_free(payload);
+  }
   if (!rc) (*out)->position = position;
   return rc;
 }
@@ -254,45 +280,41 @@ typedef struct reader {
   int64_t last_version; /* the highest version visited */
   int64_t min_version, min_position;
   size_t limit, seen;
+  bool placeholders; /* unknown types: placeholders (the feed) or errors (a stream's load) */
   cqrs_event_visit_cb cb;
   void *data;
   bool stopped;
 } reader_t;
 
-/* Visits the events of one commit; false to stop. */
+/* Visits the events of one commit until the reader stops. */
 static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *err) {
   int64_t position;
   const char *atype = str_of(doc, "aggregateType"), *aid = str_of(doc, "aggregateId");
-  if (!atype || !aid || !get_int(doc, "position", &position))
+  bson_iter_t it, events;
+  if (!atype || !aid || !get_int(doc, "position", &position) || !bson_iter_init_find(&it, doc, "events") ||
+      !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &events))
     return cqrs_error_set(err, CQRS_ECODEC, "malformed commit document");
   cqrs_envelope_t *env;
   cqrs_code_t rc = cqrs_envelope_new(atype, aid, str_of(doc, "commandId"), str_of(doc, "correlationId"), &env, err);
   if (rc) return rc;
-  bson_iter_t more, it;
-  bool has_more = bson_iter_init_find(&it, doc, "more") && BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &more);
-  const bson_t *ev = doc;
-  bson_t sub;
-  for (int64_t i = 0; !rc && !r->stopped; i++) {
-    if (i > 0) {
-      if (!has_more || !bson_iter_next(&more)) break;
-      uint32_t len;
-      const uint8_t *raw;
-      if (!BSON_ITER_HOLDS_DOCUMENT(&more)) {
-        rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
-        break;
-      }
-      bson_iter_document(&more, &len, &raw);
-      if (!bson_init_static(&sub, raw, len)) {
-        rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
-        break;
-      }
-      ev = &sub;
+  for (int64_t i = 0; !rc && !r->stopped && bson_iter_next(&events); i++) {
+    uint32_t len;
+    const uint8_t *raw;
+    bson_t ev;
+    if (!BSON_ITER_HOLDS_DOCUMENT(&events)) {
+      rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
+      break;
+    }
+    bson_iter_document(&events, &len, &raw);
+    if (!bson_init_static(&ev, raw, len)) {
+      rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
+      break;
     }
     int64_t version = 0;
-    get_int(ev, "version", &version);
+    get_int(&ev, "version", &version);
     if (version < r->min_version || position + i < r->min_position) continue;
     cqrs_event_t *e;
-    if ((rc = decode_event(r->reg, ev, env, position + i, &e, err))) break;
+    if ((rc = decode_event(r->reg, &ev, env, position + i, r->placeholders, &e, err))) break;
     if (version > r->last_version) r->last_version = version;
     if (!r->cb(e, r->data) || ++r->seen >= r->limit) r->stopped = true;
     cqrs_event_unref(e);
@@ -331,7 +353,7 @@ static cqrs_code_t ms_read_stream(void *impl, const char *type, const char *id, 
   BSON_APPEND_DOCUMENT_BEGIN(&filter, "lastVersion", &range);
   BSON_APPEND_INT64(&range, "$gte", from_version);
   bson_append_document_end(&filter, &range);
-  reader_t r = {m->reg, 0, from_version, 0, SIZE_MAX, 0, cb, data, false};
+  reader_t r = {m->reg, 0, from_version, 0, SIZE_MAX, 0, false, cb, data, false};
   cqrs_code_t rc = read_commits(m, &filter, "version", 0, &r, err);
   bson_destroy(&filter);
   /* Read to the end: the stream was at this version. */
@@ -346,7 +368,7 @@ static cqrs_code_t ms_read_all(void *impl, int64_t from_position, size_t limit, 
   BSON_APPEND_DOCUMENT_BEGIN(&filter, "lastPosition", &range);
   BSON_APPEND_INT64(&range, "$gte", from_position);
   bson_append_document_end(&filter, &range);
-  reader_t r = {m->reg, 0, 0, from_position, limit, 0, cb, data, false};
+  reader_t r = {m->reg, 0, 0, from_position, limit, 0, true, cb, data, false};
   /* A commit holds one event or more: `limit` commits hold enough. */
   cqrs_code_t rc = read_commits(m, &filter, "position", limit > (size_t)INT64_MAX ? 0 : (int64_t)limit, &r, err);
   bson_destroy(&filter);
