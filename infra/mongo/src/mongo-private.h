@@ -16,6 +16,12 @@ typedef struct version_slot {
   char key[CQRS_NAME_MAX + CQRS_ID_MAX];
 } version_slot_t;
 
+/* "A read of the feed from `position` starts at commit `seq`." */
+#define FEED_HINTS 8
+typedef struct feed_hint {
+  int64_t position, seq; /* seq 0: empty */
+} feed_hint_t;
+
 struct cqrs_mongo {
   mongoc_client_pool_t *pool;
   mongoc_uri_t *uri;
@@ -23,7 +29,13 @@ struct cqrs_mongo {
   char *db, *events, *snapshots, *checkpoints, *dead_letters;
   const cqrs_registry_t *reg;
   uv_loop_t *loop;
-  _Atomic int64_t next_position; /* the next global position, as last seen; 0: unknown */
+  /* The newest commit seen (its number and last position; 0: none yet) and
+   * where recent reads of the feed ended, so that the next claim and the
+   * next read need no search. */
+  uv_mutex_t hint_lock;
+  int64_t head_seq, head_last;
+  feed_hint_t feed_hints[FEED_HINTS];
+  unsigned feed_next;
   uv_mutex_t versions_lock;
   /* Positions are claimed one after the other (each after its predecessor
    * is visible): within a process, writers queue here instead of colliding. */

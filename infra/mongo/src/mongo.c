@@ -71,6 +71,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->versions = bson_malloc0(VERSION_SLOTS * sizeof *m->versions);
   uv_mutex_init(&m->versions_lock);
   uv_mutex_init(&m->append_lock);
+  uv_mutex_init(&m->hint_lock);
   if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
       !name_ok(m->dead_letters)) {
     cqrs_mongo_destroy(m);
@@ -92,6 +93,7 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   if (m->versions) {
     uv_mutex_destroy(&m->versions_lock);
     uv_mutex_destroy(&m->append_lock);
+    uv_mutex_destroy(&m->hint_lock);
   }
   bson_free(m->versions);
   mongoc_uri_destroy(m->uri);
