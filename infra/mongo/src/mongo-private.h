@@ -38,8 +38,12 @@ struct cqrs_mongo {
   unsigned feed_next;
   uv_mutex_t versions_lock;
   /* Positions are claimed one after the other (each after its predecessor
-   * is visible): within a process, writers queue here instead of colliding. */
-  uv_mutex_t append_lock;
+   * is visible): within a process, writers queue here instead of colliding,
+   * and the one at work writes everyone's commits in one insert. */
+  uv_mutex_t group_lock;
+  uv_cond_t group_cond;
+  struct pending *group_head, *group_tail;
+  bool group_writing;
   version_slot_t *versions;
 };
 

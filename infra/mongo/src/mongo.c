@@ -70,7 +70,8 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->loop = loop;
   m->versions = bson_malloc0(VERSION_SLOTS * sizeof *m->versions);
   uv_mutex_init(&m->versions_lock);
-  uv_mutex_init(&m->append_lock);
+  uv_mutex_init(&m->group_lock);
+  uv_cond_init(&m->group_cond);
   uv_mutex_init(&m->hint_lock);
   if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
       !name_ok(m->dead_letters)) {
@@ -92,7 +93,8 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   if (m->pool) mongoc_client_pool_destroy(m->pool);
   if (m->versions) {
     uv_mutex_destroy(&m->versions_lock);
-    uv_mutex_destroy(&m->append_lock);
+    uv_mutex_destroy(&m->group_lock);
+    uv_cond_destroy(&m->group_cond);
     uv_mutex_destroy(&m->hint_lock);
   }
   bson_free(m->versions);

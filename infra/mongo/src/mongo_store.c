@@ -382,8 +382,18 @@ static cqrs_code_t conflict(const cqrs_append_t *req, cqrs_error_t *err) {
 
 /* ---- append ---- */
 
-static cqrs_code_t claim_and_insert(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
-                                    cqrs_append_result_t *res, cqrs_error_t *err);
+/* One commit waiting for its group (see write_group). */
+typedef struct pending {
+  const cqrs_append_t *req;
+  cqrs_append_result_t *res;
+  cqrs_error_t *err;
+  cqrs_code_t rc;
+  bool done;
+  struct pending *next;
+} pending_t;
+
+static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *p);
+
 
 static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
                              cqrs_append_result_t *res, cqrs_error_t *err) {
@@ -404,10 +414,9 @@ static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const c
       return conflict(req, err);
     }
   }
-  uv_mutex_lock(&m->append_lock);
-  rc = claim_and_insert(m, coll, req, res, err);
-  uv_mutex_unlock(&m->append_lock);
-  return rc;
+  pending_t me = {req, res, err, CQRS_OK, false, NULL};
+  group_commit(m, coll, &me);
+  return me.rc;
 }
 
 static void committed(cqrs_mongo_t *m, const cqrs_append_t *req, const commit_ref_t *ref, cqrs_append_result_t *res) {
@@ -448,37 +457,151 @@ static cqrs_code_t disambiguate(mongoc_collection_t *coll, const cqrs_append_t *
   return CQRS_OK;
 }
 
-static cqrs_code_t claim_and_insert(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
-                                    cqrs_append_result_t *res, cqrs_error_t *err) {
-  cqrs_code_t rc;
-  commit_ref_t head = hint_get(m);
-  if (!head.seq && (rc = find_head(m, coll, &head, err))) return rc;
-  for (int attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
-    commit_ref_t claim = {head.seq + 1, head.last_position + 1, head.last_position + (int64_t)req->count};
-    char key[SEQ_KEY_LEN];
-    seq_key(key, claim.seq);
-    bson_t doc = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&doc, "_id", key);
-    if ((rc = build_commit(&doc, req, claim.position, err))) {
-      bson_destroy(&doc);
-      return rc;
-    }
-    bson_error_t e;
-    bool ok = mongoc_collection_insert_one(coll, &doc, NULL, NULL, &e);
-    bson_destroy(&doc);
-    if (ok) {
-      committed(m, req, &claim, res);
-      return CQRS_OK;
-    }
-    if (!cqrs__mongo_duplicate_key(&e)) return cqrs__mongo_error(err, &e, "append a commit");
-    bool retry;
-    if ((rc = disambiguate(coll, req, claim.seq, &retry, res, err)) || !retry) return rc;
-    /* Racers looking for the head together collide again: spread them
-     * out, more at each collision. */
-    if (attempt > 1) uv_sleep((unsigned)(rand() % (1 << (attempt < 6 ? attempt : 6))));
-    if ((rc = find_head(m, coll, &head, err))) return rc;
+/* Group commit. Concurrent appends of one process queue here; whoever finds
+ * no writer at work takes everything queued (up to GROUP_MAX) and writes it
+ * as one ordered insert of consecutive commit numbers and positions, so the
+ * server sees one round trip per group rather than per commit. Each commit
+ * keeps its own outcome: the insert stops at the first refused document;
+ * the commits before it are in, that one is answered alone (a duplicate, a
+ * conflict, or a number another process took), and the rest go again. */
+#define GROUP_MAX 64
+
+static bool insert_group(mongoc_collection_t *coll, const bson_t **docs, size_t n, size_t *inserted, bson_error_t *e) {
+  bson_t opts = BSON_INITIALIZER, reply;
+  BSON_APPEND_BOOL(&opts, "ordered", true);
+  bool ok = n == 1 ? mongoc_collection_insert_one(coll, docs[0], NULL, &reply, e)
+                   : mongoc_collection_insert_many(coll, docs, n, &opts, &reply, e);
+  *inserted = ok ? n : 0;
+  bson_iter_t it;
+  if (!ok && bson_iter_init_find(&it, &reply, "insertedCount") && BSON_ITER_HOLDS_INT(&it)) {
+    int64_t c = bson_iter_as_int64(&it);
+    if (c > 0 && (size_t)c < n) *inserted = (size_t)c;
   }
-  return cqrs_error_set(err, CQRS_ESTORE, "MongoDB: no free global position after %d attempts", CLAIM_ATTEMPTS);
+  bson_destroy(&reply);
+  bson_destroy(&opts);
+  return ok;
+}
+
+/* The outcome; `done` is set under the lock afterwards (group_commit). */
+static void finish(pending_t *p, cqrs_code_t rc) { p->rc = rc; }
+
+static void fail_all(pending_t **g, size_t from, size_t n, cqrs_code_t rc, const cqrs_error_t *err) {
+  for (size_t i = from; i < n; i++) {
+    if (g[i]->err) *g[i]->err = *err;
+    finish(g[i], rc);
+  }
+}
+
+/* Writes the commits of `g` (n of them, none done) until each has an
+ * outcome. */
+static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **g, size_t n) {
+  commit_ref_t head = hint_get(m);
+  cqrs_error_t herr;
+  cqrs_code_t rc;
+  if (!head.seq && (rc = find_head(m, coll, &head, &herr))) {
+    fail_all(g, 0, n, rc, &herr);
+    return;
+  }
+  const bson_t *docs[GROUP_MAX];
+  bson_t built[GROUP_MAX];
+  commit_ref_t claims[GROUP_MAX];
+  size_t from = 0;
+  for (int attempt = 0; from < n; attempt++) {
+    if (attempt >= CLAIM_ATTEMPTS) {
+      cqrs_error_set(&herr, CQRS_ESTORE, "MongoDB: no free global position after %d attempts", CLAIM_ATTEMPTS);
+      fail_all(g, from, n, CQRS_ESTORE, &herr);
+      return;
+    }
+    /* Claim numbers and positions one after the other. */
+    size_t k = 0;
+    pending_t *batch[GROUP_MAX];
+    commit_ref_t at = head;
+    for (size_t i = from; i < n; i++) {
+      const cqrs_append_t *req = g[i]->req;
+      commit_ref_t c = {at.seq + 1, at.last_position + 1, at.last_position + (int64_t)req->count};
+      char key[SEQ_KEY_LEN];
+      seq_key(key, c.seq);
+      bson_init(&built[k]);
+      BSON_APPEND_UTF8(&built[k], "_id", key);
+      if ((rc = build_commit(&built[k], req, c.position, g[i]->err))) {
+        bson_destroy(&built[k]);
+        finish(g[i], rc);
+        continue;
+      }
+      docs[k] = &built[k];
+      claims[k] = c;
+      batch[k++] = g[i];
+      at = c;
+    }
+    /* The refused ones are out; the rest are the batch now. */
+    for (size_t i = 0; i < k; i++) g[from + i] = batch[i];
+    n = from + k;
+    if (!k) return;
+    size_t inserted;
+    bson_error_t e;
+    bool ok = insert_group(coll, docs, k, &inserted, &e);
+    for (size_t i = 0; i < k; i++) bson_destroy(&built[i]);
+    for (size_t i = 0; i < inserted; i++) {
+      committed(m, batch[i]->req, &claims[i], batch[i]->res);
+      finish(batch[i], CQRS_OK);
+    }
+    if (ok) return;
+    if (inserted) head = claims[inserted - 1];
+    from += inserted;
+    pending_t *p = g[from];
+    if (!cqrs__mongo_duplicate_key(&e)) {
+      fail_all(g, from, n, cqrs__mongo_error(&herr, &e, "append a commit"), &herr);
+      return;
+    }
+    bool retry;
+    if ((rc = disambiguate(coll, p->req, claims[inserted].seq, &retry, p->res, p->err)) || !retry) {
+      finish(p, rc);
+      from++;
+      continue;
+    }
+    /* Another process took the number. Racers looking for the head together
+     * collide again: spread them out, more at each collision. */
+    if (attempt > 1) uv_sleep((unsigned)(rand() % (1 << (attempt < 6 ? attempt : 6))));
+    if ((rc = find_head(m, coll, &head, &herr))) {
+      fail_all(g, from, n, rc, &herr);
+      return;
+    }
+  }
+}
+
+static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *me) {
+  uv_mutex_lock(&m->group_lock);
+  if (m->group_tail) {
+    m->group_tail->next = me;
+  } else {
+    m->group_head = me;
+  }
+  m->group_tail = me;
+  while (!me->done) {
+    if (m->group_writing) {
+      uv_cond_wait(&m->group_cond, &m->group_lock);
+      continue;
+    }
+    m->group_writing = true;
+    pending_t *g[GROUP_MAX], *results[GROUP_MAX];
+    size_t n = 0;
+    while (m->group_head && n < GROUP_MAX) {
+      g[n] = m->group_head;
+      results[n] = g[n];
+      n++;
+      m->group_head = m->group_head->next;
+    }
+    if (!m->group_head) m->group_tail = NULL;
+    uv_mutex_unlock(&m->group_lock);
+    write_group(m, coll, g, n);
+    /* Outcomes are published under the lock: a waiter may return (and its
+     * pending_t go) as soon as it sees done. */
+    uv_mutex_lock(&m->group_lock);
+    for (size_t i = 0; i < n; i++) results[i]->done = true;
+    m->group_writing = false;
+    uv_cond_broadcast(&m->group_cond);
+  }
+  uv_mutex_unlock(&m->group_lock);
 }
 
 static cqrs_code_t ms_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
