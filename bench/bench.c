@@ -616,20 +616,21 @@ static void bench_mongo_append(void) {
   /* The raw collection gets the same indexes, so the server does the same work. */
   static const char *const idx[][2] = {{"{\"timestamp\": 1}", "timestamp"},
                                       {"{\"type\": 1, \"timestamp\": 1}", "type_timestamp"},
+                                      {"{\"events.type\": 1, \"events.timestamp\": 1}", "events_type_timestamp"},
                                       {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version"},
                                       {"{\"commandId\": 1}", "command_id"},
                                       {"{\"position\": 1}", "position"}};
-  for (int i = 0; i < 5; i++) {
+  for (int i = 0; i < 6; i++) {
     bson_error_t be;
     bson_t *keys = bson_new_from_json((const uint8_t *)idx[i][0], -1, &be);
-    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 2, &err)) die("index", &err);
+    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 3, &err)) die("index", &err);
     bson_destroy(keys);
   }
   cqrs_store_t *store = cqrs_mongo_store_new(m);
   mongoc_uri_t *uri = mongoc_uri_new(mongo_uri);
   mongoc_client_pool_t *pool = mongoc_client_pool_new(uri);
-  static const int writers[] = {1, 4};
-  for (int w = 0; w < 2; w++) {
+  static const int writers[] = {1, 4, 16};
+  for (int w = 0; w < 3; w++) {
     int n = writers[w];
     appender_t fa[16], ra[16];
     for (int i = 0; i < n; i++) {

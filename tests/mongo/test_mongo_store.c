@@ -375,6 +375,81 @@ static void test_every_event_is_found_by_type_and_time(void **state) {
   mongoc_client_destroy(client);
 }
 
+/* Concurrent appends of one process go to the server together (group
+ * commit); each keeps its own outcome: of several on one stream at one
+ * expected version one wins and the others conflict, a command sent by
+ * several threads commits once, and the rest commit with consecutive
+ * positions. */
+#define GROUPERS 8
+
+typedef struct grouper {
+  cqrs_store_t *s;
+  uv_barrier_t *start;
+  int id;
+  cqrs_code_t own, contested, repeated;
+  bool repeated_duplicate;
+} grouper_t;
+
+static cqrs_code_t append_credit(cqrs_store_t *s, const char *stream, int64_t expected, const char *cmd,
+                                 bool *duplicate) {
+  cqrs_envelope_t *env;
+  cqrs_event_t *e;
+  cqrs_error_t err;
+  ledger_amount_t a = {1};
+  assert_int_equal(cqrs_envelope_new("ledger", stream, cmd, NULL, &env, &err), CQRS_OK);
+  assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, expected + 1, 1700000000000, &a, &e, &err), CQRS_OK);
+  cqrs_append_t req = {"ledger", stream, expected, cmd, &e, 1};
+  cqrs_append_result_t res = {0};
+  cqrs_code_t rc = cqrs_store_append(s, &req, &res, &err);
+  if (rc && rc != CQRS_ECONFLICT) fprintf(stderr, "append %s: %s\n", cmd, err.message);
+  if (duplicate) *duplicate = res.duplicate;
+  cqrs_event_unref(e);
+  cqrs_envelope_unref(env);
+  return rc;
+}
+
+static void group_append(void *arg) {
+  grouper_t *g = arg;
+  char stream[32], cmd[32];
+  snprintf(stream, sizeof stream, "own-%d", g->id);
+  snprintf(cmd, sizeof cmd, "own-%d", g->id);
+  uv_barrier_wait(g->start);
+  g->own = append_credit(g->s, stream, 0, cmd, NULL);
+  snprintf(cmd, sizeof cmd, "contested-%d", g->id);
+  g->contested = append_credit(g->s, "contested", 0, cmd, NULL);
+  snprintf(stream, sizeof stream, "repeated-%d", g->id);
+  g->repeated = append_credit(g->s, stream, 0, "the-same-command", &g->repeated_duplicate);
+}
+
+static void test_concurrent_commits_keep_their_own_outcome(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  uv_barrier_t start;
+  uv_barrier_init(&start, GROUPERS);
+  uv_thread_t t[GROUPERS];
+  grouper_t g[GROUPERS];
+  for (int i = 0; i < GROUPERS; i++) {
+    g[i] = (grouper_t){fx->s, &start, i, 0, 0, 0, false};
+    assert_int_equal(uv_thread_create(&t[i], group_append, &g[i]), 0);
+  }
+  int won = 0, committed = 0;
+  for (int i = 0; i < GROUPERS; i++) {
+    uv_thread_join(&t[i]);
+    assert_int_equal(g[i].own, CQRS_OK);
+    assert_true(g[i].contested == CQRS_OK || g[i].contested == CQRS_ECONFLICT);
+    won += g[i].contested == CQRS_OK;
+    assert_int_equal(g[i].repeated, CQRS_OK);
+    committed += !g[i].repeated_duplicate;
+  }
+  uv_barrier_destroy(&start);
+  assert_int_equal(won, 1);
+  assert_int_equal(committed, 1);
+  int64_t head;
+  assert_int_equal(cqrs_store_head(fx->s, &head, NULL), CQRS_OK);
+  assert_int_equal(head, GROUPERS + 2);
+  assert_int_equal(stream_version(fx->s, "contested"), 1);
+}
+
 static void test_indexes_exist_and_are_idempotent(void **state) {
   NEED_MONGO();
   fx_t *fx = *state;
@@ -404,6 +479,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_two_writers_share_positions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_indexes_exist_and_are_idempotent, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_commit_over_16_mb_is_too_large, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_concurrent_commits_keep_their_own_outcome, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_permanent_store_error_is_dead_lettered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_every_event_is_found_by_type_and_time, setup, teardown),
       cmocka_unit_test(test_a_server_that_is_down),
