@@ -450,6 +450,51 @@ static void test_concurrent_commits_keep_their_own_outcome(void **state) {
   assert_int_equal(stream_version(fx->s, "contested"), 1);
 }
 
+/* A process that has just started finds the head from the store's note of
+ * a recent head, whether the note is recent, lags, or is missing. */
+static int64_t fresh_head(fx_t *fx) {
+  cqrs_mongo_options_t o = {.database = cqrs_mongo_database(fx->m)};
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_mongo_new(test_mongo_uri(), &o, fx->reg, NULL, &m, &err), CQRS_OK);
+  cqrs_store_t *s = cqrs_mongo_store_new(m);
+  int64_t head = -1;
+  if (cqrs_store_head(s, &head, &err)) fail_msg("%s", err.message);
+  cqrs_store_destroy(s);
+  cqrs_mongo_destroy(m);
+  return head;
+}
+
+static void test_a_fresh_process_finds_the_head(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  for (int64_t v = 0; v < 70; v++) {
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "h-%lld", (long long)v);
+    assert_int_equal(append_credit(fx->s, "h", v, cmd, NULL), CQRS_OK);
+  }
+  assert_int_equal(fresh_head(fx), 70);
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_collection_t *note = mongoc_client_get_collection(client, cqrs_mongo_database(fx->m), "cqrs_events_head");
+  bson_t *filter = BCON_NEW("_id", BCON_UTF8("head"));
+  int64_t noted = 0;
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(note, filter, NULL, NULL);
+  const bson_t *d;
+  bson_iter_t it;
+  if (mongoc_cursor_next(cur, &d) && bson_iter_init_find(&it, d, "seq")) noted = bson_iter_as_int64(&it);
+  mongoc_cursor_destroy(cur);
+  assert_int_equal(noted, 64);
+  bson_t *lagging = BCON_NEW("$set", "{", "seq", BCON_INT64(3), "}");
+  assert_true(mongoc_collection_update_one(note, filter, lagging, NULL, NULL, NULL));
+  assert_int_equal(fresh_head(fx), 70);
+  assert_true(mongoc_collection_delete_one(note, filter, NULL, NULL, NULL));
+  assert_int_equal(fresh_head(fx), 70);
+  bson_destroy(lagging);
+  bson_destroy(filter);
+  mongoc_collection_destroy(note);
+  mongoc_client_destroy(client);
+}
+
 static void test_indexes_exist_and_are_idempotent(void **state) {
   NEED_MONGO();
   fx_t *fx = *state;
@@ -480,6 +525,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_indexes_exist_and_are_idempotent, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_commit_over_16_mb_is_too_large, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_commits_keep_their_own_outcome, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_a_fresh_process_finds_the_head, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_permanent_store_error_is_dead_lettered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_every_event_is_found_by_type_and_time, setup, teardown),
       cmocka_unit_test(test_a_server_that_is_down),

@@ -63,6 +63,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->redacted = redact(uri_string, uri);
   m->db = dup_or(o.database, mongoc_uri_get_database(uri) ? mongoc_uri_get_database(uri) : "cqrs");
   m->events = dup_or(o.events, "cqrs_events");
+  m->head = bson_strdup_printf("%s_head", m->events);
   m->snapshots = dup_or(o.snapshots, "cqrs_snapshots");
   m->checkpoints = dup_or(o.checkpoints, "cqrs_checkpoints");
   m->dead_letters = dup_or(o.dead_letters, "cqrs_dead_letters");
@@ -73,7 +74,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   uv_mutex_init(&m->group_lock);
   uv_cond_init(&m->group_cond);
   uv_mutex_init(&m->hint_lock);
-  if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
+  if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->head) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
       !name_ok(m->dead_letters)) {
     cqrs_mongo_destroy(m);
     return cqrs_error_set(err, CQRS_EINVAL, "database or collection names must be 1..120 plain characters");
@@ -102,6 +103,7 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   bson_free(m->redacted);
   bson_free(m->db);
   bson_free(m->events);
+  bson_free(m->head);
   bson_free(m->snapshots);
   bson_free(m->checkpoints);
   bson_free(m->dead_letters);

@@ -263,11 +263,52 @@ static void hint_next(cqrs_mongo_t *m, int64_t position, int64_t seq) {
 /* The newest commit (seq 0 when none): probes forward from the newest known,
  * doubling the step, then halves the gap. Commits are never deleted, so
  * what was seen once stays. About 2 log2(n) probes cold, 1 warm. */
+/* A process that has just started would need ~2 log2(n) probes; on a
+ * server that scans for every probe (FerretDB) that is seconds. A one-
+ * document collection remembers a recent head, written every HEAD_EVERY
+ * commits: reading it is one probe of a tiny collection, and the search
+ * goes on from there. It may lag; it is never ahead. */
+#define HEAD_EVERY 64
+
+static void head_note_read(cqrs_mongo_t *m, commit_ref_t *lo) {
+  mconn_t c;
+  cqrs__mongo_open(m, m->head, &c);
+  bson_t doc;
+  bool found;
+  cqrs_error_t ignored;
+  int64_t seq;
+  if (!by_key(c.coll, "head", &doc, &found, &ignored, "read the head note") && found) {
+    if (get_int(&doc, "seq", &seq) && seq > 0) lo->seq = seq;
+    bson_destroy(&doc);
+  }
+  cqrs__mongo_done(m, &c);
+}
+
+static void head_note_write(cqrs_mongo_t *m, int64_t seq) {
+  bson_t *filter = BCON_NEW("_id", BCON_UTF8("head"));
+  bson_t *update = BCON_NEW("$max", "{", "seq", BCON_INT64(seq), "}");
+  bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true));
+  mconn_t c;
+  cqrs__mongo_open(m, m->head, &c);
+  mongoc_collection_update_one(c.coll, filter, update, opts, NULL, NULL);
+  cqrs__mongo_done(m, &c);
+  bson_destroy(filter);
+  bson_destroy(update);
+  bson_destroy(opts);
+}
+
 static cqrs_code_t find_head(cqrs_mongo_t *m, mongoc_collection_t *coll, commit_ref_t *head, cqrs_error_t *err) {
   commit_ref_t lo = hint_get(m), r;
   int64_t hi = 0, step = 1;
   bool found;
   cqrs_code_t rc;
+  if (!lo.seq) {
+    head_note_read(m, &lo);
+    if (lo.seq) {
+      if ((rc = probe_commit(coll, lo.seq, &r, &found, err))) return rc;
+      lo = found ? r : (commit_ref_t){0, 0, 0};
+    }
+  }
   for (;;) {
     if ((rc = probe_commit(coll, lo.seq + step, &r, &found, err))) return rc;
     if (!found) {
@@ -545,6 +586,8 @@ static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **
       committed(m, batch[i]->req, &claims[i], batch[i]->res);
       finish(batch[i], CQRS_OK);
     }
+    if (inserted && (claims[0].seq - 1) / HEAD_EVERY != claims[inserted - 1].seq / HEAD_EVERY)
+      head_note_write(m, claims[inserted - 1].seq);
     if (ok) return;
     if (inserted) head = claims[inserted - 1];
     from += inserted;
