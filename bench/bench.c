@@ -688,14 +688,14 @@ static void ops_seed(mongoc_collection_t *commits, int64_t from, int64_t to) {
   }
 }
 
-/* The store notes its head every 64 commits (infra/mongo/src/mongo_store.c,
+/* The store notes its head every 16 commits (infra/mongo/src/mongo_store.c,
  * HEAD_EVERY); seeded commits bypass it, so note it as it would have. */
 static void ops_seed_head(mongoc_client_t *client, const char *db, int64_t to) {
   char name[160];
   snprintf(name, sizeof name, "%s_head", billing_mongo_options.events);
   mongoc_collection_t *c = mongoc_client_get_collection(client, db, name);
   bson_t *filter = BCON_NEW("_id", BCON_UTF8("head"));
-  bson_t *doc = BCON_NEW("_id", BCON_UTF8("head"), "seq", BCON_INT64(to - to % 64));
+  bson_t *doc = BCON_NEW("_id", BCON_UTF8("head"), "seq", BCON_INT64(to - to % 16));
   bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true));
   mongoc_collection_replace_one(c, filter, doc, opts, NULL, NULL);
   bson_destroy(filter);

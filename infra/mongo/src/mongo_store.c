@@ -268,7 +268,7 @@ static void hint_next(cqrs_mongo_t *m, int64_t position, int64_t seq) {
  * document collection remembers a recent head, written every HEAD_EVERY
  * commits: reading it is one probe of a tiny collection, and the search
  * goes on from there. It may lag; it is never ahead. */
-#define HEAD_EVERY 64
+#define HEAD_EVERY 16
 
 static void head_note_read(cqrs_mongo_t *m, commit_ref_t *lo) {
   mconn_t c;
