@@ -4,8 +4,10 @@
 # The MongoDB scenarios use MONGODB_URI, else the FerretDB test server.
 # Environment: QUERY_INVOICES (default 100000), QUERY_COUNT (default 10),
 # OPS_COMMITS (mongo-ops' largest store: 1000, 50000 or 500000; default 50000).
+# Usage: scripts/bench.sh [--postgresql] (FerretDB on its PostgreSQL backend).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--postgresql" ]; then export CQRS_FERRETDB_BACKEND=postgresql; fi
 jobs=$(nproc 2>/dev/null || echo 2)
 scripts/install-deps.sh
 # shellcheck source=scripts/mongo-server.sh
