@@ -2,8 +2,8 @@
  * prints one JSON line: name, operations, seconds, ops/s, p50 and p99
  * latency in microseconds, peak RSS in KiB, and what the scenario adds.
  * Scenarios: dispatch, pipeline, pipeline-2threads, rehydrate,
- * mongo-append, projection-lag, projection-lag-mongo, query-mongo,
- * memory-overhead. See docs/benchmarks.md. */
+ * mongo-append, mongo-ops, projection-lag, projection-lag-mongo,
+ * query-mongo, memory-overhead. See docs/benchmarks.md. */
 #include <billing/billing.h>
 #include <cqrs/mongo.h>
 #include <inttypes.h>
@@ -514,24 +514,18 @@ typedef struct appender {
   int failures;
 } appender_t;
 
-/* The same document the store writes for a one-event commit. */
-static void commit_doc(bson_t *doc, const char *stream, int64_t version, int64_t position, const char *cmd) {
-  char eid[25];
+/* The same document the store writes for a one-event commit (commit number
+ * `seq` as its _id; see infra/mongo/src/mongo_store.c). */
+static void commit_doc(bson_t *doc, int64_t seq, const char *stream, int64_t version, int64_t position,
+                       const char *cmd) {
+  char eid[25], id[24];
   cqrs_new_id(eid);
-  BSON_APPEND_UTF8(doc, "eventId", eid);
+  snprintf(id, sizeof id, "%020lld", (long long)seq);
+  int64_t now = cqrs_now_ms();
+  BSON_APPEND_UTF8(doc, "_id", id);
   BSON_APPEND_UTF8(doc, "type", "account.deposited");
-  BSON_APPEND_INT32(doc, "schemaVersion", 1);
+  BSON_APPEND_DATE_TIME(doc, "timestamp", now);
   BSON_APPEND_INT64(doc, "version", version);
-  BSON_APPEND_DATE_TIME(doc, "timestamp", cqrs_now_ms());
-  bson_t data, amount;
-  BSON_APPEND_DOCUMENT_BEGIN(doc, "data", &data);
-  BSON_APPEND_DOCUMENT_BEGIN(&data, "amount", &amount);
-  BSON_APPEND_INT64(&amount, "amount", 1);
-  BSON_APPEND_UTF8(&amount, "currency", "EUR");
-  bson_append_document_end(&data, &amount);
-  BSON_APPEND_INT64(&data, "balance", version);
-  BSON_APPEND_UTF8(&data, "transferId", "");
-  bson_append_document_end(doc, &data);
   BSON_APPEND_UTF8(doc, "aggregateType", "account");
   BSON_APPEND_UTF8(doc, "aggregateId", stream);
   BSON_APPEND_INT64(doc, "lastVersion", version);
@@ -539,6 +533,24 @@ static void commit_doc(bson_t *doc, const char *stream, int64_t version, int64_t
   BSON_APPEND_INT64(doc, "lastPosition", position);
   BSON_APPEND_UTF8(doc, "commandId", cmd);
   BSON_APPEND_UTF8(doc, "correlationId", cmd);
+  bson_t events, ev, data, amount;
+  BSON_APPEND_ARRAY_BEGIN(doc, "events", &events);
+  BSON_APPEND_DOCUMENT_BEGIN(&events, "0", &ev);
+  BSON_APPEND_UTF8(&ev, "eventId", eid);
+  BSON_APPEND_UTF8(&ev, "type", "account.deposited");
+  BSON_APPEND_INT32(&ev, "schemaVersion", 1);
+  BSON_APPEND_INT64(&ev, "version", version);
+  BSON_APPEND_DATE_TIME(&ev, "timestamp", now);
+  BSON_APPEND_DOCUMENT_BEGIN(&ev, "data", &data);
+  BSON_APPEND_DOCUMENT_BEGIN(&data, "amount", &amount);
+  BSON_APPEND_INT64(&amount, "amount", 1);
+  BSON_APPEND_UTF8(&amount, "currency", "EUR");
+  bson_append_document_end(&data, &amount);
+  BSON_APPEND_INT64(&data, "balance", version);
+  BSON_APPEND_UTF8(&data, "transferId", "");
+  bson_append_document_end(&ev, &data);
+  bson_append_document_end(&events, &ev);
+  bson_append_array_end(doc, &events);
 }
 
 static _Atomic int64_t raw_position;
@@ -570,7 +582,8 @@ static void run_appender(void *arg) {
       cqrs_event_unref(e);
     } else {
       bson_t doc = BSON_INITIALIZER;
-      commit_doc(&doc, stream, i + 1, atomic_fetch_add(&raw_position, 1) + 1, cmd);
+      int64_t seq = atomic_fetch_add(&raw_position, 1) + 1;
+      commit_doc(&doc, seq, stream, i + 1, seq, cmd);
       bson_error_t e;
       if (!mongoc_collection_insert_one(coll, &doc, NULL, NULL, &e)) {
         fprintf(stderr, "raw insert: %s\n", e.message);
@@ -607,20 +620,21 @@ static void bench_mongo_append(void) {
   /* The raw collection gets the same indexes, so the server does the same work. */
   static const char *const idx[][2] = {{"{\"timestamp\": 1}", "timestamp"},
                                       {"{\"type\": 1, \"timestamp\": 1}", "type_timestamp"},
+                                      {"{\"events.type\": 1, \"events.timestamp\": 1}", "events_type_timestamp"},
                                       {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version"},
                                       {"{\"commandId\": 1}", "command_id"},
                                       {"{\"position\": 1}", "position"}};
-  for (int i = 0; i < 5; i++) {
+  for (int i = 0; i < 6; i++) {
     bson_error_t be;
     bson_t *keys = bson_new_from_json((const uint8_t *)idx[i][0], -1, &be);
-    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 2, &err)) die("index", &err);
+    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 3, &err)) die("index", &err);
     bson_destroy(keys);
   }
   cqrs_store_t *store = cqrs_mongo_store_new(m);
   mongoc_uri_t *uri = mongoc_uri_new(mongo_uri);
   mongoc_client_pool_t *pool = mongoc_client_pool_new(uri);
-  static const int writers[] = {1, 4};
-  for (int w = 0; w < 2; w++) {
+  static const int writers[] = {1, 4, 16};
+  for (int w = 0; w < 3; w++) {
     int n = writers[w];
     appender_t fa[16], ra[16];
     for (int i = 0; i < n; i++) {
@@ -644,6 +658,166 @@ static void bench_mongo_append(void) {
   mongoc_client_pool_destroy(pool);
   mongoc_uri_destroy(uri);
   cqrs_store_destroy(store);
+  cqrs_mongo_drop_database(m, NULL);
+  cqrs_mongo_destroy(m);
+  cqrs_registry_destroy(reg);
+}
+
+/* ---- mongo-ops: each store operation at 1k, 50k and 500k commits ---- */
+
+#define OPS_STREAM_LEN 10 /* commits per stream in the seeded store */
+#define OPS_REPS 5
+
+/* Appends commits (from, to] straight to the collection, in the store's own
+ * format: commit k is version k % 10 + 1 of stream "s<k / 10>". */
+static void ops_seed(mongoc_collection_t *commits, int64_t from, int64_t to) {
+  enum { BATCH = 1000 };
+  bson_t *docs[BATCH];
+  for (int64_t k = from + 1; k <= to;) {
+    size_t n = 0;
+    for (; n < BATCH && k <= to; n++, k++) {
+      char stream[32], cmd[48];
+      int64_t i = k - 1, version = i % OPS_STREAM_LEN + 1;
+      snprintf(stream, sizeof stream, "s%lld", (long long)(i / OPS_STREAM_LEN));
+      snprintf(cmd, sizeof cmd, "seed-%lld", (long long)k);
+      docs[n] = bson_new();
+      commit_doc(docs[n], k, stream, version, k, cmd);
+    }
+    bson_error_t e;
+    if (!mongoc_collection_insert_many(commits, (const bson_t **)docs, n, NULL, NULL, &e)) {
+      fprintf(stderr, "cqrs-bench: seed: %s\n", e.message);
+      exit(1);
+    }
+    for (size_t i = 0; i < n; i++) bson_destroy(docs[i]);
+  }
+}
+
+/* The store notes its head every 16 commits (infra/mongo/src/mongo_store.c,
+ * HEAD_EVERY); seeded commits bypass it, so note it as it would have. */
+static void ops_seed_head(mongoc_client_t *client, const char *db, int64_t to) {
+  char name[160];
+  snprintf(name, sizeof name, "%s_head", billing_mongo_options.events);
+  mongoc_collection_t *c = mongoc_client_get_collection(client, db, name);
+  bson_t *filter = BCON_NEW("_id", BCON_UTF8("head"));
+  bson_t *doc = BCON_NEW("_id", BCON_UTF8("head"), "seq", BCON_INT64(to - to % 16));
+  bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true));
+  mongoc_collection_replace_one(c, filter, doc, opts, NULL, NULL);
+  bson_destroy(filter);
+  bson_destroy(doc);
+  bson_destroy(opts);
+  mongoc_collection_destroy(c);
+}
+
+static bool ops_count(const cqrs_event_t *e, void *data) {
+  (void)e;
+  (*(size_t *)data)++;
+  return true;
+}
+
+/* A fresh connection knows nothing of the store: what a process starting
+ * on it pays. */
+static cqrs_mongo_t *ops_connect(const cqrs_registry_t *reg, const char *db) {
+  cqrs_mongo_options_t o = billing_mongo_options;
+  o.database = db;
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  if (cqrs_mongo_new(mongo_uri, &o, reg, NULL, &m, &err)) die("mongo", &err);
+  return m;
+}
+
+static void ops_report(const char *op, long size, samples_t *lat, uint64_t ops) {
+  double total = 0;
+  for (size_t i = 0; i < lat->n; i++) total += (double)lat->v[i] / 1e9;
+  char name[64], extra[96];
+  snprintf(name, sizeof name, "mongo-ops-%s-%ldk", op, size / 1000);
+  snprintf(extra, sizeof extra, "\"stored_commits\": %ld, \"op\": \"%s\"", size, op);
+  report(name, ops, total, lat, extra);
+}
+
+static void bench_mongo_ops(void) {
+  static const long default_sizes[] = {1000, 50000, 500000};
+  long sizes[3];
+  size_t nsizes = 0;
+  for (size_t i = 0; i < 3; i++) {
+    if (n_arg && default_sizes[i] > n_arg) break;
+    sizes[nsizes++] = default_sizes[i];
+  }
+  cqrs_registry_t *reg = cqrs_registry_new();
+  billing_register(reg, NULL);
+  cqrs_mongo_t *m = bench_mongo(reg, NULL, "ops");
+  const char *db = cqrs_mongo_database(m);
+  mongoc_client_t *client = mongoc_client_new(mongo_uri);
+  mongoc_collection_t *commits = mongoc_client_get_collection(client, db, billing_mongo_options.events);
+  int64_t stored = 0;
+  srand(42);
+  for (size_t si = 0; si < nsizes; si++) {
+    long size = sizes[si];
+    uint64_t t0 = now_ns();
+    ops_seed(commits, stored, size);
+    ops_seed_head(client, db, size);
+    fprintf(stderr, "cqrs-bench: seeded %ld commits in %.1f s\n", size, (double)(now_ns() - t0) / 1e9);
+    stored = size;
+    cqrs_error_t err;
+    samples_t head = {0}, first = {0}, dup = {0}, load = {0}, feed = {0};
+    for (int r = 0; r < OPS_REPS; r++) {
+      /* head and the first command of a process that has just started */
+      cqrs_mongo_t *fresh = ops_connect(reg, db);
+      cqrs_store_t *s = cqrs_mongo_store_new(fresh);
+      int64_t h;
+      uint64_t t = now_ns();
+      if (cqrs_store_head(s, &h, &err)) die("head", &err);
+      sample(&head, now_ns() - t);
+      if (h != stored) die("head is not the number of commits", NULL);
+      cqrs_store_destroy(s);
+      cqrs_mongo_destroy(fresh);
+      fresh = ops_connect(reg, db);
+      s = cqrs_mongo_store_new(fresh);
+      char stream[32], cmd[48];
+      snprintf(stream, sizeof stream, "new-%ld-%d", size, r);
+      snprintf(cmd, sizeof cmd, "first-%ld-%d", size, r);
+      cqrs_envelope_t *env;
+      cqrs_event_t *e;
+      cqrs_envelope_new("account", stream, cmd, NULL, &env, NULL);
+      billing_account_moved_t mv = {{1, "EUR"}, 1, ""};
+      cqrs_event_new(&billing_account_deposited, env, NULL, 1, cqrs_now_ms(), &mv, &e, NULL);
+      cqrs_append_t req = {"account", stream, 0, cmd, &e, 1};
+      cqrs_append_result_t res;
+      t = now_ns();
+      if (cqrs_store_append(s, &req, &res, &err)) die("first append", &err);
+      sample(&first, now_ns() - t);
+      stored++;
+      /* the same command again: found by its id */
+      t = now_ns();
+      if (cqrs_store_append(s, &req, &res, &err)) die("repeated append", &err);
+      sample(&dup, now_ns() - t);
+      if (!res.duplicate) die("a repeated command was not a duplicate", NULL);
+      cqrs_event_unref(e);
+      cqrs_envelope_unref(env);
+      /* a stream of 10 commits anywhere in the store */
+      snprintf(stream, sizeof stream, "s%ld", (long)(rand() % (size / OPS_STREAM_LEN)));
+      size_t n = 0;
+      t = now_ns();
+      if (cqrs_store_read_stream(s, "account", stream, 1, ops_count, &n, &err)) die("load", &err);
+      sample(&load, now_ns() - t);
+      if (n != OPS_STREAM_LEN) die("a stream did not load whole", NULL);
+      /* 256 events of the feed from anywhere */
+      int64_t from = 1 + rand() % (size - 256);
+      n = 0;
+      t = now_ns();
+      if (cqrs_store_read_all(s, from, 256, ops_count, &n, &err)) die("feed", &err);
+      sample(&feed, now_ns() - t);
+      if (n != 256) die("the feed did not read 256 events", NULL);
+      cqrs_store_destroy(s);
+      cqrs_mongo_destroy(fresh);
+    }
+    ops_report("head", size, &head, OPS_REPS);
+    ops_report("first-command", size, &first, OPS_REPS);
+    ops_report("command-id", size, &dup, OPS_REPS);
+    ops_report("stream-load", size, &load, OPS_REPS);
+    ops_report("feed-256", size, &feed, OPS_REPS);
+  }
+  mongoc_collection_destroy(commits);
+  mongoc_client_destroy(client);
   cqrs_mongo_drop_database(m, NULL);
   cqrs_mongo_destroy(m);
   cqrs_registry_destroy(reg);
@@ -748,6 +922,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(s, "projection-lag-mongo") && mongo_uri) bench_projection_lag(true);
   else if (!strcmp(s, "mongo-append") && mongo_uri) bench_mongo_append();
   else if (!strcmp(s, "query-mongo") && mongo_uri) bench_query_mongo();
+  else if (!strcmp(s, "mongo-ops") && mongo_uri) bench_mongo_ops();
   else {
     fprintf(stderr, "cqrs-bench: unknown scenario '%s', or no MongoDB URI for it\n", s);
     return 2;

@@ -2,9 +2,12 @@
 # Runs every benchmark scenario (a Release build with -DCQRS_BENCH=ON), prints
 # one JSON line per scenario, and writes the table into docs/benchmarks.md.
 # The MongoDB scenarios use MONGODB_URI, else the FerretDB test server.
-# Environment: QUERY_INVOICES (default 100000), QUERY_COUNT (default 10).
+# Environment: QUERY_INVOICES (default 100000), QUERY_COUNT (default 10),
+# OPS_COMMITS (mongo-ops' largest store: 1000, 50000 or 500000; default 50000).
+# Usage: scripts/bench.sh [--postgresql] (FerretDB on its PostgreSQL backend).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--postgresql" ]; then export CQRS_FERRETDB_BACKEND=postgresql; fi
 jobs=$(nproc 2>/dev/null || echo 2)
 scripts/install-deps.sh
 # shellcheck source=scripts/mongo-server.sh
@@ -24,6 +27,7 @@ run memory-overhead
 run projection-lag
 if [ -n "${MONGODB_URI:-}" ]; then
   run mongo-append --n 2000
+  run mongo-ops --n "${OPS_COMMITS:-50000}"
   run projection-lag-mongo --n 300
   run query-mongo --n "${QUERY_INVOICES:-100000}" --queries "${QUERY_COUNT:-10}"
 else

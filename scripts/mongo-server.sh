@@ -1,5 +1,7 @@
-# Sourced by scripts/test.sh. Provides MONGODB_URI for the MongoDB tests: the
-# caller's if set; otherwise starts FerretDB v1.24.2 (SQLite backend) on
+# Sourced by scripts/test.sh and scripts/bench.sh. Provides MONGODB_URI for
+# the MongoDB tests: the caller's if set; otherwise starts FerretDB v1.24.2
+# (SQLite backend; with CQRS_FERRETDB_BACKEND=postgresql, the PostgreSQL
+# backend on a PostgreSQL that scripts/pg-server.sh starts) on
 # 127.0.0.1 through the launcher in scripts/ferretdb/, with telemetry off, no
 # state or debug listener, data in a temporary directory, the build (and the
 # Go toolchain it needs, see scripts/go-toolchain.sh) cached between runs in
@@ -51,15 +53,22 @@ mongo_server_start() {
     return 0
   fi
   data=$(mktemp -d "${TMPDIR:-/tmp}/libcqrs-ferretdb.XXXXXX")
-  "$bin" -listen "127.0.0.1:$port" -dir "$data/db" >"$data/log" 2>&1 &
+  local backend=(-dir "$data/db")
+  if [ "${CQRS_FERRETDB_BACKEND:-sqlite}" = "postgresql" ]; then
+    # shellcheck source=scripts/pg-server.sh
+    source scripts/pg-server.sh
+    pg_server_start || { mongo_server_fail "PostgreSQL did not start"; return 0; }
+    backend=(-postgresql "$CQRS_PG_URL")
+  fi
+  "$bin" -listen "127.0.0.1:$port" "${backend[@]}" >"$data/log" 2>&1 &
   pid=$!
   MONGO_SERVER_PID=$pid
   MONGO_SERVER_DATA=$data
-  trap 'kill "$MONGO_SERVER_PID" 2>/dev/null; wait "$MONGO_SERVER_PID" 2>/dev/null; rm -rf "$MONGO_SERVER_DATA"' EXIT
+  trap 'kill "$MONGO_SERVER_PID" 2>/dev/null; wait "$MONGO_SERVER_PID" 2>/dev/null; rm -rf "$MONGO_SERVER_DATA"; if declare -F pg_server_stop >/dev/null; then pg_server_stop; fi' EXIT
   for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       export MONGODB_URI="mongodb://127.0.0.1:$port"
-      echo "== FerretDB on $MONGODB_URI (pid $pid)"
+      echo "== FerretDB (${CQRS_FERRETDB_BACKEND:-sqlite}) on $MONGODB_URI (pid $pid)"
       return 0
     fi
     if ! kill -0 "$pid" 2>/dev/null; then break; fi

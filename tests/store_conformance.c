@@ -337,6 +337,141 @@ static void test_concurrent_appends(void **state) {
   seen_clear(&seen);
 }
 
+/* ---- events of a type this process does not know ---- */
+
+/* Appends to ledger `id` a placeholder for a type a newer version wrote. */
+static void append_unknown(fx_t *fx, const char *id, int64_t expected, const char *cmd) {
+  cqrs_error_t err;
+  cqrs_envelope_t *env;
+  assert_int_equal(cqrs_envelope_new("ledger", id, cmd, NULL, &env, &err), CQRS_OK);
+  bson_t data = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&data, "by", "auditor");
+  cqrs_event_t *e;
+  if (cqrs_unknown_event_new("ledger.audited", 2, &data, env, NULL, expected + 1, 1700000000000, &e, &err))
+    fail_msg("%s", err.message);
+  cqrs_append_t req = {"ledger", id, expected, cmd, &e, 1};
+  cqrs_append_result_t res;
+  if (cqrs_store_append(fx->store, &req, &res, &err)) fail_msg("append an unknown type: %s", err.message);
+  cqrs_event_unref(e);
+  cqrs_envelope_unref(env);
+  bson_destroy(&data);
+}
+
+static void assert_placeholder(const cqrs_event_t *e) {
+  assert_ptr_equal(e->type, &cqrs_unknown_event_type);
+  const cqrs_unknown_event_t *u = e->payload;
+  assert_string_equal(u->type, "ledger.audited");
+  assert_int_equal(u->schema_version, 2);
+  bson_t data;
+  assert_true(bson_init_static(&data, u->data, u->data_len));
+  bson_iter_t it;
+  assert_true(bson_iter_init_find(&it, &data, "by"));
+  assert_string_equal(bson_iter_utf8(&it, NULL), "auditor");
+}
+
+/* The log reads on past an event no type here decodes, as a placeholder. */
+static void test_unknown_type_is_read_as_a_placeholder(void **state) {
+  fx_t *fx = *state;
+  int64_t one[] = {1}, two[] = {2};
+  append_ok(fx, "u1", 0, "u-1", one, 1, NULL);
+  append_unknown(fx, "u2", 0, "u-2");
+  append_ok(fx, "u1", 1, "u-3", two, 1, NULL);
+  seen_t seen = {{0}, 0};
+  cqrs_error_t err;
+  if (cqrs_store_read_all(fx->store, 1, 100, keep, &seen, &err)) fail_msg("read_all: %s", err.message);
+  assert_int_equal(seen.n, 3);
+  assert_ptr_equal(seen.e[0]->type, &ledger_credited);
+  assert_placeholder(seen.e[1]);
+  assert_string_equal(cqrs_event_aggregate_id(seen.e[1]), "u2");
+  assert_int_equal(seen.e[1]->version, 1);
+  assert_ptr_equal(seen.e[2]->type, &ledger_credited);
+  assert_int_equal(((const ledger_amount_t *)seen.e[2]->payload)->amount, 2);
+  seen_clear(&seen);
+}
+
+typedef struct counter {
+  int n, unknown;
+} counter_t;
+
+typedef struct bus_probe {
+  cqrs_dispatcher_t *d;
+  uv_timer_t timer;
+  counter_t typed, all;
+  uint64_t deadline;
+  size_t dead;          /* dead letters, as close began */
+  char subscriber[CQRS_NAME_MAX];
+  cqrs_error_t why;     /* the first one's error */
+  bool placeholder_ok;  /* the first one's event */
+} bus_probe_t;
+
+static cqrs_code_t count(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)err;
+  counter_t *c = data;
+  if (e->type == &cqrs_unknown_event_type) c->unknown++;
+  c->n++;
+  return CQRS_OK;
+}
+
+static void probe_tick(uv_timer_t *t) {
+  bus_probe_t *p = t->data;
+  bool done = p->typed.n >= 2 && p->all.n >= 2 && cqrs_dispatcher_dead_letter_count(p->d) >= 1;
+  if (!done && uv_now(t->loop) < p->deadline) return;
+  /* Dead letters kept in memory go with the dispatcher: read them first. */
+  p->dead = cqrs_dispatcher_dead_letter_count(p->d);
+  const char *sub = NULL;
+  const cqrs_error_t *why = NULL;
+  const cqrs_event_t *e = cqrs_dispatcher_dead_letter(p->d, 0, &sub, &why);
+  if (e) {
+    snprintf(p->subscriber, sizeof p->subscriber, "%s", sub);
+    p->why = *why;
+    const cqrs_unknown_event_t *u = e->type == &cqrs_unknown_event_type ? e->payload : NULL;
+    p->placeholder_ok = u && !strcmp(u->type, "ledger.audited");
+  }
+  uv_timer_stop(t);
+  uv_close((uv_handle_t *)t, NULL);
+  cqrs_dispatcher_close(p->d, NULL, NULL);
+}
+
+/* On the bus, such an event reaches no handler: subscribers with a type
+ * list pass it by, one that takes every type dead-letters it; the feed,
+ * which follows the store by polling here, goes on. */
+static void test_unknown_type_reaches_no_handler(void **state) {
+  fx_t *fx = *state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.poll_ms = 5;
+  o.retry_base_ms = 1;
+  o.retry_cap_ms = 5;
+  bus_probe_t p = {0};
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&loop, fx->reg, fx->store, &o, &p.d, &err)) fail_msg("%s", err.message);
+  const cqrs_event_type_t *credited[] = {&ledger_credited, NULL};
+  assert_int_equal(cqrs_dispatcher_subscribe(p.d, "typed", credited, count, &p.typed, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_subscribe(p.d, "all", NULL, count, &p.all, 0, &err), CQRS_OK);
+  int64_t one[] = {1}, two[] = {2};
+  append_ok(fx, "b1", 0, "b-1", one, 1, NULL);
+  append_unknown(fx, "b2", 0, "b-2");
+  append_ok(fx, "b1", 1, "b-3", two, 1, NULL);
+  uv_timer_init(&loop, &p.timer);
+  p.timer.data = &p;
+  p.deadline = uv_now(&loop) + 10000;
+  uv_timer_start(&p.timer, probe_tick, 5, 5);
+  while (uv_run(&loop, UV_RUN_ONCE)) {
+  }
+  assert_int_equal(p.dead, 1);
+  assert_true(p.placeholder_ok);
+  assert_string_equal(p.subscriber, "all");
+  assert_int_equal(p.why.code, CQRS_EUNKNOWN_TYPE);
+  assert_string_equal(p.why.name, "unknown_type");
+  assert_non_null(strstr(p.why.message, "ledger.audited"));
+  assert_int_equal(p.typed.n, 2);
+  assert_int_equal(p.all.n, 2);
+  assert_int_equal(p.typed.unknown + p.all.unknown, 0);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int conformance_run(const conformance_factory_t *f) {
   factory = f;
   const struct CMUnitTest tests[] = {
@@ -348,6 +483,8 @@ int conformance_run(const conformance_factory_t *f) {
       cmocka_unit_test_setup_teardown(test_snapshots, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_appends, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unknown_type_is_read_as_a_placeholder, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unknown_type_reaches_no_handler, setup, teardown),
   };
   return _cmocka_run_group_tests(f->name, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

@@ -99,10 +99,11 @@ static void timer_cb(uv_timer_t *t) {
 }
 
 /* The head of the queue failed: retry later, or give up on it. Returns true
- * when the caller may go on with the queue. A store that is unavailable is
- * no fault of the event: that is retried (back-off capped) until the store
- * returns, never dead-lettered; on close the subscriber lets go of what it
- * holds, which a projection reads again from its checkpoint. */
+ * when the caller may go on with the queue. A store that is unavailable
+ * (a transient store error) is no fault of the event: that is retried
+ * (back-off capped) until the store returns, never dead-lettered; on close
+ * the subscriber lets go of what it holds, which a projection reads again
+ * from its checkpoint. A permanent store error is dead-lettered like any. */
 static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   s->attempts++;
   s->retries++;
@@ -113,7 +114,7 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
     s->attempts = 0;
     return false;
   }
-  if (error->code == CQRS_ESTORE) {
+  if (cqrs_error_transient(error)) {
     if (atomic_load(&s->d->closing)) {
       if (!s->cp && s->q_len)
         cqrs_log(CQRS_LOG_ERROR, "bus", "subscriber %s drops %zu event(s) at close: %s", s->name, s->q_len, error->message);
@@ -125,7 +126,8 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
     uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, s->attempts), 0);
     return false;
   }
-  if (s->attempts < s->d->opts.retry_attempts) {
+  /* An event this process cannot decode fails the same way every time. */
+  if (s->attempts < s->d->opts.retry_attempts && error->code != CQRS_EUNKNOWN_TYPE) {
     if (atomic_load(&s->d->closing)) return true; /* closing: retry at once */
     s->waiting = true;
     uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, s->attempts), 0);
@@ -141,6 +143,13 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
 
 static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
   cqrs_error_clear(err);
+  /* Catch-up queues every event it reads: the types are filtered here. */
+  if (!sub_wants(s, e)) return CQRS_OK;
+  if (e->type == &cqrs_unknown_event_type && !s->types) {
+    const cqrs_unknown_event_t *u = e->payload;
+    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "event #%lld is of type '%s', unknown to this process",
+                          (long long)e->position, u->type);
+  }
   cqrs_code_t rc = s->fn(e, s->data, err);
   if (rc == CQRS__PENDING && s->async) return rc;
   if (rc && err->code == CQRS_OK) cqrs_error_set(err, rc, "subscriber %s returned %s", s->name, cqrs_code_name(rc));

@@ -87,6 +87,8 @@ cqrs_code_t cqrs_error_set(cqrs_error_t *err, cqrs_code_t code, const char *fmt,
   err->code = code;
   err->domain = code == CQRS_OK ? CQRS_DOMAIN_NONE : code == CQRS_ESTORE ? CQRS_DOMAIN_STORE : CQRS_DOMAIN_FRAMEWORK;
   snprintf(err->name, sizeof err->name, "%s", cqrs_code_name(code));
+  err->cause_domain = err->cause_code = 0;
+  err->transient = code == CQRS_ESTORE;
   va_list ap;
   va_start(ap, fmt);
   set_message(err, fmt, ap);
@@ -99,6 +101,8 @@ cqrs_code_t cqrs_reject(cqrs_error_t *err, const char *reason, const char *fmt, 
   err->code = CQRS_EREJECTED;
   err->domain = CQRS_DOMAIN_BUSINESS;
   snprintf(err->name, sizeof err->name, "%s", reason && *reason ? reason : "rejected");
+  err->cause_domain = err->cause_code = 0;
+  err->transient = false;
   va_list ap;
   va_start(ap, fmt);
   set_message(err, fmt, ap);
@@ -106,12 +110,24 @@ cqrs_code_t cqrs_reject(cqrs_error_t *err, const char *reason, const char *fmt, 
   return CQRS_EREJECTED;
 }
 
+void cqrs_error_set_cause(cqrs_error_t *err, uint32_t cause_domain, uint32_t cause_code, bool transient) {
+  if (!err) return;
+  err->cause_domain = cause_domain;
+  err->cause_code = cause_code;
+  err->transient = transient;
+  if (err->code == CQRS_ESTORE && !transient) snprintf(err->name, sizeof err->name, "store_failed");
+}
+
+bool cqrs_error_transient(const cqrs_error_t *err) { return err && err->code == CQRS_ESTORE && err->transient; }
+
 void cqrs_error_clear(cqrs_error_t *err) {
   if (!err) return;
   err->code = CQRS_OK;
   err->domain = CQRS_DOMAIN_NONE;
   err->name[0] = '\0';
   err->message[0] = '\0';
+  err->cause_domain = err->cause_code = 0;
+  err->transient = false;
 }
 
 void cqrs__error_copy(cqrs_error_t *dst, const cqrs_error_t *src) {

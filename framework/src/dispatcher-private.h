@@ -133,7 +133,7 @@ void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err);
  * *rc, `res` and `err`. On the thread that ran the handler. */
 void cqrs__step_settle(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code_t *rc, cqrs_result_t *res,
                        cqrs_error_t *err);
-bool cqrs__code_transient(cqrs_code_t code);
+bool cqrs__code_transient(const cqrs_error_t *err); /* retried later, not an outcome */
 
 /* process.c: process managers attached to the dispatcher. */
 typedef struct cqrs__process cqrs__process_t;

@@ -123,16 +123,26 @@ static void event_fill(cqrs__event_t *b, const cqrs_event_type_t *type, const cq
   e->payload = b->payload;
 }
 
-cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
-                           int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
-                           cqrs_error_t *err) {
+static const cqrs_field_t no_fields[] = {CQRS_FIELDS_END};
+
+const cqrs_event_type_t cqrs_unknown_event_type = {
+    .name = "cqrs.unknown_event",
+    .schema_version = 1,
+    .payload_size = sizeof(cqrs_unknown_event_t),
+    .fields = no_fields,
+};
+
+/* `extra` bytes follow the payload in the same block. */
+static cqrs_code_t event_new(const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
+                             int64_t version, int64_t timestamp, const void *payload, size_t extra,
+                             cqrs_event_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!type || !payload || !type->name) return cqrs_error_set(err, CQRS_EINVAL, "NULL event type or payload");
   if (version < 1) return cqrs_error_set(err, CQRS_EINVAL, "event version must be >= 1");
   if (id && strnlen(id, CQRS_EVENT_ID_LEN) >= CQRS_EVENT_ID_LEN)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "event id longer than %d bytes", CQRS_EVENT_ID_LEN - 1);
-  cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size);
+  cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size + extra);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
   event_fill(b, type, cqrs__envelope_ref(env), id, version, timestamp, payload);
   *out = &b->pub;
@@ -156,17 +166,48 @@ cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *a
   return CQRS_OK;
 }
 
+cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
+                           int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
+                           cqrs_error_t *err) {
+  return event_new(type, env, id, version, timestamp, payload, 0, out, err);
+}
+
+cqrs_code_t cqrs_unknown_event_new(const char *type_name, uint32_t schema_version, const bson_t *data,
+                                   const cqrs_envelope_t *env, const char *id, int64_t version, int64_t timestamp,
+                                   cqrs_event_t **out, cqrs_error_t *err) {
+  if (out) *out = NULL;
+  if (!data) return cqrs_error_set(err, CQRS_EINVAL, "NULL payload document");
+  cqrs_code_t rc = cqrs__check_str(type_name, CQRS_NAME_MAX, "event type name", err);
+  if (rc) return rc;
+  cqrs_unknown_event_t u = {.schema_version = schema_version, .data_len = data->len};
+  memcpy(u.type, type_name, strlen(type_name) + 1);
+  if ((rc = event_new(&cqrs_unknown_event_type, env, id, version, timestamp, &u, data->len, out, err))) return rc;
+  /* The raw document lives right after the payload, in the event's block. */
+  cqrs_unknown_event_t *p = (cqrs_unknown_event_t *)block_of(*out)->payload;
+  uint8_t *raw = block_of(*out)->payload + sizeof *p;
+  memcpy(raw, bson_get_data(data), data->len);
+  p->data = raw;
+  return CQRS_OK;
+}
+
 cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err) {
   if (!e || !out || !e->envelope) return cqrs_error_set(err, CQRS_EINVAL, "NULL event, envelope or output");
   const cqrs_envelope_t *env = e->envelope;
-  bool ok = BSON_APPEND_UTF8(out, "id", e->id) && BSON_APPEND_UTF8(out, "type", e->type->name) &&
-            BSON_APPEND_INT32(out, "schemaVersion", (int32_t)e->schema_version) &&
+  const cqrs_unknown_event_t *u = e->type == &cqrs_unknown_event_type ? e->payload : NULL;
+  bool ok = BSON_APPEND_UTF8(out, "id", e->id) && BSON_APPEND_UTF8(out, "type", u ? u->type : e->type->name) &&
+            BSON_APPEND_INT32(out, "schemaVersion", (int32_t)(u ? u->schema_version : e->schema_version)) &&
             BSON_APPEND_UTF8(out, "aggregateType", env->aggregate_type) &&
             BSON_APPEND_UTF8(out, "aggregateId", env->aggregate_id) && BSON_APPEND_INT64(out, "version", e->version) &&
             BSON_APPEND_DATE_TIME(out, "timestamp", e->timestamp) && BSON_APPEND_INT64(out, "position", e->position) &&
             BSON_APPEND_UTF8(out, "causationId", env->causation_id) &&
             BSON_APPEND_UTF8(out, "correlationId", env->correlation_id);
   if (!ok) return cqrs_error_set(err, CQRS_ETOO_LARGE, "event document too large");
+  if (u) {
+    bson_t raw;
+    if (!bson_init_static(&raw, u->data, u->data_len) || !BSON_APPEND_DOCUMENT(out, "data", &raw))
+      return cqrs_error_set(err, CQRS_ETOO_LARGE, "event document too large");
+    return CQRS_OK;
+  }
   bson_t data;
   if (!BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data)) return cqrs_error_set(err, CQRS_ETOO_LARGE, "event too large");
   cqrs_code_t rc = cqrs_fields_encode(e->type->fields, e->payload, &data, err);

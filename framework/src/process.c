@@ -314,9 +314,10 @@ static void no_apply(void *state, const cqrs_event_t *e) {
 static const cqrs_apply_entry_t refusal_apply[] = {{&refused_type, no_apply}, {NULL, NULL}};
 static const cqrs_aggregate_type_t refusal_stream = {.name = "cqrs.step", .state_size = 1, .apply = refusal_apply};
 
-bool cqrs__code_transient(cqrs_code_t code) {
-  return code == CQRS_ESTORE || code == CQRS_ECLOSED || code == CQRS_ENOMEM || code == CQRS_ECONFLICT ||
-         code == CQRS_ETIMEOUT;
+bool cqrs__code_transient(const cqrs_error_t *err) {
+  cqrs_code_t code = err->code;
+  if (code == CQRS_ESTORE) return cqrs_error_transient(err); /* the store said which */
+  return code == CQRS_ECLOSED || code == CQRS_ENOMEM || code == CQRS_ECONFLICT || code == CQRS_ETIMEOUT;
 }
 
 static bool read_refusal(const cqrs_event_t *e, void *data) {
@@ -355,7 +356,7 @@ void cqrs__step_settle(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code
     }
     return;
   }
-  if (cqrs__code_transient(*rc) || (int)*rc < 0 || *rc >= CQRS_CODE_COUNT) return;
+  if (err->code != *rc || cqrs__code_transient(err) || (int)*rc < 0 || *rc >= CQRS_CODE_COUNT) return;
   memset(&f, 0, sizeof f);
   f.code = (int32_t)*rc;
   snprintf(f.name, sizeof f.name, "%s", err->name);
@@ -901,7 +902,7 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
   open_step_t *st = &o->steps[sc->step];
   st->inflight = false;
   if (!rt->closing && st->sent && st->occurrence == sc->occurrence) {
-    if (cqrs__code_transient(r->error.code)) {
+    if (cqrs__code_transient(&r->error)) {
       st->retry_at = cqrs_now_ms() + backoff(++st->attempts);
     } else {
       char what[CQRS_ID_MAX];

@@ -1,4 +1,5 @@
 #include <stdatomic.h>
+#include <mongoc/mongoc.h>
 #include <uv.h>
 
 #include "framework/ledger.h"
@@ -212,6 +213,9 @@ static void test_a_server_that_is_down(void **state) {
   int64_t head;
   assert_int_equal(cqrs_store_head(s, &head, &err), CQRS_ESTORE);
   assert_int_equal(err.domain, CQRS_DOMAIN_STORE);
+  assert_string_equal(err.name, "store_unavailable");
+  assert_true(cqrs_error_transient(&err));
+  assert_int_equal(err.cause_domain, MONGOC_ERROR_SERVER_SELECTION);
   assert_null(strstr(err.message, "s3cret"));
   cqrs_aggregate_t *agg;
   assert_int_equal(cqrs_repository_load(s, &ledger_type, "a", &agg, &err), CQRS_ESTORE);
@@ -226,6 +230,271 @@ static void test_a_server_that_is_down(void **state) {
   cqrs_registry_destroy(reg);
 }
 
+/* 150,000 events in one command make a commit over MongoDB's 16 MB: that is
+ * "too_large", a clear error, not a store that seems unavailable; nothing
+ * is written and the store goes on. */
+static void test_a_commit_over_16_mb_is_too_large(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  enum { N = 150000 };
+  cqrs_error_t err;
+  cqrs_envelope_t *env;
+  assert_int_equal(cqrs_envelope_new("ledger", "big", "cmd-big", NULL, &env, &err), CQRS_OK);
+  cqrs_event_t **events = calloc(N, sizeof *events);
+  for (int64_t i = 0; i < N; i++) {
+    ledger_amount_t a = {i + 1};
+    assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, i + 1, 1700000000000, &a, &events[i], &err), CQRS_OK);
+  }
+  cqrs_append_t req = {"ledger", "big", 0, "cmd-big", events, N};
+  cqrs_append_result_t res;
+  assert_int_equal(cqrs_store_append(fx->s, &req, &res, &err), CQRS_ETOO_LARGE);
+  assert_string_equal(err.name, "too_large");
+  assert_false(cqrs_error_transient(&err));
+  assert_non_null(strstr(err.message, "16 MB"));
+  for (int64_t i = 0; i < N; i++) cqrs_event_unref(events[i]);
+  free(events);
+  cqrs_envelope_unref(env);
+  int64_t head;
+  assert_int_equal(cqrs_store_head(fx->s, &head, &err), CQRS_OK);
+  assert_int_equal(head, 0);
+  assert_int_equal(stream_version(fx->s, "big"), 0);
+}
+
+/* A store error retrying cannot cure (here a document the server refuses)
+ * keeps the driver's domain and code, is not transient, and a subscriber
+ * failing with it is dead-lettered after its attempts instead of retried
+ * for ever. */
+typedef struct refusing {
+  cqrs_readmodel_t *rm;
+  int calls;
+  uv_timer_t timer;
+  cqrs_dispatcher_t *d;
+  uint64_t deadline;
+  size_t dead;               /* dead letters, as close began */
+  char why[CQRS_NAME_MAX];   /* the first one's error name */
+} refusing_t;
+
+static cqrs_code_t put_refused(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  refusing_t *r = data;
+  r->calls++;
+  bson_t doc = BSON_INITIALIZER;
+  BSON_APPEND_INT32(&doc, "$bad", 1); /* field names may not start with '$' */
+  cqrs_code_t rc = cqrs_readmodel_put(r->rm, "refused", cqrs_event_aggregate_id(e), &doc, e->position, NULL, err);
+  bson_destroy(&doc);
+  return rc;
+}
+
+static void refused_tick(uv_timer_t *t) {
+  refusing_t *r = t->data;
+  if (!cqrs_dispatcher_dead_letter_count(r->d) && uv_now(t->loop) < r->deadline) return;
+  /* Dead letters kept in memory go with the dispatcher: read them first. */
+  r->dead = cqrs_dispatcher_dead_letter_count(r->d);
+  const cqrs_error_t *why = NULL;
+  if (cqrs_dispatcher_dead_letter(r->d, 0, NULL, &why)) snprintf(r->why, sizeof r->why, "%s", why->name);
+  uv_close((uv_handle_t *)t, NULL);
+  cqrs_dispatcher_close(r->d, NULL, NULL);
+}
+
+static void test_a_permanent_store_error_is_dead_lettered(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  refusing_t r = {.rm = cqrs_mongo_readmodel_new(fx->m)};
+  cqrs_error_t err;
+  bson_t doc = BSON_INITIALIZER;
+  BSON_APPEND_INT32(&doc, "$bad", 1);
+  assert_int_equal(cqrs_readmodel_put(r.rm, "refused", "x", &doc, 1, NULL, &err), CQRS_ESTORE);
+  bson_destroy(&doc);
+  assert_false(cqrs_error_transient(&err));
+  assert_string_equal(err.name, "store_failed");
+  assert_int_not_equal(err.cause_domain, 0);
+  assert_int_not_equal(err.cause_code, 0);
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.retry_base_ms = 1;
+  o.retry_cap_ms = 2;
+  o.retry_attempts = 3;
+  assert_int_equal(cqrs_dispatcher_new(&loop, fx->reg, fx->s, &o, &r.d, &err), CQRS_OK);
+  assert_int_equal(ledger_handlers(r.d, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_subscribe(r.d, "refusing", NULL, put_refused, &r, CQRS_SUBSCRIBE_BLOCKING, &err),
+                   CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(r.d, ledger_open_new("p1", "ann"), NULL, NULL), CQRS_OK);
+  uv_timer_init(&loop, &r.timer);
+  r.timer.data = &r;
+  r.deadline = uv_now(&loop) + 10000;
+  uv_timer_start(&r.timer, refused_tick, 5, 5);
+  while (uv_run(&loop, UV_RUN_ONCE)) {
+  }
+  assert_int_equal(r.dead, 1);
+  assert_string_equal(r.why, "store_failed");
+  assert_int_equal(r.calls, 3);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  cqrs_readmodel_destroy(r.rm);
+}
+
+/* Every event of a multi-event commit is findable by type and time through
+ * the multikey index on `events` (docs/mongo.md shows the query). */
+static void test_every_event_is_found_by_type_and_time(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  cqrs_error_t err;
+  cqrs_envelope_t *env;
+  assert_int_equal(cqrs_envelope_new("ledger", "multi", "cmd-multi", NULL, &env, &err), CQRS_OK);
+  ledger_opened_t op = {"ann"};
+  ledger_amount_t a = {5};
+  cqrs_event_t *events[3];
+  assert_int_equal(cqrs_event_new(&ledger_opened, env, NULL, 1, 1700000000000, &op, &events[0], &err), CQRS_OK);
+  assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, 2, 1700000001000, &a, &events[1], &err), CQRS_OK);
+  assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, 3, 1700000002000, &a, &events[2], &err), CQRS_OK);
+  cqrs_append_t req = {"ledger", "multi", 0, "cmd-multi", events, 3};
+  cqrs_append_result_t res;
+  assert_int_equal(cqrs_store_append(fx->s, &req, &res, &err), CQRS_OK);
+  for (int i = 0; i < 3; i++) cqrs_event_unref(events[i]);
+  cqrs_envelope_unref(env);
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_collection_t *coll = mongoc_client_get_collection(client, cqrs_mongo_database(fx->m), "cqrs_events");
+  bson_error_t e;
+  /* The dotted form (FerretDB 1.24 has no $elemMatch on documents; on
+   * MongoDB, $elemMatch ties type and time to one event). */
+  struct {
+    const char *type;
+    int64_t from;
+    int64_t want;
+  } q[] = {{"ledger.credited", 1700000001500, 1}, {"ledger.credited", 1700000003000, 0},
+           {"ledger.opened", 0, 1}, {"ledger.debited", 0, 0}};
+  for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
+    bson_t *filter = BCON_NEW("events.type", BCON_UTF8(q[i].type), "events.timestamp", "{", "$gte",
+                              BCON_DATE_TIME(q[i].from), "}");
+    int64_t n = mongoc_collection_count_documents(coll, filter, NULL, NULL, NULL, &e);
+    if (n < 0) fail_msg("%s", e.message);
+    if (n != q[i].want) fail_msg("%s from %lld: %lld commits", q[i].type, (long long)q[i].from, (long long)n);
+    bson_destroy(filter);
+  }
+  mongoc_collection_destroy(coll);
+  mongoc_client_destroy(client);
+}
+
+/* Concurrent appends of one process go to the server together (group
+ * commit); each keeps its own outcome: of several on one stream at one
+ * expected version one wins and the others conflict, a command sent by
+ * several threads commits once, and the rest commit with consecutive
+ * positions. */
+#define GROUPERS 8
+
+typedef struct grouper {
+  cqrs_store_t *s;
+  uv_barrier_t *start;
+  int id;
+  cqrs_code_t own, contested, repeated;
+  bool repeated_duplicate;
+} grouper_t;
+
+static cqrs_code_t append_credit(cqrs_store_t *s, const char *stream, int64_t expected, const char *cmd,
+                                 bool *duplicate) {
+  cqrs_envelope_t *env;
+  cqrs_event_t *e;
+  cqrs_error_t err;
+  ledger_amount_t a = {1};
+  assert_int_equal(cqrs_envelope_new("ledger", stream, cmd, NULL, &env, &err), CQRS_OK);
+  assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, expected + 1, 1700000000000, &a, &e, &err), CQRS_OK);
+  cqrs_append_t req = {"ledger", stream, expected, cmd, &e, 1};
+  cqrs_append_result_t res = {0};
+  cqrs_code_t rc = cqrs_store_append(s, &req, &res, &err);
+  if (rc && rc != CQRS_ECONFLICT) fprintf(stderr, "append %s: %s\n", cmd, err.message);
+  if (duplicate) *duplicate = res.duplicate;
+  cqrs_event_unref(e);
+  cqrs_envelope_unref(env);
+  return rc;
+}
+
+static void group_append(void *arg) {
+  grouper_t *g = arg;
+  char stream[32], cmd[32];
+  snprintf(stream, sizeof stream, "own-%d", g->id);
+  snprintf(cmd, sizeof cmd, "own-%d", g->id);
+  uv_barrier_wait(g->start);
+  g->own = append_credit(g->s, stream, 0, cmd, NULL);
+  snprintf(cmd, sizeof cmd, "contested-%d", g->id);
+  g->contested = append_credit(g->s, "contested", 0, cmd, NULL);
+  snprintf(stream, sizeof stream, "repeated-%d", g->id);
+  g->repeated = append_credit(g->s, stream, 0, "the-same-command", &g->repeated_duplicate);
+}
+
+static void test_concurrent_commits_keep_their_own_outcome(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  uv_barrier_t start;
+  uv_barrier_init(&start, GROUPERS);
+  uv_thread_t t[GROUPERS];
+  grouper_t g[GROUPERS];
+  for (int i = 0; i < GROUPERS; i++) {
+    g[i] = (grouper_t){fx->s, &start, i, 0, 0, 0, false};
+    assert_int_equal(uv_thread_create(&t[i], group_append, &g[i]), 0);
+  }
+  int won = 0, committed = 0;
+  for (int i = 0; i < GROUPERS; i++) {
+    uv_thread_join(&t[i]);
+    assert_int_equal(g[i].own, CQRS_OK);
+    assert_true(g[i].contested == CQRS_OK || g[i].contested == CQRS_ECONFLICT);
+    won += g[i].contested == CQRS_OK;
+    assert_int_equal(g[i].repeated, CQRS_OK);
+    committed += !g[i].repeated_duplicate;
+  }
+  uv_barrier_destroy(&start);
+  assert_int_equal(won, 1);
+  assert_int_equal(committed, 1);
+  int64_t head;
+  assert_int_equal(cqrs_store_head(fx->s, &head, NULL), CQRS_OK);
+  assert_int_equal(head, GROUPERS + 2);
+  assert_int_equal(stream_version(fx->s, "contested"), 1);
+}
+
+/* A process that has just started finds the head from the store's note of
+ * a recent head, whether the note is recent, lags, or is missing. */
+static int64_t fresh_head(fx_t *fx) {
+  cqrs_mongo_options_t o = {.database = cqrs_mongo_database(fx->m)};
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_mongo_new(test_mongo_uri(), &o, fx->reg, NULL, &m, &err), CQRS_OK);
+  cqrs_store_t *s = cqrs_mongo_store_new(m);
+  int64_t head = -1;
+  if (cqrs_store_head(s, &head, &err)) fail_msg("%s", err.message);
+  cqrs_store_destroy(s);
+  cqrs_mongo_destroy(m);
+  return head;
+}
+
+static void test_a_fresh_process_finds_the_head(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  for (int64_t v = 0; v < 70; v++) {
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "h-%lld", (long long)v);
+    assert_int_equal(append_credit(fx->s, "h", v, cmd, NULL), CQRS_OK);
+  }
+  assert_int_equal(fresh_head(fx), 70);
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_collection_t *note = mongoc_client_get_collection(client, cqrs_mongo_database(fx->m), "cqrs_events_head");
+  bson_t *filter = BCON_NEW("_id", BCON_UTF8("head"));
+  int64_t noted = 0;
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(note, filter, NULL, NULL);
+  const bson_t *d;
+  bson_iter_t it;
+  if (mongoc_cursor_next(cur, &d) && bson_iter_init_find(&it, d, "seq")) noted = bson_iter_as_int64(&it);
+  mongoc_cursor_destroy(cur);
+  assert_int_equal(noted, 64); /* 70 commits, noted every 16 */
+  bson_t *lagging = BCON_NEW("$set", "{", "seq", BCON_INT64(3), "}");
+  assert_true(mongoc_collection_update_one(note, filter, lagging, NULL, NULL, NULL));
+  assert_int_equal(fresh_head(fx), 70);
+  assert_true(mongoc_collection_delete_one(note, filter, NULL, NULL, NULL));
+  assert_int_equal(fresh_head(fx), 70);
+  bson_destroy(lagging);
+  bson_destroy(filter);
+  mongoc_collection_destroy(note);
+  mongoc_client_destroy(client);
+}
+
 static void test_indexes_exist_and_are_idempotent(void **state) {
   NEED_MONGO();
   fx_t *fx = *state;
@@ -234,8 +503,8 @@ static void test_indexes_exist_and_are_idempotent(void **state) {
   bson_t names = BSON_INITIALIZER;
   assert_int_equal(cqrs_mongo_index_names(fx->m, "cqrs_events", &names, &err), CQRS_OK);
   char *json = bson_as_relaxed_extended_json(&names, NULL);
-  const char *want[] = {"timestamp", "type_timestamp", "stream_version", "command_id", "position"};
-  for (size_t i = 0; i < 5; i++) {
+  const char *want[] = {"timestamp", "type_timestamp", "events_type_timestamp", "stream_version", "command_id", "position"};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
     char quoted[64];
     snprintf(quoted, sizeof quoted, "\"%s\"", want[i]);
     if (!strstr(json, quoted)) fail_msg("index %s missing from %s", want[i], json);
@@ -254,6 +523,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_racing_writers_and_a_catch_up_reader, setup, teardown),
       cmocka_unit_test_setup_teardown(test_two_writers_share_positions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_indexes_exist_and_are_idempotent, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_a_commit_over_16_mb_is_too_large, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_concurrent_commits_keep_their_own_outcome, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_a_fresh_process_finds_the_head, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_a_permanent_store_error_is_dead_lettered, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_every_event_is_found_by_type_and_time, setup, teardown),
       cmocka_unit_test(test_a_server_that_is_down),
   };
   return failures + cmocka_run_group_tests(tests, NULL, NULL);

@@ -60,13 +60,21 @@ typedef enum cqrs_domain {
 } cqrs_domain_t;
 
 /* One error shape end to end. `name` is a stable identifier: the code's name
- * ("conflict") for framework and store errors, the business reason
+ * ("conflict") for framework and store errors ("store_failed" for a store
+ * error that retrying cannot cure), the business reason
  * ("account.not_enough_money") for rejections. */
 typedef struct cqrs_error {
   cqrs_code_t code;
   cqrs_domain_t domain;
   char name[CQRS_NAME_MAX];
   char message[CQRS_MESSAGE_MAX];
+  /* What the layer underneath reported (for MongoDB: the driver's or the
+   * server's bson_error_t domain and code); 0 and 0 when nothing did. */
+  uint32_t cause_domain;
+  uint32_t cause_code;
+  /* Trying again later may succeed (network, failover, timeout). See
+   * cqrs_error_transient. */
+  bool transient;
 } cqrs_error_t;
 
 /* Stable name of a code ("conflict", "invalid_command", ...); never NULL. */
@@ -76,7 +84,9 @@ CQRS_EXPORT const char *cqrs_code_name(cqrs_code_t code);
 CQRS_EXPORT const char *cqrs_strerror(cqrs_code_t code);
 
 /* Fills `err` (may be NULL) with a framework or store error and returns `code`.
- * The domain is STORE for CQRS_ESTORE, FRAMEWORK otherwise. */
+ * The domain is STORE for CQRS_ESTORE, FRAMEWORK otherwise; no cause; the
+ * error is transient for CQRS_ESTORE (a store that cannot say better is
+ * presumed unavailable), permanent otherwise. */
 CQRS_EXPORT cqrs_code_t cqrs_error_set(cqrs_error_t *err, cqrs_code_t code, const char *fmt, ...)
     CQRS_PRINTF(3, 4);
 
@@ -84,6 +94,17 @@ CQRS_EXPORT cqrs_code_t cqrs_error_set(cqrs_error_t *err, cqrs_code_t code, cons
  * `reason` (e.g. "account.not_enough_money"); returns CQRS_EREJECTED. */
 CQRS_EXPORT cqrs_code_t cqrs_reject(cqrs_error_t *err, const char *reason, const char *fmt, ...)
     CQRS_PRINTF(3, 4);
+
+/* Records the cause of a store error already set in `err` (may be NULL) and
+ * whether retrying may cure it; a permanent CQRS_ESTORE is named
+ * "store_failed". */
+CQRS_EXPORT void cqrs_error_set_cause(cqrs_error_t *err, uint32_t cause_domain, uint32_t cause_code,
+                                      bool transient);
+
+/* True for a CQRS_ESTORE error that retrying may cure: the event bus retries
+ * those without end, and dead-letters every other failure after its
+ * attempts. NULL: false. */
+CQRS_EXPORT bool cqrs_error_transient(const cqrs_error_t *err);
 
 /* Resets `err` to "no error". */
 CQRS_EXPORT void cqrs_error_clear(cqrs_error_t *err);

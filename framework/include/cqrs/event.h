@@ -70,6 +70,30 @@ CQRS_EXPORT cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs
                                        int64_t version, int64_t timestamp, const void *payload,
                                        cqrs_event_t **out, cqrs_error_t *err);
 
+/* The placeholder for a stored event this process cannot decode, because no
+ * type of that name is registered here (a newer version of the application
+ * or another service wrote it). A store's read of the whole log yields it in
+ * place of the event, so the feed goes on; its payload is a
+ * cqrs_unknown_event_t. The event bus hands it to no handler: subscribers
+ * with a type list pass it by (unless they list this type), those that take
+ * every type dead-letter it with the error "unknown_type". */
+CQRS_EXPORT extern const cqrs_event_type_t cqrs_unknown_event_type;
+
+typedef struct cqrs_unknown_event {
+  char type[CQRS_NAME_MAX]; /* the type name as stored */
+  uint32_t schema_version;  /* as stored */
+  const uint8_t *data;      /* the stored payload document, owned by the event */
+  uint32_t data_len;
+} cqrs_unknown_event_t;
+
+/* Creates a placeholder event with one reference for stored type
+ * `type_name` (at most CQRS_NAME_MAX - 1 bytes) and payload `data` (both
+ * copied); the rest as cqrs_event_new. Encoding it (cqrs_event_to_bson, the
+ * stores) writes the original type, schema version and data back. */
+CQRS_EXPORT cqrs_code_t cqrs_unknown_event_new(const char *type_name, uint32_t schema_version, const bson_t *data,
+                                               const cqrs_envelope_t *env, const char *id, int64_t version,
+                                               int64_t timestamp, cqrs_event_t **out, cqrs_error_t *err);
+
 /* Visitor used by stores and reads: return false to stop early. The event is
  * borrowed for the duration of the call. */
 typedef bool (*cqrs_event_visit_cb)(const cqrs_event_t *e, void *data);

@@ -16,18 +16,34 @@ typedef struct version_slot {
   char key[CQRS_NAME_MAX + CQRS_ID_MAX];
 } version_slot_t;
 
+/* "A read of the feed from `position` starts at commit `seq`." */
+#define FEED_HINTS 8
+typedef struct feed_hint {
+  int64_t position, seq; /* seq 0: empty */
+} feed_hint_t;
+
 struct cqrs_mongo {
   mongoc_client_pool_t *pool;
   mongoc_uri_t *uri;
   char *redacted;
-  char *db, *events, *snapshots, *checkpoints, *dead_letters;
+  char *db, *events, *head, *snapshots, *checkpoints, *dead_letters;
   const cqrs_registry_t *reg;
   uv_loop_t *loop;
-  _Atomic int64_t next_position; /* the next global position, as last seen; 0: unknown */
+  /* The newest commit seen (its number and last position; 0: none yet) and
+   * where recent reads of the feed ended, so that the next claim and the
+   * next read need no search. */
+  uv_mutex_t hint_lock;
+  int64_t head_seq, head_last;
+  feed_hint_t feed_hints[FEED_HINTS];
+  unsigned feed_next;
   uv_mutex_t versions_lock;
   /* Positions are claimed one after the other (each after its predecessor
-   * is visible): within a process, writers queue here instead of colliding. */
-  uv_mutex_t append_lock;
+   * is visible): within a process, writers queue here instead of colliding,
+   * and the one at work writes everyone's commits in one insert. */
+  uv_mutex_t group_lock;
+  uv_cond_t group_cond;
+  struct pending *group_head, *group_tail;
+  bool group_writing;
   version_slot_t *versions;
 };
 
@@ -44,7 +60,17 @@ typedef struct mconn {
 void cqrs__mongo_open(cqrs_mongo_t *m, const char *coll, mconn_t *c);
 void cqrs__mongo_done(cqrs_mongo_t *m, mconn_t *c);
 
-/* Fills `err` with a store error about `what` from a driver error. */
+/* What a driver or server error means for the caller, decided here once. */
+typedef enum mongo_fault {
+  MONGO_FAULT_TRANSIENT, /* network, failover, time limits: retry with back-off */
+  MONGO_FAULT_PERMANENT, /* validation, authorisation, bad value: retrying cannot help */
+  MONGO_FAULT_TOO_LARGE  /* a document over the server's 16 MB */
+} mongo_fault_t;
+mongo_fault_t cqrs__mongo_classify(const bson_error_t *e);
+
+/* Fills `err` with a store error about `what` from a driver error: the
+ * driver's domain and code as its cause, classified (CQRS_ETOO_LARGE for
+ * an oversized document, else CQRS_ESTORE, transient or not). */
 cqrs_code_t cqrs__mongo_error(cqrs_error_t *err, const bson_error_t *e, const char *what);
 bool cqrs__mongo_duplicate_key(const bson_error_t *e);
 

@@ -63,6 +63,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->redacted = redact(uri_string, uri);
   m->db = dup_or(o.database, mongoc_uri_get_database(uri) ? mongoc_uri_get_database(uri) : "cqrs");
   m->events = dup_or(o.events, "cqrs_events");
+  m->head = bson_strdup_printf("%s_head", m->events);
   m->snapshots = dup_or(o.snapshots, "cqrs_snapshots");
   m->checkpoints = dup_or(o.checkpoints, "cqrs_checkpoints");
   m->dead_letters = dup_or(o.dead_letters, "cqrs_dead_letters");
@@ -70,8 +71,10 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->loop = loop;
   m->versions = bson_malloc0(VERSION_SLOTS * sizeof *m->versions);
   uv_mutex_init(&m->versions_lock);
-  uv_mutex_init(&m->append_lock);
-  if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
+  uv_mutex_init(&m->group_lock);
+  uv_cond_init(&m->group_cond);
+  uv_mutex_init(&m->hint_lock);
+  if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->head) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
       !name_ok(m->dead_letters)) {
     cqrs_mongo_destroy(m);
     return cqrs_error_set(err, CQRS_EINVAL, "database or collection names must be 1..120 plain characters");
@@ -91,13 +94,16 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   if (m->pool) mongoc_client_pool_destroy(m->pool);
   if (m->versions) {
     uv_mutex_destroy(&m->versions_lock);
-    uv_mutex_destroy(&m->append_lock);
+    uv_mutex_destroy(&m->group_lock);
+    uv_cond_destroy(&m->group_cond);
+    uv_mutex_destroy(&m->hint_lock);
   }
   bson_free(m->versions);
   mongoc_uri_destroy(m->uri);
   bson_free(m->redacted);
   bson_free(m->db);
   bson_free(m->events);
+  bson_free(m->head);
   bson_free(m->snapshots);
   bson_free(m->checkpoints);
   bson_free(m->dead_letters);
@@ -155,8 +161,82 @@ void cqrs__mongo_done(cqrs_mongo_t *m, mconn_t *c) {
 
 bool cqrs__mongo_duplicate_key(const bson_error_t *e) { return e->code == 11000 || e->code == 11001; }
 
+/* Server codes that retrying can cure: the network, an election, a node
+ * shutting down, a time limit, a write concern not yet satisfied, a write
+ * conflict. (MongoDB's own list of retryable errors, plus time limits.) */
+static bool server_transient(uint32_t code) {
+  static const uint32_t codes[] = {
+      6,     /* HostUnreachable */
+      7,     /* HostNotFound */
+      24,    /* LockTimeout */
+      50,    /* MaxTimeMSExpired */
+      64,    /* WriteConcernFailed */
+      89,    /* NetworkTimeout */
+      91,    /* ShutdownInProgress */
+      112,   /* WriteConflict */
+      133,   /* FailedToSatisfyReadPreference */
+      189,   /* PrimarySteppedDown */
+      202,   /* NetworkInterfaceExceededTimeLimit */
+      262,   /* ExceededTimeLimit */
+      9001,  /* SocketException */
+      10107, /* NotWritablePrimary */
+      11600, /* InterruptedAtShutdown */
+      11601, /* Interrupted */
+      11602, /* InterruptedDueToReplStateChange */
+      13435, /* NotPrimaryNoSecondaryOk */
+      13436, /* NotPrimaryOrSecondary */
+  };
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+    if (codes[i] == code) return true;
+  }
+  return false;
+}
+
+/* 16 MB: BSONObjectTooLarge, and the driver's own refusals. */
+static bool too_large(const bson_error_t *e) {
+  if (e->domain == MONGOC_ERROR_CLIENT && e->code == MONGOC_ERROR_CLIENT_TOO_BIG) return true;
+  if (e->domain == MONGOC_ERROR_SERVER || e->domain == MONGOC_ERROR_WRITE_CONCERN)
+    return e->code == 10334 || e->code == 17419 || e->code == 17420;
+  return e->domain == MONGOC_ERROR_BSON && strstr(e->message, "too large") != NULL;
+}
+
+mongo_fault_t cqrs__mongo_classify(const bson_error_t *e) {
+  if (too_large(e)) return MONGO_FAULT_TOO_LARGE;
+  switch (e->domain) {
+  case MONGOC_ERROR_STREAM:
+  case MONGOC_ERROR_SERVER_SELECTION:
+  case MONGOC_ERROR_PROTOCOL:
+  case MONGOC_ERROR_POOL:
+    return MONGO_FAULT_TRANSIENT;
+  case MONGOC_ERROR_CLIENT:
+    /* Authentication fails the same way next time. */
+    return e->code == MONGOC_ERROR_CLIENT_AUTHENTICATE ? MONGO_FAULT_PERMANENT : MONGO_FAULT_TRANSIENT;
+  case MONGOC_ERROR_SERVER:
+  case MONGOC_ERROR_WRITE_CONCERN:
+  case MONGOC_ERROR_QUERY:
+    /* Every other server code (validation, authorisation, bad value, a
+     * malformed query) says the request itself is at fault. */
+    return server_transient(e->code) ? MONGO_FAULT_TRANSIENT : MONGO_FAULT_PERMANENT;
+  case MONGOC_ERROR_BSON:
+  case MONGOC_ERROR_COMMAND:
+  case MONGOC_ERROR_NAMESPACE:
+  case MONGOC_ERROR_SASL:
+  case MONGOC_ERROR_SCRAM:
+    return MONGO_FAULT_PERMANENT;
+  default:
+    /* Unknown to us: retrying loses nothing but time. */
+    return MONGO_FAULT_TRANSIENT;
+  }
+}
+
 cqrs_code_t cqrs__mongo_error(cqrs_error_t *err, const bson_error_t *e, const char *what) {
-  return cqrs_error_set(err, CQRS_ESTORE, "MongoDB: %s: %.180s", what, e->message);
+  mongo_fault_t f = cqrs__mongo_classify(e);
+  cqrs_code_t rc = cqrs_error_set(err, f == MONGO_FAULT_TOO_LARGE ? CQRS_ETOO_LARGE : CQRS_ESTORE,
+                                  "MongoDB: %s: %.180s (%s, domain %u code %u)", what, e->message,
+                                  f == MONGO_FAULT_TRANSIENT ? "transient" : "permanent", e->domain, e->code);
+  cqrs_error_set_cause(err, e->domain, e->code, f == MONGO_FAULT_TRANSIENT);
+  if (err) err->domain = CQRS_DOMAIN_STORE;
+  return rc;
 }
 
 cqrs_code_t cqrs__mongo_find_one(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts, bson_t *out,
@@ -247,6 +327,7 @@ cqrs_code_t cqrs_mongo_ensure_indexes(cqrs_mongo_t *m, cqrs_error_t *err) {
   } specs[] = {
       {"{\"timestamp\": 1}", "timestamp", false, 0},
       {"{\"type\": 1, \"timestamp\": 1}", "type_timestamp", false, 0},
+      {"{\"events.type\": 1, \"events.timestamp\": 1}", "events_type_timestamp", false, 0},
       {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version", true, 0},
       {"{\"commandId\": 1}", "command_id", true, 0},
       {"{\"position\": 1}", "position", true, 0},

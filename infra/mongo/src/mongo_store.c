@@ -1,10 +1,12 @@
 /* The event store on MongoDB: one document per commit, so an append is one
- * insert, atomic without transactions. Unique indexes enforce the stream's
- * version (optimistic concurrency), the command id (idempotency) and the
- * global position. A writer claims position (last committed) + 1 and lets
- * the unique index turn away a racer, who re-reads and tries again: a
- * position is only claimed after its predecessor is visible, so readers
- * never meet a gap, nor a commit that lands late behind a later one. */
+ * insert, atomic without transactions. Commits are numbered 1, 2, 3...
+ * (their _id), and unique indexes enforce the stream's version (optimistic
+ * concurrency), the command id (idempotency) and the global position. A
+ * writer claims the number and position after the newest commit and lets
+ * the primary key turn away a racer, who looks for the head and tries
+ * again: a commit is only claimed after its predecessor is visible, so
+ * readers never meet a gap, nor a commit that lands late behind a later
+ * one. Every read is a primary-key probe, whatever the collection's size. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,187 +15,61 @@
 
 #define CLAIM_ATTEMPTS 200
 
-static void append_event(bson_t *out, const cqrs_event_t *e) {
-  BSON_APPEND_UTF8(out, "eventId", e->id);
-  BSON_APPEND_UTF8(out, "type", e->type->name);
-  BSON_APPEND_INT32(out, "schemaVersion", (int32_t)e->schema_version);
-  BSON_APPEND_INT64(out, "version", e->version);
-  BSON_APPEND_DATE_TIME(out, "timestamp", e->timestamp);
+/* MongoDB refuses documents over 16 MiB. */
+#define MAX_COMMIT_BYTES (16 * 1024 * 1024)
+
+static bool append_event(bson_t *out, const cqrs_event_t *e) {
+  const cqrs_unknown_event_t *u = e->type == &cqrs_unknown_event_type ? e->payload : NULL;
+  bool ok = BSON_APPEND_UTF8(out, "eventId", e->id) && BSON_APPEND_UTF8(out, "type", u ? u->type : e->type->name) &&
+            BSON_APPEND_INT32(out, "schemaVersion", (int32_t)(u ? u->schema_version : e->schema_version)) &&
+            BSON_APPEND_INT64(out, "version", e->version) && BSON_APPEND_DATE_TIME(out, "timestamp", e->timestamp);
+  if (!ok) return false;
+  if (u) {
+    bson_t raw;
+    return bson_init_static(&raw, u->data, u->data_len) && BSON_APPEND_DOCUMENT(out, "data", &raw);
+  }
   bson_t data;
-  BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data);
+  if (!BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data)) return false;
   cqrs_fields_encode(e->type->fields, e->payload, &data, NULL);
-  bson_append_document_end(out, &data);
+  return bson_append_document_end(out, &data);
 }
 
-/* The commit document: the first event at the top level (the seed's shape:
- * type, data, timestamp, version), the others under "more". */
-static void build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position) {
-  append_event(doc, req->events[0]);
+/* The commit document: the seed's top-level fields (`type`, `timestamp`,
+ * `version` of the first event), the commit's metadata, and every event in
+ * `events`, where the multikey index {events.type, events.timestamp} finds
+ * each of them by type and time. Over MongoDB's limit: CQRS_ETOO_LARGE. */
+static cqrs_code_t build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position, cqrs_error_t *err) {
+  const cqrs_event_t *first = req->events[0];
+  const cqrs_unknown_event_t *u = first->type == &cqrs_unknown_event_type ? first->payload : NULL;
+  BSON_APPEND_UTF8(doc, "type", u ? u->type : first->type->name);
+  BSON_APPEND_DATE_TIME(doc, "timestamp", first->timestamp);
+  BSON_APPEND_INT64(doc, "version", first->version);
   BSON_APPEND_UTF8(doc, "aggregateType", req->aggregate_type);
   BSON_APPEND_UTF8(doc, "aggregateId", req->aggregate_id);
   BSON_APPEND_INT64(doc, "lastVersion", req->expected_version + (int64_t)req->count);
   BSON_APPEND_INT64(doc, "position", position);
   BSON_APPEND_INT64(doc, "lastPosition", position + (int64_t)req->count - 1);
   BSON_APPEND_UTF8(doc, "commandId", req->command_id);
-  const cqrs_envelope_t *env = req->events[0]->envelope;
+  const cqrs_envelope_t *env = first->envelope;
   BSON_APPEND_UTF8(doc, "correlationId", env && env->correlation_id[0] ? env->correlation_id : req->command_id);
-  if (req->count > 1) {
-    bson_t more;
-    BSON_APPEND_ARRAY_BEGIN(doc, "more", &more);
-    for (size_t i = 1; i < req->count; i++) {
-      char key[16];
-      const char *k;
-      bson_uint32_to_string((uint32_t)(i - 1), &k, key, sizeof key);
-      bson_t ev;
-      bson_append_document_begin(&more, k, -1, &ev);
-      append_event(&ev, req->events[i]);
-      bson_append_document_end(&more, &ev);
-    }
-    bson_append_array_end(doc, &more);
-  }
-}
-
-static cqrs_code_t head_on(mongoc_collection_t *coll, int64_t *position, cqrs_error_t *err) {
-  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort, doc;
-  BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-  BSON_APPEND_INT32(&sort, "position", -1);
-  bson_append_document_end(&opts, &sort);
-  bool found;
-  cqrs_code_t rc = cqrs__mongo_find_one(coll, &filter, &opts, &doc, &found, err, "read the head");
-  *position = 0;
-  if (!rc && found) {
-    bson_iter_t it;
-    if (bson_iter_init_find(&it, &doc, "lastPosition")) *position = bson_iter_as_int64(&it);
-    bson_destroy(&doc);
-  }
-  bson_destroy(&filter);
-  bson_destroy(&opts);
-  return rc;
-}
-
-static cqrs_code_t exists(mongoc_collection_t *coll, const bson_t *filter, bool *found, cqrs_error_t *err,
-                          const char *what) {
-  bson_t doc, opts = BSON_INITIALIZER, proj;
-  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
-  BSON_APPEND_INT32(&proj, "_id", 1);
-  bson_append_document_end(&opts, &proj);
-  cqrs_code_t rc = cqrs__mongo_find_one(coll, filter, &opts, &doc, found, err, what);
-  if (!rc && *found) bson_destroy(&doc);
-  bson_destroy(&opts);
-  return rc;
-}
-
-static cqrs_code_t command_exists(mongoc_collection_t *coll, const char *command_id, bool *found, cqrs_error_t *err) {
-  bson_t filter = BSON_INITIALIZER;
-  BSON_APPEND_UTF8(&filter, "commandId", command_id);
-  cqrs_code_t rc = exists(coll, &filter, found, err, "look up a command id");
-  bson_destroy(&filter);
-  return rc;
-}
-
-static cqrs_code_t version_exists(mongoc_collection_t *coll, const cqrs_append_t *req, const char *key,
-                                  int64_t version, bool *found, cqrs_error_t *err) {
-  bson_t filter = BSON_INITIALIZER;
-  BSON_APPEND_UTF8(&filter, "aggregateType", req->aggregate_type);
-  BSON_APPEND_UTF8(&filter, "aggregateId", req->aggregate_id);
-  BSON_APPEND_INT64(&filter, key, version);
-  cqrs_code_t rc = exists(coll, &filter, found, err, "read the stream's version");
-  bson_destroy(&filter);
-  return rc;
-}
-
-static cqrs_code_t conflict(const cqrs_append_t *req, cqrs_error_t *err) {
-  return cqrs_error_set(err, CQRS_ECONFLICT, "%s/%s has moved past version %lld", req->aggregate_type,
-                        req->aggregate_id, (long long)req->expected_version);
-}
-
-static cqrs_code_t claim_and_insert(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
-                                    cqrs_append_result_t *res, cqrs_error_t *err);
-
-static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
-                             cqrs_append_result_t *res, cqrs_error_t *err) {
-  bool found;
-  cqrs_code_t rc;
-  if (req->expected_version > 0 &&
-      !cqrs__mongo_version_known(m, req->aggregate_type, req->aggregate_id, req->expected_version)) {
-    /* The unique index catches an expected version that is behind; one
-     * that is ahead of the stream needs this look, unless this process has
-     * seen the stream reach it. */
-    if ((rc = version_exists(coll, req, "lastVersion", req->expected_version, &found, err))) return rc;
-    if (!found) {
-      if ((rc = command_exists(coll, req->command_id, &found, err))) return rc;
-      if (found) {
-        res->duplicate = true;
-        return CQRS_OK;
-      }
-      return conflict(req, err);
+  bson_t events;
+  BSON_APPEND_ARRAY_BEGIN(doc, "events", &events);
+  for (size_t i = 0; i < req->count; i++) {
+    char key[16];
+    const char *k;
+    bson_uint32_to_string((uint32_t)i, &k, key, sizeof key);
+    bson_t ev;
+    bool ok = bson_append_document_begin(&events, k, -1, &ev) && append_event(&ev, req->events[i]);
+    ok = bson_append_document_end(&events, &ev) && ok;
+    if (!ok || doc->len + events.len > MAX_COMMIT_BYTES) {
+      bson_append_array_end(doc, &events);
+      return cqrs_error_set(err, CQRS_ETOO_LARGE,
+                            "a commit of %zu events to %s/%s is over MongoDB's 16 MB document limit", req->count,
+                            req->aggregate_type, req->aggregate_id);
     }
   }
-  uv_mutex_lock(&m->append_lock);
-  rc = claim_and_insert(m, coll, req, res, err);
-  uv_mutex_unlock(&m->append_lock);
-  return rc;
-}
-
-static cqrs_code_t claim_and_insert(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
-                                    cqrs_append_result_t *res, cqrs_error_t *err) {
-  bool found;
-  cqrs_code_t rc;
-  int64_t position = atomic_load(&m->next_position);
-  if (position <= 0) {
-    if ((rc = head_on(coll, &position, err))) return rc;
-    position++;
-  }
-  for (int attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
-    bson_t doc = BSON_INITIALIZER;
-    build_commit(&doc, req, position);
-    bson_error_t e;
-    bool ok = mongoc_collection_insert_one(coll, &doc, NULL, NULL, &e);
-    bson_destroy(&doc);
-    if (ok) {
-      for (size_t i = 0; i < req->count; i++) req->events[i]->position = position + (int64_t)i;
-      res->first_position = position;
-      res->last_position = position + (int64_t)req->count - 1;
-      int64_t next = res->last_position + 1, seen = atomic_load(&m->next_position);
-      while (seen < next && !atomic_compare_exchange_weak(&m->next_position, &seen, next)) {
-      }
-      cqrs__mongo_version_seen(m, req->aggregate_type, req->aggregate_id,
-                               req->expected_version + (int64_t)req->count);
-      return CQRS_OK;
-    }
-    if (!cqrs__mongo_duplicate_key(&e)) return cqrs__mongo_error(err, &e, "append a commit");
-    /* Which unique index turned us away? FerretDB does not say. Most often
-     * another writer's commit took the position: then the head has reached
-     * it, and the next claim is head + 1. (Trying the next position blindly
-     * would be wrong: a commit spans a range of positions and the index
-     * holds only its first.) Racers re-reading the head together collide
-     * again: spread them out, more at each collision. */
-    if (attempt > 1) uv_sleep((unsigned)(rand() % (1 << (attempt < 6 ? attempt : 6))));
-    int64_t head;
-    if ((rc = head_on(coll, &head, err))) return rc;
-    if (head >= position) {
-      position = head + 1;
-      continue;
-    }
-    if ((rc = command_exists(coll, req->command_id, &found, err))) return rc;
-    if (found) {
-      res->duplicate = true;
-      return CQRS_OK;
-    }
-    if ((rc = version_exists(coll, req, "version", req->expected_version + 1, &found, err))) return rc;
-    if (found) return conflict(req, err);
-    position = head + 1;
-  }
-  return cqrs_error_set(err, CQRS_ESTORE, "MongoDB: no free global position after %d attempts", CLAIM_ATTEMPTS);
-}
-
-static cqrs_code_t ms_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
-  cqrs_mongo_t *m = impl;
-  mconn_t c;
-  cqrs__mongo_open(m, m->events, &c);
-  cqrs_code_t rc = append_on(m, c.coll, req, res, err);
-  cqrs__mongo_done(m, &c);
-  return rc;
+  bson_append_array_end(doc, &events);
+  return CQRS_OK;
 }
 
 /* ---- reads ---- */
@@ -224,9 +100,10 @@ static bool get_int(const bson_t *doc, const char *key, int64_t *v) {
   return bson_iter_init_find(&it, doc, key) && int_of(&it, v);
 }
 
-/* Decodes one event of a commit (the top level, or an element of "more"). */
+/* Decodes one event of a commit. A type this process does not know is, when
+ * `placeholder`, the framework's unknown-event placeholder. */
 static cqrs_code_t decode_event(const cqrs_registry_t *reg, const bson_t *ev, const cqrs_envelope_t *env,
-                                int64_t position, cqrs_event_t **out, cqrs_error_t *err) {
+                                int64_t position, bool placeholder, cqrs_event_t **out, cqrs_error_t *err) {
   const char *type = str_of(ev, "type");
   int64_t schema = 0, version = 0, ts = 0;
   bson_iter_t it;
@@ -239,12 +116,17 @@ static cqrs_code_t decode_event(const cqrs_registry_t *reg, const bson_t *ev, co
   bson_iter_document(&it, &len, &raw);
   bson_t data;
   if (!bson_init_static(&data, raw, len)) return cqrs_error_set(err, CQRS_ECODEC, "malformed event data");
-  const cqrs_event_type_t *etype;
-  void *payload;
-  cqrs_code_t rc = cqrs_registry_decode_payload(reg, type, (uint32_t)schema, &data, &etype, &payload, err);
-  if (rc) return rc;
-  rc = cqrs_event_new(etype, env, str_of(ev, "eventId"), version, ts, payload, out, err);
-  cqrs_payload_free(payload);
+  const char *id = str_of(ev, "eventId");
+  cqrs_code_t rc;
+  if (placeholder && !cqrs_registry_event(reg, type)) {
+    rc = cqrs_unknown_event_new(type, (uint32_t)schema, &data, env, id, version, ts, out, err);
+  } else {
+    const cqrs_event_type_t *etype;
+    void *payload;
+    if ((rc = cqrs_registry_decode_payload(reg, type, (uint32_t)schema, &data, &etype, &payload, err))) return rc;
+    rc = cqrs_event_new(etype, env, id, version, ts, payload, out, err);
+    cqrs_payload_free(payload);
+  }
   if (!rc) (*out)->position = position;
   return rc;
 }
@@ -254,45 +136,41 @@ typedef struct reader {
   int64_t last_version; /* the highest version visited */
   int64_t min_version, min_position;
   size_t limit, seen;
+  bool placeholders; /* unknown types: placeholders (the feed) or errors (a stream's load) */
   cqrs_event_visit_cb cb;
   void *data;
   bool stopped;
 } reader_t;
 
-/* Visits the events of one commit; false to stop. */
+/* Visits the events of one commit until the reader stops. */
 static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *err) {
   int64_t position;
   const char *atype = str_of(doc, "aggregateType"), *aid = str_of(doc, "aggregateId");
-  if (!atype || !aid || !get_int(doc, "position", &position))
+  bson_iter_t it, events;
+  if (!atype || !aid || !get_int(doc, "position", &position) || !bson_iter_init_find(&it, doc, "events") ||
+      !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &events))
     return cqrs_error_set(err, CQRS_ECODEC, "malformed commit document");
   cqrs_envelope_t *env;
   cqrs_code_t rc = cqrs_envelope_new(atype, aid, str_of(doc, "commandId"), str_of(doc, "correlationId"), &env, err);
   if (rc) return rc;
-  bson_iter_t more, it;
-  bool has_more = bson_iter_init_find(&it, doc, "more") && BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &more);
-  const bson_t *ev = doc;
-  bson_t sub;
-  for (int64_t i = 0; !rc && !r->stopped; i++) {
-    if (i > 0) {
-      if (!has_more || !bson_iter_next(&more)) break;
-      uint32_t len;
-      const uint8_t *raw;
-      if (!BSON_ITER_HOLDS_DOCUMENT(&more)) {
-        rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
-        break;
-      }
-      bson_iter_document(&more, &len, &raw);
-      if (!bson_init_static(&sub, raw, len)) {
-        rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
-        break;
-      }
-      ev = &sub;
+  for (int64_t i = 0; !rc && !r->stopped && bson_iter_next(&events); i++) {
+    uint32_t len;
+    const uint8_t *raw;
+    bson_t ev;
+    if (!BSON_ITER_HOLDS_DOCUMENT(&events)) {
+      rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
+      break;
+    }
+    bson_iter_document(&events, &len, &raw);
+    if (!bson_init_static(&ev, raw, len)) {
+      rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
+      break;
     }
     int64_t version = 0;
-    get_int(ev, "version", &version);
+    get_int(&ev, "version", &version);
     if (version < r->min_version || position + i < r->min_position) continue;
     cqrs_event_t *e;
-    if ((rc = decode_event(r->reg, ev, env, position + i, &e, err))) break;
+    if ((rc = decode_event(r->reg, &ev, env, position + i, r->placeholders, &e, err))) break;
     if (version > r->last_version) r->last_version = version;
     if (!r->cb(e, r->data) || ++r->seen >= r->limit) r->stopped = true;
     cqrs_event_unref(e);
@@ -301,24 +179,508 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
   return rc;
 }
 
-static cqrs_code_t read_commits(cqrs_mongo_t *m, const bson_t *filter, const char *sort_key, int64_t limit,
-                                reader_t *r, cqrs_error_t *err) {
+/* ---- commit numbers ----
+ *
+ * A commit's _id is its commit number, 1, 2, 3... without gaps, written as
+ * a zero-padded decimal string (the one filter FerretDB 1.24 hands to its
+ * SQL backend rather than filtering in Go). The head is found by galloping
+ * primary-key probes from the newest commit this process has seen, and the
+ * feed reads commits by key, or by a range of keys; other look-ups use the
+ * unique indexes' prefixes. See docs/scaling.md for what each server makes
+ * of them. */
+
+#define SEQ_KEY_LEN 24
+
+static void seq_key(char buf[SEQ_KEY_LEN], int64_t seq) { snprintf(buf, SEQ_KEY_LEN, "%020lld", (long long)seq); }
+
+typedef struct commit_ref {
+  int64_t seq, position, last_position;
+} commit_ref_t;
+
+/* Finds the document with _id `key`; `out` initialised when found. */
+static cqrs_code_t by_key(mongoc_collection_t *coll, const char *key, bson_t *out, bool *found, cqrs_error_t *err,
+                          const char *what) {
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", key);
+  cqrs_code_t rc = cqrs__mongo_find_one(coll, &filter, NULL, out, found, err, what);
+  bson_destroy(&filter);
+  return rc;
+}
+
+/* Commit `seq`, whole (`out` initialised when found). */
+static cqrs_code_t fetch_commit(mongoc_collection_t *coll, int64_t seq, bson_t *out, bool *found, cqrs_error_t *err) {
+  char key[SEQ_KEY_LEN];
+  seq_key(key, seq);
+  return by_key(coll, key, out, found, err, "read a commit");
+}
+
+/* The positions of commit `seq`. */
+static cqrs_code_t probe_commit(mongoc_collection_t *coll, int64_t seq, commit_ref_t *ref, bool *found,
+                                cqrs_error_t *err) {
+  bson_t doc;
+  cqrs_code_t rc = fetch_commit(coll, seq, &doc, found, err);
+  if (rc || !*found) return rc;
+  ref->seq = seq;
+  if (!get_int(&doc, "position", &ref->position) || !get_int(&doc, "lastPosition", &ref->last_position))
+    rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit #%lld", (long long)seq);
+  bson_destroy(&doc);
+  return rc;
+}
+
+/* The newest commit known to this process (seq 0: none). */
+static commit_ref_t hint_get(cqrs_mongo_t *m) {
+  uv_mutex_lock(&m->hint_lock);
+  commit_ref_t h = {m->head_seq, 0, m->head_last};
+  uv_mutex_unlock(&m->hint_lock);
+  return h;
+}
+
+static void feed_hint_locked(cqrs_mongo_t *m, int64_t position, int64_t seq) {
+  feed_hint_t *f = &m->feed_hints[m->feed_next++ % FEED_HINTS];
+  f->position = position;
+  f->seq = seq;
+}
+
+/* Remembers that commit `ref` exists: the head is at least there, and a read
+ * of the feed from its position starts at it. */
+static void hint_seen(cqrs_mongo_t *m, const commit_ref_t *ref) {
+  uv_mutex_lock(&m->hint_lock);
+  if (ref->seq > m->head_seq) {
+    m->head_seq = ref->seq;
+    m->head_last = ref->last_position;
+  }
+  feed_hint_locked(m, ref->position, ref->seq);
+  uv_mutex_unlock(&m->hint_lock);
+}
+
+/* Remembers that a read from `position` starts at commit `seq`. */
+static void hint_next(cqrs_mongo_t *m, int64_t position, int64_t seq) {
+  uv_mutex_lock(&m->hint_lock);
+  feed_hint_locked(m, position, seq);
+  uv_mutex_unlock(&m->hint_lock);
+}
+
+/* The newest commit (seq 0 when none): probes forward from the newest known,
+ * doubling the step, then halves the gap. Commits are never deleted, so
+ * what was seen once stays. About 2 log2(n) probes cold, 1 warm. */
+/* A process that has just started would need ~2 log2(n) probes; on a
+ * server that scans for every probe (FerretDB) that is seconds. A one-
+ * document collection remembers a recent head, written every HEAD_EVERY
+ * commits: reading it is one probe of a tiny collection, and the search
+ * goes on from there. It may lag; it is never ahead. */
+#define HEAD_EVERY 16
+
+static void head_note_read(cqrs_mongo_t *m, commit_ref_t *lo) {
+  mconn_t c;
+  cqrs__mongo_open(m, m->head, &c);
+  bson_t doc;
+  bool found;
+  cqrs_error_t ignored;
+  int64_t seq;
+  if (!by_key(c.coll, "head", &doc, &found, &ignored, "read the head note") && found) {
+    if (get_int(&doc, "seq", &seq) && seq > 0) lo->seq = seq;
+    bson_destroy(&doc);
+  }
+  cqrs__mongo_done(m, &c);
+}
+
+static void head_note_write(cqrs_mongo_t *m, int64_t seq) {
+  bson_t *filter = BCON_NEW("_id", BCON_UTF8("head"));
+  bson_t *update = BCON_NEW("$max", "{", "seq", BCON_INT64(seq), "}");
+  bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true));
+  mconn_t c;
+  cqrs__mongo_open(m, m->head, &c);
+  mongoc_collection_update_one(c.coll, filter, update, opts, NULL, NULL);
+  cqrs__mongo_done(m, &c);
+  bson_destroy(filter);
+  bson_destroy(update);
+  bson_destroy(opts);
+}
+
+static cqrs_code_t find_head(cqrs_mongo_t *m, mongoc_collection_t *coll, commit_ref_t *head, cqrs_error_t *err) {
+  commit_ref_t lo = hint_get(m), r;
+  int64_t hi = 0, step = 1;
+  bool found;
+  cqrs_code_t rc;
+  if (!lo.seq) {
+    head_note_read(m, &lo);
+    if (lo.seq) {
+      if ((rc = probe_commit(coll, lo.seq, &r, &found, err))) return rc;
+      lo = found ? r : (commit_ref_t){0, 0, 0};
+    }
+  }
+  for (;;) {
+    if ((rc = probe_commit(coll, lo.seq + step, &r, &found, err))) return rc;
+    if (!found) {
+      hi = lo.seq + step;
+      break;
+    }
+    lo = r;
+    if (step < ((int64_t)1 << 40)) step *= 2;
+  }
+  while (hi - lo.seq > 1) {
+    int64_t mid = lo.seq + (hi - lo.seq) / 2;
+    if ((rc = probe_commit(coll, mid, &r, &found, err))) return rc;
+    if (found) {
+      lo = r;
+    } else {
+      hi = mid;
+    }
+  }
+  *head = lo;
+  if (lo.seq) hint_seen(m, &lo);
+  return CQRS_OK;
+}
+
+static cqrs_code_t head_on(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t *position, cqrs_error_t *err) {
+  commit_ref_t head;
+  cqrs_code_t rc = find_head(m, coll, &head, err);
+  *position = rc ? 0 : head.last_position;
+  return rc;
+}
+
+/* The commit that holds global position p, by binary search over commit
+ * numbers unless a recent read or append left its number. *seq is the head
+ * + 1 when p is past the head. */
+static cqrs_code_t locate(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t p, int64_t *seq, cqrs_error_t *err) {
+  if (p <= 1) {
+    *seq = 1;
+    return CQRS_OK;
+  }
+  uv_mutex_lock(&m->hint_lock);
+  int64_t hit = 0;
+  for (int i = 0; i < FEED_HINTS && !hit; i++) {
+    if (m->feed_hints[i].seq && m->feed_hints[i].position == p) hit = m->feed_hints[i].seq;
+  }
+  uv_mutex_unlock(&m->hint_lock);
+  if (hit) {
+    *seq = hit;
+    return CQRS_OK;
+  }
+  commit_ref_t head, r;
+  cqrs_code_t rc = find_head(m, coll, &head, err);
+  if (rc) return rc;
+  if (p > head.last_position) {
+    *seq = head.seq + 1;
+    return CQRS_OK;
+  }
+  int64_t lo = 1, hi = head.seq; /* the answer lies in [lo, hi] */
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo + 1) / 2;
+    bool found;
+    if ((rc = probe_commit(coll, mid, &r, &found, err))) return rc;
+    if (!found) return cqrs_error_set(err, CQRS_ECODEC, "commit #%lld is missing below the head", (long long)mid);
+    if (r.position <= p) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  *seq = lo;
+  return CQRS_OK;
+}
+
+/* ---- look-ups the unique indexes serve ---- */
+
+static cqrs_code_t exists(mongoc_collection_t *coll, const bson_t *filter, bool *found, cqrs_error_t *err,
+                          const char *what) {
+  bson_t doc, opts = BSON_INITIALIZER, proj;
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+  BSON_APPEND_INT32(&proj, "_id", 1);
+  bson_append_document_end(&opts, &proj);
+  cqrs_code_t rc = cqrs__mongo_find_one(coll, filter, &opts, &doc, found, err, what);
+  if (!rc && *found) bson_destroy(&doc);
+  bson_destroy(&opts);
+  return rc;
+}
+
+/* {commandId}: the unique command_id index. */
+static cqrs_code_t command_exists(mongoc_collection_t *coll, const char *command_id, bool *found, cqrs_error_t *err) {
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "commandId", command_id);
+  cqrs_code_t rc = exists(coll, &filter, found, err, "look up a command id");
+  bson_destroy(&filter);
+  return rc;
+}
+
+/* {aggregateType, aggregateId, key: version}: the stream_version index's
+ * prefix, then at most the stream's own commits. */
+static cqrs_code_t version_exists(mongoc_collection_t *coll, const cqrs_append_t *req, const char *key,
+                                  int64_t version, bool *found, cqrs_error_t *err) {
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "aggregateType", req->aggregate_type);
+  BSON_APPEND_UTF8(&filter, "aggregateId", req->aggregate_id);
+  BSON_APPEND_INT64(&filter, key, version);
+  cqrs_code_t rc = exists(coll, &filter, found, err, "read the stream's version");
+  bson_destroy(&filter);
+  return rc;
+}
+
+static cqrs_code_t conflict(const cqrs_append_t *req, cqrs_error_t *err) {
+  return cqrs_error_set(err, CQRS_ECONFLICT, "%s/%s has moved past version %lld", req->aggregate_type,
+                        req->aggregate_id, (long long)req->expected_version);
+}
+
+/* ---- append ---- */
+
+/* One commit waiting for its group (see write_group). */
+typedef struct pending {
+  const cqrs_append_t *req;
+  cqrs_append_result_t *res;
+  cqrs_error_t *err;
+  cqrs_code_t rc;
+  bool done;
+  struct pending *next;
+} pending_t;
+
+static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *p);
+
+
+static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
+                             cqrs_append_result_t *res, cqrs_error_t *err) {
+  bool found;
+  cqrs_code_t rc;
+  if (req->expected_version > 0 &&
+      !cqrs__mongo_version_known(m, req->aggregate_type, req->aggregate_id, req->expected_version)) {
+    /* The unique index catches an expected version that is behind; one
+     * that is ahead of the stream needs this look, unless this process has
+     * seen the stream reach it. */
+    if ((rc = version_exists(coll, req, "lastVersion", req->expected_version, &found, err))) return rc;
+    if (!found) {
+      if ((rc = command_exists(coll, req->command_id, &found, err))) return rc;
+      if (found) {
+        res->duplicate = true;
+        return CQRS_OK;
+      }
+      return conflict(req, err);
+    }
+  }
+  pending_t me = {req, res, err, CQRS_OK, false, NULL};
+  group_commit(m, coll, &me);
+  return me.rc;
+}
+
+static void committed(cqrs_mongo_t *m, const cqrs_append_t *req, const commit_ref_t *ref, cqrs_append_result_t *res) {
+  for (size_t i = 0; i < req->count; i++) req->events[i]->position = ref->position + (int64_t)i;
+  res->first_position = ref->position;
+  res->last_position = ref->last_position;
+  hint_seen(m, ref);
+  cqrs__mongo_version_seen(m, req->aggregate_type, req->aggregate_id, req->expected_version + (int64_t)req->count);
+}
+
+/* Which unique index turned commit `seq` away? FerretDB does not say.
+ * Sets *retry when another writer took the number (the caller claims the
+ * next), else answers: a duplicate command, or a conflict. */
+static cqrs_code_t disambiguate(mongoc_collection_t *coll, const cqrs_append_t *req, int64_t seq,
+                                bool *retry, cqrs_append_result_t *res, cqrs_error_t *err) {
+  bool found;
+  bson_t doc;
+  *retry = false;
+  cqrs_code_t rc = fetch_commit(coll, seq, &doc, &found, err);
+  if (rc) return rc;
+  if (found) {
+    const char *cmd = str_of(&doc, "commandId");
+    bool ours = cmd && !strcmp(cmd, req->command_id);
+    bson_destroy(&doc);
+    if (!ours) {
+      *retry = true;
+      return CQRS_OK;
+    }
+  }
+  if ((rc = command_exists(coll, req->command_id, &found, err))) return rc;
+  if (found) {
+    res->duplicate = true;
+    return CQRS_OK;
+  }
+  if ((rc = version_exists(coll, req, "version", req->expected_version + 1, &found, err))) return rc;
+  if (found) return conflict(req, err);
+  *retry = true; /* the position index, behind a stale head: look again */
+  return CQRS_OK;
+}
+
+/* Group commit. Concurrent appends of one process queue here; whoever finds
+ * no writer at work takes everything queued (up to GROUP_MAX) and writes it
+ * as one ordered insert of consecutive commit numbers and positions, so the
+ * server sees one round trip per group rather than per commit. Each commit
+ * keeps its own outcome: the insert stops at the first refused document;
+ * the commits before it are in, that one is answered alone (a duplicate, a
+ * conflict, or a number another process took), and the rest go again. */
+#define GROUP_MAX 64
+
+static bool insert_group(mongoc_collection_t *coll, const bson_t **docs, size_t n, size_t *inserted, bson_error_t *e) {
+  bson_t opts = BSON_INITIALIZER, reply;
+  BSON_APPEND_BOOL(&opts, "ordered", true);
+  bool ok = n == 1 ? mongoc_collection_insert_one(coll, docs[0], NULL, &reply, e)
+                   : mongoc_collection_insert_many(coll, docs, n, &opts, &reply, e);
+  *inserted = ok ? n : 0;
+  bson_iter_t it;
+  if (!ok && bson_iter_init_find(&it, &reply, "insertedCount") && BSON_ITER_HOLDS_INT(&it)) {
+    int64_t c = bson_iter_as_int64(&it);
+    if (c > 0 && (size_t)c < n) *inserted = (size_t)c;
+  }
+  bson_destroy(&reply);
+  bson_destroy(&opts);
+  return ok;
+}
+
+/* The outcome; `done` is set under the lock afterwards (group_commit). */
+static void finish(pending_t *p, cqrs_code_t rc) { p->rc = rc; }
+
+static void fail_all(pending_t **g, size_t from, size_t n, cqrs_code_t rc, const cqrs_error_t *err) {
+  for (size_t i = from; i < n; i++) {
+    if (g[i]->err) *g[i]->err = *err;
+    finish(g[i], rc);
+  }
+}
+
+/* Writes the commits of `g` (n of them, none done) until each has an
+ * outcome. */
+static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **g, size_t n) {
+  commit_ref_t head = hint_get(m);
+  cqrs_error_t herr;
+  cqrs_code_t rc;
+  if (!head.seq && (rc = find_head(m, coll, &head, &herr))) {
+    fail_all(g, 0, n, rc, &herr);
+    return;
+  }
+  const bson_t *docs[GROUP_MAX];
+  bson_t built[GROUP_MAX];
+  commit_ref_t claims[GROUP_MAX];
+  size_t from = 0;
+  for (int attempt = 0; from < n; attempt++) {
+    if (attempt >= CLAIM_ATTEMPTS) {
+      cqrs_error_set(&herr, CQRS_ESTORE, "MongoDB: no free global position after %d attempts", CLAIM_ATTEMPTS);
+      fail_all(g, from, n, CQRS_ESTORE, &herr);
+      return;
+    }
+    /* Claim numbers and positions one after the other. */
+    size_t k = 0;
+    pending_t *batch[GROUP_MAX];
+    commit_ref_t at = head;
+    for (size_t i = from; i < n; i++) {
+      const cqrs_append_t *req = g[i]->req;
+      commit_ref_t c = {at.seq + 1, at.last_position + 1, at.last_position + (int64_t)req->count};
+      char key[SEQ_KEY_LEN];
+      seq_key(key, c.seq);
+      bson_init(&built[k]);
+      BSON_APPEND_UTF8(&built[k], "_id", key);
+      if ((rc = build_commit(&built[k], req, c.position, g[i]->err))) {
+        bson_destroy(&built[k]);
+        finish(g[i], rc);
+        continue;
+      }
+      docs[k] = &built[k];
+      claims[k] = c;
+      batch[k++] = g[i];
+      at = c;
+    }
+    /* The refused ones are out; the rest are the batch now. */
+    for (size_t i = 0; i < k; i++) g[from + i] = batch[i];
+    n = from + k;
+    if (!k) return;
+    size_t inserted;
+    bson_error_t e;
+    bool ok = insert_group(coll, docs, k, &inserted, &e);
+    for (size_t i = 0; i < k; i++) bson_destroy(&built[i]);
+    for (size_t i = 0; i < inserted; i++) {
+      committed(m, batch[i]->req, &claims[i], batch[i]->res);
+      finish(batch[i], CQRS_OK);
+    }
+    if (inserted && (claims[0].seq - 1) / HEAD_EVERY != claims[inserted - 1].seq / HEAD_EVERY)
+      head_note_write(m, claims[inserted - 1].seq);
+    if (ok) return;
+    if (inserted) head = claims[inserted - 1];
+    from += inserted;
+    pending_t *p = g[from];
+    if (!cqrs__mongo_duplicate_key(&e)) {
+      fail_all(g, from, n, cqrs__mongo_error(&herr, &e, "append a commit"), &herr);
+      return;
+    }
+    bool retry;
+    if ((rc = disambiguate(coll, p->req, claims[inserted].seq, &retry, p->res, p->err)) || !retry) {
+      finish(p, rc);
+      from++;
+      continue;
+    }
+    /* Another process took the number. Racers looking for the head together
+     * collide again: spread them out, more at each collision. */
+    if (attempt > 1) uv_sleep((unsigned)(rand() % (1 << (attempt < 6 ? attempt : 6))));
+    if ((rc = find_head(m, coll, &head, &herr))) {
+      fail_all(g, from, n, rc, &herr);
+      return;
+    }
+  }
+}
+
+static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *me) {
+  uv_mutex_lock(&m->group_lock);
+  if (m->group_tail) {
+    m->group_tail->next = me;
+  } else {
+    m->group_head = me;
+  }
+  m->group_tail = me;
+  while (!me->done) {
+    if (m->group_writing) {
+      uv_cond_wait(&m->group_cond, &m->group_lock);
+      continue;
+    }
+    m->group_writing = true;
+    pending_t *g[GROUP_MAX], *results[GROUP_MAX];
+    size_t n = 0;
+    while (m->group_head && n < GROUP_MAX) {
+      g[n] = m->group_head;
+      results[n] = g[n];
+      n++;
+      m->group_head = m->group_head->next;
+    }
+    if (!m->group_head) m->group_tail = NULL;
+    uv_mutex_unlock(&m->group_lock);
+    write_group(m, coll, g, n);
+    /* Outcomes are published under the lock: a waiter may return (and its
+     * pending_t go) as soon as it sees done. */
+    uv_mutex_lock(&m->group_lock);
+    for (size_t i = 0; i < n; i++) results[i]->done = true;
+    m->group_writing = false;
+    uv_cond_broadcast(&m->group_cond);
+  }
+  uv_mutex_unlock(&m->group_lock);
+}
+
+static cqrs_code_t ms_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
   mconn_t c;
   cqrs__mongo_open(m, m->events, &c);
+  cqrs_code_t rc = append_on(m, c.coll, req, res, err);
+  cqrs__mongo_done(m, &c);
+  return rc;
+}
+
+/* ---- reads ---- */
+
+/* Visits the commits `filter` matches in `sort_key` order (from an index:
+ * stream_version for a stream, the primary key for the feed). */
+static cqrs_code_t read_commits(mongoc_collection_t *coll, const bson_t *filter, const char *sort_key, int64_t limit,
+                                reader_t *r, commit_ref_t *last, cqrs_error_t *err) {
   bson_t opts = BSON_INITIALIZER, sort;
   BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
   BSON_APPEND_INT32(&sort, sort_key, 1);
   bson_append_document_end(&opts, &sort);
   if (limit > 0) BSON_APPEND_INT64(&opts, "limit", limit);
-  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c.coll, filter, &opts, NULL);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(coll, filter, &opts, NULL);
   const bson_t *doc;
   cqrs_code_t rc = CQRS_OK;
-  while (!rc && !r->stopped && mongoc_cursor_next(cur, &doc)) rc = visit_commit(r, doc, err);
+  while (!rc && !r->stopped && mongoc_cursor_next(cur, &doc)) {
+    if ((rc = visit_commit(r, doc, err)) || !last) continue;
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it) && get_int(doc, "position", &last->position) &&
+        get_int(doc, "lastPosition", &last->last_position))
+      last->seq = strtoll(bson_iter_utf8(&it, NULL), NULL, 10);
+  }
   bson_error_t e;
   if (!rc && mongoc_cursor_error(cur, &e)) rc = cqrs__mongo_error(err, &e, "read events");
   mongoc_cursor_destroy(cur);
   bson_destroy(&opts);
-  cqrs__mongo_done(m, &c);
   return rc;
 }
 
@@ -331,25 +693,59 @@ static cqrs_code_t ms_read_stream(void *impl, const char *type, const char *id, 
   BSON_APPEND_DOCUMENT_BEGIN(&filter, "lastVersion", &range);
   BSON_APPEND_INT64(&range, "$gte", from_version);
   bson_append_document_end(&filter, &range);
-  reader_t r = {m->reg, 0, from_version, 0, SIZE_MAX, 0, cb, data, false};
-  cqrs_code_t rc = read_commits(m, &filter, "version", 0, &r, err);
+  reader_t r = {m->reg, 0, from_version, 0, SIZE_MAX, 0, false, cb, data, false};
+  mconn_t c;
+  cqrs__mongo_open(m, m->events, &c);
+  cqrs_code_t rc = read_commits(c.coll, &filter, "version", 0, &r, NULL, err);
+  cqrs__mongo_done(m, &c);
   bson_destroy(&filter);
   /* Read to the end: the stream was at this version. */
   if (!rc && !r.stopped && r.last_version > 0) cqrs__mongo_version_seen(m, type, id, r.last_version);
   return rc;
 }
 
+/* Probes this many commits by key before a range read: a feed that follows
+ * the head mostly finds zero to a few new commits, which probes serve
+ * cheapest on servers that filter the primary key but sort nothing. */
+#define FEED_PROBES 4
+
 static cqrs_code_t ms_read_all(void *impl, int64_t from_position, size_t limit, cqrs_event_visit_cb cb, void *data,
                                cqrs_error_t *err) {
   cqrs_mongo_t *m = impl;
-  bson_t filter = BSON_INITIALIZER, range;
-  BSON_APPEND_DOCUMENT_BEGIN(&filter, "lastPosition", &range);
-  BSON_APPEND_INT64(&range, "$gte", from_position);
-  bson_append_document_end(&filter, &range);
-  reader_t r = {m->reg, 0, 0, from_position, limit, 0, cb, data, false};
-  /* A commit holds one event or more: `limit` commits hold enough. */
-  cqrs_code_t rc = read_commits(m, &filter, "position", limit > (size_t)INT64_MAX ? 0 : (int64_t)limit, &r, err);
-  bson_destroy(&filter);
+  reader_t r = {m->reg, 0, 0, from_position, limit, 0, true, cb, data, false};
+  mconn_t c;
+  cqrs__mongo_open(m, m->events, &c);
+  int64_t seq = 1;
+  cqrs_code_t rc = locate(m, c.coll, from_position, &seq, err);
+  commit_ref_t last = {0, 0, 0};
+  bool more = true;
+  for (size_t n = 0; !rc && more && !r.stopped && n < limit && n < FEED_PROBES; n++, seq++) {
+    bson_t doc;
+    if ((rc = fetch_commit(c.coll, seq, &doc, &more, err)) || !more) break;
+    if (!(rc = visit_commit(&r, &doc, err))) {
+      last.seq = seq;
+      if (!get_int(&doc, "position", &last.position) || !get_int(&doc, "lastPosition", &last.last_position))
+        rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit #%lld", (long long)seq);
+    }
+    bson_destroy(&doc);
+  }
+  if (!rc && more && !r.stopped && limit > FEED_PROBES) {
+    /* A commit holds one event or more: `limit` commits hold enough. */
+    char key[SEQ_KEY_LEN];
+    seq_key(key, seq);
+    bson_t filter = BSON_INITIALIZER, range;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &range);
+    BSON_APPEND_UTF8(&range, "$gte", key);
+    bson_append_document_end(&filter, &range);
+    rc = read_commits(c.coll, &filter, "_id", limit > (size_t)INT64_MAX ? 0 : (int64_t)limit, &r, &last, err);
+    bson_destroy(&filter);
+  }
+  cqrs__mongo_done(m, &c);
+  if (last.seq) {
+    /* The next read most likely starts at the next commit. */
+    hint_seen(m, &last);
+    hint_next(m, last.last_position + 1, last.seq + 1);
+  }
   return rc;
 }
 
@@ -357,7 +753,7 @@ static cqrs_code_t ms_head(void *impl, int64_t *position, cqrs_error_t *err) {
   cqrs_mongo_t *m = impl;
   mconn_t c;
   cqrs__mongo_open(m, m->events, &c);
-  cqrs_code_t rc = head_on(c.coll, position, err);
+  cqrs_code_t rc = head_on(m, c.coll, position, err);
   cqrs__mongo_done(m, &c);
   return rc;
 }

@@ -39,7 +39,8 @@ CQRS_EXPORT const char *cqrs_mongo_uri_redacted(const cqrs_mongo_t *m);
 CQRS_EXPORT const char *cqrs_mongo_database(const cqrs_mongo_t *m);
 
 /* Creates the indexes the store needs, idempotently (blocks): on the events
- * collection {timestamp: 1} and {type: 1, timestamp: 1}, and the unique
+ * collection {timestamp: 1}, {type: 1, timestamp: 1} (a commit's first
+ * event), {events.type: 1, events.timestamp: 1} (every event), and the unique
  * {aggregateType, aggregateId, version}, {commandId} and {position}; on dead
  * letters {at: 1}. */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_ensure_indexes(cqrs_mongo_t *m, cqrs_error_t *err);
