@@ -1,0 +1,2 @@
+#include "admin.h"
+int admin_dead_letters(admin_t *a, int argc, char **argv) { (void)a; (void)argc; (void)argv; admin_err("not yet"); return ADMIN_USAGE; }
