@@ -8,8 +8,9 @@
  *
  * Commits are appended straight to the store with command ids derived from
  * the legacy ids ("migrate:invoice:<id>"), so a re-run appends nothing
- * twice; the invoice projection is applied right after each commit and its
- * checkpoint saved with the progress after each batch. A run killed at any
+ * twice; the invoice projection is applied to each batch in memory and
+ * written in bulk (memproj.h), its checkpoint saved with the progress after
+ * each batch. A run killed at any
  * point resumes after the last batch it finished, first projecting what it
  * had committed but not projected. Documents that cannot be migrated are
  * left as they are and listed in billing_migration_rejects. */
@@ -20,6 +21,7 @@
 #include "admin.h"
 #include "billing_mongo.h"
 #include "legacy.h"
+#include "memproj.h"
 
 #define PROGRESS "billing_migration"
 #define REJECTS "billing_migration_rejects"
@@ -46,17 +48,18 @@ typedef struct mig {
   const char *source;
   long long batch;
   bool restart, quiet;
-  billing_t *proj;
+  memproj_t *mp;
   seen_t *customers;
   int64_t projected; /* last position projected in this run */
   long long migrated, already, malformed, failed, total;
   char last_id[LEGACY_ID_MAX + 32];
+  bool resumed; /* the first batch may hold invoices a killed run committed */
   cqrs_dispatcher_t *d;
 } mig_t;
 
 static cqrs_code_t project(mig_t *g, cqrs_event_t *const *events, size_t n, cqrs_error_t *err) {
   for (size_t i = 0; i < n; i++) {
-    cqrs_code_t rc = billing_project_invoices(events[i], g->proj, err);
+    cqrs_code_t rc = memproj_apply(g->mp, events[i], err);
     if (rc) return rc;
     if (events[i]->position > g->projected) g->projected = events[i]->position;
   }
@@ -138,16 +141,13 @@ static cqrs_code_t migrate_invoice(mig_t *g, const legacy_t *l, bool *existed, c
   return commit(g, &billing_invoice, l->id, cmd, types, payloads, n, existed, err);
 }
 
-/* The highest number of each year in a batch, told to the book before any
- * invoice of the batch is recorded: no invoice ever holds a number its
- * book could give again. */
 typedef struct year_max {
   int year;
   int64_t seq;
   char number[BILLING_NUMBER_MAX];
 } year_max_t;
 
-static cqrs_code_t import_numbers(mig_t *g, const year_max_t *ym, size_t n, cqrs_error_t *err) {
+static cqrs_code_t import_books(mig_t *g, const year_max_t *ym, size_t n, cqrs_error_t *err) {
   for (size_t i = 0; i < n; i++) {
     billing_import_invoice_t p;
     memset(&p, 0, sizeof p);
@@ -204,49 +204,120 @@ static int reject(mig_t *g, const bson_t *doc, const char *reason) {
   return ok ? ADMIN_OK : admin_server_error("record a malformed document", &e);
 }
 
-/* Migrates one batch: numbers first, then customers, then invoices. */
+/* Marks the documents of `ls` whose invoice an earlier run committed: one
+ * query for the whole batch rather than one duplicate-key round per commit
+ * (for the batch a killed run left half done). */
+static int find_committed(mig_t *g, const legacy_t *ls, const bool *ok, size_t n, bool *done) {
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, billing_mongo_options.events);
+  bson_t filter = BSON_INITIALIZER, range, opts = BSON_INITIALIZER, proj;
+  /* The batch is in _id order, so its command ids span one range (a long
+   * $in list is more than some servers take). */
+  char lo[CQRS_ID_MAX] = "", hi[CQRS_ID_MAX] = "";
+  for (size_t i = 0; i < n; i++) {
+    char cmd[CQRS_ID_MAX];
+    if (!ok[i]) continue;
+    snprintf(cmd, sizeof cmd, "migrate:invoice:%s", ls[i].id);
+    if (!lo[0] || strcmp(cmd, lo) < 0) memcpy(lo, cmd, sizeof lo);
+    if (strcmp(cmd, hi) > 0) memcpy(hi, cmd, sizeof hi);
+  }
+  if (!lo[0]) {
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    mongoc_collection_destroy(c);
+    return ADMIN_OK;
+  }
+  BSON_APPEND_DOCUMENT_BEGIN(&filter, "commandId", &range);
+  BSON_APPEND_UTF8(&range, "$gte", lo);
+  BSON_APPEND_UTF8(&range, "$lte", hi);
+  bson_append_document_end(&filter, &range);
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+  BSON_APPEND_INT32(&proj, "commandId", 1);
+  bson_append_document_end(&opts, &proj);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, &opts, NULL);
+  const bson_t *doc;
+  while (mongoc_cursor_next(cur, &doc)) {
+    const char *cmd = admin_str(doc, "commandId");
+    for (size_t i = 0; cmd && i < n; i++) {
+      if (ok[i] && !strcmp(cmd + strlen("migrate:invoice:"), ls[i].id)) done[i] = true;
+    }
+  }
+  bson_error_t e;
+  int rc = mongoc_cursor_error(cur, &e) ? admin_server_error("look for committed invoices", &e) : ADMIN_OK;
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  mongoc_collection_destroy(c);
+  return rc;
+}
+
+/* Migrates one batch: customers first (an invoice's read document takes
+ * its customer's name and e-mail), then invoices. */
 static int run_batch(mig_t *g, bson_t **docs, size_t n) {
   legacy_t *ls = calloc(n ? n : 1, sizeof *ls);
-  bool *ok = calloc(n ? n : 1, sizeof *ok);
-  year_max_t ym[MAX_YEARS];
-  size_t nym = 0;
-  int rc = ls && ok ? ADMIN_OK : ADMIN_SERVER;
+  bool *ok = calloc(n ? n : 1, sizeof *ok), *done = calloc(n ? n : 1, sizeof *done);
+  int rc = ls && ok && done ? ADMIN_OK : ADMIN_SERVER;
   for (size_t i = 0; !rc && i < n; i++) {
     char reason[CQRS_MESSAGE_MAX];
-    if (!(ok[i] = legacy_parse(docs[i], &ls[i], reason, sizeof reason))) {
-      rc = reject(g, docs[i], reason);
-      continue;
-    }
-    size_t y = 0;
-    while (y < nym && ym[y].year != ls[i].year) y++;
-    if (y == nym && nym == MAX_YEARS) {
-      /* A batch spanning more years than the table holds: this one alone. */
-      year_max_t one = {ls[i].year, ls[i].sequence, ""};
-      memcpy(one.number, ls[i].number, sizeof one.number);
-      cqrs_error_t err;
-      if (import_numbers(g, &one, 1, &err)) rc = admin_cqrs_error("tell a book its number", &err);
-      continue;
-    }
-    if (y == nym) ym[nym++] = (year_max_t){ls[i].year, 0, ""};
-    if (ls[i].sequence > ym[y].seq) {
-      ym[y].seq = ls[i].sequence;
-      memcpy(ym[y].number, ls[i].number, sizeof ym[y].number);
-    }
+    if (!(ok[i] = legacy_parse(docs[i], &ls[i], reason, sizeof reason))) rc = reject(g, docs[i], reason);
   }
+  if (!rc && (g->resumed || g->restart)) rc = find_committed(g, ls, ok, n, done);
+  g->resumed = false;
   cqrs_error_t err;
-  if (!rc && import_numbers(g, ym, nym, &err)) rc = admin_cqrs_error("tell the books their numbers", &err);
   for (size_t i = 0; !rc && i < n; i++) {
-    if (ok[i] && register_customer(g, &ls[i], &err)) rc = admin_cqrs_error("register a customer", &err);
+    if (ok[i] && !done[i] && register_customer(g, &ls[i], &err)) rc = admin_cqrs_error("register a customer", &err);
   }
   for (size_t i = 0; !rc && i < n; i++) {
-    bool existed;
+    bool existed = done[i];
     if (!ok[i]) continue;
-    if (migrate_invoice(g, &ls[i], &existed, &err)) rc = admin_cqrs_error("migrate an invoice", &err);
+    if (!existed && migrate_invoice(g, &ls[i], &existed, &err)) rc = admin_cqrs_error("migrate an invoice", &err);
     else if (existed) g->already++;
     else g->migrated++;
   }
   free(ls);
   free(ok);
+  free(done);
+  return rc;
+}
+
+/* Before any invoice is recorded, each year's book learns the highest
+ * number of the year among the documents that will migrate (one pass over
+ * the legacy collection), so that no migrated invoice ever holds a number
+ * its book could give again. */
+static int import_numbers(mig_t *g) {
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, g->source);
+  bson_t filter = BSON_INITIALIZER;
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, NULL, NULL);
+  year_max_t ym[MAX_YEARS];
+  size_t nym = 0;
+  const bson_t *doc;
+  int rc = ADMIN_OK;
+  cqrs_error_t err;
+  while (!rc && mongoc_cursor_next(cur, &doc)) {
+    legacy_t l;
+    char reason[CQRS_MESSAGE_MAX];
+    if (!legacy_parse(doc, &l, reason, sizeof reason)) continue;
+    size_t y = 0;
+    while (y < nym && ym[y].year != l.year) y++;
+    if (y == MAX_YEARS) {
+      year_max_t one = {l.year, l.sequence, ""};
+      memcpy(one.number, l.number, sizeof one.number);
+      if (import_books(g, &one, 1, &err)) rc = admin_cqrs_error("tell a book its number", &err);
+      continue;
+    }
+    if (y == nym) ym[nym++] = (year_max_t){l.year, 0, ""};
+    if (l.sequence > ym[y].seq) {
+      ym[y].seq = l.sequence;
+      memcpy(ym[y].number, l.number, sizeof ym[y].number);
+    }
+  }
+  bson_error_t e;
+  if (!rc && mongoc_cursor_error(cur, &e)) rc = admin_server_error("read the legacy documents", &e);
+  if (!rc && import_books(g, ym, nym, &err)) rc = admin_cqrs_error("tell the books their numbers", &err);
+  for (size_t i = 0; !rc && !g->quiet && !g->a->json && i < nym; i++)
+    printf("book %04d: numbering continues after %s\n", ym[i].year, ym[i].number);
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  mongoc_collection_destroy(c);
   return rc;
 }
 
@@ -261,12 +332,14 @@ typedef struct catchup {
 static bool catch_up_one(const cqrs_event_t *e, void *data) {
   catchup_t *c = data;
   if (!admin_projection_wants(&admin_projections[0], e->type)) return true;
-  c->rc = billing_project_invoices(e, c->g->proj, &c->err);
+  c->rc = memproj_apply(c->g->mp, e, &c->err);
   if (e->position > c->g->projected) c->g->projected = e->position;
   return c->rc == CQRS_OK;
 }
 
 static int save_checkpoint(mig_t *g) {
+  int rc = memproj_flush(g->mp);
+  if (rc) return rc;
   cqrs_error_t err;
   int64_t at;
   if (cqrs_checkpoints_load(g->a->cp, admin_projections[0].name, &at, &err))
@@ -314,7 +387,8 @@ static int load_progress(mig_t *g) {
   mongoc_cursor_destroy(cur);
   bson_destroy(&filter);
   mongoc_collection_destroy(c);
-  if (!rc && g->last_id[0] && !g->quiet) printf("resuming after %s\n", g->last_id);
+  if (!rc && g->last_id[0] && !g->quiet && !g->a->json) printf("resuming after %s\n", g->last_id);
+  g->resumed = true;
   return rc;
 }
 
@@ -432,14 +506,15 @@ static int work(admin_t *a, cqrs_dispatcher_t *d, void *data) {
   if (!g->quiet && !a->json)
     printf("step 1: collections and indexes ready in %s at %s\n", cqrs_mongo_database(a->m),
            cqrs_mongo_uri_redacted(a->m));
-  g->proj = billing_projector_new(a->rm, NULL);
-  if (!g->proj) return ADMIN_SERVER;
+  g->mp = memproj_new(a, NULL, true);
+  if (!g->mp) return ADMIN_SERVER;
   int rc = load_progress(g);
   if (!rc) rc = catch_up(g);
+  if (!rc) rc = import_numbers(g);
   if (!rc) rc = migrate_all(g);
   fflush(stdout);
   if (!rc) rc = report(g);
-  billing_destroy(g->proj);
+  memproj_destroy(g->mp);
   seen_t *s, *tmp;
   HASH_ITER(hh, g->customers, s, tmp) {
     HASH_DEL(g->customers, s);
