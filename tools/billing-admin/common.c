@@ -109,7 +109,7 @@ int admin_parse(admin_t *a, int argc, char **argv, const char *const *specs, con
   optind = 1;
   opterr = 0;
   int c;
-  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+  while ((c = getopt_long_only(argc, argv, "h", opts, NULL)) != -1) {
     if (c == 'h') {
       fputs(usage, stdout);
       return -1;
