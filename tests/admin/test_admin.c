@@ -359,12 +359,106 @@ static void test_flag_routes_reads(void **state) {
   adm_close(&t);
 }
 
+/* ---- status, against a real HTTP endpoint ---- */
+
+static void add_instance(adm_t *t, const char *id, const char *endpoint, int64_t heartbeat) {
+  mongoc_collection_t *c = adm_coll(t, "cqrs_instances");
+  bson_t doc = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&doc, "_id", id);
+  BSON_APPEND_UTF8(&doc, "endpoint", endpoint);
+  BSON_APPEND_UTF8(&doc, "app", "billing");
+  BSON_APPEND_DATE_TIME(&doc, "startedAt", heartbeat - 1000);
+  BSON_APPEND_DATE_TIME(&doc, "heartbeatAt", heartbeat);
+  bson_error_t e;
+  if (!mongoc_collection_insert_one(c, &doc, NULL, NULL, &e)) fail_msg("%s", e.message);
+  bson_destroy(&doc);
+  mongoc_collection_destroy(c);
+}
+
+static double json_double(const char *text, const char *key) {
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\" : ", key);
+  const char *p = strstr(text, pat);
+  if (!p) fail_msg("no %s in %s", key, text);
+  return atof(p + strlen(pat));
+}
+
+static pid_t metrics_server;
+
+/* Stops the endpoint even when an assertion failed. */
+static int stop_metrics_server(void **state) {
+  (void)state;
+  if (metrics_server > 0) {
+    kill(metrics_server, SIGTERM);
+    waitpid(metrics_server, NULL, 0);
+    metrics_server = 0;
+  }
+  return 0;
+}
+
+static void test_status_scrapes_endpoints(void **state) {
+  (void)state;
+  NEED_MONGO();
+  adm_t t;
+  adm_open(&t);
+  char portfile[64], endpoint[128];
+  snprintf(portfile, sizeof portfile, "/tmp/adm_port_%d", (int)getpid());
+  unlink(portfile);
+  const char *argv[] = {"python3", METRICS_SERVER, portfile, NULL};
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  assert_int_equal(posix_spawnp(&metrics_server, "python3", &fa, NULL, (char *const *)argv, environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  FILE *f = NULL;
+  for (int i = 0; i < 100 && !(f = fopen(portfile, "r")); i++) uv_sleep(50);
+  assert_non_null(f);
+  int port = 0;
+  assert_int_equal(fscanf(f, "%d", &port), 1);
+  fclose(f);
+  unlink(portfile);
+  snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d/metrics", port);
+
+  assert_int_equal(ADM(&t, "status"), 1); /* nobody registered */
+  assert_non_null(strstr(t.out, "no process registered"));
+  add_instance(&t, "apphost:101", endpoint, cqrs_now_ms());
+  assert_int_equal(ADM(&t, "--json", "status"), 0);
+  /* 1000 commands and 19000 queries per scrape, one second apart. */
+  double cmds = json_double(t.out, "commandsPerSecond"), qs = json_double(t.out, "queriesPerSecond");
+  assert_true(cmds > 800 && cmds <= 1000);
+  assert_true(qs > 15200 && qs <= 19000);
+  assert_true(fabs(json_double(t.out, "errorRatePercent") - 0.01) < 1e-9);
+  assert_true(fabs(json_double(t.out, "syncLagSeconds") - 0.25) < 1e-9);
+  assert_true(fabs(json_double(t.out, "writeP99Seconds") - (0.005 + 0.045 * 90.0 / 95.0)) < 1e-9);
+  assert_true(fabs(json_double(t.out, "readP99Seconds") - (0.001 + 0.009 * 0.81)) < 1e-9);
+
+  /* A process whose heartbeat stopped, one nobody answers for: shown, and 1. */
+  add_instance(&t, "apphost:102", endpoint, cqrs_now_ms() - 60000);
+  add_instance(&t, "apphost:103", "http://127.0.0.1:1/metrics", cqrs_now_ms());
+  assert_int_equal(ADM(&t, "status"), 1);
+  assert_non_null(strstr(t.out, "apphost:102"));
+  assert_non_null(strstr(t.out, "stale: last heartbeat 6"));
+  assert_non_null(strstr(t.out, "apphost:103"));
+  assert_non_null(strstr(t.out, "unreachable"));
+  assert_non_null(strstr(t.out, "write p99          47.6 ms   < 100 ms        ok"));
+  assert_non_null(strstr(t.out, "sync lag            0.250s   < 1 s           ok"));
+
+  /* --watch redraws in place. */
+  assert_int_equal(ADM(&t, "status", "--watch", "--count", "2"), 1);
+  const char *first = strstr(t.out, "\033[H\033[2J");
+  assert_non_null(first);
+  assert_non_null(strstr(first + 1, "\033[H\033[2J"));
+  adm_close(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_check_and_repair),
       cmocka_unit_test(test_migrate_killed_and_rerun),
       cmocka_unit_test(test_flag_routes_reads),
+      cmocka_unit_test_teardown(test_status_scrapes_endpoints, stop_metrics_server),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
