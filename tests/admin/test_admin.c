@@ -383,6 +383,139 @@ static double json_double(const char *text, const char *key) {
   return atof(p + strlen(pat));
 }
 
+/* ---- rebuild while the application writes ---- */
+
+typedef struct app {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_mongo_t *m;
+  cqrs_store_t *store;
+  cqrs_readmodel_t *rm;
+  cqrs_checkpoints_t *cp;
+  cqrs_dispatcher_t *d;
+  billing_t *billing;
+} app_t;
+
+static void app_open(app_t *a, adm_t *t) {
+  memset(a, 0, sizeof *a);
+  uv_loop_init(&a->loop);
+  a->reg = cqrs_registry_new();
+  assert_int_equal(billing_register(a->reg, NULL), CQRS_OK);
+  cqrs_mongo_options_t o = {.database = t->db, .events = "billing_commands", .snapshots = "billing_snapshots",
+                            .checkpoints = "billing_checkpoints", .dead_letters = "billing_dead_letters"};
+  cqrs_error_t e;
+  if (cqrs_mongo_new(t->uri, &o, a->reg, &a->loop, &a->m, &e)) fail_msg("%s", e.message);
+  a->store = cqrs_mongo_store_new(a->m);
+  a->rm = cqrs_mongo_readmodel_new(a->m);
+  a->cp = cqrs_mongo_checkpoints_new(a->m);
+  cqrs_dispatcher_options_t opts;
+  cqrs_dispatcher_options_init(&opts);
+  opts.retry_base_ms = 50;
+  opts.retry_cap_ms = 400;
+  opts.dead_letter = cqrs_mongo_dead_letter;
+  opts.dead_letter_data = a->m;
+  if (cqrs_dispatcher_new(&a->loop, a->reg, a->store, &opts, &a->d, &e)) fail_msg("%s", e.message);
+  if (billing_start(a->d, a->rm, a->cp, NULL, &a->billing, &e)) fail_msg("%s", e.message);
+}
+
+static void app_close(app_t *a) {
+  cqrs_dispatcher_close(a->d, NULL, NULL);
+  uv_run(&a->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&a->loop), 0);
+  billing_destroy(a->billing);
+  cqrs_checkpoints_destroy(a->cp);
+  cqrs_readmodel_destroy(a->rm);
+  cqrs_store_destroy(a->store);
+  cqrs_mongo_destroy(a->m);
+  cqrs_registry_destroy(a->reg);
+}
+
+typedef struct sent {
+  bool done;
+  cqrs_error_t error;
+} sent_t;
+
+static void on_sent(const cqrs_result_t *r, void *data) {
+  sent_t *s = data;
+  s->error = r->error;
+  s->done = true;
+}
+
+static void app_send(app_t *a, const cqrs_command_type_t *type, const void *payload) {
+  cqrs_command_t *cmd;
+  cqrs_error_t e;
+  if (cqrs_command_new(type, payload, &cmd, &e)) fail_msg("%s", e.message);
+  sent_t s = {false, {0}};
+  assert_int_equal(cqrs_dispatcher_send(a->d, cmd, on_sent, &s), CQRS_OK);
+  while (!s.done) uv_run(&a->loop, UV_RUN_ONCE);
+  if (s.error.code) fail_msg("%s: %s", type->name, s.error.message);
+}
+
+static void test_rebuild_while_writing(void **state) {
+  (void)state;
+  NEED_MONGO();
+  adm_t t;
+  adm_open(&t);
+  assert_int_equal(ADM(&t, "gen-legacy", "150", "--customers", "30"), 0);
+  assert_int_equal(ADM(&t, "migrate", "--quiet"), 0);
+  app_t a;
+  app_open(&a, &t);
+  char out[64], err[64];
+  snprintf(out, sizeof out, "/tmp/adm_rout_%d", (int)getpid());
+  snprintf(err, sizeof err, "/tmp/adm_rerr_%d", (int)getpid());
+  const char *argv[] = {"--uri", t.uri, "rebuild", "billing.invoices", NULL};
+  pid_t pid = adm_spawn(&t, NULL, argv, out, err);
+  /* Commands for the invoices projection while the rebuild runs, and after
+   * it switched over: new customers, e-mail changes reaching invoices. */
+  int status, sent = 0;
+  bool running = true;
+  for (int i = 0; running || i < sent + 3; i++) {
+    billing_register_customer_t reg;
+    memset(&reg, 0, sizeof reg);
+    snprintf(reg.customer_id, sizeof reg.customer_id, "new_%03d", i);
+    snprintf(reg.name, sizeof reg.name, "New %d", i);
+    snprintf(reg.email, sizeof reg.email, "new%d@example.com", i);
+    app_send(&a, &billing_register_customer, &reg);
+    billing_change_email_t ch;
+    memset(&ch, 0, sizeof ch);
+    snprintf(ch.customer_id, sizeof ch.customer_id, "cust_%05d", i % 30);
+    snprintf(ch.email, sizeof ch.email, "changed%d@example.com", i);
+    app_send(&a, &billing_change_email, &ch);
+    if (running && waitpid(pid, &status, WNOHANG) == pid) {
+      running = false;
+      sent = i;
+    }
+  }
+  assert_true(WIFEXITED(status));
+  slurp(out, t.out, sizeof t.out);
+  slurp(err, t.err, sizeof t.err);
+  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_non_null(strstr(t.out, "switched over"));
+  assert_true(sent > 0); /* commands ran during the rebuild */
+  app_close(&a);
+
+  /* Equal to a full replay, the old collections kept, the indexes carried. */
+  assert_int_equal(ADM(&t, "check"), 0);
+  assert_int_equal(adm_count(&t, "billing_queries", NULL), 150);
+  bson_t names = BSON_INITIALIZER;
+  char **colls = mongoc_database_get_collection_names_with_opts(t.mdb, NULL, NULL);
+  bool old_kept = false;
+  for (char **c = colls; c && *c; c++) old_kept |= !strncmp(*c, "billing_queries_old_", 20);
+  bson_strfreev(colls);
+  bson_destroy(&names);
+  assert_true(old_kept);
+  mongoc_collection_t *q = adm_coll(&t, "billing_queries");
+  mongoc_cursor_t *cur = mongoc_collection_find_indexes_with_opts(q, NULL);
+  const bson_t *idx;
+  bool carried = false;
+  while (mongoc_cursor_next(cur, &idx)) carried |= adm_str(idx, "name") && !strcmp(adm_str(idx, "name"), "customer_status");
+  mongoc_cursor_destroy(cur);
+  mongoc_collection_destroy(q);
+  assert_true(carried);
+  assert_int_equal(ADM(&t, "rebuild", "billing.nothing"), 2);
+  adm_close(&t);
+}
+
 static pid_t metrics_server;
 
 /* Stops the endpoint even when an assertion failed. */
@@ -458,6 +591,7 @@ int main(void) {
       cmocka_unit_test(test_check_and_repair),
       cmocka_unit_test(test_migrate_killed_and_rerun),
       cmocka_unit_test(test_flag_routes_reads),
+      cmocka_unit_test(test_rebuild_while_writing),
       cmocka_unit_test_teardown(test_status_scrapes_endpoints, stop_metrics_server),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
