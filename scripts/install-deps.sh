@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages libcqrs builds and tests with, when any is missing.
 set -euo pipefail
-pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind)
+pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind
+  libcurl4-openssl-dev python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

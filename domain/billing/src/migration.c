@@ -38,6 +38,14 @@ int billing_currency_exponent(const char *code) {
   return 2;
 }
 
+/* The shortest text that reads back as `v` (4290.3964, not 4290.3963999999996). */
+static void shortest(double v, char *buf, size_t cap) {
+  for (int p = 1; p <= 17; p++) {
+    snprintf(buf, cap, "%.*g", p, v);
+    if (strtod(buf, NULL) == v) return;
+  }
+}
+
 cqrs_code_t billing_amount_from_double(double value, const char *currency, int64_t *minor, cqrs_error_t *err) {
   if (!minor) return cqrs_error_set(err, CQRS_EINVAL, "minor is NULL");
   *minor = 0;
@@ -48,7 +56,9 @@ cqrs_code_t billing_amount_from_double(double value, const char *currency, int64
   for (int i = 0; i < e; i++) scale *= 10;
   double scaled = value * scale;
   /* Beyond 2^53 a double no longer holds every integer: no exact answer. */
-  if (fabs(scaled) >= 9007199254740992.0) return cqrs_error_set(err, CQRS_EINVAL, "amount %.17g is too large", value);
+  char text[32];
+  shortest(value, text, sizeof text);
+  if (fabs(scaled) >= 9007199254740992.0) return cqrs_error_set(err, CQRS_EINVAL, "amount %s is too large", text);
   long long n = llround(scaled);
   /* The double must be the one nearest to the decimal n / 10^e: written out
    * with e decimals and read back, it is the same double, or the legacy
@@ -61,7 +71,7 @@ cqrs_code_t billing_amount_from_double(double value, const char *currency, int64
   errno = 0;
   double back = strtod(buf, NULL);
   if (errno || back != value)
-    return cqrs_error_set(err, CQRS_EINVAL, "amount %.17g is not a whole number of %s minor units (10^-%d)", value,
+    return cqrs_error_set(err, CQRS_EINVAL, "amount %s is not a whole number of %s minor units (10^-%d)", text,
                           currency, e);
   *minor = n;
   return CQRS_OK;
