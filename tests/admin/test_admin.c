@@ -516,6 +516,68 @@ static void test_rebuild_while_writing(void **state) {
   adm_close(&t);
 }
 
+/* ---- dead letters ---- */
+
+static bool keep_first(const cqrs_event_t *e, void *data) {
+  *(const cqrs_event_t **)data = cqrs_event_ref(e);
+  return false;
+}
+
+static void test_dead_letters(void **state) {
+  (void)state;
+  NEED_MONGO();
+  adm_t t;
+  adm_open(&t);
+  assert_int_equal(ADM(&t, "gen-legacy", "20", "--customers", "3"), 0);
+  assert_int_equal(ADM(&t, "migrate", "--quiet"), 0);
+  /* The projection failed on cust_00000's registration for good: its
+   * document is missing and the event is in the dead letters (written by
+   * the real sink). A process-manager letter too, which the tool leaves. */
+  cqrs_registry_t *reg = cqrs_registry_new();
+  assert_int_equal(billing_register(reg, NULL), CQRS_OK);
+  cqrs_mongo_options_t o = {.database = t.db, .events = "billing_commands", .dead_letters = "billing_dead_letters"};
+  cqrs_mongo_t *m;
+  cqrs_error_t e;
+  if (cqrs_mongo_new(t.uri, &o, reg, NULL, &m, &e)) fail_msg("%s", e.message);
+  cqrs_store_t *store = cqrs_mongo_store_new(m);
+  const cqrs_event_t *ev = NULL;
+  if (cqrs_store_read_stream(store, "customer", "cust_00000", 1, keep_first, &ev, &e)) fail_msg("%s", e.message);
+  assert_non_null(ev);
+  delete_doc(&t, "billing_customers", "cust_00000");
+  cqrs_error_t why;
+  cqrs_error_set(&why, CQRS_ESTORE, "the server went away");
+  cqrs_mongo_dead_letter("billing.invoices", ev, &why, m);
+  cqrs_mongo_dead_letter("billing.process", ev, &why, m);
+  cqrs_event_unref(ev);
+  cqrs_store_destroy(store);
+  cqrs_mongo_destroy(m);
+  cqrs_registry_destroy(reg);
+
+  assert_int_equal(ADM(&t, "dead-letters", "list"), 0);
+  assert_non_null(strstr(t.out, "billing.invoices customer.registered customer/cust_00000 v1"));
+  assert_non_null(strstr(t.out, ": the server went away"));
+  assert_non_null(strstr(t.out, "2 dead letters"));
+  assert_int_equal(ADM(&t, "dead-letters", "replay", "--all"), 1); /* the process-manager one stays */
+  assert_non_null(strstr(t.out, "replayed "));
+  assert_non_null(strstr(t.out, "not replayed "));
+  bson_t doc;
+  assert_true(adm_get(&t, "billing_customers", "cust_00000", &doc));
+  bson_destroy(&doc);
+  assert_int_equal(adm_count(&t, "billing_dead_letters", NULL), 1);
+  assert_int_equal(ADM(&t, "check"), 0);
+
+  assert_int_equal(ADM(&t, "dead-letters", "list", "--subscriber", "billing.process"), 0);
+  char id[25];
+  memcpy(id, t.out, 24);
+  id[24] = '\0';
+  assert_int_equal(ADM(&t, "dead-letters", "drop", "0123456789abcdef01234567"), 1); /* no such letter */
+  assert_int_equal(ADM(&t, "dead-letters", "drop", id), 0);
+  assert_int_equal(adm_count(&t, "billing_dead_letters", NULL), 0);
+  assert_int_equal(ADM(&t, "dead-letters", "drop", "not-an-id"), 2);
+  assert_int_equal(ADM(&t, "dead-letters", "replay"), 2);
+  adm_close(&t);
+}
+
 static pid_t metrics_server;
 
 /* Stops the endpoint even when an assertion failed. */
@@ -592,6 +654,7 @@ int main(void) {
       cmocka_unit_test(test_migrate_killed_and_rerun),
       cmocka_unit_test(test_flag_routes_reads),
       cmocka_unit_test(test_rebuild_while_writing),
+      cmocka_unit_test(test_dead_letters),
       cmocka_unit_test_teardown(test_status_scrapes_endpoints, stop_metrics_server),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
