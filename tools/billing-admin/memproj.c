@@ -171,7 +171,6 @@ int memproj_flush(memproj_t *mp) {
   cqrs_readmodel_destroy(mp->mem);
   billing_destroy(mp->in_mem);
   mp->mem = cqrs_memory_readmodel_new();
-  mp->customers = cqrs_memory_readmodel_new();
   mp->in_mem = billing_projector_new(mp->mem, &mp->cols);
   return mp->mem && mp->in_mem ? ADMIN_OK : ADMIN_SERVER;
 }
