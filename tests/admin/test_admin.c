@@ -101,6 +101,8 @@ static void test_check_and_repair(void **state) {
   assert_non_null(strstr(t.out, "different billing_queries inv_00000011"));
   assert_null(strstr(t.out, "inv_ghost"));
   assert_int_equal(ADM(&t, "check", "--invoice", "inv_00000012"), 0);
+  assert_int_equal(ADM(&t, "check", "--invoice", "inv_nobody"), 1);
+  assert_non_null(strstr(t.err, "no invoice inv_nobody"));
   assert_int_equal(ADM(&t, "--json", "check"), 1);
   assert_int_equal(adm_json_int(&t, "missing"), 1);
 

@@ -413,6 +413,10 @@ int admin_check(admin_t *a, int argc, char **argv) {
     consistent += r[i].consistent;
     problems += r[i].missing + r[i].extra + r[i].different;
   }
+  if (!rc && k.only_id[0] && r[0].expected + r[0].extra == 0) {
+    admin_err("check: no invoice %s, neither in the event store nor on the read side", k.only_id[0]);
+    rc = ADMIN_PROBLEMS;
+  }
   double pct = expected ? 100.0 * (double)consistent / (double)expected : 100.0;
   double secs = (double)(cqrs_now_ms() - started) / 1000.0;
   if (!rc && a->json) {
