@@ -3,7 +3,8 @@
 # The Go toolchain for the MongoDB test server comes on demand, through
 # scripts/go-toolchain.sh (Debian 12 ships no Go recent enough).
 set -euo pipefail
-pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind libmicrohttpd-dev libcurl4-openssl-dev)
+pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind
+  libmicrohttpd-dev libcurl4-openssl-dev python3)
 missing=()
 pkgs+=(spin) # model checking: scripts/models.sh
 for p in "${pkgs[@]}"; do

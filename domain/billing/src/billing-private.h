@@ -20,6 +20,9 @@ cqrs_code_t billing__account_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
 cqrs_code_t billing__transfer_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
 cqrs_code_t billing__customer_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
 cqrs_code_t billing__invoice_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
+cqrs_code_t billing__migration_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err);
+/* The book's apply of invoice.imported (migration.c). */
+void billing__book_on_imported(void *state, const cqrs_event_t *e);
 
 struct billing {
   cqrs_dispatcher_t *d; /* NULL for a bare projector */

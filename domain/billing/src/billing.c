@@ -12,7 +12,7 @@ static const cqrs_command_type_t *const commands[] = {
     &billing_open_account,   &billing_deposit,           &billing_withdraw,      &billing_refund,
     &billing_close_account,  &billing_request_transfer,  &billing_complete_transfer, &billing_fail_transfer,
     &billing_refund_transfer, &billing_register_customer, &billing_change_email,  &billing_issue_invoice,
-    &billing_record_invoice, &billing_pay_invoice,       &billing_cancel_invoice, NULL};
+    &billing_record_invoice, &billing_pay_invoice,       &billing_cancel_invoice, &billing_import_invoice, NULL};
 
 cqrs_code_t billing_register(cqrs_registry_t *reg, cqrs_error_t *err) {
   cqrs_code_t rc = CQRS_OK;
@@ -28,6 +28,7 @@ cqrs_code_t billing_register_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err) {
   if (!rc) rc = billing__transfer_handlers(d, err);
   if (!rc) rc = billing__customer_handlers(d, err);
   if (!rc) rc = billing__invoice_handlers(d, err);
+  if (!rc) rc = billing__migration_handlers(d, err);
   return rc;
 }
 

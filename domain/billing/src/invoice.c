@@ -76,7 +76,8 @@ static void on_numbered(void *state, const cqrs_event_t *e) {
   ((billing_book_state_t *)state)->last++;
 }
 
-static const cqrs_apply_entry_t book_apply[] = {{&billing_invoice_numbered, on_numbered}, {NULL, NULL}};
+static const cqrs_apply_entry_t book_apply[] = {
+    {&billing_invoice_numbered, on_numbered}, {&billing_invoice_imported, billing__book_on_imported}, {NULL, NULL}};
 static const cqrs_field_t book_fields[] = {CQRS_INT64(billing_book_state_t, last, "last", 0), CQRS_FIELDS_END};
 
 const cqrs_aggregate_type_t billing_invoice_book = {.name = "invoice_book",

@@ -273,6 +273,100 @@ billing_t *billing_projector_new(cqrs_readmodel_t *rm, const billing_collections
 cqrs_code_t billing_register_queries(cqrs_queries_t *q, const billing_collections_t *cols,
                                                  cqrs_error_t *err);
 
+/* ---- migration from a legacy system (migration.c) ---- */
+
+/* invoice.import: the book of the number's year learns that the number was
+ * given elsewhere (natural id "invoice.import:<number>"). The book raises
+ * invoice.imported when the number is above its last, nothing otherwise;
+ * it applies it as last = max(last, sequence), so numbering continues after
+ * the highest imported number. The invoice itself is recorded with
+ * invoice.record, keeping its number. */
+typedef struct billing_import_invoice {
+  char number[BILLING_NUMBER_MAX];
+  char invoice_id[CQRS_ID_MAX]; /* optional, for the record */
+} billing_import_invoice_t;
+
+typedef struct billing_invoice_imported {
+  char number[BILLING_NUMBER_MAX];
+  char invoice_id[CQRS_ID_MAX];
+  int64_t sequence; /* NNN of INV-YYYY-NNN */
+} billing_invoice_imported_t;
+
+extern const cqrs_command_type_t billing_import_invoice;
+extern const cqrs_event_type_t billing_invoice_imported;
+
+/* The ISO 4217 minor-unit exponent of `code` (EUR 2, JPY 0, KWD 3), or -1
+ * for a code that is not an active currency. */
+int billing_currency_exponent(const char *code);
+
+/* Converts a decimal amount held in a double into minor units, exactly:
+ * CQRS_EINVAL (with the reason) for an unknown currency, a value that is
+ * not finite or too large, or a double that is not the nearest one to a
+ * whole number of minor units (1500.005 EUR). Negative values convert. */
+cqrs_code_t billing_amount_from_double(double value, const char *currency, int64_t *minor, cqrs_error_t *err);
+
+/* Parses "INV-YYYY-NNN" (at least three digits, NNN >= 1). */
+bool billing_invoice_number_parse(const char *number, int *year, int64_t *n);
+
+/* ---- the mongodb_cqs_enabled feature flag (flags.c) ---- */
+
+#define BILLING_LEGACY_COLLECTION "billing_documents"
+#define BILLING_FLAGS_COLLECTION "billing_flags"
+#define BILLING_FLAG_DIFFS_COLLECTION "billing_flag_diffs"
+#define BILLING_CQS_FLAG "mongodb_cqs_enabled"
+
+typedef enum billing_cqs_mode {
+  BILLING_CQS_OFF = 0, /* reads go to the legacy collection (also: no flag set) */
+  BILLING_CQS_SHADOW,  /* both are read, the legacy answer returned, differences recorded */
+  BILLING_CQS_PERCENT, /* `percent` of customers read the CQS side */
+  BILLING_CQS_ON       /* the CQS side only */
+} billing_cqs_mode_t;
+
+typedef struct billing_cqs_flag {
+  billing_cqs_mode_t mode;
+  int percent; /* 0..100, for BILLING_CQS_PERCENT */
+} billing_cqs_flag_t;
+
+/* "off", "shadow", "on", "25" or "25%"; anything else is CQRS_EINVAL. */
+cqrs_code_t billing_cqs_flag_parse(const char *text, billing_cqs_flag_t *out, cqrs_error_t *err);
+const char *billing_cqs_mode_name(billing_cqs_mode_t mode);
+/* True when a read for `customer_id` goes to the CQS side: on; or percent
+ * and the customer's stable bucket (FNV-1a of the id, mod 100) < percent. */
+bool billing_cqs_routes_to_cqs(const billing_cqs_flag_t *f, const char *customer_id);
+
+/* The flag as persisted in billing_flags (document "mongodb_cqs_enabled"
+ * {mode, percent, updatedAt}); absent: off. Blocks when `rm` does. */
+cqrs_code_t billing_cqs_flag_load(const cqrs_readmodel_t *rm, billing_cqs_flag_t *out, cqrs_error_t *err);
+cqrs_code_t billing_cqs_flag_save(cqrs_readmodel_t *rm, const billing_cqs_flag_t *f, cqrs_error_t *err);
+
+/* The read path: an object caching the flag for `refresh_ms` over `rm`
+ * (borrowed; it reads both collections and writes billing_flag_diffs).
+ * Thread-safe. NULL on allocation failure or NULL rm. */
+typedef struct billing_flags billing_flags_t;
+billing_flags_t *billing_flags_new(cqrs_readmodel_t *rm, int64_t refresh_ms);
+void billing_flags_destroy(billing_flags_t *f);
+cqrs_code_t billing_flags_current(billing_flags_t *f, billing_cqs_flag_t *out, cqrs_error_t *err);
+
+typedef enum billing_read_source { BILLING_READ_LEGACY = 1, BILLING_READ_CQS, BILLING_READ_BOTH } billing_read_source_t;
+typedef struct billing_read {
+  billing_cqs_mode_t mode;
+  billing_read_source_t source;
+  size_t differences; /* shadow: fields that disagreed on this read */
+} billing_read_t;
+
+/* Reads invoice `id` where the flag routes it. `customer_id` (may be NULL:
+ * then the document's customer.id decides) picks the side in percent mode.
+ * Shadow returns the legacy document and records {invoiceId, differences:
+ * [{field, legacy, cqs}], at} in billing_flag_diffs when they disagree
+ * (amounts compared in minor units). `out` initialised when *found. */
+cqrs_code_t billing_invoice_read(billing_flags_t *f, const billing_collections_t *cols, const char *id,
+                                 const char *customer_id, bson_t *out, bool *found, billing_read_t *how,
+                                 cqrs_error_t *err);
+
+/* Registers "invoice.read" {id, customerId?} -> {invoice, source: "legacy"|"cqs"}
+ * on `q`, honouring the flag through `f` (borrowed, must outlive `q`). */
+cqrs_code_t billing_register_flagged_queries(cqrs_queries_t *q, billing_flags_t *f, cqrs_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,66 @@
+/* billing-admin: entry point, global options and the subcommand table. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin.h"
+
+static const struct {
+  const char *name;
+  admin_cmd_fn fn;
+  bool needs_server;
+  const char *summary;
+} commands[] = {
+    {"status", admin_status, true, "the dashboard of every running process (--watch redraws)"},
+    {"check", admin_check, true, "compare the read side with what the event store implies (--repair)"},
+    {"migrate", admin_migrate, true, "migrate the legacy billing_documents collection into events"},
+    {"flag", admin_flag, true, "show or set mongodb_cqs_enabled: off, shadow, PERCENT, on"},
+    {"rebuild", admin_rebuild, true, "rebuild a projection into a fresh collection, then switch over"},
+    {"dead-letters", admin_dead_letters, true, "list, replay or drop dead letters"},
+    {"events", admin_events, true, "tail the event store, or stream one aggregate"},
+    {"gen-legacy", admin_gen_legacy, true, "write a generated legacy billing_documents collection"},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: billing-admin [--uri URI] [--json] COMMAND [ARGS...]\n\n"
+             "The operator tool of the billing context on MongoDB. URI: --uri, else\n"
+             "$BILLING_MONGODB_URI, else $MONGODB_URI (the database: the URI's, else \"billing\").\n\n"
+             "commands:\n");
+  for (size_t i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-13s %s\n", commands[i].name, commands[i].summary);
+  fprintf(f, "\nEach command takes --help. Exit codes: 0 ok, 1 problems found (differences,\n"
+             "malformed documents, stale processes, thresholds missed), 2 usage, 3 server or URI error.\n");
+}
+
+int main(int argc, char **argv) {
+  admin_t a;
+  memset(&a, 0, sizeof a);
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return ADMIN_OK;
+    } else if (!strcmp(argv[i], "--json")) {
+      a.json = true;
+    } else if (!strcmp(argv[i], "--uri") && i + 1 < argc) {
+      a.uri = argv[++i];
+    } else if (!strncmp(argv[i], "--uri=", 6)) {
+      a.uri = argv[i] + 6;
+    } else {
+      admin_err("unknown option '%s' (see billing-admin --help)", argv[i]);
+      return ADMIN_USAGE;
+    }
+  }
+  if (i == argc) {
+    usage(stderr);
+    return ADMIN_USAGE;
+  }
+  for (size_t c = 0; c < NCOMMANDS; c++) {
+    if (!strcmp(argv[i], commands[c].name)) {
+      int rc = commands[c].fn(&a, argc - i, argv + i);
+      admin_disconnect(&a);
+      return rc;
+    }
+  }
+  admin_err("unknown command '%s' (see billing-admin --help)", argv[i]);
+  return ADMIN_USAGE;
+}

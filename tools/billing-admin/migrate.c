@@ -1,0 +1,539 @@
+/* migrate: the seed's three steps from a legacy billing_documents
+ * collection. Step 1 creates the collections and indexes. Step 2 turns each
+ * valid legacy document into the domain's own events — customer.registered
+ * once per customer, invoice.issued with the legacy number kept, then
+ * invoice.paid or invoice.cancelled — and tells each year's book the
+ * highest number it saw (invoice.import, through the domain's handler), so
+ * that numbering continues after it. Step 3 is `flag`.
+ *
+ * Commits are appended straight to the store with command ids derived from
+ * the legacy ids ("migrate:invoice:<id>"), so a re-run appends nothing
+ * twice; the invoice projection is applied to each batch in memory and
+ * written in bulk (memproj.h), its checkpoint saved with the progress after
+ * each batch. A run killed at any
+ * point resumes after the last batch it finished, first projecting what it
+ * had committed but not projected. Documents that cannot be migrated are
+ * left as they are and listed in billing_migration_rejects. */
+#include <stdlib.h>
+#include <string.h>
+#include <uthash.h>
+
+#include "admin.h"
+#include "billing_mongo.h"
+#include "legacy.h"
+#include "memproj.h"
+
+#define PROGRESS "billing_migration"
+#define REJECTS "billing_migration_rejects"
+#define MAX_YEARS 64
+
+static const char usage[] =
+    "usage: billing-admin migrate [--from COLLECTION] [--batch N] [--restart] [--quiet] [--json]\n"
+    "Step 1: creates the CQS collections and their indexes. Step 2: migrates every document of\n"
+    "COLLECTION (default billing_documents) into events (customers registered, invoices issued with\n"
+    "their numbers kept, paid, cancelled), amounts converted exactly to minor units, and projects\n"
+    "them into billing_queries and billing_customers. Idempotent and resumable: a re-run continues\n"
+    "after the last finished batch (--restart: from the first document; nothing is appended twice).\n"
+    "Malformed documents are left untouched, listed with their reason (stdout, and the collection\n"
+    "billing_migration_rejects) and counted. Step 3 is `billing-admin flag`.\n"
+    "Exit: 0 all migrated, 1 some documents could not be, 3 server error.\n";
+
+typedef struct seen {
+  UT_hash_handle hh;
+  char id[];
+} seen_t;
+
+typedef struct mig {
+  admin_t *a;
+  const char *source;
+  long long batch;
+  bool restart, quiet;
+  memproj_t *mp;
+  seen_t *customers;
+  int64_t projected; /* last position projected in this run */
+  long long migrated, already, malformed, failed, total;
+  char last_id[LEGACY_ID_MAX + 32];
+  bool resumed; /* the first batch may hold invoices a killed run committed */
+  cqrs_dispatcher_t *d;
+} mig_t;
+
+static cqrs_code_t project(mig_t *g, cqrs_event_t *const *events, size_t n, cqrs_error_t *err) {
+  for (size_t i = 0; i < n; i++) {
+    cqrs_code_t rc = memproj_apply(g->mp, events[i], err);
+    if (rc) return rc;
+    if (events[i]->position > g->projected) g->projected = events[i]->position;
+  }
+  return CQRS_OK;
+}
+
+/* Appends one commit of `n` events on a new stream and projects it. Sets
+ * *existed when the stream had been written before (by an earlier run: the
+ * same command id; or by someone else: a conflict). */
+static cqrs_code_t commit(mig_t *g, const cqrs_aggregate_type_t *agg, const char *id, const char *command_id,
+                          const cqrs_event_type_t *const *types, const void *const *payloads, size_t n,
+                          bool *existed, cqrs_error_t *err) {
+  cqrs_envelope_t *env;
+  cqrs_event_t *events[3] = {NULL, NULL, NULL};
+  *existed = false;
+  cqrs_code_t rc = cqrs_envelope_new(agg->name, id, command_id, command_id, &env, err);
+  if (rc) return rc;
+  int64_t now = cqrs_now_ms();
+  for (size_t i = 0; !rc && i < n; i++)
+    rc = cqrs_event_new(types[i], env, NULL, (int64_t)i + 1, now, payloads[i], &events[i], err);
+  cqrs_envelope_unref(env);
+  if (!rc) {
+    cqrs_append_t req = {agg->name, id, 0, command_id, events, n};
+    cqrs_append_result_t res;
+    rc = cqrs_store_append(g->a->store, &req, &res, err);
+    if (rc == CQRS_ECONFLICT) {
+      *existed = true;
+      rc = CQRS_OK;
+    } else if (!rc && res.duplicate) {
+      *existed = true;
+    } else if (!rc) {
+      rc = project(g, events, n, err);
+    }
+  }
+  for (size_t i = 0; i < n; i++) cqrs_event_unref(events[i]);
+  return rc;
+}
+
+static cqrs_code_t register_customer(mig_t *g, const legacy_t *l, cqrs_error_t *err) {
+  seen_t *s;
+  HASH_FIND_STR(g->customers, l->customer_id, s);
+  if (s) return CQRS_OK;
+  billing_customer_registered_t p;
+  memset(&p, 0, sizeof p);
+  memcpy(p.name, l->name, sizeof p.name);
+  memcpy(p.email, l->email, sizeof p.email);
+  char cmd[CQRS_ID_MAX];
+  snprintf(cmd, sizeof cmd, "migrate:customer:%s", l->customer_id);
+  const cqrs_event_type_t *types[] = {&billing_customer_registered};
+  const void *payloads[] = {&p};
+  bool existed;
+  cqrs_code_t rc = commit(g, &billing_customer, l->customer_id, cmd, types, payloads, 1, &existed, err);
+  if (rc) return rc;
+  size_t len = strlen(l->customer_id) + 1;
+  s = malloc(sizeof *s + len);
+  if (!s) return cqrs_error_set(err, CQRS_ENOMEM, "out of memory");
+  memcpy(s->id, l->customer_id, len);
+  HASH_ADD_STR(g->customers, id, s);
+  return CQRS_OK;
+}
+
+static cqrs_code_t migrate_invoice(mig_t *g, const legacy_t *l, bool *existed, cqrs_error_t *err) {
+  billing_invoice_issued_t issued;
+  memset(&issued, 0, sizeof issued);
+  memcpy(issued.number, l->number, sizeof issued.number);
+  memcpy(issued.customer_id, l->customer_id, sizeof l->customer_id);
+  issued.amount = l->amount;
+  billing_invoice_paid_t paid = {l->amount};
+  billing_invoice_cancelled_t cancelled;
+  memset(&cancelled, 0, sizeof cancelled);
+  snprintf(cancelled.reason, sizeof cancelled.reason, "cancelled before the migration");
+  const cqrs_event_type_t *types[2] = {&billing_invoice_issued, NULL};
+  const void *payloads[2] = {&issued, NULL};
+  size_t n = 1;
+  if (l->status == BILLING_INVOICE_PAID) types[n] = &billing_invoice_paid, payloads[n++] = &paid;
+  if (l->status == BILLING_INVOICE_CANCELLED) types[n] = &billing_invoice_cancelled, payloads[n++] = &cancelled;
+  char cmd[CQRS_ID_MAX];
+  snprintf(cmd, sizeof cmd, "migrate:invoice:%s", l->id);
+  return commit(g, &billing_invoice, l->id, cmd, types, payloads, n, existed, err);
+}
+
+typedef struct year_max {
+  int year;
+  int64_t seq;
+  char number[BILLING_NUMBER_MAX];
+} year_max_t;
+
+static cqrs_code_t import_books(mig_t *g, const year_max_t *ym, size_t n, cqrs_error_t *err) {
+  for (size_t i = 0; i < n; i++) {
+    billing_import_invoice_t p;
+    memset(&p, 0, sizeof p);
+    memcpy(p.number, ym[i].number, sizeof p.number);
+    cqrs_command_t *cmd;
+    cqrs_code_t rc = cqrs_command_new(&billing_import_invoice, &p, &cmd, err);
+    if (!rc) rc = cqrs_dispatcher_execute(g->d, cmd, err, NULL);
+    if (rc) return rc;
+  }
+  return CQRS_OK;
+}
+
+static int save_progress(mig_t *g, bool finished) {
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, PROGRESS);
+  bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, set, inc, opts = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", g->source);
+  BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &set);
+  BSON_APPEND_UTF8(&set, "lastId", g->last_id);
+  BSON_APPEND_DATE_TIME(&set, "updatedAt", cqrs_now_ms());
+  BSON_APPEND_BOOL(&set, "finished", finished);
+  bson_append_document_end(&u, &set);
+  BSON_APPEND_DOCUMENT_BEGIN(&u, "$inc", &inc);
+  BSON_APPEND_INT64(&inc, "migrated", g->migrated + g->already);
+  bson_append_document_end(&u, &inc);
+  BSON_APPEND_BOOL(&opts, "upsert", true);
+  bson_error_t e;
+  bool ok = mongoc_collection_update_one(c, &filter, &u, &opts, NULL, &e);
+  bson_destroy(&filter);
+  bson_destroy(&u);
+  bson_destroy(&opts);
+  mongoc_collection_destroy(c);
+  return ok ? ADMIN_OK : admin_server_error("save the migration's progress", &e);
+}
+
+static int reject(mig_t *g, const bson_t *doc, const char *reason) {
+  char id[LEGACY_ID_MAX + 32];
+  admin_doc_id(doc, id, sizeof id);
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, REJECTS);
+  bson_t filter = BSON_INITIALIZER, body = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, doc, "_id")) bson_append_iter(&filter, "_id", 3, &it);
+  bson_copy_to_excluding_noinit(&filter, &body, "", NULL);
+  BSON_APPEND_UTF8(&body, "source", g->source);
+  BSON_APPEND_UTF8(&body, "reason", reason);
+  BSON_APPEND_DATE_TIME(&body, "at", cqrs_now_ms());
+  BSON_APPEND_BOOL(&opts, "upsert", true);
+  bson_error_t e;
+  bool ok = mongoc_collection_replace_one(c, &filter, &body, &opts, NULL, &e);
+  bson_destroy(&filter);
+  bson_destroy(&body);
+  bson_destroy(&opts);
+  mongoc_collection_destroy(c);
+  g->malformed++;
+  return ok ? ADMIN_OK : admin_server_error("record a malformed document", &e);
+}
+
+/* Marks the documents of `ls` whose invoice an earlier run committed: one
+ * query for the whole batch rather than one duplicate-key round per commit
+ * (for the batch a killed run left half done). */
+static int find_committed(mig_t *g, const legacy_t *ls, const bool *ok, size_t n, bool *done) {
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, billing_mongo_options.events);
+  bson_t filter = BSON_INITIALIZER, range, opts = BSON_INITIALIZER, proj;
+  /* The batch is in _id order, so its command ids span one range (a long
+   * $in list is more than some servers take). */
+  char lo[CQRS_ID_MAX] = "", hi[CQRS_ID_MAX] = "";
+  for (size_t i = 0; i < n; i++) {
+    char cmd[CQRS_ID_MAX];
+    if (!ok[i]) continue;
+    snprintf(cmd, sizeof cmd, "migrate:invoice:%s", ls[i].id);
+    if (!lo[0] || strcmp(cmd, lo) < 0) memcpy(lo, cmd, sizeof lo);
+    if (strcmp(cmd, hi) > 0) memcpy(hi, cmd, sizeof hi);
+  }
+  if (!lo[0]) {
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    mongoc_collection_destroy(c);
+    return ADMIN_OK;
+  }
+  BSON_APPEND_DOCUMENT_BEGIN(&filter, "commandId", &range);
+  BSON_APPEND_UTF8(&range, "$gte", lo);
+  BSON_APPEND_UTF8(&range, "$lte", hi);
+  bson_append_document_end(&filter, &range);
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+  BSON_APPEND_INT32(&proj, "commandId", 1);
+  bson_append_document_end(&opts, &proj);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, &opts, NULL);
+  const bson_t *doc;
+  while (mongoc_cursor_next(cur, &doc)) {
+    const char *cmd = admin_str(doc, "commandId");
+    for (size_t i = 0; cmd && i < n; i++) {
+      if (ok[i] && !strcmp(cmd + strlen("migrate:invoice:"), ls[i].id)) done[i] = true;
+    }
+  }
+  bson_error_t e;
+  int rc = mongoc_cursor_error(cur, &e) ? admin_server_error("look for committed invoices", &e) : ADMIN_OK;
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  mongoc_collection_destroy(c);
+  return rc;
+}
+
+/* Migrates one batch: customers first (an invoice's read document takes
+ * its customer's name and e-mail), then invoices. */
+static int run_batch(mig_t *g, bson_t **docs, size_t n) {
+  legacy_t *ls = calloc(n ? n : 1, sizeof *ls);
+  bool *ok = calloc(n ? n : 1, sizeof *ok), *done = calloc(n ? n : 1, sizeof *done);
+  int rc = ls && ok && done ? ADMIN_OK : ADMIN_SERVER;
+  for (size_t i = 0; !rc && i < n; i++) {
+    char reason[CQRS_MESSAGE_MAX];
+    if (!(ok[i] = legacy_parse(docs[i], &ls[i], reason, sizeof reason))) rc = reject(g, docs[i], reason);
+  }
+  if (!rc && (g->resumed || g->restart)) rc = find_committed(g, ls, ok, n, done);
+  g->resumed = false;
+  cqrs_error_t err;
+  for (size_t i = 0; !rc && i < n; i++) {
+    if (ok[i] && !done[i] && register_customer(g, &ls[i], &err)) rc = admin_cqrs_error("register a customer", &err);
+  }
+  for (size_t i = 0; !rc && i < n; i++) {
+    bool existed = done[i];
+    if (!ok[i]) continue;
+    if (!existed && migrate_invoice(g, &ls[i], &existed, &err)) rc = admin_cqrs_error("migrate an invoice", &err);
+    else if (existed) g->already++;
+    else g->migrated++;
+  }
+  free(ls);
+  free(ok);
+  free(done);
+  return rc;
+}
+
+/* Before any invoice is recorded, each year's book learns the highest
+ * number of the year among the documents that will migrate (one pass over
+ * the legacy collection), so that no migrated invoice ever holds a number
+ * its book could give again. */
+static int import_numbers(mig_t *g) {
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, g->source);
+  bson_t filter = BSON_INITIALIZER;
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, NULL, NULL);
+  year_max_t ym[MAX_YEARS];
+  size_t nym = 0;
+  const bson_t *doc;
+  int rc = ADMIN_OK;
+  cqrs_error_t err;
+  while (!rc && mongoc_cursor_next(cur, &doc)) {
+    legacy_t l;
+    char reason[CQRS_MESSAGE_MAX];
+    if (!legacy_parse(doc, &l, reason, sizeof reason)) continue;
+    size_t y = 0;
+    while (y < nym && ym[y].year != l.year) y++;
+    if (y == MAX_YEARS) {
+      year_max_t one = {l.year, l.sequence, ""};
+      memcpy(one.number, l.number, sizeof one.number);
+      if (import_books(g, &one, 1, &err)) rc = admin_cqrs_error("tell a book its number", &err);
+      continue;
+    }
+    if (y == nym) ym[nym++] = (year_max_t){l.year, 0, ""};
+    if (l.sequence > ym[y].seq) {
+      ym[y].seq = l.sequence;
+      memcpy(ym[y].number, l.number, sizeof ym[y].number);
+    }
+  }
+  bson_error_t e;
+  if (!rc && mongoc_cursor_error(cur, &e)) rc = admin_server_error("read the legacy documents", &e);
+  if (!rc && import_books(g, ym, nym, &err)) rc = admin_cqrs_error("tell the books their numbers", &err);
+  for (size_t i = 0; !rc && !g->quiet && !g->a->json && i < nym; i++)
+    printf("book %04d: numbering continues after %s\n", ym[i].year, ym[i].number);
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  mongoc_collection_destroy(c);
+  return rc;
+}
+
+/* Projects what earlier runs committed but did not project (killed between
+ * a commit and its projection), from the projection's checkpoint. */
+typedef struct catchup {
+  mig_t *g;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+} catchup_t;
+
+static bool catch_up_one(const cqrs_event_t *e, void *data) {
+  catchup_t *c = data;
+  if (!admin_projection_wants(&admin_projections[0], e->type)) return true;
+  c->rc = memproj_apply(c->g->mp, e, &c->err);
+  if (e->position > c->g->projected) c->g->projected = e->position;
+  return c->rc == CQRS_OK;
+}
+
+static int save_checkpoint(mig_t *g) {
+  int rc = memproj_flush(g->mp);
+  if (rc) return rc;
+  cqrs_error_t err;
+  int64_t at;
+  if (cqrs_checkpoints_load(g->a->cp, admin_projections[0].name, &at, &err))
+    return admin_cqrs_error("read a checkpoint", &err);
+  if (g->projected > at && cqrs_checkpoints_save(g->a->cp, admin_projections[0].name, g->projected, &err))
+    return admin_cqrs_error("save a checkpoint", &err);
+  return ADMIN_OK;
+}
+
+static int catch_up(mig_t *g) {
+  cqrs_error_t err;
+  int64_t from, head;
+  if (cqrs_checkpoints_load(g->a->cp, admin_projections[0].name, &from, &err) ||
+      cqrs_store_head(g->a->store, &head, &err))
+    return admin_cqrs_error("read the checkpoint and the head", &err);
+  if (from >= head) return ADMIN_OK;
+  catchup_t c = {g, CQRS_OK, {0}};
+  if (cqrs_store_read_all(g->a->store, from + 1, SIZE_MAX, catch_up_one, &c, &err))
+    return admin_cqrs_error("read the event store", &err);
+  if (c.rc) return admin_cqrs_error("project the events", &c.err);
+  return save_checkpoint(g);
+}
+
+static int load_progress(mig_t *g) {
+  g->last_id[0] = '\0';
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, PROGRESS);
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", g->source);
+  if (g->restart) {
+    /* From the first document: the counts start again too. */
+    bson_error_t e;
+    bool ok = mongoc_collection_delete_one(c, &filter, NULL, NULL, &e);
+    bson_destroy(&filter);
+    mongoc_collection_destroy(c);
+    return ok ? ADMIN_OK : admin_server_error("reset the migration's progress", &e);
+  }
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, NULL, NULL);
+  const bson_t *doc;
+  if (mongoc_cursor_next(cur, &doc)) {
+    const char *last = admin_str(doc, "lastId");
+    if (last) snprintf(g->last_id, sizeof g->last_id, "%s", last);
+  }
+  bson_error_t e;
+  int rc = mongoc_cursor_error(cur, &e) ? admin_server_error("read the migration's progress", &e) : ADMIN_OK;
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  mongoc_collection_destroy(c);
+  if (!rc && g->last_id[0] && !g->quiet && !g->a->json) printf("resuming after %s\n", g->last_id);
+  g->resumed = true;
+  return rc;
+}
+
+static void free_docs(bson_t **docs, size_t n) {
+  for (size_t i = 0; i < n; i++) bson_destroy(docs[i]);
+}
+
+static int migrate_all(mig_t *g) {
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, g->source);
+  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort, range;
+  if (g->last_id[0]) {
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &range);
+    BSON_APPEND_UTF8(&range, "$gt", g->last_id);
+    bson_append_document_end(&filter, &range);
+  }
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+  BSON_APPEND_INT32(&sort, "_id", 1);
+  bson_append_document_end(&opts, &sort);
+  bson_error_t e;
+  int64_t total = mongoc_collection_count_documents(c, &filter, NULL, NULL, NULL, &e);
+  int rc = total < 0 ? admin_server_error("count the legacy documents", &e) : ADMIN_OK;
+  mongoc_cursor_t *cur = rc ? NULL : mongoc_collection_find_with_opts(c, &filter, &opts, NULL);
+  bson_t **docs = calloc((size_t)g->batch, sizeof *docs);
+  size_t n = 0;
+  int64_t done = 0;
+  admin_progress_t prog;
+  admin_progress_start(&prog, "migrate", total);
+  const bson_t *doc;
+  while (!rc && cur) {
+    bool more = mongoc_cursor_next(cur, &doc);
+    if (more) docs[n++] = bson_copy(doc);
+    if (n == (size_t)g->batch || (!more && n)) {
+      if (!(rc = run_batch(g, docs, n))) rc = save_checkpoint(g);
+      admin_doc_id(docs[n - 1], g->last_id, sizeof g->last_id);
+      if (!rc) rc = save_progress(g, false);
+      g->migrated = g->already = 0;
+      done += (int64_t)n;
+      free_docs(docs, n);
+      n = 0;
+      admin_progress_update(&prog, done);
+    }
+    if (!more) break;
+  }
+  free_docs(docs, n);
+  free(docs);
+  if (cur && !rc && mongoc_cursor_error(cur, &e)) rc = admin_server_error("read the legacy documents", &e);
+  if (!rc) admin_progress_end(&prog);
+  if (!rc) rc = save_progress(g, true);
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  mongoc_collection_destroy(c);
+  return rc;
+}
+
+/* The totals over every run: the progress document and the rejects. */
+static int report(mig_t *g) {
+  mongoc_collection_t *p = mongoc_database_get_collection(g->a->db, PROGRESS);
+  mongoc_collection_t *r = mongoc_database_get_collection(g->a->db, REJECTS);
+  bson_t filter = BSON_INITIALIZER, rf = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort;
+  BSON_APPEND_UTF8(&filter, "_id", g->source);
+  BSON_APPEND_UTF8(&rf, "source", g->source);
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+  BSON_APPEND_INT32(&sort, "_id", 1);
+  bson_append_document_end(&opts, &sort);
+  int64_t migrated = 0, malformed = 0;
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(p, &filter, NULL, NULL);
+  const bson_t *doc;
+  if (mongoc_cursor_next(cur, &doc)) migrated = admin_int64(doc, "migrated", 0);
+  mongoc_cursor_destroy(cur);
+  bson_t out = BSON_INITIALIZER, list;
+  BSON_APPEND_ARRAY_BEGIN(&out, "malformed", &list);
+  cur = mongoc_collection_find_with_opts(r, &rf, &opts, NULL);
+  while (mongoc_cursor_next(cur, &doc)) {
+    char id[LEGACY_ID_MAX + 32], key[16];
+    const char *k;
+    admin_doc_id(doc, id, sizeof id);
+    const char *reason = admin_str(doc, "reason");
+    if (!g->quiet && !g->a->json) printf("malformed %s: %s\n", id, reason ? reason : "?");
+    bson_t item;
+    bson_uint32_to_string((uint32_t)malformed++, &k, key, sizeof key);
+    bson_append_document_begin(&list, k, -1, &item);
+    BSON_APPEND_UTF8(&item, "id", id);
+    BSON_APPEND_UTF8(&item, "reason", reason ? reason : "?");
+    bson_append_document_end(&list, &item);
+  }
+  bson_append_array_end(&out, &list);
+  bson_error_t e;
+  int rc = mongoc_cursor_error(cur, &e) ? admin_server_error("list the malformed documents", &e) : ADMIN_OK;
+  mongoc_cursor_destroy(cur);
+  BSON_APPEND_UTF8(&out, "source", g->source);
+  BSON_APPEND_INT64(&out, "migrated", migrated);
+  BSON_APPEND_INT64(&out, "malformedCount", malformed);
+  if (!rc && g->a->json) admin_print_json(stdout, &out);
+  else if (!rc)
+    printf("step 2: %lld documents migrated, %lld malformed (left untouched, listed in %s)\n"
+           "step 3: switch reads over with `billing-admin flag mongodb_cqs_enabled shadow`, then a\n"
+           "        percentage, then on (docs/operations.md, the migration runbook)\n",
+           (long long)migrated, (long long)malformed, REJECTS);
+  bson_destroy(&out);
+  bson_destroy(&filter);
+  bson_destroy(&rf);
+  bson_destroy(&opts);
+  mongoc_collection_destroy(p);
+  mongoc_collection_destroy(r);
+  return rc ? rc : malformed ? ADMIN_PROBLEMS : ADMIN_OK;
+}
+
+static int work(admin_t *a, cqrs_dispatcher_t *d, void *data) {
+  mig_t *g = data;
+  g->a = a;
+  g->d = d;
+  cqrs_error_t err;
+  if (billing_mongo_indexes(a->m, &err)) return admin_cqrs_error("create the indexes", &err);
+  if (!g->quiet && !a->json)
+    printf("step 1: collections and indexes ready in %s at %s\n", cqrs_mongo_database(a->m),
+           cqrs_mongo_uri_redacted(a->m));
+  g->mp = memproj_new(a, NULL, true);
+  if (!g->mp) return ADMIN_SERVER;
+  int rc = load_progress(g);
+  if (!rc) rc = catch_up(g);
+  if (!rc) rc = import_numbers(g);
+  if (!rc) rc = migrate_all(g);
+  fflush(stdout);
+  if (!rc) rc = report(g);
+  memproj_destroy(g->mp);
+  seen_t *s, *tmp;
+  HASH_ITER(hh, g->customers, s, tmp) {
+    HASH_DEL(g->customers, s);
+    free(s);
+  }
+  return rc;
+}
+
+int admin_migrate(admin_t *a, int argc, char **argv) {
+  static const char *const specs[] = {"from=", "batch=", "restart", "quiet", NULL};
+  admin_args_t args;
+  int rc = admin_parse(a, argc, argv, specs, usage, 0, 0, &args);
+  if (rc) return rc < 0 ? ADMIN_OK : rc;
+  mig_t g;
+  memset(&g, 0, sizeof g);
+  g.source = args.vals[0] ? args.vals[0] : BILLING_LEGACY_COLLECTION;
+  g.batch = 500;
+  if (args.vals[1] && admin_int("--batch", args.vals[1], 1, 100000, &g.batch)) return ADMIN_USAGE;
+  g.restart = args.vals[2] != NULL;
+  g.quiet = args.vals[3] != NULL;
+  return admin_run_dispatcher(a, false, work, &g);
+}
