@@ -37,6 +37,8 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "causation or correlation id too long");
   size_t lt = strlen(aggregate_type) + 1, li = strlen(aggregate_id) + 1, lc = strlen(causation_id) + 1,
          lr = strlen(correlation_id) + 1;
+  if (!bson_utf8_validate(causation_id, lc - 1, false) || !bson_utf8_validate(correlation_id, lr - 1, false))
+    return cqrs_error_set(err, CQRS_EINVAL, "causation or correlation id is not valid UTF-8");
   cqrs__envelope_t *b = cqrs__malloc(sizeof *b + lt + li + lc + lr);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an envelope");
   atomic_init(&b->refs, 1);
@@ -69,9 +71,14 @@ cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t 
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!type || !payload || !type->name) return cqrs_error_set(err, CQRS_EINVAL, "NULL event type or payload");
-  if (version < 1) return cqrs_error_set(err, CQRS_EINVAL, "event version must be >= 1");
+  /* INT64_MAX would leave no version for the next event: only corrupt data
+   * gets there, and refusing it keeps every "version + 1" defined. */
+  if (version < 1 || version == INT64_MAX)
+    return cqrs_error_set(err, CQRS_EINVAL, "event version %lld is not between 1 and INT64_MAX - 1", (long long)version);
   if (id && strnlen(id, CQRS_EVENT_ID_LEN) >= CQRS_EVENT_ID_LEN)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "event id longer than %d bytes", CQRS_EVENT_ID_LEN - 1);
+  if (id && !bson_utf8_validate(id, strlen(id), false))
+    return cqrs_error_set(err, CQRS_EINVAL, "event id is not valid UTF-8");
   cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
   atomic_init(&b->refs, 1);

@@ -115,6 +115,7 @@ static cqrs_code_t decode_string(const bson_iter_t *it, const cqrs_field_t *f, c
   const char *s = bson_iter_utf8(it, &len);
   if (len >= f->size) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is longer than %zu bytes", f->key, f->size - 1);
   if (memchr(s, '\0', len)) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' holds a NUL byte", f->key);
+  if (!bson_utf8_validate(s, len, false)) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is not valid UTF-8", f->key);
   memcpy(dst, s, len);
   dst[len] = '\0';
   return CQRS_OK;
@@ -230,9 +231,18 @@ static cqrs_code_t invalid(cqrs_error_t *err, const char *prefix, const cqrs_fie
   return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%s%s%s %s", prefix, *prefix ? "." : "", f->key, what);
 }
 
+/* A range whose bounds a _RANGE macro gave, in order. */
+static bool bounded(const cqrs_field_t *f) { return (f->flags & CQRS_F_BOUNDS) && f->min <= f->max; }
+
+static cqrs_code_t unbounded(cqrs_error_t *err, const char *prefix, const cqrs_field_t *f) {
+  return cqrs_error_set(err, CQRS_EINVAL, "field %s%s%s: CQRS_F_RANGE %s", prefix, *prefix ? "." : "", f->key,
+                        f->flags & CQRS_F_BOUNDS ? "with min > max" : "without bounds (use a _RANGE macro)");
+}
+
 static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const char *prefix, cqrs_error_t *err) {
   for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
     const void *p = AT(obj, f);
+    if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
     switch (f->kind) {
     case CQRS_FIELD_STRING: {
       size_t n = strnlen((const char *)p, f->size);
@@ -242,6 +252,7 @@ static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const c
         return invalid(err, prefix, f, what);
       }
       if ((f->flags & CQRS_F_REQUIRED) && n == 0) return invalid(err, prefix, f, "is empty");
+      if (!bson_utf8_validate((const char *)p, n, false)) return invalid(err, prefix, f, "is not valid UTF-8");
       break;
     }
     case CQRS_FIELD_INT64:
@@ -284,4 +295,102 @@ static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const c
 cqrs_code_t cqrs_fields_validate(const cqrs_field_t *fields, const void *obj, cqrs_error_t *err) {
   if (!fields || !obj) return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to validate");
   return validate(fields, obj, "", err);
+}
+
+#define CHECK_DEPTH 16
+
+static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int depth, cqrs_error_t *err) {
+  if (depth > CHECK_DEPTH)
+    return cqrs_error_set(err, CQRS_EINVAL, "field table %s nests deeper than %d levels", prefix, CHECK_DEPTH);
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    if (!f->key || !*f->key) return cqrs_error_set(err, CQRS_EINVAL, "a field of table '%s' has no key", prefix);
+    if (f->flags & ~(CQRS_F_REQUIRED | CQRS_F_RANGE | CQRS_F_OPTIONAL | CQRS_F_BOUNDS))
+      return cqrs_error_set(err, CQRS_EINVAL, "field %s%s%s: unknown flags 0x%x", prefix, *prefix ? "." : "", f->key,
+                            f->flags);
+    size_t want = 0;
+    bool numeric = true;
+    switch (f->kind) {
+    case CQRS_FIELD_INT64:
+    case CQRS_FIELD_TIME:
+      want = sizeof(int64_t);
+      break;
+    case CQRS_FIELD_INT32:
+      want = sizeof(int32_t);
+      break;
+    case CQRS_FIELD_MONEY:
+      want = sizeof(cqrs_money_t);
+      break;
+    case CQRS_FIELD_BOOL:
+      want = sizeof(bool);
+      numeric = false;
+      break;
+    case CQRS_FIELD_STRING:
+    case CQRS_FIELD_DOC:
+      numeric = false;
+      break;
+    default:
+      return cqrs_error_set(err, CQRS_EINVAL, "field %s%s%s: unknown kind %d", prefix, *prefix ? "." : "", f->key,
+                            (int)f->kind);
+    }
+    const char *bad = NULL;
+    if (want && f->size != want) bad = "a member whose size does not fit its kind";
+    if (f->kind == CQRS_FIELD_STRING && f->size < 2) bad = "a string member with no room for a character";
+    if (f->kind == CQRS_FIELD_DOC && !f->fields) bad = "no nested table";
+    if ((f->flags & CQRS_F_RANGE) && !numeric) bad = "CQRS_F_RANGE on a kind that is not a number";
+    if (bad)
+      return cqrs_error_set(err, CQRS_EINVAL, "field %s%s%s: %s", prefix, *prefix ? "." : "", f->key, bad);
+    if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
+    if (f->kind == CQRS_FIELD_DOC) {
+      char sub[128];
+      snprintf(sub, sizeof sub, "%s%s%s", prefix, *prefix ? "." : "", f->key);
+      cqrs_code_t rc = check(f->fields, sub, depth + 1, err);
+      if (rc) return rc;
+    }
+  }
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_fields_check(const cqrs_field_t *fields, cqrs_error_t *err) {
+  if (!fields) return cqrs_error_set(err, CQRS_EINVAL, "field table is NULL");
+  return check(fields, "", 0, err);
+}
+
+#define UTF8_DEPTH 100
+
+/* Iterative, with a stack of iterators: a document nested a million deep
+ * (16 MB of empty documents) must not blow the C stack. */
+cqrs_code_t cqrs_bson_check_utf8(const bson_t *doc, cqrs_error_t *err) {
+  if (!doc) return cqrs_error_set(err, CQRS_EINVAL, "document is NULL");
+  bson_error_t be;
+  /* The structure first: bson_iter_next cannot tell the end from corruption. */
+  if (!bson_validate_with_error(doc, BSON_VALIDATE_NONE, &be))
+    return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON document: %.120s", be.message);
+  struct {
+    bson_iter_t it; /* libbson over-aligns it: a bare array of them is refused */
+  } stack[UTF8_DEPTH];
+  int top = 0;
+  if (!bson_iter_init(&stack[0].it, doc)) return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON document");
+  while (top >= 0) {
+    bson_iter_t *it = &stack[top].it;
+    if (!bson_iter_next(it)) {
+      top--;
+      continue;
+    }
+    const char *key = bson_iter_key(it);
+    if (!bson_utf8_validate(key, bson_iter_key_len(it), false))
+      return cqrs_error_set(err, CQRS_ECODEC, "a key is not valid UTF-8");
+    if (BSON_ITER_HOLDS_UTF8(it)) {
+      uint32_t len;
+      const char *s = bson_iter_utf8(it, &len);
+      if (!bson_utf8_validate(s, len, false))
+        return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' is not valid UTF-8 without NUL bytes", key);
+    } else if (BSON_ITER_HOLDS_DOCUMENT(it) || BSON_ITER_HOLDS_ARRAY(it)) {
+      if (top + 1 == UTF8_DEPTH)
+        return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' nests deeper than %d levels", key, UTF8_DEPTH);
+      if (!bson_iter_recurse(it, &stack[top + 1].it))
+        return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' is a malformed document", key);
+      top++;
+    }
+  }
+  return CQRS_OK;
 }
