@@ -64,6 +64,9 @@ static cqrs_code_t head_on(mongoc_collection_t *coll, int64_t *position, cqrs_er
   if (!rc && found) {
     bson_iter_t it;
     if (bson_iter_init_find(&it, &doc, "lastPosition")) *position = bson_iter_as_int64(&it);
+    /* The next claim is head + 1: a head at INT64_MAX is corrupt data. */
+    if (*position < 0 || *position == INT64_MAX)
+      rc = cqrs_error_set(err, CQRS_ECODEC, "corrupt commit: last position %lld", (long long)*position);
     bson_destroy(&doc);
   }
   bson_destroy(&filter);
@@ -145,6 +148,9 @@ static cqrs_code_t claim_and_insert(cqrs_mongo_t *m, mongoc_collection_t *coll, 
     position++;
   }
   for (int attempt = 0; attempt < CLAIM_ATTEMPTS; attempt++) {
+    if (req->count > (uint64_t)(INT64_MAX - position)) /* the positions would wrap */
+      return cqrs_error_set(err, CQRS_ECODEC, "corrupt commit: no room for %zu events after position %lld",
+                            req->count, (long long)position);
     bson_t doc = BSON_INITIALIZER;
     build_commit(&doc, req, position);
     bson_error_t e;
@@ -208,9 +214,14 @@ static bool int_of(const bson_iter_t *it, int64_t *v) {
   switch (bson_iter_type(it)) {
   case BSON_TYPE_INT64:
   case BSON_TYPE_INT32:
-  case BSON_TYPE_DOUBLE:
     *v = bson_iter_as_int64(it);
     return true;
+  case BSON_TYPE_DOUBLE: {
+    double d = bson_iter_double(it);
+    if (!(d > -9.2e18 && d < 9.2e18)) return false; /* the cast would be undefined */
+    *v = (int64_t)d;
+    return true;
+  }
   case BSON_TYPE_DATE_TIME:
     *v = bson_iter_date_time(it);
     return true;
@@ -265,6 +276,10 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
   const char *atype = str_of(doc, "aggregateType"), *aid = str_of(doc, "aggregateId");
   if (!atype || !aid || !get_int(doc, "position", &position))
     return cqrs_error_set(err, CQRS_ECODEC, "malformed commit document");
+  cqrs_error_t bad;
+  if (position < 1 || cqrs_bson_check_utf8(doc, &bad))
+    return cqrs_error_set(err, CQRS_ECODEC, "corrupt commit at position %lld: %.180s", (long long)position,
+                          position < 1 ? "not a position" : bad.message);
   cqrs_envelope_t *env;
   cqrs_code_t rc = cqrs_envelope_new(atype, aid, str_of(doc, "commandId"), str_of(doc, "correlationId"), &env, err);
   if (rc) return rc;
@@ -275,6 +290,10 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
   for (int64_t i = 0; !rc && !r->stopped; i++) {
     if (i > 0) {
       if (!has_more || !bson_iter_next(&more)) break;
+      if (position > INT64_MAX - i) {
+        rc = cqrs_error_set(err, CQRS_ECODEC, "corrupt commit at position %lld: too many events", (long long)position);
+        break;
+      }
       uint32_t len;
       const uint8_t *raw;
       if (!BSON_ITER_HOLDS_DOCUMENT(&more)) {
