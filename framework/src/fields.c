@@ -358,13 +358,10 @@ cqrs_code_t cqrs_fields_check(const cqrs_field_t *fields, cqrs_error_t *err) {
 #define UTF8_DEPTH 100
 
 /* Iterative, with a stack of iterators: a document nested a million deep
- * (16 MB of empty documents) must not blow the C stack. */
+ * (16 MB of empty documents) must not blow the C stack. It checks the
+ * structure too, since an iteration that meets corruption just stops. */
 cqrs_code_t cqrs_bson_check_utf8(const bson_t *doc, cqrs_error_t *err) {
   if (!doc) return cqrs_error_set(err, CQRS_EINVAL, "document is NULL");
-  bson_error_t be;
-  /* The structure first: bson_iter_next cannot tell the end from corruption. */
-  if (!bson_validate_with_error(doc, BSON_VALIDATE_NONE, &be))
-    return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON document: %.120s", be.message);
   struct {
     bson_iter_t it; /* libbson over-aligns it: a bare array of them is refused */
   } stack[UTF8_DEPTH];
@@ -373,6 +370,9 @@ cqrs_code_t cqrs_bson_check_utf8(const bson_t *doc, cqrs_error_t *err) {
   while (top >= 0) {
     bson_iter_t *it = &stack[top].it;
     if (!bson_iter_next(it)) {
+      /* Corruption also ends an iteration: libbson tells it by err_off (and
+       * its bson_validate misses some, such as a bad nested document). */
+      if (it->err_off) return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON at offset %u", (unsigned)it->err_off);
       top--;
       continue;
     }
@@ -387,7 +387,17 @@ cqrs_code_t cqrs_bson_check_utf8(const bson_t *doc, cqrs_error_t *err) {
     } else if (BSON_ITER_HOLDS_DOCUMENT(it) || BSON_ITER_HOLDS_ARRAY(it)) {
       if (top + 1 == UTF8_DEPTH)
         return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' nests deeper than %d levels", key, UTF8_DEPTH);
-      if (!bson_iter_recurse(it, &stack[top + 1].it))
+      uint32_t len;
+      const uint8_t *raw;
+      if (BSON_ITER_HOLDS_DOCUMENT(it)) {
+        bson_iter_document(it, &len, &raw);
+      } else {
+        bson_iter_array(it, &len, &raw);
+      }
+      /* bson_init_static checks the terminator that bson_iter_recurse does
+       * not, and that bson_append_iter and the copies assert on. */
+      bson_t child;
+      if (!bson_init_static(&child, raw, len) || !bson_iter_init(&stack[top + 1].it, &child))
         return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' is a malformed document", key);
       top++;
     }

@@ -156,6 +156,10 @@ cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char 
   if (schema_version < 1 || schema_version > type->schema_version)
     return cqrs_error_set(err, CQRS_ECODEC, "%s: schema version %u is not between 1 and %u", type->name,
                           schema_version, type->schema_version);
+  cqrs_error_t e;
+  /* Upcasters get sound documents: libbson aborts on some corrupt ones. */
+  if (schema_version < type->schema_version && cqrs_bson_check_utf8(data, &e))
+    return cqrs_error_set(err, CQRS_ECODEC, "%s: corrupt payload: %.180s", type->name, e.message);
   /* bson_t must not be copied by value: walk the versions with pointers. */
   bson_t *cur = bson_copy(data);
   cqrs_code_t rc = CQRS_OK;

@@ -243,6 +243,52 @@ static void test_version_must_leave_room(void **state) {
   bson_destroy(b);
 }
 
+/* Found by fuzz/event and fuzz/upcast: a nested document whose string lacks
+ * its NUL, or whose own terminator is wrong, passes libbson's bson_validate
+ * (1.23), and bson_copy_to_excluding_noinit (in the v2 upcaster here, as in
+ * many an application's) then aborts. Such a payload is corrupt: refused
+ * before any upcaster runs. */
+static void expect_payload_refused(cqrs_registry_t *reg, size_t corrupt_at_end_minus) {
+  bson_t good = BSON_INITIALIZER, d;
+  BSON_APPEND_UTF8(&good, "name", "T");
+  BSON_APPEND_DOCUMENT_BEGIN(&good, "d", &d);
+  BSON_APPEND_UTF8(&d, "s", "ab");
+  bson_append_document_end(&good, &d);
+  uint8_t bytes[64];
+  memcpy(bytes, bson_get_data(&good), good.len);
+  /* The document ends "a b \0 (string) \0 (d) \0 (top)". */
+  bytes[good.len - corrupt_at_end_minus] = 'X';
+  bson_t bad;
+  assert_true(bson_init_static(&bad, bytes, good.len));
+  const cqrs_event_type_t *type;
+  void *payload = (void *)1;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_registry_decode_payload(reg, "ledger.renamed", 2, &bad, &type, &payload, &err), CQRS_ECODEC);
+  assert_null(payload);
+  if (!strstr(err.message, "corrupt payload")) fail_msg("%s", err.message);
+  assert_int_equal(cqrs_bson_check_utf8(&bad, &err), CQRS_ECODEC);
+  assert_non_null(strstr(err.message, "malformed"));
+  /* The same payload inside an event document. */
+  bson_t doc = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&doc, "type", "ledger.renamed");
+  BSON_APPEND_INT32(&doc, "schemaVersion", 2);
+  BSON_APPEND_UTF8(&doc, "aggregateType", "ledger");
+  BSON_APPEND_UTF8(&doc, "aggregateId", "a");
+  BSON_APPEND_INT64(&doc, "version", 1);
+  BSON_APPEND_DATE_TIME(&doc, "timestamp", 0);
+  BSON_APPEND_DOCUMENT(&doc, "data", &bad);
+  cqrs_event_t *e = (cqrs_event_t *)1;
+  assert_int_equal(cqrs_event_from_bson(reg, &doc, &e, &err), CQRS_ECODEC);
+  assert_null(e);
+  bson_destroy(&doc);
+  bson_destroy(&good);
+}
+
+static void test_corrupt_payload_never_reaches_an_upcaster(void **state) {
+  expect_payload_refused(*state, 3); /* the string's NUL */
+  expect_payload_refused(*state, 2); /* the nested document's terminator */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_registry),
@@ -251,6 +297,7 @@ int main(void) {
       cmocka_unit_test(test_bad_event_documents),
       cmocka_unit_test(test_invalid_utf8_is_refused),
       cmocka_unit_test(test_version_must_leave_room),
+      cmocka_unit_test(test_corrupt_payload_never_reaches_an_upcaster),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

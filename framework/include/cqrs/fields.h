@@ -97,11 +97,12 @@ CQRS_EXPORT cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bso
  * without bounds (see CQRS_F_BOUNDS) is CQRS_EINVAL. */
 CQRS_EXPORT cqrs_code_t cqrs_fields_validate(const cqrs_field_t *fields, const void *obj, cqrs_error_t *err);
 
-/* Checks that every string of `doc`, keys included, in nested documents and
- * arrays too, is valid UTF-8 without NUL bytes; CQRS_ECODEC naming the key
- * otherwise, or when nesting goes deeper than 100 levels. The decoders of
- * stored documents call it first: libbson's bson_validate lets invalid UTF-8
- * through (1.23). */
+/* Checks that `doc` is well-formed BSON and that every string in it, keys
+ * included, in nested documents and arrays too, is valid UTF-8 without NUL
+ * bytes; CQRS_ECODEC naming the key otherwise, or when nesting goes deeper
+ * than 100 levels. The decoders of stored documents call it first: libbson's
+ * bson_validate (1.23) lets invalid UTF-8 and some corrupt nested documents
+ * through, on which other libbson calls then abort. */
 CQRS_EXPORT cqrs_code_t cqrs_bson_check_utf8(const bson_t *doc, cqrs_error_t *err);
 
 /* Copies `src` into the char[cap] `dst`; fails with CQRS_ETOO_LARGE rather

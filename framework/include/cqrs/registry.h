@@ -10,7 +10,8 @@ extern "C" {
 #endif
 
 /* Turns a payload of schema version `from` into version `from + 1`.
- * `out` is initialised by the caller. */
+ * `out` is initialised by the caller. `in` is well-formed BSON whose strings
+ * are valid UTF-8 (a corrupt stored payload never reaches an upcaster). */
 typedef cqrs_code_t (*cqrs_upcast_fn)(const bson_t *in, bson_t *out, cqrs_error_t *err);
 
 /* Creates an empty registry. Register every type before sharing it between
@@ -40,8 +41,8 @@ CQRS_EXPORT const cqrs_aggregate_type_t *cqrs_registry_aggregate(const cqrs_regi
 /* Decodes a payload stored at `schema_version` of type `name`: runs the
  * upcasters up to the current version, then the field table. *payload is
  * allocated (type->payload_size bytes, free with cqrs_payload_free).
- * Unknown type: CQRS_EUNKNOWN_TYPE; missing upcaster or newer version than
- * known: CQRS_ECODEC. */
+ * Unknown type: CQRS_EUNKNOWN_TYPE; missing upcaster, newer version than
+ * known, or a payload to upcast that is corrupt: CQRS_ECODEC. */
 CQRS_EXPORT cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char *name,
                                                      uint32_t schema_version, const bson_t *data,
                                                      const cqrs_event_type_t **type, void **payload,

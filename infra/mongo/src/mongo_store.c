@@ -320,6 +320,16 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
   return rc;
 }
 
+cqrs_code_t cqrs__mongo_decode_commit(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_visit_cb cb,
+                                      void *data, cqrs_error_t *err) {
+  reader_t r = {reg, 0, 0, 0, SIZE_MAX, 0, cb, data, false};
+  return visit_commit(&r, doc, err);
+}
+
+void cqrs__mongo_build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position) {
+  build_commit(doc, req, position);
+}
+
 static cqrs_code_t read_commits(cqrs_mongo_t *m, const bson_t *filter, const char *sort_key, int64_t limit,
                                 reader_t *r, cqrs_error_t *err) {
   mconn_t c;
