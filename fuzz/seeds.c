@@ -23,6 +23,16 @@ static void put_doc(const char *harness, const char *name, const bson_t *doc) {
   put(harness, name, bson_get_data(doc), doc->len);
 }
 
+/* `doc` with `key` replaced by the `len` bytes `bytes` (not UTF-8). */
+static void put_with(const char *harness, const char *name, const bson_t *doc, const char *key, const char *bytes,
+                     int len) {
+  bson_t u = BSON_INITIALIZER;
+  bson_copy_to_excluding_noinit(doc, &u, key, NULL);
+  bson_append_utf8(&u, key, -1, bytes, len);
+  put_doc(harness, name, &u);
+  bson_destroy(&u);
+}
+
 static fz_payload_t sample(void) {
   fz_payload_t p;
   memset(&p, 0, sizeof p);
@@ -43,11 +53,7 @@ static void payload_seeds(void) {
   bson_t b = BSON_INITIALIZER;
   cqrs_fields_encode(fz_payload_fields, &p, &b, NULL);
   put_doc("fields", "seed-full", &b);
-  bson_t u = BSON_INITIALIZER;
-  bson_copy_to_excluding_noinit(&b, &u, "name", NULL);
-  bson_append_utf8(&u, "name", -1, "bad\xff", 4);
-  put_doc("fields", "regress-utf8-name", &u);
-  bson_destroy(&u);
+  put_with("fields", "regress-utf8-name", &b, "name", "bad\xff", 4);
   bson_destroy(&b);
 }
 
@@ -59,11 +65,7 @@ static void command_seeds(void) {
   bson_t b = BSON_INITIALIZER;
   cqrs_command_to_bson(cmd, &b, NULL);
   put_doc("command", "seed-full", &b);
-  bson_t u = BSON_INITIALIZER;
-  bson_copy_to_excluding_noinit(&b, &u, "id", NULL);
-  bson_append_utf8(&u, "id", -1, "id-\xc3", 4);
-  put_doc("command", "regress-utf8-id", &u);
-  bson_destroy(&u);
+  put_with("command", "regress-utf8-id", &b, "id", "id-\xc3", 4);
   bson_destroy(&b);
   cqrs_command_destroy(cmd);
 }
@@ -110,11 +112,7 @@ static void event_seeds(void) {
   buf[0] = 3;
   memcpy(buf + 1, bson_get_data(&payload), payload.len);
   put("upcast", "seed-v3", buf, payload.len + 1);
-  bson_t u = BSON_INITIALIZER;
-  bson_copy_to_excluding_noinit(&b, &u, "aggregateId", NULL);
-  bson_append_utf8(&u, "aggregateId", -1, "a-\xed\xa0\x80", 5);
-  put_doc("event", "regress-utf8-aggregate-id", &u);
-  bson_destroy(&u);
+  put_with("event", "regress-utf8-aggregate-id", &b, "aggregateId", "a-\xed\xa0\x80", 5);
   bson_destroy(&old);
   bson_destroy(&payload);
   bson_destroy(&b);

@@ -21,6 +21,9 @@ echo "== tests (ASan + UBSan)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan --output-on-failure -j"$jobs"
 
+echo "== fuzz smoke"
+scripts/fuzz.sh 4
+
 echo "== build (Release, -O3, -Werror, with the benchmarks)"
 cmake -S . -B build/release-check -DCMAKE_BUILD_TYPE=Release -DCQRS_WERROR=ON -DCQRS_BENCH=ON -DCQRS_TESTS=OFF >/dev/null
 cmake --build build/release-check -j"$jobs"
