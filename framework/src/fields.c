@@ -227,6 +227,11 @@ cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bson_t *in, voi
   return CQRS_OK;
 }
 
+/* "prefix.key" for the messages about a nested table; a long one is cut. */
+static void nested_name(char *buf, size_t cap, const char *prefix, const char *key) {
+  if (snprintf(buf, cap, "%s%s%s", prefix, *prefix ? "." : "", key) >= (int)cap) buf[cap - 1] = '\0';
+}
+
 static cqrs_code_t invalid(cqrs_error_t *err, const char *prefix, const cqrs_field_t *f, const char *what) {
   return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%s%s%s %s", prefix, *prefix ? "." : "", f->key, what);
 }
@@ -279,7 +284,7 @@ static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const c
     }
     case CQRS_FIELD_DOC: {
       char sub[128];
-      snprintf(sub, sizeof sub, "%s%s%s", prefix, *prefix ? "." : "", f->key);
+      nested_name(sub, sizeof sub, prefix, f->key);
       cqrs_code_t rc = validate(f->fields, p, sub, err);
       if (rc) return rc;
       break;
@@ -342,7 +347,7 @@ static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int dep
     if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
     if (f->kind == CQRS_FIELD_DOC) {
       char sub[128];
-      snprintf(sub, sizeof sub, "%s%s%s", prefix, *prefix ? "." : "", f->key);
+      nested_name(sub, sizeof sub, prefix, f->key);
       cqrs_code_t rc = check(f->fields, sub, depth + 1, err);
       if (rc) return rc;
     }
