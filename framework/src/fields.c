@@ -309,9 +309,8 @@ static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int dep
     return cqrs_error_set(err, CQRS_EINVAL, "field table %s nests deeper than %d levels", prefix, CHECK_DEPTH);
   for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
     if (!f->key || !*f->key) return cqrs_error_set(err, CQRS_EINVAL, "a field of table '%s' has no key", prefix);
-    if (f->flags & ~(CQRS_F_REQUIRED | CQRS_F_RANGE | CQRS_F_OPTIONAL | CQRS_F_BOUNDS))
-      return cqrs_error_set(err, CQRS_EINVAL, "field %s%s%s: unknown flags 0x%x", prefix, *prefix ? "." : "", f->key,
-                            f->flags);
+    char name[128];
+    nested_name(name, sizeof name, prefix, f->key);
     size_t want = 0;
     bool numeric = true;
     switch (f->kind) {
@@ -334,21 +333,18 @@ static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int dep
       numeric = false;
       break;
     default:
-      return cqrs_error_set(err, CQRS_EINVAL, "field %s%s%s: unknown kind %d", prefix, *prefix ? "." : "", f->key,
-                            (int)f->kind);
+      return cqrs_error_set(err, CQRS_EINVAL, "field %s: unknown kind %d", name, (int)f->kind);
     }
     const char *bad = NULL;
+    if (f->flags & ~(CQRS_F_REQUIRED | CQRS_F_RANGE | CQRS_F_OPTIONAL | CQRS_F_BOUNDS)) bad = "unknown flags";
     if (want && f->size != want) bad = "a member whose size does not fit its kind";
     if (f->kind == CQRS_FIELD_STRING && f->size < 2) bad = "a string member with no room for a character";
     if (f->kind == CQRS_FIELD_DOC && !f->fields) bad = "no nested table";
     if ((f->flags & CQRS_F_RANGE) && !numeric) bad = "CQRS_F_RANGE on a kind that is not a number";
-    if (bad)
-      return cqrs_error_set(err, CQRS_EINVAL, "field %s%s%s: %s", prefix, *prefix ? "." : "", f->key, bad);
+    if (bad) return cqrs_error_set(err, CQRS_EINVAL, "field %s: %s", name, bad);
     if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
     if (f->kind == CQRS_FIELD_DOC) {
-      char sub[128];
-      nested_name(sub, sizeof sub, prefix, f->key);
-      cqrs_code_t rc = check(f->fields, sub, depth + 1, err);
+      cqrs_code_t rc = check(f->fields, name, depth + 1, err);
       if (rc) return rc;
     }
   }
