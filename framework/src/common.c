@@ -120,7 +120,7 @@ cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_er
   if (!s || !*s) return cqrs_error_set(err, CQRS_EINVAL, "%s is NULL or empty", what);
   size_t n = strnlen(s, cap);
   if (n >= cap) return cqrs_error_set(err, CQRS_ETOO_LARGE, "%s is longer than %zu bytes", what, cap - 1);
-  if (!bson_utf8_validate(s, n, false)) return cqrs_error_set(err, CQRS_EINVAL, "%s is not valid UTF-8", what);
+  if (!cqrs__utf8_valid(s, n)) return cqrs_error_set(err, CQRS_EINVAL, "%s is not valid UTF-8", what);
   return CQRS_OK;
 }
 

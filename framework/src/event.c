@@ -37,7 +37,7 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "causation or correlation id too long");
   size_t lt = strlen(aggregate_type) + 1, li = strlen(aggregate_id) + 1, lc = strlen(causation_id) + 1,
          lr = strlen(correlation_id) + 1;
-  if (!bson_utf8_validate(causation_id, lc - 1, false) || !bson_utf8_validate(correlation_id, lr - 1, false))
+  if (!cqrs__utf8_valid(causation_id, lc - 1) || !cqrs__utf8_valid(correlation_id, lr - 1))
     return cqrs_error_set(err, CQRS_EINVAL, "causation or correlation id is not valid UTF-8");
   cqrs__envelope_t *b = cqrs__malloc(sizeof *b + lt + li + lc + lr);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an envelope");
@@ -77,7 +77,7 @@ cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t 
     return cqrs_error_set(err, CQRS_EINVAL, "event version %lld is not between 1 and INT64_MAX - 1", (long long)version);
   if (id && strnlen(id, CQRS_EVENT_ID_LEN) >= CQRS_EVENT_ID_LEN)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "event id longer than %d bytes", CQRS_EVENT_ID_LEN - 1);
-  if (id && !bson_utf8_validate(id, strlen(id), false))
+  if (id && !cqrs__utf8_valid(id, strlen(id)))
     return cqrs_error_set(err, CQRS_EINVAL, "event id is not valid UTF-8");
   cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");

@@ -5,6 +5,12 @@
 #define AT(obj, f) ((const unsigned char *)(obj) + (f)->offset)
 #define AT_MUT(obj, f) ((unsigned char *)(obj) + (f)->offset)
 
+bool cqrs__utf8_valid(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)s[i] - 1u >= 0x7fu) return bson_utf8_validate(s, n, false); /* NUL or not ASCII */
+  return true;
+}
+
 static bool currency_ok(const char *c) {
   for (int i = 0; i < 3; i++) {
     if (c[i] < 'A' || c[i] > 'Z') return false;
@@ -115,7 +121,7 @@ static cqrs_code_t decode_string(const bson_iter_t *it, const cqrs_field_t *f, c
   const char *s = bson_iter_utf8(it, &len);
   if (len >= f->size) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is longer than %zu bytes", f->key, f->size - 1);
   if (memchr(s, '\0', len)) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' holds a NUL byte", f->key);
-  if (!bson_utf8_validate(s, len, false)) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is not valid UTF-8", f->key);
+  if (!cqrs__utf8_valid(s, len)) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is not valid UTF-8", f->key);
   memcpy(dst, s, len);
   dst[len] = '\0';
   return CQRS_OK;
@@ -257,7 +263,7 @@ static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const c
         return invalid(err, prefix, f, what);
       }
       if ((f->flags & CQRS_F_REQUIRED) && n == 0) return invalid(err, prefix, f, "is empty");
-      if (!bson_utf8_validate((const char *)p, n, false)) return invalid(err, prefix, f, "is not valid UTF-8");
+      if (!cqrs__utf8_valid((const char *)p, n)) return invalid(err, prefix, f, "is not valid UTF-8");
       break;
     }
     case CQRS_FIELD_INT64:
@@ -378,12 +384,12 @@ cqrs_code_t cqrs_bson_check_utf8(const bson_t *doc, cqrs_error_t *err) {
       continue;
     }
     const char *key = bson_iter_key(it);
-    if (!bson_utf8_validate(key, bson_iter_key_len(it), false))
+    if (!cqrs__utf8_valid(key, bson_iter_key_len(it)))
       return cqrs_error_set(err, CQRS_ECODEC, "a key is not valid UTF-8");
     if (BSON_ITER_HOLDS_UTF8(it)) {
       uint32_t len;
       const char *s = bson_iter_utf8(it, &len);
-      if (!bson_utf8_validate(s, len, false))
+      if (!cqrs__utf8_valid(s, len))
         return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' is not valid UTF-8 without NUL bytes", key);
     } else if (BSON_ITER_HOLDS_DOCUMENT(it) || BSON_ITER_HOLDS_ARRAY(it)) {
       if (top + 1 == UTF8_DEPTH)
