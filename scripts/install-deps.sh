@@ -5,6 +5,8 @@
 set -euo pipefail
 pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind
   libmicrohttpd-dev libcurl4-openssl-dev python3)
+# --fuzz (scripts/fuzz.sh): clang and its libFuzzer runtime as well.
+if [ "${1:-}" = "--fuzz" ]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()
 pkgs+=(spin) # model checking: scripts/models.sh
 for p in "${pkgs[@]}"; do

@@ -43,6 +43,9 @@ phase --summary "${tsan_may_fail[@]}" "threaded tests (TSan)" -- \
   ctest --test-dir build/tsan -L threaded --output-on-failure -j"$jobs" ||
   echo "note: ThreadSanitizer failures allowed by CQRS_TSAN_ALLOW_FAIL=1 (see build/logs/threaded-tests-tsan.log)"
 
+# The decoders' fuzzers, a few seconds each, after replaying every stored input.
+phase "fuzz smoke" -- scripts/fuzz.sh 4
+
 phase "build (Release, -O3, -Werror, with the benchmarks)" -- \
   configure_and_build build/release-check -DCMAKE_BUILD_TYPE=Release -DCQRS_WERROR=ON -DCQRS_BENCH=ON -DCQRS_TESTS=OFF
 # The benchmarks still run (a smoke run: nothing here is timed or compared).

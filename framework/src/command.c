@@ -58,6 +58,8 @@ cqrs_code_t cqrs_command_from_bson(const cqrs_registry_t *reg, const bson_t *doc
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!reg || !doc) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or document");
+  cqrs_error_t e;
+  if (cqrs_bson_check_utf8(doc, &e)) return cqrs_error_set(err, CQRS_ECODEC, "corrupt command document: %.200s", e.message);
   bson_iter_t it;
   if (!bson_iter_init_find(&it, doc, "type") || !BSON_ITER_HOLDS_UTF8(&it))
     return cqrs_error_set(err, CQRS_ECODEC, "command document lacks a string 'type'");

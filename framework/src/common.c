@@ -136,7 +136,9 @@ void cqrs__error_copy(cqrs_error_t *dst, const cqrs_error_t *src) {
 
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err) {
   if (!s || !*s) return cqrs_error_set(err, CQRS_EINVAL, "%s is NULL or empty", what);
-  if (strnlen(s, cap) >= cap) return cqrs_error_set(err, CQRS_ETOO_LARGE, "%s is longer than %zu bytes", what, cap - 1);
+  size_t n = strnlen(s, cap);
+  if (n >= cap) return cqrs_error_set(err, CQRS_ETOO_LARGE, "%s is longer than %zu bytes", what, cap - 1);
+  if (!cqrs__utf8_valid(s, n)) return cqrs_error_set(err, CQRS_EINVAL, "%s is not valid UTF-8", what);
   return CQRS_OK;
 }
 

@@ -14,7 +14,11 @@ void *cqrs__realloc(void *ptr, size_t size);
 void cqrs__free(void *ptr);
 char *cqrs__strdup(const char *s);
 
-/* Fails with CQRS_EINVAL for NULL or empty, CQRS_ETOO_LARGE past cap - 1. */
+/* Whether the n bytes at s are valid UTF-8 without NUL: bson_utf8_validate,
+ * after a fast pass for the usual all-ASCII ids and names. */
+bool cqrs__utf8_valid(const char *s, size_t n);
+
+/* Fails with CQRS_EINVAL for NULL, empty or invalid UTF-8, CQRS_ETOO_LARGE past cap - 1. */
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err);
 
 /* Copies `src` into `dst` (ok may be NULL: success). */

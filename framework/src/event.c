@@ -45,6 +45,8 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
   if (!correlation_id || !*correlation_id) correlation_id = causation_id;
   if (strnlen(causation_id, CQRS_ID_MAX) >= CQRS_ID_MAX || strnlen(correlation_id, CQRS_ID_MAX) >= CQRS_ID_MAX)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "causation or correlation id too long");
+  if (!cqrs__utf8_valid(causation_id, strlen(causation_id)) || !cqrs__utf8_valid(correlation_id, strlen(correlation_id)))
+    return cqrs_error_set(err, CQRS_EINVAL, "causation or correlation id is not valid UTF-8");
   return cqrs__envelope_make(aggregate_type, aggregate_id, causation_id, correlation_id, out, err);
 }
 
@@ -139,9 +141,14 @@ static cqrs_code_t event_new(const cqrs_event_type_t *type, const cqrs_envelope_
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!type || !payload || !type->name) return cqrs_error_set(err, CQRS_EINVAL, "NULL event type or payload");
-  if (version < 1) return cqrs_error_set(err, CQRS_EINVAL, "event version must be >= 1");
+  /* INT64_MAX would leave no version for the next event: only corrupt data
+   * gets there, and refusing it keeps every "version + 1" defined. */
+  if (version < 1 || version == INT64_MAX)
+    return cqrs_error_set(err, CQRS_EINVAL, "event version %lld is not between 1 and INT64_MAX - 1", (long long)version);
   if (id && strnlen(id, CQRS_EVENT_ID_LEN) >= CQRS_EVENT_ID_LEN)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "event id longer than %d bytes", CQRS_EVENT_ID_LEN - 1);
+  if (id && !cqrs__utf8_valid(id, strlen(id)))
+    return cqrs_error_set(err, CQRS_EINVAL, "event id is not valid UTF-8");
   cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size + extra);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
   event_fill(b, type, cqrs__envelope_ref(env), id, version, timestamp, payload);

@@ -5,6 +5,12 @@
 #define AT(obj, f) ((const unsigned char *)(obj) + (f)->offset)
 #define AT_MUT(obj, f) ((unsigned char *)(obj) + (f)->offset)
 
+bool cqrs__utf8_valid(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)s[i] - 1u >= 0x7fu) return bson_utf8_validate(s, n, false); /* NUL or not ASCII */
+  return true;
+}
+
 static bool currency_ok(const char *c) {
   for (int i = 0; i < 3; i++) {
     if (c[i] < 'A' || c[i] > 'Z') return false;
@@ -115,6 +121,7 @@ static cqrs_code_t decode_string(const bson_iter_t *it, const cqrs_field_t *f, c
   const char *s = bson_iter_utf8(it, &len);
   if (len >= f->size) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is longer than %zu bytes", f->key, f->size - 1);
   if (memchr(s, '\0', len)) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' holds a NUL byte", f->key);
+  if (!cqrs__utf8_valid(s, len)) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is not valid UTF-8", f->key);
   memcpy(dst, s, len);
   dst[len] = '\0';
   return CQRS_OK;
@@ -226,13 +233,27 @@ cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bson_t *in, voi
   return CQRS_OK;
 }
 
+/* "prefix.key" for the messages about a nested table; a long one is cut. */
+static void nested_name(char *buf, size_t cap, const char *prefix, const char *key) {
+  if (snprintf(buf, cap, "%s%s%s", prefix, *prefix ? "." : "", key) >= (int)cap) buf[cap - 1] = '\0';
+}
+
 static cqrs_code_t invalid(cqrs_error_t *err, const char *prefix, const cqrs_field_t *f, const char *what) {
   return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%s%s%s %s", prefix, *prefix ? "." : "", f->key, what);
+}
+
+/* A range whose bounds a _RANGE macro gave, in order. */
+static bool bounded(const cqrs_field_t *f) { return (f->flags & CQRS_F_BOUNDS) && f->min <= f->max; }
+
+static cqrs_code_t unbounded(cqrs_error_t *err, const char *prefix, const cqrs_field_t *f) {
+  return cqrs_error_set(err, CQRS_EINVAL, "field %s%s%s: CQRS_F_RANGE %s", prefix, *prefix ? "." : "", f->key,
+                        f->flags & CQRS_F_BOUNDS ? "with min > max" : "without bounds (use a _RANGE macro)");
 }
 
 static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const char *prefix, cqrs_error_t *err) {
   for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
     const void *p = AT(obj, f);
+    if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
     switch (f->kind) {
     case CQRS_FIELD_STRING: {
       size_t n = strnlen((const char *)p, f->size);
@@ -242,6 +263,7 @@ static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const c
         return invalid(err, prefix, f, what);
       }
       if ((f->flags & CQRS_F_REQUIRED) && n == 0) return invalid(err, prefix, f, "is empty");
+      if (!cqrs__utf8_valid((const char *)p, n)) return invalid(err, prefix, f, "is not valid UTF-8");
       break;
     }
     case CQRS_FIELD_INT64:
@@ -268,7 +290,7 @@ static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const c
     }
     case CQRS_FIELD_DOC: {
       char sub[128];
-      snprintf(sub, sizeof sub, "%s%s%s", prefix, *prefix ? "." : "", f->key);
+      nested_name(sub, sizeof sub, prefix, f->key);
       cqrs_code_t rc = validate(f->fields, p, sub, err);
       if (rc) return rc;
       break;
@@ -284,4 +306,108 @@ static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const c
 cqrs_code_t cqrs_fields_validate(const cqrs_field_t *fields, const void *obj, cqrs_error_t *err) {
   if (!fields || !obj) return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to validate");
   return validate(fields, obj, "", err);
+}
+
+#define CHECK_DEPTH 16
+
+static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int depth, cqrs_error_t *err) {
+  if (depth > CHECK_DEPTH)
+    return cqrs_error_set(err, CQRS_EINVAL, "field table %s nests deeper than %d levels", prefix, CHECK_DEPTH);
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    if (!f->key || !*f->key) return cqrs_error_set(err, CQRS_EINVAL, "a field of table '%s' has no key", prefix);
+    char name[128];
+    nested_name(name, sizeof name, prefix, f->key);
+    size_t want = 0;
+    bool numeric = true;
+    switch (f->kind) {
+    case CQRS_FIELD_INT64:
+    case CQRS_FIELD_TIME:
+      want = sizeof(int64_t);
+      break;
+    case CQRS_FIELD_INT32:
+      want = sizeof(int32_t);
+      break;
+    case CQRS_FIELD_MONEY:
+      want = sizeof(cqrs_money_t);
+      break;
+    case CQRS_FIELD_BOOL:
+      want = sizeof(bool);
+      numeric = false;
+      break;
+    case CQRS_FIELD_STRING:
+    case CQRS_FIELD_DOC:
+      numeric = false;
+      break;
+    default:
+      return cqrs_error_set(err, CQRS_EINVAL, "field %s: unknown kind %d", name, (int)f->kind);
+    }
+    const char *bad = NULL;
+    if (f->flags & ~(CQRS_F_REQUIRED | CQRS_F_RANGE | CQRS_F_OPTIONAL | CQRS_F_BOUNDS)) bad = "unknown flags";
+    if (want && f->size != want) bad = "a member whose size does not fit its kind";
+    if (f->kind == CQRS_FIELD_STRING && f->size < 2) bad = "a string member with no room for a character";
+    if (f->kind == CQRS_FIELD_DOC && !f->fields) bad = "no nested table";
+    if ((f->flags & CQRS_F_RANGE) && !numeric) bad = "CQRS_F_RANGE on a kind that is not a number";
+    if (bad) return cqrs_error_set(err, CQRS_EINVAL, "field %s: %s", name, bad);
+    if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
+    if (f->kind == CQRS_FIELD_DOC) {
+      cqrs_code_t rc = check(f->fields, name, depth + 1, err);
+      if (rc) return rc;
+    }
+  }
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_fields_check(const cqrs_field_t *fields, cqrs_error_t *err) {
+  if (!fields) return cqrs_error_set(err, CQRS_EINVAL, "field table is NULL");
+  return check(fields, "", 0, err);
+}
+
+#define UTF8_DEPTH 100
+
+/* Iterative, with a stack of iterators: a document nested a million deep
+ * (16 MB of empty documents) must not blow the C stack. It checks the
+ * structure too, since an iteration that meets corruption just stops. */
+cqrs_code_t cqrs_bson_check_utf8(const bson_t *doc, cqrs_error_t *err) {
+  if (!doc) return cqrs_error_set(err, CQRS_EINVAL, "document is NULL");
+  struct {
+    bson_iter_t it; /* libbson over-aligns it: a bare array of them is refused */
+  } stack[UTF8_DEPTH];
+  int top = 0;
+  if (!bson_iter_init(&stack[0].it, doc)) return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON document");
+  while (top >= 0) {
+    bson_iter_t *it = &stack[top].it;
+    if (!bson_iter_next(it)) {
+      /* Corruption also ends an iteration: libbson tells it by err_off (and
+       * its bson_validate misses some, such as a bad nested document). */
+      if (it->err_off) return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON at offset %u", (unsigned)it->err_off);
+      top--;
+      continue;
+    }
+    const char *key = bson_iter_key(it);
+    if (!cqrs__utf8_valid(key, bson_iter_key_len(it)))
+      return cqrs_error_set(err, CQRS_ECODEC, "a key is not valid UTF-8");
+    if (BSON_ITER_HOLDS_UTF8(it)) {
+      uint32_t len;
+      const char *s = bson_iter_utf8(it, &len);
+      if (!cqrs__utf8_valid(s, len))
+        return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' is not valid UTF-8 without NUL bytes", key);
+    } else if (BSON_ITER_HOLDS_DOCUMENT(it) || BSON_ITER_HOLDS_ARRAY(it)) {
+      if (top + 1 == UTF8_DEPTH)
+        return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' nests deeper than %d levels", key, UTF8_DEPTH);
+      uint32_t len;
+      const uint8_t *raw;
+      if (BSON_ITER_HOLDS_DOCUMENT(it)) {
+        bson_iter_document(it, &len, &raw);
+      } else {
+        bson_iter_array(it, &len, &raw);
+      }
+      /* bson_init_static checks the terminator that bson_iter_recurse does
+       * not, and that bson_append_iter and the copies assert on. */
+      bson_t child;
+      if (!bson_init_static(&child, raw, len) || !bson_iter_init(&stack[top + 1].it, &child))
+        return cqrs_error_set(err, CQRS_ECODEC, "'%.64s' is a malformed document", key);
+      top++;
+    }
+  }
+  return CQRS_OK;
 }

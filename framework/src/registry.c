@@ -106,18 +106,27 @@ static const void *find(entry_t *head, const char *name) {
   return e ? e->type : NULL;
 }
 
+/* A type's field table, checked once here rather than on every message. */
+static cqrs_code_t check_table(const char *kind, const char *name, const cqrs_field_t *fields, cqrs_error_t *err) {
+  cqrs_error_t e;
+  if (!cqrs_fields_check(fields, &e)) return CQRS_OK;
+  return cqrs_error_set(err, CQRS_EINVAL, "%s %.64s: %.160s", kind, name ? name : "(unnamed)", e.message);
+}
+
 cqrs_code_t cqrs_registry_add_command(cqrs_registry_t *reg, const cqrs_command_type_t *type, cqrs_error_t *err) {
   if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or command type");
   if (!type->fields || !type->payload_size)
     return cqrs_error_set(err, CQRS_EINVAL, "command type lacks fields or payload size");
-  return add(&reg->commands, "command type", type->name, type, err);
+  cqrs_code_t rc = check_table("command type", type->name, type->fields, err);
+  return rc ? rc : add(&reg->commands, "command type", type->name, type, err);
 }
 
 cqrs_code_t cqrs_registry_add_event(cqrs_registry_t *reg, const cqrs_event_type_t *type, cqrs_error_t *err) {
   if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or event type");
   if (!type->fields || !type->payload_size || type->schema_version < 1)
     return cqrs_error_set(err, CQRS_EINVAL, "event type lacks fields, payload size or schema version");
-  return add(&reg->events, "event type", type->name, type, err);
+  cqrs_code_t rc = check_table("event type", type->name, type->fields, err);
+  return rc ? rc : add(&reg->events, "event type", type->name, type, err);
 }
 
 cqrs_code_t cqrs_registry_add_aggregate(cqrs_registry_t *reg, const cqrs_aggregate_type_t *type,
@@ -126,9 +135,11 @@ cqrs_code_t cqrs_registry_add_aggregate(cqrs_registry_t *reg, const cqrs_aggrega
   if (!type->apply) return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks an apply table");
   if (type->snapshot_every && !type->snapshot_fields)
     return cqrs_error_set(err, CQRS_EINVAL, "aggregate type takes snapshots but has no snapshot fields");
+  cqrs_code_t rc;
+  if (type->snapshot_fields && (rc = check_table("aggregate type", type->name, type->snapshot_fields, err)))
+    return rc;
   for (const cqrs_apply_entry_t *a = type->apply; a->type; a++) {
-    cqrs_code_t rc = cqrs_registry_add_event(reg, a->type, err);
-    if (rc) return rc;
+    if ((rc = cqrs_registry_add_event(reg, a->type, err))) return rc;
   }
   return add(&reg->aggregates, "aggregate type", type->name, type, err);
 }
@@ -181,6 +192,10 @@ cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char 
   if (schema_version < 1 || schema_version > type->schema_version)
     return cqrs_error_set(err, CQRS_ECODEC, "%s: schema version %u is not between 1 and %u", type->name,
                           schema_version, type->schema_version);
+  cqrs_error_t e;
+  /* Upcasters get sound documents: libbson aborts on some corrupt ones. */
+  if (schema_version < type->schema_version && cqrs_bson_check_utf8(data, &e))
+    return cqrs_error_set(err, CQRS_ECODEC, "%s: corrupt payload: %.180s", type->name, e.message);
   /* bson_t must not be copied by value: walk the versions with pointers. */
   bson_t *cur = bson_copy(data);
   cqrs_code_t rc = CQRS_OK;
@@ -237,6 +252,8 @@ cqrs_code_t cqrs_event_from_bson(const cqrs_registry_t *reg, const bson_t *doc, 
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!reg || !doc) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or document");
+  cqrs_error_t e;
+  if (cqrs_bson_check_utf8(doc, &e)) return cqrs_error_set(err, CQRS_ECODEC, "corrupt event document: %.200s", e.message);
   const char *id = get_str(doc, "id"), *type_name = get_str(doc, "type"), *atype = get_str(doc, "aggregateType"),
              *aid = get_str(doc, "aggregateId");
   int64_t schema = 0, version = 0, ts = 0, position = 0;

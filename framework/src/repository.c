@@ -13,14 +13,19 @@ static bool replay_one(const cqrs_event_t *e, void *data) {
 }
 
 /* Restores the state from the newest usable snapshot; a stale or undecodable
- * one is ignored (the events replay from the start). */
-static void load_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg) {
+ * one is ignored (the events replay from the start). A version that leaves
+ * no room for a next event is corrupt data: an error, not an overflow. */
+static cqrs_code_t load_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg, cqrs_error_t *err) {
   const cqrs_aggregate_type_t *type = agg->type;
-  if (!type->snapshot_fields) return;
+  if (!type->snapshot_fields) return CQRS_OK;
   cqrs_snapshot_t snap;
   bool found = false;
-  if (cqrs_store_snapshot_load(store, type->name, agg->id, &snap, &found, NULL) || !found) return;
-  if (snap.schema_version == type->snapshot_version && snap.version > 0) {
+  if (cqrs_store_snapshot_load(store, type->name, agg->id, &snap, &found, NULL) || !found) return CQRS_OK;
+  cqrs_code_t rc = CQRS_OK;
+  if (snap.version == INT64_MAX) {
+    rc = cqrs_error_set(err, CQRS_ECODEC, "corrupt snapshot of %s/%s: version %lld", type->name, agg->id,
+                        (long long)snap.version);
+  } else if (snap.schema_version == type->snapshot_version && snap.version > 0) {
     void *state = cqrs__calloc(1, type->state_size ? type->state_size : 1);
     if (state && cqrs_fields_decode(type->snapshot_fields, &snap.state, state, NULL) == CQRS_OK) {
       if (type->state_cleanup) type->state_cleanup(agg->state);
@@ -30,11 +35,13 @@ static void load_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg) {
     cqrs__free(state);
   }
   bson_destroy(&snap.state);
+  return rc;
 }
 
 /* Snapshot, then the events after it, into a fresh aggregate. */
 static cqrs_code_t load_from_store(cqrs_store_t *store, cqrs_aggregate_t *agg, cqrs_error_t *err) {
-  load_snapshot(store, agg);
+  cqrs_code_t sr = load_snapshot(store, agg, err);
+  if (sr) return sr;
   replay_t r = {agg, CQRS_OK, err};
   cqrs_code_t rc = cqrs_store_read_stream(store, agg->type->name, agg->id, agg->version + 1, replay_one, &r, err);
   return rc ? rc : r.rc;

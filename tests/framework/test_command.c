@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -204,6 +205,76 @@ static void test_corrupted_documents_are_refused_cleanly(void **state) {
   bson_destroy(&good_event);
 }
 
+/* A document of a credit command whose `key` (in "data" when `in_data`)
+ * holds bytes that are not UTF-8. */
+static bson_t *credit_doc_with(const char *key, bool in_data, const char *bytes) {
+  bson_t *b = bson_new(), data;
+  bson_append_utf8(b, "type", -1, !strcmp(key, "type") ? bytes : "ledger.credit", -1);
+  if (!strcmp(key, "id")) bson_append_utf8(b, "id", -1, bytes, -1);
+  if (!strcmp(key, "correlationId")) bson_append_utf8(b, "correlationId", -1, bytes, -1);
+  BSON_APPEND_DOCUMENT_BEGIN(b, "data", &data);
+  bson_append_utf8(&data, "id", -1, in_data ? bytes : "acc-1", -1);
+  BSON_APPEND_INT64(&data, "amount", 5);
+  bson_append_document_end(b, &data);
+  return b;
+}
+
+static void test_invalid_utf8_is_refused(void **state) {
+  cqrs_registry_t *reg = *state;
+  const char *keys[] = {"type", "id", "correlationId", "data.id"};
+  const char *bad[] = {"acc\xc3", "\xff\xfe", "x\xc0\xaf"};
+  for (size_t k = 0; k < 4; k++) {
+    for (size_t i = 0; i < 3; i++) {
+      bson_t *b = credit_doc_with(keys[k], k == 3, bad[i]);
+      cqrs_command_t *c = (cqrs_command_t *)1;
+      cqrs_error_t err;
+      assert_int_equal(cqrs_command_from_bson(reg, b, &c, &err), CQRS_ECODEC);
+      assert_null(c);
+      if (!strstr(err.message, "corrupt command document") || !strstr(err.message, "UTF-8"))
+        fail_msg("%s: %s", keys[k], err.message);
+      bson_destroy(b);
+    }
+  }
+  /* The same through the C API: ids and payload strings. */
+  cqrs_command_t *cmd = ledger_credit_new("acc-1", 5);
+  cqrs_error_t err;
+  assert_int_equal(cqrs_command_set_id(cmd, "id-\xff", &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "not valid UTF-8"));
+  assert_int_equal(cqrs_command_set_correlation_id(cmd, "\xc3", &err), CQRS_EINVAL);
+  assert_string_not_equal(cqrs_command_id(cmd), "id-\xff");
+  cqrs_command_destroy(cmd);
+  ledger_move_cmd_t p = {"acc-\xe2\x82", 5};
+  cmd = (cqrs_command_t *)1;
+  assert_int_equal(cqrs_command_new(&ledger_credit, &p, &cmd, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "id is not valid UTF-8"));
+  assert_null(cmd);
+  /* Valid multi-byte text passes. */
+  bson_t *ok = credit_doc_with("id", false, "cr\xc3\xa9" "dit-1");
+  assert_int_equal(cqrs_command_from_bson(reg, ok, &cmd, &err), CQRS_OK);
+  assert_string_equal(cqrs_command_id(cmd), "cr\xc3\xa9" "dit-1");
+  cqrs_command_destroy(cmd);
+  bson_destroy(ok);
+}
+
+static cqrs_code_t id_not_utf8(const void *payload, char *buf, size_t cap, cqrs_error_t *err) {
+  (void)payload;
+  (void)err;
+  snprintf(buf, cap, "open:\xff");
+  return CQRS_OK;
+}
+
+static void test_natural_id_must_be_utf8(void **state) {
+  (void)state;
+  cqrs_command_type_t natural = ledger_open;
+  natural.make_id = id_not_utf8;
+  ledger_open_cmd_t c = {"acc-7", "ada"};
+  cqrs_command_t *a = (cqrs_command_t *)1;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_command_new(&natural, &c, &a, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "not valid UTF-8"));
+  assert_null(a);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_new_command_has_ids_and_payload),
@@ -213,6 +284,8 @@ int main(void) {
       cmocka_unit_test(test_bson_round_trip),
       cmocka_unit_test(test_bad_documents),
       cmocka_unit_test(test_corrupted_documents_are_refused_cleanly),
+      cmocka_unit_test(test_invalid_utf8_is_refused),
+      cmocka_unit_test(test_natural_id_must_be_utf8),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -169,12 +169,135 @@ static void test_bad_event_documents(void **state) {
   }
 }
 
+/* An event document whose `key` holds bytes that are not UTF-8. */
+static bson_t *event_doc_with(const char *key, const char *bytes) {
+  static const char *const keys[] = {"id", "type", "aggregateType", "aggregateId", "causationId", "correlationId"};
+  static const char *const values[] = {"0123456789abcdef01234567", "ledger.credited", "ledger", "acc-1", "c", "c"};
+  bson_t *b = bson_new(), data;
+  for (size_t i = 0; i < 6; i++) bson_append_utf8(b, keys[i], -1, !strcmp(key, keys[i]) ? bytes : values[i], -1);
+  BSON_APPEND_INT32(b, "schemaVersion", 1);
+  BSON_APPEND_INT64(b, "version", 1);
+  BSON_APPEND_DATE_TIME(b, "timestamp", 1000);
+  BSON_APPEND_INT64(b, "position", 1);
+  BSON_APPEND_DOCUMENT_BEGIN(b, "data", &data);
+  BSON_APPEND_INT64(&data, "amount", 5);
+  bson_append_document_end(b, &data);
+  return b;
+}
+
+static void test_invalid_utf8_is_refused(void **state) {
+  cqrs_registry_t *reg = *state;
+  const char *keys[] = {"id", "type", "aggregateType", "aggregateId", "causationId", "correlationId"};
+  for (size_t k = 0; k < 6; k++) {
+    bson_t *b = event_doc_with(keys[k], "a\xff");
+    cqrs_event_t *e = (cqrs_event_t *)1;
+    cqrs_error_t err;
+    assert_int_equal(cqrs_event_from_bson(reg, b, &e, &err), CQRS_ECODEC);
+    assert_null(e);
+    if (!strstr(err.message, "corrupt event document") || !strstr(err.message, keys[k]))
+      fail_msg("%s: %s", keys[k], err.message);
+    bson_destroy(b);
+  }
+  bson_t *ok = event_doc_with("aggregateId", "compte-\xc3\xa9t\xc3\xa9");
+  cqrs_event_t *e;
+  assert_int_equal(cqrs_event_from_bson(reg, ok, &e, NULL), CQRS_OK);
+  assert_string_equal(cqrs_event_aggregate_id(e), "compte-\xc3\xa9t\xc3\xa9");
+  cqrs_event_unref(e);
+  bson_destroy(ok);
+  /* The C API: envelopes and event ids. */
+  cqrs_envelope_t *env = (cqrs_envelope_t *)1;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_envelope_new("ledger", "acc-\xc3", "c", NULL, &env, &err), CQRS_EINVAL);
+  assert_null(env);
+  assert_int_equal(cqrs_envelope_new("ledger\xff", "acc", "c", NULL, &env, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_envelope_new("ledger", "acc", "c\xff", NULL, &env, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_envelope_new("ledger", "acc", "c", "\xe2\x82", &env, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "not valid UTF-8"));
+  assert_int_equal(cqrs_envelope_new("ledger", "acc", "c", NULL, &env, &err), CQRS_OK);
+  ledger_amount_t a = {1};
+  assert_int_equal(cqrs_event_new(&ledger_credited, env, "id\xff", 1, 0, &a, &e, &err), CQRS_EINVAL);
+  assert_null(e);
+  cqrs_envelope_unref(env);
+}
+
+/* A version of INT64_MAX leaves no room for the next one: refused, so that
+ * rehydration never computes INT64_MAX + 1. */
+static void test_version_must_leave_room(void **state) {
+  cqrs_registry_t *reg = *state;
+  cqrs_envelope_t *env;
+  assert_int_equal(cqrs_envelope_new("ledger", "acc", "c", NULL, &env, NULL), CQRS_OK);
+  ledger_amount_t a = {1};
+  cqrs_event_t *e = (cqrs_event_t *)1;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, INT64_MAX, 0, &a, &e, &err), CQRS_EINVAL);
+  assert_null(e);
+  assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, INT64_MAX - 1, 0, &a, &e, &err), CQRS_OK);
+  cqrs_event_unref(e);
+  cqrs_envelope_unref(env);
+  bson_t *b = event_doc_with("", "");
+  bson_t doc = BSON_INITIALIZER;
+  bson_copy_to_excluding_noinit(b, &doc, "version", NULL);
+  BSON_APPEND_INT64(&doc, "version", INT64_MAX);
+  assert_int_equal(cqrs_event_from_bson(reg, &doc, &e, &err), CQRS_EINVAL);
+  bson_destroy(&doc);
+  bson_destroy(b);
+}
+
+/* Found by fuzz/event and fuzz/upcast: a nested document whose string lacks
+ * its NUL, or whose own terminator is wrong, passes libbson's bson_validate
+ * (1.23), and bson_copy_to_excluding_noinit (in the v2 upcaster here, as in
+ * many an application's) then aborts. Such a payload is corrupt: refused
+ * before any upcaster runs. */
+static void expect_payload_refused(cqrs_registry_t *reg, size_t corrupt_at_end_minus) {
+  bson_t good = BSON_INITIALIZER, d;
+  BSON_APPEND_UTF8(&good, "name", "T");
+  BSON_APPEND_DOCUMENT_BEGIN(&good, "d", &d);
+  BSON_APPEND_UTF8(&d, "s", "ab");
+  bson_append_document_end(&good, &d);
+  uint8_t bytes[64];
+  memcpy(bytes, bson_get_data(&good), good.len);
+  /* The document ends "a b \0 (string) \0 (d) \0 (top)". */
+  bytes[good.len - corrupt_at_end_minus] = 'X';
+  bson_t bad;
+  assert_true(bson_init_static(&bad, bytes, good.len));
+  const cqrs_event_type_t *type;
+  void *payload = (void *)1;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_registry_decode_payload(reg, "ledger.renamed", 2, &bad, &type, &payload, &err), CQRS_ECODEC);
+  assert_null(payload);
+  if (!strstr(err.message, "corrupt payload")) fail_msg("%s", err.message);
+  assert_int_equal(cqrs_bson_check_utf8(&bad, &err), CQRS_ECODEC);
+  assert_non_null(strstr(err.message, "malformed"));
+  /* The same payload inside an event document. */
+  bson_t doc = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&doc, "type", "ledger.renamed");
+  BSON_APPEND_INT32(&doc, "schemaVersion", 2);
+  BSON_APPEND_UTF8(&doc, "aggregateType", "ledger");
+  BSON_APPEND_UTF8(&doc, "aggregateId", "a");
+  BSON_APPEND_INT64(&doc, "version", 1);
+  BSON_APPEND_DATE_TIME(&doc, "timestamp", 0);
+  BSON_APPEND_DOCUMENT(&doc, "data", &bad);
+  cqrs_event_t *e = (cqrs_event_t *)1;
+  assert_int_equal(cqrs_event_from_bson(reg, &doc, &e, &err), CQRS_ECODEC);
+  assert_null(e);
+  bson_destroy(&doc);
+  bson_destroy(&good);
+}
+
+static void test_corrupt_payload_never_reaches_an_upcaster(void **state) {
+  expect_payload_refused(*state, 3); /* the string's NUL */
+  expect_payload_refused(*state, 2); /* the nested document's terminator */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_registry),
       cmocka_unit_test(test_event_bson_round_trip),
       cmocka_unit_test(test_upcasting_old_payloads),
       cmocka_unit_test(test_bad_event_documents),
+      cmocka_unit_test(test_invalid_utf8_is_refused),
+      cmocka_unit_test(test_version_must_leave_room),
+      cmocka_unit_test(test_corrupt_payload_never_reaches_an_upcaster),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -167,6 +167,152 @@ static void test_helpers(void **state) {
   assert_int_equal(cqrs_money_set(&m, 5, "EURO", &err), CQRS_EINVAL);
 }
 
+/* Strings and keys that are not UTF-8: a truncated sequence, a stray
+ * continuation byte, an overlong '/', a UTF-16 surrogate. */
+static const char *const not_utf8[] = {"ab\xc3", "\xff", "a\xc0\xaf", "\xed\xa0\x80"};
+
+static void test_invalid_utf8_is_refused(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof not_utf8 / sizeof not_utf8[0]; i++) {
+    person_t p = sample(), q;
+    strcpy(p.name, not_utf8[i]);
+    cqrs_error_t err;
+    assert_int_equal(cqrs_fields_validate(person_fields, &p, &err), CQRS_EINVALID_COMMAND);
+    if (!strstr(err.message, "name is not valid UTF-8")) fail_msg("%s", err.message);
+    bson_t b = BSON_INITIALIZER;
+    assert_int_equal(cqrs_fields_encode(person_fields, &p, &b, NULL), CQRS_OK);
+    assert_int_equal(cqrs_fields_decode(person_fields, &b, &q, &err), CQRS_ECODEC);
+    if (!strstr(err.message, "'name' is not valid UTF-8")) fail_msg("%s", err.message);
+    assert_int_equal(cqrs_bson_check_utf8(&b, &err), CQRS_ECODEC);
+    bson_destroy(&b);
+    p = sample();
+    strcpy(p.home.city, not_utf8[i]); /* in a nested document */
+    assert_int_equal(cqrs_fields_validate(person_fields, &p, &err), CQRS_EINVALID_COMMAND);
+    assert_non_null(strstr(err.message, "home.city is not valid UTF-8"));
+    bson_init(&b);
+    assert_int_equal(cqrs_fields_encode(person_fields, &p, &b, NULL), CQRS_OK);
+    assert_int_equal(cqrs_fields_decode(person_fields, &b, &q, &err), CQRS_ECODEC);
+    assert_non_null(strstr(err.message, "'city' is not valid UTF-8"));
+    bson_destroy(&b);
+  }
+  person_t p = sample(), q;
+  strcpy(p.name, "Zo\xc3\xab"); /* "Zoë" is UTF-8 */
+  bson_t b = BSON_INITIALIZER;
+  assert_int_equal(cqrs_fields_validate(person_fields, &p, NULL), CQRS_OK);
+  assert_int_equal(cqrs_fields_encode(person_fields, &p, &b, NULL), CQRS_OK);
+  assert_int_equal(cqrs_fields_decode(person_fields, &b, &q, NULL), CQRS_OK);
+  assert_string_equal(q.name, "Zo\xc3\xab");
+  assert_int_equal(cqrs_bson_check_utf8(&b, NULL), CQRS_OK);
+  bson_destroy(&b);
+}
+
+static void test_check_utf8_walks_every_string(void **state) {
+  (void)state;
+  cqrs_error_t err;
+  bson_t b = BSON_INITIALIZER, arr, doc;
+  BSON_APPEND_UTF8(&b, "ok", "fine");
+  BSON_APPEND_ARRAY_BEGIN(&b, "list", &arr);
+  BSON_APPEND_DOCUMENT_BEGIN(&arr, "0", &doc);
+  bson_append_utf8(&doc, "deep", -1, "x\xff", 2);
+  bson_append_array_end(&arr, &doc); /* closes the document inside the array */
+  bson_append_array_end(&b, &arr);
+  assert_int_equal(cqrs_bson_check_utf8(&b, &err), CQRS_ECODEC);
+  if (!strstr(err.message, "'deep' is not valid UTF-8")) fail_msg("%s", err.message);
+  bson_destroy(&b);
+  bson_init(&b);
+  bson_append_utf8(&b, "nul", -1, "a\0b", 3);
+  assert_int_equal(cqrs_bson_check_utf8(&b, &err), CQRS_ECODEC);
+  bson_destroy(&b);
+  bson_init(&b);
+  bson_append_int32(&b, "k\xff", -1, 1);
+  assert_int_equal(cqrs_bson_check_utf8(&b, &err), CQRS_ECODEC);
+  bson_destroy(&b);
+  /* Nesting past the limit is refused, not followed down the C stack. */
+  bson_t *levels[120];
+  levels[0] = bson_new();
+  for (int i = 1; i < 120; i++) levels[i] = bson_new();
+  for (int i = 119; i > 0; i--) BSON_APPEND_DOCUMENT(levels[i - 1], "d", levels[i]);
+  assert_int_equal(cqrs_bson_check_utf8(levels[0], &err), CQRS_ECODEC);
+  assert_non_null(strstr(err.message, "deeper"));
+  for (int i = 0; i < 120; i++) bson_destroy(levels[i]);
+  assert_int_equal(cqrs_bson_check_utf8(NULL, &err), CQRS_EINVAL);
+}
+
+typedef struct nums {
+  int64_t i64;
+  int32_t i32;
+  int64_t t;
+  cqrs_money_t m;
+  char s[8];
+} nums_t;
+
+static const cqrs_field_t ranged[] = {CQRS_INT64_RANGE(nums_t, i64, "i64", -5, 5),
+                                      CQRS_INT32_RANGE(nums_t, i32, "i32", 1, 10),
+                                      CQRS_TIME_RANGE(nums_t, t, "t", 1000, 2000),
+                                      CQRS_MONEY_RANGE(nums_t, m, "m", 0, 100), CQRS_FIELDS_END};
+
+static void test_every_number_has_a_range(void **state) {
+  (void)state;
+  nums_t n = {0, 1, 1000, {100, "EUR"}, ""};
+  cqrs_error_t err;
+  assert_int_equal(cqrs_fields_check(ranged, &err), CQRS_OK);
+  assert_int_equal(cqrs_fields_validate(ranged, &n, &err), CQRS_OK);
+  n.i64 = -6;
+  assert_int_equal(cqrs_fields_validate(ranged, &n, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "i64 is out of range"));
+  n.i64 = 5;
+  n.i32 = 11;
+  assert_int_equal(cqrs_fields_validate(ranged, &n, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "i32 is out of range"));
+  n.i32 = 10;
+  n.t = 2001;
+  assert_int_equal(cqrs_fields_validate(ranged, &n, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "t is out of range"));
+  n.t = 2000;
+  n.m.amount = -1;
+  assert_int_equal(cqrs_fields_validate(ranged, &n, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "m amount is out of range"));
+}
+
+/* A range flag with no bounds meant [0, 0] and refused every value but 0. */
+static void expect_bad_table(const cqrs_field_t *table, const char *needle) {
+  nums_t n = {0, 0, 0, {0, "EUR"}, "x"};
+  cqrs_error_t err;
+  assert_int_equal(cqrs_fields_check(table, &err), CQRS_EINVAL);
+  if (!strstr(err.message, needle)) fail_msg("'%s' does not mention '%s'", err.message, needle);
+  /* Validation refuses such a table too, rather than reading it as [0, 0]. */
+  if (table[0].flags & CQRS_F_RANGE) assert_int_equal(cqrs_fields_validate(table, &n, &err), CQRS_EINVAL);
+}
+
+static void test_a_range_needs_its_bounds(void **state) {
+  (void)state;
+  const cqrs_field_t no_bounds32[] = {CQRS_INT32(nums_t, i32, "i32", CQRS_F_RANGE), CQRS_FIELDS_END};
+  const cqrs_field_t no_bounds64[] = {CQRS_INT64(nums_t, i64, "i64", CQRS_F_RANGE), CQRS_FIELDS_END};
+  const cqrs_field_t no_bounds_t[] = {CQRS_TIME(nums_t, t, "t", CQRS_F_RANGE), CQRS_FIELDS_END};
+  const cqrs_field_t no_bounds_m[] = {CQRS_MONEY(nums_t, m, "m", CQRS_F_RANGE), CQRS_FIELDS_END};
+  /* A plain macro cannot claim bounds it was not given. */
+  const cqrs_field_t forged[] = {CQRS_INT32(nums_t, i32, "i32", CQRS_F_RANGE | CQRS_F_BOUNDS), CQRS_FIELDS_END};
+  const cqrs_field_t reversed[] = {CQRS_INT32_RANGE(nums_t, i32, "i32", 10, 1), CQRS_FIELDS_END};
+  expect_bad_table(no_bounds32, "i32: CQRS_F_RANGE without bounds");
+  expect_bad_table(no_bounds64, "i64: CQRS_F_RANGE without bounds");
+  expect_bad_table(no_bounds_t, "t: CQRS_F_RANGE without bounds");
+  expect_bad_table(no_bounds_m, "m: CQRS_F_RANGE without bounds");
+  expect_bad_table(forged, "without bounds");
+  expect_bad_table(reversed, "min > max");
+  const cqrs_field_t on_string[] = {CQRS_STRING(nums_t, s, "s", CQRS_F_RANGE), CQRS_FIELDS_END};
+  expect_bad_table(on_string, "not a number");
+  const cqrs_field_t wrong_size[] = {CQRS_INT64(nums_t, i32, "i32", 0), CQRS_FIELDS_END};
+  expect_bad_table(wrong_size, "size does not fit");
+  const cqrs_field_t no_table[] = {CQRS_DOC(nums_t, m, "m", NULL, 0), CQRS_FIELDS_END};
+  expect_bad_table(no_table, "no nested table");
+  const cqrs_field_t odd_flags[] = {CQRS_INT64(nums_t, i64, "i64", 0x100), CQRS_FIELDS_END};
+  expect_bad_table(odd_flags, "unknown flags");
+  const cqrs_field_t nested_bad[] = {CQRS_DOC(person_t, home, "home", no_bounds32, 0), CQRS_FIELDS_END};
+  expect_bad_table(nested_bad, "home.i32");
+  assert_int_equal(cqrs_fields_check(person_fields, NULL), CQRS_OK);
+  assert_int_equal(cqrs_fields_check(NULL, NULL), CQRS_EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip),
@@ -174,6 +320,10 @@ int main(void) {
       cmocka_unit_test(test_malformed_bson_is_refused),
       cmocka_unit_test(test_validation),
       cmocka_unit_test(test_helpers),
+      cmocka_unit_test(test_invalid_utf8_is_refused),
+      cmocka_unit_test(test_check_utf8_walks_every_string),
+      cmocka_unit_test(test_every_number_has_a_range),
+      cmocka_unit_test(test_a_range_needs_its_bounds),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

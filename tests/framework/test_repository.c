@@ -246,6 +246,38 @@ static void test_repeated_command_id_commits_once(void **state) {
   cqrs_store_destroy(s);
 }
 
+/* A snapshot that claims version INT64_MAX, as corrupted storage could. */
+static cqrs_code_t c_snap_load_corrupt(void *impl, const char *t, const char *id, cqrs_snapshot_t *out, bool *found,
+                                       cqrs_error_t *err) {
+  (void)impl;
+  (void)t;
+  (void)id;
+  (void)err;
+  out->version = INT64_MAX;
+  out->schema_version = ledger_snap_type.snapshot_version;
+  bson_init(&out->state);
+  BSON_APPEND_BOOL(&out->state, "opened", true);
+  BSON_APPEND_UTF8(&out->state, "owner", "ada");
+  BSON_APPEND_INT64(&out->state, "balance", 5);
+  *found = true;
+  return CQRS_OK;
+}
+
+static void test_snapshot_at_int64_max_is_corrupt(void **state) {
+  (void)state;
+  counter.inner = cqrs_memory_store_new();
+  counter.ops = (cqrs_store_ops_t){"corrupt", false, c_append, c_read_stream, c_read_all, c_head,
+                                   c_snap_load_corrupt, c_snap_save, NULL};
+  cqrs_store_t *s = cqrs_store_new(&counter.ops, NULL);
+  cqrs_aggregate_t *agg = (cqrs_aggregate_t *)1;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_repository_load(s, &ledger_snap_type, "a", &agg, &err), CQRS_ECODEC);
+  assert_null(agg);
+  if (!strstr(err.message, "corrupt snapshot")) fail_msg("%s", err.message);
+  cqrs_store_destroy(s);
+  cqrs_store_destroy(counter.inner);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_load_unknown_is_new),
@@ -255,6 +287,7 @@ int main(void) {
       cmocka_unit_test(test_snapshot_plus_events_equals_full_replay),
       cmocka_unit_test(test_stale_snapshot_is_ignored),
       cmocka_unit_test(test_repeated_command_id_commits_once),
+      cmocka_unit_test(test_snapshot_at_int64_max_is_corrupt),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -37,8 +37,8 @@ CQRS_EXPORT cqrs_code_t cqrs_command_new(const cqrs_command_type_t *type, const 
                                          cqrs_command_t **out, cqrs_error_t *err);
 
 /* Decodes {type, id?, correlationId?, data} through the registry's command
- * types: unknown type is CQRS_EUNKNOWN_TYPE, malformed data CQRS_ECODEC,
- * invalid data CQRS_EINVALID_COMMAND. */
+ * types: unknown type is CQRS_EUNKNOWN_TYPE, malformed data or any string
+ * that is not valid UTF-8 CQRS_ECODEC, invalid data CQRS_EINVALID_COMMAND. */
 CQRS_EXPORT cqrs_code_t cqrs_command_from_bson(const cqrs_registry_t *reg, const bson_t *doc,
                                                cqrs_command_t **out, cqrs_error_t *err);
 
@@ -46,7 +46,8 @@ CQRS_EXPORT cqrs_code_t cqrs_command_from_bson(const cqrs_registry_t *reg, const
 CQRS_EXPORT cqrs_code_t cqrs_command_to_bson(const cqrs_command_t *cmd, bson_t *out, cqrs_error_t *err);
 
 /* Replaces the id (e.g. a client-chosen one, for idempotent retries) or the
- * correlation id. Strings are copied; empty or oversized ones are refused. */
+ * correlation id. Strings are copied; empty, oversized or not UTF-8 ones are
+ * refused. */
 CQRS_EXPORT cqrs_code_t cqrs_command_set_id(cqrs_command_t *cmd, const char *id, cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_command_set_correlation_id(cqrs_command_t *cmd, const char *id, cqrs_error_t *err);
 

@@ -57,15 +57,17 @@ CQRS_EXPORT void cqrs_event_unref(const cqrs_event_t *e);
 CQRS_EXPORT cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err);
 
 /* Creates an envelope with one reference, copying the strings (each at most
- * CQRS_ID_MAX - 1 bytes or CQRS_ETOO_LARGE). Stores use it when decoding. */
+ * CQRS_ID_MAX - 1 bytes or CQRS_ETOO_LARGE; not valid UTF-8: CQRS_EINVAL).
+ * Stores use it when decoding. */
 CQRS_EXPORT cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_id,
                                           const char *causation_id, const char *correlation_id,
                                           cqrs_envelope_t **out, cqrs_error_t *err);
 CQRS_EXPORT void cqrs_envelope_unref(const cqrs_envelope_t *env);
 
 /* Creates an event with one reference. Copies `payload` (payload_size bytes),
- * takes a reference on `env`. `id` NULL generates one. Stores use it when
- * decoding; domain code raises events through cqrs_aggregate_raise. */
+ * takes a reference on `env`. `id` NULL generates one. A version outside
+ * [1, INT64_MAX - 1] or an id that is not valid UTF-8 is CQRS_EINVAL. Stores
+ * use it when decoding; domain code raises events through cqrs_aggregate_raise. */
 CQRS_EXPORT cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
                                        int64_t version, int64_t timestamp, const void *payload,
                                        cqrs_event_t **out, cqrs_error_t *err);

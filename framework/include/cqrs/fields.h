@@ -30,10 +30,15 @@ typedef enum cqrs_field_kind {
   CQRS_FIELD_DOC     /* a nested struct described by its own field table */
 } cqrs_field_kind_t;
 
-/* Field flags. */
+/* Field flags. A range is given with a _RANGE macro, which sets both
+ * CQRS_F_RANGE and CQRS_F_BOUNDS with its [lo, hi]: CQRS_F_RANGE passed to a
+ * plain macro has no bounds, so a table holding CQRS_F_RANGE without
+ * CQRS_F_BOUNDS, or with min > max, is refused (CQRS_EINVAL) when its type
+ * is registered and when it validates. See cqrs_fields_check. */
 #define CQRS_F_REQUIRED 0x1u /* strings non-empty; decode fails when absent */
-#define CQRS_F_RANGE 0x2u    /* integers and money amounts within [min, max] */
+#define CQRS_F_RANGE 0x2u    /* integers, times and money amounts within [min, max] */
 #define CQRS_F_OPTIONAL 0x4u /* decode leaves the member zeroed when absent */
+#define CQRS_F_BOUNDS 0x8u   /* min and max were given: set by the _RANGE macros */
 
 typedef struct cqrs_field {
   const char *key; /* BSON key */
@@ -46,26 +51,33 @@ typedef struct cqrs_field {
 } cqrs_field_t;
 
 #define CQRS__MEMBER_SIZE(T, m) sizeof(((T *)0)->m)
-#define CQRS_STRING(T, m, key, flags) \
-  { (key), CQRS_FIELD_STRING, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), 0, 0, NULL }
-#define CQRS_INT64(T, m, key, flags) \
-  { (key), CQRS_FIELD_INT64, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), 0, 0, NULL }
-#define CQRS_INT64_RANGE(T, m, key, lo, hi) \
-  { (key), CQRS_FIELD_INT64, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), CQRS_F_RANGE, (lo), (hi), NULL }
-#define CQRS_INT32(T, m, key, flags) \
-  { (key), CQRS_FIELD_INT32, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), 0, 0, NULL }
-#define CQRS_BOOL(T, m, key, flags) \
-  { (key), CQRS_FIELD_BOOL, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), 0, 0, NULL }
-#define CQRS_TIME(T, m, key, flags) \
-  { (key), CQRS_FIELD_TIME, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), 0, 0, NULL }
-#define CQRS_MONEY(T, m, key, flags) \
-  { (key), CQRS_FIELD_MONEY, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), 0, 0, NULL }
-/* Money whose amount must lie in [lo, hi] (e.g. 1..INT64_MAX for "positive"). */
-#define CQRS_MONEY_RANGE(T, m, key, lo, hi) \
-  { (key), CQRS_FIELD_MONEY, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), CQRS_F_RANGE, (lo), (hi), NULL }
-#define CQRS_DOC(T, m, key, table, flags) \
-  { (key), CQRS_FIELD_DOC, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), 0, 0, (table) }
+#define CQRS__FIELD(T, m, key, kind, flags, lo, hi, table) \
+  { (key), (kind), offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), (lo), (hi), (table) }
+/* The plain macros drop CQRS_F_BOUNDS: only a _RANGE macro gives bounds. */
+#define CQRS__PLAIN(T, m, key, kind, flags, table) \
+  CQRS__FIELD(T, m, key, kind, (flags) & ~CQRS_F_BOUNDS, 0, 0, table)
+#define CQRS__RANGE(T, m, key, kind, lo, hi) CQRS__FIELD(T, m, key, kind, CQRS_F_RANGE | CQRS_F_BOUNDS, lo, hi, NULL)
+
+#define CQRS_STRING(T, m, key, flags) CQRS__PLAIN(T, m, key, CQRS_FIELD_STRING, flags, NULL)
+#define CQRS_INT64(T, m, key, flags) CQRS__PLAIN(T, m, key, CQRS_FIELD_INT64, flags, NULL)
+#define CQRS_INT32(T, m, key, flags) CQRS__PLAIN(T, m, key, CQRS_FIELD_INT32, flags, NULL)
+#define CQRS_BOOL(T, m, key, flags) CQRS__PLAIN(T, m, key, CQRS_FIELD_BOOL, flags, NULL)
+#define CQRS_TIME(T, m, key, flags) CQRS__PLAIN(T, m, key, CQRS_FIELD_TIME, flags, NULL)
+#define CQRS_MONEY(T, m, key, flags) CQRS__PLAIN(T, m, key, CQRS_FIELD_MONEY, flags, NULL)
+#define CQRS_DOC(T, m, key, table, flags) CQRS__PLAIN(T, m, key, CQRS_FIELD_DOC, flags, table)
+/* Numbers within [lo, hi], both included (e.g. 1..INT64_MAX for "positive");
+ * for money the amount. */
+#define CQRS_INT64_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_INT64, lo, hi)
+#define CQRS_INT32_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_INT32, lo, hi)
+#define CQRS_TIME_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_TIME, lo, hi)
+#define CQRS_MONEY_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_MONEY, lo, hi)
 #define CQRS_FIELDS_END { NULL, CQRS_FIELD_END, 0, 0, 0, 0, 0, NULL }
+
+/* Checks a table itself: known kinds and flags, member sizes that fit the
+ * kind, keys present, nested tables present, and every CQRS_F_RANGE with
+ * bounds from a _RANGE macro and min <= max. CQRS_EINVAL naming the field.
+ * The registry calls it for every type it is given. */
+CQRS_EXPORT cqrs_code_t cqrs_fields_check(const cqrs_field_t *fields, cqrs_error_t *err);
 
 /* Appends every field of `obj` to `out` (initialised by the caller).
  * Returns CQRS_ETOO_LARGE if the document cannot grow, CQRS_EINVAL on NULLs. */
@@ -74,14 +86,24 @@ CQRS_EXPORT cqrs_code_t cqrs_fields_encode(const cqrs_field_t *fields, const voi
 
 /* Decodes `in` into `obj` (zeroed first; `obj` must be the table's struct).
  * Unknown keys are ignored. A missing required key, a key of the wrong BSON
- * type or an oversized string fails with CQRS_ECODEC naming the key. */
+ * type, an oversized string or one that is not valid UTF-8 (or holds a NUL)
+ * fails with CQRS_ECODEC naming the key. */
 CQRS_EXPORT cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bson_t *in, void *obj,
                                            cqrs_error_t *err);
 
-/* Technical validation: strings NUL-terminated within their member and
- * non-empty when required, ranges, currencies of three capital letters.
- * Fails with CQRS_EINVALID_COMMAND naming the field. */
+/* Technical validation: strings NUL-terminated within their member, valid
+ * UTF-8 and non-empty when required, ranges, currencies of three capital
+ * letters. Fails with CQRS_EINVALID_COMMAND naming the field; a range field
+ * without bounds (see CQRS_F_BOUNDS) is CQRS_EINVAL. */
 CQRS_EXPORT cqrs_code_t cqrs_fields_validate(const cqrs_field_t *fields, const void *obj, cqrs_error_t *err);
+
+/* Checks that `doc` is well-formed BSON and that every string in it, keys
+ * included, in nested documents and arrays too, is valid UTF-8 without NUL
+ * bytes; CQRS_ECODEC naming the key otherwise, or when nesting goes deeper
+ * than 100 levels. The decoders of stored documents call it first: libbson's
+ * bson_validate (1.23) lets invalid UTF-8 and some corrupt nested documents
+ * through, on which other libbson calls then abort. */
+CQRS_EXPORT cqrs_code_t cqrs_bson_check_utf8(const bson_t *doc, cqrs_error_t *err);
 
 /* Copies `src` into the char[cap] `dst`; fails with CQRS_ETOO_LARGE rather
  * than truncating, CQRS_EINVAL when `src` is NULL. */

@@ -10,7 +10,8 @@ extern "C" {
 #endif
 
 /* Turns a payload of schema version `from` into version `from + 1`.
- * `out` is initialised by the caller. */
+ * `out` is initialised by the caller. `in` is well-formed BSON whose strings
+ * are valid UTF-8 (a corrupt stored payload never reaches an upcaster). */
 typedef cqrs_code_t (*cqrs_upcast_cb)(const bson_t *in, bson_t *out, cqrs_error_t *err);
 typedef cqrs_upcast_cb cqrs_upcast_fn; /* the name before 0.2; kept for old code */
 
@@ -21,7 +22,8 @@ CQRS_EXPORT void cqrs_registry_destroy(cqrs_registry_t *reg);
 
 /* Register a type (borrowed: descriptors are static). A second type of the
  * same name is CQRS_EDUPLICATE; a descriptor missing its name, size or
- * fields is CQRS_EINVAL. */
+ * fields, or whose field table (payload or snapshot) cqrs_fields_check
+ * refuses, such as a range without bounds, is CQRS_EINVAL. */
 CQRS_EXPORT cqrs_code_t cqrs_registry_add_command(cqrs_registry_t *reg, const cqrs_command_type_t *type,
                                                   cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_registry_add_event(cqrs_registry_t *reg, const cqrs_event_type_t *type,
@@ -41,8 +43,8 @@ CQRS_EXPORT const cqrs_aggregate_type_t *cqrs_registry_aggregate(const cqrs_regi
 /* Decodes a payload stored at `schema_version` of type `name`: runs the
  * upcasters up to the current version, then the field table. *payload is
  * allocated (type->payload_size bytes, free with cqrs_payload_free).
- * Unknown type: CQRS_EUNKNOWN_TYPE; missing upcaster or newer version than
- * known: CQRS_ECODEC. */
+ * Unknown type: CQRS_EUNKNOWN_TYPE; missing upcaster, newer version than
+ * known, or a payload to upcast that is corrupt: CQRS_ECODEC. */
 CQRS_EXPORT cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char *name,
                                                      uint32_t schema_version, const bson_t *data,
                                                      const cqrs_event_type_t **type, void **payload,

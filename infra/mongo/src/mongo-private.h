@@ -78,4 +78,11 @@ bool cqrs__mongo_duplicate_key(const bson_error_t *e);
 cqrs_code_t cqrs__mongo_find_one(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts, bson_t *out,
                                  bool *found, cqrs_error_t *err, const char *what);
 
+/* The stored-commit codec, reachable by the fuzz harness (fuzz/fuzz_commit.c):
+ * decode visits every event of one commit document (CQRS_ECODEC when it is
+ * malformed or corrupt); build writes the document of `req` at `position`. */
+cqrs_code_t cqrs__mongo_decode_commit(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_visit_cb cb,
+                                      void *data, cqrs_error_t *err);
+cqrs_code_t cqrs__mongo_build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position, cqrs_error_t *err);
+
 #endif

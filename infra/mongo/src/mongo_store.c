@@ -84,9 +84,14 @@ static bool int_of(const bson_iter_t *it, int64_t *v) {
   switch (bson_iter_type(it)) {
   case BSON_TYPE_INT64:
   case BSON_TYPE_INT32:
-  case BSON_TYPE_DOUBLE:
     *v = bson_iter_as_int64(it);
     return true;
+  case BSON_TYPE_DOUBLE: {
+    double d = bson_iter_double(it);
+    if (!(d > -9.2e18 && d < 9.2e18)) return false; /* the cast would be undefined */
+    *v = (int64_t)d;
+    return true;
+  }
   case BSON_TYPE_DATE_TIME:
     *v = bson_iter_date_time(it);
     return true;
@@ -150,6 +155,10 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
   if (!atype || !aid || !get_int(doc, "position", &position) || !bson_iter_init_find(&it, doc, "events") ||
       !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &events))
     return cqrs_error_set(err, CQRS_ECODEC, "malformed commit document");
+  cqrs_error_t bad;
+  if (position < 1 || cqrs_bson_check_utf8(doc, &bad))
+    return cqrs_error_set(err, CQRS_ECODEC, "corrupt commit at position %lld: %.180s", (long long)position,
+                          position < 1 ? "not a position" : bad.message);
   cqrs_envelope_t *env;
   cqrs_code_t rc = cqrs_envelope_new(atype, aid, str_of(doc, "commandId"), str_of(doc, "correlationId"), &env, err);
   if (rc) return rc;
@@ -164,6 +173,11 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
     bson_iter_document(&events, &len, &raw);
     if (!bson_init_static(&ev, raw, len)) {
       rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit at position %lld", (long long)position);
+      break;
+    }
+    if (i > INT64_MAX - position) { /* its position would pass INT64_MAX */
+      rc = cqrs_error_set(err, CQRS_ECODEC, "corrupt commit at position %lld: event %lld has no position",
+                          (long long)position, (long long)i);
       break;
     }
     int64_t version = 0;
@@ -221,8 +235,13 @@ static cqrs_code_t probe_commit(mongoc_collection_t *coll, int64_t seq, commit_r
   cqrs_code_t rc = fetch_commit(coll, seq, &doc, found, err);
   if (rc || !*found) return rc;
   ref->seq = seq;
-  if (!get_int(&doc, "position", &ref->position) || !get_int(&doc, "lastPosition", &ref->last_position))
+  if (!get_int(&doc, "position", &ref->position) || !get_int(&doc, "lastPosition", &ref->last_position)) {
     rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit #%lld", (long long)seq);
+  } else if (ref->position < 1 || ref->last_position < ref->position || ref->last_position == INT64_MAX) {
+    /* The next claim is last + 1: a head at INT64_MAX is corrupt data, not an overflow. */
+    rc = cqrs_error_set(err, CQRS_ECODEC, "corrupt commit #%lld: positions %lld..%lld", (long long)seq,
+                        (long long)ref->position, (long long)ref->last_position);
+  }
   bson_destroy(&doc);
   return rc;
 }
@@ -559,6 +578,12 @@ static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **
     commit_ref_t at = head;
     for (size_t i = from; i < n; i++) {
       const cqrs_append_t *req = g[i]->req;
+      if (at.last_position < 0 || req->count > (uint64_t)(INT64_MAX - 1 - at.last_position)) {
+        /* The positions would pass INT64_MAX: the head read is corrupt. */
+        finish(g[i], cqrs_error_set(g[i]->err, CQRS_ECODEC, "corrupt commit: no room for %zu events after position %lld",
+                                    req->count, (long long)at.last_position));
+        continue;
+      }
       commit_ref_t c = {at.seq + 1, at.last_position + 1, at.last_position + (int64_t)req->count};
       char key[SEQ_KEY_LEN];
       seq_key(key, c.seq);
@@ -843,3 +868,15 @@ static const cqrs_store_ops_t mongo_store_ops = {
 };
 
 cqrs_store_t *cqrs_mongo_store_new(cqrs_mongo_t *m) { return m ? cqrs_store_new(&mongo_store_ops, m) : NULL; }
+
+/* ---- for the fuzz harness (fuzz/fuzz_commit.c) ---- */
+
+cqrs_code_t cqrs__mongo_decode_commit(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_visit_cb cb,
+                                      void *data, cqrs_error_t *err) {
+  reader_t r = {.reg = reg, .limit = SIZE_MAX, .placeholders = true, .cb = cb, .data = data};
+  return visit_commit(&r, doc, err);
+}
+
+cqrs_code_t cqrs__mongo_build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position, cqrs_error_t *err) {
+  return build_commit(doc, req, position, err);
+}
