@@ -453,12 +453,16 @@ static void app_send(app_t *a, const cqrs_command_type_t *type, const void *payl
   if (s.error.code) fail_msg("%s: %s", type->name, s.error.message);
 }
 
+#define REBUILD_INVOICES 1000
+#define REBUILD_INVOICES_S "1000"
+
 static void test_rebuild_while_writing(void **state) {
   (void)state;
   NEED_MONGO();
   adm_t t;
   adm_open(&t);
-  assert_int_equal(ADM(&t, "gen-legacy", "150", "--customers", "30"), 0);
+  /* Enough invoices for the rebuild to take a while, even beside valgrind. */
+  assert_int_equal(ADM(&t, "gen-legacy", REBUILD_INVOICES_S, "--customers", "30"), 0);
   assert_int_equal(ADM(&t, "migrate", "--quiet"), 0);
   app_t a;
   app_open(&a, &t);
@@ -498,7 +502,7 @@ static void test_rebuild_while_writing(void **state) {
 
   /* Equal to a full replay, the old collections kept, the indexes carried. */
   assert_int_equal(ADM(&t, "check"), 0);
-  assert_int_equal(adm_count(&t, "billing_queries", NULL), 150);
+  assert_int_equal(adm_count(&t, "billing_queries", NULL), REBUILD_INVOICES);
   bson_t names = BSON_INITIALIZER;
   char **colls = mongoc_database_get_collection_names_with_opts(t.mdb, NULL, NULL);
   bool old_kept = false;
