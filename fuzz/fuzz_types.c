@@ -5,6 +5,9 @@
 static const cqrs_field_t place_fields[] = {CQRS_STRING(fz_place_t, city, "city", CQRS_F_REQUIRED),
                                             CQRS_INT32_RANGE(fz_place_t, zip, "zip", 0, 99999), CQRS_FIELDS_END};
 
+static const cqrs_field_t stop_item[] = {CQRS_ITEM_DOC(fz_place_t, place_fields), CQRS_FIELDS_END};
+static const cqrs_field_t tag_item[] = {CQRS_ITEM_STRING(6, CQRS_F_REQUIRED), CQRS_FIELDS_END};
+
 const cqrs_field_t fz_payload_fields[] = {
     CQRS_STRING(fz_payload_t, name, "name", CQRS_F_REQUIRED),
     CQRS_INT64_RANGE(fz_payload_t, count, "count", -1000000, 1000000),
@@ -14,6 +17,8 @@ const cqrs_field_t fz_payload_fields[] = {
     CQRS_MONEY_RANGE(fz_payload_t, price, "price", 1, INT64_MAX),
     CQRS_DOC(fz_payload_t, where, "where", place_fields, 0),
     CQRS_STRING(fz_payload_t, note, "note", CQRS_F_OPTIONAL),
+    CQRS_ARRAY(fz_payload_t, stops, nstops, "stops", stop_item, CQRS_F_OPTIONAL),
+    CQRS_ARRAY(fz_payload_t, tags, ntags, "tags", tag_item, CQRS_F_OPTIONAL),
     CQRS_FIELDS_END,
 };
 

@@ -22,6 +22,10 @@ typedef struct fz_payload {
   cqrs_money_t price;
   fz_place_t where;
   char note[8];
+  fz_place_t stops[3]; /* collections: documents and strings */
+  int32_t nstops;
+  char tags[2][6];
+  int32_t ntags;
 } fz_payload_t;
 
 typedef struct fz_state {

@@ -45,6 +45,12 @@ static fz_payload_t sample(void) {
   strcpy(p.where.city, "Paris");
   p.where.zip = 75001;
   strcpy(p.note, "hi");
+  strcpy(p.stops[0].city, "Lyon");
+  p.stops[0].zip = 69001;
+  p.nstops = 1;
+  strcpy(p.tags[0], "a");
+  strcpy(p.tags[1], "b");
+  p.ntags = 2;
   return p;
 }
 

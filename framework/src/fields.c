@@ -43,45 +43,54 @@ static bool append_money(bson_t *out, const char *key, const cqrs_money_t *m) {
   return bson_append_document_end(out, &child) && ok;
 }
 
-cqrs_code_t cqrs_fields_encode(const cqrs_field_t *fields, const void *obj, bson_t *out, cqrs_error_t *err) {
-  if (!fields || !obj || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to encode");
-  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
-    const void *p = AT(obj, f);
+static int32_t array_count(const cqrs_field_t *f, const void *obj) {
+  int32_t n;
+  memcpy(&n, (const unsigned char *)obj + f->min, sizeof n);
+  return n;
+}
+
+static size_t array_cap(const cqrs_field_t *f) { return f->size / f->fields[0].size; }
+
+static cqrs_code_t encode_array(const cqrs_field_t *f, const void *obj, bson_t *out, cqrs_error_t *err);
+
+/* Appends the value at `p`, described by `f`, under `key`. */
+static cqrs_code_t encode_value(const cqrs_field_t *f, const void *p, const char *key, const void *obj, bson_t *out,
+                                cqrs_error_t *err) {
     bool ok = true;
     switch (f->kind) {
     case CQRS_FIELD_STRING:
-      ok = bson_append_utf8(out, f->key, -1, (const char *)p, (int)strnlen((const char *)p, f->size));
+      ok = bson_append_utf8(out, key, -1, (const char *)p, (int)strnlen((const char *)p, f->size));
       break;
     case CQRS_FIELD_INT64: {
       int64_t v;
       memcpy(&v, p, sizeof v);
-      ok = bson_append_int64(out, f->key, -1, v);
+      ok = bson_append_int64(out, key, -1, v);
       break;
     }
     case CQRS_FIELD_INT32: {
       int32_t v;
       memcpy(&v, p, sizeof v);
-      ok = bson_append_int32(out, f->key, -1, v);
+      ok = bson_append_int32(out, key, -1, v);
       break;
     }
     case CQRS_FIELD_BOOL: {
       bool v;
       memcpy(&v, p, sizeof v);
-      ok = bson_append_bool(out, f->key, -1, v);
+      ok = bson_append_bool(out, key, -1, v);
       break;
     }
     case CQRS_FIELD_TIME: {
       int64_t v;
       memcpy(&v, p, sizeof v);
-      ok = bson_append_date_time(out, f->key, -1, v);
+      ok = bson_append_date_time(out, key, -1, v);
       break;
     }
     case CQRS_FIELD_MONEY:
-      ok = append_money(out, f->key, (const cqrs_money_t *)p);
+      ok = append_money(out, key, (const cqrs_money_t *)p);
       break;
     case CQRS_FIELD_DOC: {
       bson_t child;
-      if (!bson_append_document_begin(out, f->key, -1, &child)) {
+      if (!bson_append_document_begin(out, key, -1, &child)) {
         ok = false;
         break;
       }
@@ -90,10 +99,40 @@ cqrs_code_t cqrs_fields_encode(const cqrs_field_t *fields, const void *obj, bson
       if (rc) return rc;
       break;
     }
+    case CQRS_FIELD_ARRAY:
+      return encode_array(f, obj, out, err);
     case CQRS_FIELD_END:
       break;
     }
-    if (!ok) return cqrs_error_set(err, CQRS_ETOO_LARGE, "cannot append field '%s': document too large", f->key);
+    if (!ok) return cqrs_error_set(err, CQRS_ETOO_LARGE, "cannot append field '%s': document too large", key);
+  return CQRS_OK;
+}
+
+static cqrs_code_t encode_array(const cqrs_field_t *f, const void *obj, bson_t *out, cqrs_error_t *err) {
+  int32_t n = array_count(f, obj);
+  if (n < 0 || (size_t)n > array_cap(f))
+    return cqrs_error_set(err, CQRS_EINVAL, "field '%s' counts %d items, room for %zu", f->key, (int)n, array_cap(f));
+  bson_t child;
+  if (!bson_append_array_begin(out, f->key, -1, &child))
+    return cqrs_error_set(err, CQRS_ETOO_LARGE, "cannot append field '%s': document too large", f->key);
+  const cqrs_field_t *item = &f->fields[0];
+  cqrs_code_t rc = CQRS_OK;
+  for (int32_t i = 0; !rc && i < n; i++) {
+    char buf[16];
+    const char *k;
+    bson_uint32_to_string((uint32_t)i, &k, buf, sizeof buf);
+    rc = encode_value(item, AT(obj, f) + (size_t)i * item->size, k, NULL, &child, err);
+  }
+  if (!bson_append_array_end(out, &child) && !rc)
+    rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "cannot append field '%s': document too large", f->key);
+  return rc;
+}
+
+cqrs_code_t cqrs_fields_encode(const cqrs_field_t *fields, const void *obj, bson_t *out, cqrs_error_t *err) {
+  if (!fields || !obj || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to encode");
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    cqrs_code_t rc = encode_value(f, AT(obj, f), f->key, obj, out, err);
+    if (rc) return rc;
   }
   return CQRS_OK;
 }
@@ -151,8 +190,11 @@ static cqrs_code_t decode_money(const bson_iter_t *it, const cqrs_field_t *f, cq
   return CQRS_OK;
 }
 
-static cqrs_code_t decode_field(const bson_iter_t *it, const cqrs_field_t *f, void *obj, cqrs_error_t *err) {
-  void *p = AT_MUT(obj, f);
+static cqrs_code_t decode_array(const bson_iter_t *it, const cqrs_field_t *f, void *obj, cqrs_error_t *err);
+
+/* Decodes the value at `it` into `p`, described by `f` (`obj`: the struct,
+ * for an array's count). */
+static cqrs_code_t decode_value(const bson_iter_t *it, const cqrs_field_t *f, void *p, void *obj, cqrs_error_t *err) {
   switch (f->kind) {
   case CQRS_FIELD_STRING:
     return decode_string(it, f, (char *)p, err);
@@ -201,15 +243,38 @@ static cqrs_code_t decode_field(const bson_iter_t *it, const cqrs_field_t *f, vo
     if (!bson_init_static(&child, data, len)) return wrong_type(err, f, "a valid document");
     return cqrs_fields_decode(f->fields, &child, p, err);
   }
+  case CQRS_FIELD_ARRAY:
+    return decode_array(it, f, obj, err);
   case CQRS_FIELD_END:
     break;
   }
   return CQRS_OK;
 }
 
+static cqrs_code_t decode_array(const bson_iter_t *it, const cqrs_field_t *f, void *obj, cqrs_error_t *err) {
+  if (!BSON_ITER_HOLDS_ARRAY(it)) return wrong_type(err, f, "an array");
+  bson_iter_t child;
+  if (!bson_iter_recurse(it, &child)) return wrong_type(err, f, "a valid array");
+  const cqrs_field_t *item = &f->fields[0];
+  size_t cap = array_cap(f);
+  int32_t n = 0;
+  while (bson_iter_next(&child)) {
+    if ((size_t)n == cap) return cqrs_error_set(err, CQRS_ECODEC, "field '%s' holds more than %zu items", f->key, cap);
+    cqrs_error_t inner;
+    cqrs_code_t rc = decode_value(&child, item, AT_MUT(obj, f) + (size_t)n * item->size, NULL, &inner);
+    if (rc) return cqrs_error_set(err, rc, "field '%s' item %d: %.180s", f->key, (int)n, inner.message);
+    n++;
+  }
+  memcpy((unsigned char *)obj + f->min, &n, sizeof n);
+  return CQRS_OK;
+}
+
 cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bson_t *in, void *obj, cqrs_error_t *err) {
   if (!fields || !in || !obj) return cqrs_error_set(err, CQRS_EINVAL, "NULL argument to decode");
-  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) memset(AT_MUT(obj, f), 0, f->size);
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    memset(AT_MUT(obj, f), 0, f->size);
+    if (f->kind == CQRS_FIELD_ARRAY) memset((unsigned char *)obj + f->min, 0, sizeof(int32_t));
+  }
   bson_iter_t it;
   if (!bson_iter_init(&it, in)) return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON document");
   for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
@@ -227,7 +292,7 @@ cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bson_t *in, voi
       if (f->flags & CQRS_F_OPTIONAL) continue;
       return cqrs_error_set(err, CQRS_ECODEC, "field '%s' is missing", f->key);
     }
-    cqrs_code_t rc = decode_field(&fit, f, obj, err);
+    cqrs_code_t rc = decode_value(&fit, f, AT_MUT(obj, f), obj, err);
     if (rc) return rc;
   }
   return CQRS_OK;
@@ -235,11 +300,11 @@ cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bson_t *in, voi
 
 /* "prefix.key" for the messages about a nested table; a long one is cut. */
 static void nested_name(char *buf, size_t cap, const char *prefix, const char *key) {
-  if (snprintf(buf, cap, "%s%s%s", prefix, *prefix ? "." : "", key) >= (int)cap) buf[cap - 1] = '\0';
+  if (snprintf(buf, cap, "%s%s%s", prefix, *prefix && *key ? "." : "", key) >= (int)cap) buf[cap - 1] = '\0';
 }
 
 static cqrs_code_t invalid(cqrs_error_t *err, const char *prefix, const cqrs_field_t *f, const char *what) {
-  return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%s%s%s %s", prefix, *prefix ? "." : "", f->key, what);
+  return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%s%s%s %s", prefix, *prefix && *f->key ? "." : "", f->key, what);
 }
 
 /* A range whose bounds a _RANGE macro gave, in order. */
@@ -250,9 +315,11 @@ static cqrs_code_t unbounded(cqrs_error_t *err, const char *prefix, const cqrs_f
                         f->flags & CQRS_F_BOUNDS ? "with min > max" : "without bounds (use a _RANGE macro)");
 }
 
-static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const char *prefix, cqrs_error_t *err) {
-  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
-    const void *p = AT(obj, f);
+static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const char *prefix, cqrs_error_t *err);
+
+/* Validates the value at `p` (`obj`: the struct, for an array's count). */
+static cqrs_code_t validate_value(const cqrs_field_t *f, const void *p, const void *obj, const char *prefix,
+                                  cqrs_error_t *err) {
     if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
     switch (f->kind) {
     case CQRS_FIELD_STRING: {
@@ -295,10 +362,32 @@ static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const c
       if (rc) return rc;
       break;
     }
+    case CQRS_FIELD_ARRAY: {
+      int32_t n = array_count(f, obj);
+      if (n < 0 || (size_t)n > array_cap(f)) return invalid(err, prefix, f, "counts more items than it holds");
+      if ((f->flags & CQRS_F_REQUIRED) && n == 0) return invalid(err, prefix, f, "is empty");
+      const cqrs_field_t *item = &f->fields[0];
+      for (int32_t i = 0; i < n; i++) {
+        char sub[128];
+        char key[CQRS_NAME_MAX + 16];
+        snprintf(key, sizeof key, "%s[%d]", f->key, (int)i);
+        nested_name(sub, sizeof sub, prefix, key);
+        cqrs_code_t rc = validate_value(item, AT(obj, f) + (size_t)i * item->size, NULL, sub, err);
+        if (rc) return rc;
+      }
+      break;
+    }
     case CQRS_FIELD_BOOL:
     case CQRS_FIELD_END:
       break;
     }
+  return CQRS_OK;
+}
+
+static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const char *prefix, cqrs_error_t *err) {
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    cqrs_code_t rc = validate_value(f, AT(obj, f), obj, prefix, err);
+    if (rc) return rc;
   }
   return CQRS_OK;
 }
@@ -310,11 +399,12 @@ cqrs_code_t cqrs_fields_validate(const cqrs_field_t *fields, const void *obj, cq
 
 #define CHECK_DEPTH 16
 
-static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int depth, cqrs_error_t *err) {
-  if (depth > CHECK_DEPTH)
-    return cqrs_error_set(err, CQRS_EINVAL, "field table %s nests deeper than %d levels", prefix, CHECK_DEPTH);
-  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
-    if (!f->key || !*f->key) return cqrs_error_set(err, CQRS_EINVAL, "a field of table '%s' has no key", prefix);
+static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int depth, cqrs_error_t *err);
+
+/* One field; an array's item (`item`) has no key of its own. */
+static cqrs_code_t check_field(const cqrs_field_t *f, const char *prefix, int depth, bool item, cqrs_error_t *err) {
+    if (!f->key || (!item && !*f->key))
+      return cqrs_error_set(err, CQRS_EINVAL, "a field of table '%s' has no key", prefix);
     char name[128];
     nested_name(name, sizeof name, prefix, f->key);
     size_t want = 0;
@@ -336,6 +426,7 @@ static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int dep
       break;
     case CQRS_FIELD_STRING:
     case CQRS_FIELD_DOC:
+    case CQRS_FIELD_ARRAY:
       numeric = false;
       break;
     default:
@@ -346,13 +437,27 @@ static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int dep
     if (want && f->size != want) bad = "a member whose size does not fit its kind";
     if (f->kind == CQRS_FIELD_STRING && f->size < 2) bad = "a string member with no room for a character";
     if (f->kind == CQRS_FIELD_DOC && !f->fields) bad = "no nested table";
+    if (f->kind == CQRS_FIELD_ARRAY) {
+      const cqrs_field_t *it = f->fields;
+      if (item) bad = "an array of arrays (put the inner one in a document)";
+      else if (!it || it[0].kind == CQRS_FIELD_END || it[1].kind != CQRS_FIELD_END) bad = "no item table of one entry";
+      else if (!it[0].size || f->size % it[0].size || it[0].offset) bad = "items whose size does not divide the array";
+      else if (f->min < 0) bad = "no count member";
+    }
     if ((f->flags & CQRS_F_RANGE) && !numeric) bad = "CQRS_F_RANGE on a kind that is not a number";
     if (bad) return cqrs_error_set(err, CQRS_EINVAL, "field %s: %s", name, bad);
     if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
-    if (f->kind == CQRS_FIELD_DOC) {
-      cqrs_code_t rc = check(f->fields, name, depth + 1, err);
-      if (rc) return rc;
-    }
+    if (f->kind == CQRS_FIELD_DOC) return check(f->fields, name, depth + 1, err);
+    if (f->kind == CQRS_FIELD_ARRAY) return check_field(&f->fields[0], name, depth + 1, true, err);
+  return CQRS_OK;
+}
+
+static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int depth, cqrs_error_t *err) {
+  if (depth > CHECK_DEPTH)
+    return cqrs_error_set(err, CQRS_EINVAL, "field table %s nests deeper than %d levels", prefix, CHECK_DEPTH);
+  for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    cqrs_code_t rc = check_field(f, prefix, depth, false, err);
+    if (rc) return rc;
   }
   return CQRS_OK;
 }

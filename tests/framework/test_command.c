@@ -275,6 +275,54 @@ static void test_natural_id_must_be_utf8(void **state) {
   assert_null(a);
 }
 
+/* A command whose payload holds a collection: built, refused when an item
+ * breaks its rule, sent as BSON and read back. An order with lines needs no
+ * hand-written l0..l2 fields. */
+typedef struct place_line {
+  char sku[16];
+  int32_t qty;
+} place_line_t;
+typedef struct place_order {
+  char order_id[CQRS_ID_MAX];
+  place_line_t lines[4];
+  int32_t nlines;
+} place_order_t;
+static const cqrs_field_t place_line_fields[] = {CQRS_STRING(place_line_t, sku, "sku", CQRS_F_REQUIRED),
+                                                 CQRS_INT32_RANGE(place_line_t, qty, "qty", 1, 99), CQRS_FIELDS_END};
+static const cqrs_field_t place_line_item[] = {CQRS_ITEM_DOC(place_line_t, place_line_fields), CQRS_FIELDS_END};
+static const cqrs_field_t place_fields[] = {CQRS_STRING(place_order_t, order_id, "orderId", CQRS_F_REQUIRED),
+                                            CQRS_ARRAY(place_order_t, lines, nlines, "lines", place_line_item,
+                                                       CQRS_F_REQUIRED),
+                                            CQRS_FIELDS_END};
+static const cqrs_command_type_t place_order = {.name = "order.place", .payload_size = sizeof(place_order_t),
+                                                .fields = place_fields};
+
+static void test_collections_in_commands(void **state) {
+  cqrs_registry_t *reg = *state;
+  assert_int_equal(cqrs_registry_add_command(reg, &place_order, NULL), CQRS_OK);
+  place_order_t p = {"o-1", {{"apple", 2}, {"fig", 5}}, 2};
+  cqrs_command_t *cmd;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_command_new(&place_order, &p, &cmd, &err), CQRS_OK);
+  bson_t b = BSON_INITIALIZER;
+  assert_int_equal(cqrs_command_to_bson(cmd, &b, &err), CQRS_OK);
+  cqrs_command_t *back;
+  assert_int_equal(cqrs_command_from_bson(reg, &b, &back, &err), CQRS_OK);
+  const place_order_t *q = cqrs_command_payload(back);
+  assert_int_equal(q->nlines, 2);
+  assert_string_equal(q->lines[1].sku, "fig");
+  assert_int_equal(q->lines[1].qty, 5);
+  cqrs_command_destroy(back);
+  cqrs_command_destroy(cmd);
+  bson_destroy(&b);
+  p.lines[1].qty = 100;
+  assert_int_equal(cqrs_command_new(&place_order, &p, &cmd, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "lines[1].qty"));
+  p.lines[1].qty = 1;
+  p.nlines = 0;
+  assert_int_equal(cqrs_command_new(&place_order, &p, &cmd, &err), CQRS_EINVALID_COMMAND);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_new_command_has_ids_and_payload),
@@ -282,6 +330,7 @@ int main(void) {
       cmocka_unit_test(test_custom_validation),
       cmocka_unit_test(test_natural_ids),
       cmocka_unit_test(test_bson_round_trip),
+      cmocka_unit_test_setup_teardown(test_collections_in_commands, setup, teardown),
       cmocka_unit_test(test_bad_documents),
       cmocka_unit_test(test_corrupted_documents_are_refused_cleanly),
       cmocka_unit_test(test_invalid_utf8_is_refused),

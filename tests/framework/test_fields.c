@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cqrs/cqrs.h>
@@ -313,6 +314,175 @@ static void test_a_range_needs_its_bounds(void **state) {
   assert_int_equal(cqrs_fields_check(NULL, NULL), CQRS_EINVAL);
 }
 
+/* ---- collections ---- */
+
+typedef struct line {
+  char sku[16];
+  int32_t qty;
+  cqrs_money_t price;
+} line_t;
+
+typedef struct order {
+  char id[16];
+  line_t lines[3];
+  int32_t nlines;
+  char tags[4][8];
+  int32_t ntags;
+  int64_t holds[2];
+  int32_t nholds;
+} order_t;
+
+static const cqrs_field_t line_fields[] = {CQRS_STRING(line_t, sku, "sku", CQRS_F_REQUIRED),
+                                           CQRS_INT32_RANGE(line_t, qty, "qty", 1, 1000),
+                                           CQRS_MONEY_RANGE(line_t, price, "price", 0, INT64_MAX), CQRS_FIELDS_END};
+static const cqrs_field_t line_item[] = {CQRS_ITEM_DOC(line_t, line_fields), CQRS_FIELDS_END};
+static const cqrs_field_t tag_item[] = {CQRS_ITEM_STRING(8, CQRS_F_REQUIRED), CQRS_FIELDS_END};
+static const cqrs_field_t hold_item[] = {CQRS_ITEM_INT64_RANGE(1, 1000000), CQRS_FIELDS_END};
+static const cqrs_field_t order_fields[] = {
+    CQRS_STRING(order_t, id, "id", CQRS_F_REQUIRED),
+    CQRS_ARRAY(order_t, lines, nlines, "lines", line_item, CQRS_F_REQUIRED),
+    CQRS_ARRAY(order_t, tags, ntags, "tags", tag_item, CQRS_F_OPTIONAL),
+    CQRS_ARRAY(order_t, holds, nholds, "holds", hold_item, CQRS_F_OPTIONAL), CQRS_FIELDS_END};
+
+static order_t sample_order(void) {
+  order_t o;
+  memset(&o, 0, sizeof o);
+  strcpy(o.id, "ord-1");
+  o.lines[0] = (line_t){"apple", 3, {120, "EUR"}};
+  o.lines[1] = (line_t){"pear", 1, {90, "EUR"}};
+  o.nlines = 2;
+  strcpy(o.tags[0], "gift");
+  o.ntags = 1;
+  o.holds[0] = 500;
+  o.holds[1] = 700;
+  o.nholds = 2;
+  return o;
+}
+
+static void test_arrays_round_trip(void **state) {
+  (void)state;
+  assert_int_equal(cqrs_fields_check(order_fields, NULL), CQRS_OK);
+  order_t o = sample_order(), back;
+  assert_int_equal(cqrs_fields_validate(order_fields, &o, NULL), CQRS_OK);
+  bson_t b = BSON_INITIALIZER;
+  assert_int_equal(cqrs_fields_encode(order_fields, &o, &b, NULL), CQRS_OK);
+  bson_iter_t it, v;
+  assert_true(bson_iter_init(&it, &b) && bson_iter_find_descendant(&it, "lines.1.sku", &v));
+  assert_string_equal(bson_iter_utf8(&v, NULL), "pear");
+  assert_true(bson_iter_init(&it, &b) && bson_iter_find_descendant(&it, "holds.1", &v));
+  assert_int_equal(bson_iter_int64(&v), 700);
+  assert_true(bson_iter_init(&it, &b) && !bson_iter_find_descendant(&it, "lines.2", &v)); /* only the counted ones */
+  memset(&back, 0x5a, sizeof back);
+  assert_int_equal(cqrs_fields_decode(order_fields, &b, &back, NULL), CQRS_OK);
+  assert_int_equal(back.nlines, 2);
+  assert_string_equal(back.lines[1].sku, "pear");
+  assert_int_equal(back.lines[0].qty, 3);
+  assert_int_equal(back.lines[0].price.amount, 120);
+  assert_int_equal(back.ntags, 1);
+  assert_string_equal(back.tags[0], "gift");
+  assert_int_equal(back.nholds, 2);
+  assert_int_equal(back.holds[1], 700);
+  assert_int_equal(back.lines[2].qty, 0); /* zeroed past the count */
+  bson_destroy(&b);
+  /* Optional arrays may be absent: they decode empty. */
+  bson_t small = BSON_INITIALIZER, lines, l0;
+  BSON_APPEND_UTF8(&small, "id", "ord-2");
+  BSON_APPEND_ARRAY_BEGIN(&small, "lines", &lines);
+  BSON_APPEND_DOCUMENT_BEGIN(&lines, "0", &l0);
+  BSON_APPEND_UTF8(&l0, "sku", "fig");
+  BSON_APPEND_INT32(&l0, "qty", 2);
+  cqrs_money_t m = {5, "EUR"};
+  bson_t price;
+  BSON_APPEND_DOCUMENT_BEGIN(&l0, "price", &price);
+  BSON_APPEND_INT64(&price, "amount", m.amount);
+  BSON_APPEND_UTF8(&price, "currency", m.currency);
+  bson_append_document_end(&l0, &price);
+  bson_append_document_end(&lines, &l0);
+  bson_append_array_end(&small, &lines);
+  assert_int_equal(cqrs_fields_decode(order_fields, &small, &back, NULL), CQRS_OK);
+  assert_int_equal(back.nlines, 1);
+  assert_int_equal(back.ntags, 0);
+  bson_destroy(&small);
+}
+
+static void test_arrays_are_bounded_and_validated(void **state) {
+  (void)state;
+  cqrs_error_t err;
+  order_t o = sample_order();
+  /* More items on the wire than the member holds: refused, not cut. */
+  bson_t b = BSON_INITIALIZER, tags;
+  BSON_APPEND_UTF8(&b, "id", "x");
+  BSON_APPEND_ARRAY_BEGIN(&b, "lines", &tags);
+  bson_append_array_end(&b, &tags);
+  BSON_APPEND_ARRAY_BEGIN(&b, "tags", &tags);
+  for (int i = 0; i < 5; i++) {
+    char k[4];
+    snprintf(k, sizeof k, "%d", i);
+    BSON_APPEND_UTF8(&tags, k, "t");
+  }
+  bson_append_array_end(&b, &tags);
+  order_t back;
+  assert_int_equal(cqrs_fields_decode(order_fields, &b, &back, &err), CQRS_ECODEC);
+  assert_non_null(strstr(err.message, "more than 4 items"));
+  bson_destroy(&b);
+  /* A wrong item type names the item. */
+  bson_t c = BSON_INITIALIZER, h;
+  BSON_APPEND_UTF8(&c, "id", "x");
+  BSON_APPEND_ARRAY_BEGIN(&c, "lines", &h);
+  bson_append_array_end(&c, &h);
+  BSON_APPEND_ARRAY_BEGIN(&c, "holds", &h);
+  BSON_APPEND_UTF8(&h, "0", "not a number");
+  bson_append_array_end(&c, &h);
+  assert_int_equal(cqrs_fields_decode(order_fields, &c, &back, &err), CQRS_ECODEC);
+  assert_non_null(strstr(err.message, "holds' item 0"));
+  bson_destroy(&c);
+  /* Validation: counts, required, and every item's own rules. */
+  order_t bad = o;
+  bad.nlines = 4;
+  assert_int_equal(cqrs_fields_validate(order_fields, &bad, &err), CQRS_EINVALID_COMMAND);
+  bad = o;
+  bad.nlines = 0;
+  assert_int_equal(cqrs_fields_validate(order_fields, &bad, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "lines is empty"));
+  bad = o;
+  bad.lines[1].qty = 0;
+  assert_int_equal(cqrs_fields_validate(order_fields, &bad, &err), CQRS_EINVALID_COMMAND);
+  assert_non_null(strstr(err.message, "lines[1].qty"));
+  bad = o;
+  bad.holds[1] = 0;
+  assert_int_equal(cqrs_fields_validate(order_fields, &bad, &err), CQRS_EINVALID_COMMAND);
+  bad = o;
+  bad.tags[0][0] = '\0';
+  assert_int_equal(cqrs_fields_validate(order_fields, &bad, &err), CQRS_EINVALID_COMMAND);
+  bad = o;
+  bad.lines[2].qty = 0; /* past the count: not an item */
+  assert_int_equal(cqrs_fields_validate(order_fields, &bad, &err), CQRS_OK);
+  bad = o;
+  bad.nholds = -1;
+  bson_t e = BSON_INITIALIZER;
+  assert_int_equal(cqrs_fields_encode(order_fields, &bad, &e, &err), CQRS_EINVAL);
+  bson_destroy(&e);
+}
+
+static void test_array_tables_are_checked(void **state) {
+  (void)state;
+  cqrs_error_t err;
+  static const cqrs_field_t two_items[] = {CQRS_ITEM_INT64(0), CQRS_ITEM_INT64(0), CQRS_FIELDS_END};
+  static const cqrs_field_t no_item[] = {CQRS_FIELDS_END};
+  static const cqrs_field_t wrong_size[] = {CQRS_ITEM_STRING(5, 0), CQRS_FIELDS_END}; /* 4 x 8 is no multiple of 5 */
+  const cqrs_field_t bad1[] = {CQRS_ARRAY(order_t, holds, nholds, "h", two_items, 0), CQRS_FIELDS_END};
+  const cqrs_field_t bad2[] = {CQRS_ARRAY(order_t, holds, nholds, "h", no_item, 0), CQRS_FIELDS_END};
+  const cqrs_field_t bad3[] = {CQRS_ARRAY(order_t, tags, ntags, "t", wrong_size, 0), CQRS_FIELDS_END};
+  const cqrs_field_t bad4[] = {CQRS_ARRAY(order_t, holds, nholds, "h", NULL, 0), CQRS_FIELDS_END};
+  assert_int_equal(cqrs_fields_check(bad1, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_fields_check(bad2, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_fields_check(bad3, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_fields_check(bad4, &err), CQRS_EINVAL);
+  static const cqrs_field_t unbounded_item[] = {CQRS_ITEM_INT64(CQRS_F_RANGE), CQRS_FIELDS_END};
+  const cqrs_field_t bad5[] = {CQRS_ARRAY(order_t, holds, nholds, "h", unbounded_item, 0), CQRS_FIELDS_END};
+  assert_int_equal(cqrs_fields_check(bad5, &err), CQRS_EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip),
@@ -324,6 +494,9 @@ int main(void) {
       cmocka_unit_test(test_check_utf8_walks_every_string),
       cmocka_unit_test(test_every_number_has_a_range),
       cmocka_unit_test(test_a_range_needs_its_bounds),
+      cmocka_unit_test(test_arrays_round_trip),
+      cmocka_unit_test(test_arrays_are_bounded_and_validated),
+      cmocka_unit_test(test_array_tables_are_checked),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

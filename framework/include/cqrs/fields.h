@@ -27,7 +27,8 @@ typedef enum cqrs_field_kind {
   CQRS_FIELD_BOOL,   /* bool */
   CQRS_FIELD_TIME,   /* int64_t UTC milliseconds, a BSON date */
   CQRS_FIELD_MONEY,  /* cqrs_money_t, a nested {amount, currency} */
-  CQRS_FIELD_DOC     /* a nested struct described by its own field table */
+  CQRS_FIELD_DOC,    /* a nested struct described by its own field table */
+  CQRS_FIELD_ARRAY   /* a bounded array of items (CQRS_ARRAY): a BSON array */
 } cqrs_field_kind_t;
 
 /* Field flags. A range is given with a _RANGE macro, which sets both
@@ -72,6 +73,36 @@ typedef struct cqrs_field {
 #define CQRS_TIME_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_TIME, lo, hi)
 #define CQRS_MONEY_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_MONEY, lo, hi)
 #define CQRS_FIELDS_END { NULL, CQRS_FIELD_END, 0, 0, 0, 0, 0, NULL }
+
+/* Collections: `E m[N]` with an `int32_t count` member beside it, encoded
+ * as a BSON array of the first `count` items. `items` is a table of one
+ * entry made with a CQRS_ITEM_ macro (then CQRS_FIELDS_END) saying what an
+ * item is: strings, numbers, money, or documents of their own table (which
+ * may hold arrays in turn). CQRS_F_REQUIRED: at least one item. Decoding
+ * more than N items is CQRS_ECODEC; validation checks the count and every
+ * item; items past the count are ignored. Example:
+ *   typedef struct { char sku[16]; int32_t qty; } line_t;
+ *   typedef struct { char id[CQRS_ID_MAX]; line_t lines[8]; int32_t nlines; } order_t;
+ *   static const cqrs_field_t line_fields[] = {CQRS_STRING(line_t, sku, "sku", CQRS_F_REQUIRED),
+ *       CQRS_INT32_RANGE(line_t, qty, "qty", 1, 1000), CQRS_FIELDS_END};
+ *   static const cqrs_field_t line_item[] = {CQRS_ITEM_DOC(line_t, line_fields), CQRS_FIELDS_END};
+ *   ... CQRS_ARRAY(order_t, lines, nlines, "lines", line_item, CQRS_F_REQUIRED) ... */
+#define CQRS__COUNT_OFFSET(T, count) \
+  ((int64_t)offsetof(T, count) + 0 * (int64_t)sizeof(char[CQRS__MEMBER_SIZE(T, count) == sizeof(int32_t) ? 1 : -1]))
+#define CQRS_ARRAY(T, m, count, key, items, flags)                                                             \
+  { (key), CQRS_FIELD_ARRAY, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags) & ~CQRS_F_BOUNDS, CQRS__COUNT_OFFSET(T, count), \
+    0, (items) }
+#define CQRS__ITEM(kind, size, flags, lo, hi, table) { "", (kind), 0, (size), (flags), (lo), (hi), (table) }
+#define CQRS_ITEM_STRING(cap, flags) CQRS__ITEM(CQRS_FIELD_STRING, (cap), (flags) & ~CQRS_F_BOUNDS, 0, 0, NULL)
+#define CQRS_ITEM_INT64(flags) CQRS__ITEM(CQRS_FIELD_INT64, sizeof(int64_t), (flags) & ~CQRS_F_BOUNDS, 0, 0, NULL)
+#define CQRS_ITEM_INT64_RANGE(lo, hi) \
+  CQRS__ITEM(CQRS_FIELD_INT64, sizeof(int64_t), CQRS_F_RANGE | CQRS_F_BOUNDS, (lo), (hi), NULL)
+#define CQRS_ITEM_INT32(flags) CQRS__ITEM(CQRS_FIELD_INT32, sizeof(int32_t), (flags) & ~CQRS_F_BOUNDS, 0, 0, NULL)
+#define CQRS_ITEM_INT32_RANGE(lo, hi) \
+  CQRS__ITEM(CQRS_FIELD_INT32, sizeof(int32_t), CQRS_F_RANGE | CQRS_F_BOUNDS, (lo), (hi), NULL)
+#define CQRS_ITEM_MONEY_RANGE(lo, hi) \
+  CQRS__ITEM(CQRS_FIELD_MONEY, sizeof(cqrs_money_t), CQRS_F_RANGE | CQRS_F_BOUNDS, (lo), (hi), NULL)
+#define CQRS_ITEM_DOC(E, table) CQRS__ITEM(CQRS_FIELD_DOC, sizeof(E), 0, 0, 0, (table))
 
 /* Checks a table itself: known kinds and flags, member sizes that fit the
  * kind, keys present, nested tables present, and every CQRS_F_RANGE with
