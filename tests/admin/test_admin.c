@@ -653,6 +653,41 @@ static void test_status_scrapes_endpoints(void **state) {
   adm_close(&t);
 }
 
+/* The dashboard of a real application process: the invoice sample on this
+ * database serves /metrics (libmicrohttpd) and announces itself in
+ * cqrs_instances; status finds it there and scrapes it with libcurl. */
+static void test_status_of_a_real_process(void **state) {
+  (void)state;
+  NEED_MONGO();
+  adm_t t;
+  adm_open(&t);
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "'%s' --mongo '%s' --reset --metrics-port 0 --linger 6 2>/dev/null", SAMPLE_INVOICE, t.uri);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  char line[512], endpoint[128] = "";
+  while (!*endpoint && fgets(line, sizeof line, p)) {
+    const char *at = strstr(line, "metrics at ");
+    if (at) snprintf(endpoint, sizeof endpoint, "%.*s", (int)strcspn(at + 11, "\n"), at + 11);
+  }
+  assert_true(!strncmp(endpoint, "http://127.0.0.1:", 17));
+  /* Wait until the flow is over (its last query counted), then read the dashboard. */
+  int rc = -1;
+  for (int i = 0; i < 100; i++) {
+    rc = ADM(&t, "--json", "status");
+    if (strstr(t.out, "\"queriesPerSecond\"") && !strstr(t.out, "no process registered")) break;
+    uv_sleep(200);
+  }
+  if (rc != 0 && rc != 1) fail_msg("status exit %d: %s %s", rc, t.out, t.err);
+  assert_non_null(strstr(t.out, endpoint));
+  assert_null(strstr(t.out, "unreachable"));
+  json_double(t.out, "commandsPerSecond");
+  json_double(t.out, "syncLagSeconds");
+  assert_true(json_double(t.out, "errorRatePercent") >= 0);
+  pclose(p); /* the sample lingers, then leaves cqrs_instances */
+  adm_close(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_refusals),
@@ -662,6 +697,7 @@ int main(void) {
       cmocka_unit_test(test_rebuild_while_writing),
       cmocka_unit_test(test_dead_letters),
       cmocka_unit_test_teardown(test_status_scrapes_endpoints, stop_metrics_server),
+      cmocka_unit_test(test_status_of_a_real_process),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
