@@ -2,6 +2,7 @@
 
 #include "fixture.h"
 #include "framework/ledger.h"
+#include "transfers.h"
 
 /* ---- the transfer aggregate, given / when / then ---- */
 
@@ -347,55 +348,8 @@ static void test_flow_many_at_once(void **state) {
 }
 
 /* Counts the account events that name transfer `tid`, by type. */
-/* The account events the transfer's own steps caused, by the steps' ids
- * (process.h: "~transfer/<step>" and the transfer id, cqrs_id_derive), not
- * by the payload's transferId, which any withdrawal may carry. */
-typedef struct moves {
-  char debit[CQRS_ID_MAX], credit[CQRS_ID_MAX], refund[CQRS_ID_MAX];
-  int debits, credits, refunds;
-} moves_t;
-
-static void moves_init(moves_t *m, const char *tid) {
-  memset(m, 0, sizeof *m);
-  assert_int_equal(cqrs_id_derive(m->debit, "~transfer/debit", tid, NULL), CQRS_OK);
-  assert_int_equal(cqrs_id_derive(m->credit, "~transfer/credit", tid, NULL), CQRS_OK);
-  assert_int_equal(cqrs_id_derive(m->refund, "~transfer/refund", tid, NULL), CQRS_OK);
-}
-
-static bool count_move(const cqrs_event_t *e, void *data) {
-  moves_t *m = data;
-  const char *cause = cqrs_event_causation_id(e);
-  m->debits += e->type == &billing_account_withdrawn && !strcmp(cause, m->debit);
-  m->credits += e->type == &billing_account_deposited && !strcmp(cause, m->credit);
-  m->refunds += e->type == &billing_account_refunded && !strcmp(cause, m->refund);
-  return true;
-}
-
-/* The transfer's record agrees with the accounts: completed <=> one debit
- * and one credit; refunded <=> one debit and one refund; failed or never
- * requested <=> nothing moved. Returns the status. */
-static int32_t assert_agrees(flow_t *f, const char *tid) {
-  moves_t m;
-  moves_init(&m, tid);
-  assert_int_equal(cqrs_store_read_all(f->mem, 1, SIZE_MAX, count_move, &m, NULL), CQRS_OK);
-  int32_t st = transfer_status(f, tid, NULL);
-  switch (st) {
-    case BILLING_TRANSFER_COMPLETED:
-      assert_true(m.debits == 1 && m.credits == 1 && m.refunds == 0);
-      break;
-    case BILLING_TRANSFER_REFUNDED:
-      assert_true(m.debits == 1 && m.credits == 0 && m.refunds == 1);
-      break;
-    case BILLING_TRANSFER_FAILED:
-    case BILLING_TRANSFER_NONE:
-      assert_true(m.debits == 0 && m.credits == 0 && m.refunds == 0);
-      break;
-    default:
-      fail_msg("transfer %s did not end (status %d; %d debits, %d credits, %d refunds)", tid, st, m.debits,
-               m.credits, m.refunds);
-  }
-  return st;
-}
+/* The transfer's status, checked against the accounts (transfers.h). */
+static int32_t assert_agrees(flow_t *f, const char *tid) { return transfer_agrees(f->mem, tid); }
 
 /* Requests a transfer and, in the same batch, empties its source, so that
  * the process's debit is refused and the transfer fails. */

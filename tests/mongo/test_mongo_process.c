@@ -8,75 +8,15 @@
 
 #include <billing/billing.h>
 
-#include "billing_mongo.h"
-#include "mongo_fixture.h"
+#include "billing_app.h"
+#include "billing/transfers.h"
 
-typedef struct app {
-  uv_loop_t loop;
-  cqrs_registry_t *reg;
-  cqrs_mongo_t *m;
-  cqrs_store_t *store;
-  cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
-  cqrs_dispatcher_t *d;
-  billing_t *billing;
-} app_t;
-
-/* `fresh_checkpoints`: in memory, forgetting how far everything got. */
 static void app_open(app_t *a, const char *db, bool fresh_checkpoints) {
-  memset(a, 0, sizeof *a);
-  uv_loop_init(&a->loop);
-  a->reg = cqrs_registry_new();
-  assert_int_equal(billing_register(a->reg, NULL), CQRS_OK);
-  cqrs_mongo_options_t o = billing_mongo_options;
-  o.database = db;
-  cqrs_error_t err;
-  cqrs_mongo_quiet_logs();
-  if (cqrs_mongo_new(test_mongo_uri(), &o, a->reg, &a->loop, &a->m, &err)) fail_msg("%s", err.message);
-  if (billing_mongo_indexes(a->m, &err)) fail_msg("%s", err.message);
-  a->store = cqrs_mongo_store_new(a->m);
-  a->rm = cqrs_mongo_readmodel_new(a->m);
-  a->cp = fresh_checkpoints ? cqrs_memory_checkpoints_new() : cqrs_mongo_checkpoints_new(a->m);
-  cqrs_dispatcher_options_t opts;
-  cqrs_dispatcher_options_init(&opts);
-  opts.retry_base_ms = 20;
-  opts.retry_cap_ms = 200;
-  if (cqrs_dispatcher_new(&a->loop, a->reg, a->store, &opts, &a->d, &err)) fail_msg("%s", err.message);
-  if (billing_start(a->d, a->rm, a->cp, NULL, &a->billing, &err)) fail_msg("%s", err.message);
-}
-
-static void app_close(app_t *a, bool drop) {
-  cqrs_dispatcher_close(a->d, NULL, NULL);
-  uv_run(&a->loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&a->loop), 0);
-  billing_destroy(a->billing);
-  cqrs_checkpoints_destroy(a->cp);
-  cqrs_readmodel_destroy(a->rm);
-  cqrs_store_destroy(a->store);
-  if (drop) cqrs_mongo_drop_database(a->m, NULL);
-  cqrs_mongo_destroy(a->m);
-  cqrs_registry_destroy(a->reg);
-}
-
-typedef struct result {
-  cqrs_error_t error;
-  bool done;
-} result_t;
-
-static void on_done(const cqrs_result_t *r, void *data) {
-  result_t *res = data;
-  res->error = r->error;
-  res->done = true;
+  app_open_with(a, test_mongo_uri(), db, 0, fresh_checkpoints);
 }
 
 static cqrs_code_t run(app_t *a, const cqrs_command_type_t *type, const void *payload) {
-  cqrs_command_t *cmd;
-  result_t res = {{0}, false};
-  if (cqrs_command_new(type, payload, &cmd, &res.error)) return res.error.code;
-  assert_int_equal(cqrs_dispatcher_send(a->d, cmd, on_done, &res), CQRS_OK);
-  uv_run(&a->loop, UV_RUN_DEFAULT);
-  assert_true(res.done);
-  return res.error.code;
+  return app_run(a, type, payload, false);
 }
 
 static int64_t balance(app_t *a, const char *id) {
@@ -87,45 +27,8 @@ static int64_t balance(app_t *a, const char *id) {
   return b;
 }
 
-/* The account events the transfer's own steps caused, by the steps' ids
- * (process.h: "~transfer/<step>" and the transfer id, cqrs_id_derive), not
- * by the payload's transferId, which any withdrawal may carry. */
-typedef struct moves {
-  char debit[CQRS_ID_MAX], credit[CQRS_ID_MAX], refund[CQRS_ID_MAX];
-  int debits, credits, refunds;
-} moves_t;
-
-static void moves_init(moves_t *m, const char *tid) {
-  memset(m, 0, sizeof *m);
-  assert_int_equal(cqrs_id_derive(m->debit, "~transfer/debit", tid, NULL), CQRS_OK);
-  assert_int_equal(cqrs_id_derive(m->credit, "~transfer/credit", tid, NULL), CQRS_OK);
-  assert_int_equal(cqrs_id_derive(m->refund, "~transfer/refund", tid, NULL), CQRS_OK);
-}
-
-static bool count_move(const cqrs_event_t *e, void *data) {
-  moves_t *m = data;
-  const char *cause = cqrs_event_causation_id(e);
-  m->debits += e->type == &billing_account_withdrawn && !strcmp(cause, m->debit);
-  m->credits += e->type == &billing_account_deposited && !strcmp(cause, m->credit);
-  m->refunds += e->type == &billing_account_refunded && !strcmp(cause, m->refund);
-  return true;
-}
-
-/* The record agrees with the accounts (see tests/billing/test_transfer.c). */
-static int32_t agrees(app_t *a, const char *tid) {
-  moves_t m;
-  moves_init(&m, tid);
-  assert_int_equal(cqrs_store_read_all(a->store, 1, SIZE_MAX, count_move, &m, NULL), CQRS_OK);
-  cqrs_aggregate_t *agg;
-  assert_int_equal(cqrs_repository_load(a->store, &billing_transfer, tid, &agg, NULL), CQRS_OK);
-  int32_t st = ((const billing_transfer_state_t *)cqrs_aggregate_state_const(agg))->status;
-  cqrs_aggregate_destroy(agg);
-  bool ok = (st == BILLING_TRANSFER_COMPLETED && m.debits == 1 && m.credits == 1 && !m.refunds) ||
-            (st == BILLING_TRANSFER_REFUNDED && m.debits == 1 && !m.credits && m.refunds == 1) ||
-            ((st == BILLING_TRANSFER_FAILED || st == BILLING_TRANSFER_NONE) && !m.debits && !m.credits && !m.refunds);
-  if (!ok) fail_msg("transfer %s: status %d with %d debits, %d credits, %d refunds", tid, st, m.debits, m.credits, m.refunds);
-  return st;
-}
+/* The transfer's status, checked against the accounts (transfers.h). */
+static int32_t agrees(app_t *a, const char *tid) { return transfer_agrees(a->store, tid); }
 
 static void setup_accounts(app_t *a) {
   assert_int_equal(run(a, &billing_open_account, &(billing_open_account_t){"a", "Ada", "EUR"}), CQRS_OK);
