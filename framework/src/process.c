@@ -866,20 +866,27 @@ static void on_input_done(const cqrs_result_t *r, void *data) {
       cqrs_log(CQRS_LOG_WARNING, "process", "process %s/%s: input not recorded: %s", rt->pm->def->name, req->instance,
               r->error.message);
   }
-  if (req->from_sub) cqrs__sub_complete(rt->sub, cqrs_result_ok(r) ? NULL : &r->error);
+  bool from_sub = req->from_sub, ok = cqrs_result_ok(r);
+  cqrs_error_t error = r->error;
   request_free(req);
   while (!rt->closing && o->queue && !o->busy) {
     pm_request_t *next = o->queue;
     if (!(o->queue = next->next)) o->tail = NULL;
     next->next = NULL;
-    if (dispatch(rt, o, next, NULL)) {
-      if (next->from_sub) cqrs__sub_complete(rt->sub, &(cqrs_error_t){.code = CQRS_ECLOSED});
+    if (dispatch(rt, o, next, &error)) {
+      if (next->from_sub) { /* the subscriber's event: it retries it */
+        from_sub = true;
+        ok = false;
+      }
       request_free(next);
     }
   }
   if (!rt->closing) send_steps(rt, o);
   open_maybe_drop(rt, o, ended);
   arm_timer(rt);
+  /* Last: the subscriber may route its next event at once, to this
+   * instance too, and the entry may go with it. */
+  if (from_sub) cqrs__sub_complete(rt->sub, ok ? NULL : &error);
   if (rt->closing) cqrs__dispatcher_maybe_closed(rt->d);
 }
 
