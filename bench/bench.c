@@ -100,9 +100,11 @@ static void bench_dispatch(void) {
   long total = n_arg ? n_arg : 2000000, batch = batch_arg ? batch_arg : 1000;
   uv_loop_t loop;
   uv_loop_init(&loop);
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   cqrs_registry_add_command(reg, &nop_type, NULL);
-  cqrs_store_t *store = cqrs_memory_store_new();
+  cqrs_store_t *store = NULL;
+  cqrs_memory_store_new(&store, NULL);
   cqrs_dispatcher_t *d;
   cqrs_error_t err;
   if (cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err)) die("dispatcher", &err);
@@ -151,11 +153,11 @@ typedef struct pipe_env {
 static void pipe_open(pipe_env_t *e, bool keep_alive) {
   memset(e, 0, sizeof *e);
   uv_loop_init(&e->loop);
-  e->reg = cqrs_registry_new();
+  cqrs_registry_new(&e->reg, NULL);
   billing_register(e->reg, NULL);
-  e->store = cqrs_memory_store_new();
-  e->rm = cqrs_memory_readmodel_new();
-  e->cp = cqrs_memory_checkpoints_new();
+  cqrs_memory_store_new(&e->store, NULL);
+  cqrs_memory_readmodel_new(&e->rm, NULL);
+  cqrs_memory_checkpoints_new(&e->cp, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.keep_alive = keep_alive;
@@ -281,7 +283,8 @@ static void bench_rehydrate(void) {
   for (int snap = 0; snap < 2; snap++) {
     for (size_t k = 0; k < 3; k++) {
       long n = sizes[k];
-      cqrs_store_t *store = cqrs_memory_store_new();
+      cqrs_store_t *store = NULL;
+      cqrs_memory_store_new(&store, NULL);
       cqrs_aggregate_type_t type = billing_account;
       type.snapshot_every = snap ? 100 : 0;
       if (!snap) type.snapshot_fields = NULL;
@@ -330,7 +333,8 @@ static void bench_rehydrate(void) {
 /* ---- memory overhead of the in-memory store ---- */
 
 static void bench_memory_overhead(void) {
-  cqrs_store_t *store = cqrs_memory_store_new();
+  cqrs_store_t *store = NULL;
+  cqrs_memory_store_new(&store, NULL);
   long n = n_arg ? n_arg : 1000000;
   size_t before = cqrs_memory_store_overhead(store);
   cqrs_aggregate_t *agg;
@@ -434,7 +438,8 @@ static void bench_projection_lag(bool mongo) {
   appended_at = calloc(MAX_POS, sizeof *appended_at);
   uv_loop_t loop;
   uv_loop_init(&loop);
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   billing_register(reg, NULL);
   cqrs_mongo_t *m = NULL;
   cqrs_store_t *inner;
@@ -443,17 +448,18 @@ static void bench_projection_lag(bool mongo) {
   cqrs_error_t err;
   if (mongo) {
     m = bench_mongo(reg, &loop, "lag");
-    inner = cqrs_mongo_store_new(m);
-    rm = cqrs_mongo_readmodel_new(m);
-    cp = cqrs_mongo_checkpoints_new(m);
+    cqrs_mongo_store_new(m, &inner, NULL);
+    cqrs_mongo_readmodel_new(m, &rm, NULL);
+    cqrs_mongo_checkpoints_new(m, &cp, NULL);
     timed_ops.blocking = true;
   } else {
-    inner = cqrs_memory_store_new();
-    rm = cqrs_memory_readmodel_new();
-    cp = cqrs_memory_checkpoints_new();
+    cqrs_memory_store_new(&inner, NULL);
+    cqrs_memory_readmodel_new(&rm, NULL);
+    cqrs_memory_checkpoints_new(&cp, NULL);
   }
   timed_t timed = {inner};
-  cqrs_store_t *store = cqrs_store_new(&timed_ops, &timed);
+  cqrs_store_t *store = NULL;
+  cqrs_store_new(&timed_ops, &timed, &store, NULL);
   cqrs_dispatcher_t *d;
   if (cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err)) die("dispatcher", &err);
   billing_register_handlers(d, NULL);
@@ -612,7 +618,8 @@ static double run_appenders(appender_t *a, int n, samples_t *all) {
 
 static void bench_mongo_append(void) {
   long commits = n_arg ? n_arg : 2000;
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   billing_register(reg, NULL);
   cqrs_mongo_t *m = bench_mongo(reg, NULL, "append");
   const char *db = cqrs_mongo_database(m);
@@ -630,7 +637,8 @@ static void bench_mongo_append(void) {
     if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 3, &err)) die("index", &err);
     bson_destroy(keys);
   }
-  cqrs_store_t *store = cqrs_mongo_store_new(m);
+  cqrs_store_t *store = NULL;
+  cqrs_mongo_store_new(m, &store, NULL);
   mongoc_uri_t *uri = mongoc_uri_new(mongo_uri);
   mongoc_client_pool_t *pool = mongoc_client_pool_new(uri);
   static const int writers[] = {1, 4, 16};
@@ -742,7 +750,8 @@ static void bench_mongo_ops(void) {
     if (n_arg && default_sizes[i] > n_arg) break;
     sizes[nsizes++] = default_sizes[i];
   }
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   billing_register(reg, NULL);
   cqrs_mongo_t *m = bench_mongo(reg, NULL, "ops");
   const char *db = cqrs_mongo_database(m);
@@ -762,7 +771,8 @@ static void bench_mongo_ops(void) {
     for (int r = 0; r < OPS_REPS; r++) {
       /* head and the first command of a process that has just started */
       cqrs_mongo_t *fresh = ops_connect(reg, db);
-      cqrs_store_t *s = cqrs_mongo_store_new(fresh);
+      cqrs_store_t *s = NULL;
+      cqrs_mongo_store_new(fresh, &s, NULL);
       int64_t h;
       uint64_t t = now_ns();
       if (cqrs_store_head(s, &h, &err)) die("head", &err);
@@ -771,7 +781,7 @@ static void bench_mongo_ops(void) {
       cqrs_store_destroy(s);
       cqrs_mongo_destroy(fresh);
       fresh = ops_connect(reg, db);
-      s = cqrs_mongo_store_new(fresh);
+      cqrs_mongo_store_new(fresh, &s, NULL);
       char stream[32], cmd[48];
       snprintf(stream, sizeof stream, "new-%ld-%d", size, r);
       snprintf(cmd, sizeof cmd, "first-%ld-%d", size, r);
@@ -827,7 +837,8 @@ static void bench_mongo_ops(void) {
 
 static void bench_query_mongo(void) {
   long invoices = n_arg ? n_arg : 100000, customers = 1000, queries = queries_arg ? queries_arg : 200;
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   billing_register(reg, NULL);
   cqrs_mongo_t *m = bench_mongo(reg, NULL, "query");
   const char *db = cqrs_mongo_database(m);
@@ -862,8 +873,10 @@ static void bench_query_mongo(void) {
   mongoc_collection_destroy(coll);
   mongoc_client_destroy(client);
   double load_s = (double)(now_ns() - load0) / 1e9;
-  cqrs_readmodel_t *rm = cqrs_mongo_readmodel_new(m);
-  cqrs_queries_t *q = cqrs_queries_new(rm);
+  cqrs_readmodel_t *rm = NULL;
+  cqrs_mongo_readmodel_new(m, &rm, NULL);
+  cqrs_queries_t *q = NULL;
+  cqrs_queries_new(rm, &q, NULL);
   billing_register_queries(q, NULL, NULL);
   samples_t lat = {0};
   uint64_t busy = 0;

@@ -65,8 +65,8 @@ static void free_stores(void) {
 }
 
 static void fill(void) {
-  events = cqrs_memory_store_new();
-  store = cqrs_store_new(&ops, NULL);
+  cqrs_memory_store_new(&events, NULL);
+  cqrs_store_new(&ops, NULL, &store, NULL);
   if (!events || !store) FZ_FAIL("stores");
   atexit(free_stores);
   cqrs_aggregate_t *agg;

@@ -77,7 +77,7 @@ static void free_registry(void) { cqrs_registry_destroy(registry); }
 const cqrs_registry_t *fz_registry(void) {
   if (registry) return registry;
   cqrs_error_t err;
-  registry = cqrs_registry_new();
+  cqrs_registry_new(&registry, NULL);
   if (!registry || cqrs_registry_add_command(registry, &fz_command, &err) ||
       cqrs_registry_add_aggregate(registry, &fz_aggregate, &err) ||
       cqrs_registry_add_upcaster(registry, "fz.done", 1, v1_to_v2, &err) ||

@@ -18,9 +18,11 @@ int sample_mongo_open(sample_t *s, const char *uri) {
     return 3;
   }
   s->backend = m;
-  s->store = cqrs_mongo_store_new(m);
-  s->rm = cqrs_mongo_readmodel_new(m);
-  s->cp = cqrs_mongo_checkpoints_new(m);
+  if (cqrs_mongo_store_new(m, &s->store, &err) || cqrs_mongo_readmodel_new(m, &s->rm, &err) ||
+      cqrs_mongo_checkpoints_new(m, &s->cp, &err)) {
+    fprintf(stderr, "%s: %s\n", s->name, err.message);
+    return 3;
+  }
   s->dead_letter = cqrs_mongo_dead_letter;
   s->dead_letter_data = m;
   printf("%s: MongoDB at %s, database %s\n", s->name, cqrs_mongo_uri_redacted(m), cqrs_mongo_database(m));

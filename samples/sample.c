@@ -105,8 +105,7 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
   }
   uv_loop_init(&s->loop);
   cqrs_error_t err;
-  s->reg = cqrs_registry_new();
-  if (!s->reg || billing_register(s->reg, &err)) {
+  if (cqrs_registry_new(&s->reg, &err) || billing_register(s->reg, &err)) {
     fprintf(stderr, "%s: cannot register the billing types: %s\n", name, err.message);
     return 3;
   }
@@ -114,9 +113,11 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
     int rc = sample_mongo_open(s, mongo);
     if (rc) return rc;
   } else {
-    s->store = cqrs_memory_store_new();
-    s->rm = cqrs_memory_readmodel_new();
-    s->cp = cqrs_memory_checkpoints_new();
+    if (cqrs_memory_store_new(&s->store, &err) || cqrs_memory_readmodel_new(&s->rm, &err) ||
+        cqrs_memory_checkpoints_new(&s->cp, &err)) {
+      fprintf(stderr, "%s: %s\n", name, err.message);
+      return 3;
+    }
   }
   if (!s->store || !s->rm || !s->cp) {
     fprintf(stderr, "%s: out of memory\n", name);
@@ -135,8 +136,7 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
     fprintf(stderr, "%s: cannot start: %s\n", name, err.message);
     return 3;
   }
-  s->q = cqrs_queries_new(s->rm);
-  if (!s->q || billing_register_queries(s->q, NULL, &err)) {
+  if (cqrs_queries_new(s->rm, &s->q, &err) || billing_register_queries(s->q, NULL, &err)) {
     fprintf(stderr, "%s: cannot register the queries\n", name);
     return 3;
   }

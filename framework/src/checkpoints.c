@@ -8,13 +8,25 @@ struct cqrs_checkpoints {
   void *impl;
 };
 
-cqrs_checkpoints_t *cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl) {
-  if (!ops || !ops->load || !ops->save) return NULL;
-  cqrs_checkpoints_t *cp = cqrs__calloc(1, sizeof *cp);
-  if (!cp) return NULL;
+cqrs_code_t cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl, cqrs_checkpoints_t **out,
+                                 cqrs_error_t *err) {
+  cqrs_code_t rc = CQRS_OK;
+  cqrs_checkpoints_t *cp = NULL;
+  if (!out) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  } else if (!ops || !ops->load || !ops->save) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "NULL ops or a missing load or save");
+  } else if (!(cp = cqrs__calloc(1, sizeof *cp))) {
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate checkpoints");
+  }
+  if (out) *out = cp;
+  if (rc) {
+    if (ops && ops->destroy) ops->destroy(impl);
+    return rc;
+  }
   cp->ops = ops;
   cp->impl = impl;
-  return cp;
+  return CQRS_OK;
 }
 
 void cqrs_checkpoints_destroy(cqrs_checkpoints_t *cp) {
@@ -99,14 +111,14 @@ static void mem_cp_destroy(void *impl) {
 
 static const cqrs_checkpoint_ops_t mem_cp_ops = {false, mem_cp_load, mem_cp_save, mem_cp_destroy};
 
-cqrs_checkpoints_t *cqrs_memory_checkpoints_new(void) {
+cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoints_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
   mem_cp_t *m = cqrs__calloc(1, sizeof *m);
-  if (!m) return NULL;
+  if (!m) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate memory checkpoints");
   if (uv_mutex_init(&m->lock)) {
     cqrs__free(m);
-    return NULL;
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the checkpoints' lock");
   }
-  cqrs_checkpoints_t *cp = cqrs_checkpoints_new(&mem_cp_ops, m);
-  if (!cp) mem_cp_destroy(m);
-  return cp;
+  return cqrs_checkpoints_new(&mem_cp_ops, m, out, err);
 }

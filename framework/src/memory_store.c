@@ -326,17 +326,17 @@ static const cqrs_store_ops_t memory_ops = {
     .destroy = mem_destroy,
 };
 
-cqrs_store_t *cqrs_memory_store_new(void) {
+cqrs_code_t cqrs_memory_store_new(cqrs_store_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
   memstore_t *m = cqrs__calloc(1, sizeof *m);
-  if (!m) return NULL;
+  if (!m) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a memory store");
   if (uv_rwlock_init(&m->lock)) {
     cqrs__free(m);
-    return NULL;
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the memory store's lock");
   }
   m->overhead = sizeof *m;
-  cqrs_store_t *s = cqrs_store_new(&memory_ops, m);
-  if (!s) mem_destroy(m);
-  return s;
+  return cqrs_store_new(&memory_ops, m, out, err);
 }
 
 size_t cqrs_memory_store_overhead(const cqrs_store_t *store) {

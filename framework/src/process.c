@@ -1186,7 +1186,7 @@ cqrs_code_t cqrs_process_test_new(const cqrs_process_type_t *type, const char *i
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   cqrs_process_test_t *t = cqrs__calloc(1, sizeof *t);
-  if (!t || !(t->reg = cqrs_registry_new())) {
+  if (!t || cqrs_registry_new(&t->reg, NULL)) {
     cqrs__free(t);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a process test");
   }

@@ -16,11 +16,15 @@ struct cqrs_queries {
   cqrs__mw_chain_t mw;
 };
 
-cqrs_queries_t *cqrs_queries_new(const cqrs_readmodel_t *rm) {
-  if (!rm) return NULL;
+cqrs_code_t cqrs_queries_new(const cqrs_readmodel_t *rm, cqrs_queries_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!rm) return cqrs_error_set(err, CQRS_EINVAL, "NULL read model");
   cqrs_queries_t *q = cqrs__calloc(1, sizeof *q);
-  if (q) q->rm = rm;
-  return q;
+  if (!q) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a query bus");
+  q->rm = rm;
+  *out = q;
+  return CQRS_OK;
 }
 
 void cqrs_queries_destroy(cqrs_queries_t *q) {

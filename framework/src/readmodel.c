@@ -9,13 +9,25 @@ struct cqrs_readmodel {
   void *impl;
 };
 
-cqrs_readmodel_t *cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl) {
-  if (!ops || !ops->put || !ops->patch || !ops->patch_where || !ops->get || !ops->find) return NULL;
-  cqrs_readmodel_t *rm = cqrs__calloc(1, sizeof *rm);
-  if (!rm) return NULL;
+cqrs_code_t cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl, cqrs_readmodel_t **out,
+                               cqrs_error_t *err) {
+  cqrs_code_t rc = CQRS_OK;
+  cqrs_readmodel_t *rm = NULL;
+  if (!out) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  } else if (!ops || !ops->put || !ops->patch || !ops->patch_where || !ops->get || !ops->find) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "NULL ops or a missing put, patch, patch_where, get or find");
+  } else if (!(rm = cqrs__calloc(1, sizeof *rm))) {
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a read model");
+  }
+  if (out) *out = rm;
+  if (rc) {
+    if (ops && ops->destroy) ops->destroy(impl);
+    return rc;
+  }
   rm->ops = ops;
   rm->impl = impl;
-  return rm;
+  return CQRS_OK;
 }
 
 void cqrs_readmodel_destroy(cqrs_readmodel_t *rm) {
@@ -638,14 +650,14 @@ static void mrm_destroy(void *impl) {
 
 static const cqrs_readmodel_ops_t mrm_ops = {false, mrm_put, mrm_patch, mrm_patch_where, mrm_get, mrm_find, mrm_destroy};
 
-cqrs_readmodel_t *cqrs_memory_readmodel_new(void) {
+cqrs_code_t cqrs_memory_readmodel_new(cqrs_readmodel_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
   memrm_t *m = cqrs__calloc(1, sizeof *m);
-  if (!m) return NULL;
+  if (!m) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a memory read model");
   if (uv_rwlock_init(&m->lock)) {
     cqrs__free(m);
-    return NULL;
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the read model's lock");
   }
-  cqrs_readmodel_t *rm = cqrs_readmodel_new(&mrm_ops, m);
-  if (!rm) mrm_destroy(m);
-  return rm;
+  return cqrs_readmodel_new(&mrm_ops, m, out, err);
 }

@@ -49,7 +49,12 @@ void *cqrs__registry_kept(const cqrs_registry_t *reg, const char *key) {
   return k ? k->obj : NULL;
 }
 
-cqrs_registry_t *cqrs_registry_new(void) { return cqrs__calloc(1, sizeof(cqrs_registry_t)); }
+cqrs_code_t cqrs_registry_new(cqrs_registry_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  if (!(*out = cqrs__calloc(1, sizeof(cqrs_registry_t))))
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a registry");
+  return CQRS_OK;
+}
 
 static void free_entries(entry_t **head) {
   entry_t *e, *tmp;

@@ -1,12 +1,23 @@
 #include "cqrs-private.h"
 
-cqrs_store_t *cqrs_store_new(const cqrs_store_ops_t *ops, void *impl) {
-  if (!ops || !ops->append || !ops->read_stream || !ops->read_all || !ops->head) return NULL;
-  cqrs_store_t *s = cqrs__calloc(1, sizeof *s);
-  if (!s) return NULL;
+cqrs_code_t cqrs_store_new(const cqrs_store_ops_t *ops, void *impl, cqrs_store_t **out, cqrs_error_t *err) {
+  cqrs_code_t rc = CQRS_OK;
+  cqrs_store_t *s = NULL;
+  if (!out) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  } else if (!ops || !ops->append || !ops->read_stream || !ops->read_all || !ops->head) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "NULL ops or a missing append, read_stream, read_all or head");
+  } else if (!(s = cqrs__calloc(1, sizeof *s))) {
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a store");
+  }
+  if (out) *out = s;
+  if (rc) {
+    if (ops && ops->destroy) ops->destroy(impl);
+    return rc;
+  }
   s->ops = ops;
   s->impl = impl;
-  return s;
+  return CQRS_OK;
 }
 
 void cqrs_store_destroy(cqrs_store_t *s) {

@@ -46,30 +46,32 @@ struct cqrs_test {
   char cmd_id[CQRS_ID_MAX]; /* the when's command: only its events count */
 };
 
-cqrs_test_t *cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type, const char *id,
-                           cqrs_test_setup_cb setup, void *data) {
-  cqrs_error_t err;
-  if (!reg || !type || !id || !*id || strlen(id) >= CQRS_ID_MAX) {
-    fprintf(stderr, "cqrs_test_new: NULL registry or type, or a bad id\n");
-    return NULL;
-  }
+cqrs_code_t cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type, const char *id,
+                          cqrs_test_setup_cb setup, void *data, cqrs_test_t **out, cqrs_error_t *err) {
+  if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
+  *out = NULL;
+  if (!reg || !type || !id || !*id || strlen(id) >= CQRS_ID_MAX)
+    return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or type, or a bad id");
   cqrs_test_t *t = calloc(1, sizeof *t);
-  if (!t) return NULL;
+  if (!t) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a test fixture");
   uv_loop_init(&t->loop);
   t->reg = reg;
   t->type = type;
   memcpy(t->id, id, strlen(id) + 1);
-  t->store = cqrs_memory_store_new();
+  cqrs_error_t local;
+  if (!err) err = &local;
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1;
-  if (!t->store || cqrs_dispatcher_new(&t->loop, reg, t->store, &o, &t->d, &err) ||
-      (setup && setup(t->d, data, &err))) {
-    fprintf(stderr, "cqrs_test_new: %s\n", err.message);
+  cqrs_code_t rc = cqrs_memory_store_new(&t->store, err);
+  if (!rc) rc = cqrs_dispatcher_new(&t->loop, reg, t->store, &o, &t->d, err);
+  if (!rc && setup) rc = setup(t->d, data, err);
+  if (rc) {
     cqrs_test_destroy(t);
-    return NULL;
+    return rc;
   }
-  return t;
+  *out = t;
+  return CQRS_OK;
 }
 
 static void closed(void *data) { *(bool *)data = true; }

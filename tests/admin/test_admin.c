@@ -209,13 +209,15 @@ static void test_migrate_killed_and_rerun(void **state) {
   /* Each year's book continues after its highest migrated number. */
   uv_loop_t loop;
   uv_loop_init(&loop);
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   assert_int_equal(billing_register(reg, NULL), CQRS_OK);
   cqrs_mongo_options_t o = {.database = t.db, .events = "billing_commands", .snapshots = "billing_snapshots"};
   cqrs_mongo_t *m;
   cqrs_error_t e;
   if (cqrs_mongo_new(t.uri, &o, reg, &loop, &m, &e)) fail_msg("%s", e.message);
-  cqrs_store_t *store = cqrs_mongo_store_new(m);
+  cqrs_store_t *store = NULL;
+  cqrs_mongo_store_new(m, &store, NULL);
   for (int y = 0; y < 3; y++) {
     char id[8];
     snprintf(id, sizeof id, "%d", 2023 + y);
@@ -257,11 +259,11 @@ typedef struct reader {
 
 static void reader_open(reader_t *r, adm_t *t) {
   uv_loop_init(&r->loop);
-  r->reg = cqrs_registry_new();
+  cqrs_registry_new(&r->reg, NULL);
   cqrs_mongo_options_t o = {.database = t->db};
   cqrs_error_t e;
   if (cqrs_mongo_new(t->uri, &o, r->reg, &r->loop, &r->m, &e)) fail_msg("%s", e.message);
-  r->rm = cqrs_mongo_readmodel_new(r->m);
+  cqrs_mongo_readmodel_new(r->m, &r->rm, NULL);
   r->flags = billing_flags_new(r->rm, 0); /* no caching: each read sees the flag just set */
   assert_non_null(r->flags);
 }
@@ -401,15 +403,15 @@ typedef struct app {
 static void app_open(app_t *a, adm_t *t) {
   memset(a, 0, sizeof *a);
   uv_loop_init(&a->loop);
-  a->reg = cqrs_registry_new();
+  cqrs_registry_new(&a->reg, NULL);
   assert_int_equal(billing_register(a->reg, NULL), CQRS_OK);
   cqrs_mongo_options_t o = {.database = t->db, .events = "billing_commands", .snapshots = "billing_snapshots",
                             .checkpoints = "billing_checkpoints", .dead_letters = "billing_dead_letters"};
   cqrs_error_t e;
   if (cqrs_mongo_new(t->uri, &o, a->reg, &a->loop, &a->m, &e)) fail_msg("%s", e.message);
-  a->store = cqrs_mongo_store_new(a->m);
-  a->rm = cqrs_mongo_readmodel_new(a->m);
-  a->cp = cqrs_mongo_checkpoints_new(a->m);
+  cqrs_mongo_store_new(a->m, &a->store, NULL);
+  cqrs_mongo_readmodel_new(a->m, &a->rm, NULL);
+  cqrs_mongo_checkpoints_new(a->m, &a->cp, NULL);
   cqrs_dispatcher_options_t opts;
   cqrs_dispatcher_options_init(&opts);
   opts.retry_base_ms = 50;
@@ -539,13 +541,15 @@ static void test_dead_letters(void **state) {
   /* The projection failed on cust_00000's registration for good: its
    * document is missing and the event is in the dead letters (written by
    * the real sink). A process-manager letter too, which the tool leaves. */
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   assert_int_equal(billing_register(reg, NULL), CQRS_OK);
   cqrs_mongo_options_t o = {.database = t.db, .events = "billing_commands", .dead_letters = "billing_dead_letters"};
   cqrs_mongo_t *m;
   cqrs_error_t e;
   if (cqrs_mongo_new(t.uri, &o, reg, NULL, &m, &e)) fail_msg("%s", e.message);
-  cqrs_store_t *store = cqrs_mongo_store_new(m);
+  cqrs_store_t *store = NULL;
+  cqrs_mongo_store_new(m, &store, NULL);
   const cqrs_event_t *ev = NULL;
   if (cqrs_store_read_stream(store, "customer", "cust_00000", 1, keep_first, &ev, &e)) fail_msg("%s", e.message);
   assert_non_null(ev);

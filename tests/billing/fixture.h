@@ -28,9 +28,9 @@ static inline cqrs_code_t bfx_setup_handlers(cqrs_dispatcher_t *d, void *data, c
 /* A given/when/then fixture for aggregate `id` of `type`. */
 static inline bfx_t *bfx_new(const cqrs_aggregate_type_t *type, const char *id) {
   bfx_t *fx = calloc(1, sizeof *fx);
-  fx->reg = cqrs_registry_new();
+  cqrs_registry_new(&fx->reg, NULL);
   assert_int_equal(billing_register(fx->reg, NULL), CQRS_OK);
-  fx->t = cqrs_test_new(fx->reg, type, id, bfx_setup_handlers, NULL);
+  cqrs_test_new(fx->reg, type, id, bfx_setup_handlers, NULL, &fx->t, NULL);
   assert_non_null(fx->t);
   return fx;
 }

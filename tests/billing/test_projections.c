@@ -12,9 +12,9 @@ typedef struct pfx {
 
 static int setup(void **state) {
   pfx_t *p = calloc(1, sizeof *p);
-  p->rm = cqrs_memory_readmodel_new();
+  cqrs_memory_readmodel_new(&p->rm, NULL);
   p->b = billing_projector_new(p->rm, NULL);
-  p->q = cqrs_queries_new(p->rm);
+  cqrs_queries_new(p->rm, &p->q, NULL);
   assert_int_equal(billing_register_queries(p->q, NULL, NULL), CQRS_OK);
   *state = p;
   return 0;

@@ -108,13 +108,13 @@ static void flow_stop(flow_t *f) {
 static flow_t *flow_new(bool blocking) {
   flow_t *f = calloc(1, sizeof *f);
   uv_loop_init(&f->loop);
-  f->reg = cqrs_registry_new();
+  cqrs_registry_new(&f->reg, NULL);
   assert_int_equal(billing_register(f->reg, NULL), CQRS_OK);
-  f->mem = cqrs_memory_store_new();
+  cqrs_memory_store_new(&f->mem, NULL);
   f->store = blocking ? ledger_blocking_store(f->mem, 0) : f->mem;
-  f->rm = cqrs_memory_readmodel_new();
-  f->cp = cqrs_memory_checkpoints_new();
-  f->q = cqrs_queries_new(f->rm);
+  cqrs_memory_readmodel_new(&f->rm, NULL);
+  cqrs_memory_checkpoints_new(&f->cp, NULL);
+  cqrs_queries_new(f->rm, &f->q, NULL);
   assert_int_equal(billing_register_queries(f->q, NULL, NULL), CQRS_OK);
   flow_start(f, true);
   return f;
@@ -440,7 +440,7 @@ static void test_replay_through_a_fresh_process_sends_nothing(void **state) {
   flow_stop(f);
 
   cqrs_checkpoints_destroy(f->cp);
-  f->cp = cqrs_memory_checkpoints_new(); /* forgets how far everything got */
+  cqrs_memory_checkpoints_new(&f->cp, NULL); /* forgets how far everything got */
   flow_start(f, true);
   uv_run(&f->loop, UV_RUN_DEFAULT);
   assert_true(cqrs_projection_live(f->d, "process:transfer"));

@@ -7,7 +7,8 @@
 int main(void) {
   const char *env = getenv("MONGODB_URI");
   const char *uri = env && *env ? env : "mongodb://127.0.0.1:1/consumer";
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   const cqrs_mongo_options_t opts = {.database = "cqrs_consumer"};
   cqrs_mongo_t *m = NULL;
   cqrs_error_t err = {0};

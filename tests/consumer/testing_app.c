@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <cmocka.h>
 #include <cqrs/testing.h>
 
@@ -42,8 +43,14 @@ static cqrs_code_t setup_handlers(cqrs_dispatcher_t *d, void *data, cqrs_error_t
 static cqrs_registry_t *reg;
 
 static int setup(void **state) {
-  *state = cqrs_test_new(reg, &counter_type, "c-1", setup_handlers, NULL);
-  return *state ? 0 : -1;
+  cqrs_test_t *t = NULL;
+  cqrs_error_t err;
+  if (cqrs_test_new(reg, &counter_type, "c-1", setup_handlers, NULL, &t, &err)) {
+    fprintf(stderr, "cqrs_test_new: %s\n", err.message);
+    return -1;
+  }
+  *state = t;
+  return 0;
 }
 static int teardown(void **state) { return cqrs_test_destroy(*state) ? 0 : -1; }
 
@@ -57,8 +64,7 @@ static void test_add_then_refuse(void **state) {
 }
 
 int main(void) {
-  reg = cqrs_registry_new();
-  if (!reg || cqrs_registry_add_aggregate(reg, &counter_type, NULL) || cqrs_registry_add_command(reg, &add_cmd, NULL))
+  if (cqrs_registry_new(&reg, NULL) || cqrs_registry_add_aggregate(reg, &counter_type, NULL) || cqrs_registry_add_command(reg, &add_cmd, NULL))
     return 1;
   const struct CMUnitTest tests[] = {cmocka_unit_test_setup_teardown(test_add_then_refuse, setup, teardown)};
   int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -52,7 +52,8 @@ const cqrs_aggregate_type_t ledger_snap_type = {"ledger-snap", sizeof(ledger_sta
                                                 state_fields, 1, 10};
 
 cqrs_registry_t *ledger_registry(void) {
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   if (!reg || cqrs_registry_add_aggregate(reg, &ledger_type, NULL) ||
       cqrs_registry_add_aggregate(reg, &ledger_snap_type, NULL) || cqrs_registry_add_command(reg, &ledger_open, NULL) ||
       cqrs_registry_add_command(reg, &ledger_credit, NULL) || cqrs_registry_add_command(reg, &ledger_debit, NULL)) {
@@ -212,7 +213,9 @@ cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms) {
   blocking_t *b = calloc(1, sizeof *b);
   b->inner = inner;
   b->delay_ms = delay_ms;
-  return cqrs_store_new(&blocking_ops, b);
+  cqrs_store_t *s = NULL;
+  cqrs_store_new(&blocking_ops, b, &s, NULL);
+  return s;
 }
 
 static cqrs_code_t bc_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
@@ -224,7 +227,9 @@ static cqrs_code_t bc_save(void *impl, const char *name, int64_t position, cqrs_
 static const cqrs_checkpoint_ops_t blocking_cp_ops = {true, bc_load, bc_save, NULL};
 
 cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner) {
-  return cqrs_checkpoints_new(&blocking_cp_ops, inner);
+  cqrs_checkpoints_t *cp = NULL;
+  cqrs_checkpoints_new(&blocking_cp_ops, inner, &cp, NULL);
+  return cp;
 }
 
 /* A store that forwards to `inner` until `budget` calls have been made, then
@@ -282,7 +287,9 @@ cqrs_store_t *ledger_faulty_store(cqrs_store_t *inner, long budget) {
   faulty_t *f = calloc(1, sizeof *f);
   f->inner = inner;
   atomic_store(&f->budget, budget);
-  return cqrs_store_new(&faulty_ops, f);
+  cqrs_store_t *s = NULL;
+  cqrs_store_new(&faulty_ops, f, &s, NULL);
+  return s;
 }
 
 long ledger_faulty_store_calls(cqrs_store_t *store) {

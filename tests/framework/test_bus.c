@@ -38,7 +38,7 @@ static fx_t *fx_new(uint64_t base_ms, cqrs_dead_letter_cb sink, void *sink_data)
   fx_t *fx = calloc(1, sizeof *fx);
   uv_loop_init(&fx->loop);
   fx->reg = ledger_registry();
-  fx->store = cqrs_memory_store_new();
+  cqrs_memory_store_new(&fx->store, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = base_ms;

@@ -120,12 +120,12 @@ static cqrs_dispatcher_t *dispatcher(fx_t *fx, size_t cache, uint64_t poll_ms) {
 static fx_t *fx_new(size_t cache) {
   fx_t *fx = calloc(1, sizeof *fx);
   assert_int_equal(uv_loop_init(&fx->loop), 0);
-  fx->reg = cqrs_registry_new();
+  cqrs_registry_new(&fx->reg, NULL);
   assert_int_equal(cqrs_registry_add_event(fx->reg, &counter_added, NULL), CQRS_OK);
   assert_int_equal(cqrs_registry_add_command(fx->reg, &counter_add, NULL), CQRS_OK);
   assert_int_equal(cqrs_registry_add_command(fx->reg, &owning_add, NULL), CQRS_OK);
   assert_int_equal(cqrs_registry_add_command(fx->reg, &counter_read, NULL), CQRS_OK);
-  fx->store = cqrs_memory_store_new();
+  cqrs_memory_store_new(&fx->store, NULL);
   fx->d = dispatcher(fx, cache, 0);
   applies = 0;
   return fx;

@@ -68,15 +68,15 @@ static void *failing_realloc(void *p, size_t n) { return fail_at-- == 0 ? NULL :
 static int run_flow(void) {
   /* A whole command round trip: every allocation failure must surface as an
    * error, never a crash or a leak (ASan and valgrind watch the leaks). */
-  cqrs_registry_t *reg = cqrs_registry_new();
-  if (!reg) return 1;
+  cqrs_registry_t *reg = NULL;
+  if (cqrs_registry_new(&reg, NULL)) return 1;
   int rc = 1;
   cqrs_store_t *store = NULL;
   cqrs_aggregate_t *agg = NULL;
   cqrs_command_t *cmd = NULL;
   if (cqrs_registry_add_aggregate(reg, &ledger_type, NULL) || cqrs_registry_add_command(reg, &ledger_credit, NULL))
     goto out;
-  if (!(store = cqrs_memory_store_new())) goto out;
+  if (cqrs_memory_store_new(&store, NULL)) goto out;
   ledger_move_cmd_t c = {"acc", 5};
   if (cqrs_command_new(&ledger_credit, &c, &cmd, NULL)) goto out;
   if (cqrs_repository_load(store, &ledger_type, "acc", &agg, NULL)) goto out;
@@ -137,9 +137,12 @@ static int run_round_trip(void) {
   if (uv_loop_init(&loop)) return 1;
   projected = tried = completed = completed_ok = 0;
   int rc = 1, sent = 0;
-  cqrs_registry_t *reg = cqrs_registry_new();
-  cqrs_store_t *store = cqrs_memory_store_new();
-  cqrs_checkpoints_t *cp = cqrs_memory_checkpoints_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
+  cqrs_store_t *store = NULL;
+  cqrs_memory_store_new(&store, NULL);
+  cqrs_checkpoints_t *cp = NULL;
+  cqrs_memory_checkpoints_new(&cp, NULL);
   cqrs_dispatcher_t *d = NULL;
   if (!reg || !store || !cp) goto out;
   if (cqrs_registry_add_aggregate(reg, &ledger_type, NULL) || cqrs_registry_add_command(reg, &ledger_open, NULL) ||

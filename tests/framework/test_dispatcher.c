@@ -31,7 +31,7 @@ static fx_t *fx_new(unsigned flags, unsigned retries, bool keep_alive) {
   assert_int_equal(uv_loop_init(&fx->loop), 0);
   fx->reg = ledger_registry();
   assert_int_equal(cqrs_registry_add_command(fx->reg, &ledger_audit, NULL), CQRS_OK);
-  fx->store = cqrs_memory_store_new();
+  cqrs_memory_store_new(&fx->store, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.conflict_retries = retries;
@@ -525,7 +525,8 @@ static void test_send_racing_close(void **state) {
   for (int round = 0; round < 200; round++) {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    cqrs_store_t *store = cqrs_memory_store_new();
+    cqrs_store_t *store = NULL;
+    cqrs_memory_store_new(&store, NULL);
     cqrs_dispatcher_options_t o;
     cqrs_dispatcher_options_init(&o);
     o.keep_alive = true;

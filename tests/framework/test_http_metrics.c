@@ -39,7 +39,7 @@ static int setup(void **state) {
   fx_t *fx = calloc(1, sizeof *fx);
   uv_loop_init(&fx->loop);
   fx->reg = ledger_registry();
-  fx->store = cqrs_memory_store_new();
+  cqrs_memory_store_new(&fx->store, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1000; /* the first retry waits long enough for a scrape */

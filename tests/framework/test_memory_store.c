@@ -10,7 +10,9 @@
 static cqrs_store_t *create(const cqrs_registry_t *reg, void *data) {
   (void)reg;
   (void)data;
-  return cqrs_memory_store_new();
+  cqrs_store_t *s = NULL;
+  cqrs_memory_store_new(&s, NULL);
+  return s;
 }
 
 static void dispose(cqrs_store_t *s, void *data) {
@@ -20,7 +22,8 @@ static void dispose(cqrs_store_t *s, void *data) {
 
 static void test_overhead_per_event_is_bounded(void **state) {
   (void)state;
-  cqrs_store_t *s = cqrs_memory_store_new();
+  cqrs_store_t *s = NULL;
+  cqrs_memory_store_new(&s, NULL);
   size_t empty = cqrs_memory_store_overhead(s);
   ledger_fill(s, &ledger_type, "big", 20000);
   size_t per_event = (cqrs_memory_store_overhead(s) - empty) / 20000;

@@ -54,7 +54,7 @@ static fx_t *fx_new(bool with_sink, uint64_t retry_base_ms) {
   uv_loop_init(&fx->loop);
   fx->reg = ledger_registry();
   assert_int_equal(cqrs_registry_add_command(fx->reg, &racy, NULL), CQRS_OK);
-  fx->store = cqrs_memory_store_new();
+  cqrs_memory_store_new(&fx->store, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = retry_base_ms;
@@ -279,8 +279,10 @@ static const cqrs_middleware_t q_auth = {.query_before = q_deny};
 
 static void test_queries_by_outcome(void **state) {
   fx_t *fx = *state;
-  cqrs_readmodel_t *rm = cqrs_memory_readmodel_new();
-  cqrs_queries_t *q = cqrs_queries_new(rm);
+  cqrs_readmodel_t *rm = NULL;
+  cqrs_memory_readmodel_new(&rm, NULL);
+  cqrs_queries_t *q = NULL;
+  cqrs_queries_new(rm, &q, NULL);
   assert_int_equal(cqrs_queries_register(q, "ok", q_ok, NULL, NULL), CQRS_OK);
   assert_int_equal(cqrs_queries_register(q, "missing", q_missing, NULL, NULL), CQRS_OK);
   assert_int_equal(cqrs_queries_register(q, "fail", q_fail, NULL, NULL), CQRS_OK);
@@ -313,7 +315,8 @@ static bool visit_none(const cqrs_event_t *e, void *data) {
 
 static void test_store_errors_by_class(void **state) {
   (void)state;
-  cqrs_store_t *inner = cqrs_memory_store_new();
+  cqrs_store_t *inner = NULL;
+  cqrs_memory_store_new(&inner, NULL);
   cqrs_store_t *st = ledger_blocking_store(inner, 0);
   ledger_blocking_store_fail_reads(st, 1);
   uv_loop_t loop;

@@ -54,9 +54,9 @@ static fx_t *fx_new(bool blocking) {
   fx_t *fx = calloc(1, sizeof *fx);
   uv_loop_init(&fx->loop);
   fx->reg = ledger_registry();
-  fx->mem = cqrs_memory_store_new();
+  cqrs_memory_store_new(&fx->mem, NULL);
   fx->store = blocking ? ledger_blocking_store(fx->mem, 2) : fx->mem;
-  fx->cp_mem = cqrs_memory_checkpoints_new();
+  cqrs_memory_checkpoints_new(&fx->cp_mem, NULL);
   fx->cp = blocking ? ledger_blocking_checkpoints(fx->cp_mem) : fx->cp_mem;
   open_dispatcher(fx);
   return fx;

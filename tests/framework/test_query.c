@@ -37,8 +37,8 @@ typedef struct fx {
 
 static int setup(void **state) {
   fx_t *fx = calloc(1, sizeof *fx);
-  fx->rm = cqrs_memory_readmodel_new();
-  fx->q = cqrs_queries_new(fx->rm);
+  cqrs_memory_readmodel_new(&fx->rm, NULL);
+  cqrs_queries_new(fx->rm, &fx->q, NULL);
   const char *statuses[] = {"paid", "paid", "pending"};
   for (int i = 0; i < 3; i++) {
     bson_t doc = BSON_INITIALIZER;
@@ -93,7 +93,10 @@ static void test_errors(void **state) {
   assert_int_equal(cqrs_queries_register(fx->q, "", count_by_status, NULL, &err), CQRS_EINVAL);
   assert_int_equal(cqrs_queries_register(fx->q, "x", NULL, NULL, &err), CQRS_EINVAL);
   assert_int_equal(cqrs_queries_run(NULL, "x", NULL, &out, &err), CQRS_EINVAL);
-  assert_null(cqrs_queries_new(NULL));
+  cqrs_queries_t *q = fx->q;
+  assert_int_equal(cqrs_queries_new(NULL, &q, &err), CQRS_EINVAL);
+  assert_null(q);
+  assert_int_equal(cqrs_queries_new(fx->rm, NULL, NULL), CQRS_EINVAL);
   bson_destroy(&out);
 }
 

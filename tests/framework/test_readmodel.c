@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cqrs/cqrs.h>
@@ -16,8 +17,10 @@ static bson_t *json(const char *s) {
 }
 
 static int setup(void **state) {
-  *state = cqrs_memory_readmodel_new();
-  return *state ? 0 : -1;
+  cqrs_readmodel_t *rm = NULL;
+  cqrs_memory_readmodel_new(&rm, NULL);
+  *state = rm;
+  return rm ? 0 : -1;
 }
 
 static int teardown(void **state) {
@@ -208,7 +211,8 @@ static void test_set_int64_elsewhere_is_a_patch(void **state) {
   (void)state;
   static const cqrs_readmodel_ops_t spy_ops = {false, spy_put, spy_patch, spy_patch_where, spy_get, spy_find, NULL};
   spy_t spy = {NULL};
-  cqrs_readmodel_t *rm = cqrs_readmodel_new(&spy_ops, &spy);
+  cqrs_readmodel_t *rm = NULL;
+  cqrs_readmodel_new(&spy_ops, &spy, &rm, NULL);
   assert_non_null(rm);
   bool applied = false;
   assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "balance", 42, 3, &applied, NULL), CQRS_OK);
@@ -310,6 +314,70 @@ static void test_bad_arguments(void **state) {
   bson_destroy(doc);
 }
 
+static int released;
+static void count_destroy(void *impl) {
+  (void)impl;
+  released++;
+}
+static void *no_malloc(size_t n) {
+  (void)n;
+  return NULL;
+}
+static void *no_realloc(void *p, size_t n) {
+  (void)p, (void)n;
+  return NULL;
+}
+
+/* The wrappers take over `impl` whatever happens: each failure releases it
+ * exactly once, and leaves *out NULL. */
+static void test_wrappers_release_impl_on_failure(void **state) {
+  (void)state;
+  static const cqrs_readmodel_ops_t rm_ops = {false, spy_put, spy_patch, spy_patch_where, spy_get, spy_find,
+                                              count_destroy};
+  static const cqrs_readmodel_ops_t rm_no_find = {false, spy_put, spy_patch, spy_patch_where, spy_get, NULL,
+                                                  count_destroy};
+  static const cqrs_checkpoint_ops_t cp_no_save = {false, NULL, NULL, count_destroy};
+  static const cqrs_store_ops_t store_no_head = {.name = "none", .destroy = count_destroy};
+  int impl;
+  static max_align_t stale; /* what *out held before: a failure must clear it */
+  cqrs_error_t err;
+  cqrs_readmodel_t *rm = (void *)&stale;
+  cqrs_checkpoints_t *cp = (void *)&stale;
+  cqrs_store_t *st = (void *)&stale;
+  released = 0;
+  assert_int_equal(cqrs_readmodel_new(&rm_no_find, &impl, &rm, &err), CQRS_EINVAL);
+  assert_null(rm);
+  assert_int_equal(cqrs_checkpoints_new(&cp_no_save, &impl, &cp, &err), CQRS_EINVAL);
+  assert_null(cp);
+  assert_int_equal(cqrs_store_new(&store_no_head, &impl, &st, NULL), CQRS_EINVAL);
+  assert_null(st);
+  assert_int_equal(cqrs_readmodel_new(&rm_ops, &impl, NULL, &err), CQRS_EINVAL);
+  assert_int_equal(released, 4);
+  assert_int_equal(cqrs_readmodel_new(NULL, &impl, &rm, &err), CQRS_EINVAL);
+  assert_int_equal(released, 4); /* no ops: nothing to release it with */
+
+  cqrs_set_allocator(&(cqrs_allocator_t){no_malloc, no_realloc, free});
+  rm = (void *)&stale;
+  st = (void *)&stale;
+  cqrs_code_t rc = cqrs_readmodel_new(&rm_ops, &impl, &rm, &err);
+  cqrs_code_t mem_rc = cqrs_memory_store_new(&st, NULL);
+  cqrs_set_allocator(NULL);
+  assert_int_equal(rc, CQRS_ENOMEM);
+  assert_string_equal(err.name, "out_of_memory");
+  assert_null(rm);
+  assert_int_equal(mem_rc, CQRS_ENOMEM);
+  assert_null(st);
+  assert_int_equal(released, 5);
+
+  assert_int_equal(cqrs_readmodel_new(&rm_ops, &impl, &rm, &err), CQRS_OK);
+  assert_int_equal(released, 5);
+  cqrs_readmodel_destroy(rm);
+  assert_int_equal(released, 6);
+  assert_int_equal(cqrs_memory_readmodel_new(NULL, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_memory_checkpoints_new(NULL, NULL), CQRS_EINVAL);
+  assert_int_equal(cqrs_registry_new(NULL, &err), CQRS_EINVAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_put_get_and_idempotence, setup, teardown),
@@ -320,6 +388,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_patch_in_place_and_rebuilt_agree, setup, teardown),
       cmocka_unit_test_setup_teardown(test_find_filters_sorts_and_limits, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+      cmocka_unit_test(test_wrappers_release_impl_on_failure),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

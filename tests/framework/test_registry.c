@@ -41,7 +41,8 @@ static void expect_refused(cqrs_code_t rc, const cqrs_error_t *err, const char *
 
 static void test_commands_with_unbounded_ranges_are_refused(void **state) {
   (void)state;
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   cqrs_error_t err;
   const cqrs_command_type_t bad = {.name = "pay.bad", .payload_size = sizeof(pay_t), .fields = unbounded};
   expect_refused(cqrs_registry_add_command(reg, &bad, &err), &err, "pay.bad: field count: CQRS_F_RANGE without bounds");
@@ -61,7 +62,8 @@ static void test_commands_with_unbounded_ranges_are_refused(void **state) {
 
 static void test_events_and_snapshots_with_unbounded_ranges_are_refused(void **state) {
   (void)state;
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   cqrs_error_t err;
   expect_refused(cqrs_registry_add_event(reg, &bad_event, &err), &err, "event type pay.made");
   assert_null(cqrs_registry_event(reg, "pay.made"));
@@ -81,7 +83,8 @@ static void test_events_and_snapshots_with_unbounded_ranges_are_refused(void **s
 
 static void test_names_must_be_utf8(void **state) {
   (void)state;
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   cqrs_error_t err;
   const cqrs_event_type_t odd = {"pay.\xff", 1, sizeof(pay_t), good};
   assert_int_equal(cqrs_registry_add_event(reg, &odd, &err), CQRS_EINVAL);

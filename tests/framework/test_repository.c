@@ -9,7 +9,8 @@
 
 static void test_load_unknown_is_new(void **state) {
   (void)state;
-  cqrs_store_t *s = cqrs_memory_store_new();
+  cqrs_store_t *s = NULL;
+  cqrs_memory_store_new(&s, NULL);
   cqrs_aggregate_t *agg;
   assert_int_equal(cqrs_repository_load(s, &ledger_type, "nobody", &agg, NULL), CQRS_OK);
   assert_int_equal(cqrs_aggregate_version(agg), 0);
@@ -35,7 +36,8 @@ static void save_credit(cqrs_store_t *s, const cqrs_aggregate_type_t *type, cons
 
 static void test_save_then_load(void **state) {
   (void)state;
-  cqrs_store_t *s = cqrs_memory_store_new();
+  cqrs_store_t *s = NULL;
+  cqrs_memory_store_new(&s, NULL);
   save_credit(s, &ledger_type, "a", "c1", 10, CQRS_OK);
   save_credit(s, &ledger_type, "a", "c2", 15, CQRS_OK);
   cqrs_aggregate_t *agg;
@@ -48,7 +50,8 @@ static void test_save_then_load(void **state) {
 
 static void test_stale_aggregate_conflicts(void **state) {
   (void)state;
-  cqrs_store_t *s = cqrs_memory_store_new();
+  cqrs_store_t *s = NULL;
+  cqrs_memory_store_new(&s, NULL);
   cqrs_aggregate_t *one, *two;
   assert_int_equal(cqrs_repository_load(s, &ledger_type, "a", &one, NULL), CQRS_OK);
   assert_int_equal(cqrs_repository_load(s, &ledger_type, "a", &two, NULL), CQRS_OK);
@@ -77,7 +80,8 @@ static bool first_event(const cqrs_event_t *e, void *data) {
 
 static void test_save_stamps_the_cause(void **state) {
   (void)state;
-  cqrs_store_t *s = cqrs_memory_store_new();
+  cqrs_store_t *s = NULL;
+  cqrs_memory_store_new(&s, NULL);
   cqrs_aggregate_t *agg;
   assert_int_equal(cqrs_repository_load(s, &ledger_type, "a", &agg, NULL), CQRS_OK);
   ledger_opened_t o = {"ada"};
@@ -145,10 +149,11 @@ static cqrs_code_t c_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_err
 
 static void test_snapshot_plus_events_equals_full_replay(void **state) {
   (void)state;
-  counter.inner = cqrs_memory_store_new();
+  cqrs_memory_store_new(&counter.inner, NULL);
   counter.ops = (cqrs_store_ops_t){"counting", false, c_append, c_read_stream, c_read_all, c_head,
                                    c_snap_load,  c_snap_save, NULL};
-  cqrs_store_t *s = cqrs_store_new(&counter.ops, NULL);
+  cqrs_store_t *s = NULL;
+  cqrs_store_new(&counter.ops, NULL, &s, NULL);
   cqrs_aggregate_t *agg;
   assert_int_equal(cqrs_repository_load(s, &ledger_snap_type, "a", &agg, NULL), CQRS_OK);
   ledger_opened_t o = {"ada"};
@@ -199,7 +204,8 @@ static void test_snapshot_plus_events_equals_full_replay(void **state) {
 
 static void test_stale_snapshot_is_ignored(void **state) {
   (void)state;
-  cqrs_store_t *s = cqrs_memory_store_new();
+  cqrs_store_t *s = NULL;
+  cqrs_memory_store_new(&s, NULL);
   ledger_fill(s, &ledger_snap_type, "a", 12); /* opened + 11 credits of 1 */
   /* A snapshot from an older state schema with a wrong balance. */
   cqrs_snapshot_t old = {"ledger-snap", "a", 10, 0, BSON_INITIALIZER};
@@ -228,7 +234,8 @@ static void test_stale_snapshot_is_ignored(void **state) {
 
 static void test_repeated_command_id_commits_once(void **state) {
   (void)state;
-  cqrs_store_t *s = cqrs_memory_store_new();
+  cqrs_store_t *s = NULL;
+  cqrs_memory_store_new(&s, NULL);
   save_credit(s, &ledger_type, "a", "same", 10, CQRS_OK);
   cqrs_aggregate_t *agg;
   assert_int_equal(cqrs_repository_load(s, &ledger_type, "a", &agg, NULL), CQRS_OK);
@@ -265,10 +272,11 @@ static cqrs_code_t c_snap_load_corrupt(void *impl, const char *t, const char *id
 
 static void test_snapshot_at_int64_max_is_corrupt(void **state) {
   (void)state;
-  counter.inner = cqrs_memory_store_new();
+  cqrs_memory_store_new(&counter.inner, NULL);
   counter.ops = (cqrs_store_ops_t){"corrupt", false, c_append, c_read_stream, c_read_all, c_head,
                                    c_snap_load_corrupt, c_snap_save, NULL};
-  cqrs_store_t *s = cqrs_store_new(&counter.ops, NULL);
+  cqrs_store_t *s = NULL;
+  cqrs_store_new(&counter.ops, NULL, &s, NULL);
   cqrs_aggregate_t *agg = (cqrs_aggregate_t *)1;
   cqrs_error_t err;
   assert_int_equal(cqrs_repository_load(s, &ledger_snap_type, "a", &agg, &err), CQRS_ECODEC);

@@ -17,7 +17,7 @@ typedef struct fx {
 static int setup(void **state) {
   fx_t *fx = calloc(1, sizeof *fx);
   fx->reg = ledger_registry();
-  fx->t = cqrs_test_new(fx->reg, &ledger_type, "acc-1", ledger_setup, NULL);
+  cqrs_test_new(fx->reg, &ledger_type, "acc-1", ledger_setup, NULL, &fx->t, NULL);
   *state = fx;
   return fx->t ? 0 : -1;
 }
@@ -95,7 +95,8 @@ static cqrs_code_t setup_with_follower(cqrs_dispatcher_t *d, void *data, cqrs_er
 static void test_then_ignores_what_subscribers_commit(void **state) {
   (void)state;
   cqrs_registry_t *reg = ledger_registry();
-  cqrs_test_t *t = cqrs_test_new(reg, &ledger_type, "acc-1", setup_with_follower, NULL);
+  cqrs_test_t *t = NULL;
+  cqrs_test_new(reg, &ledger_type, "acc-1", setup_with_follower, NULL, &t, NULL);
   assert_non_null(t);
   CQRS_WHEN(t, &ledger_open, (ledger_open_cmd_t){"acc-1", "ada"});
   CQRS_THEN_EVENTS(t, {&ledger_opened, &(ledger_opened_t){"ada"}});
@@ -111,7 +112,11 @@ static void test_given_for_other_aggregates(void **state) {
   assert_int_equal(cqrs_test_given_for(fx->t, &ledger_type, "acc-2", &ledger_opened, &(ledger_opened_t){"bob"}), CQRS_OK);
   CQRS_WHEN(fx->t, &ledger_credit, (ledger_move_cmd_t){"acc-2", 3});
   CQRS_THEN_EVENTS(fx->t, {&ledger_credited, &(ledger_amount_t){3}});
-  assert_null(cqrs_test_new(fx->reg, &ledger_type, "", NULL, NULL));
+  cqrs_test_t *t = fx->t;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_test_new(fx->reg, &ledger_type, "", NULL, NULL, &t, &err), CQRS_EINVAL);
+  assert_null(t);
+  assert_int_equal(cqrs_test_new(fx->reg, &ledger_type, "acc-1", NULL, NULL, NULL, NULL), CQRS_EINVAL);
   assert_true(cqrs_test_destroy(NULL));
 }
 

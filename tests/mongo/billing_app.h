@@ -29,7 +29,7 @@ typedef struct app {
 static inline void app_open_with(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints) {
   memset(a, 0, sizeof *a);
   uv_loop_init(&a->loop);
-  a->reg = cqrs_registry_new();
+  cqrs_registry_new(&a->reg, NULL);
   assert_int_equal(billing_register(a->reg, NULL), CQRS_OK);
   cqrs_mongo_options_t o = billing_mongo_options;
   o.database = db;
@@ -38,16 +38,16 @@ static inline void app_open_with(app_t *a, const char *uri, const char *db, int3
   cqrs_mongo_quiet_logs();
   if (cqrs_mongo_new(uri, &o, a->reg, &a->loop, &a->m, &err)) fail_msg("%s", err.message);
   if (billing_mongo_indexes(a->m, &err)) fail_msg("%s", err.message);
-  a->store = cqrs_mongo_store_new(a->m);
-  a->rm = cqrs_mongo_readmodel_new(a->m);
-  a->cp = fresh_checkpoints ? cqrs_memory_checkpoints_new() : cqrs_mongo_checkpoints_new(a->m);
+  if (cqrs_mongo_store_new(a->m, &a->store, &err) || cqrs_mongo_readmodel_new(a->m, &a->rm, &err) ||
+      (fresh_checkpoints ? cqrs_memory_checkpoints_new(&a->cp, &err) : cqrs_mongo_checkpoints_new(a->m, &a->cp, &err)))
+    fail_msg("%s", err.message);
   cqrs_dispatcher_options_t opts;
   cqrs_dispatcher_options_init(&opts);
   opts.retry_base_ms = 20;
   opts.retry_cap_ms = 200;
   if (cqrs_dispatcher_new(&a->loop, a->reg, a->store, &opts, &a->d, &err)) fail_msg("%s", err.message);
   if (billing_start(a->d, a->rm, a->cp, NULL, &a->billing, &err)) fail_msg("%s", err.message);
-  a->q = cqrs_queries_new(a->rm);
+  if (cqrs_queries_new(a->rm, &a->q, &err)) fail_msg("%s", err.message);
   assert_int_equal(billing_register_queries(a->q, NULL, NULL), CQRS_OK);
 }
 

@@ -100,7 +100,8 @@ static void test_killed_after_a_commit_before_its_projection(void **state) {
   assert_int_equal(head, 12);
 
   /* A full replay into memory, to compare with. */
-  cqrs_readmodel_t *mem = cqrs_memory_readmodel_new();
+  cqrs_readmodel_t *mem = NULL;
+  cqrs_memory_readmodel_new(&mem, NULL);
   billing_t *proj = billing_projector_new(mem, NULL);
   assert_int_equal(cqrs_store_read_all(a.store, 1, SIZE_MAX, replay_one, proj, NULL), CQRS_OK);
   char *want = dump(mem), *got = dump(a.rm);
@@ -274,13 +275,15 @@ static void test_samples_end_to_end(void **state) {
     assert_int_equal(run_sample(samples[i], uri), 0);
   }
   /* The invoice sample's database: the seed's shapes and indexes. */
-  cqrs_registry_t *reg = cqrs_registry_new();
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
   billing_register(reg, NULL);
   cqrs_mongo_options_t o = billing_mongo_options;
   o.database = db;
   cqrs_mongo_t *m;
   assert_int_equal(cqrs_mongo_new(test_mongo_uri(), &o, reg, NULL, &m, NULL), CQRS_OK);
-  cqrs_readmodel_t *rm = cqrs_mongo_readmodel_new(m);
+  cqrs_readmodel_t *rm = NULL;
+  cqrs_mongo_readmodel_new(m, &rm, NULL);
   int count = 0;
   cqrs_find_t all = {NULL, NULL, false, 0};
   assert_int_equal(cqrs_readmodel_find(rm, "billing_queries", &all, check_invoice_shape, &count, NULL), CQRS_OK);

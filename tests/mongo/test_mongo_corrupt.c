@@ -24,7 +24,7 @@ static int setup(void **state) {
   fx->reg = ledger_registry();
   cqrs_mongo_options_t o = {.events = "cqrs_events"};
   fx->m = test_mongo_open(fx->reg, NULL, &o);
-  fx->s = cqrs_mongo_store_new(fx->m);
+  cqrs_mongo_store_new(fx->m, &fx->s, NULL);
   fx->client = mongoc_client_new(test_mongo_uri());
   assert_non_null(fx->client);
   fx->events = mongoc_client_get_collection(fx->client, cqrs_mongo_database(fx->m), "cqrs_events");

@@ -70,7 +70,8 @@ static int append_one(cqrs_store_t *s, const char *stream, const char *cmd, int6
 static int run_writer(const char *db, int id) {
   cqrs_registry_t *reg = ledger_registry();
   cqrs_mongo_t *m = connect_db(reg, NULL, db);
-  cqrs_store_t *s = cqrs_mongo_store_new(m);
+  cqrs_store_t *s = NULL;
+  cqrs_mongo_store_new(m, &s, NULL);
   int failed = 0;
   for (int i = 0; i < OWN_COMMITS + SHARED_COMMITS && !failed; i++) {
     char stream[32], cmd[64];
@@ -119,7 +120,8 @@ static int run_follower(const char *db) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   cqrs_mongo_t *m = connect_db(reg, &loop, db);
-  cqrs_store_t *s = cqrs_mongo_store_new(m);
+  cqrs_store_t *s = NULL;
+  cqrs_mongo_store_new(m, &s, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.poll_ms = 20;
@@ -221,7 +223,8 @@ static void test_processes_share_one_store(void **state) {
 
   /* What the store holds: every command once, no gap, the shared stream in
    * order. */
-  cqrs_store_t *s = cqrs_mongo_store_new(m);
+  cqrs_store_t *s = NULL;
+  cqrs_mongo_store_new(m, &s, NULL);
   tally_t *t = calloc(1, sizeof *t);
   cqrs_error_t err;
   assert_int_equal(cqrs_store_read_all(s, 1, SIZE_MAX, count_event, t, &err), CQRS_OK);

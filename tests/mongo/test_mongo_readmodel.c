@@ -20,8 +20,8 @@ static int setup(void **state) {
   fx->reg = ledger_registry();
   uv_loop_init(&fx->loop);
   fx->m = test_mongo_open(fx->reg, &fx->loop, NULL);
-  fx->rm = cqrs_mongo_readmodel_new(fx->m);
-  fx->cp = cqrs_mongo_checkpoints_new(fx->m);
+  cqrs_mongo_readmodel_new(fx->m, &fx->rm, NULL);
+  cqrs_mongo_checkpoints_new(fx->m, &fx->cp, NULL);
   *state = fx;
   return 0;
 }

@@ -18,7 +18,7 @@ static opened_t current;
 static cqrs_store_t *create(const cqrs_registry_t *reg, void *data) {
   (void)data;
   current.m = test_mongo_open(reg, NULL, NULL);
-  current.s = cqrs_mongo_store_new(current.m);
+  cqrs_mongo_store_new(current.m, &current.s, NULL);
   return current.s;
 }
 
@@ -45,7 +45,7 @@ static int setup(void **state) {
   fx_t *fx = calloc(1, sizeof *fx);
   fx->reg = ledger_registry();
   fx->m = test_mongo_open(fx->reg, NULL, NULL);
-  fx->s = cqrs_mongo_store_new(fx->m);
+  cqrs_mongo_store_new(fx->m, &fx->s, NULL);
   *state = fx;
   return 0;
 }
@@ -189,7 +189,8 @@ static void test_two_writers_share_positions(void **state) {
   cqrs_mongo_options_t o = {.database = cqrs_mongo_database(fx->m)};
   cqrs_mongo_t *m2;
   assert_int_equal(cqrs_mongo_new(test_mongo_uri(), &o, fx->reg, NULL, &m2, NULL), CQRS_OK);
-  cqrs_store_t *s2 = cqrs_mongo_store_new(m2);
+  cqrs_store_t *s2 = NULL;
+  cqrs_mongo_store_new(m2, &s2, NULL);
   ledger_fill(fx->s, &ledger_type, "a", 3);
   ledger_fill(s2, &ledger_type, "b", 2);
   ledger_fill(fx->s, &ledger_type, "c", 1);
@@ -209,7 +210,8 @@ static void test_a_server_that_is_down(void **state) {
   cqrs_mongo_options_t o = {.server_selection_timeout_ms = 300};
   assert_int_equal(cqrs_mongo_new("mongodb://user:s3cret@127.0.0.1:9/x", &o, reg, NULL, &m, &err), CQRS_OK);
   assert_string_equal(cqrs_mongo_uri_redacted(m), "mongodb://user:***@127.0.0.1:9/x");
-  cqrs_store_t *s = cqrs_mongo_store_new(m);
+  cqrs_store_t *s = NULL;
+  cqrs_mongo_store_new(m, &s, NULL);
   int64_t head;
   assert_int_equal(cqrs_store_head(s, &head, &err), CQRS_ESTORE);
   assert_int_equal(err.domain, CQRS_DOMAIN_STORE);
@@ -300,8 +302,9 @@ static void test_a_permanent_store_error_is_dead_lettered(void **state) {
   fx_t *fx = *state;
   uv_loop_t loop;
   assert_int_equal(uv_loop_init(&loop), 0);
-  refusing_t r = {.rm = cqrs_mongo_readmodel_new(fx->m)};
+  refusing_t r = {0};
   cqrs_error_t err;
+  assert_int_equal(cqrs_mongo_readmodel_new(fx->m, &r.rm, &err), CQRS_OK);
   bson_t doc = BSON_INITIALIZER;
   BSON_APPEND_INT32(&doc, "$bad", 1);
   assert_int_equal(cqrs_readmodel_put(r.rm, "refused", "x", &doc, 1, NULL, &err), CQRS_ESTORE);
@@ -457,7 +460,8 @@ static int64_t fresh_head(fx_t *fx) {
   cqrs_mongo_t *m;
   cqrs_error_t err;
   assert_int_equal(cqrs_mongo_new(test_mongo_uri(), &o, fx->reg, NULL, &m, &err), CQRS_OK);
-  cqrs_store_t *s = cqrs_mongo_store_new(m);
+  cqrs_store_t *s = NULL;
+  cqrs_mongo_store_new(m, &s, NULL);
   int64_t head = -1;
   if (cqrs_store_head(s, &head, &err)) fail_msg("%s", err.message);
   cqrs_store_destroy(s);

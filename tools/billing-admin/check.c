@@ -385,7 +385,7 @@ int admin_check(admin_t *a, int argc, char **argv) {
     /* No checkpoint: nothing runs that projection here; compare with everything. */
     k.limits[i] = at > 0 && at < head ? at : head;
   }
-  k.mem = cqrs_memory_readmodel_new();
+  cqrs_memory_readmodel_new(&k.mem, NULL);
   k.proj = billing_projector_new(k.mem, NULL);
   bson_init(&k.list);
   char customer[CQRS_ID_MAX];

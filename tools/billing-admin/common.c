@@ -42,9 +42,8 @@ int admin_connect(admin_t *a, uv_loop_t *loop) {
     return ADMIN_SERVER;
   }
   mongoc_log_set_handler(no_log, NULL); /* the tool says what failed itself */
-  a->reg = cqrs_registry_new();
   cqrs_error_t err;
-  if (!a->reg || billing_register(a->reg, &err)) {
+  if (cqrs_registry_new(&a->reg, &err) || billing_register(a->reg, &err)) {
     admin_err("cannot register the billing types");
     return ADMIN_SERVER;
   }
@@ -77,9 +76,11 @@ int admin_connect(admin_t *a, uv_loop_t *loop) {
     admin_err("cannot reach MongoDB at %s: %s", cqrs_mongo_uri_redacted(a->m), be.message);
     return ADMIN_SERVER;
   }
-  a->store = cqrs_mongo_store_new(a->m);
-  a->rm = cqrs_mongo_readmodel_new(a->m);
-  a->cp = cqrs_mongo_checkpoints_new(a->m);
+  if (cqrs_mongo_store_new(a->m, &a->store, &err) || cqrs_mongo_readmodel_new(a->m, &a->rm, &err) ||
+      cqrs_mongo_checkpoints_new(a->m, &a->cp, &err)) {
+    admin_err("%s", err.message);
+    return ADMIN_SERVER;
+  }
   return ADMIN_OK;
 }
 

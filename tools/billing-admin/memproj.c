@@ -20,8 +20,8 @@ memproj_t *memproj_new(admin_t *a, const billing_collections_t *cols, bool flush
   mp->a = a;
   mp->cols = cols ? *cols : billing_default_collections;
   mp->flush = flush_to_mongo;
-  mp->mem = cqrs_memory_readmodel_new();
-  mp->customers = cqrs_memory_readmodel_new();
+  cqrs_memory_readmodel_new(&mp->mem, NULL);
+  cqrs_memory_readmodel_new(&mp->customers, NULL);
   mp->in_mem = billing_projector_new(mp->mem, &mp->cols);
   mp->in_mongo = billing_projector_new(a->rm, &mp->cols);
   if (!mp->mem || !mp->customers || !mp->in_mem || !mp->in_mongo) {
@@ -88,7 +88,7 @@ cqrs_code_t memproj_apply(memproj_t *mp, const cqrs_event_t *e, cqrs_error_t *er
       if (memproj_flush(mp)) return cqrs_error_set(err, CQRS_ESTORE, "the bulk write failed");
       if (e->type == &billing_customer_email_changed) { /* the kept customers are stale now */
         cqrs_readmodel_destroy(mp->customers);
-        if (!(mp->customers = cqrs_memory_readmodel_new())) return cqrs_error_set(err, CQRS_ENOMEM, "out of memory");
+        if ((rc = cqrs_memory_readmodel_new(&mp->customers, err))) return rc;
       }
       rc = p->handler(e, mp->in_mongo, err);
     } else {
@@ -170,7 +170,7 @@ int memproj_flush(memproj_t *mp) {
   cqrs_readmodel_find(mp->mem, mp->cols.customers, &all, keep_customer, mp, NULL);
   cqrs_readmodel_destroy(mp->mem);
   billing_destroy(mp->in_mem);
-  mp->mem = cqrs_memory_readmodel_new();
+  cqrs_memory_readmodel_new(&mp->mem, NULL);
   mp->in_mem = billing_projector_new(mp->mem, &mp->cols);
   return mp->mem && mp->in_mem ? ADMIN_OK : ADMIN_SERVER;
 }

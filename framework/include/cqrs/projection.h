@@ -19,15 +19,21 @@ typedef struct cqrs_checkpoint_ops {
 
 typedef struct cqrs_checkpoints cqrs_checkpoints_t;
 
-/* Wraps an implementation; takes over `impl`. */
-CQRS_EXPORT cqrs_checkpoints_t *cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl);
+/* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
+ * taken over in every case: released by ops->destroy in
+ * cqrs_checkpoints_destroy, or at once when this fails (NULL `out`, NULL ops
+ * or a missing load or save: CQRS_EINVAL; CQRS_ENOMEM). On error *out is
+ * NULL. `err` may be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl, cqrs_checkpoints_t **out,
+                                             cqrs_error_t *err);
 CQRS_EXPORT void cqrs_checkpoints_destroy(cqrs_checkpoints_t *cp);
 CQRS_EXPORT cqrs_code_t cqrs_checkpoints_load(cqrs_checkpoints_t *cp, const char *name, int64_t *position,
                                               cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_checkpoints_save(cqrs_checkpoints_t *cp, const char *name, int64_t position,
                                               cqrs_error_t *err);
-/* In-memory checkpoints; thread-safe. */
-CQRS_EXPORT cqrs_checkpoints_t *cqrs_memory_checkpoints_new(void);
+/* In-memory checkpoints; thread-safe. NULL `out`: CQRS_EINVAL; CQRS_ENOMEM;
+ * on error *out is NULL. `err` may be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoints_t **out, cqrs_error_t *err);
 
 typedef struct cqrs_projection_def {
   const char *name;                      /* unique; the checkpoint's key */

@@ -19,8 +19,10 @@ typedef cqrs_query_handler_cb cqrs_query_fn; /* the name before 0.2; kept for ol
 
 typedef struct cqrs_queries cqrs_queries_t;
 
-/* Creates a query bus over `rm` (borrowed). */
-CQRS_EXPORT cqrs_queries_t *cqrs_queries_new(const cqrs_readmodel_t *rm);
+/* Creates a query bus over `rm` (borrowed, must outlive it) into *out. NULL
+ * `rm` or `out`: CQRS_EINVAL; CQRS_ENOMEM; on error *out is NULL. `err` may
+ * be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_queries_new(const cqrs_readmodel_t *rm, cqrs_queries_t **out, cqrs_error_t *err);
 CQRS_EXPORT void cqrs_queries_destroy(cqrs_queries_t *q);
 
 /* Registers query `name`; a duplicate is CQRS_EDUPLICATE. Before running any. */

@@ -47,12 +47,18 @@ typedef struct cqrs_readmodel_ops {
 
 typedef struct cqrs_readmodel cqrs_readmodel_t;
 
-/* Wraps an implementation; takes over `impl`. */
-CQRS_EXPORT cqrs_readmodel_t *cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl);
+/* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
+ * taken over in every case: released by ops->destroy in
+ * cqrs_readmodel_destroy, or at once when this fails (NULL `out`, NULL ops or
+ * a missing put, patch, patch_where, get or find: CQRS_EINVAL; CQRS_ENOMEM).
+ * On error *out is NULL. `err` may be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl, cqrs_readmodel_t **out,
+                                           cqrs_error_t *err);
 CQRS_EXPORT void cqrs_readmodel_destroy(cqrs_readmodel_t *rm);
 CQRS_EXPORT bool cqrs_readmodel_blocking(const cqrs_readmodel_t *rm);
-/* In-memory read model; thread-safe. */
-CQRS_EXPORT cqrs_readmodel_t *cqrs_memory_readmodel_new(void);
+/* In-memory read model; thread-safe. NULL `out`: CQRS_EINVAL; CQRS_ENOMEM;
+ * on error *out is NULL. `err` may be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_memory_readmodel_new(cqrs_readmodel_t **out, cqrs_error_t *err);
 
 /* Writes (projections). `applied`/`count` may be NULL. Arguments are checked:
  * NULL or empty names, ids over CQRS_ID_MAX - 1 bytes, position < 1. */

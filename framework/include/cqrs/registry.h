@@ -15,9 +15,11 @@ extern "C" {
 typedef cqrs_code_t (*cqrs_upcast_cb)(const bson_t *in, bson_t *out, cqrs_error_t *err);
 typedef cqrs_upcast_cb cqrs_upcast_fn; /* the name before 0.2; kept for old code */
 
-/* Creates an empty registry. Register every type before sharing it between
- * threads: reads are then lock-free. Free with cqrs_registry_destroy. */
-CQRS_EXPORT cqrs_registry_t *cqrs_registry_new(void);
+/* Creates an empty registry into *out. Register every type before sharing it
+ * between threads: reads are then lock-free. Free with cqrs_registry_destroy.
+ * NULL `out`: CQRS_EINVAL; CQRS_ENOMEM; on error *out is NULL. `err` may be
+ * NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_registry_new(cqrs_registry_t **out, cqrs_error_t *err);
 CQRS_EXPORT void cqrs_registry_destroy(cqrs_registry_t *reg);
 
 /* Register a type (borrowed: descriptors are static). A second type of the

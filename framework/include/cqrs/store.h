@@ -59,9 +59,13 @@ typedef struct cqrs_store_ops {
 
 typedef struct cqrs_store cqrs_store_t;
 
-/* Wraps an implementation. `ops` is borrowed (static); `impl` is taken over
- * and released by ops->destroy in cqrs_store_destroy. */
-CQRS_EXPORT cqrs_store_t *cqrs_store_new(const cqrs_store_ops_t *ops, void *impl);
+/* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
+ * taken over in every case: released by ops->destroy in cqrs_store_destroy,
+ * or at once when this fails (NULL `out`, NULL ops or a missing append,
+ * read_stream, read_all or head: CQRS_EINVAL; CQRS_ENOMEM). On error *out is
+ * NULL. `err` may be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_store_new(const cqrs_store_ops_t *ops, void *impl, cqrs_store_t **out,
+                                       cqrs_error_t *err);
 /* Destroys the store. Nothing may use it afterwards. NULL does nothing. */
 CQRS_EXPORT void cqrs_store_destroy(cqrs_store_t *store);
 CQRS_EXPORT bool cqrs_store_blocking(const cqrs_store_t *store);
@@ -83,8 +87,9 @@ CQRS_EXPORT cqrs_code_t cqrs_store_snapshot_load(cqrs_store_t *s, const char *ag
 CQRS_EXPORT cqrs_code_t cqrs_store_snapshot_save(cqrs_store_t *s, const cqrs_snapshot_t *snap, cqrs_error_t *err);
 
 /* The in-memory store, the embedded default: non-blocking, thread-safe,
- * lock-free reads. Holds up to 2^26 events. */
-CQRS_EXPORT cqrs_store_t *cqrs_memory_store_new(void);
+ * lock-free reads. Holds up to 2^26 events. NULL `out`: CQRS_EINVAL;
+ * CQRS_ENOMEM; on error *out is NULL. `err` may be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_memory_store_new(cqrs_store_t **out, cqrs_error_t *err);
 
 /* Bytes the memory store holds beyond event payloads (for benchmarks). */
 CQRS_EXPORT size_t cqrs_memory_store_overhead(const cqrs_store_t *store);

@@ -17,10 +17,12 @@ typedef struct cqrs_test cqrs_test_t;
 typedef cqrs_code_t (*cqrs_test_setup_cb)(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err);
 typedef cqrs_test_setup_cb cqrs_test_setup_fn; /* the name before 0.2; kept for old code */
 
-/* Creates a fixture for aggregate `id` of `type`. `reg` is borrowed. Returns
- * NULL (and prints why) if `setup` fails. */
-CQRS_EXPORT cqrs_test_t *cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type,
-                                       const char *id, cqrs_test_setup_cb setup, void *data);
+/* Creates a fixture for aggregate `id` of `type` into *out. `reg` is
+ * borrowed. NULL `out`, registry or type, or a bad id: CQRS_EINVAL; a failing
+ * `setup` or dispatcher: its code and error. On error *out is NULL. `err` may
+ * be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_t *type, const char *id,
+                                      cqrs_test_setup_cb setup, void *data, cqrs_test_t **out, cqrs_error_t *err);
 
 /* Closes the dispatcher and the loop. Returns false (and prints why) when
  * the loop did not close cleanly. NULL: true. */

@@ -152,7 +152,13 @@ static cqrs_code_t mrm_find(void *impl, const char *coll, const cqrs_find_t *q, 
 static const cqrs_readmodel_ops_t mongo_rm_ops = {true,    mrm_put,  mrm_patch, mrm_patch_where,
                                                   mrm_get, mrm_find, NULL};
 
-cqrs_readmodel_t *cqrs_mongo_readmodel_new(cqrs_mongo_t *m) { return m ? cqrs_readmodel_new(&mongo_rm_ops, m) : NULL; }
+cqrs_code_t cqrs_mongo_readmodel_new(cqrs_mongo_t *m, cqrs_readmodel_t **out, cqrs_error_t *err) {
+  if (!m) {
+    if (out) *out = NULL;
+    return cqrs_error_set(err, CQRS_EINVAL, "NULL connection");
+  }
+  return cqrs_readmodel_new(&mongo_rm_ops, m, out, err);
+}
 
 /* ---- checkpoints ---- */
 
@@ -197,8 +203,12 @@ static cqrs_code_t mcp_save(void *impl, const char *name, int64_t position, cqrs
 
 static const cqrs_checkpoint_ops_t mongo_cp_ops = {true, mcp_load, mcp_save, NULL};
 
-cqrs_checkpoints_t *cqrs_mongo_checkpoints_new(cqrs_mongo_t *m) {
-  return m ? cqrs_checkpoints_new(&mongo_cp_ops, m) : NULL;
+cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out, cqrs_error_t *err) {
+  if (!m) {
+    if (out) *out = NULL;
+    return cqrs_error_set(err, CQRS_EINVAL, "NULL connection");
+  }
+  return cqrs_checkpoints_new(&mongo_cp_ops, m, out, err);
 }
 
 /* ---- dead letters ---- */

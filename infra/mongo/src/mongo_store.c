@@ -867,7 +867,13 @@ static const cqrs_store_ops_t mongo_store_ops = {
     .destroy = NULL, /* the store is a view on m */
 };
 
-cqrs_store_t *cqrs_mongo_store_new(cqrs_mongo_t *m) { return m ? cqrs_store_new(&mongo_store_ops, m) : NULL; }
+cqrs_code_t cqrs_mongo_store_new(cqrs_mongo_t *m, cqrs_store_t **out, cqrs_error_t *err) {
+  if (!m) {
+    if (out) *out = NULL;
+    return cqrs_error_set(err, CQRS_EINVAL, "NULL connection");
+  }
+  return cqrs_store_new(&mongo_store_ops, m, out, err);
+}
 
 /* ---- for the fuzz harness (fuzz/fuzz_commit.c) ---- */
 

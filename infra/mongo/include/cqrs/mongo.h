@@ -53,10 +53,12 @@ CQRS_EXPORT cqrs_code_t cqrs_mongo_ensure_index(cqrs_mongo_t *m, const char *col
 /* Lists the index names of `coll` into `out` (an array document). */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_index_names(cqrs_mongo_t *m, const char *coll, bson_t *out, cqrs_error_t *err);
 
-/* Views on `m` (which must outlive them); free each with its own _destroy. */
-CQRS_EXPORT cqrs_store_t *cqrs_mongo_store_new(cqrs_mongo_t *m);
-CQRS_EXPORT cqrs_readmodel_t *cqrs_mongo_readmodel_new(cqrs_mongo_t *m);
-CQRS_EXPORT cqrs_checkpoints_t *cqrs_mongo_checkpoints_new(cqrs_mongo_t *m);
+/* Views on `m` (borrowed, must outlive them) into *out; free each with its
+ * own _destroy. NULL `m` or `out`: CQRS_EINVAL; CQRS_ENOMEM; on error *out is
+ * NULL. `err` may be NULL. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_store_new(cqrs_mongo_t *m, cqrs_store_t **out, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_mongo_readmodel_new(cqrs_mongo_t *m, cqrs_readmodel_t **out, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out, cqrs_error_t *err);
 
 /* A dead-letter sink for cqrs_dispatcher_options_t (data: the cqrs_mongo_t):
  * writes {subscriber, event, error, at} to the dead-letters collection from
