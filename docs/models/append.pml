@@ -28,9 +28,12 @@
  *                       second commit may land before the first, and after
  *                       the first was refused: the 'predecessor visible'
  *                       rule skipped
- *   BUG_NOTE_LEADS      the head note raised to the claimed number before
- *                       the insert (so it may lead), and a restarted process
- *                       trusts it without probing the commit it names
+ *   BUG_NOTE_LEADS      NOTE_EARLY and BUG_NOTE_UNPROBED together:
+ *     NOTE_EARLY        the head note raised to the claimed number before
+ *                       the insert, so it may lead (not a bug alone: the
+ *                       probe of the noted commit saves it, see below)
+ *     BUG_NOTE_UNPROBED a restarted process trusts the note without
+ *                       probing the commit it names
  *   BUG_FAIL_ALL        a refused member's outcome (duplicate, conflict) is
  *                       reported to every member of its group
  *   BUG_SWAP_OUTCOMES   the two members of a group get each other's outcome
@@ -42,6 +45,10 @@
 
 #ifndef MAXCRASH
 #define MAXCRASH 1
+#endif
+#ifdef BUG_NOTE_LEADS
+#define NOTE_EARLY
+#define BUG_NOTE_UNPROBED
 #endif
 #ifndef MAXRESEND
 #define MAXRESEND 0
@@ -116,7 +123,7 @@ byte dstream[MAXSEQ + 2];     /* aggregateType/aggregateId */
 byte dver[MAXSEQ + 2];        /* version of the first event: unique with the stream */
 byte dlastver[MAXSEQ + 2];    /* lastVersion */
 /* <events>_head: {_id: "head", seq} raised with $max (head_note_write);
- * note_last only for BUG_NOTE_LEADS, which trusts the note unprobed. */
+ * note_last only for BUG_NOTE_UNPROBED, which trusts the note unprobed. */
 byte note_seq, note_last;
 
 /* ---- per OS process (struct cqrs_mongo in mongo-private.h) ---- */
@@ -203,7 +210,7 @@ inline find_head(hs, hl) {
   hs = hseq[p]; hl = hlast[p];
   if
   :: hs == 0 && note_seq > 0 ->
-#ifdef BUG_NOTE_LEADS
+#ifdef BUG_NOTE_UNPROBED
      hs = note_seq; hl = note_last; MARK(w_note)  /* BROKEN: trusted, not probed */
 #else
      if :: dcmd[note_seq] != NONE -> hs = note_seq; hl = dlast[hs]; MARK(w_note) :: else fi
@@ -268,7 +275,7 @@ inline insert_doc(x, sq, ps, ok) {
 
 /* committed() for the inserted commits (hint_seen; its cqrs__mongo_version_seen
  * is left out, see append_on), and head_note_write (write_group). */
-#ifndef BUG_NOTE_LEADS
+#ifndef NOTE_EARLY
 #define NOTE_WRITE if :: ins >= 1 -> bits = (ins == 2 -> c1s : c0s); if :: note_seq < bits -> note_seq = bits :: else fi; bits = 0 :: skip fi
 #else
 #define NOTE_WRITE skip
@@ -295,10 +302,10 @@ inline write_group() {
       * it commutes with the other process, so it shares the insert's step). */
 #define CLAIM d_step { m0 = M0; m1 = M1; c0s = hs + STEP; c0p = hl + STEP; c1s = c0s + STEP; c1p = c0p + COUNT(m0) - 1 + STEP }
 #define OVER ((m1 == NONE && c0s > MAXSEQ) || (m1 != NONE && c1s > MAXSEQ))
-#ifdef BUG_NOTE_LEADS
+#ifdef NOTE_EARLY
      atomic {
        CLAIM;
-       /* BROKEN: the note raised to the claim before the insert */
+       /* the note raised to the claim before the insert: it may lead */
        if
        :: OVER
        :: !OVER && m1 != NONE && note_seq < c1s -> note_seq = c1s; note_last = c1p + COUNT(m1) - 1
