@@ -85,6 +85,7 @@ verify append-crash append.pml "-DMAXCRASH=1 -DCRASH_PROCESS=1" "$safety" "$p"
 verify append-note-early append.pml "-DMAXCRASH=1 -DCRASH_PROCESS=1 -DNOTE_EARLY" "$safety" "$p"
 if [ $deep -eq 1 ]; then
   verify append-crash-any append.pml "-DMAXCRASH=1" "$safety" "$p"
+  verify append-note-early-any append.pml "-DMAXCRASH=1 -DNOTE_EARLY" "$safety" "$p"
   verify append-resend append.pml "-DMAXCRASH=0 -DMAXRESEND=1" "$safety" "$p"
 fi
 # Each broken variant checked against the one property it must break.
