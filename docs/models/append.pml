@@ -13,6 +13,8 @@
  * Configuration (spin -D...):
  *   MAXCRASH   OS-process crashes, at any step (default 1)
  *   MAXRESEND  commands re-sent by their client after an answer (default 0)
+ *   CRASH_PROCESS  only this OS process (0 or 1) crashes (default: either)
+ *   NOTE_EARLY the head note raised before the insert (below)
  *   WITNESS    one of the W_ conditions below: the run must then fail,
  *              showing that the case is reached (the model is not vacuous)
  *   CHECKS     which properties to check, a sum of the P_ bits below
@@ -31,7 +33,8 @@
  *   BUG_NOTE_LEADS      NOTE_EARLY and BUG_NOTE_UNPROBED together:
  *     NOTE_EARLY        the head note raised to the claimed number before
  *                       the insert, so it may lead (not a bug alone: the
- *                       probe of the noted commit saves it, see below)
+ *                       probe of the noted commit saves it,
+ *                       docs/models.md)
  *     BUG_NOTE_UNPROBED a restarted process trusts the note without
  *                       probing the commit it names
  *   BUG_FAIL_ALL        a refused member's outcome (duplicate, conflict) is
@@ -203,9 +206,10 @@ inline hint_seen(pp, sq, l) {
 /* find_head: from the hint (hint_get), or in a process that knows none from
  * the note (head_note_read) once probe_commit has found the commit it
  * names, probe forward while the next number is there. The code gallops
- * (n+1, n+2, n+4...) and halves the gap: with numbers visible as a prefix
- * that ends at some head the true head held between its first and last
- * probe, which is what this one atomic step returns. */
+ * (n+1, n+2, n+4...) and halves the gap: while the visible numbers are a
+ * prefix 1..k, it returns a k that the store held at some instant while
+ * it ran, which is what this one atomic step returns (with a gap, which
+ * only a broken variant makes, the code may jump it; this stops at it). */
 inline find_head(hs, hl) {
   hs = hseq[p]; hl = hlast[p];
   if
@@ -403,8 +407,9 @@ inline outcome_right(e) {
  * saves through cqrs_store_append -> ms_append -> append_on ->
  * group_commit -> write_group. A crash may come between any two steps. */
 proctype writer(byte w) {
-  byte p = PROC(w), s = STREAM(w), n = COUNT(w);
-  byte ep, k, r, bits;
+  byte p = PROC(w), s = STREAM(w);
+  byte ep, k, r;
+  int bits;
   bool found, ok, ok1;
   /* the leader's (write_group's locals) */
   byte g0, g1, gn, from, hs, hl, m0, m1, c0s, c0p, c1s, c1p, ins, r1;
@@ -412,9 +417,7 @@ proctype writer(byte w) {
   do
   :: /* The handler loads the aggregate (cqrs_repository_load ->
       * ms_read_stream): it reads the stream to its end and saves with that
-      * expected version. The read records the version seen, unless the
-      * load came from a snapshot with nothing after it or the cache slot
-      * was taken by another stream (both: nothing recorded). */
+      * expected version. */
      atomic {
        ep = epoch[p]; r = R_NONE;
        rexp[w] = 0; k = 1;
