@@ -42,7 +42,7 @@ static void apply_counted(void *state, const cqrs_event_t *e) {
   const fz_payload_t *p = e->payload;
   /* Wrapping arithmetic: the state is the domain's, not under test. */
   s->total = (int64_t)((uint64_t)s->total + (uint64_t)p->count);
-  s->seen++;
+  s->seen = (int32_t)((uint32_t)s->seen + 1u); /* wraps too, like total */
 }
 
 static const cqrs_apply_entry_t fz_apply[] = {{&fz_done, apply_done}, {&fz_counted, apply_counted}, {NULL, NULL}};
