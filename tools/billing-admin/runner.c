@@ -5,22 +5,12 @@
 
 #include "admin.h"
 
-/* The same lists as billing_start's (billing.c keeps them private). */
-static const cqrs_event_type_t *const invoice_types[] = {&billing_customer_registered,
-                                                         &billing_customer_email_changed,
-                                                         &billing_invoice_issued,
-                                                         &billing_invoice_paid,
-                                                         &billing_invoice_cancelled,
-                                                         NULL};
-static const cqrs_event_type_t *const balance_types[] = {&billing_account_opened, &billing_account_deposited,
-                                                         &billing_account_withdrawn, &billing_account_refunded,
-                                                         &billing_account_closed, NULL};
 static const char *const invoice_colls[] = {"billing_customers", "billing_queries", NULL};
 static const char *const balance_colls[] = {"billing_balances", NULL};
 
 const admin_projection_t admin_projections[] = {
-    {"billing.invoices", invoice_colls, billing_project_invoices, invoice_types},
-    {"billing.balances", balance_colls, billing_project_balances, balance_types},
+    {"billing.invoices", invoice_colls, billing_project_invoices, billing_invoices_types},
+    {"billing.balances", balance_colls, billing_project_balances, billing_balances_types},
     {NULL, NULL, NULL, NULL}};
 
 const admin_projection_t *admin_projection_find(const char *name) {

@@ -41,15 +41,15 @@ billing_t *billing_projector_new(cqrs_readmodel_t *rm, const billing_collections
   return b;
 }
 
-static const cqrs_event_type_t *const invoice_types[] = {&billing_customer_registered,
-                                                         &billing_customer_email_changed,
-                                                         &billing_invoice_issued,
-                                                         &billing_invoice_paid,
-                                                         &billing_invoice_cancelled,
-                                                         NULL};
-static const cqrs_event_type_t *const balance_types[] = {&billing_account_opened, &billing_account_deposited,
-                                                         &billing_account_withdrawn, &billing_account_refunded,
-                                                         &billing_account_closed, NULL};
+const cqrs_event_type_t *const billing_invoices_types[] = {&billing_customer_registered,
+                                                           &billing_customer_email_changed,
+                                                           &billing_invoice_issued,
+                                                           &billing_invoice_paid,
+                                                           &billing_invoice_cancelled,
+                                                           NULL};
+const cqrs_event_type_t *const billing_balances_types[] = {&billing_account_opened, &billing_account_deposited,
+                                                           &billing_account_withdrawn, &billing_account_refunded,
+                                                           &billing_account_closed, NULL};
 
 cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoints_t *cp,
                           const billing_collections_t *cols, billing_t **out, cqrs_error_t *err) {
@@ -60,8 +60,8 @@ cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_check
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate the billing context");
   b->d = d;
   unsigned rm_flags = cqrs_readmodel_blocking(rm) ? CQRS_SUBSCRIBE_BLOCKING : 0;
-  const cqrs_projection_def_t invoices = {"billing.invoices", invoice_types, billing_project_invoices, b, rm_flags};
-  const cqrs_projection_def_t balances = {"billing.balances", balance_types, billing_project_balances, b, rm_flags};
+  const cqrs_projection_def_t invoices = {"billing.invoices", billing_invoices_types, billing_project_invoices, b, rm_flags};
+  const cqrs_projection_def_t balances = {"billing.balances", billing_balances_types, billing_project_balances, b, rm_flags};
   cqrs_code_t rc = billing_register_handlers(d, err);
   if (!rc) rc = cqrs_projection_start(d, &invoices, cp, err);
   if (!rc) rc = cqrs_projection_start(d, &balances, cp, err);

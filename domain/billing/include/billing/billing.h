@@ -257,6 +257,11 @@ cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_check
                                       const billing_collections_t *cols, billing_t **out, cqrs_error_t *err);
 void billing_destroy(billing_t *b);
 
+/* The event types each projection reads (NULL-terminated), for tools that
+ * replay or rebuild them. */
+extern const cqrs_event_type_t *const billing_invoices_types[];
+extern const cqrs_event_type_t *const billing_balances_types[];
+
 /* Projection handlers, exposed for tests that replay events by hand. `data`
  * is a billing_t. */
 cqrs_code_t billing_project_invoices(const cqrs_event_t *e, void *data, cqrs_error_t *err);
