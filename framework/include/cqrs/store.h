@@ -13,7 +13,7 @@ typedef struct cqrs_append {
   const char *aggregate_type;
   const char *aggregate_id;
   int64_t expected_version; /* the stream's version before the commit */
-  const char *command_id;   /* a command id already committed appends nothing */
+  const char *command_id;   /* a command id already committed, on any stream, appends nothing */
   cqrs_event_t *const *events;
   size_t count;
 } cqrs_append_t;
