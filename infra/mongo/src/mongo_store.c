@@ -532,8 +532,12 @@ static bool insert_group(mongoc_collection_t *coll, const bson_t **docs, size_t 
   bool ok = n == 1 ? mongoc_collection_insert_one(coll, docs[0], NULL, &reply, e)
                    : mongoc_collection_insert_many(coll, docs, n, &opts, &reply, e);
   *inserted = ok ? n : 0;
-  bson_iter_t it;
-  if (!ok && bson_iter_init_find(&it, &reply, "insertedCount") && BSON_ITER_HOLDS_INT(&it)) {
+  /* An ordered insert stops at its first write error, so that error's index
+   * is the number inserted (mongo-java-server counts every document sent in
+   * insertedCount, refused or not); insertedCount is the fallback. */
+  bson_iter_t root, it;
+  if (!ok && ((bson_iter_init(&root, &reply) && bson_iter_find_descendant(&root, "writeErrors.0.index", &it)) ||
+              bson_iter_init_find(&it, &reply, "insertedCount")) && BSON_ITER_HOLDS_INT(&it)) {
     int64_t c = bson_iter_as_int64(&it);
     if (c > 0 && (size_t)c < n) *inserted = (size_t)c;
   }
