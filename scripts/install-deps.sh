@@ -7,6 +7,8 @@ pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev 
   libmicrohttpd-dev libcurl4-openssl-dev python3)
 # --fuzz (scripts/fuzz.sh): clang and its libFuzzer runtime as well.
 if [ "${1:-}" = "--fuzz" ]; then pkgs+=(clang libclang-rt-14-dev); fi
+# --java (scripts/java-mongo-server.sh): a JDK and Maven for mongo-java-server.
+if [ "${1:-}" = "--java" ]; then pkgs+=(openjdk-17-jdk-headless maven); fi
 missing=()
 pkgs+=(spin) # model checking: scripts/models.sh
 for p in "${pkgs[@]}"; do

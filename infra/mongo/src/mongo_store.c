@@ -688,7 +688,10 @@ static cqrs_code_t ms_append(void *impl, const cqrs_append_t *req, cqrs_append_r
 /* ---- reads ---- */
 
 /* Visits the commits `filter` matches in `sort_key` order (from an index:
- * stream_version for a stream, the primary key for the feed). */
+ * stream_version for a stream, the primary key for the feed). The feed
+ * passes `last`, the commit before the first it asks for: it ends at a
+ * commit that does not follow the last one, as a commit not visible yet
+ * (a racing insert) would leave, and the next read starts there. */
 static cqrs_code_t read_commits(mongoc_collection_t *coll, const bson_t *filter, const char *sort_key, int64_t limit,
                                 reader_t *r, commit_ref_t *last, cqrs_error_t *err) {
   bson_t opts = BSON_INITIALIZER, sort;
@@ -700,11 +703,15 @@ static cqrs_code_t read_commits(mongoc_collection_t *coll, const bson_t *filter,
   const bson_t *doc;
   cqrs_code_t rc = CQRS_OK;
   while (!rc && !r->stopped && mongoc_cursor_next(cur, &doc)) {
-    if ((rc = visit_commit(r, doc, err)) || !last) continue;
     bson_iter_t it;
-    if (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it) && get_int(doc, "position", &last->position) &&
-        get_int(doc, "lastPosition", &last->last_position))
-      last->seq = strtoll(bson_iter_utf8(&it, NULL), NULL, 10);
+    commit_ref_t at = {0, 0, 0};
+    if (last && bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it))
+      at.seq = strtoll(bson_iter_utf8(&it, NULL), NULL, 10);
+    if (last && at.seq != last->seq + 1) break;
+    if ((rc = visit_commit(r, doc, err)) || !last) continue;
+    if (!get_int(doc, "position", &at.position) || !get_int(doc, "lastPosition", &at.last_position))
+      rc = cqrs_error_set(err, CQRS_ECODEC, "malformed commit #%lld", (long long)at.seq);
+    *last = at;
   }
   bson_error_t e;
   if (!rc && mongoc_cursor_error(cur, &e)) rc = cqrs__mongo_error(err, &e, "read events");
@@ -737,6 +744,7 @@ static cqrs_code_t ms_read_stream(void *impl, const char *type, const char *id, 
  * the head mostly finds zero to a few new commits, which probes serve
  * cheapest on servers that filter the primary key but sort nothing. */
 #define FEED_PROBES 4
+#define FEED_KEYS 256 /* commits a page names by key, at most */
 
 static cqrs_code_t ms_read_all(void *impl, int64_t from_position, size_t limit, cqrs_event_visit_cb cb, void *data,
                                cqrs_error_t *err) {
@@ -759,14 +767,32 @@ static cqrs_code_t ms_read_all(void *impl, int64_t from_position, size_t limit, 
     bson_destroy(&doc);
   }
   if (!rc && more && !r.stopped && limit > FEED_PROBES) {
-    /* A commit holds one event or more: `limit` commits hold enough. */
+    /* A commit holds one event or more: `want` commits hold enough. A page
+     * of the feed (the dispatcher reads 256 events at a time) names its
+     * commits' keys, which a server that serves only equality from its
+     * indexes (mongo-java-server) answers from the primary key too; a
+     * longer read is one range of keys. */
+    size_t want = limit - r.seen;
     char key[SEQ_KEY_LEN];
-    seq_key(key, seq);
     bson_t filter = BSON_INITIALIZER, range;
     BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &range);
-    BSON_APPEND_UTF8(&range, "$gte", key);
+    if (want <= FEED_KEYS) {
+      bson_t keys;
+      BSON_APPEND_ARRAY_BEGIN(&range, "$in", &keys);
+      for (size_t i = 0; i < want; i++) {
+        char idx[16];
+        const char *k;
+        bson_uint32_to_string((uint32_t)i, &k, idx, sizeof idx);
+        seq_key(key, seq + (int64_t)i);
+        bson_append_utf8(&keys, k, -1, key, -1);
+      }
+      bson_append_array_end(&range, &keys);
+    } else {
+      seq_key(key, seq);
+      BSON_APPEND_UTF8(&range, "$gte", key);
+    }
     bson_append_document_end(&filter, &range);
-    rc = read_commits(c.coll, &filter, "_id", limit > (size_t)INT64_MAX ? 0 : (int64_t)limit, &r, &last, err);
+    rc = read_commits(c.coll, &filter, "_id", want > (size_t)INT64_MAX ? 0 : (int64_t)want, &r, &last, err);
     bson_destroy(&filter);
   }
   cqrs__mongo_done(m, &c);
