@@ -4,14 +4,22 @@
 # The MongoDB scenarios use MONGODB_URI, else the FerretDB test server.
 # Environment: QUERY_INVOICES (default 100000), QUERY_COUNT (default 10),
 # OPS_COMMITS (mongo-ops' largest store: 1000, 50000 or 500000; default 50000).
-# Usage: scripts/bench.sh [--postgresql] (FerretDB on its PostgreSQL backend).
+# Usage: scripts/bench.sh [--postgresql] (FerretDB on its PostgreSQL backend)
+# or [--java] (mongo-java-server, which serves key look-ups from its indexes:
+# scripts/java-mongo-server.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--postgresql" ]; then export CQRS_FERRETDB_BACKEND=postgresql; fi
 jobs=$(nproc 2>/dev/null || echo 2)
-scripts/install-deps.sh
-# shellcheck source=scripts/mongo-server.sh
-source scripts/mongo-server.sh
+if [ "${1:-}" = "--java" ]; then
+  scripts/install-deps.sh --java
+  # shellcheck source=scripts/java-mongo-server.sh
+  source scripts/java-mongo-server.sh
+else
+  scripts/install-deps.sh
+  # shellcheck source=scripts/mongo-server.sh
+  source scripts/mongo-server.sh
+fi
 cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DCQRS_BENCH=ON -DCQRS_TESTS=OFF >/dev/null
 cmake --build build/bench -j"$jobs" >/dev/null
 bin=build/bench/bench/cqrs-bench
