@@ -6,7 +6,8 @@
  * the primary key turn away a racer, who looks for the head and tries
  * again: a commit is only claimed after its predecessor is visible, so
  * readers never meet a gap, nor a commit that lands late behind a later
- * one. Every read is a primary-key probe, whatever the collection's size. */
+ * one. Every read is served by the primary key or a unique index's prefix
+ * on MongoDB, whatever the collection's size (docs/scaling.md). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
