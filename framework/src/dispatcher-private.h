@@ -103,6 +103,20 @@ struct cqrs_dispatcher {
 
   struct cqrs__cache *cache; /* NULL: off */
   cqrs__agg_pool_t free_aggs; /* loop thread only */
+
+  /* Loops (dispatcher.c, "Several loops" in docs/architecture.md). The
+   * home dispatcher (the one the application made) owns nloops - 1 members,
+   * each a dispatcher on a loop and thread of its own; it hands a command to
+   * the member owning its aggregate and finishes it when it comes back. */
+  unsigned nloops, index;     /* index: 0 on the home dispatcher */
+  unsigned home_share;        /* of 1024 hashes, those the home owns */
+  cqrs_dispatcher_t *home;    /* on a member: its home; NULL on the home */
+  struct cqrs__member *members; /* home only: nloops entries, [0] unused */
+  request_t *returns_head, *returns_tail; /* finished by members; inbox lock */
+  size_t away;                /* home: commands out on members; loop thread */
+  request_t *batch_head, *batch_tail; /* member: run, not handed back yet */
+  size_t batch_n;
+  _Atomic bool stop;          /* member: the home asks it to close */
 };
 
 /* bus.c */

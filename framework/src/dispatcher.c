@@ -9,6 +9,8 @@
 #define CTX_MAX_AGGREGATES 8
 #define DRAIN_BATCH 4096
 #define FREE_REQUESTS 1024 /* requests kept for reuse on the loop thread */
+#define LOOPS_MAX 64
+#define HANDOVER_BATCH 64 /* commands handed to another loop under one lock */
 
 struct cqrs_context {
   cqrs_dispatcher_t *d;
@@ -23,7 +25,8 @@ struct cqrs_context {
 
 struct request {
   request_t *next;
-  cqrs_dispatcher_t *d;
+  cqrs_dispatcher_t *d;      /* where it was sent: finishes it */
+  cqrs_dispatcher_t *runner; /* where its handler runs: d, or the member owning its aggregate */
   cqrs_command_t *cmd;
   cqrs_done_cb done;
   void *data;
@@ -45,6 +48,103 @@ void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
   o->retry_base_ms = 1000;
   o->retry_cap_ms = 30000;
   o->aggregate_cache = 16384;
+  o->loops = 1;
+}
+
+/* A member loop of a dispatcher with several (see dispatcher-private.h). */
+typedef struct cqrs__member {
+  cqrs_dispatcher_t *d; /* the member's dispatcher, on `loop` */
+  cqrs_dispatcher_t *home;
+  unsigned index;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_sem_t ready;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+  request_t *out_head, *out_tail; /* routed here, not handed over yet; home's loop thread */
+  size_t nout;
+} member_t;
+
+/* The loop owning aggregate `id` (every aggregate of that id, whatever its
+ * type, so that a command's payload names it): the home for a share of
+ * home_share / 1024 of the hashes, else one of the members evenly. */
+static unsigned partition_of(const cqrs_dispatcher_t *d, const char *id) {
+  uint32_t h = 2166136261u;
+  for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  h ^= h >> 15;
+  if ((h & 1023u) < d->home_share) return 0;
+  return 1 + (h >> 10) % (d->nloops - 1);
+}
+
+static void member_main(void *arg) {
+  member_t *m = arg;
+  if (uv_loop_init(&m->loop)) {
+    m->rc = cqrs_error_set(&m->err, CQRS_ESTATE, "cannot create the loop of member %u", m->index);
+    uv_sem_post(&m->ready);
+    return;
+  }
+  cqrs_dispatcher_options_t o = m->home->opts;
+  o.loops = 1;
+  o.keep_alive = true; /* until the home stops it */
+  o.poll_ms = 0;       /* the home's feed sees every commit */
+  if ((m->rc = cqrs_dispatcher_new(&m->loop, m->home->reg, m->home->store, &o, &m->d, &m->err))) {
+    uv_loop_close(&m->loop);
+    uv_sem_post(&m->ready);
+    return;
+  }
+  m->d->home = m->home;
+  m->d->index = m->index;
+  m->d->nloops = m->home->nloops;
+  m->d->home_share = m->home->home_share;
+  uv_sem_post(&m->ready);
+  uv_run(&m->loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&m->loop);
+  if (rc) cqrs_log(CQRS_LOG_ERROR, "dispatcher", "loop of member %u left handles open: %s", m->index, uv_strerror(rc));
+}
+
+/* Asks every started member to close and waits for its thread: the home
+ * calls it once nothing of its is out on a member, so they close at once. */
+static void members_stop(cqrs_dispatcher_t *d, unsigned started) {
+  for (unsigned i = 1; i < started; i++) {
+    member_t *m = &d->members[i];
+    uv_mutex_lock(&m->d->inbox_lock);
+    atomic_store(&m->d->stop, true);
+    uv_async_send(&m->d->async);
+    uv_mutex_unlock(&m->d->inbox_lock);
+    uv_thread_join(&m->thread);
+    uv_sem_destroy(&m->ready);
+  }
+  cqrs__free(d->members);
+  d->members = NULL;
+}
+
+static cqrs_code_t members_start(cqrs_dispatcher_t *d, cqrs_error_t *err) {
+  if (!(d->members = cqrs__calloc(d->nloops, sizeof *d->members)))
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate %u loops", d->nloops);
+  for (unsigned i = 1; i < d->nloops; i++) {
+    member_t *m = &d->members[i];
+    m->home = d;
+    m->index = i;
+    cqrs_code_t rc = CQRS_OK;
+    if (uv_sem_init(&m->ready, 0)) {
+      rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot create a semaphore");
+    } else if (uv_thread_create(&m->thread, member_main, m)) {
+      uv_sem_destroy(&m->ready);
+      rc = cqrs_error_set(err, CQRS_ESTATE, "cannot start the thread of loop %u", i);
+    } else {
+      uv_sem_wait(&m->ready);
+      if ((rc = m->rc)) {
+        uv_thread_join(&m->thread);
+        uv_sem_destroy(&m->ready);
+        cqrs__error_copy(err, &m->err);
+      }
+    }
+    if (rc) {
+      members_stop(d, i);
+      return rc;
+    }
+  }
+  return CQRS_OK;
 }
 
 static void async_cb(uv_async_t *h);
@@ -67,6 +167,18 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     cqrs_dispatcher_options_init(&d->opts);
   }
   if (d->opts.retry_attempts == 0) d->opts.retry_attempts = 1;
+  if (d->opts.loops == 0) d->opts.loops = 1;
+  if (d->opts.loops > LOOPS_MAX) {
+    cqrs__free(d);
+    return cqrs_error_set(err, CQRS_EINVAL, "%u loops asked, at most %d", d->opts.loops, LOOPS_MAX);
+  }
+  d->nloops = d->opts.loops;
+  unsigned pct = d->opts.home_percent ? d->opts.home_percent : 100 / d->nloops;
+  if (pct > 100) {
+    cqrs__free(d);
+    return cqrs_error_set(err, CQRS_EINVAL, "home_percent %u is over 100", pct);
+  }
+  d->home_share = pct * 1024u / 100u;
   cqrs_code_t rc = cqrs_store_head(store, &d->feed_pos, err);
   bool nomem;
   if (!rc && !(d->cache = cqrs__cache_new(d->opts.aggregate_cache, &nomem)) && nomem)
@@ -83,12 +195,14 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     cqrs__free(d);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a mutex");
   }
-  if (uv_async_init(loop, &d->async, async_cb)) {
+  rc = d->nloops > 1 ? members_start(d, err) : CQRS_OK;
+  if (rc || uv_async_init(loop, &d->async, async_cb)) {
+    if (d->members) members_stop(d, d->nloops);
     uv_mutex_destroy(&d->inbox_lock);
     for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
     cqrs__cache_destroy(d->cache);
     cqrs__free(d);
-    return cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
+    return rc ? rc : cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
   }
   d->async.data = d;
   if (!d->opts.keep_alive) uv_unref((uv_handle_t *)&d->async);
@@ -192,7 +306,7 @@ static cqrs_code_t submit(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_c
     return CQRS_ENOMEM;
   }
   r->next = NULL;
-  r->d = d;
+  r->d = r->runner = d;
   r->cmd = cmd;
   r->done = done;
   r->data = data;
@@ -303,6 +417,13 @@ static void lock_aggregate(cqrs_context_t *ctx, const char *type, const char *id
   if (locked) ctx->held[ctx->nheld++] = s;
 }
 
+/* A member keeps only the aggregates it owns: the others change on other
+ * loops, unseen by it. The home sees every commit (they all come back to
+ * it), so it keeps any. */
+static cqrs__cache_t *cache_for(const cqrs_dispatcher_t *d, const char *id) {
+  return d->home && partition_of(d, id) != d->index ? NULL : d->cache;
+}
+
 static void unlock_aggregates(cqrs_context_t *ctx) {
   while (ctx->nheld) uv_mutex_unlock(&ctx->d->stripes[ctx->held[--ctx->nheld]]);
 }
@@ -325,7 +446,8 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   lock_aggregate(ctx, type->name, id);
   cqrs_aggregate_t *agg;
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
-  if ((rc = cqrs__repository_load_cached(ctx->d->store, ctx->d->cache, pool, type, id, &agg, err))) return rc;
+  if ((rc = cqrs__repository_load_cached(ctx->d->store, cache_for(ctx->d, id), pool, type, id, &agg, err)))
+    return rc;
   cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
   ctx->aggs[ctx->naggs++] = agg;
   *out = agg;
@@ -372,7 +494,8 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
   for (size_t i = 0; i < changed->pending_count; i++) {
     if (cqrs__event_vec_push_ref(&r->committed, changed->pending[i])) break;
   }
-  cqrs_code_t rc = cqrs__repository_save_cached(ctx->d->store, ctx->d->cache, changed, &cause, &sr, err);
+  cqrs_code_t rc =
+      cqrs__repository_save_cached(ctx->d->store, cache_for(ctx->d, changed->id), changed, &cause, &sr, err);
   if (rc || sr.duplicate || r->committed.len != sr.committed) cqrs__event_vec_clear(&r->committed);
   if (rc) return rc;
   r->result.version = changed->version;
@@ -385,7 +508,7 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
 
 /* Runs the handler and commits, again after a conflict. Any thread. */
 static void run_request(request_t *r) {
-  cqrs_dispatcher_t *d = r->d;
+  cqrs_dispatcher_t *d = r->runner;
   cqrs_error_t *err = &r->result.error;
   cqrs_context_t ctx = {.d = d, .cmd = r->cmd, .on_loop = on_loop_thread(d)};
   cqrs_code_t rc = CQRS_OK;
@@ -410,8 +533,21 @@ static void run_request(request_t *r) {
   context_reset(&ctx);
 }
 
+/* Before the caller hears of a commit, no loop may keep a state older than
+ * it: the home's commits drop the owner's copy (a member's commits drop the
+ * home's in finish_returns). */
+static void loops_seen(cqrs_dispatcher_t *d, const request_t *r) {
+  for (size_t i = 0; i < r->committed.len; i++) {
+    const cqrs_event_t *e = r->committed.items[i];
+    if (!e->envelope) continue;
+    unsigned m = partition_of(d, cqrs_event_aggregate_id(e));
+    if (m) cqrs__cache_seen(d->members[m].d->cache, e);
+  }
+}
+
 static void finish_request(request_t *r) {
   cqrs_dispatcher_t *d = r->d;
+  if (d->members && r->result.events && r->runner == d) loops_seen(d, r);
   if (r->result.events) cqrs__feed_committed(d, &r->committed);
   cqrs__event_vec_clear(&r->committed);
   r->result.command_id = r->cmd->id;
@@ -441,14 +577,70 @@ static void after_work_cb(uv_work_t *w, int status) {
   finish_request(r);
 }
 
-static void start_request(cqrs_dispatcher_t *d, request_t *r) {
+/* Appends the requests first..last (linked) to the list head..tail. */
+static void chain_append(request_t **head, request_t **tail, request_t *first, request_t *last) {
+  if (*tail) {
+    (*tail)->next = first;
+  } else {
+    *head = first;
+  }
+  *tail = last;
+}
+
+/* Home: hands the routed commands over to their member, under one lock. */
+static void handover(member_t *m) {
+  if (!m->nout) return;
+  cqrs_dispatcher_t *w = m->d;
+  uv_mutex_lock(&w->inbox_lock);
+  atomic_fetch_add(&w->pending, m->nout);
+  chain_append(&w->inbox_head, &w->inbox_tail, m->out_head, m->out_tail);
+  uv_async_send(&w->async);
+  uv_mutex_unlock(&w->inbox_lock);
+  m->out_head = m->out_tail = NULL;
+  m->nout = 0;
+}
+
+static void route(cqrs_dispatcher_t *d, member_t *m, request_t *r) {
+  r->runner = m->d;
+  r->next = NULL;
+  chain_append(&m->out_head, &m->out_tail, r, r);
+  if (d->away++ == 0 && !d->opts.keep_alive) uv_ref((uv_handle_t *)&d->async); /* until it comes back */
+  if (++m->nout == HANDOVER_BATCH) handover(m);
+}
+
+/* Member: commands run here go back to their home, which finishes them. */
+static void hand_back(cqrs_dispatcher_t *w) {
+  if (!w->batch_n) return;
+  cqrs_dispatcher_t *home = w->home;
+  size_t n = w->batch_n;
+  uv_mutex_lock(&home->inbox_lock);
+  chain_append(&home->returns_head, &home->returns_tail, w->batch_head, w->batch_tail);
+  uv_async_send(&home->async);
+  uv_mutex_unlock(&home->inbox_lock);
+  w->batch_head = w->batch_tail = NULL;
+  w->batch_n = 0;
+  atomic_fetch_sub(&w->pending, n);
+  if (atomic_load_explicit(&w->closing, memory_order_relaxed)) cqrs__dispatcher_maybe_closed(w);
+}
+
+static void run_routed(cqrs_dispatcher_t *w, request_t *r) {
+  r->runner = w;
+  run_request(r);
+  r->next = NULL;
+  chain_append(&w->batch_head, &w->batch_tail, r, r);
+  if (++w->batch_n == HANDOVER_BATCH) hand_back(w);
+}
+
+/* Middleware, handler look-up and routing: true when `r` is to run here,
+ * false when it was finished (refused) or routed to another loop. */
+static bool admit(cqrs_dispatcher_t *d, request_t *r) {
   r->conflicts = 0;
   r->started_ns = 0;
   if (d->mw.n) {
     r->started_ns = uv_hrtime();
     if (cqrs__mw_command_before(&d->mw, r->cmd, &r->result.error)) {
       finish_request(r);
-      return;
+      return false;
     }
   }
   handler_t *h;
@@ -457,10 +649,22 @@ static void start_request(cqrs_dispatcher_t *d, request_t *r) {
   if (!h) {
     cqrs_error_set(&r->result.error, CQRS_ENO_HANDLER, "no handler for command '%s'", type->name);
     finish_request(r);
-    return;
+    return false;
   }
   r->handler = h;
-  if (cqrs_store_blocking(d->store) || (h->flags & CQRS_HANDLER_BLOCKING)) {
+  if (d->members && type->aggregate_id && !cqrs_store_blocking(d->store) && !(h->flags & CQRS_HANDLER_BLOCKING)) {
+    const char *id = type->aggregate_id(r->cmd->payload);
+    unsigned m = id ? partition_of(d, id) : 0;
+    if (m) {
+      route(d, &d->members[m], r);
+      return false;
+    }
+  }
+  return true;
+}
+
+static void run_here(cqrs_dispatcher_t *d, request_t *r) {
+  if (cqrs_store_blocking(d->store) || (r->handler->flags & CQRS_HANDLER_BLOCKING)) {
     r->work.data = r;
     if (uv_queue_work(d->loop, &r->work, work_cb, after_work_cb) == 0) {
       d->work_inflight++;
@@ -473,16 +677,63 @@ static void start_request(cqrs_dispatcher_t *d, request_t *r) {
   finish_request(r);
 }
 
+static void start_request(cqrs_dispatcher_t *d, request_t *r) {
+  if (admit(d, r)) run_here(d, r);
+}
+
+/* Home: commands members ran. One read of the feed publishes them all
+ * (they come back out of position order), then each completes. */
+static void finish_returns(cqrs_dispatcher_t *d, request_t *back) {
+  int64_t last = 0;
+  for (request_t *r = back; r; r = r->next) {
+    for (size_t i = 0; i < r->committed.len; i++) cqrs__cache_seen(d->cache, r->committed.items[i]);
+    cqrs__event_vec_clear(&r->committed);
+    if (r->last_position > last) last = r->last_position;
+  }
+  if (last > d->feed_pos) cqrs__feed_kick(d, last);
+  while (back) {
+    request_t *r = back;
+    back = r->next;
+    d->away--;
+    finish_request(r);
+  }
+}
+
+/* Home with members: routes first, so that they start at once, then runs
+ * its own share. */
+static void drain_home(cqrs_dispatcher_t *d) {
+  request_t *mine = NULL, **tail = &mine;
+  for (int n = 0; d->local_head && n < DRAIN_BATCH; n++) {
+    request_t *r = d->local_head;
+    d->local_head = r->next;
+    if (!d->local_head) d->local_tail = NULL;
+    if (admit(d, r)) {
+      r->next = NULL;
+      *tail = r;
+      tail = &r->next;
+    }
+  }
+  for (unsigned i = 1; i < d->nloops; i++) handover(&d->members[i]);
+  while (mine) {
+    request_t *r = mine;
+    mine = r->next;
+    run_here(d, r);
+  }
+}
+
 static void async_cb(uv_async_t *h) {
   cqrs_dispatcher_t *d = h->data;
   uv_mutex_lock(&d->inbox_lock);
   request_t *in = d->inbox_head;
   request_t *in_tail = d->inbox_tail;
   d->inbox_head = d->inbox_tail = NULL;
+  request_t *back = d->returns_head;
+  d->returns_head = d->returns_tail = NULL;
   bool waits = d->wait_inbox != NULL;
   cqrs__waiters_adopt(d);
   uv_mutex_unlock(&d->inbox_lock);
   if (waits) cqrs__waiters_check(d);
+  if (back) finish_returns(d, back);
   if (in) {
     if (d->local_tail) {
       d->local_tail->next = in;
@@ -491,17 +742,27 @@ static void async_cb(uv_async_t *h) {
     }
     d->local_tail = in_tail;
   }
-  for (int n = 0; d->local_head && n < DRAIN_BATCH; n++) {
-    request_t *r = d->local_head;
-    d->local_head = r->next;
-    if (!d->local_head) d->local_tail = NULL;
-    start_request(d, r);
+  if (d->members) {
+    drain_home(d);
+  } else {
+    for (int n = 0; d->local_head && n < DRAIN_BATCH; n++) {
+      request_t *r = d->local_head;
+      d->local_head = r->next;
+      if (!d->local_head) d->local_tail = NULL;
+      if (r->d == d) {
+        start_request(d, r);
+      } else {
+        run_routed(d, r);
+      }
+    }
+    if (d->home) hand_back(d);
   }
   if (d->local_head) {
     uv_async_send(&d->async); /* yield to I/O, then go on */
-  } else if (!d->opts.keep_alive) {
+  } else if (!d->opts.keep_alive && !d->away) {
     uv_unref((uv_handle_t *)&d->async);
   }
+  if (d->home && atomic_load(&d->stop) && !atomic_load(&d->closing)) cqrs_dispatcher_close(d, NULL, NULL);
 }
 
 size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d) { return d ? atomic_load(&d->pending) : 0; }
@@ -546,6 +807,8 @@ void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
   for (size_t i = 0; i < d->nprocs; i++) {
     if (!cqrs__process_idle(d->procs[i])) return;
   }
+  /* Nothing of this dispatcher is out on a member any more. */
+  if (d->members) members_stop(d, d->nloops);
   d->closed_handles = true;
   for (size_t i = 0; i < d->nprocs; i++) cqrs__process_close_handles(d->procs[i], handle_closed);
   uv_close((uv_handle_t *)&d->async, handle_closed);

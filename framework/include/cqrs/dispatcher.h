@@ -66,6 +66,18 @@ typedef struct cqrs_dispatcher_options {
    * recently used evicted); default 16384; 0: off. Types with a state_cleanup
    * are never kept. See docs/architecture.md, "The aggregate cache". */
   size_t aggregate_cache;
+  /* Loops that run commands; default 1. N > 1: the dispatcher starts N - 1
+   * more, each on a loop and thread of its own (closed with it), and runs a
+   * command whose type names its aggregate (cqrs_command_type_t.aggregate_id)
+   * on the loop owning that aggregate (a hash of its id); the rest, the
+   * subscribers and the completions stay on this loop. A blocking store or
+   * handler runs on the thread pool as before. See docs/architecture.md,
+   * "Several loops". */
+  unsigned loops;
+  /* With several loops: the share of aggregates this loop keeps, in percent
+   * (the members share the rest evenly); 0: an even share, 100 / loops.
+   * Lower it when subscribers keep this loop busy. */
+  unsigned home_percent;
 } cqrs_dispatcher_options_t;
 
 /* Fills `opts` with the defaults. */
