@@ -167,18 +167,14 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     cqrs_dispatcher_options_init(&d->opts);
   }
   if (d->opts.retry_attempts == 0) d->opts.retry_attempts = 1;
-  if (d->opts.loops == 0) d->opts.loops = 1;
-  if (d->opts.loops > LOOPS_MAX) {
-    cqrs__free(d);
-    return cqrs_error_set(err, CQRS_EINVAL, "%u loops asked, at most %d", d->opts.loops, LOOPS_MAX);
-  }
-  d->nloops = d->opts.loops;
+  d->nloops = d->opts.loops ? d->opts.loops : 1;
   unsigned pct = d->opts.home_percent ? d->opts.home_percent : 100 / d->nloops;
-  if (pct > 100) {
-    cqrs__free(d);
-    return cqrs_error_set(err, CQRS_EINVAL, "home_percent %u is over 100", pct);
-  }
   d->home_share = pct * 1024u / 100u;
+  if (d->nloops > LOOPS_MAX || pct > 100) {
+    cqrs__free(d);
+    if (pct > 100) return cqrs_error_set(err, CQRS_EINVAL, "home_percent %u is over 100", pct);
+    return cqrs_error_set(err, CQRS_EINVAL, "%u loops asked, at most %d", opts->loops, LOOPS_MAX);
+  }
   cqrs_code_t rc = cqrs_store_head(store, &d->feed_pos, err);
   bool nomem;
   if (!rc && !(d->cache = cqrs__cache_new(d->opts.aggregate_cache, &nomem)) && nomem)

@@ -90,16 +90,23 @@ static cqrs_code_t handle(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *
 static const cqrs_command_type_t *const all_types[] = {&routed_open, &routed_credit, &routed_expect, &home_credit,
                                                         &home_expect, NULL};
 
-static cqrs_command_t *move_other_new(const cqrs_command_type_t *type, const char *id, int64_t amount,
-                                      const char *other) {
+/* NULL when memory is short. */
+static cqrs_command_t *move_try_new(const cqrs_command_type_t *type, const char *id, int64_t amount,
+                                    const char *other, cqrs_error_t *err) {
   move_t m;
   memset(&m, 0, sizeof m);
   snprintf(m.id, sizeof m.id, "%s", id);
   if (other) snprintf(m.other, sizeof m.other, "%s", other);
   m.amount = amount;
   cqrs_command_t *cmd;
+  return cqrs_command_new(type, &m, &cmd, err) ? NULL : cmd;
+}
+
+static cqrs_command_t *move_other_new(const cqrs_command_type_t *type, const char *id, int64_t amount,
+                                      const char *other) {
   cqrs_error_t err;
-  if (cqrs_command_new(type, &m, &cmd, &err)) fail_msg("%s", err.message);
+  cqrs_command_t *cmd = move_try_new(type, id, amount, other, &err);
+  if (!cmd) fail_msg("%s", err.message);
   return cmd;
 }
 
@@ -258,9 +265,11 @@ static void count(const cqrs_result_t *r, void *data) {
 static cqrs_code_t send_one(fx_t *fx, tally_t *t, const cqrs_command_type_t *type, int ledger, int64_t amount, long n) {
   char id[16];
   snprintf(id, sizeof id, "l-%d", ledger);
+  cqrs_command_t *cmd = move_try_new(type, id, amount, NULL, NULL);
+  if (!cmd) return CQRS_ENOMEM;
   sent_t *s = malloc(sizeof *s);
   *s = (sent_t){t, ledger, n};
-  cqrs_code_t rc = cqrs_dispatcher_send(fx->d, move_new(type, id, amount), count, s);
+  cqrs_code_t rc = cqrs_dispatcher_send(fx->d, cmd, count, s);
   if (rc) free(s);
   return rc;
 }
@@ -487,6 +496,72 @@ static void test_bad_options(void **state) {
   cqrs_registry_destroy(reg);
 }
 
+/* Every allocation that fails, whichever thread makes it (the members'
+ * start, their handlers and commits, the home's completions), is an error
+ * or a failed command, never a crash, a leak or a command lost. */
+static atomic_long fail_at = -1;
+static void *failing_malloc(size_t n) { return atomic_fetch_sub(&fail_at, 1) == 0 ? NULL : malloc(n); }
+static void *failing_realloc(void *p, size_t n) {
+  return atomic_fetch_sub(&fail_at, 1) == 0 ? NULL : realloc(p, n);
+}
+
+static int round_trip_loops(void) {
+  uv_loop_t loop;
+  if (uv_loop_init(&loop)) return 1;
+  fx_t fx = {.loop_thread = uv_thread_self()};
+  uv_mutex_init(&fx.threads.lock);
+  cqrs_registry_t *reg = NULL;
+  cqrs_store_t *store = NULL;
+  cqrs_dispatcher_t *d = NULL;
+  int rc = 1, sent = 0;
+  tally_t t = {.fx = &fx};
+  if (cqrs_registry_new(&reg, NULL) || cqrs_registry_add_aggregate(reg, &ledger_type, NULL)) goto out;
+  for (size_t i = 0; all_types[i]; i++)
+    if (cqrs_registry_add_command(reg, all_types[i], NULL)) goto out;
+  if (cqrs_memory_store_new(&store, NULL)) goto out;
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.loops = 3;
+  if (cqrs_dispatcher_new(&loop, reg, store, &o, &d, NULL)) goto out;
+  fx.d = d;
+  bool registered = true;
+  for (size_t i = 0; all_types[i]; i++) registered &= !cqrs_dispatcher_register(d, all_types[i], handle, &fx.threads, 0, NULL);
+  if (registered && !cqrs_dispatcher_subscribe(d, "watch", NULL, watch, &fx.seen, 0, NULL)) {
+    for (int i = 0; i < 8; i++) sent += send_one(&fx, &t, &routed_open, i, 0, -1) == CQRS_OK;
+    for (int i = 0; i < 16; i++) sent += send_one(&fx, &t, &routed_credit, i % 8, 1, -1) == CQRS_OK;
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (atomic_load(&t.done) != sent) fail_msg("%d of %d commands completed", atomic_load(&t.done), sent);
+    rc = sent == 24 && atomic_load(&t.ok) == 24 && fx.seen.events == 24 ? 0 : 1;
+  }
+  if (cqrs_dispatcher_close(d, NULL, NULL)) fail_msg("close refused");
+  if (uv_run(&loop, UV_RUN_DEFAULT)) fail_msg("the loop kept running after the close");
+out:
+  if (uv_loop_close(&loop)) fail_msg("handles left open");
+  cqrs_store_destroy(store);
+  cqrs_registry_destroy(reg);
+  uv_mutex_destroy(&fx.threads.lock);
+  return rc;
+}
+
+static void test_every_allocation_failure(void **state) {
+  (void)state;
+  cqrs_allocator_t hook = {failing_malloc, failing_realloc, free};
+  int failures = 0;
+  long n;
+  for (n = 0; n < 3000; n++) {
+    atomic_store(&fail_at, n);
+    cqrs_set_allocator(&hook);
+    int rc = round_trip_loops();
+    cqrs_set_allocator(NULL);
+    if (atomic_load(&fail_at) >= 0) break; /* the round trip needed fewer than n allocations: done */
+    failures += rc;
+  }
+  assert_true(n > 20);
+  assert_true(n < 3000);
+  assert_true(failures > 0);
+  assert_int_equal(round_trip_loops(), 0);
+}
+
 /* ---- billing transfers across loops ---- */
 
 #define ACCOUNTS 12
@@ -585,6 +660,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_caches_follow_other_loops, setup4_unwatched, teardown),
       cmocka_unit_test_setup_teardown(test_close_with_commands_in_flight, setup4, teardown),
       cmocka_unit_test(test_bad_options),
+      cmocka_unit_test(test_every_allocation_failure),
       cmocka_unit_test(test_transfers_across_loops),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
