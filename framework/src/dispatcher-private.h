@@ -62,6 +62,9 @@ struct cqrs_dispatcher {
   cqrs_store_t *store;
   cqrs_dispatcher_options_t opts;
   handler_t *handlers;
+#define HANDLER_MEMO 16
+  handler_t *handler_memo[HANDLER_MEMO]; /* recent look-ups, by type address; loop thread */
+  bool store_blocking;
   uv_mutex_t stripes[CQRS_STRIPES];
 
   uv_async_t async;
@@ -70,7 +73,8 @@ struct cqrs_dispatcher {
   request_t *local_head, *local_tail; /* from the loop thread */
   request_t *free_requests;           /* loop thread only */
   size_t nfree;
-  _Atomic size_t pending;
+  _Atomic size_t pending;       /* commands sent from other threads, not completed */
+  _Atomic size_t pending_local; /* from the loop thread: only it writes, no locked add */
   _Atomic bool closing;
   _Atomic size_t senders; /* threads inside cqrs_dispatcher_send: freeing waits for them */
   int handles_open;

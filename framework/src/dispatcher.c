@@ -38,6 +38,7 @@ struct request {
   cqrs__event_vec_t committed; /* the events the command committed, referenced */
   uint64_t started_ns;         /* for the middleware; 0 when none was in use */
   unsigned conflicts;
+  bool foreign; /* sent from another thread: counted in `pending`, else in `pending_local` */
 };
 
 void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
@@ -161,6 +162,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   d->loop_thread = uv_thread_self();
   d->reg = reg;
   d->store = store;
+  d->store_blocking = cqrs_store_blocking(store);
   if (opts) {
     d->opts = *opts;
   } else {
@@ -316,8 +318,11 @@ static cqrs_code_t submit(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_c
   r->result.events = 0;
   r->result.duplicate = false;
   r->result.position = 0;
+  r->foreign = !local;
   if (local) {
-    atomic_fetch_add_explicit(&d->pending, 1, memory_order_relaxed);
+    /* Only this thread writes it: no locked add. */
+    atomic_store_explicit(&d->pending_local, atomic_load_explicit(&d->pending_local, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     if (d->local_tail) {
       d->local_tail->next = r;
     } else {
@@ -503,13 +508,13 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
 }
 
 /* Runs the handler and commits, again after a conflict. Any thread. */
-static void run_request(request_t *r) {
+static void run_request(request_t *r, bool on_loop) {
   cqrs_dispatcher_t *d = r->runner;
   cqrs_error_t *err = &r->result.error;
-  cqrs_context_t ctx = {.d = d, .cmd = r->cmd, .on_loop = on_loop_thread(d)};
+  cqrs_context_t ctx = {.d = d, .cmd = r->cmd, .on_loop = on_loop};
   cqrs_code_t rc = CQRS_OK;
   for (unsigned attempt = 0;; attempt++) {
-    cqrs_error_clear(err);
+    if (attempt) cqrs_error_clear(err); /* submit cleared it for the first */
     r->result.version = 0;
     rc = r->handler->fn(&ctx, r->cmd, r->handler->data, err);
     if (rc == CQRS_OK) rc = context_commit(&ctx, r, err);
@@ -545,7 +550,7 @@ static void finish_request(request_t *r) {
   cqrs_dispatcher_t *d = r->d;
   if (d->members && r->result.events && r->runner == d) loops_seen(d, r);
   if (r->result.events) cqrs__feed_committed(d, &r->committed);
-  cqrs__event_vec_clear(&r->committed);
+  if (r->committed.len) cqrs__event_vec_clear(&r->committed);
   r->result.command_id = r->cmd->id;
   r->result.value = r->value;
   if (d->mw.n) cqrs__mw_command_after(&d->mw, r->cmd, &r->result, r->started_ns, r->conflicts);
@@ -560,11 +565,16 @@ static void finish_request(request_t *r) {
     cqrs__event_vec_free(&r->committed);
     cqrs__free(r);
   }
-  atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
+  if (r->foreign) {
+    atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
+  } else {
+    atomic_store_explicit(&d->pending_local, atomic_load_explicit(&d->pending_local, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+  }
   if (atomic_load_explicit(&d->closing, memory_order_relaxed)) cqrs__dispatcher_maybe_closed(d);
 }
 
-static void work_cb(uv_work_t *w) { run_request(w->data); }
+static void work_cb(uv_work_t *w) { run_request(w->data, false); }
 
 static void after_work_cb(uv_work_t *w, int status) {
   request_t *r = w->data;
@@ -621,7 +631,7 @@ static void hand_back(cqrs_dispatcher_t *w) {
 
 static void run_routed(cqrs_dispatcher_t *w, request_t *r) {
   r->runner = w;
-  run_request(r);
+  run_request(r, true);
   r->next = NULL;
   chain_append(&w->batch_head, &w->batch_tail, r, r);
   if (++w->batch_n == HANDOVER_BATCH) hand_back(w);
@@ -639,16 +649,20 @@ static bool admit(cqrs_dispatcher_t *d, request_t *r) {
       return false;
     }
   }
-  handler_t *h;
   const cqrs_command_type_t *type = r->cmd->type;
-  HASH_FIND_PTR(d->handlers, &type, h);
+  handler_t **memo = &d->handler_memo[((uintptr_t)type >> 4) % HANDLER_MEMO];
+  handler_t *h = *memo;
+  if (!h || h->type != type) {
+    HASH_FIND_PTR(d->handlers, &type, h);
+    if (h) *memo = h; /* handlers live until the dispatcher is freed */
+  }
   if (!h) {
     cqrs_error_set(&r->result.error, CQRS_ENO_HANDLER, "no handler for command '%s'", type->name);
     finish_request(r);
     return false;
   }
   r->handler = h;
-  if (d->members && type->aggregate_id && !cqrs_store_blocking(d->store) && !(h->flags & CQRS_HANDLER_BLOCKING)) {
+  if (d->members && type->aggregate_id && !d->store_blocking && !(h->flags & CQRS_HANDLER_BLOCKING)) {
     const char *id = type->aggregate_id(r->cmd->payload);
     unsigned m = id ? partition_of(d, id) : 0;
     if (m) {
@@ -660,7 +674,7 @@ static bool admit(cqrs_dispatcher_t *d, request_t *r) {
 }
 
 static void run_here(cqrs_dispatcher_t *d, request_t *r) {
-  if (cqrs_store_blocking(d->store) || (r->handler->flags & CQRS_HANDLER_BLOCKING)) {
+  if (d->store_blocking || (r->handler->flags & CQRS_HANDLER_BLOCKING)) {
     r->work.data = r;
     if (uv_queue_work(d->loop, &r->work, work_cb, after_work_cb) == 0) {
       d->work_inflight++;
@@ -668,7 +682,7 @@ static void run_here(cqrs_dispatcher_t *d, request_t *r) {
     }
     cqrs_error_set(&r->result.error, CQRS_ESTATE, "cannot queue work on the thread pool");
   } else {
-    run_request(r);
+    run_request(r, true);
   }
   finish_request(r);
 }
@@ -761,7 +775,9 @@ static void async_cb(uv_async_t *h) {
   if (d->home && atomic_load(&d->stop) && !atomic_load(&d->closing)) cqrs_dispatcher_close(d, NULL, NULL);
 }
 
-size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d) { return d ? atomic_load(&d->pending) : 0; }
+size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d) {
+  return d ? atomic_load(&d->pending) + atomic_load_explicit(&d->pending_local, memory_order_relaxed) : 0;
+}
 cqrs_store_t *cqrs_dispatcher_store(const cqrs_dispatcher_t *d) { return d ? d->store : NULL; }
 uv_loop_t *cqrs_dispatcher_loop(const cqrs_dispatcher_t *d) { return d ? d->loop : NULL; }
 
@@ -799,7 +815,7 @@ static void handle_closed(uv_handle_t *h) {
 }
 
 void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
-  if (d->closed_handles || atomic_load(&d->pending) || d->work_inflight || !cqrs__bus_idle(d)) return;
+  if (d->closed_handles || cqrs_dispatcher_pending(d) || d->work_inflight || !cqrs__bus_idle(d)) return;
   for (size_t i = 0; i < d->nprocs; i++) {
     if (!cqrs__process_idle(d->procs[i])) return;
   }
