@@ -548,6 +548,7 @@ static void loops_seen(cqrs_dispatcher_t *d, const request_t *r) {
 
 static void finish_request(request_t *r) {
   cqrs_dispatcher_t *d = r->d;
+  bool foreign = r->foreign;
   if (d->members && r->result.events && r->runner == d) loops_seen(d, r);
   if (r->result.events) cqrs__feed_committed(d, &r->committed);
   if (r->committed.len) cqrs__event_vec_clear(&r->committed);
@@ -565,7 +566,7 @@ static void finish_request(request_t *r) {
     cqrs__event_vec_free(&r->committed);
     cqrs__free(r);
   }
-  if (r->foreign) {
+  if (foreign) {
     atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
   } else {
     atomic_store_explicit(&d->pending_local, atomic_load_explicit(&d->pending_local, memory_order_relaxed) - 1,
@@ -692,11 +693,14 @@ static void start_request(cqrs_dispatcher_t *d, request_t *r) {
 }
 
 /* Home: commands members ran. One read of the feed publishes them all
- * (they come back out of position order), then each completes. */
+ * (they come back out of position order), then each completes. The read
+ * drops the home's stale cached states; without subscribers it reads
+ * nothing, so the commits drop them here. */
 static void finish_returns(cqrs_dispatcher_t *d, request_t *back) {
   int64_t last = 0;
+  bool fed = d->nsubs && !d->store_blocking;
   for (request_t *r = back; r; r = r->next) {
-    for (size_t i = 0; i < r->committed.len; i++) cqrs__cache_seen(d->cache, r->committed.items[i]);
+    for (size_t i = 0; !fed && i < r->committed.len; i++) cqrs__cache_seen(d->cache, r->committed.items[i]);
     cqrs__event_vec_clear(&r->committed);
     if (r->last_position > last) last = r->last_position;
   }
