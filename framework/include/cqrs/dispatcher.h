@@ -36,7 +36,8 @@ typedef void (*cqrs_done_cb)(const cqrs_result_t *result, void *data);
  * return CQRS_OK (the context's pending events are committed), a rejection
  * (cqrs_reject) or an error. It may run again after a concurrency conflict,
  * so it must have no effect but through the context. It runs on the loop
- * thread, or on a pool thread when the store or the handler blocks. */
+ * thread, on a pool thread when the store or the handler blocks, or on the
+ * thread of the dispatcher's loop owning the aggregate (options.loops). */
 typedef cqrs_code_t (*cqrs_command_handler_cb)(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data,
                                                cqrs_error_t *err);
 typedef cqrs_command_handler_cb cqrs_command_handler_fn; /* the name before 0.2; kept for old code */
