@@ -116,9 +116,10 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_
  * loop's (a worker thread of the application): the loop must be running.
  * Takes over `cmd`. Returns the result's code and fills `err` (may be NULL)
  * and `duplicate` (may be NULL). On the loop thread: CQRS_ESTATE at once.
- * Not for subscribers or handlers on the thread pool: a pool thread that
- * waits can starve the pool; process managers (process.h) send steps
- * without waiting. */
+ * Not for subscribers or handlers (on the thread pool or on the
+ * dispatcher's own loops): a thread that waits there can starve the pool
+ * or the loop that would run the command; process managers (process.h)
+ * send steps without waiting. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err,
                                                 bool *duplicate);
 
