@@ -420,9 +420,23 @@ static void lock_aggregate(cqrs_context_t *ctx, const char *type, const char *id
 
 /* A member keeps only the aggregates it owns: the others change on other
  * loops, unseen by it. The home sees every commit (they all come back to
- * it), so it keeps any. */
-static cqrs__cache_t *cache_for(const cqrs_dispatcher_t *d, const char *id) {
-  return d->home && partition_of(d, id) != d->index ? NULL : d->cache;
+ * its loop thread), so it keeps any, but on a pool thread only its own: a
+ * state loaded there could be put after a member's commit was seen. */
+static cqrs__cache_t *cache_for(const cqrs_context_t *ctx, const char *id) {
+  const cqrs_dispatcher_t *d = ctx->d;
+  if (d->home) return partition_of(d, id) == d->index ? d->cache : NULL;
+  if (d->members && !ctx->on_loop && partition_of(d, id)) return NULL;
+  return d->cache;
+}
+
+/* A commit of an aggregate another loop owns (a command naming no
+ * aggregate, or another) advances the owner's cached state at once, so that
+ * a state the owner loads meanwhile cannot be put over it. */
+static void advance_owner(const cqrs_dispatcher_t *d, const cqrs_aggregate_t *agg) {
+  unsigned m = partition_of(d, agg->id);
+  if (m == d->index) return;
+  const cqrs_dispatcher_t *home = d->home ? d->home : d;
+  cqrs__cache_put(m ? home->members[m].d->cache : home->cache, agg);
 }
 
 static void unlock_aggregates(cqrs_context_t *ctx) {
@@ -447,7 +461,7 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   lock_aggregate(ctx, type->name, id);
   cqrs_aggregate_t *agg;
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
-  if ((rc = cqrs__repository_load_cached(ctx->d->store, cache_for(ctx->d, id), pool, type, id, &agg, err)))
+  if ((rc = cqrs__repository_load_cached(ctx->d->store, cache_for(ctx, id), pool, type, id, &agg, err)))
     return rc;
   cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
   ctx->aggs[ctx->naggs++] = agg;
@@ -496,9 +510,10 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
     if (cqrs__event_vec_push_ref(&r->committed, changed->pending[i])) break;
   }
   cqrs_code_t rc =
-      cqrs__repository_save_cached(ctx->d->store, cache_for(ctx->d, changed->id), changed, &cause, &sr, err);
+      cqrs__repository_save_cached(ctx->d->store, cache_for(ctx, changed->id), changed, &cause, &sr, err);
   if (rc || sr.duplicate || r->committed.len != sr.committed) cqrs__event_vec_clear(&r->committed);
   if (rc) return rc;
+  if (ctx->d->nloops > 1 && sr.committed) advance_owner(ctx->d, changed);
   r->result.version = changed->version;
   r->result.events = sr.committed;
   r->result.duplicate = sr.duplicate;
@@ -534,15 +549,15 @@ static void run_request(request_t *r, bool on_loop) {
   context_reset(&ctx);
 }
 
-/* Before the caller hears of a commit, no loop may keep a state older than
- * it: the home's commits drop the owner's copy (a member's commits drop the
- * home's in finish_returns). */
+/* Home: before the caller hears of a commit, no member keeps a state older
+ * than it, should advance_owner have found no memory (the home's own copy:
+ * finish_returns). */
 static void loops_seen(cqrs_dispatcher_t *d, const request_t *r) {
   for (size_t i = 0; i < r->committed.len; i++) {
     const cqrs_event_t *e = r->committed.items[i];
     if (!e->envelope) continue;
     unsigned m = partition_of(d, cqrs_event_aggregate_id(e));
-    if (m) cqrs__cache_seen(d->members[m].d->cache, e);
+    if (m && m != r->runner->index) cqrs__cache_seen(d->members[m].d->cache, e);
   }
 }
 
@@ -700,6 +715,7 @@ static void finish_returns(cqrs_dispatcher_t *d, request_t *back) {
   int64_t last = 0;
   bool fed = d->nsubs && !d->store_blocking;
   for (request_t *r = back; r; r = r->next) {
+    loops_seen(d, r);
     for (size_t i = 0; !fed && i < r->committed.len; i++) cqrs__cache_seen(d->cache, r->committed.items[i]);
     cqrs__event_vec_clear(&r->committed);
     if (r->last_position > last) last = r->last_position;

@@ -38,6 +38,10 @@ static const cqrs_command_type_t routed_credit = {
     .name = "loops.credit", .payload_size = sizeof(move_t), .fields = move_fields, .aggregate_id = move_target};
 static const cqrs_command_type_t routed_expect = {
     .name = "loops.expect", .payload_size = sizeof(move_t), .fields = move_fields, .aggregate_id = move_target};
+/* Routed by `id`, but credits `other`: a command that changes another
+ * loop's aggregate than the one it names. */
+static const cqrs_command_type_t routed_credit_other = {.name = "loops.credit_other", .payload_size = sizeof(move_t),
+                                                        .fields = move_fields, .aggregate_id = move_target};
 /* The same without a target: they run on the home loop. */
 static const cqrs_command_type_t home_credit = {.name = "loops.credit_home", .payload_size = sizeof(move_t),
                                                 .fields = move_fields};
@@ -73,6 +77,10 @@ static cqrs_code_t handle(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *
     if (s->opened) return cqrs_reject(err, "ledger.already_open", "%s is open", c->id);
     return cqrs_aggregate_raise(agg, &ledger_opened, &(ledger_opened_t){"owner"}, err);
   }
+  if (type == &routed_credit_other) {
+    if ((rc = cqrs_context_load(ctx, &ledger_type, c->other, &agg, err))) return rc;
+    return cqrs_aggregate_raise(agg, &ledger_credited, &(ledger_amount_t){c->amount}, err);
+  }
   if (!s->opened) return cqrs_reject(err, "ledger.not_open", "%s is not open", c->id);
   if (type == &routed_expect || type == &home_expect) {
     if (c->other[0]) {
@@ -87,8 +95,8 @@ static cqrs_code_t handle(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *
   return cqrs_aggregate_raise(agg, &ledger_credited, &(ledger_amount_t){c->amount}, err);
 }
 
-static const cqrs_command_type_t *const all_types[] = {&routed_open, &routed_credit, &routed_expect, &home_credit,
-                                                        &home_expect, NULL};
+static const cqrs_command_type_t *const all_types[] = {&routed_open, &routed_credit, &routed_expect,
+                                                        &routed_credit_other, &home_credit, &home_expect, NULL};
 
 /* NULL when memory is short. */
 static cqrs_command_t *move_try_new(const cqrs_command_type_t *type, const char *id, int64_t amount,
@@ -390,13 +398,14 @@ static void test_exactly_once_many_senders(void **state) {
   free(t.hits);
 }
 
-static void expect_other(fx_t *fx, tally_t *t, int reader, int read, int64_t balance) {
-  char id[16], other[16];
-  snprintf(id, sizeof id, "l-%d", reader);
-  snprintf(other, sizeof other, "l-%d", read);
+/* Sends a command naming ledger `named` about ledger `other`, and waits. */
+static void send_about(fx_t *fx, tally_t *t, const cqrs_command_type_t *type, int named, int other, int64_t amount) {
+  char id[16], about[16];
+  snprintf(id, sizeof id, "l-%d", named);
+  snprintf(about, sizeof about, "l-%d", other);
   sent_t *s = malloc(sizeof *s);
   *s = (sent_t){t, -1, -1};
-  assert_int_equal(cqrs_dispatcher_send(fx->d, move_other_new(&routed_expect, id, balance, other), count, s), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(fx->d, move_other_new(type, id, amount, about), count, s), CQRS_OK);
   uv_run(&fx->loop, UV_RUN_DEFAULT);
 }
 
@@ -424,11 +433,20 @@ static void test_caches_follow_other_loops(void **state) {
       want[i] += 10;
       assert_int_equal(send_one(fx, &t, &routed_expect, i, want[i], -1), CQRS_OK);
       uv_run(&fx->loop, UV_RUN_DEFAULT);
-      for (int j = 1; j < 4; j++) expect_other(fx, &t, (i + j) % LEDGERS, i, want[i]);
+      for (int j = 1; j < 4; j++) send_about(fx, &t, &routed_expect, (i + j) % LEDGERS, i, want[i]);
+      /* Another loop credits it, under another ledger's name. */
+      for (int j = 1; j < 4; j++) {
+        send_about(fx, &t, &routed_credit_other, (i + j) % LEDGERS, i, 100);
+        want[i] += 100;
+        assert_int_equal(send_one(fx, &t, &routed_expect, i, want[i], -1), CQRS_OK);
+        uv_run(&fx->loop, UV_RUN_DEFAULT);
+        assert_int_equal(send_one(fx, &t, &home_expect, i, want[i], -1), CQRS_OK);
+        uv_run(&fx->loop, UV_RUN_DEFAULT);
+      }
     }
   }
   assert_int_equal(atomic_load(&t.rejected), 0);
-  assert_int_equal(atomic_load(&t.ok), LEDGERS * 36);
+  assert_int_equal(atomic_load(&t.ok), LEDGERS * 36 + LEDGERS * 5 * 9);
   if (fx->seen.events) assert_seen_everything(fx);
 }
 
