@@ -21,6 +21,8 @@
 static const char *mongo_uri;
 static long n_arg, batch_arg, queries_arg;
 static bool metrics_arg; /* --metrics: count commands and projections as an operator would */
+static unsigned loops_arg = 1; /* --loops N: loops that run commands (pipeline scenarios) */
+static unsigned home_arg;      /* --home P: the share of aggregates the home loop keeps, percent */
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -32,6 +34,13 @@ static long peak_rss_kib(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   return ru.ru_maxrss;
+}
+
+/* CPU seconds of every thread of the process, user and system. */
+static double cpu_seconds(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static int cmp_u64(const void *a, const void *b) {
@@ -161,6 +170,8 @@ static void pipe_open(pipe_env_t *e, bool keep_alive) {
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.keep_alive = keep_alive;
+  o.loops = loops_arg;
+  o.home_percent = home_arg;
   cqrs_error_t err;
   if (cqrs_dispatcher_new(&e->loop, e->reg, e->store, &o, &e->d, &err)) die("dispatcher", &err);
   if (billing_register_handlers(e->d, &err)) die("handlers", &err);
@@ -212,20 +223,24 @@ static void bench_pipeline(void) {
   samples_t lat = {0};
   uint64_t done = 0, busy = 0;
   cqrs_command_t **cmds = malloc((size_t)batch * sizeof *cmds);
+  double cpu = 0;
   for (long sent = 0; sent < total; sent += batch) {
     for (long i = 0; i < batch; i++) cmds[i] = deposit_cmd(sent + i);
+    double c0 = cpu_seconds();
     uint64_t t0 = now_ns();
     for (long i = 0; i < batch; i++) cqrs_dispatcher_send(e.d, cmds[i], count_done, &done);
     uv_run(&e.loop, UV_RUN_DEFAULT);
     uint64_t dt = now_ns() - t0;
+    cpu += cpu_seconds() - c0;
     busy += dt;
     sample(&lat, dt / (uint64_t)batch);
   }
   if (done != (uint64_t)total) fprintf(stderr, "pipeline: %" PRIu64 " of %ld done\n", done, total);
-  char extra[160];
+  char extra[256];
   snprintf(extra, sizeof extra,
-           "\"accounts\": %d, \"senders\": 1, \"metrics\": %s, \"latency\": \"per command, mean of each batch of %ld\"",
-           ACCOUNTS, metrics_arg ? "true" : "false", batch);
+           "\"accounts\": %d, \"senders\": 1, \"loops\": %u, \"home_percent\": %u, \"cpu_us_per_op\": %.3f, "
+           "\"metrics\": %s, \"latency\": \"per command, mean of each batch of %ld\"",
+           ACCOUNTS, loops_arg, home_arg, cpu * 1e6 / (double)total, metrics_arg ? "true" : "false", batch);
   report("pipeline", (uint64_t)total, (double)busy / 1e9, &lat, extra);
   free(cmds);
   pipe_close(&e);
@@ -254,6 +269,7 @@ static void bench_pipeline_threads(void) {
   sender_t s[2] = {{&e, 0, total / 2, &done}, {&e, total / 2, total - total / 2, &done}};
   uv_thread_t t[2];
   samples_t lat = {0};
+  double c0 = cpu_seconds();
   uint64_t t0 = now_ns();
   for (int i = 0; i < 2; i++) uv_thread_create(&t[i], send_range, &s[i]);
   uint64_t last = t0, last_done = 0;
@@ -267,11 +283,13 @@ static void bench_pipeline_threads(void) {
     }
   }
   uint64_t dt = now_ns() - t0;
+  double cpu = cpu_seconds() - c0;
   for (int i = 0; i < 2; i++) uv_thread_join(&t[i]);
-  char extra[160];
+  char extra[256];
   snprintf(extra, sizeof extra,
-           "\"accounts\": %d, \"senders\": 2, \"latency\": \"per command, mean over each 10000 completions\"",
-           ACCOUNTS);
+           "\"accounts\": %d, \"senders\": 2, \"loops\": %u, \"home_percent\": %u, \"cpu_us_per_op\": %.3f, "
+           "\"latency\": \"per command, mean over each 10000 completions\"",
+           ACCOUNTS, loops_arg, home_arg, cpu * 1e6 / (double)total);
   report("pipeline-2threads", (uint64_t)total, (double)dt / 1e9, &lat, extra);
   pipe_close(&e);
 }
@@ -919,7 +937,7 @@ static void bench_query_mongo(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N] [--batch B] [--queries Q]\n");
+    fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N] [--batch B] [--queries Q] [--loops L]\n");
     return 2;
   }
   for (int i = 2; i < argc; i++) {
@@ -928,6 +946,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch_arg = atol(argv[++i]);
     else if (!strcmp(argv[i], "--queries") && i + 1 < argc) queries_arg = atol(argv[++i]);
     else if (!strcmp(argv[i], "--metrics")) metrics_arg = true;
+    else if (!strcmp(argv[i], "--loops") && i + 1 < argc) loops_arg = (unsigned)atol(argv[++i]);
+    else if (!strcmp(argv[i], "--home") && i + 1 < argc) home_arg = (unsigned)atol(argv[++i]);
   }
   if (!mongo_uri) mongo_uri = getenv("MONGODB_URI");
   const char *s = argv[1];

@@ -29,7 +29,9 @@ run() { "$bin" "$@" | tee -a "$out"; }
 run dispatch --batch 1000
 run dispatch --batch 10000
 run pipeline
+run pipeline --loops 2 --home 30
 run pipeline-2threads
+run pipeline-2threads --loops 2 --home 30
 run rehydrate
 run memory-overhead
 run projection-lag

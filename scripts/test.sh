@@ -52,6 +52,7 @@ phase "build (Release, -O3, -Werror, with the benchmarks)" -- \
 bench_smoke() {
   build/release-check/bench/cqrs-bench dispatch --n 20000
   build/release-check/bench/cqrs-bench pipeline --n 20000
+  build/release-check/bench/cqrs-bench pipeline-2threads --loops 2 --n 20000
 }
 phase "benchmarks (smoke)" -- bench_smoke
 

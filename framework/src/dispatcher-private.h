@@ -62,6 +62,9 @@ struct cqrs_dispatcher {
   cqrs_store_t *store;
   cqrs_dispatcher_options_t opts;
   handler_t *handlers;
+#define HANDLER_MEMO 16
+  handler_t *handler_memo[HANDLER_MEMO]; /* recent look-ups, by type address; loop thread */
+  bool store_blocking;
   uv_mutex_t stripes[CQRS_STRIPES];
 
   uv_async_t async;
@@ -70,7 +73,8 @@ struct cqrs_dispatcher {
   request_t *local_head, *local_tail; /* from the loop thread */
   request_t *free_requests;           /* loop thread only */
   size_t nfree;
-  _Atomic size_t pending;
+  _Atomic size_t pending;       /* commands sent from other threads, not completed */
+  _Atomic size_t pending_local; /* from the loop thread: only it writes, no locked add */
   _Atomic bool closing;
   _Atomic size_t senders; /* threads inside cqrs_dispatcher_send: freeing waits for them */
   int handles_open;
@@ -103,6 +107,20 @@ struct cqrs_dispatcher {
 
   struct cqrs__cache *cache; /* NULL: off */
   cqrs__agg_pool_t free_aggs; /* loop thread only */
+
+  /* Loops (dispatcher.c, "Several loops" in docs/architecture.md). The
+   * home dispatcher (the one the application made) owns nloops - 1 members,
+   * each a dispatcher on a loop and thread of its own; it hands a command to
+   * the member owning its aggregate and finishes it when it comes back. */
+  unsigned nloops, index;     /* index: 0 on the home dispatcher */
+  unsigned home_share;        /* of 1024 hashes, those the home owns */
+  cqrs_dispatcher_t *home;    /* on a member: its home; NULL on the home */
+  struct cqrs__member *members; /* home only: nloops entries, [0] unused */
+  request_t *returns_head, *returns_tail; /* finished by members; inbox lock */
+  size_t away;                /* home: commands out on members; loop thread */
+  request_t *batch_head, *batch_tail; /* member: run, not handed back yet */
+  size_t batch_n;
+  _Atomic bool stop;          /* member: the home asks it to close */
 };
 
 /* bus.c */

@@ -9,6 +9,8 @@
 #define CTX_MAX_AGGREGATES 8
 #define DRAIN_BATCH 4096
 #define FREE_REQUESTS 1024 /* requests kept for reuse on the loop thread */
+#define LOOPS_MAX 64
+#define HANDOVER_BATCH 64 /* commands handed to another loop under one lock */
 
 struct cqrs_context {
   cqrs_dispatcher_t *d;
@@ -23,7 +25,8 @@ struct cqrs_context {
 
 struct request {
   request_t *next;
-  cqrs_dispatcher_t *d;
+  cqrs_dispatcher_t *d;      /* where it was sent: finishes it */
+  cqrs_dispatcher_t *runner; /* where its handler runs: d, or the member owning its aggregate */
   cqrs_command_t *cmd;
   cqrs_done_cb done;
   void *data;
@@ -35,6 +38,7 @@ struct request {
   cqrs__event_vec_t committed; /* the events the command committed, referenced */
   uint64_t started_ns;         /* for the middleware; 0 when none was in use */
   unsigned conflicts;
+  bool foreign; /* sent from another thread: counted in `pending`, else in `pending_local` */
 };
 
 void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
@@ -45,6 +49,103 @@ void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
   o->retry_base_ms = 1000;
   o->retry_cap_ms = 30000;
   o->aggregate_cache = 16384;
+  o->loops = 1;
+}
+
+/* A member loop of a dispatcher with several (see dispatcher-private.h). */
+typedef struct cqrs__member {
+  cqrs_dispatcher_t *d; /* the member's dispatcher, on `loop` */
+  cqrs_dispatcher_t *home;
+  unsigned index;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  uv_sem_t ready;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+  request_t *out_head, *out_tail; /* routed here, not handed over yet; home's loop thread */
+  size_t nout;
+} member_t;
+
+/* The loop owning aggregate `id` (every aggregate of that id, whatever its
+ * type, so that a command's payload names it): the home for a share of
+ * home_share / 1024 of the hashes, else one of the members evenly. */
+static unsigned partition_of(const cqrs_dispatcher_t *d, const char *id) {
+  uint32_t h = 2166136261u;
+  for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  h ^= h >> 15;
+  if ((h & 1023u) < d->home_share) return 0;
+  return 1 + (h >> 10) % (d->nloops - 1);
+}
+
+static void member_main(void *arg) {
+  member_t *m = arg;
+  if (uv_loop_init(&m->loop)) {
+    m->rc = cqrs_error_set(&m->err, CQRS_ESTATE, "cannot create the loop of member %u", m->index);
+    uv_sem_post(&m->ready);
+    return;
+  }
+  cqrs_dispatcher_options_t o = m->home->opts;
+  o.loops = 1;
+  o.keep_alive = true; /* until the home stops it */
+  o.poll_ms = 0;       /* the home's feed sees every commit */
+  if ((m->rc = cqrs_dispatcher_new(&m->loop, m->home->reg, m->home->store, &o, &m->d, &m->err))) {
+    uv_loop_close(&m->loop);
+    uv_sem_post(&m->ready);
+    return;
+  }
+  m->d->home = m->home;
+  m->d->index = m->index;
+  m->d->nloops = m->home->nloops;
+  m->d->home_share = m->home->home_share;
+  uv_sem_post(&m->ready);
+  uv_run(&m->loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&m->loop);
+  if (rc) cqrs_log(CQRS_LOG_ERROR, "dispatcher", "loop of member %u left handles open: %s", m->index, uv_strerror(rc));
+}
+
+/* Asks every started member to close and waits for its thread: the home
+ * calls it once nothing of its is out on a member, so they close at once. */
+static void members_stop(cqrs_dispatcher_t *d, unsigned started) {
+  for (unsigned i = 1; i < started; i++) {
+    member_t *m = &d->members[i];
+    uv_mutex_lock(&m->d->inbox_lock);
+    atomic_store(&m->d->stop, true);
+    uv_async_send(&m->d->async);
+    uv_mutex_unlock(&m->d->inbox_lock);
+    uv_thread_join(&m->thread);
+    uv_sem_destroy(&m->ready);
+  }
+  cqrs__free(d->members);
+  d->members = NULL;
+}
+
+static cqrs_code_t members_start(cqrs_dispatcher_t *d, cqrs_error_t *err) {
+  if (!(d->members = cqrs__calloc(d->nloops, sizeof *d->members)))
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate %u loops", d->nloops);
+  for (unsigned i = 1; i < d->nloops; i++) {
+    member_t *m = &d->members[i];
+    m->home = d;
+    m->index = i;
+    cqrs_code_t rc = CQRS_OK;
+    if (uv_sem_init(&m->ready, 0)) {
+      rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot create a semaphore");
+    } else if (uv_thread_create(&m->thread, member_main, m)) {
+      uv_sem_destroy(&m->ready);
+      rc = cqrs_error_set(err, CQRS_ESTATE, "cannot start the thread of loop %u", i);
+    } else {
+      uv_sem_wait(&m->ready);
+      if ((rc = m->rc)) {
+        uv_thread_join(&m->thread);
+        uv_sem_destroy(&m->ready);
+        cqrs__error_copy(err, &m->err);
+      }
+    }
+    if (rc) {
+      members_stop(d, i);
+      return rc;
+    }
+  }
+  return CQRS_OK;
 }
 
 static void async_cb(uv_async_t *h);
@@ -61,12 +162,21 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   d->loop_thread = uv_thread_self();
   d->reg = reg;
   d->store = store;
+  d->store_blocking = cqrs_store_blocking(store);
   if (opts) {
     d->opts = *opts;
   } else {
     cqrs_dispatcher_options_init(&d->opts);
   }
   if (d->opts.retry_attempts == 0) d->opts.retry_attempts = 1;
+  d->nloops = d->opts.loops ? d->opts.loops : 1;
+  unsigned pct = d->opts.home_percent ? d->opts.home_percent : 100 / d->nloops;
+  d->home_share = pct * 1024u / 100u;
+  if (d->nloops > LOOPS_MAX || pct > 100) {
+    cqrs__free(d);
+    if (pct > 100) return cqrs_error_set(err, CQRS_EINVAL, "home_percent %u is over 100", pct);
+    return cqrs_error_set(err, CQRS_EINVAL, "%u loops asked, at most %d", opts->loops, LOOPS_MAX);
+  }
   cqrs_code_t rc = cqrs_store_head(store, &d->feed_pos, err);
   bool nomem;
   if (!rc && !(d->cache = cqrs__cache_new(d->opts.aggregate_cache, &nomem)) && nomem)
@@ -83,12 +193,14 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     cqrs__free(d);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a mutex");
   }
-  if (uv_async_init(loop, &d->async, async_cb)) {
+  rc = d->nloops > 1 ? members_start(d, err) : CQRS_OK;
+  if (rc || uv_async_init(loop, &d->async, async_cb)) {
+    if (d->members) members_stop(d, d->nloops);
     uv_mutex_destroy(&d->inbox_lock);
     for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
     cqrs__cache_destroy(d->cache);
     cqrs__free(d);
-    return cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
+    return rc ? rc : cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
   }
   d->async.data = d;
   if (!d->opts.keep_alive) uv_unref((uv_handle_t *)&d->async);
@@ -192,7 +304,7 @@ static cqrs_code_t submit(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_c
     return CQRS_ENOMEM;
   }
   r->next = NULL;
-  r->d = d;
+  r->d = r->runner = d;
   r->cmd = cmd;
   r->done = done;
   r->data = data;
@@ -206,8 +318,11 @@ static cqrs_code_t submit(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_c
   r->result.events = 0;
   r->result.duplicate = false;
   r->result.position = 0;
+  r->foreign = !local;
   if (local) {
-    atomic_fetch_add_explicit(&d->pending, 1, memory_order_relaxed);
+    /* Only this thread writes it: no locked add. */
+    atomic_store_explicit(&d->pending_local, atomic_load_explicit(&d->pending_local, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     if (d->local_tail) {
       d->local_tail->next = r;
     } else {
@@ -303,6 +418,27 @@ static void lock_aggregate(cqrs_context_t *ctx, const char *type, const char *id
   if (locked) ctx->held[ctx->nheld++] = s;
 }
 
+/* A member keeps only the aggregates it owns: the others change on other
+ * loops, unseen by it. The home sees every commit (they all come back to
+ * its loop thread), so it keeps any, but on a pool thread only its own: a
+ * state loaded there could be put after a member's commit was seen. */
+static cqrs__cache_t *cache_for(const cqrs_context_t *ctx, const char *id) {
+  const cqrs_dispatcher_t *d = ctx->d;
+  if (d->home) return partition_of(d, id) == d->index ? d->cache : NULL;
+  if (d->members && !ctx->on_loop && partition_of(d, id)) return NULL;
+  return d->cache;
+}
+
+/* A commit of an aggregate another loop owns (a command naming no
+ * aggregate, or another) advances the owner's cached state at once, so that
+ * a state the owner loads meanwhile cannot be put over it. */
+static void advance_owner(const cqrs_dispatcher_t *d, const cqrs_aggregate_t *agg) {
+  unsigned m = partition_of(d, agg->id);
+  if (m == d->index) return;
+  const cqrs_dispatcher_t *home = d->home ? d->home : d;
+  cqrs__cache_put(m ? home->members[m].d->cache : home->cache, agg);
+}
+
 static void unlock_aggregates(cqrs_context_t *ctx) {
   while (ctx->nheld) uv_mutex_unlock(&ctx->d->stripes[ctx->held[--ctx->nheld]]);
 }
@@ -325,7 +461,8 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   lock_aggregate(ctx, type->name, id);
   cqrs_aggregate_t *agg;
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
-  if ((rc = cqrs__repository_load_cached(ctx->d->store, ctx->d->cache, pool, type, id, &agg, err))) return rc;
+  if ((rc = cqrs__repository_load_cached(ctx->d->store, cache_for(ctx, id), pool, type, id, &agg, err)))
+    return rc;
   cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
   ctx->aggs[ctx->naggs++] = agg;
   *out = agg;
@@ -372,9 +509,11 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
   for (size_t i = 0; i < changed->pending_count; i++) {
     if (cqrs__event_vec_push_ref(&r->committed, changed->pending[i])) break;
   }
-  cqrs_code_t rc = cqrs__repository_save_cached(ctx->d->store, ctx->d->cache, changed, &cause, &sr, err);
+  cqrs_code_t rc =
+      cqrs__repository_save_cached(ctx->d->store, cache_for(ctx, changed->id), changed, &cause, &sr, err);
   if (rc || sr.duplicate || r->committed.len != sr.committed) cqrs__event_vec_clear(&r->committed);
   if (rc) return rc;
+  if (ctx->d->nloops > 1 && sr.committed) advance_owner(ctx->d, changed);
   r->result.version = changed->version;
   r->result.events = sr.committed;
   r->result.duplicate = sr.duplicate;
@@ -384,13 +523,13 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
 }
 
 /* Runs the handler and commits, again after a conflict. Any thread. */
-static void run_request(request_t *r) {
-  cqrs_dispatcher_t *d = r->d;
+static void run_request(request_t *r, bool on_loop) {
+  cqrs_dispatcher_t *d = r->runner;
   cqrs_error_t *err = &r->result.error;
-  cqrs_context_t ctx = {.d = d, .cmd = r->cmd, .on_loop = on_loop_thread(d)};
+  cqrs_context_t ctx = {.d = d, .cmd = r->cmd, .on_loop = on_loop};
   cqrs_code_t rc = CQRS_OK;
   for (unsigned attempt = 0;; attempt++) {
-    cqrs_error_clear(err);
+    if (attempt) cqrs_error_clear(err); /* submit cleared it for the first */
     r->result.version = 0;
     rc = r->handler->fn(&ctx, r->cmd, r->handler->data, err);
     if (rc == CQRS_OK) rc = context_commit(&ctx, r, err);
@@ -410,10 +549,24 @@ static void run_request(request_t *r) {
   context_reset(&ctx);
 }
 
+/* Home: before the caller hears of a commit, no member keeps a state older
+ * than it, should advance_owner have found no memory (the home's own copy:
+ * finish_returns). */
+static void loops_seen(cqrs_dispatcher_t *d, const request_t *r) {
+  for (size_t i = 0; i < r->committed.len; i++) {
+    const cqrs_event_t *e = r->committed.items[i];
+    if (!e->envelope) continue;
+    unsigned m = partition_of(d, cqrs_event_aggregate_id(e));
+    if (m && m != r->runner->index) cqrs__cache_seen(d->members[m].d->cache, e);
+  }
+}
+
 static void finish_request(request_t *r) {
   cqrs_dispatcher_t *d = r->d;
+  bool foreign = r->foreign;
+  if (d->members && r->result.events && r->runner == d) loops_seen(d, r);
   if (r->result.events) cqrs__feed_committed(d, &r->committed);
-  cqrs__event_vec_clear(&r->committed);
+  if (r->committed.len) cqrs__event_vec_clear(&r->committed);
   r->result.command_id = r->cmd->id;
   r->result.value = r->value;
   if (d->mw.n) cqrs__mw_command_after(&d->mw, r->cmd, &r->result, r->started_ns, r->conflicts);
@@ -428,11 +581,16 @@ static void finish_request(request_t *r) {
     cqrs__event_vec_free(&r->committed);
     cqrs__free(r);
   }
-  atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
+  if (foreign) {
+    atomic_fetch_sub_explicit(&d->pending, 1, memory_order_relaxed);
+  } else {
+    atomic_store_explicit(&d->pending_local, atomic_load_explicit(&d->pending_local, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+  }
   if (atomic_load_explicit(&d->closing, memory_order_relaxed)) cqrs__dispatcher_maybe_closed(d);
 }
 
-static void work_cb(uv_work_t *w) { run_request(w->data); }
+static void work_cb(uv_work_t *w) { run_request(w->data, false); }
 
 static void after_work_cb(uv_work_t *w, int status) {
   request_t *r = w->data;
@@ -441,26 +599,98 @@ static void after_work_cb(uv_work_t *w, int status) {
   finish_request(r);
 }
 
-static void start_request(cqrs_dispatcher_t *d, request_t *r) {
+/* Appends the requests first..last (linked) to the list head..tail. */
+static void chain_append(request_t **head, request_t **tail, request_t *first, request_t *last) {
+  if (*tail) {
+    (*tail)->next = first;
+  } else {
+    *head = first;
+  }
+  *tail = last;
+}
+
+/* Home: hands the routed commands over to their member, under one lock. */
+static void handover(member_t *m) {
+  if (!m->nout) return;
+  cqrs_dispatcher_t *w = m->d;
+  uv_mutex_lock(&w->inbox_lock);
+  atomic_fetch_add(&w->pending, m->nout);
+  chain_append(&w->inbox_head, &w->inbox_tail, m->out_head, m->out_tail);
+  uv_async_send(&w->async);
+  uv_mutex_unlock(&w->inbox_lock);
+  m->out_head = m->out_tail = NULL;
+  m->nout = 0;
+}
+
+static void route(cqrs_dispatcher_t *d, member_t *m, request_t *r) {
+  r->runner = m->d;
+  r->next = NULL;
+  chain_append(&m->out_head, &m->out_tail, r, r);
+  if (d->away++ == 0 && !d->opts.keep_alive) uv_ref((uv_handle_t *)&d->async); /* until it comes back */
+  if (++m->nout == HANDOVER_BATCH) handover(m);
+}
+
+/* Member: commands run here go back to their home, which finishes them. */
+static void hand_back(cqrs_dispatcher_t *w) {
+  if (!w->batch_n) return;
+  cqrs_dispatcher_t *home = w->home;
+  size_t n = w->batch_n;
+  uv_mutex_lock(&home->inbox_lock);
+  chain_append(&home->returns_head, &home->returns_tail, w->batch_head, w->batch_tail);
+  uv_async_send(&home->async);
+  uv_mutex_unlock(&home->inbox_lock);
+  w->batch_head = w->batch_tail = NULL;
+  w->batch_n = 0;
+  atomic_fetch_sub(&w->pending, n);
+  if (atomic_load_explicit(&w->closing, memory_order_relaxed)) cqrs__dispatcher_maybe_closed(w);
+}
+
+static void run_routed(cqrs_dispatcher_t *w, request_t *r) {
+  r->runner = w;
+  run_request(r, true);
+  r->next = NULL;
+  chain_append(&w->batch_head, &w->batch_tail, r, r);
+  if (++w->batch_n == HANDOVER_BATCH) hand_back(w);
+}
+
+/* Middleware, handler look-up and routing: true when `r` is to run here,
+ * false when it was finished (refused) or routed to another loop. */
+static bool admit(cqrs_dispatcher_t *d, request_t *r) {
   r->conflicts = 0;
   r->started_ns = 0;
   if (d->mw.n) {
     r->started_ns = uv_hrtime();
     if (cqrs__mw_command_before(&d->mw, r->cmd, &r->result.error)) {
       finish_request(r);
-      return;
+      return false;
     }
   }
-  handler_t *h;
   const cqrs_command_type_t *type = r->cmd->type;
-  HASH_FIND_PTR(d->handlers, &type, h);
+  handler_t **memo = &d->handler_memo[((uintptr_t)type >> 4) % HANDLER_MEMO];
+  handler_t *h = *memo;
+  if (!h || h->type != type) {
+    HASH_FIND_PTR(d->handlers, &type, h);
+    if (h) *memo = h; /* handlers live until the dispatcher is freed */
+  }
   if (!h) {
     cqrs_error_set(&r->result.error, CQRS_ENO_HANDLER, "no handler for command '%s'", type->name);
     finish_request(r);
-    return;
+    return false;
   }
   r->handler = h;
-  if (cqrs_store_blocking(d->store) || (h->flags & CQRS_HANDLER_BLOCKING)) {
+  if (d->members && type->aggregate_id && !d->store_blocking && !(h->flags & CQRS_HANDLER_BLOCKING)) {
+    const char *id = type->aggregate_id(r->cmd->payload);
+    unsigned m = id ? partition_of(d, id) : 0;
+    if (m) {
+      route(d, &d->members[m], r);
+      return false;
+    }
+  }
+  return true;
+}
+
+static void run_here(cqrs_dispatcher_t *d, request_t *r) {
+  if (d->store_blocking || (r->handler->flags & CQRS_HANDLER_BLOCKING)) {
     r->work.data = r;
     if (uv_queue_work(d->loop, &r->work, work_cb, after_work_cb) == 0) {
       d->work_inflight++;
@@ -468,9 +698,57 @@ static void start_request(cqrs_dispatcher_t *d, request_t *r) {
     }
     cqrs_error_set(&r->result.error, CQRS_ESTATE, "cannot queue work on the thread pool");
   } else {
-    run_request(r);
+    run_request(r, true);
   }
   finish_request(r);
+}
+
+static void start_request(cqrs_dispatcher_t *d, request_t *r) {
+  if (admit(d, r)) run_here(d, r);
+}
+
+/* Home: commands members ran. One read of the feed publishes them all
+ * (they come back out of position order), then each completes. The read
+ * drops the home's stale cached states; without subscribers it reads
+ * nothing, so the commits drop them here. */
+static void finish_returns(cqrs_dispatcher_t *d, request_t *back) {
+  int64_t last = 0;
+  bool fed = d->nsubs && !d->store_blocking;
+  for (request_t *r = back; r; r = r->next) {
+    loops_seen(d, r);
+    for (size_t i = 0; !fed && i < r->committed.len; i++) cqrs__cache_seen(d->cache, r->committed.items[i]);
+    cqrs__event_vec_clear(&r->committed);
+    if (r->last_position > last) last = r->last_position;
+  }
+  if (last > d->feed_pos) cqrs__feed_kick(d, last);
+  while (back) {
+    request_t *r = back;
+    back = r->next;
+    d->away--;
+    finish_request(r);
+  }
+}
+
+/* Home with members: routes first, so that they start at once, then runs
+ * its own share. */
+static void drain_home(cqrs_dispatcher_t *d) {
+  request_t *mine = NULL, **tail = &mine;
+  for (int n = 0; d->local_head && n < DRAIN_BATCH; n++) {
+    request_t *r = d->local_head;
+    d->local_head = r->next;
+    if (!d->local_head) d->local_tail = NULL;
+    if (admit(d, r)) {
+      r->next = NULL;
+      *tail = r;
+      tail = &r->next;
+    }
+  }
+  for (unsigned i = 1; i < d->nloops; i++) handover(&d->members[i]);
+  while (mine) {
+    request_t *r = mine;
+    mine = r->next;
+    run_here(d, r);
+  }
 }
 
 static void async_cb(uv_async_t *h) {
@@ -479,10 +757,13 @@ static void async_cb(uv_async_t *h) {
   request_t *in = d->inbox_head;
   request_t *in_tail = d->inbox_tail;
   d->inbox_head = d->inbox_tail = NULL;
+  request_t *back = d->returns_head;
+  d->returns_head = d->returns_tail = NULL;
   bool waits = d->wait_inbox != NULL;
   cqrs__waiters_adopt(d);
   uv_mutex_unlock(&d->inbox_lock);
   if (waits) cqrs__waiters_check(d);
+  if (back) finish_returns(d, back);
   if (in) {
     if (d->local_tail) {
       d->local_tail->next = in;
@@ -491,20 +772,32 @@ static void async_cb(uv_async_t *h) {
     }
     d->local_tail = in_tail;
   }
-  for (int n = 0; d->local_head && n < DRAIN_BATCH; n++) {
-    request_t *r = d->local_head;
-    d->local_head = r->next;
-    if (!d->local_head) d->local_tail = NULL;
-    start_request(d, r);
+  if (d->members) {
+    drain_home(d);
+  } else {
+    for (int n = 0; d->local_head && n < DRAIN_BATCH; n++) {
+      request_t *r = d->local_head;
+      d->local_head = r->next;
+      if (!d->local_head) d->local_tail = NULL;
+      if (r->d == d) {
+        start_request(d, r);
+      } else {
+        run_routed(d, r);
+      }
+    }
+    if (d->home) hand_back(d);
   }
   if (d->local_head) {
     uv_async_send(&d->async); /* yield to I/O, then go on */
-  } else if (!d->opts.keep_alive) {
+  } else if (!d->opts.keep_alive && !d->away) {
     uv_unref((uv_handle_t *)&d->async);
   }
+  if (d->home && atomic_load(&d->stop) && !atomic_load(&d->closing)) cqrs_dispatcher_close(d, NULL, NULL);
 }
 
-size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d) { return d ? atomic_load(&d->pending) : 0; }
+size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d) {
+  return d ? atomic_load(&d->pending) + atomic_load_explicit(&d->pending_local, memory_order_relaxed) : 0;
+}
 cqrs_store_t *cqrs_dispatcher_store(const cqrs_dispatcher_t *d) { return d ? d->store : NULL; }
 uv_loop_t *cqrs_dispatcher_loop(const cqrs_dispatcher_t *d) { return d ? d->loop : NULL; }
 
@@ -542,10 +835,12 @@ static void handle_closed(uv_handle_t *h) {
 }
 
 void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
-  if (d->closed_handles || atomic_load(&d->pending) || d->work_inflight || !cqrs__bus_idle(d)) return;
+  if (d->closed_handles || cqrs_dispatcher_pending(d) || d->work_inflight || !cqrs__bus_idle(d)) return;
   for (size_t i = 0; i < d->nprocs; i++) {
     if (!cqrs__process_idle(d->procs[i])) return;
   }
+  /* Nothing of this dispatcher is out on a member any more. */
+  if (d->members) members_stop(d, d->nloops);
   d->closed_handles = true;
   for (size_t i = 0; i < d->nprocs; i++) cqrs__process_close_handles(d->procs[i], handle_closed);
   uv_close((uv_handle_t *)&d->async, handle_closed);

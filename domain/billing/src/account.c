@@ -18,19 +18,26 @@ static cqrs_code_t validate_currency(const void *payload, cqrs_error_t *err) {
   return cqrs_money_set(&probe, 0, c->currency, err);
 }
 
+/* Each command runs on the loop owning its account (dispatcher loops). */
+static const char *opened_account(const void *p) { return ((const billing_open_account_t *)p)->account_id; }
+static const char *moved_account(const void *p) { return ((const billing_move_t *)p)->account_id; }
+static const char *closed_account(const void *p) { return ((const billing_close_account_t *)p)->account_id; }
+
 const cqrs_command_type_t billing_open_account = {.name = "account.open",
                                                   .payload_size = sizeof(billing_open_account_t),
                                                   .fields = open_fields,
-                                                  .validate = validate_currency};
+                                                  .validate = validate_currency,
+                                                  .aggregate_id = opened_account};
 const cqrs_command_type_t billing_deposit = {.name = "account.deposit", .payload_size = sizeof(billing_move_t),
-                                             .fields = move_fields};
+                                             .fields = move_fields, .aggregate_id = moved_account};
 const cqrs_command_type_t billing_withdraw = {.name = "account.withdraw", .payload_size = sizeof(billing_move_t),
-                                              .fields = move_fields};
+                                              .fields = move_fields, .aggregate_id = moved_account};
 const cqrs_command_type_t billing_refund = {.name = "account.refund", .payload_size = sizeof(billing_move_t),
-                                            .fields = move_fields};
+                                            .fields = move_fields, .aggregate_id = moved_account};
 const cqrs_command_type_t billing_close_account = {.name = "account.close",
                                                    .payload_size = sizeof(billing_close_account_t),
-                                                   .fields = close_fields};
+                                                   .fields = close_fields,
+                                                   .aggregate_id = closed_account};
 
 static const cqrs_field_t opened_fields[] = {
     CQRS_STRING(billing_account_opened_t, owner, "owner", CQRS_F_REQUIRED),

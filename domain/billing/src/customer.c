@@ -40,14 +40,22 @@ static cqrs_code_t validate_change(const void *payload, cqrs_error_t *err) {
   return check_email(((const billing_change_email_t *)payload)->email, err);
 }
 
+/* Each command runs on the loop owning its customer (dispatcher loops). */
+static const char *registered_customer(const void *p) {
+  return ((const billing_register_customer_t *)p)->customer_id;
+}
+static const char *changed_customer(const void *p) { return ((const billing_change_email_t *)p)->customer_id; }
+
 const cqrs_command_type_t billing_register_customer = {.name = "customer.register",
                                                        .payload_size = sizeof(billing_register_customer_t),
                                                        .fields = register_fields,
-                                                       .validate = validate_register};
+                                                       .validate = validate_register,
+                                                       .aggregate_id = registered_customer};
 const cqrs_command_type_t billing_change_email = {.name = "customer.change_email",
                                                   .payload_size = sizeof(billing_change_email_t),
                                                   .fields = change_fields,
-                                                  .validate = validate_change};
+                                                  .validate = validate_change,
+                                                  .aggregate_id = changed_customer};
 
 static const cqrs_field_t registered_fields[] = {
     CQRS_STRING(billing_customer_registered_t, name, "name", CQRS_F_REQUIRED),

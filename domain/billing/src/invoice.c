@@ -40,6 +40,12 @@ static cqrs_code_t record_id(const void *payload, char *buf, size_t cap, cqrs_er
   return cqrs_id_derive(buf, "invoice.record", ((const billing_record_invoice_t *)payload)->invoice_id, err);
 }
 
+/* Commands on one invoice run on the loop owning it (dispatcher loops);
+ * issuing changes the year's book, so it stays on the home loop. */
+static const char *recorded_invoice(const void *p) { return ((const billing_record_invoice_t *)p)->invoice_id; }
+static const char *paid_invoice(const void *p) { return ((const billing_pay_invoice_t *)p)->invoice_id; }
+static const char *cancelled_invoice(const void *p) { return ((const billing_cancel_invoice_t *)p)->invoice_id; }
+
 const cqrs_command_type_t billing_issue_invoice = {.name = "invoice.issue",
                                                    .payload_size = sizeof(billing_issue_invoice_t),
                                                    .fields = issue_fields,
@@ -47,11 +53,14 @@ const cqrs_command_type_t billing_issue_invoice = {.name = "invoice.issue",
 const cqrs_command_type_t billing_record_invoice = {.name = "invoice.record",
                                                     .payload_size = sizeof(billing_record_invoice_t),
                                                     .fields = numbered_fields,
-                                                    .make_id = record_id};
+                                                    .make_id = record_id,
+                                                    .aggregate_id = recorded_invoice};
 const cqrs_command_type_t billing_pay_invoice = {.name = "invoice.pay", .payload_size = sizeof(billing_pay_invoice_t),
-                                                 .fields = pay_fields};
-const cqrs_command_type_t billing_cancel_invoice = {
-    .name = "invoice.cancel", .payload_size = sizeof(billing_cancel_invoice_t), .fields = cancel_fields};
+                                                 .fields = pay_fields, .aggregate_id = paid_invoice};
+const cqrs_command_type_t billing_cancel_invoice = {.name = "invoice.cancel",
+                                                    .payload_size = sizeof(billing_cancel_invoice_t),
+                                                    .fields = cancel_fields,
+                                                    .aggregate_id = cancelled_invoice};
 
 static const cqrs_field_t issued_fields[] = {
     CQRS_STRING(billing_invoice_issued_t, number, "number", CQRS_F_REQUIRED),

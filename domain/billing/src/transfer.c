@@ -17,16 +17,27 @@ static cqrs_code_t natural_request_id(const void *payload, char *buf, size_t cap
   return cqrs_id_derive(buf, "transfer.request", ((const billing_request_transfer_t *)payload)->transfer_id, err);
 }
 
+/* Each command runs on the loop owning its transfer (dispatcher loops). */
+static const char *requested_transfer(const void *p) { return ((const billing_request_transfer_t *)p)->transfer_id; }
+static const char *ended_transfer(const void *p) { return ((const billing_transfer_outcome_t *)p)->transfer_id; }
+
 const cqrs_command_type_t billing_request_transfer = {.name = "transfer.request",
                                                       .payload_size = sizeof(billing_request_transfer_t),
                                                       .fields = request_fields,
-                                                      .make_id = natural_request_id};
-const cqrs_command_type_t billing_complete_transfer = {
-    .name = "transfer.complete", .payload_size = sizeof(billing_transfer_outcome_t), .fields = outcome_fields};
-const cqrs_command_type_t billing_fail_transfer = {
-    .name = "transfer.fail", .payload_size = sizeof(billing_transfer_outcome_t), .fields = outcome_fields};
-const cqrs_command_type_t billing_refund_transfer = {
-    .name = "transfer.refund", .payload_size = sizeof(billing_transfer_outcome_t), .fields = outcome_fields};
+                                                      .make_id = natural_request_id,
+                                                      .aggregate_id = requested_transfer};
+const cqrs_command_type_t billing_complete_transfer = {.name = "transfer.complete",
+                                                       .payload_size = sizeof(billing_transfer_outcome_t),
+                                                       .fields = outcome_fields,
+                                                       .aggregate_id = ended_transfer};
+const cqrs_command_type_t billing_fail_transfer = {.name = "transfer.fail",
+                                                   .payload_size = sizeof(billing_transfer_outcome_t),
+                                                   .fields = outcome_fields,
+                                                   .aggregate_id = ended_transfer};
+const cqrs_command_type_t billing_refund_transfer = {.name = "transfer.refund",
+                                                     .payload_size = sizeof(billing_transfer_outcome_t),
+                                                     .fields = outcome_fields,
+                                                     .aggregate_id = ended_transfer};
 
 static const cqrs_field_t requested_fields[] = {
     CQRS_STRING(billing_transfer_requested_t, from, "from", CQRS_F_REQUIRED),

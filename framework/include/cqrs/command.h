@@ -24,6 +24,11 @@ typedef struct cqrs_command_type {
    * (e.g. "invoice.issue:inv_123") into buf[CQRS_ID_MAX], so that the same
    * request sent twice commits once. Without it ids are fresh. */
   cqrs_code_t (*make_id)(const void *payload, char *buf, size_t cap, cqrs_error_t *err);
+  /* Optional: the id of the aggregate the command changes, borrowed from the
+   * payload, so that a dispatcher with several loops runs every command of
+   * that aggregate on the one loop owning it. NULL, or a NULL return: the
+   * home loop. Any thread; must not fail. */
+  const char *(*aggregate_id)(const void *payload);
 } cqrs_command_type_t;
 
 typedef struct cqrs_command cqrs_command_t;

@@ -36,7 +36,8 @@ typedef void (*cqrs_done_cb)(const cqrs_result_t *result, void *data);
  * return CQRS_OK (the context's pending events are committed), a rejection
  * (cqrs_reject) or an error. It may run again after a concurrency conflict,
  * so it must have no effect but through the context. It runs on the loop
- * thread, or on a pool thread when the store or the handler blocks. */
+ * thread, on a pool thread when the store or the handler blocks, or on the
+ * thread of the dispatcher's loop owning the aggregate (options.loops). */
 typedef cqrs_code_t (*cqrs_command_handler_cb)(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data,
                                                cqrs_error_t *err);
 typedef cqrs_command_handler_cb cqrs_command_handler_fn; /* the name before 0.2; kept for old code */
@@ -66,6 +67,18 @@ typedef struct cqrs_dispatcher_options {
    * recently used evicted); default 16384; 0: off. Types with a state_cleanup
    * are never kept. See docs/architecture.md, "The aggregate cache". */
   size_t aggregate_cache;
+  /* Loops that run commands; default 1. N > 1: the dispatcher starts N - 1
+   * more, each on a loop and thread of its own (closed with it), and runs a
+   * command whose type names its aggregate (cqrs_command_type_t.aggregate_id)
+   * on the loop owning that aggregate (a hash of its id); the rest, the
+   * subscribers and the completions stay on this loop. A blocking store or
+   * handler runs on the thread pool as before. See docs/architecture.md,
+   * "Several loops". */
+  unsigned loops;
+  /* With several loops: the share of aggregates this loop keeps, in percent
+   * (the members share the rest evenly); 0: an even share, 100 / loops.
+   * Lower it when subscribers keep this loop busy. */
+  unsigned home_percent;
 } cqrs_dispatcher_options_t;
 
 /* Fills `opts` with the defaults. */
@@ -103,9 +116,10 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_
  * loop's (a worker thread of the application): the loop must be running.
  * Takes over `cmd`. Returns the result's code and fills `err` (may be NULL)
  * and `duplicate` (may be NULL). On the loop thread: CQRS_ESTATE at once.
- * Not for subscribers or handlers on the thread pool: a pool thread that
- * waits can starve the pool; process managers (process.h) send steps
- * without waiting. */
+ * Not for subscribers or handlers (on the thread pool or on the
+ * dispatcher's own loops): a thread that waits there can starve the pool
+ * or the loop that would run the command; process managers (process.h)
+ * send steps without waiting. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err,
                                                 bool *duplicate);
 
