@@ -546,6 +546,7 @@ void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
   for (size_t i = 0; i < d->nprocs; i++) {
     if (!cqrs__process_idle(d->procs[i])) return;
   }
+  if (d->leasing && !cqrs__leases_closed(d)) return; /* releases what it holds first */
   d->closed_handles = true;
   for (size_t i = 0; i < d->nprocs; i++) cqrs__process_close_handles(d->procs[i], handle_closed);
   uv_close((uv_handle_t *)&d->async, handle_closed);
