@@ -708,7 +708,7 @@ static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_
     if ((rc = cqrs_checkpoints_load(cp, def->name, &pos, err))) return rc;
   }
   cp_work_t *cw = NULL;
-  if (cp_blocking && !(cw = cqrs__calloc(1, sizeof *cw)))
+  if (cp_blocking && !d->leasing && !(cw = cqrs__calloc(1, sizeof *cw)))
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot start a projection");
   sub_t *s = NULL;
   rc = add_sub(d, def->name, def->types, def->handler, def->data,

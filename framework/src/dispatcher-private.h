@@ -28,6 +28,7 @@ typedef struct sub_lease {
   bool on;
   bool held;
   bool busy;         /* an acquire, renew or release in flight */
+  bool failing;      /* the last call failed (logged once) */
   int64_t token;     /* while held: fences its checkpoint writes */
   uint64_t deadline; /* uv_hrtime in ms: delivering stops then unless renewed */
   void (*changed)(void *data, bool held); /* a process manager hears of it; may be NULL */

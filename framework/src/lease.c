@@ -238,8 +238,13 @@ static void lease_done(lease_work_t *w) {
   uint64_t now = now_ms();
   if (w->op == OP_ACQUIRE) {
     if (w->rc) {
-      cqrs_log(CQRS_LOG_WARNING, "lease", "%s: cannot acquire the lease: %s", s->name, w->err.message);
-    } else if (w->token > 0 && (l->releasing || atomic_load(&s->d->closing))) {
+      if (!s->lease.failing)
+        cqrs_log(CQRS_LOG_WARNING, "lease", "%s: cannot acquire the lease: %s", s->name, w->err.message);
+      s->lease.failing = true;
+      return;
+    }
+    s->lease.failing = false;
+    if (w->token > 0 && (l->releasing || atomic_load(&s->d->closing))) {
       s->lease.token = w->token;
       lease_start(s, OP_RELEASE);
     } else if (w->token > 0) {
@@ -254,12 +259,14 @@ static void lease_done(lease_work_t *w) {
   } else if (w->op == OP_RENEW && s->lease.held && s->lease.token == w->token) {
     if (w->rc == CQRS_OK && now < s->lease.deadline) {
       s->lease.deadline = w->sent + l->ttl_ms - l->guard_ms;
+      s->lease.failing = false;
     } else if (w->rc == CQRS_OK) {
       lost(s, "renewed too late");
     } else if (w->rc == CQRS_ECONFLICT) {
       lost(s, w->err.message);
-    } else {
+    } else if (!s->lease.failing) {
       cqrs_log(CQRS_LOG_WARNING, "lease", "%s: cannot renew the lease: %s", s->name, w->err.message);
+      s->lease.failing = true;
     }
   } else if (w->op == OP_RELEASE) {
     s->lease.token = 0;
