@@ -31,6 +31,7 @@ typedef struct sub_lease {
   bool failing;      /* the last call failed (logged once) */
   int64_t token;     /* while held: fences its checkpoint writes */
   uint64_t deadline; /* uv_hrtime in ms: delivering stops then unless renewed */
+  uint64_t renew_at; /* the same clock: the next renewal is due */
   void (*changed)(void *data, bool held); /* a process manager hears of it; may be NULL */
 } sub_lease_t;
 

@@ -251,6 +251,7 @@ static void lease_done(lease_work_t *w) {
       s->lease.held = true;
       s->lease.token = w->token;
       s->lease.deadline = w->sent + l->ttl_ms - l->guard_ms;
+      s->lease.renew_at = w->sent + l->ttl_ms / 3;
       cqrs_log(CQRS_LOG_INFO, "lease", "%s: lease acquired by %s (token %lld)", s->name, l->owner,
                (long long)w->token);
       if (s->lease.changed) s->lease.changed(s->data, true);
@@ -259,6 +260,7 @@ static void lease_done(lease_work_t *w) {
   } else if (w->op == OP_RENEW && s->lease.held && s->lease.token == w->token) {
     if (w->rc == CQRS_OK && now < s->lease.deadline) {
       s->lease.deadline = w->sent + l->ttl_ms - l->guard_ms;
+      s->lease.renew_at = w->sent + l->ttl_ms / 3;
       s->lease.failing = false;
     } else if (w->rc == CQRS_OK) {
       lost(s, "renewed too late");
@@ -324,7 +326,7 @@ static void tick(uv_timer_t *t) {
     sub_t *s = d->subs[i];
     if (!s->lease.on || s->lease.busy) continue;
     if (s->lease.held) {
-      if (cqrs__lease_valid(s)) lease_start(s, OP_RENEW);
+      if (cqrs__lease_valid(s) && now_ms() >= s->lease.renew_at) lease_start(s, OP_RENEW);
     } else if (!l->releasing && !atomic_load(&d->closing) && may_acquire(s)) {
       lease_start(s, OP_ACQUIRE);
     }
@@ -335,8 +337,10 @@ cqrs_code_t cqrs_dispatcher_set_leases(cqrs_dispatcher_t *d, const cqrs_lease_op
   if (!d || !o || !o->leases) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, options or lease store");
   cqrs_code_t rc = cqrs__check_str(o->owner, CQRS_NAME_MAX, "lease owner", err);
   if (rc) return rc;
-  if (o->ttl_ms < 3 || o->ttl_ms > INT32_MAX || o->guard_ms >= o->ttl_ms)
-    return cqrs_error_set(err, CQRS_EINVAL, "lease ttl out of range, or a guard not under it");
+  /* The deadline (ttl - guard after a renewal) must come after the next
+   * renewal is due (ttl/3). */
+  if (o->ttl_ms < 6 || o->ttl_ms > INT32_MAX || o->guard_ms * 3 >= o->ttl_ms * 2)
+    return cqrs_error_set(err, CQRS_EINVAL, "lease ttl out of range, or a guard of 2/3 of it or more");
   if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   if (d->leasing) return cqrs_error_set(err, CQRS_ESTATE, "the dispatcher has leases already");
   for (size_t i = 0; i < d->nsubs; i++) {
@@ -352,7 +356,9 @@ cqrs_code_t cqrs_dispatcher_set_leases(cqrs_dispatcher_t *d, const cqrs_lease_op
   l->blocking = cqrs__leases_blocking(o->leases);
   uv_timer_init(d->loop, &l->timer);
   l->timer.data = l;
-  uint64_t every = o->ttl_ms / 3;
+  /* Renewals are due every ttl/3; ticking twice as often lets one that
+   * failed or came back late be tried again in time. */
+  uint64_t every = o->ttl_ms / 6 ? o->ttl_ms / 6 : 1;
   uv_timer_start(&l->timer, tick, every, every);
   /* Like the poll timer: the loop runs for the application's reasons. */
   uv_unref((uv_handle_t *)&l->timer);

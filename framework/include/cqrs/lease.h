@@ -58,10 +58,10 @@ CQRS_EXPORT cqrs_code_t cqrs_memory_leases_new(cqrs_leases_t **out, cqrs_error_t
 typedef struct cqrs_lease_options {
   cqrs_leases_t *leases; /* borrowed; must outlive the dispatcher */
   const char *owner;     /* copied; unique per process (e.g. host:pid:random) */
-  uint64_t ttl_ms;       /* default 3000; renewed every ttl/3, standbys try as often */
+  uint64_t ttl_ms;       /* default 3000; renewed every ttl/3; standbys try every ttl/6 */
   /* The owner stops delivering this long before its lease runs out, so that
    * it has stopped before another can take over; covers the clocks'
-   * difference and one delivery. Default ttl/3; less than ttl. */
+   * difference and one delivery. Default ttl/3; less than 2/3 of ttl. */
   uint64_t guard_ms;
   uint64_t reserved[4];
 } cqrs_lease_options_t;
