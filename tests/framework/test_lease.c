@@ -93,6 +93,7 @@ typedef struct fx {
   cqrs_dispatcher_t *d[2];
   side_t side[2];
   seen_t seen;
+  int steps[2]; /* step commands each dispatcher handled */
   int done;
   bool blocking;
 } fx_t;
@@ -124,6 +125,45 @@ static void open_side(fx_t *fx, int i, const char *owner) {
   fx->side[i] = (side_t){fx, i};
   cqrs_projection_def_t def = {"proj", NULL, project, &fx->side[i], 0};
   if (cqrs_projection_start(fx->d[i], &def, fx->cp, &err)) fail_msg("%s", err.message);
+}
+
+/* ---- a process manager: each account opened gets a bonus credit, once ---- */
+
+static cqrs_code_t bonus_opened(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)state;
+  (void)data;
+  ledger_move_cmd_t c = {{0}, 100};
+  snprintf(c.id, sizeof c.id, "%s", cqrs_event_aggregate_id(e));
+  return cqrs_process_send(p, "credit", &c, err);
+}
+
+static cqrs_code_t bonus_step(cqrs_process_t *p, void *state, const cqrs_step_outcome_t *o, void *data,
+                              cqrs_error_t *err) {
+  (void)state;
+  (void)o;
+  (void)data;
+  (void)err;
+  cqrs_process_end(p);
+  return CQRS_OK;
+}
+
+static const cqrs_process_route_t bonus_routes[] = {{&ledger_opened, true, NULL, bonus_opened}, {NULL}};
+static const cqrs_process_step_t bonus_steps[] = {{"credit", &ledger_credit}, {NULL, NULL}};
+static const cqrs_process_type_t bonus = {.name = "bonus", .routes = bonus_routes, .steps = bonus_steps,
+                                          .on_step = bonus_step};
+
+static cqrs_code_t count_step(const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)err;
+  if (cqrs_command_type(cmd) == &ledger_credit && cqrs_command_id(cmd)[0] == '~') ++*(int *)data;
+  return CQRS_OK;
+}
+static const cqrs_middleware_t step_counter = {.command_before = count_step};
+
+static void start_bonus(fx_t *fx, int i) {
+  cqrs_error_t err;
+  if (cqrs_dispatcher_use(fx->d[i], &step_counter, &fx->steps[i], &err) ||
+      cqrs_process_start(fx->d[i], &bonus, NULL, fx->cp, &err))
+    fail_msg("%s", err.message);
 }
 
 static void close_side(fx_t *fx, int i) {
@@ -158,6 +198,20 @@ static int setup(void **state) {
 
 static int setup_blocking(void **state) {
   *state = fx_new(true);
+  return 0;
+}
+
+static int setup_bonus(void **state) {
+  fx_t *fx = fx_new(false);
+  assert_int_equal(cqrs_registry_add_process(fx->reg, &bonus, NULL), CQRS_OK);
+  *state = fx;
+  return 0;
+}
+
+static int setup_bonus_blocking(void **state) {
+  fx_t *fx = fx_new(true);
+  assert_int_equal(cqrs_registry_add_process(fx->reg, &bonus, NULL), CQRS_OK);
+  *state = fx;
   return 0;
 }
 
@@ -319,6 +373,68 @@ static void test_fenced_checkpoint_stops_the_owner(void **state) {
   assert_int_equal(pos, 6); /* z's */
 }
 
+static bool owns_bonus(fx_t *fx, int i) { return fx->d[i] && cqrs_projection_owned(fx->d[i], "process:bonus"); }
+
+static int64_t balance(fx_t *fx, const char *id) {
+  cqrs_aggregate_t *agg;
+  if (cqrs_repository_load(fx->mem, &ledger_type, id, &agg, NULL)) return -1;
+  int64_t b = ((const ledger_state_t *)cqrs_aggregate_state_const(agg))->balance;
+  cqrs_aggregate_destroy(agg);
+  return b;
+}
+
+/* Opens accounts b<from>..b<to - 1> through dispatcher `via` and waits until
+ * each has had its bonus. */
+static void open_and_wait(fx_t *fx, int via, int from, int to) {
+  char id[16];
+  for (int i = from; i < to; i++) {
+    snprintf(id, sizeof id, "b%d", i);
+    assert_int_equal(cqrs_dispatcher_send(fx->d[via], ledger_open_new(id, "x"), on_done, fx), CQRS_OK);
+  }
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  for (int i = from; i < to; i++) {
+    snprintf(id, sizeof id, "b%d", i);
+    while (balance(fx, id) != 100) {
+      if (uv_now(&fx->loop) > until) fail_msg("%s has %lld", id, (long long)balance(fx, id));
+      uv_run(&fx->loop, UV_RUN_ONCE);
+    }
+  }
+}
+
+/* The process manager runs where its lease is: only that dispatcher sends
+ * steps; when it closes the other takes over, and every instance has its
+ * step once. */
+static void test_process_manager_runs_at_its_owner(void **state) {
+  fx_t *fx = *state;
+  open_side(fx, 0, "a");
+  start_bonus(fx, 0);
+  open_side(fx, 1, "b");
+  start_bonus(fx, 1);
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  while (!owns_bonus(fx, 0) && !owns_bonus(fx, 1) && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  int first = owns_bonus(fx, 0) ? 0 : 1, other = !first;
+  assert_true(owns_bonus(fx, first));
+  open_and_wait(fx, other, 0, 10);
+  assert_int_equal(fx->steps[first], 11); /* and "acc", opened before */
+  assert_int_equal(fx->steps[other], 0);
+  assert_false(owns_bonus(fx, other));
+  close_side(fx, first);
+  open_and_wait(fx, other, 10, 20);
+  assert_true(owns_bonus(fx, other));
+  /* And perhaps one the first sent and closed before it heard back from:
+   * sent again under its id, it changes nothing. */
+  assert_true(fx->steps[other] >= 10 && fx->steps[other] <= 11);
+  for (int i = 0; i < 20; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "b%d", i);
+    assert_int_equal(balance(fx, id), 100);
+  }
+  /* Each ends once its step's outcome is recorded. */
+  until = uv_now(&fx->loop) + 10000;
+  while (cqrs_process_open_count(fx->d[other], "bonus") && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(cqrs_process_open_count(fx->d[other], "bonus"), 0);
+}
+
 static cqrs_code_t uf_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
   return cqrs_checkpoints_load(impl, name, position, err);
 }
@@ -384,6 +500,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_takeover_when_renewals_stop, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_fenced_checkpoint_stops_the_owner, setup, teardown),
       cmocka_unit_test_setup_teardown(test_fenced_checkpoint_stops_the_owner, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_process_manager_runs_at_its_owner, setup_bonus, teardown),
+      cmocka_unit_test_setup_teardown(test_process_manager_runs_at_its_owner, setup_bonus_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_lease_rules, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lease_rules, setup_blocking, teardown),
   };
