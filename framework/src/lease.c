@@ -185,6 +185,16 @@ typedef struct cqrs__leasing {
   bool blocking;
   bool releasing; /* closing: nothing is acquired or renewed any more */
   uv_timer_t timer;
+  /* A blocking store's calls run on a thread of their own rather than the
+   * pool, where a renewal could wait behind slow reads of the store until
+   * its lease ran out. Calls go in `todo`, come back in `done`. */
+  uv_thread_t thread;
+  uv_mutex_t lock;
+  uv_cond_t cond;
+  uv_async_t async;
+  struct lease_work *todo, *done;
+  size_t inflight; /* loop thread: calls sent and not come back; they hold the loop */
+  bool stop, threaded;
 } leasing_t;
 
 void cqrs_lease_options_init(cqrs_lease_options_t *o) {
@@ -199,7 +209,7 @@ static uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
 enum { OP_ACQUIRE, OP_RENEW, OP_RELEASE };
 
 typedef struct lease_work {
-  uv_work_t req;
+  struct lease_work *next;
   sub_t *s;
   int op;
   int64_t token;  /* in: renew and release; out: acquire */
@@ -275,18 +285,39 @@ static void lease_done(lease_work_t *w) {
   }
 }
 
-static void lease_work_cb(uv_work_t *req) { lease_call(req->data); }
-
-static void lease_after_work(uv_work_t *req, int status) {
-  lease_work_t *w = req->data;
-  cqrs_dispatcher_t *d = w->s->d;
-  d->work_inflight--;
-  if (status) {
-    w->rc = cqrs_error_set(&w->err, CQRS_ECLOSED, "cancelled");
-    w->token = w->op == OP_ACQUIRE ? 0 : w->token;
+static void lease_thread(void *arg) {
+  leasing_t *l = arg;
+  uv_mutex_lock(&l->lock);
+  for (;;) {
+    while (!l->todo && !l->stop) uv_cond_wait(&l->cond, &l->lock);
+    if (!l->todo) break;
+    lease_work_t *w = l->todo;
+    l->todo = w->next;
+    uv_mutex_unlock(&l->lock);
+    lease_call(w);
+    uv_mutex_lock(&l->lock);
+    w->next = l->done;
+    l->done = w;
+    uv_async_send(&l->async);
   }
-  lease_done(w);
-  cqrs__free(w);
+  uv_mutex_unlock(&l->lock);
+}
+
+static void lease_async(uv_async_t *h) {
+  leasing_t *l = h->data;
+  cqrs_dispatcher_t *d = l->d;
+  uv_mutex_lock(&l->lock);
+  lease_work_t *w = l->done;
+  l->done = NULL;
+  uv_mutex_unlock(&l->lock);
+  while (w) {
+    lease_work_t *next = w->next;
+    d->work_inflight--;
+    if (--l->inflight == 0) uv_unref((uv_handle_t *)&l->async);
+    lease_done(w);
+    cqrs__free(w);
+    w = next;
+  }
   if (atomic_load(&d->closing)) cqrs__dispatcher_maybe_closed(d);
 }
 
@@ -305,12 +336,13 @@ static void lease_start(sub_t *s, int op) {
     cqrs__free(w);
     return;
   }
-  w->req.data = w;
-  if (uv_queue_work(s->d->loop, &w->req, lease_work_cb, lease_after_work)) {
-    s->lease.busy = false;
-    cqrs__free(w);
-    return;
-  }
+  uv_mutex_lock(&l->lock);
+  lease_work_t **tail = &l->todo;
+  while (*tail) tail = &(*tail)->next;
+  *tail = w;
+  uv_cond_signal(&l->cond);
+  uv_mutex_unlock(&l->lock);
+  if (l->inflight++ == 0) uv_ref((uv_handle_t *)&l->async);
   s->d->work_inflight++;
 }
 
@@ -331,6 +363,35 @@ static void tick(uv_timer_t *t) {
       lease_start(s, OP_ACQUIRE);
     }
   }
+}
+
+/* The thread first: it touches the async handle only once calls come in. */
+static cqrs_code_t start_thread(leasing_t *l, cqrs_error_t *err) {
+  if (uv_mutex_init(&l->lock)) return cqrs_error_set(err, CQRS_ENOMEM, "cannot create the leases' lock");
+  if (uv_cond_init(&l->cond)) {
+    uv_mutex_destroy(&l->lock);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot create the leases' condition");
+  }
+  if (uv_thread_create(&l->thread, lease_thread, l)) {
+    uv_cond_destroy(&l->cond);
+    uv_mutex_destroy(&l->lock);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot start the leases' thread");
+  }
+  if (uv_async_init(l->d->loop, &l->async, lease_async)) {
+    uv_mutex_lock(&l->lock);
+    l->stop = true;
+    uv_cond_signal(&l->cond);
+    uv_mutex_unlock(&l->lock);
+    uv_thread_join(&l->thread);
+    uv_cond_destroy(&l->cond);
+    uv_mutex_destroy(&l->lock);
+    return cqrs_error_set(err, CQRS_EINVAL, "cannot attach the leases to the loop");
+  }
+  l->threaded = true;
+  l->async.data = l;
+  uv_unref((uv_handle_t *)&l->async);
+  l->d->handles_open++;
+  return CQRS_OK;
 }
 
 cqrs_code_t cqrs_dispatcher_set_leases(cqrs_dispatcher_t *d, const cqrs_lease_options_t *o, cqrs_error_t *err) {
@@ -354,6 +415,10 @@ cqrs_code_t cqrs_dispatcher_set_leases(cqrs_dispatcher_t *d, const cqrs_lease_op
   l->ttl_ms = o->ttl_ms;
   l->guard_ms = o->guard_ms;
   l->blocking = cqrs__leases_blocking(o->leases);
+  if (l->blocking && (rc = start_thread(l, err))) {
+    cqrs__free(l);
+    return rc;
+  }
   uv_timer_init(d->loop, &l->timer);
   l->timer.data = l;
   /* Renewals are due every ttl/3; ticking twice as often lets one that
@@ -407,13 +472,29 @@ bool cqrs__leases_closed(cqrs_dispatcher_t *d) {
   return done;
 }
 
+/* Nothing is in flight by now (the dispatcher waited for it): the thread
+ * is idle and stops at once. */
 void cqrs__leases_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb) {
-  d->leasing->timer.data = d;
-  uv_close((uv_handle_t *)&d->leasing->timer, cb);
+  leasing_t *l = d->leasing;
+  l->timer.data = d;
+  uv_close((uv_handle_t *)&l->timer, cb);
+  if (!l->threaded) return;
+  uv_mutex_lock(&l->lock);
+  l->stop = true;
+  uv_cond_signal(&l->cond);
+  uv_mutex_unlock(&l->lock);
+  uv_thread_join(&l->thread);
+  l->async.data = d;
+  uv_close((uv_handle_t *)&l->async, cb);
 }
 
 void cqrs__leases_free(cqrs_dispatcher_t *d) {
-  cqrs__free(d->leasing);
+  leasing_t *l = d->leasing;
+  if (l && l->threaded) {
+    uv_cond_destroy(&l->cond);
+    uv_mutex_destroy(&l->lock);
+  }
+  cqrs__free(l);
   d->leasing = NULL;
 }
 
