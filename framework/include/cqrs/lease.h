@@ -18,7 +18,9 @@ extern "C" {
  * implementation shared by several machines relies on their clocks being
  * close (docs/scaling.md says how close). */
 typedef struct cqrs_lease_ops {
-  bool blocking; /* called only from the thread pool when true */
+  /* true: called only from a thread the dispatcher keeps for them (not the
+   * pool, where a renewal could wait behind slow reads of the store). */
+  bool blocking;
   /* Takes lease `name` for `owner` until now + ttl_ms when nobody holds it,
    * its holder's time ran out, or `owner` holds it: *token is then a new
    * token, higher than every one handed out before for `name`. *token 0:
