@@ -205,7 +205,10 @@ static void cp_save_after(uv_work_t *w, int status) {
 /* Saves inline, or on the pool for an async subscriber whose checkpoints
  * block (one save in flight; the newest position wins). */
 static void save_checkpoint(sub_t *s) {
-  if (!s->cp) return;
+  /* Once its lease is lost the checkpoint is the next holder's to move (a
+   * process manager has forgotten its open instances, so what it would
+   * save could pass one). */
+  if (!s->cp || (s->lease.on && !s->lease.held)) return;
   int64_t at = s->checkpoint ? s->checkpoint(s->data, s->position) : s->position;
   if (at == s->saved || at < 0) return;
   if (s->cp_blocking) {
@@ -817,6 +820,10 @@ bool cqrs__bus_sub_figures(const cqrs_dispatcher_t *d, size_t i, cqrs__sub_figur
   bool idle = s->state == SUB_LIVE && !s->q_len && !s->busy && !s->waiting;
   out->handled_up_to = idle && d->feed_pos > s->position ? d->feed_pos : s->position;
   out->oldest_pending_ts = s->q_len ? q_peek(s, 0)->timestamp : 0;
+  if (s->state == SUB_STANDBY) { /* another process runs it: its lag is that one's to show */
+    out->handled_up_to = d->feed_pos;
+    out->oldest_pending_ts = 0;
+  }
   out->retries = s->retries;
   return true;
 }

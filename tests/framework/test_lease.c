@@ -94,6 +94,7 @@ typedef struct fx {
   side_t side[2];
   seen_t seen;
   int steps[2]; /* step commands each dispatcher handled */
+  cqrs_metrics_t *metrics[2];
   int done;
   bool blocking;
 } fx_t;
@@ -122,6 +123,8 @@ static void open_side(fx_t *fx, int i, const char *owner) {
   lo.ttl_ms = 150;
   lo.guard_ms = 50;
   if (cqrs_dispatcher_set_leases(fx->d[i], &lo, &err)) fail_msg("%s", err.message);
+  if (!fx->metrics[i] && cqrs_metrics_new(&fx->metrics[i], &err)) fail_msg("%s", err.message);
+  if (cqrs_metrics_attach(fx->metrics[i], fx->d[i], &err)) fail_msg("%s", err.message);
   fx->side[i] = (side_t){fx, i};
   cqrs_projection_def_t def = {"proj", NULL, project, &fx->side[i], 0};
   if (cqrs_projection_start(fx->d[i], &def, fx->cp, &err)) fail_msg("%s", err.message);
@@ -222,6 +225,7 @@ static int teardown(void **state) {
   uv_close((uv_handle_t *)&fx->tick, NULL);
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
+  for (int i = 0; i < 2; i++) cqrs_metrics_destroy(fx->metrics[i]);
   cqrs_leases_destroy(fx->leases);
   cqrs_leases_destroy(fx->tl.inner);
   if (fx->cp != fx->cp_mem) cqrs_checkpoints_destroy(fx->cp);
@@ -250,6 +254,15 @@ static int64_t head(fx_t *fx) {
 }
 
 static bool owns(fx_t *fx, int i) { return fx->d[i] && cqrs_projection_owned(fx->d[i], "proj"); }
+
+/* The cqrs_leases_held gauge of dispatcher `i`. */
+static double leases_held(fx_t *fx, int i) {
+  cqrs_metrics_snapshot_t *snap;
+  assert_int_equal(cqrs_metrics_snapshot(fx->metrics[i], &snap, NULL), CQRS_OK);
+  double v = cqrs_metrics_snapshot_value(snap, "cqrs_leases_held", NULL);
+  cqrs_metrics_snapshot_destroy(snap);
+  return v;
+}
 
 /* Runs the loop until `i` owns the projection and it has handled the head. */
 static void run_until_projected(fx_t *fx, int i, int want_done) {
@@ -295,6 +308,7 @@ static void test_takeover_on_close(void **state) {
   assert_false(owns(fx, other));
   assert_int_equal(fx->seen.by[other], 0);
   assert_int_equal(fx->seen.by[first], 31);
+  assert_true(leases_held(fx, first) == 1.0 && leases_held(fx, other) == 0.0);
   /* What `first` closes on it still delivers; then the other takes over. */
   credit(fx, other, 5);
   close_side(fx, first);
@@ -306,6 +320,7 @@ static void test_takeover_on_close(void **state) {
   assert_int_equal(fx->seen.by[first], by_first);
   assert_true(fx->seen.by[other] >= 15);
   assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d[other]), 0);
+  assert_true(leases_held(fx, other) == 1.0);
 }
 
 /* The owner stops renewing (its lease store is out of reach): it stops at
