@@ -174,7 +174,7 @@ static cqrs_code_t cp_save(sub_t *s, int64_t position, int64_t token, cqrs_error
 /* A save refused because a newer lease holder has written: the lease is gone. */
 static void cp_save_failed(sub_t *s, const cqrs_error_t *err) {
   if (err->code == CQRS_ECONFLICT && s->lease.on) {
-    cqrs__lease_fenced(s, err);
+    cqrs__lease_give_up(s, err);
   } else {
     cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: %s", s->name, err->message);
   }
@@ -618,7 +618,7 @@ static void start_catchup(sub_t *s, int64_t position) {
  * under a lease, let it go: another process (or a later try) starts it. */
 static void cp_load_failed(sub_t *s, const cqrs_error_t *err) {
   if (s->lease.on) {
-    cqrs__lease_fenced(s, err);
+    cqrs__lease_give_up(s, err);
     return;
   }
   cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot load its checkpoint: %s", s->name, err->message);

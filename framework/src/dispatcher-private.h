@@ -147,7 +147,7 @@ void cqrs__sub_lease_lost(sub_t *s);
 /* lease.c */
 void cqrs__lease_sub_added(sub_t *s);  /* starts trying to acquire */
 bool cqrs__lease_valid(sub_t *s);      /* held and in time; else loses it */
-void cqrs__lease_fenced(sub_t *s, const cqrs_error_t *err); /* a checkpoint write was refused */
+void cqrs__lease_give_up(sub_t *s, const cqrs_error_t *err); /* a checkpoint write fenced off, or no checkpoint */
 /* At close, once everything else is idle: releases what is held; true when
  * nothing is left to release or in flight. */
 bool cqrs__leases_closed(cqrs_dispatcher_t *d);

@@ -445,7 +445,7 @@ bool cqrs__lease_valid(sub_t *s) {
   return false;
 }
 
-void cqrs__lease_fenced(sub_t *s, const cqrs_error_t *err) { lost(s, err->message); }
+void cqrs__lease_give_up(sub_t *s, const cqrs_error_t *err) { lost(s, err->message); }
 
 bool cqrs__leases_closed(cqrs_dispatcher_t *d) {
   leasing_t *l = d->leasing;
