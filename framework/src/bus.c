@@ -105,6 +105,7 @@ static void timer_cb(uv_timer_t *t) {
  * the subscriber lets go of what it holds, which a projection reads again
  * from its checkpoint. A permanent store error is dead-lettered like any. */
 static bool head_failed(sub_t *s, const cqrs_error_t *error) {
+  if (s->state == SUB_STANDBY) return false; /* another process delivers it */
   s->attempts++;
   s->retries++;
   if (error->code == CQRS_ECLOSED && atomic_load(&s->d->closing)) {
@@ -159,14 +160,29 @@ static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *e
 typedef struct cp_save_work {
   uv_work_t req;
   sub_t *s;
-  int64_t position;
+  int64_t position, token;
   cqrs_code_t rc;
   cqrs_error_t err;
 } cp_save_work_t;
 
+/* Under a lease the save carries its token (0: none). Any thread. */
+static cqrs_code_t cp_save(sub_t *s, int64_t position, int64_t token, cqrs_error_t *err) {
+  if (token) return cqrs_checkpoints_save_fenced(s->cp, s->name, position, token, err);
+  return cqrs_checkpoints_save(s->cp, s->name, position, err);
+}
+
+/* A save refused because a newer lease holder has written: the lease is gone. */
+static void cp_save_failed(sub_t *s, const cqrs_error_t *err) {
+  if (err->code == CQRS_ECONFLICT && s->lease.on) {
+    cqrs__lease_give_up(s, err);
+  } else {
+    cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: %s", s->name, err->message);
+  }
+}
+
 static void cp_save_work_cb(uv_work_t *w) {
   cp_save_work_t *cw = w->data;
-  cw->rc = cqrs_checkpoints_save(cw->s->cp, cw->s->name, cw->position, &cw->err);
+  cw->rc = cp_save(cw->s, cw->position, cw->token, &cw->err);
 }
 
 static void save_checkpoint(sub_t *s);
@@ -179,7 +195,7 @@ static void cp_save_after(uv_work_t *w, int status) {
   if (status == 0 && cw->rc == CQRS_OK) {
     s->saved = cw->position;
   } else if (status == 0) {
-    cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: %s", s->name, cw->err.message);
+    cp_save_failed(s, &cw->err);
   }
   cqrs__free(cw);
   save_checkpoint(s);
@@ -189,7 +205,10 @@ static void cp_save_after(uv_work_t *w, int status) {
 /* Saves inline, or on the pool for an async subscriber whose checkpoints
  * block (one save in flight; the newest position wins). */
 static void save_checkpoint(sub_t *s) {
-  if (!s->cp) return;
+  /* Once its lease is lost the checkpoint is the next holder's to move (a
+   * process manager has forgotten its open instances, so what it would
+   * save could pass one). */
+  if (!s->cp || (s->lease.on && !s->lease.held)) return;
   int64_t at = s->checkpoint ? s->checkpoint(s->data, s->position) : s->position;
   if (at == s->saved || at < 0) return;
   if (s->cp_blocking) {
@@ -198,6 +217,7 @@ static void save_checkpoint(sub_t *s) {
     if (!cw) return;
     cw->s = s;
     cw->position = at;
+    cw->token = s->lease.token;
     cw->req.data = cw;
     if (uv_queue_work(s->d->loop, &cw->req, cp_save_work_cb, cp_save_after)) {
       cqrs__free(cw);
@@ -208,10 +228,10 @@ static void save_checkpoint(sub_t *s) {
     return;
   }
   cqrs_error_t err;
-  if (cqrs_checkpoints_save(s->cp, s->name, at, &err) == CQRS_OK) {
+  if (cp_save(s, at, s->lease.token, &err) == CQRS_OK) {
     s->saved = at;
   } else {
-    cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: %s", s->name, err.message);
+    cp_save_failed(s, &err);
   }
 }
 
@@ -240,6 +260,9 @@ typedef struct sub_work {
   cqrs_code_t rc;
   cqrs_error_t err;
   int64_t position;
+  int64_t token;      /* the lease's, for the checkpoint write */
+  bool fenced;        /* that write was refused */
+  cqrs_error_t cp_err;
 } sub_work_t;
 
 static bool collect(const cqrs_event_t *e, void *data) {
@@ -260,8 +283,11 @@ static void sub_work_cb(uv_work_t *w) {
   }
   if (s->cp && sw->done) {
     /* Blocking projections save their checkpoint here, off the loop. */
-    cqrs_error_t err;
-    if (cqrs_checkpoints_save(s->cp, s->name, sw->position, &err) == CQRS_OK) s->saved = sw->position;
+    if (cp_save(s, sw->position, sw->token, &sw->cp_err) == CQRS_OK) {
+      s->saved = sw->position;
+    } else {
+      sw->fenced = sw->cp_err.code == CQRS_ECONFLICT;
+    }
   }
 }
 
@@ -280,7 +306,7 @@ static void sub_after_work(uv_work_t *w, int status) {
         uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, 1), 0);
       } else if (sw->read.len == 0) {
         if (s->read_pos >= s->d->feed_pos) {
-          s->state = SUB_LIVE;
+          if (s->state == SUB_CATCHING_UP) s->state = SUB_LIVE;
         } else if (!atomic_load(&s->d->closing)) {
           s->waiting = true;
           uv_timer_start(&s->timer, timer_cb, CATCHUP_RETRY_MS, 0);
@@ -299,6 +325,7 @@ static void sub_after_work(uv_work_t *w, int status) {
       q_pop(s);
     }
     if (status == 0 && sw->rc != CQRS_OK) head_failed(s, &sw->err);
+    if (sw->fenced) cp_save_failed(s, &sw->cp_err);
   }
   cqrs__free(sw);
   sub_run(s);
@@ -310,6 +337,7 @@ static bool start_work(sub_t *s, bool catchup) {
   if (!sw) return false;
   sw->s = s;
   sw->catchup = catchup;
+  sw->token = s->lease.token;
   if (!catchup) {
     sw->n = s->q_len < SUB_BATCH ? s->q_len : SUB_BATCH;
     for (size_t i = 0; i < sw->n; i++) sw->batch[i] = q_peek(s, i);
@@ -344,7 +372,8 @@ static void sub_run(sub_t *s) {
   s->running = true;
   cqrs_dispatcher_t *d = s->d;
   bool closing = atomic_load(&d->closing);
-  while (!s->busy && !s->waiting && s->state != SUB_LOADING) {
+  while (!s->busy && !s->waiting && s->state != SUB_LOADING && s->state != SUB_STANDBY) {
+    if (s->lease.on && !cqrs__lease_valid(s)) break;
     if (s->q_len) {
       if (s->blocking) {
         if (!start_work(s, false)) break;
@@ -376,6 +405,10 @@ static void sub_run(sub_t *s) {
       break;
     }
   }
+  /* A standby lets go of what it held once nothing is in flight. */
+  if (s->state == SUB_STANDBY && !s->busy) {
+    while (s->q_len) q_pop(s);
+  }
   if (!s->blocking) save_checkpoint(s);
   s->running = false;
   cqrs__waiters_check(d);
@@ -385,7 +418,7 @@ static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
   for (size_t i = 0; i < d->nsubs; i++) {
     sub_t *s = d->subs[i];
     if (s->state != SUB_LIVE || e->position <= s->position || !sub_wants(s, e)) continue;
-    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async) {
+    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async && !s->lease.on) {
       cqrs_error_t err;
       if (call_handler(s, e, &err) == CQRS_OK) {
         s->position = e->position;
@@ -581,19 +614,72 @@ static void start_catchup(sub_t *s, int64_t position) {
   sub_run(s);
 }
 
+/* Keep the projection stopped rather than replaying from an unknown point;
+ * under a lease, let it go: another process (or a later try) starts it. */
+static void cp_load_failed(sub_t *s, const cqrs_error_t *err) {
+  if (s->lease.on) {
+    cqrs__lease_give_up(s, err);
+    return;
+  }
+  cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot load its checkpoint: %s", s->name, err->message);
+}
+
 static void cp_after_work(uv_work_t *w, int status) {
   cp_work_t *cw = w->data;
   sub_t *s = cw->s;
   s->busy = false;
   s->d->work_inflight--;
-  if (status == 0 && cw->rc == CQRS_OK) {
+  if (s->state != SUB_LOADING) {
+    sub_run(s); /* the lease went while it loaded */
+  } else if (status == 0 && cw->rc == CQRS_OK) {
     start_catchup(s, cw->position);
   } else if (!atomic_load(&s->d->closing)) {
-    /* Keep the projection stopped rather than replaying from an unknown point. */
-    cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot load its checkpoint: %s", s->name, cw->err.message);
+    cp_load_failed(s, &cw->err);
   }
   cqrs__free(cw);
   if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
+}
+
+/* Loads the checkpoint of `s` (SUB_LOADING), then catches up: inline, or
+ * on the pool for blocking checkpoints. */
+static void load_checkpoint(sub_t *s) {
+  s->state = SUB_LOADING;
+  if (!cqrs__checkpoints_blocking(s->cp)) {
+    int64_t pos = 0;
+    cqrs_error_t err;
+    if (cqrs_checkpoints_load(s->cp, s->name, &pos, &err)) {
+      cp_load_failed(s, &err);
+    } else {
+      start_catchup(s, pos);
+    }
+    return;
+  }
+  cp_work_t *cw = cqrs__calloc(1, sizeof *cw);
+  if (cw) {
+    cw->s = s;
+    cw->req.data = cw;
+    if (uv_queue_work(s->d->loop, &cw->req, cp_work_cb, cp_after_work) == 0) {
+      s->busy = true;
+      s->d->work_inflight++;
+      return;
+    }
+    cqrs__free(cw);
+  }
+  cqrs_error_t err;
+  cqrs_error_set(&err, CQRS_ENOMEM, "cannot queue a checkpoint load");
+  cp_load_failed(s, &err);
+}
+
+void cqrs__sub_lease_acquired(sub_t *s) { load_checkpoint(s); }
+
+void cqrs__sub_lease_lost(sub_t *s) {
+  s->state = SUB_STANDBY;
+  if (s->waiting) {
+    uv_timer_stop(&s->timer);
+    s->waiting = false;
+  }
+  s->attempts = 0;
+  sub_run(s);
 }
 
 static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
@@ -615,15 +701,17 @@ static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_
                                     cqrs__checkpoint_fn checkpoint, bool async, sub_t **out, cqrs_error_t *err) {
   *out = NULL;
   if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, definition or checkpoints");
+  if (d->leasing && !cqrs__checkpoints_fenced(cp))
+    return cqrs_error_set(err, CQRS_EINVAL, "under leases a projection needs checkpoints that fence their writes");
   bool cp_blocking = cqrs__checkpoints_blocking(cp);
   int64_t pos = 0;
   cqrs_code_t rc;
-  if (!cp_blocking) {
+  if (!cp_blocking && !d->leasing) {
     if ((rc = cqrs__check_str(def->name, CQRS_NAME_MAX, "projection name", err))) return rc;
     if ((rc = cqrs_checkpoints_load(cp, def->name, &pos, err))) return rc;
   }
   cp_work_t *cw = NULL;
-  if (cp_blocking && !(cw = cqrs__calloc(1, sizeof *cw)))
+  if (cp_blocking && !d->leasing && !(cw = cqrs__calloc(1, sizeof *cw)))
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot start a projection");
   sub_t *s = NULL;
   rc = add_sub(d, def->name, def->types, def->handler, def->data,
@@ -638,6 +726,10 @@ static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_
   s->checkpoint = checkpoint;
   s->cp_blocking = async && cp_blocking;
   s->state = SUB_LOADING;
+  if (d->leasing) {
+    cqrs__lease_sub_added(s); /* loads its checkpoint once it holds the lease */
+    return CQRS_OK;
+  }
   if (!cp_blocking) {
     start_catchup(s, pos);
     return CQRS_OK;
@@ -695,6 +787,7 @@ bool cqrs__bus_idle(const cqrs_dispatcher_t *d) {
 }
 
 void cqrs__bus_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb) {
+  if (d->leasing) cqrs__leases_close_handles(d, cb);
   for (size_t i = 0; i < d->nsubs; i++) {
     d->subs[i]->timer.data = d;
     uv_close((uv_handle_t *)&d->subs[i]->timer, cb);
@@ -710,6 +803,7 @@ void cqrs__bus_free(cqrs_dispatcher_t *d) {
     cqrs__free(s);
   }
   cqrs__free(d->subs);
+  cqrs__leases_free(d);
   for (size_t i = 0; i < d->ndead; i++) cqrs_event_unref(d->dead[i].event);
   cqrs__free(d->dead);
 }
@@ -726,6 +820,10 @@ bool cqrs__bus_sub_figures(const cqrs_dispatcher_t *d, size_t i, cqrs__sub_figur
   bool idle = s->state == SUB_LIVE && !s->q_len && !s->busy && !s->waiting;
   out->handled_up_to = idle && d->feed_pos > s->position ? d->feed_pos : s->position;
   out->oldest_pending_ts = s->q_len ? q_peek(s, 0)->timestamp : 0;
+  if (s->state == SUB_STANDBY) { /* another process runs it: its lag is that one's to show */
+    out->handled_up_to = d->feed_pos;
+    out->oldest_pending_ts = 0;
+  }
   out->retries = s->retries;
   return true;
 }

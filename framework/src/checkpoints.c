@@ -51,9 +51,21 @@ cqrs_code_t cqrs_checkpoints_save(cqrs_checkpoints_t *cp, const char *name, int6
   return rc ? rc : cp->ops->save(cp->impl, name, position, err);
 }
 
+cqrs_code_t cqrs_checkpoints_save_fenced(cqrs_checkpoints_t *cp, const char *name, int64_t position, int64_t token,
+                                         cqrs_error_t *err) {
+  if (!cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL checkpoints");
+  if (position < 0 || token <= 0) return cqrs_error_set(err, CQRS_EINVAL, "negative checkpoint or token");
+  if (!cp->ops->save_fenced) return cqrs_error_set(err, CQRS_EINVAL, "these checkpoints cannot fence their writes");
+  cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "checkpoint name", err);
+  return rc ? rc : cp->ops->save_fenced(cp->impl, name, position, token, err);
+}
+
+bool cqrs__checkpoints_fenced(const cqrs_checkpoints_t *cp) { return cp->ops->save_fenced != NULL; }
+
 typedef struct mem_cp_entry {
   UT_hash_handle hh;
   int64_t position;
+  int64_t token; /* highest that wrote; 0: plain saves only */
   char name[CQRS_NAME_MAX];
 } mem_cp_entry_t;
 
@@ -73,7 +85,8 @@ static cqrs_code_t mem_cp_load(void *impl, const char *name, int64_t *position, 
   return CQRS_OK;
 }
 
-static cqrs_code_t mem_cp_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+static cqrs_code_t mem_cp_save_fenced(void *impl, const char *name, int64_t position, int64_t token,
+                                      cqrs_error_t *err) {
   mem_cp_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
   uv_mutex_lock(&m->lock);
@@ -93,9 +106,20 @@ static cqrs_code_t mem_cp_save(void *impl, const char *name, int64_t position, c
       rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot save checkpoint");
     }
   }
-  if (e) e->position = position;
+  if (e && token && e->token > token) {
+    rc = cqrs_error_set(err, CQRS_ECONFLICT, "checkpoint %s: token %lld has written, %lld is fenced off", name,
+                        (long long)e->token, (long long)token);
+  } else if (e) {
+    e->position = position;
+    if (token) e->token = token;
+  }
   uv_mutex_unlock(&m->lock);
   return rc;
+}
+
+/* Unfenced: an operator's reset (a rebuild) moves it whoever holds the lease. */
+static cqrs_code_t mem_cp_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+  return mem_cp_save_fenced(impl, name, position, 0, err);
 }
 
 static void mem_cp_destroy(void *impl) {
@@ -109,7 +133,7 @@ static void mem_cp_destroy(void *impl) {
   cqrs__free(m);
 }
 
-static const cqrs_checkpoint_ops_t mem_cp_ops = {false, mem_cp_load, mem_cp_save, mem_cp_destroy};
+static const cqrs_checkpoint_ops_t mem_cp_ops = {false, mem_cp_load, mem_cp_save, mem_cp_destroy, mem_cp_save_fenced};
 
 cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoints_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");

@@ -130,6 +130,8 @@ void cqrs__event_vec_clear(cqrs__event_vec_t *v); /* unrefs all, keeps capacity 
 void cqrs__event_vec_free(cqrs__event_vec_t *v);
 
 bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp);
+bool cqrs__checkpoints_fenced(const cqrs_checkpoints_t *cp);
+bool cqrs__leases_blocking(const cqrs_leases_t *l);
 
 /* Objects a module builds for types it registers, freed with the registry. */
 cqrs_code_t cqrs__registry_keep(cqrs_registry_t *reg, const char *key, void *obj, void (*free_fn)(void *),

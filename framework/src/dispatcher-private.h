@@ -20,7 +20,20 @@ typedef struct request request_t;
  * dispatcher does not make conflicts with itself. */
 #define CQRS_STRIPES 256
 
-typedef enum sub_state { SUB_LOADING, SUB_CATCHING_UP, SUB_LIVE } sub_state_t;
+/* SUB_STANDBY: under a lease another process holds (lease.c). */
+typedef enum sub_state { SUB_LOADING, SUB_CATCHING_UP, SUB_LIVE, SUB_STANDBY } sub_state_t;
+
+/* A projection's lease (lease.c); `on` is false without leases. */
+typedef struct sub_lease {
+  bool on;
+  bool held;
+  bool busy;         /* an acquire, renew or release in flight */
+  bool failing;      /* the last call failed (logged once) */
+  int64_t token;     /* while held: fences its checkpoint writes */
+  uint64_t deadline; /* uv_hrtime in ms: delivering stops then unless renewed */
+  uint64_t renew_at; /* the same clock: the next renewal is due */
+  void (*changed)(void *data, bool held); /* a process manager hears of it; may be NULL */
+} sub_lease_t;
 
 /* A subscriber: an event handler, or a projection (one with checkpoints). */
 typedef struct sub {
@@ -46,6 +59,7 @@ typedef struct sub {
   bool async;   /* the handler completes later (CQRS__PENDING) */
   int64_t (*checkpoint)(void *data, int64_t handled); /* NULL: the position handled */
   bool cp_blocking, cp_saving; /* a checkpoint save on the pool, for async subscribers */
+  sub_lease_t lease;
   uv_timer_t timer;
 } sub_t;
 
@@ -105,6 +119,7 @@ struct cqrs_dispatcher {
   struct cqrs__waiter *waiters, *wait_inbox;
   uv_timer_t wait_timer;
 
+  struct cqrs__leasing *leasing; /* lease.c; NULL: every projection runs here */
   struct cqrs__cache *cache; /* NULL: off */
   cqrs__agg_pool_t free_aggs; /* loop thread only */
 
@@ -142,6 +157,21 @@ cqrs_code_t cqrs__projection_start_async(cqrs_dispatcher_t *d, const cqrs_projec
                                          cqrs_checkpoints_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
                                          cqrs_error_t *err);
 void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err);
+/* bus.c: the lease of `s` was acquired (load its checkpoint, catch up) or
+ * lost (stop delivering, drop what it holds). Loop thread. */
+void cqrs__sub_lease_acquired(sub_t *s);
+void cqrs__sub_lease_lost(sub_t *s);
+
+/* lease.c */
+void cqrs__lease_sub_added(sub_t *s);  /* starts trying to acquire */
+bool cqrs__lease_valid(sub_t *s);      /* held and in time; else loses it */
+void cqrs__lease_give_up(sub_t *s, const cqrs_error_t *err); /* a checkpoint write fenced off, or no checkpoint */
+/* At close, once everything else is idle: releases what is held; true when
+ * nothing is left to release or in flight. */
+bool cqrs__leases_closed(cqrs_dispatcher_t *d);
+void cqrs__leases_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb);
+void cqrs__leases_free(cqrs_dispatcher_t *d);
+size_t cqrs__leases_held(const cqrs_dispatcher_t *d);
 
 /* process.c: the outcome of a step is the first one recorded under its id:
  * a refusal (rejection or permanent error) is recorded in stream

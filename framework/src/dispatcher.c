@@ -839,6 +839,7 @@ void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d) {
   for (size_t i = 0; i < d->nprocs; i++) {
     if (!cqrs__process_idle(d->procs[i])) return;
   }
+  if (d->leasing && !cqrs__leases_closed(d)) return; /* releases what it holds first */
   /* Nothing of this dispatcher is out on a member any more. */
   if (d->members) members_stop(d, d->nloops);
   d->closed_handles = true;

@@ -92,6 +92,7 @@ typedef enum family {
   F_STORE_CALLS,
   F_STORE_ERRORS,
   F_HEAD,
+  F_LEASES,
   F_DROPPED,
   F_COUNT
 } family_t;
@@ -129,6 +130,8 @@ static const struct {
     [F_STORE_ERRORS] = {"cqrs_store_errors_total", "Event store failures, by operation and class",
                         CQRS_METRIC_COUNTER, {"op", "class"}},
     [F_HEAD] = {"cqrs_head_position", "Highest event position this process knows of", CQRS_METRIC_GAUGE, {NULL}},
+    [F_LEASES] = {"cqrs_leases_held", "Projection and process-manager leases this dispatcher holds (with leases on)",
+                  CQRS_METRIC_GAUGE, {NULL}},
     [F_DROPPED] = {"cqrs_metrics_series_dropped_total", "Observations lost because the series table was full",
                    CQRS_METRIC_COUNTER, {NULL}},
 };
@@ -485,7 +488,8 @@ cqrs_code_t cqrs_metrics_snapshot(const cqrs_metrics_t *m, cqrs_metrics_snapshot
             scalar(s, F_EVENTS, (double)load(&m->events));
   if (ok && m->d) {
     ok = scalar(s, F_PENDING, (double)cqrs_dispatcher_pending(m->d)) && subscribers(m, s) &&
-         store_figures(m->d->store, s) && scalar(s, F_HEAD, (double)head_of(m->d));
+         store_figures(m->d->store, s) && scalar(s, F_HEAD, (double)head_of(m->d)) &&
+         (!m->d->leasing || scalar(s, F_LEASES, (double)cqrs__leases_held(m->d)));
   }
   if (ok) ok = scalar(s, F_DROPPED, (double)load(&m->dropped));
   if (!ok) {

@@ -964,9 +964,12 @@ static void send_step(cqrs__process_t *rt, open_t *o, int i) {
   rt->inflight++;
 }
 
+/* Under a lease, steps, deadlines and resumptions run only at its holder. */
+static bool owned(const cqrs__process_t *rt) { return !rt->sub->lease.on || rt->sub->lease.held; }
+
 /* Sends what the instance awaits and is not out already. */
 static void send_steps(cqrs__process_t *rt, open_t *o) {
-  if (rt->closing || o->busy || o->queue || o->resume_at) return;
+  if (rt->closing || !owned(rt) || o->busy || o->queue || o->resume_at) return;
   int64_t now = cqrs_now_ms();
   for (size_t i = 0; i < rt->pm->nsteps; i++) {
     open_step_t *st = &o->steps[i];
@@ -998,7 +1001,7 @@ static void fire_deadline(cqrs__process_t *rt, open_t *o, size_t i) {
 
 static void timer_cb(uv_timer_t *t) {
   cqrs__process_t *rt = t->data;
-  if (rt->closing) return;
+  if (rt->closing || !owned(rt)) return;
   int64_t now = cqrs_now_ms();
   open_t *o, *tmp;
   HASH_ITER(hh, rt->open, o, tmp) {
@@ -1018,6 +1021,10 @@ static void timer_cb(uv_timer_t *t) {
  * uv_run returns when a far deadline is all that is left. */
 static void arm_timer(cqrs__process_t *rt) {
   if (rt->closing) return;
+  if (!owned(rt)) {
+    uv_timer_stop(&rt->timer);
+    return;
+  }
   int64_t next = INT64_MAX, urgent = INT64_MAX;
   open_t *o, *tmp;
   HASH_ITER(hh, rt->open, o, tmp) {
@@ -1069,6 +1076,18 @@ static cqrs_code_t on_event(const cqrs_event_t *e, void *data, cqrs_error_t *err
   return rc ? rc : CQRS__PENDING;
 }
 
+/* The lease went elsewhere: its holder reads the open instances again from
+ * the checkpoint; what this runtime knows of them is forgotten (those with
+ * work in flight once it completes), and rebuilt the same way if the lease
+ * comes back. */
+static void lease_changed(void *data, bool held) {
+  cqrs__process_t *rt = data;
+  if (held) return; /* the catch-up resumes the instances */
+  uv_timer_stop(&rt->timer);
+  open_t *o, *tmp;
+  HASH_ITER(hh, rt->open, o, tmp) open_maybe_drop(rt, o, true);
+}
+
 /* The checkpoint never passes the first event of an open instance, so a
  * restart meets it again and resumes the instance. */
 static int64_t checkpoint_at(void *data, int64_t handled) {
@@ -1117,6 +1136,7 @@ cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *
     cqrs__free(rt);
     return rc;
   }
+  rt->sub->lease.changed = lease_changed;
   uv_timer_init(d->loop, &rt->timer);
   rt->timer.data = rt;
   uv_unref((uv_handle_t *)&rt->timer);

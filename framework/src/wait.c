@@ -23,7 +23,8 @@ static bool sub_reached(const cqrs_dispatcher_t *d, const sub_t *s, int64_t posi
 static bool reached(const cqrs_dispatcher_t *d, const waiter_t *w) {
   for (size_t i = 0; i < d->nsubs; i++) {
     const sub_t *s = d->subs[i];
-    if (w->name[0] ? !strcmp(s->name, w->name) : s->cp != NULL) {
+    /* All projections: those whose lease another process holds run there. */
+    if (w->name[0] ? !strcmp(s->name, w->name) : s->cp != NULL && s->state != SUB_STANDBY) {
       if (!sub_reached(d, s, w->position)) return false;
     }
   }

@@ -224,7 +224,10 @@ static cqrs_code_t bc_load(void *impl, const char *name, int64_t *position, cqrs
 static cqrs_code_t bc_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
   return cqrs_checkpoints_save(impl, name, position, err);
 }
-static const cqrs_checkpoint_ops_t blocking_cp_ops = {true, bc_load, bc_save, NULL};
+static cqrs_code_t bc_save_fenced(void *impl, const char *name, int64_t position, int64_t token, cqrs_error_t *err) {
+  return cqrs_checkpoints_save_fenced(impl, name, position, token, err);
+}
+static const cqrs_checkpoint_ops_t blocking_cp_ops = {true, bc_load, bc_save, NULL, bc_save_fenced};
 
 cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner) {
   cqrs_checkpoints_t *cp = NULL;

@@ -336,7 +336,7 @@ static void test_wrappers_release_impl_on_failure(void **state) {
                                               count_destroy};
   static const cqrs_readmodel_ops_t rm_no_find = {false, spy_put, spy_patch, spy_patch_where, spy_get, NULL,
                                                   count_destroy};
-  static const cqrs_checkpoint_ops_t cp_no_save = {false, NULL, NULL, count_destroy};
+  static const cqrs_checkpoint_ops_t cp_no_save = {false, NULL, NULL, count_destroy, NULL};
   static const cqrs_store_ops_t store_no_head = {.name = "none", .destroy = count_destroy};
   int impl;
   static max_align_t stale; /* what *out held before: a failure must clear it */

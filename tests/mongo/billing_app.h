@@ -18,6 +18,7 @@ typedef struct app {
   cqrs_store_t *store;
   cqrs_readmodel_t *rm;
   cqrs_checkpoints_t *cp;
+  cqrs_leases_t *leases; /* NULL: every projection runs here */
   cqrs_dispatcher_t *d;
   billing_t *billing;
   cqrs_queries_t *q;
@@ -26,7 +27,13 @@ typedef struct app {
 /* Opens database `db` of `uri` with the seed's collections and indexes.
  * `sst`: the server selection timeout (0: the driver's). `fresh_checkpoints`:
  * in memory, forgetting how far everything got. */
-static inline void app_open_with(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints) {
+#define APP_LEASE_TTL_MS 3000
+#define APP_LEASE_GUARD_MS 1000
+
+/* `lease_owner` not NULL: the dispatcher runs the projections and process
+ * managers under leases in the database, as owner `lease_owner`. */
+static inline void app_open_leased(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints,
+                                   const char *lease_owner) {
   memset(a, 0, sizeof *a);
   uv_loop_init(&a->loop);
   cqrs_registry_new(&a->reg, NULL);
@@ -46,9 +53,23 @@ static inline void app_open_with(app_t *a, const char *uri, const char *db, int3
   opts.retry_base_ms = 20;
   opts.retry_cap_ms = 200;
   if (cqrs_dispatcher_new(&a->loop, a->reg, a->store, &opts, &a->d, &err)) fail_msg("%s", err.message);
+  if (lease_owner) {
+    cqrs_lease_options_t lo;
+    cqrs_lease_options_init(&lo);
+    lo.owner = lease_owner;
+    lo.ttl_ms = APP_LEASE_TTL_MS;
+    lo.guard_ms = APP_LEASE_GUARD_MS;
+    if (cqrs_mongo_leases_new(a->m, &a->leases, &err) ||
+        (lo.leases = a->leases, cqrs_dispatcher_set_leases(a->d, &lo, &err)))
+      fail_msg("%s", err.message);
+  }
   if (billing_start(a->d, a->rm, a->cp, NULL, &a->billing, &err)) fail_msg("%s", err.message);
   if (cqrs_queries_new(a->rm, &a->q, &err)) fail_msg("%s", err.message);
   assert_int_equal(billing_register_queries(a->q, NULL, NULL), CQRS_OK);
+}
+
+static inline void app_open_with(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints) {
+  app_open_leased(a, uri, db, sst, fresh_checkpoints, NULL);
 }
 
 /* Closes everything; `drop` the database too. */
@@ -58,6 +79,7 @@ static inline void app_close(app_t *a, bool drop) {
   assert_int_equal(uv_loop_close(&a->loop), 0);
   cqrs_queries_destroy(a->q);
   billing_destroy(a->billing);
+  cqrs_leases_destroy(a->leases);
   cqrs_checkpoints_destroy(a->cp);
   cqrs_readmodel_destroy(a->rm);
   cqrs_store_destroy(a->store);

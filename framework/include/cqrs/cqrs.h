@@ -16,6 +16,7 @@
 #include "cqrs/query.h"
 #include "cqrs/metrics.h"
 #include "cqrs/process.h"
+#include "cqrs/lease.h"
 
 #define CQRS_VERSION_MAJOR 0
 #define CQRS_VERSION_MINOR 1

@@ -15,6 +15,10 @@ typedef struct cqrs_checkpoint_ops {
   cqrs_code_t (*load)(void *impl, const char *name, int64_t *position, cqrs_error_t *err);
   cqrs_code_t (*save)(void *impl, const char *name, int64_t position, cqrs_error_t *err);
   void (*destroy)(void *impl);
+  /* Optional (needed with leases): saves only when no write with a higher
+   * `token` came before; CQRS_ECONFLICT when one did (the writer's lease has
+   * passed to another). A plain save is not fenced (an operator's reset). */
+  cqrs_code_t (*save_fenced)(void *impl, const char *name, int64_t position, int64_t token, cqrs_error_t *err);
 } cqrs_checkpoint_ops_t;
 
 typedef struct cqrs_checkpoints cqrs_checkpoints_t;
@@ -31,7 +35,12 @@ CQRS_EXPORT cqrs_code_t cqrs_checkpoints_load(cqrs_checkpoints_t *cp, const char
                                               cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_checkpoints_save(cqrs_checkpoints_t *cp, const char *name, int64_t position,
                                               cqrs_error_t *err);
-/* In-memory checkpoints; thread-safe. NULL `out`: CQRS_EINVAL; CQRS_ENOMEM;
+/* A save fenced by a lease's token (lease.h): CQRS_ECONFLICT when a higher
+ * token has written, CQRS_EINVAL for token <= 0 or checkpoints that cannot
+ * fence. */
+CQRS_EXPORT cqrs_code_t cqrs_checkpoints_save_fenced(cqrs_checkpoints_t *cp, const char *name, int64_t position,
+                                                     int64_t token, cqrs_error_t *err);
+/* In-memory checkpoints (fenced too); thread-safe. NULL `out`: CQRS_EINVAL; CQRS_ENOMEM;
  * on error *out is NULL. `err` may be NULL. */
 CQRS_EXPORT cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoints_t **out, cqrs_error_t *err);
 

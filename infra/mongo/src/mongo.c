@@ -67,6 +67,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->snapshots = dup_or(o.snapshots, "cqrs_snapshots");
   m->checkpoints = dup_or(o.checkpoints, "cqrs_checkpoints");
   m->dead_letters = dup_or(o.dead_letters, "cqrs_dead_letters");
+  m->leases = dup_or(o.leases, "cqrs_leases");
   m->reg = reg;
   m->loop = loop;
   m->versions = bson_malloc0(VERSION_SLOTS * sizeof *m->versions);
@@ -75,7 +76,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   uv_cond_init(&m->group_cond);
   uv_mutex_init(&m->hint_lock);
   if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->head) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
-      !name_ok(m->dead_letters)) {
+      !name_ok(m->dead_letters) || !name_ok(m->leases)) {
     cqrs_mongo_destroy(m);
     return cqrs_error_set(err, CQRS_EINVAL, "database or collection names must be 1..120 plain characters");
   }
@@ -107,6 +108,7 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   bson_free(m->snapshots);
   bson_free(m->checkpoints);
   bson_free(m->dead_letters);
+  bson_free(m->leases);
   bson_free(m);
 }
 

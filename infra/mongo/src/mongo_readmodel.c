@@ -181,12 +181,28 @@ static cqrs_code_t mcp_load(void *impl, const char *name, int64_t *position, cqr
   return rc;
 }
 
-static cqrs_code_t mcp_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+/* Token 0: a plain save (an operator's reset), whoever wrote before. Else a
+ * document written under a higher token does not match the filter, so the
+ * upsert tries to insert a second one with its _id: duplicate key, fenced
+ * off. On MongoDB the filter and the write are one atomic step; FerretDB
+ * 1.24 reads then writes, so two saves racing under two tokens may both
+ * land (docs/scaling.md: the lease's timing keeps them apart). */
+static cqrs_code_t mcp_save_fenced(void *impl, const char *name, int64_t position, int64_t token,
+                                   cqrs_error_t *err) {
   cqrs_mongo_t *m = impl;
   bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, s, opts = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&filter, "_id", name);
+  if (token) {
+    bson_t t, not;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "token", &t);
+    BSON_APPEND_DOCUMENT_BEGIN(&t, "$not", &not);
+    BSON_APPEND_INT64(&not, "$gt", token);
+    bson_append_document_end(&t, &not);
+    bson_append_document_end(&filter, &t);
+  }
   BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &s);
   BSON_APPEND_INT64(&s, "position", position);
+  if (token) BSON_APPEND_INT64(&s, "token", token);
   BSON_APPEND_DATE_TIME(&s, "at", cqrs_now_ms());
   bson_append_document_end(&u, &s);
   BSON_APPEND_BOOL(&opts, "upsert", true);
@@ -198,10 +214,18 @@ static cqrs_code_t mcp_save(void *impl, const char *name, int64_t position, cqrs
   bson_destroy(&filter);
   bson_destroy(&u);
   bson_destroy(&opts);
-  return ok ? CQRS_OK : cqrs__mongo_error(err, &e, "save a checkpoint");
+  if (ok) return CQRS_OK;
+  if (token && cqrs__mongo_duplicate_key(&e))
+    return cqrs_error_set(err, CQRS_ECONFLICT, "checkpoint %s: a higher token than %lld has written (fenced off)",
+                          name, (long long)token);
+  return cqrs__mongo_error(err, &e, "save a checkpoint");
 }
 
-static const cqrs_checkpoint_ops_t mongo_cp_ops = {true, mcp_load, mcp_save, NULL};
+static cqrs_code_t mcp_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+  return mcp_save_fenced(impl, name, position, 0, err);
+}
+
+static const cqrs_checkpoint_ops_t mongo_cp_ops = {true, mcp_load, mcp_save, NULL, mcp_save_fenced};
 
 cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out, cqrs_error_t *err) {
   if (!m) {

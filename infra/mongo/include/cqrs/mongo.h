@@ -22,6 +22,7 @@ typedef struct cqrs_mongo_options {
   const char *checkpoints;  /* default "cqrs_checkpoints" */
   const char *dead_letters; /* default "cqrs_dead_letters" */
   int32_t server_selection_timeout_ms; /* 0: the URI's, else 2000 */
+  const char *leases;       /* default "cqrs_leases" */
 } cqrs_mongo_options_t;
 
 /* Parses `uri` and creates a client pool; does not contact the server, so a
@@ -59,6 +60,11 @@ CQRS_EXPORT cqrs_code_t cqrs_mongo_index_names(cqrs_mongo_t *m, const char *coll
 CQRS_EXPORT cqrs_code_t cqrs_mongo_store_new(cqrs_mongo_t *m, cqrs_store_t **out, cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_mongo_readmodel_new(cqrs_mongo_t *m, cqrs_readmodel_t **out, cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out, cqrs_error_t *err);
+/* Leases (lease.h) in the leases collection: per name a document {_id:
+ * name, owner, token, expires} and one per term {_id: "name#<token>"},
+ * whose insert is what decides between processes taking the lease at once.
+ * Expiry compares the holder's clock with the taker's: docs/scaling.md. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **out, cqrs_error_t *err);
 
 /* A dead-letter sink for cqrs_dispatcher_options_t (data: the cqrs_mongo_t):
  * writes {subscriber, event, error, at} to the dead-letters collection from

@@ -1,0 +1,89 @@
+/* libcqrs: leases, so that when several processes run the same application
+ * each projection and process manager runs in exactly one of them. A lease
+ * is held by one owner until it expires; every acquisition hands out a
+ * fencing token higher than any before it for that name, and checkpoint
+ * writes carry it (cqrs_checkpoints_save_fenced), so an owner that lost its
+ * lease cannot move a checkpoint back. See docs/scaling.md, "One owner per
+ * projection". */
+#ifndef CQRS_LEASE_H
+#define CQRS_LEASE_H
+
+#include "cqrs/projection.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Where leases live. Times are the caller's wall clock (UTC ms): an
+ * implementation shared by several machines relies on their clocks being
+ * close (docs/scaling.md says how close). */
+typedef struct cqrs_lease_ops {
+  /* true: called only from a thread the dispatcher keeps for them (not the
+   * pool, where a renewal could wait behind slow reads of the store). */
+  bool blocking;
+  /* Takes lease `name` for `owner` until now + ttl_ms when nobody holds it,
+   * its holder's time ran out, or `owner` holds it: *token is then a new
+   * token, higher than every one handed out before for `name`. *token 0:
+   * someone else holds it (not an error). */
+  cqrs_code_t (*acquire)(void *impl, const char *name, const char *owner, uint64_t ttl_ms, int64_t *token,
+                         cqrs_error_t *err);
+  /* Extends the lease held under `token` to now + ttl_ms; CQRS_ECONFLICT
+   * when it is no longer `owner`'s under that token. */
+  cqrs_code_t (*renew)(void *impl, const char *name, const char *owner, int64_t token, uint64_t ttl_ms,
+                       cqrs_error_t *err);
+  /* Lets go at once (others may take it now); nothing when not held. */
+  cqrs_code_t (*release)(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err);
+  void (*destroy)(void *impl);
+} cqrs_lease_ops_t;
+
+typedef struct cqrs_leases cqrs_leases_t;
+
+/* Wraps an implementation into *out, as cqrs_checkpoints_new does: `ops`
+ * borrowed (static), `impl` taken over in every case (CQRS_EINVAL for NULL
+ * `out` or ops or a missing operation; CQRS_ENOMEM). */
+CQRS_EXPORT cqrs_code_t cqrs_leases_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_leases_t **out,
+                                        cqrs_error_t *err);
+CQRS_EXPORT void cqrs_leases_destroy(cqrs_leases_t *l);
+/* The operations, with their arguments checked (names and owners: non-empty,
+ * shorter than CQRS_NAME_MAX; ttl_ms > 0; token > 0): CQRS_EINVAL. They
+ * block when the implementation does. */
+CQRS_EXPORT cqrs_code_t cqrs_leases_acquire(cqrs_leases_t *l, const char *name, const char *owner, uint64_t ttl_ms,
+                                            int64_t *token, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_leases_renew(cqrs_leases_t *l, const char *name, const char *owner, int64_t token,
+                                          uint64_t ttl_ms, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_leases_release(cqrs_leases_t *l, const char *name, const char *owner, int64_t token,
+                                            cqrs_error_t *err);
+/* In-memory leases, for tests and for dispatchers of one process; thread-safe. */
+CQRS_EXPORT cqrs_code_t cqrs_memory_leases_new(cqrs_leases_t **out, cqrs_error_t *err);
+
+/* How a dispatcher takes part in leasing. */
+typedef struct cqrs_lease_options {
+  cqrs_leases_t *leases; /* borrowed; must outlive the dispatcher */
+  const char *owner;     /* copied; unique per process (e.g. host:pid:random) */
+  uint64_t ttl_ms;       /* default 3000; renewed every ttl/3; standbys try every ttl/6 */
+  /* The owner stops delivering this long before its lease runs out, so that
+   * it has stopped before another can take over; covers the clocks'
+   * difference and one delivery. Default ttl/3; less than 2/3 of ttl. */
+  uint64_t guard_ms;
+  uint64_t reserved[4];
+} cqrs_lease_options_t;
+
+/* Fills `o` with the defaults (no lease store, no owner). */
+CQRS_EXPORT void cqrs_lease_options_init(cqrs_lease_options_t *o);
+
+/* From now on each projection and process manager started on `d` runs only
+ * while `d` holds the lease named after it: on acquiring it loads its
+ * checkpoint and catches up from the store; on losing it (not renewed in
+ * time, taken over, or a checkpoint write fenced off) it stops delivering,
+ * dead-letters nothing, and tries again. Close releases what `d` holds.
+ * Loop thread, before any projection or process manager starts:
+ * CQRS_ESTATE after; CQRS_EINVAL for NULL or bad options. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_set_leases(cqrs_dispatcher_t *d, const cqrs_lease_options_t *o,
+                                                   cqrs_error_t *err);
+/* Whether `d` holds the lease of projection or process `name` now. Loop thread. */
+CQRS_EXPORT bool cqrs_projection_owned(const cqrs_dispatcher_t *d, const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,524 @@
+/* Leases: the in-memory lease store, fenced checkpoints, and dispatchers
+ * that share a projection through a lease: one runs it, another takes over
+ * when the first closes, stops renewing, or is fenced off. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "lease_conformance.h"
+#include "ledger.h"
+
+#define MAX_POS 2048
+
+/* ---- the memory lease store ---- */
+
+static cqrs_leases_t *memory_leases(void *data) {
+  (void)data;
+  cqrs_leases_t *l;
+  assert_int_equal(cqrs_memory_leases_new(&l, NULL), CQRS_OK);
+  return l;
+}
+
+static void test_memory_leases(void **state) {
+  (void)state;
+  lease_conformance(memory_leases, NULL);
+  cqrs_leases_t *l;
+  assert_int_equal(cqrs_leases_new(NULL, NULL, &l, NULL), CQRS_EINVAL);
+  assert_null(l);
+  cqrs_leases_destroy(NULL);
+}
+
+/* ---- fenced checkpoints ---- */
+
+static void test_fenced_checkpoints(void **state) {
+  (void)state;
+  cqrs_checkpoints_t *cp;
+  assert_int_equal(cqrs_memory_checkpoints_new(&cp, NULL), CQRS_OK);
+  fence_conformance(cp);
+  cqrs_checkpoints_destroy(cp);
+}
+
+/* ---- dispatchers sharing a projection ---- */
+
+/* A lease store over the memory one that can stop renewing an owner's
+ * leases (as a process that hangs or loses the network would), and can
+ * block (its calls then run on the pool). */
+typedef struct test_leases {
+  cqrs_leases_t *inner;
+  char mute[CQRS_NAME_MAX]; /* calls of this owner fail */
+} test_leases_t;
+
+static cqrs_code_t tl_acquire(void *impl, const char *name, const char *owner, uint64_t ttl, int64_t *token,
+                              cqrs_error_t *err) {
+  test_leases_t *t = impl;
+  if (!strcmp(t->mute, owner)) return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
+  return cqrs_leases_acquire(t->inner, name, owner, ttl, token, err);
+}
+static cqrs_code_t tl_renew(void *impl, const char *name, const char *owner, int64_t token, uint64_t ttl,
+                            cqrs_error_t *err) {
+  test_leases_t *t = impl;
+  if (!strcmp(t->mute, owner)) return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
+  return cqrs_leases_renew(t->inner, name, owner, token, ttl, err);
+}
+static cqrs_code_t tl_release(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err) {
+  return cqrs_leases_release(((test_leases_t *)impl)->inner, name, owner, token, err);
+}
+static const cqrs_lease_ops_t tl_ops = {false, tl_acquire, tl_renew, tl_release, NULL};
+static const cqrs_lease_ops_t tl_blocking_ops = {true, tl_acquire, tl_renew, tl_release, NULL};
+
+typedef struct seen {
+  int count[MAX_POS];
+  int64_t n;
+  int64_t by[2]; /* deliveries by each dispatcher */
+} seen_t;
+
+typedef struct side {
+  struct fx *fx;
+  int index;
+} side_t;
+
+typedef struct fx {
+  uv_loop_t loop;
+  uv_timer_t tick;
+  cqrs_registry_t *reg;
+  cqrs_store_t *mem, *store;
+  cqrs_checkpoints_t *cp_mem, *cp;
+  test_leases_t tl;
+  cqrs_leases_t *leases;
+  cqrs_dispatcher_t *d[2];
+  side_t side[2];
+  seen_t seen;
+  int steps[2]; /* step commands each dispatcher handled */
+  cqrs_metrics_t *metrics[2];
+  int done;
+  bool blocking;
+} fx_t;
+
+static cqrs_code_t project(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)err;
+  side_t *side = data;
+  seen_t *s = &side->fx->seen;
+  if (e->position < MAX_POS) s->count[e->position]++;
+  s->n++;
+  s->by[side->index]++;
+  return CQRS_OK;
+}
+
+static void open_side(fx_t *fx, int i, const char *owner) {
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.poll_ms = 10; /* hears of the other's commits */
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d[i], &err)) fail_msg("%s", err.message);
+  assert_int_equal(ledger_handlers(fx->d[i], NULL, 0, NULL), CQRS_OK);
+  cqrs_lease_options_t lo;
+  cqrs_lease_options_init(&lo);
+  lo.leases = fx->leases;
+  lo.owner = owner;
+  lo.ttl_ms = 150;
+  lo.guard_ms = 50;
+  if (cqrs_dispatcher_set_leases(fx->d[i], &lo, &err)) fail_msg("%s", err.message);
+  if (!fx->metrics[i] && cqrs_metrics_new(&fx->metrics[i], &err)) fail_msg("%s", err.message);
+  if (cqrs_metrics_attach(fx->metrics[i], fx->d[i], &err)) fail_msg("%s", err.message);
+  fx->side[i] = (side_t){fx, i};
+  cqrs_projection_def_t def = {"proj", NULL, project, &fx->side[i], 0};
+  if (cqrs_projection_start(fx->d[i], &def, fx->cp, &err)) fail_msg("%s", err.message);
+}
+
+/* ---- a process manager: each account opened gets a bonus credit, once ---- */
+
+static cqrs_code_t bonus_opened(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)state;
+  (void)data;
+  ledger_move_cmd_t c = {{0}, 100};
+  snprintf(c.id, sizeof c.id, "%s", cqrs_event_aggregate_id(e));
+  return cqrs_process_send(p, "credit", &c, err);
+}
+
+static cqrs_code_t bonus_step(cqrs_process_t *p, void *state, const cqrs_step_outcome_t *o, void *data,
+                              cqrs_error_t *err) {
+  (void)state;
+  (void)o;
+  (void)data;
+  (void)err;
+  cqrs_process_end(p);
+  return CQRS_OK;
+}
+
+static const cqrs_process_route_t bonus_routes[] = {{&ledger_opened, true, NULL, bonus_opened}, {NULL}};
+static const cqrs_process_step_t bonus_steps[] = {{"credit", &ledger_credit}, {NULL, NULL}};
+static const cqrs_process_type_t bonus = {.name = "bonus", .routes = bonus_routes, .steps = bonus_steps,
+                                          .on_step = bonus_step};
+
+static cqrs_code_t count_step(const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)err;
+  if (cqrs_command_type(cmd) == &ledger_credit && cqrs_command_id(cmd)[0] == '~') ++*(int *)data;
+  return CQRS_OK;
+}
+static const cqrs_middleware_t step_counter = {.command_before = count_step};
+
+static void start_bonus(fx_t *fx, int i) {
+  cqrs_error_t err;
+  if (cqrs_dispatcher_use(fx->d[i], &step_counter, &fx->steps[i], &err) ||
+      cqrs_process_start(fx->d[i], &bonus, NULL, fx->cp, &err))
+    fail_msg("%s", err.message);
+}
+
+static void close_side(fx_t *fx, int i) {
+  assert_int_equal(cqrs_dispatcher_close(fx->d[i], NULL, NULL), CQRS_OK);
+  fx->d[i] = NULL;
+}
+
+static void noop_tick(uv_timer_t *t) { (void)t; }
+
+static fx_t *fx_new(bool blocking) {
+  fx_t *fx = calloc(1, sizeof *fx);
+  fx->blocking = blocking;
+  uv_loop_init(&fx->loop);
+  /* Keeps uv_run going while the test waits for leases (their timers do not). */
+  uv_timer_init(&fx->loop, &fx->tick);
+  uv_timer_start(&fx->tick, noop_tick, 5, 5);
+  fx->reg = ledger_registry();
+  cqrs_memory_store_new(&fx->mem, NULL);
+  ledger_fill(fx->mem, &ledger_type, "acc", 1); /* opens the account */
+  fx->store = blocking ? ledger_blocking_store(fx->mem, 1) : fx->mem;
+  cqrs_memory_checkpoints_new(&fx->cp_mem, NULL);
+  fx->cp = blocking ? ledger_blocking_checkpoints(fx->cp_mem) : fx->cp_mem;
+  cqrs_memory_leases_new(&fx->tl.inner, NULL);
+  cqrs_leases_new(blocking ? &tl_blocking_ops : &tl_ops, &fx->tl, &fx->leases, NULL);
+  return fx;
+}
+
+static int setup(void **state) {
+  *state = fx_new(false);
+  return 0;
+}
+
+static int setup_blocking(void **state) {
+  *state = fx_new(true);
+  return 0;
+}
+
+static int setup_bonus(void **state) {
+  fx_t *fx = fx_new(false);
+  assert_int_equal(cqrs_registry_add_process(fx->reg, &bonus, NULL), CQRS_OK);
+  *state = fx;
+  return 0;
+}
+
+static int setup_bonus_blocking(void **state) {
+  fx_t *fx = fx_new(true);
+  assert_int_equal(cqrs_registry_add_process(fx->reg, &bonus, NULL), CQRS_OK);
+  *state = fx;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx_t *fx = *state;
+  for (int i = 0; i < 2; i++)
+    if (fx->d[i]) close_side(fx, i);
+  uv_close((uv_handle_t *)&fx->tick, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&fx->loop), 0);
+  for (int i = 0; i < 2; i++) cqrs_metrics_destroy(fx->metrics[i]);
+  cqrs_leases_destroy(fx->leases);
+  cqrs_leases_destroy(fx->tl.inner);
+  if (fx->cp != fx->cp_mem) cqrs_checkpoints_destroy(fx->cp);
+  cqrs_checkpoints_destroy(fx->cp_mem);
+  if (fx->store != fx->mem) cqrs_store_destroy(fx->store);
+  cqrs_store_destroy(fx->mem);
+  cqrs_registry_destroy(fx->reg);
+  free(fx);
+  return 0;
+}
+
+static void on_done(const cqrs_result_t *r, void *data) {
+  assert_int_equal(r->error.code, CQRS_OK);
+  ((fx_t *)data)->done++;
+}
+
+static void credit(fx_t *fx, int via, int n) {
+  for (int i = 0; i < n; i++)
+    assert_int_equal(cqrs_dispatcher_send(fx->d[via], ledger_credit_new("acc", 1), on_done, fx), CQRS_OK);
+}
+
+static int64_t head(fx_t *fx) {
+  int64_t h;
+  assert_int_equal(cqrs_store_head(fx->mem, &h, NULL), CQRS_OK);
+  return h;
+}
+
+static bool owns(fx_t *fx, int i) { return fx->d[i] && cqrs_projection_owned(fx->d[i], "proj"); }
+
+/* The cqrs_leases_held gauge of dispatcher `i`. */
+static double leases_held(fx_t *fx, int i) {
+  cqrs_metrics_snapshot_t *snap;
+  assert_int_equal(cqrs_metrics_snapshot(fx->metrics[i], &snap, NULL), CQRS_OK);
+  double v = cqrs_metrics_snapshot_value(snap, "cqrs_leases_held", NULL);
+  cqrs_metrics_snapshot_destroy(snap);
+  return v;
+}
+
+/* Runs the loop until `i` owns the projection and it has handled the head. */
+static void run_until_projected(fx_t *fx, int i, int want_done) {
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  while (fx->done < want_done || !owns(fx, i) || cqrs_projection_position(fx->d[i], "proj") < head(fx) ||
+         fx->seen.n < head(fx)) {
+    if (uv_now(&fx->loop) > until)
+      fail_msg("dispatcher %d: owns %d, position %lld, head %lld, seen %lld", i, owns(fx, i),
+               (long long)cqrs_projection_position(fx->d[i], "proj"), (long long)head(fx), (long long)fx->seen.n);
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  }
+}
+
+static void assert_each_once(fx_t *fx) {
+  int64_t h = head(fx);
+  assert_true(h < MAX_POS);
+  for (int64_t p = 1; p <= h; p++) {
+    if (fx->seen.count[p] != 1) fail_msg("position %lld projected %d times", (long long)p, fx->seen.count[p]);
+  }
+  assert_int_equal(fx->seen.n, h);
+}
+
+/* Runs the loop until one of the two owns the projection and has handled
+ * the head; returns which. (With a blocking lease store the two race for
+ * it at start.) */
+static int run_until_owned(fx_t *fx, int want_done) {
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  while (!owns(fx, 0) && !owns(fx, 1) && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  int i = owns(fx, 0) ? 0 : 1;
+  run_until_projected(fx, i, want_done);
+  return i;
+}
+
+/* One of two dispatchers runs the projection; the other takes over when
+ * it closes (which releases the lease), from the checkpoint. */
+static void test_takeover_on_close(void **state) {
+  fx_t *fx = *state;
+  open_side(fx, 0, "a");
+  open_side(fx, 1, "b");
+  credit(fx, 0, 20);
+  credit(fx, 1, 10);
+  int first = run_until_owned(fx, 30), other = !first;
+  assert_false(owns(fx, other));
+  assert_int_equal(fx->seen.by[other], 0);
+  assert_int_equal(fx->seen.by[first], 31);
+  assert_true(leases_held(fx, first) == 1.0 && leases_held(fx, other) == 0.0);
+  /* What `first` closes on it still delivers; then the other takes over. */
+  credit(fx, other, 5);
+  close_side(fx, first);
+  run_until_projected(fx, other, 35);
+  int64_t by_first = fx->seen.by[first];
+  credit(fx, other, 15);
+  run_until_projected(fx, other, 50);
+  assert_each_once(fx);
+  assert_int_equal(fx->seen.by[first], by_first);
+  assert_true(fx->seen.by[other] >= 15);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d[other]), 0);
+  assert_true(leases_held(fx, other) == 1.0);
+}
+
+/* The owner stops renewing (its lease store is out of reach): it stops at
+ * its deadline, and the other takes over once the lease has expired,
+ * while commands keep coming. */
+static void test_takeover_when_renewals_stop(void **state) {
+  fx_t *fx = *state;
+  open_side(fx, 0, "a");
+  open_side(fx, 1, "b");
+  credit(fx, 0, 10);
+  int first = run_until_owned(fx, 10), other = !first;
+  snprintf(fx->tl.mute, sizeof fx->tl.mute, "%s", first ? "b" : "a");
+  uint64_t muted = uv_now(&fx->loop);
+  for (int round = 0; round < 20; round++) {
+    credit(fx, round % 2, 2);
+    uint64_t until = uv_now(&fx->loop) + 20;
+    while (uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  }
+  run_until_projected(fx, other, 50);
+  assert_false(owns(fx, first));
+  assert_true(cqrs_projection_live(fx->d[other], "proj"));
+  assert_true(fx->seen.by[other] > 0);
+  assert_true(uv_now(&fx->loop) - muted < 2000);
+  assert_each_once(fx);
+  /* It lost the lease, and gave up none of its events to the dead letters. */
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d[0]), 0);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d[1]), 0);
+  /* Reachable again: it stays a standby while the other renews. */
+  fx->tl.mute[0] = '\0';
+  credit(fx, first, 5);
+  run_until_projected(fx, other, 55);
+  assert_false(owns(fx, first));
+  assert_each_once(fx);
+}
+
+/* A checkpoint write refused because a newer holder has written: the
+ * owner stops delivering at once, without dead letters. */
+static void test_fenced_checkpoint_stops_the_owner(void **state) {
+  fx_t *fx = *state;
+  open_side(fx, 0, "a");
+  credit(fx, 0, 5);
+  run_until_projected(fx, 0, 5);
+  /* Another process takes the lease (as if a's had run out while a was
+   * paused) and writes its checkpoint; a has not noticed yet. */
+  int64_t z;
+  assert_int_equal(cqrs_leases_release(fx->tl.inner, "proj", "a", 1, NULL), CQRS_OK);
+  assert_int_equal(cqrs_leases_acquire(fx->tl.inner, "proj", "z", 60000, &z, NULL), CQRS_OK);
+  assert_int_equal(z, 2);
+  assert_int_equal(cqrs_checkpoints_save_fenced(fx->cp_mem, "proj", head(fx), z, NULL), CQRS_OK);
+  assert_true(owns(fx, 0));
+  credit(fx, 0, 3);
+  uint64_t until = uv_now(&fx->loop) + 5000;
+  while ((owns(fx, 0) || fx->done < 8) && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_false(owns(fx, 0));
+  int64_t delivered = fx->seen.n;
+  credit(fx, 0, 3);
+  until = uv_now(&fx->loop) + 300;
+  while (uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(fx->done, 11);
+  assert_int_equal(fx->seen.n, delivered); /* a stays a standby: z holds it */
+  assert_false(owns(fx, 0));
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d[0]), 0);
+  int64_t pos;
+  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &pos, NULL), CQRS_OK);
+  assert_int_equal(pos, 6); /* z's */
+}
+
+static bool owns_bonus(fx_t *fx, int i) { return fx->d[i] && cqrs_projection_owned(fx->d[i], "process:bonus"); }
+
+static int64_t balance(fx_t *fx, const char *id) {
+  cqrs_aggregate_t *agg;
+  if (cqrs_repository_load(fx->mem, &ledger_type, id, &agg, NULL)) return -1;
+  int64_t b = ((const ledger_state_t *)cqrs_aggregate_state_const(agg))->balance;
+  cqrs_aggregate_destroy(agg);
+  return b;
+}
+
+/* Opens accounts b<from>..b<to - 1> through dispatcher `via` and waits until
+ * each has had its bonus. */
+static void open_and_wait(fx_t *fx, int via, int from, int to) {
+  char id[16];
+  for (int i = from; i < to; i++) {
+    snprintf(id, sizeof id, "b%d", i);
+    assert_int_equal(cqrs_dispatcher_send(fx->d[via], ledger_open_new(id, "x"), on_done, fx), CQRS_OK);
+  }
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  for (int i = from; i < to; i++) {
+    snprintf(id, sizeof id, "b%d", i);
+    while (balance(fx, id) != 100) {
+      if (uv_now(&fx->loop) > until) fail_msg("%s has %lld", id, (long long)balance(fx, id));
+      uv_run(&fx->loop, UV_RUN_ONCE);
+    }
+  }
+}
+
+/* The process manager runs where its lease is: only that dispatcher sends
+ * steps; when it closes the other takes over, and every instance has its
+ * step once. */
+static void test_process_manager_runs_at_its_owner(void **state) {
+  fx_t *fx = *state;
+  open_side(fx, 0, "a");
+  start_bonus(fx, 0);
+  open_side(fx, 1, "b");
+  start_bonus(fx, 1);
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  while (!owns_bonus(fx, 0) && !owns_bonus(fx, 1) && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  int first = owns_bonus(fx, 0) ? 0 : 1, other = !first;
+  assert_true(owns_bonus(fx, first));
+  open_and_wait(fx, other, 0, 10);
+  assert_int_equal(fx->steps[first], 11); /* and "acc", opened before */
+  assert_int_equal(fx->steps[other], 0);
+  assert_false(owns_bonus(fx, other));
+  close_side(fx, first);
+  open_and_wait(fx, other, 10, 20);
+  assert_true(owns_bonus(fx, other));
+  /* And perhaps one the first sent and closed before it heard back from:
+   * sent again under its id, it changes nothing. */
+  assert_true(fx->steps[other] >= 10 && fx->steps[other] <= 11);
+  for (int i = 0; i < 20; i++) {
+    char id[16];
+    snprintf(id, sizeof id, "b%d", i);
+    assert_int_equal(balance(fx, id), 100);
+  }
+  /* Each ends once its step's outcome is recorded. */
+  until = uv_now(&fx->loop) + 10000;
+  while (cqrs_process_open_count(fx->d[other], "bonus") && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(cqrs_process_open_count(fx->d[other], "bonus"), 0);
+}
+
+static cqrs_code_t uf_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
+  return cqrs_checkpoints_load(impl, name, position, err);
+}
+static cqrs_code_t uf_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+  return cqrs_checkpoints_save(impl, name, position, err);
+}
+
+static void test_lease_rules(void **state) {
+  fx_t *fx = *state;
+  cqrs_error_t err;
+  cqrs_dispatcher_t *d;
+  assert_int_equal(cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, NULL, &d, &err), CQRS_OK);
+  cqrs_lease_options_t lo;
+  cqrs_lease_options_init(&lo);
+  assert_int_equal(lo.ttl_ms, 3000);
+  assert_int_equal(cqrs_dispatcher_set_leases(d, &lo, &err), CQRS_EINVAL); /* no store */
+  lo.leases = fx->leases;
+  assert_int_equal(cqrs_dispatcher_set_leases(d, &lo, &err), CQRS_EINVAL); /* no owner */
+  lo.owner = "a";
+  lo.guard_ms = lo.ttl_ms;
+  assert_int_equal(cqrs_dispatcher_set_leases(d, &lo, &err), CQRS_EINVAL);
+  lo.guard_ms = 100;
+  assert_int_equal(cqrs_dispatcher_set_leases(NULL, &lo, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_dispatcher_set_leases(d, &lo, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_set_leases(d, &lo, &err), CQRS_ESTATE);
+  /* Under leases, checkpoints must fence their writes. */
+  static const cqrs_checkpoint_ops_t unfenced_ops = {false, uf_load, uf_save, NULL, NULL};
+  cqrs_checkpoints_t *unfenced;
+  assert_int_equal(cqrs_checkpoints_new(&unfenced_ops, fx->cp_mem, &unfenced, &err), CQRS_OK);
+  side_t side = {fx, 0};
+  cqrs_projection_def_t def = {"proj", NULL, project, &side, 0};
+  assert_int_equal(cqrs_projection_start(d, &def, unfenced, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "fence"));
+  cqrs_checkpoints_destroy(unfenced);
+  assert_int_equal(cqrs_projection_start(d, &def, fx->cp, &err), CQRS_OK);
+  assert_true(cqrs_projection_owned(d, "proj") || fx->blocking);
+  assert_false(cqrs_projection_owned(d, "nothing"));
+  assert_false(cqrs_projection_owned(NULL, "proj"));
+  /* Leases come before projections. */
+  cqrs_dispatcher_t *d2;
+  assert_int_equal(cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, NULL, &d2, &err), CQRS_OK);
+  cqrs_projection_def_t def2 = {"proj2", NULL, project, &side, 0};
+  assert_int_equal(cqrs_projection_start(d2, &def2, fx->cp, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_set_leases(d2, &lo, &err), CQRS_ESTATE);
+  assert_int_equal(cqrs_dispatcher_close(d2, NULL, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_close((uv_handle_t *)&fx->tick, NULL);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_timer_init(&fx->loop, &fx->tick); /* for the teardown */
+  /* Closing released it. */
+  int64_t token;
+  assert_int_equal(cqrs_leases_acquire(fx->leases, "proj", "z", 1000, &token, &err), CQRS_OK);
+  assert_true(token > 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_memory_leases),
+      cmocka_unit_test(test_fenced_checkpoints),
+      cmocka_unit_test_setup_teardown(test_takeover_on_close, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_takeover_on_close, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_takeover_when_renewals_stop, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_takeover_when_renewals_stop, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_fenced_checkpoint_stops_the_owner, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fenced_checkpoint_stops_the_owner, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_process_manager_runs_at_its_owner, setup_bonus, teardown),
+      cmocka_unit_test_setup_teardown(test_process_manager_runs_at_its_owner, setup_bonus_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_lease_rules, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lease_rules, setup_blocking, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

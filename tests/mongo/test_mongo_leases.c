@@ -1,0 +1,488 @@
+/* Leases on MongoDB: the lease store's contract, a race of takers, fenced
+ * checkpoints, and three real processes running one application whose
+ * projection runs in exactly one of them; its owner is SIGKILLed while
+ * commands keep coming, another takes over within seconds, and every event
+ * is projected, once. The test binary runs the processes by executing
+ * itself with a role as its first argument. */
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <uv.h>
+
+#include "mongo_fixture.h"
+#include "framework/ledger.h"
+#include "lease_conformance.h"
+
+#include <mongoc/mongoc.h>
+
+extern char **environ;
+static const char *self; /* argv[0]: this binary (under valgrind, /proc/self/exe is valgrind) */
+
+#define APPS 3
+#define COMMANDS_MAX 600 /* per process: a stray one stops on its own */
+#define SEND_MS 40
+#define TTL_MS 3000
+#define GUARD_MS 1000
+#define TALLY "tally"             /* the projection, and the collection it writes */
+#define AGAIN "tally_again"       /* a second application of an event, recorded */
+
+static cqrs_mongo_t *connect_db(const cqrs_registry_t *reg, uv_loop_t *loop, const char *db) {
+  cqrs_mongo_options_t o = {.database = db};
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  cqrs_mongo_quiet_logs();
+  if (cqrs_mongo_new(test_mongo_uri(), &o, reg, loop, &m, &err)) {
+    fprintf(stderr, "connect: %s\n", err.message);
+    exit(1);
+  }
+  return m;
+}
+
+/* ---- the lease store's contract on the server ---- */
+
+static cqrs_mongo_t *contract_db;
+
+static cqrs_leases_t *mongo_leases(void *data) {
+  cqrs_leases_t *l;
+  if (cqrs_mongo_leases_new(data, &l, NULL)) fail_msg("cannot make leases");
+  return l;
+}
+
+static void test_mongo_lease_contract(void **state) {
+  (void)state;
+  NEED_MONGO();
+  cqrs_registry_t *reg = ledger_registry();
+  contract_db = test_mongo_open(reg, NULL, NULL);
+  lease_conformance(mongo_leases, contract_db);
+  cqrs_checkpoints_t *cp;
+  assert_int_equal(cqrs_mongo_checkpoints_new(contract_db, &cp, NULL), CQRS_OK);
+  fence_conformance(cp);
+  cqrs_checkpoints_destroy(cp);
+  cqrs_leases_t *l;
+  assert_int_equal(cqrs_mongo_leases_new(NULL, &l, NULL), CQRS_EINVAL);
+  assert_null(l);
+  test_mongo_close(contract_db);
+  cqrs_registry_destroy(reg);
+}
+
+/* Takers racing for a free lease, then for an expired one: one wins each. */
+#define TAKERS 6
+typedef struct taker {
+  cqrs_leases_t *l;
+  uv_barrier_t *start;
+  const char *name;
+  char owner[16];
+  int64_t token;
+  cqrs_code_t rc;
+} taker_t;
+
+static void take(void *arg) {
+  taker_t *t = arg;
+  cqrs_error_t err;
+  uv_barrier_wait(t->start);
+  t->rc = cqrs_leases_acquire(t->l, t->name, t->owner, 200, &t->token, &err);
+  if (t->rc) fprintf(stderr, "taker %s: %s\n", t->owner, err.message);
+}
+
+static void race(cqrs_leases_t *l, const char *name, int64_t *winner_token) {
+  uv_barrier_t start;
+  uv_barrier_init(&start, TAKERS);
+  taker_t t[TAKERS];
+  uv_thread_t th[TAKERS];
+  for (int i = 0; i < TAKERS; i++) {
+    t[i] = (taker_t){.l = l, .start = &start, .name = name};
+    snprintf(t[i].owner, sizeof t[i].owner, "taker-%d", i);
+    uv_thread_create(&th[i], take, &t[i]);
+  }
+  int winners = 0;
+  for (int i = 0; i < TAKERS; i++) {
+    uv_thread_join(&th[i]);
+    assert_int_equal(t[i].rc, CQRS_OK);
+    if (t[i].token > 0) {
+      winners++;
+      *winner_token = t[i].token;
+    }
+  }
+  uv_barrier_destroy(&start);
+  assert_int_equal(winners, 1);
+}
+
+static void test_one_taker_wins(void **state) {
+  (void)state;
+  NEED_MONGO();
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_mongo_t *m = test_mongo_open(reg, NULL, NULL);
+  cqrs_leases_t *l;
+  assert_int_equal(cqrs_mongo_leases_new(m, &l, NULL), CQRS_OK);
+  int64_t prev = 0;
+  for (int round = 0; round < 4; round++) {
+    int64_t token = 0;
+    race(l, "raced", &token);
+    assert_true(token > prev);
+    prev = token;
+    uv_sleep(300); /* the winner's lease runs out: the next round races for an expired one */
+  }
+  /* Old terms go: the current one, the one before, and the copy stay. */
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_collection_t *coll = mongoc_client_get_collection(client, cqrs_mongo_database(m), "cqrs_leases");
+  bson_t *filter = BCON_NEW("name", "raced");
+  bson_error_t e;
+  int64_t terms = mongoc_collection_count_documents(coll, filter, NULL, NULL, NULL, &e);
+  bson_destroy(filter);
+  assert_true(terms >= 1 && terms <= 2);
+  /* A taker that stopped between taking a term and writing the copy: the
+   * next finds the term above the copy's and takes the one after. */
+  char id[96];
+  snprintf(id, sizeof id, "raced#%020lld", (long long)prev + 1);
+  bson_t *ghost = BCON_NEW("_id", BCON_UTF8(id), "name", "raced", "token", BCON_INT64(prev + 1), "owner", "ghost",
+                           "expires", BCON_DATE_TIME(cqrs_now_ms() - 1));
+  assert_true(mongoc_collection_insert_one(coll, ghost, NULL, NULL, &e));
+  bson_destroy(ghost);
+  int64_t token;
+  assert_int_equal(cqrs_leases_acquire(l, "raced", "late", 1000, &token, NULL), CQRS_OK);
+  assert_int_equal(token, prev + 2);
+  mongoc_collection_destroy(coll);
+  mongoc_client_destroy(client);
+  cqrs_leases_destroy(l);
+  test_mongo_close(m);
+  cqrs_registry_destroy(reg);
+}
+
+/* ---- the application the processes run ---- */
+
+typedef struct app {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_mongo_t *m;
+  cqrs_store_t *store;
+  cqrs_checkpoints_t *cp;
+  cqrs_leases_t *leases;
+  cqrs_dispatcher_t *d;
+  mongoc_client_pool_t *pool; /* the projection's own writes */
+  char db[64], owner[32], account[32];
+  uv_timer_t timer;
+  uv_signal_t term;
+  bool drain;   /* sends nothing; exits once the projection has caught up */
+  int sent, failed;
+  bool closing;
+} app_t;
+
+/* The projection: one document per position, keyed by it, so a second
+ * application of an event is refused by the server and recorded. */
+static cqrs_code_t tally(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  app_t *a = data;
+  mongoc_client_t *c = mongoc_client_pool_pop(a->pool);
+  mongoc_collection_t *coll = mongoc_client_get_collection(c, a->db, TALLY);
+  bson_t doc = BSON_INITIALIZER;
+  BSON_APPEND_INT64(&doc, "_id", e->position);
+  BSON_APPEND_UTF8(&doc, "by", a->owner);
+  BSON_APPEND_DATE_TIME(&doc, "at", cqrs_now_ms());
+  bson_error_t be;
+  cqrs_code_t rc = CQRS_OK;
+  if (!mongoc_collection_insert_one(coll, &doc, NULL, NULL, &be)) {
+    if (be.code == 11000) {
+      mongoc_collection_t *again = mongoc_client_get_collection(c, a->db, AGAIN);
+      bson_t d2 = BSON_INITIALIZER;
+      BSON_APPEND_INT64(&d2, "position", e->position);
+      BSON_APPEND_UTF8(&d2, "by", a->owner);
+      if (!mongoc_collection_insert_one(again, &d2, NULL, NULL, &be))
+        rc = cqrs_error_set(err, CQRS_ESTORE, "record a repeat: %s", be.message);
+      bson_destroy(&d2);
+      mongoc_collection_destroy(again);
+    } else {
+      rc = cqrs_error_set(err, CQRS_ESTORE, "tally: %s", be.message);
+    }
+  }
+  bson_destroy(&doc);
+  mongoc_collection_destroy(coll);
+  mongoc_client_pool_push(a->pool, c);
+  return rc;
+}
+
+static void on_done(const cqrs_result_t *r, void *data) {
+  app_t *a = data;
+  if (!cqrs_result_ok(r)) {
+    a->failed++;
+    fprintf(stderr, "%s: command failed: %s\n", a->owner, r->error.message);
+  }
+}
+
+static void app_stop(app_t *a) {
+  if (a->closing) return;
+  a->closing = true;
+  uv_timer_stop(&a->timer);
+  uv_close((uv_handle_t *)&a->timer, NULL);
+  uv_close((uv_handle_t *)&a->term, NULL);
+  cqrs_dispatcher_close(a->d, NULL, NULL);
+}
+
+static void on_term(uv_signal_t *s, int sig) {
+  (void)sig;
+  app_stop(s->data);
+}
+
+static void app_tick(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (a->drain) {
+    int64_t head;
+    if (cqrs_store_head(a->store, &head, NULL) == CQRS_OK && cqrs_projection_owned(a->d, TALLY) &&
+        cqrs_projection_live(a->d, TALLY) && cqrs_projection_position(a->d, TALLY) >= head)
+      app_stop(a);
+    return;
+  }
+  if (a->sent >= COMMANDS_MAX) return;
+  cqrs_command_t *cmd =
+      a->sent == 0 ? ledger_open_new(a->account, a->owner) : ledger_credit_new(a->account, a->sent);
+  if (cqrs_dispatcher_send(a->d, cmd, on_done, a) == CQRS_OK) a->sent++;
+}
+
+static int run_app(const char *db, const char *owner, bool drain) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test that failed leaves nothing running */
+  app_t a;
+  memset(&a, 0, sizeof a);
+  a.drain = drain;
+  snprintf(a.db, sizeof a.db, "%s", db);
+  snprintf(a.owner, sizeof a.owner, "%s", owner);
+  snprintf(a.account, sizeof a.account, "acc-%s", owner);
+  uv_loop_init(&a.loop);
+  a.reg = ledger_registry();
+  a.m = connect_db(a.reg, &a.loop, db);
+  mongoc_uri_t *uri = mongoc_uri_new(test_mongo_uri());
+  a.pool = mongoc_client_pool_new(uri);
+  mongoc_uri_destroy(uri);
+  mongoc_client_pool_set_error_api(a.pool, MONGOC_ERROR_API_VERSION_2);
+  cqrs_error_t err;
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.poll_ms = 50; /* hears of the others' commits */
+  o.retry_base_ms = 20;
+  o.retry_cap_ms = 200;
+  cqrs_lease_options_t lo;
+  cqrs_lease_options_init(&lo);
+  lo.owner = owner;
+  lo.ttl_ms = TTL_MS;
+  lo.guard_ms = GUARD_MS;
+  cqrs_projection_def_t def = {TALLY, NULL, tally, &a, CQRS_SUBSCRIBE_BLOCKING};
+  if (cqrs_mongo_store_new(a.m, &a.store, &err) || cqrs_mongo_checkpoints_new(a.m, &a.cp, &err) ||
+      cqrs_mongo_leases_new(a.m, &a.leases, &err) ||
+      cqrs_dispatcher_new(&a.loop, a.reg, a.store, &o, &a.d, &err) || ledger_handlers(a.d, NULL, 0, &err) ||
+      (lo.leases = a.leases, cqrs_dispatcher_set_leases(a.d, &lo, &err)) ||
+      cqrs_projection_start(a.d, &def, a.cp, &err)) {
+    fprintf(stderr, "%s: %s\n", owner, err.message);
+    return 1;
+  }
+  uv_timer_init(&a.loop, &a.timer);
+  a.timer.data = &a;
+  uv_timer_start(&a.timer, app_tick, SEND_MS, SEND_MS);
+  uv_signal_init(&a.loop, &a.term);
+  a.term.data = &a;
+  uv_signal_start(&a.term, on_term, SIGTERM);
+  printf("ready\n");
+  fflush(stdout);
+  uv_run(&a.loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&a.loop) != 0 || a.failed;
+  cqrs_leases_destroy(a.leases);
+  cqrs_checkpoints_destroy(a.cp);
+  cqrs_store_destroy(a.store);
+  mongoc_client_pool_destroy(a.pool);
+  cqrs_mongo_destroy(a.m);
+  cqrs_registry_destroy(a.reg);
+  return rc;
+}
+
+/* ---- the test ---- */
+
+static pid_t children[APPS + 1];
+
+/* After a failure: the children still running go too. */
+static int kill_children(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof children / sizeof children[0]; i++) {
+    if (children[i] > 0 && kill(children[i], SIGKILL) == 0) waitpid(children[i], NULL, 0);
+    children[i] = 0;
+  }
+  return 0;
+}
+
+static pid_t spawn_self(char *const argv[]) {
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  pid_t pid;
+  assert_int_equal(posix_spawn(&pid, self, &fa, NULL, argv, environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fds[1]);
+  char ready[8] = {0};
+  assert_int_equal(read(fds[0], ready, 6), 6);
+  assert_string_equal(ready, "ready\n");
+  close(fds[0]);
+  return pid;
+}
+
+static int wait_exit(pid_t pid) {
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* The lease's current copy: its owner ("" when none) and token. */
+static void lease_holder(mongoc_collection_t *leases, char owner[32], int64_t *token) {
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", TALLY);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(leases, &filter, NULL, NULL);
+  const bson_t *doc;
+  owner[0] = '\0';
+  *token = 0;
+  bson_iter_t it;
+  if (mongoc_cursor_next(cur, &doc)) {
+    if (bson_iter_init_find(&it, doc, "owner") && BSON_ITER_HOLDS_UTF8(&it))
+      snprintf(owner, 32, "%s", bson_iter_utf8(&it, NULL));
+    if (bson_iter_init_find(&it, doc, "token")) *token = bson_iter_as_int64(&it);
+  }
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+}
+
+static int64_t count(mongoc_collection_t *coll, const char *json) {
+  bson_error_t e;
+  bson_t *filter = bson_new_from_json((const uint8_t *)json, -1, &e);
+  int64_t n = mongoc_collection_count_documents(coll, filter, NULL, NULL, NULL, &e);
+  bson_destroy(filter);
+  if (n < 0) fail_msg("count: %s", e.message);
+  return n;
+}
+
+static int64_t count_by(mongoc_collection_t *coll, const char *owner, bool equal) {
+  char json[128];
+  snprintf(json, sizeof json, "{\"by\": {\"%s\": \"%s\"}}", equal ? "$eq" : "$ne", owner);
+  return count(coll, json);
+}
+
+static uint64_t ms(void) { return uv_hrtime() / 1000000u; }
+
+/* Waits until `coll` holds at least `n` documents matching `json`. */
+static void wait_count(mongoc_collection_t *coll, const char *json, int64_t n) {
+  uint64_t until = ms() + 30000;
+  while (count(coll, json) < n) {
+    if (ms() > until) fail_msg("fewer than %lld documents %s after 30 s", (long long)n, json);
+    uv_sleep(50);
+  }
+}
+
+/* Waits until the lease copy names an owner other than `not`; returns it. */
+static int wait_owner(mongoc_collection_t *leases, char owners[APPS][32], const char *not, uint64_t within_ms) {
+  uint64_t until = ms() + within_ms;
+  char owner[32];
+  int64_t token;
+  while (ms() < until) {
+    lease_holder(leases, owner, &token);
+    for (int i = 0; i < APPS; i++) {
+      if (!strcmp(owner, owners[i]) && strcmp(owner, not)) return i;
+    }
+    uv_sleep(20);
+  }
+  fail_msg("no new owner within %llu ms (copy: '%s')", (unsigned long long)within_ms, owner);
+  return -1;
+}
+
+static void test_sigkilled_owner_is_replaced(void **state) {
+  (void)state;
+  NEED_MONGO();
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_mongo_t *m = test_mongo_open(reg, NULL, NULL);
+  const char *db = cqrs_mongo_database(m);
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_client_set_error_api(client, MONGOC_ERROR_API_VERSION_2);
+  mongoc_collection_t *leases = mongoc_client_get_collection(client, db, "cqrs_leases");
+  mongoc_collection_t *seen = mongoc_client_get_collection(client, db, TALLY);
+  mongoc_collection_t *again = mongoc_client_get_collection(client, db, AGAIN);
+  /* The pool threads of each process run the store, the projection and the
+   * leases' calls: room enough that a renewal never waits long. */
+  setenv("UV_THREADPOOL_SIZE", "8", 1);
+  char owners[APPS][32];
+  pid_t pids[APPS];
+  for (int i = 0; i < APPS; i++) {
+    snprintf(owners[i], sizeof owners[i], "app-%d-%d", (int)getpid(), i);
+    char *argv[] = {"test_mongo_leases", "app", (char *)db, owners[i], NULL};
+    pids[i] = children[i] = spawn_self(argv);
+  }
+  int first = wait_owner(leases, owners, "", 15000);
+  /* Commands come from all three; one projects them. */
+  wait_count(seen, "{}", 30);
+  assert_int_equal(count_by(seen, owners[first], false), 0);
+  assert_int_equal(count(again, "{}"), 0);
+  /* Killed mid-stream; the other two keep sending. */
+  assert_int_equal(kill(pids[first], SIGKILL), 0);
+  uint64_t killed = ms();
+  assert_int_equal(wait_exit(pids[first]), 128 + SIGKILL);
+  children[first] = 0;
+  int second = wait_owner(leases, owners, owners[first], 15000);
+  uint64_t takeover = ms() - killed;
+  fprintf(stderr, "takeover after %llu ms (ttl %d ms)\n", (unsigned long long)takeover, TTL_MS);
+  assert_true(takeover < 3 * TTL_MS);
+  char by_second[64];
+  snprintf(by_second, sizeof by_second, "{\"by\": \"%s\"}", owners[second]);
+  wait_count(seen, by_second, 10);
+  for (int i = 0; i < APPS; i++) {
+    if (i == first) continue;
+    assert_int_equal(kill(pids[i], SIGTERM), 0);
+    assert_int_equal(wait_exit(pids[i]), 0);
+    children[i] = 0;
+  }
+  /* What was committed last, a process of its own projects. */
+  char *argv[] = {"test_mongo_leases", "drain", (char *)db, "drain", NULL};
+  children[APPS] = spawn_self(argv);
+  assert_int_equal(wait_exit(children[APPS]), 0);
+  children[APPS] = 0;
+
+  /* Every event projected: one document per position, none missing. */
+  cqrs_store_t *s = NULL;
+  cqrs_mongo_store_new(m, &s, NULL);
+  int64_t head;
+  assert_int_equal(cqrs_store_head(s, &head, NULL), CQRS_OK);
+  fprintf(stderr, "%lld events; first owner projected %lld, the second %lld\n", (long long)head,
+          (long long)count_by(seen, owners[first], true), (long long)count_by(seen, owners[second], true));
+  assert_int_equal(count(seen, "{}"), head);
+  char json[96];
+  snprintf(json, sizeof json, "{\"_id\": {\"$gte\": 1, \"$lte\": %lld}}", (long long)head);
+  assert_int_equal(count(seen, json), head);
+  /* An event seen again is one the killed owner had projected and not yet
+   * checkpointed (at most one batch): never one of a live owner's. */
+  int64_t repeats = count(again, "{}");
+  fprintf(stderr, "%lld event(s) delivered again after the kill\n", (long long)repeats);
+  assert_true(repeats <= 64);
+  bson_t all = BSON_INITIALIZER;
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(again, &all, NULL, NULL);
+  const bson_t *doc;
+  while (mongoc_cursor_next(cur, &doc)) {
+    bson_iter_t it;
+    assert_true(bson_iter_init_find(&it, doc, "position"));
+    snprintf(json, sizeof json, "{\"_id\": %lld, \"by\": \"%s\"}", (long long)bson_iter_as_int64(&it), owners[first]);
+    assert_int_equal(count(seen, json), 1);
+  }
+  mongoc_cursor_destroy(cur);
+  cqrs_store_destroy(s);
+  mongoc_collection_destroy(again);
+  mongoc_collection_destroy(seen);
+  mongoc_collection_destroy(leases);
+  mongoc_client_destroy(client);
+  test_mongo_close(m);
+  cqrs_registry_destroy(reg);
+}
+
+int main(int argc, char **argv) {
+  self = argv[0];
+  if (argc == 4 && !strcmp(argv[1], "app")) return run_app(argv[2], argv[3], false);
+  if (argc == 4 && !strcmp(argv[1], "drain")) return run_app(argv[2], argv[3], true);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_mongo_lease_contract),
+      cmocka_unit_test(test_one_taker_wins),
+      cmocka_unit_test_teardown(test_sigkilled_owner_is_replaced, kill_children),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
