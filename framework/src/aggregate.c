@@ -4,12 +4,12 @@
 #define STATE_ROOM 256 /* pooled blocks hold states up to this size */
 
 cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggregate_type_t *type, const char *id,
-                                       cqrs_aggregate_t **out, cqrs_error_t *err) {
+                                       bool id_checked, cqrs_aggregate_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!type || !type->name || !type->apply)
     return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks a name or an apply table");
-  cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
+  cqrs_code_t rc = id_checked ? CQRS_OK : cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
   if (rc) return rc;
   if (type->state_size > SIZE_MAX - sizeof(cqrs_aggregate_t))
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "aggregate state too large");
@@ -42,7 +42,7 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
 
 cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
                                cqrs_error_t *err) {
-  return cqrs__aggregate_new_pooled(NULL, type, id, out, err);
+  return cqrs__aggregate_new_pooled(NULL, type, id, false, out, err);
 }
 
 void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg) {

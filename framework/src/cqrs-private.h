@@ -67,9 +67,10 @@ typedef struct cqrs__agg_pool {
   cqrs_aggregate_t *head;
   size_t n;
 } cqrs__agg_pool_t;
-/* cqrs_aggregate_new, taking a block from `pool` (may be NULL) when it can. */
+/* cqrs_aggregate_new, taking a block from `pool` (may be NULL) when it can;
+ * id_checked: the caller has checked `id` with cqrs__check_str. */
 cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggregate_type_t *type, const char *id,
-                                       cqrs_aggregate_t **out, cqrs_error_t *err);
+                                       bool id_checked, cqrs_aggregate_t **out, cqrs_error_t *err);
 /* cqrs_aggregate_destroy, keeping the block in `pool` (may be NULL). */
 void cqrs__aggregate_release(cqrs__agg_pool_t *pool, cqrs_aggregate_t *agg);
 void cqrs__agg_pool_free(cqrs__agg_pool_t *pool);
@@ -128,6 +129,11 @@ typedef struct cqrs__event_vec {
 cqrs_code_t cqrs__event_vec_push_ref(cqrs__event_vec_t *v, const cqrs_event_t *e);
 void cqrs__event_vec_clear(cqrs__event_vec_t *v); /* unrefs all, keeps capacity */
 void cqrs__event_vec_free(cqrs__event_vec_t *v);
+
+/* cqrs_store_append for a request whose strings are known valid (an
+ * aggregate's type name and id, a command's id): no second check. */
+cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
+                                     cqrs_error_t *err);
 
 bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp);
 
