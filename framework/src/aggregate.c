@@ -29,6 +29,7 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
   agg->version = 0;
   agg->envelope = NULL;
   agg->cause_id = agg->correlation_id = NULL;
+  agg->key_hash = 0;
   agg->next_free = NULL;
   agg->pending = agg->pending_inline;
   agg->pending_count = 0;

@@ -25,8 +25,9 @@ bool cqrs__cache_accepts(const cqrs__cache_t *c, const cqrs_aggregate_type_t *ty
 bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg);
 
 /* Records the state of `agg` (no pending events) at its version, unless the
- * cache already holds a later one. Silently does nothing without memory. */
-void cqrs__cache_put(cqrs__cache_t *c, const cqrs_aggregate_t *agg);
+ * cache already holds a later one. Silently does nothing without memory.
+ * Both calls remember the look-up's hash in `agg`. */
+void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg);
 
 /* Forgets aggregate `id` of the type named `type`. */
 void cqrs__cache_drop(cqrs__cache_t *c, const char *type, const char *id);

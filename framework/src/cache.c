@@ -34,11 +34,14 @@ struct cqrs__cache {
 };
 
 static uint32_t hash_of(const char *type, const char *id) {
-  uint32_t h = 2166136261u;
-  for (const char *p = type; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  h = (h ^ '/') * 16777619u;
-  for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  return h ^ (h >> 15);
+  uint32_t h = (uint32_t)cqrs__hash_str(id, cqrs__hash_str(type, 0));
+  return h ? h : 1;
+}
+
+/* Computed once per aggregate: a load's look-up and its commit's update. */
+static uint32_t agg_hash(cqrs_aggregate_t *agg) {
+  if (!agg->key_hash) agg->key_hash = hash_of(agg->type->name, agg->id);
+  return agg->key_hash;
 }
 
 cqrs__cache_t *cqrs__cache_new(size_t capacity, bool *nomem) {
@@ -136,7 +139,7 @@ static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >>
 
 bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type)) return false;
-  uint32_t h = hash_of(agg->type->name, agg->id);
+  uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
   uv_mutex_lock(&s->lock);
   entry_t *e = *find(s, h, agg->type->name, agg->id);
@@ -152,10 +155,10 @@ bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   return e != NULL;
 }
 
-void cqrs__cache_put(cqrs__cache_t *c, const cqrs_aggregate_t *agg) {
+void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type) || agg->pending_count || agg->version < 1) return;
   const cqrs_aggregate_type_t *type = agg->type;
-  uint32_t h = hash_of(type->name, agg->id);
+  uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
   uv_mutex_lock(&s->lock);
   entry_t **link = find(s, h, type->name, agg->id);

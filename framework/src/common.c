@@ -137,6 +137,41 @@ void cqrs__error_copy(cqrs_error_t *dst, const cqrs_error_t *src) {
   if (dst && src && dst != src) *dst = *src;
 }
 
+#define HASH_K UINT64_C(0x9e3779b97f4a7c15)
+
+static uint64_t hash_word(uint64_t h, uint64_t w) {
+  h = (h ^ w) * HASH_K;
+  return h ^ (h >> 29);
+}
+
+uint64_t cqrs__hash_str(const char *s, uint64_t seed) {
+  size_t n = strlen(s);
+  uint64_t h = seed ^ (n * HASH_K), w;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    memcpy(&w, s + i, 8);
+    h = hash_word(h, w);
+  }
+  if (i < n) {
+    /* The tail: a word overlapping the last one, two overlapping halves, or
+     * first, middle and last byte (the length is mixed in already). */
+    if (n >= 8) {
+      memcpy(&w, s + n - 8, 8);
+    } else if (n >= 4) {
+      uint32_t lo, hi;
+      memcpy(&lo, s, 4);
+      memcpy(&hi, s + n - 4, 4);
+      w = (uint64_t)hi << 32 | lo;
+    } else {
+      w = (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 | (uint64_t)(unsigned char)s[n - 1] << 16;
+    }
+    h = hash_word(h, w);
+  }
+  h ^= h >> 33;
+  h *= UINT64_C(0xff51afd7ed558ccd);
+  return h ^ (h >> 33);
+}
+
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err) {
   if (!s || !*s) return cqrs_error_set(err, CQRS_EINVAL, "%s is NULL or empty", what);
   size_t n = strnlen(s, cap);

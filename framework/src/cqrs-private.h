@@ -18,6 +18,11 @@ char *cqrs__strdup(const char *s);
  * after a fast pass for the usual all-ASCII ids and names. */
 bool cqrs__utf8_valid(const char *s, size_t n);
 
+/* A hash of the NUL-terminated `s` for hash tables, chained through `seed`
+ * (hash a type name, then an id with the first result as seed): eight bytes
+ * at a time, mixed so that the low bits are usable as a bucket index. */
+uint64_t cqrs__hash_str(const char *s, uint64_t seed);
+
 /* Fails with CQRS_EINVAL for NULL, empty or invalid UTF-8, CQRS_ETOO_LARGE past cap - 1. */
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err);
 
@@ -56,6 +61,7 @@ struct cqrs_aggregate {
   void *state; /* state_inline */
   size_t state_cap; /* room in state_inline */
   const char *cause_id, *correlation_id; /* borrowed, for the envelope of raised events; NULL: set at commit */
+  uint32_t key_hash; /* the aggregate cache's hash of type name and id; 0: not computed yet */
   struct cqrs_aggregate *next_free;
   cqrs_event_t *pending_inline[2];
   _Alignas(max_align_t) unsigned char state_inline[];

@@ -3,7 +3,7 @@
  * table's rwlock for a look-up, and walk arrays whose chunks never move. */
 #include <uv.h>
 
-#include "cqrs-uthash.h"
+#include "cqrs-private.h"
 
 
 #define LOG_CHUNK_BITS 12
@@ -12,16 +12,55 @@
 #define STREAM_CHUNKS 40 /* chunk k holds 8 << k events */
 
 typedef struct stream {
-  UT_hash_handle hh;
+  uint64_t hash;
   _Atomic int64_t count;
   cqrs_event_t **chunks[STREAM_CHUNKS];
   bool has_snapshot;
   int64_t snapshot_version;
   uint32_t snapshot_schema;
   bson_t *snapshot;
-  size_t keylen;
-  char key[]; /* "type\0id" */
+  size_t keylen, idat;
+  char key[]; /* "type\0id", the id at idat */
 } stream_t;
+
+/* The streams by (type, id): open addressing, hashed without building the
+ * key; grows under the write lock, read under the read lock. */
+typedef struct stream_set {
+  stream_t **slots;
+  size_t cap, len; /* cap a power of two, len <= 7/10 cap */
+} stream_set_t;
+
+static uint64_t stream_hash(const char *type, const char *id) { return cqrs__hash_str(id, cqrs__hash_str(type, 0)); }
+
+static stream_t *streams_find(const stream_set_t *set, uint64_t h, const char *type, const char *id) {
+  if (!set->cap) return NULL;
+  for (size_t i = h & (set->cap - 1);; i = (i + 1) & (set->cap - 1)) {
+    stream_t *s = set->slots[i];
+    if (!s) return NULL;
+    if (s->hash == h && !strcmp(s->key + s->idat, id) && !strcmp(s->key, type)) return s;
+  }
+}
+
+static void streams_put(stream_t **slots, size_t cap, stream_t *s) {
+  size_t i = s->hash & (cap - 1);
+  while (slots[i]) i = (i + 1) & (cap - 1);
+  slots[i] = s;
+}
+
+/* Makes room for one more stream; false: no memory, the set unchanged. */
+static bool streams_reserve(stream_set_t *set) {
+  if ((set->len + 1) * 10 <= set->cap * 7) return true;
+  size_t cap = set->cap ? set->cap * 2 : 1024;
+  stream_t **slots = cqrs__calloc(cap, sizeof *slots);
+  if (!slots) return false;
+  for (size_t i = 0; i < set->cap; i++) {
+    if (set->slots[i]) streams_put(slots, cap, set->slots[i]);
+  }
+  cqrs__free(set->slots);
+  set->slots = slots;
+  set->cap = cap;
+  return true;
+}
 
 /* The command ids committed, for idempotency: an open-addressing set of
  * pointers. An id usually is the causation id of the commit's envelope,
@@ -39,11 +78,7 @@ typedef struct id_set {
   size_t nowned, owned_cap;
 } id_set_t;
 
-static uint32_t hash_id(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
-  return h;
-}
+static uint32_t hash_id(const char *s) { return (uint32_t)cqrs__hash_str(s, 0); }
 
 static bool ids_has(const id_set_t *set, const char *id, uint32_t h) {
   if (!set->cap) return false;
@@ -92,7 +127,7 @@ static void ids_free(id_set_t *set) {
 
 typedef struct memstore {
   uv_rwlock_t lock; /* write: appends and snapshots; read: stream look-ups */
-  stream_t *streams;
+  stream_set_t streams;
   id_set_t commands;
   _Atomic int64_t head;
   size_t overhead;
@@ -106,20 +141,8 @@ static size_t chunk_index(int64_t i, size_t *offset) {
   return k;
 }
 
-static size_t make_key(char *buf, size_t cap, const char *type, const char *id) {
-  size_t lt = strlen(type), li = strlen(id);
-  if (lt + li + 2 > cap) return 0;
-  memcpy(buf, type, lt + 1);
-  memcpy(buf + lt + 1, id, li + 1);
-  return lt + li + 2;
-}
-
 static stream_t *find_stream(memstore_t *m, const char *type, const char *id) {
-  char key[CQRS_NAME_MAX + CQRS_ID_MAX];
-  size_t n = make_key(key, sizeof key, type, id);
-  stream_t *s = NULL;
-  if (n) HASH_FIND(hh, m->streams, key, n, s);
-  return s;
+  return streams_find(&m->streams, stream_hash(type, id), type, id);
 }
 
 static stream_t *find_stream_locked_read(memstore_t *m, const char *type, const char *id) {
@@ -138,7 +161,8 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
     res->duplicate = true;
     goto out;
   }
-  stream_t *s = find_stream(m, req->aggregate_type, req->aggregate_id);
+  uint64_t sh = stream_hash(req->aggregate_type, req->aggregate_id);
+  stream_t *s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
   int64_t count = s ? atomic_load_explicit(&s->count, memory_order_relaxed) : 0;
   if (count != req->expected_version) {
     rc = cqrs_error_set(err, CQRS_ECONFLICT, "%s/%s is at version %lld, expected %lld", req->aggregate_type,
@@ -158,12 +182,14 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   bool ok = (!copy || id_copy) && ids_reserve(&m->commands, copy);
   stream_t *fresh = NULL;
   if (ok && !s) {
-    char key[CQRS_NAME_MAX + CQRS_ID_MAX];
-    size_t n = make_key(key, sizeof key, req->aggregate_type, req->aggregate_id);
-    fresh = cqrs__calloc(1, sizeof *fresh + n);
+    size_t lt = strlen(req->aggregate_type) + 1, li = strlen(req->aggregate_id) + 1;
+    fresh = streams_reserve(&m->streams) ? cqrs__calloc(1, sizeof *fresh + lt + li) : NULL;
     if (fresh) {
-      memcpy(fresh->key, key, n);
-      fresh->keylen = n;
+      memcpy(fresh->key, req->aggregate_type, lt);
+      memcpy(fresh->key + lt, req->aggregate_id, li);
+      fresh->keylen = lt + li;
+      fresh->idat = lt;
+      fresh->hash = sh;
     }
     ok = fresh != NULL;
   }
@@ -182,10 +208,6 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
       if (ok) m->overhead += LOG_CHUNK * sizeof(cqrs_event_t *);
     }
   }
-  if (ok && fresh) {
-    CQRS_HASH_TRY(HASH_ADD_KEYPTR(hh, m->streams, fresh->key, fresh->keylen, fresh));
-    ok = !CQRS_HASH_FAILED();
-  }
   if (!ok) {
     cqrs__free(id_copy);
     if (fresh) {
@@ -200,7 +222,11 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   m->commands.len++;
   if (copy) m->commands.owned[m->commands.nowned++] = id_copy;
   m->overhead += sizeof(id_slot_t) * 10 / 7 + (copy ? strlen(id_copy) + 1 + sizeof id_copy : 0);
-  if (fresh) m->overhead += sizeof *fresh + fresh->keylen + 32;
+  if (fresh) {
+    streams_put(m->streams.slots, m->streams.cap, fresh);
+    m->streams.len++;
+    m->overhead += sizeof *fresh + fresh->keylen + sizeof(stream_t *) * 10 / 7;
+  }
   for (size_t i = 0; i < req->count; i++) {
     cqrs_event_t *e = req->events[i];
     int64_t pos = head + (int64_t)i;
@@ -302,13 +328,14 @@ static void mem_destroy(void *impl) {
   int64_t head = atomic_load(&m->head);
   for (int64_t p = 0; p < head; p++) cqrs_event_unref(m->log[(size_t)p >> LOG_CHUNK_BITS][(size_t)p & (LOG_CHUNK - 1)]);
   for (size_t g = 0; g < LOG_DIR; g++) cqrs__free(m->log[g]);
-  stream_t *s, *ts;
-  HASH_ITER(hh, m->streams, s, ts) {
-    HASH_DEL(m->streams, s);
+  for (size_t i = 0; i < m->streams.cap; i++) {
+    stream_t *s = m->streams.slots[i];
+    if (!s) continue;
     for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(s->chunks[k]);
     if (s->snapshot) bson_destroy(s->snapshot);
     cqrs__free(s);
   }
+  cqrs__free(m->streams.slots);
   ids_free(&m->commands);
   uv_rwlock_destroy(&m->lock);
   cqrs__free(m);
