@@ -144,8 +144,10 @@ static uint64_t hash_word(uint64_t h, uint64_t w) {
   return h ^ (h >> 29);
 }
 
-uint64_t cqrs__hash_str(const char *s, uint64_t seed) {
-  size_t n = strlen(s);
+uint64_t cqrs__hash_str(const char *s, uint64_t seed) { return cqrs__hash_bytes(s, strlen(s), seed); }
+
+uint64_t cqrs__hash_bytes(const void *p, size_t n, uint64_t seed) {
+  const char *s = p;
   uint64_t h = seed ^ (n * HASH_K), w;
   size_t i = 0;
   for (; i + 8 <= n; i += 8) {

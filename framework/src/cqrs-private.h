@@ -22,6 +22,7 @@ bool cqrs__utf8_valid(const char *s, size_t n);
  * (hash a type name, then an id with the first result as seed): eight bytes
  * at a time, mixed so that the low bits are usable as a bucket index. */
 uint64_t cqrs__hash_str(const char *s, uint64_t seed);
+uint64_t cqrs__hash_bytes(const void *p, size_t n, uint64_t seed);
 
 /* Fails with CQRS_EINVAL for NULL, empty or invalid UTF-8, CQRS_ETOO_LARGE past cap - 1. */
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err);
