@@ -344,7 +344,7 @@ static cqrs_code_t validate_value(const cqrs_field_t *f, const void *p, const vo
     if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
     switch (f->kind) {
     case CQRS_FIELD_STRING: {
-      size_t n = strnlen((const char *)p, f->size);
+      size_t n = *(const char *)p ? strnlen((const char *)p, f->size) : 0;
       if (n >= f->size) {
         char what[64];
         snprintf(what, sizeof what, "is longer than %zu bytes", f->size - 1);
