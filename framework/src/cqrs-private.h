@@ -102,6 +102,20 @@ cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *a
                                     const char *aggregate_id, const char *causation_id, const char *correlation_id,
                                     int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
                                     cqrs_error_t *err);
+/* What a stored event is rebuilt from (the memory store's compact form):
+ * `payload_len` bytes of payload, the rest of the type's payload zero. */
+typedef struct cqrs__event_parts {
+  const cqrs_event_type_t *type;
+  const char *aggregate_type, *aggregate_id, *causation_id, *correlation_id;
+  char id[CQRS_EVENT_ID_LEN];
+  int64_t version, position, timestamp;
+  uint32_t schema_version;
+  const void *payload;
+  size_t payload_len;
+} cqrs__event_parts_t;
+/* A new event (one reference) hosting its envelope, from `p`. */
+cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **out, cqrs_error_t *err);
+
 /* Gives a (pending) event another envelope, taking a reference on it. */
 void cqrs__event_set_envelope(cqrs_event_t *e, const cqrs_envelope_t *env);
 /* cqrs_envelope_new for strings known valid: non-NULL, within their caps. */

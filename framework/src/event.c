@@ -166,20 +166,51 @@ static cqrs_code_t event_new(const cqrs_event_type_t *type, const cqrs_envelope_
   return CQRS_OK;
 }
 
+/* An event block with room for its envelope after the payload. */
+static cqrs__event_t *hosting_block(const cqrs_event_type_t *type, const env_strs_t *v, size_t n,
+                                    cqrs__envelope_t **env) {
+  size_t align = _Alignof(cqrs__envelope_t);
+  size_t at = (sizeof(cqrs__event_t) + type->payload_size + align - 1) / align * align;
+  cqrs__event_t *b = cqrs__malloc(at + sizeof(cqrs__envelope_t) + n);
+  if (!b) return NULL;
+  *env = (cqrs__envelope_t *)(void *)((char *)b + at);
+  env_fill(*env, b, v);
+  return b;
+}
+
 cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *aggregate_type,
                                     const char *aggregate_id, const char *causation_id, const char *correlation_id,
                                     int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
                                     cqrs_error_t *err) {
   env_strs_t v;
   size_t n = env_strings(&v, aggregate_type, aggregate_id, causation_id, correlation_id);
-  size_t align = _Alignof(cqrs__envelope_t);
-  size_t at = (sizeof(cqrs__event_t) + type->payload_size + align - 1) / align * align;
-  cqrs__event_t *b = cqrs__malloc(at + sizeof(cqrs__envelope_t) + n);
+  cqrs__envelope_t *env;
+  cqrs__event_t *b = hosting_block(type, &v, n, &env);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
-  cqrs__envelope_t *env = (cqrs__envelope_t *)(void *)((char *)b + at);
-  env_fill(env, b, &v);
   event_fill(b, type, &env->pub, NULL, version, timestamp, payload);
   *out = &b->pub;
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **out, cqrs_error_t *err) {
+  env_strs_t v;
+  size_t n = env_strings(&v, p->aggregate_type, p->aggregate_id, p->causation_id, p->correlation_id);
+  cqrs__envelope_t *env;
+  cqrs__event_t *b = hosting_block(p->type, &v, n, &env);
+  if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
+  atomic_init(&b->refs, 1);
+  memcpy(b->payload, p->payload, p->payload_len);
+  memset(b->payload + p->payload_len, 0, p->type->payload_size - p->payload_len);
+  cqrs_event_t *e = &b->pub;
+  e->type = p->type;
+  e->envelope = &env->pub;
+  e->version = p->version;
+  e->position = p->position;
+  e->timestamp = p->timestamp;
+  e->schema_version = p->schema_version;
+  memcpy(e->id, p->id, sizeof e->id);
+  e->payload = b->payload;
+  *out = e;
   return CQRS_OK;
 }
 
