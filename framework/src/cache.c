@@ -7,7 +7,7 @@
 
 #include "cache-private.h"
 
-#define SHARDS 16
+#define SHARDS 16 /* a power of two */
 #define SHARDED_FROM 256 /* capacity from which the cache is split in SHARDS */
 
 typedef struct entry {
@@ -135,7 +135,7 @@ static void remove_entry(shard_t *s, entry_t **link) {
   cqrs__free(e);
 }
 
-static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >> 24) % c->nshards]; }
+static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >> 24) & (c->nshards - 1)]; }
 
 bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type)) return false;
