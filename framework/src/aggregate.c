@@ -29,6 +29,7 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
   agg->version = 0;
   agg->envelope = NULL;
   agg->cause_id = agg->correlation_id = NULL;
+  agg->env_cause = agg->env_corr = NULL;
   agg->key_hash = 0;
   agg->next_free = NULL;
   agg->pending = agg->pending_inline;
@@ -85,6 +86,7 @@ void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, cons
 void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env) {
   cqrs_envelope_unref(agg->envelope);
   agg->envelope = env;
+  agg->env_cause = agg->env_corr = NULL;
 }
 
 static void apply_to_state(cqrs_aggregate_t *agg, const cqrs_event_t *e) {
@@ -128,7 +130,11 @@ cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t 
     const char *corr = agg->correlation_id && *agg->correlation_id ? agg->correlation_id : cause;
     rc = cqrs__event_new_hosting(type, agg->type->name, agg->id, cause, corr, version, cqrs_now_ms(), payload, &e,
                                  err);
-    if (!rc) agg->envelope = cqrs__envelope_ref(e->envelope);
+    if (!rc) {
+      agg->envelope = cqrs__envelope_ref(e->envelope);
+      agg->env_cause = cause;
+      agg->env_corr = corr;
+    }
   }
   if (rc) return rc;
   apply_to_state(agg, e);

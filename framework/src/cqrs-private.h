@@ -62,6 +62,7 @@ struct cqrs_aggregate {
   void *state; /* state_inline */
   size_t state_cap; /* room in state_inline */
   const char *cause_id, *correlation_id; /* borrowed, for the envelope of raised events; NULL: set at commit */
+  const char *env_cause, *env_corr; /* the (borrowed) strings `envelope` was copied from; NULL: unknown */
   uint32_t key_hash; /* the aggregate cache's hash of type name and id; 0: not computed yet */
   struct cqrs_aggregate *next_free;
   cqrs_event_t *pending_inline[2];

@@ -82,6 +82,8 @@ cqrs_code_t cqrs_repository_load(cqrs_store_t *store, const cqrs_aggregate_type_
 static cqrs_code_t stamp_cause(cqrs_aggregate_t *agg, const cqrs_cause_t *cause, cqrs_error_t *err) {
   const cqrs_envelope_t *cur = agg->envelope;
   const char *corr = cause->correlation_id && *cause->correlation_id ? cause->correlation_id : cause->command_id;
+  /* The usual case: the raise made the envelope from these very strings. */
+  if (cur && agg->env_cause == cause->command_id && agg->env_corr == corr) return CQRS_OK;
   if (cur && !strcmp(cur->causation_id, cause->command_id) && !strcmp(cur->correlation_id, corr)) return CQRS_OK;
   cqrs_envelope_t *env;
   cqrs_code_t rc = cqrs_envelope_new(agg->type->name, agg->id, cause->command_id, corr, &env, err);
