@@ -33,6 +33,7 @@ void cqrs__error_copy(cqrs_error_t *dst, const cqrs_error_t *src);
 typedef struct cqrs__event {
   cqrs_event_t pub;
   atomic_uint refs;
+  uint32_t size; /* bytes of the block, for cqrs__event_restore to rebuild in; 0: not to be rebuilt */
   _Alignas(max_align_t) unsigned char payload[];
 } cqrs__event_t;
 
@@ -107,15 +108,22 @@ cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *a
  * `payload_len` bytes of payload, the rest of the type's payload zero. */
 typedef struct cqrs__event_parts {
   const cqrs_event_type_t *type;
-  const char *aggregate_type, *aggregate_id, *causation_id, *correlation_id;
-  char id[CQRS_EVENT_ID_LEN];
+  const char *strs[4]; /* aggregate type, aggregate id, causation id, correlation id */
+  size_t lens[4];      /* their sizes with the NUL; lens[3] == 0: the correlation id is the causation id */
+  bool same_envelope;  /* the strings are those of the event in *inout (below) */
+  const char *id;      /* id_len bytes, no NUL */
+  size_t id_len;
   int64_t version, position, timestamp;
   uint32_t schema_version;
   const void *payload;
   size_t payload_len;
 } cqrs__event_parts_t;
-/* A new event (one reference) hosting its envelope, from `p`. */
-cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **out, cqrs_error_t *err);
+/* An event (one reference, the caller's) hosting its envelope, from `p`.
+ * *inout: NULL, or the event a previous call made, whose reference the call
+ * takes over: when nobody else holds it any more, the new event is built in
+ * its block (a read of many events allocates once). On failure *inout is
+ * NULL and the old reference released. */
+cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **inout, cqrs_error_t *err);
 
 /* Gives a (pending) event another envelope, taking a reference on it. */
 void cqrs__event_set_envelope(cqrs_event_t *e, const cqrs_envelope_t *env);

@@ -161,6 +161,7 @@ static cqrs_code_t event_new(const cqrs_event_type_t *type, const cqrs_envelope_
     return cqrs_error_set(err, CQRS_EINVAL, "event id is not valid UTF-8");
   cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size + extra);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
+  b->size = 0;
   event_fill(b, type, cqrs__envelope_ref(env), id, version, timestamp, payload);
   *out = &b->pub;
   return CQRS_OK;
@@ -173,6 +174,7 @@ static cqrs__event_t *hosting_block(const cqrs_event_type_t *type, const env_str
   size_t at = (sizeof(cqrs__event_t) + type->payload_size + align - 1) / align * align;
   cqrs__event_t *b = cqrs__malloc(at + sizeof(cqrs__envelope_t) + n);
   if (!b) return NULL;
+  b->size = 0;
   *env = (cqrs__envelope_t *)(void *)((char *)b + at);
   env_fill(*env, b, v);
   return b;
@@ -192,12 +194,30 @@ cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *a
   return CQRS_OK;
 }
 
-cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **out, cqrs_error_t *err) {
-  env_strs_t v;
-  size_t n = env_strings(&v, p->aggregate_type, p->aggregate_id, p->causation_id, p->correlation_id);
-  cqrs__envelope_t *env;
-  cqrs__event_t *b = hosting_block(p->type, &v, n, &env);
-  if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
+cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **inout, cqrs_error_t *err) {
+  env_strs_t v = {.same = p->lens[3] == 0};
+  memcpy(v.s, p->strs, sizeof v.s);
+  memcpy(v.n, p->lens, sizeof v.n);
+  size_t n = v.n[0] + v.n[1] + v.n[2] + v.n[3];
+  size_t align = _Alignof(cqrs__envelope_t);
+  size_t at = (sizeof(cqrs__event_t) + p->type->payload_size + align - 1) / align * align;
+  size_t total = at + sizeof(cqrs__envelope_t) + n;
+  cqrs__event_t *b = *inout ? block_of(*inout) : NULL;
+  *inout = NULL;
+  /* Only the caller holds it: no one else can reach it any more. */
+  if (b && (b->size < total || atomic_load_explicit(&b->refs, memory_order_acquire) != 1)) {
+    cqrs_event_unref(&b->pub);
+    b = NULL;
+  }
+  cqrs__envelope_t *env = b ? (cqrs__envelope_t *)(void *)((char *)b + at) : NULL;
+  if (!b) {
+    if (!(b = cqrs__malloc(total))) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
+    b->size = total <= UINT32_MAX ? (uint32_t)total : 0;
+    env = (cqrs__envelope_t *)(void *)((char *)b + at);
+    env_fill(env, b, &v);
+  } else if (!p->same_envelope || b->pub.envelope != &env->pub) {
+    env_fill(env, b, &v); /* the envelope in the block is another one, or elsewhere */
+  }
   atomic_init(&b->refs, 1);
   memcpy(b->payload, p->payload, p->payload_len);
   memset(b->payload + p->payload_len, 0, p->type->payload_size - p->payload_len);
@@ -208,9 +228,10 @@ cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **out
   e->position = p->position;
   e->timestamp = p->timestamp;
   e->schema_version = p->schema_version;
-  memcpy(e->id, p->id, sizeof e->id);
+  memcpy(e->id, p->id, p->id_len);
+  e->id[p->id_len] = '\0';
   e->payload = b->payload;
-  *out = e;
+  *inout = e;
   return CQRS_OK;
 }
 

@@ -4,8 +4,9 @@
  *
  * Events are kept in a compact form, not as the cqrs_event_t the commit
  * made: a record in an arena (what the event says beyond its stream, its
- * position and its type: the timestamp, the id, the payload without its
- * trailing zero bytes), the causation and correlation ids once per commit. A read builds each event afresh (one allocation, freed after
+ * position and its type: the timestamp, the id, the payload up to the end
+ * of the string that ends it), the causation and correlation ids once per
+ * commit. A read builds each event afresh (one allocation, freed after
  * the callback unless it took a reference), so a stored event costs about
  * half of what it did. An event this form cannot say exactly (an unknown
  * type's raw document, an envelope naming another stream) is kept as is. */
@@ -34,22 +35,19 @@ typedef struct stream {
 } stream_t;
 
 /* The ids of a commit's events: causation id, correlation id (unless the
- * same), the command id (when it is neither). */
+ * same), the command id (when it is neither); each under CQRS_ID_MAX. */
 #define CAUSE_SAME 1u /* correlation id = causation id */
 #define CAUSE_CMD 2u  /* the command id follows */
 typedef struct cause {
   uint8_t flags;
+  uint8_t len, corr_len; /* sizes with the NUL; corr_len 0 when CAUSE_SAME */
   char strings[];
 } cause_t;
 
-static const char *cause_correlation(const cause_t *c) {
-  return c->flags & CAUSE_SAME ? c->strings : c->strings + strlen(c->strings) + 1;
-}
+static const char *cause_correlation(const cause_t *c) { return c->strings + (c->flags & CAUSE_SAME ? 0 : c->len); }
 
 static const char *cause_command(const cause_t *c) {
-  if (!(c->flags & CAUSE_CMD)) return c->strings;
-  const char *corr = cause_correlation(c);
-  return corr + strlen(corr) + 1;
+  return c->flags & CAUSE_CMD ? c->strings + c->len + c->corr_len : c->strings;
 }
 
 #define REC_KEPT 1u /* the event itself is kept: its pointer is the data */
@@ -143,8 +141,15 @@ typedef struct id_set {
   size_t cap, len; /* cap a power of two, len <= 7/10 cap */
 } id_set_t;
 
+#define TAILS 16
+typedef struct tail {
+  const cqrs_event_type_t *type;
+  const cqrs_field_t *field; /* NULL: the payload is kept whole */
+} tail_t;
+
 typedef struct memstore {
   uv_rwlock_t lock; /* write: appends and snapshots; read: stream look-ups */
+  tail_t tails[TAILS];
   stream_set_t streams;
   id_set_t commands;
   arena_block_t *arena;
@@ -216,22 +221,28 @@ static bool compactable(const cqrs_event_t *e, const cqrs_append_t *req) {
          !strcmp(env->aggregate_id, req->aggregate_id) && !strcmp(env->aggregate_type, req->aggregate_type);
 }
 
-/* The payload's length without its trailing zero bytes. */
-static size_t trimmed(const cqrs_event_t *e) {
-  const unsigned char *p = e->payload;
-  size_t n = e->type->payload_size;
-  for (; n >= 8; n -= 8) {
-    uint64_t w;
-    memcpy(&w, p + n - 8, 8);
-    if (!w) continue;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return n - 8 + (size_t)(63 - __builtin_clzll(w)) / 8 + 1; /* the word's last byte is its highest */
-#else
-    break;
-#endif
+/* Where a payload may end early: its last member, when the field table
+ * names it a string that reaches the end of the struct. Looked up once per
+ * type (a small cache, under the write lock). */
+static const cqrs_field_t *tail_string(memstore_t *m, const cqrs_event_type_t *type) {
+  tail_t *t = &m->tails[((uintptr_t)type >> 4) % TAILS];
+  if (t->type == type) return t->field;
+  const cqrs_field_t *last = NULL;
+  for (const cqrs_field_t *f = type->fields; f && f->kind != CQRS_FIELD_END; f++) {
+    if (!last || f->offset > last->offset) last = f;
   }
-  while (n && !p[n - 1]) n--;
-  return n;
+  t->type = type;
+  t->field = last && last->kind == CQRS_FIELD_STRING && last->offset + last->size == type->payload_size ? last : NULL;
+  return t->field;
+}
+
+/* The payload's bytes up to the NUL of a string that ends it; what follows
+ * that NUL means nothing (the field is a NUL-terminated string) and is zero
+ * when the event is built again, as after a trip through BSON. */
+static size_t trimmed(memstore_t *m, const cqrs_event_t *e) {
+  const cqrs_field_t *f = tail_string(m, e->type);
+  if (!f) return e->type->payload_size;
+  return f->offset + strnlen((const char *)e->payload + f->offset, f->size);
 }
 
 /* How event i of a commit is stored. */
@@ -244,7 +255,7 @@ typedef struct plan {
 
 /* A cause of its own for the first event and for another envelope than the
  * one before. Returns the bytes the event takes. */
-static size_t plan_event(const cqrs_append_t *req, size_t i, plan_t *p) {
+static size_t plan_event(memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
   const cqrs_event_t *e = req->events[i];
   const cqrs_envelope_t *env = e->envelope;
   const cqrs_envelope_t *prev = i ? req->events[i - 1]->envelope : NULL;
@@ -268,7 +279,7 @@ static size_t plan_event(const cqrs_append_t *req, size_t i, plan_t *p) {
     p->cause = round8(n);
   }
   p->compact = compactable(e, req);
-  p->payload = p->compact ? trimmed(e) : 0;
+  p->payload = p->compact ? trimmed(m, e) : 0;
   p->id = p->compact ? strlen(e->id) : 0;
   p->rec = round8(sizeof(rec_t) + (p->compact ? p->payload + p->id : sizeof e));
   return p->rec + p->cause;
@@ -283,10 +294,13 @@ static const cause_t *write_cause(arena_block_t *a, const plan_t *plan, const cq
   memcpy(p, cause, n);
   p += n;
   c->flags = plan->cause_flags;
+  c->len = (uint8_t)n;
+  c->corr_len = 0;
   if (!(c->flags & CAUSE_SAME)) {
     n = strlen(corr) + 1;
     memcpy(p, corr, n);
     p += n;
+    c->corr_len = (uint8_t)n;
   }
   if (c->flags & CAUSE_CMD) memcpy(p, command_id, strlen(command_id) + 1);
   return c;
@@ -324,16 +338,28 @@ static const cqrs_event_t *kept_of(const rec_t *r) {
   return e;
 }
 
-/* Hands the event of record `r` to `cb`; false: stop (the callback said so,
+/* A read in progress: the event last built, and what its envelope says. */
+typedef struct reader {
+  cqrs_event_t *spare;
+  const stream_t *stream;
+  const cause_t *cause;
+} reader_t;
+
+/* Hands the event of record `r` to `cb`, built in the reader's last one
+ * when it can (see cqrs__event_restore); false: stop (the callback said so,
  * or *rc tells the error). */
-static bool visit(const rec_t *r, cqrs_event_visit_cb cb, void *data, cqrs_code_t *rc, cqrs_error_t *err) {
+static bool visit(reader_t *rd, const rec_t *r, cqrs_event_visit_cb cb, void *data, cqrs_code_t *rc,
+                  cqrs_error_t *err) {
   if (r->flags & REC_KEPT) return cb(kept_of(r), data);
+  const stream_t *s = r->stream;
+  const cause_t *c = r->cause;
   cqrs__event_parts_t p = {
       .type = r->type,
-      .aggregate_type = r->stream->key,
-      .aggregate_id = r->stream->key + r->stream->idat,
-      .causation_id = r->cause->strings,
-      .correlation_id = cause_correlation(r->cause),
+      .strs = {s->key, s->key + s->idat, c->strings, cause_correlation(c)},
+      .lens = {s->idat, s->keylen - s->idat, c->len, c->corr_len},
+      .same_envelope = rd->spare && rd->stream == s && rd->cause == c,
+      .id = (const char *)r->data + r->payload_len,
+      .id_len = r->id_len,
       .version = r->version,
       .position = r->position,
       .timestamp = r->timestamp,
@@ -341,13 +367,10 @@ static bool visit(const rec_t *r, cqrs_event_visit_cb cb, void *data, cqrs_code_
       .payload = r->data,
       .payload_len = r->payload_len,
   };
-  memcpy(p.id, r->data + r->payload_len, r->id_len);
-  p.id[r->id_len] = '\0';
-  cqrs_event_t *e;
-  if ((*rc = cqrs__event_restore(&p, &e, err))) return false;
-  bool more = cb(e, data);
-  cqrs_event_unref(e);
-  return more;
+  if ((*rc = cqrs__event_restore(&p, &rd->spare, err))) return false;
+  rd->stream = s;
+  rd->cause = c;
+  return cb(rd->spare, data);
 }
 
 static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
@@ -376,7 +399,7 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   /* Allocate everything first so that a failure leaves the store unchanged. */
   if (req->count > 4) plans = cqrs__malloc(req->count * sizeof *plans);
   size_t need = 0;
-  for (size_t i = 0; plans && i < req->count; i++) need += plan_event(req, i, &plans[i]);
+  for (size_t i = 0; plans && i < req->count; i++) need += plan_event(m, req, i, &plans[i]);
   bool ok = plans && arena_reserve(&m->arena, need) && ids_reserve(&m->commands);
   stream_t *fresh = NULL;
   if (ok && !s) {
@@ -452,17 +475,18 @@ static cqrs_code_t mem_read_stream(void *impl, const char *type, const char *id,
   int64_t count = atomic_load_explicit(&s->count, memory_order_acquire);
   int64_t i = from_version - 1;
   cqrs_code_t rc = CQRS_OK;
-  while (i < count) {
+  reader_t rd = {NULL, NULL, NULL};
+  bool more = true;
+  while (more && i < count) {
     size_t off, k = chunk_index(i, &off);
     const rec_t **chunk = s->chunks[k];
     size_t end = (size_t)8 << k;
     if ((int64_t)(end - off) > count - i) end = off + (size_t)(count - i);
-    for (size_t j = off; j < end; j++) {
-      if (!visit(chunk[j], cb, data, &rc, err)) return rc;
-    }
+    for (size_t j = off; more && j < end; j++) more = visit(&rd, chunk[j], cb, data, &rc, err);
     i += (int64_t)(end - off);
   }
-  return CQRS_OK;
+  cqrs_event_unref(rd.spare);
+  return rc;
 }
 
 static cqrs_code_t mem_read_all(void *impl, int64_t from_position, size_t limit, cqrs_event_visit_cb cb, void *data,
@@ -473,9 +497,11 @@ static cqrs_code_t mem_read_all(void *impl, int64_t from_position, size_t limit,
   if (from_position - 1 < head && (uint64_t)limit < (uint64_t)(head - (from_position - 1)))
     end = from_position - 1 + (int64_t)limit;
   cqrs_code_t rc = CQRS_OK;
+  reader_t rd = {NULL, NULL, NULL};
   for (int64_t p = from_position - 1; p < end; p++) {
-    if (!visit(log_at(m, p), cb, data, &rc, err)) break;
+    if (!visit(&rd, log_at(m, p), cb, data, &rc, err)) break;
   }
+  cqrs_event_unref(rd.spare);
   return rc;
 }
 
