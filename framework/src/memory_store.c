@@ -281,7 +281,7 @@ static size_t plan_event(memstore_t *m, const cqrs_append_t *req, size_t i, plan
   p->compact = compactable(e, req);
   p->payload = p->compact ? trimmed(m, e) : 0;
   p->id = p->compact ? strlen(e->id) : 0;
-  p->rec = round8(sizeof(rec_t) + (p->compact ? p->payload + p->id : sizeof e));
+  p->rec = round8(offsetof(rec_t, data) + (p->compact ? p->payload + p->id : sizeof e));
   return p->rec + p->cause;
 }
 
