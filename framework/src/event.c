@@ -204,7 +204,8 @@ cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **ino
   size_t total = at + sizeof(cqrs__envelope_t) + n;
   cqrs__event_t *b = *inout ? block_of(*inout) : NULL;
   *inout = NULL;
-  /* Only the caller holds it: no one else can reach it any more. */
+  /* Rebuilt in place only when the caller's reference is the last one: then
+   * no one else can reach it any more. */
   if (b && (b->size < total || atomic_load_explicit(&b->refs, memory_order_acquire) != 1)) {
     cqrs_event_unref(&b->pub);
     b = NULL;
