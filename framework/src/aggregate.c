@@ -4,12 +4,12 @@
 #define STATE_ROOM 256 /* pooled blocks hold states up to this size */
 
 cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggregate_type_t *type, const char *id,
-                                       cqrs_aggregate_t **out, cqrs_error_t *err) {
+                                       bool id_checked, cqrs_aggregate_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!type || !type->name || !type->apply)
     return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks a name or an apply table");
-  cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
+  cqrs_code_t rc = id_checked ? CQRS_OK : cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
   if (rc) return rc;
   if (type->state_size > SIZE_MAX - sizeof(cqrs_aggregate_t))
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "aggregate state too large");
@@ -29,6 +29,8 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
   agg->version = 0;
   agg->envelope = NULL;
   agg->cause_id = agg->correlation_id = NULL;
+  agg->env_cause = agg->env_corr = NULL;
+  agg->key_hash = 0;
   agg->next_free = NULL;
   agg->pending = agg->pending_inline;
   agg->pending_count = 0;
@@ -42,7 +44,7 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
 
 cqrs_code_t cqrs_aggregate_new(const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
                                cqrs_error_t *err) {
-  return cqrs__aggregate_new_pooled(NULL, type, id, out, err);
+  return cqrs__aggregate_new_pooled(NULL, type, id, false, out, err);
 }
 
 void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg) {
@@ -84,6 +86,7 @@ void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, cons
 void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env) {
   cqrs_envelope_unref(agg->envelope);
   agg->envelope = env;
+  agg->env_cause = agg->env_corr = NULL;
 }
 
 static void apply_to_state(cqrs_aggregate_t *agg, const cqrs_event_t *e) {
@@ -127,7 +130,11 @@ cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t 
     const char *corr = agg->correlation_id && *agg->correlation_id ? agg->correlation_id : cause;
     rc = cqrs__event_new_hosting(type, agg->type->name, agg->id, cause, corr, version, cqrs_now_ms(), payload, &e,
                                  err);
-    if (!rc) agg->envelope = cqrs__envelope_ref(e->envelope);
+    if (!rc) {
+      agg->envelope = cqrs__envelope_ref(e->envelope);
+      agg->env_cause = cause;
+      agg->env_corr = corr;
+    }
   }
   if (rc) return rc;
   apply_to_state(agg, e);

@@ -25,8 +25,9 @@ bool cqrs__cache_accepts(const cqrs__cache_t *c, const cqrs_aggregate_type_t *ty
 bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg);
 
 /* Records the state of `agg` (no pending events) at its version, unless the
- * cache already holds a later one. Silently does nothing without memory. */
-void cqrs__cache_put(cqrs__cache_t *c, const cqrs_aggregate_t *agg);
+ * cache already holds a later one. Silently does nothing without memory.
+ * Both calls remember the look-up's hash in `agg`. */
+void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg);
 
 /* Forgets aggregate `id` of the type named `type`. */
 void cqrs__cache_drop(cqrs__cache_t *c, const char *type, const char *id);
@@ -37,12 +38,14 @@ void cqrs__cache_seen(cqrs__cache_t *c, const cqrs_event_t *e);
 
 /* cqrs_repository_load through the cache: a hit copies the cached state and
  * reads nothing; a miss loads from the store and fills the cache. The
- * aggregate comes from `pool` when it can (NULL: allocated). */
+ * aggregate comes from `pool` when it can (NULL: allocated). `id` must have
+ * passed cqrs__check_str (CQRS_ID_MAX): it is not checked again. */
 cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
                                          const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
                                          cqrs_error_t *err);
 /* cqrs_repository_save, then the cache follows: a commit advances the entry,
- * a failure of any kind (a conflict above all) drops it. */
+ * a failure of any kind (a conflict above all) drops it. The cause's command
+ * id must be valid (a command's own id): it is not checked again. */
 cqrs_code_t cqrs__repository_save_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs_aggregate_t *agg,
                                          const cqrs_cause_t *cause, cqrs_save_result_t *res, cqrs_error_t *err);
 

@@ -7,7 +7,7 @@
 
 #include "cache-private.h"
 
-#define SHARDS 16
+#define SHARDS 16 /* a power of two */
 #define SHARDED_FROM 256 /* capacity from which the cache is split in SHARDS */
 
 typedef struct entry {
@@ -33,12 +33,18 @@ struct cqrs__cache {
   shard_t shards[SHARDS];
 };
 
+/* Of the id alone: aggregates of two types rarely share one, and find()
+ * compares the type anyway. */
 static uint32_t hash_of(const char *type, const char *id) {
-  uint32_t h = 2166136261u;
-  for (const char *p = type; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  h = (h ^ '/') * 16777619u;
-  for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  return h ^ (h >> 15);
+  CQRS__UNUSED(type);
+  uint32_t h = (uint32_t)cqrs__hash_str(id, 0);
+  return h ? h : 1;
+}
+
+/* Computed once per aggregate: a load's look-up and its commit's update. */
+static uint32_t agg_hash(cqrs_aggregate_t *agg) {
+  if (!agg->key_hash) agg->key_hash = hash_of(agg->type->name, agg->id);
+  return agg->key_hash;
 }
 
 cqrs__cache_t *cqrs__cache_new(size_t capacity, bool *nomem) {
@@ -132,11 +138,11 @@ static void remove_entry(shard_t *s, entry_t **link) {
   cqrs__free(e);
 }
 
-static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >> 24) % c->nshards]; }
+static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >> 24) & (c->nshards - 1)]; }
 
 bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type)) return false;
-  uint32_t h = hash_of(agg->type->name, agg->id);
+  uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
   uv_mutex_lock(&s->lock);
   entry_t *e = *find(s, h, agg->type->name, agg->id);
@@ -152,10 +158,10 @@ bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   return e != NULL;
 }
 
-void cqrs__cache_put(cqrs__cache_t *c, const cqrs_aggregate_t *agg) {
+void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type) || agg->pending_count || agg->version < 1) return;
   const cqrs_aggregate_type_t *type = agg->type;
-  uint32_t h = hash_of(type->name, agg->id);
+  uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
   uv_mutex_lock(&s->lock);
   entry_t **link = find(s, h, type->name, agg->id);

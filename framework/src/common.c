@@ -1,7 +1,10 @@
 #include <bson/bson.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cqrs-uthash.h"
 
@@ -134,6 +137,43 @@ void cqrs__error_copy(cqrs_error_t *dst, const cqrs_error_t *src) {
   if (dst && src && dst != src) *dst = *src;
 }
 
+#define HASH_K UINT64_C(0x9e3779b97f4a7c15)
+
+static uint64_t hash_word(uint64_t h, uint64_t w) {
+  h = (h ^ w) * HASH_K;
+  return h ^ (h >> 29);
+}
+
+uint64_t cqrs__hash_str(const char *s, uint64_t seed) { return cqrs__hash_bytes(s, strlen(s), seed); }
+
+uint64_t cqrs__hash_bytes(const void *p, size_t n, uint64_t seed) {
+  const char *s = p;
+  uint64_t h = seed ^ (n * HASH_K), w;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    memcpy(&w, s + i, 8);
+    h = hash_word(h, w);
+  }
+  if (i < n) {
+    /* The tail: a word overlapping the last one, two overlapping halves, or
+     * first, middle and last byte (the length is mixed in already). */
+    if (n >= 8) {
+      memcpy(&w, s + n - 8, 8);
+    } else if (n >= 4) {
+      uint32_t lo, hi;
+      memcpy(&lo, s, 4);
+      memcpy(&hi, s + n - 4, 4);
+      w = (uint64_t)hi << 32 | lo;
+    } else {
+      w = (uint64_t)(unsigned char)s[0] | (uint64_t)(unsigned char)s[n / 2] << 8 | (uint64_t)(unsigned char)s[n - 1] << 16;
+    }
+    h = hash_word(h, w);
+  }
+  h ^= h >> 33;
+  h *= UINT64_C(0xff51afd7ed558ccd);
+  return h ^ (h >> 33);
+}
+
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err) {
   if (!s || !*s) return cqrs_error_set(err, CQRS_EINVAL, "%s is NULL or empty", what);
   size_t n = strnlen(s, cap);
@@ -148,10 +188,47 @@ int64_t cqrs_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Event and command ids are ObjectIds, as libbson makes them (4 bytes of
+ * seconds, 5 random bytes per process, a 3-byte counter from a random
+ * start), made here without bson_oid_init's per-call context look-up and
+ * formatted through a byte-to-hex table. A forked child draws new random
+ * bytes, so that parent and child never share a prefix. */
+static pthread_once_t id_once = PTHREAD_ONCE_INIT;
+static unsigned char id_rand[5];
+static _Atomic uint32_t id_seq;
+static char id_hex[256][2];
+
+static void id_reseed(void) {
+  unsigned char r[8];
+  if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 40) ^ (uintptr_t)r;
+    for (size_t i = 0; i < sizeof r; i++, x = x * 6364136223846793005u + 1442695040888963407u) r[i] = (unsigned char)(x >> 56);
+  }
+  memcpy(id_rand, r, sizeof id_rand);
+  atomic_store_explicit(&id_seq, (uint32_t)r[5] << 16 | (uint32_t)r[6] << 8 | r[7], memory_order_relaxed);
+}
+
+static void id_init(void) {
+  static const char digits[] = "0123456789abcdef";
+  for (unsigned i = 0; i < 256; i++) {
+    id_hex[i][0] = digits[i >> 4];
+    id_hex[i][1] = digits[i & 15];
+  }
+  id_reseed();
+  pthread_atfork(NULL, NULL, id_reseed);
+}
+
 void cqrs_new_id(char buf[CQRS_EVENT_ID_LEN]) {
-  bson_oid_t oid;
-  bson_oid_init(&oid, NULL);
-  bson_oid_to_string(&oid, buf);
+  pthread_once(&id_once, id_init);
+  uint32_t t = (uint32_t)time(NULL);
+  uint32_t seq = atomic_fetch_add_explicit(&id_seq, 1, memory_order_relaxed);
+  unsigned char b[12] = {(unsigned char)(t >> 24), (unsigned char)(t >> 16), (unsigned char)(t >> 8), (unsigned char)t,
+                         id_rand[0], id_rand[1], id_rand[2], id_rand[3], id_rand[4],
+                         (unsigned char)(seq >> 16), (unsigned char)(seq >> 8), (unsigned char)seq};
+  for (size_t i = 0; i < sizeof b; i++) memcpy(buf + 2 * i, id_hex[b[i]], 2);
+  buf[24] = '\0';
 }
 
 cqrs_code_t cqrs__event_vec_push_ref(cqrs__event_vec_t *v, const cqrs_event_t *e) {

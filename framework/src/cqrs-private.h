@@ -18,6 +18,12 @@ char *cqrs__strdup(const char *s);
  * after a fast pass for the usual all-ASCII ids and names. */
 bool cqrs__utf8_valid(const char *s, size_t n);
 
+/* A hash of the NUL-terminated `s` for hash tables, chained through `seed`
+ * (hash a type name, then an id with the first result as seed): eight bytes
+ * at a time, mixed so that the low bits are usable as a bucket index. */
+uint64_t cqrs__hash_str(const char *s, uint64_t seed);
+uint64_t cqrs__hash_bytes(const void *p, size_t n, uint64_t seed);
+
 /* Fails with CQRS_EINVAL for NULL, empty or invalid UTF-8, CQRS_ETOO_LARGE past cap - 1. */
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err);
 
@@ -27,6 +33,7 @@ void cqrs__error_copy(cqrs_error_t *dst, const cqrs_error_t *src);
 typedef struct cqrs__event {
   cqrs_event_t pub;
   atomic_uint refs;
+  uint32_t size; /* bytes of the block, for cqrs__event_restore to rebuild in; 0: not to be rebuilt */
   _Alignas(max_align_t) unsigned char payload[];
 } cqrs__event_t;
 
@@ -56,6 +63,8 @@ struct cqrs_aggregate {
   void *state; /* state_inline */
   size_t state_cap; /* room in state_inline */
   const char *cause_id, *correlation_id; /* borrowed, for the envelope of raised events; NULL: set at commit */
+  const char *env_cause, *env_corr; /* the (borrowed) strings `envelope` was copied from; NULL: unknown */
+  uint32_t key_hash; /* the aggregate cache's hash of type name and id; 0: not computed yet */
   struct cqrs_aggregate *next_free;
   cqrs_event_t *pending_inline[2];
   _Alignas(max_align_t) unsigned char state_inline[];
@@ -67,9 +76,10 @@ typedef struct cqrs__agg_pool {
   cqrs_aggregate_t *head;
   size_t n;
 } cqrs__agg_pool_t;
-/* cqrs_aggregate_new, taking a block from `pool` (may be NULL) when it can. */
+/* cqrs_aggregate_new, taking a block from `pool` (may be NULL) when it can;
+ * id_checked: the caller has checked `id` with cqrs__check_str. */
 cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggregate_type_t *type, const char *id,
-                                       cqrs_aggregate_t **out, cqrs_error_t *err);
+                                       bool id_checked, cqrs_aggregate_t **out, cqrs_error_t *err);
 /* cqrs_aggregate_destroy, keeping the block in `pool` (may be NULL). */
 void cqrs__aggregate_release(cqrs__agg_pool_t *pool, cqrs_aggregate_t *agg);
 void cqrs__agg_pool_free(cqrs__agg_pool_t *pool);
@@ -94,6 +104,27 @@ cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *a
                                     const char *aggregate_id, const char *causation_id, const char *correlation_id,
                                     int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
                                     cqrs_error_t *err);
+/* What a stored event is rebuilt from (the memory store's compact form):
+ * `payload_len` bytes of payload, the rest of the type's payload zero. */
+typedef struct cqrs__event_parts {
+  const cqrs_event_type_t *type;
+  const char *strs[4]; /* aggregate type, aggregate id, causation id, correlation id */
+  size_t lens[4];      /* their sizes with the NUL; lens[3] == 0: the correlation id is the causation id */
+  bool same_envelope;  /* the strings are those of the event in *inout (below) */
+  const char *id;      /* id_len bytes, no NUL */
+  size_t id_len;
+  int64_t version, position, timestamp;
+  uint32_t schema_version;
+  const void *payload;
+  size_t payload_len;
+} cqrs__event_parts_t;
+/* An event (one reference, the caller's) hosting its envelope, from `p`.
+ * *inout: NULL, or the event a previous call made, whose reference the call
+ * takes over: when nobody else holds it any more, the new event is built in
+ * its block (a read of many events allocates once). On failure *inout is
+ * NULL and the old reference released. */
+cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **inout, cqrs_error_t *err);
+
 /* Gives a (pending) event another envelope, taking a reference on it. */
 void cqrs__event_set_envelope(cqrs_event_t *e, const cqrs_envelope_t *env);
 /* cqrs_envelope_new for strings known valid: non-NULL, within their caps. */
@@ -128,6 +159,11 @@ typedef struct cqrs__event_vec {
 cqrs_code_t cqrs__event_vec_push_ref(cqrs__event_vec_t *v, const cqrs_event_t *e);
 void cqrs__event_vec_clear(cqrs__event_vec_t *v); /* unrefs all, keeps capacity */
 void cqrs__event_vec_free(cqrs__event_vec_t *v);
+
+/* cqrs_store_append for a request whose strings are known valid (an
+ * aggregate's type name and id, a command's id): no second check. */
+cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
+                                     cqrs_error_t *err);
 
 bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp);
 bool cqrs__checkpoints_fenced(const cqrs_checkpoints_t *cp);

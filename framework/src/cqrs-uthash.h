@@ -14,6 +14,9 @@ extern _Thread_local bool cqrs__hash_oom;
 #define uthash_malloc(sz) cqrs__malloc(sz)
 #define uthash_free(ptr, sz) cqrs__free(ptr)
 #define uthash_nonfatal_oom(obj) (cqrs__hash_oom = true)
+/* Our word-at-a-time hash instead of Jenkins' (a third of the instructions
+ * for the short ids and names these tables hold). */
+#define HASH_FUNCTION(keyptr, keylen, hashv) ((hashv) = (unsigned)cqrs__hash_bytes((keyptr), (size_t)(keylen), 0))
 
 #include <uthash.h>
 

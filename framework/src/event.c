@@ -50,39 +50,49 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
   return cqrs__envelope_make(aggregate_type, aggregate_id, causation_id, correlation_id, out, err);
 }
 
-/* Bytes the strings of an envelope take; *same: the correlation id is the
- * causation id, kept once (most commands start their own conversation). */
-static size_t env_strings(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
-                          const char *correlation_id, bool *same) {
-  *same = !strcmp(causation_id, correlation_id);
-  return strlen(aggregate_type) + strlen(aggregate_id) + strlen(causation_id) + 3 +
-         (*same ? 0 : strlen(correlation_id) + 1);
+/* The strings of an envelope and their sizes (with the NUL); the
+ * correlation id takes no room when it is the causation id, kept once (most
+ * commands start their own conversation). */
+typedef struct env_strs {
+  const char *s[4]; /* aggregate type, aggregate id, causation id, correlation id */
+  size_t n[4];
+  bool same;
+} env_strs_t;
+
+/* Fills `v` and returns the bytes the strings take. */
+static size_t env_strings(env_strs_t *v, const char *aggregate_type, const char *aggregate_id,
+                          const char *causation_id, const char *correlation_id) {
+  v->s[0] = aggregate_type;
+  v->s[1] = aggregate_id;
+  v->s[2] = causation_id;
+  v->s[3] = correlation_id;
+  v->same = causation_id == correlation_id || !strcmp(causation_id, correlation_id);
+  size_t total = 0;
+  for (int i = 0; i < 4; i++) {
+    v->n[i] = i == 3 && v->same ? 0 : strlen(v->s[i]) + 1;
+    total += v->n[i];
+  }
+  return total;
 }
 
-static void env_fill(cqrs__envelope_t *b, cqrs__event_t *host, const char *aggregate_type, const char *aggregate_id,
-                     const char *causation_id, const char *correlation_id, bool same) {
+static void env_fill(cqrs__envelope_t *b, cqrs__event_t *host, const env_strs_t *v) {
   atomic_init(&b->refs, 1);
   b->host = host;
   char *p = b->strings;
-  size_t n = strlen(aggregate_type) + 1;
-  b->pub.aggregate_type = memcpy(p, aggregate_type, n);
-  p += n;
-  n = strlen(aggregate_id) + 1;
-  b->pub.aggregate_id = memcpy(p, aggregate_id, n);
-  p += n;
-  n = strlen(causation_id) + 1;
-  b->pub.causation_id = memcpy(p, causation_id, n);
-  p += n;
-  b->pub.correlation_id = same ? b->pub.causation_id : memcpy(p, correlation_id, strlen(correlation_id) + 1);
+  const char **dst[4] = {&b->pub.aggregate_type, &b->pub.aggregate_id, &b->pub.causation_id, &b->pub.correlation_id};
+  for (int i = 0; i < 4; i++) {
+    *dst[i] = v->n[i] ? memcpy(p, v->s[i], v->n[i]) : b->pub.causation_id;
+    p += v->n[i];
+  }
 }
 
 cqrs_code_t cqrs__envelope_make(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
                                 const char *correlation_id, cqrs_envelope_t **out, cqrs_error_t *err) {
-  bool same;
-  size_t n = env_strings(aggregate_type, aggregate_id, causation_id, correlation_id, &same);
+  env_strs_t v;
+  size_t n = env_strings(&v, aggregate_type, aggregate_id, causation_id, correlation_id);
   cqrs__envelope_t *b = cqrs__malloc(sizeof *b + n);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an envelope");
-  env_fill(b, NULL, aggregate_type, aggregate_id, causation_id, correlation_id, same);
+  env_fill(b, NULL, &v);
   *out = &b->pub;
   return CQRS_OK;
 }
@@ -151,25 +161,78 @@ static cqrs_code_t event_new(const cqrs_event_type_t *type, const cqrs_envelope_
     return cqrs_error_set(err, CQRS_EINVAL, "event id is not valid UTF-8");
   cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size + extra);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
+  b->size = 0;
   event_fill(b, type, cqrs__envelope_ref(env), id, version, timestamp, payload);
   *out = &b->pub;
   return CQRS_OK;
+}
+
+/* An event block with room for its envelope after the payload. */
+static cqrs__event_t *hosting_block(const cqrs_event_type_t *type, const env_strs_t *v, size_t n,
+                                    cqrs__envelope_t **env) {
+  size_t align = _Alignof(cqrs__envelope_t);
+  size_t at = (sizeof(cqrs__event_t) + type->payload_size + align - 1) / align * align;
+  cqrs__event_t *b = cqrs__malloc(at + sizeof(cqrs__envelope_t) + n);
+  if (!b) return NULL;
+  b->size = 0;
+  *env = (cqrs__envelope_t *)(void *)((char *)b + at);
+  env_fill(*env, b, v);
+  return b;
 }
 
 cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *aggregate_type,
                                     const char *aggregate_id, const char *causation_id, const char *correlation_id,
                                     int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
                                     cqrs_error_t *err) {
-  bool same;
-  size_t n = env_strings(aggregate_type, aggregate_id, causation_id, correlation_id, &same);
-  size_t align = _Alignof(cqrs__envelope_t);
-  size_t at = (sizeof(cqrs__event_t) + type->payload_size + align - 1) / align * align;
-  cqrs__event_t *b = cqrs__malloc(at + sizeof(cqrs__envelope_t) + n);
+  env_strs_t v;
+  size_t n = env_strings(&v, aggregate_type, aggregate_id, causation_id, correlation_id);
+  cqrs__envelope_t *env;
+  cqrs__event_t *b = hosting_block(type, &v, n, &env);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
-  cqrs__envelope_t *env = (cqrs__envelope_t *)(void *)((char *)b + at);
-  env_fill(env, b, aggregate_type, aggregate_id, causation_id, correlation_id, same);
   event_fill(b, type, &env->pub, NULL, version, timestamp, payload);
   *out = &b->pub;
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **inout, cqrs_error_t *err) {
+  env_strs_t v = {.same = p->lens[3] == 0};
+  memcpy(v.s, p->strs, sizeof v.s);
+  memcpy(v.n, p->lens, sizeof v.n);
+  size_t n = v.n[0] + v.n[1] + v.n[2] + v.n[3];
+  size_t align = _Alignof(cqrs__envelope_t);
+  size_t at = (sizeof(cqrs__event_t) + p->type->payload_size + align - 1) / align * align;
+  size_t total = at + sizeof(cqrs__envelope_t) + n;
+  cqrs__event_t *b = *inout ? block_of(*inout) : NULL;
+  *inout = NULL;
+  /* Rebuilt in place only when the caller's reference is the last one: then
+   * no one else can reach it any more. */
+  if (b && (b->size < total || atomic_load_explicit(&b->refs, memory_order_acquire) != 1)) {
+    cqrs_event_unref(&b->pub);
+    b = NULL;
+  }
+  cqrs__envelope_t *env = b ? (cqrs__envelope_t *)(void *)((char *)b + at) : NULL;
+  if (!b) {
+    if (!(b = cqrs__malloc(total))) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
+    b->size = total <= UINT32_MAX ? (uint32_t)total : 0;
+    env = (cqrs__envelope_t *)(void *)((char *)b + at);
+    env_fill(env, b, &v);
+  } else if (!p->same_envelope || b->pub.envelope != &env->pub) {
+    env_fill(env, b, &v); /* the envelope in the block is another one, or elsewhere */
+  }
+  atomic_init(&b->refs, 1);
+  memcpy(b->payload, p->payload, p->payload_len);
+  memset(b->payload + p->payload_len, 0, p->type->payload_size - p->payload_len);
+  cqrs_event_t *e = &b->pub;
+  e->type = p->type;
+  e->envelope = &env->pub;
+  e->version = p->version;
+  e->position = p->position;
+  e->timestamp = p->timestamp;
+  e->schema_version = p->schema_version;
+  memcpy(e->id, p->id, p->id_len);
+  e->id[p->id_len] = '\0';
+  e->payload = b->payload;
+  *inout = e;
   return CQRS_OK;
 }
 

@@ -5,10 +5,36 @@
 #define AT(obj, f) ((const unsigned char *)(obj) + (f)->offset)
 #define AT_MUT(obj, f) ((unsigned char *)(obj) + (f)->offset)
 
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+/* Whether one of the 8 bytes of `v` is NUL or not ASCII. Exact when all are
+ * below 0x80 (the borrow of `v - ONES` then starts only at a zero byte); a
+ * false "yes" only sends the string to the exact check. */
+static bool word_odd(uint64_t v) { return ((v | ((v - ONES) & ~v)) & HIGHS) != 0; }
+
+static uint64_t load8(const char *p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* Eight bytes at a time, the last word overlapping the one before; ids and
+ * names are all ASCII, so the exact check rarely runs. */
 bool cqrs__utf8_valid(const char *s, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if ((unsigned char)s[i] - 1u >= 0x7fu) return bson_utf8_validate(s, n, false); /* NUL or not ASCII */
-  return true;
+  bool odd = false;
+  if (n >= 8) {
+    for (size_t i = 0; i + 8 < n; i += 8) odd |= word_odd(load8(s + i));
+    odd |= word_odd(load8(s + n - 8));
+  } else if (n >= 4) {
+    uint32_t a, b;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + n - 4, 4);
+    odd = word_odd((uint64_t)a << 32 | b);
+  } else {
+    for (size_t i = 0; i < n; i++) odd |= (unsigned char)s[i] - 1u >= 0x7fu;
+  }
+  return !odd || bson_utf8_validate(s, n, false);
 }
 
 static bool currency_ok(const char *c) {
@@ -316,19 +342,25 @@ static cqrs_code_t unbounded(cqrs_error_t *err, const char *prefix, const cqrs_f
 }
 
 static cqrs_code_t validate(const cqrs_field_t *fields, const void *obj, const char *prefix, cqrs_error_t *err);
+static cqrs_code_t validate_nested(const cqrs_field_t *f, const void *p, const void *obj, const char *prefix,
+                                   cqrs_error_t *err);
 
-/* Validates the value at `p` (`obj`: the struct, for an array's count). */
-static cqrs_code_t validate_value(const cqrs_field_t *f, const void *p, const void *obj, const char *prefix,
-                                  cqrs_error_t *err) {
+static cqrs_code_t too_long(cqrs_error_t *err, const char *prefix, const cqrs_field_t *f) {
+  char what[64];
+  snprintf(what, sizeof what, "is longer than %zu bytes", f->size - 1);
+  return invalid(err, prefix, f, what);
+}
+
+/* Validates the value at `p` (`obj`: the struct, for an array's count).
+ * Nested tables and the messages that need buffers are out of line, so that
+ * this stays small enough to inline in the loop over a table. */
+static inline cqrs_code_t validate_value(const cqrs_field_t *f, const void *p, const void *obj, const char *prefix,
+                                         cqrs_error_t *err) {
     if ((f->flags & CQRS_F_RANGE) && !bounded(f)) return unbounded(err, prefix, f);
     switch (f->kind) {
     case CQRS_FIELD_STRING: {
-      size_t n = strnlen((const char *)p, f->size);
-      if (n >= f->size) {
-        char what[64];
-        snprintf(what, sizeof what, "is longer than %zu bytes", f->size - 1);
-        return invalid(err, prefix, f, what);
-      }
+      size_t n = *(const char *)p ? strnlen((const char *)p, f->size) : 0;
+      if (n >= f->size) return too_long(err, prefix, f);
       if ((f->flags & CQRS_F_REQUIRED) && n == 0) return invalid(err, prefix, f, "is empty");
       if (!cqrs__utf8_valid((const char *)p, n)) return invalid(err, prefix, f, "is not valid UTF-8");
       break;
@@ -355,6 +387,19 @@ static cqrs_code_t validate_value(const cqrs_field_t *f, const void *p, const vo
         return invalid(err, prefix, f, "amount is out of range");
       break;
     }
+    case CQRS_FIELD_DOC:
+    case CQRS_FIELD_ARRAY:
+      return validate_nested(f, p, obj, prefix, err);
+    case CQRS_FIELD_BOOL:
+    case CQRS_FIELD_END:
+      break;
+    }
+  return CQRS_OK;
+}
+
+static cqrs_code_t validate_nested(const cqrs_field_t *f, const void *p, const void *obj, const char *prefix,
+                                   cqrs_error_t *err) {
+  switch (f->kind) {
     case CQRS_FIELD_DOC: {
       char sub[128];
       nested_name(sub, sizeof sub, prefix, f->key);
@@ -377,10 +422,9 @@ static cqrs_code_t validate_value(const cqrs_field_t *f, const void *p, const vo
       }
       break;
     }
-    case CQRS_FIELD_BOOL:
-    case CQRS_FIELD_END:
+    default:
       break;
-    }
+  }
   return CQRS_OK;
 }
 

@@ -1,82 +1,136 @@
 /* The in-memory event store. Appends serialise on a write lock and publish
  * with release stores; reads take no lock but the read side of the stream
- * table's rwlock for a look-up, and walk arrays whose chunks never move. */
+ * table's rwlock for a look-up, and walk arrays whose chunks never move.
+ *
+ * Events are kept in a compact form, not as the cqrs_event_t the commit
+ * made: a record in an arena (what the event says beyond its stream, its
+ * position and its type: the timestamp, the id, the payload up to the end
+ * of the string that ends it), the causation and correlation ids once per
+ * commit. A read builds each event afresh (one allocation, freed after
+ * the callback unless it took a reference), so a stored event costs about
+ * half of what it did. An event this form cannot say exactly (an unknown
+ * type's raw document, an envelope naming another stream) is kept as is. */
 #include <uv.h>
 
-#include "cqrs-uthash.h"
-
+#include "cqrs-private.h"
 
 #define LOG_CHUNK_BITS 12
 #define LOG_CHUNK (1u << LOG_CHUNK_BITS)
-#define LOG_DIR 16384u /* LOG_DIR * LOG_CHUNK = 2^26 events */
+#define LOG_DIR 16384u /* LOG_DIR * LOG_CHUNK = 2^26 events: positions fit in 32 bits */
 #define STREAM_CHUNKS 40 /* chunk k holds 8 << k events */
+#define ARENA_BLOCK ((size_t)1 << 20)
+
+typedef struct rec rec_t;
 
 typedef struct stream {
-  UT_hash_handle hh;
+  uint64_t hash;
   _Atomic int64_t count;
-  cqrs_event_t **chunks[STREAM_CHUNKS];
+  const rec_t **chunks[STREAM_CHUNKS];
   bool has_snapshot;
   int64_t snapshot_version;
   uint32_t snapshot_schema;
   bson_t *snapshot;
-  size_t keylen;
-  char key[]; /* "type\0id" */
+  size_t keylen, idat;
+  char key[]; /* "type\0id", the id at idat */
 } stream_t;
 
-/* The command ids committed, for idempotency: an open-addressing set of
- * pointers. An id usually is the causation id of the commit's envelope,
- * which the store keeps alive with the events, so it is not copied; other
- * ids are copied and listed in `owned`. */
-typedef struct id_slot {
-  uint32_t hash;
-  const char *id; /* NULL: free */
-} id_slot_t;
+/* The ids of a commit's events: causation id, correlation id (unless the
+ * same), the command id (when it is neither); each under CQRS_ID_MAX. */
+#define CAUSE_SAME 1u /* correlation id = causation id */
+#define CAUSE_CMD 2u  /* the command id follows */
+typedef struct cause {
+  uint8_t flags;
+  uint8_t len, corr_len; /* sizes with the NUL; corr_len 0 when CAUSE_SAME */
+  char strings[];
+} cause_t;
 
-typedef struct id_set {
-  id_slot_t *slots;
+static const char *cause_correlation(const cause_t *c) { return c->strings + (c->flags & CAUSE_SAME ? 0 : c->len); }
+
+static const char *cause_command(const cause_t *c) {
+  return c->flags & CAUSE_CMD ? c->strings + c->len + c->corr_len : c->strings;
+}
+
+#define REC_KEPT 1u /* the event itself is kept: its pointer is the data */
+struct rec {
+  const cqrs_event_type_t *type;
+  const cause_t *cause;
+  const stream_t *stream;
+  int64_t version, timestamp;
+  uint32_t position;
+  uint32_t schema_version;
+  uint16_t payload_len;
+  uint8_t flags, id_len;
+  unsigned char data[]; /* payload_len bytes of payload, then the id (id_len bytes, no NUL) */
+};
+
+/* Records and causes, bump-allocated in blocks that are never freed before
+ * the store: one commit's records lie next to each other. */
+typedef struct arena_block {
+  struct arena_block *next;
+  size_t used, cap;
+  _Alignas(max_align_t) unsigned char data[];
+} arena_block_t;
+
+static size_t round8(size_t n) { return (n + 7) & ~(size_t)7; }
+
+/* Room for `n` more bytes in the current block, else a new block; false:
+ * no memory, nothing changed. */
+static bool arena_reserve(arena_block_t **head, size_t n) {
+  if (*head && (*head)->cap - (*head)->used >= n) return true;
+  size_t cap = n > ARENA_BLOCK ? n : ARENA_BLOCK;
+  arena_block_t *b = cqrs__malloc(sizeof *b + cap);
+  if (!b) return false;
+  b->next = *head;
+  b->used = 0;
+  b->cap = cap;
+  *head = b;
+  return true;
+}
+
+/* After arena_reserve for at least round8(n). */
+static void *arena_take(arena_block_t *b, size_t n) {
+  void *p = b->data + b->used;
+  b->used += round8(n);
+  return p;
+}
+
+/* The streams by (type, id): open addressing, hashed without building the
+ * key; grows under the write lock, read under the read lock. */
+typedef struct stream_set {
+  stream_t **slots;
   size_t cap, len; /* cap a power of two, len <= 7/10 cap */
-  char **owned;
-  size_t nowned, owned_cap;
-} id_set_t;
+} stream_set_t;
 
-static uint32_t hash_id(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
-  return h;
+/* Of the id alone: streams of two types rarely share one, and the look-up
+ * compares the type anyway. */
+static uint64_t stream_hash(const char *type, const char *id) {
+  CQRS__UNUSED(type);
+  return cqrs__hash_str(id, 0);
 }
 
-static bool ids_has(const id_set_t *set, const char *id, uint32_t h) {
-  if (!set->cap) return false;
+static stream_t *streams_find(const stream_set_t *set, uint64_t h, const char *type, const char *id) {
+  if (!set->cap) return NULL;
   for (size_t i = h & (set->cap - 1);; i = (i + 1) & (set->cap - 1)) {
-    const id_slot_t *sl = &set->slots[i];
-    if (!sl->id) return false;
-    if (sl->hash == h && !strcmp(sl->id, id)) return true;
+    stream_t *s = set->slots[i];
+    if (!s) return NULL;
+    if (s->hash == h && !strcmp(s->key + s->idat, id) && !strcmp(s->key, type)) return s;
   }
 }
 
-static void ids_put(id_slot_t *slots, size_t cap, uint32_t h, const char *id) {
-  size_t i = h & (cap - 1);
-  while (slots[i].id) i = (i + 1) & (cap - 1);
-  slots[i].hash = h;
-  slots[i].id = id;
+static void streams_put(stream_t **slots, size_t cap, stream_t *s) {
+  size_t i = s->hash & (cap - 1);
+  while (slots[i]) i = (i + 1) & (cap - 1);
+  slots[i] = s;
 }
 
-/* Makes room for one more id (and one more owned copy); false: no memory,
- * the set unchanged. */
-static bool ids_reserve(id_set_t *set, bool copy) {
-  if (copy && set->nowned == set->owned_cap) {
-    size_t cap = set->owned_cap ? set->owned_cap * 2 : 16;
-    char **o = cqrs__realloc(set->owned, cap * sizeof *o);
-    if (!o) return false;
-    set->owned = o;
-    set->owned_cap = cap;
-  }
+/* Makes room for one more stream; false: no memory, the set unchanged. */
+static bool streams_reserve(stream_set_t *set) {
   if ((set->len + 1) * 10 <= set->cap * 7) return true;
   size_t cap = set->cap ? set->cap * 2 : 1024;
-  id_slot_t *slots = cqrs__calloc(cap, sizeof *slots);
+  stream_t **slots = cqrs__calloc(cap, sizeof *slots);
   if (!slots) return false;
   for (size_t i = 0; i < set->cap; i++) {
-    if (set->slots[i].id) ids_put(slots, cap, set->slots[i].hash, set->slots[i].id);
+    if (set->slots[i]) streams_put(slots, cap, set->slots[i]);
   }
   cqrs__free(set->slots);
   set->slots = slots;
@@ -84,20 +138,68 @@ static bool ids_reserve(id_set_t *set, bool copy) {
   return true;
 }
 
-static void ids_free(id_set_t *set) {
-  for (size_t i = 0; i < set->nowned; i++) cqrs__free(set->owned[i]);
-  cqrs__free(set->owned);
-  cqrs__free(set->slots);
-}
+/* The command ids committed, for idempotency: an open-addressing set of
+ * 8-byte slots, the id's hash (high half) and the position of its commit's
+ * first event (low half; 0: free), whose cause names the command. */
+typedef struct id_set {
+  uint64_t *slots;
+  size_t cap, len; /* cap a power of two, len <= 7/10 cap */
+} id_set_t;
+
+#define TAILS 16
+typedef struct tail {
+  const cqrs_event_type_t *type;
+  const cqrs_field_t *field; /* NULL: the payload is kept whole */
+} tail_t;
 
 typedef struct memstore {
   uv_rwlock_t lock; /* write: appends and snapshots; read: stream look-ups */
-  stream_t *streams;
+  tail_t tails[TAILS];
+  stream_set_t streams;
   id_set_t commands;
+  arena_block_t *arena;
   _Atomic int64_t head;
   size_t overhead;
-  cqrs_event_t **log[LOG_DIR];
+  const rec_t **log[LOG_DIR];
 } memstore_t;
+
+static const rec_t *log_at(const memstore_t *m, int64_t p) {
+  return m->log[(size_t)p >> LOG_CHUNK_BITS][(size_t)p & (LOG_CHUNK - 1)];
+}
+
+static uint32_t hash_id(const char *s) { return (uint32_t)cqrs__hash_str(s, 0); }
+
+static bool ids_has(const memstore_t *m, const char *id, uint32_t h) {
+  const id_set_t *set = &m->commands;
+  if (!set->cap) return false;
+  for (size_t i = h & (set->cap - 1);; i = (i + 1) & (set->cap - 1)) {
+    uint64_t sl = set->slots[i];
+    if (!sl) return false;
+    if ((uint32_t)(sl >> 32) == h && !strcmp(cause_command(log_at(m, (int64_t)(uint32_t)sl - 1)->cause), id))
+      return true;
+  }
+}
+
+static void ids_put(uint64_t *slots, size_t cap, uint64_t slot) {
+  size_t i = (size_t)(slot >> 32) & (cap - 1);
+  while (slots[i]) i = (i + 1) & (cap - 1);
+  slots[i] = slot;
+}
+
+/* Makes room for one more id; false: no memory, the set unchanged. */
+static bool ids_reserve(id_set_t *set) {
+  if ((set->len + 1) * 10 <= set->cap * 7) return true;
+  size_t cap = set->cap ? set->cap * 2 : 1024;
+  uint64_t *slots = cqrs__calloc(cap, sizeof *slots);
+  if (!slots) return false;
+  for (size_t i = 0; i < set->cap; i++) {
+    if (set->slots[i]) ids_put(slots, cap, set->slots[i]);
+  }
+  cqrs__free(set->slots);
+  set->slots = slots;
+  set->cap = cap;
+  return true;
+}
 
 static size_t chunk_index(int64_t i, size_t *offset) {
   uint64_t q = (uint64_t)i / 8 + 1;
@@ -106,20 +208,8 @@ static size_t chunk_index(int64_t i, size_t *offset) {
   return k;
 }
 
-static size_t make_key(char *buf, size_t cap, const char *type, const char *id) {
-  size_t lt = strlen(type), li = strlen(id);
-  if (lt + li + 2 > cap) return 0;
-  memcpy(buf, type, lt + 1);
-  memcpy(buf + lt + 1, id, li + 1);
-  return lt + li + 2;
-}
-
 static stream_t *find_stream(memstore_t *m, const char *type, const char *id) {
-  char key[CQRS_NAME_MAX + CQRS_ID_MAX];
-  size_t n = make_key(key, sizeof key, type, id);
-  stream_t *s = NULL;
-  if (n) HASH_FIND(hh, m->streams, key, n, s);
-  return s;
+  return streams_find(&m->streams, stream_hash(type, id), type, id);
 }
 
 static stream_t *find_stream_locked_read(memstore_t *m, const char *type, const char *id) {
@@ -129,16 +219,177 @@ static stream_t *find_stream_locked_read(memstore_t *m, const char *type, const 
   return s;
 }
 
+/* Whether `e` can be stored as a record that rebuilds it exactly. */
+static bool compactable(const cqrs_event_t *e, const cqrs_append_t *req) {
+  const cqrs_envelope_t *env = e->envelope;
+  return env && e->type != &cqrs_unknown_event_type && e->type->payload_size <= UINT16_MAX &&
+         !strcmp(env->aggregate_id, req->aggregate_id) && !strcmp(env->aggregate_type, req->aggregate_type);
+}
+
+/* Where a payload may end early: its last member, when the field table
+ * names it a string that reaches the end of the struct. Looked up once per
+ * type (a small cache, under the write lock). */
+static const cqrs_field_t *tail_string(memstore_t *m, const cqrs_event_type_t *type) {
+  tail_t *t = &m->tails[((uintptr_t)type >> 4) % TAILS];
+  if (t->type == type) return t->field;
+  const cqrs_field_t *last = NULL;
+  for (const cqrs_field_t *f = type->fields; f && f->kind != CQRS_FIELD_END; f++) {
+    if (!last || f->offset > last->offset) last = f;
+  }
+  t->type = type;
+  t->field = last && last->kind == CQRS_FIELD_STRING && last->offset + last->size == type->payload_size ? last : NULL;
+  return t->field;
+}
+
+/* The payload's bytes up to the NUL of a string that ends it; what follows
+ * that NUL means nothing (the field is a NUL-terminated string) and is zero
+ * when the event is built again, as after a trip through BSON. */
+static size_t trimmed(memstore_t *m, const cqrs_event_t *e) {
+  const cqrs_field_t *f = tail_string(m, e->type);
+  if (!f) return e->type->payload_size;
+  return f->offset + strnlen((const char *)e->payload + f->offset, f->size);
+}
+
+/* How event i of a commit is stored. */
+typedef struct plan {
+  size_t rec, cause;  /* bytes of its record and of its cause (0: the one before's) */
+  size_t payload, id; /* bytes of payload and id kept */
+  uint8_t cause_flags;
+  bool compact;
+} plan_t;
+
+/* A cause of its own for the first event and for another envelope than the
+ * one before. Returns the bytes the event takes. */
+static size_t plan_event(memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
+  const cqrs_event_t *e = req->events[i];
+  const cqrs_envelope_t *env = e->envelope;
+  const cqrs_envelope_t *prev = i ? req->events[i - 1]->envelope : NULL;
+  bool new_cause = i == 0 || !env || !prev ||
+                   (env != prev && (strcmp(env->causation_id, prev->causation_id) ||
+                                    strcmp(env->correlation_id, prev->correlation_id)));
+  p->cause = 0;
+  p->cause_flags = 0;
+  if (new_cause) {
+    const char *cause = env ? env->causation_id : "", *corr = env ? env->correlation_id : "";
+    size_t n = sizeof(cause_t) + strlen(cause) + 1;
+    if (corr != cause && strcmp(cause, corr)) {
+      n += strlen(corr) + 1;
+    } else {
+      p->cause_flags |= CAUSE_SAME;
+    }
+    if (i == 0 && strcmp(cause, req->command_id)) {
+      n += strlen(req->command_id) + 1;
+      p->cause_flags |= CAUSE_CMD;
+    }
+    p->cause = round8(n);
+  }
+  p->compact = compactable(e, req);
+  p->payload = p->compact ? trimmed(m, e) : 0;
+  p->id = p->compact ? strlen(e->id) : 0;
+  p->rec = round8(offsetof(rec_t, data) + (p->compact ? p->payload + p->id : sizeof e));
+  return p->rec + p->cause;
+}
+
+static const cause_t *write_cause(arena_block_t *a, const plan_t *plan, const cqrs_envelope_t *env,
+                                  const char *command_id) {
+  cause_t *c = arena_take(a, plan->cause);
+  const char *cause = env ? env->causation_id : "", *corr = env ? env->correlation_id : "";
+  char *p = c->strings;
+  size_t n = strlen(cause) + 1;
+  memcpy(p, cause, n);
+  p += n;
+  c->flags = plan->cause_flags;
+  c->len = (uint8_t)n;
+  c->corr_len = 0;
+  if (!(c->flags & CAUSE_SAME)) {
+    n = strlen(corr) + 1;
+    memcpy(p, corr, n);
+    p += n;
+    c->corr_len = (uint8_t)n;
+  }
+  if (c->flags & CAUSE_CMD) memcpy(p, command_id, strlen(command_id) + 1);
+  return c;
+}
+
+static const rec_t *write_rec(arena_block_t *a, const plan_t *plan, const cqrs_event_t *e, const stream_t *s,
+                              const cause_t *cause, int64_t position) {
+  rec_t *r = arena_take(a, plan->rec);
+  r->type = e->type;
+  r->cause = cause;
+  r->stream = s;
+  r->version = e->version;
+  r->timestamp = e->timestamp;
+  r->position = (uint32_t)position;
+  r->schema_version = e->schema_version;
+  r->flags = 0;
+  r->id_len = 0;
+  r->payload_len = 0;
+  if (!plan->compact) {
+    r->flags = REC_KEPT;
+    cqrs_event_ref(e);
+    memcpy(r->data, &e, sizeof e);
+    return r;
+  }
+  r->payload_len = (uint16_t)plan->payload;
+  if (plan->payload) memcpy(r->data, e->payload, plan->payload);
+  r->id_len = (uint8_t)plan->id;
+  memcpy(r->data + plan->payload, e->id, plan->id);
+  return r;
+}
+
+static const cqrs_event_t *kept_of(const rec_t *r) {
+  const cqrs_event_t *e;
+  memcpy(&e, r->data, sizeof e);
+  return e;
+}
+
+/* A read in progress: the event last built, and what its envelope says. */
+typedef struct reader {
+  cqrs_event_t *spare;
+  const stream_t *stream;
+  const cause_t *cause;
+} reader_t;
+
+/* Hands the event of record `r` to `cb`, built in the reader's last one
+ * when it can (see cqrs__event_restore); false: stop (the callback said so,
+ * or *rc tells the error). */
+static bool visit(reader_t *rd, const rec_t *r, cqrs_event_visit_cb cb, void *data, cqrs_code_t *rc,
+                  cqrs_error_t *err) {
+  if (r->flags & REC_KEPT) return cb(kept_of(r), data);
+  const stream_t *s = r->stream;
+  const cause_t *c = r->cause;
+  cqrs__event_parts_t p = {
+      .type = r->type,
+      .strs = {s->key, s->key + s->idat, c->strings, cause_correlation(c)},
+      .lens = {s->idat, s->keylen - s->idat, c->len, c->corr_len},
+      .same_envelope = rd->spare && rd->stream == s && rd->cause == c,
+      .id = (const char *)r->data + r->payload_len,
+      .id_len = r->id_len,
+      .version = r->version,
+      .position = r->position,
+      .timestamp = r->timestamp,
+      .schema_version = r->schema_version,
+      .payload = r->data,
+      .payload_len = r->payload_len,
+  };
+  if ((*rc = cqrs__event_restore(&p, &rd->spare, err))) return false;
+  rd->stream = s;
+  rd->cause = c;
+  return cb(rd->spare, data);
+}
+
 static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
   memstore_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
+  plan_t few[4], *plans = few;
   uv_rwlock_wrlock(&m->lock);
   uint32_t idh = hash_id(req->command_id);
-  if (ids_has(&m->commands, req->command_id, idh)) {
+  if (ids_has(m, req->command_id, idh)) {
     res->duplicate = true;
     goto out;
   }
-  stream_t *s = find_stream(m, req->aggregate_type, req->aggregate_id);
+  uint64_t sh = stream_hash(req->aggregate_type, req->aggregate_id);
+  stream_t *s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
   int64_t count = s ? atomic_load_explicit(&s->count, memory_order_relaxed) : 0;
   if (count != req->expected_version) {
     rc = cqrs_error_set(err, CQRS_ECONFLICT, "%s/%s is at version %lld, expected %lld", req->aggregate_type,
@@ -151,19 +402,20 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
     goto out;
   }
   /* Allocate everything first so that a failure leaves the store unchanged. */
-  const cqrs_envelope_t *env = req->events[0]->envelope;
-  bool copy = !env || strcmp(env->causation_id, req->command_id);
-  for (size_t i = 1; !copy && i < req->count; i++) copy = req->events[i]->envelope != env;
-  char *id_copy = copy ? cqrs__strdup(req->command_id) : NULL;
-  bool ok = (!copy || id_copy) && ids_reserve(&m->commands, copy);
+  if (req->count > 4) plans = cqrs__malloc(req->count * sizeof *plans);
+  size_t need = 0;
+  for (size_t i = 0; plans && i < req->count; i++) need += plan_event(m, req, i, &plans[i]);
+  bool ok = plans && arena_reserve(&m->arena, need) && ids_reserve(&m->commands);
   stream_t *fresh = NULL;
   if (ok && !s) {
-    char key[CQRS_NAME_MAX + CQRS_ID_MAX];
-    size_t n = make_key(key, sizeof key, req->aggregate_type, req->aggregate_id);
-    fresh = cqrs__calloc(1, sizeof *fresh + n);
+    size_t lt = strlen(req->aggregate_type) + 1, li = strlen(req->aggregate_id) + 1;
+    fresh = streams_reserve(&m->streams) ? cqrs__calloc(1, sizeof *fresh + lt + li) : NULL;
     if (fresh) {
-      memcpy(fresh->key, key, n);
-      fresh->keylen = n;
+      memcpy(fresh->key, req->aggregate_type, lt);
+      memcpy(fresh->key + lt, req->aggregate_id, li);
+      fresh->keylen = lt + li;
+      fresh->idat = lt;
+      fresh->hash = sh;
     }
     ok = fresh != NULL;
   }
@@ -171,23 +423,18 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   for (size_t i = 0; ok && i < req->count; i++) {
     size_t off, k = chunk_index(count + (int64_t)i, &off);
     if (!target->chunks[k]) {
-      target->chunks[k] = cqrs__calloc((size_t)8 << k, sizeof(cqrs_event_t *));
+      target->chunks[k] = cqrs__calloc((size_t)8 << k, sizeof(rec_t *));
       ok = target->chunks[k] != NULL;
-      if (ok) m->overhead += ((size_t)8 << k) * sizeof(cqrs_event_t *);
+      if (ok) m->overhead += ((size_t)8 << k) * sizeof(rec_t *);
     }
     size_t g = (size_t)(head + (int64_t)i) >> LOG_CHUNK_BITS;
     if (ok && !m->log[g]) {
-      m->log[g] = cqrs__calloc(LOG_CHUNK, sizeof(cqrs_event_t *));
+      m->log[g] = cqrs__calloc(LOG_CHUNK, sizeof(rec_t *));
       ok = m->log[g] != NULL;
-      if (ok) m->overhead += LOG_CHUNK * sizeof(cqrs_event_t *);
+      if (ok) m->overhead += LOG_CHUNK * sizeof(rec_t *);
     }
   }
-  if (ok && fresh) {
-    CQRS_HASH_TRY(HASH_ADD_KEYPTR(hh, m->streams, fresh->key, fresh->keylen, fresh));
-    ok = !CQRS_HASH_FAILED();
-  }
   if (!ok) {
-    cqrs__free(id_copy);
     if (fresh) {
       for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(fresh->chunks[k]);
       cqrs__free(fresh);
@@ -195,64 +442,72 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
     rc = cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
     goto out;
   }
-  /* The events' envelope, which the store now keeps, holds the id. */
-  ids_put(m->commands.slots, m->commands.cap, idh, copy ? id_copy : env->causation_id);
-  m->commands.len++;
-  if (copy) m->commands.owned[m->commands.nowned++] = id_copy;
-  m->overhead += sizeof(id_slot_t) * 10 / 7 + (copy ? strlen(id_copy) + 1 + sizeof id_copy : 0);
-  if (fresh) m->overhead += sizeof *fresh + fresh->keylen + 32;
+  if (fresh) {
+    streams_put(m->streams.slots, m->streams.cap, fresh);
+    m->streams.len++;
+    m->overhead += sizeof *fresh + fresh->keylen + sizeof(stream_t *) * 10 / 7;
+  }
+  const cause_t *cause = NULL;
   for (size_t i = 0; i < req->count; i++) {
     cqrs_event_t *e = req->events[i];
     int64_t pos = head + (int64_t)i;
+    const plan_t *p = &plans[i];
+    if (p->cause) cause = write_cause(m->arena, p, e->envelope, req->command_id);
+    const rec_t *r = write_rec(m->arena, p, e, target, cause, pos + 1);
     e->position = pos + 1;
-    cqrs_event_ref(e);
     size_t off, k = chunk_index(count + (int64_t)i, &off);
-    target->chunks[k][off] = e;
-    m->log[(size_t)pos >> LOG_CHUNK_BITS][(size_t)pos & (LOG_CHUNK - 1)] = e;
-    m->overhead += sizeof(cqrs__event_t);
-    if (i == 0 || e->envelope != req->events[i - 1]->envelope) m->overhead += sizeof(cqrs__envelope_t) + 64;
+    target->chunks[k][off] = r;
+    m->log[(size_t)pos >> LOG_CHUNK_BITS][(size_t)pos & (LOG_CHUNK - 1)] = r;
+    m->overhead += p->rec + p->cause - p->payload;
   }
+  ids_put(m->commands.slots, m->commands.cap, (uint64_t)idh << 32 | (uint64_t)(head + 1));
+  m->commands.len++;
+  m->overhead += sizeof(uint64_t) * 10 / 7;
   atomic_store_explicit(&target->count, count + (int64_t)req->count, memory_order_release);
   atomic_store_explicit(&m->head, head + (int64_t)req->count, memory_order_release);
   res->first_position = head + 1;
   res->last_position = head + (int64_t)req->count;
 out:
   uv_rwlock_wrunlock(&m->lock);
+  if (plans != few) cqrs__free(plans);
   return rc;
 }
 
 static cqrs_code_t mem_read_stream(void *impl, const char *type, const char *id, int64_t from_version,
                                    cqrs_event_visit_cb cb, void *data, cqrs_error_t *err) {
-  CQRS__UNUSED(err);
   stream_t *s = find_stream_locked_read(impl, type, id);
   if (!s) return CQRS_OK;
   int64_t count = atomic_load_explicit(&s->count, memory_order_acquire);
   int64_t i = from_version - 1;
-  while (i < count) {
+  cqrs_code_t rc = CQRS_OK;
+  reader_t rd = {NULL, NULL, NULL};
+  bool more = true;
+  while (more && i < count) {
     size_t off, k = chunk_index(i, &off);
-    cqrs_event_t **chunk = s->chunks[k];
+    const rec_t **chunk = s->chunks[k];
     size_t end = (size_t)8 << k;
     if ((int64_t)(end - off) > count - i) end = off + (size_t)(count - i);
-    for (size_t j = off; j < end; j++) {
-      if (!cb(chunk[j], data)) return CQRS_OK;
-    }
+    for (size_t j = off; more && j < end; j++) more = visit(&rd, chunk[j], cb, data, &rc, err);
     i += (int64_t)(end - off);
   }
-  return CQRS_OK;
+  cqrs_event_unref(rd.spare);
+  return rc;
 }
 
 static cqrs_code_t mem_read_all(void *impl, int64_t from_position, size_t limit, cqrs_event_visit_cb cb, void *data,
                                 cqrs_error_t *err) {
-  CQRS__UNUSED(err);
   memstore_t *m = impl;
   int64_t head = atomic_load_explicit(&m->head, memory_order_acquire);
   int64_t end = head;
   if (from_position - 1 < head && (uint64_t)limit < (uint64_t)(head - (from_position - 1)))
     end = from_position - 1 + (int64_t)limit;
+  cqrs_code_t rc = CQRS_OK;
+  reader_t rd = {NULL, NULL, NULL};
   for (int64_t p = from_position - 1; p < end; p++) {
-    if (!cb(m->log[(size_t)p >> LOG_CHUNK_BITS][(size_t)p & (LOG_CHUNK - 1)], data)) break;
+    if (!visit(&rd, log_at(m, p), cb, data, &rc, err)) break;
   }
-  return CQRS_OK;
+  cqrs_event_unref(rd.spare);
+  return rc;
 }
 
 static cqrs_code_t mem_head(void *impl, int64_t *position, cqrs_error_t *err) {
@@ -300,16 +555,25 @@ static cqrs_code_t mem_snapshot_save(void *impl, const cqrs_snapshot_t *snap, cq
 static void mem_destroy(void *impl) {
   memstore_t *m = impl;
   int64_t head = atomic_load(&m->head);
-  for (int64_t p = 0; p < head; p++) cqrs_event_unref(m->log[(size_t)p >> LOG_CHUNK_BITS][(size_t)p & (LOG_CHUNK - 1)]);
+  for (int64_t p = 0; p < head; p++) {
+    const rec_t *r = log_at(m, p);
+    if (r->flags & REC_KEPT) cqrs_event_unref(kept_of(r));
+  }
   for (size_t g = 0; g < LOG_DIR; g++) cqrs__free(m->log[g]);
-  stream_t *s, *ts;
-  HASH_ITER(hh, m->streams, s, ts) {
-    HASH_DEL(m->streams, s);
+  for (size_t i = 0; i < m->streams.cap; i++) {
+    stream_t *s = m->streams.slots[i];
+    if (!s) continue;
     for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(s->chunks[k]);
     if (s->snapshot) bson_destroy(s->snapshot);
     cqrs__free(s);
   }
-  ids_free(&m->commands);
+  cqrs__free(m->streams.slots);
+  while (m->arena) {
+    arena_block_t *b = m->arena;
+    m->arena = b->next;
+    cqrs__free(b);
+  }
+  cqrs__free(m->commands.slots);
   uv_rwlock_destroy(&m->lock);
   cqrs__free(m);
 }

@@ -79,10 +79,19 @@ cqrs_code_t cqrs_readmodel_set_int64(cqrs_readmodel_t *rm, const char *coll, con
   bool dummy;
   if (!applied) applied = &dummy;
   *applied = false;
-  cqrs_code_t rc = check(rm, coll, id, true, position, err);
-  if (rc) return rc;
+  cqrs_code_t rc;
+  if (rm && rm->ops == &mrm_ops && coll && id && key && *key && position >= 1) {
+    /* A document found has a valid collection name and id (they were
+     * checked when it was put): only a miss needs the check, for its error. */
+    rc = mrm_set_int64(rm->impl, coll, id, key, value, position, applied, err);
+    if (rc == CQRS_ENOT_FOUND) {
+      cqrs_code_t bad = check(rm, coll, id, true, position, err);
+      if (bad) return bad;
+    }
+    return rc;
+  }
+  if ((rc = check(rm, coll, id, true, position, err))) return rc;
   if (!key || !*key) return cqrs_error_set(err, CQRS_EINVAL, "key is NULL or empty");
-  if (rm->ops == &mrm_ops) return mrm_set_int64(rm->impl, coll, id, key, value, position, applied, err);
   bson_t set = BSON_INITIALIZER;
   if (!BSON_APPEND_INT64(&set, key, value)) rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "key too long");
   if (!rc) rc = rm->ops->patch(rm->impl, coll, id, &set, position, applied, err);

@@ -47,14 +47,14 @@ static cqrs_code_t load_from_store(cqrs_store_t *store, cqrs_aggregate_t *agg, c
   return rc ? rc : r.rc;
 }
 
-cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
-                                         const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
-                                         cqrs_error_t *err) {
+static cqrs_code_t load(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
+                        const cqrs_aggregate_type_t *type, const char *id, bool id_checked, cqrs_aggregate_t **out,
+                        cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!store) return cqrs_error_set(err, CQRS_EINVAL, "store is NULL");
   cqrs_aggregate_t *agg;
-  cqrs_code_t rc = cqrs__aggregate_new_pooled(pool, type, id, &agg, err);
+  cqrs_code_t rc = cqrs__aggregate_new_pooled(pool, type, id, id_checked, &agg, err);
   if (rc) return rc;
   if (!cqrs__cache_get(cache, agg)) {
     if ((rc = load_from_store(store, agg, err))) {
@@ -67,15 +67,23 @@ cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cac
   return CQRS_OK;
 }
 
+cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
+                                         const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
+                                         cqrs_error_t *err) {
+  return load(store, cache, pool, type, id, true, out, err);
+}
+
 cqrs_code_t cqrs_repository_load(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id,
                                  cqrs_aggregate_t **out, cqrs_error_t *err) {
-  return cqrs__repository_load_cached(store, NULL, NULL, type, id, out, err);
+  return load(store, NULL, NULL, type, id, false, out, err);
 }
 
 /* Gives the pending events an envelope naming their cause. */
 static cqrs_code_t stamp_cause(cqrs_aggregate_t *agg, const cqrs_cause_t *cause, cqrs_error_t *err) {
   const cqrs_envelope_t *cur = agg->envelope;
   const char *corr = cause->correlation_id && *cause->correlation_id ? cause->correlation_id : cause->command_id;
+  /* The usual case: the raise made the envelope from these very strings. */
+  if (cur && agg->env_cause == cause->command_id && agg->env_corr == corr) return CQRS_OK;
   if (cur && !strcmp(cur->causation_id, cause->command_id) && !strcmp(cur->correlation_id, corr)) return CQRS_OK;
   cqrs_envelope_t *env;
   cqrs_code_t rc = cqrs_envelope_new(agg->type->name, agg->id, cause->command_id, corr, &env, err);
@@ -97,19 +105,22 @@ static void maybe_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg, int64_t b
   bson_destroy(&snap.state);
 }
 
-cqrs_code_t cqrs_repository_save(cqrs_store_t *store, cqrs_aggregate_t *agg, const cqrs_cause_t *cause,
-                                 cqrs_save_result_t *res, cqrs_error_t *err) {
+/* An aggregate with pending events has a checked type name and id: its
+ * raise checked the name (or the envelope it raised with did), its creation
+ * the id. So once the command id is known valid, the request is. */
+static cqrs_code_t save(cqrs_store_t *store, cqrs_aggregate_t *agg, const cqrs_cause_t *cause, bool cause_checked,
+                        cqrs_save_result_t *res, cqrs_error_t *err) {
   cqrs_save_result_t local;
   if (!res) res = &local;
   memset(res, 0, sizeof *res);
   if (!store || !agg || !cause) return cqrs_error_set(err, CQRS_EINVAL, "NULL store, aggregate or cause");
-  cqrs_code_t rc = cqrs__check_str(cause->command_id, CQRS_ID_MAX, "command id", err);
+  cqrs_code_t rc = cause_checked ? CQRS_OK : cqrs__check_str(cause->command_id, CQRS_ID_MAX, "command id", err);
   if (rc) return rc;
   if (agg->pending_count == 0) return CQRS_OK;
   if ((rc = stamp_cause(agg, cause, err))) return rc;
   cqrs_append_t req = {agg->type->name, agg->id, agg->version, cause->command_id, agg->pending, agg->pending_count};
   cqrs_append_result_t ar;
-  if ((rc = cqrs_store_append(store, &req, &ar, err))) return rc;
+  if ((rc = cqrs__store_append_valid(store, &req, &ar, err))) return rc;
   res->duplicate = ar.duplicate;
   res->last_position = ar.last_position;
   if (ar.duplicate) {
@@ -124,11 +135,16 @@ cqrs_code_t cqrs_repository_save(cqrs_store_t *store, cqrs_aggregate_t *agg, con
   return CQRS_OK;
 }
 
+cqrs_code_t cqrs_repository_save(cqrs_store_t *store, cqrs_aggregate_t *agg, const cqrs_cause_t *cause,
+                                 cqrs_save_result_t *res, cqrs_error_t *err) {
+  return save(store, agg, cause, false, res, err);
+}
+
 cqrs_code_t cqrs__repository_save_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs_aggregate_t *agg,
                                          const cqrs_cause_t *cause, cqrs_save_result_t *res, cqrs_error_t *err) {
   cqrs_save_result_t local;
   if (!res) res = &local;
-  cqrs_code_t rc = cqrs_repository_save(store, agg, cause, res, err);
+  cqrs_code_t rc = save(store, agg, cause, true, res, err);
   if (!cache || !agg) return rc;
   if (rc) {
     cqrs__cache_drop(cache, agg->type->name, agg->id);

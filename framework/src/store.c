@@ -58,6 +58,13 @@ cqrs_code_t cqrs_store_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_ap
   cqrs_code_t rc = check_stream(req->aggregate_type, req->aggregate_id, err);
   if (rc) return rc;
   if ((rc = cqrs__check_str(req->command_id, CQRS_ID_MAX, "command id", err))) return rc;
+  return cqrs__store_append_valid(s, req, res, err);
+}
+
+cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
+                                     cqrs_error_t *err) {
+  memset(res, 0, sizeof *res);
+  cqrs_code_t rc;
   if (req->expected_version < 0) return cqrs_error_set(err, CQRS_EINVAL, "expected version is negative");
   if (!req->events || req->count == 0) return cqrs_error_set(err, CQRS_EINVAL, "nothing to append");
   for (size_t i = 0; i < req->count; i++) {

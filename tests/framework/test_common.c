@@ -5,6 +5,9 @@
 #include <cmocka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "ledger.h"
 
@@ -58,6 +61,46 @@ static void test_ids_are_unique(void **state) {
   assert_int_equal(strlen(a), 24);
   assert_string_not_equal(a, b);
   assert_true(cqrs_now_ms() > 1700000000000);
+}
+
+/* ObjectIds: lowercase hex, the first 8 digits the current second, the next
+ * 10 the same in one process, the counter moving by one; a forked child
+ * draws another process part. */
+static void test_ids_are_object_ids(void **state) {
+  (void)state;
+  enum { N = 2000 };
+  static char ids[N][CQRS_EVENT_ID_LEN];
+  long before = (long)time(NULL);
+  for (int i = 0; i < N; i++) cqrs_new_id(ids[i]);
+  long after = (long)time(NULL);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(strspn(ids[i], "0123456789abcdef"), 24);
+    long t = strtol((char[9]){ids[i][0], ids[i][1], ids[i][2], ids[i][3], ids[i][4], ids[i][5], ids[i][6], ids[i][7], 0}, NULL, 16);
+    assert_true(t >= before && t <= after);
+    assert_memory_equal(ids[i] + 8, ids[0] + 8, 10);
+    if (i) {
+      unsigned long c0 = strtoul(ids[i - 1] + 18, NULL, 16), c1 = strtoul(ids[i] + 18, NULL, 16);
+      assert_int_equal(c1, (c0 + 1) & 0xffffff);
+    }
+  }
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t child = fork();
+  assert_true(child >= 0);
+  if (child == 0) {
+    char id[CQRS_EVENT_ID_LEN];
+    cqrs_new_id(id);
+    _exit(write(fds[1], id, sizeof id) == (ssize_t)sizeof id ? 0 : 1);
+  }
+  char theirs[CQRS_EVENT_ID_LEN] = {0};
+  assert_int_equal(read(fds[0], theirs, sizeof theirs), (ssize_t)sizeof theirs);
+  int status;
+  assert_int_equal(waitpid(child, &status, 0), child);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  close(fds[0]);
+  close(fds[1]);
+  assert_int_equal(strspn(theirs, "0123456789abcdef"), 24);
+  assert_memory_not_equal(theirs + 8, ids[0] + 8, 10);
 }
 
 /* Fails the N-th allocation from now on. */
@@ -205,6 +248,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_strerror_names_every_code),
       cmocka_unit_test(test_error_and_rejection_shapes),
+      cmocka_unit_test(test_ids_are_object_ids),
       cmocka_unit_test(test_ids_are_unique),
       cmocka_unit_test(test_version),
       cmocka_unit_test(test_every_allocation_failure_is_an_error),

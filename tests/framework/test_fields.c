@@ -207,6 +207,37 @@ static void test_invalid_utf8_is_refused(void **state) {
   bson_destroy(&b);
 }
 
+/* The check reads eight bytes at a time, the last word overlapping: a bad
+ * byte (NUL, a stray continuation, a truncated sequence) is found at every
+ * position of strings from 1 to 40 bytes, and good two-byte characters
+ * anywhere pass. */
+static void test_utf8_found_at_every_position(void **state) {
+  (void)state;
+  static const char bad[] = {'\0', '\xff', '\x80', '\xc3'};
+  char s[41];
+  for (size_t n = 1; n <= 40; n++) {
+    for (size_t at = 0; at < n; at++) {
+      for (size_t k = 0; k < sizeof bad; k++) {
+        memset(s, 'a', n);
+        s[at] = bad[k];
+        bson_t b = BSON_INITIALIZER;
+        bson_append_utf8(&b, "s", -1, s, (int)n);
+        if (cqrs_bson_check_utf8(&b, NULL) != CQRS_ECODEC) fail_msg("byte %02x at %zu of %zu passed", (unsigned char)bad[k], at, n);
+        bson_destroy(&b);
+      }
+      if (at + 1 < n) {
+        memset(s, 'a', n);
+        s[at] = '\xc3';
+        s[at + 1] = '\xab';
+        bson_t b = BSON_INITIALIZER;
+        bson_append_utf8(&b, "s", -1, s, (int)n);
+        if (cqrs_bson_check_utf8(&b, NULL) != CQRS_OK) fail_msg("a good character at %zu of %zu refused", at, n);
+        bson_destroy(&b);
+      }
+    }
+  }
+}
+
 static void test_check_utf8_walks_every_string(void **state) {
   (void)state;
   cqrs_error_t err;
@@ -490,6 +521,7 @@ int main(void) {
       cmocka_unit_test(test_malformed_bson_is_refused),
       cmocka_unit_test(test_validation),
       cmocka_unit_test(test_helpers),
+      cmocka_unit_test(test_utf8_found_at_every_position),
       cmocka_unit_test(test_invalid_utf8_is_refused),
       cmocka_unit_test(test_check_utf8_walks_every_string),
       cmocka_unit_test(test_every_number_has_a_range),

@@ -162,6 +162,20 @@ static void test_set_int64_is_a_patch_of_one_key(void **state) {
   assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "", 1, 6, &applied, &err), CQRS_EINVAL);
   assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", NULL, 1, 6, &applied, &err), CQRS_EINVAL);
   assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a", "balance", 1, 0, &applied, &err), CQRS_EINVAL);
+  /* A malformed name or id is refused as such, not reported missing. */
+  char longer[CQRS_ID_MAX + 1];
+  memset(longer, 'a', CQRS_ID_MAX);
+  longer[CQRS_ID_MAX] = '\0';
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "a\xff", "balance", 1, 6, &applied, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "document id is not valid UTF-8"));
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", longer, "balance", 1, 6, &applied, &err), CQRS_ETOO_LARGE);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", "", "balance", 1, 6, &applied, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "in\xc3", "a", "balance", 1, 6, &applied, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "collection name is not valid UTF-8"));
+  assert_int_equal(cqrs_readmodel_set_int64(rm, NULL, "a", "balance", 1, 6, &applied, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_readmodel_set_int64(rm, "inv", NULL, "balance", 1, 6, &applied, &err), CQRS_EINVAL);
+  assert_false(applied);
+  assert_int_equal(get_int(rm, "a", "balance"), 71);
 }
 
 /* Other read models get the $set document through their patch. */
