@@ -432,7 +432,7 @@ static cqrs__cache_t *cache_for(const cqrs_context_t *ctx, const char *id) {
 /* A commit of an aggregate another loop owns (a command naming no
  * aggregate, or another) advances the owner's cached state at once, so that
  * a state the owner loads meanwhile cannot be put over it. */
-static void advance_owner(const cqrs_dispatcher_t *d, const cqrs_aggregate_t *agg) {
+static void advance_owner(const cqrs_dispatcher_t *d, cqrs_aggregate_t *agg) {
   unsigned m = partition_of(d, agg->id);
   if (m == d->index) return;
   const cqrs_dispatcher_t *home = d->home ? d->home : d;

@@ -72,7 +72,7 @@ static void test_numbers_parse(void **state) {
 #define T (((bfx_t *)*state)->t)
 
 static int setup_book(void **state) {
-  char id[8];
+  char id[16];
   snprintf(id, sizeof id, "%04d", year_now());
   *state = bfx_new(&billing_invoice_book, id);
   return 0;
