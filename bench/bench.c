@@ -582,12 +582,13 @@ static _Atomic int64_t raw_position;
 
 /* Round trips, counted by the driver's command monitoring (APM) on each
  * side's pool: what a group of commits costs the server, by kind, and how
- * long the server took for each kind (the group insert is on the critical
- * path; what else is there shows here). */
+ * long the server took for inserts, updates and finds (the group insert is
+ * on the critical path; what else is there shows here). */
 enum { RT_INSERT, RT_UPDATE, RT_FIND_ID, RT_FIND_COMMAND, RT_FIND_STREAM, RT_OTHER, RT_KINDS };
 static const char *const rt_names[RT_KINDS] = {"insert", "update", "find_id", "find_command", "find_stream", "other"};
+enum { RT_T_INSERT, RT_T_UPDATE, RT_T_FIND, RT_T_OTHER, RT_TIMES }; /* by command name: a reply names no filter */
 typedef struct round_trips {
-  _Atomic uint64_t n[RT_KINDS], us[RT_KINDS], docs, singles;
+  _Atomic uint64_t n[RT_KINDS], us[RT_TIMES], timed[RT_TIMES], docs, singles;
 } round_trips_t;
 static round_trips_t rt;
 
@@ -595,15 +596,13 @@ static int rt_kind(const char *name, const bson_t *cmd) {
   if (!strcmp(name, "insert")) return RT_INSERT;
   if (!strcmp(name, "update")) return RT_UPDATE;
   if (strcmp(name, "find")) return RT_OTHER;
-  bson_iter_t it;
-  if (bson_iter_init_find(&it, cmd, "filter") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
-    bson_iter_t f;
-    if (bson_iter_recurse(&it, &f) && bson_iter_next(&f)) {
-      const char *k = bson_iter_key(&f);
-      if (!strcmp(k, "_id")) return RT_FIND_ID;
-      if (!strcmp(k, "commandId")) return RT_FIND_COMMAND;
-      if (!strcmp(k, "aggregateType")) return RT_FIND_STREAM;
-    }
+  bson_iter_t it, f;
+  if (bson_iter_init_find(&it, cmd, "filter") && BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &f) &&
+      bson_iter_next(&f)) {
+    const char *k = bson_iter_key(&f);
+    if (!strcmp(k, "_id")) return RT_FIND_ID;
+    if (!strcmp(k, "commandId")) return RT_FIND_COMMAND;
+    if (!strcmp(k, "aggregateType")) return RT_FIND_STREAM;
   }
   return RT_OTHER;
 }
@@ -623,8 +622,12 @@ static void rt_started(const mongoc_apm_command_started_t *e) {
 }
 
 static void rt_duration(const char *name, int64_t us) {
-  int k = !strcmp(name, "insert") ? RT_INSERT : !strcmp(name, "update") ? RT_UPDATE : !strcmp(name, "find") ? RT_FIND_ID : RT_OTHER;
-  atomic_fetch_add(&rt.us[k], (uint64_t)us);
+  int t = !strcmp(name, "insert") ? RT_T_INSERT
+          : !strcmp(name, "update") ? RT_T_UPDATE
+          : !strcmp(name, "find")   ? RT_T_FIND
+                                    : RT_T_OTHER;
+  atomic_fetch_add(&rt.us[t], (uint64_t)us);
+  atomic_fetch_add(&rt.timed[t], 1);
 }
 static void rt_succeeded(const mongoc_apm_command_succeeded_t *e) {
   rt_duration(mongoc_apm_command_succeeded_get_command_name(e), mongoc_apm_command_succeeded_get_duration(e));
@@ -643,33 +646,36 @@ static void rt_watch(mongoc_client_pool_t *pool) {
 }
 
 static void rt_reset(void) {
-  for (int k = 0; k < RT_KINDS; k++) {
-    atomic_store(&rt.n[k], 0);
-    atomic_store(&rt.us[k], 0);
+  for (int k = 0; k < RT_KINDS; k++) atomic_store(&rt.n[k], 0);
+  for (int t = 0; t < RT_TIMES; t++) {
+    atomic_store(&rt.us[t], 0);
+    atomic_store(&rt.timed[t], 0);
   }
   atomic_store(&rt.docs, 0);
   atomic_store(&rt.singles, 0);
 }
 
-/* Appends the counts per commit to `out`: "round_trips": {"insert": 0.07,
- * ...}, the documents per insert, the share of inserts that carried one,
- * and the server's mean time per insert and per find. */
+static double rt_ratio(uint64_t a, uint64_t b) { return b ? (double)a / (double)b : 0; }
+
+/* Appends the counts per commit to `out`: "round_trips_per_commit":
+ * {"insert": 0.07, ...}, the documents per insert, the share of inserts
+ * that carried one, and the server's mean milliseconds per insert, update
+ * and find. */
 static void rt_print(char *out, size_t cap, long commits) {
   size_t len = strlen(out);
   len += (size_t)snprintf(out + len, cap - len, ", \"round_trips_per_commit\": {");
   for (int k = 0; k < RT_KINDS && len < cap; k++)
     len += (size_t)snprintf(out + len, cap - len, "%s\"%s\": %.3f", k ? ", " : "", rt_names[k],
-                            (double)atomic_load(&rt.n[k]) / (double)commits);
+                            rt_ratio(atomic_load(&rt.n[k]), (uint64_t)commits));
   uint64_t ins = atomic_load(&rt.n[RT_INSERT]);
-  uint64_t finds = atomic_load(&rt.n[RT_FIND_ID]) + atomic_load(&rt.n[RT_FIND_COMMAND]) + atomic_load(&rt.n[RT_FIND_STREAM]);
   if (len < cap)
     snprintf(out + len, cap - len,
-             "}, \"docs_per_insert\": %.2f, \"single_doc_inserts\": %.2f, \"insert_ms\": %.2f, \"update_ms\": %.2f, "
-             "\"find_ms\": %.2f",
-             ins ? (double)atomic_load(&rt.docs) / (double)ins : 0, ins ? (double)atomic_load(&rt.singles) / (double)ins : 0,
-             ins ? (double)atomic_load(&rt.us[RT_INSERT]) / 1e3 / (double)ins : 0,
-             atomic_load(&rt.n[RT_UPDATE]) ? (double)atomic_load(&rt.us[RT_UPDATE]) / 1e3 / (double)atomic_load(&rt.n[RT_UPDATE]) : 0,
-             finds ? (double)atomic_load(&rt.us[RT_FIND_ID]) / 1e3 / (double)finds : 0);
+             "}, \"docs_per_insert\": %.2f, \"single_doc_inserts\": %.2f, \"insert_ms\": %.2f, "
+             "\"update_ms\": %.2f, \"find_ms\": %.2f",
+             rt_ratio(atomic_load(&rt.docs), ins), rt_ratio(atomic_load(&rt.singles), ins),
+             rt_ratio(atomic_load(&rt.us[RT_T_INSERT]), atomic_load(&rt.timed[RT_T_INSERT])) / 1e3,
+             rt_ratio(atomic_load(&rt.us[RT_T_UPDATE]), atomic_load(&rt.timed[RT_T_UPDATE])) / 1e3,
+             rt_ratio(atomic_load(&rt.us[RT_T_FIND]), atomic_load(&rt.timed[RT_T_FIND])) / 1e3);
 }
 
 static void run_appender(void *arg) {
