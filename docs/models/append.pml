@@ -278,9 +278,11 @@ inline insert_doc(x, sq, ps, ok) {
 #define M1 (from == 0 && g1 != NONE -> g1 : NONE)
 
 /* committed() for the inserted commits (hint_seen; its cqrs__mongo_version_seen
- * is left out, see append_on), and head_note_write (write_group). */
+ * is left out, see append_on), and the number the head note is to be
+ * raised to (write_group's *note), which group_commit writes once the group
+ * is released (NOTE_AFTER, below). */
 #ifndef NOTE_EARLY
-#define NOTE_WRITE if :: ins >= 1 -> bits = (ins == 2 -> c1s : c0s); if :: note_seq < bits -> note_seq = bits :: else fi; bits = 0 :: skip fi
+#define NOTE_WRITE if :: ins >= 1 -> nt = (ins == 2 -> c1s : c0s) :: else fi
 #else
 #define NOTE_WRITE skip
 #endif
@@ -411,8 +413,8 @@ proctype writer(byte w) {
   byte ep, k, r;
   int bits;
   bool found, ok, ok1;
-  /* the leader's (write_group's locals) */
-  byte g0, g1, gn, from, hs, hl, m0, m1, c0s, c0p, c1s, c1p, ins, r1;
+  /* the leader's (write_group's locals; nt: the note to write after) */
+  byte g0, g1, gn, from, hs, hl, m0, m1, c0s, c0p, c1s, c1p, ins, r1, nt;
 
   do
   :: /* The handler loads the aggregate (cqrs_repository_load ->
@@ -446,7 +448,9 @@ proctype writer(byte w) {
            * writing takes the queue, and (write_group) hint_get, or
            * find_head when the process knows no head (a find_head reads
            * the store; the take is process memory and commutes with the
-           * other process, so they share a step). */
+           * other process, so they share a step). The code's leader may
+           * first wait a little for writers coming back (gather): a later
+           * take, which the interleavings here cover. */
           do
           :: atomic { fin[w] -> r = res[w]; break }
           :: atomic {
@@ -464,6 +468,16 @@ proctype writer(byte w) {
                fin[g0] = true; if :: g1 != NONE -> fin[g1] = true :: else fi;
                writing[p] = false; g0 = 0; g1 = 0; gn = 0; from = 0; hs = 0; hl = 0
              }
+             /* NOTE_AFTER: head_note_write, after the group is released (the
+              * next group may be in flight) and only when the group crossed
+              * a multiple of HEAD_EVERY with no other note in flight: here
+              * written or skipped; a $max of a number that is in, so it may
+              * lag but never leads. */
+             if
+             :: nt > 0 -> atomic { if :: note_seq < nt -> note_seq = nt :: else fi; nt = 0 }
+             :: nt > 0 -> nt = 0
+             :: else
+             fi
           od
        :: else
        fi;
@@ -493,7 +507,7 @@ proctype writer(byte w) {
      } unless {
        epoch[p] != ep;  /* the process crashed: its writers start again */
        if :: ncommit[w] > 0 && r != NONE -> MARK(w_crash_after_insert) :: else fi;
-       g0 = 0; g1 = 0; gn = 0; from = 0; hs = 0; hl = 0; m0 = 0; m1 = 0;
+       g0 = 0; g1 = 0; gn = 0; from = 0; hs = 0; hl = 0; m0 = 0; m1 = 0; nt = 0;
        c0s = 0; c0p = 0; c1s = 0; c1p = 0; ins = 0; r1 = 0; ok = false; ok1 = false; found = false; bits = 0; k = 0
      };
      if :: r == NONE -> break :: else fi

@@ -44,6 +44,14 @@ struct cqrs_mongo {
   uv_cond_t group_cond;
   struct pending *group_head, *group_tail;
   bool group_writing;
+  /* Gathering (group_commit): commits queued, how many the last group and
+   * its queue held, the insert's round trip (a moving mean), and the cond a
+   * leader waiting for the rest of them sleeps on. */
+  size_t group_queued, group_demand;
+  uint64_t group_rtt_ns, group_ended;
+  bool group_gathering;
+  uv_cond_t group_full;
+  atomic_bool note_writing; /* a head note write is in flight (group_commit) */
   version_slot_t *versions;
 };
 

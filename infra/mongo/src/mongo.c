@@ -74,6 +74,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   uv_mutex_init(&m->versions_lock);
   uv_mutex_init(&m->group_lock);
   uv_cond_init(&m->group_cond);
+  uv_cond_init(&m->group_full);
   uv_mutex_init(&m->hint_lock);
   if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->head) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
       !name_ok(m->dead_letters) || !name_ok(m->leases)) {
@@ -97,6 +98,7 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
     uv_mutex_destroy(&m->versions_lock);
     uv_mutex_destroy(&m->group_lock);
     uv_cond_destroy(&m->group_cond);
+    uv_cond_destroy(&m->group_full);
     uv_mutex_destroy(&m->hint_lock);
   }
   bson_free(m->versions);

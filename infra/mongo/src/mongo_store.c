@@ -558,8 +558,9 @@ static void fail_all(pending_t **g, size_t from, size_t n, cqrs_code_t rc, const
 }
 
 /* Writes the commits of `g` (n of them, none done) until each has an
- * outcome. */
-static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **g, size_t n) {
+ * outcome. *note: the commit number the head note should be raised to
+ * (0: none), written once the group is released (group_commit). */
+static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **g, size_t n, int64_t *note) {
   commit_ref_t head = hint_get(m);
   cqrs_error_t herr;
   cqrs_code_t rc;
@@ -617,7 +618,7 @@ static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **
       finish(batch[i], CQRS_OK);
     }
     if (inserted && (claims[0].seq - 1) / HEAD_EVERY != claims[inserted - 1].seq / HEAD_EVERY)
-      head_note_write(m, claims[inserted - 1].seq);
+      *note = claims[inserted - 1].seq;
     if (ok) return;
     if (inserted) head = claims[inserted - 1];
     from += inserted;
@@ -642,6 +643,29 @@ static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **
   }
 }
 
+/* Gathering. Writers that wait for their commit come back together when
+ * it is in: the first one back would find the queue nearly empty and send
+ * a group of one, the rest queueing behind it, so groups alternate small
+ * and large and cost a round trip more than the writers need. A leader
+ * that finds fewer commits queued than the last group and its queue held,
+ * right after that group, waits for them a little (a share of the insert's
+ * round trip, at most GATHER_MAX_NS): they are the writers coming back. A
+ * lone writer never waits; a guess that is wrong costs that wait once. */
+#define GATHER_SHARE 4
+#define GATHER_MAX_NS 2000000u
+
+static void gather(cqrs_mongo_t *m, uint64_t ended) {
+  uint64_t now = uv_hrtime(), rtt = m->group_rtt_ns;
+  if (m->group_queued >= m->group_demand || !rtt || now - ended > rtt) return;
+  uint64_t end = now + (rtt / GATHER_SHARE < GATHER_MAX_NS ? rtt / GATHER_SHARE : GATHER_MAX_NS);
+  m->group_gathering = true;
+  while (m->group_queued < m->group_demand && now < end) {
+    uv_cond_timedwait(&m->group_full, &m->group_lock, end - now);
+    now = uv_hrtime();
+  }
+  m->group_gathering = false;
+}
+
 static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *me) {
   uv_mutex_lock(&m->group_lock);
   if (m->group_tail) {
@@ -650,12 +674,14 @@ static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *
     m->group_head = me;
   }
   m->group_tail = me;
+  if (++m->group_queued >= m->group_demand && m->group_gathering) uv_cond_signal(&m->group_full);
   while (!me->done) {
     if (m->group_writing) {
       uv_cond_wait(&m->group_cond, &m->group_lock);
       continue;
     }
     m->group_writing = true;
+    gather(m, m->group_ended);
     pending_t *g[GROUP_MAX], *results[GROUP_MAX];
     size_t n = 0;
     while (m->group_head && n < GROUP_MAX) {
@@ -665,14 +691,37 @@ static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *
       m->group_head = m->group_head->next;
     }
     if (!m->group_head) m->group_tail = NULL;
+    m->group_queued -= n;
     uv_mutex_unlock(&m->group_lock);
-    write_group(m, coll, g, n);
+    int64_t note = 0;
+    uint64_t t0 = uv_hrtime();
+    write_group(m, coll, g, n, &note);
+    uint64_t t1 = uv_hrtime();
     /* Outcomes are published under the lock: a waiter may return (and its
      * pending_t go) as soon as it sees done. */
     uv_mutex_lock(&m->group_lock);
     for (size_t i = 0; i < n; i++) results[i]->done = true;
     m->group_writing = false;
+    m->group_rtt_ns = m->group_rtt_ns ? (m->group_rtt_ns * 7 + (t1 - t0)) / 8 : t1 - t0;
+    /* The writers coming back: this group's and those queued behind it,
+     * but not this one if it writes the note first. */
+    size_t back = n + m->group_queued - (note && n ? 1 : 0);
+    m->group_demand = back < GROUP_MAX ? back : GROUP_MAX;
+    m->group_ended = t1;
     uv_cond_broadcast(&m->group_cond);
+    if (note) {
+      /* The note is a round trip as long as the insert: written here, after
+       * the group is released, the next group's insert runs beside it
+       * rather than behind it. It names a commit that is in, so it never
+       * leads, whenever it lands; one in flight at a time (a skipped one
+       * only lets the note lag more, until the next multiple). */
+      uv_mutex_unlock(&m->group_lock);
+      if (!atomic_exchange(&m->note_writing, true)) {
+        head_note_write(m, note);
+        atomic_store(&m->note_writing, false);
+      }
+      uv_mutex_lock(&m->group_lock);
+    }
   }
   uv_mutex_unlock(&m->group_lock);
 }
