@@ -67,8 +67,11 @@ static void test_mongo_lease_contract(void **state) {
   cqrs_registry_destroy(reg);
 }
 
-/* Takers racing for a free lease, then for an expired one: one wins each. */
+/* Takers racing for a free lease, then for an expired one: one wins each.
+ * The term outlasts any one acquire on a loaded machine (a 200 ms term let a
+ * slow taker win the next term, rightly, in the same round under TSan). */
 #define TAKERS 6
+#define RACE_TTL_MS 1500
 typedef struct taker {
   cqrs_leases_t *l;
   uv_barrier_t *start;
@@ -82,7 +85,7 @@ static void take(void *arg) {
   taker_t *t = arg;
   cqrs_error_t err;
   uv_barrier_wait(t->start);
-  t->rc = cqrs_leases_acquire(t->l, t->name, t->owner, 200, &t->token, &err);
+  t->rc = cqrs_leases_acquire(t->l, t->name, t->owner, RACE_TTL_MS, &t->token, &err);
   if (t->rc) fprintf(stderr, "taker %s: %s\n", t->owner, err.message);
 }
 
@@ -122,7 +125,7 @@ static void test_one_taker_wins(void **state) {
     race(l, "raced", &token);
     assert_true(token > prev);
     prev = token;
-    uv_sleep(300); /* the winner's lease runs out: the next round races for an expired one */
+    uv_sleep(RACE_TTL_MS + 100); /* the winner's lease runs out: the next round races for an expired one */
   }
   /* Old terms go: the current one, the one before, and the copy stay. */
   mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
@@ -367,9 +370,9 @@ static uint64_t ms(void) { return uv_hrtime() / 1000000u; }
 
 /* Waits until `coll` holds at least `n` documents matching `json`. */
 static void wait_count(mongoc_collection_t *coll, const char *json, int64_t n) {
-  uint64_t until = ms() + 30000;
+  uint64_t until = ms() + 90000;
   while (count(coll, json) < n) {
-    if (ms() > until) fail_msg("fewer than %lld documents %s after 30 s", (long long)n, json);
+    if (ms() > until) fail_msg("fewer than %lld documents %s after 90 s", (long long)n, json);
     uv_sleep(50);
   }
 }
