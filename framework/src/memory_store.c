@@ -107,10 +107,15 @@ static void *arena_take(arena_block_t *b, size_t n) {
  * table is published whole; the one it replaces stays (in `older`) until
  * the store goes, for readers still probing it: the tables together take
  * less than twice the last one. */
+typedef struct stream_slot {
+  _Atomic(stream_t *) stream; /* NULL: free; set once, after the hash */
+  uint64_t hash;              /* the stream's: probing past others reads no stream */
+} stream_slot_t;
+
 typedef struct stream_table {
   struct stream_table *older;
   size_t cap; /* a power of two */
-  _Atomic(stream_t *) slots[];
+  stream_slot_t slots[];
 } stream_table_t;
 
 typedef struct stream_set {
@@ -130,17 +135,18 @@ static stream_t *streams_find(stream_set_t *set, uint64_t h, const char *type, c
   const stream_table_t *t = atomic_load_explicit(&set->table, memory_order_acquire);
   if (!t) return NULL;
   for (size_t i = h & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
-    stream_t *s = atomic_load_explicit(&t->slots[i], memory_order_acquire);
+    stream_t *s = atomic_load_explicit(&t->slots[i].stream, memory_order_acquire);
     if (!s) return NULL;
-    if (s->hash == h && !strcmp(s->key + s->idat, id) && !strcmp(s->key, type)) return s;
+    if (t->slots[i].hash == h && !strcmp(s->key + s->idat, id) && !strcmp(s->key, type)) return s;
   }
 }
 
 /* Under the append lock (or before the table is published). */
 static void streams_put(stream_table_t *t, stream_t *s) {
   size_t i = s->hash & (t->cap - 1);
-  while (atomic_load_explicit(&t->slots[i], memory_order_relaxed)) i = (i + 1) & (t->cap - 1);
-  atomic_store_explicit(&t->slots[i], s, memory_order_release);
+  while (atomic_load_explicit(&t->slots[i].stream, memory_order_relaxed)) i = (i + 1) & (t->cap - 1);
+  t->slots[i].hash = s->hash;
+  atomic_store_explicit(&t->slots[i].stream, s, memory_order_release);
 }
 
 /* Makes room for one more stream, under the append lock; false: no memory,
@@ -154,7 +160,7 @@ static bool streams_reserve(stream_set_t *set, size_t *overhead) {
   t->cap = cap;
   t->older = old;
   for (size_t i = 0; old && i < old->cap; i++) {
-    stream_t *s = atomic_load_explicit(&old->slots[i], memory_order_relaxed);
+    stream_t *s = atomic_load_explicit(&old->slots[i].stream, memory_order_relaxed);
     if (s) streams_put(t, s);
   }
   atomic_store_explicit(&set->table, t, memory_order_release);
@@ -619,7 +625,7 @@ static void mem_destroy(void *impl) {
   }
   for (size_t g = 0; g < LOG_DIR; g++) cqrs__free(m->log[g]);
   stream_table_t *t = atomic_load(&m->streams.table);
-  for (size_t i = 0; t && i < t->cap; i++) stream_free(atomic_load(&t->slots[i]));
+  for (size_t i = 0; t && i < t->cap; i++) stream_free(atomic_load(&t->slots[i].stream));
   while (t) {
     stream_table_t *older = t->older;
     cqrs__free(t);
