@@ -178,6 +178,7 @@ typedef struct id_set {
 
 #define TAILS 16
 typedef struct tail {
+  uint64_t store; /* the store's serial: a type need outlive only the stores that hold its events */
   const cqrs_event_type_t *type;
   const cqrs_field_t *field; /* NULL: the payload is kept whole */
 } tail_t;
@@ -185,6 +186,7 @@ typedef struct tail {
 typedef struct memstore {
   uv_mutex_t lock;      /* appends (lock_appends), the overhead */
   uv_mutex_t snap_lock; /* the streams' snapshots */
+  uint64_t serial;      /* this store's, among every memory store of the process */
   stream_set_t streams;
   id_set_t commands;
   arena_block_t *arena;
@@ -270,17 +272,19 @@ static bool compactable(const cqrs_event_t *e, const cqrs_append_t *req) {
 
 /* Where a payload may end early: its last member, when the field table
  * names it a string that reaches the end of the struct. Looked up once per
- * type and thread (a small cache of the thread's: appends plan outside the
- * lock). */
+ * type, store and thread (a small cache of the thread's: appends plan
+ * outside the lock). */
 static _Thread_local tail_t tails[TAILS];
+static _Atomic uint64_t serials;
 
-static const cqrs_field_t *tail_string(const cqrs_event_type_t *type) {
+static const cqrs_field_t *tail_string(const memstore_t *m, const cqrs_event_type_t *type) {
   tail_t *t = &tails[((uintptr_t)type >> 4) % TAILS];
-  if (t->type == type) return t->field;
+  if (t->type == type && t->store == m->serial) return t->field;
   const cqrs_field_t *last = NULL;
   for (const cqrs_field_t *f = type->fields; f && f->kind != CQRS_FIELD_END; f++) {
     if (!last || f->offset > last->offset) last = f;
   }
+  t->store = m->serial;
   t->type = type;
   t->field = last && last->kind == CQRS_FIELD_STRING && last->offset + last->size == type->payload_size ? last : NULL;
   return t->field;
@@ -289,8 +293,8 @@ static const cqrs_field_t *tail_string(const cqrs_event_type_t *type) {
 /* The payload's bytes up to the NUL of a string that ends it; what follows
  * that NUL means nothing (the field is a NUL-terminated string) and is zero
  * when the event is built again, as after a trip through BSON. */
-static size_t trimmed(const cqrs_event_t *e) {
-  const cqrs_field_t *f = tail_string(e->type);
+static size_t trimmed(const memstore_t *m, const cqrs_event_t *e) {
+  const cqrs_field_t *f = tail_string(m, e->type);
   if (!f) return e->type->payload_size;
   return f->offset + strnlen((const char *)e->payload + f->offset, f->size);
 }
@@ -305,7 +309,7 @@ typedef struct plan {
 
 /* A cause of its own for the first event and for another envelope than the
  * one before. Returns the bytes the event takes. */
-static size_t plan_event(const cqrs_append_t *req, size_t i, plan_t *p) {
+static size_t plan_event(const memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
   const cqrs_event_t *e = req->events[i];
   const cqrs_envelope_t *env = e->envelope;
   const cqrs_envelope_t *prev = i ? req->events[i - 1]->envelope : NULL;
@@ -329,7 +333,7 @@ static size_t plan_event(const cqrs_append_t *req, size_t i, plan_t *p) {
     p->cause = round8(n);
   }
   p->compact = compactable(e, req);
-  p->payload = p->compact ? trimmed(e) : 0;
+  p->payload = p->compact ? trimmed(m, e) : 0;
   p->id = p->compact ? strlen(e->id) : 0;
   p->rec = round8(offsetof(rec_t, data) + (p->compact ? p->payload + p->id : sizeof e));
   return p->rec + p->cause;
@@ -474,7 +478,7 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   stream_t *s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
   stream_t *fresh = NULL;
   size_t need = 0;
-  for (size_t i = 0; i < req->count; i++) need += plan_event(req, i, &plans[i]);
+  for (size_t i = 0; i < req->count; i++) need += plan_event(m, req, i, &plans[i]);
   if (!s && req->expected_version == 0 && !(fresh = stream_new(req, sh))) {
     if (plans != few) cqrs__free(plans);
     return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
@@ -669,6 +673,7 @@ cqrs_code_t cqrs_memory_store_new(cqrs_store_t **out, cqrs_error_t *err) {
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the memory store's lock");
   }
   m->overhead = sizeof *m;
+  m->serial = atomic_fetch_add_explicit(&serials, 1, memory_order_relaxed) + 1;
   return cqrs_store_new(&memory_ops, m, out, err);
 }
 
