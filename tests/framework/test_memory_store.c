@@ -210,7 +210,7 @@ static void test_read_without_memory_fails_cleanly(void **state) {
 /* ---- many writers, one reader following the feed ---- */
 
 #define WRITERS 4
-#define OWN_STREAMS 40 /* per writer */
+#define OWN_STREAMS 401 /* per writer: 1,605 streams in all, so the table grows twice under the readers */
 #define COMMITS 1500   /* per writer; every fourth on the shared stream */
 #define STREAMS (WRITERS * OWN_STREAMS + 1)
 
