@@ -1,6 +1,14 @@
-/* The in-memory event store. Appends serialise on a write lock and publish
- * with release stores; reads take no lock but the read side of the stream
- * table's rwlock for a look-up, and walk arrays whose chunks never move.
+/* The in-memory event store. Appends serialise on one lock, held only for
+ * what must be serial (the command-id check, the version check, the
+ * positions, the records' bytes) and taken with a short spin first: with
+ * loops on several cores, a writer that slept on it cost more than the whole
+ * append (docs/benchmarks.md, "Several loops"). What an append can do alone
+ * (hashing, the stream look-up, planning the records, building a new
+ * stream) it does before. Appends publish with release stores, stream count
+ * before head, so a reader that sees position p sees every position before
+ * it and the stream at that version. Reads take no lock: the stream table
+ * is read with acquire loads (a grown table replaces the old one, which is
+ * kept until the store goes), and arrays whose chunks never move.
  *
  * Events are kept in a compact form, not as the cqrs_event_t the commit
  * made: a record in an arena (what the event says beyond its stream, its
@@ -95,10 +103,24 @@ static void *arena_take(arena_block_t *b, size_t n) {
 }
 
 /* The streams by (type, id): open addressing, hashed without building the
- * key; grows under the write lock, read under the read lock. */
+ * key; filled and grown under the append lock, read without a lock. A grown
+ * table is published whole; the one it replaces stays (in `older`) until
+ * the store goes, for readers still probing it: the tables together take
+ * less than twice the last one. */
+typedef struct stream_slot {
+  _Atomic(stream_t *) stream; /* NULL: free; set once, after the hash */
+  uint64_t hash;              /* the stream's: probing past others reads no stream */
+} stream_slot_t;
+
+typedef struct stream_table {
+  struct stream_table *older;
+  size_t cap; /* a power of two */
+  stream_slot_t slots[];
+} stream_table_t;
+
 typedef struct stream_set {
-  stream_t **slots;
-  size_t cap, len; /* cap a power of two, len <= 7/10 cap */
+  _Atomic(stream_table_t *) table;
+  size_t len; /* <= 7/10 of the table's cap */
 } stream_set_t;
 
 /* Of the id alone: streams of two types rarely share one, and the look-up
@@ -108,33 +130,41 @@ static uint64_t stream_hash(const char *type, const char *id) {
   return cqrs__hash_str(id, 0);
 }
 
-static stream_t *streams_find(const stream_set_t *set, uint64_t h, const char *type, const char *id) {
-  if (!set->cap) return NULL;
-  for (size_t i = h & (set->cap - 1);; i = (i + 1) & (set->cap - 1)) {
-    stream_t *s = set->slots[i];
+/* From any thread, without a lock. */
+static stream_t *streams_find(stream_set_t *set, uint64_t h, const char *type, const char *id) {
+  const stream_table_t *t = atomic_load_explicit(&set->table, memory_order_acquire);
+  if (!t) return NULL;
+  for (size_t i = h & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+    stream_t *s = atomic_load_explicit(&t->slots[i].stream, memory_order_acquire);
     if (!s) return NULL;
-    if (s->hash == h && !strcmp(s->key + s->idat, id) && !strcmp(s->key, type)) return s;
+    if (t->slots[i].hash == h && !strcmp(s->key + s->idat, id) && !strcmp(s->key, type)) return s;
   }
 }
 
-static void streams_put(stream_t **slots, size_t cap, stream_t *s) {
-  size_t i = s->hash & (cap - 1);
-  while (slots[i]) i = (i + 1) & (cap - 1);
-  slots[i] = s;
+/* Under the append lock (or before the table is published). */
+static void streams_put(stream_table_t *t, stream_t *s) {
+  size_t i = s->hash & (t->cap - 1);
+  while (atomic_load_explicit(&t->slots[i].stream, memory_order_relaxed)) i = (i + 1) & (t->cap - 1);
+  t->slots[i].hash = s->hash;
+  atomic_store_explicit(&t->slots[i].stream, s, memory_order_release);
 }
 
-/* Makes room for one more stream; false: no memory, the set unchanged. */
-static bool streams_reserve(stream_set_t *set) {
-  if ((set->len + 1) * 10 <= set->cap * 7) return true;
-  size_t cap = set->cap ? set->cap * 2 : 1024;
-  stream_t **slots = cqrs__calloc(cap, sizeof *slots);
-  if (!slots) return false;
-  for (size_t i = 0; i < set->cap; i++) {
-    if (set->slots[i]) streams_put(slots, cap, set->slots[i]);
+/* Makes room for one more stream, under the append lock; false: no memory,
+ * the set unchanged. */
+static bool streams_reserve(stream_set_t *set, size_t *overhead) {
+  stream_table_t *old = atomic_load_explicit(&set->table, memory_order_relaxed);
+  if (old && (set->len + 1) * 10 <= old->cap * 7) return true;
+  size_t cap = old ? old->cap * 2 : 1024;
+  stream_table_t *t = cqrs__calloc(1, sizeof *t + cap * sizeof t->slots[0]);
+  if (!t) return false;
+  t->cap = cap;
+  t->older = old;
+  for (size_t i = 0; old && i < old->cap; i++) {
+    stream_t *s = atomic_load_explicit(&old->slots[i].stream, memory_order_relaxed);
+    if (s) streams_put(t, s);
   }
-  cqrs__free(set->slots);
-  set->slots = slots;
-  set->cap = cap;
+  atomic_store_explicit(&set->table, t, memory_order_release);
+  *overhead += cap * sizeof t->slots[0];
   return true;
 }
 
@@ -148,13 +178,15 @@ typedef struct id_set {
 
 #define TAILS 16
 typedef struct tail {
+  uint64_t store; /* the store's serial: a type need outlive only the stores that hold its events */
   const cqrs_event_type_t *type;
   const cqrs_field_t *field; /* NULL: the payload is kept whole */
 } tail_t;
 
 typedef struct memstore {
-  uv_rwlock_t lock; /* write: appends and snapshots; read: stream look-ups */
-  tail_t tails[TAILS];
+  uv_mutex_t lock;      /* appends (lock_appends), the overhead */
+  uv_mutex_t snap_lock; /* the streams' snapshots */
+  uint64_t serial;      /* this store's, among every memory store of the process */
   stream_set_t streams;
   id_set_t commands;
   arena_block_t *arena;
@@ -212,11 +244,23 @@ static stream_t *find_stream(memstore_t *m, const char *type, const char *id) {
   return streams_find(&m->streams, stream_hash(type, id), type, id);
 }
 
-static stream_t *find_stream_locked_read(memstore_t *m, const char *type, const char *id) {
-  uv_rwlock_rdlock(&m->lock);
-  stream_t *s = find_stream(m, type, id);
-  uv_rwlock_rdunlock(&m->lock);
-  return s;
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+#define LOCK_SPINS 200 /* a few microseconds: longer than any append holds the lock */
+
+/* The lock is held for well under a microsecond: a writer that finds it
+ * taken waits for it awake a while before it sleeps in the kernel. */
+static void lock_appends(memstore_t *m) {
+  for (int i = 0; i < LOCK_SPINS; i++) {
+    if (!uv_mutex_trylock(&m->lock)) return;
+    CPU_RELAX();
+  }
+  uv_mutex_lock(&m->lock);
 }
 
 /* Whether `e` can be stored as a record that rebuilds it exactly. */
@@ -228,14 +272,19 @@ static bool compactable(const cqrs_event_t *e, const cqrs_append_t *req) {
 
 /* Where a payload may end early: its last member, when the field table
  * names it a string that reaches the end of the struct. Looked up once per
- * type (a small cache, under the write lock). */
-static const cqrs_field_t *tail_string(memstore_t *m, const cqrs_event_type_t *type) {
-  tail_t *t = &m->tails[((uintptr_t)type >> 4) % TAILS];
-  if (t->type == type) return t->field;
+ * type, store and thread (a small cache of the thread's: appends plan
+ * outside the lock). */
+static _Thread_local tail_t tails[TAILS];
+static _Atomic uint64_t serials;
+
+static const cqrs_field_t *tail_string(const memstore_t *m, const cqrs_event_type_t *type) {
+  tail_t *t = &tails[((uintptr_t)type >> 4) % TAILS];
+  if (t->type == type && t->store == m->serial) return t->field;
   const cqrs_field_t *last = NULL;
   for (const cqrs_field_t *f = type->fields; f && f->kind != CQRS_FIELD_END; f++) {
     if (!last || f->offset > last->offset) last = f;
   }
+  t->store = m->serial;
   t->type = type;
   t->field = last && last->kind == CQRS_FIELD_STRING && last->offset + last->size == type->payload_size ? last : NULL;
   return t->field;
@@ -244,7 +293,7 @@ static const cqrs_field_t *tail_string(memstore_t *m, const cqrs_event_type_t *t
 /* The payload's bytes up to the NUL of a string that ends it; what follows
  * that NUL means nothing (the field is a NUL-terminated string) and is zero
  * when the event is built again, as after a trip through BSON. */
-static size_t trimmed(memstore_t *m, const cqrs_event_t *e) {
+static size_t trimmed(const memstore_t *m, const cqrs_event_t *e) {
   const cqrs_field_t *f = tail_string(m, e->type);
   if (!f) return e->type->payload_size;
   return f->offset + strnlen((const char *)e->payload + f->offset, f->size);
@@ -260,7 +309,7 @@ typedef struct plan {
 
 /* A cause of its own for the first event and for another envelope than the
  * one before. Returns the bytes the event takes. */
-static size_t plan_event(memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
+static size_t plan_event(const memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
   const cqrs_event_t *e = req->events[i];
   const cqrs_envelope_t *env = e->envelope;
   const cqrs_envelope_t *prev = i ? req->events[i - 1]->envelope : NULL;
@@ -378,18 +427,69 @@ static bool visit(reader_t *rd, const rec_t *r, cqrs_event_visit_cb cb, void *da
   return cb(rd->spare, data);
 }
 
+/* A stream of its own for the request's aggregate, not yet in the table;
+ * NULL: no memory. */
+static stream_t *stream_new(const cqrs_append_t *req, uint64_t hash) {
+  size_t lt = strlen(req->aggregate_type) + 1, li = strlen(req->aggregate_id) + 1;
+  stream_t *s = cqrs__calloc(1, sizeof *s + lt + li);
+  if (!s) return NULL;
+  memcpy(s->key, req->aggregate_type, lt);
+  memcpy(s->key + lt, req->aggregate_id, li);
+  s->keylen = lt + li;
+  s->idat = lt;
+  s->hash = hash;
+  return s;
+}
+
+static void stream_free(stream_t *s) {
+  if (!s) return;
+  for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(s->chunks[k]);
+  if (s->snapshot) bson_destroy(s->snapshot);
+  cqrs__free(s);
+}
+
+/* The chunks that events count .. count + n - 1 of `s` and positions
+ * head + 1 .. head + n need, under the append lock; false: no memory (the
+ * chunks allocated stay, empty). */
+static bool chunks_reserve(memstore_t *m, stream_t *s, int64_t count, int64_t head, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    size_t off, k = chunk_index(count + (int64_t)i, &off);
+    if (!s->chunks[k]) {
+      if (!(s->chunks[k] = cqrs__calloc((size_t)8 << k, sizeof(rec_t *)))) return false;
+      m->overhead += ((size_t)8 << k) * sizeof(rec_t *);
+    }
+    size_t g = (size_t)(head + (int64_t)i) >> LOG_CHUNK_BITS;
+    if (!m->log[g]) {
+      if (!(m->log[g] = cqrs__calloc(LOG_CHUNK, sizeof(rec_t *)))) return false;
+      m->overhead += LOG_CHUNK * sizeof(rec_t *);
+    }
+  }
+  return true;
+}
+
 static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
   memstore_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
-  plan_t few[4], *plans = few;
-  uv_rwlock_wrlock(&m->lock);
+  plan_t few[4], *plans = req->count > 4 ? cqrs__malloc(req->count * sizeof *plans) : few;
+  if (!plans) return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
+  /* Outside the lock: what does not depend on the other writers. */
   uint32_t idh = hash_id(req->command_id);
+  uint64_t sh = stream_hash(req->aggregate_type, req->aggregate_id);
+  stream_t *s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
+  stream_t *fresh = NULL;
+  size_t need = 0;
+  for (size_t i = 0; i < req->count; i++) need += plan_event(m, req, i, &plans[i]);
+  if (!s && req->expected_version == 0 && !(fresh = stream_new(req, sh))) {
+    if (plans != few) cqrs__free(plans);
+    return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
+  }
+  lock_appends(m);
   if (ids_has(m, req->command_id, idh)) {
     res->duplicate = true;
     goto out;
   }
-  uint64_t sh = stream_hash(req->aggregate_type, req->aggregate_id);
-  stream_t *s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
+  /* Another writer may have made the stream since the look-up. */
+  if (!s) s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
   int64_t count = s ? atomic_load_explicit(&s->count, memory_order_relaxed) : 0;
   if (count != req->expected_version) {
     rc = cqrs_error_set(err, CQRS_ECONFLICT, "%s/%s is at version %lld, expected %lld", req->aggregate_type,
@@ -401,51 +501,18 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
     rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "the memory store is full");
     goto out;
   }
-  /* Allocate everything first so that a failure leaves the store unchanged. */
-  if (req->count > 4) plans = cqrs__malloc(req->count * sizeof *plans);
-  size_t need = 0;
-  for (size_t i = 0; plans && i < req->count; i++) need += plan_event(m, req, i, &plans[i]);
-  bool ok = plans && arena_reserve(&m->arena, need) && ids_reserve(&m->commands);
-  stream_t *fresh = NULL;
-  if (ok && !s) {
-    size_t lt = strlen(req->aggregate_type) + 1, li = strlen(req->aggregate_id) + 1;
-    fresh = streams_reserve(&m->streams) ? cqrs__calloc(1, sizeof *fresh + lt + li) : NULL;
-    if (fresh) {
-      memcpy(fresh->key, req->aggregate_type, lt);
-      memcpy(fresh->key + lt, req->aggregate_id, li);
-      fresh->keylen = lt + li;
-      fresh->idat = lt;
-      fresh->hash = sh;
-    }
-    ok = fresh != NULL;
-  }
   stream_t *target = s ? s : fresh;
-  for (size_t i = 0; ok && i < req->count; i++) {
-    size_t off, k = chunk_index(count + (int64_t)i, &off);
-    if (!target->chunks[k]) {
-      target->chunks[k] = cqrs__calloc((size_t)8 << k, sizeof(rec_t *));
-      ok = target->chunks[k] != NULL;
-      if (ok) m->overhead += ((size_t)8 << k) * sizeof(rec_t *);
-    }
-    size_t g = (size_t)(head + (int64_t)i) >> LOG_CHUNK_BITS;
-    if (ok && !m->log[g]) {
-      m->log[g] = cqrs__calloc(LOG_CHUNK, sizeof(rec_t *));
-      ok = m->log[g] != NULL;
-      if (ok) m->overhead += LOG_CHUNK * sizeof(rec_t *);
-    }
-  }
-  if (!ok) {
-    if (fresh) {
-      for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(fresh->chunks[k]);
-      cqrs__free(fresh);
-    }
+  /* Allocate everything first so that a failure leaves the store unchanged. */
+  if (!arena_reserve(&m->arena, need) || !ids_reserve(&m->commands) ||
+      (!s && !streams_reserve(&m->streams, &m->overhead)) || !chunks_reserve(m, target, count, head, req->count)) {
     rc = cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
     goto out;
   }
-  if (fresh) {
-    streams_put(m->streams.slots, m->streams.cap, fresh);
+  if (!s) {
+    streams_put(atomic_load_explicit(&m->streams.table, memory_order_relaxed), fresh);
     m->streams.len++;
-    m->overhead += sizeof *fresh + fresh->keylen + sizeof(stream_t *) * 10 / 7;
+    m->overhead += sizeof *fresh + fresh->keylen;
+    fresh = NULL;
   }
   const cause_t *cause = NULL;
   for (size_t i = 0; i < req->count; i++) {
@@ -468,14 +535,15 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   res->first_position = head + 1;
   res->last_position = head + (int64_t)req->count;
 out:
-  uv_rwlock_wrunlock(&m->lock);
+  uv_mutex_unlock(&m->lock);
+  stream_free(fresh);
   if (plans != few) cqrs__free(plans);
   return rc;
 }
 
 static cqrs_code_t mem_read_stream(void *impl, const char *type, const char *id, int64_t from_version,
                                    cqrs_event_visit_cb cb, void *data, cqrs_error_t *err) {
-  stream_t *s = find_stream_locked_read(impl, type, id);
+  stream_t *s = find_stream(impl, type, id);
   if (!s) return CQRS_OK;
   int64_t count = atomic_load_explicit(&s->count, memory_order_acquire);
   int64_t i = from_version - 1;
@@ -520,24 +588,24 @@ static cqrs_code_t mem_snapshot_load(void *impl, const char *type, const char *i
                                      bool *found, cqrs_error_t *err) {
   CQRS__UNUSED(err);
   memstore_t *m = impl;
-  uv_rwlock_rdlock(&m->lock);
   stream_t *s = find_stream(m, type, id);
+  uv_mutex_lock(&m->snap_lock);
   if (s && s->has_snapshot) {
     out->version = s->snapshot_version;
     out->schema_version = s->snapshot_schema;
     bson_copy_to(s->snapshot, &out->state);
     *found = true;
   }
-  uv_rwlock_rdunlock(&m->lock);
+  uv_mutex_unlock(&m->snap_lock);
   return CQRS_OK;
 }
 
 static cqrs_code_t mem_snapshot_save(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err) {
   memstore_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
-  uv_rwlock_wrlock(&m->lock);
   stream_t *s = find_stream(m, snap->aggregate_type, snap->aggregate_id);
-  if (!s || atomic_load_explicit(&s->count, memory_order_relaxed) < snap->version) {
+  uv_mutex_lock(&m->snap_lock);
+  if (!s || atomic_load_explicit(&s->count, memory_order_acquire) < snap->version) {
     rc = cqrs_error_set(err, CQRS_EINVAL, "snapshot of %s/%s is ahead of its stream", snap->aggregate_type,
                         snap->aggregate_id);
   } else if (!s->has_snapshot || snap->version >= s->snapshot_version) {
@@ -548,7 +616,7 @@ static cqrs_code_t mem_snapshot_save(void *impl, const cqrs_snapshot_t *snap, cq
     s->snapshot_schema = snap->schema_version;
     s->has_snapshot = true;
   }
-  uv_rwlock_wrunlock(&m->lock);
+  uv_mutex_unlock(&m->snap_lock);
   return rc;
 }
 
@@ -560,21 +628,21 @@ static void mem_destroy(void *impl) {
     if (r->flags & REC_KEPT) cqrs_event_unref(kept_of(r));
   }
   for (size_t g = 0; g < LOG_DIR; g++) cqrs__free(m->log[g]);
-  for (size_t i = 0; i < m->streams.cap; i++) {
-    stream_t *s = m->streams.slots[i];
-    if (!s) continue;
-    for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(s->chunks[k]);
-    if (s->snapshot) bson_destroy(s->snapshot);
-    cqrs__free(s);
+  stream_table_t *t = atomic_load(&m->streams.table);
+  for (size_t i = 0; t && i < t->cap; i++) stream_free(atomic_load(&t->slots[i].stream));
+  while (t) {
+    stream_table_t *older = t->older;
+    cqrs__free(t);
+    t = older;
   }
-  cqrs__free(m->streams.slots);
   while (m->arena) {
     arena_block_t *b = m->arena;
     m->arena = b->next;
     cqrs__free(b);
   }
   cqrs__free(m->commands.slots);
-  uv_rwlock_destroy(&m->lock);
+  uv_mutex_destroy(&m->lock);
+  uv_mutex_destroy(&m->snap_lock);
   cqrs__free(m);
 }
 
@@ -595,19 +663,25 @@ cqrs_code_t cqrs_memory_store_new(cqrs_store_t **out, cqrs_error_t *err) {
   *out = NULL;
   memstore_t *m = cqrs__calloc(1, sizeof *m);
   if (!m) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a memory store");
-  if (uv_rwlock_init(&m->lock)) {
+  if (uv_mutex_init(&m->lock)) {
+    cqrs__free(m);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the memory store's lock");
+  }
+  if (uv_mutex_init(&m->snap_lock)) {
+    uv_mutex_destroy(&m->lock);
     cqrs__free(m);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the memory store's lock");
   }
   m->overhead = sizeof *m;
+  m->serial = atomic_fetch_add_explicit(&serials, 1, memory_order_relaxed) + 1;
   return cqrs_store_new(&memory_ops, m, out, err);
 }
 
 size_t cqrs_memory_store_overhead(const cqrs_store_t *store) {
   if (!store || store->ops != &memory_ops) return 0;
   memstore_t *m = store->impl;
-  uv_rwlock_rdlock(&m->lock);
+  uv_mutex_lock(&m->lock);
   size_t n = m->overhead;
-  uv_rwlock_rdunlock(&m->lock);
+  uv_mutex_unlock(&m->lock);
   return n;
 }
