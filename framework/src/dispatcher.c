@@ -211,6 +211,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   uv_timer_init(loop, &d->wait_timer);
   d->wait_timer.data = d;
   d->handles_open++;
+  cqrs__bus_init(d);
   if (d->opts.poll_ms) {
     uv_timer_init(loop, &d->poll);
     d->poll.data = d;
