@@ -35,10 +35,14 @@ struct cqrs__cache {
 
 /* Of the id alone: aggregates of two types rarely share one, and find()
  * compares the type anyway. */
+uint32_t cqrs__cache_hash(const char *id, size_t n) {
+  uint32_t h = (uint32_t)cqrs__hash_bytes(id, n, 0);
+  return h ? h : 1;
+}
+
 static uint32_t hash_of(const char *type, const char *id) {
   CQRS__UNUSED(type);
-  uint32_t h = (uint32_t)cqrs__hash_str(id, 0);
-  return h ? h : 1;
+  return cqrs__cache_hash(id, strlen(id));
 }
 
 /* Computed once per aggregate: a load's look-up and its commit's update. */

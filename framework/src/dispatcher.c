@@ -398,19 +398,13 @@ cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, c
 
 /* ---- handler context ---- */
 
-static unsigned stripe_of(const char *type, const char *id) {
-  uint32_t h = 2166136261u;
-  for (const char *p = type; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  h = (h ^ '/') * 16777619u;
-  for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  return h % CQRS_STRIPES;
-}
-
 /* Takes the aggregate's lock when that cannot deadlock: a context waits for
  * a lock only while it holds none, and the loop thread never waits. Without
- * the lock, optimistic concurrency still guards the commit. */
-static void lock_aggregate(cqrs_context_t *ctx, const char *type, const char *id) {
-  unsigned s = stripe_of(type, id);
+ * the lock, optimistic concurrency still guards the commit. The stripe is
+ * of the id's cache hash (its bits above those the cache's shards use):
+ * aggregates of two types under one id share a lock, which only orders them. */
+static void lock_aggregate(cqrs_context_t *ctx, uint32_t key_hash) {
+  unsigned s = (key_hash >> 8) % CQRS_STRIPES;
   for (size_t i = 0; i < ctx->nheld; i++) {
     if (ctx->held[i] == s) return;
   }
@@ -449,7 +443,10 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!ctx || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL context or aggregate type");
-  cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
+  /* cqrs__check_str's checks, its length kept for the hash; it says why on a failure. */
+  size_t n = id ? strnlen(id, CQRS_ID_MAX) : 0;
+  cqrs_code_t rc = CQRS_OK;
+  if (n == 0 || n == CQRS_ID_MAX || !cqrs__utf8_valid(id, n)) rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
   if (rc) return rc;
   for (size_t i = 0; i < ctx->naggs; i++) {
     if (ctx->aggs[i]->type == type && !strcmp(ctx->aggs[i]->id, id)) {
@@ -459,10 +456,11 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   }
   if (ctx->naggs == CTX_MAX_AGGREGATES)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "a command may load at most %d aggregates", CTX_MAX_AGGREGATES);
-  lock_aggregate(ctx, type->name, id);
+  uint32_t h = cqrs__cache_hash(id, n);
+  lock_aggregate(ctx, h);
   cqrs_aggregate_t *agg;
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
-  if ((rc = cqrs__repository_load_cached(ctx->d->store, cache_for(ctx, id), pool, type, id, &agg, err)))
+  if ((rc = cqrs__repository_load_cached(ctx->d->store, cache_for(ctx, id), pool, type, id, h, &agg, err)))
     return rc;
   cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
   ctx->aggs[ctx->naggs++] = agg;
