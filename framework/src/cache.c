@@ -3,7 +3,7 @@
  * of buckets and an LRU list, under its own mutex, so handlers on pool
  * threads contend only when they touch the same shard. A small cache has one
  * shard (exact LRU); a large one 16, each holding a 16th of the capacity. */
-#include <uv.h>
+#include <pthread.h>
 
 #include "cache-private.h"
 
@@ -21,7 +21,7 @@ typedef struct entry {
 } entry_t;
 
 typedef struct shard {
-  uv_mutex_t lock;
+  pthread_mutex_t lock; /* plain: no libuv wrapper on the path of every command */
   entry_t **buckets;
   uint32_t mask;
   entry_t *head, *tail;
@@ -64,7 +64,7 @@ cqrs__cache_t *cqrs__cache_new(size_t capacity, bool *nomem) {
     shard_t *s = &c->shards[made];
     s->buckets = cqrs__calloc(nb, sizeof *s->buckets);
     if (!s->buckets) break;
-    if (uv_mutex_init(&s->lock)) {
+    if (pthread_mutex_init(&s->lock, NULL)) {
       cqrs__free(s->buckets);
       break;
     }
@@ -74,7 +74,7 @@ cqrs__cache_t *cqrs__cache_new(size_t capacity, bool *nomem) {
   if (c && made == nshards) return c;
   while (c && made) {
     shard_t *s = &c->shards[--made];
-    uv_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->lock);
     cqrs__free(s->buckets);
   }
   cqrs__free(c);
@@ -91,7 +91,7 @@ void cqrs__cache_destroy(cqrs__cache_t *c) {
       cqrs__free(e);
     }
     cqrs__free(s->buckets);
-    uv_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->lock);
   }
   cqrs__free(c);
 }
@@ -148,7 +148,7 @@ bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type)) return false;
   uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
-  uv_mutex_lock(&s->lock);
+  pthread_mutex_lock(&s->lock);
   entry_t *e = *find(s, h, agg->type->name, agg->id);
   if (e) {
     memcpy(agg->state, e->state, agg->type->state_size);
@@ -158,7 +158,7 @@ bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
       lru_push_front(s, e);
     }
   }
-  uv_mutex_unlock(&s->lock);
+  pthread_mutex_unlock(&s->lock);
   return e != NULL;
 }
 
@@ -167,7 +167,7 @@ void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   const cqrs_aggregate_type_t *type = agg->type;
   uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
-  uv_mutex_lock(&s->lock);
+  pthread_mutex_lock(&s->lock);
   entry_t **link = find(s, h, type->name, agg->id);
   entry_t *e = *link;
   if (e && e->type != type) {
@@ -201,18 +201,18 @@ void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
     memcpy(e->state, agg->state, type->state_size);
     e->version = agg->version;
   }
-  uv_mutex_unlock(&s->lock);
+  pthread_mutex_unlock(&s->lock);
 }
 
 static void drop_if(cqrs__cache_t *c, const char *type, const char *id, int64_t newer_than) {
   uint32_t h = hash_of(type, id);
   shard_t *s = shard_of(c, h);
-  uv_mutex_lock(&s->lock);
+  pthread_mutex_lock(&s->lock);
   entry_t **link = find(s, h, type, id);
   if (*link && (*link)->version < newer_than) {
     remove_entry(s, link);
   }
-  uv_mutex_unlock(&s->lock);
+  pthread_mutex_unlock(&s->lock);
 }
 
 void cqrs__cache_drop(cqrs__cache_t *c, const char *type, const char *id) {

@@ -3,6 +3,8 @@
 #define CQRS_DISPATCHER_PRIVATE_H
 
 
+#include <pthread.h>
+
 #include "cqrs-uthash.h"
 #include "metrics-private.h"
 
@@ -80,7 +82,7 @@ struct cqrs_dispatcher {
 #define HANDLER_MEMO 16
   handler_t *handler_memo[HANDLER_MEMO]; /* recent look-ups, by type address; loop thread */
   bool store_blocking;
-  uv_mutex_t stripes[CQRS_STRIPES];
+  pthread_mutex_t stripes[CQRS_STRIPES]; /* plain mutexes: taken by every command */
 
   uv_async_t async;
   uv_mutex_t inbox_lock;

@@ -186,9 +186,9 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     return rc;
   }
   size_t stripes = 0;
-  while (stripes < CQRS_STRIPES && uv_mutex_init(&d->stripes[stripes]) == 0) stripes++;
+  while (stripes < CQRS_STRIPES && pthread_mutex_init(&d->stripes[stripes], NULL) == 0) stripes++;
   if (stripes < CQRS_STRIPES || uv_mutex_init(&d->inbox_lock)) {
-    while (stripes) uv_mutex_destroy(&d->stripes[--stripes]);
+    while (stripes) pthread_mutex_destroy(&d->stripes[--stripes]);
     cqrs__cache_destroy(d->cache);
     cqrs__free(d);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a mutex");
@@ -197,7 +197,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   if (rc || uv_async_init(loop, &d->async, async_cb)) {
     if (d->members) members_stop(d, d->nloops);
     uv_mutex_destroy(&d->inbox_lock);
-    for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
+    for (size_t i = 0; i < CQRS_STRIPES; i++) pthread_mutex_destroy(&d->stripes[i]);
     cqrs__cache_destroy(d->cache);
     cqrs__free(d);
     return rc ? rc : cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
@@ -408,8 +408,8 @@ static void lock_aggregate(cqrs_context_t *ctx, uint32_t key_hash) {
   for (size_t i = 0; i < ctx->nheld; i++) {
     if (ctx->held[i] == s) return;
   }
-  uv_mutex_t *m = &ctx->d->stripes[s];
-  bool locked = (ctx->nheld || ctx->on_loop) ? uv_mutex_trylock(m) == 0 : (uv_mutex_lock(m), true);
+  pthread_mutex_t *m = &ctx->d->stripes[s];
+  bool locked = (ctx->nheld || ctx->on_loop) ? pthread_mutex_trylock(m) == 0 : pthread_mutex_lock(m) == 0;
   if (locked) ctx->held[ctx->nheld++] = s;
 }
 
@@ -435,7 +435,7 @@ static void advance_owner(const cqrs_dispatcher_t *d, cqrs_aggregate_t *agg) {
 }
 
 static void unlock_aggregates(cqrs_context_t *ctx) {
-  while (ctx->nheld) uv_mutex_unlock(&ctx->d->stripes[ctx->held[--ctx->nheld]]);
+  while (ctx->nheld) pthread_mutex_unlock(&ctx->d->stripes[ctx->held[--ctx->nheld]]);
 }
 
 cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *type, const char *id,
@@ -826,7 +826,7 @@ static void handle_closed(uv_handle_t *h) {
     cqrs__free(hd);
   }
   uv_mutex_destroy(&d->inbox_lock);
-  for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
+  for (size_t i = 0; i < CQRS_STRIPES; i++) pthread_mutex_destroy(&d->stripes[i]);
   cqrs__cache_destroy(d->cache);
   cqrs__agg_pool_free(&d->free_aggs);
   cqrs__free(d);
