@@ -99,7 +99,9 @@ void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg);
 cqrs_event_t *cqrs__event_mut(const cqrs_event_t *e);
 /* An event that carries its envelope in its own block: one allocation where
  * there would be two. References to that envelope are references to the
- * event. Strings known valid: non-NULL, within their caps. */
+ * event. Strings known valid: non-NULL, within their caps. `aggregate_type`
+ * is borrowed, not copied: an aggregate type descriptor's name, which like
+ * the event's own type descriptor outlives the event. */
 cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *aggregate_type,
                                     const char *aggregate_id, const char *causation_id, const char *correlation_id,
                                     int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,

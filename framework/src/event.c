@@ -52,7 +52,8 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
 
 /* The strings of an envelope and their sizes (with the NUL); the
  * correlation id takes no room when it is the causation id, kept once (most
- * commands start their own conversation). */
+ * commands start their own conversation), nor the aggregate type when it is
+ * borrowed (n[0] == 0: an aggregate type's name, see cqrs__event_new_hosting). */
 typedef struct env_strs {
   const char *s[4]; /* aggregate type, aggregate id, causation id, correlation id */
   size_t n[4];
@@ -81,7 +82,7 @@ static void env_fill(cqrs__envelope_t *b, cqrs__event_t *host, const env_strs_t 
   char *p = b->strings;
   const char **dst[4] = {&b->pub.aggregate_type, &b->pub.aggregate_id, &b->pub.causation_id, &b->pub.correlation_id};
   for (int i = 0; i < 4; i++) {
-    *dst[i] = v->n[i] ? memcpy(p, v->s[i], v->n[i]) : b->pub.causation_id;
+    *dst[i] = v->n[i] ? memcpy(p, v->s[i], v->n[i]) : i == 0 ? v->s[0] : b->pub.causation_id;
     p += v->n[i];
   }
 }
@@ -186,6 +187,8 @@ cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *a
                                     cqrs_error_t *err) {
   env_strs_t v;
   size_t n = env_strings(&v, aggregate_type, aggregate_id, causation_id, correlation_id);
+  n -= v.n[0];
+  v.n[0] = 0; /* borrowed: the descriptor outlives its events */
   cqrs__envelope_t *env;
   cqrs__event_t *b = hosting_block(type, &v, n, &env);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
