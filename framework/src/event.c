@@ -1,4 +1,109 @@
+#include <pthread.h>
+
 #include "cqrs-private.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+/* All but the link to the next block, which LeakSanitizer must see. */
+#define POOL_POISON(p, n) ASAN_POISON_MEMORY_REGION((char *)(p) + sizeof(void *), (n) - sizeof(void *))
+#define POOL_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((char *)(p) + sizeof(void *), (n) - sizeof(void *))
+#else
+#define POOL_POISON(p, n) ((void)(p), (void)(n))
+#define POOL_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+/* Event blocks up to EVENT_BLOCK bytes are all that size and kept for reuse
+ * by the thread that frees them (at most POOL_MAX each): a command's event
+ * is made and freed on the loop thread, so the next one takes its block
+ * back without malloc. A thread's pool is freed when the thread exits; the
+ * pools hang from one list, so that what a thread still running at exit
+ * holds is reachable, not a leak. Under AddressSanitizer a pooled block is
+ * poisoned: a use after the last unref is still caught. A block's `size` is
+ * its true size, so cqrs__event_restore may rebuild in it. */
+#define EVENT_BLOCK 512
+#define POOL_MAX 64
+
+typedef struct block_pool {
+  struct block_pool *next, **prev; /* in `pools` */
+  void *head;
+  unsigned n;
+} block_pool_t;
+
+static _Thread_local block_pool_t *tls_pool;
+static block_pool_t *pools;
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static pthread_key_t pool_key;
+static bool pool_key_ok;
+
+static void pool_drop(void *data) {
+  block_pool_t *bp = data;
+  pthread_mutex_lock(&pools_lock);
+  *bp->prev = bp->next;
+  if (bp->next) bp->next->prev = bp->prev;
+  pthread_mutex_unlock(&pools_lock);
+  while (bp->head) {
+    void *b = bp->head;
+    POOL_UNPOISON(b, EVENT_BLOCK);
+    bp->head = *(void **)b;
+    cqrs__free(b);
+  }
+  if (tls_pool == bp) tls_pool = NULL;
+  cqrs__free(bp);
+}
+
+static void pool_key_make(void) { pool_key_ok = pthread_key_create(&pool_key, pool_drop) == 0; }
+
+/* This thread's pool, made on its first free (NULL without memory). */
+static block_pool_t *pool_mine(void) {
+  block_pool_t *bp = tls_pool;
+  if (bp) return bp;
+  pthread_once(&pool_once, pool_key_make);
+  if (!pool_key_ok || !(bp = cqrs__calloc(1, sizeof *bp))) return NULL;
+  if (pthread_setspecific(pool_key, bp)) {
+    cqrs__free(bp);
+    return NULL;
+  }
+  pthread_mutex_lock(&pools_lock);
+  bp->next = pools;
+  bp->prev = &pools;
+  if (pools) pools->prev = &bp->next;
+  pools = bp;
+  pthread_mutex_unlock(&pools_lock);
+  return tls_pool = bp;
+}
+
+static cqrs__event_t *block_alloc(size_t n) {
+  if (n > EVENT_BLOCK) {
+    cqrs__event_t *b = cqrs__malloc(n);
+    if (b) b->size = 0;
+    return b;
+  }
+  block_pool_t *bp = tls_pool;
+  cqrs__event_t *b;
+  if (bp && bp->head) {
+    b = bp->head;
+    POOL_UNPOISON(b, EVENT_BLOCK);
+    bp->head = *(void **)b;
+    bp->n--;
+  } else if (!(b = cqrs__malloc(EVENT_BLOCK))) {
+    return NULL;
+  }
+  b->size = EVENT_BLOCK;
+  return b;
+}
+
+static void block_free(cqrs__event_t *b) {
+  block_pool_t *bp;
+  if (b->size != EVENT_BLOCK || !(bp = pool_mine()) || bp->n >= POOL_MAX) {
+    cqrs__free(b);
+    return;
+  }
+  *(void **)b = bp->head;
+  bp->head = b;
+  bp->n++;
+  POOL_POISON(b, EVENT_BLOCK);
+}
 
 static cqrs__event_t *block_of(const cqrs_event_t *e) {
   return (cqrs__event_t *)((char *)(uintptr_t)e - offsetof(cqrs__event_t, pub));
@@ -24,7 +129,7 @@ void cqrs_event_unref(const cqrs_event_t *e) {
   cqrs__event_t *b = block_of(e);
   if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1) return;
   if (!hosts(b, b->pub.envelope)) cqrs_envelope_unref(b->pub.envelope);
-  cqrs__free(b);
+  block_free(b);
 }
 
 void cqrs__event_set_envelope(cqrs_event_t *e, const cqrs_envelope_t *env) {
@@ -160,9 +265,8 @@ static cqrs_code_t event_new(const cqrs_event_type_t *type, const cqrs_envelope_
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "event id longer than %d bytes", CQRS_EVENT_ID_LEN - 1);
   if (id && !cqrs__utf8_valid(id, strlen(id)))
     return cqrs_error_set(err, CQRS_EINVAL, "event id is not valid UTF-8");
-  cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size + extra);
+  cqrs__event_t *b = block_alloc(sizeof *b + type->payload_size + extra);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
-  b->size = 0;
   event_fill(b, type, cqrs__envelope_ref(env), id, version, timestamp, payload);
   *out = &b->pub;
   return CQRS_OK;
@@ -173,9 +277,8 @@ static cqrs__event_t *hosting_block(const cqrs_event_type_t *type, const env_str
                                     cqrs__envelope_t **env) {
   size_t align = _Alignof(cqrs__envelope_t);
   size_t at = (sizeof(cqrs__event_t) + type->payload_size + align - 1) / align * align;
-  cqrs__event_t *b = cqrs__malloc(at + sizeof(cqrs__envelope_t) + n);
+  cqrs__event_t *b = block_alloc(at + sizeof(cqrs__envelope_t) + n);
   if (!b) return NULL;
-  b->size = 0;
   *env = (cqrs__envelope_t *)(void *)((char *)b + at);
   env_fill(*env, b, v);
   return b;
