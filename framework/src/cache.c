@@ -3,7 +3,7 @@
  * of buckets and an LRU list, under its own mutex, so handlers on pool
  * threads contend only when they touch the same shard. A small cache has one
  * shard (exact LRU); a large one 16, each holding a 16th of the capacity. */
-#include <pthread.h>
+#include <sched.h>
 
 #include "cache-private.h"
 
@@ -21,7 +21,7 @@ typedef struct entry {
 } entry_t;
 
 typedef struct shard {
-  pthread_mutex_t lock; /* plain: no libuv wrapper on the path of every command */
+  _Atomic bool locked; /* see shard_lock */
   entry_t **buckets;
   uint32_t mask;
   entry_t *head, *tail;
@@ -64,17 +64,13 @@ cqrs__cache_t *cqrs__cache_new(size_t capacity, bool *nomem) {
     shard_t *s = &c->shards[made];
     s->buckets = cqrs__calloc(nb, sizeof *s->buckets);
     if (!s->buckets) break;
-    if (pthread_mutex_init(&s->lock, NULL)) {
-      cqrs__free(s->buckets);
-      break;
-    }
+    atomic_init(&s->locked, false);
     s->mask = (uint32_t)(nb - 1);
     s->cap = per;
   }
   if (c && made == nshards) return c;
   while (c && made) {
     shard_t *s = &c->shards[--made];
-    pthread_mutex_destroy(&s->lock);
     cqrs__free(s->buckets);
   }
   cqrs__free(c);
@@ -91,7 +87,6 @@ void cqrs__cache_destroy(cqrs__cache_t *c) {
       cqrs__free(e);
     }
     cqrs__free(s->buckets);
-    pthread_mutex_destroy(&s->lock);
   }
   cqrs__free(c);
 }
@@ -142,13 +137,26 @@ static void remove_entry(shard_t *s, entry_t **link) {
   cqrs__free(e);
 }
 
+/* A shard's lock is held for a look-up and a copy of one state, never
+ * across a call out (a mutex costs a command more than what it guards): a
+ * test-and-set that spins briefly, then yields the core to the holder. */
+static void shard_lock(shard_t *s) {
+  for (unsigned spins = 0; atomic_exchange_explicit(&s->locked, true, memory_order_acquire); spins++) {
+    while (atomic_load_explicit(&s->locked, memory_order_relaxed)) {
+      if (spins++ >= 64) sched_yield();
+    }
+  }
+}
+
+static void shard_unlock(shard_t *s) { atomic_store_explicit(&s->locked, false, memory_order_release); }
+
 static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >> 24) & (c->nshards - 1)]; }
 
 bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type)) return false;
   uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
-  pthread_mutex_lock(&s->lock);
+  shard_lock(s);
   entry_t *e = *find(s, h, agg->type->name, agg->id);
   if (e) {
     memcpy(agg->state, e->state, agg->type->state_size);
@@ -158,7 +166,7 @@ bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
       lru_push_front(s, e);
     }
   }
-  pthread_mutex_unlock(&s->lock);
+  shard_unlock(s);
   return e != NULL;
 }
 
@@ -167,7 +175,7 @@ void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   const cqrs_aggregate_type_t *type = agg->type;
   uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
-  pthread_mutex_lock(&s->lock);
+  shard_lock(s);
   entry_t **link = find(s, h, type->name, agg->id);
   entry_t *e = *link;
   if (e && e->type != type) {
@@ -201,18 +209,18 @@ void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
     memcpy(e->state, agg->state, type->state_size);
     e->version = agg->version;
   }
-  pthread_mutex_unlock(&s->lock);
+  shard_unlock(s);
 }
 
 static void drop_if(cqrs__cache_t *c, const char *type, const char *id, int64_t newer_than) {
   uint32_t h = hash_of(type, id);
   shard_t *s = shard_of(c, h);
-  pthread_mutex_lock(&s->lock);
+  shard_lock(s);
   entry_t **link = find(s, h, type, id);
   if (*link && (*link)->version < newer_than) {
     remove_entry(s, link);
   }
-  pthread_mutex_unlock(&s->lock);
+  shard_unlock(s);
 }
 
 void cqrs__cache_drop(cqrs__cache_t *c, const char *type, const char *id) {
