@@ -142,10 +142,9 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   return true;
 }
 
-static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
+/* Calls the handler of `s`, which wants `e`. */
+static cqrs_code_t deliver(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
   cqrs_error_clear(err);
-  /* Catch-up queues every event it reads: the types are filtered here. */
-  if (!sub_wants(s, e)) return CQRS_OK;
   if (e->type == &cqrs_unknown_event_type && !s->types) {
     const cqrs_unknown_event_t *u = e->payload;
     return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "event #%lld is of type '%s', unknown to this process",
@@ -155,6 +154,15 @@ static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *e
   if (rc == CQRS__PENDING && s->async) return rc;
   if (rc && err->code == CQRS_OK) cqrs_error_set(err, rc, "subscriber %s returned %s", s->name, cqrs_code_name(rc));
   return rc;
+}
+
+static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
+  /* Catch-up queues every event it reads: the types are filtered here. */
+  if (!sub_wants(s, e)) {
+    cqrs_error_clear(err);
+    return CQRS_OK;
+  }
+  return deliver(s, e, err);
 }
 
 typedef struct cp_save_work {
@@ -420,7 +428,7 @@ static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
     if (s->state != SUB_LIVE || e->position <= s->position || !sub_wants(s, e)) continue;
     if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async && !s->lease.on) {
       cqrs_error_t err;
-      if (call_handler(s, e, &err) == CQRS_OK) {
+      if (deliver(s, e, &err) == CQRS_OK) {
         s->position = e->position;
         continue;
       }

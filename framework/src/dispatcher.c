@@ -248,10 +248,8 @@ cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_ty
   return CQRS_OK;
 }
 
-static bool on_loop_thread(const cqrs_dispatcher_t *d) {
-  uv_thread_t self = uv_thread_self();
-  return uv_thread_equal(&self, &d->loop_thread);
-}
+/* pthread's own calls: uv_thread_t is a pthread_t, and every send asks. */
+static bool on_loop_thread(const cqrs_dispatcher_t *d) { return pthread_equal(pthread_self(), d->loop_thread); }
 
 static cqrs_code_t submit(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done, void *data);
 

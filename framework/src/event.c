@@ -165,8 +165,8 @@ typedef struct env_strs {
   bool same;
 } env_strs_t;
 
-/* Fills `v` and returns the bytes the strings take. */
-static size_t env_strings(env_strs_t *v, const char *aggregate_type, const char *aggregate_id,
+/* Fills `v` and returns the bytes the strings take (none for a borrowed type). */
+static size_t env_strings(env_strs_t *v, const char *aggregate_type, bool borrow_type, const char *aggregate_id,
                           const char *causation_id, const char *correlation_id) {
   v->s[0] = aggregate_type;
   v->s[1] = aggregate_id;
@@ -175,7 +175,7 @@ static size_t env_strings(env_strs_t *v, const char *aggregate_type, const char 
   v->same = causation_id == correlation_id || !strcmp(causation_id, correlation_id);
   size_t total = 0;
   for (int i = 0; i < 4; i++) {
-    v->n[i] = i == 3 && v->same ? 0 : strlen(v->s[i]) + 1;
+    v->n[i] = (i == 3 && v->same) || (i == 0 && borrow_type) ? 0 : strlen(v->s[i]) + 1;
     total += v->n[i];
   }
   return total;
@@ -195,7 +195,7 @@ static void env_fill(cqrs__envelope_t *b, cqrs__event_t *host, const env_strs_t 
 cqrs_code_t cqrs__envelope_make(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
                                 const char *correlation_id, cqrs_envelope_t **out, cqrs_error_t *err) {
   env_strs_t v;
-  size_t n = env_strings(&v, aggregate_type, aggregate_id, causation_id, correlation_id);
+  size_t n = env_strings(&v, aggregate_type, false, aggregate_id, causation_id, correlation_id);
   cqrs__envelope_t *b = cqrs__malloc(sizeof *b + n);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an envelope");
   env_fill(b, NULL, &v);
@@ -289,9 +289,7 @@ cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *a
                                     int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
                                     cqrs_error_t *err) {
   env_strs_t v;
-  size_t n = env_strings(&v, aggregate_type, aggregate_id, causation_id, correlation_id);
-  n -= v.n[0];
-  v.n[0] = 0; /* borrowed: the descriptor outlives its events */
+  size_t n = env_strings(&v, aggregate_type, true, aggregate_id, causation_id, correlation_id);
   cqrs__envelope_t *env;
   cqrs__event_t *b = hosting_block(type, &v, n, &env);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
