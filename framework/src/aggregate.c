@@ -31,6 +31,7 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
   agg->cause_id = agg->correlation_id = NULL;
   agg->env_cause = agg->env_corr = NULL;
   agg->key_hash = 0;
+  agg->cache_entry = NULL;
   agg->next_free = NULL;
   agg->pending = agg->pending_inline;
   agg->pending_count = 0;

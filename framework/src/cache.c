@@ -26,6 +26,7 @@ typedef struct shard {
   uint32_t mask;
   entry_t *head, *tail;
   size_t count, cap;
+  uint32_t gen; /* moves on each removal: an entry an aggregate remembers from an older one may be gone */
 } shard_t;
 
 struct cqrs__cache {
@@ -134,6 +135,7 @@ static void remove_entry(shard_t *s, entry_t **link) {
   *link = e->chain;
   lru_unlink(s, e);
   s->count--;
+  s->gen++;
   cqrs__free(e);
 }
 
@@ -152,6 +154,19 @@ static void shard_unlock(shard_t *s) { atomic_store_explicit(&s->locked, false, 
 
 static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >> 24) & (c->nshards - 1)]; }
 
+/* The aggregate keeps where its entry is, so that its commit's put need not
+ * look it up again (what a load then a commit does). */
+static void remember(cqrs_aggregate_t *agg, const shard_t *s, entry_t *e) {
+  agg->cache_shard = s;
+  agg->cache_gen = s->gen;
+  agg->cache_entry = e;
+}
+
+static entry_t *remembered(const cqrs_aggregate_t *agg, const shard_t *s) {
+  entry_t *e = agg->cache_entry;
+  return e && agg->cache_shard == s && agg->cache_gen == s->gen && e->type == agg->type ? e : NULL;
+}
+
 bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type)) return false;
   uint32_t h = agg_hash(agg);
@@ -161,6 +176,7 @@ bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (e) {
     memcpy(agg->state, e->state, agg->type->state_size);
     agg->version = e->version;
+    remember(agg, s, e);
     if (s->head != e) {
       lru_unlink(s, e);
       lru_push_front(s, e);
@@ -176,8 +192,9 @@ void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
   shard_lock(s);
-  entry_t **link = find(s, h, type->name, agg->id);
-  entry_t *e = *link;
+  entry_t *e = remembered(agg, s);
+  entry_t **link = e ? NULL : find(s, h, type->name, agg->id);
+  if (!e) e = *link;
   if (e && e->type != type) {
     /* Two descriptors under one name: trust neither. */
     remove_entry(s, link);
@@ -209,6 +226,7 @@ void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
     memcpy(e->state, agg->state, type->state_size);
     e->version = agg->version;
   }
+  if (e) remember(agg, s, e);
   shard_unlock(s);
 }
 

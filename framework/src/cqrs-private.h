@@ -65,6 +65,9 @@ struct cqrs_aggregate {
   const char *cause_id, *correlation_id; /* borrowed, for the envelope of raised events; NULL: set at commit */
   const char *env_cause, *env_corr; /* the (borrowed) strings `envelope` was copied from; NULL: unknown */
   uint32_t key_hash; /* the aggregate cache's hash of type name and id; 0: not computed yet */
+  uint32_t cache_gen; /* cache.c: `cache_entry` is this aggregate's in `cache_shard` while it has this generation */
+  const void *cache_shard;
+  void *cache_entry; /* NULL: none known */
   struct cqrs_aggregate *next_free;
   cqrs_event_t *pending_inline[2];
   _Alignas(max_align_t) unsigned char state_inline[];

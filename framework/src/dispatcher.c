@@ -523,7 +523,12 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
 static void run_request(request_t *r, bool on_loop) {
   cqrs_dispatcher_t *d = r->runner;
   cqrs_error_t *err = &r->result.error;
-  cqrs_context_t ctx = {.d = d, .cmd = r->cmd, .on_loop = on_loop};
+  cqrs_context_t ctx; /* its arrays are read only up to their counts: not zeroed */
+  ctx.d = d;
+  ctx.cmd = r->cmd;
+  ctx.on_loop = on_loop;
+  ctx.naggs = ctx.nheld = 0;
+  ctx.value = NULL;
   cqrs_code_t rc = CQRS_OK;
   for (unsigned attempt = 0;; attempt++) {
     if (attempt) cqrs_error_clear(err); /* submit cleared it for the first */
