@@ -399,8 +399,8 @@ cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, c
 /* Takes the aggregate's lock when that cannot deadlock: a context waits for
  * a lock only while it holds none, and the loop thread never waits. Without
  * the lock, optimistic concurrency still guards the commit. The stripe is
- * of the id's cache hash (its bits above those the cache's shards use):
- * aggregates of two types under one id share a lock, which only orders them. */
+ * bits 8-15 of the id's cache hash (the shards take the top ones): two
+ * aggregate types under one id share a lock, which only orders them. */
 static void lock_aggregate(cqrs_context_t *ctx, uint32_t key_hash) {
   unsigned s = (key_hash >> 8) % CQRS_STRIPES;
   for (size_t i = 0; i < ctx->nheld; i++) {
