@@ -415,11 +415,16 @@ static void lock_aggregate(cqrs_context_t *ctx, uint32_t key_hash) {
  * loops, unseen by it. The home sees every commit (they all come back to
  * its loop thread), so it keeps any, but on a pool thread only its own: a
  * state loaded there could be put after a member's commit was seen. */
-static cqrs__cache_t *cache_for(const cqrs_context_t *ctx, const char *id) {
+static cqrs__cache_t *cache_of_loops(const cqrs_context_t *ctx, const char *id) {
   const cqrs_dispatcher_t *d = ctx->d;
   if (d->home) return partition_of(d, id) == d->index ? d->cache : NULL;
   if (d->members && !ctx->on_loop && partition_of(d, id)) return NULL;
   return d->cache;
+}
+
+/* One loop (the usual case) decides inline. */
+static inline cqrs__cache_t *cache_for(const cqrs_context_t *ctx, const char *id) {
+  return ctx->d->nloops > 1 ? cache_of_loops(ctx, id) : ctx->d->cache;
 }
 
 /* A commit of an aggregate another loop owns (a command naming no
