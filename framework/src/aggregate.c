@@ -31,6 +31,7 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
   agg->cause_id = agg->correlation_id = NULL;
   agg->env_cause = agg->env_corr = NULL;
   agg->key_hash = 0;
+  agg->cache_entry = NULL;
   agg->next_free = NULL;
   agg->pending = agg->pending_inline;
   agg->pending_count = 0;
@@ -98,6 +99,10 @@ static void apply_to_state(cqrs_aggregate_t *agg, const cqrs_event_t *e) {
   }
 }
 
+/* The aggregate type name the last raise checked: a descriptor is constant,
+ * so its name is checked once for a run of commands on aggregates of one type. */
+static _Atomic(const char *) name_checked;
+
 cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t *type, const void *payload,
                                  cqrs_error_t *err) {
   if (!agg || !type || !payload) return cqrs_error_set(err, CQRS_EINVAL, "NULL aggregate, event type or payload");
@@ -106,9 +111,10 @@ cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t 
     if (cqrs_fields_validate(type->fields, payload, &e))
       return cqrs_error_set(err, CQRS_EINVAL, "event %.64s: %.180s", type->name, e.message);
   }
-  if (!agg->envelope) {
+  if (!agg->envelope && atomic_load_explicit(&name_checked, memory_order_relaxed) != agg->type->name) {
     cqrs_code_t rc = cqrs__check_str(agg->type->name, CQRS_NAME_MAX, "aggregate type", err);
     if (rc) return rc;
+    atomic_store_explicit(&name_checked, agg->type->name, memory_order_relaxed);
   }
   if (agg->pending_count == agg->pending_cap) {
     size_t cap = agg->pending_cap * 2;

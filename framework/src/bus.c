@@ -142,10 +142,9 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
   return true;
 }
 
-static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
+/* Calls the handler of `s`, which wants `e`. */
+static cqrs_code_t deliver(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
   cqrs_error_clear(err);
-  /* Catch-up queues every event it reads: the types are filtered here. */
-  if (!sub_wants(s, e)) return CQRS_OK;
   if (e->type == &cqrs_unknown_event_type && !s->types) {
     const cqrs_unknown_event_t *u = e->payload;
     return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "event #%lld is of type '%s', unknown to this process",
@@ -155,6 +154,15 @@ static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *e
   if (rc == CQRS__PENDING && s->async) return rc;
   if (rc && err->code == CQRS_OK) cqrs_error_set(err, rc, "subscriber %s returned %s", s->name, cqrs_code_name(rc));
   return rc;
+}
+
+static cqrs_code_t call_handler(sub_t *s, const cqrs_event_t *e, cqrs_error_t *err) {
+  /* Catch-up queues every event it reads: the types are filtered here. */
+  if (!sub_wants(s, e)) {
+    cqrs_error_clear(err);
+    return CQRS_OK;
+  }
+  return deliver(s, e, err);
 }
 
 typedef struct cp_save_work {
@@ -420,7 +428,7 @@ static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
     if (s->state != SUB_LIVE || e->position <= s->position || !sub_wants(s, e)) continue;
     if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async && !s->lease.on) {
       cqrs_error_t err;
-      if (call_handler(s, e, &err) == CQRS_OK) {
+      if (deliver(s, e, &err) == CQRS_OK) {
         s->position = e->position;
         continue;
       }
@@ -442,8 +450,39 @@ static void fan_out(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
   d->feed_pos = e->position;
 }
 
+/* A subscriber the feed found idle (live, nothing queued or in flight, no
+ * lease to fence its writes) saves its checkpoint once the loop has run
+ * what this iteration brought (the check phase), not after every event: a
+ * batch of commands costs one save. Behind by at most that batch, the
+ * checkpoint is never ahead of what was applied, and what a crash loses is
+ * applied again (handlers are idempotent). */
+static void cp_check_cb(uv_check_t *h) {
+  cqrs_dispatcher_t *d = h->data;
+  uv_check_stop(h);
+  d->cp_check_on = false;
+  for (size_t i = 0; i < d->nsubs; i++) {
+    sub_t *s = d->subs[i];
+    if (!s->cp_due) continue;
+    s->cp_due = false;
+    if (!s->running) save_checkpoint(s);
+  }
+}
+
 static void feed_done(cqrs_dispatcher_t *d) {
-  for (size_t i = 0; i < d->nsubs; i++) sub_run(d->subs[i]);
+  bool defer = !atomic_load_explicit(&d->closing, memory_order_relaxed);
+  for (size_t i = 0; i < d->nsubs; i++) {
+    sub_t *s = d->subs[i];
+    if (!defer || s->state != SUB_LIVE || s->q_len || s->busy || s->waiting || s->running || s->lease.on) {
+      sub_run(s);
+    } else if (s->cp && !s->blocking && !s->cp_due) {
+      s->cp_due = true;
+      if (!d->cp_check_on) {
+        d->cp_check_on = true;
+        uv_check_start(&d->cp_check, cp_check_cb);
+      }
+    }
+  }
+  cqrs__waiters_check(d);
 }
 
 /* Events the feed reads from the store may be other writers' commits, which
@@ -766,6 +805,13 @@ int64_t cqrs_projection_position(const cqrs_dispatcher_t *d, const char *name) {
 
 /* ---- closing ---- */
 
+void cqrs__bus_init(cqrs_dispatcher_t *d) {
+  uv_check_init(d->loop, &d->cp_check);
+  uv_unref((uv_handle_t *)&d->cp_check); /* the loop need not stay for it: it runs in the iteration that started it */
+  d->cp_check.data = d;
+  d->handles_open++;
+}
+
 void cqrs__bus_close(cqrs_dispatcher_t *d) {
   for (size_t i = 0; i < d->nsubs; i++) {
     sub_t *s = d->subs[i];
@@ -788,6 +834,7 @@ bool cqrs__bus_idle(const cqrs_dispatcher_t *d) {
 
 void cqrs__bus_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb) {
   if (d->leasing) cqrs__leases_close_handles(d, cb);
+  uv_close((uv_handle_t *)&d->cp_check, cb);
   for (size_t i = 0; i < d->nsubs; i++) {
     d->subs[i]->timer.data = d;
     uv_close((uv_handle_t *)&d->subs[i]->timer, cb);

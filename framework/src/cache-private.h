@@ -29,6 +29,11 @@ bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg);
  * Both calls remember the look-up's hash in `agg`. */
 void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg);
 
+/* The cache's hash of aggregate id `id` (`n` bytes, without its NUL): what
+ * an aggregate remembers (key_hash); never 0. The dispatcher's stripe locks
+ * use it too, so that a command hashes its aggregate's id once. */
+uint32_t cqrs__cache_hash(const char *id, size_t n);
+
 /* Forgets aggregate `id` of the type named `type`. */
 void cqrs__cache_drop(cqrs__cache_t *c, const char *type, const char *id);
 
@@ -39,10 +44,11 @@ void cqrs__cache_seen(cqrs__cache_t *c, const cqrs_event_t *e);
 /* cqrs_repository_load through the cache: a hit copies the cached state and
  * reads nothing; a miss loads from the store and fills the cache. The
  * aggregate comes from `pool` when it can (NULL: allocated). `id` must have
- * passed cqrs__check_str (CQRS_ID_MAX): it is not checked again. */
+ * passed cqrs__check_str (CQRS_ID_MAX): it is not checked again. `key_hash`:
+ * its cqrs__cache_hash, or 0 to have it computed. */
 cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
-                                         const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
-                                         cqrs_error_t *err);
+                                         const cqrs_aggregate_type_t *type, const char *id, uint32_t key_hash,
+                                         cqrs_aggregate_t **out, cqrs_error_t *err);
 /* cqrs_repository_save, then the cache follows: a commit advances the entry,
  * a failure of any kind (a conflict above all) drops it. The cause's command
  * id must be valid (a command's own id): it is not checked again. */

@@ -3,7 +3,7 @@
  * of buckets and an LRU list, under its own mutex, so handlers on pool
  * threads contend only when they touch the same shard. A small cache has one
  * shard (exact LRU); a large one 16, each holding a 16th of the capacity. */
-#include <uv.h>
+#include <sched.h>
 
 #include "cache-private.h"
 
@@ -21,11 +21,12 @@ typedef struct entry {
 } entry_t;
 
 typedef struct shard {
-  uv_mutex_t lock;
+  _Atomic bool locked; /* see shard_lock */
   entry_t **buckets;
   uint32_t mask;
   entry_t *head, *tail;
   size_t count, cap;
+  uint32_t gen; /* moves on each removal: an entry an aggregate remembers from an older one may be gone */
 } shard_t;
 
 struct cqrs__cache {
@@ -35,10 +36,14 @@ struct cqrs__cache {
 
 /* Of the id alone: aggregates of two types rarely share one, and find()
  * compares the type anyway. */
+uint32_t cqrs__cache_hash(const char *id, size_t n) {
+  uint32_t h = (uint32_t)cqrs__hash_bytes(id, n, 0);
+  return h ? h : 1;
+}
+
 static uint32_t hash_of(const char *type, const char *id) {
   CQRS__UNUSED(type);
-  uint32_t h = (uint32_t)cqrs__hash_str(id, 0);
-  return h ? h : 1;
+  return cqrs__cache_hash(id, strlen(id));
 }
 
 /* Computed once per aggregate: a load's look-up and its commit's update. */
@@ -60,17 +65,13 @@ cqrs__cache_t *cqrs__cache_new(size_t capacity, bool *nomem) {
     shard_t *s = &c->shards[made];
     s->buckets = cqrs__calloc(nb, sizeof *s->buckets);
     if (!s->buckets) break;
-    if (uv_mutex_init(&s->lock)) {
-      cqrs__free(s->buckets);
-      break;
-    }
+    atomic_init(&s->locked, false);
     s->mask = (uint32_t)(nb - 1);
     s->cap = per;
   }
   if (c && made == nshards) return c;
   while (c && made) {
     shard_t *s = &c->shards[--made];
-    uv_mutex_destroy(&s->lock);
     cqrs__free(s->buckets);
   }
   cqrs__free(c);
@@ -87,7 +88,6 @@ void cqrs__cache_destroy(cqrs__cache_t *c) {
       cqrs__free(e);
     }
     cqrs__free(s->buckets);
-    uv_mutex_destroy(&s->lock);
   }
   cqrs__free(c);
 }
@@ -135,26 +135,54 @@ static void remove_entry(shard_t *s, entry_t **link) {
   *link = e->chain;
   lru_unlink(s, e);
   s->count--;
+  s->gen++;
   cqrs__free(e);
 }
 
+/* A shard's lock is held for a look-up and a copy of one state, never
+ * across a call out (a mutex costs a command more than what it guards): a
+ * test-and-set that spins briefly, then yields the core to the holder. */
+static void shard_lock(shard_t *s) {
+  for (unsigned spins = 0; atomic_exchange_explicit(&s->locked, true, memory_order_acquire); spins++) {
+    while (atomic_load_explicit(&s->locked, memory_order_relaxed)) {
+      if (spins++ >= 64) sched_yield();
+    }
+  }
+}
+
+static void shard_unlock(shard_t *s) { atomic_store_explicit(&s->locked, false, memory_order_release); }
+
 static shard_t *shard_of(cqrs__cache_t *c, uint32_t h) { return &c->shards[(h >> 24) & (c->nshards - 1)]; }
+
+/* The aggregate keeps where its entry is, so that its commit's put need not
+ * look it up again (what a load then a commit does). */
+static void remember(cqrs_aggregate_t *agg, const shard_t *s, entry_t *e) {
+  agg->cache_shard = s;
+  agg->cache_gen = s->gen;
+  agg->cache_entry = e;
+}
+
+static entry_t *remembered(const cqrs_aggregate_t *agg, const shard_t *s) {
+  entry_t *e = agg->cache_entry;
+  return e && agg->cache_shard == s && agg->cache_gen == s->gen && e->type == agg->type ? e : NULL;
+}
 
 bool cqrs__cache_get(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   if (!cqrs__cache_accepts(c, agg->type)) return false;
   uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
-  uv_mutex_lock(&s->lock);
+  shard_lock(s);
   entry_t *e = *find(s, h, agg->type->name, agg->id);
   if (e) {
     memcpy(agg->state, e->state, agg->type->state_size);
     agg->version = e->version;
+    remember(agg, s, e);
     if (s->head != e) {
       lru_unlink(s, e);
       lru_push_front(s, e);
     }
   }
-  uv_mutex_unlock(&s->lock);
+  shard_unlock(s);
   return e != NULL;
 }
 
@@ -163,9 +191,10 @@ void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
   const cqrs_aggregate_type_t *type = agg->type;
   uint32_t h = agg_hash(agg);
   shard_t *s = shard_of(c, h);
-  uv_mutex_lock(&s->lock);
-  entry_t **link = find(s, h, type->name, agg->id);
-  entry_t *e = *link;
+  shard_lock(s);
+  entry_t *e = remembered(agg, s);
+  entry_t **link = e ? NULL : find(s, h, type->name, agg->id);
+  if (!e) e = *link;
   if (e && e->type != type) {
     /* Two descriptors under one name: trust neither. */
     remove_entry(s, link);
@@ -197,18 +226,19 @@ void cqrs__cache_put(cqrs__cache_t *c, cqrs_aggregate_t *agg) {
     memcpy(e->state, agg->state, type->state_size);
     e->version = agg->version;
   }
-  uv_mutex_unlock(&s->lock);
+  if (e) remember(agg, s, e);
+  shard_unlock(s);
 }
 
 static void drop_if(cqrs__cache_t *c, const char *type, const char *id, int64_t newer_than) {
   uint32_t h = hash_of(type, id);
   shard_t *s = shard_of(c, h);
-  uv_mutex_lock(&s->lock);
+  shard_lock(s);
   entry_t **link = find(s, h, type, id);
   if (*link && (*link)->version < newer_than) {
     remove_entry(s, link);
   }
-  uv_mutex_unlock(&s->lock);
+  shard_unlock(s);
 }
 
 void cqrs__cache_drop(cqrs__cache_t *c, const char *type, const char *id) {

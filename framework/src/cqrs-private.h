@@ -65,6 +65,9 @@ struct cqrs_aggregate {
   const char *cause_id, *correlation_id; /* borrowed, for the envelope of raised events; NULL: set at commit */
   const char *env_cause, *env_corr; /* the (borrowed) strings `envelope` was copied from; NULL: unknown */
   uint32_t key_hash; /* the aggregate cache's hash of type name and id; 0: not computed yet */
+  uint32_t cache_gen; /* cache.c: `cache_entry` is this aggregate's in `cache_shard` while it has this generation */
+  const void *cache_shard;
+  void *cache_entry; /* NULL: none known */
   struct cqrs_aggregate *next_free;
   cqrs_event_t *pending_inline[2];
   _Alignas(max_align_t) unsigned char state_inline[];
@@ -99,7 +102,9 @@ void cqrs__aggregate_clear_pending(cqrs_aggregate_t *agg);
 cqrs_event_t *cqrs__event_mut(const cqrs_event_t *e);
 /* An event that carries its envelope in its own block: one allocation where
  * there would be two. References to that envelope are references to the
- * event. Strings known valid: non-NULL, within their caps. */
+ * event. Strings known valid: non-NULL, within their caps. `aggregate_type`
+ * is borrowed, not copied: an aggregate type descriptor's name, which like
+ * the event's own type descriptor outlives the event. */
 cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *aggregate_type,
                                     const char *aggregate_id, const char *causation_id, const char *correlation_id,
                                     int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,

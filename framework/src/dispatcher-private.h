@@ -3,6 +3,8 @@
 #define CQRS_DISPATCHER_PRIVATE_H
 
 
+#include <pthread.h>
+
 #include "cqrs-uthash.h"
 #include "metrics-private.h"
 
@@ -59,6 +61,7 @@ typedef struct sub {
   bool async;   /* the handler completes later (CQRS__PENDING) */
   int64_t (*checkpoint)(void *data, int64_t handled); /* NULL: the position handled */
   bool cp_blocking, cp_saving; /* a checkpoint save on the pool, for async subscribers */
+  bool cp_due; /* a save waits for the loop's check phase (bus.c, feed_done) */
   sub_lease_t lease;
   uv_timer_t timer;
 } sub_t;
@@ -79,7 +82,7 @@ struct cqrs_dispatcher {
 #define HANDLER_MEMO 16
   handler_t *handler_memo[HANDLER_MEMO]; /* recent look-ups, by type address; loop thread */
   bool store_blocking;
-  uv_mutex_t stripes[CQRS_STRIPES];
+  pthread_mutex_t stripes[CQRS_STRIPES]; /* plain mutexes: taken by every command */
 
   uv_async_t async;
   uv_mutex_t inbox_lock;
@@ -106,6 +109,8 @@ struct cqrs_dispatcher {
   size_t nsubs;
   uv_timer_t poll;
   bool poll_on;
+  uv_check_t cp_check; /* saves the checkpoints of idle subscribers once per loop iteration */
+  bool cp_check_on;
 
   dead_letter_t *dead;
   size_t ndead, dead_cap, dead_total;
@@ -143,6 +148,7 @@ void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to);
 /* Publishes events this dispatcher just committed, without reading them
  * back, when they follow what the feed has published; else kicks the feed. */
 void cqrs__feed_committed(cqrs_dispatcher_t *d, cqrs__event_vec_t *events);
+void cqrs__bus_init(cqrs_dispatcher_t *d);   /* its handles, on the dispatcher's loop */
 void cqrs__bus_close(cqrs_dispatcher_t *d);  /* cut back-offs short */
 bool cqrs__bus_idle(const cqrs_dispatcher_t *d);
 void cqrs__bus_close_handles(cqrs_dispatcher_t *d, uv_close_cb cb);

@@ -186,9 +186,9 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     return rc;
   }
   size_t stripes = 0;
-  while (stripes < CQRS_STRIPES && uv_mutex_init(&d->stripes[stripes]) == 0) stripes++;
+  while (stripes < CQRS_STRIPES && pthread_mutex_init(&d->stripes[stripes], NULL) == 0) stripes++;
   if (stripes < CQRS_STRIPES || uv_mutex_init(&d->inbox_lock)) {
-    while (stripes) uv_mutex_destroy(&d->stripes[--stripes]);
+    while (stripes) pthread_mutex_destroy(&d->stripes[--stripes]);
     cqrs__cache_destroy(d->cache);
     cqrs__free(d);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a mutex");
@@ -197,7 +197,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   if (rc || uv_async_init(loop, &d->async, async_cb)) {
     if (d->members) members_stop(d, d->nloops);
     uv_mutex_destroy(&d->inbox_lock);
-    for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
+    for (size_t i = 0; i < CQRS_STRIPES; i++) pthread_mutex_destroy(&d->stripes[i]);
     cqrs__cache_destroy(d->cache);
     cqrs__free(d);
     return rc ? rc : cqrs_error_set(err, CQRS_EINVAL, "cannot attach to the loop");
@@ -211,6 +211,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   uv_timer_init(loop, &d->wait_timer);
   d->wait_timer.data = d;
   d->handles_open++;
+  cqrs__bus_init(d);
   if (d->opts.poll_ms) {
     uv_timer_init(loop, &d->poll);
     d->poll.data = d;
@@ -247,10 +248,8 @@ cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_ty
   return CQRS_OK;
 }
 
-static bool on_loop_thread(const cqrs_dispatcher_t *d) {
-  uv_thread_t self = uv_thread_self();
-  return uv_thread_equal(&self, &d->loop_thread);
-}
+/* pthread's own calls: uv_thread_t is a pthread_t, and every send asks. */
+static bool on_loop_thread(const cqrs_dispatcher_t *d) { return pthread_equal(pthread_self(), d->loop_thread); }
 
 static cqrs_code_t submit(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done, void *data);
 
@@ -397,24 +396,18 @@ cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, c
 
 /* ---- handler context ---- */
 
-static unsigned stripe_of(const char *type, const char *id) {
-  uint32_t h = 2166136261u;
-  for (const char *p = type; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  h = (h ^ '/') * 16777619u;
-  for (const char *p = id; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-  return h % CQRS_STRIPES;
-}
-
 /* Takes the aggregate's lock when that cannot deadlock: a context waits for
  * a lock only while it holds none, and the loop thread never waits. Without
- * the lock, optimistic concurrency still guards the commit. */
-static void lock_aggregate(cqrs_context_t *ctx, const char *type, const char *id) {
-  unsigned s = stripe_of(type, id);
+ * the lock, optimistic concurrency still guards the commit. The stripe is
+ * bits 8-15 of the id's cache hash (the shards take the top ones): two
+ * aggregate types under one id share a lock, which only orders them. */
+static void lock_aggregate(cqrs_context_t *ctx, uint32_t key_hash) {
+  unsigned s = (key_hash >> 8) % CQRS_STRIPES;
   for (size_t i = 0; i < ctx->nheld; i++) {
     if (ctx->held[i] == s) return;
   }
-  uv_mutex_t *m = &ctx->d->stripes[s];
-  bool locked = (ctx->nheld || ctx->on_loop) ? uv_mutex_trylock(m) == 0 : (uv_mutex_lock(m), true);
+  pthread_mutex_t *m = &ctx->d->stripes[s];
+  bool locked = (ctx->nheld || ctx->on_loop) ? pthread_mutex_trylock(m) == 0 : pthread_mutex_lock(m) == 0;
   if (locked) ctx->held[ctx->nheld++] = s;
 }
 
@@ -422,11 +415,16 @@ static void lock_aggregate(cqrs_context_t *ctx, const char *type, const char *id
  * loops, unseen by it. The home sees every commit (they all come back to
  * its loop thread), so it keeps any, but on a pool thread only its own: a
  * state loaded there could be put after a member's commit was seen. */
-static cqrs__cache_t *cache_for(const cqrs_context_t *ctx, const char *id) {
+static cqrs__cache_t *cache_of_loops(const cqrs_context_t *ctx, const char *id) {
   const cqrs_dispatcher_t *d = ctx->d;
   if (d->home) return partition_of(d, id) == d->index ? d->cache : NULL;
   if (d->members && !ctx->on_loop && partition_of(d, id)) return NULL;
   return d->cache;
+}
+
+/* One loop (the usual case) decides inline. */
+static inline cqrs__cache_t *cache_for(const cqrs_context_t *ctx, const char *id) {
+  return ctx->d->nloops > 1 ? cache_of_loops(ctx, id) : ctx->d->cache;
 }
 
 /* A commit of an aggregate another loop owns (a command naming no
@@ -440,7 +438,7 @@ static void advance_owner(const cqrs_dispatcher_t *d, cqrs_aggregate_t *agg) {
 }
 
 static void unlock_aggregates(cqrs_context_t *ctx) {
-  while (ctx->nheld) uv_mutex_unlock(&ctx->d->stripes[ctx->held[--ctx->nheld]]);
+  while (ctx->nheld) pthread_mutex_unlock(&ctx->d->stripes[ctx->held[--ctx->nheld]]);
 }
 
 cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *type, const char *id,
@@ -448,7 +446,10 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!ctx || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL context or aggregate type");
-  cqrs_code_t rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
+  /* cqrs__check_str's checks, its length kept for the hash; it says why on a failure. */
+  size_t n = id ? strnlen(id, CQRS_ID_MAX) : 0;
+  cqrs_code_t rc = CQRS_OK;
+  if (n == 0 || n == CQRS_ID_MAX || !cqrs__utf8_valid(id, n)) rc = cqrs__check_str(id, CQRS_ID_MAX, "aggregate id", err);
   if (rc) return rc;
   for (size_t i = 0; i < ctx->naggs; i++) {
     if (ctx->aggs[i]->type == type && !strcmp(ctx->aggs[i]->id, id)) {
@@ -458,10 +459,11 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   }
   if (ctx->naggs == CTX_MAX_AGGREGATES)
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "a command may load at most %d aggregates", CTX_MAX_AGGREGATES);
-  lock_aggregate(ctx, type->name, id);
+  uint32_t h = cqrs__cache_hash(id, n);
+  lock_aggregate(ctx, h);
   cqrs_aggregate_t *agg;
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->d->free_aggs : NULL;
-  if ((rc = cqrs__repository_load_cached(ctx->d->store, cache_for(ctx, id), pool, type, id, &agg, err)))
+  if ((rc = cqrs__repository_load_cached(ctx->d->store, cache_for(ctx, id), pool, type, id, h, &agg, err)))
     return rc;
   cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
   ctx->aggs[ctx->naggs++] = agg;
@@ -526,7 +528,12 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
 static void run_request(request_t *r, bool on_loop) {
   cqrs_dispatcher_t *d = r->runner;
   cqrs_error_t *err = &r->result.error;
-  cqrs_context_t ctx = {.d = d, .cmd = r->cmd, .on_loop = on_loop};
+  cqrs_context_t ctx; /* its arrays are read only up to their counts: not zeroed */
+  ctx.d = d;
+  ctx.cmd = r->cmd;
+  ctx.on_loop = on_loop;
+  ctx.naggs = ctx.nheld = 0;
+  ctx.value = NULL;
   cqrs_code_t rc = CQRS_OK;
   for (unsigned attempt = 0;; attempt++) {
     if (attempt) cqrs_error_clear(err); /* submit cleared it for the first */
@@ -827,7 +834,7 @@ static void handle_closed(uv_handle_t *h) {
     cqrs__free(hd);
   }
   uv_mutex_destroy(&d->inbox_lock);
-  for (size_t i = 0; i < CQRS_STRIPES; i++) uv_mutex_destroy(&d->stripes[i]);
+  for (size_t i = 0; i < CQRS_STRIPES; i++) pthread_mutex_destroy(&d->stripes[i]);
   cqrs__cache_destroy(d->cache);
   cqrs__agg_pool_free(&d->free_aggs);
   cqrs__free(d);

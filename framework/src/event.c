@@ -1,4 +1,109 @@
+#include <pthread.h>
+
 #include "cqrs-private.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+/* All but the link to the next block, which LeakSanitizer must see. */
+#define POOL_POISON(p, n) ASAN_POISON_MEMORY_REGION((char *)(p) + sizeof(void *), (n) - sizeof(void *))
+#define POOL_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((char *)(p) + sizeof(void *), (n) - sizeof(void *))
+#else
+#define POOL_POISON(p, n) ((void)(p), (void)(n))
+#define POOL_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+/* Event blocks up to EVENT_BLOCK bytes are all that size and kept for reuse
+ * by the thread that frees them (at most POOL_MAX each): a command's event
+ * is made and freed on the loop thread, so the next one takes its block
+ * back without malloc. A thread's pool is freed when the thread exits; the
+ * pools hang from one list, so that what a thread still running at exit
+ * holds is reachable, not a leak. Under AddressSanitizer a pooled block is
+ * poisoned: a use after the last unref is still caught. A block's `size` is
+ * its true size, so cqrs__event_restore may rebuild in it. */
+#define EVENT_BLOCK 512
+#define POOL_MAX 64
+
+typedef struct block_pool {
+  struct block_pool *next, **prev; /* in `pools` */
+  void *head;
+  unsigned n;
+} block_pool_t;
+
+static _Thread_local block_pool_t *tls_pool;
+static block_pool_t *pools;
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static pthread_key_t pool_key;
+static bool pool_key_ok;
+
+static void pool_drop(void *data) {
+  block_pool_t *bp = data;
+  pthread_mutex_lock(&pools_lock);
+  *bp->prev = bp->next;
+  if (bp->next) bp->next->prev = bp->prev;
+  pthread_mutex_unlock(&pools_lock);
+  while (bp->head) {
+    void *b = bp->head;
+    POOL_UNPOISON(b, EVENT_BLOCK);
+    bp->head = *(void **)b;
+    cqrs__free(b);
+  }
+  if (tls_pool == bp) tls_pool = NULL;
+  cqrs__free(bp);
+}
+
+static void pool_key_make(void) { pool_key_ok = pthread_key_create(&pool_key, pool_drop) == 0; }
+
+/* This thread's pool, made on its first free (NULL without memory). */
+static block_pool_t *pool_mine(void) {
+  block_pool_t *bp = tls_pool;
+  if (bp) return bp;
+  pthread_once(&pool_once, pool_key_make);
+  if (!pool_key_ok || !(bp = cqrs__calloc(1, sizeof *bp))) return NULL;
+  if (pthread_setspecific(pool_key, bp)) {
+    cqrs__free(bp);
+    return NULL;
+  }
+  pthread_mutex_lock(&pools_lock);
+  bp->next = pools;
+  bp->prev = &pools;
+  if (pools) pools->prev = &bp->next;
+  pools = bp;
+  pthread_mutex_unlock(&pools_lock);
+  return tls_pool = bp;
+}
+
+static cqrs__event_t *block_alloc(size_t n) {
+  if (n > EVENT_BLOCK) {
+    cqrs__event_t *b = cqrs__malloc(n);
+    if (b) b->size = 0;
+    return b;
+  }
+  block_pool_t *bp = tls_pool;
+  cqrs__event_t *b;
+  if (bp && bp->head) {
+    b = bp->head;
+    POOL_UNPOISON(b, EVENT_BLOCK);
+    bp->head = *(void **)b;
+    bp->n--;
+  } else if (!(b = cqrs__malloc(EVENT_BLOCK))) {
+    return NULL;
+  }
+  b->size = EVENT_BLOCK;
+  return b;
+}
+
+static void block_free(cqrs__event_t *b) {
+  block_pool_t *bp;
+  if (b->size != EVENT_BLOCK || !(bp = pool_mine()) || bp->n >= POOL_MAX) {
+    cqrs__free(b);
+    return;
+  }
+  *(void **)b = bp->head;
+  bp->head = b;
+  bp->n++;
+  POOL_POISON(b, EVENT_BLOCK);
+}
 
 static cqrs__event_t *block_of(const cqrs_event_t *e) {
   return (cqrs__event_t *)((char *)(uintptr_t)e - offsetof(cqrs__event_t, pub));
@@ -24,7 +129,7 @@ void cqrs_event_unref(const cqrs_event_t *e) {
   cqrs__event_t *b = block_of(e);
   if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1) return;
   if (!hosts(b, b->pub.envelope)) cqrs_envelope_unref(b->pub.envelope);
-  cqrs__free(b);
+  block_free(b);
 }
 
 void cqrs__event_set_envelope(cqrs_event_t *e, const cqrs_envelope_t *env) {
@@ -52,15 +157,16 @@ cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_
 
 /* The strings of an envelope and their sizes (with the NUL); the
  * correlation id takes no room when it is the causation id, kept once (most
- * commands start their own conversation). */
+ * commands start their own conversation), nor the aggregate type when it is
+ * borrowed (n[0] == 0: an aggregate type's name, see cqrs__event_new_hosting). */
 typedef struct env_strs {
   const char *s[4]; /* aggregate type, aggregate id, causation id, correlation id */
   size_t n[4];
   bool same;
 } env_strs_t;
 
-/* Fills `v` and returns the bytes the strings take. */
-static size_t env_strings(env_strs_t *v, const char *aggregate_type, const char *aggregate_id,
+/* Fills `v` and returns the bytes the strings take (none for a borrowed type). */
+static size_t env_strings(env_strs_t *v, const char *aggregate_type, bool borrow_type, const char *aggregate_id,
                           const char *causation_id, const char *correlation_id) {
   v->s[0] = aggregate_type;
   v->s[1] = aggregate_id;
@@ -69,7 +175,7 @@ static size_t env_strings(env_strs_t *v, const char *aggregate_type, const char 
   v->same = causation_id == correlation_id || !strcmp(causation_id, correlation_id);
   size_t total = 0;
   for (int i = 0; i < 4; i++) {
-    v->n[i] = i == 3 && v->same ? 0 : strlen(v->s[i]) + 1;
+    v->n[i] = (i == 3 && v->same) || (i == 0 && borrow_type) ? 0 : strlen(v->s[i]) + 1;
     total += v->n[i];
   }
   return total;
@@ -81,7 +187,7 @@ static void env_fill(cqrs__envelope_t *b, cqrs__event_t *host, const env_strs_t 
   char *p = b->strings;
   const char **dst[4] = {&b->pub.aggregate_type, &b->pub.aggregate_id, &b->pub.causation_id, &b->pub.correlation_id};
   for (int i = 0; i < 4; i++) {
-    *dst[i] = v->n[i] ? memcpy(p, v->s[i], v->n[i]) : b->pub.causation_id;
+    *dst[i] = v->n[i] ? memcpy(p, v->s[i], v->n[i]) : i == 0 ? v->s[0] : b->pub.causation_id;
     p += v->n[i];
   }
 }
@@ -89,7 +195,7 @@ static void env_fill(cqrs__envelope_t *b, cqrs__event_t *host, const env_strs_t 
 cqrs_code_t cqrs__envelope_make(const char *aggregate_type, const char *aggregate_id, const char *causation_id,
                                 const char *correlation_id, cqrs_envelope_t **out, cqrs_error_t *err) {
   env_strs_t v;
-  size_t n = env_strings(&v, aggregate_type, aggregate_id, causation_id, correlation_id);
+  size_t n = env_strings(&v, aggregate_type, false, aggregate_id, causation_id, correlation_id);
   cqrs__envelope_t *b = cqrs__malloc(sizeof *b + n);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an envelope");
   env_fill(b, NULL, &v);
@@ -159,9 +265,8 @@ static cqrs_code_t event_new(const cqrs_event_type_t *type, const cqrs_envelope_
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "event id longer than %d bytes", CQRS_EVENT_ID_LEN - 1);
   if (id && !cqrs__utf8_valid(id, strlen(id)))
     return cqrs_error_set(err, CQRS_EINVAL, "event id is not valid UTF-8");
-  cqrs__event_t *b = cqrs__malloc(sizeof *b + type->payload_size + extra);
+  cqrs__event_t *b = block_alloc(sizeof *b + type->payload_size + extra);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");
-  b->size = 0;
   event_fill(b, type, cqrs__envelope_ref(env), id, version, timestamp, payload);
   *out = &b->pub;
   return CQRS_OK;
@@ -172,9 +277,8 @@ static cqrs__event_t *hosting_block(const cqrs_event_type_t *type, const env_str
                                     cqrs__envelope_t **env) {
   size_t align = _Alignof(cqrs__envelope_t);
   size_t at = (sizeof(cqrs__event_t) + type->payload_size + align - 1) / align * align;
-  cqrs__event_t *b = cqrs__malloc(at + sizeof(cqrs__envelope_t) + n);
+  cqrs__event_t *b = block_alloc(at + sizeof(cqrs__envelope_t) + n);
   if (!b) return NULL;
-  b->size = 0;
   *env = (cqrs__envelope_t *)(void *)((char *)b + at);
   env_fill(*env, b, v);
   return b;
@@ -185,7 +289,7 @@ cqrs_code_t cqrs__event_new_hosting(const cqrs_event_type_t *type, const char *a
                                     int64_t version, int64_t timestamp, const void *payload, cqrs_event_t **out,
                                     cqrs_error_t *err) {
   env_strs_t v;
-  size_t n = env_strings(&v, aggregate_type, aggregate_id, causation_id, correlation_id);
+  size_t n = env_strings(&v, aggregate_type, true, aggregate_id, causation_id, correlation_id);
   cqrs__envelope_t *env;
   cqrs__event_t *b = hosting_block(type, &v, n, &env);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate an event");

@@ -1,5 +1,5 @@
 #include <stdio.h>
-#include <uv.h>
+#include <pthread.h>
 
 #include "cqrs-uthash.h"
 
@@ -149,9 +149,12 @@ typedef struct mcoll {
 } mcoll_t;
 
 struct memrm {
-  uv_rwlock_t lock;
+  /* Recursive, so that a find's callback may read again as it could under
+   * the read-write lock this was; one writer or reader at a time otherwise
+   * (a projection's write is the common call: a plain lock costs it least). */
+  pthread_mutex_t lock;
   mcoll_t *colls;
-  mcoll_t *last; /* the collection a writer used last; written under the write lock */
+  mcoll_t *last; /* the collection a writer used last; under the lock */
 };
 
 static mcoll_t *get_coll(memrm_t *m, const char *name, bool create) {
@@ -168,7 +171,7 @@ static mcoll_t *get_coll(memrm_t *m, const char *name, bool create) {
   return c;
 }
 
-/* get_coll for writers (the write lock held): a projection writes one
+/* get_coll for writers (the lock held): a projection writes one
  * collection after another, so the last one is checked first. */
 static mcoll_t *get_coll_w(memrm_t *m, const char *name, bool create) {
   if (m->last && !strcmp(m->last->name, name)) return m->last;
@@ -425,7 +428,7 @@ static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const b
                            bool *applied, cqrs_error_t *err) {
   memrm_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
-  uv_rwlock_wrlock(&m->lock);
+  pthread_mutex_lock(&m->lock);
   mcoll_t *c = get_coll_w(m, coll, true);
   mdoc_t *d = NULL;
   if (c) HASH_FIND_STR(c->docs, id, d);
@@ -452,7 +455,7 @@ static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const b
       *applied = true;
     }
   }
-  uv_rwlock_wrunlock(&m->lock);
+  pthread_mutex_unlock(&m->lock);
   return rc;
 }
 
@@ -460,7 +463,7 @@ static cqrs_code_t mrm_put(void *impl, const char *coll, const char *id, const b
 static cqrs_code_t mrm_set_int64(memrm_t *m, const char *coll, const char *id, const char *key, int64_t value,
                                  int64_t position, bool *applied, cqrs_error_t *err) {
   cqrs_code_t rc = CQRS_OK;
-  uv_rwlock_wrlock(&m->lock);
+  pthread_mutex_lock(&m->lock);
   mcoll_t *c = get_coll_w(m, coll, false);
   mdoc_t *d = NULL;
   if (c) HASH_FIND_STR(c->docs, id, d);
@@ -479,7 +482,7 @@ static cqrs_code_t mrm_set_int64(memrm_t *m, const char *coll, const char *id, c
     }
     *applied = true;
   }
-  uv_rwlock_wrunlock(&m->lock);
+  pthread_mutex_unlock(&m->lock);
   return rc;
 }
 
@@ -487,7 +490,7 @@ static cqrs_code_t mrm_patch(void *impl, const char *coll, const char *id, const
                              bool *applied, cqrs_error_t *err) {
   memrm_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
-  uv_rwlock_wrlock(&m->lock);
+  pthread_mutex_lock(&m->lock);
   mcoll_t *c = get_coll_w(m, coll, false);
   mdoc_t *d = NULL;
   if (c) HASH_FIND_STR(c->docs, id, d);
@@ -497,7 +500,7 @@ static cqrs_code_t mrm_patch(void *impl, const char *coll, const char *id, const
     patch_doc(d, set, position);
     *applied = true;
   }
-  uv_rwlock_wrunlock(&m->lock);
+  pthread_mutex_unlock(&m->lock);
   return rc;
 }
 
@@ -554,7 +557,7 @@ static cqrs_code_t mrm_patch_where(void *impl, const char *coll, const bson_t *f
                                    int64_t position, size_t *count, cqrs_error_t *err) {
   CQRS__UNUSED(err);
   memrm_t *m = impl;
-  uv_rwlock_wrlock(&m->lock);
+  pthread_mutex_lock(&m->lock);
   mcoll_t *c = get_coll_w(m, coll, false);
   if (c) {
     for (mdoc_t *d = c->docs; d; d = d->hh.next) {
@@ -564,7 +567,7 @@ static cqrs_code_t mrm_patch_where(void *impl, const char *coll, const bson_t *f
       }
     }
   }
-  uv_rwlock_wrunlock(&m->lock);
+  pthread_mutex_unlock(&m->lock);
   return CQRS_OK;
 }
 
@@ -572,7 +575,7 @@ static cqrs_code_t mrm_get(void *impl, const char *coll, const char *id, bson_t 
                            cqrs_error_t *err) {
   CQRS__UNUSED(err);
   memrm_t *m = impl;
-  uv_rwlock_rdlock(&m->lock);
+  pthread_mutex_lock(&m->lock);
   mcoll_t *c = get_coll(m, coll, false);
   mdoc_t *d = NULL;
   if (c) HASH_FIND_STR(c->docs, id, d);
@@ -580,7 +583,7 @@ static cqrs_code_t mrm_get(void *impl, const char *coll, const char *id, bson_t 
     bson_copy_to(d->doc, out);
     *found = true;
   }
-  uv_rwlock_rdunlock(&m->lock);
+  pthread_mutex_unlock(&m->lock);
   return CQRS_OK;
 }
 
@@ -616,7 +619,7 @@ static cqrs_code_t mrm_find(void *impl, const char *coll, const cqrs_find_t *q, 
                             cqrs_error_t *err) {
   memrm_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
-  uv_rwlock_rdlock(&m->lock);
+  pthread_mutex_lock(&m->lock);
   mcoll_t *c = get_coll(m, coll, false);
   size_t n = c ? HASH_COUNT(c->docs) : 0, k = 0;
   mdoc_t **hits = n ? cqrs__malloc(n * sizeof *hits) : NULL;
@@ -635,7 +638,7 @@ static cqrs_code_t mrm_find(void *impl, const char *coll, const cqrs_find_t *q, 
       if (!cb(hits[i]->doc, data)) break;
     }
   }
-  uv_rwlock_rdunlock(&m->lock);
+  pthread_mutex_unlock(&m->lock);
   cqrs__free(hits);
   return rc;
 }
@@ -653,7 +656,7 @@ static void mrm_destroy(void *impl) {
     HASH_DEL(m->colls, c);
     cqrs__free(c);
   }
-  uv_rwlock_destroy(&m->lock);
+  pthread_mutex_destroy(&m->lock);
   cqrs__free(m);
 }
 
@@ -664,7 +667,13 @@ cqrs_code_t cqrs_memory_readmodel_new(cqrs_readmodel_t **out, cqrs_error_t *err)
   *out = NULL;
   memrm_t *m = cqrs__calloc(1, sizeof *m);
   if (!m) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a memory read model");
-  if (uv_rwlock_init(&m->lock)) {
+  pthread_mutexattr_t attr;
+  bool made = pthread_mutexattr_init(&attr) == 0;
+  if (made) {
+    made = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE) == 0 && pthread_mutex_init(&m->lock, &attr) == 0;
+    pthread_mutexattr_destroy(&attr);
+  }
+  if (!made) {
     cqrs__free(m);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the read model's lock");
   }

@@ -48,14 +48,15 @@ static cqrs_code_t load_from_store(cqrs_store_t *store, cqrs_aggregate_t *agg, c
 }
 
 static cqrs_code_t load(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
-                        const cqrs_aggregate_type_t *type, const char *id, bool id_checked, cqrs_aggregate_t **out,
-                        cqrs_error_t *err) {
+                        const cqrs_aggregate_type_t *type, const char *id, bool id_checked, uint32_t key_hash,
+                        cqrs_aggregate_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!store) return cqrs_error_set(err, CQRS_EINVAL, "store is NULL");
   cqrs_aggregate_t *agg;
   cqrs_code_t rc = cqrs__aggregate_new_pooled(pool, type, id, id_checked, &agg, err);
   if (rc) return rc;
+  agg->key_hash = key_hash;
   if (!cqrs__cache_get(cache, agg)) {
     if ((rc = load_from_store(store, agg, err))) {
       cqrs__aggregate_release(pool, agg);
@@ -68,14 +69,14 @@ static cqrs_code_t load(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_poo
 }
 
 cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs__agg_pool_t *pool,
-                                         const cqrs_aggregate_type_t *type, const char *id, cqrs_aggregate_t **out,
-                                         cqrs_error_t *err) {
-  return load(store, cache, pool, type, id, true, out, err);
+                                         const cqrs_aggregate_type_t *type, const char *id, uint32_t key_hash,
+                                         cqrs_aggregate_t **out, cqrs_error_t *err) {
+  return load(store, cache, pool, type, id, true, key_hash, out, err);
 }
 
 cqrs_code_t cqrs_repository_load(cqrs_store_t *store, const cqrs_aggregate_type_t *type, const char *id,
                                  cqrs_aggregate_t **out, cqrs_error_t *err) {
-  return load(store, NULL, NULL, type, id, false, out, err);
+  return load(store, NULL, NULL, type, id, false, 0, out, err);
 }
 
 /* Gives the pending events an envelope naming their cause. */

@@ -88,6 +88,24 @@ static cqrs_code_t handle_read(cqrs_context_t *ctx, const cqrs_command_t *cmd, v
   return rc;
 }
 
+/* Loads its aggregate, then two others (which evict it from a cache of two),
+ * then raises on it: its commit must not update the entry it was loaded
+ * from, which is gone. */
+static const cqrs_command_type_t counter_tour = {.name = "counter.tour", .payload_size = sizeof(add_cmd_t),
+                                                 .fields = add_fields};
+
+static cqrs_code_t handle_tour(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)data;
+  const add_cmd_t *c = cqrs_command_payload(cmd);
+  cqrs_aggregate_t *agg, *other;
+  cqrs_code_t rc = cqrs_context_load(ctx, &counter_type, c->id, &agg, err);
+  if (!rc) rc = cqrs_context_load(ctx, &counter_type, "tour-1", &other, err);
+  if (!rc) rc = cqrs_context_load(ctx, &counter_type, "tour-2", &other, err);
+  added_t e = {c->amount};
+  if (!rc) rc = cqrs_aggregate_raise(agg, &counter_added, &e, err);
+  return rc;
+}
+
 typedef struct fx {
   uv_loop_t loop;
   cqrs_registry_t *reg;
@@ -114,6 +132,7 @@ static cqrs_dispatcher_t *dispatcher(fx_t *fx, size_t cache, uint64_t poll_ms) {
   assert_int_equal(cqrs_dispatcher_register(d, &counter_add, handle_add, &fx->runs, 0, &err), CQRS_OK);
   assert_int_equal(cqrs_dispatcher_register(d, &owning_add, handle_owning_add, NULL, 0, &err), CQRS_OK);
   assert_int_equal(cqrs_dispatcher_register(d, &counter_read, handle_read, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d, &counter_tour, handle_tour, NULL, 0, &err), CQRS_OK);
   return d;
 }
 
@@ -125,6 +144,7 @@ static fx_t *fx_new(size_t cache) {
   assert_int_equal(cqrs_registry_add_command(fx->reg, &counter_add, NULL), CQRS_OK);
   assert_int_equal(cqrs_registry_add_command(fx->reg, &owning_add, NULL), CQRS_OK);
   assert_int_equal(cqrs_registry_add_command(fx->reg, &counter_read, NULL), CQRS_OK);
+  assert_int_equal(cqrs_registry_add_command(fx->reg, &counter_tour, NULL), CQRS_OK);
   cqrs_memory_store_new(&fx->store, NULL);
   fx->d = dispatcher(fx, cache, 0);
   applies = 0;
@@ -335,6 +355,24 @@ static void test_least_recently_used_is_evicted(void **state) {
   assert_int_equal(replayed, 1);
 }
 
+static void test_entry_evicted_between_load_and_commit(void **state) {
+  fx_t *fx = *state; /* room for two aggregates */
+  add(fx, "tour-1", 1);
+  add(fx, "tour-2", 2);
+  add(fx, "a", 5);
+  /* a is loaded from the cache, then tour-1 and tour-2 (replayed) evict it. */
+  assert_int_equal(send_on(fx, fx->d, &counter_tour, "a", 10, false)->code, CQRS_OK);
+  assert_int_equal(fx->last.version, 2);
+  assert_int_equal(stored_total(fx, "a"), 15);
+  int replayed;
+  assert_int_equal(read_total(fx, fx->d, "a", &replayed), 15);
+  assert_int_equal(replayed, 0); /* the commit cached it afresh */
+  assert_int_equal(send_on(fx, fx->d, &counter_tour, "a", 100, false)->code, CQRS_OK);
+  assert_int_equal(read_total(fx, fx->d, "a", &replayed), 115);
+  assert_int_equal(replayed, 0);
+  assert_int_equal(stored_total(fx, "a"), 115);
+}
+
 static int setup_off(void **state) {
   *state = fx_new(0);
   return 0;
@@ -349,6 +387,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_conflict_drops_the_entry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_foreign_commit_on_the_feed_drops_the_entry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_least_recently_used_is_evicted, setup_small, teardown),
+      cmocka_unit_test_setup_teardown(test_entry_evicted_between_load_and_commit, setup_small, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

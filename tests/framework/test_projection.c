@@ -164,6 +164,53 @@ static void test_restart_resumes_from_checkpoint(void **state) {
   free(second);
 }
 
+/* Memory checkpoints that count their saves. */
+typedef struct counted_cp {
+  cqrs_checkpoints_t *inner;
+  int saves;
+} counted_cp_t;
+
+static cqrs_code_t cc_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
+  return cqrs_checkpoints_load(((counted_cp_t *)impl)->inner, name, position, err);
+}
+
+static cqrs_code_t cc_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
+  counted_cp_t *c = impl;
+  c->saves++;
+  return cqrs_checkpoints_save(c->inner, name, position, err);
+}
+
+/* The checkpoint is saved once per batch the loop ran, not per event, and
+ * is at the head when the loop returns, without closing. */
+static void test_checkpoint_saved_per_batch(void **state) {
+  fx_t *fx = *state;
+  static const cqrs_checkpoint_ops_t ops = {false, cc_load, cc_save, NULL, NULL};
+  counted_cp_t cc = {fx->cp_mem, 0};
+  cqrs_checkpoints_t *cp;
+  assert_int_equal(cqrs_checkpoints_new(&ops, &cc, &cp, NULL), CQRS_OK);
+  ledger_fill(fx->mem, &ledger_type, "a", 1);
+  seen_t *s = calloc(1, sizeof *s);
+  cqrs_projection_def_t def = {"proj", NULL, watch, s, 0};
+  assert_int_equal(cqrs_projection_start(fx->d, &def, cp, NULL), CQRS_OK);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  int64_t saved = 0;
+  cc.saves = 0;
+  credit(fx, "a", 200);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(fx->done, 200);
+  assert_exactly_once(fx, s, 0);
+  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(saved, head(fx));
+  if (cc.saves > 2) fail_msg("%d checkpoint saves for one batch of 200 commands", cc.saves);
+  credit(fx, "a", 1);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(saved, head(fx));
+  close_dispatcher(fx);
+  cqrs_checkpoints_destroy(cp);
+  free(s);
+}
+
 static void test_failing_projection_dead_letters_and_moves_on(void **state) {
   fx_t *fx = *state;
   ledger_fill(fx->mem, &ledger_type, "a", 10);
@@ -346,6 +393,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup, teardown),
       cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_restart_resumes_from_checkpoint, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_checkpoint_saved_per_batch, setup, teardown),
       cmocka_unit_test_setup_teardown(test_restart_resumes_from_checkpoint, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup, teardown),
       cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup_blocking, teardown),

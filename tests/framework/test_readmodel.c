@@ -270,6 +270,37 @@ static bool collect(const bson_t *doc, void *data) {
   return true;
 }
 
+/* A find's callback that reads the same read model again (a join): the
+ * in-memory read model's lock lets the thread that holds it in. */
+typedef struct join {
+  const cqrs_readmodel_t *rm;
+  int found;
+} join_t;
+
+static bool join_customer(const bson_t *doc, void *data) {
+  join_t *j = data;
+  (void)doc;
+  bson_t out = BSON_INITIALIZER;
+  bool found = false;
+  assert_int_equal(cqrs_readmodel_get(j->rm, "customers", "c1", &out, &found, NULL), CQRS_OK);
+  bson_destroy(&out);
+  if (found) j->found++;
+  return true;
+}
+
+static void test_find_callback_may_read_again(void **state) {
+  cqrs_readmodel_t *rm = *state;
+  put(rm, "i1", "{\"customer\":{\"id\":\"c1\"}}", 1, true);
+  put(rm, "i2", "{\"customer\":{\"id\":\"c1\"}}", 2, true);
+  bson_t *c = json("{\"name\":\"Ada\"}");
+  assert_int_equal(cqrs_readmodel_put(rm, "customers", "c1", c, 3, NULL, NULL), CQRS_OK);
+  bson_destroy(c);
+  cqrs_find_t all = {NULL, NULL, false, 0};
+  join_t j = {rm, 0};
+  assert_int_equal(cqrs_readmodel_find(rm, "inv", &all, join_customer, &j, NULL), CQRS_OK);
+  assert_int_equal(j.found, 2);
+}
+
 static void test_find_filters_sorts_and_limits(void **state) {
   cqrs_readmodel_t *rm = *state;
   put(rm, "i1", "{\"customer\":{\"id\":\"c1\"},\"status\":\"paid\",\"createdAt\":{\"$date\":1000}}", 1, true);
@@ -401,6 +432,7 @@ int main(void) {
       cmocka_unit_test(test_set_int64_elsewhere_is_a_patch),
       cmocka_unit_test_setup_teardown(test_patch_in_place_and_rebuilt_agree, setup, teardown),
       cmocka_unit_test_setup_teardown(test_find_filters_sorts_and_limits, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_find_callback_may_read_again, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
       cmocka_unit_test(test_wrappers_release_impl_on_failure),
   };
