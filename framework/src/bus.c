@@ -269,6 +269,7 @@ typedef struct sub_work {
   cqrs_error_t err;
   int64_t position;
   int64_t token;      /* the lease's, for the checkpoint write */
+  uint64_t deadline;  /* the lease's when the batch started (0: no lease): no delivery after it */
   bool fenced;        /* that write was refused */
   cqrs_error_t cp_err;
 } sub_work_t;
@@ -286,6 +287,10 @@ static void sub_work_cb(uv_work_t *w) {
   }
   sw->rc = CQRS_OK;
   for (sw->done = 0; sw->done < sw->n; sw->done++) {
+    /* A batch of slow handlers may outlast the lease: the rest waits for the
+     * loop, which renews or lets go (the deadline is the one at the start,
+     * so a renewal meanwhile only costs a second batch). */
+    if (sw->deadline && uv_hrtime() / 1000000u >= sw->deadline) break;
     if ((sw->rc = call_handler(s, sw->batch[sw->done], &sw->err))) break;
     sw->position = sw->batch[sw->done]->position;
   }
@@ -346,6 +351,7 @@ static bool start_work(sub_t *s, bool catchup) {
   sw->s = s;
   sw->catchup = catchup;
   sw->token = s->lease.token;
+  sw->deadline = s->lease.on ? s->lease.deadline : 0;
   if (!catchup) {
     sw->n = s->q_len < SUB_BATCH ? s->q_len : SUB_BATCH;
     for (size_t i = 0; i < sw->n; i++) sw->batch[i] = q_peek(s, i);
@@ -488,7 +494,7 @@ static void feed_done(cqrs_dispatcher_t *d) {
 /* Events the feed reads from the store may be other writers' commits, which
  * make the cached states of their aggregates stale. */
 static bool feed_visit(const cqrs_event_t *e, void *data) {
-  cqrs__cache_seen(((cqrs_dispatcher_t *)data)->cache, e);
+  cqrs__dispatcher_seen(data, e);
   fan_out(data, e);
   return true;
 }
@@ -524,7 +530,7 @@ static void feed_after_work(uv_work_t *w, int status) {
   if (status == 0 && fw->rc == CQRS_OK) {
     d->feed_failures = 0;
     for (size_t i = 0; i < fw->read.len; i++) {
-      cqrs__cache_seen(d->cache, fw->read.items[i]);
+      cqrs__dispatcher_seen(d, fw->read.items[i]);
       if (fw->read.items[i]->position > d->feed_pos) fan_out(d, fw->read.items[i]);
     }
   } else if (status == 0) {

@@ -171,6 +171,14 @@ void cqrs__sub_lease_lost(sub_t *s);
 /* lease.c */
 void cqrs__lease_sub_added(sub_t *s);  /* starts trying to acquire */
 bool cqrs__lease_valid(sub_t *s);      /* held and in time; else loses it */
+/* Held and in time, with no side effect: for code that must not see the
+ * subscriber's state change under it (a process manager walking its open
+ * instances). */
+bool cqrs__lease_in_time(const sub_t *s);
+
+/* dispatcher.c: a commit the feed read from the store; its aggregate's
+ * older cached states go (the owner loop's too). Home's loop thread. */
+void cqrs__dispatcher_seen(cqrs_dispatcher_t *d, const cqrs_event_t *e);
 void cqrs__lease_give_up(sub_t *s, const cqrs_error_t *err); /* a checkpoint write fenced off, or no checkpoint */
 /* At close, once everything else is idle: releases what is held; true when
  * nothing is left to release or in flight. */

@@ -568,6 +568,17 @@ static void loops_seen(cqrs_dispatcher_t *d, const request_t *r) {
   }
 }
 
+/* Home: a commit the feed read from the store (another writer's, or one
+ * of ours read back) drops older states of its aggregate from the home's
+ * cache and from its owner's, so a member answers no command from a state
+ * another writer has moved past. */
+void cqrs__dispatcher_seen(cqrs_dispatcher_t *d, const cqrs_event_t *e) {
+  cqrs__cache_seen(d->cache, e);
+  if (!d->members || !e->envelope) return;
+  unsigned m = partition_of(d, e->envelope->aggregate_id);
+  if (m) cqrs__cache_seen(d->members[m].d->cache, e);
+}
+
 static void finish_request(request_t *r) {
   cqrs_dispatcher_t *d = r->d;
   bool foreign = r->foreign;

@@ -438,6 +438,8 @@ void cqrs__lease_sub_added(sub_t *s) {
   lease_start(s, OP_ACQUIRE);
 }
 
+bool cqrs__lease_in_time(const sub_t *s) { return s->lease.held && now_ms() < s->lease.deadline; }
+
 bool cqrs__lease_valid(sub_t *s) {
   if (!s->lease.held) return false;
   if (now_ms() < s->lease.deadline) return true;

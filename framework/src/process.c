@@ -965,7 +965,9 @@ static void send_step(cqrs__process_t *rt, open_t *o, int i) {
 }
 
 /* Under a lease, steps, deadlines and resumptions run only at its holder. */
-static bool owned(const cqrs__process_t *rt) { return !rt->sub->lease.on || rt->sub->lease.held; }
+/* Past the lease's deadline a holder acts no more, even before the lease
+ * code has noticed (its tick) and told the process manager to let go. */
+static bool owned(const cqrs__process_t *rt) { return !rt->sub->lease.on || cqrs__lease_in_time(rt->sub); }
 
 /* Sends what the instance awaits and is not out already. */
 static void send_steps(cqrs__process_t *rt, open_t *o) {

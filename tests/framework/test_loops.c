@@ -450,6 +450,47 @@ static void test_caches_follow_other_loops(void **state) {
   if (fx->seen.events) assert_seen_everything(fx);
 }
 
+/* Another writer of the store (a second process, say) credits each ledger
+ * after its owner cached it: once the home's feed has read that commit (the
+ * next commit anywhere shows it the gap), the owner answers from the new
+ * state, not from its cached one. */
+static void credit_behind(fx_t *fx, int i, int64_t amount, int round) {
+  char id[16], cmd[32];
+  snprintf(id, sizeof id, "l-%d", i);
+  snprintf(cmd, sizeof cmd, "behind-%d-%d", i, round);
+  cqrs_aggregate_t *agg;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_repository_load(fx->store, &ledger_type, id, &agg, &err), CQRS_OK);
+  assert_int_equal(cqrs_aggregate_raise(agg, &ledger_credited, &(ledger_amount_t){amount}, &err), CQRS_OK);
+  cqrs_cause_t cause = {cmd, NULL};
+  assert_int_equal(cqrs_repository_save(fx->store, agg, &cause, NULL, &err), CQRS_OK);
+  cqrs_aggregate_destroy(agg);
+}
+
+static void test_caches_follow_other_writers(void **state) {
+  fx_t *fx = *state;
+  tally_t t = {.fx = fx};
+  open_all(fx, &t);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  int64_t want[LEDGERS] = {0};
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < LEDGERS; i++) {
+      assert_int_equal(send_one(fx, &t, &routed_expect, i, want[i], -1), CQRS_OK); /* cached now */
+      uv_run(&fx->loop, UV_RUN_DEFAULT);
+      credit_behind(fx, i, 7, round);
+      want[i] += 7;
+      int j = (i + 1) % LEDGERS;
+      assert_int_equal(send_one(fx, &t, &routed_credit, j, 1, -1), CQRS_OK);
+      uv_run(&fx->loop, UV_RUN_DEFAULT);
+      want[j] += 1;
+      assert_int_equal(send_one(fx, &t, &routed_expect, i, want[i], -1), CQRS_OK);
+      uv_run(&fx->loop, UV_RUN_DEFAULT);
+    }
+  }
+  assert_int_equal(atomic_load(&t.rejected), 0);
+  for (int i = 0; i < LEDGERS; i++) assert_int_equal(balance(fx, i), want[i]);
+}
+
 /* Closing with commands in flight, sent from the loop and from another
  * thread: every accepted command completes once (some as CQRS_ECLOSED at
  * most, none lost), later sends are refused, the member threads end, the
@@ -692,6 +733,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_exactly_once_many_senders, setup3_threads, teardown),
       cmocka_unit_test_setup_teardown(test_caches_follow_other_loops, setup4, teardown),
       cmocka_unit_test_setup_teardown(test_caches_follow_other_loops, setup4_unwatched, teardown),
+      cmocka_unit_test_setup_teardown(test_caches_follow_other_writers, setup4, teardown),
       cmocka_unit_test_setup_teardown(test_close_with_commands_in_flight, setup4, teardown),
       cmocka_unit_test(test_bad_options),
       cmocka_unit_test(test_every_allocation_failure),

@@ -118,6 +118,7 @@ static cqrs_code_t acquire(mongoc_collection_t *coll, const char *name, const ch
                            int64_t *token, cqrs_error_t *err) {
   term_t latest;
   int64_t t;
+  *token = 0;
   cqrs_code_t rc = latest_term(coll, name, &latest, &t, err);
   if (rc) return rc;
   int64_t now = cqrs_now_ms();
@@ -135,12 +136,23 @@ static cqrs_code_t acquire(mongoc_collection_t *coll, const char *name, const ch
   bool ok = mongoc_collection_insert_one(coll, &doc, NULL, NULL, &e);
   bson_destroy(&doc);
   if (!ok) return cqrs__mongo_duplicate_key(&e) ? CQRS_OK : cqrs__mongo_error(err, &e, "take a lease");
+  /* The copy, then old terms (the one before is kept: a taker that read the
+   * copy before this write finds its way up from there). A copy that names a
+   * newer term means this claim read a stale copy and re-used the id of a
+   * term already deleted (takers stopped between two handovers): it holds
+   * nothing, so it backs out; so does a claim whose copy cannot be written
+   * (it cannot tell). Deleting old terms decides nothing. */
+  bool newer = false;
+  cqrs_code_t crc = write_copy(coll, name, owner, t + 1, now + (int64_t)ttl_ms, &newer, err);
+  if (crc || newer) {
+    bson_t mine = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&mine, "_id", id);
+    BSON_APPEND_UTF8(&mine, "owner", owner);
+    mongoc_collection_delete_one(coll, &mine, NULL, NULL, &e);
+    bson_destroy(&mine);
+    return crc;
+  }
   *token = t + 1;
-  /* The copy, and old terms (the one before is kept: a taker that read the
-   * copy before this write finds its way up from there). Neither decides
-   * anything, so a failure here only waits for the next renewal. */
-  cqrs_error_t ignored;
-  write_copy(coll, name, owner, t + 1, now + (int64_t)ttl_ms, NULL, &ignored);
   bson_t old = BSON_INITIALIZER, lt;
   BSON_APPEND_UTF8(&old, "name", name);
   BSON_APPEND_DOCUMENT_BEGIN(&old, "token", &lt);
