@@ -18,6 +18,7 @@
  * the callback unless it took a reference), so a stored event costs about
  * half of what it did. An event this form cannot say exactly (an unknown
  * type's raw document, an envelope naming another stream) is kept as is. */
+#include <pthread.h>
 #include <uv.h>
 
 #include "cqrs-private.h"
@@ -255,9 +256,11 @@ static stream_t *find_stream(memstore_t *m, const char *type, const char *id) {
 
 /* The lock is held for well under a microsecond: a writer that finds it
  * taken waits for it awake a while before it sleeps in the kernel. */
+/* pthread's calls directly (uv_mutex_t is a pthread_mutex_t on Unix):
+ * libuv's wrappers add a call and a check on every append. */
 static void lock_appends(memstore_t *m) {
   for (int i = 0; i < LOCK_SPINS; i++) {
-    if (!uv_mutex_trylock(&m->lock)) return;
+    if (!pthread_mutex_trylock(&m->lock)) return;
     CPU_RELAX();
   }
   uv_mutex_lock(&m->lock);
@@ -267,7 +270,9 @@ static void lock_appends(memstore_t *m) {
 static bool compactable(const cqrs_event_t *e, const cqrs_append_t *req) {
   const cqrs_envelope_t *env = e->envelope;
   return env && e->type != &cqrs_unknown_event_type && e->type->payload_size <= UINT16_MAX &&
-         !strcmp(env->aggregate_id, req->aggregate_id) && !strcmp(env->aggregate_type, req->aggregate_type);
+         !strcmp(env->aggregate_id, req->aggregate_id) &&
+         /* the envelope borrows the descriptor's name, which the repository passes */
+         (env->aggregate_type == req->aggregate_type || !strcmp(env->aggregate_type, req->aggregate_type));
 }
 
 /* Where a payload may end early: its last member, when the field table
@@ -535,7 +540,7 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   res->first_position = head + 1;
   res->last_position = head + (int64_t)req->count;
 out:
-  uv_mutex_unlock(&m->lock);
+  pthread_mutex_unlock(&m->lock);
   stream_free(fresh);
   if (plans != few) cqrs__free(plans);
   return rc;
