@@ -5,9 +5,7 @@
  * never held the lease sent no step. The test binary runs the processes by
  * executing itself with a role as its first argument. */
 #include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
-#include <sys/wait.h>
 #include <uv.h>
 
 #include "billing_app.h"
@@ -15,7 +13,8 @@
 
 #include <mongoc/mongoc.h>
 
-extern char **environ;
+#include "procs.h"
+
 static const char *self;
 
 #define APPS 3
@@ -154,46 +153,15 @@ static pid_t children[APPS + 2];
 
 static int kill_children(void **state) {
   (void)state;
-  for (size_t i = 0; i < sizeof children / sizeof children[0]; i++) {
-    if (children[i] > 0 && kill(children[i], SIGKILL) == 0) waitpid(children[i], NULL, 0);
-    children[i] = 0;
-  }
+  procs_kill_all(children, sizeof children / sizeof children[0]);
   return 0;
 }
-
-static pid_t spawn_self(char *const argv[], bool ready) {
-  int fds[2];
-  assert_int_equal(pipe(fds), 0);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&fa, fds[0]);
-  pid_t pid;
-  assert_int_equal(posix_spawn(&pid, self, &fa, NULL, argv, environ), 0);
-  posix_spawn_file_actions_destroy(&fa);
-  close(fds[1]);
-  if (ready) {
-    char buf[8] = {0};
-    assert_int_equal(read(fds[0], buf, 6), 6);
-    assert_string_equal(buf, "ready\n");
-  }
-  close(fds[0]);
-  return pid;
-}
-
-static int wait_exit(pid_t pid) {
-  int status;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-static uint64_t ms(void) { return uv_hrtime() / 1000000u; }
 
 /* The owner the process manager's lease document names, among `owners`,
  * other than `not`; waits for one. */
 static int wait_owner(mongoc_collection_t *leases, char owners[APPS][32], int not, uint64_t within_ms) {
-  uint64_t until = ms() + within_ms;
-  while (ms() < until) {
+  uint64_t until = procs_ms() + within_ms;
+  while (procs_ms() < until) {
     bson_t *filter = BCON_NEW("_id", BCON_UTF8(PM));
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(leases, filter, NULL, NULL);
     const bson_t *doc;
@@ -238,8 +206,8 @@ static void test_transfers_survive_their_owner(void **state) {
   char db[64];
   test_mongo_db(db, sizeof db);
   char *setup_argv[] = {"test_mongo_lease_transfers", "setup", db, NULL};
-  children[APPS + 1] = spawn_self(setup_argv, false);
-  assert_int_equal(wait_exit(children[APPS + 1]), 0);
+  children[APPS + 1] = procs_spawn(self, setup_argv, false);
+  assert_int_equal(procs_wait_exit(children[APPS + 1]), 0);
   children[APPS + 1] = 0;
   mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
   mongoc_collection_t *leases = mongoc_client_get_collection(client, db, "cqrs_leases");
@@ -249,26 +217,26 @@ static void test_transfers_survive_their_owner(void **state) {
   for (int i = 0; i < APPS; i++) {
     snprintf(owners[i], sizeof owners[i], "app-%d-%d", (int)getpid(), i);
     char *argv[] = {"test_mongo_lease_transfers", "app", db, owners[i], NULL};
-    children[i] = spawn_self(argv, true);
+    children[i] = procs_spawn(self, argv, true);
   }
   int first = wait_owner(leases, owners, -1, 20000);
   uv_sleep(1500); /* transfers in flight */
   assert_int_equal(kill(children[first], SIGKILL), 0);
-  uint64_t killed = ms();
-  assert_int_equal(wait_exit(children[first]), 128 + SIGKILL);
+  uint64_t killed = procs_ms();
+  assert_int_equal(procs_wait_exit(children[first]), 128 + SIGKILL);
   children[first] = 0;
   int second = wait_owner(leases, owners, first, 20000);
-  fprintf(stderr, "transfer process manager taken over after %llu ms\n", (unsigned long long)(ms() - killed));
+  fprintf(stderr, "transfer process manager taken over after %llu ms\n", (unsigned long long)(procs_ms() - killed));
   uv_sleep(1500);
   for (int i = 0; i < APPS; i++) {
     if (i == first) continue;
     assert_int_equal(kill(children[i], SIGTERM), 0);
-    assert_int_equal(wait_exit(children[i]), 0);
+    assert_int_equal(procs_wait_exit(children[i]), 0);
     children[i] = 0;
   }
   char *drain_argv[] = {"test_mongo_lease_transfers", "drain", db, "drain", NULL};
-  children[APPS] = spawn_self(drain_argv, true);
-  assert_int_equal(wait_exit(children[APPS]), 0);
+  children[APPS] = procs_spawn(self, drain_argv, true);
+  assert_int_equal(procs_wait_exit(children[APPS]), 0);
   children[APPS] = 0;
 
   /* Only the process that took over sent steps; the third sent none. */

@@ -6,9 +6,7 @@
  * itself with a role as its first argument. */
 #include <setjmp.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
-#include <sys/wait.h>
 #include <uv.h>
 
 #include "mongo_fixture.h"
@@ -17,7 +15,8 @@
 
 #include <mongoc/mongoc.h>
 
-extern char **environ;
+#include "procs.h"
+
 static const char *self; /* argv[0]: this binary (under valgrind, /proc/self/exe is valgrind) */
 
 #define APPS 3
@@ -27,18 +26,6 @@ static const char *self; /* argv[0]: this binary (under valgrind, /proc/self/exe
 #define GUARD_MS 1000
 #define TALLY "tally"             /* the projection, and the collection it writes */
 #define AGAIN "tally_again"       /* a second application of an event, recorded */
-
-static cqrs_mongo_t *connect_db(const cqrs_registry_t *reg, uv_loop_t *loop, const char *db) {
-  cqrs_mongo_options_t o = {.database = db};
-  cqrs_mongo_t *m;
-  cqrs_error_t err;
-  cqrs_mongo_quiet_logs();
-  if (cqrs_mongo_new(test_mongo_uri(), &o, reg, loop, &m, &err)) {
-    fprintf(stderr, "connect: %s\n", err.message);
-    exit(1);
-  }
-  return m;
-}
 
 /* ---- the lease store's contract on the server ---- */
 
@@ -251,7 +238,7 @@ static int run_app(const char *db, const char *owner, bool drain) {
   snprintf(a.account, sizeof a.account, "acc-%s", owner);
   uv_loop_init(&a.loop);
   a.reg = ledger_registry();
-  a.m = connect_db(a.reg, &a.loop, db);
+  a.m = procs_connect(a.reg, &a.loop, db);
   mongoc_uri_t *uri = mongoc_uri_new(test_mongo_uri());
   a.pool = mongoc_client_pool_new(uri);
   mongoc_uri_destroy(uri);
@@ -302,35 +289,8 @@ static pid_t children[APPS + 1];
 /* After a failure: the children still running go too. */
 static int kill_children(void **state) {
   (void)state;
-  for (size_t i = 0; i < sizeof children / sizeof children[0]; i++) {
-    if (children[i] > 0 && kill(children[i], SIGKILL) == 0) waitpid(children[i], NULL, 0);
-    children[i] = 0;
-  }
+  procs_kill_all(children, sizeof children / sizeof children[0]);
   return 0;
-}
-
-static pid_t spawn_self(char *const argv[]) {
-  int fds[2];
-  assert_int_equal(pipe(fds), 0);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&fa, fds[0]);
-  pid_t pid;
-  assert_int_equal(posix_spawn(&pid, self, &fa, NULL, argv, environ), 0);
-  posix_spawn_file_actions_destroy(&fa);
-  close(fds[1]);
-  char ready[8] = {0};
-  assert_int_equal(read(fds[0], ready, 6), 6);
-  assert_string_equal(ready, "ready\n");
-  close(fds[0]);
-  return pid;
-}
-
-static int wait_exit(pid_t pid) {
-  int status;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 /* The lease's current copy: its owner ("" when none) and token. */
@@ -366,23 +326,21 @@ static int64_t count_by(mongoc_collection_t *coll, const char *owner, bool equal
   return count(coll, json);
 }
 
-static uint64_t ms(void) { return uv_hrtime() / 1000000u; }
-
 /* Waits until `coll` holds at least `n` documents matching `json`. */
 static void wait_count(mongoc_collection_t *coll, const char *json, int64_t n) {
-  uint64_t until = ms() + 90000;
+  uint64_t until = procs_ms() + 90000;
   while (count(coll, json) < n) {
-    if (ms() > until) fail_msg("fewer than %lld documents %s after 90 s", (long long)n, json);
+    if (procs_ms() > until) fail_msg("fewer than %lld documents %s after 90 s", (long long)n, json);
     uv_sleep(50);
   }
 }
 
 /* Waits until the lease copy names an owner other than `not`; returns it. */
 static int wait_owner(mongoc_collection_t *leases, char owners[APPS][32], const char *not, uint64_t within_ms) {
-  uint64_t until = ms() + within_ms;
+  uint64_t until = procs_ms() + within_ms;
   char owner[32];
   int64_t token;
-  while (ms() < until) {
+  while (procs_ms() < until) {
     lease_holder(leases, owner, &token);
     for (int i = 0; i < APPS; i++) {
       if (!strcmp(owner, owners[i]) && strcmp(owner, not)) return i;
@@ -412,7 +370,7 @@ static void test_sigkilled_owner_is_replaced(void **state) {
   for (int i = 0; i < APPS; i++) {
     snprintf(owners[i], sizeof owners[i], "app-%d-%d", (int)getpid(), i);
     char *argv[] = {"test_mongo_leases", "app", (char *)db, owners[i], NULL};
-    pids[i] = children[i] = spawn_self(argv);
+    pids[i] = children[i] = procs_spawn(self, argv, true);
   }
   int first = wait_owner(leases, owners, "", 15000);
   /* Commands come from all three; one projects them. */
@@ -421,11 +379,11 @@ static void test_sigkilled_owner_is_replaced(void **state) {
   assert_int_equal(count(again, "{}"), 0);
   /* Killed mid-stream; the other two keep sending. */
   assert_int_equal(kill(pids[first], SIGKILL), 0);
-  uint64_t killed = ms();
-  assert_int_equal(wait_exit(pids[first]), 128 + SIGKILL);
+  uint64_t killed = procs_ms();
+  assert_int_equal(procs_wait_exit(pids[first]), 128 + SIGKILL);
   children[first] = 0;
   int second = wait_owner(leases, owners, owners[first], 15000);
-  uint64_t takeover = ms() - killed;
+  uint64_t takeover = procs_ms() - killed;
   fprintf(stderr, "takeover after %llu ms (ttl %d ms)\n", (unsigned long long)takeover, TTL_MS);
   assert_true(takeover < 3 * TTL_MS);
   char by_second[64];
@@ -434,13 +392,13 @@ static void test_sigkilled_owner_is_replaced(void **state) {
   for (int i = 0; i < APPS; i++) {
     if (i == first) continue;
     assert_int_equal(kill(pids[i], SIGTERM), 0);
-    assert_int_equal(wait_exit(pids[i]), 0);
+    assert_int_equal(procs_wait_exit(pids[i]), 0);
     children[i] = 0;
   }
   /* What was committed last, a process of its own projects. */
   char *argv[] = {"test_mongo_leases", "drain", (char *)db, "drain", NULL};
-  children[APPS] = spawn_self(argv);
-  assert_int_equal(wait_exit(children[APPS]), 0);
+  children[APPS] = procs_spawn(self, argv, true);
+  assert_int_equal(procs_wait_exit(children[APPS]), 0);
   children[APPS] = 0;
 
   /* Every event projected: one document per position, none missing. */

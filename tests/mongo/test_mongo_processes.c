@@ -8,6 +8,7 @@
 
 #include "framework/ledger.h"
 #include "mongo_fixture.h"
+#include "procs.h"
 
 extern char **environ;
 static const char *self; /* argv[0]: this binary (under valgrind, /proc/self/exe is valgrind) */
@@ -16,18 +17,6 @@ static const char *self; /* argv[0]: this binary (under valgrind, /proc/self/exe
 #define OWN_COMMITS 25    /* per writer, on its own stream */
 #define SHARED_COMMITS 10 /* per writer, on the shared stream */
 #define TOTAL (WRITERS * (OWN_COMMITS + SHARED_COMMITS))
-
-static cqrs_mongo_t *connect_db(const cqrs_registry_t *reg, uv_loop_t *loop, const char *db) {
-  cqrs_mongo_options_t o = {.database = db};
-  cqrs_mongo_t *m;
-  cqrs_error_t err;
-  cqrs_mongo_quiet_logs();
-  if (cqrs_mongo_new(test_mongo_uri(), &o, reg, loop, &m, &err)) {
-    fprintf(stderr, "connect: %s\n", err.message);
-    exit(1);
-  }
-  return m;
-}
 
 static bool last_version(const cqrs_event_t *e, void *data) {
   *(int64_t *)data = e->version;
@@ -69,7 +58,7 @@ static int append_one(cqrs_store_t *s, const char *stream, const char *cmd, int6
 
 static int run_writer(const char *db, int id) {
   cqrs_registry_t *reg = ledger_registry();
-  cqrs_mongo_t *m = connect_db(reg, NULL, db);
+  cqrs_mongo_t *m = procs_connect(reg, NULL, db);
   cqrs_store_t *s = NULL;
   cqrs_mongo_store_new(m, &s, NULL);
   int failed = 0;
@@ -119,7 +108,7 @@ static int run_follower(const char *db) {
   cqrs_registry_t *reg = ledger_registry();
   uv_loop_t loop;
   uv_loop_init(&loop);
-  cqrs_mongo_t *m = connect_db(reg, &loop, db);
+  cqrs_mongo_t *m = procs_connect(reg, &loop, db);
   cqrs_store_t *s = NULL;
   cqrs_mongo_store_new(m, &s, NULL);
   cqrs_dispatcher_options_t o;
