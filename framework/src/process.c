@@ -639,6 +639,8 @@ typedef struct open {
   pm_deadline_t deadlines[CQRS_PROCESS_DEADLINES_MAX];
   bool deadline_due[CQRS_PROCESS_DEADLINES_MAX]; /* fired, not yet recorded */
   int64_t resume_at;          /* an input failed: reload the instance then */
+  int64_t held_at;            /* not started here yet, but an event at this position was recorded by an
+                                 earlier run: the checkpoint stays before it until the reload reports */
   pm_request_t *busy;         /* the input in flight */
   pm_request_t *queue, *tail; /* inputs waiting for it */
   UT_hash_handle hh;
@@ -742,9 +744,10 @@ static void open_free(open_t *o) {
   cqrs__free(o);
 }
 
-/* Forgets an instance that is neither open nor waited on. */
+/* Forgets an instance that is neither open nor waited on (a reload due is
+ * a wait, unless the instance `ended`). */
 static void open_maybe_drop(cqrs__process_t *rt, open_t *o, bool ended) {
-  if (o->busy || o->queue || (o->started && !ended)) return;
+  if (o->busy || o->queue || (!ended && (o->started || o->resume_at))) return;
   for (size_t i = 0; i < CQRS_PROCESS_STEPS_MAX; i++) {
     if (o->steps[i].inflight) return;
   }
@@ -819,6 +822,7 @@ static int64_t backoff(unsigned attempts) {
 
 /* Brings the runtime's view of one instance in line with a report. */
 static void apply_report(open_t *o, pm_report_t *rep) {
+  o->held_at = 0;
   o->started = rep->started && !rep->ended;
   o->first_position = rep->first_position;
   memcpy(o->correlation, rep->correlation, sizeof o->correlation);
@@ -858,16 +862,24 @@ static void on_input_done(const cqrs_result_t *r, void *data) {
     ended = req->report.ended || !req->report.started;
     apply_report(o, &req->report);
   } else if (!rt->closing) {
-    /* A duplicate was recorded by an earlier run, and a failure recorded
-     * nothing: either way, reload the instance and do what it says. */
+    /* A duplicate was recorded by an earlier run (this run's load was
+     * stale: a write of a killed process landing late, another process),
+     * and a failure may have recorded it too: either way, the instance
+     * stays and is reloaded, and does what its stream says. Until then a
+     * recorded event of an instance not known here holds the checkpoint,
+     * or a crash before the reload would forget the instance for good. */
     o->resume_at = cqrs_now_ms() + (cqrs_result_ok(r) ? 0 : RETRY_BASE_MS * 10);
+    if (req->from_sub && !o->started && cqrs_result_ok(r) && (!o->held_at || req->input.event->position < o->held_at))
+      o->held_at = req->input.event->position;
     memset(o->deadline_due, 0, sizeof o->deadline_due);
     if (!req->from_sub && !cqrs_result_ok(r))
       cqrs_log(CQRS_LOG_WARNING, "process", "process %s/%s: input not recorded: %s", rt->pm->def->name, req->instance,
               r->error.message);
   }
-  bool from_sub = req->from_sub, ok = cqrs_result_ok(r);
-  cqrs_error_t error = r->error;
+  bool from_sub = req->from_sub, ok = cqrs_result_ok(r) && (!r->duplicate || !rt->closing);
+  /* Closing, a duplicate is not followed up here: the event stays unhandled
+   * (before the checkpoint), and the next start meets it again. */
+  cqrs_error_t error = ok || !cqrs_result_ok(r) ? r->error : (cqrs_error_t){.code = CQRS_ECLOSED};
   request_free(req);
   while (!rt->closing && o->queue && !o->busy) {
     pm_request_t *next = o->queue;
@@ -1098,6 +1110,7 @@ static int64_t checkpoint_at(void *data, int64_t handled) {
   open_t *o, *tmp;
   HASH_ITER(hh, rt->open, o, tmp) {
     if (o->started && o->first_position - 1 < at) at = o->first_position - 1;
+    if (o->held_at && o->held_at - 1 < at) at = o->held_at - 1;
   }
   return at;
 }

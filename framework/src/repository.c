@@ -147,7 +147,10 @@ cqrs_code_t cqrs__repository_save_cached(cqrs_store_t *store, cqrs__cache_t *cac
   if (!res) res = &local;
   cqrs_code_t rc = save(store, agg, cause, true, res, err);
   if (!cache || !agg) return rc;
-  if (rc) {
+  if (rc || res->duplicate) {
+    /* A duplicate: the command committed before, maybe from a state this
+     * load did not see (another writer's commit, or a killed process's
+     * landing late), so what was loaded may be stale. */
     cqrs__cache_drop(cache, agg->type->name, agg->id);
   } else if (res->committed) {
     cqrs__cache_put(cache, agg);

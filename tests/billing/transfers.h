@@ -25,6 +25,20 @@ static inline bool transfer_count_move(const cqrs_event_t *e, void *data) {
   return true;
 }
 
+/* On a disagreement: the transfer's own streams (the aggregate's and the
+ * process instance's), to tell from the CI log what happened. */
+static inline bool transfer_print(const cqrs_event_t *e, void *data) {
+  if (strcmp(cqrs_event_aggregate_id(e), data)) return true;
+  bson_t b;
+  if (cqrs_event_to_bson(e, &b, NULL) == CQRS_OK) {
+    char *json = bson_as_relaxed_extended_json(&b, NULL);
+    fprintf(stderr, "  #%lld %s\n", (long long)e->position, json ? json : "?");
+    bson_free(json);
+    bson_destroy(&b);
+  }
+  return true;
+}
+
 /* The transfer's status, after checking that it agrees with the accounts:
  * completed <=> one debit and one credit; refunded <=> one debit and one
  * refund; failed or never requested <=> nothing moved. Any other status,
@@ -43,9 +57,11 @@ static inline int32_t transfer_agrees(cqrs_store_t *store, const char *tid) {
   bool ok = (st == BILLING_TRANSFER_COMPLETED && m.debits == 1 && m.credits == 1 && !m.refunds) ||
             (st == BILLING_TRANSFER_REFUNDED && m.debits == 1 && !m.credits && m.refunds == 1) ||
             ((st == BILLING_TRANSFER_FAILED || st == BILLING_TRANSFER_NONE) && !m.debits && !m.credits && !m.refunds);
-  if (!ok)
+  if (!ok) {
+    cqrs_store_read_all(store, 1, SIZE_MAX, transfer_print, (void *)tid, NULL);
     fail_msg("transfer %s: status %d with %d debits, %d credits, %d refunds", tid, st, m.debits, m.credits,
              m.refunds);
+  }
   return st;
 }
 

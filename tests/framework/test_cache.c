@@ -288,6 +288,28 @@ static void test_conflict_drops_the_entry(void **state) {
   assert_int_equal(replayed, 0); /* the retry's commit refilled the cache */
 }
 
+/* A repeated command met with a cached state older than the store's: the
+ * store answers "duplicate" (it committed before, from a newer state), and
+ * the stale entry goes, so a later read sees what is stored. */
+static void test_duplicate_drops_the_entry(void **state) {
+  fx_t *fx = *state;
+  add(fx, "a", 1);
+  write_behind(fx, "a", 10, "behind-1");
+  add_cmd_t c = {"a", 10, false};
+  cqrs_command_t *cmd;
+  assert_int_equal(cqrs_command_new(&counter_add, &c, &cmd, NULL), CQRS_OK);
+  assert_int_equal(cqrs_command_set_id(cmd, "behind-1", NULL), CQRS_OK);
+  fx->done = false;
+  assert_int_equal(cqrs_dispatcher_send(fx->d, cmd, on_done, fx), CQRS_OK);
+  while (!fx->done) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(fx->last_error.code, CQRS_OK);
+  assert_true(fx->last.duplicate);
+  int replayed;
+  assert_int_equal(read_total(fx, fx->d, "a", &replayed), 11);
+  assert_int_equal(replayed, 2);
+  assert_int_equal(stored_total(fx, "a"), 11);
+}
+
 static cqrs_code_t count_event(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
   (void)err;
   fx_t *fx = data;
@@ -384,6 +406,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_without_cache_every_command_replays, setup_off, teardown),
       cmocka_unit_test_setup_teardown(test_types_with_cleanup_are_not_cached, setup, teardown),
       cmocka_unit_test_setup_teardown(test_rejected_command_leaves_the_cache_as_it_was, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_duplicate_drops_the_entry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_conflict_drops_the_entry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_foreign_commit_on_the_feed_drops_the_entry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_least_recently_used_is_evicted, setup_small, teardown),

@@ -284,6 +284,119 @@ static void test_reserved_ids_are_refused(void **state) {
   cqrs_registry_destroy(reg);
 }
 
+/* ---- an input recorded by an earlier run, met through a stale read ---- */
+
+static bool gate_open;
+static int gate_passed;
+
+/* A step that cannot run while the gate is closed (a transient failure:
+ * the process manager retries it). */
+static cqrs_code_t handle_gate(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)ctx, (void)cmd, (void)data;
+  if (!gate_open) return cqrs_error_set(err, CQRS_ESTORE, "the gate is closed");
+  gate_passed++;
+  return CQRS_OK;
+}
+static const cqrs_command_type_t gate_work = {.name = "test.gate", .payload_size = sizeof(nothing_t),
+                                              .fields = nothing_fields};
+
+/* The slow process manager's shape, with the gate as its step. */
+static const cqrs_process_step_t gated_steps[] = {{"work", &gate_work}, {NULL, NULL}};
+static const cqrs_process_type_t gated_type = {.name = "gated", .state_size = sizeof(counted_t),
+                                               .state_fields = counted_fields, .routes = slow_routes,
+                                               .steps = gated_steps, .on_step = after_slow};
+
+/* A store whose first read of each process stream finds nothing: what a
+ * process sees when an earlier one's write lands after its own read. */
+typedef struct stale {
+  cqrs_store_t *inner;
+  int stale_reads;
+} stale_t;
+static cqrs_code_t st_append(void *impl, const cqrs_append_t *r, cqrs_append_result_t *res, cqrs_error_t *err) {
+  return cqrs_store_append(((stale_t *)impl)->inner, r, res, err);
+}
+static cqrs_code_t st_read_stream(void *impl, const char *t, const char *id, int64_t from, cqrs_event_visit_cb cb,
+                                  void *data, cqrs_error_t *err) {
+  stale_t *s = impl;
+  if (!strncmp(t, "process:", 8) && s->stale_reads > 0) {
+    s->stale_reads--;
+    return CQRS_OK;
+  }
+  return cqrs_store_read_stream(s->inner, t, id, from, cb, data, err);
+}
+static cqrs_code_t st_read_all(void *impl, int64_t from, size_t limit, cqrs_event_visit_cb cb, void *data,
+                               cqrs_error_t *err) {
+  return cqrs_store_read_all(((stale_t *)impl)->inner, from, limit, cb, data, err);
+}
+static cqrs_code_t st_head(void *impl, int64_t *p, cqrs_error_t *err) {
+  return cqrs_store_head(((stale_t *)impl)->inner, p, err);
+}
+static const cqrs_store_ops_t stale_ops = {"stale", false, st_append, st_read_stream, st_read_all, st_head,
+                                           NULL, NULL, free};
+
+static void wait_gate(uv_timer_t *t) {
+  waiter_t *w = t->data;
+  if ((gate_passed && cqrs_process_open_count(w->d, "gated") == 0) || ++w->ticks > 2000) uv_timer_stop(t);
+}
+
+/* A run records an instance's first input and is stopped before its step
+ * has run; the next run's first read of the instance is stale, so recording
+ * that input again finds it there already (a duplicate). The instance is
+ * reloaded and its step run, not forgotten: its checkpoint stays before it
+ * meanwhile, and the stale state is not kept in the cache. */
+static void test_input_recorded_by_an_earlier_run(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = ledger_registry();
+  assert_int_equal(cqrs_registry_add_command(reg, &gate_work, NULL), CQRS_OK);
+  assert_int_equal(cqrs_registry_add_process(reg, &gated_type, NULL), CQRS_OK);
+  cqrs_store_t *mem = NULL;
+  cqrs_memory_store_new(&mem, NULL);
+  cqrs_checkpoints_t *cp = NULL;
+  cqrs_memory_checkpoints_new(&cp, NULL);
+  cqrs_error_t err;
+  cqrs_dispatcher_t *d;
+  gate_open = false;
+  gate_passed = 0;
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, mem, NULL, &d, &err), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d, &gate_work, handle_gate, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_process_start(d, &gated_type, NULL, cp, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, ledger_open_new("l-1", "o"), NULL, NULL), CQRS_OK);
+  while (cqrs_process_open_count(d, "gated") == 0) uv_run(&loop, UV_RUN_ONCE);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(gate_passed, 0);
+
+  stale_t *impl = calloc(1, sizeof *impl);
+  impl->inner = mem;
+  impl->stale_reads = 1;
+  cqrs_store_t *store = NULL;
+  assert_int_equal(cqrs_store_new(&stale_ops, impl, &store, NULL), CQRS_OK);
+  gate_open = true;
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d, &gate_work, handle_gate, NULL, 0, &err), CQRS_OK);
+  assert_int_equal(cqrs_process_start(d, &gated_type, NULL, cp, &err), CQRS_OK);
+  waiter_t w = {d, {0}, 0};
+  uv_timer_init(&loop, &w.t);
+  w.t.data = &w;
+  uv_timer_start(&w.t, wait_gate, 10, 10);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(impl->stale_reads, 0); /* the stale read did happen */
+  assert_int_equal(gate_passed, 1);
+  assert_int_equal(cqrs_process_open_count(d, "gated"), 0);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_close((uv_handle_t *)&w.t, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  cqrs_checkpoints_destroy(cp);
+  cqrs_store_destroy(store);
+  cqrs_store_destroy(mem);
+  cqrs_registry_destroy(reg);
+}
+
 /* ---- two processes running the same process manager ---- */
 
 enum { RACERS = 400 };
@@ -435,6 +548,7 @@ int main(void) {
       cmocka_unit_test(test_derived_ids_are_never_cut),
       cmocka_unit_test(test_registration_is_checked),
       cmocka_unit_test(test_reserved_ids_are_refused),
+      cmocka_unit_test(test_input_recorded_by_an_earlier_run),
       cmocka_unit_test(test_two_runtimes_agree_on_each_step),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
