@@ -40,6 +40,10 @@
  *                           step's reserved command id
  *   BUG_CHECKPOINT_PAST_OPEN the checkpoint passes the start event of an
  *                           instance still open
+ *   BUG_FORGET_DUPLICATE    an input found recorded already (a duplicate)
+ *                           makes the runtime forget the instance, as
+ *                           process.c did before it kept the instance and
+ *                           held the checkpoint for it (held_at)
  */
 
 #ifndef MAXCRASH
@@ -122,7 +126,9 @@ typedef node_t {
   byte cur_value;      /* its outcome (for a step's outcome) */
   bool cur_from_feed;  /* it came from the feed (the subscriber waits on it) */
   byte flight[NSTEP];  /* F_ */
-  bool cur_sent        /* BUG_SEND_BEFORE_COMMIT: the decision went out already */
+  bool cur_sent;       /* BUG_SEND_BEFORE_COMMIT: the decision went out already */
+  bool open_here       /* the runtime holds T open (process.c: its entry in rt->open,
+                          started or held_at), which holds the checkpoint */
 }
 node_t nd[NODES];
 /* In node(me), the names below are that process's own. */
@@ -134,6 +140,7 @@ node_t nd[NODES];
 #define cur_from_feed nd[me].cur_from_feed
 #define flight nd[me].flight
 #define cur_sent nd[me].cur_sent
+#define open_here nd[me].open_here
 
 /* ---- bounds ---- */
 byte crashes, errors;
@@ -243,8 +250,25 @@ inline take_effect(s) {
   step_committed[s] = true
 }
 
+/* The runtime's view after the commit of an input (process.c:
+ * on_input_done): the instance stays open here until its stream says it
+ * ended, a duplicate included (kept, reloaded, the checkpoint held). */
+#ifdef BUG_FORGET_DUPLICATE
+inline AFTER_COMMIT(dup) {
+  if
+  :: dup -> known = false; loaded = false; open_here = false;  /* BROKEN: forgotten */
+     printf("node %d: runtime: the start input is a duplicate: T forgotten (BROKEN)\n", me)
+  :: else -> open_here = started && !ENDED
+  fi;
+  dup = false
+}
+#else
+inline AFTER_COMMIT(dup) { open_here = started && !ENDED; dup = false }
+#endif
+
 proctype node(byte me) {
   byte s, next;
+  bool dup;
   cur = NONE;
 end:
   do
@@ -265,13 +289,14 @@ end:
 #endif
        fi
      }
-  /* -- subscriber: save the checkpoint; never past the start of an open
-   *    instance. process.c: checkpoint_at; bus.c saves it */
+  /* -- subscriber: save the checkpoint; never past the start of an
+   *    instance this runtime holds open (what it knows, not the stream).
+   *    process.c: checkpoint_at; bus.c saves it */
   :: atomic {
 #ifdef BUG_CHECKPOINT_PAST_OPEN
        checkpoint < sub_pos -> checkpoint = sub_pos
 #else
-       checkpoint < sub_pos && ENDED -> checkpoint = sub_pos
+       checkpoint < sub_pos && !open_here -> checkpoint = sub_pos
 #endif
        ; printf("node %d: subscriber: checkpoint saved at %d\n", me, checkpoint)
      }
@@ -303,7 +328,9 @@ end:
           printf("node %d: runtime: sends step %d before committing input %d (BROKEN)\n", me, next, cur); next = 0
        :: else ->
           printf("node %d: runtime: commits input %d (6 start, else a step's outcome %d), deciding step %d (255 none)\n", me, cur, cur_value, next);
+          dup = cur == START && started;
           commit(cur, cur_value, next);
+          AFTER_COMMIT(dup);
           cur_sent = false;
           if :: cur != START -> flight[cur] = F_IDLE :: else fi;
           if :: cur_from_feed -> sub_pos++ :: else fi;
@@ -311,7 +338,9 @@ end:
        fi
 #else
        printf("node %d: runtime: commits input %d (6 start, else a step's outcome %d), deciding step %d (255 none)\n", me, cur, cur_value, next);
+       dup = cur == START && started;
        commit(cur, cur_value, next);
+       AFTER_COMMIT(dup);
        if :: cur != START -> flight[cur] = F_IDLE :: else fi;
        if :: cur_from_feed -> sub_pos++ :: else fi;
        cur = NONE; cur_value = 0; cur_from_feed = false; next = 0
@@ -387,7 +416,7 @@ end:
    *    restarts, its subscriber from the checkpoint. */
   :: atomic {
        crashes < MAXCRASH -> crashes++; printf("node %d: crash; restart\n", me);
-       known = false; loaded = false; sub_pos = checkpoint;
+       known = false; loaded = false; open_here = false; sub_pos = checkpoint;
        cur = NONE; cur_value = 0; cur_from_feed = false;
        cur_sent = false;
        s = 0;
