@@ -219,6 +219,7 @@ typedef struct app {
   bool drain;   /* sends nothing; exits once the projection has caught up */
   int sent, failed;
   bool closing;
+  bool opened; /* the account's open has come back: credits may go */
 } app_t;
 
 /* The projection: one document per position, keyed by it, so a second
@@ -261,6 +262,11 @@ static void on_done(const cqrs_result_t *r, void *data) {
   }
 }
 
+static void on_opened(const cqrs_result_t *r, void *data) {
+  on_done(r, data);
+  ((app_t *)data)->opened = true;
+}
+
 static void app_stop(app_t *a) {
   if (a->closing) return;
   a->closing = true;
@@ -284,10 +290,12 @@ static void app_tick(uv_timer_t *t) {
       app_stop(a);
     return;
   }
-  if (a->sent >= COMMANDS_MAX) return;
+  /* A credit sent before the open has come back may run beside it (the
+   * store's calls are on the pool) and find the account not open yet. */
+  if (a->sent >= COMMANDS_MAX || (a->sent == 1 && !a->opened)) return;
   cqrs_command_t *cmd =
       a->sent == 0 ? ledger_open_new(a->account, a->owner) : ledger_credit_new(a->account, a->sent);
-  if (cqrs_dispatcher_send(a->d, cmd, on_done, a) == CQRS_OK) a->sent++;
+  if (cqrs_dispatcher_send(a->d, cmd, a->sent == 0 ? on_opened : on_done, a) == CQRS_OK) a->sent++;
 }
 
 static int run_app(const char *db, const char *owner, bool drain) {
