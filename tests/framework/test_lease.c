@@ -51,19 +51,31 @@ static void test_fenced_checkpoints(void **state) {
 typedef struct test_leases {
   cqrs_leases_t *inner;
   char mute[CQRS_NAME_MAX]; /* calls of this owner fail */
+  /* When the last successful acquire or renewal of lease `watch` was
+   * called (mono_ms): its holder's deadline is at most ttl - guard later. */
+  char watch[CQRS_NAME_MAX];
+  uint64_t watch_ok_ms;
 } test_leases_t;
+
+static uint64_t mono_ms(void) { return uv_hrtime() / 1000000u; } /* the lease code's clock */
 
 static cqrs_code_t tl_acquire(void *impl, const char *name, const char *owner, uint64_t ttl, int64_t *token,
                               cqrs_error_t *err) {
   test_leases_t *t = impl;
+  uint64_t at = mono_ms();
   if (!strcmp(t->mute, owner)) return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
-  return cqrs_leases_acquire(t->inner, name, owner, ttl, token, err);
+  cqrs_code_t rc = cqrs_leases_acquire(t->inner, name, owner, ttl, token, err);
+  if (!rc && *token > 0 && !strcmp(t->watch, name)) t->watch_ok_ms = at;
+  return rc;
 }
 static cqrs_code_t tl_renew(void *impl, const char *name, const char *owner, int64_t token, uint64_t ttl,
                             cqrs_error_t *err) {
   test_leases_t *t = impl;
+  uint64_t at = mono_ms();
   if (!strcmp(t->mute, owner)) return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
-  return cqrs_leases_renew(t->inner, name, owner, token, ttl, err);
+  cqrs_code_t rc = cqrs_leases_renew(t->inner, name, owner, token, ttl, err);
+  if (!rc && !strcmp(t->watch, name)) t->watch_ok_ms = at;
+  return rc;
 }
 static cqrs_code_t tl_release(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err) {
   return cqrs_leases_release(((test_leases_t *)impl)->inner, name, owner, token, err);
@@ -109,7 +121,8 @@ static cqrs_code_t project(const cqrs_event_t *e, void *data, cqrs_error_t *err)
   return CQRS_OK;
 }
 
-static void open_side(fx_t *fx, int i, const char *owner) {
+/* Dispatcher `i`, under leases of `ttl_ms` and `guard_ms`, with nothing started. */
+static void open_leased(fx_t *fx, int i, const char *owner, uint64_t ttl_ms, uint64_t guard_ms) {
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.poll_ms = 10; /* hears of the other's commits */
@@ -120,11 +133,16 @@ static void open_side(fx_t *fx, int i, const char *owner) {
   cqrs_lease_options_init(&lo);
   lo.leases = fx->leases;
   lo.owner = owner;
-  lo.ttl_ms = 150;
-  lo.guard_ms = 50;
+  lo.ttl_ms = ttl_ms;
+  lo.guard_ms = guard_ms;
   if (cqrs_dispatcher_set_leases(fx->d[i], &lo, &err)) fail_msg("%s", err.message);
   if (!fx->metrics[i] && cqrs_metrics_new(&fx->metrics[i], &err)) fail_msg("%s", err.message);
   if (cqrs_metrics_attach(fx->metrics[i], fx->d[i], &err)) fail_msg("%s", err.message);
+}
+
+static void open_side(fx_t *fx, int i, const char *owner) {
+  open_leased(fx, i, owner, 150, 50);
+  cqrs_error_t err;
   fx->side[i] = (side_t){fx, i};
   cqrs_projection_def_t def = {"proj", NULL, project, &fx->side[i], 0};
   if (cqrs_projection_start(fx->d[i], &def, fx->cp, &err)) fail_msg("%s", err.message);
@@ -450,6 +468,150 @@ static void test_process_manager_runs_at_its_owner(void **state) {
   assert_int_equal(cqrs_process_open_count(fx->d[other], "bonus"), 0);
 }
 
+/* ---- acting past the lease's deadline ---- */
+
+static void on_closed(void *data) { *(bool *)data = true; }
+
+/* Closes dispatcher `i` and runs the loop until it has: whatever it had in
+ * flight has finished. */
+static void close_and_wait(fx_t *fx, int i) {
+  bool closed = false;
+  assert_int_equal(cqrs_dispatcher_close(fx->d[i], on_closed, &closed), CQRS_OK);
+  fx->d[i] = NULL;
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  while (!closed && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_true(closed);
+}
+
+/* Runs the loop until `d` no longer holds lease `name`. */
+static void run_until_lost(fx_t *fx, cqrs_dispatcher_t *d, const char *name) {
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  while (cqrs_projection_owned(d, name) && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_false(cqrs_projection_owned(d, name));
+}
+
+/* A blocking projection whose handler takes SLOW_MS an event, under a lease
+ * whose deadline comes SLOW_TTL_MS - SLOW_GUARD_MS after it is acquired. */
+#define SLOW_EVENTS 30
+#define SLOW_MS 150
+#define SLOW_TTL_MS 600
+#define SLOW_GUARD_MS 200
+
+typedef struct slow {
+  uv_mutex_t lock;
+  int n;
+  uint64_t at[SLOW_EVENTS]; /* when each delivery started, mono_ms */
+} slow_t;
+
+static cqrs_code_t slow_project(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)e;
+  (void)err;
+  slow_t *s = data;
+  uint64_t at = mono_ms();
+  uv_mutex_lock(&s->lock);
+  if (s->n < SLOW_EVENTS) s->at[s->n] = at;
+  s->n++;
+  uv_mutex_unlock(&s->lock);
+  uv_sleep(SLOW_MS);
+  return CQRS_OK;
+}
+
+/* The lease store goes away just after the projection took its lease: the
+ * batch on the pool (all the events, SLOW_EVENTS * SLOW_MS long) stops at
+ * the deadline by itself (the loop notices the deadline at its next tick,
+ * but cannot stop a batch in flight); no delivery starts after it. (A batch
+ * used to run to its end, seconds past the deadline, beside the next
+ * holder.) */
+static void test_blocking_batch_stops_at_the_deadline(void **state) {
+  fx_t *fx = *state;
+  ledger_fill(fx->mem, &ledger_type, "more", SLOW_EVENTS - 1);
+  assert_int_equal(head(fx), SLOW_EVENTS);
+  open_leased(fx, 0, "a", SLOW_TTL_MS, SLOW_GUARD_MS);
+  snprintf(fx->tl.watch, sizeof fx->tl.watch, "slow");
+  slow_t slow = {.n = 0};
+  assert_int_equal(uv_mutex_init(&slow.lock), 0);
+  cqrs_error_t err;
+  cqrs_projection_def_t def = {"slow", NULL, slow_project, &slow, CQRS_SUBSCRIBE_BLOCKING};
+  if (cqrs_projection_start(fx->d[0], &def, fx->cp, &err)) fail_msg("%s", err.message);
+  assert_true(cqrs_projection_owned(fx->d[0], "slow")); /* a store that does not block answers at once */
+  snprintf(fx->tl.mute, sizeof fx->tl.mute, "a");
+  uint64_t deadline = fx->tl.watch_ok_ms + SLOW_TTL_MS - SLOW_GUARD_MS; /* or a little later than the dispatcher's */
+  run_until_lost(fx, fx->d[0], "slow");
+  close_and_wait(fx, 0);
+  uv_mutex_lock(&slow.lock);
+  int n = slow.n;
+  uv_mutex_unlock(&slow.lock);
+  fprintf(stderr, "%d of %d events delivered, the last starting at the deadline %+lld ms\n", n, SLOW_EVENTS,
+          n ? (long long)slow.at[n - 1] - (long long)deadline : 0LL);
+  assert_true(n >= 1);
+  /* A delivery starts just after the check of the deadline: half a delivery
+   * covers a thread paused between the two, and a batch that goes on starts
+   * its second delivery past the deadline a whole one after it. */
+  for (int i = 0; i < n; i++) {
+    if (slow.at[i] >= deadline + SLOW_MS / 2)
+      fail_msg("delivery %d started %llu ms after the deadline", i, (unsigned long long)(slow.at[i] - deadline));
+  }
+  assert_true(n < SLOW_EVENTS);
+  uv_mutex_destroy(&slow.lock);
+}
+
+/* A process manager under a lease of PM_TTL_MS whose store goes away while
+ * its first input (the "acc" opened before it started) is on its way: that
+ * input comes back past the lease's deadline, and before the lease's tick
+ * has noticed (the loop was busy), with a step to send. It sends none; the
+ * next holder does. (It used to send it: held was all it asked.) */
+#define PM_TTL_MS 1200
+#define PM_GUARD_MS 400
+
+typedef struct stall {
+  fx_t *fx;
+  bool stalled;
+  bool held_after; /* the lease still held when the stall ended: its tick had not run */
+} stall_t;
+
+/* The first input of the process manager mutes the store and holds the
+ * loop until its holder's deadline has passed. */
+static cqrs_code_t stall_input(const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)err;
+  stall_t *st = data;
+  test_leases_t *tl = &st->fx->tl;
+  if (st->stalled || strcmp(cqrs_command_type(cmd)->name, "cqrs.process.input")) return CQRS_OK;
+  st->stalled = true;
+  snprintf(tl->mute, sizeof tl->mute, "a");
+  uint64_t deadline = tl->watch_ok_ms + PM_TTL_MS - PM_GUARD_MS;
+  for (uint64_t now = mono_ms(); now <= deadline; now = mono_ms()) uv_sleep((unsigned)(deadline - now + 1));
+  st->held_after = cqrs_projection_owned(st->fx->d[0], "process:bonus");
+  return CQRS_OK;
+}
+
+static const cqrs_middleware_t input_staller = {.command_before = stall_input};
+
+static void test_process_manager_stops_at_the_deadline(void **state) {
+  fx_t *fx = *state;
+  int64_t before = balance(fx, "acc");
+  open_leased(fx, 0, "a", PM_TTL_MS, PM_GUARD_MS);
+  snprintf(fx->tl.watch, sizeof fx->tl.watch, "process:bonus");
+  stall_t st = {fx, false, false};
+  cqrs_error_t err;
+  if (cqrs_dispatcher_use(fx->d[0], &input_staller, &st, &err)) fail_msg("%s", err.message);
+  start_bonus(fx, 0);
+  assert_true(owns_bonus(fx, 0));
+  run_until_lost(fx, fx->d[0], "process:bonus");
+  assert_true(st.stalled);
+  assert_true(st.held_after);
+  /* Anything it sent before it noticed has run by the time it has closed. */
+  close_and_wait(fx, 0);
+  assert_int_equal(fx->steps[0], 0);
+  assert_int_equal(balance(fx, "acc"), before);
+  /* The step was due: the next holder sends it, once. */
+  open_leased(fx, 1, "b", PM_TTL_MS, PM_GUARD_MS);
+  start_bonus(fx, 1);
+  uint64_t until = uv_now(&fx->loop) + 10000;
+  while (balance(fx, "acc") == before && uv_now(&fx->loop) < until) uv_run(&fx->loop, UV_RUN_ONCE);
+  assert_int_equal(balance(fx, "acc"), before + 100);
+  assert_int_equal(fx->steps[1], 1);
+}
+
 static cqrs_code_t uf_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
   return cqrs_checkpoints_load(impl, name, position, err);
 }
@@ -517,6 +679,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_fenced_checkpoint_stops_the_owner, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_process_manager_runs_at_its_owner, setup_bonus, teardown),
       cmocka_unit_test_setup_teardown(test_process_manager_runs_at_its_owner, setup_bonus_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_blocking_batch_stops_at_the_deadline, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_process_manager_stops_at_the_deadline, setup_bonus, teardown),
       cmocka_unit_test_setup_teardown(test_lease_rules, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lease_rules, setup_blocking, teardown),
   };

@@ -15,6 +15,7 @@
 
 #include <mongoc/mongoc.h>
 
+#include "mongo-private.h" /* the claim hook */
 #include "procs.h"
 
 static const char *self; /* argv[0]: this binary (under valgrind, /proc/self/exe is valgrind) */
@@ -140,6 +141,67 @@ static void test_one_taker_wins(void **state) {
   cqrs_registry_destroy(reg);
 }
 
+/* A claim that read the lease's newest term, stalled, and then inserted
+ * the next term's document after others had taken that term, two more, and
+ * deleted it as an old one: the insert goes through (the id is free again),
+ * but the copy names a newer term, so the claim holds nothing and takes its
+ * document back out. (It used to return that term's token and hold the
+ * lease beside its real holder until its first renewal.) */
+static cqrs_leases_t *stalled_leases;
+
+static void others_move_on(const char *name, const char *owner) {
+  if (strcmp(owner, "stalled")) return;
+  cqrs__mongo_lease_claim_hook = NULL; /* once */
+  const char *others[] = {"b", "c", "d"};
+  for (int64_t i = 0; i < 3; i++) {
+    int64_t token;
+    assert_int_equal(cqrs_leases_acquire(stalled_leases, name, others[i], 60000, &token, NULL), CQRS_OK);
+    assert_int_equal(token, i + 1);
+    if (i < 2) assert_int_equal(cqrs_leases_release(stalled_leases, name, others[i], token, NULL), CQRS_OK);
+  }
+}
+
+static int64_t count_id(mongoc_collection_t *coll, const char *id) {
+  bson_t *filter = BCON_NEW("_id", BCON_UTF8(id));
+  bson_error_t e;
+  int64_t n = mongoc_collection_count_documents(coll, filter, NULL, NULL, NULL, &e);
+  bson_destroy(filter);
+  if (n < 0) fail_msg("count: %s", e.message);
+  return n;
+}
+
+static void test_stale_claim_backs_out(void **state) {
+  (void)state;
+  NEED_MONGO();
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_mongo_t *m = test_mongo_open(reg, NULL, NULL);
+  assert_int_equal(cqrs_mongo_leases_new(m, &stalled_leases, NULL), CQRS_OK);
+  cqrs__mongo_lease_claim_hook = others_move_on;
+  int64_t token = -1;
+  cqrs_error_t err;
+  /* It read "no term yet" and claims term 1; meanwhile b takes term 1, c
+   * term 2, d term 3 (which deletes term 1). */
+  assert_int_equal(cqrs_leases_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
+  assert_null(cqrs__mongo_lease_claim_hook); /* it did stall there */
+  assert_int_equal(token, 0);
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_collection_t *coll = mongoc_client_get_collection(client, cqrs_mongo_database(m), "cqrs_leases");
+  assert_int_equal(count_id(coll, "stale#00000000000000000001"), 0);
+  assert_int_equal(count_id(coll, "stale#00000000000000000003"), 1);
+  /* d holds it still; once d lets go, the next claim takes term 4. */
+  assert_int_equal(cqrs_leases_renew(stalled_leases, "stale", "d", 3, 60000, &err), CQRS_OK);
+  assert_int_equal(cqrs_leases_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
+  assert_int_equal(token, 0);
+  assert_int_equal(cqrs_leases_release(stalled_leases, "stale", "d", 3, &err), CQRS_OK);
+  assert_int_equal(cqrs_leases_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
+  assert_int_equal(token, 4);
+  mongoc_collection_destroy(coll);
+  mongoc_client_destroy(client);
+  cqrs_leases_destroy(stalled_leases);
+  test_mongo_close(m);
+  cqrs_registry_destroy(reg);
+}
+
 /* ---- the application the processes run ---- */
 
 typedef struct app {
@@ -157,6 +219,7 @@ typedef struct app {
   bool drain;   /* sends nothing; exits once the projection has caught up */
   int sent, failed;
   bool closing;
+  bool opened; /* the account's open has come back: credits may go */
 } app_t;
 
 /* The projection: one document per position, keyed by it, so a second
@@ -199,6 +262,11 @@ static void on_done(const cqrs_result_t *r, void *data) {
   }
 }
 
+static void on_opened(const cqrs_result_t *r, void *data) {
+  on_done(r, data);
+  ((app_t *)data)->opened = true;
+}
+
 static void app_stop(app_t *a) {
   if (a->closing) return;
   a->closing = true;
@@ -222,10 +290,12 @@ static void app_tick(uv_timer_t *t) {
       app_stop(a);
     return;
   }
-  if (a->sent >= COMMANDS_MAX) return;
+  /* A credit sent before the open has come back may run beside it (the
+   * store's calls are on the pool) and find the account not open yet. */
+  if (a->sent >= COMMANDS_MAX || (a->sent == 1 && !a->opened)) return;
   cqrs_command_t *cmd =
       a->sent == 0 ? ledger_open_new(a->account, a->owner) : ledger_credit_new(a->account, a->sent);
-  if (cqrs_dispatcher_send(a->d, cmd, on_done, a) == CQRS_OK) a->sent++;
+  if (cqrs_dispatcher_send(a->d, cmd, a->sent == 0 ? on_opened : on_done, a) == CQRS_OK) a->sent++;
 }
 
 static int run_app(const char *db, const char *owner, bool drain) {
@@ -443,6 +513,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_mongo_lease_contract),
       cmocka_unit_test(test_one_taker_wins),
+      cmocka_unit_test(test_stale_claim_backs_out),
       cmocka_unit_test_teardown(test_sigkilled_owner_is_replaced, kill_children),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -93,4 +93,9 @@ cqrs_code_t cqrs__mongo_decode_commit(const cqrs_registry_t *reg, const bson_t *
                                       void *data, cqrs_error_t *err);
 cqrs_code_t cqrs__mongo_build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position, cqrs_error_t *err);
 
+/* Tests only (tests/mongo/test_mongo_leases.c): when set, a lease claim
+ * calls it between reading the newest term and inserting the next, so that
+ * a test can stall the claim there while others move the lease on. */
+CQRS_EXPORT extern void (*cqrs__mongo_lease_claim_hook)(const char *name, const char *owner);
+
 #endif
