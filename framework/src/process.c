@@ -744,6 +744,11 @@ static void open_free(open_t *o) {
   cqrs__free(o);
 }
 
+/* The lease went elsewhere: what this runtime knows of its instances is
+ * the next holder's to rebuild (lease_changed forgets them; those with
+ * work in flight go once it completes). */
+static bool lease_gone(const cqrs__process_t *rt) { return rt->sub->lease.on && !rt->sub->lease.held; }
+
 /* Forgets an instance that is neither open nor waited on (a reload due is
  * a wait, unless the instance `ended`). */
 static void open_maybe_drop(cqrs__process_t *rt, open_t *o, bool ended) {
@@ -780,7 +785,8 @@ static cqrs_code_t dispatch(cqrs__process_t *rt, open_t *o, pm_request_t *req, c
 }
 
 /* Sends an input to its instance, or queues it behind the one in flight.
- * Takes over `req` (freed on an error). */
+ * Takes over `req` (freed on an error). The instance's entry stays, even on
+ * an error: the caller, who may still hold it, decides whether it goes. */
 static cqrs_code_t send_input(cqrs__process_t *rt, pm_request_t *req, cqrs_error_t *err) {
   open_t *o = open_get(rt, req->instance);
   if (!o) {
@@ -797,10 +803,7 @@ static cqrs_code_t send_input(cqrs__process_t *rt, pm_request_t *req, cqrs_error
     return CQRS_OK;
   }
   cqrs_code_t rc = dispatch(rt, o, req, err);
-  if (rc) {
-    request_free(req);
-    open_maybe_drop(rt, o, false);
-  }
+  if (rc) request_free(req);
   return rc;
 }
 
@@ -894,7 +897,7 @@ static void on_input_done(const cqrs_result_t *r, void *data) {
     }
   }
   if (!rt->closing) send_steps(rt, o);
-  open_maybe_drop(rt, o, ended);
+  open_maybe_drop(rt, o, ended || lease_gone(rt));
   arm_timer(rt);
   /* Last: the subscriber may route its next event at once, to this
    * instance too, and the entry may go with it. */
@@ -944,7 +947,7 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
     }
   }
   cqrs__free(sc);
-  open_maybe_drop(rt, o, false);
+  open_maybe_drop(rt, o, lease_gone(rt));
   arm_timer(rt);
   if (rt->closing) cqrs__dispatcher_maybe_closed(rt->d);
 }
@@ -1087,6 +1090,11 @@ static cqrs_code_t on_event(const cqrs_event_t *e, void *data, cqrs_error_t *err
   req->input.route = route;
   req->from_sub = true;
   cqrs_code_t rc = send_input(rt, req, err);
+  if (rc) { /* the subscriber retries the event; an entry made for it alone goes */
+    open_t *o;
+    HASH_FIND_STR(rt->open, instance, o);
+    if (o) open_maybe_drop(rt, o, false);
+  }
   return rc ? rc : CQRS__PENDING;
 }
 

@@ -306,14 +306,19 @@ static const cqrs_process_type_t gated_type = {.name = "gated", .state_size = si
                                                .state_fields = counted_fields, .routes = slow_routes,
                                                .steps = gated_steps, .on_step = after_slow};
 
-/* A store whose first read of each process stream finds nothing: what a
- * process sees when an earlier one's write lands after its own read. */
+/* A store whose first reads of process streams find nothing (what a
+ * process sees when an earlier one's write lands after its own read), the
+ * next ones fail as a server gone for a moment, and which counts the
+ * appends it answers "duplicate". */
 typedef struct stale {
   cqrs_store_t *inner;
-  int stale_reads;
+  int stale_reads, failed_reads, duplicates;
 } stale_t;
 static cqrs_code_t st_append(void *impl, const cqrs_append_t *r, cqrs_append_result_t *res, cqrs_error_t *err) {
-  return cqrs_store_append(((stale_t *)impl)->inner, r, res, err);
+  stale_t *s = impl;
+  cqrs_code_t rc = cqrs_store_append(s->inner, r, res, err);
+  if (!rc && res->duplicate) s->duplicates++;
+  return rc;
 }
 static cqrs_code_t st_read_stream(void *impl, const char *t, const char *id, int64_t from, cqrs_event_visit_cb cb,
                                   void *data, cqrs_error_t *err) {
@@ -321,6 +326,10 @@ static cqrs_code_t st_read_stream(void *impl, const char *t, const char *id, int
   if (!strncmp(t, "process:", 8) && s->stale_reads > 0) {
     s->stale_reads--;
     return CQRS_OK;
+  }
+  if (!strncmp(t, "process:", 8) && s->failed_reads > 0) {
+    s->failed_reads--;
+    return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
   }
   return cqrs_store_read_stream(s->inner, t, id, from, cb, data, err);
 }
@@ -334,16 +343,43 @@ static cqrs_code_t st_head(void *impl, int64_t *p, cqrs_error_t *err) {
 static const cqrs_store_ops_t stale_ops = {"stale", false, st_append, st_read_stream, st_read_all, st_head,
                                            NULL, NULL, free};
 
+/* The first run: the instance of l-1 records its start and its step, and
+ * the dispatcher closes before the step could run (the gate is closed). */
+static void record_and_stop(uv_loop_t *loop, cqrs_registry_t *reg, cqrs_store_t *store, cqrs_checkpoints_t *cp) {
+  cqrs_dispatcher_t *d;
+  gate_open = false;
+  gate_passed = 0;
+  assert_int_equal(cqrs_dispatcher_new(loop, reg, store, NULL, &d, NULL), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d, &gate_work, handle_gate, NULL, 0, NULL), CQRS_OK);
+  assert_int_equal(cqrs_process_start(d, &gated_type, NULL, cp, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, ledger_open_new("l-1", "o"), NULL, NULL), CQRS_OK);
+  while (cqrs_process_open_count(d, "gated") == 0) uv_run(loop, UV_RUN_ONCE);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_run(loop, UV_RUN_DEFAULT);
+  assert_int_equal(gate_passed, 0);
+}
+
+static cqrs_checkpoints_t *gate_cp;
+static stale_t *gate_store;
+static int64_t gate_cp_before_reload; /* the highest checkpoint saved before the reload worked */
+
 static void wait_gate(uv_timer_t *t) {
   waiter_t *w = t->data;
+  if (gate_store->duplicates && gate_store->failed_reads == 0 && !gate_passed) {
+    int64_t at = 0;
+    assert_int_equal(cqrs_checkpoints_load(gate_cp, "process:gated", &at, NULL), CQRS_OK);
+    if (at > gate_cp_before_reload) gate_cp_before_reload = at;
+  }
   if ((gate_passed && cqrs_process_open_count(w->d, "gated") == 0) || ++w->ticks > 2000) uv_timer_stop(t);
 }
 
 /* A run records an instance's first input and is stopped before its step
  * has run; the next run's first read of the instance is stale, so recording
- * that input again finds it there already (a duplicate). The instance is
- * reloaded and its step run, not forgotten: its checkpoint stays before it
- * meanwhile, and the stale state is not kept in the cache. */
+ * that input again finds it there already (a duplicate), and its first
+ * reload fails. The instance is reloaded again and its step run, not
+ * forgotten, and until then its checkpoint stays before its first event
+ * (position 1): a crash meanwhile meets it again. */
 static void test_input_recorded_by_an_earlier_run(void **state) {
   (void)state;
   uv_loop_t loop;
@@ -357,21 +393,15 @@ static void test_input_recorded_by_an_earlier_run(void **state) {
   cqrs_memory_checkpoints_new(&cp, NULL);
   cqrs_error_t err;
   cqrs_dispatcher_t *d;
-  gate_open = false;
-  gate_passed = 0;
-  assert_int_equal(cqrs_dispatcher_new(&loop, reg, mem, NULL, &d, &err), CQRS_OK);
-  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
-  assert_int_equal(cqrs_dispatcher_register(d, &gate_work, handle_gate, NULL, 0, &err), CQRS_OK);
-  assert_int_equal(cqrs_process_start(d, &gated_type, NULL, cp, &err), CQRS_OK);
-  assert_int_equal(cqrs_dispatcher_send(d, ledger_open_new("l-1", "o"), NULL, NULL), CQRS_OK);
-  while (cqrs_process_open_count(d, "gated") == 0) uv_run(&loop, UV_RUN_ONCE);
-  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(gate_passed, 0);
+  record_and_stop(&loop, reg, mem, cp);
 
   stale_t *impl = calloc(1, sizeof *impl);
   impl->inner = mem;
   impl->stale_reads = 1;
+  impl->failed_reads = 1;
+  gate_store = impl;
+  gate_cp = cp;
+  gate_cp_before_reload = 0;
   cqrs_store_t *store = NULL;
   assert_int_equal(cqrs_store_new(&stale_ops, impl, &store, NULL), CQRS_OK);
   gate_open = true;
@@ -384,7 +414,10 @@ static void test_input_recorded_by_an_earlier_run(void **state) {
   w.t.data = &w;
   uv_timer_start(&w.t, wait_gate, 10, 10);
   uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(impl->stale_reads, 0); /* the stale read did happen */
+  assert_int_equal(impl->stale_reads, 0); /* the stale read, */
+  assert_int_equal(impl->duplicates, 1);  /* the duplicate it led to, */
+  assert_int_equal(impl->failed_reads, 0); /* and the failed reload did happen */
+  assert_int_equal(gate_cp_before_reload, 0);
   assert_int_equal(gate_passed, 1);
   assert_int_equal(cqrs_process_open_count(d, "gated"), 0);
   assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
@@ -394,6 +427,102 @@ static void test_input_recorded_by_an_earlier_run(void **state) {
   cqrs_checkpoints_destroy(cp);
   cqrs_store_destroy(store);
   cqrs_store_destroy(mem);
+  cqrs_registry_destroy(reg);
+}
+
+static void race_quiet(cqrs_log_level_t level, const char *domain, const char *message, void *data);
+
+/* The allocations after the duplicate of the test above: the n-th fails. */
+static atomic_long fail_after_dup = -1;
+static void *dup_malloc(size_t n) {
+  return gate_store && gate_store->duplicates && atomic_fetch_sub(&fail_after_dup, 1) == 0 ? NULL : malloc(n);
+}
+static void *dup_realloc(void *p, size_t n) {
+  return gate_store && gate_store->duplicates && atomic_fetch_sub(&fail_after_dup, 1) == 0 ? NULL : realloc(p, n);
+}
+
+static void stop_loop(uv_timer_t *t) { uv_stop(t->loop); }
+
+static cqrs_dispatcher_t *gated_dispatcher(uv_loop_t *loop, cqrs_registry_t *reg, cqrs_store_t *store,
+                                           cqrs_checkpoints_t *cp) {
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.retry_base_ms = 1;
+  o.retry_cap_ms = 2;
+  cqrs_dispatcher_t *d;
+  assert_int_equal(cqrs_dispatcher_new(loop, reg, store, &o, &d, NULL), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d, &gate_work, handle_gate, NULL, 0, NULL), CQRS_OK);
+  assert_int_equal(cqrs_process_start(d, &gated_type, NULL, cp, NULL), CQRS_OK);
+  return d;
+}
+
+/* The run that meets the duplicate, with each allocation after it failing
+ * in turn (the reload's among them): nothing is freed twice or used after
+ * it is freed, and a third run, with memory, finishes the instance (its
+ * stream: received, step; received, state, ended), so nothing was
+ * forgotten. */
+static void test_allocation_failures_after_a_duplicate(void **state) {
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  assert_int_equal(cqrs_registry_add_command(reg, &gate_work, NULL), CQRS_OK);
+  assert_int_equal(cqrs_registry_add_process(reg, &gated_type, NULL), CQRS_OK);
+  cqrs_log_set_handler(race_quiet, NULL);
+  cqrs_allocator_t hook = {dup_malloc, dup_realloc, free};
+  long n;
+  for (n = 0; n < 400; n++) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    cqrs_store_t *mem = NULL, *store = NULL;
+    cqrs_memory_store_new(&mem, NULL);
+    cqrs_checkpoints_t *cp = NULL;
+    cqrs_memory_checkpoints_new(&cp, NULL);
+    record_and_stop(&loop, reg, mem, cp);
+    stale_t *impl = calloc(1, sizeof *impl);
+    impl->inner = mem;
+    impl->stale_reads = 1;
+    assert_int_equal(cqrs_store_new(&stale_ops, impl, &store, NULL), CQRS_OK);
+    gate_store = impl;
+    gate_open = true;
+    atomic_store(&fail_after_dup, n);
+    cqrs_set_allocator(&hook);
+    cqrs_dispatcher_t *d = gated_dispatcher(&loop, reg, store, cp);
+    uv_timer_t stop;
+    uv_timer_init(&loop, &stop);
+    uv_timer_start(&stop, stop_loop, 100, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+    uv_close((uv_handle_t *)&stop, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    cqrs_set_allocator(NULL);
+    bool failed = atomic_load(&fail_after_dup) < 0;
+    assert_int_equal(impl->duplicates, 1);
+
+    d = gated_dispatcher(&loop, reg, store, cp);
+    while (!cqrs_projection_live(d, "process:gated")) uv_run(&loop, UV_RUN_ONCE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(cqrs_process_open_count(d, "gated"), 0);
+    assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    cqrs_aggregate_t *agg;
+    assert_int_equal(cqrs_repository_load(mem, cqrs_registry_aggregate(reg, "process:gated"), "l-1", &agg, NULL),
+                     CQRS_OK);
+    if (cqrs_aggregate_version(agg) != 5)
+      fail_msg("allocation %ld after the duplicate failing: the instance is at version %lld", n,
+               (long long)cqrs_aggregate_version(agg));
+    cqrs_aggregate_destroy(agg);
+    assert_true(gate_passed >= 1);
+    gate_store = NULL;
+    cqrs_checkpoints_destroy(cp);
+    cqrs_store_destroy(store);
+    cqrs_store_destroy(mem);
+    if (!failed) break; /* fewer than n allocations after the duplicate: every one has failed once */
+  }
+  cqrs_log_set_handler(NULL, NULL);
+  fprintf(stderr, "after the duplicate: %ld allocations, each failed once\n", n);
+  assert_true(n > 3);
+  assert_true(n < 400);
   cqrs_registry_destroy(reg);
 }
 
@@ -549,6 +678,7 @@ int main(void) {
       cmocka_unit_test(test_registration_is_checked),
       cmocka_unit_test(test_reserved_ids_are_refused),
       cmocka_unit_test(test_input_recorded_by_an_earlier_run),
+      cmocka_unit_test(test_allocation_failures_after_a_duplicate),
       cmocka_unit_test(test_two_runtimes_agree_on_each_step),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
