@@ -126,6 +126,7 @@ refute process-fresh-step-id process.pml "$b -DBUG_FRESH_STEP_ID -DCHECKS=1" "$s
 refute process-reserved-open process.pml "$b -DBUG_RESERVED_OPEN -DCHECKS=4" "$safety" "$p" record_agrees
 refute process-checkpoint-past-open process.pml "$b -DBUG_CHECKPOINT_PAST_OPEN -DCHECKS=0" "" "-a -f $p" "acceptance cycle"
 refute process-forget-duplicate process.pml "$b -DBUG_FORGET_DUPLICATE -DCHECKS=0" "" "-a -f $p" "acceptance cycle"
+refute process-no-hold process.pml "$b -DBUG_NO_HOLD -DCHECKS=0" "" "-a -f $p" "acceptance cycle"
 for w in W_COMPLETED W_REFUNDED W_FAILED W_DUPLICATE_STEP W_ENDS_AFTER_CRASHES; do
   refute "process-witness-$w" process.pml "$b -DWITNESS=$w -DCHECKS=0" "$safety" "$p" witness_not_reached
 done

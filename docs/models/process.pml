@@ -44,6 +44,8 @@
  *                           makes the runtime forget the instance, as
  *                           process.c did before it kept the instance and
  *                           held the checkpoint for it (held_at)
+ *   BUG_NO_HOLD             the same input keeps the instance and reloads
+ *                           it, but does not hold the checkpoint for it
  */
 
 #ifndef MAXCRASH
@@ -127,8 +129,9 @@ typedef node_t {
   bool cur_from_feed;  /* it came from the feed (the subscriber waits on it) */
   byte flight[NSTEP];  /* F_ */
   bool cur_sent;       /* BUG_SEND_BEFORE_COMMIT: the decision went out already */
-  bool open_here       /* the runtime holds T open (process.c: its entry in rt->open,
-                          started or held_at), which holds the checkpoint */
+  bool open_here       /* the runtime holds the checkpoint for T (process.c: started,
+                          or held_at): the stream's state at this node's last commit
+                          of an input of T; a crash resets it */
 }
 node_t nd[NODES];
 /* In node(me), the names below are that process's own. */
@@ -258,6 +261,15 @@ inline AFTER_COMMIT(dup) {
   if
   :: dup -> known = false; loaded = false; open_here = false;  /* BROKEN: forgotten */
      printf("node %d: runtime: the start input is a duplicate: T forgotten (BROKEN)\n", me)
+  :: else -> open_here = started && !ENDED
+  fi;
+  dup = false
+}
+#elif defined(BUG_NO_HOLD)
+inline AFTER_COMMIT(dup) {
+  if
+  :: dup -> open_here = false;  /* BROKEN: kept and reloaded, but the checkpoint not held */
+     printf("node %d: runtime: the start input is a duplicate: T kept, checkpoint not held (BROKEN)\n", me)
   :: else -> open_here = started && !ENDED
   fi;
   dup = false
