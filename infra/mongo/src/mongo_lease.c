@@ -114,7 +114,7 @@ static cqrs_code_t set_expires(mongoc_collection_t *coll, const char *name, cons
   return ok ? CQRS_OK : cqrs__mongo_error(err, &e, "renew a lease");
 }
 
-void (*cqrs__mongo_lease_claim_hook)(const char *name, const char *owner);
+_Atomic(cqrs__mongo_claim_hook_fn) cqrs__mongo_lease_claim_hook;
 
 static cqrs_code_t acquire(mongoc_collection_t *coll, const char *name, const char *owner, uint64_t ttl_ms,
                            int64_t *token, cqrs_error_t *err) {
@@ -125,7 +125,8 @@ static cqrs_code_t acquire(mongoc_collection_t *coll, const char *name, const ch
   if (rc) return rc;
   int64_t now = cqrs_now_ms();
   if (latest.found && latest.expires > now && strcmp(latest.owner, owner)) return CQRS_OK; /* held */
-  if (cqrs__mongo_lease_claim_hook) cqrs__mongo_lease_claim_hook(name, owner);
+  cqrs__mongo_claim_hook_fn hook = atomic_load_explicit(&cqrs__mongo_lease_claim_hook, memory_order_acquire);
+  if (hook) hook(name, owner);
   char id[TERM_ID_MAX];
   term_id(id, name, t + 1);
   bson_t doc = BSON_INITIALIZER;
