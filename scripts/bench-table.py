@@ -26,14 +26,14 @@ def main():
     results, doc, command = sys.argv[1], sys.argv[2], sys.argv[3]
     rows = [json.loads(line) for line in open(results) if line.strip().startswith("{")]
     out = [
-        f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu_model()}), "
+        f"Measured {datetime.datetime.utcfromtimestamp(os.path.getmtime(results)):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu_model()}), "
         f"with `{command}`.",
         "",
         "| scenario | operations | seconds | ops/s | p50 µs | p99 µs | peak RSS MiB | notes |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        notes = ", ".join(f"{k}: {v}" for k, v in r.items() if k not in CORE)
+        notes = ", ".join(f"{k}: {v if isinstance(v, str) else json.dumps(v)}" for k, v in r.items() if k not in CORE)
         out.append(
             f"| {r['name']} | {r['operations']} | {r['seconds']:.3f} | {r['ops_per_s']:,.0f} | "
             f"{r['p50_us']:.3f} | {r['p99_us']:.3f} | {r['peak_rss_kib'] / 1024:.1f} | {notes} |"
