@@ -178,6 +178,9 @@ bool cqrs__leases_blocking(const cqrs_leases_t *l);
 cqrs_code_t cqrs__registry_keep(cqrs_registry_t *reg, const char *key, void *obj, void (*free_fn)(void *),
                                 cqrs_error_t *err);
 void *cqrs__registry_kept(const cqrs_registry_t *reg, const char *key);
+/* Removes the names registered for descriptor `type` (a registration that
+ * failed half-way takes back what it added). */
+void cqrs__registry_forget(cqrs_registry_t *reg, const void *type);
 
 #define CQRS__UNUSED(x) (void)(x)
 
@@ -185,5 +188,8 @@ void *cqrs__registry_kept(const cqrs_registry_t *reg, const char *key);
  * the dispatcher refuses them from anyone else, so no outside command can
  * take the id of a step before the step runs. */
 #define CQRS__RESERVED_ID_PREFIX '~'
+/* Command types whose names start with this are the framework's own: the
+ * registry refuses them from applications. */
+#define CQRS__RESERVED_TYPE_PREFIX "cqrs."
 
 #endif

@@ -211,6 +211,11 @@ void cqrs__waiters_close(cqrs_dispatcher_t *d);  /* completes every waiter with 
 
 /* dispatcher.c */
 void cqrs__dispatcher_maybe_closed(cqrs_dispatcher_t *d);
+/* cqrs_dispatcher_register for a command type of the framework's own, which
+ * is in no registry (no outside document can name it). */
+cqrs_code_t cqrs__dispatcher_register_internal(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
+                                               cqrs_command_handler_cb fn, void *data, unsigned flags,
+                                               cqrs_error_t *err);
 /* Sends a command the framework built (a process step or input): reserved
  * ids allowed. */
 cqrs_code_t cqrs__dispatcher_send_internal(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_done_cb done,

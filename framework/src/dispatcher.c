@@ -227,10 +227,16 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
 cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
                                      cqrs_command_handler_cb fn, void *data, unsigned flags, cqrs_error_t *err) {
   if (!d || !type || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, command type or handler");
-  if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   if (!type->name || !type->fields) return cqrs_error_set(err, CQRS_EINVAL, "command type lacks a name or fields");
   if (cqrs_registry_command(d->reg, type->name) != type)
     return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "command type '%s' is not in the registry", type->name);
+  return cqrs__dispatcher_register_internal(d, type, fn, data, flags, err);
+}
+
+cqrs_code_t cqrs__dispatcher_register_internal(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
+                                               cqrs_command_handler_cb fn, void *data, unsigned flags,
+                                               cqrs_error_t *err) {
+  if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   handler_t *h;
   HASH_FIND_PTR(d->handlers, &type, h);
   if (h) return cqrs_error_set(err, CQRS_EDUPLICATE, "command '%s' already has a handler", type->name);

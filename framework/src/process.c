@@ -23,6 +23,9 @@ enum { KIND_RECEIVED, KIND_STATE, KIND_DEADLINE, KIND_ENDED, KIND_STEP };
 enum { STEP_NONE = 0, STEP_SENT = 100 }; /* else a cqrs_step_status_t */
 
 #define RETRY_BASE_MS 100
+/* Room for what names an input: "in:d:", a deadline name as any recorded
+ * one may be (CQRS_NAME_MAX), ':' and a time; or "in:e:" and an event id. */
+#define WHAT_MAX (CQRS_ID_MAX + CQRS_NAME_MAX)
 #define RETRY_CAP_MS 30000
 
 typedef struct pm_type pm_type_t;
@@ -222,20 +225,30 @@ cqrs_code_t cqrs_id_derive(char buf[CQRS_ID_MAX], const char *prefix, const char
   return CQRS_OK;
 }
 
-/* "~<process>/<what>" then ":<instance>": the reserved prefix keeps every
- * outside command off these ids. */
+/* The id of input or step `what` of an instance: "~<process>/<what>" then
+ * ":<instance>" (cqrs_id_derive, which hashes an instance that does not
+ * fit), or, when that prefix is too long for cqrs_id_derive, "~<process>/#"
+ * and a hash of prefix and instance. Nothing is cut: two inputs meet under
+ * one id only if the 128-bit hash collides. The reserved '~' keeps every
+ * outside command off these ids. `what` is a step name (letters, digits,
+ * '_', '-', never "in"), "<step>.<occurrence>", or "in:<kind>:..." for an
+ * input: no two of these read the same. */
 static void derive(char out[CQRS_ID_MAX], const pm_type_t *pm, const char *instance, const char *what) {
-  char prefix[CQRS_ID_MAX];
-  snprintf(prefix, sizeof prefix, "%c%.20s/%.20s", CQRS__RESERVED_ID_PREFIX, pm->def->name, what);
-  cqrs_id_derive(out, prefix, instance, NULL);
+  char prefix[2 * WHAT_MAX]; /* room for '~', a process name, '/' and any `what` */
+  snprintf(prefix, sizeof prefix, "%c%s/%s", CQRS__RESERVED_ID_PREFIX, pm->def->name, what);
+  if (cqrs_id_derive(out, prefix, instance, NULL) == CQRS_OK) return;
+  uint64_t h[2];
+  hash128(prefix, instance, h);
+  snprintf(out, CQRS_ID_MAX, "%c%s/#%016llx%016llx", CQRS__RESERVED_ID_PREFIX, pm->def->name,
+           (unsigned long long)h[0], (unsigned long long)h[1]);
 }
 
 static void step_id(char out[CQRS_ID_MAX], const pm_type_t *pm, const char *instance, int step, int32_t occ) {
   char what[CQRS_ID_MAX];
   if (occ <= 1) {
-    snprintf(what, sizeof what, "%.20s", pm->def->steps[step].name);
+    snprintf(what, sizeof what, "%s", pm->def->steps[step].name);
   } else {
-    snprintf(what, sizeof what, "%.12s.%d", pm->def->steps[step].name, (int)occ);
+    snprintf(what, sizeof what, "%s.%d", pm->def->steps[step].name, (int)occ);
   }
   derive(out, pm, instance, what);
 }
@@ -254,19 +267,22 @@ static bool name_ok(const char *s, const char *extra) {
 
 static void pm_type_free(void *p) { cqrs__free(p); }
 
-static void kind_init(pm_event_type_t *t, const pm_type_t *pm, int kind, const char *suffix, size_t size,
+/* False when the type's name would not fit (check_def's limits keep it in). */
+static bool kind_init(pm_event_type_t *t, const pm_type_t *pm, int kind, const char *suffix, size_t size,
                       const cqrs_field_t *fields, uint32_t version) {
   t->pm = pm;
   t->kind = kind;
-  snprintf(t->name, sizeof t->name, "%.28s.%.30s", pm->stream, suffix);
+  int n = snprintf(t->name, sizeof t->name, "%s.%s", pm->stream, suffix);
   t->pub = (cqrs_event_type_t){t->name, version, size, fields};
+  return n > 0 && (size_t)n < sizeof t->name;
 }
 
 static const cqrs_field_t no_fields[] = {CQRS_FIELDS_END};
 
 static cqrs_code_t check_def(const cqrs_process_type_t *def, cqrs_error_t *err) {
-  if (!def || !name_ok(def->name, ".") || strlen(def->name) > 20)
-    return cqrs_error_set(err, CQRS_EINVAL, "a process type needs a name of at most 20 letters, digits, '_-.'");
+  if (!def || !name_ok(def->name, ".") || strlen(def->name) > CQRS_PROCESS_NAME_MAX)
+    return cqrs_error_set(err, CQRS_EINVAL, "a process type needs a name of 1 to %d letters, digits, '_', '-', '.'",
+                          CQRS_PROCESS_NAME_MAX);
   if (!def->routes || !def->routes[0].type)
     return cqrs_error_set(err, CQRS_EINVAL, "process %s routes no event", def->name);
   if (def->state_size && !def->state_fields)
@@ -276,15 +292,25 @@ static cqrs_code_t check_def(const cqrs_process_type_t *def, cqrs_error_t *err) 
     if (n == CQRS_PROCESS_STEPS_MAX)
       return cqrs_error_set(err, CQRS_ETOO_LARGE, "process %s: more than %d steps", def->name,
                             CQRS_PROCESS_STEPS_MAX);
-    if (!name_ok(s->name, "") || strlen(s->name) > 20 || !s->command || s->command->payload_free)
-      return cqrs_error_set(err, CQRS_EINVAL, "process %s: step %s needs a short name and a plain command type",
+    if (!name_ok(s->name, "") || strlen(s->name) > CQRS_PROCESS_STEP_NAME_MAX || !strcmp(s->name, "in"))
+      return cqrs_error_set(err, CQRS_EINVAL,
+                            "process %s: step '%.64s' needs a name of 1 to %d letters, digits, '_', '-' (not 'in')",
+                            def->name, s->name, CQRS_PROCESS_STEP_NAME_MAX);
+    if (!s->command || s->command->payload_free)
+      return cqrs_error_set(err, CQRS_EINVAL, "process %s: step %s needs a command type without payload_free",
                             def->name, s->name);
+    for (const cqrs_process_step_t *t = def->steps; t < s; t++) {
+      if (!strcmp(t->name, s->name))
+        return cqrs_error_set(err, CQRS_EDUPLICATE, "process %s: two steps named %s", def->name, s->name);
+    }
   }
   if (n && !def->on_step) return cqrs_error_set(err, CQRS_EINVAL, "process %s has steps but no on_step", def->name);
   return CQRS_OK;
 }
 
-/* The internal command that carries an input to an instance. */
+/* The internal command that carries an input to an instance. It is in no
+ * registry, so no document from outside can name it, and its handler is
+ * registered with the dispatcher directly (cqrs__dispatcher_register_internal). */
 typedef struct pm_request pm_request_t;
 typedef struct pm_cmd {
   char instance[CQRS_ID_MAX];
@@ -407,20 +433,26 @@ cqrs_code_t cqrs_registry_add_process(cqrs_registry_t *reg, const cqrs_process_t
   pm->def = def;
   memcpy(pm->stream, stream, sizeof stream);
   uint32_t sv = def->state_version ? def->state_version : 1;
-  kind_init(&pm->kinds[0], pm, KIND_RECEIVED, "received", sizeof(pm_received_t), received_fields, 1);
-  kind_init(&pm->kinds[1], pm, KIND_STATE, "state", def->state_size ? def->state_size : 1,
-            def->state_size ? def->state_fields : no_fields, sv);
-  kind_init(&pm->kinds[2], pm, KIND_DEADLINE, "deadline", sizeof(pm_deadline_t), deadline_fields, 1);
-  kind_init(&pm->kinds[3], pm, KIND_ENDED, "ended", sizeof(pm_ended_t), ended_fields, 1);
+  bool named = kind_init(&pm->kinds[0], pm, KIND_RECEIVED, "received", sizeof(pm_received_t), received_fields, 1);
+  named &= kind_init(&pm->kinds[1], pm, KIND_STATE, "state", def->state_size ? def->state_size : 1,
+                     def->state_size ? def->state_fields : no_fields, sv);
+  named &= kind_init(&pm->kinds[2], pm, KIND_DEADLINE, "deadline", sizeof(pm_deadline_t), deadline_fields, 1);
+  named &= kind_init(&pm->kinds[3], pm, KIND_ENDED, "ended", sizeof(pm_ended_t), ended_fields, 1);
   size_t a = 0;
   for (int k = 0; k < 4; k++) pm->apply[a++] = (cqrs_apply_entry_t){&pm->kinds[k].pub, pm_apply};
   for (const cqrs_process_step_t *s = def->steps; s && s->name; s++) {
     pm_event_type_t *t = &pm->steps[pm->nsteps];
     char suffix[CQRS_NAME_MAX];
-    snprintf(suffix, sizeof suffix, "step.%s", s->name);
-    kind_init(t, pm, KIND_STEP, suffix, s->command->payload_size, s->command->fields, 1);
+    int n = snprintf(suffix, sizeof suffix, "step.%s", s->name);
+    named &= n > 0 && (size_t)n < sizeof suffix &&
+             kind_init(t, pm, KIND_STEP, suffix, s->command->payload_size, s->command->fields, 1);
     t->step = (int)pm->nsteps++;
     pm->apply[a++] = (cqrs_apply_entry_t){&t->pub, pm_apply};
+  }
+  if (!named) {
+    cqrs__free(pm);
+    return cqrs_error_set(err, CQRS_EINVAL, "process %s: the names of its types do not fit %d bytes", def->name,
+                          CQRS_NAME_MAX - 1);
   }
   pm->apply[a] = (cqrs_apply_entry_t){NULL, NULL};
   pm->user_offset = offsetof(pm_instance_t, user);
@@ -430,11 +462,16 @@ cqrs_code_t cqrs_registry_add_process(cqrs_registry_t *reg, const cqrs_process_t
                                     .apply = pm->apply};
   rc = cqrs_registry_add_aggregate(reg, &pm->agg, err);
   for (size_t i = 0; !rc && pm->apply[i].type; i++) rc = cqrs_registry_add_event(reg, pm->apply[i].type, err);
-  if (!rc) rc = cqrs_registry_add_command(reg, &input_cmd, err);
   if (!rc) rc = cqrs_registry_add_aggregate(reg, &refusal_stream, err);
   if (!rc) rc = cqrs_registry_add_event(reg, &refused_type, err);
   if (!rc) rc = cqrs__registry_keep(reg, pm->stream, pm, pm_type_free, err);
-  if (rc) cqrs__free(pm); /* a half registration leaves names pointing here: destroy the registry */
+  if (rc) {
+    /* Nothing of it stays: no name may point into what is freed. The
+     * refusal types are static and shared by every process type. */
+    cqrs__registry_forget(reg, &pm->agg);
+    for (size_t i = 0; pm->apply[i].type; i++) cqrs__registry_forget(reg, pm->apply[i].type);
+    cqrs__free(pm);
+  }
   return rc;
 }
 
@@ -458,6 +495,7 @@ struct cqrs_process {
   const pm_instance_t *in;
   void *user;
   int64_t now;
+  int outcome_of; /* the step whose outcome is the input, else -1 */
   int sends[CQRS_PROCESS_STEPS_MAX];
   unsigned char *payloads[CQRS_PROCESS_STEPS_MAX];
   size_t nsends;
@@ -470,7 +508,7 @@ cqrs_code_t cqrs_process_send(cqrs_process_t *p, const char *step, const void *p
   if (!p || !step || !payload) return cqrs_error_set(err, CQRS_EINVAL, "NULL process, step or payload");
   int i = step_index(p->pm, step);
   if (i < 0) return cqrs_error_set(err, CQRS_EINVAL, "process %s has no step %.64s", p->pm->def->name, step);
-  if (p->in->steps[i].status == STEP_SENT)
+  if (p->in->steps[i].status == STEP_SENT && p->outcome_of != i)
     return cqrs_error_set(err, CQRS_ESTATE, "step %s of %s is still in flight", step, p->id);
   for (size_t k = 0; k < p->nsends; k++) {
     if (p->sends[k] == i) return cqrs_error_set(err, CQRS_ESTATE, "step %s decided twice", step);
@@ -490,7 +528,9 @@ cqrs_code_t cqrs_process_send(cqrs_process_t *p, const char *step, const void *p
 
 static cqrs_code_t schedule(cqrs_process_t *p, const char *name, int64_t at, cqrs_error_t *err) {
   if (!p || !name_ok(name, "")) return cqrs_error_set(err, CQRS_EINVAL, "NULL process or bad deadline name");
-  if (strlen(name) > 20) return cqrs_error_set(err, CQRS_ETOO_LARGE, "deadline name %.64s is too long", name);
+  if (strlen(name) > CQRS_PROCESS_DEADLINE_NAME_MAX)
+    return cqrs_error_set(err, CQRS_ETOO_LARGE, "deadline name %.64s is over %d bytes", name,
+                          CQRS_PROCESS_DEADLINE_NAME_MAX);
   size_t live = 0;
   for (size_t i = 0; i < CQRS_PROCESS_DEADLINES_MAX; i++) live += p->in->deadlines[i].at != 0;
   for (size_t i = 0; i < p->nsched; i++) {
@@ -571,7 +611,7 @@ static cqrs_code_t decide(const pm_type_t *pm, cqrs_aggregate_t *agg, const pm_i
   pm_received_t rec;
   memset(&rec, 0, sizeof rec);
   rec.kind = input->kind;
-  cqrs_process_t p = {.pm = pm, .id = cqrs_aggregate_id(agg), .in = in};
+  cqrs_process_t p = {.pm = pm, .id = cqrs_aggregate_id(agg), .in = in, .outcome_of = -1};
   if (input->kind == IN_EVENT) {
     const cqrs_event_t *e = input->event;
     if ((!in->started && !input->route->starts) || (in->started && e->position <= in->last_position))
@@ -589,6 +629,7 @@ static cqrs_code_t decide(const pm_type_t *pm, cqrs_aggregate_t *agg, const pm_i
     snprintf(rec.key, sizeof rec.key, "%s", pm->def->steps[input->step].name);
     rec.occurrence = input->occurrence;
     rec.status = input->status;
+    p.outcome_of = input->step;
     memcpy(rec.reason, input->reason, sizeof rec.reason);
     p.now = cqrs_now_ms();
   } else {
@@ -671,7 +712,7 @@ struct pm_request {
   pm_request_t *next;
   cqrs__process_t *rt;
   char instance[CQRS_ID_MAX];
-  char what[CQRS_ID_MAX]; /* names the input in its command id; "" records nothing */
+  char what[WHAT_MAX]; /* names the input in its command id; "" records nothing */
   pm_input_t input;
   bool from_sub;
   pm_report_t report; /* written by the handler's last run */
@@ -708,6 +749,7 @@ static cqrs_code_t handle_input(cqrs_context_t *ctx, const cqrs_command_t *cmd, 
   CQRS__UNUSED(data);
   const pm_cmd_t *c = cqrs_command_payload(cmd);
   pm_request_t *req = c->req;
+  if (!cmd->internal || !req) return cqrs_error_set(err, CQRS_EINVALID_COMMAND, "%s is the framework's own", cmd->type->name);
   const pm_type_t *pm = req->rt->pm;
   cqrs_aggregate_t *agg;
   cqrs_code_t rc = cqrs_context_load(ctx, &pm->agg, c->instance, &agg, err);
@@ -927,8 +969,8 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
     if (cqrs__code_transient(&r->error)) {
       st->retry_at = cqrs_now_ms() + backoff(++st->attempts);
     } else {
-      char what[CQRS_ID_MAX];
-      snprintf(what, sizeof what, "in:s:%.20s:%d", rt->pm->def->steps[sc->step].name, (int)sc->occurrence);
+      char what[WHAT_MAX];
+      snprintf(what, sizeof what, "in:s:%s:%d", rt->pm->def->steps[sc->step].name, (int)sc->occurrence);
       pm_request_t *req = request_new(rt, sc->instance, IN_STEP, what);
       if (req) {
         req->input.step = sc->step;
@@ -1006,8 +1048,8 @@ static void resume(cqrs__process_t *rt, open_t *o) {
 }
 
 static void fire_deadline(cqrs__process_t *rt, open_t *o, size_t i) {
-  char what[CQRS_ID_MAX];
-  snprintf(what, sizeof what, "in:d:%.20s:%lld", o->deadlines[i].name, (long long)o->deadlines[i].at);
+  char what[WHAT_MAX];
+  snprintf(what, sizeof what, "in:d:%s:%lld", o->deadlines[i].name, (long long)o->deadlines[i].at);
   pm_request_t *req = request_new(rt, o->id, IN_DEADLINE, what);
   if (!req) return;
   memcpy(req->input.deadline, o->deadlines[i].name, sizeof req->input.deadline);
@@ -1082,7 +1124,7 @@ static cqrs_code_t on_event(const cqrs_event_t *e, void *data, cqrs_error_t *err
   } else {
     snprintf(instance, sizeof instance, "%s", cqrs_event_aggregate_id(e));
   }
-  char what[CQRS_ID_MAX];
+  char what[WHAT_MAX];
   snprintf(what, sizeof what, "in:e:%s", e->id);
   pm_request_t *req = request_new(rt, instance, IN_EVENT, what);
   if (!req) return cqrs_error_set(err, CQRS_ENOMEM, "cannot route an event");
@@ -1128,7 +1170,9 @@ cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *
   if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, process type or checkpoints");
   if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   char stream[CQRS_NAME_MAX];
-  snprintf(stream, sizeof stream, "process:%.40s", def->name ? def->name : "");
+  if (!def->name || strlen(def->name) > CQRS_PROCESS_NAME_MAX)
+    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "process %.64s is not in the registry", def->name ? def->name : "");
+  snprintf(stream, sizeof stream, "process:%s", def->name);
   const pm_type_t *pm = cqrs__registry_kept(d->reg, stream);
   if (!pm || pm->def != def)
     return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "process %s is not in the registry", def->name);
@@ -1150,7 +1194,7 @@ cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *
   rt->d = d;
   rt->pm = pm;
   rt->data = data;
-  cqrs_code_t rc = cqrs_dispatcher_register(d, &input_cmd, handle_input, NULL, 0, err);
+  cqrs_code_t rc = cqrs__dispatcher_register_internal(d, &input_cmd, handle_input, NULL, 0, err);
   if (rc == CQRS_EDUPLICATE) rc = CQRS_OK; /* a second process type on this dispatcher */
   const cqrs_projection_def_t proj = {pm->stream, types, on_event, rt, 0};
   if (!rc) rc = cqrs__projection_start_async(d, &proj, cp, checkpoint_at, &rt->sub, err);

@@ -49,6 +49,21 @@ void *cqrs__registry_kept(const cqrs_registry_t *reg, const char *key) {
   return k ? k->obj : NULL;
 }
 
+static void forget_in(entry_t **head, const void *type) {
+  entry_t *e, *tmp;
+  HASH_ITER(hh, *head, e, tmp) {
+    if (e->type != type) continue;
+    HASH_DEL(*head, e);
+    cqrs__free(e);
+  }
+}
+
+void cqrs__registry_forget(cqrs_registry_t *reg, const void *type) {
+  forget_in(&reg->commands, type);
+  forget_in(&reg->events, type);
+  forget_in(&reg->aggregates, type);
+}
+
 cqrs_code_t cqrs_registry_new(cqrs_registry_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   if (!(*out = cqrs__calloc(1, sizeof(cqrs_registry_t))))
@@ -122,6 +137,9 @@ cqrs_code_t cqrs_registry_add_command(cqrs_registry_t *reg, const cqrs_command_t
   if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or command type");
   if (!type->fields || !type->payload_size)
     return cqrs_error_set(err, CQRS_EINVAL, "command type lacks fields or payload size");
+  if (type->name && !strncmp(type->name, CQRS__RESERVED_TYPE_PREFIX, strlen(CQRS__RESERVED_TYPE_PREFIX)))
+    return cqrs_error_set(err, CQRS_EINVAL, "command type %.64s: names starting '%s' are the framework's",
+                          type->name, CQRS__RESERVED_TYPE_PREFIX);
   cqrs_code_t rc = check_table("command type", type->name, type->fields, err);
   return rc ? rc : add(&reg->commands, "command type", type->name, type, err);
 }

@@ -260,6 +260,73 @@ static void test_registration_is_checked(void **state) {
   cqrs_registry_destroy(reg);
 }
 
+/* Names the id scheme cannot carry are refused, never cut: the limits of
+ * process.h, and "in", which reads like an input's id. */
+static void test_name_limits(void **state) {
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_error_t err;
+  static const cqrs_process_step_t in_step[] = {{"in", &slow_work}, {NULL, NULL}};
+  static const cqrs_process_step_t long_step[] = {{"a_step_name_of_21_chr", &slow_work}, {NULL, NULL}};
+  static const cqrs_process_step_t max_step[] = {{"step_name_of_20_char", &slow_work}, {NULL, NULL}};
+  static const cqrs_process_step_t twin_steps[] = {{"work", &slow_work}, {"work", &slow_work}, {NULL, NULL}};
+  static const cqrs_process_type_t in_type = {.name = "p1", .routes = slow_routes, .steps = in_step,
+                                              .on_step = after_slow};
+  static const cqrs_process_type_t long_step_type = {.name = "p2", .routes = slow_routes, .steps = long_step,
+                                                     .on_step = after_slow};
+  static const cqrs_process_type_t twins = {.name = "p3", .routes = slow_routes, .steps = twin_steps,
+                                            .on_step = after_slow};
+  static const cqrs_process_type_t long_name = {.name = "a_process_name_of_21c", .routes = slow_routes};
+  static const cqrs_process_type_t max_names = {.name = "process_name_of_20ch", .routes = slow_routes,
+                                                .steps = max_step, .on_step = after_slow};
+  assert_int_equal(strlen(long_step[0].name), CQRS_PROCESS_STEP_NAME_MAX + 1);
+  assert_int_equal(strlen(long_name.name), CQRS_PROCESS_NAME_MAX + 1);
+  assert_int_equal(cqrs_registry_add_process(reg, &in_type, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_registry_add_process(reg, &long_step_type, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "20"));
+  assert_int_equal(cqrs_registry_add_process(reg, &twins, &err), CQRS_EDUPLICATE);
+  assert_int_equal(cqrs_registry_add_process(reg, &long_name, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "20"));
+  assert_int_equal(cqrs_registry_add_process(reg, &max_names, &err), CQRS_OK);
+  assert_non_null(cqrs_registry_event(reg, "process:process_name_of_20ch.step.step_name_of_20_char"));
+  cqrs_registry_destroy(reg);
+}
+
+static atomic_long fail_at = -1;
+static void *countdown_malloc(size_t n) { return atomic_fetch_sub(&fail_at, 1) == 0 ? NULL : malloc(n); }
+static void *countdown_realloc(void *p, size_t n) {
+  return atomic_fetch_sub(&fail_at, 1) == 0 ? NULL : realloc(p, n);
+}
+
+/* A registration that fails half-way (each allocation in turn) leaves no
+ * name behind, so none points into what it freed, and it can be made again. */
+static void test_a_failed_registration_leaves_nothing(void **state) {
+  (void)state;
+  cqrs_allocator_t hook = {countdown_malloc, countdown_realloc, free};
+  long n;
+  for (n = 0;; n++) {
+    cqrs_registry_t *reg = ledger_registry();
+    atomic_store(&fail_at, n);
+    cqrs_set_allocator(&hook);
+    cqrs_code_t rc = cqrs_registry_add_process(reg, &slow_types[0], NULL);
+    cqrs_set_allocator(NULL);
+    bool failed = atomic_load(&fail_at) < 0;
+    if (rc == CQRS_OK) {
+      assert_false(failed);
+      cqrs_registry_destroy(reg);
+      break;
+    }
+    assert_int_equal(rc, CQRS_ENOMEM);
+    assert_null(cqrs_registry_aggregate(reg, "process:slow0"));
+    assert_null(cqrs_registry_event(reg, "process:slow0.received"));
+    assert_null(cqrs_registry_event(reg, "process:slow0.step.work"));
+    assert_int_equal(cqrs_registry_add_process(reg, &slow_types[0], NULL), CQRS_OK);
+    assert_non_null(cqrs_registry_aggregate(reg, "process:slow0"));
+    cqrs_registry_destroy(reg);
+  }
+  assert_true(n > 3);
+}
+
 /* An outside command cannot take an id reserved for process steps. */
 static void test_reserved_ids_are_refused(void **state) {
   (void)state;
@@ -676,6 +743,8 @@ int main(void) {
       cmocka_unit_test(test_deadline_given_when_then),
       cmocka_unit_test(test_derived_ids_are_never_cut),
       cmocka_unit_test(test_registration_is_checked),
+      cmocka_unit_test(test_name_limits),
+      cmocka_unit_test(test_a_failed_registration_leaves_nothing),
       cmocka_unit_test(test_reserved_ids_are_refused),
       cmocka_unit_test(test_input_recorded_by_an_earlier_run),
       cmocka_unit_test(test_allocation_failures_after_a_duplicate),

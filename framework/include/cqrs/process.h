@@ -19,6 +19,14 @@ extern "C" {
 
 #define CQRS_PROCESS_STEPS_MAX 16    /* steps a process type declares */
 #define CQRS_PROCESS_DEADLINES_MAX 8 /* deadlines an instance holds at once */
+/* Longest names, in bytes: a process type's, a step's and a deadline's.
+ * The types a process records are named "process:<name>.step.<step>", which
+ * must fit a type name (CQRS_NAME_MAX); longer names are refused at
+ * registration (deadlines: by cqrs_process_schedule), never cut. Ids derived
+ * from them are never cut either: what does not fit an id is hashed. */
+#define CQRS_PROCESS_NAME_MAX 20
+#define CQRS_PROCESS_STEP_NAME_MAX 20
+#define CQRS_PROCESS_DEADLINE_NAME_MAX 20
 
 typedef enum cqrs_step_status {
   CQRS_STEP_ACCEPTED = 1, /* the command committed (or had committed: a duplicate) */
@@ -68,12 +76,12 @@ typedef struct cqrs_process_route {
 /* A step: a command the process sends, at most once per occurrence. Its
  * command id is derived from (process, instance, step, occurrence). */
 typedef struct cqrs_process_step {
-  const char *name; /* unique in the type; letters, digits, '_' and '-' */
+  const char *name; /* unique in the type; 1 to CQRS_PROCESS_STEP_NAME_MAX letters, digits, '_' and '-'; not "in" */
   const cqrs_command_type_t *command;
 } cqrs_process_step_t;
 
 typedef struct cqrs_process_type {
-  const char *name; /* letters, digits, '_', '-', '.'; the stream type is "process:<name>" */
+  const char *name; /* 1 to CQRS_PROCESS_NAME_MAX letters, digits, '_', '-', '.'; the stream type is "process:<name>" */
   size_t state_size;
   const cqrs_field_t *state_fields;    /* how the state is recorded; required when state_size > 0 */
   uint32_t state_version;              /* schema version of the recorded state; 0 means 1 */
@@ -102,11 +110,15 @@ CQRS_EXPORT size_t cqrs_process_open_count(const cqrs_dispatcher_t *d, const cha
 
 /* Inside a handler: decides to send step `step` with `payload` (copied and
  * validated against the step's command type: CQRS_EINVALID_COMMAND). A
- * step whose previous occurrence has no outcome yet is CQRS_ESTATE. */
+ * step whose previous occurrence has no outcome yet is CQRS_ESTATE, but
+ * for the step whose outcome is being handled: its next occurrence may be
+ * sent from there (each occurrence is a command of its own id). */
 CQRS_EXPORT cqrs_code_t cqrs_process_send(cqrs_process_t *p, const char *step, const void *payload,
                                           cqrs_error_t *err);
 /* Inside a handler: wakes the instance at `at_ms` (UTC ms) with deadline
- * `name` (replacing one of the same name), or cancels it. */
+ * `name` (replacing one of the same name), or cancels it. A name is 1 to
+ * CQRS_PROCESS_DEADLINE_NAME_MAX letters, digits, '_' and '-' (else
+ * CQRS_EINVAL, or CQRS_ETOO_LARGE when longer). */
 CQRS_EXPORT cqrs_code_t cqrs_process_schedule(cqrs_process_t *p, const char *name, int64_t at_ms, cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_process_cancel(cqrs_process_t *p, const char *name, cqrs_error_t *err);
 /* Inside a handler: the instance ends once this input is recorded; nothing reaches it afterwards. */

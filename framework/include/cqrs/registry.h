@@ -25,7 +25,8 @@ CQRS_EXPORT void cqrs_registry_destroy(cqrs_registry_t *reg);
 /* Register a type (borrowed: descriptors are static). A second type of the
  * same name is CQRS_EDUPLICATE; a descriptor missing its name, size or
  * fields, or whose field table (payload or snapshot) cqrs_fields_check
- * refuses, such as a range without bounds, is CQRS_EINVAL. */
+ * refuses, such as a range without bounds, is CQRS_EINVAL. Command type
+ * names starting "cqrs." are the framework's: CQRS_EINVAL. */
 CQRS_EXPORT cqrs_code_t cqrs_registry_add_command(cqrs_registry_t *reg, const cqrs_command_type_t *type,
                                                   cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_registry_add_event(cqrs_registry_t *reg, const cqrs_event_type_t *type,
