@@ -10,7 +10,7 @@
  * holder cannot move a newer holder's checkpoint back. */
 #include <stdio.h>
 
-#include "dispatcher-private.h"
+#include "command/dispatcher-private.h"
 
 #define LEASE_TTL_DEFAULT 3000
 

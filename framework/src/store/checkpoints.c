@@ -1,6 +1,6 @@
 #include <uv.h>
 
-#include "cqrs-uthash.h"
+#include "base/cqrs-uthash.h"
 
 
 struct cqrs_checkpoints {

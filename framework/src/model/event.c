@@ -1,6 +1,6 @@
 #include <pthread.h>
 
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>

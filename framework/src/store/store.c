@@ -1,4 +1,4 @@
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 cqrs_code_t cqrs_store_new(const cqrs_store_ops_t *ops, void *impl, cqrs_store_t **out, cqrs_error_t *err) {
   cqrs_code_t rc = CQRS_OK;

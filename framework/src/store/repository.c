@@ -1,4 +1,4 @@
-#include "cache-private.h"
+#include "store/cache-private.h"
 
 typedef struct replay {
   cqrs_aggregate_t *agg;

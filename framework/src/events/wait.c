@@ -2,7 +2,7 @@
  * subscriber has handled position p when its own position reached p, or
  * when it is live and idle and the feed has gone past p (the events in
  * between were not of its types). */
-#include "dispatcher-private.h"
+#include "command/dispatcher-private.h"
 
 typedef struct cqrs__waiter {
   struct cqrs__waiter *next;

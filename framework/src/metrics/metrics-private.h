@@ -3,7 +3,7 @@
 #ifndef CQRS_METRICS_PRIVATE_H
 #define CQRS_METRICS_PRIVATE_H
 
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 typedef struct cqrs__mw_chain {
   size_t n;

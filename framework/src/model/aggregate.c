@@ -1,4 +1,4 @@
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 #define POOL_MAX 64
 #define STATE_ROOM 256 /* pooled blocks hold states up to this size */

@@ -5,8 +5,8 @@
 
 #include <pthread.h>
 
-#include "cqrs-uthash.h"
-#include "metrics-private.h"
+#include "base/cqrs-uthash.h"
+#include "metrics/metrics-private.h"
 
 typedef struct handler {
   const cqrs_command_type_t *type; /* key */

@@ -1,6 +1,6 @@
 #include <stdio.h>
 
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 #define AT(obj, f) ((const unsigned char *)(obj) + (f)->offset)
 #define AT_MUT(obj, f) ((unsigned char *)(obj) + (f)->offset)

@@ -2,8 +2,8 @@
  * loop or the thread pool, commit with conflict retries, completion. */
 #include <stdio.h>
 
-#include "cache-private.h"
-#include "dispatcher-private.h"
+#include "store/cache-private.h"
+#include "command/dispatcher-private.h"
 
 
 #define CTX_MAX_AGGREGATES 8

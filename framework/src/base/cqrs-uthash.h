@@ -6,7 +6,7 @@
 
 #include <stdbool.h>
 
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 extern _Thread_local bool cqrs__hash_oom;
 

@@ -6,7 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "dispatcher-private.h"
+#include "command/dispatcher-private.h"
 
 /* ---- middleware chains ---- */
 

@@ -21,7 +21,7 @@
 #include <pthread.h>
 #include <uv.h>
 
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 #define LOG_CHUNK_BITS 12
 #define LOG_CHUNK (1u << LOG_CHUNK_BITS)

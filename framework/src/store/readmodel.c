@@ -1,7 +1,7 @@
 #include <stdio.h>
 #include <pthread.h>
 
-#include "cqrs-uthash.h"
+#include "base/cqrs-uthash.h"
 
 
 struct cqrs_readmodel {

@@ -1,4 +1,4 @@
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 static cqrs_code_t validate_payload(const cqrs_command_type_t *type, const void *payload, cqrs_error_t *err) {
   cqrs_error_t e;

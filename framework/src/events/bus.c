@@ -5,8 +5,8 @@
  * reading the store, then join the feed. */
 #include <stdio.h>
 
-#include "cache-private.h"
-#include "dispatcher-private.h"
+#include "store/cache-private.h"
+#include "command/dispatcher-private.h"
 
 #define FEED_BATCH 256
 #define SUB_BATCH 64

@@ -8,7 +8,7 @@
 #ifndef CQRS_CACHE_PRIVATE_H
 #define CQRS_CACHE_PRIVATE_H
 
-#include "cqrs-private.h"
+#include "base/cqrs-private.h"
 
 typedef struct cqrs__cache cqrs__cache_t;
 

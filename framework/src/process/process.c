@@ -16,7 +16,7 @@
  */
 #include <stdio.h>
 
-#include "dispatcher-private.h"
+#include "command/dispatcher-private.h"
 
 enum { IN_EVENT = 1, IN_STEP, IN_DEADLINE, IN_RESUME };
 enum { KIND_RECEIVED, KIND_STATE, KIND_DEADLINE, KIND_ENDED, KIND_STEP };

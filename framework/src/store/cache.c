@@ -5,7 +5,7 @@
  * shard (exact LRU); a large one 16, each holding a 16th of the capacity. */
 #include <sched.h>
 
-#include "cache-private.h"
+#include "store/cache-private.h"
 
 #define SHARDS 16 /* a power of two */
 #define SHARDED_FROM 256 /* capacity from which the cache is split in SHARDS */

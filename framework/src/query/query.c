@@ -1,6 +1,6 @@
 
-#include "cqrs-uthash.h"
-#include "metrics-private.h"
+#include "base/cqrs-uthash.h"
+#include "metrics/metrics-private.h"
 
 
 typedef struct query {

@@ -6,7 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cqrs-uthash.h"
+#include "base/cqrs-uthash.h"
 
 _Thread_local bool cqrs__hash_oom;
 

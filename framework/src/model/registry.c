@@ -1,6 +1,6 @@
 #include <stdio.h>
 
-#include "cqrs-uthash.h"
+#include "base/cqrs-uthash.h"
 
 
 typedef struct entry {
