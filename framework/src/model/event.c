@@ -388,3 +388,27 @@ cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t 
   if (!bson_append_document_end(out, &data) && !rc) rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "event too large");
   return rc;
 }
+
+cqrs_code_t cqrs__event_vec_push_ref(cqrs__event_vec_t *v, const cqrs_event_t *e) {
+  if (v->len == v->cap) {
+    size_t cap = v->cap ? v->cap * 2 : 16;
+    const cqrs_event_t **items = cqrs__realloc((void *)v->items, cap * sizeof *items);
+    if (!items) return CQRS_ENOMEM;
+    v->items = items;
+    v->cap = cap;
+  }
+  v->items[v->len++] = cqrs_event_ref(e);
+  return CQRS_OK;
+}
+
+void cqrs__event_vec_clear(cqrs__event_vec_t *v) {
+  for (size_t i = 0; i < v->len; i++) cqrs_event_unref(v->items[i]);
+  v->len = 0;
+}
+
+void cqrs__event_vec_free(cqrs__event_vec_t *v) {
+  cqrs__event_vec_clear(v);
+  cqrs__free((void *)v->items);
+  v->items = NULL;
+  v->cap = 0;
+}
