@@ -50,25 +50,46 @@ static bool sub_wants(const sub_t *s, const cqrs_event_t *e) {
 
 /* ---- dead letters ---- */
 
+/* Room for one more dead letter in memory: the ring grows (up to the
+ * bound, and only before it has wrapped, so that it stays in order), or
+ * its oldest entry goes. NULL: no room at all (out of memory, empty). */
+static dead_letter_t *dead_slot(cqrs_dispatcher_t *d) {
+  size_t bound = d->opts.dead_letters_kept;
+  if (d->ndead == d->dead_cap && d->dead_head == 0 && d->dead_cap < bound) {
+    size_t cap = d->dead_cap ? d->dead_cap * 2 : 16;
+    if (cap > bound) cap = bound;
+    dead_letter_t *p = cqrs__realloc(d->dead, cap * sizeof *p);
+    if (p) {
+      d->dead = p;
+      d->dead_cap = cap;
+    }
+  }
+  if (d->ndead < d->dead_cap) return &d->dead[(d->dead_head + d->ndead++) % d->dead_cap];
+  if (!d->ndead) return NULL;
+  if (d->dead_dropped++ == 0)
+    cqrs_log(CQRS_LOG_WARNING, "bus", "%zu dead letters kept in memory: the oldest are dropped from now on",
+             d->dead_cap);
+  dead_letter_t *oldest = &d->dead[d->dead_head];
+  cqrs_event_unref(oldest->event);
+  d->dead_head = (d->dead_head + 1) % d->dead_cap;
+  return oldest;
+}
+
 static void dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error) {
   cqrs_dispatcher_t *d = s->d;
   d->dead_total++;
+  s->dead_letters++;
   if (d->opts.dead_letter) {
     d->opts.dead_letter(s->name, e, error, d->opts.dead_letter_data);
     return;
   }
-  if (d->ndead == d->dead_cap) {
-    size_t cap = d->dead_cap ? d->dead_cap * 2 : 16;
-    dead_letter_t *p = cqrs__realloc(d->dead, cap * sizeof *p);
-    if (!p) {
-      cqrs_log(CQRS_LOG_ERROR, "bus", "dead letter of %s/%s #%lld lost: out of memory", s->name, e->type->name,
-              (long long)e->position);
-      return;
-    }
-    d->dead = p;
-    d->dead_cap = cap;
+  dead_letter_t *dl = dead_slot(d);
+  if (!dl) {
+    d->dead_dropped++;
+    cqrs_log(CQRS_LOG_ERROR, "bus", "dead letter of %s/%s #%lld lost: out of memory", s->name, e->type->name,
+             (long long)e->position);
+    return;
   }
-  dead_letter_t *dl = &d->dead[d->ndead++];
   dl->event = cqrs_event_ref(e);
   snprintf(dl->subscriber, sizeof dl->subscriber, "%s", s->name);
   dl->error = *error;
@@ -76,12 +97,15 @@ static void dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *err
 
 size_t cqrs_dispatcher_dead_letter_count(const cqrs_dispatcher_t *d) { return d ? d->dead_total : 0; }
 
+size_t cqrs_dispatcher_dead_letters_dropped(const cqrs_dispatcher_t *d) { return d ? d->dead_dropped : 0; }
+
 const cqrs_event_t *cqrs_dispatcher_dead_letter(const cqrs_dispatcher_t *d, size_t i, const char **subscriber,
                                                 const cqrs_error_t **error) {
   if (!d || i >= d->ndead) return NULL;
-  if (subscriber) *subscriber = d->dead[i].subscriber;
-  if (error) *error = &d->dead[i].error;
-  return d->dead[i].event;
+  const dead_letter_t *dl = &d->dead[(d->dead_head + i) % d->dead_cap];
+  if (subscriber) *subscriber = dl->subscriber;
+  if (error) *error = &dl->error;
+  return dl->event;
 }
 
 /* ---- delivery ---- */
@@ -939,7 +963,7 @@ void cqrs__bus_free(cqrs_dispatcher_t *d) {
   }
   cqrs__free(d->subs);
   cqrs__leases_free(d);
-  for (size_t i = 0; i < d->ndead; i++) cqrs_event_unref(d->dead[i].event);
+  for (size_t i = 0; i < d->ndead; i++) cqrs_event_unref(d->dead[(d->dead_head + i) % d->dead_cap].event);
   cqrs__free(d->dead);
 }
 
@@ -960,6 +984,7 @@ bool cqrs__bus_sub_figures(const cqrs_dispatcher_t *d, size_t i, cqrs__sub_figur
     out->oldest_pending_ts = 0;
   }
   out->retries = s->retries;
+  out->dead_letters = s->dead_letters;
   return true;
 }
 
