@@ -172,6 +172,7 @@ typedef struct blocking {
   cqrs_store_t *inner;
   unsigned delay_ms;
   _Atomic int fail_reads;
+  _Atomic bool fail_permanent; /* the failures are permanent store errors */
 } blocking_t;
 
 static cqrs_code_t b_append(void *impl, const cqrs_append_t *r, cqrs_append_result_t *res, cqrs_error_t *err) {
@@ -187,7 +188,9 @@ static cqrs_code_t b_read_all(void *impl, int64_t from, size_t limit, cqrs_event
   if (b->delay_ms) uv_sleep(b->delay_ms);
   if (atomic_load(&b->fail_reads) > 0) {
     atomic_fetch_sub(&b->fail_reads, 1);
-    return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
+    cqrs_error_set(err, CQRS_ESTORE, "the server went away");
+    if (atomic_load(&b->fail_permanent)) cqrs_error_set_cause(err, 0, 0, false);
+    return CQRS_ESTORE;
   }
   return cqrs_store_read_all(b->inner, from, limit, cb, data, err);
 }
@@ -204,19 +207,31 @@ static cqrs_code_t b_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_err
 
 static const cqrs_store_ops_t blocking_ops = {"blocking", true, b_append, b_read_stream, b_read_all, b_head,
                                               b_snap_load, b_snap_save, free};
+static const cqrs_store_ops_t flaky_ops = {"flaky", false, b_append, b_read_stream, b_read_all, b_head,
+                                           b_snap_load, b_snap_save, free};
 
-void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n) {
-  atomic_store(&((blocking_t *)cqrs_store_impl(store))->fail_reads, n);
+void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n) { ledger_store_fail_reads(store, n, false); }
+
+void ledger_store_fail_reads(cqrs_store_t *store, int n, bool permanent) {
+  blocking_t *b = cqrs_store_impl(store);
+  atomic_store(&b->fail_permanent, permanent);
+  atomic_store(&b->fail_reads, n);
 }
 
-cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms) {
+static cqrs_store_t *forwarding_store(const cqrs_store_ops_t *ops, cqrs_store_t *inner, unsigned delay_ms) {
   blocking_t *b = calloc(1, sizeof *b);
   b->inner = inner;
   b->delay_ms = delay_ms;
   cqrs_store_t *s = NULL;
-  cqrs_store_new(&blocking_ops, b, &s, NULL);
+  cqrs_store_new(ops, b, &s, NULL);
   return s;
 }
+
+cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms) {
+  return forwarding_store(&blocking_ops, inner, delay_ms);
+}
+
+cqrs_store_t *ledger_flaky_store(cqrs_store_t *inner) { return forwarding_store(&flaky_ops, inner, 0); }
 
 static cqrs_code_t bc_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
   return cqrs_checkpoints_load(impl, name, position, err);

@@ -50,6 +50,12 @@ cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms);
 /* Makes the next `n` read_all calls of a ledger_blocking_store fail with
  * CQRS_ESTORE, as a server that went away would. */
 void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n);
+/* The same for a ledger_blocking_store or ledger_flaky_store; `permanent`:
+ * a permanent store error (cqrs_error_transient false). */
+void ledger_store_fail_reads(cqrs_store_t *store, int n, bool permanent);
+/* Like ledger_blocking_store, but non-blocking (called on the loop thread)
+ * and without delay: its reads fail on demand (ledger_store_fail_reads). */
+cqrs_store_t *ledger_flaky_store(cqrs_store_t *inner);
 /* A non-blocking store that forwards to `inner` (borrowed) for `budget`
  * calls (< 0: forever), then fails every call with CQRS_ESTORE: a process
  * stopped after its budget-th store call. */

@@ -325,6 +325,95 @@ static void test_subscribe_rules(void **state) {
   assert_int_equal(cqrs_dispatcher_subscribe(NULL, "x", NULL, record, &r, 0, &err), CQRS_EINVAL);
 }
 
+/* A projection, "bad", failing on every one of `n` events already in the
+ * store: each is dead-lettered at the first failure. `kept`: the option
+ * dead_letters_kept (0: the default). */
+typedef struct doomed {
+  fx_t *fx;
+  recorder_t bad;
+  cqrs_metrics_t *m;
+  cqrs_checkpoints_t *cp;
+} doomed_t;
+
+static void fail_everything(doomed_t *t, size_t kept, int64_t n) {
+  fx_t *fx = t->fx = calloc(1, sizeof *fx);
+  t->bad = (recorder_t){.name = "bad", .fail_always = true};
+  uv_loop_init(&fx->loop);
+  fx->reg = ledger_registry();
+  cqrs_memory_store_new(&fx->store, NULL);
+  ledger_fill(fx->store, &ledger_type, "a", n);
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  if (kept) o.dead_letters_kept = kept;
+  o.retry_attempts = 1;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err)) fail_msg("%s", err.message);
+  assert_int_equal(cqrs_metrics_new(&t->m, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_attach(t->m, fx->d, NULL), CQRS_OK);
+  assert_int_equal(cqrs_memory_checkpoints_new(&t->cp, NULL), CQRS_OK);
+  cqrs_projection_def_t def = {"bad", NULL, record, &t->bad, 0};
+  assert_int_equal(cqrs_projection_start(fx->d, &def, t->cp, NULL), CQRS_OK);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+}
+
+static void fail_everything_done(doomed_t *t) {
+  teardown((void **)&t->fx);
+  cqrs_metrics_destroy(t->m);
+  cqrs_checkpoints_destroy(t->cp);
+}
+
+static double dead_letters_metric(cqrs_metrics_t *m, const char *subscriber) {
+  cqrs_metrics_snapshot_t *s;
+  assert_int_equal(cqrs_metrics_snapshot(m, &s, NULL), CQRS_OK);
+  double v = cqrs_metrics_snapshot_value(s, "cqrs_dead_letters_total", "subscriber", subscriber, NULL);
+  cqrs_metrics_snapshot_destroy(s);
+  return v;
+}
+
+/* Dead letters kept in memory (no sink) are bounded, 1024 by default: the
+ * oldest go. The count and the metrics count every one. */
+static void test_dead_letters_in_memory_are_bounded(void **state) {
+  (void)state;
+  doomed_t t;
+  fail_everything(&t, 0, 1100);
+  fx_t *fx = t.fx;
+  assert_int_equal(t.bad.calls, 1100);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 1100);
+  const cqrs_event_t *first = cqrs_dispatcher_dead_letter(fx->d, 0, NULL, NULL);
+  const cqrs_event_t *last = cqrs_dispatcher_dead_letter(fx->d, 1023, NULL, NULL);
+  assert_non_null(first);
+  assert_non_null(last);
+  assert_int_equal(first->position, 1100 - 1024 + 1);
+  assert_int_equal(last->position, 1100);
+  assert_null(cqrs_dispatcher_dead_letter(fx->d, 1024, NULL, NULL));
+  assert_int_equal(cqrs_dispatcher_dead_letters_dropped(fx->d), 1100 - 1024);
+  assert_int_equal(dead_letters_metric(t.m, "bad"), 1100);
+  fail_everything_done(&t);
+}
+
+/* The bound is an option. */
+static void test_dead_letters_kept_is_an_option(void **state) {
+  (void)state;
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  assert_int_equal(o.dead_letters_kept, 1024);
+  doomed_t t;
+  fail_everything(&t, 3, 5);
+  fx_t *fx = t.fx;
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 5);
+  assert_int_equal(cqrs_dispatcher_dead_letters_dropped(fx->d), 2);
+  for (size_t i = 0; i < 3; i++) {
+    const char *who;
+    const cqrs_event_t *e = cqrs_dispatcher_dead_letter(fx->d, i, &who, NULL);
+    assert_non_null(e);
+    assert_int_equal(e->position, 3 + (int64_t)i);
+    assert_string_equal(who, "bad");
+  }
+  assert_null(cqrs_dispatcher_dead_letter(fx->d, 3, NULL, NULL));
+  assert_int_equal(dead_letters_metric(t.m, "bad"), 5);
+  fail_everything_done(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_subscribers_get_events_in_order, setup, teardown),
@@ -338,6 +427,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_subscribe_rules, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unavailable_store_is_retried_not_dead_lettered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_during_an_outage, setup, teardown),
+      cmocka_unit_test(test_dead_letters_in_memory_are_bounded),
+      cmocka_unit_test(test_dead_letters_kept_is_an_option),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

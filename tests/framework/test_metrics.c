@@ -314,36 +314,72 @@ static bool visit_none(const cqrs_event_t *e, void *data) {
   return true;
 }
 
-static void test_store_errors_by_class(void **state) {
-  (void)state;
-  cqrs_store_t *inner = NULL;
-  cqrs_memory_store_new(&inner, NULL);
-  cqrs_store_t *st = ledger_blocking_store(inner, 0);
-  ledger_blocking_store_fail_reads(st, 1);
+/* Metrics on a dispatcher over a store wrapping a memory store (`wrap`:
+ * ledger_blocking_store or ledger_flaky_store). */
+typedef struct store_fx {
   uv_loop_t loop;
-  uv_loop_init(&loop);
-  cqrs_registry_t *reg = ledger_registry();
+  cqrs_store_t *inner, *st;
+  cqrs_registry_t *reg;
   cqrs_dispatcher_t *d;
   cqrs_metrics_t *m;
-  assert_int_equal(cqrs_dispatcher_new(&loop, reg, st, NULL, &d, NULL), CQRS_OK);
-  assert_int_equal(cqrs_metrics_new(&m, NULL), CQRS_OK);
-  assert_int_equal(cqrs_metrics_attach(m, d, NULL), CQRS_OK);
-  assert_int_equal(cqrs_metrics_attach(m, d, NULL), CQRS_ESTATE);
+} store_fx_t;
+
+static void store_fx_open(store_fx_t *f, bool blocking) {
+  cqrs_memory_store_new(&f->inner, NULL);
+  f->st = blocking ? ledger_blocking_store(f->inner, 0) : ledger_flaky_store(f->inner);
+  uv_loop_init(&f->loop);
+  f->reg = ledger_registry();
+  assert_int_equal(cqrs_dispatcher_new(&f->loop, f->reg, f->st, NULL, &f->d, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_new(&f->m, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_attach(f->m, f->d, NULL), CQRS_OK);
+}
+
+static void store_fx_close(store_fx_t *f) {
+  cqrs_dispatcher_close(f->d, NULL, NULL);
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+  cqrs_metrics_destroy(f->m);
+  cqrs_store_destroy(f->st);
+  cqrs_store_destroy(f->inner);
+  cqrs_registry_destroy(f->reg);
+}
+
+static void test_store_errors_by_class(void **state) {
+  (void)state;
+  store_fx_t f;
+  store_fx_open(&f, true);
+  ledger_blocking_store_fail_reads(f.st, 1);
+  assert_int_equal(cqrs_metrics_attach(f.m, f.d, NULL), CQRS_ESTATE);
   cqrs_error_t err;
-  assert_int_equal(cqrs_store_read_all(st, 1, 10, visit_none, NULL, &err), CQRS_ESTORE);
+  assert_int_equal(cqrs_store_read_all(f.st, 1, 10, visit_none, NULL, &err), CQRS_ESTORE);
   cqrs_metrics_snapshot_t *s;
-  assert_int_equal(cqrs_metrics_snapshot(m, &s, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_snapshot(f.m, &s, NULL), CQRS_OK);
   assert_int_equal(VALUE(s, "cqrs_store_errors_total", "op", "read_all", "class", "transient"), 1);
   assert_int_equal(VALUE(s, "cqrs_store_errors_total", "class", "permanent"), 0);
   assert_int_equal(VALUE(s, "cqrs_store_calls_total", "op", "head"), 1); /* the dispatcher read it once */
   cqrs_metrics_snapshot_destroy(s);
-  cqrs_dispatcher_close(d, NULL, NULL);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  assert_int_equal(uv_loop_close(&loop), 0);
-  cqrs_metrics_destroy(m);
-  cqrs_store_destroy(st);
-  cqrs_store_destroy(inner);
-  cqrs_registry_destroy(reg);
+  store_fx_close(&f);
+}
+
+/* A permanent store failure (CQRS_ESTORE, not transient) is counted as
+ * permanent, also when the caller passes no error to fill. */
+static void test_store_errors_permanent(void **state) {
+  (void)state;
+  store_fx_t f;
+  store_fx_open(&f, false);
+  ledger_store_fail_reads(f.st, 3, true);
+  cqrs_error_t err;
+  assert_int_equal(cqrs_store_read_all(f.st, 1, 10, visit_none, NULL, &err), CQRS_ESTORE);
+  assert_false(cqrs_error_transient(&err));
+  assert_int_equal(cqrs_store_read_all(f.st, 1, 10, visit_none, NULL, NULL), CQRS_ESTORE);
+  ledger_store_fail_reads(f.st, 1, false);
+  assert_int_equal(cqrs_store_read_all(f.st, 1, 10, visit_none, NULL, NULL), CQRS_ESTORE);
+  cqrs_metrics_snapshot_t *s;
+  assert_int_equal(cqrs_metrics_snapshot(f.m, &s, NULL), CQRS_OK);
+  assert_int_equal(VALUE(s, "cqrs_store_errors_total", "op", "read_all", "class", "permanent"), 2);
+  assert_int_equal(VALUE(s, "cqrs_store_errors_total", "op", "read_all", "class", "transient"), 1);
+  cqrs_metrics_snapshot_destroy(s);
+  store_fx_close(&f);
 }
 
 static void test_prometheus_text(void **state) {
@@ -449,6 +485,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_dead_letters_with_sink, setup_sink, teardown),
       cmocka_unit_test_setup_teardown(test_queries_by_outcome, setup, teardown),
       cmocka_unit_test(test_store_errors_by_class),
+      cmocka_unit_test(test_store_errors_permanent),
       cmocka_unit_test_setup_teardown(test_prometheus_text, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
       cmocka_unit_test(test_allocation_failures),

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ledger.h"
+#include "work_fault.h"
 
 #define MAX_POS 4096
 
@@ -353,11 +354,12 @@ typedef struct sync_job {
   cqrs_dispatcher_t *d;
   int64_t position;
   _Atomic int got;
+  const char *name; /* NULL: "waited" */
 } sync_job_t;
 
 static void sync_waiter(void *arg) {
   sync_job_t *j = arg;
-  atomic_store(&j->got, cqrs_projection_wait_sync(j->d, "waited", j->position, 5000));
+  atomic_store(&j->got, cqrs_projection_wait_sync(j->d, j->name ? j->name : "waited", j->position, 5000));
 }
 
 static void tick(uv_timer_t *t) { (void)t; }
@@ -368,7 +370,7 @@ static void test_wait_from_another_thread(void **state) {
   start(fx, "waited", s, CQRS_SUBSCRIBE_BLOCKING);
   assert_int_equal(cqrs_projection_wait_sync(fx->d, "waited", 1, 10), CQRS_ESTATE); /* loop thread */
   assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("w", "o"), on_done, fx), CQRS_OK);
-  sync_job_t j = {fx->d, 1, CQRS_ECODEC};
+  sync_job_t j = {fx->d, 1, CQRS_ECODEC, NULL};
   uv_thread_t t;
   assert_int_equal(uv_thread_create(&t, sync_waiter, &j), 0);
   uv_timer_t keep;
@@ -380,9 +382,228 @@ static void test_wait_from_another_thread(void **state) {
   uv_thread_join(&t);
   assert_int_equal(atomic_load(&j.got), CQRS_OK);
   assert_true(s->n >= 1);
+  /* An unknown name: refused, as on the loop thread, not reached at once. */
+  sync_job_t unknown = {fx->d, 1, CQRS_ECODEC, "nobody"};
+  assert_int_equal(uv_thread_create(&t, sync_waiter, &unknown), 0);
+  while (atomic_load(&unknown.got) == CQRS_ECODEC) {
+    uv_timer_start(&keep, tick, 5, 0);
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  }
+  uv_thread_join(&t);
+  assert_int_equal(atomic_load(&unknown.got), CQRS_ENOT_FOUND);
   uv_close((uv_handle_t *)&keep, NULL);
   uv_run(&fx->loop, UV_RUN_NOWAIT); /* `keep` lives on this stack */
   free(s);
+}
+
+/* ---- failures of the pool and of the store ---- */
+
+/* A projection whose checkpoint load cannot be queued never loads: its
+ * start fails and leaves no subscriber behind (the name is free again). */
+static void test_start_fails_when_the_pool_refuses(void **state) {
+  fx_t *fx = *state; /* blocking checkpoints: loaded on the pool */
+  ledger_fill(fx->mem, &ledger_type, "a", 3);
+  seen_t *s = calloc(1, sizeof *s);
+  cqrs_projection_def_t def = {"proj", NULL, watch, s, 0};
+  cqrs_error_t err;
+  work_fault_fail(0, 1);
+  assert_int_equal(cqrs_projection_start(fx->d, &def, fx->cp, &err), CQRS_ENOMEM);
+  assert_non_null(strstr(err.message, "proj"));
+  assert_false(cqrs_projection_live(fx->d, "proj"));
+  if (cqrs_projection_start(fx->d, &def, fx->cp, &err)) fail_msg("%s", err.message);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_true(cqrs_projection_live(fx->d, "proj"));
+  assert_exactly_once(fx, s, 0);
+  free(s);
+}
+
+/* Waits at most 10 s for every projection to reach the store's head. */
+static cqrs_code_t wait_head(fx_t *fx) {
+  waited_t w = {CQRS_CODE_COUNT, 0, 0, NULL};
+  cqrs_code_t rc = cqrs_projection_wait(fx->d, NULL, head(fx), 10000, on_waited, &w);
+  if (rc) return rc;
+  while (!w.calls) uv_run(&fx->loop, UV_RUN_ONCE);
+  return w.status;
+}
+
+/* The catch-up read of a non-blocking store fails: it is tried again
+ * (back-off), with no commit to wake it. */
+static void test_inline_catch_up_retries_a_failed_read(void **state) {
+  fx_t *fx = *state;
+  close_dispatcher(fx);
+  fx->store = ledger_flaky_store(fx->mem);
+  open_dispatcher(fx);
+  ledger_fill(fx->mem, &ledger_type, "a", 3);
+  logged_t logged = {0, ""};
+  cqrs_log_set_handler(capture_log, &logged);
+  seen_t *s = calloc(1, sizeof *s);
+  ledger_store_fail_reads(fx->store, 2, false);
+  start(fx, "proj", s, 0);
+  assert_int_equal(wait_head(fx), CQRS_OK);
+  cqrs_log_set_handler(NULL, NULL);
+  assert_true(cqrs_projection_live(fx->d, "proj"));
+  assert_exactly_once(fx, s, 0);
+  assert_int_equal(logged.warnings, 2);
+  assert_non_null(strstr(logged.last, "projection proj cannot read the store: the server went away"));
+  free(s);
+}
+
+static void on_any_done(const cqrs_result_t *r, void *data) {
+  ((pos_of_t *)data)->position = r->error.code ? -1 : r->position;
+  ((pos_of_t *)data)->done++;
+}
+
+/* Sends `first`, and `again` (the same command) if `first` failed to run:
+ * with one failure injected, one of them commits. Takes over both; returns
+ * the position of the commit. */
+static int64_t send_twice(fx_t *fx, cqrs_command_t *first, cqrs_command_t *again) {
+  cqrs_command_t *cmds[2] = {first, again};
+  for (int i = 0; i < 2; i++) {
+    pos_of_t p = {-1, 0};
+    if (cqrs_dispatcher_send(fx->d, cmds[i], on_any_done, &p) == CQRS_OK) {
+      while (!p.done) uv_run(&fx->loop, UV_RUN_ONCE);
+    }
+    if (p.position > 0) {
+      if (i == 0) cqrs_command_destroy(again);
+      return p.position;
+    }
+  }
+  fail_msg("a command failed twice");
+  return 0;
+}
+
+#define OPEN_TWICE(fx, id) send_twice((fx), ledger_open_new((id), "owner"), ledger_open_new((id), "owner"))
+
+/* A projection on a blocking store and checkpoints, its handler on the
+ * pool: catch-up, a batch, the feed reading another writer's commit. The
+ * n-th submission to the pool fails, for every n on that path: the start
+ * says so, or the projection still reaches the head (nothing stalls until
+ * the next commit) and its checkpoint follows. */
+static void test_pool_failures_stall_nothing(void **state) {
+  (void)state;
+  for (unsigned long n = 0;; n++) {
+    fx_t *fx = fx_new(true);
+    seen_t *s = calloc(1, sizeof *s);
+    ledger_fill(fx->mem, &ledger_type, "a", 3);
+    unsigned long before = work_fault_calls();
+    work_fault_fail(n, 1);
+    cqrs_projection_def_t def = {"proj", NULL, watch, s, CQRS_SUBSCRIBE_BLOCKING};
+    cqrs_error_t err;
+    if (cqrs_projection_start(fx->d, &def, fx->cp, &err)) {
+      assert_int_equal(err.code, CQRS_ENOMEM);
+      if (cqrs_projection_start(fx->d, &def, fx->cp, &err)) fail_msg("n=%lu: %s", n, err.message);
+    }
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    OPEN_TWICE(fx, "b");
+    ledger_fill(fx->mem, &ledger_type, "c", 1); /* the next commit does not follow: the feed reads */
+    OPEN_TWICE(fx, "d");
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    bool reached = work_fault_calls() - before > n;
+    work_fault_fail(0, 0);
+    cqrs_code_t rc = wait_head(fx);
+    if (rc) fail_msg("n=%lu: projection stuck at %lld of %lld (%s)", n,
+                     (long long)cqrs_projection_position(fx->d, "proj"), (long long)head(fx), cqrs_code_name(rc));
+    assert_exactly_once(fx, s, 0);
+    close_dispatcher(fx);
+    int64_t saved = 0;
+    assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+    if (saved != head(fx)) fail_msg("n=%lu: checkpoint %lld, head %lld", n, (long long)saved, (long long)head(fx));
+    free(s);
+    teardown((void **)&fx);
+    if (!reached) break;
+  }
+}
+
+/* A process manager whose instances end at once, on blocking checkpoints:
+ * it saves them on the pool. */
+static cqrs_code_t end_at_once(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)state, (void)e, (void)data, (void)err;
+  cqrs_process_end(p);
+  return CQRS_OK;
+}
+static const cqrs_process_route_t brief_routes[] = {{&ledger_opened, true, NULL, end_at_once},
+                                                    {NULL, false, NULL, NULL}};
+static const cqrs_process_type_t brief = {.name = "brief", .routes = brief_routes};
+
+/* The n-th submission to the pool fails, for every n: the process
+ * manager's checkpoint still reaches the head, with no commit after. */
+static void test_pool_failures_keep_saving_checkpoints(void **state) {
+  (void)state;
+  for (unsigned long n = 0;; n++) {
+    fx_t *fx = fx_new(false);
+    close_dispatcher(fx);
+    assert_int_equal(cqrs_registry_add_process(fx->reg, &brief, NULL), CQRS_OK);
+    cqrs_checkpoints_t *cp = ledger_blocking_checkpoints(fx->cp_mem);
+    open_dispatcher(fx);
+    unsigned long before = work_fault_calls();
+    work_fault_fail(n, 1);
+    cqrs_error_t err;
+    if (cqrs_process_start(fx->d, &brief, NULL, cp, &err)) {
+      assert_int_equal(err.code, CQRS_ENOMEM);
+      if (cqrs_process_start(fx->d, &brief, NULL, cp, &err)) fail_msg("n=%lu: %s", n, err.message);
+    }
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    OPEN_TWICE(fx, "a");
+    int64_t last = OPEN_TWICE(fx, "b"); /* the process's own records follow, not of its types */
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    bool reached = work_fault_calls() - before > n;
+    work_fault_fail(0, 0);
+    int64_t saved = 0;
+    assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "process:brief", &saved, NULL), CQRS_OK);
+    if (saved != last) fail_msg("n=%lu: checkpoint %lld, want %lld", n, (long long)saved, (long long)last);
+    close_dispatcher(fx);
+    cqrs_checkpoints_destroy(cp);
+    teardown((void **)&fx);
+    if (!reached) break;
+  }
+}
+
+/* The same with the n-th allocation failing while it runs: an event may
+ * be dead-lettered (no room to hold it), but the projection reaches the
+ * head and nothing stalls. */
+static _Atomic long alloc_fail_at = -1, alloc_count;
+static bool alloc_fails(void) { return atomic_fetch_add(&alloc_count, 1) + 1 == atomic_load(&alloc_fail_at); }
+static void *failing_malloc(size_t n) { return alloc_fails() ? NULL : malloc(n); }
+static void *failing_realloc(void *p, size_t n) { return alloc_fails() ? NULL : realloc(p, n); }
+
+static void quiet(cqrs_log_level_t level, const char *domain, const char *message, void *data) {
+  (void)level, (void)domain, (void)message, (void)data;
+}
+
+static void test_allocation_failures_stall_nothing(void **state) {
+  (void)state;
+  cqrs_log_set_handler(quiet, NULL);
+  for (long n = 1;; n++) {
+    fx_t *fx = fx_new(true);
+    seen_t *s = calloc(1, sizeof *s);
+    ledger_fill(fx->mem, &ledger_type, "a", 3);
+    cqrs_projection_def_t def = {"proj", NULL, watch, s, CQRS_SUBSCRIBE_BLOCKING};
+    if (cqrs_projection_start(fx->d, &def, fx->cp, NULL)) fail_msg("cannot start");
+    cqrs_command_t *b1 = ledger_open_new("b", "o"), *b2 = ledger_open_new("b", "o");
+    cqrs_command_t *d1 = ledger_open_new("d", "o"), *d2 = ledger_open_new("d", "o");
+    atomic_store(&alloc_count, 0);
+    atomic_store(&alloc_fail_at, n);
+    /* Switched only while nothing runs on the pool (uv_run has returned). */
+    cqrs_set_allocator(&(cqrs_allocator_t){failing_malloc, failing_realloc, free});
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    send_twice(fx, b1, b2);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    cqrs_set_allocator(NULL);
+    ledger_fill(fx->mem, &ledger_type, "c", 1);
+    cqrs_set_allocator(&(cqrs_allocator_t){failing_malloc, failing_realloc, free});
+    send_twice(fx, d1, d2);
+    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    cqrs_set_allocator(NULL);
+    bool reached = atomic_load(&alloc_count) >= n;
+    cqrs_code_t rc = wait_head(fx);
+    if (rc) fail_msg("n=%ld: projection stuck at %lld of %lld (%s)", n,
+                     (long long)cqrs_projection_position(fx->d, "proj"), (long long)head(fx), cqrs_code_name(rc));
+    close_dispatcher(fx);
+    free(s);
+    teardown((void **)&fx);
+    if (!reached) break;
+  }
+  cqrs_log_set_handler(NULL, NULL);
 }
 
 int main(void) {
@@ -399,6 +620,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_projection_rules, setup, teardown),
       cmocka_unit_test_setup_teardown(test_feed_retries_a_failed_read, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_start_fails_when_the_pool_refuses, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_inline_catch_up_retries_a_failed_read, setup, teardown),
+      cmocka_unit_test(test_pool_failures_stall_nothing),
+      cmocka_unit_test(test_pool_failures_keep_saving_checkpoints),
+      cmocka_unit_test(test_allocation_failures_stall_nothing),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -136,9 +136,8 @@ static void test_checkpoints(void **state) {
   assert_int_equal(pos, 43);
 }
 
-static void test_dead_letters_are_kept(void **state) {
-  NEED_MONGO();
-  fx_t *fx = *state;
+/* One dead letter of a credit to "a", from subscriber "proj". */
+static void send_dead_letter(cqrs_mongo_t *m) {
   cqrs_envelope_t *env;
   assert_int_equal(cqrs_envelope_new("ledger", "a", "c", NULL, &env, NULL), CQRS_OK);
   cqrs_event_t *e;
@@ -146,10 +145,16 @@ static void test_dead_letters_are_kept(void **state) {
   assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, 1, 0, &a, &e, NULL), CQRS_OK);
   cqrs_error_t why;
   cqrs_error_set(&why, CQRS_EHANDLER, "boom");
-  cqrs_mongo_dead_letter("proj", e, &why, fx->m);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  cqrs_mongo_dead_letter("proj", e, &why, m);
   cqrs_event_unref(e);
   cqrs_envelope_unref(env);
+}
+
+static void test_dead_letters_are_kept(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  send_dead_letter(fx->m);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
   /* Read it back through a read model view of the same database. */
   bson_t *filter = json("{\"subscriber\":\"proj\",\"error.message\":\"boom\",\"event.type\":\"ledger.credited\"}");
   cqrs_find_t q = {filter, NULL, false, 0};
@@ -162,6 +167,82 @@ static void test_dead_letters_are_kept(void **state) {
   bson_destroy(filter);
 }
 
+/* The log handler runs on a pool thread here. */
+typedef struct logged {
+  uv_mutex_t lock;
+  int errors;
+  char last[512];
+} logged_t;
+
+static void capture_log(cqrs_log_level_t level, const char *domain, const char *message, void *data) {
+  logged_t *l = data;
+  uv_mutex_lock(&l->lock);
+  if (level == CQRS_LOG_ERROR && !strcmp(domain, "mongo")) {
+    l->errors++;
+    snprintf(l->last, sizeof l->last, "%s", message);
+  }
+  uv_mutex_unlock(&l->lock);
+}
+
+/* A dead letter that cannot be written is said through the log hook, with
+ * what it was about; the library prints nothing. */
+static void test_a_lost_dead_letter_is_logged(void **state) {
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  /* Nothing listens on port 9 of the loopback. */
+  cqrs_mongo_options_t o = {.server_selection_timeout_ms = 200};
+  assert_int_equal(cqrs_mongo_new("mongodb://127.0.0.1:9/x", &o, reg, &loop, &m, &err), CQRS_OK);
+  logged_t logged = {.errors = 0};
+  uv_mutex_init(&logged.lock);
+  cqrs_log_set_handler(capture_log, &logged);
+  send_dead_letter(m);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  cqrs_log_set_handler(NULL, NULL);
+  assert_int_equal(logged.errors, 1);
+  assert_non_null(strstr(logged.last, "dead letter of proj"));
+  assert_non_null(strstr(logged.last, "ledger.credited"));
+  uv_mutex_destroy(&logged.lock);
+  cqrs_mongo_destroy(m);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  cqrs_registry_destroy(reg);
+}
+
+/* Destroying the connection waits for the dead letters it is writing: the
+ * one sent just before is in the database afterwards. */
+static void test_destroy_waits_for_dead_letters(void **state) {
+  NEED_MONGO();
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char db[64];
+  test_mongo_db(db, sizeof db);
+  cqrs_mongo_options_t o = {.database = db};
+  cqrs_mongo_t *m;
+  cqrs_error_t err;
+  if (cqrs_mongo_new(test_mongo_uri(), &o, reg, &loop, &m, &err)) fail_msg("%s", err.message);
+  send_dead_letter(m);
+  cqrs_mongo_destroy(m); /* the loop has not run: the write is on the pool */
+  if (cqrs_mongo_new(test_mongo_uri(), &o, reg, NULL, &m, &err)) fail_msg("%s", err.message);
+  cqrs_readmodel_t *rm;
+  assert_int_equal(cqrs_mongo_readmodel_new(m, &rm, NULL), CQRS_OK);
+  bson_t *filter = json("{\"subscriber\":\"proj\",\"error.message\":\"boom\"}");
+  cqrs_find_t q = {filter, NULL, false, 0};
+  ids_t ids = {{{0}}, 0};
+  assert_int_equal(cqrs_readmodel_find(rm, "cqrs_dead_letters", &q, collect, &ids, NULL), CQRS_OK);
+  assert_int_equal(ids.n, 1);
+  bson_destroy(filter);
+  cqrs_readmodel_destroy(rm);
+  test_mongo_close(m);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  cqrs_registry_destroy(reg);
+}
+
 int main(void) {
   test_mongo_uri();
   const struct CMUnitTest tests[] = {
@@ -169,6 +250,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_find_and_patch_where, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checkpoints, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_letters_are_kept, setup, teardown),
+      cmocka_unit_test(test_a_lost_dead_letter_is_logged),
+      cmocka_unit_test(test_destroy_waits_for_dead_letters),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

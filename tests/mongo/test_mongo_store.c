@@ -262,6 +262,39 @@ static void test_a_commit_over_16_mb_is_too_large(void **state) {
   assert_int_equal(stream_version(fx->s, "big"), 0);
 }
 
+/* A payload the field table cannot encode (an array counting more items
+ * than it holds): the append fails with the encoder's error and stores
+ * nothing, rather than a commit with part of the data. */
+typedef struct lines {
+  int64_t items[2];
+  int32_t n;
+} lines_t;
+static const cqrs_field_t line_item[] = {CQRS_ITEM_INT64(0), CQRS_FIELDS_END};
+static const cqrs_field_t lines_fields[] = {CQRS_ARRAY(lines_t, items, n, "items", line_item, 0), CQRS_FIELDS_END};
+static const cqrs_event_type_t lines_added = {.name = "test.lines_added", .payload_size = sizeof(lines_t),
+                                              .fields = lines_fields};
+
+static void test_a_payload_that_cannot_be_encoded_is_refused(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  cqrs_error_t err;
+  cqrs_envelope_t *env;
+  assert_int_equal(cqrs_envelope_new("ledger", "odd", "cmd-odd", NULL, &env, &err), CQRS_OK);
+  lines_t bad = {{1, 2}, 3}; /* three items in room for two */
+  cqrs_event_t *e;
+  assert_int_equal(cqrs_event_new(&lines_added, env, NULL, 1, 1700000000000, &bad, &e, &err), CQRS_OK);
+  cqrs_append_t req = {"ledger", "odd", 0, "cmd-odd", &e, 1};
+  cqrs_append_result_t res;
+  assert_int_equal(cqrs_store_append(fx->s, &req, &res, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "items"));
+  cqrs_event_unref(e);
+  cqrs_envelope_unref(env);
+  int64_t head;
+  assert_int_equal(cqrs_store_head(fx->s, &head, &err), CQRS_OK);
+  assert_int_equal(head, 0);
+  assert_int_equal(stream_version(fx->s, "odd"), 0);
+}
+
 /* A store error retrying cannot cure (here a document the server refuses)
  * keeps the driver's domain and code, is not transient, and a subscriber
  * failing with it is dead-lettered after its attempts instead of retried
@@ -560,6 +593,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_two_writers_share_positions, setup, teardown),
       cmocka_unit_test_setup_teardown(test_indexes_exist_and_are_idempotent, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_commit_over_16_mb_is_too_large, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_a_payload_that_cannot_be_encoded_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_commits_keep_their_own_outcome, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_fresh_process_finds_the_head, setup, teardown),
       cmocka_unit_test_setup_teardown(test_the_feed_ends_at_a_missing_commit, setup, teardown),

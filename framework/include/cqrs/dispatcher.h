@@ -63,6 +63,10 @@ typedef struct cqrs_dispatcher_options {
   bool keep_alive;                /* keep the loop running until close, for commands from other threads */
   cqrs_dead_letter_cb dead_letter; /* NULL: kept in memory, see cqrs_dispatcher_dead_letter */
   void *dead_letter_data;
+  /* Without a sink: the dead letters kept in memory, at most; past it the
+   * oldest is dropped (and counted: cqrs_dispatcher_dead_letters_dropped).
+   * Default 1024; 0: the default. */
+  size_t dead_letters_kept;
   /* Aggregates whose state the dispatcher keeps between commands (least
    * recently used evicted); default 16384; 0: off. Types with a state_cleanup
    * are never kept. See docs/architecture.md, "The aggregate cache". */
@@ -142,11 +146,15 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const ch
                                                   const cqrs_event_type_t *const *types, cqrs_event_handler_cb fn,
                                                   void *data, unsigned flags, cqrs_error_t *err);
 
-/* Number of events dead-lettered so far, and the i-th kept in memory
- * (borrowed; NULL past the end or when a sink was given). Loop thread. */
+/* Number of events dead-lettered so far, and the i-th of those kept in
+ * memory, oldest first (borrowed; NULL past the end or when a sink was
+ * given). Memory keeps the newest options.dead_letters_kept; the number
+ * dropped to keep to that is cqrs_dispatcher_dead_letters_dropped. Loop
+ * thread. */
 CQRS_EXPORT size_t cqrs_dispatcher_dead_letter_count(const cqrs_dispatcher_t *d);
 CQRS_EXPORT const cqrs_event_t *cqrs_dispatcher_dead_letter(const cqrs_dispatcher_t *d, size_t i,
                                                             const char **subscriber, const cqrs_error_t **error);
+CQRS_EXPORT size_t cqrs_dispatcher_dead_letters_dropped(const cqrs_dispatcher_t *d);
 
 /* Number of commands sent and not yet completed. Any thread. */
 CQRS_EXPORT size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d);

@@ -55,7 +55,10 @@ typedef struct cqrs_projection_def {
 /* Starts a projection on `d` (loop thread): loads its checkpoint, catches up
  * from it by reading the store, then follows live events, with no gap and
  * no duplicate. The checkpoint advances after each batch applied. `cp` is
- * borrowed and must outlive `d`. The dispatcher owns the projection. */
+ * borrowed and must outlive `d`. The dispatcher owns the projection.
+ * Errors: NULL arguments, a bad or taken name, the checkpoint's load
+ * failing (non-blocking checkpoints) or not queued (CQRS_ENOMEM): then no
+ * projection of that name is left behind. */
 CQRS_EXPORT cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
                                               cqrs_checkpoints_t *cp, cqrs_error_t *err);
 
@@ -77,7 +80,8 @@ typedef void (*cqrs_wait_cb)(cqrs_code_t status, void *data);
 CQRS_EXPORT cqrs_code_t cqrs_projection_wait(cqrs_dispatcher_t *d, const char *name, int64_t position,
                                              uint64_t timeout_ms, cqrs_wait_cb cb, void *data);
 /* The same from any thread but the loop's (which must be running): blocks
- * and returns the status. On the loop thread: CQRS_ESTATE at once. */
+ * and returns the status (CQRS_ENOT_FOUND for an unknown name). On the
+ * loop thread: CQRS_ESTATE at once. */
 CQRS_EXPORT cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const char *name, int64_t position,
                                                   uint64_t timeout_ms);
 

@@ -58,6 +58,7 @@ typedef struct sub {
   bool waiting; /* back-off timer running */
   bool running; /* inside sub_run */
   uint64_t retries; /* failed deliveries, for metrics */
+  uint64_t dead_letters; /* events it gave up on, for metrics */
   bool async;   /* the handler completes later (CQRS__PENDING) */
   int64_t (*checkpoint)(void *data, int64_t handled); /* NULL: the position handled */
   bool cp_blocking, cp_saving; /* a checkpoint save on the pool, for async subscribers */
@@ -112,8 +113,11 @@ struct cqrs_dispatcher {
   uv_check_t cp_check; /* saves the checkpoints of idle subscribers once per loop iteration */
   bool cp_check_on;
 
+  /* Dead letters kept in memory (no sink): a ring of dead_cap entries
+   * from dead_head, grown up to opts.dead_letters_kept while it has not
+   * wrapped; past that the oldest is dropped. */
   dead_letter_t *dead;
-  size_t ndead, dead_cap, dead_total;
+  size_t ndead, dead_cap, dead_head, dead_total, dead_dropped;
 
   cqrs__mw_chain_t mw; /* middleware around commands (metrics.c) */
   struct cqrs__process **procs; /* process managers running here (process.c) */

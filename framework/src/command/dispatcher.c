@@ -50,6 +50,7 @@ void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
   o->retry_cap_ms = 30000;
   o->aggregate_cache = 16384;
   o->loops = 1;
+  o->dead_letters_kept = 1024;
 }
 
 /* A member loop of a dispatcher with several (see dispatcher-private.h). */
@@ -169,6 +170,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     cqrs_dispatcher_options_init(&d->opts);
   }
   if (d->opts.retry_attempts == 0) d->opts.retry_attempts = 1;
+  if (d->opts.dead_letters_kept == 0) d->opts.dead_letters_kept = 1024;
   d->nloops = d->opts.loops ? d->opts.loops : 1;
   unsigned pct = d->opts.home_percent ? d->opts.home_percent : 100 / d->nloops;
   d->home_share = pct * 1024u / 100u;

@@ -50,25 +50,46 @@ static bool sub_wants(const sub_t *s, const cqrs_event_t *e) {
 
 /* ---- dead letters ---- */
 
+/* Room for one more dead letter in memory: the ring grows (up to the
+ * bound, and only before it has wrapped, so that it stays in order), or
+ * its oldest entry goes. NULL: no room at all (out of memory, empty). */
+static dead_letter_t *dead_slot(cqrs_dispatcher_t *d) {
+  size_t bound = d->opts.dead_letters_kept;
+  if (d->ndead == d->dead_cap && d->dead_head == 0 && d->dead_cap < bound) {
+    size_t cap = d->dead_cap ? d->dead_cap * 2 : 16;
+    if (cap > bound) cap = bound;
+    dead_letter_t *p = cqrs__realloc(d->dead, cap * sizeof *p);
+    if (p) {
+      d->dead = p;
+      d->dead_cap = cap;
+    }
+  }
+  if (d->ndead < d->dead_cap) return &d->dead[(d->dead_head + d->ndead++) % d->dead_cap];
+  if (!d->ndead) return NULL;
+  if (d->dead_dropped++ == 0)
+    cqrs_log(CQRS_LOG_WARNING, "bus", "%zu dead letters kept in memory: the oldest are dropped from now on",
+             d->dead_cap);
+  dead_letter_t *oldest = &d->dead[d->dead_head];
+  cqrs_event_unref(oldest->event);
+  d->dead_head = (d->dead_head + 1) % d->dead_cap;
+  return oldest;
+}
+
 static void dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error) {
   cqrs_dispatcher_t *d = s->d;
   d->dead_total++;
+  s->dead_letters++;
   if (d->opts.dead_letter) {
     d->opts.dead_letter(s->name, e, error, d->opts.dead_letter_data);
     return;
   }
-  if (d->ndead == d->dead_cap) {
-    size_t cap = d->dead_cap ? d->dead_cap * 2 : 16;
-    dead_letter_t *p = cqrs__realloc(d->dead, cap * sizeof *p);
-    if (!p) {
-      cqrs_log(CQRS_LOG_ERROR, "bus", "dead letter of %s/%s #%lld lost: out of memory", s->name, e->type->name,
-              (long long)e->position);
-      return;
-    }
-    d->dead = p;
-    d->dead_cap = cap;
+  dead_letter_t *dl = dead_slot(d);
+  if (!dl) {
+    d->dead_dropped++;
+    cqrs_log(CQRS_LOG_ERROR, "bus", "dead letter of %s/%s #%lld lost: out of memory", s->name, e->type->name,
+             (long long)e->position);
+    return;
   }
-  dead_letter_t *dl = &d->dead[d->ndead++];
   dl->event = cqrs_event_ref(e);
   snprintf(dl->subscriber, sizeof dl->subscriber, "%s", s->name);
   dl->error = *error;
@@ -76,12 +97,15 @@ static void dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *err
 
 size_t cqrs_dispatcher_dead_letter_count(const cqrs_dispatcher_t *d) { return d ? d->dead_total : 0; }
 
+size_t cqrs_dispatcher_dead_letters_dropped(const cqrs_dispatcher_t *d) { return d ? d->dead_dropped : 0; }
+
 const cqrs_event_t *cqrs_dispatcher_dead_letter(const cqrs_dispatcher_t *d, size_t i, const char **subscriber,
                                                 const cqrs_error_t **error) {
   if (!d || i >= d->ndead) return NULL;
-  if (subscriber) *subscriber = d->dead[i].subscriber;
-  if (error) *error = &d->dead[i].error;
-  return d->dead[i].event;
+  const dead_letter_t *dl = &d->dead[(d->dead_head + i) % d->dead_cap];
+  if (subscriber) *subscriber = dl->subscriber;
+  if (error) *error = &dl->error;
+  return dl->event;
 }
 
 /* ---- delivery ---- */
@@ -96,6 +120,21 @@ static void timer_cb(uv_timer_t *t) {
   sub_t *s = t->data;
   s->waiting = false;
   sub_run(s);
+}
+
+/* Nothing more for `s` until `ms` have passed. At close, when nothing will
+ * try again, it lets go of what it holds instead (`why` says why), which a
+ * projection reads again from its checkpoint on the next start. */
+static void retry_later(sub_t *s, uint64_t ms, const char *why) {
+  if (atomic_load(&s->d->closing)) {
+    if (!s->cp && s->q_len)
+      cqrs_log(CQRS_LOG_ERROR, "bus", "subscriber %s drops %zu event(s) at close: %s", s->name, s->q_len, why);
+    while (s->q_len) q_pop(s);
+    s->attempts = 0;
+    return;
+  }
+  s->waiting = true;
+  uv_timer_start(&s->timer, timer_cb, ms, 0);
 }
 
 /* The head of the queue failed: retry later, or give up on it. Returns true
@@ -116,15 +155,7 @@ static bool head_failed(sub_t *s, const cqrs_error_t *error) {
     return false;
   }
   if (cqrs_error_transient(error)) {
-    if (atomic_load(&s->d->closing)) {
-      if (!s->cp && s->q_len)
-        cqrs_log(CQRS_LOG_ERROR, "bus", "subscriber %s drops %zu event(s) at close: %s", s->name, s->q_len, error->message);
-      while (s->q_len) q_pop(s);
-      s->attempts = 0;
-      return false;
-    }
-    s->waiting = true;
-    uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, s->attempts), 0);
+    retry_later(s, backoff_ms(s->d, s->attempts), error->message);
     return false;
   }
   /* An event this process cannot decode fails the same way every time. */
@@ -195,18 +226,32 @@ static void cp_save_work_cb(uv_work_t *w) {
 
 static void save_checkpoint(sub_t *s);
 
+/* A save on the pool failed or could not start: the subscriber's timer
+ * runs it again (sub_run saves) after a back-off. At close it stays
+ * behind: what it did not cover is applied again on the next start. */
+static void cp_save_later(sub_t *s) {
+  if (s->waiting || atomic_load(&s->d->closing) || (s->lease.on && !s->lease.held)) return;
+  s->waiting = true;
+  uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, 1), 0);
+}
+
 static void cp_save_after(uv_work_t *w, int status) {
   cp_save_work_t *cw = w->data;
   sub_t *s = cw->s;
   s->cp_saving = false;
   s->d->work_inflight--;
-  if (status == 0 && cw->rc == CQRS_OK) {
+  bool saved = status == 0 && cw->rc == CQRS_OK;
+  if (saved) {
     s->saved = cw->position;
   } else if (status == 0) {
     cp_save_failed(s, &cw->err);
   }
   cqrs__free(cw);
-  save_checkpoint(s);
+  if (saved) {
+    save_checkpoint(s);
+  } else {
+    cp_save_later(s);
+  }
   if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
 }
 
@@ -222,13 +267,16 @@ static void save_checkpoint(sub_t *s) {
   if (s->cp_blocking) {
     if (s->cp_saving) return;
     cp_save_work_t *cw = cqrs__calloc(1, sizeof *cw);
-    if (!cw) return;
-    cw->s = s;
-    cw->position = at;
-    cw->token = s->lease.token;
-    cw->req.data = cw;
-    if (uv_queue_work(s->d->loop, &cw->req, cp_save_work_cb, cp_save_after)) {
+    if (cw) {
+      cw->s = s;
+      cw->position = at;
+      cw->token = s->lease.token;
+      cw->req.data = cw;
+    }
+    if (!cw || uv_queue_work(s->d->loop, &cw->req, cp_save_work_cb, cp_save_after)) {
       cqrs__free(cw);
+      cqrs_log(CQRS_LOG_WARNING, "bus", "checkpoint of %s not saved: cannot queue work on the thread pool", s->name);
+      cp_save_later(s);
       return;
     }
     s->cp_saving = true;
@@ -270,19 +318,35 @@ typedef struct sub_work {
   int64_t position;
   int64_t token;      /* the lease's, for the checkpoint write */
   uint64_t deadline;  /* the lease's when the batch started (0: no lease): no delivery after it */
-  bool fenced;        /* that write was refused */
+  bool cp_failed;     /* that write failed (refused: a newer lease holder wrote) */
   cqrs_error_t cp_err;
 } sub_work_t;
 
+typedef struct collector {
+  cqrs__event_vec_t *out;
+  bool full; /* no room for an event read */
+} collector_t;
+
 static bool collect(const cqrs_event_t *e, void *data) {
-  return cqrs__event_vec_push_ref(data, e) == CQRS_OK;
+  collector_t *c = data;
+  c->full = cqrs__event_vec_push_ref(c->out, e) != CQRS_OK;
+  return !c->full;
+}
+
+/* Reads a batch of the store from `from` into `out`; no room for all of
+ * it is a failure (retried), not the end of what there is. Any thread. */
+static cqrs_code_t read_batch(cqrs_store_t *store, int64_t from, cqrs__event_vec_t *out, cqrs_error_t *err) {
+  collector_t c = {out, false};
+  cqrs_code_t rc = cqrs_store_read_all(store, from, FEED_BATCH, collect, &c, err);
+  if (rc == CQRS_OK && c.full) rc = cqrs_error_set(err, CQRS_ENOMEM, "no room for the events read");
+  return rc;
 }
 
 static void sub_work_cb(uv_work_t *w) {
   sub_work_t *sw = w->data;
   sub_t *s = sw->s;
   if (sw->catchup) {
-    sw->rc = cqrs_store_read_all(s->d->store, s->read_pos + 1, FEED_BATCH, collect, &sw->read, &sw->err);
+    sw->rc = read_batch(s->d->store, s->read_pos + 1, &sw->read, &sw->err);
     return;
   }
   sw->rc = CQRS_OK;
@@ -299,7 +363,7 @@ static void sub_work_cb(uv_work_t *w) {
     if (cp_save(s, sw->position, sw->token, &sw->cp_err) == CQRS_OK) {
       s->saved = sw->position;
     } else {
-      sw->fenced = sw->cp_err.code == CQRS_ECONFLICT;
+      sw->cp_failed = true;
     }
   }
 }
@@ -338,27 +402,33 @@ static void sub_after_work(uv_work_t *w, int status) {
       q_pop(s);
     }
     if (status == 0 && sw->rc != CQRS_OK) head_failed(s, &sw->err);
-    if (sw->fenced) cp_save_failed(s, &sw->cp_err);
+    if (sw->cp_failed) cp_save_failed(s, &sw->cp_err);
   }
   cqrs__free(sw);
   sub_run(s);
   if (atomic_load(&s->d->closing)) cqrs__dispatcher_maybe_closed(s->d);
 }
 
+/* Queues a batch of deliveries or a catch-up read on the pool. Returns
+ * false when it cannot: it is tried again after a back-off. */
 static bool start_work(sub_t *s, bool catchup) {
   sub_work_t *sw = cqrs__calloc(1, sizeof *sw);
-  if (!sw) return false;
-  sw->s = s;
-  sw->catchup = catchup;
-  sw->token = s->lease.token;
-  sw->deadline = s->lease.on ? s->lease.deadline : 0;
-  if (!catchup) {
-    sw->n = s->q_len < SUB_BATCH ? s->q_len : SUB_BATCH;
-    for (size_t i = 0; i < sw->n; i++) sw->batch[i] = q_peek(s, i);
+  if (sw) {
+    sw->s = s;
+    sw->catchup = catchup;
+    sw->token = s->lease.token;
+    sw->deadline = s->lease.on ? s->lease.deadline : 0;
+    if (!catchup) {
+      sw->n = s->q_len < SUB_BATCH ? s->q_len : SUB_BATCH;
+      for (size_t i = 0; i < sw->n; i++) sw->batch[i] = q_peek(s, i);
+    }
+    sw->req.data = sw;
   }
-  sw->req.data = sw;
-  if (uv_queue_work(s->d->loop, &sw->req, sub_work_cb, sub_after_work)) {
+  if (!sw || uv_queue_work(s->d->loop, &sw->req, sub_work_cb, sub_after_work)) {
     cqrs__free(sw);
+    static const char why[] = "cannot queue work on the thread pool";
+    if (!atomic_load(&s->d->closing)) cqrs_log(CQRS_LOG_WARNING, "bus", "subscriber %s %s; retried", s->name, why);
+    retry_later(s, backoff_ms(s->d, 1), why);
     return false;
   }
   s->busy = true;
@@ -367,15 +437,20 @@ static bool start_work(sub_t *s, bool catchup) {
 }
 
 /* Reads the next catch-up batch inline (non-blocking store). Returns the
- * number of events queued. */
+ * number of events queued. A read that fails, or finds no room for what it
+ * read, is tried again after a back-off (s->waiting). */
 static size_t catchup_inline(sub_t *s) {
   cqrs__event_vec_t v = {0};
   cqrs_error_t err;
-  if (cqrs_store_read_all(s->d->store, s->read_pos + 1, FEED_BATCH, collect, &v, &err)) {
+  if (read_batch(s->d->store, s->read_pos + 1, &v, &err)) {
     cqrs_log(CQRS_LOG_WARNING, "bus", "projection %s cannot read the store: %s", s->name, err.message);
+    cqrs__event_vec_free(&v);
+    retry_later(s, backoff_ms(s->d, 1), err.message);
+    return 0;
   }
   size_t n = 0;
   while (n < v.len && q_push(s, v.items[n])) s->read_pos = v.items[n++]->position;
+  if (n < v.len) retry_later(s, backoff_ms(s->d, 1), "out of memory"); /* read the rest again later */
   cqrs__event_vec_free(&v);
   return n;
 }
@@ -415,7 +490,12 @@ static void sub_run(sub_t *s) {
       break;
     }
     if (catchup_inline(s) == 0) {
-      if (s->read_pos >= d->feed_pos) s->state = SUB_LIVE;
+      if (s->waiting) break;
+      if (s->read_pos >= d->feed_pos) {
+        s->state = SUB_LIVE;
+      } else {
+        retry_later(s, CATCHUP_RETRY_MS, "catching up"); /* what the feed has is not readable yet */
+      }
       break;
     }
   }
@@ -510,7 +590,7 @@ typedef struct feed_work {
 
 static void feed_work_cb(uv_work_t *w) {
   feed_work_t *fw = w->data;
-  fw->rc = cqrs_store_read_all(fw->d->store, fw->from, FEED_BATCH, collect, &fw->read, &fw->err);
+  fw->rc = read_batch(fw->d->store, fw->from, &fw->read, &fw->err);
 }
 
 static void feed_retry(uv_timer_t *t) { cqrs__feed_kick(t->data, 0); }
@@ -578,12 +658,16 @@ void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to) {
     return;
   }
   feed_work_t *fw = cqrs__calloc(1, sizeof *fw);
-  if (!fw) return;
-  fw->d = d;
-  fw->from = d->feed_pos + 1;
-  fw->req.data = fw;
-  if (uv_queue_work(d->loop, &fw->req, feed_work_cb, feed_after_work)) {
+  if (fw) {
+    fw->d = d;
+    fw->from = d->feed_pos + 1;
+    fw->req.data = fw;
+  }
+  if (!fw || uv_queue_work(d->loop, &fw->req, feed_work_cb, feed_after_work)) {
     cqrs__free(fw);
+    cqrs_error_t err;
+    cqrs_error_set(&err, CQRS_ENOMEM, "cannot queue a read on the thread pool");
+    feed_failed(d, &err);
     return;
   }
   d->feed_busy = true;
@@ -631,6 +715,26 @@ static cqrs_code_t add_sub(cqrs_dispatcher_t *d, const char *name, const cqrs_ev
   d->subs[d->nsubs++] = s;
   *out = s;
   return CQRS_OK;
+}
+
+/* Undoes add_sub for a subscriber nothing has seen yet (the last one
+ * added). Its timer closes first, counted as work in flight so that the
+ * dispatcher waits for it. */
+static void sub_discarded(uv_handle_t *h) {
+  sub_t *s = h->data;
+  cqrs_dispatcher_t *d = s->d;
+  cqrs__free((void *)s->types);
+  cqrs__free(s);
+  d->work_inflight--;
+  if (atomic_load(&d->closing)) cqrs__dispatcher_maybe_closed(d);
+}
+
+static void discard_sub(sub_t *s) {
+  cqrs_dispatcher_t *d = s->d;
+  d->subs[--d->nsubs] = NULL;
+  d->handles_open--;
+  d->work_inflight++;
+  uv_close((uv_handle_t *)&s->timer, sub_discarded);
 }
 
 cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,
@@ -783,8 +887,10 @@ static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_
   cw->req.data = cw;
   if (uv_queue_work(d->loop, &cw->req, cp_work_cb, cp_after_work)) {
     cqrs__free(cw);
-    cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot queue work; it stays stopped", s->name);
-    return CQRS_OK;
+    *out = NULL;
+    discard_sub(s);
+    return cqrs_error_set(err, CQRS_ENOMEM, "projection %s cannot queue its checkpoint load on the thread pool",
+                          def->name);
   }
   s->busy = true;
   d->work_inflight++;
@@ -857,7 +963,7 @@ void cqrs__bus_free(cqrs_dispatcher_t *d) {
   }
   cqrs__free(d->subs);
   cqrs__leases_free(d);
-  for (size_t i = 0; i < d->ndead; i++) cqrs_event_unref(d->dead[i].event);
+  for (size_t i = 0; i < d->ndead; i++) cqrs_event_unref(d->dead[(d->dead_head + i) % d->dead_cap].event);
   cqrs__free(d->dead);
 }
 
@@ -878,6 +984,7 @@ bool cqrs__bus_sub_figures(const cqrs_dispatcher_t *d, size_t i, cqrs__sub_figur
     out->oldest_pending_ts = 0;
   }
   out->retries = s->retries;
+  out->dead_letters = s->dead_letters;
   return true;
 }
 

@@ -31,6 +31,13 @@ static bool reached(const cqrs_dispatcher_t *d, const waiter_t *w) {
   return true;
 }
 
+static const sub_t *find(const cqrs_dispatcher_t *d, const char *name) {
+  for (size_t i = 0; i < d->nsubs; i++) {
+    if (!strcmp(d->subs[i]->name, name)) return d->subs[i];
+  }
+  return NULL;
+}
+
 static void wait_timer_cb(uv_timer_t *t) { cqrs__waiters_check(t->data); }
 
 /* Completes what is due and arms the timer for the nearest deadline. */
@@ -44,7 +51,12 @@ void cqrs__waiters_check(cqrs_dispatcher_t *d) {
       w->deadline = now + w->timeout_ms;
       w->timed = true;
     }
-    cqrs_code_t status = reached(d, w) ? CQRS_OK : now >= w->deadline ? CQRS_ETIMEOUT : CQRS_CODE_COUNT;
+    /* A name no subscriber has: one waited for from another thread, which
+     * could not look (cqrs_projection_wait refuses it at once). */
+    cqrs_code_t status = w->name[0] && !find(d, w->name) ? CQRS_ENOT_FOUND
+                         : reached(d, w)                  ? CQRS_OK
+                         : now >= w->deadline             ? CQRS_ETIMEOUT
+                                                          : CQRS_CODE_COUNT;
     if (status == CQRS_CODE_COUNT) {
       if (w->deadline < next) next = w->deadline;
       pp = &w->next;
@@ -81,13 +93,6 @@ void cqrs__waiters_close(cqrs_dispatcher_t *d) {
     w->cb(CQRS_ECLOSED, w->data);
     cqrs__free(w);
   }
-}
-
-static const sub_t *find(const cqrs_dispatcher_t *d, const char *name) {
-  for (size_t i = 0; i < d->nsubs; i++) {
-    if (!strcmp(d->subs[i]->name, name)) return d->subs[i];
-  }
-  return NULL;
 }
 
 static waiter_t *waiter_new(const char *name, int64_t position, uint64_t timeout_ms, cqrs_wait_cb cb, void *data) {

@@ -28,6 +28,7 @@ typedef struct cqrs__sub_figures {
   int64_t handled_up_to;     /* position, or the feed's when it waits for nothing */
   int64_t oldest_pending_ts; /* timestamp of the oldest event queued, 0 when none */
   uint64_t retries;          /* failed deliveries */
+  uint64_t dead_letters;     /* events given up on */
 } cqrs__sub_figures_t;
 /* Fills the i-th subscriber's figures; false past the end. Also the feed's
  * position. */

@@ -178,8 +178,6 @@ struct cqrs_metrics {
   size_t nseries;
   _Atomic uint64_t conflicts, retries, events, dropped;
   cqrs_dispatcher_t *d;
-  cqrs_dead_letter_fn sink; /* the dispatcher's own, which ours forwards to */
-  void *sink_data;
 };
 
 static uint32_t hash_labels(family_t f, const char *const *labels) {
@@ -296,14 +294,6 @@ static void on_query(const char *name, cqrs_code_t code, const cqrs_error_t *err
 
 static const cqrs_middleware_t metrics_mw = {.command_after = on_command, .query_after = on_query};
 
-/* Stands in front of the dispatcher's dead-letter sink to count by
- * subscriber; without a sink the dispatcher's own list is counted instead. */
-static void on_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
-  cqrs_metrics_t *m = data;
-  add(lookup(m, F_DEAD_LETTERS, subscriber, NULL, NULL), 1);
-  m->sink(subscriber, e, error, m->sink_data);
-}
-
 cqrs_code_t cqrs_metrics_new(cqrs_metrics_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   cqrs_metrics_t *m = cqrs__calloc(1, sizeof *m);
@@ -330,12 +320,6 @@ cqrs_code_t cqrs_metrics_attach(cqrs_metrics_t *m, cqrs_dispatcher_t *d, cqrs_er
   cqrs_code_t rc = cqrs_dispatcher_use(d, &metrics_mw, m, err);
   if (rc) return rc;
   m->d = d;
-  if (d->opts.dead_letter) {
-    m->sink = d->opts.dead_letter;
-    m->sink_data = d->opts.dead_letter_data;
-    d->opts.dead_letter = on_dead_letter;
-    d->opts.dead_letter_data = m;
-  }
   return CQRS_OK;
 }
 
@@ -424,16 +408,6 @@ static int64_t head_of(const cqrs_dispatcher_t *d) {
   return feed > head ? feed : head;
 }
 
-static uint64_t dead_letters_of(const cqrs_metrics_t *m, const char *subscriber) {
-  if (m->sink) {
-    series_t *se = lookup((cqrs_metrics_t *)m, F_DEAD_LETTERS, subscriber, NULL, NULL);
-    return se ? load(&se->value) : 0;
-  }
-  uint64_t n = 0;
-  for (size_t i = 0; i < m->d->ndead; i++) n += !strcmp(m->d->dead[i].subscriber, subscriber);
-  return n;
-}
-
 static bool subscribers(const cqrs_metrics_t *m, cqrs_metrics_snapshot_t *s) {
   const cqrs_dispatcher_t *d = m->d;
   int64_t head = head_of(d), now = cqrs_now_ms();
@@ -454,7 +428,7 @@ static bool subscribers(const cqrs_metrics_t *m, cqrs_metrics_snapshot_t *s) {
                          : 0.0;
           break;
         case F_PROJECTION_RETRIES: x->value = (double)fig.retries; break;
-        default: x->value = (double)dead_letters_of(m, fig.name); break;
+        default: x->value = (double)fig.dead_letters; break;
       }
     }
   }

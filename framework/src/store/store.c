@@ -30,12 +30,24 @@ bool cqrs_store_blocking(const cqrs_store_t *s) { return s && s->ops->blocking; 
 void *cqrs_store_impl(const cqrs_store_t *s) { return s ? s->impl : NULL; }
 
 /* Counts a call that reached the implementation. A conflict is an answer,
- * not a failure; CQRS_ESTORE (the server is unavailable) is transient. */
-static cqrs_code_t counted(cqrs_store_t *s, cqrs__store_op_t op, cqrs_code_t rc) {
+ * not a failure; a failure is transient as its error says (a CQRS_ESTORE
+ * the implementation marked permanent is not). `err` is the one the
+ * implementation filled: never NULL here (see err_or). */
+static cqrs_code_t counted(cqrs_store_t *s, cqrs__store_op_t op, cqrs_code_t rc, const cqrs_error_t *err) {
   atomic_fetch_add_explicit(&s->calls[op], 1, memory_order_relaxed);
-  if (rc != CQRS_OK && rc != CQRS_ECONFLICT)
-    atomic_fetch_add_explicit(&s->errors[op][rc == CQRS_ESTORE ? 0 : 1], 1, memory_order_relaxed);
+  if (rc != CQRS_OK && rc != CQRS_ECONFLICT) {
+    bool transient = rc == CQRS_ESTORE && (err->code != CQRS_ESTORE || cqrs_error_transient(err));
+    atomic_fetch_add_explicit(&s->errors[op][transient ? 0 : 1], 1, memory_order_relaxed);
+  }
   return rc;
+}
+
+/* The error an implementation fills: the caller's, or `own` when the
+ * caller passed none, so that a failure's class can still be counted. */
+static cqrs_error_t *err_or(cqrs_error_t *err, cqrs_error_t *own) {
+  if (err) return err;
+  cqrs_error_clear(own);
+  return own;
 }
 
 static void saw_position(cqrs_store_t *s, int64_t position) {
@@ -63,6 +75,8 @@ cqrs_code_t cqrs_store_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_ap
 
 cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
                                      cqrs_error_t *err) {
+  cqrs_error_t own;
+  err = err_or(err, &own);
   memset(res, 0, sizeof *res);
   cqrs_code_t rc;
   if (req->expected_version < 0) return cqrs_error_set(err, CQRS_EINVAL, "expected version is negative");
@@ -72,50 +86,60 @@ cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, 
     if (!e || e->version != req->expected_version + (int64_t)i + 1)
       return cqrs_error_set(err, CQRS_EINVAL, "event %zu is NULL or its version does not follow", i);
   }
-  rc = counted(s, CQRS__STORE_APPEND, s->ops->append(s->impl, req, res, err));
+  rc = counted(s, CQRS__STORE_APPEND, s->ops->append(s->impl, req, res, err), err);
   if (rc == CQRS_OK) saw_position(s, res->last_position);
   return rc;
 }
 
 cqrs_code_t cqrs_store_read_stream(cqrs_store_t *s, const char *type, const char *id, int64_t from_version,
                                    cqrs_event_visit_cb cb, void *data, cqrs_error_t *err) {
+  cqrs_error_t own;
+  err = err_or(err, &own);
   if (!s || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or callback");
   cqrs_code_t rc = check_stream(type, id, err);
   if (rc) return rc;
   return counted(s, CQRS__STORE_READ_STREAM,
-                 s->ops->read_stream(s->impl, type, id, from_version < 1 ? 1 : from_version, cb, data, err));
+                 s->ops->read_stream(s->impl, type, id, from_version < 1 ? 1 : from_version, cb, data, err), err);
 }
 
 cqrs_code_t cqrs_store_read_all(cqrs_store_t *s, int64_t from_position, size_t limit, cqrs_event_visit_cb cb,
                                 void *data, cqrs_error_t *err) {
+  cqrs_error_t own;
+  err = err_or(err, &own);
   if (!s || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or callback");
   if (limit == 0) return CQRS_OK;
   return counted(s, CQRS__STORE_READ_ALL,
-                 s->ops->read_all(s->impl, from_position < 1 ? 1 : from_position, limit, cb, data, err));
+                 s->ops->read_all(s->impl, from_position < 1 ? 1 : from_position, limit, cb, data, err), err);
 }
 
 cqrs_code_t cqrs_store_head(cqrs_store_t *s, int64_t *position, cqrs_error_t *err) {
+  cqrs_error_t own;
+  err = err_or(err, &own);
   if (!s || !position) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or position");
-  cqrs_code_t rc = counted(s, CQRS__STORE_HEAD, s->ops->head(s->impl, position, err));
+  cqrs_code_t rc = counted(s, CQRS__STORE_HEAD, s->ops->head(s->impl, position, err), err);
   if (rc == CQRS_OK) saw_position(s, *position);
   return rc;
 }
 
 cqrs_code_t cqrs_store_snapshot_load(cqrs_store_t *s, const char *type, const char *id, cqrs_snapshot_t *out,
                                      bool *found, cqrs_error_t *err) {
+  cqrs_error_t own;
+  err = err_or(err, &own);
   if (!s || !out || !found) return cqrs_error_set(err, CQRS_EINVAL, "NULL store, snapshot or flag");
   *found = false;
   cqrs_code_t rc = check_stream(type, id, err);
   if (rc) return rc;
   if (!s->ops->snapshot_load) return CQRS_OK;
-  return counted(s, CQRS__STORE_SNAPSHOT_LOAD, s->ops->snapshot_load(s->impl, type, id, out, found, err));
+  return counted(s, CQRS__STORE_SNAPSHOT_LOAD, s->ops->snapshot_load(s->impl, type, id, out, found, err), err);
 }
 
 cqrs_code_t cqrs_store_snapshot_save(cqrs_store_t *s, const cqrs_snapshot_t *snap, cqrs_error_t *err) {
+  cqrs_error_t own;
+  err = err_or(err, &own);
   if (!s || !snap) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or snapshot");
   cqrs_code_t rc = check_stream(snap->aggregate_type, snap->aggregate_id, err);
   if (rc) return rc;
   if (snap->version < 1) return cqrs_error_set(err, CQRS_EINVAL, "snapshot version must be >= 1");
   if (!s->ops->snapshot_save) return cqrs_error_set(err, CQRS_ESTATE, "store %s keeps no snapshots", s->ops->name);
-  return counted(s, CQRS__STORE_SNAPSHOT_SAVE, s->ops->snapshot_save(s->impl, snap, err));
+  return counted(s, CQRS__STORE_SNAPSHOT_SAVE, s->ops->snapshot_save(s->impl, snap, err), err);
 }

@@ -53,6 +53,11 @@ struct cqrs_mongo {
   uv_cond_t group_full;
   atomic_bool note_writing; /* a head note write is in flight (group_commit) */
   version_slot_t *versions;
+  /* Dead letters being written on the pool: cqrs_mongo_destroy waits for
+   * them (mongo_readmodel.c). */
+  uv_mutex_t dl_lock;
+  uv_cond_t dl_cond;
+  size_t dl_writing;
 };
 
 /* Remembers that stream (type, id) reached `version`; tells whether it did. */

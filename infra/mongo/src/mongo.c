@@ -11,7 +11,7 @@ static void init_driver(void) { mongoc_init(); }
 
 static void quiet_log(mongoc_log_level_t level, const char *domain, const char *message, void *data) {
   (void)data;
-  if (level <= MONGOC_LOG_LEVEL_ERROR) fprintf(stderr, "mongoc %s: %s\n", domain, message);
+  if (level <= MONGOC_LOG_LEVEL_ERROR) cqrs_log(CQRS_LOG_ERROR, "mongo", "mongoc %s: %s", domain, message);
 }
 
 void cqrs_mongo_quiet_logs(void) {
@@ -76,6 +76,8 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   uv_cond_init(&m->group_cond);
   uv_cond_init(&m->group_full);
   uv_mutex_init(&m->hint_lock);
+  uv_mutex_init(&m->dl_lock);
+  uv_cond_init(&m->dl_cond);
   if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->head) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
       !name_ok(m->dead_letters) || !name_ok(m->leases)) {
     cqrs_mongo_destroy(m);
@@ -93,6 +95,11 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
 
 void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   if (!m) return;
+  if (m->versions) {
+    uv_mutex_lock(&m->dl_lock);
+    while (m->dl_writing) uv_cond_wait(&m->dl_cond, &m->dl_lock);
+    uv_mutex_unlock(&m->dl_lock);
+  }
   if (m->pool) mongoc_client_pool_destroy(m->pool);
   if (m->versions) {
     uv_mutex_destroy(&m->versions_lock);
@@ -100,6 +107,8 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
     uv_cond_destroy(&m->group_cond);
     uv_cond_destroy(&m->group_full);
     uv_mutex_destroy(&m->hint_lock);
+    uv_mutex_destroy(&m->dl_lock);
+    uv_cond_destroy(&m->dl_cond);
   }
   bson_free(m->versions);
   mongoc_uri_destroy(m->uri);

@@ -237,11 +237,21 @@ cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out
 
 /* ---- dead letters ---- */
 
+/* A dead letter's write, on the pool. What the log says of one that is
+ * lost: "dead letter of <subscriber>: <type> #<position> (event <id>)". */
 typedef struct dl_work {
   uv_work_t req;
   cqrs_mongo_t *m;
   bson_t *doc; /* a pointer: a bson_t needs 128-byte alignment */
+  char what[CQRS_NAME_MAX * 2 + CQRS_ID_MAX + 64];
 } dl_work_t;
+
+/* Its last touch of `m`: cqrs_mongo_destroy may go on once it is done. */
+static void dl_written(cqrs_mongo_t *m) {
+  uv_mutex_lock(&m->dl_lock);
+  if (--m->dl_writing == 0) uv_cond_broadcast(&m->dl_cond);
+  uv_mutex_unlock(&m->dl_lock);
+}
 
 static void dl_insert(uv_work_t *w) {
   dl_work_t *d = w->data;
@@ -249,26 +259,35 @@ static void dl_insert(uv_work_t *w) {
   cqrs__mongo_open(d->m, d->m->dead_letters, &c);
   bson_error_t e;
   if (!mongoc_collection_insert_one(c.coll, d->doc, NULL, NULL, &e))
-    fprintf(stderr, "cqrs-mongo: a dead letter could not be written: %s\n", e.message);
+    cqrs_log(CQRS_LOG_ERROR, "mongo", "%s not written: %s", d->what, e.message);
   cqrs__mongo_done(d->m, &c);
+  bson_destroy(d->doc);
+  d->doc = NULL;
+  dl_written(d->m);
 }
 
 static void dl_done(uv_work_t *w, int status) {
   dl_work_t *d = w->data;
-  if (status) dl_insert(w); /* cancelled: write it here rather than lose it */
-  bson_destroy(d->doc);
+  if (status) { /* cancelled: nothing cancels it today */
+    cqrs_log(CQRS_LOG_ERROR, "mongo", "%s not written: cancelled", d->what);
+    bson_destroy(d->doc);
+    dl_written(d->m);
+  }
   bson_free(d);
 }
 
 void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
   cqrs_mongo_t *m = data;
   if (!m || !subscriber || !e || !error) {
-    fprintf(stderr, "cqrs-mongo: dead letter with a NULL argument dropped\n");
+    cqrs_log(CQRS_LOG_ERROR, "mongo", "dead letter with a NULL argument dropped");
     return;
   }
   dl_work_t *d = bson_malloc0(sizeof *d);
   d->m = m;
   d->req.data = d;
+  const cqrs_unknown_event_t *u = e->type == &cqrs_unknown_event_type ? e->payload : NULL;
+  snprintf(d->what, sizeof d->what, "dead letter of %s: %s #%lld (event %s)", subscriber,
+           u ? u->type : e->type->name, (long long)e->position, e->id);
   d->doc = bson_new();
   BSON_APPEND_UTF8(d->doc, "subscriber", subscriber);
   bson_t ev, er;
@@ -281,8 +300,16 @@ void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const
   BSON_APPEND_UTF8(&er, "message", error->message);
   bson_append_document_end(d->doc, &er);
   BSON_APPEND_DATE_TIME(d->doc, "at", cqrs_now_ms());
+  uv_mutex_lock(&m->dl_lock);
+  m->dl_writing++;
+  uv_mutex_unlock(&m->dl_lock);
+  /* Never on the caller's thread (the dispatcher's loop): without a loop
+   * to lend a pool thread it is lost, and said so. */
   if (!m->loop || uv_queue_work(m->loop, &d->req, dl_insert, dl_done)) {
-    dl_insert(&d->req); /* no loop to lend a thread: write it now */
-    dl_done(&d->req, 0);
+    cqrs_log(CQRS_LOG_ERROR, "mongo", "%s not written: %s", d->what,
+             m->loop ? "cannot queue work on the thread pool" : "no loop was given to cqrs_mongo_new");
+    bson_destroy(d->doc);
+    bson_free(d);
+    dl_written(m);
   }
 }

@@ -19,7 +19,9 @@
 /* MongoDB refuses documents over 16 MiB. */
 #define MAX_COMMIT_BYTES (16 * 1024 * 1024)
 
-static bool append_event(bson_t *out, const cqrs_event_t *e) {
+/* Appends one event; false when the document cannot grow. A payload the
+ * field table cannot encode is that error in `*rc` (`err` filled). */
+static bool append_event(bson_t *out, const cqrs_event_t *e, cqrs_code_t *rc, cqrs_error_t *err) {
   const cqrs_unknown_event_t *u = e->type == &cqrs_unknown_event_type ? e->payload : NULL;
   bool ok = BSON_APPEND_UTF8(out, "eventId", e->id) && BSON_APPEND_UTF8(out, "type", u ? u->type : e->type->name) &&
             BSON_APPEND_INT32(out, "schemaVersion", (int32_t)(u ? u->schema_version : e->schema_version)) &&
@@ -31,8 +33,8 @@ static bool append_event(bson_t *out, const cqrs_event_t *e) {
   }
   bson_t data;
   if (!BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data)) return false;
-  cqrs_fields_encode(e->type->fields, e->payload, &data, NULL);
-  return bson_append_document_end(out, &data);
+  *rc = cqrs_fields_encode(e->type->fields, e->payload, &data, err);
+  return bson_append_document_end(out, &data) && *rc != CQRS_ETOO_LARGE;
 }
 
 /* The commit document: the seed's top-level fields (`type`, `timestamp`,
@@ -60,8 +62,13 @@ static cqrs_code_t build_commit(bson_t *doc, const cqrs_append_t *req, int64_t p
     const char *k;
     bson_uint32_to_string((uint32_t)i, &k, key, sizeof key);
     bson_t ev;
-    bool ok = bson_append_document_begin(&events, k, -1, &ev) && append_event(&ev, req->events[i]);
+    cqrs_code_t rc = CQRS_OK;
+    bool ok = bson_append_document_begin(&events, k, -1, &ev) && append_event(&ev, req->events[i], &rc, err);
     ok = bson_append_document_end(&events, &ev) && ok;
+    if (ok && rc) {
+      bson_append_array_end(doc, &events);
+      return rc; /* nothing is stored with part of its data */
+    }
     if (!ok || doc->len + events.len > MAX_COMMIT_BYTES) {
       bson_append_array_end(doc, &events);
       return cqrs_error_set(err, CQRS_ETOO_LARGE,
