@@ -157,7 +157,7 @@ static void test_repeated_command_id(void **state) {
   append_ok(fx, "d1", 0, "same-cmd", one, 1, &res);
   assert_true(res.duplicate);
   /* On any stream: a command id names one commit in the whole store (the
-   * recorded refusals of process steps rely on it, see process.c). */
+   * recorded refusals of process steps rely on it, see framework/src/process/steps.c). */
   append_ok(fx, "d2", 0, "same-cmd", one, 1, &res);
   assert_true(res.duplicate);
   seen_t seen = {{0}, 0};

@@ -1,10 +1,10 @@
-/* The process-manager step protocol (the contract framework/src/process.c
+/* The process-manager step protocol (the contract framework/src/process/
  * implements), on one transfer: the instance's own stream, the subscriber's
  * checkpoint, the step commands it sends and their outcomes (accepted,
  * rejected, transient error), crashes at any point between two store
  * operations, and events and commands from outside. See docs/models.md for
  * what this covers and leaves out, the bounds, and how to read a
- * counterexample. When process.c changes the protocol, change this file in
+ * counterexample. When framework/src/process/ changes the protocol, change this file in
  * the same commit.
  *
  * One OS process runs the dispatcher, the subscriber feeding the process
@@ -21,7 +21,7 @@
  *   REJECTION_RECORDED  on unless BUG_REJECTION_UNRECORDED: a step's
  *              refusal is recorded under its command id, and a later send of
  *              that id is answered with it (cqrs__step_settle in
- *              framework/src/process.c, called by run_request in
+ *              framework/src/process/steps.c, called by run_request in
  *              dispatcher.c); with it, NODES=2 passes
  *   CHECKS     which properties to check, a sum of the P_ bits (default all)
  *   WITNESS    one of the W_ conditions below: the run must then fail,
@@ -129,7 +129,7 @@ typedef node_t {
   bool cur_from_feed;  /* it came from the feed (the subscriber waits on it) */
   byte flight[NSTEP];  /* F_ */
   bool cur_sent;       /* BUG_SEND_BEFORE_COMMIT: the decision went out already */
-  bool open_here       /* the runtime holds the checkpoint for T (process.c: started,
+  bool open_here       /* the runtime holds the checkpoint for T (process/open.c: started,
                           or held_at): the stream's state at this node's last commit
                           of an input of T; a crash resets it */
 }
@@ -253,7 +253,7 @@ inline take_effect(s) {
   step_committed[s] = true
 }
 
-/* The runtime's view after the commit of an input (process.c:
+/* The runtime's view after the commit of an input (process/runtime.c:
  * on_input_done): the instance stays open here until its stream says it
  * ended, a duplicate included (kept, reloaded, the checkpoint held). */
 #ifdef BUG_FORGET_DUPLICATE
@@ -285,7 +285,7 @@ proctype node(byte me) {
 end:
   do
   /* -- subscriber: the next event of the feed, routed by the event's own
-   *    aggregate (transfer.requested on T -> instance T). process.c: on_event */
+   *    aggregate (transfer.requested on T -> instance T). process/runtime.c: on_event */
   :: atomic {
        cur == NONE && sub_pos < feed_len ->
        if
@@ -303,7 +303,7 @@ end:
      }
   /* -- subscriber: save the checkpoint; never past the start of an
    *    instance this runtime holds open (what it knows, not the stream).
-   *    process.c: checkpoint_at; bus.c saves it */
+   *    process/runtime.c: checkpoint_at; bus.c saves it */
   :: atomic {
 #ifdef BUG_CHECKPOINT_PAST_OPEN
        checkpoint < sub_pos -> checkpoint = sub_pos
@@ -313,10 +313,10 @@ end:
        ; printf("node %d: subscriber: checkpoint saved at %d\n", me, checkpoint)
      }
   /* -- runtime: load the instance from its stream (the first input routed
-   *    to it). process.c: handle_input -> cqrs_context_load; after a
+   *    to it). process/runtime.c: handle_input -> cqrs_context_load; after a
    *    restart, the duplicate start input, then resume */
   :: atomic { known && !loaded -> loaded = true; printf("node %d: runtime: loads T from its stream\n", me) }
-  /* -- runtime: a step's completion becomes the input. process.c: on_step_done */
+  /* -- runtime: a step's completion becomes the input. process/runtime.c: on_step_done */
   :: atomic {
        cur == NONE && loaded && ANY(BACK) ->
        s = 0;
@@ -326,7 +326,7 @@ end:
        printf("node %d: runtime: step %d completed: %d (1 accepted, 2 rejected)\n", me, s, cur_value); s = 0
      }
   /* -- runtime: handle the input: decide, and commit (one store operation).
-   *    process.c: handle_input -> decide -> record, committed by the
+   *    process/: handle_input -> decide -> record, committed by the
    *    dispatcher under the input's derived id; then on_input_done */
   :: atomic {
        cur != NONE && loaded ->
@@ -361,7 +361,7 @@ end:
   /* -- runtime: send each step decided and without a recorded outcome (the
    *    new decision, a re-send after a transient error, a re-send after a
    *    restart), at most one send of a step at a time.
-   *    process.c: send_steps -> send_step (step_id), open_step_t.inflight */
+   *    process/runtime.c: send_steps -> send_step (step_id), open_step_t.inflight */
   :: atomic {
        loaded && ANY(SENDABLE) ->
        s = 0;

@@ -49,7 +49,7 @@ struct cqrs_command {
   char id[CQRS_ID_MAX];
   char correlation_id[CQRS_ID_MAX];
   bool internal; /* sent by the framework (a process step): may use reserved ids */
-  bool step;     /* a process step: its refusal is recorded under its id (process.c) */
+  bool step;     /* a process step: its refusal is recorded under its id (process/steps.c) */
   _Alignas(max_align_t) unsigned char payload[];
 };
 

@@ -25,7 +25,7 @@ typedef struct kept {
 struct cqrs_registry {
   entry_t *commands, *events, *aggregates;
   upcaster_t *upcasters;
-  kept_t *kept; /* what modules built for their types (process.c) */
+  kept_t *kept; /* what modules built for their types (process/type.c) */
 };
 
 cqrs_code_t cqrs__registry_keep(cqrs_registry_t *reg, const char *key, void *obj, void (*free_fn)(void *),
