@@ -44,12 +44,18 @@ typedef struct cqrs__envelope {
   char strings[];
 } cqrs__envelope_t;
 
+/* A command's own interceptor, run after its handler on the handler's
+ * thread; it may change the outcome (a process manager's step records a
+ * refusal under the step's id: process/). */
+typedef void (*cqrs__settle_fn)(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code_t *rc,
+                                cqrs_result_t *res, cqrs_error_t *err);
+
 struct cqrs_command {
   const cqrs_command_type_t *type;
   char id[CQRS_ID_MAX];
   char correlation_id[CQRS_ID_MAX];
-  bool internal; /* sent by the framework (a process step): may use reserved ids */
-  bool step;     /* a process step: its refusal is recorded under its id (process/steps.c) */
+  bool internal;          /* sent by the framework (a process step): may use reserved ids */
+  cqrs__settle_fn settle; /* NULL: none; a process step's: process/steps.c */
   _Alignas(max_align_t) unsigned char payload[];
 };
 

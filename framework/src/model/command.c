@@ -21,7 +21,7 @@ static cqrs_code_t command_alloc(const cqrs_command_type_t *type, cqrs_command_t
   if (!cmd) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a command");
   cmd->type = type;
   cmd->internal = false;
-  cmd->step = false;
+  cmd->settle = NULL;
   cqrs_new_id(cmd->id);
   memcpy(cmd->correlation_id, cmd->id, sizeof cmd->correlation_id);
   *out = cmd;
