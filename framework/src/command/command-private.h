@@ -84,6 +84,7 @@ struct cqrs__commands {
   cqrs__agg_pool_t free_aggs;            /* loop thread only */
 
   uv_async_t async;
+  bool attached;                      /* `async` is on the loop */
   request_t *inbox_head, *inbox_tail; /* from other threads; the runtime's lock */
   request_t *local_head, *local_tail; /* from the loop thread */
   request_t *free_requests;           /* loop thread only */
@@ -116,7 +117,11 @@ struct cqrs__commands {
  * its own. On failure nothing is left. */
 cqrs_code_t cqrs__commands_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_t *opts, cqrs__commands_t **out,
                                cqrs_error_t *err);
-/* A member's: it runs what the home admitted (handlers and middleware are
+/* Attaches it to the loop: the last step of making a dispatcher (before
+ * it, a failure is undone by cqrs__runtime_abandon; after, by closing). */
+cqrs_code_t cqrs__commands_attach(cqrs__commands_t *c, cqrs_error_t *err);
+/* A member's, attached (on a failure its component may be added: abandon
+ * the runtime): it runs what the home admitted (handlers and middleware are
  * the home's); its loop runs until the home stops it. */
 cqrs_code_t cqrs__commands_new_member(cqrs__runtime_t *rt, const cqrs__commands_t *home, unsigned index,
                                       size_t cache_size, void (*drain_fn)(cqrs__commands_t *, request_t *),

@@ -247,7 +247,7 @@ static bool commands_idle(const cqrs__component_t *comp) {
 
 static void commands_close_handles(cqrs__component_t *comp) {
   cqrs__commands_t *c = (cqrs__commands_t *)comp;
-  cqrs__runtime_close_handle(c->rt, (uv_handle_t *)&c->async);
+  if (c->attached) cqrs__runtime_close_handle(c->rt, (uv_handle_t *)&c->async);
 }
 
 static void commands_free(cqrs__component_t *comp) {
@@ -288,18 +288,25 @@ static cqrs_code_t commands_make(cqrs__runtime_t *rt, size_t cache_size, bool ke
   }
   size_t stripes = 0;
   while (stripes < CQRS_STRIPES && pthread_mutex_init(&c->stripes[stripes], NULL) == 0) stripes++;
-  if (stripes < CQRS_STRIPES || uv_async_init(rt->loop, &c->async, async_cb)) {
+  if (stripes < CQRS_STRIPES) {
     while (stripes) pthread_mutex_destroy(&c->stripes[--stripes]);
     cqrs__cache_destroy(c->cache);
     cqrs__free(c);
-    return cqrs_error_set(err, CQRS_ENOMEM, "cannot attach the dispatcher to the loop");
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a mutex");
   }
-  c->async.data = c;
-  if (!keep_alive) uv_unref((uv_handle_t *)&c->async);
-  cqrs__runtime_handle_opened(rt);
   cqrs__runtime_add(rt, &c->comp, &commands_ops);
   rt->commands = c;
   *out = c;
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs__commands_attach(cqrs__commands_t *c, cqrs_error_t *err) {
+  if (uv_async_init(c->rt->loop, &c->async, async_cb))
+    return cqrs_error_set(err, CQRS_EINVAL, "cannot attach the dispatcher to the loop");
+  c->async.data = c;
+  if (!c->keep_alive) uv_unref((uv_handle_t *)&c->async);
+  cqrs__runtime_handle_opened(c->rt);
+  c->attached = true;
   return CQRS_OK;
 }
 
@@ -319,11 +326,12 @@ cqrs_code_t cqrs__commands_new_member(cqrs__runtime_t *rt, const cqrs__commands_
   cqrs_code_t rc = commands_make(rt, cache_size, true, out, err);
   if (rc) return rc;
   cqrs__commands_t *c = *out;
-  c->drain = drain_fn;
   c->conflict_retries = home->conflict_retries;
   c->home = (cqrs__commands_t *)home;
   c->index = index;
   c->nloops = home->nloops;
   c->home_share = home->home_share;
-  return CQRS_OK;
+  c->drain = drain_fn;
+  return cqrs__commands_attach(c, err);
 }
+

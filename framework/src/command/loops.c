@@ -39,13 +39,13 @@ static void member_main(void *arg) {
   cqrs__runtime_t *rt = cqrs__calloc(1, sizeof *rt);
   if (!rt) {
     m->rc = cqrs_error_set(&m->err, CQRS_ENOMEM, "cannot allocate loop %u", m->index);
-  } else if (!(m->rc = cqrs__runtime_init(rt, &m->loop, m->home->rt->reg, m->home->rt->store, &m->err)) &&
-             (m->rc = cqrs__commands_new_member(rt, m->home, m->index, m->cache_size, drain_member, &m->c,
-                                                  &m->err))) {
-    cqrs__runtime_destroy(rt);
+  } else if ((m->rc = cqrs__runtime_init(rt, &m->loop, m->home->rt->reg, m->home->rt->store, &m->err))) {
+    cqrs__free(rt);
+  } else if ((m->rc = cqrs__commands_new_member(rt, m->home, m->index, m->cache_size, drain_member, &m->c,
+                                                &m->err))) {
+    cqrs__runtime_abandon(rt); /* no handle of it is on the loop */
   }
   if (m->rc) {
-    cqrs__free(rt);
     uv_loop_close(&m->loop);
     uv_sem_post(&m->ready);
     return;
@@ -193,6 +193,7 @@ static void finish_returns(cqrs__commands_t *c, request_t *back) {
  * then runs its own share. */
 static void drain_home(cqrs__commands_t *c, request_t *returned) {
   if (returned) finish_returns(c, returned);
+  if (!c->members) return; /* the last one back let the close stop them: one loop now, and nothing to drain */
   request_t *mine = NULL, **tail = &mine;
   for (int n = 0; c->local_head && n < DRAIN_BATCH; n++) {
     request_t *r = c->local_head;
@@ -217,7 +218,10 @@ static void drain_home(cqrs__commands_t *c, request_t *returned) {
 /* Nothing of the home is out on a member by now: they close at once. */
 static bool loops_release(cqrs__component_t *comp) {
   loops_t *l = (loops_t *)comp;
-  if (l->home->members) members_stop(l->home, l->home->nloops);
+  cqrs__commands_t *c = l->home;
+  if (c->members) members_stop(c, c->nloops);
+  c->drain = NULL; /* one loop from here, should anything come */
+  c->route = NULL;
   return true;
 }
 

@@ -68,6 +68,9 @@ struct cqrs__events {
   void *dead_letter_data;
   size_t dead_letters_kept;
 
+  uint64_t poll_ms;
+  bool attached; /* its handles are on the loop (cqrs__events_attach) */
+
   /* The feed: what has been fanned out to subscribers. */
   int64_t feed_pos;
   bool feed_busy, feed_again;
@@ -93,10 +96,19 @@ struct cqrs__events {
   uv_async_t wait_async;
 };
 
-/* feed.c: the event side of runtime `rt`, with the options that are its own. */
+/* feed.c: the event side of runtime `rt`, with the options that are its
+ * own; it reads the store's head. Then attached to the loop (its handles),
+ * the last step of making a dispatcher, as cqrs__commands_attach. */
 cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_t *opts, cqrs_error_t *err);
+cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err);
 
 /* subscriber.c */
+/* The back-off before try `attempts` + 1: retry_base_ms doubled each time, at most retry_cap_ms. */
+uint64_t cqrs__events_backoff(const cqrs__events_t *ev, unsigned attempts);
+/* Reads up to `limit` events of the store from `from` into `out`; no room
+ * for all of them is a failure (retried), not the end of what there is. Any thread. */
+cqrs_code_t cqrs__events_read_batch(cqrs_store_t *store, int64_t from, size_t limit, cqrs__event_vec_t *out,
+                                    cqrs_error_t *err);
 bool cqrs__sub_wants(const sub_t *s, const cqrs_event_t *e);
 bool cqrs__sub_push(sub_t *s, const cqrs_event_t *e); /* queues a reference; false: no room */
 /* Calls the handler of `s`, which wants `e`. */
@@ -110,9 +122,14 @@ void cqrs__sub_save_checkpoint(sub_t *s);
 /* Loads the checkpoint of `s` (SUB_LOADING), then catches up: inline, or
  * on the pool for blocking checkpoints. Under a lease, a failure lets it go. */
 void cqrs__sub_load_checkpoint(sub_t *s);
+/* The load of a blocking checkpoint store, on the pool: an error when it
+ * cannot be queued (nothing started). */
+cqrs_code_t cqrs__sub_queue_checkpoint_load(sub_t *s, cqrs_error_t *err);
 void cqrs__sub_start_catchup(sub_t *s, int64_t position);
-/* Lets go of what it holds (the dispatcher closes, the lease went). */
-void cqrs__sub_drop_queue(sub_t *s);
+/* Runs `s` under `leasing`: standing by until it holds its lease. */
+void cqrs__sub_lease(sub_t *s, cqrs__leasing_t *leasing);
+const cqrs_event_t *cqrs__sub_head(const sub_t *s); /* the oldest queued; NULL: none */
+void cqrs__sub_free(sub_t *s);
 /* Subscribers whose handler completes later: it returns CQRS__PENDING and
  * the process manager calls cqrs__sub_complete once, on the loop thread. */
 #define CQRS__PENDING ((cqrs_code_t)(CQRS_CODE_COUNT + 1))

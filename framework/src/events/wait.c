@@ -2,7 +2,9 @@
  * subscriber has handled position p when its own position reached p, or
  * when it is live and idle and the feed has gone past p (the events in
  * between were not of its types). */
-#include "command/dispatcher-private.h"
+#include <stdio.h>
+
+#include "events/events-private.h"
 
 typedef struct cqrs__waiter {
   struct cqrs__waiter *next;
@@ -15,25 +17,25 @@ typedef struct cqrs__waiter {
   void *data;
 } waiter_t;
 
-static bool sub_reached(const cqrs_dispatcher_t *d, const sub_t *s, int64_t position) {
+static bool sub_reached(const cqrs__events_t *ev, const sub_t *s, int64_t position) {
   if (s->position >= position) return true;
-  return s->state == SUB_LIVE && !s->q_len && !s->busy && !s->waiting && d->feed_pos >= position;
+  return s->state == SUB_LIVE && !s->q_len && !s->busy && !s->waiting && ev->feed_pos >= position;
 }
 
-static bool reached(const cqrs_dispatcher_t *d, const waiter_t *w) {
-  for (size_t i = 0; i < d->nsubs; i++) {
-    const sub_t *s = d->subs[i];
+static bool reached(const cqrs__events_t *ev, const waiter_t *w) {
+  for (size_t i = 0; i < ev->nsubs; i++) {
+    const sub_t *s = ev->subs[i];
     /* All projections: those whose lease another process holds run there. */
     if (w->name[0] ? !strcmp(s->name, w->name) : s->cp != NULL && s->state != SUB_STANDBY) {
-      if (!sub_reached(d, s, w->position)) return false;
+      if (!sub_reached(ev, s, w->position)) return false;
     }
   }
   return true;
 }
 
-static const sub_t *find(const cqrs_dispatcher_t *d, const char *name) {
-  for (size_t i = 0; i < d->nsubs; i++) {
-    if (!strcmp(d->subs[i]->name, name)) return d->subs[i];
+static const sub_t *find(const cqrs__events_t *ev, const char *name) {
+  for (size_t i = 0; i < ev->nsubs; i++) {
+    if (!strcmp(ev->subs[i]->name, name)) return ev->subs[i];
   }
   return NULL;
 }
@@ -41,10 +43,10 @@ static const sub_t *find(const cqrs_dispatcher_t *d, const char *name) {
 static void wait_timer_cb(uv_timer_t *t) { cqrs__waiters_check(t->data); }
 
 /* Completes what is due and arms the timer for the nearest deadline. */
-void cqrs__waiters_check(cqrs_dispatcher_t *d) {
-  if (!d->waiters) return;
-  uint64_t now = uv_now(d->loop), next = UINT64_MAX;
-  waiter_t **pp = &d->waiters;
+void cqrs__waiters_check(cqrs__events_t *ev) {
+  if (!ev->waiters) return;
+  uint64_t now = uv_now(ev->rt->loop), next = UINT64_MAX;
+  waiter_t **pp = &ev->waiters;
   while (*pp) {
     waiter_t *w = *pp;
     if (!w->timed) {
@@ -53,8 +55,8 @@ void cqrs__waiters_check(cqrs_dispatcher_t *d) {
     }
     /* A name no subscriber has: one waited for from another thread, which
      * could not look (cqrs_projection_wait refuses it at once). */
-    cqrs_code_t status = w->name[0] && !find(d, w->name) ? CQRS_ENOT_FOUND
-                         : reached(d, w)                  ? CQRS_OK
+    cqrs_code_t status = w->name[0] && !find(ev, w->name) ? CQRS_ENOT_FOUND
+                         : reached(ev, w)                  ? CQRS_OK
                          : now >= w->deadline             ? CQRS_ETIMEOUT
                                                           : CQRS_CODE_COUNT;
     if (status == CQRS_CODE_COUNT) {
@@ -67,29 +69,55 @@ void cqrs__waiters_check(cqrs_dispatcher_t *d) {
     cqrs__free(w);
   }
   if (next == UINT64_MAX) {
-    uv_timer_stop(&d->wait_timer);
+    uv_timer_stop(&ev->wait_timer);
   } else {
-    uv_timer_start(&d->wait_timer, wait_timer_cb, next - now, 0);
+    uv_timer_start(&ev->wait_timer, wait_timer_cb, next - now, 0);
   }
 }
 
-void cqrs__waiters_adopt(cqrs_dispatcher_t *d) {
-  while (d->wait_inbox) {
-    waiter_t *w = d->wait_inbox;
-    d->wait_inbox = w->next;
-    w->next = d->waiters;
-    d->waiters = w;
+static void adopt(cqrs__events_t *ev) {
+  while (ev->wait_inbox) {
+    waiter_t *w = ev->wait_inbox;
+    ev->wait_inbox = w->next;
+    w->next = ev->waiters;
+    ev->waiters = w;
   }
 }
 
-void cqrs__waiters_close(cqrs_dispatcher_t *d) {
-  uv_timer_stop(&d->wait_timer);
-  uv_mutex_lock(&d->inbox_lock);
-  cqrs__waiters_adopt(d);
-  uv_mutex_unlock(&d->inbox_lock);
-  while (d->waiters) {
-    waiter_t *w = d->waiters;
-    d->waiters = w->next;
+/* Waiters handed over from other threads. */
+static void wait_async_cb(uv_async_t *h) {
+  cqrs__events_t *ev = h->data;
+  uv_mutex_lock(&ev->rt->lock);
+  adopt(ev);
+  uv_mutex_unlock(&ev->rt->lock);
+  cqrs__waiters_check(ev);
+}
+
+cqrs_code_t cqrs__waiters_init(cqrs__events_t *ev, cqrs_error_t *err) {
+  if (uv_async_init(ev->rt->loop, &ev->wait_async, wait_async_cb))
+    return cqrs_error_set(err, CQRS_EINVAL, "cannot attach the waiters to the loop");
+  ev->wait_async.data = ev;
+  uv_unref((uv_handle_t *)&ev->wait_async); /* like the loop's other handles: it runs for the application */
+  cqrs__runtime_handle_opened(ev->rt);
+  uv_timer_init(ev->rt->loop, &ev->wait_timer);
+  ev->wait_timer.data = ev;
+  cqrs__runtime_handle_opened(ev->rt);
+  return CQRS_OK;
+}
+
+void cqrs__waiters_close_handles(cqrs__events_t *ev) {
+  cqrs__runtime_close_handle(ev->rt, (uv_handle_t *)&ev->wait_timer);
+  cqrs__runtime_close_handle(ev->rt, (uv_handle_t *)&ev->wait_async);
+}
+
+void cqrs__waiters_close(cqrs__events_t *ev) {
+  uv_timer_stop(&ev->wait_timer);
+  uv_mutex_lock(&ev->rt->lock);
+  adopt(ev);
+  uv_mutex_unlock(&ev->rt->lock);
+  while (ev->waiters) {
+    waiter_t *w = ev->waiters;
+    ev->waiters = w->next;
     w->cb(CQRS_ECLOSED, w->data);
     cqrs__free(w);
   }
@@ -109,14 +137,15 @@ static waiter_t *waiter_new(const char *name, int64_t position, uint64_t timeout
 cqrs_code_t cqrs_projection_wait(cqrs_dispatcher_t *d, const char *name, int64_t position, uint64_t timeout_ms,
                                  cqrs_wait_cb cb, void *data) {
   if (!d || !cb) return CQRS_EINVAL;
-  if (atomic_load(&d->closing)) return CQRS_ECLOSED;
-  if (name && !find(d, name)) return CQRS_ENOT_FOUND;
+  cqrs__events_t *ev = d->events;
+  if (cqrs__runtime_closing(d)) return CQRS_ECLOSED;
+  if (name && !find(ev, name)) return CQRS_ENOT_FOUND;
   waiter_t *w = waiter_new(name, position, timeout_ms, cb, data);
   if (!w) return CQRS_ENOMEM;
-  w->next = d->waiters;
-  d->waiters = w;
+  w->next = ev->waiters;
+  ev->waiters = w;
   /* Never inside the call: at the next turn of the loop at the earliest. */
-  uv_timer_start(&d->wait_timer, wait_timer_cb, 0, 0);
+  uv_timer_start(&ev->wait_timer, wait_timer_cb, 0, 0);
   return CQRS_OK;
 }
 
@@ -134,8 +163,8 @@ static void wake(cqrs_code_t status, void *data) {
 cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const char *name, int64_t position,
                                       uint64_t timeout_ms) {
   if (!d) return CQRS_EINVAL;
-  uv_thread_t self = uv_thread_self();
-  if (uv_thread_equal(&self, &d->loop_thread)) return CQRS_ESTATE;
+  if (cqrs__runtime_on_loop(d)) return CQRS_ESTATE;
+  cqrs__events_t *ev = d->events;
   sync_wait_t s = {.status = CQRS_OK};
   if (uv_sem_init(&s.sem, 0)) return CQRS_ENOMEM;
   waiter_t *w = waiter_new(name, position, timeout_ms, wake, &s);
@@ -144,14 +173,14 @@ cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const char *name, in
     return CQRS_ENOMEM;
   }
   atomic_fetch_add(&d->senders, 1);
-  uv_mutex_lock(&d->inbox_lock);
+  uv_mutex_lock(&d->lock);
   bool closing = atomic_load(&d->closing);
   if (!closing) {
-    w->next = d->wait_inbox;
-    d->wait_inbox = w;
-    uv_async_send(&d->async);
+    w->next = ev->wait_inbox;
+    ev->wait_inbox = w;
+    uv_async_send(&ev->wait_async);
   }
-  uv_mutex_unlock(&d->inbox_lock);
+  uv_mutex_unlock(&d->lock);
   atomic_fetch_sub(&d->senders, 1);
   if (closing) {
     cqrs__free(w);

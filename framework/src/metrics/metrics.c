@@ -1,18 +1,12 @@
-/* Middleware chains, and the metrics that plug into them. Counting is one
- * look-up in an insert-only table (readers never lock; a new series is added
- * under a mutex) and relaxed atomic additions, so it may stay on from any
- * thread. Figures that live in the dispatcher (subscribers, the store) are
- * read when a snapshot is taken, on the loop thread. */
+/* Metrics: a middleware of the command side and the query bus. Counting is
+ * one look-up in an insert-only table (readers never lock; a new series is
+ * added under a mutex) and relaxed atomic additions, so it may stay on from
+ * any thread. Figures that live in the dispatcher (subscribers, the store)
+ * are read when a snapshot is taken, on the loop thread. */
 #include <math.h>
 #include <stdio.h>
 
-#include "command/dispatcher-private.h"
-
-cqrs_code_t cqrs_dispatcher_use(cqrs_dispatcher_t *d, const cqrs_middleware_t *mw, void *data, cqrs_error_t *err) {
-  if (!d) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher");
-  if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
-  return cqrs__mw_add(&d->mw, mw, data, err);
-}
+#include "events/events-private.h"
 
 /* ---- series ---- */
 
@@ -348,7 +342,7 @@ static uint64_t load(const _Atomic uint64_t *a) { return atomic_load_explicit(a,
 
 static int64_t head_of(const cqrs_dispatcher_t *d) {
   int64_t head = atomic_load_explicit(&d->store->head_seen, memory_order_relaxed);
-  int64_t feed = cqrs__bus_feed_position(d);
+  int64_t feed = cqrs__events_feed_position(d);
   return feed > head ? feed : head;
 }
 
@@ -359,7 +353,7 @@ static bool subscribers(const cqrs_metrics_t *m, cqrs_metrics_snapshot_t *s) {
                                      F_DEAD_LETTERS};
   for (size_t k = 0; k < sizeof per_sub / sizeof per_sub[0]; k++) {
     cqrs__sub_figures_t fig;
-    for (size_t i = 0; cqrs__bus_sub_figures(d, i, &fig); i++) {
+    for (size_t i = 0; cqrs__events_sub_figures(d, i, &fig); i++) {
       cqrs_metric_t *x = push(s, per_sub[k], fig.name, NULL);
       if (!x) return false;
       int64_t behind = head > fig.handled_up_to ? head - fig.handled_up_to : 0;
@@ -407,7 +401,7 @@ cqrs_code_t cqrs_metrics_snapshot(const cqrs_metrics_t *m, cqrs_metrics_snapshot
   if (ok && m->d) {
     ok = scalar(s, F_PENDING, (double)cqrs_dispatcher_pending(m->d)) && subscribers(m, s) &&
          store_figures(m->d->store, s) && scalar(s, F_HEAD, (double)head_of(m->d)) &&
-         (!m->d->leasing || scalar(s, F_LEASES, (double)cqrs__leases_held(m->d)));
+         (!m->d->leasing || scalar(s, F_LEASES, (double)cqrs__leases_held(m->d->leasing)));
   }
   if (ok) ok = scalar(s, F_DROPPED, (double)load(&m->dropped));
   if (!ok) {

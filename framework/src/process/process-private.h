@@ -29,7 +29,8 @@
 #ifndef CQRS_PROCESS_PRIVATE_H
 #define CQRS_PROCESS_PRIVATE_H
 
-#include "command/dispatcher-private.h"
+#include "base/cqrs-uthash.h"
+#include "events/events-private.h"
 
 /* The kinds of input an instance hears (pm_input_t.kind, pm_received_t.kind). */
 enum { IN_EVENT = 1, IN_STEP, IN_DEADLINE, IN_RESUME };
@@ -185,8 +186,13 @@ typedef struct open {
   UT_hash_handle hh;
 } open_t;
 
-/* A process type running on a dispatcher (cqrs__process_t). */
+/* A process type running on a dispatcher (cqrs__process_t): a component
+ * of its runtime `d`, which it reaches through the command port (inputs
+ * and steps) and the event side (its subscriber). */
+typedef struct cqrs__process cqrs__process_t;
 struct cqrs__process {
+  cqrs__component_t comp;
+  cqrs__process_t *next; /* the others on `d` (d->procs) */
   cqrs_dispatcher_t *d;
   const pm_type_t *pm;
   void *data;
@@ -217,6 +223,17 @@ struct pm_request {
   bool from_sub;
   pm_report_t report; /* written by the handler's last run */
 };
+
+/* steps.c: the outcome of a step is the first one recorded under its id:
+ * a refusal (rejection or permanent error) is recorded in stream
+ * "cqrs.step"/<id>, so that a later send of the same id, after a crash or
+ * from another process, is refused the same way even if it would now be
+ * accepted; a duplicate that was a refusal is that refusal. May change
+ * *rc, `res` and `err`. The interceptor of every step command
+ * (cqrs_command.settle), on the thread that ran the handler. */
+void cqrs__step_settle(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code_t *rc, cqrs_result_t *res,
+                       cqrs_error_t *err);
+bool cqrs__code_transient(const cqrs_error_t *err); /* retried later, not an outcome */
 
 /* open.c */
 /* Sets `r` to what the runtime must do for instance state `in`. */

@@ -60,7 +60,7 @@ static cqrs_code_t dispatch(cqrs__process_t *rt, open_t *o, pm_request_t *req, c
   const char *corr = o->correlation[0] ? o->correlation : NULL;
   if (!corr && req->input.event) corr = cqrs_event_correlation_id(req->input.event);
   if (corr) memcpy(cmd->correlation_id, corr, strlen(corr) + 1);
-  if ((rc = cqrs__dispatcher_send_internal(rt->d, cmd, on_input_done, req)))
+  if ((rc = rt->d->command.send(rt->d->command.self, cmd, on_input_done, req)))
     return cqrs_error_set(err, rc, "process %s cannot send an input: %s", rt->pm->def->name, cqrs_code_name(rc));
   o->busy = req;
   rt->inflight++;
@@ -145,7 +145,7 @@ static void on_input_done(const cqrs_result_t *r, void *data) {
   /* Last: the subscriber may route its next event at once, to this
    * instance too, and the entry may go with it. */
   if (from_sub) cqrs__sub_complete(rt->sub, ok ? NULL : &error);
-  if (rt->closing) cqrs__dispatcher_maybe_closed(rt->d);
+  if (rt->closing) cqrs__runtime_maybe_closed(rt->d);
 }
 
 /* ---- steps ---- */
@@ -192,7 +192,7 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
   cqrs__free(sc);
   cqrs__process_open_maybe_drop(rt, o, lease_gone(rt));
   arm_timer(rt);
-  if (rt->closing) cqrs__dispatcher_maybe_closed(rt->d);
+  if (rt->closing) cqrs__runtime_maybe_closed(rt->d);
 }
 
 static void send_step(cqrs__process_t *rt, open_t *o, int i) {
@@ -210,9 +210,9 @@ static void send_step(cqrs__process_t *rt, open_t *o, int i) {
   sc->step = i;
   sc->occurrence = st->occurrence;
   cqrs__process_step_id(cmd->id, rt->pm, o->id, i, st->occurrence);
-  cmd->step = true;
+  cmd->settle = cqrs__step_settle;
   if (o->correlation[0]) memcpy(cmd->correlation_id, o->correlation, sizeof cmd->correlation_id);
-  if (cqrs__dispatcher_send_internal(rt->d, cmd, on_step_done, sc)) {
+  if (rt->d->command.send(rt->d->command.self, cmd, on_step_done, sc)) {
     cqrs__free(sc);
     st->retry_at = cqrs_now_ms() + backoff(++st->attempts);
     return;
@@ -225,7 +225,7 @@ static void send_step(cqrs__process_t *rt, open_t *o, int i) {
 /* Under a lease, steps, deadlines and resumptions run only at its holder. */
 /* Past the lease's deadline a holder acts no more, even before the lease
  * code has noticed (its tick) and told the process manager to let go. */
-static bool owned(const cqrs__process_t *rt) { return !rt->sub->lease.on || cqrs__lease_in_time(rt->sub); }
+static bool owned(const cqrs__process_t *rt) { return !rt->sub->lease.on || cqrs__lease_in_time(&rt->sub->lease); }
 
 /* Sends what the instance awaits and is not out already. */
 static void send_steps(cqrs__process_t *rt, open_t *o) {
@@ -366,70 +366,14 @@ static int64_t checkpoint_at(void *data, int64_t handled) {
   return at;
 }
 
-cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *def, void *data,
-                               cqrs_checkpoints_t *cp, cqrs_error_t *err) {
-  if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, process type or checkpoints");
-  if (atomic_load(&d->closing)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
-  char stream[CQRS_NAME_MAX];
-  if (!def->name || strlen(def->name) > CQRS_PROCESS_NAME_MAX)
-    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "process %.64s is not in the registry", def->name ? def->name : "");
-  snprintf(stream, sizeof stream, "process:%s", def->name);
-  const pm_type_t *pm = cqrs__registry_kept(d->reg, stream);
-  if (!pm || pm->def != def)
-    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "process %s is not in the registry", def->name);
-  for (size_t i = 0; i < d->nprocs; i++) {
-    if (d->procs[i]->pm == pm) return cqrs_error_set(err, CQRS_EDUPLICATE, "process %s runs already", def->name);
-  }
-  size_t ntypes = 0;
-  while (def->routes[ntypes].type) ntypes++;
-  const cqrs_event_type_t **types = cqrs__calloc(ntypes + 1, sizeof *types);
-  cqrs__process_t *rt = cqrs__calloc(1, sizeof *rt);
-  cqrs__process_t **procs = cqrs__realloc(d->procs, (d->nprocs + 1) * sizeof *procs);
-  if (procs) d->procs = procs;
-  if (!types || !rt || !procs) {
-    cqrs__free(types);
-    cqrs__free(rt);
-    return cqrs_error_set(err, CQRS_ENOMEM, "cannot start process %s", def->name);
-  }
-  for (size_t i = 0; i < ntypes; i++) types[i] = def->routes[i].type;
-  rt->d = d;
-  rt->pm = pm;
-  rt->data = data;
-  cqrs_code_t rc = cqrs__dispatcher_register_internal(d, &input_cmd, handle_input, NULL, 0, err);
-  if (rc == CQRS_EDUPLICATE) rc = CQRS_OK; /* a second process type on this dispatcher */
-  const cqrs_projection_def_t proj = {pm->stream, types, on_event, rt, 0};
-  if (!rc) rc = cqrs__projection_start_async(d, &proj, cp, checkpoint_at, &rt->sub, err);
-  cqrs__free(types);
-  if (rc) {
-    cqrs__free(rt);
-    return rc;
-  }
-  rt->sub->lease.changed = lease_changed;
-  uv_timer_init(d->loop, &rt->timer);
-  rt->timer.data = rt;
-  uv_unref((uv_handle_t *)&rt->timer);
-  d->handles_open++;
-  d->procs[d->nprocs++] = rt;
-  return CQRS_OK;
-}
+/* ---- the component ---- */
 
-size_t cqrs_process_open_count(const cqrs_dispatcher_t *d, const char *name) {
-  if (!d || !name) return 0;
-  for (size_t i = 0; i < d->nprocs; i++) {
-    if (strcmp(d->procs[i]->pm->def->name, name)) continue;
-    size_t n = 0;
-    open_t *o, *tmp;
-    HASH_ITER(hh, d->procs[i]->open, o, tmp) n += o->started;
-    return n;
-  }
-  return 0;
-}
-
-bool cqrs__process_idle(const cqrs__process_t *rt) { return rt->inflight == 0; }
+static bool process_idle(const cqrs__component_t *c) { return ((const cqrs__process_t *)c)->inflight == 0; }
 
 /* Closing: nothing new goes out; what is out completes; the rest waits in
  * the instances' streams for the next start. */
-void cqrs__process_closing(cqrs__process_t *rt) {
+static void process_closing(cqrs__component_t *c) {
+  cqrs__process_t *rt = (cqrs__process_t *)c;
   rt->closing = true;
   uv_timer_stop(&rt->timer);
   open_t *o, *tmp;
@@ -443,16 +387,83 @@ void cqrs__process_closing(cqrs__process_t *rt) {
   }
 }
 
-void cqrs__process_close_handles(cqrs__process_t *rt, uv_close_cb cb) {
-  rt->timer.data = rt->d;
-  uv_close((uv_handle_t *)&rt->timer, cb);
+static void process_close_handles(cqrs__component_t *c) {
+  cqrs__process_t *rt = (cqrs__process_t *)c;
+  cqrs__runtime_close_handle(rt->d, (uv_handle_t *)&rt->timer);
 }
 
-void cqrs__process_free(cqrs__process_t *rt) {
+static void process_free(cqrs__component_t *c) {
+  cqrs__process_t *rt = (cqrs__process_t *)c;
   open_t *o, *tmp;
   HASH_ITER(hh, rt->open, o, tmp) {
     HASH_DEL(rt->open, o);
     cqrs__process_open_free(o);
   }
   cqrs__free(rt);
+}
+
+static const cqrs__component_ops_t process_ops = {.name = "process",
+                                                  .closing = process_closing,
+                                                  .idle = process_idle,
+                                                  .close_handles = process_close_handles,
+                                                  .free = process_free};
+
+cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *def, void *data,
+                               cqrs_checkpoints_t *cp, cqrs_error_t *err) {
+  if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, process type or checkpoints");
+  if (cqrs__runtime_closing(d)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
+  char stream[CQRS_NAME_MAX];
+  if (!def->name || strlen(def->name) > CQRS_PROCESS_NAME_MAX)
+    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "process %.64s is not in the registry", def->name ? def->name : "");
+  snprintf(stream, sizeof stream, "process:%s", def->name);
+  const pm_type_t *pm = cqrs__registry_kept(d->reg, stream);
+  if (!pm || pm->def != def)
+    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "process %s is not in the registry", def->name);
+  for (cqrs__process_t *p = d->procs; p; p = p->next) {
+    if (p->pm == pm) return cqrs_error_set(err, CQRS_EDUPLICATE, "process %s runs already", def->name);
+  }
+  size_t ntypes = 0;
+  while (def->routes[ntypes].type) ntypes++;
+  const cqrs_event_type_t **types = cqrs__calloc(ntypes + 1, sizeof *types);
+  cqrs__process_t *rt = cqrs__calloc(1, sizeof *rt);
+  if (!types || !rt) {
+    cqrs__free(types);
+    cqrs__free(rt);
+    return cqrs_error_set(err, CQRS_ENOMEM, "cannot start process %s", def->name);
+  }
+  for (size_t i = 0; i < ntypes; i++) types[i] = def->routes[i].type;
+  rt->d = d;
+  rt->pm = pm;
+  rt->data = data;
+  cqrs_code_t rc = d->command.handle(d->command.self, &input_cmd, handle_input, NULL, 0, err);
+  if (rc == CQRS_EDUPLICATE) rc = CQRS_OK; /* a second process type on this dispatcher */
+  const cqrs_projection_def_t proj = {pm->stream, types, on_event, rt, 0};
+  if (!rc) rc = cqrs__projection_start_async(d, &proj, cp, checkpoint_at, &rt->sub, err);
+  cqrs__free(types);
+  if (rc) {
+    cqrs__free(rt);
+    return rc;
+  }
+  rt->sub->lease.changed = lease_changed;
+  rt->sub->lease.changed_data = rt;
+  uv_timer_init(d->loop, &rt->timer);
+  rt->timer.data = rt;
+  uv_unref((uv_handle_t *)&rt->timer);
+  cqrs__runtime_handle_opened(d);
+  cqrs__runtime_add(d, &rt->comp, &process_ops);
+  rt->next = d->procs;
+  d->procs = rt;
+  return CQRS_OK;
+}
+
+size_t cqrs_process_open_count(const cqrs_dispatcher_t *d, const char *name) {
+  if (!d || !name) return 0;
+  for (const cqrs__process_t *p = d->procs; p; p = p->next) {
+    if (strcmp(p->pm->def->name, name)) continue;
+    size_t n = 0;
+    open_t *o, *tmp;
+    HASH_ITER(hh, p->open, o, tmp) n += o->started;
+    return n;
+  }
+  return 0;
 }

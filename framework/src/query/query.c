@@ -1,6 +1,6 @@
 
 #include "base/cqrs-uthash.h"
-#include "metrics/metrics-private.h"
+#include "runtime/middleware-private.h"
 
 
 typedef struct query {

@@ -100,7 +100,7 @@ struct cqrs_dispatcher {
   struct cqrs__commands *commands;
   struct cqrs__events *events;
   struct cqrs__leasing *leasing;
-  struct cqrs__procs *procs;
+  struct cqrs__process *procs; /* a list: the process types running here */
 };
 
 /* Sets up a runtime on `loop` (called on the loop's thread). */
@@ -109,6 +109,10 @@ cqrs_code_t cqrs__runtime_init(cqrs__runtime_t *rt, uv_loop_t *loop, const cqrs_
 /* Undoes cqrs__runtime_init for a runtime that never ran (a constructor's
  * failure): no component, no handle. */
 void cqrs__runtime_destroy(cqrs__runtime_t *rt);
+/* Frees a runtime whose components are made but none has a handle on the
+ * loop yet (a constructor's failure): each lets go of what it holds, is
+ * freed, then the runtime. */
+void cqrs__runtime_abandon(cqrs__runtime_t *rt);
 void cqrs__runtime_add(cqrs__runtime_t *rt, cqrs__component_t *c, const cqrs__component_ops_t *ops);
 
 static inline bool cqrs__runtime_closing(const cqrs__runtime_t *rt) {

@@ -13,6 +13,20 @@ cqrs_code_t cqrs__runtime_init(cqrs__runtime_t *rt, uv_loop_t *loop, const cqrs_
 
 void cqrs__runtime_destroy(cqrs__runtime_t *rt) { uv_mutex_destroy(&rt->lock); }
 
+void cqrs__runtime_abandon(cqrs__runtime_t *rt) {
+  for (cqrs__component_t *c = rt->components; c; c = c->next) {
+    if (c->ops->release) c->ops->release(c);
+  }
+  cqrs__component_t *c = rt->components;
+  while (c) {
+    cqrs__component_t *next = c->next;
+    c->ops->free(c);
+    c = next;
+  }
+  cqrs__runtime_destroy(rt);
+  cqrs__free(rt);
+}
+
 void cqrs__runtime_add(cqrs__runtime_t *rt, cqrs__component_t *c, const cqrs__component_ops_t *ops) {
   c->ops = ops;
   c->rt = rt;
@@ -103,7 +117,9 @@ cqrs_code_t cqrs__job_submit(cqrs__runtime_t *rt, cqrs__job_t *job, void (*work)
   job->done = done;
   job->req.data = job;
   int rc = uv_queue_work(rt->loop, &job->req, job_work, job_after);
-  if (rc) return cqrs_error_set(err, CQRS_ESTATE, "cannot queue work on the thread pool: %s", uv_strerror(rc));
+  if (rc)
+    return cqrs_error_set(err, rc == UV_ENOMEM ? CQRS_ENOMEM : CQRS_ESTATE, "cannot queue work on the thread pool: %s",
+                          uv_strerror(rc));
   rt->jobs++;
   return CQRS_OK;
 }

@@ -1,0 +1,286 @@
+/* The event side as a component of the runtime, and its feed: what the
+ * command side committed, or what the store holds past what was published,
+ * fanned out to the subscribers in position order. */
+#include "events/events-private.h"
+
+#define FEED_BATCH 256
+
+static void fan_out(cqrs__events_t *ev, const cqrs_event_t *e) {
+  for (size_t i = 0; i < ev->nsubs; i++) {
+    sub_t *s = ev->subs[i];
+    if (s->state != SUB_LIVE || e->position <= s->position || !cqrs__sub_wants(s, e)) continue;
+    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async && !s->lease.on) {
+      cqrs_error_t err;
+      if (cqrs__sub_deliver(s, e, &err) == CQRS_OK) {
+        s->position = e->position;
+        continue;
+      }
+      if (!cqrs__sub_push(s, e)) {
+        /* No room to hold it for a retry: this subscriber gives up on it. */
+        cqrs__dead_letter(s, e, &err);
+        s->position = e->position;
+        continue;
+      }
+      cqrs__sub_failed(s, &err);
+      continue;
+    }
+    if (!cqrs__sub_push(s, e)) {
+      cqrs_error_t err;
+      cqrs_error_set(&err, CQRS_ENOMEM, "subscriber queue full");
+      cqrs__dead_letter(s, e, &err);
+    }
+  }
+  ev->feed_pos = e->position;
+}
+
+/* A subscriber the feed found idle (live, nothing queued or in flight, no
+ * lease to fence its writes) saves its checkpoint once the loop has run
+ * what this iteration brought (the check phase), not after every event: a
+ * batch of commands costs one save. Behind by at most that batch, the
+ * checkpoint is never ahead of what was applied, and what a crash loses is
+ * applied again (handlers are idempotent). */
+static void cp_check_cb(uv_check_t *h) {
+  cqrs__events_t *ev = h->data;
+  uv_check_stop(h);
+  ev->cp_check_on = false;
+  for (size_t i = 0; i < ev->nsubs; i++) {
+    sub_t *s = ev->subs[i];
+    if (!s->cp_due) continue;
+    s->cp_due = false;
+    if (!s->running) cqrs__sub_save_checkpoint(s);
+  }
+}
+
+static void feed_done(cqrs__events_t *ev) {
+  bool defer = !cqrs__runtime_closing(ev->rt);
+  for (size_t i = 0; i < ev->nsubs; i++) {
+    sub_t *s = ev->subs[i];
+    if (!defer || s->state != SUB_LIVE || s->q_len || s->busy || s->waiting || s->running || s->lease.on) {
+      cqrs__sub_run(s);
+    } else if (s->cp && !s->blocking && !s->cp_due) {
+      s->cp_due = true;
+      if (!ev->cp_check_on) {
+        ev->cp_check_on = true;
+        uv_check_start(&ev->cp_check, cp_check_cb);
+      }
+    }
+  }
+  cqrs__waiters_check(ev);
+}
+
+/* Events the feed reads from the store may be other writers' commits, which
+ * make the cached states of their aggregates stale (the seen port). */
+static void seen(cqrs__events_t *ev, const cqrs_event_t *e) {
+  if (ev->rt->seen.seen) ev->rt->seen.seen(ev->rt->seen.self, e);
+}
+
+static bool feed_visit(const cqrs_event_t *e, void *data) {
+  seen(data, e);
+  fan_out(data, e);
+  return true;
+}
+
+typedef struct feed_work {
+  cqrs__job_t job; /* first: the job is the work */
+  cqrs__events_t *ev;
+  int64_t from;
+  cqrs__event_vec_t read;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+} feed_work_t;
+
+static void feed_work_cb(cqrs__job_t *job) {
+  feed_work_t *fw = (feed_work_t *)job;
+  fw->rc = cqrs__events_read_batch(fw->ev->rt->store, fw->from, FEED_BATCH, &fw->read, &fw->err);
+}
+
+static bool kick(void *self, int64_t committed_up_to);
+
+static void feed_retry(uv_timer_t *t) { kick(t->data, 0); }
+
+/* A read of the store failed: try again later, so that subscribers hear of
+ * what was committed even if nothing else is. */
+static void feed_failed(cqrs__events_t *ev, const cqrs_error_t *err) {
+  if (ev->feed_failures++ == 0) cqrs_log(CQRS_LOG_WARNING, "bus", "event feed cannot read the store: %s", err->message);
+  if (!cqrs__runtime_closing(ev->rt))
+    uv_timer_start(&ev->feed_timer, feed_retry, cqrs__events_backoff(ev, ev->feed_failures), 0);
+}
+
+static void feed_after_work(cqrs__job_t *job, bool cancelled) {
+  feed_work_t *fw = (feed_work_t *)job;
+  cqrs__events_t *ev = fw->ev;
+  ev->feed_busy = false;
+  if (!cancelled && fw->rc == CQRS_OK) {
+    ev->feed_failures = 0;
+    for (size_t i = 0; i < fw->read.len; i++) {
+      seen(ev, fw->read.items[i]);
+      if (fw->read.items[i]->position > ev->feed_pos) fan_out(ev, fw->read.items[i]);
+    }
+  } else if (!cancelled) {
+    feed_failed(ev, &fw->err);
+  }
+  bool again = ev->feed_again || fw->read.len == FEED_BATCH;
+  cqrs__event_vec_free(&fw->read);
+  cqrs__free(fw);
+  feed_done(ev);
+  if (again && !cqrs__runtime_closing(ev->rt)) kick(ev, 0);
+}
+
+/* The publish port: what the command side committed. Published from here
+ * when it follows what the feed has published, else read back. */
+static void committed(void *self, cqrs__event_vec_t *events) {
+  cqrs__events_t *ev = self;
+  if (!events->len) return;
+  int64_t last = events->items[events->len - 1]->position;
+  if (ev->nsubs == 0 || ev->feed_busy || events->items[0]->position != ev->feed_pos + 1) {
+    kick(ev, last);
+    return;
+  }
+  for (size_t i = 0; i < events->len; i++) fan_out(ev, events->items[i]);
+  feed_done(ev);
+}
+
+/* The publish port: the store holds commits up to `committed_up_to` (0: it
+ * may hold more than was published); reads them, inline or on the pool. */
+static bool kick(void *self, int64_t committed_up_to) {
+  cqrs__events_t *ev = self;
+  cqrs_store_t *store = ev->rt->store;
+  if (committed_up_to && committed_up_to <= ev->feed_pos) return ev->nsubs && !cqrs_store_blocking(store);
+  if (ev->nsubs == 0) {
+    if (committed_up_to > ev->feed_pos) ev->feed_pos = committed_up_to;
+    return false;
+  }
+  if (!cqrs_store_blocking(store)) {
+    cqrs_error_t err;
+    int64_t before;
+    do {
+      before = ev->feed_pos;
+      if (cqrs_store_read_all(store, ev->feed_pos + 1, FEED_BATCH, feed_visit, ev, &err)) {
+        feed_failed(ev, &err);
+        break;
+      }
+    } while (ev->feed_pos - before == FEED_BATCH);
+    feed_done(ev);
+    return true;
+  }
+  if (ev->feed_busy) {
+    ev->feed_again = true;
+    return false;
+  }
+  feed_work_t *fw = cqrs__calloc(1, sizeof *fw);
+  cqrs_error_t err;
+  if (fw) {
+    fw->ev = ev;
+    fw->from = ev->feed_pos + 1;
+  }
+  if (!fw || cqrs__job_submit(ev->rt, &fw->job, feed_work_cb, feed_after_work, &err)) {
+    cqrs__free(fw);
+    cqrs_error_set(&err, CQRS_ENOMEM, "cannot queue a read on the thread pool");
+    feed_failed(ev, &err);
+    return false;
+  }
+  ev->feed_busy = true;
+  ev->feed_again = false;
+  return false;
+}
+
+static void poll_cb(uv_timer_t *t) { kick(t->data, 0); }
+
+/* ---- the component ---- */
+
+/* Closing: no more polls or feed retries; waiters hear of it; back-offs
+ * are cut short, so that subscribers deliver what they hold. */
+static void events_closing(cqrs__component_t *c) {
+  cqrs__events_t *ev = (cqrs__events_t *)c;
+  if (ev->poll_on) uv_timer_stop(&ev->poll);
+  uv_timer_stop(&ev->feed_timer);
+  cqrs__waiters_close(ev);
+  for (size_t i = 0; i < ev->nsubs; i++) {
+    sub_t *s = ev->subs[i];
+    if (s->waiting) {
+      uv_timer_stop(&s->timer);
+      s->waiting = false;
+    }
+    cqrs__sub_run(s);
+  }
+}
+
+static bool events_idle(const cqrs__component_t *c) {
+  const cqrs__events_t *ev = (const cqrs__events_t *)c;
+  if (ev->feed_busy) return false;
+  for (size_t i = 0; i < ev->nsubs; i++) {
+    const sub_t *s = ev->subs[i];
+    if (s->busy || s->q_len || s->cp_saving) return false;
+  }
+  return true;
+}
+
+static void events_close_handles(cqrs__component_t *c) {
+  cqrs__events_t *ev = (cqrs__events_t *)c;
+  cqrs__runtime_t *rt = ev->rt;
+  if (!ev->attached) return;
+  cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->feed_timer);
+  cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->cp_check);
+  if (ev->poll_on) cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->poll);
+  for (size_t i = 0; i < ev->nsubs; i++) cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->subs[i]->timer);
+  cqrs__waiters_close_handles(ev);
+}
+
+static void events_free(cqrs__component_t *c) {
+  cqrs__events_t *ev = (cqrs__events_t *)c;
+  for (size_t i = 0; i < ev->nsubs; i++) cqrs__sub_free(ev->subs[i]);
+  cqrs__free(ev->subs);
+  cqrs__dead_letters_free(ev);
+  cqrs__free(ev);
+}
+
+static const cqrs__component_ops_t events_ops = {.name = "events",
+                                                 .closing = events_closing,
+                                                 .idle = events_idle,
+                                                 .close_handles = events_close_handles,
+                                                 .free = events_free};
+
+cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_t *opts, cqrs_error_t *err) {
+  cqrs__events_t *ev = cqrs__calloc(1, sizeof *ev);
+  if (!ev) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate the event side of a dispatcher");
+  ev->rt = rt;
+  ev->retry_attempts = opts->retry_attempts ? opts->retry_attempts : 1;
+  ev->retry_base_ms = opts->retry_base_ms;
+  ev->retry_cap_ms = opts->retry_cap_ms;
+  ev->dead_letter = opts->dead_letter;
+  ev->dead_letter_data = opts->dead_letter_data;
+  ev->dead_letters_kept = opts->dead_letters_kept ? opts->dead_letters_kept : 1024;
+  cqrs_code_t rc = cqrs_store_head(rt->store, &ev->feed_pos, err);
+  if (rc) {
+    cqrs__free(ev);
+    return rc;
+  }
+  ev->poll_ms = opts->poll_ms;
+  cqrs__runtime_add(rt, &ev->comp, &events_ops);
+  rt->events = ev;
+  rt->publish = (cqrs__publish_port_t){ev, committed, kick};
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err) {
+  cqrs__runtime_t *rt = ev->rt;
+  cqrs_code_t rc = cqrs__waiters_init(ev, err);
+  if (rc) return rc;
+  ev->attached = true;
+  uv_timer_init(rt->loop, &ev->feed_timer);
+  ev->feed_timer.data = ev;
+  cqrs__runtime_handle_opened(rt);
+  uv_check_init(rt->loop, &ev->cp_check);
+  uv_unref((uv_handle_t *)&ev->cp_check); /* the loop need not stay for it: it runs in the iteration that started it */
+  ev->cp_check.data = ev;
+  cqrs__runtime_handle_opened(rt);
+  if (ev->poll_ms) {
+    uv_timer_init(rt->loop, &ev->poll);
+    ev->poll.data = ev;
+    uv_timer_start(&ev->poll, poll_cb, ev->poll_ms, ev->poll_ms);
+    uv_unref((uv_handle_t *)&ev->poll);
+    ev->poll_on = true;
+    cqrs__runtime_handle_opened(rt);
+  }
+  return CQRS_OK;
+}
