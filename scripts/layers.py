@@ -35,11 +35,19 @@ BELOW = {
     "lease": ["runtime", "store", "model", "base"],
     "query": ["runtime", "store", "model", "base"],
     "events": ["lease", "runtime", "store", "model", "base"],
-    "process": ["events", "lease", "runtime", "store", "model", "base"],
+    "process": ["events", "command", "lease", "runtime", "store", "model", "base"],
     "metrics": ["events", "command", "query", "lease", "runtime", "store", "model", "base"],
     ".": ["metrics", "process", "events", "query", "lease", "command", "runtime", "store", "model", "base"],
     "testing": [".", "metrics", "process", "events", "query", "lease", "command", "runtime", "store", "model", "base"],
     "conformance": ["store", "model", "base"],
+}
+
+
+# Arrows allowed for these names only. A process manager's input is a command:
+# its handler uses the handler API every handler uses; it sends and registers
+# through the runtime's command port, never through command/'s internals.
+ONLY = {
+    ("process", "command"): {"cqrs_context_load", "cqrs_context_command", "cqrs_context_set_value"},
 }
 
 
@@ -161,9 +169,13 @@ def main():
 
     for a in sorted(calls):
         for b in sorted(calls[a]):
+            names = sorted(s for s in needs[a] if owner.get(s) == b)
             if not allowed(a, b):
-                names = sorted(s for s in needs[a] if owner.get(s) == b)
                 findings.append(f"{a} calls {b} ({', '.join(names[:4])}): '{folder(a)}' may not use '{folder(b)}'")
+            elif (folder(a), folder(b)) in ONLY and not set(names) <= ONLY[(folder(a), folder(b))]:
+                extra = sorted(set(names) - ONLY[(folder(a), folder(b))])
+                findings.append(f"{a} calls {b} ({', '.join(extra[:4])}): '{folder(a)}' uses only "
+                                f"{', '.join(sorted(ONLY[(folder(a), folder(b))]))} of '{folder(b)}'")
     for a in files:
         for b in inc[a]:
             if not allowed(a, b):

@@ -29,6 +29,8 @@ configure_and_build() {
 
 phase "build (ASan + UBSan, -Werror)" -- \
   configure_and_build build/asan -DCMAKE_BUILD_TYPE=Debug -DCQRS_SANITIZE=ON -DCQRS_WERROR=ON
+# framework/src's layout: arrows down only, no circle of files, no file over 600 lines.
+phase "layout (scripts/layers.py)" -- python3 scripts/layers.py build/asan
 phase --summary "tests (ASan + UBSan)" -- \
   env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan --output-on-failure -j"$jobs"
