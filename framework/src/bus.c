@@ -381,7 +381,7 @@ static void sub_after_work(uv_work_t *w, int status) {
         /* Out of memory: read the rest again later. */
         s->waiting = true;
         uv_timer_start(&s->timer, timer_cb, backoff_ms(s->d, 1), 0);
-      } else if (sw->read.len == 0) {
+      } else if (sw->read.len == 0 && s->d->head_known) { /* else the head's arrival runs it again */
         if (s->read_pos >= s->d->feed_pos) {
           if (s->state == SUB_CATCHING_UP) s->state = SUB_LIVE;
         } else if (!atomic_load(&s->d->closing)) {
@@ -593,7 +593,7 @@ static void feed_work_cb(uv_work_t *w) {
   fw->rc = read_batch(fw->d->store, fw->from, &fw->read, &fw->err);
 }
 
-static void feed_retry(uv_timer_t *t) { cqrs__feed_kick(t->data, 0); }
+static void feed_retry(uv_timer_t *t) { cqrs__feed_kick(t->data, 0, 0); }
 
 /* A read of the store failed: try again later, so that subscribers hear of
  * what was committed even if nothing else is. */
@@ -620,22 +620,87 @@ static void feed_after_work(uv_work_t *w, int status) {
   cqrs__event_vec_free(&fw->read);
   cqrs__free(fw);
   feed_done(d);
-  if (again && !atomic_load(&d->closing)) cqrs__feed_kick(d, 0);
+  if (again && !atomic_load(&d->closing)) cqrs__feed_kick(d, 0, 0);
   if (atomic_load(&d->closing)) cqrs__dispatcher_maybe_closed(d);
 }
 
 void cqrs__feed_committed(cqrs_dispatcher_t *d, cqrs__event_vec_t *events) {
   if (!events->len) return;
-  int64_t last = events->items[events->len - 1]->position;
-  if (d->nsubs == 0 || d->feed_busy || events->items[0]->position != d->feed_pos + 1) {
-    cqrs__feed_kick(d, last);
+  int64_t first = events->items[0]->position, last = events->items[events->len - 1]->position;
+  if (!d->head_known || d->nsubs == 0 || d->feed_busy || first != d->feed_pos + 1) {
+    cqrs__feed_kick(d, first, last);
     return;
   }
   for (size_t i = 0; i < events->len; i++) fan_out(d, events->items[i]);
   feed_done(d);
 }
 
-void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to) {
+typedef struct head_work {
+  uv_work_t req;
+  cqrs_dispatcher_t *d;
+  int64_t head;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+} head_work_t;
+
+static void head_work_cb(uv_work_t *w) {
+  head_work_t *hw = w->data;
+  hw->rc = cqrs_store_head(hw->d->store, &hw->head, &hw->err);
+}
+
+/* The feed starts at the head, or before the first commit this dispatcher
+ * made meanwhile (it is published, with what others committed after it);
+ * subscribers that joined meanwhile start there too. Projections could not
+ * go live before: they catch up to there. */
+static void head_after_work(uv_work_t *w, int status) {
+  head_work_t *hw = w->data;
+  cqrs_dispatcher_t *d = hw->d;
+  d->feed_busy = false;
+  d->work_inflight--;
+  if (status == 0 && hw->rc == CQRS_OK) {
+    d->feed_failures = 0;
+    d->head_known = true;
+    d->feed_pos = hw->head < d->head_floor ? hw->head : d->head_floor;
+    for (size_t i = 0; i < d->nsubs; i++) {
+      if (d->subs[i]->state == SUB_LIVE) d->subs[i]->position = d->feed_pos;
+    }
+  } else if (status == 0) {
+    feed_failed(d, &hw->err);
+  }
+  cqrs__free(hw);
+  if (atomic_load(&d->closing)) {
+    cqrs__dispatcher_maybe_closed(d);
+  } else if (d->head_known) {
+    cqrs__feed_kick(d, 0, d->committed_max);
+    feed_done(d);
+  }
+}
+
+/* Reads a blocking store's head on the pool (the feed is busy meanwhile). */
+static void read_head(cqrs_dispatcher_t *d) {
+  head_work_t *hw = cqrs__calloc(1, sizeof *hw);
+  if (hw) {
+    hw->d = d;
+    hw->req.data = hw;
+  }
+  if (!hw || uv_queue_work(d->loop, &hw->req, head_work_cb, head_after_work)) {
+    cqrs__free(hw);
+    cqrs_error_t err;
+    cqrs_error_set(&err, CQRS_ENOMEM, "cannot queue a read of its head on the thread pool");
+    feed_failed(d, &err);
+    return;
+  }
+  d->feed_busy = true;
+  d->work_inflight++;
+}
+
+void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_from, int64_t committed_up_to) {
+  if (!d->head_known) {
+    if (committed_from > 0 && committed_from - 1 < d->head_floor) d->head_floor = committed_from - 1;
+    if (committed_up_to > d->committed_max) d->committed_max = committed_up_to;
+    if (!d->feed_busy && !atomic_load(&d->closing)) read_head(d);
+    return;
+  }
   if (d->nsubs == 0) {
     if (committed_up_to > d->feed_pos) d->feed_pos = committed_up_to;
     return;

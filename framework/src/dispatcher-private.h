@@ -100,9 +100,15 @@ struct cqrs_dispatcher {
   void *close_data;
   bool closed_handles;
 
-  /* Event feed: what has been fanned out to subscribers. */
+  /* Event feed: what has been fanned out to subscribers. A blocking
+   * store's head is read on the pool (bus.c, read_head): until it is known
+   * nothing is published, and this dispatcher's commits meanwhile are
+   * remembered (from head_floor + 1 to committed_max), to be published once
+   * it is. */
   int64_t feed_pos;
-  bool feed_busy, feed_again;
+  bool head_known;
+  int64_t head_floor, committed_max;
+  bool feed_busy, feed_again; /* feed_busy: a read of the feed or of the head in flight */
   uv_timer_t feed_timer;  /* retries a read of the store that failed */
   unsigned feed_failures; /* reads failed in a row */
   size_t work_inflight; /* pool work of subscribers and the feed */
@@ -148,7 +154,10 @@ struct cqrs_dispatcher {
 };
 
 /* bus.c */
-void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_up_to);
+/* Reads the store for what the feed has not published. `from`..`up_to`:
+ * positions this dispatcher just committed (0, 0: none). Before the head
+ * is known it reads the head instead (with a blocking store). */
+void cqrs__feed_kick(cqrs_dispatcher_t *d, int64_t committed_from, int64_t committed_up_to);
 /* Publishes events this dispatcher just committed, without reading them
  * back, when they follow what the feed has published; else kicks the feed. */
 void cqrs__feed_committed(cqrs_dispatcher_t *d, cqrs__event_vec_t *events);

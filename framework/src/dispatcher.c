@@ -150,7 +150,7 @@ static cqrs_code_t members_start(cqrs_dispatcher_t *d, cqrs_error_t *err) {
 }
 
 static void async_cb(uv_async_t *h);
-static void poll_cb(uv_timer_t *t) { cqrs__feed_kick(t->data, 0); }
+static void poll_cb(uv_timer_t *t) { cqrs__feed_kick(t->data, 0, 0); }
 
 cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqrs_store_t *store,
                                 const cqrs_dispatcher_options_t *opts, cqrs_dispatcher_t **out, cqrs_error_t *err) {
@@ -179,7 +179,10 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     if (pct > 100) return cqrs_error_set(err, CQRS_EINVAL, "home_percent %u is over 100", pct);
     return cqrs_error_set(err, CQRS_EINVAL, "%u loops asked, at most %d", opts->loops, LOOPS_MAX);
   }
-  cqrs_code_t rc = cqrs_store_head(store, &d->feed_pos, err);
+  /* A blocking store's head is read on the pool, once the loop runs. */
+  d->head_known = !d->store_blocking;
+  d->head_floor = INT64_MAX;
+  cqrs_code_t rc = d->head_known ? cqrs_store_head(store, &d->feed_pos, err) : CQRS_OK;
   bool nomem;
   if (!rc && !(d->cache = cqrs__cache_new(d->opts.aggregate_cache, &nomem)) && nomem)
     rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate the aggregate cache");
@@ -222,6 +225,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
     d->poll_on = true;
     d->handles_open++;
   }
+  if (!d->head_known) cqrs__feed_kick(d, 0, 0);
   *out = d;
   return CQRS_OK;
 }
@@ -585,7 +589,13 @@ static void finish_request(request_t *r) {
   cqrs_dispatcher_t *d = r->d;
   bool foreign = r->foreign;
   if (d->members && r->result.events && r->runner == d) loops_seen(d, r);
-  if (r->result.events) cqrs__feed_committed(d, &r->committed);
+  if (r->result.events && r->committed.len) {
+    cqrs__feed_committed(d, &r->committed);
+  } else if (r->result.events && r->runner == d) {
+    /* No memory kept the events: the feed reads them (finish_returns has
+     * for those a member ran). */
+    cqrs__feed_kick(d, r->last_position - (int64_t)r->result.events + 1, r->last_position);
+  }
   if (r->committed.len) cqrs__event_vec_clear(&r->committed);
   r->result.command_id = r->cmd->id;
   r->result.value = r->value;
@@ -732,15 +742,17 @@ static void start_request(cqrs_dispatcher_t *d, request_t *r) {
  * drops the home's stale cached states; without subscribers it reads
  * nothing, so the commits drop them here. */
 static void finish_returns(cqrs_dispatcher_t *d, request_t *back) {
-  int64_t last = 0;
+  int64_t first = INT64_MAX, last = 0;
   bool fed = d->nsubs && !d->store_blocking;
   for (request_t *r = back; r; r = r->next) {
     loops_seen(d, r);
     for (size_t i = 0; !fed && i < r->committed.len; i++) cqrs__cache_seen(d->cache, r->committed.items[i]);
     cqrs__event_vec_clear(&r->committed);
     if (r->last_position > last) last = r->last_position;
+    if (r->result.events && r->last_position - (int64_t)r->result.events + 1 < first)
+      first = r->last_position - (int64_t)r->result.events + 1;
   }
-  if (last > d->feed_pos) cqrs__feed_kick(d, last);
+  if (last > d->feed_pos || !d->head_known) cqrs__feed_kick(d, first == INT64_MAX ? 0 : first, last);
   while (back) {
     request_t *r = back;
     back = r->next;
