@@ -173,18 +173,34 @@ typedef struct blocking {
   unsigned delay_ms;
   _Atomic int fail_reads;
   _Atomic bool fail_permanent; /* the failures are permanent store errors */
+  _Atomic bool hold_head;      /* head waits until released */
+  _Atomic bool watching;       /* count the calls made on `watched` */
+  uv_thread_t watched;
+  _Atomic int calls_on_watched;
 } blocking_t;
 
+/* True (and counted) when called on the watched thread. */
+static bool note_thread(blocking_t *b) {
+  if (!atomic_load(&b->watching)) return false;
+  uv_thread_t self = uv_thread_self();
+  if (!uv_thread_equal(&self, &b->watched)) return false;
+  atomic_fetch_add(&b->calls_on_watched, 1);
+  return true;
+}
+
 static cqrs_code_t b_append(void *impl, const cqrs_append_t *r, cqrs_append_result_t *res, cqrs_error_t *err) {
+  note_thread(impl);
   return cqrs_store_append(((blocking_t *)impl)->inner, r, res, err);
 }
 static cqrs_code_t b_read_stream(void *impl, const char *t, const char *id, int64_t from, cqrs_event_visit_cb cb,
                                  void *data, cqrs_error_t *err) {
+  note_thread(impl);
   return cqrs_store_read_stream(((blocking_t *)impl)->inner, t, id, from, cb, data, err);
 }
 static cqrs_code_t b_read_all(void *impl, int64_t from, size_t limit, cqrs_event_visit_cb cb, void *data,
                               cqrs_error_t *err) {
   blocking_t *b = impl;
+  note_thread(b);
   if (b->delay_ms) uv_sleep(b->delay_ms);
   if (atomic_load(&b->fail_reads) > 0) {
     atomic_fetch_sub(&b->fail_reads, 1);
@@ -195,7 +211,11 @@ static cqrs_code_t b_read_all(void *impl, int64_t from, size_t limit, cqrs_event
   return cqrs_store_read_all(b->inner, from, limit, cb, data, err);
 }
 static cqrs_code_t b_head(void *impl, int64_t *p, cqrs_error_t *err) {
-  return cqrs_store_head(((blocking_t *)impl)->inner, p, err);
+  blocking_t *b = impl;
+  if (!note_thread(b)) {
+    while (atomic_load(&b->hold_head)) uv_sleep(1); /* a pool thread, waiting for the test */
+  }
+  return cqrs_store_head(b->inner, p, err);
 }
 static cqrs_code_t b_snap_load(void *impl, const char *t, const char *id, cqrs_snapshot_t *out, bool *found,
                                cqrs_error_t *err) {
@@ -211,6 +231,20 @@ static const cqrs_store_ops_t flaky_ops = {"flaky", false, b_append, b_read_stre
                                            b_snap_load, b_snap_save, free};
 
 void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n) { ledger_store_fail_reads(store, n, false); }
+
+void ledger_blocking_store_hold_head(cqrs_store_t *store, bool hold) {
+  atomic_store(&((blocking_t *)cqrs_store_impl(store))->hold_head, hold);
+}
+
+void ledger_blocking_store_watch(cqrs_store_t *store) {
+  blocking_t *b = cqrs_store_impl(store);
+  b->watched = uv_thread_self();
+  atomic_store(&b->watching, true);
+}
+
+int ledger_blocking_store_calls_on_watched(cqrs_store_t *store) {
+  return atomic_load(&((blocking_t *)cqrs_store_impl(store))->calls_on_watched);
+}
 
 void ledger_store_fail_reads(cqrs_store_t *store, int n, bool permanent) {
   blocking_t *b = cqrs_store_impl(store);

@@ -50,6 +50,13 @@ cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms);
 /* Makes the next `n` read_all calls of a ledger_blocking_store fail with
  * CQRS_ESTORE, as a server that went away would. */
 void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n);
+/* Makes head calls of a ledger_blocking_store wait until released with
+ * `hold` false (but those on the watched thread, which would never be). */
+void ledger_blocking_store_hold_head(cqrs_store_t *store, bool hold);
+/* Counts the calls a ledger_blocking_store gets on the calling thread (the
+ * loop's, which a blocking store must never be called on) from now on. */
+void ledger_blocking_store_watch(cqrs_store_t *store);
+int ledger_blocking_store_calls_on_watched(cqrs_store_t *store);
 /* The same for a ledger_blocking_store or ledger_flaky_store; `permanent`:
  * a permanent store error (cqrs_error_transient false). */
 void ledger_store_fail_reads(cqrs_store_t *store, int n, bool permanent);

@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -414,6 +415,41 @@ static void test_dead_letters_kept_is_an_option(void **state) {
   fail_everything_done(&t);
 }
 
+/* The n-th allocation fails while a command runs, for every n: the
+ * command fails, or its event reaches the subscriber (handled or
+ * dead-lettered) with nothing committed after it to wake the feed. */
+static _Atomic long alloc_fail_at = -1, alloc_count;
+static bool alloc_fails(void) { return atomic_fetch_add(&alloc_count, 1) + 1 == atomic_load(&alloc_fail_at); }
+static void *failing_malloc(size_t n) { return alloc_fails() ? NULL : malloc(n); }
+static void *failing_realloc(void *p, size_t n) { return alloc_fails() ? NULL : realloc(p, n); }
+
+static void on_waited(cqrs_code_t status, void *data) { *(cqrs_code_t *)data = status; }
+
+static void test_allocation_failures_lose_no_commit(void **state) {
+  (void)state;
+  for (long n = 1;; n++) {
+    fx_t *fx = fx_new(1, NULL, NULL);
+    recorder_t all = {.name = "all"};
+    assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "all", NULL, record, &all, 0, NULL), CQRS_OK);
+    cqrs_command_t *cmd = ledger_open_new("a", "ada");
+    atomic_store(&alloc_count, 0);
+    atomic_store(&alloc_fail_at, n);
+    cqrs_set_allocator(&(cqrs_allocator_t){failing_malloc, failing_realloc, free});
+    if (cqrs_dispatcher_send(fx->d, cmd, on_done, fx) == CQRS_OK) uv_run(&fx->loop, UV_RUN_DEFAULT);
+    cqrs_set_allocator(NULL);
+    bool reached = atomic_load(&alloc_count) >= n;
+    int64_t head = 0;
+    assert_int_equal(cqrs_store_head(fx->store, &head, NULL), CQRS_OK);
+    cqrs_code_t status = CQRS_CODE_COUNT;
+    assert_int_equal(cqrs_projection_wait(fx->d, "all", head, 10000, on_waited, &status), CQRS_OK);
+    while (status == CQRS_CODE_COUNT) uv_run(&fx->loop, UV_RUN_ONCE);
+    if (status) fail_msg("n=%ld: the subscriber is at %lld of %lld", n, (long long)cqrs_projection_position(fx->d, "all"),
+                         (long long)head);
+    teardown((void **)&fx);
+    if (!reached) break;
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_subscribers_get_events_in_order, setup, teardown),
@@ -429,6 +465,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_close_during_an_outage, setup, teardown),
       cmocka_unit_test(test_dead_letters_in_memory_are_bounded),
       cmocka_unit_test(test_dead_letters_kept_is_an_option),
+      cmocka_unit_test(test_allocation_failures_lose_no_commit),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

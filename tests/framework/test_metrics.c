@@ -332,6 +332,7 @@ static void store_fx_open(store_fx_t *f, bool blocking) {
   assert_int_equal(cqrs_dispatcher_new(&f->loop, f->reg, f->st, NULL, &f->d, NULL), CQRS_OK);
   assert_int_equal(cqrs_metrics_new(&f->m, NULL), CQRS_OK);
   assert_int_equal(cqrs_metrics_attach(f->m, f->d, NULL), CQRS_OK);
+  uv_run(&f->loop, UV_RUN_DEFAULT); /* a blocking store's head is read on the pool */
 }
 
 static void store_fx_close(store_fx_t *f) {

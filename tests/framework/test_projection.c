@@ -246,13 +246,15 @@ static void test_feed_retries_a_failed_read(void **state) {
   seen_t *s = calloc(1, sizeof *s);
   ledger_fill(fx->mem, &ledger_type, "a", 1);
   start(fx, "proj", s, 0);
-  while (!cqrs_projection_live(fx->d, "proj")) uv_run(&fx->loop, UV_RUN_ONCE);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_true(cqrs_projection_live(fx->d, "proj"));
+  ledger_fill(fx->mem, &ledger_type, "c", 1); /* another writer's: the next commit does not follow */
   ledger_blocking_store_fail_reads(fx->store, 3);
   credit(fx, "a", 1);
   uv_run(&fx->loop, UV_RUN_DEFAULT); /* returns once the retries have delivered it */
   assert_int_equal(fx->done, 1);
   assert_exactly_once(fx, s, 0);
-  assert_int_equal(cqrs_projection_position(fx->d, "proj"), 2);
+  assert_int_equal(cqrs_projection_position(fx->d, "proj"), 3);
   cqrs_log_set_handler(NULL, NULL);
   /* The library told the log handler, not stderr. */
   assert_int_equal(logged.warnings, 1);
@@ -394,6 +396,40 @@ static void test_wait_from_another_thread(void **state) {
   uv_close((uv_handle_t *)&keep, NULL);
   uv_run(&fx->loop, UV_RUN_NOWAIT); /* `keep` lives on this stack */
   free(s);
+}
+
+/* ---- a blocking store's head ---- */
+
+/* A blocking store is never called on the loop thread, not even for its
+ * head when the dispatcher starts: that is read on the pool. Until it is
+ * known nothing is published; a command committed meanwhile is published
+ * once it is, to the subscribers that were there before it. */
+static void test_the_head_is_read_on_the_pool(void **state) {
+  fx_t *fx = *state; /* blocking */
+  close_dispatcher(fx);
+  ledger_fill(fx->mem, &ledger_type, "a", 3);
+  ledger_blocking_store_watch(fx->store);
+  ledger_blocking_store_hold_head(fx->store, true);
+  open_dispatcher(fx);
+  seen_t *plain = calloc(1, sizeof *plain), *proj = calloc(1, sizeof *proj);
+  assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "plain", NULL, watch, plain, 0, NULL), CQRS_OK);
+  start(fx, "proj", proj, 0);
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("b", "bo"), on_done, fx), CQRS_OK);
+  while (!fx->done) uv_run(&fx->loop, UV_RUN_ONCE); /* committed while the head is being read */
+  ledger_blocking_store_hold_head(fx->store, false);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_int_equal(plain->n, 1);
+  assert_int_equal(plain->order[0], 4);
+  assert_true(cqrs_projection_live(fx->d, "proj"));
+  assert_exactly_once(fx, proj, 0);
+  credit(fx, "b", 1);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  assert_range_once(plain, 3, 5);
+  assert_exactly_once(fx, proj, 0);
+  close_dispatcher(fx);
+  assert_int_equal(ledger_blocking_store_calls_on_watched(fx->store), 0);
+  free(plain);
+  free(proj);
 }
 
 /* ---- failures of the pool and of the store ---- */
@@ -621,6 +657,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_projection_rules, setup, teardown),
       cmocka_unit_test_setup_teardown(test_feed_retries_a_failed_read, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_start_fails_when_the_pool_refuses, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_the_head_is_read_on_the_pool, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_inline_catch_up_retries_a_failed_read, setup, teardown),
       cmocka_unit_test(test_pool_failures_stall_nothing),
       cmocka_unit_test(test_pool_failures_keep_saving_checkpoints),

@@ -90,7 +90,11 @@ CQRS_EXPORT void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *opts);
 
 /* Creates a dispatcher on `loop`; call from the loop's thread. `reg` and
  * `store` are borrowed and must outlive it. `opts` NULL: defaults. Reads the
- * store's head once. Close it with cqrs_dispatcher_close. */
+ * store's head once: here for a non-blocking store (its failure is this
+ * call's), on the thread pool once the loop runs for a blocking one
+ * (retried with back-off); until it is known no event is published, and
+ * what commands commit meanwhile is published once it is. Close it with
+ * cqrs_dispatcher_close. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqrs_store_t *store,
                                             const cqrs_dispatcher_options_t *opts, cqrs_dispatcher_t **out,
                                             cqrs_error_t *err);

@@ -169,13 +169,15 @@ static void drain_member(cqrs__commands_t *w, request_t *returned) {
  * drops the home's stale cached states; without subscribers it reads
  * nothing, so the commits drop them here. */
 static void finish_returns(cqrs__commands_t *c, request_t *back) {
-  int64_t last = 0;
+  int64_t first = INT64_MAX, last = 0;
   cqrs__runtime_t *rt = c->rt;
   for (request_t *r = back; r; r = r->next) {
     if (r->last_position > last) last = r->last_position;
+    if (r->result.events && r->last_position - (int64_t)r->result.events + 1 < first)
+      first = r->last_position - (int64_t)r->result.events + 1;
   }
   /* The feed reads them back through the seen port, or nobody does. */
-  bool fed = last && rt->publish.kick && rt->publish.kick(rt->publish.self, last);
+  bool fed = last && rt->publish.kick && rt->publish.kick(rt->publish.self, first == INT64_MAX ? 0 : first, last);
   for (request_t *r = back; r; r = r->next) {
     cqrs__owner_seen_commit(c, r);
     for (size_t i = 0; !fed && i < r->committed.len; i++) cqrs__cache_seen(c->cache, r->committed.items[i]);

@@ -9,7 +9,15 @@ void cqrs__request_finish(request_t *r) {
   cqrs__runtime_t *rt = c->rt;
   bool foreign = r->foreign;
   if (c->members && r->result.events && r->runner == c) cqrs__owner_seen_commit(c, r);
-  if (r->result.events && rt->publish.committed) rt->publish.committed(rt->publish.self, &r->committed);
+  if (r->result.events && rt->publish.committed) {
+    if (r->committed.len) {
+      rt->publish.committed(rt->publish.self, &r->committed);
+    } else if (r->runner == c) {
+      /* No memory kept the events: the feed reads them (loops.c does for
+       * those a member ran). */
+      rt->publish.kick(rt->publish.self, r->last_position - (int64_t)r->result.events + 1, r->last_position);
+    }
+  }
   if (r->committed.len) cqrs__event_vec_clear(&r->committed);
   r->result.command_id = r->cmd->id;
   r->result.value = r->value;

@@ -71,9 +71,14 @@ struct cqrs__events {
   uint64_t poll_ms;
   bool attached; /* its handles are on the loop (cqrs__events_attach) */
 
-  /* The feed: what has been fanned out to subscribers. */
+  /* The feed: what has been fanned out to subscribers. A blocking store's
+   * head is read on the pool (feed.c, read_head): until it is known nothing
+   * is published, and this dispatcher's commits meanwhile are remembered
+   * (from head_floor + 1 to committed_max), to be published once it is. */
   int64_t feed_pos;
-  bool feed_busy, feed_again;
+  bool head_known;
+  int64_t head_floor, committed_max;
+  bool feed_busy, feed_again; /* feed_busy: a read of the feed or of the head in flight */
   uv_timer_t feed_timer;  /* retries a read of the store that failed */
   unsigned feed_failures; /* reads failed in a row */
   sub_t **subs;
@@ -97,7 +102,8 @@ struct cqrs__events {
 };
 
 /* feed.c: the event side of runtime `rt`, with the options that are its
- * own; it reads the store's head. Then attached to the loop (its handles),
+ * own; it reads a non-blocking store's head (a blocking one's is read on the
+ * pool once the loop runs, retried until it comes). Then attached to the loop (its handles),
  * the last step of making a dispatcher, as cqrs__commands_attach. */
 cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_t *opts, cqrs_error_t *err);
 cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err);

@@ -94,9 +94,9 @@ static void feed_work_cb(cqrs__job_t *job) {
   fw->rc = cqrs__events_read_batch(fw->ev->rt->store, fw->from, FEED_BATCH, &fw->read, &fw->err);
 }
 
-static bool kick(void *self, int64_t committed_up_to);
+static bool kick(void *self, int64_t committed_from, int64_t committed_up_to);
 
-static void feed_retry(uv_timer_t *t) { kick(t->data, 0); }
+static void feed_retry(uv_timer_t *t) { kick(t->data, 0, 0); }
 
 /* A read of the store failed: try again later, so that subscribers hear of
  * what was committed even if nothing else is. */
@@ -123,7 +123,7 @@ static void feed_after_work(cqrs__job_t *job, bool cancelled) {
   cqrs__event_vec_free(&fw->read);
   cqrs__free(fw);
   feed_done(ev);
-  if (again && !cqrs__runtime_closing(ev->rt)) kick(ev, 0);
+  if (again && !cqrs__runtime_closing(ev->rt)) kick(ev, 0, 0);
 }
 
 /* The publish port: what the command side committed. Published from here
@@ -131,20 +131,80 @@ static void feed_after_work(cqrs__job_t *job, bool cancelled) {
 static void committed(void *self, cqrs__event_vec_t *events) {
   cqrs__events_t *ev = self;
   if (!events->len) return;
-  int64_t last = events->items[events->len - 1]->position;
-  if (ev->nsubs == 0 || ev->feed_busy || events->items[0]->position != ev->feed_pos + 1) {
-    kick(ev, last);
+  int64_t first = events->items[0]->position, last = events->items[events->len - 1]->position;
+  if (!ev->head_known || ev->nsubs == 0 || ev->feed_busy || first != ev->feed_pos + 1) {
+    kick(ev, first, last);
     return;
   }
   for (size_t i = 0; i < events->len; i++) fan_out(ev, events->items[i]);
   feed_done(ev);
 }
 
-/* The publish port: the store holds commits up to `committed_up_to` (0: it
- * may hold more than was published); reads them, inline or on the pool. */
-static bool kick(void *self, int64_t committed_up_to) {
+typedef struct head_work {
+  cqrs__job_t job; /* first: the job is the work */
+  cqrs__events_t *ev;
+  int64_t head;
+  cqrs_code_t rc;
+  cqrs_error_t err;
+} head_work_t;
+
+static void head_work_cb(cqrs__job_t *job) {
+  head_work_t *hw = (head_work_t *)job;
+  hw->rc = cqrs_store_head(hw->ev->rt->store, &hw->head, &hw->err);
+}
+
+/* The feed starts at the head, or before the first commit this dispatcher
+ * made meanwhile (it is published, with what others committed after it);
+ * subscribers that joined meanwhile start there too. Projections could not
+ * go live before: they catch up to there. */
+static void head_after_work(cqrs__job_t *job, bool cancelled) {
+  head_work_t *hw = (head_work_t *)job;
+  cqrs__events_t *ev = hw->ev;
+  ev->feed_busy = false;
+  if (!cancelled && hw->rc == CQRS_OK) {
+    ev->feed_failures = 0;
+    ev->head_known = true;
+    ev->feed_pos = hw->head < ev->head_floor ? hw->head : ev->head_floor;
+    for (size_t i = 0; i < ev->nsubs; i++) {
+      if (ev->subs[i]->state == SUB_LIVE) ev->subs[i]->position = ev->feed_pos;
+    }
+  } else if (!cancelled) {
+    feed_failed(ev, &hw->err);
+  }
+  cqrs__free(hw);
+  if (!cqrs__runtime_closing(ev->rt) && ev->head_known) {
+    kick(ev, 0, ev->committed_max);
+    feed_done(ev);
+  }
+}
+
+/* Reads a blocking store's head on the pool (the feed is busy meanwhile). */
+static void read_head(cqrs__events_t *ev) {
+  head_work_t *hw = cqrs__calloc(1, sizeof *hw);
+  cqrs_error_t err;
+  if (hw) hw->ev = ev;
+  if (!hw || cqrs__job_submit(ev->rt, &hw->job, head_work_cb, head_after_work, &err)) {
+    cqrs__free(hw);
+    cqrs_error_set(&err, CQRS_ENOMEM, "cannot queue a read of its head on the thread pool");
+    feed_failed(ev, &err);
+    return;
+  }
+  ev->feed_busy = true;
+}
+
+/* The publish port: the store holds commits the feed has not published
+ * (`committed_from`..`committed_up_to`: this dispatcher's; 0, 0: maybe
+ * others'): reads them, inline or on the pool. Before the head is known it
+ * reads the head instead (a blocking store). */
+static bool kick(void *self, int64_t committed_from, int64_t committed_up_to) {
   cqrs__events_t *ev = self;
   cqrs_store_t *store = ev->rt->store;
+  if (!ev->head_known) {
+    if (committed_from > 0 && committed_from - 1 < ev->head_floor) ev->head_floor = committed_from - 1;
+    if (committed_up_to > ev->committed_max) ev->committed_max = committed_up_to;
+    if (!ev->feed_busy && !cqrs__runtime_closing(ev->rt)) read_head(ev);
+    return false;
+  }
   if (committed_up_to && committed_up_to <= ev->feed_pos) return ev->nsubs && !cqrs_store_blocking(store);
   if (ev->nsubs == 0) {
     if (committed_up_to > ev->feed_pos) ev->feed_pos = committed_up_to;
@@ -184,7 +244,7 @@ static bool kick(void *self, int64_t committed_up_to) {
   return false;
 }
 
-static void poll_cb(uv_timer_t *t) { kick(t->data, 0); }
+static void poll_cb(uv_timer_t *t) { kick(t->data, 0, 0); }
 
 /* ---- the component ---- */
 
@@ -250,7 +310,10 @@ cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_
   ev->dead_letter = opts->dead_letter;
   ev->dead_letter_data = opts->dead_letter_data;
   ev->dead_letters_kept = opts->dead_letters_kept ? opts->dead_letters_kept : 1024;
-  cqrs_code_t rc = cqrs_store_head(rt->store, &ev->feed_pos, err);
+  /* A blocking store's head is read on the pool, once the loop runs. */
+  ev->head_known = !cqrs_store_blocking(rt->store);
+  ev->head_floor = INT64_MAX;
+  cqrs_code_t rc = ev->head_known ? cqrs_store_head(rt->store, &ev->feed_pos, err) : CQRS_OK;
   if (rc) {
     cqrs__free(ev);
     return rc;
@@ -282,5 +345,6 @@ cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err) {
     ev->poll_on = true;
     cqrs__runtime_handle_opened(rt);
   }
+  if (!ev->head_known) kick(ev, 0, 0);
   return CQRS_OK;
 }

@@ -311,7 +311,7 @@ static void sub_after_work(cqrs__job_t *job, bool cancelled) {
         /* Out of memory: read the rest again later. */
         s->waiting = true;
         uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
-      } else if (sw->read.len == 0) {
+      } else if (sw->read.len == 0 && s->ev->head_known) { /* else the head's arrival runs it again */
         if (s->read_pos >= s->ev->feed_pos) {
           if (s->state == SUB_CATCHING_UP) s->state = SUB_LIVE;
         } else if (!cqrs__runtime_closing(s->ev->rt)) {

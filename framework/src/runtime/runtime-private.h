@@ -58,13 +58,14 @@ typedef struct cqrs__command_port {
 
 /* The event side (events/): the command side hands it the events its
  * commands committed (referenced; it takes what it keeps), and tells it when
- * the store holds commits up to a position it has not published; `kick`
- * returns true when the feed reads them back from the store (then each
- * comes through the seen port). */
+ * the store holds commits it has not published: `from`..`up_to`, positions
+ * the command side committed (0, 0: none known). `kick` returns true when
+ * the feed reads them back from the store (then each comes through the seen
+ * port). */
 typedef struct cqrs__publish_port {
   void *self;
   void (*committed)(void *self, cqrs__event_vec_t *events);
-  bool (*kick)(void *self, int64_t committed_up_to);
+  bool (*kick)(void *self, int64_t committed_from, int64_t committed_up_to);
 } cqrs__publish_port_t;
 
 /* The command side again: the event feed read `e` from the store (another

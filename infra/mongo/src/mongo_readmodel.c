@@ -303,11 +303,12 @@ void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const
   uv_mutex_lock(&m->dl_lock);
   m->dl_writing++;
   uv_mutex_unlock(&m->dl_lock);
-  /* Never on the caller's thread (the dispatcher's loop): without a loop
-   * to lend a pool thread it is lost, and said so. */
-  if (!m->loop || uv_queue_work(m->loop, &d->req, dl_insert, dl_done)) {
-    cqrs_log(CQRS_LOG_ERROR, "mongo", "%s not written: %s", d->what,
-             m->loop ? "cannot queue work on the thread pool" : "no loop was given to cqrs_mongo_new");
+  if (!m->loop) { /* no dispatcher's loop to keep free: a tool's or a test's thread */
+    dl_insert(&d->req);
+    bson_free(d);
+  } else if (uv_queue_work(m->loop, &d->req, dl_insert, dl_done)) {
+    /* Never on the loop's thread, which the dispatcher calls this on. */
+    cqrs_log(CQRS_LOG_ERROR, "mongo", "%s not written: cannot queue work on the thread pool", d->what);
     bson_destroy(d->doc);
     bson_free(d);
     dl_written(m);

@@ -69,10 +69,11 @@ CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **o
 
 /* A dead-letter sink for cqrs_dispatcher_options_t (data: the cqrs_mongo_t):
  * writes {subscriber, event, error, at} to the dead-letters collection from
- * the thread pool of the loop given to cqrs_mongo_new, never on the
- * caller's thread. cqrs_mongo_destroy waits for the writes in flight. A
- * write that fails, or cannot start (no loop given), is logged through
- * cqrs_log (domain "mongo", an error naming the subscriber and the event). */
+ * the thread pool of the loop given to cqrs_mongo_new (a dispatcher's sink
+ * needs it), never on the caller's thread; without a loop, on the caller's
+ * thread (a tool's). cqrs_mongo_destroy waits for the writes in flight. A
+ * write that fails is logged through cqrs_log (domain "mongo", an error
+ * naming the subscriber and the event). */
 CQRS_EXPORT void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
                                         void *data);
 
