@@ -38,7 +38,7 @@ a, b, n = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3])
 per = lambda f: (b.get(f, 0) - a.get(f, 0)) / (n - 1000)
 print(f"pipeline, {n} commands: {per('TOTAL'):,.0f} instructions per command (whole program), "
       f"{per('uv_run') + per('cqrs_dispatcher_send'):,.0f} on the timed path")
-for f in ['run_request', 'cqrs_context_load', 'cqrs_aggregate_raise', 'cqrs__repository_save_cached',
-          'mem_append', 'finish_request', 'billing_project_balances', 'cqrs_readmodel_set_int64', 'malloc', 'free']:
+for f in ['cqrs__request_execute', 'cqrs_context_load', 'cqrs_aggregate_raise', 'cqrs__repository_save_cached',
+          'mem_append', 'cqrs__request_finish', 'billing_project_balances', 'cqrs_readmodel_set_int64', 'malloc', 'free']:
     print(f"  {f:32s} {per(f):8,.0f}")
 EOF
