@@ -21,8 +21,9 @@
  *   REJECTION_RECORDED  on unless BUG_REJECTION_UNRECORDED: a step's
  *              refusal is recorded under its command id, and a later send of
  *              that id is answered with it (cqrs__step_settle in
- *              framework/src/process/steps.c, called by run_request in
- *              dispatcher.c); with it, NODES=2 passes
+ *              framework/src/process/steps.c, the step command's interceptor,
+ *              called by cqrs__request_execute in command/context.c); with
+ *              it, NODES=2 passes
  *   CHECKS     which properties to check, a sum of the P_ bits (default all)
  *   WITNESS    one of the W_ conditions below: the run must then fail,
  *              showing that the case is reached (the model is not vacuous)
