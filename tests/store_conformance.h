@@ -2,7 +2,7 @@
 #ifndef TEST_STORE_CONFORMANCE_H
 #define TEST_STORE_CONFORMANCE_H
 
-#include <cqrs/cqrs.h>
+#include <cqrs/backend.h>
 
 typedef struct conformance_factory {
   const char *name;

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "lease_conformance.h"
 #include "ledger.h"
 

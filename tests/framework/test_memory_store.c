@@ -9,6 +9,8 @@
 #include <string.h>
 #include <uv.h>
 
+#include <cqrs/backend.h>
+
 #include "ledger.h"
 #include "store_conformance.h"
 

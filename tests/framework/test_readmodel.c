@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cqrs/cqrs.h>
+#include <cqrs/backend.h>
 
 static bson_t *json(const char *s) {
   bson_error_t e;

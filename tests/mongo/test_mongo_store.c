@@ -2,6 +2,8 @@
 #include <mongoc/mongoc.h>
 #include <uv.h>
 
+#include <cqrs/backend.h>
+
 #include "framework/ledger.h"
 #include "mongo_fixture.h"
 #include "store_conformance.h"
