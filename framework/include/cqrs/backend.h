@@ -131,6 +131,9 @@ CQRS_EXPORT void *cqrs_store_impl(const cqrs_store_t *store);
 
 /* ---- read models (readmodel.h: documents, positions, queries) ---- */
 
+/* Writes to different documents may come at once, from several threads;
+ * one document is written by one writer at a time (the projection that owns
+ * it), with positions in any order (a replay after a crash goes back). */
 typedef struct cqrs_readmodel_ops {
   bool blocking;
   /* Inserts or replaces document `id` (the store sets _id and _position,
@@ -149,8 +152,10 @@ typedef struct cqrs_readmodel_ops {
   /* Copies document `id` into `out` (initialised by the store when found). */
   cqrs_code_t (*get)(void *impl, const char *coll, const char *id, bson_t *out, bool *found, cqrs_error_t *err);
   /* Visits the documents matching q->filter (equality on each of its
-   * (dotted) keys), by q->sort (NULL: by id; ties by id), up to q->limit.
-   * The visitor may read the same read model again (a join). */
+   * (dotted) keys, numbers equal whatever their width), ordered by q->sort
+   * (NULL: by id; ties by id) in the direction q->descending says, up to
+   * q->limit (0: all). The visitor may read the same read model again (a
+   * join). */
   cqrs_code_t (*find)(void *impl, const char *coll, const cqrs_find_t *q, cqrs_doc_visit_cb cb, void *data,
                       cqrs_error_t *err);
   void (*destroy)(void *impl);
