@@ -1,5 +1,3 @@
-/* Dead letters on MongoDB. The read model's and the checkpoints' contract:
- * tests/mongo/test_mongo_conformance.c. */
 #include <uv.h>
 
 #include <cqrs/backend.h>
@@ -12,6 +10,7 @@ typedef struct fx {
   uv_loop_t loop;
   cqrs_mongo_t *m;
   cqrs_readmodel_t *rm;
+  cqrs_checkpoints_t *cp;
 } fx_t;
 
 static int setup(void **state) {
@@ -24,6 +23,7 @@ static int setup(void **state) {
   uv_loop_init(&fx->loop);
   fx->m = test_mongo_open(fx->reg, &fx->loop, NULL);
   cqrs_mongo_readmodel_new(fx->m, &fx->rm, NULL);
+  cqrs_mongo_checkpoints_new(fx->m, &fx->cp, NULL);
   *state = fx;
   return 0;
 }
@@ -33,6 +33,7 @@ static int teardown(void **state) {
   if (!fx) return 0;
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
+  cqrs_checkpoints_destroy(fx->cp);
   cqrs_readmodel_destroy(fx->rm);
   test_mongo_close(fx->m);
   cqrs_registry_destroy(fx->reg);
@@ -47,6 +48,48 @@ static bson_t *json(const char *s) {
   return b;
 }
 
+static void put(fx_t *fx, const char *id, const char *doc, int64_t pos, bool want) {
+  bson_t *b = json(doc);
+  bool applied;
+  cqrs_error_t err;
+  if (cqrs_readmodel_put(fx->rm, "inv", id, b, pos, &applied, &err)) fail_msg("%s", err.message);
+  assert_int_equal(applied, want);
+  bson_destroy(b);
+}
+
+static int64_t int_at(fx_t *fx, const char *id, const char *path) {
+  bson_t out;
+  bool found;
+  assert_int_equal(cqrs_readmodel_get(fx->rm, "inv", id, &out, &found, NULL), CQRS_OK);
+  assert_true(found);
+  bson_iter_t it, v;
+  assert_true(bson_iter_init(&it, &out) && bson_iter_find_descendant(&it, path, &v));
+  int64_t n = bson_iter_as_int64(&v);
+  bson_destroy(&out);
+  return n;
+}
+
+static void test_writes_are_idempotent_by_position(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  put(fx, "i1", "{\"amount\":100,\"customer\":{\"id\":\"c1\",\"email\":\"a@x\"}}", 5, true);
+  put(fx, "i1", "{\"amount\":999}", 5, false);
+  put(fx, "i1", "{\"amount\":999}", 4, false);
+  assert_int_equal(int_at(fx, "i1", "amount"), 100);
+  put(fx, "i1", "{\"amount\":200,\"customer\":{\"id\":\"c1\",\"email\":\"a@x\"}}", 6, true);
+  bson_t *set = json("{\"customer.email\":\"b@x\",\"status\":\"paid\"}");
+  bool applied;
+  assert_int_equal(cqrs_readmodel_patch(fx->rm, "inv", "i1", set, 7, &applied, NULL), CQRS_OK);
+  assert_true(applied);
+  assert_int_equal(cqrs_readmodel_patch(fx->rm, "inv", "i1", set, 7, &applied, NULL), CQRS_OK);
+  assert_false(applied);
+  cqrs_error_t err;
+  assert_int_equal(cqrs_readmodel_patch(fx->rm, "inv", "ghost", set, 8, &applied, &err), CQRS_ENOT_FOUND);
+  assert_int_equal(int_at(fx, "i1", CQRS_RM_POSITION), 7);
+  assert_int_equal(int_at(fx, "i1", "amount"), 200);
+  bson_destroy(set);
+}
+
 typedef struct ids {
   char v[8][8];
   size_t n;
@@ -57,6 +100,42 @@ static bool collect(const bson_t *doc, void *data) {
   bson_iter_t it;
   if (bson_iter_init_find(&it, doc, "_id") && ids->n < 8) snprintf(ids->v[ids->n++], 8, "%s", bson_iter_utf8(&it, NULL));
   return true;
+}
+
+static void test_find_and_patch_where(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  put(fx, "i1", "{\"c\":\"x\",\"s\":\"paid\",\"t\":{\"$date\":1000}}", 1, true);
+  put(fx, "i2", "{\"c\":\"x\",\"s\":\"paid\",\"t\":{\"$date\":3000}}", 2, true);
+  put(fx, "i3", "{\"c\":\"x\",\"s\":\"open\",\"t\":{\"$date\":2000}}", 3, true);
+  put(fx, "i4", "{\"c\":\"y\",\"s\":\"paid\",\"t\":{\"$date\":4000}}", 4, true);
+  bson_t *filter = json("{\"c\":\"x\",\"s\":\"paid\"}");
+  cqrs_find_t q = {filter, "t", true, 1};
+  ids_t ids = {{{0}}, 0};
+  assert_int_equal(cqrs_readmodel_find(fx->rm, "inv", &q, collect, &ids, NULL), CQRS_OK);
+  assert_int_equal(ids.n, 1);
+  assert_string_equal(ids.v[0], "i2");
+  bson_t *by_c = json("{\"c\":\"x\"}"), *set = json("{\"mail\":\"new\"}");
+  size_t count;
+  assert_int_equal(cqrs_readmodel_patch_where(fx->rm, "inv", by_c, set, 10, &count, NULL), CQRS_OK);
+  assert_int_equal(count, 3);
+  assert_int_equal(cqrs_readmodel_patch_where(fx->rm, "inv", by_c, set, 10, &count, NULL), CQRS_OK);
+  assert_int_equal(count, 0);
+  bson_destroy(by_c);
+  bson_destroy(set);
+  bson_destroy(filter);
+}
+
+static void test_checkpoints(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  int64_t pos = -1;
+  assert_int_equal(cqrs_checkpoints_load(fx->cp, "p", &pos, NULL), CQRS_OK);
+  assert_int_equal(pos, 0);
+  assert_int_equal(cqrs_checkpoints_save(fx->cp, "p", 42, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoints_save(fx->cp, "p", 43, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoints_load(fx->cp, "p", &pos, NULL), CQRS_OK);
+  assert_int_equal(pos, 43);
 }
 
 static void test_dead_letters_are_kept(void **state) {
@@ -88,6 +167,9 @@ static void test_dead_letters_are_kept(void **state) {
 int main(void) {
   test_mongo_uri();
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_writes_are_idempotent_by_position, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_find_and_patch_where, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_checkpoints, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_letters_are_kept, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
