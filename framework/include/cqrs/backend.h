@@ -11,11 +11,11 @@
  *   cqrs_leases_new borrow `ops` (a static table) and take over `impl` in
  *   every case: ops->destroy(impl) runs once, in the object's _destroy or at
  *   once when the wrapping fails. A NULL destroy releases nothing.
- * - Arguments. Every call reaches the table through a checked entry point
- *   (cqrs_store_append, cqrs_readmodel_put, ...): names, ids and owners are
- *   non-empty valid UTF-8 within CQRS_NAME_MAX or CQRS_ID_MAX, positions,
- *   versions, tokens and ttls are in range, pointers are not NULL (except
- *   the optional out-parameters the headers name). `err` may still be NULL.
+ * - Arguments. Every call has its arguments checked before it reaches the
+ *   table (the checks of cqrs_store_append, cqrs_readmodel_put, ...): names,
+ *   ids and owners are non-empty valid UTF-8 within CQRS_NAME_MAX or
+ *   CQRS_ID_MAX; positions, versions, tokens and ttls are in range; pointers
+ *   are not NULL unless a header says they may be. `err` may be NULL.
  * - Threads and `blocking`. Calls may come from several threads at once: an
  *   implementation is thread-safe. One that does no I/O leaves `blocking`
  *   false and is then called from any thread, the loop's too: it must never
