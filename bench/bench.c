@@ -5,6 +5,7 @@
  * mongo-append, mongo-ops, projection-lag, projection-lag-mongo,
  * query-mongo, memory-overhead. See docs/benchmarks.md. */
 #include <billing/billing.h>
+#include <cqrs/backend.h>
 #include <cqrs/mongo.h>
 #include <inttypes.h>
 #include <sched.h>

@@ -4,6 +4,8 @@
  * or fail cleanly, never overflow a version. */
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "fuzz_types.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -2,6 +2,8 @@
  * 4 being newer than known), the rest is the stored payload of fz.done. */
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "fuzz_types.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

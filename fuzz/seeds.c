@@ -5,6 +5,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cqrs/backend.h>
+
 #include "fuzz_types.h"
 #include "mongo-private.h"
 

@@ -14,7 +14,7 @@
 #include "framework/ledger.h"
 #include "process_ids.h"
 
-static const conformance_factory_t *factory;
+static const cqrs_store_factory_t *factory;
 
 /* Handler runs, counted on whichever thread runs them. An input taken for
  * the duplicate of another is handled again and again: past RUNAWAY runs
@@ -402,7 +402,7 @@ static void test_an_outside_process_input_is_refused(void **state) {
 static const cqrs_process_type_t *const types[] = {&pair_type, &twice_type, &rearm_type, &long_type, NULL};
 static const cqrs_process_type_t *const *all_types(void) { return types; }
 
-int process_ids_run(const conformance_factory_t *f) {
+int process_ids_run(const cqrs_store_factory_t *f) {
   factory = f;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_two_events_to_one_instance_within_a_second),

@@ -4,10 +4,10 @@
 #ifndef TEST_PROCESS_IDS_H
 #define TEST_PROCESS_IDS_H
 
-#include "store_conformance.h"
+#include <cqrs/conformance.h>
 
 /* Runs the scenarios as one cmocka group on stores from `f`; returns the
  * number of failures. */
-int process_ids_run(const conformance_factory_t *f);
+int process_ids_run(const cqrs_store_factory_t *f);
 
 #endif

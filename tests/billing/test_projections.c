@@ -1,5 +1,7 @@
 #include <stdio.h>
 
+#include <cqrs/backend.h>
+
 #include "fixture.h"
 
 typedef struct pfx {

@@ -1,5 +1,7 @@
 #include "ledger.h"
 
+#include <cqrs/backend.h>
+
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,6 +5,8 @@
 #include <cmocka.h>
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "ledger.h"
 
 static void test_raise_applies_and_queues(void **state) {

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "ledger.h"
 
 static int setup(void **state) {

@@ -5,6 +5,8 @@
 #include <cmocka.h>
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "ledger.h"
 
 /* Version 2 of a "ledger.renamed" event: {name, reason}; version 1 was

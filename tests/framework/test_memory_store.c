@@ -9,21 +9,9 @@
 #include <string.h>
 #include <uv.h>
 
+#include <cqrs/backend.h>
+
 #include "ledger.h"
-#include "store_conformance.h"
-
-static cqrs_store_t *create(const cqrs_registry_t *reg, void *data) {
-  (void)reg;
-  (void)data;
-  cqrs_store_t *s = NULL;
-  cqrs_memory_store_new(&s, NULL);
-  return s;
-}
-
-static void dispose(cqrs_store_t *s, void *data) {
-  (void)data;
-  cqrs_store_destroy(s);
-}
 
 static void test_overhead_per_event_is_bounded(void **state) {
   (void)state;
@@ -388,12 +376,11 @@ static void test_feed_follows_concurrent_writers(void **state) {
   free(f);
 }
 
+/* The store's contract: tests/framework/test_memory_conformance.c. */
 int main(void) {
-  conformance_factory_t f = {"memory store conformance", create, dispose, NULL};
-  int failures = conformance_run(&f);
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_overhead_per_event_is_bounded),
                                      cmocka_unit_test(test_events_read_back_exactly),
                                      cmocka_unit_test(test_read_without_memory_fails_cleanly),
                                      cmocka_unit_test(test_feed_follows_concurrent_writers)};
-  return failures + cmocka_run_group_tests(tests, NULL, NULL);
+  return cmocka_run_group_tests(tests, NULL, NULL);
 }

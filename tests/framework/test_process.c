@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "framework/ledger.h"
 #include <cqrs/testing.h>
 

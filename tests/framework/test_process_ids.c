@@ -22,6 +22,6 @@ static void dispose(cqrs_store_t *s, void *data) {
 }
 
 int main(void) {
-  conformance_factory_t f = {"process ids (memory store)", create, dispose, NULL};
+  cqrs_store_factory_t f = {.name = "process ids (memory store)", .create = create, .dispose = dispose};
   return process_ids_run(&f);
 }

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "ledger.h"
 #include "work_fault.h"
 

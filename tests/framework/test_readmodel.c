@@ -7,7 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cqrs/cqrs.h>
+#include <cqrs/backend.h>
+
+/* The in-memory read model beyond the contract every read model keeps
+ * (tests/framework/test_memory_conformance.c): its in-place writes, and the
+ * wrappers around any implementation. */
 
 static bson_t *json(const char *s) {
   bson_error_t e;
@@ -61,27 +65,6 @@ static char *get_str(const cqrs_readmodel_t *rm, const char *id, const char *pat
   snprintf(buf, cap, "%s", bson_iter_utf8(&v, NULL));
   bson_destroy(&out);
   return buf;
-}
-
-static void test_put_get_and_idempotence(void **state) {
-  cqrs_readmodel_t *rm = *state;
-  put(rm, "i1", "{\"amount\":100,\"status\":\"pending\"}", 5, true);
-  assert_int_equal(get_int(rm, "i1", "amount"), 100);
-  assert_int_equal(get_int(rm, "i1", CQRS_RM_POSITION), 5);
-  char buf[32];
-  assert_string_equal(get_str(rm, "i1", "_id", buf, sizeof buf), "i1");
-  /* Replaying the same or an older event changes nothing. */
-  put(rm, "i1", "{\"amount\":999}", 5, false);
-  put(rm, "i1", "{\"amount\":999}", 3, false);
-  assert_int_equal(get_int(rm, "i1", "amount"), 100);
-  put(rm, "i1", "{\"amount\":200}", 6, true);
-  assert_int_equal(get_int(rm, "i1", "amount"), 200);
-  bson_t out;
-  bool found = true;
-  assert_int_equal(cqrs_readmodel_get(rm, "inv", "nope", &out, &found, NULL), CQRS_OK);
-  assert_false(found);
-  assert_int_equal(cqrs_readmodel_get(rm, "other", "i1", &out, &found, NULL), CQRS_OK);
-  assert_false(found);
 }
 
 static void test_patch_in_place_and_rebuilt_agree(void **state) {
@@ -239,126 +222,6 @@ static void test_set_int64_elsewhere_is_a_patch(void **state) {
   cqrs_readmodel_destroy(rm);
 }
 
-static void test_patch_sets_dotted_paths(void **state) {
-  cqrs_readmodel_t *rm = *state;
-  put(rm, "i1", "{\"customer\":{\"id\":\"c1\",\"name\":\"Acme\",\"email\":\"a@x\"},\"status\":\"pending\"}", 1, true);
-  bson_t *set = json("{\"customer.email\":\"b@x\",\"status\":\"paid\",\"paidAt\":7}");
-  bool applied;
-  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "i1", set, 2, &applied, NULL), CQRS_OK);
-  assert_true(applied);
-  char buf[32];
-  assert_string_equal(get_str(rm, "i1", "customer.email", buf, sizeof buf), "b@x");
-  assert_string_equal(get_str(rm, "i1", "customer.name", buf, sizeof buf), "Acme");
-  assert_string_equal(get_str(rm, "i1", "status", buf, sizeof buf), "paid");
-  assert_int_equal(get_int(rm, "i1", "paidAt"), 7);
-  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "i1", set, 2, &applied, NULL), CQRS_OK);
-  assert_false(applied);
-  cqrs_error_t err;
-  assert_int_equal(cqrs_readmodel_patch(rm, "inv", "ghost", set, 3, &applied, &err), CQRS_ENOT_FOUND);
-  bson_destroy(set);
-}
-
-typedef struct ids {
-  char v[16][16];
-  size_t n;
-} ids_t;
-
-static bool collect(const bson_t *doc, void *data) {
-  ids_t *ids = data;
-  bson_iter_t it;
-  if (bson_iter_init_find(&it, doc, "_id") && ids->n < 16) snprintf(ids->v[ids->n++], 16, "%s", bson_iter_utf8(&it, NULL));
-  return true;
-}
-
-/* A find's callback that reads the same read model again (a join): the
- * in-memory read model's lock lets the thread that holds it in. */
-typedef struct join {
-  const cqrs_readmodel_t *rm;
-  int found;
-} join_t;
-
-static bool join_customer(const bson_t *doc, void *data) {
-  join_t *j = data;
-  (void)doc;
-  bson_t out = BSON_INITIALIZER;
-  bool found = false;
-  assert_int_equal(cqrs_readmodel_get(j->rm, "customers", "c1", &out, &found, NULL), CQRS_OK);
-  bson_destroy(&out);
-  if (found) j->found++;
-  return true;
-}
-
-static void test_find_callback_may_read_again(void **state) {
-  cqrs_readmodel_t *rm = *state;
-  put(rm, "i1", "{\"customer\":{\"id\":\"c1\"}}", 1, true);
-  put(rm, "i2", "{\"customer\":{\"id\":\"c1\"}}", 2, true);
-  bson_t *c = json("{\"name\":\"Ada\"}");
-  assert_int_equal(cqrs_readmodel_put(rm, "customers", "c1", c, 3, NULL, NULL), CQRS_OK);
-  bson_destroy(c);
-  cqrs_find_t all = {NULL, NULL, false, 0};
-  join_t j = {rm, 0};
-  assert_int_equal(cqrs_readmodel_find(rm, "inv", &all, join_customer, &j, NULL), CQRS_OK);
-  assert_int_equal(j.found, 2);
-}
-
-static void test_find_filters_sorts_and_limits(void **state) {
-  cqrs_readmodel_t *rm = *state;
-  put(rm, "i1", "{\"customer\":{\"id\":\"c1\"},\"status\":\"paid\",\"createdAt\":{\"$date\":1000}}", 1, true);
-  put(rm, "i2", "{\"customer\":{\"id\":\"c1\"},\"status\":\"paid\",\"createdAt\":{\"$date\":3000}}", 2, true);
-  put(rm, "i3", "{\"customer\":{\"id\":\"c1\"},\"status\":\"pending\",\"createdAt\":{\"$date\":2000}}", 3, true);
-  put(rm, "i4", "{\"customer\":{\"id\":\"c2\"},\"status\":\"paid\",\"createdAt\":{\"$date\":4000}}", 4, true);
-  put(rm, "i5", "{\"customer\":{\"id\":\"c1\"},\"status\":\"paid\",\"createdAt\":{\"$date\":2500}}", 5, true);
-  bson_t *filter = json("{\"customer.id\":\"c1\",\"status\":\"paid\"}");
-  cqrs_find_t q = {filter, "createdAt", true, 2};
-  ids_t ids = {{{0}}, 0};
-  assert_int_equal(cqrs_readmodel_find(rm, "inv", &q, collect, &ids, NULL), CQRS_OK);
-  assert_int_equal(ids.n, 2);
-  assert_string_equal(ids.v[0], "i2");
-  assert_string_equal(ids.v[1], "i5");
-  q.limit = 0;
-  q.descending = false;
-  ids.n = 0;
-  assert_int_equal(cqrs_readmodel_find(rm, "inv", &q, collect, &ids, NULL), CQRS_OK);
-  assert_int_equal(ids.n, 3);
-  assert_string_equal(ids.v[0], "i1");
-  cqrs_find_t all = {NULL, NULL, false, 0};
-  ids.n = 0;
-  assert_int_equal(cqrs_readmodel_find(rm, "inv", &all, collect, &ids, NULL), CQRS_OK);
-  assert_int_equal(ids.n, 5);
-  assert_string_equal(ids.v[4], "i5");
-  size_t count;
-  bson_t *set = json("{\"customer.email\":\"new@x\"}");
-  bson_t *by_customer = json("{\"customer.id\":\"c1\"}");
-  assert_int_equal(cqrs_readmodel_patch_where(rm, "inv", by_customer, set, 10, &count, NULL), CQRS_OK);
-  assert_int_equal(count, 4);
-  char buf[32];
-  assert_string_equal(get_str(rm, "i3", "customer.email", buf, sizeof buf), "new@x");
-  assert_int_equal(cqrs_readmodel_patch_where(rm, "inv", by_customer, set, 10, &count, NULL), CQRS_OK);
-  assert_int_equal(count, 0); /* already applied */
-  bson_destroy(set);
-  bson_destroy(by_customer);
-  bson_destroy(filter);
-}
-
-static void test_bad_arguments(void **state) {
-  cqrs_readmodel_t *rm = *state;
-  bson_t *doc = json("{}");
-  cqrs_error_t err;
-  assert_int_equal(cqrs_readmodel_put(rm, "", "i", doc, 1, NULL, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_readmodel_put(rm, "inv", NULL, doc, 1, NULL, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_readmodel_put(rm, "inv", "i", NULL, 1, NULL, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_readmodel_put(rm, "inv", "i", doc, 0, NULL, &err), CQRS_EINVAL);
-  char big[CQRS_ID_MAX + 8];
-  memset(big, 'q', sizeof big - 1);
-  big[sizeof big - 1] = '\0';
-  assert_int_equal(cqrs_readmodel_put(rm, "inv", big, doc, 1, NULL, &err), CQRS_ETOO_LARGE);
-  assert_int_equal(cqrs_readmodel_put(NULL, "inv", "i", doc, 1, NULL, &err), CQRS_EINVAL);
-  cqrs_find_t q = {NULL, NULL, false, 0};
-  assert_int_equal(cqrs_readmodel_find(rm, "inv", &q, NULL, NULL, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_readmodel_find(rm, "inv", NULL, collect, NULL, &err), CQRS_EINVAL);
-  bson_destroy(doc);
-}
-
 static int released;
 static void count_destroy(void *impl) {
   (void)impl;
@@ -425,15 +288,10 @@ static void test_wrappers_release_impl_on_failure(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_put_get_and_idempotence, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_patch_sets_dotted_paths, setup, teardown),
       cmocka_unit_test_setup_teardown(test_repeated_patch_follows_rebuilds, setup, teardown),
       cmocka_unit_test_setup_teardown(test_set_int64_is_a_patch_of_one_key, setup, teardown),
       cmocka_unit_test(test_set_int64_elsewhere_is_a_patch),
       cmocka_unit_test_setup_teardown(test_patch_in_place_and_rebuilt_agree, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_find_filters_sorts_and_limits, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_find_callback_may_read_again, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
       cmocka_unit_test(test_wrappers_release_impl_on_failure),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,6 +5,8 @@
 #include <cmocka.h>
 #include <string.h>
 
+#include <cqrs/backend.h>
+
 #include "ledger.h"
 
 static void test_load_unknown_is_new(void **state) {

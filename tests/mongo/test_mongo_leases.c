@@ -11,7 +11,6 @@
 
 #include "mongo_fixture.h"
 #include "framework/ledger.h"
-#include "lease_conformance.h"
 
 #include <mongoc/mongoc.h>
 
@@ -28,30 +27,26 @@ static const char *self; /* argv[0]: this binary (under valgrind, /proc/self/exe
 #define TALLY "tally"             /* the projection, and the collection it writes */
 #define AGAIN "tally_again"       /* a second application of an event, recorded */
 
-/* ---- the lease store's contract on the server ---- */
-
-static cqrs_mongo_t *contract_db;
-
-static cqrs_leases_t *mongo_leases(void *data) {
-  cqrs_leases_t *l;
-  if (cqrs_mongo_leases_new(data, &l, NULL)) fail_msg("cannot make leases");
-  return l;
-}
+/* ---- the lease store on the server ----
+ * Its contract, and the fenced checkpoints': tests/mongo/test_mongo_conformance.c. */
 
 static void test_mongo_lease_contract(void **state) {
   (void)state;
   NEED_MONGO();
   cqrs_registry_t *reg = ledger_registry();
-  contract_db = test_mongo_open(reg, NULL, NULL);
-  lease_conformance(mongo_leases, contract_db);
+  cqrs_mongo_t *m = test_mongo_open(reg, NULL, NULL);
+  /* A fenced-off write says so. */
   cqrs_checkpoints_t *cp;
-  assert_int_equal(cqrs_mongo_checkpoints_new(contract_db, &cp, NULL), CQRS_OK);
-  fence_conformance(cp);
+  assert_int_equal(cqrs_mongo_checkpoints_new(m, &cp, NULL), CQRS_OK);
+  cqrs_error_t err;
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "p", 10, 2, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "p", 20, 1, &err), CQRS_ECONFLICT);
+  assert_non_null(strstr(err.message, "fenced off"));
   cqrs_checkpoints_destroy(cp);
   cqrs_leases_t *l;
   assert_int_equal(cqrs_mongo_leases_new(NULL, &l, NULL), CQRS_EINVAL);
   assert_null(l);
-  test_mongo_close(contract_db);
+  test_mongo_close(m);
   cqrs_registry_destroy(reg);
 }
 

@@ -27,6 +27,6 @@ static void dispose(cqrs_store_t *s, void *data) {
 
 int main(void) {
   if (!test_mongo_uri()) return 0;
-  conformance_factory_t f = {"process ids (MongoDB store)", create, dispose, NULL};
+  cqrs_store_factory_t f = {.name = "process ids (MongoDB store)", .create = create, .dispose = dispose};
   return process_ids_run(&f);
 }

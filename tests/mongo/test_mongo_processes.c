@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <uv.h>
 
+#include <cqrs/backend.h>
+
 #include "framework/ledger.h"
 #include "mongo_fixture.h"
 #include "procs.h"

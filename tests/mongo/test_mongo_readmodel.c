@@ -1,5 +1,7 @@
 #include <uv.h>
 
+#include <cqrs/backend.h>
+
 #include "framework/ledger.h"
 #include "mongo_fixture.h"
 

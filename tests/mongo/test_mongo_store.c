@@ -2,32 +2,12 @@
 #include <mongoc/mongoc.h>
 #include <uv.h>
 
+#include <cqrs/backend.h>
+
 #include "framework/ledger.h"
 #include "mongo_fixture.h"
-#include "store_conformance.h"
 
-/* ---- the conformance suite, each test on a database of its own ---- */
-
-typedef struct opened {
-  cqrs_mongo_t *m;
-  cqrs_store_t *s;
-} opened_t;
-
-static opened_t current;
-
-static cqrs_store_t *create(const cqrs_registry_t *reg, void *data) {
-  (void)data;
-  current.m = test_mongo_open(reg, NULL, NULL);
-  cqrs_mongo_store_new(current.m, &current.s, NULL);
-  return current.s;
-}
-
-static void dispose(cqrs_store_t *s, void *data) {
-  (void)data;
-  cqrs_store_destroy(s);
-  test_mongo_close(current.m);
-  current.m = NULL;
-}
+/* The store's contract: tests/mongo/test_mongo_conformance.c. */
 
 /* ---- what only a shared, remote store has to face ---- */
 
@@ -583,11 +563,6 @@ static void test_indexes_exist_and_are_idempotent(void **state) {
 }
 
 int main(void) {
-  int failures = 0;
-  if (test_mongo_uri()) {
-    conformance_factory_t f = {"mongodb store conformance", create, dispose, NULL};
-    failures += conformance_run(&f);
-  }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_racing_writers_and_a_catch_up_reader, setup, teardown),
       cmocka_unit_test_setup_teardown(test_two_writers_share_positions, setup, teardown),
@@ -601,5 +576,5 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_every_event_is_found_by_type_and_time, setup, teardown),
       cmocka_unit_test(test_a_server_that_is_down),
   };
-  return failures + cmocka_run_group_tests(tests, NULL, NULL);
+  return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <uthash.h>
 
+#include <cqrs/backend.h>
+
 #include "admin.h"
 #include "billing_mongo.h"
 #include "legacy.h"

@@ -53,24 +53,9 @@ CQRS_EXPORT const cqrs_event_t *cqrs_event_ref(const cqrs_event_t *e);
 /* Drops a reference; the last one frees the event. NULL does nothing. */
 CQRS_EXPORT void cqrs_event_unref(const cqrs_event_t *e);
 
-/* Encodes a whole event (envelope, metadata and payload under "data"). */
+/* Encodes a whole event (envelope, metadata and payload under "data"), for
+ * a dead-letter sink or an export; cqrs_event_from_bson reads it back. */
 CQRS_EXPORT cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err);
-
-/* Creates an envelope with one reference, copying the strings (each at most
- * CQRS_ID_MAX - 1 bytes or CQRS_ETOO_LARGE; not valid UTF-8: CQRS_EINVAL).
- * Stores use it when decoding. */
-CQRS_EXPORT cqrs_code_t cqrs_envelope_new(const char *aggregate_type, const char *aggregate_id,
-                                          const char *causation_id, const char *correlation_id,
-                                          cqrs_envelope_t **out, cqrs_error_t *err);
-CQRS_EXPORT void cqrs_envelope_unref(const cqrs_envelope_t *env);
-
-/* Creates an event with one reference. Copies `payload` (payload_size bytes),
- * takes a reference on `env`. `id` NULL generates one. A version outside
- * [1, INT64_MAX - 1] or an id that is not valid UTF-8 is CQRS_EINVAL. Stores
- * use it when decoding; domain code raises events through cqrs_aggregate_raise. */
-CQRS_EXPORT cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
-                                       int64_t version, int64_t timestamp, const void *payload,
-                                       cqrs_event_t **out, cqrs_error_t *err);
 
 /* The placeholder for a stored event this process cannot decode, because no
  * type of that name is registered here (a newer version of the application
@@ -87,14 +72,6 @@ typedef struct cqrs_unknown_event {
   const uint8_t *data;      /* the stored payload document, owned by the event */
   uint32_t data_len;
 } cqrs_unknown_event_t;
-
-/* Creates a placeholder event with one reference for stored type
- * `type_name` (at most CQRS_NAME_MAX - 1 bytes) and payload `data` (both
- * copied); the rest as cqrs_event_new. Encoding it (cqrs_event_to_bson, the
- * stores) writes the original type, schema version and data back. */
-CQRS_EXPORT cqrs_code_t cqrs_unknown_event_new(const char *type_name, uint32_t schema_version, const bson_t *data,
-                                               const cqrs_envelope_t *env, const char *id, int64_t version,
-                                               int64_t timestamp, cqrs_event_t **out, cqrs_error_t *err);
 
 /* Visitor used by stores and reads: return false to stop early. The event is
  * borrowed for the duration of the call. */

@@ -14,35 +14,9 @@
 extern "C" {
 #endif
 
-/* Where leases live. Times are the caller's wall clock (UTC ms): an
- * implementation shared by several machines relies on their clocks being
- * close (docs/scaling.md says how close). */
-typedef struct cqrs_lease_ops {
-  /* true: called only from a thread the dispatcher keeps for them (not the
-   * pool, where a renewal could wait behind slow reads of the store). */
-  bool blocking;
-  /* Takes lease `name` for `owner` until now + ttl_ms when nobody holds it,
-   * its holder's time ran out, or `owner` holds it: *token is then a new
-   * token, higher than every one handed out before for `name`. *token 0:
-   * someone else holds it (not an error). */
-  cqrs_code_t (*acquire)(void *impl, const char *name, const char *owner, uint64_t ttl_ms, int64_t *token,
-                         cqrs_error_t *err);
-  /* Extends the lease held under `token` to now + ttl_ms; CQRS_ECONFLICT
-   * when it is no longer `owner`'s under that token. */
-  cqrs_code_t (*renew)(void *impl, const char *name, const char *owner, int64_t token, uint64_t ttl_ms,
-                       cqrs_error_t *err);
-  /* Lets go at once (others may take it now); nothing when not held. */
-  cqrs_code_t (*release)(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err);
-  void (*destroy)(void *impl);
-} cqrs_lease_ops_t;
-
+/* Where leases live (a lease store of your own: cqrs/backend.h). */
 typedef struct cqrs_leases cqrs_leases_t;
 
-/* Wraps an implementation into *out, as cqrs_checkpoints_new does: `ops`
- * borrowed (static), `impl` taken over in every case (CQRS_EINVAL for NULL
- * `out` or ops or a missing operation; CQRS_ENOMEM). */
-CQRS_EXPORT cqrs_code_t cqrs_leases_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_leases_t **out,
-                                        cqrs_error_t *err);
 CQRS_EXPORT void cqrs_leases_destroy(cqrs_leases_t *l);
 /* The operations, with their arguments checked (names and owners: non-empty,
  * shorter than CQRS_NAME_MAX; ttl_ms > 0; token > 0): CQRS_EINVAL. They

@@ -1,4 +1,5 @@
-/* libcqrs: projections (named, checkpointed subscribers) and checkpoint stores. */
+/* libcqrs: projections (named, checkpointed subscribers) and checkpoint
+ * stores. Writing a checkpoint store of your own: cqrs/backend.h. */
 #ifndef CQRS_PROJECTION_H
 #define CQRS_PROJECTION_H
 
@@ -8,28 +9,9 @@
 extern "C" {
 #endif
 
-/* Where projections remember how far they have got. */
-typedef struct cqrs_checkpoint_ops {
-  bool blocking; /* called only from the thread pool when true */
-  /* *position is 0 when the projection has no checkpoint yet. */
-  cqrs_code_t (*load)(void *impl, const char *name, int64_t *position, cqrs_error_t *err);
-  cqrs_code_t (*save)(void *impl, const char *name, int64_t position, cqrs_error_t *err);
-  void (*destroy)(void *impl);
-  /* Optional (needed with leases): saves only when no write with a higher
-   * `token` came before; CQRS_ECONFLICT when one did (the writer's lease has
-   * passed to another). A plain save is not fenced (an operator's reset). */
-  cqrs_code_t (*save_fenced)(void *impl, const char *name, int64_t position, int64_t token, cqrs_error_t *err);
-} cqrs_checkpoint_ops_t;
-
+/* Where projections remember how far they have got: a name's position. */
 typedef struct cqrs_checkpoints cqrs_checkpoints_t;
 
-/* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
- * taken over in every case: released by ops->destroy in
- * cqrs_checkpoints_destroy, or at once when this fails (NULL `out`, NULL ops
- * or a missing load or save: CQRS_EINVAL; CQRS_ENOMEM). On error *out is
- * NULL. `err` may be NULL. */
-CQRS_EXPORT cqrs_code_t cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl, cqrs_checkpoints_t **out,
-                                             cqrs_error_t *err);
 CQRS_EXPORT void cqrs_checkpoints_destroy(cqrs_checkpoints_t *cp);
 CQRS_EXPORT cqrs_code_t cqrs_checkpoints_load(cqrs_checkpoints_t *cp, const char *name, int64_t *position,
                                               cqrs_error_t *err);

@@ -1,5 +1,6 @@
 /* libcqrs: read-model stores: BSON documents by id in named collections,
- * written by projections, read by queries. */
+ * written by projections, read by queries. Writing a read model of your
+ * own: cqrs/backend.h. */
 #ifndef CQRS_READMODEL_H
 #define CQRS_READMODEL_H
 
@@ -27,34 +28,10 @@ typedef struct cqrs_find {
 
 typedef bool (*cqrs_doc_visit_cb)(const bson_t *doc, void *data);
 
-typedef struct cqrs_readmodel_ops {
-  bool blocking;
-  /* Inserts or replaces document `id` (the store sets _id and _position). */
-  cqrs_code_t (*put)(void *impl, const char *coll, const char *id, const bson_t *doc, int64_t position,
-                     bool *applied, cqrs_error_t *err);
-  /* Sets the given keys of document `id` (CQRS_ENOT_FOUND when absent). */
-  cqrs_code_t (*patch)(void *impl, const char *coll, const char *id, const bson_t *set, int64_t position,
-                       bool *applied, cqrs_error_t *err);
-  /* Sets the given keys of every document matching `filter`; *count updated. */
-  cqrs_code_t (*patch_where)(void *impl, const char *coll, const bson_t *filter, const bson_t *set,
-                             int64_t position, size_t *count, cqrs_error_t *err);
-  /* Copies document `id` into `out` (initialised by the store when found). */
-  cqrs_code_t (*get)(void *impl, const char *coll, const char *id, bson_t *out, bool *found, cqrs_error_t *err);
-  cqrs_code_t (*find)(void *impl, const char *coll, const cqrs_find_t *q, cqrs_doc_visit_cb cb, void *data,
-                      cqrs_error_t *err);
-  void (*destroy)(void *impl);
-} cqrs_readmodel_ops_t;
-
 typedef struct cqrs_readmodel cqrs_readmodel_t;
 
-/* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
- * taken over in every case: released by ops->destroy in
- * cqrs_readmodel_destroy, or at once when this fails (NULL `out`, NULL ops or
- * a missing put, patch, patch_where, get or find: CQRS_EINVAL; CQRS_ENOMEM).
- * On error *out is NULL. `err` may be NULL. */
-CQRS_EXPORT cqrs_code_t cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl, cqrs_readmodel_t **out,
-                                           cqrs_error_t *err);
 CQRS_EXPORT void cqrs_readmodel_destroy(cqrs_readmodel_t *rm);
+/* True when the read model's calls block (network I/O), as for a store. */
 CQRS_EXPORT bool cqrs_readmodel_blocking(const cqrs_readmodel_t *rm);
 /* In-memory read model; thread-safe. NULL `out`: CQRS_EINVAL; CQRS_ENOMEM;
  * on error *out is NULL. `err` may be NULL. */

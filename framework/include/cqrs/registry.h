@@ -43,17 +43,6 @@ CQRS_EXPORT const cqrs_command_type_t *cqrs_registry_command(const cqrs_registry
 CQRS_EXPORT const cqrs_event_type_t *cqrs_registry_event(const cqrs_registry_t *reg, const char *name);
 CQRS_EXPORT const cqrs_aggregate_type_t *cqrs_registry_aggregate(const cqrs_registry_t *reg, const char *name);
 
-/* Decodes a payload stored at `schema_version` of type `name`: runs the
- * upcasters up to the current version, then the field table. *payload is
- * allocated (type->payload_size bytes, free with cqrs_payload_free).
- * Unknown type: CQRS_EUNKNOWN_TYPE; missing upcaster, newer version than
- * known, or a payload to upcast that is corrupt: CQRS_ECODEC. */
-CQRS_EXPORT cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg, const char *name,
-                                                     uint32_t schema_version, const bson_t *data,
-                                                     const cqrs_event_type_t **type, void **payload,
-                                                     cqrs_error_t *err);
-CQRS_EXPORT void cqrs_payload_free(void *payload);
-
 /* Decodes a whole event document as written by cqrs_event_to_bson (upcasting
  * its payload). The event has one reference. */
 CQRS_EXPORT cqrs_code_t cqrs_event_from_bson(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_t **out,

@@ -1,4 +1,5 @@
-/* libcqrs: the event store interface and the in-memory store. */
+/* libcqrs: event stores as applications use them, and the in-memory store.
+ * Writing a store of your own: cqrs/backend.h. */
 #ifndef CQRS_STORE_H
 #define CQRS_STORE_H
 
@@ -32,44 +33,13 @@ typedef struct cqrs_snapshot {
   bson_t state; /* owned by whoever initialised it */
 } cqrs_snapshot_t;
 
-/* What a store implements. Calls may come from any thread at once. A store
- * whose calls block (network I/O) sets `blocking`: the framework then calls
- * it only from the libuv thread pool, never from the loop thread. */
-typedef struct cqrs_store_ops {
-  const char *name;
-  bool blocking;
-  /* All or nothing. Sets each event's position. Stream moved: CQRS_ECONFLICT. */
-  cqrs_code_t (*append)(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err);
-  /* Visits the events of a stream with version >= from_version, in order. */
-  cqrs_code_t (*read_stream)(void *impl, const char *aggregate_type, const char *aggregate_id,
-                             int64_t from_version, cqrs_event_visit_cb cb, void *data, cqrs_error_t *err);
-  /* Visits up to `limit` events with position >= from_position, in position
-   * order, never skipping one that commits later with a smaller position. */
-  cqrs_code_t (*read_all)(void *impl, int64_t from_position, size_t limit, cqrs_event_visit_cb cb, void *data,
-                          cqrs_error_t *err);
-  /* The highest position visible to read_all (0: empty). */
-  cqrs_code_t (*head)(void *impl, int64_t *position, cqrs_error_t *err);
-  /* Newest snapshot of a stream; *found false when none. `out->state` is
-   * initialised by the store when found; the caller destroys it. */
-  cqrs_code_t (*snapshot_load)(void *impl, const char *aggregate_type, const char *aggregate_id,
-                               cqrs_snapshot_t *out, bool *found, cqrs_error_t *err);
-  cqrs_code_t (*snapshot_save)(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err);
-  void (*destroy)(void *impl);
-} cqrs_store_ops_t;
-
 typedef struct cqrs_store cqrs_store_t;
 
-/* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
- * taken over in every case: released by ops->destroy in cqrs_store_destroy,
- * or at once when this fails (NULL `out`, NULL ops or a missing append,
- * read_stream, read_all or head: CQRS_EINVAL; CQRS_ENOMEM). On error *out is
- * NULL. `err` may be NULL. */
-CQRS_EXPORT cqrs_code_t cqrs_store_new(const cqrs_store_ops_t *ops, void *impl, cqrs_store_t **out,
-                                       cqrs_error_t *err);
 /* Destroys the store. Nothing may use it afterwards. NULL does nothing. */
 CQRS_EXPORT void cqrs_store_destroy(cqrs_store_t *store);
+/* True when the store's calls block (network I/O): call them from a thread
+ * of your own or the libuv pool, not from a loop thread. */
 CQRS_EXPORT bool cqrs_store_blocking(const cqrs_store_t *store);
-CQRS_EXPORT void *cqrs_store_impl(const cqrs_store_t *store);
 
 /* Checked entry points: validate arguments (NULL, empty or oversized ids,
  * negative versions, zero events) before calling the implementation. */

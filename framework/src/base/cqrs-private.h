@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cqrs/cqrs.h"
+#include "cqrs/backend.h"
 
 void *cqrs__malloc(size_t size);
 void *cqrs__calloc(size_t n, size_t size);

@@ -215,9 +215,22 @@ static bool has_dotted_key(const bson_t *set) {
   return false;
 }
 
+/* True when `key` is the first key of `set` below `path` (plen bytes, no
+ * trailing dot): "a.b" is, of {"a.b", "a.c"}, below "a". */
+static bool first_under(const bson_t *set, const char *path, size_t plen, const char *key) {
+  bson_iter_t it;
+  if (!bson_iter_init(&it, set)) return false;
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (!strncmp(k, path, plen) && k[plen] == '.') return k == key;
+  }
+  return false;
+}
+
 /* Copies `old` into `out`, replacing the values `set` names by (dotted) path
- * and adding its new keys at this level, as MongoDB's $set does. `path` holds
- * the prefix of this level (plen bytes, "" or "a.b."); it has room for 256. */
+ * and adding its new keys (and the documents its dotted keys go under, where
+ * `old` lacks them), as MongoDB's $set does. `path` holds the prefix of this
+ * level (plen bytes, "" or "a.b."); it has room for 256. */
 static void merge(bson_t *out, const bson_t *old, const bson_t *set, char *path, size_t plen, bool top) {
   bson_iter_t it;
   if (bson_iter_init(&it, old)) {
@@ -255,9 +268,29 @@ static void merge(bson_t *out, const bson_t *old, const bson_t *set, char *path,
   if (!bson_iter_init(&s, set)) return;
   while (bson_iter_next(&s)) {
     const char *k = bson_iter_key(&s);
-    if (strncmp(k, path, plen) || strchr(k + plen, '.') || (top && skip_key(k))) continue;
+    if (strncmp(k, path, plen) || (top && skip_key(k))) continue;
+    const char *rest = k + plen, *dot = strchr(rest, '.');
     bson_iter_t exists;
-    if (!bson_iter_init_find(&exists, old, k + plen)) bson_append_iter(out, k + plen, -1, &s);
+    if (!dot) {
+      if (!bson_iter_init_find(&exists, old, rest)) bson_append_iter(out, rest, -1, &s);
+      continue;
+    }
+    /* A dotted key under a document this level lacks makes the document
+     * (once, for the first key under it), as $set does. */
+    size_t seglen = (size_t)(dot - rest);
+    if (seglen == 0 || plen + seglen + 2 > 256) continue;
+    memcpy(path + plen, rest, seglen);
+    path[plen + seglen] = '\0';
+    bool made = bson_iter_init_find(&exists, old, path + plen) || !first_under(set, path, plen + seglen, k);
+    if (!made) {
+      path[plen + seglen] = '.';
+      path[plen + seglen + 1] = '\0';
+      bson_t child, none = BSON_INITIALIZER;
+      bson_append_document_begin(out, rest, (int)seglen, &child);
+      merge(&child, &none, set, path, plen + seglen + 1, false);
+      bson_append_document_end(out, &child);
+    }
+    path[plen] = '\0';
   }
 }
 

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cqrs/backend.h"
 #include "cqrs/testing.h"
 
 /* Events a `when` committed, with a reference each. */

@@ -5,6 +5,7 @@
 #include <mongoc/mongoc.h>
 #include <stdatomic.h>
 
+#include "cqrs/backend.h"
 #include "cqrs/mongo.h"
 
 /* The last version known of a stream, so that an append need not look up

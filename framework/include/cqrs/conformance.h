@@ -1,0 +1,90 @@
+/* libcqrs-conformance: the suites a backend written against cqrs/backend.h
+ * runs to prove it keeps the contract of its interface, the ones the
+ * in-memory and MongoDB backends pass. Link cqrs::conformance (pkg-config
+ * cqrs-conformance; it brings cmocka).
+ *
+ * Each suite runs as one cmocka group named after the factory, calls its
+ * `create` once per test for a fresh, empty object (and `dispose` after the
+ * test; NULL: the object's _destroy) and returns the number of tests that
+ * failed, cmocka's output saying which and why. The suites call the backend
+ * from several threads at once, and the store suite runs a dispatcher on a
+ * libuv loop of its own over the store. They use their own event types,
+ * collections, checkpoint and lease names, all starting "conformance"; run
+ * each on an object nothing else uses. */
+#ifndef CQRS_CONFORMANCE_H
+#define CQRS_CONFORMANCE_H
+
+#include "cqrs/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cqrs_store_factory {
+  const char *name; /* the cmocka group's */
+  /* A fresh, empty store that decodes events through `reg` (the suite's,
+   * borrowed: it outlives the store); NULL fails the test. */
+  cqrs_store_t *(*create)(const cqrs_registry_t *reg, void *data);
+  void (*dispose)(cqrs_store_t *store, void *data);
+  void *data;
+  /* The store keeps no snapshots (snapshot_load and snapshot_save NULL):
+   * the suite checks that a save is refused and a load finds none. */
+  bool without_snapshots;
+  uint64_t reserved[4];
+} cqrs_store_factory_t;
+
+/* Appends (all or nothing, conflicts, repeated command ids on any stream),
+ * reads of a stream and of the whole log, head, snapshots, arguments,
+ * appends racing on threads, events of a type the registry does not know
+ * (read as placeholders, dead-lettered by a dispatcher). */
+CQRS_EXPORT int cqrs_conformance_store(const cqrs_store_factory_t *f);
+
+typedef struct cqrs_readmodel_factory {
+  const char *name;
+  cqrs_readmodel_t *(*create)(void *data); /* fresh and empty; NULL fails the test */
+  void (*dispose)(cqrs_readmodel_t *rm, void *data);
+  void *data;
+  uint64_t reserved[4];
+} cqrs_readmodel_factory_t;
+
+/* put (insert or replace; _id and _position the store's), patch ($set of
+ * plain and dotted keys), set_int64, patch_where, get, find (equality
+ * filters, sort, ties, limit, an early stop, a join from the visitor),
+ * positions that never move back, collections apart, writers racing on
+ * threads, arguments. */
+CQRS_EXPORT int cqrs_conformance_readmodel(const cqrs_readmodel_factory_t *f);
+
+typedef struct cqrs_checkpoints_factory {
+  const char *name;
+  cqrs_checkpoints_t *(*create)(void *data); /* fresh and empty; NULL fails the test */
+  void (*dispose)(cqrs_checkpoints_t *cp, void *data);
+  void *data;
+  /* The checkpoints cannot fence (save_fenced NULL): the suite checks that
+   * a fenced save is refused (CQRS_EINVAL) instead of its fencing. */
+  bool unfenced;
+  uint64_t reserved[4];
+} cqrs_checkpoints_factory_t;
+
+/* load (0 for a name never saved), save (a later save wins, a reset to a
+ * lower position too), names apart, fenced saves (a lower token than one
+ * that wrote: CQRS_ECONFLICT, nothing saved; a plain save keeps the fence),
+ * savers racing on threads, arguments. */
+CQRS_EXPORT int cqrs_conformance_checkpoints(const cqrs_checkpoints_factory_t *f);
+
+typedef struct cqrs_leases_factory {
+  const char *name;
+  cqrs_leases_t *(*create)(void *data); /* fresh, no lease held; NULL fails the test */
+  void (*dispose)(cqrs_leases_t *l, void *data);
+  void *data;
+  uint64_t reserved[4];
+} cqrs_leases_factory_t;
+
+/* acquire (one holder; tokens that only grow), renew (only the holder under
+ * its token; extends the term), release, expiry, names apart, takers racing
+ * on threads (one wins), arguments. Waits for terms to run out: about 4 s. */
+CQRS_EXPORT int cqrs_conformance_leases(const cqrs_leases_factory_t *f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,163 @@
+/* The checkpoint store suite: what cqrs_checkpoint_ops_t promises, through
+ * the checked calls of projection.h. */
+#include <stdio.h>
+#include <string.h>
+
+#include "conformance-private.h"
+
+static const cqrs_checkpoints_factory_t *factory; /* the suite running */
+
+static void *make(void) { return factory->create(factory->data); }
+
+static void unmake(void *obj) {
+  if (factory->dispose) {
+    factory->dispose(obj, factory->data);
+  } else {
+    cqrs_checkpoints_destroy(obj);
+  }
+}
+
+static int64_t load(cqrs_checkpoints_t *cp, const char *name) {
+  int64_t pos = -1;
+  cqrs_error_t err;
+  if (cqrs_checkpoints_load(cp, name, &pos, &err)) fail_msg("load %s: %s", name, err.message);
+  return pos;
+}
+
+static void save(cqrs_checkpoints_t *cp, const char *name, int64_t position) {
+  cqrs_error_t err;
+  if (cqrs_checkpoints_save(cp, name, position, &err)) fail_msg("save %s: %s", name, err.message);
+}
+
+static void test_a_name_never_saved_is_at_zero(void **state) {
+  cqrs_checkpoints_t *cp = *state;
+  assert_int_equal(load(cp, "conformance.never"), 0);
+}
+
+/* The last save wins, lower or not (an operator's reset, a rebuild); every
+ * name has its own. */
+static void test_save_then_load(void **state) {
+  cqrs_checkpoints_t *cp = *state;
+  save(cp, "conformance.p", 42);
+  assert_int_equal(load(cp, "conformance.p"), 42);
+  save(cp, "conformance.p", 43);
+  assert_int_equal(load(cp, "conformance.p"), 43);
+  save(cp, "conformance.p", 10);
+  assert_int_equal(load(cp, "conformance.p"), 10);
+  save(cp, "conformance.p", 0);
+  assert_int_equal(load(cp, "conformance.p"), 0);
+  save(cp, "conformance.q", INT64_MAX);
+  assert_int_equal(load(cp, "conformance.q"), INT64_MAX);
+  assert_int_equal(load(cp, "conformance.p"), 0);
+  assert_int_equal(load(cp, "conformance.pq"), 0);
+  /* The longest name, and one that is not ASCII. */
+  char longest[CQRS_NAME_MAX];
+  memset(longest, 'n', sizeof longest - 1);
+  memcpy(longest, "conformance.", strlen("conformance."));
+  longest[sizeof longest - 1] = '\0';
+  save(cp, longest, 7);
+  assert_int_equal(load(cp, longest), 7);
+  save(cp, "conformance.caf\xc3\xa9", 8);
+  assert_int_equal(load(cp, "conformance.caf\xc3\xa9"), 8);
+  assert_int_equal(load(cp, "conformance.cafe"), 0);
+}
+
+/* Fenced writes, on checkpoints with nothing saved under "conformance.p". */
+static void test_fenced_saves(void **state) {
+  cqrs_checkpoints_t *cp = *state;
+  cqrs_error_t err;
+  if (factory->unfenced) {
+    assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 10, 2, &err), CQRS_EINVAL);
+    assert_int_equal(load(cp, "conformance.p"), 0);
+    return;
+  }
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 10, 2, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 20, 1, &err), CQRS_ECONFLICT);
+  assert_int_equal(err.code, CQRS_ECONFLICT);
+  assert_int_equal(load(cp, "conformance.p"), 10);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 30, 2, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 40, 3, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 50, 2, &err), CQRS_ECONFLICT);
+  assert_int_equal(load(cp, "conformance.p"), 40);
+  /* A plain save (an operator's reset) is not fenced, and keeps the fence. */
+  save(cp, "conformance.p", 0);
+  assert_int_equal(load(cp, "conformance.p"), 0);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 5, 2, &err), CQRS_ECONFLICT);
+  assert_int_equal(load(cp, "conformance.p"), 0);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 5, 0, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", -1, 4, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save_fenced(NULL, "conformance.p", 5, 4, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "", 5, 4, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.p", 6, 3, &err), CQRS_OK);
+  assert_int_equal(load(cp, "conformance.p"), 6);
+  /* A fence is a name's own: a lower token writes another name. */
+  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "conformance.q", 9, 1, &err), CQRS_OK);
+  assert_int_equal(load(cp, "conformance.q"), 9);
+}
+
+#define SAVES 40
+
+typedef struct saver {
+  cqrs_checkpoints_t *cp;
+  char name[CQRS_NAME_MAX];
+  int failures;
+  cqrs_error_t err;
+} saver_t;
+
+static void save_many(void *arg) {
+  saver_t *s = arg;
+  for (int64_t p = 1; p <= SAVES && !s->failures; p++) {
+    if (cqrs_checkpoints_save(s->cp, s->name, p, &s->err)) s->failures++;
+  }
+}
+
+/* Savers of their own names on several threads at once: each name ends at
+ * its last save. */
+static void test_savers_race(void **state) {
+  cqrs_checkpoints_t *cp = *state;
+  saver_t savers[CONF_THREADS];
+  for (int i = 0; i < CONF_THREADS; i++) {
+    savers[i] = (saver_t){.cp = cp};
+    snprintf(savers[i].name, sizeof savers[i].name, "conformance.race.%d", i);
+  }
+  cqrs__conf_race(save_many, savers, sizeof savers[0], CONF_THREADS);
+  for (int i = 0; i < CONF_THREADS; i++) {
+    if (savers[i].failures) fail_msg("%s: %s", savers[i].name, savers[i].err.message);
+    assert_int_equal(load(cp, savers[i].name), SAVES);
+  }
+}
+
+static void test_bad_arguments(void **state) {
+  cqrs_checkpoints_t *cp = *state;
+  cqrs_error_t err;
+  int64_t pos = 5;
+  assert_int_equal(cqrs_checkpoints_load(cp, "", &pos, &err), CQRS_EINVAL);
+  assert_int_equal(pos, 0);
+  assert_int_equal(cqrs_checkpoints_load(cp, NULL, &pos, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_load(cp, "conformance.p", NULL, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_load(NULL, "conformance.p", &pos, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save(cp, "conformance.p", -1, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save(cp, "", 1, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save(cp, "conformance.\xff", 1, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_save(NULL, "conformance.p", 1, &err), CQRS_EINVAL);
+  char longer[CQRS_NAME_MAX + 1];
+  memset(longer, 'n', sizeof longer - 1);
+  longer[sizeof longer - 1] = '\0';
+  assert_int_equal(cqrs_checkpoints_save(cp, longer, 1, &err), CQRS_ETOO_LARGE);
+  assert_int_equal(cqrs_checkpoints_load(cp, longer, &pos, &err), CQRS_ETOO_LARGE);
+  assert_int_equal(load(cp, "conformance.p"), 0); /* nothing refused was saved */
+}
+
+int cqrs_conformance_checkpoints(const cqrs_checkpoints_factory_t *f) {
+  if (!f || !f->name || !f->create) return 1;
+  factory = f;
+  const struct CMUnitTest tests[] = {
+      CONF_TEST(test_a_name_never_saved_is_at_zero),
+      CONF_TEST(test_save_then_load),
+      CONF_TEST(test_fenced_saves),
+      CONF_TEST(test_savers_race),
+      CONF_TEST(test_bad_arguments),
+  };
+  const conf_suite_t suite = {f->name, "checkpoints", make, unmake};
+  return cqrs__conf_run(&suite, tests, sizeof tests / sizeof tests[0]);
+}

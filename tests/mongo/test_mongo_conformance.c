@@ -1,0 +1,88 @@
+/* The MongoDB backends pass cqrs::conformance: the event store, the read
+ * model, the checkpoints and the leases, each test on a database of its own. */
+#include <cqrs/conformance.h>
+
+#include "mongo_fixture.h"
+
+/* The connection each object is a view on, dropped with it (one test at a time). */
+static cqrs_mongo_t *current;
+
+static cqrs_mongo_t *open_db(const cqrs_registry_t *reg) {
+  current = test_mongo_open(reg, NULL, NULL);
+  return current;
+}
+
+static void close_db(void) {
+  test_mongo_close(current);
+  current = NULL;
+}
+
+static cqrs_store_t *store(const cqrs_registry_t *reg, void *data) {
+  (void)data;
+  cqrs_store_t *s = NULL;
+  cqrs_error_t err;
+  if (cqrs_mongo_store_new(open_db(reg), &s, &err)) print_error("%s\n", err.message);
+  return s;
+}
+
+static void store_dispose(cqrs_store_t *s, void *data) {
+  (void)data;
+  cqrs_store_destroy(s);
+  close_db();
+}
+
+/* Read models, checkpoints and leases decode no events: an empty registry. */
+static cqrs_readmodel_t *readmodel(void *reg) {
+  cqrs_readmodel_t *rm = NULL;
+  cqrs_error_t err;
+  if (cqrs_mongo_readmodel_new(open_db(reg), &rm, &err)) print_error("%s\n", err.message);
+  return rm;
+}
+
+static void readmodel_dispose(cqrs_readmodel_t *rm, void *data) {
+  (void)data;
+  cqrs_readmodel_destroy(rm);
+  close_db();
+}
+
+static cqrs_checkpoints_t *checkpoints(void *reg) {
+  cqrs_checkpoints_t *cp = NULL;
+  cqrs_error_t err;
+  if (cqrs_mongo_checkpoints_new(open_db(reg), &cp, &err)) print_error("%s\n", err.message);
+  return cp;
+}
+
+static void checkpoints_dispose(cqrs_checkpoints_t *cp, void *data) {
+  (void)data;
+  cqrs_checkpoints_destroy(cp);
+  close_db();
+}
+
+static cqrs_leases_t *leases(void *reg) {
+  cqrs_leases_t *l = NULL;
+  cqrs_error_t err;
+  if (cqrs_mongo_leases_new(open_db(reg), &l, &err)) print_error("%s\n", err.message);
+  return l;
+}
+
+static void leases_dispose(cqrs_leases_t *l, void *data) {
+  (void)data;
+  cqrs_leases_destroy(l);
+  close_db();
+}
+
+int main(void) {
+  if (!test_mongo_uri()) return 0;
+  cqrs_registry_t *reg;
+  if (cqrs_registry_new(&reg, NULL)) return 1;
+  int failures = cqrs_conformance_store(
+      &(cqrs_store_factory_t){.name = "mongodb store conformance", .create = store, .dispose = store_dispose});
+  failures += cqrs_conformance_readmodel(&(cqrs_readmodel_factory_t){
+      .name = "mongodb read model conformance", .create = readmodel, .dispose = readmodel_dispose, .data = reg});
+  failures += cqrs_conformance_checkpoints(&(cqrs_checkpoints_factory_t){
+      .name = "mongodb checkpoints conformance", .create = checkpoints, .dispose = checkpoints_dispose, .data = reg});
+  failures += cqrs_conformance_leases(&(cqrs_leases_factory_t){
+      .name = "mongodb leases conformance", .create = leases, .dispose = leases_dispose, .data = reg});
+  cqrs_registry_destroy(reg);
+  return failures;
+}
