@@ -17,229 +17,14 @@
  * commit. A read builds each event afresh (one allocation, freed after
  * the callback unless it took a reference), so a stored event costs about
  * half of what it did. An event this form cannot say exactly (an unknown
- * type's raw document, an envelope naming another stream) is kept as is. */
+ * type's raw document, an envelope naming another stream) is kept as is.
+ *
+ * The tables (arena, streams, command ids, the log's chunks) and their
+ * look-ups are in memory-store-private.h, their growth and freeing in
+ * memory_store_tables.c. */
 #include <pthread.h>
-#include <uv.h>
 
-#include "base/cqrs-private.h"
-
-#define LOG_CHUNK_BITS 12
-#define LOG_CHUNK (1u << LOG_CHUNK_BITS)
-#define LOG_DIR 16384u /* LOG_DIR * LOG_CHUNK = 2^26 events: positions fit in 32 bits */
-#define STREAM_CHUNKS 40 /* chunk k holds 8 << k events */
-#define ARENA_BLOCK ((size_t)1 << 20)
-
-typedef struct rec rec_t;
-
-typedef struct stream {
-  uint64_t hash;
-  _Atomic int64_t count;
-  const rec_t **chunks[STREAM_CHUNKS];
-  bool has_snapshot;
-  int64_t snapshot_version;
-  uint32_t snapshot_schema;
-  bson_t *snapshot;
-  size_t keylen, idat;
-  char key[]; /* "type\0id", the id at idat */
-} stream_t;
-
-/* The ids of a commit's events: causation id, correlation id (unless the
- * same), the command id (when it is neither); each under CQRS_ID_MAX. */
-#define CAUSE_SAME 1u /* correlation id = causation id */
-#define CAUSE_CMD 2u  /* the command id follows */
-typedef struct cause {
-  uint8_t flags;
-  uint8_t len, corr_len; /* sizes with the NUL; corr_len 0 when CAUSE_SAME */
-  char strings[];
-} cause_t;
-
-static const char *cause_correlation(const cause_t *c) { return c->strings + (c->flags & CAUSE_SAME ? 0 : c->len); }
-
-static const char *cause_command(const cause_t *c) {
-  return c->flags & CAUSE_CMD ? c->strings + c->len + c->corr_len : c->strings;
-}
-
-#define REC_KEPT 1u /* the event itself is kept: its pointer is the data */
-struct rec {
-  const cqrs_event_type_t *type;
-  const cause_t *cause;
-  const stream_t *stream;
-  int64_t version, timestamp;
-  uint32_t position;
-  uint32_t schema_version;
-  uint16_t payload_len;
-  uint8_t flags, id_len;
-  unsigned char data[]; /* payload_len bytes of payload, then the id (id_len bytes, no NUL) */
-};
-
-/* Records and causes, bump-allocated in blocks that are never freed before
- * the store: one commit's records lie next to each other. */
-typedef struct arena_block {
-  struct arena_block *next;
-  size_t used, cap;
-  _Alignas(max_align_t) unsigned char data[];
-} arena_block_t;
-
-static size_t round8(size_t n) { return (n + 7) & ~(size_t)7; }
-
-/* Room for `n` more bytes in the current block, else a new block; false:
- * no memory, nothing changed. */
-static bool arena_reserve(arena_block_t **head, size_t n) {
-  if (*head && (*head)->cap - (*head)->used >= n) return true;
-  size_t cap = n > ARENA_BLOCK ? n : ARENA_BLOCK;
-  arena_block_t *b = cqrs__malloc(sizeof *b + cap);
-  if (!b) return false;
-  b->next = *head;
-  b->used = 0;
-  b->cap = cap;
-  *head = b;
-  return true;
-}
-
-/* After arena_reserve for at least round8(n). */
-static void *arena_take(arena_block_t *b, size_t n) {
-  void *p = b->data + b->used;
-  b->used += round8(n);
-  return p;
-}
-
-/* The streams by (type, id): open addressing, hashed without building the
- * key; filled and grown under the append lock, read without a lock. A grown
- * table is published whole; the one it replaces stays (in `older`) until
- * the store goes, for readers still probing it: the tables together take
- * less than twice the last one. */
-typedef struct stream_slot {
-  _Atomic(stream_t *) stream; /* NULL: free; set once, after the hash */
-  uint64_t hash;              /* the stream's: probing past others reads no stream */
-} stream_slot_t;
-
-typedef struct stream_table {
-  struct stream_table *older;
-  size_t cap; /* a power of two */
-  stream_slot_t slots[];
-} stream_table_t;
-
-typedef struct stream_set {
-  _Atomic(stream_table_t *) table;
-  size_t len; /* <= 7/10 of the table's cap */
-} stream_set_t;
-
-/* Of the id alone: streams of two types rarely share one, and the look-up
- * compares the type anyway. */
-static uint64_t stream_hash(const char *type, const char *id) {
-  CQRS__UNUSED(type);
-  return cqrs__hash_str(id, 0);
-}
-
-/* From any thread, without a lock. */
-static stream_t *streams_find(stream_set_t *set, uint64_t h, const char *type, const char *id) {
-  const stream_table_t *t = atomic_load_explicit(&set->table, memory_order_acquire);
-  if (!t) return NULL;
-  for (size_t i = h & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
-    stream_t *s = atomic_load_explicit(&t->slots[i].stream, memory_order_acquire);
-    if (!s) return NULL;
-    if (t->slots[i].hash == h && !strcmp(s->key + s->idat, id) && !strcmp(s->key, type)) return s;
-  }
-}
-
-/* Under the append lock (or before the table is published). */
-static void streams_put(stream_table_t *t, stream_t *s) {
-  size_t i = s->hash & (t->cap - 1);
-  while (atomic_load_explicit(&t->slots[i].stream, memory_order_relaxed)) i = (i + 1) & (t->cap - 1);
-  t->slots[i].hash = s->hash;
-  atomic_store_explicit(&t->slots[i].stream, s, memory_order_release);
-}
-
-/* Makes room for one more stream, under the append lock; false: no memory,
- * the set unchanged. */
-static bool streams_reserve(stream_set_t *set, size_t *overhead) {
-  stream_table_t *old = atomic_load_explicit(&set->table, memory_order_relaxed);
-  if (old && (set->len + 1) * 10 <= old->cap * 7) return true;
-  size_t cap = old ? old->cap * 2 : 1024;
-  stream_table_t *t = cqrs__calloc(1, sizeof *t + cap * sizeof t->slots[0]);
-  if (!t) return false;
-  t->cap = cap;
-  t->older = old;
-  for (size_t i = 0; old && i < old->cap; i++) {
-    stream_t *s = atomic_load_explicit(&old->slots[i].stream, memory_order_relaxed);
-    if (s) streams_put(t, s);
-  }
-  atomic_store_explicit(&set->table, t, memory_order_release);
-  *overhead += cap * sizeof t->slots[0];
-  return true;
-}
-
-/* The command ids committed, for idempotency: an open-addressing set of
- * 8-byte slots, the id's hash (high half) and the position of its commit's
- * first event (low half; 0: free), whose cause names the command. */
-typedef struct id_set {
-  uint64_t *slots;
-  size_t cap, len; /* cap a power of two, len <= 7/10 cap */
-} id_set_t;
-
-#define TAILS 16
-typedef struct tail {
-  uint64_t store; /* the store's serial: a type need outlive only the stores that hold its events */
-  const cqrs_event_type_t *type;
-  const cqrs_field_t *field; /* NULL: the payload is kept whole */
-} tail_t;
-
-typedef struct memstore {
-  uv_mutex_t lock;      /* appends (lock_appends), the overhead */
-  uv_mutex_t snap_lock; /* the streams' snapshots */
-  uint64_t serial;      /* this store's, among every memory store of the process */
-  stream_set_t streams;
-  id_set_t commands;
-  arena_block_t *arena;
-  _Atomic int64_t head;
-  size_t overhead;
-  const rec_t **log[LOG_DIR];
-} memstore_t;
-
-static const rec_t *log_at(const memstore_t *m, int64_t p) {
-  return m->log[(size_t)p >> LOG_CHUNK_BITS][(size_t)p & (LOG_CHUNK - 1)];
-}
-
-static uint32_t hash_id(const char *s) { return (uint32_t)cqrs__hash_str(s, 0); }
-
-static bool ids_has(const memstore_t *m, const char *id, uint32_t h) {
-  const id_set_t *set = &m->commands;
-  if (!set->cap) return false;
-  for (size_t i = h & (set->cap - 1);; i = (i + 1) & (set->cap - 1)) {
-    uint64_t sl = set->slots[i];
-    if (!sl) return false;
-    if ((uint32_t)(sl >> 32) == h && !strcmp(cause_command(log_at(m, (int64_t)(uint32_t)sl - 1)->cause), id))
-      return true;
-  }
-}
-
-static void ids_put(uint64_t *slots, size_t cap, uint64_t slot) {
-  size_t i = (size_t)(slot >> 32) & (cap - 1);
-  while (slots[i]) i = (i + 1) & (cap - 1);
-  slots[i] = slot;
-}
-
-/* Makes room for one more id; false: no memory, the set unchanged. */
-static bool ids_reserve(id_set_t *set) {
-  if ((set->len + 1) * 10 <= set->cap * 7) return true;
-  size_t cap = set->cap ? set->cap * 2 : 1024;
-  uint64_t *slots = cqrs__calloc(cap, sizeof *slots);
-  if (!slots) return false;
-  for (size_t i = 0; i < set->cap; i++) {
-    if (set->slots[i]) ids_put(slots, cap, set->slots[i]);
-  }
-  cqrs__free(set->slots);
-  set->slots = slots;
-  set->cap = cap;
-  return true;
-}
-
-static size_t chunk_index(int64_t i, size_t *offset) {
-  uint64_t q = (uint64_t)i / 8 + 1;
-  size_t k = 63 - (size_t)__builtin_clzll(q);
-  *offset = (size_t)((uint64_t)i - 8 * ((UINT64_C(1) << k) - 1));
-  return k;
-}
+#include "store/memory-store-private.h"
 
 static stream_t *find_stream(memstore_t *m, const char *type, const char *id) {
   return streams_find(&m->streams, stream_hash(type, id), type, id);
@@ -279,6 +64,12 @@ static bool compactable(const cqrs_event_t *e, const cqrs_append_t *req) {
  * names it a string that reaches the end of the struct. Looked up once per
  * type, store and thread (a small cache of the thread's: appends plan
  * outside the lock). */
+#define TAILS 16
+typedef struct tail {
+  uint64_t store; /* the store's serial: a type need outlive only the stores that hold its events */
+  const cqrs_event_type_t *type;
+  const cqrs_field_t *field; /* NULL: the payload is kept whole */
+} tail_t;
 static _Thread_local tail_t tails[TAILS];
 static _Atomic uint64_t serials;
 
@@ -391,12 +182,6 @@ static const rec_t *write_rec(arena_block_t *a, const plan_t *plan, const cqrs_e
   return r;
 }
 
-static const cqrs_event_t *kept_of(const rec_t *r) {
-  const cqrs_event_t *e;
-  memcpy(&e, r->data, sizeof e);
-  return e;
-}
-
 /* A read in progress: the event last built, and what its envelope says. */
 typedef struct reader {
   cqrs_event_t *spare;
@@ -432,46 +217,6 @@ static bool visit(reader_t *rd, const rec_t *r, cqrs_event_visit_cb cb, void *da
   return cb(rd->spare, data);
 }
 
-/* A stream of its own for the request's aggregate, not yet in the table;
- * NULL: no memory. */
-static stream_t *stream_new(const cqrs_append_t *req, uint64_t hash) {
-  size_t lt = strlen(req->aggregate_type) + 1, li = strlen(req->aggregate_id) + 1;
-  stream_t *s = cqrs__calloc(1, sizeof *s + lt + li);
-  if (!s) return NULL;
-  memcpy(s->key, req->aggregate_type, lt);
-  memcpy(s->key + lt, req->aggregate_id, li);
-  s->keylen = lt + li;
-  s->idat = lt;
-  s->hash = hash;
-  return s;
-}
-
-static void stream_free(stream_t *s) {
-  if (!s) return;
-  for (size_t k = 0; k < STREAM_CHUNKS; k++) cqrs__free(s->chunks[k]);
-  if (s->snapshot) bson_destroy(s->snapshot);
-  cqrs__free(s);
-}
-
-/* The chunks that events count .. count + n - 1 of `s` and positions
- * head + 1 .. head + n need, under the append lock; false: no memory (the
- * chunks allocated stay, empty). */
-static bool chunks_reserve(memstore_t *m, stream_t *s, int64_t count, int64_t head, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    size_t off, k = chunk_index(count + (int64_t)i, &off);
-    if (!s->chunks[k]) {
-      if (!(s->chunks[k] = cqrs__calloc((size_t)8 << k, sizeof(rec_t *)))) return false;
-      m->overhead += ((size_t)8 << k) * sizeof(rec_t *);
-    }
-    size_t g = (size_t)(head + (int64_t)i) >> LOG_CHUNK_BITS;
-    if (!m->log[g]) {
-      if (!(m->log[g] = cqrs__calloc(LOG_CHUNK, sizeof(rec_t *)))) return false;
-      m->overhead += LOG_CHUNK * sizeof(rec_t *);
-    }
-  }
-  return true;
-}
-
 static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
   memstore_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
@@ -484,7 +229,7 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   stream_t *fresh = NULL;
   size_t need = 0;
   for (size_t i = 0; i < req->count; i++) need += plan_event(m, req, i, &plans[i]);
-  if (!s && req->expected_version == 0 && !(fresh = stream_new(req, sh))) {
+  if (!s && req->expected_version == 0 && !(fresh = cqrs__memstore_stream_new(req->aggregate_type, req->aggregate_id, sh))) {
     if (plans != few) cqrs__free(plans);
     return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
   }
@@ -541,7 +286,7 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   res->last_position = head + (int64_t)req->count;
 out:
   pthread_mutex_unlock(&m->lock);
-  stream_free(fresh);
+  cqrs__memstore_stream_free(fresh);
   if (plans != few) cqrs__free(plans);
   return rc;
 }
@@ -627,25 +372,7 @@ static cqrs_code_t mem_snapshot_save(void *impl, const cqrs_snapshot_t *snap, cq
 
 static void mem_destroy(void *impl) {
   memstore_t *m = impl;
-  int64_t head = atomic_load(&m->head);
-  for (int64_t p = 0; p < head; p++) {
-    const rec_t *r = log_at(m, p);
-    if (r->flags & REC_KEPT) cqrs_event_unref(kept_of(r));
-  }
-  for (size_t g = 0; g < LOG_DIR; g++) cqrs__free(m->log[g]);
-  stream_table_t *t = atomic_load(&m->streams.table);
-  for (size_t i = 0; t && i < t->cap; i++) stream_free(atomic_load(&t->slots[i].stream));
-  while (t) {
-    stream_table_t *older = t->older;
-    cqrs__free(t);
-    t = older;
-  }
-  while (m->arena) {
-    arena_block_t *b = m->arena;
-    m->arena = b->next;
-    cqrs__free(b);
-  }
-  cqrs__free(m->commands.slots);
+  cqrs__memstore_tables_free(m);
   uv_mutex_destroy(&m->lock);
   uv_mutex_destroy(&m->snap_lock);
   cqrs__free(m);
