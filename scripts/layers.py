@@ -39,7 +39,9 @@ BELOW = {
     "metrics": ["events", "command", "query", "lease", "runtime", "store", "model", "base"],
     ".": ["metrics", "process", "events", "query", "lease", "command", "runtime", "store", "model", "base"],
     "testing": [".", "metrics", "process", "events", "query", "lease", "command", "runtime", "store", "model", "base"],
-    "conformance": ["store", "model", "base"],
+    # Libraries of their own on the public API: the test helpers and the backend suites.
+    "conformance": [".", "metrics", "process", "events", "query", "lease", "command", "runtime", "store", "model",
+                    "base"],
 }
 
 

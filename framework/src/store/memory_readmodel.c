@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include "base/cqrs-uthash.h"
+#include "store/bson-private.h"
 #include "store/memory-readmodel-private.h"
 
 #define MEMO_KEY 24
@@ -428,55 +429,6 @@ static cqrs_code_t mrm_patch(void *impl, const char *coll, const char *id, const
   return rc;
 }
 
-static int cmp_values(const bson_iter_t *a, const bson_iter_t *b, bool *comparable) {
-  *comparable = true;
-  bson_type_t ta = bson_iter_type(a), tb = bson_iter_type(b);
-  bool na = ta == BSON_TYPE_INT32 || ta == BSON_TYPE_INT64 || ta == BSON_TYPE_DOUBLE;
-  bool nb = tb == BSON_TYPE_INT32 || tb == BSON_TYPE_INT64 || tb == BSON_TYPE_DOUBLE;
-  if (na && nb) {
-    if (ta != BSON_TYPE_DOUBLE && tb != BSON_TYPE_DOUBLE) {
-      int64_t x = bson_iter_as_int64(a), y = bson_iter_as_int64(b);
-      return x < y ? -1 : x > y;
-    }
-    double x = bson_iter_as_double(a), y = bson_iter_as_double(b);
-    return x < y ? -1 : x > y;
-  }
-  if (ta != tb) {
-    *comparable = false;
-    return ta < tb ? -1 : 1;
-  }
-  switch (ta) {
-  case BSON_TYPE_UTF8:
-    return strcmp(bson_iter_utf8(a, NULL), bson_iter_utf8(b, NULL));
-  case BSON_TYPE_DATE_TIME: {
-    int64_t x = bson_iter_date_time(a), y = bson_iter_date_time(b);
-    return x < y ? -1 : x > y;
-  }
-  case BSON_TYPE_BOOL:
-    return (int)bson_iter_bool(a) - (int)bson_iter_bool(b);
-  case BSON_TYPE_OID:
-    return bson_oid_compare(bson_iter_oid(a), bson_iter_oid(b));
-  case BSON_TYPE_NULL:
-    return 0;
-  default:
-    *comparable = false;
-    return 0;
-  }
-}
-
-static bool matches(const bson_t *doc, const bson_t *filter) {
-  if (!filter) return true;
-  bson_iter_t f;
-  if (!bson_iter_init(&f, filter)) return false;
-  while (bson_iter_next(&f)) {
-    bson_iter_t root, v;
-    if (!bson_iter_init(&root, doc) || !bson_iter_find_descendant(&root, bson_iter_key(&f), &v)) return false;
-    bool comparable;
-    if (cmp_values(&v, &f, &comparable) != 0 || !comparable) return false;
-  }
-  return true;
-}
-
 static cqrs_code_t mrm_patch_where(void *impl, const char *coll, const bson_t *filter, const bson_t *set,
                                    int64_t position, size_t *count, cqrs_error_t *err) {
   CQRS__UNUSED(err);
@@ -485,7 +437,7 @@ static cqrs_code_t mrm_patch_where(void *impl, const char *coll, const bson_t *f
   mcoll_t *c = get_coll_w(m, coll, false);
   if (c) {
     for (mdoc_t *d = c->docs; d; d = d->hh.next) {
-      if (d->position < position && matches(d->doc, filter)) {
+      if (d->position < position && cqrs__bson_matches(d->doc, filter)) {
         patch_doc(d, set, position);
         (*count)++;
       }
@@ -532,7 +484,7 @@ static int cmp_docs(const void *pa, const void *pb) {
     if (!ha || !hb) {
       r = (int)ha - (int)hb; /* missing sorts first */
     } else {
-      r = cmp_values(&va, &vb, &comparable);
+      r = cqrs__bson_compare(&va, &vb, &comparable);
     }
     if (r == 0) r = strcmp(a->id, b->id);
   }
@@ -551,7 +503,7 @@ static cqrs_code_t mrm_find(void *impl, const char *coll, const cqrs_find_t *q, 
     rc = cqrs_error_set(err, CQRS_ENOMEM, "out of memory");
   } else if (n) {
     for (mdoc_t *d = c->docs; d; d = d->hh.next) {
-      if (matches(d->doc, q->filter)) hits[k++] = d;
+      if (cqrs__bson_matches(d->doc, q->filter)) hits[k++] = d;
     }
     sort_ctx_t sc = {q->sort, q->descending};
     current_sort = &sc;
