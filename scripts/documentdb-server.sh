@@ -21,7 +21,8 @@
 #   CQRS_DOCUMENTDB_SOURCES names (which wins when set); docs/mongo.md says
 #   how to make them from the upstream repositories. Built once into a staged
 #   tree under ~/.cache/libcqrs/documentdb-ext-<key> (key: the checksums and
-#   this build recipe), then copied into Debian's PostgreSQL 15 tree, where a
+#   the recipe, scripts/documentdb/build-extensions.sh), then copied into
+#   Debian's PostgreSQL 15 tree (scripts/documentdb/install-extensions.sh), where a
 #   manifest of their checksums
 #   (/usr/share/postgresql/15/extension/libcqrs-documentdb-<key>.sha256)
 #   says they are in place; either can be missing and is made again;
@@ -59,82 +60,17 @@ documentdb_server_sources() {
   return 1
 }
 
-# documentdb_server_build_extensions SOURCES OUT: checks the tarballs, builds
-# the four extensions with PGXS and installs them into OUT/stage (DESTDIR),
-# with OUT/files.sha256 listing what goes where. Runs in a phase.
-documentdb_server_build_extensions() {
-  set -euo pipefail
-  local src=$1 out=$2 tmp d
-  local make_vars=(with_llvm=no "PG_CONFIG=/usr/lib/postgresql/$DOCUMENTDB_SERVER_PG/bin/pg_config")
-  echo "== the sources in $src"
-  (cd "$src" && sha256sum --strict -c "$DOCUMENTDB_SERVER_ROOT/scripts/documentdb/SHA256SUMS")
-  tmp=$out.tmp
-  rm -rf "$tmp"
-  mkdir -p "$tmp/src" "$tmp/stage" "$tmp/pkgconfig"
-  for d in pgvector pg_cron documentdb; do
-    mkdir "$tmp/src/$d"
-    tar -xzf "$src/$d.tar.gz" -C "$tmp/src/$d"
-  done
-  # Intel's decimal library from Debian (libintelrdfpmath-dev: libbidgcc000,
-  # the call-by-value variant documentdb uses), in place of the download
-  # script of documentdb's own build.
-  printf '%s\n' "Name: intelmathlib" "Description: Intel Decimal Floating-Point Math Library (Debian)" \
-    "Version: 2.0" "Cflags: -I/usr/include" "Libs: -lbidgcc000" >"$tmp/pkgconfig/intelmathlib.pc"
-  export PKG_CONFIG_PATH=$tmp/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-  for d in pgvector pg_cron documentdb/pg_documentdb_core documentdb/pg_documentdb; do
-    local extra=()
-    # Debian 12's libbson (1.23) lacks the sensitive binary subtype (1.24).
-    [ "$d" != documentdb/pg_documentdb ] || extra=("COPT=-DBSON_SUBTYPE_SENSITIVE=0x08 -Wno-error=switch")
-    echo "== $d"
-    make -C "$tmp/src/$d" -j2 "${make_vars[@]}" "${extra[@]}"
-    make -C "$tmp/src/$d" "${make_vars[@]}" "${extra[@]}" install DESTDIR="$tmp/stage"
-  done
-  (cd "$tmp/stage" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sed 's|  \./|  /|' >"$tmp/files.sha256"
-  cat "$tmp/files.sha256"
-  rm -rf "$tmp/src" "$tmp/pkgconfig" "$out"
-  mv "$tmp" "$out"
-}
-
-# documentdb_server_install_extensions OUT MANIFEST: copies the staged tree
-# into / and records MANIFEST. Runs in a phase.
-documentdb_server_install_extensions() {
-  set -euo pipefail
-  local out=$1 manifest=$2 sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo rm -f "$(dirname "$manifest")"/libcqrs-documentdb-*.sha256
-  tar -C "$out/stage" -cf - . | $sudo tar -C / -xvf - --no-same-owner --no-overwrite-dir
-  sha256sum --strict -c "$out/files.sha256"
-  $sudo cp "$out/files.sha256" "$manifest"
-}
-
-# documentdb_server_build_ferretdb BIN: FerretDB 2.7 from the Go module proxy,
-# its modules and build cache in a temporary directory. Runs in a phase.
-documentdb_server_build_ferretdb() {
-  set -euo pipefail
-  local bin=$1 go tmp
-  go=$("$DOCUMENTDB_SERVER_ROOT/scripts/go-toolchain.sh" "$DOCUMENTDB_SERVER_GO")
-  tmp=$(mktemp -d "$bin.build.XXXXXX")
-  # shellcheck disable=SC2064 # expanded now, on purpose
-  trap "rm -rf '$tmp'" EXIT
-  GOTOOLCHAIN=local GOPATH=$tmp/go GOMODCACHE=$tmp/go/pkg/mod GOCACHE=$tmp/cache GOFLAGS=-modcacherw \
-    GOBIN=$tmp/bin "$go" install -trimpath "github.com/FerretDB/FerretDB/v2/cmd/ferretdb@$DOCUMENTDB_SERVER_FERRETDB"
-  "$tmp/bin/ferretdb" --version
-  mv "$tmp/bin/ferretdb" "$bin"
-}
-
 # The builds and installs that are not done yet; fails after saying why.
 documentdb_server_prepare() {
   local cache key ext manifest src
   cache=${XDG_CACHE_HOME:-$HOME/.cache}/libcqrs
-  mkdir -p "$cache"
   if ! phase --may-fail "DocumentDB: packages" -- "$DOCUMENTDB_SERVER_ROOT/scripts/install-deps.sh" --documentdb; then
     documentdb_server_fail "the packages of the DocumentDB server did not install"
     return 1
   fi
   key=$({
-    cat "$DOCUMENTDB_SERVER_ROOT/scripts/documentdb/SHA256SUMS"
     echo "PostgreSQL $DOCUMENTDB_SERVER_PG"
-    declare -f documentdb_server_build_extensions
+    cat "$DOCUMENTDB_SERVER_ROOT/scripts/documentdb/SHA256SUMS" "$DOCUMENTDB_SERVER_ROOT/scripts/documentdb/build-extensions.sh"
   } | sha256sum | cut -c1-16)
   ext=$cache/documentdb-ext-$key
   manifest=/usr/share/postgresql/$DOCUMENTDB_SERVER_PG/extension/libcqrs-documentdb-$key.sha256
@@ -147,13 +83,13 @@ documentdb_server_prepare() {
         return 1
       fi
       if ! phase --may-fail "DocumentDB: extensions (build, cached)" -- \
-        documentdb_server_build_extensions "$src" "$ext"; then
+        "$DOCUMENTDB_SERVER_ROOT/scripts/documentdb/build-extensions.sh" "$DOCUMENTDB_SERVER_PG" "$src" "$ext"; then
         documentdb_server_fail "the DocumentDB extensions did not build"
         return 1
       fi
     fi
     if ! phase --may-fail "DocumentDB: extensions (install into PostgreSQL $DOCUMENTDB_SERVER_PG)" -- \
-      documentdb_server_install_extensions "$ext" "$manifest"; then
+      "$DOCUMENTDB_SERVER_ROOT/scripts/documentdb/install-extensions.sh" "$ext" "$manifest"; then
       documentdb_server_fail "the DocumentDB extensions did not install"
       return 1
     fi
@@ -161,7 +97,8 @@ documentdb_server_prepare() {
   DOCUMENTDB_SERVER_BIN=$cache/ferretdb-$DOCUMENTDB_SERVER_FERRETDB-go$DOCUMENTDB_SERVER_GO
   if [ ! -x "$DOCUMENTDB_SERVER_BIN" ]; then
     if ! phase --may-fail "FerretDB $DOCUMENTDB_SERVER_FERRETDB (Go toolchain + build, cached)" -- \
-      documentdb_server_build_ferretdb "$DOCUMENTDB_SERVER_BIN"; then
+      "$DOCUMENTDB_SERVER_ROOT/scripts/documentdb/build-ferretdb.sh" "$DOCUMENTDB_SERVER_FERRETDB" "$DOCUMENTDB_SERVER_GO" \
+      "$DOCUMENTDB_SERVER_BIN"; then
       documentdb_server_fail "FerretDB $DOCUMENTDB_SERVER_FERRETDB did not build"
       return 1
     fi
@@ -169,8 +106,15 @@ documentdb_server_prepare() {
 }
 
 documentdb_server_start() {
-  local start=$SECONDS bindir data pgport port pid
-  documentdb_server_prepare || return 0
+  local start=$SECONDS bindir data pgport port pid lock rc=0
+  # One build or install at a time on this machine (the cache and
+  # PostgreSQL's tree are shared by every checkout).
+  mkdir -p "${XDG_CACHE_HOME:-$HOME/.cache}/libcqrs"
+  exec {lock}>"${XDG_CACHE_HOME:-$HOME/.cache}/libcqrs/documentdb.lock"
+  flock "$lock"
+  documentdb_server_prepare || rc=$?
+  exec {lock}>&-
+  [ "$rc" -eq 0 ] || return 0
   bindir=/usr/lib/postgresql/$DOCUMENTDB_SERVER_PG/bin
   data=$(mktemp -d "${TMPDIR:-/tmp}/libcqrs-documentdb.XXXXXX")
   DOCUMENTDB_SERVER_DATA=$data
