@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Prints the path of a Go toolchain that builds scripts/ferretdb (Go >= 1.24,
-# which Debian 12 does not ship), obtaining it when it is not cached yet:
+# Usage: scripts/go-toolchain.sh [VERSION]
+# Prints the path of a Go toolchain of VERSION (default 1.24.4, which builds
+# scripts/ferretdb; scripts/documentdb-server.sh asks for the one FerretDB 2
+# needs; Debian 12 ships neither), obtaining it when it is not cached yet:
 # Debian's golang-go (installed if no `go` is on PATH; any version that can
 # download modules will do) fetches the toolchain from the Go module proxy,
 # which serves it as the module golang.org/toolchain. Cached in
 # ~/.cache/libcqrs/go<version>; progress goes to stderr.
 set -euo pipefail
-version=1.24.4
+version=${1:-1.24.4}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/libcqrs
 root=$cache/go$version
 if [ -x "$root/bin/go" ] && "$root/bin/go" version >/dev/null 2>&1; then

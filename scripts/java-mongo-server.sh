@@ -12,6 +12,8 @@
 
 # shellcheck source=scripts/phase.sh
 type phase >/dev/null 2>&1 || source scripts/phase.sh
+# shellcheck source=scripts/server-common.sh
+source scripts/server-common.sh
 
 java_mongo_server_build() {
   local src=$1 dir=$2
@@ -21,6 +23,13 @@ java_mongo_server_build() {
   javac -d "$dir.tmp/classes" -cp "$dir.tmp/lib/*" "$src/Main.java"
   rm -rf "$dir"
   mv "$dir.tmp" "$dir"
+}
+
+# Java exits 143 on SIGTERM: at_exit goes on after it.
+java_mongo_server_stop() {
+  kill "$JAVA_MONGO_PID" 2>/dev/null
+  wait "$JAVA_MONGO_PID" 2>/dev/null
+  rm -f "$JAVA_MONGO_LOG"
 }
 
 java_mongo_server_start() {
@@ -38,11 +47,7 @@ java_mongo_server_start() {
     mkdir -p "$cache"
     phase "mongo-java-server launcher (Maven, cached)" -- java_mongo_server_build "$src" "$dir"
   fi
-  port=""
-  for p in $(shuf -i 27100-27999 -n 50); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
-  done
-  if [ -z "$port" ]; then
+  if ! port=$(free_port 27100 27999); then
     echo "error: no free port for mongo-java-server" >&2
     return 1
   fi
@@ -51,17 +56,12 @@ java_mongo_server_start() {
     >"$JAVA_MONGO_LOG" 2>&1 &
   pid=$!
   JAVA_MONGO_PID=$pid
-  # Java exits 143 on SIGTERM: not a failure of the caller (set -e).
-  trap 'kill "$JAVA_MONGO_PID" 2>/dev/null; wait "$JAVA_MONGO_PID" 2>/dev/null || true; rm -f "$JAVA_MONGO_LOG"' EXIT
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      export MONGODB_URI="mongodb://127.0.0.1:$port"
-      echo "== mongo-java-server on $MONGODB_URI (pid $pid)"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
+  at_exit java_mongo_server_stop
+  if wait_port "$port" "$pid" 200; then
+    export MONGODB_URI="mongodb://127.0.0.1:$port"
+    echo "== mongo-java-server on $MONGODB_URI (pid $pid)"
+    return 0
+  fi
   cat "$JAVA_MONGO_LOG" >&2
   echo "error: mongo-java-server did not start" >&2
   return 1

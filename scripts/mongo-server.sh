@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/test.sh and scripts/bench.sh. Provides MONGODB_URI for
 # the MongoDB tests: the caller's if set; otherwise starts FerretDB v1.24.2
 # (SQLite backend; with CQRS_FERRETDB_BACKEND=postgresql, the PostgreSQL
@@ -12,6 +13,8 @@
 
 # shellcheck source=scripts/phase.sh
 type phase >/dev/null 2>&1 || source scripts/phase.sh
+# shellcheck source=scripts/server-common.sh
+source scripts/server-common.sh
 
 mongo_server_fail() {
   if [ "${CI:-}" = "true" ]; then
@@ -30,6 +33,12 @@ mongo_server_build() {
   mv "$2.tmp" "$2"
 }
 
+mongo_server_stop() {
+  kill "$MONGO_SERVER_PID" 2>/dev/null
+  wait "$MONGO_SERVER_PID" 2>/dev/null
+  rm -rf "$MONGO_SERVER_DATA"
+}
+
 mongo_server_start() {
   local src=scripts/ferretdb cache bin hash port data pid
   cache=${XDG_CACHE_HOME:-$HOME/.cache}/libcqrs
@@ -43,12 +52,7 @@ mongo_server_start() {
     fi
   fi
   export CQRS_FERRETDB_LAUNCHER=$bin
-  # A free loopback port: nothing answers there.
-  port=""
-  for p in $(shuf -i 27100-27999 -n 50); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
-  done
-  if [ -z "$port" ]; then
+  if ! port=$(free_port 27100 27999); then
     mongo_server_fail "no free port for FerretDB"
     return 0
   fi
@@ -64,16 +68,13 @@ mongo_server_start() {
   pid=$!
   MONGO_SERVER_PID=$pid
   MONGO_SERVER_DATA=$data
-  trap 'kill "$MONGO_SERVER_PID" 2>/dev/null; wait "$MONGO_SERVER_PID" 2>/dev/null; rm -rf "$MONGO_SERVER_DATA"; if declare -F pg_server_stop >/dev/null; then pg_server_stop; fi' EXIT
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      export MONGODB_URI="mongodb://127.0.0.1:$port"
-      echo "== FerretDB (${CQRS_FERRETDB_BACKEND:-sqlite}) on $MONGODB_URI (pid $pid)"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
+  # Before PostgreSQL's, if it started: what started last stops first.
+  at_exit mongo_server_stop
+  if wait_port "$port" "$pid" 100; then
+    export MONGODB_URI="mongodb://127.0.0.1:$port"
+    echo "== FerretDB (${CQRS_FERRETDB_BACKEND:-sqlite}) on $MONGODB_URI (pid $pid)"
+    return 0
+  fi
   cat "$data/log" >&2
   mongo_server_fail "FerretDB did not start"
 }

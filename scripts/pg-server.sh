@@ -1,8 +1,12 @@
+# shellcheck shell=bash
 # Sourced by scripts/mongo-server.sh when CQRS_FERRETDB_BACKEND=postgresql:
 # starts Debian's PostgreSQL (installing the package when missing) on
 # 127.0.0.1, a free port, trust authentication, its data in a temporary
 # directory, for FerretDB's PostgreSQL backend; exports CQRS_PG_URL.
-# pg_server_stop stops it (mongo-server.sh calls it on exit).
+# pg_server_stop stops it; it runs when the calling shell exits.
+
+# shellcheck source=scripts/server-common.sh
+source scripts/server-common.sh
 
 pg_server_start() {
   local bindir port data as=()
@@ -24,13 +28,10 @@ pg_server_start() {
   PG_SERVER_DATA=$data
   PG_SERVER_BIN=$bindir
   PG_SERVER_AS=("${as[@]}")
+  at_exit pg_server_stop
   "${as[@]}" "$bindir/initdb" -D "$data/db" -A trust -U ferretdb >"$data/initdb.log" 2>&1 ||
     { cat "$data/initdb.log" >&2; return 1; }
-  port=""
-  for p in $(shuf -i 25100-25999 -n 50); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
-  done
-  [ -n "$port" ] || { echo "no free port for PostgreSQL" >&2; return 1; }
+  port=$(free_port 25100 25999) || { echo "no free port for PostgreSQL" >&2; return 1; }
   "${as[@]}" "$bindir/pg_ctl" -D "$data/db" -l "$data/log" -w \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $data" start >/dev/null ||
     { cat "$data/log" >&2; return 1; }

@@ -6,7 +6,10 @@
 # (CI reads them). `phase --may-fail NAME -- ...` returns the status instead
 # of exiting. PHASE_VERBOSE=1 shows everything as it runs. COMMAND may
 # be a shell function: it runs in a background subshell so that `set -e`
-# still holds inside it.
+# still holds inside it -- but not when phase itself is called as a
+# condition (`if phase --may-fail ...`, `phase ... || ...`): bash then
+# ignores `set -e` in everything it runs, so such a COMMAND is a script of
+# its own (or checks each step).
 
 phase() {
   local summary=0 may_fail=0 name log start rc=0

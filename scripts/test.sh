@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command. Builds libcqrs with AddressSanitizer + UndefinedBehavior-
-# Sanitizer and warnings as errors and runs the whole suite; builds with
+# Sanitizer and warnings as errors and runs the whole suite, then its MongoDB
+# tests once more on a second server (see below); builds with
 # ThreadSanitizer and runs the threaded tests; builds Release -O3 -Werror
 # with the benchmarks; installs into a temporary prefix and builds a consumer
 # project against it; then runs the suite once more under valgrind.
@@ -15,10 +16,20 @@ rm -rf build/logs
 
 phase "packages" -- scripts/install-deps.sh
 
-# A MongoDB-compatible test server unless MONGODB_URI is set; it exports
-# MONGODB_URI for the Mongo tests and stops the server on exit.
+# The MongoDB-compatible test servers, each stopped when this script exits.
+# The whole suite runs on FerretDB 1.24 (SQLite: no build beyond Go's; it
+# scans for every look-up, which shows what an index would hide), or on the
+# server of MONGODB_URI when it is set; the MongoDB tests (label mongo) run
+# once more on FerretDB 2.7 over DocumentDB in PostgreSQL, which reads
+# through its indexes (built once and cached; required with CI=true, skipped
+# with a note elsewhere when it cannot be built).
 # shellcheck source=scripts/mongo-server.sh
 source scripts/mongo-server.sh
+suite_uri=${MONGODB_URI:-}
+# shellcheck source=scripts/documentdb-server.sh
+source scripts/documentdb-server.sh --no-start
+documentdb_server_start
+if [ -n "$suite_uri" ]; then export MONGODB_URI=$suite_uri; else unset MONGODB_URI; fi
 
 # configure_and_build DIR CMAKE-ARGS...
 configure_and_build() {
@@ -31,9 +42,18 @@ phase "build (ASan + UBSan, -Werror)" -- \
   configure_and_build build/asan -DCMAKE_BUILD_TYPE=Debug -DCQRS_SANITIZE=ON -DCQRS_WERROR=ON
 # framework/src's layout: arrows down only, no circle of files, no file over 600 lines.
 phase "layout (scripts/layers.py)" -- python3 scripts/layers.py build/asan
+asan_env=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
 phase --summary "tests (ASan + UBSan)" -- \
-  env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build/asan --output-on-failure -j"$jobs"
+  env "${asan_env[@]}" ctest --test-dir build/asan --output-on-failure -j"$jobs"
+if [ -n "${CQRS_DOCUMENTDB_URI:-}" ]; then
+  # The tests that stop and start a server of their own start FerretDB 2.7
+  # on the same DocumentDB.
+  phase --summary "tests (ASan + UBSan, MongoDB tests on DocumentDB)" -- \
+    env "${asan_env[@]}" MONGODB_URI="$CQRS_DOCUMENTDB_URI" CQRS_FERRETDB_LAUNCHER="$CQRS_DOCUMENTDB_LAUNCHER" \
+    ctest --test-dir build/asan -L mongo --output-on-failure -j"$jobs"
+else
+  echo "== tests (ASan + UBSan, MongoDB tests on DocumentDB) skipped: no DocumentDB server (see the note above)"
+fi
 
 phase "build (TSan, -Werror)" -- \
   configure_and_build build/tsan -DCMAKE_BUILD_TYPE=Debug -DCQRS_TSAN=ON -DCQRS_WERROR=ON
