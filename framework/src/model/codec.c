@@ -19,7 +19,7 @@ static const char *const body_wants[K_COUNT] = {"", "a string 'type'", "an integ
 static cqrs_code_t id_key_of(const char **id_key, cqrs_error_t *err) {
   if (!*id_key) *id_key = "id";
   for (int k = K_TYPE; k < K_COUNT; k++) {
-    if (!strcmp(*id_key, body_keys[k]))
+    if (**id_key == *body_keys[k] && !strcmp(*id_key, body_keys[k]))
       return cqrs_error_set(err, CQRS_EINVAL, "the event id's key cannot be '%s', a key of the body", body_keys[k]);
   }
   return CQRS_OK;
@@ -110,7 +110,8 @@ static const char *body_read(const bson_t *doc, const char *id_key, body_t *b) {
   while (seen != all && bson_iter_next(&it)) {
     const char *key = bson_iter_key(&it);
     for (int k = 0; k < K_COUNT; k++) {
-      if (seen >> k & 1 || strcmp(key, k == K_ID ? id_key : body_keys[k])) continue;
+      const char *want = k == K_ID ? id_key : body_keys[k];
+      if (seen >> k & 1 || *key != *want || strcmp(key, want)) continue;
       seen |= 1u << k;
       if (body_take(k, &it, b)) good |= 1u << k;
       break;
