@@ -15,6 +15,22 @@ const cqrs_event_type_t ledger_opened = {"ledger.opened", 1, sizeof(ledger_opene
 const cqrs_event_type_t ledger_credited = {"ledger.credited", 1, sizeof(ledger_amount_t), amount_fields};
 const cqrs_event_type_t ledger_debited = {"ledger.debited", 1, sizeof(ledger_amount_t), amount_fields};
 
+static const cqrs_field_t renamed_v1_fields[] = {
+    CQRS_STRING(ledger_renamed_v1_t, title, "title", CQRS_F_REQUIRED), CQRS_FIELDS_END};
+static const cqrs_field_t renamed_fields[] = {CQRS_STRING(ledger_renamed_t, name, "name", CQRS_F_REQUIRED),
+                                              CQRS_STRING(ledger_renamed_t, reason, "reason", 0), CQRS_FIELDS_END};
+const cqrs_event_type_t ledger_renamed_v1 = {"ledger.renamed", 1, sizeof(ledger_renamed_v1_t), renamed_v1_fields};
+const cqrs_event_type_t ledger_renamed = {"ledger.renamed", 2, sizeof(ledger_renamed_t), renamed_fields};
+
+cqrs_code_t ledger_renamed_upcast(const bson_t *in, bson_t *out, cqrs_error_t *err) {
+  bson_iter_t it;
+  if (!bson_iter_init_find(&it, in, "title") || !BSON_ITER_HOLDS_UTF8(&it))
+    return cqrs_error_set(err, CQRS_ECODEC, "ledger.renamed v1 lacks a title");
+  BSON_APPEND_UTF8(out, "name", bson_iter_utf8(&it, NULL));
+  BSON_APPEND_UTF8(out, "reason", "unknown");
+  return CQRS_OK;
+}
+
 static const cqrs_field_t open_fields[] = {CQRS_STRING(ledger_open_cmd_t, id, "id", CQRS_F_REQUIRED),
                                            CQRS_STRING(ledger_open_cmd_t, owner, "owner", CQRS_F_REQUIRED),
                                            CQRS_FIELDS_END};

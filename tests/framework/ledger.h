@@ -27,7 +27,16 @@ extern const cqrs_command_type_t ledger_debit;
 extern const cqrs_aggregate_type_t ledger_type;      /* no snapshots */
 extern const cqrs_aggregate_type_t ledger_snap_type; /* a snapshot every 10 events */
 
-/* Registers every type above. */
+/* "ledger.renamed", to test upcasting: schema 1 was {title}, schema 2 is
+ * {name, reason}; ledger_renamed_upcast takes 1 to 2 (reason "unknown").
+ * Not in ledger_registry(): a test registers the version it plays. */
+typedef struct ledger_renamed_v1 { char title[32]; } ledger_renamed_v1_t;
+typedef struct ledger_renamed { char name[32]; char reason[32]; } ledger_renamed_t;
+extern const cqrs_event_type_t ledger_renamed_v1;
+extern const cqrs_event_type_t ledger_renamed;
+cqrs_code_t ledger_renamed_upcast(const bson_t *in, bson_t *out, cqrs_error_t *err);
+
+/* Registers every type above but "ledger.renamed". */
 cqrs_registry_t *ledger_registry(void);
 /* Registers the three handlers for `type` (ledger_type by default). */
 cqrs_code_t ledger_handlers(cqrs_dispatcher_t *d, const cqrs_aggregate_type_t *type, unsigned flags,

@@ -2,17 +2,14 @@
  * "corrupt" codec error: no undefined behaviour (UBSan watches), no crash, no
  * leak. Invalid UTF-8 cannot be planted this way: FerretDB replaces it with
  * U+FFFD on insert; the decoder's check of it is exercised by fuzz/commit. */
-#include <mongoc/mongoc.h>
-
 #include "framework/ledger.h"
-#include "mongo_fixture.h"
+#include "raw_commit.h"
 
 typedef struct fx {
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_store_t *s;
-  mongoc_client_t *client;
-  mongoc_collection_t *events;
+  raw_events_t raw;
 } fx_t;
 
 static int setup(void **state) {
@@ -25,9 +22,7 @@ static int setup(void **state) {
   cqrs_mongo_options_t o = {.events = "cqrs_events"};
   fx->m = test_mongo_open(fx->reg, NULL, &o);
   cqrs_mongo_store_new(fx->m, &fx->s, NULL);
-  fx->client = mongoc_client_new(test_mongo_uri());
-  assert_non_null(fx->client);
-  fx->events = mongoc_client_get_collection(fx->client, cqrs_mongo_database(fx->m), "cqrs_events");
+  raw_events_open(&fx->raw, fx->m);
   *state = fx;
   return 0;
 }
@@ -35,8 +30,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   fx_t *fx = *state;
   if (!fx) return 0;
-  mongoc_collection_destroy(fx->events);
-  mongoc_client_destroy(fx->client);
+  raw_events_close(&fx->raw);
   cqrs_store_destroy(fx->s);
   test_mongo_close(fx->m);
   cqrs_registry_destroy(fx->reg);
@@ -44,47 +38,17 @@ static int teardown(void **state) {
   return 0;
 }
 
-static void append_credit(bson_t *doc, int64_t version) {
-  bson_t data;
-  BSON_APPEND_UTF8(doc, "eventId", "0123456789abcdef01234567");
-  BSON_APPEND_UTF8(doc, "type", "ledger.credited");
-  BSON_APPEND_INT32(doc, "schemaVersion", 1);
-  BSON_APPEND_INT64(doc, "version", version);
-  BSON_APPEND_DATE_TIME(doc, "timestamp", 1000);
-  BSON_APPEND_DOCUMENT_BEGIN(doc, "data", &data);
-  BSON_APPEND_INT64(&data, "amount", 5);
-  bson_append_document_end(doc, &data);
-}
-
-/* Writes commit number 1 of `count` credits of stream `id` at `position`,
- * shaped as the store writes them (see build_commit in mongo_store.c): _id
- * the zero-padded commit number, the first event's fields at the top, every
- * event in `events`. */
+/* Writes commit number 1 of `count` credits of 5 to stream `id` at
+ * `position`. */
 static void insert_commit(fx_t *fx, const char *id, const char *command_id, int64_t position, int count) {
-  bson_t doc = BSON_INITIALIZER, events;
-  BSON_APPEND_UTF8(&doc, "_id", "00000000000000000001");
-  BSON_APPEND_UTF8(&doc, "type", "ledger.credited");
-  BSON_APPEND_DATE_TIME(&doc, "timestamp", 1000);
-  BSON_APPEND_INT64(&doc, "version", 1);
-  bson_append_utf8(&doc, "aggregateType", -1, "ledger", -1);
-  bson_append_utf8(&doc, "aggregateId", -1, id, -1);
-  BSON_APPEND_INT64(&doc, "lastVersion", count);
-  BSON_APPEND_INT64(&doc, "position", position);
-  BSON_APPEND_INT64(&doc, "lastPosition", position > INT64_MAX - (count - 1) ? INT64_MAX : position + (count - 1));
-  bson_append_utf8(&doc, "commandId", -1, command_id, -1);
-  bson_append_utf8(&doc, "correlationId", -1, command_id, -1);
-  BSON_APPEND_ARRAY_BEGIN(&doc, "events", &events);
-  for (int i = 0; i < count; i++) {
-    char key[16];
-    snprintf(key, sizeof key, "%d", i);
-    bson_t ev;
-    BSON_APPEND_DOCUMENT_BEGIN(&events, key, &ev);
-    append_credit(&ev, i + 1);
-    bson_append_document_end(&events, &ev);
-  }
-  bson_append_array_end(&doc, &events);
-  bson_error_t e;
-  if (!mongoc_collection_insert_one(fx->events, &doc, NULL, NULL, &e)) fail_msg("insert: %s", e.message);
+  int64_t last = position > INT64_MAX - (count - 1) ? INT64_MAX : position + (count - 1);
+  raw_commit_t c = {1, "ledger.credited", 1000, 1, id, count, position, last, command_id, command_id};
+  bson_t doc = BSON_INITIALIZER, events, *data = BCON_NEW("amount", BCON_INT64(5));
+  raw_commit_begin(&doc, &events, &c);
+  for (int i = 0; i < count; i++)
+    raw_commit_event(&events, (uint32_t)i, "0123456789abcdef01234567", "ledger.credited", 1, i + 1, 1000, data);
+  raw_commit_insert(&fx->raw, &doc, &events);
+  bson_destroy(data);
   bson_destroy(&doc);
 }
 

@@ -72,8 +72,9 @@ CQRS_EXPORT cqrs_code_t cqrs_event_new(const cqrs_event_type_t *type, const cqrs
  * `type_name` (at most CQRS_NAME_MAX - 1 bytes) and payload `data` (both
  * copied); the rest as cqrs_event_new. A store's read_all yields one in
  * place of an event whose type the registry does not know (see
- * cqrs_unknown_event_type); encoding it (cqrs_event_to_bson, the stores)
- * writes the original type, schema version and data back. */
+ * cqrs_unknown_event_type); encoding it (cqrs_event_body_to_bson, which
+ * cqrs_event_to_bson and the stores use) writes the original type, schema
+ * version and data back. */
 CQRS_EXPORT cqrs_code_t cqrs_unknown_event_new(const char *type_name, uint32_t schema_version, const bson_t *data,
                                                const cqrs_envelope_t *env, const char *id, int64_t version,
                                                int64_t timestamp, cqrs_event_t **out, cqrs_error_t *err);
@@ -88,6 +89,42 @@ CQRS_EXPORT cqrs_code_t cqrs_registry_decode_payload(const cqrs_registry_t *reg,
                                                      const cqrs_event_type_t **type, void **payload,
                                                      cqrs_error_t *err);
 CQRS_EXPORT void cqrs_payload_free(void *payload);
+
+/* ---- the event codec: what a store writes of each event ----
+ *
+ * An event's body is its own part: `id_key` (NULL: "id") its id, "type",
+ * "schemaVersion" (int32), "version" (int64), "timestamp" (date) and "data"
+ * (the payload by its field table; a placeholder's original type, schema
+ * version and raw data), in that order. A store writes the envelope and
+ * positions once per commit beside them. The MongoDB store's commits name
+ * the id "eventId"; cqrs_event_to_bson writes a body with "id", then the
+ * envelope and position. A key of the body as `id_key`: CQRS_EINVAL. */
+
+/* Reads the integer at `it` as the codec reads every stored integer: an
+ * int64, an int32, a date, or a double within int64's range (truncated).
+ * false, `*v` unchanged, for anything else. For a store's own fields. */
+CQRS_EXPORT bool cqrs_bson_iter_int64(const bson_iter_t *it, int64_t *v);
+
+/* Appends the body of `e` to `out`. `out` cannot grow: CQRS_ETOO_LARGE; a
+ * payload its field table cannot encode: that error (cqrs_fields_encode).
+ * On an error `out` holds part of the body: discard it. */
+CQRS_EXPORT cqrs_code_t cqrs_event_body_to_bson(const cqrs_event_t *e, const char *id_key, bson_t *out,
+                                                cqrs_error_t *err);
+
+/* Decodes a body into a new event (one reference) of envelope `env` (a
+ * reference taken) at `position`. Integers may be stored as int32, int64,
+ * double (truncated) or date; an id that is not a string gets a new id. A
+ * key missing or of another type, or a schema version outside [1,
+ * UINT32_MAX]: CQRS_ECODEC. A type `reg` does not know: a placeholder
+ * (cqrs_unknown_event_new) when `unknown_as_placeholder`, else
+ * CQRS_EUNKNOWN_TYPE; an older schema version is upcast, with the errors of
+ * cqrs_registry_decode_payload; what cqrs_event_new refuses is its error.
+ * Check a document from outside first with cqrs_bson_check_utf8 (a store
+ * checks each stored commit once, whole). */
+CQRS_EXPORT cqrs_code_t cqrs_event_body_from_bson(const cqrs_registry_t *reg, const bson_t *doc, const char *id_key,
+                                                  const cqrs_envelope_t *env, int64_t position,
+                                                  bool unknown_as_placeholder, cqrs_event_t **out,
+                                                  cqrs_error_t *err);
 
 /* ---- event stores (store.h: the requests and the checked calls) ---- */
 

@@ -53,8 +53,11 @@ CQRS_EXPORT const cqrs_event_t *cqrs_event_ref(const cqrs_event_t *e);
 /* Drops a reference; the last one frees the event. NULL does nothing. */
 CQRS_EXPORT void cqrs_event_unref(const cqrs_event_t *e);
 
-/* Encodes a whole event (envelope, metadata and payload under "data"), for
- * a dead-letter sink or an export; cqrs_event_from_bson reads it back. */
+/* Encodes a whole event, for a dead-letter sink or an export: its body as
+ * stores write it (cqrs/backend.h, cqrs_event_body_to_bson: "id", "type",
+ * "schemaVersion", "version", "timestamp", the payload under "data"), then
+ * "aggregateType", "aggregateId", "position", "causationId" and
+ * "correlationId". cqrs_event_from_bson reads it back. */
 CQRS_EXPORT cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err);
 
 /* The placeholder for a stored event this process cannot decode, because no

@@ -364,31 +364,6 @@ cqrs_code_t cqrs_unknown_event_new(const char *type_name, uint32_t schema_versio
   return CQRS_OK;
 }
 
-cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err) {
-  if (!e || !out || !e->envelope) return cqrs_error_set(err, CQRS_EINVAL, "NULL event, envelope or output");
-  const cqrs_envelope_t *env = e->envelope;
-  const cqrs_unknown_event_t *u = e->type == &cqrs_unknown_event_type ? e->payload : NULL;
-  bool ok = BSON_APPEND_UTF8(out, "id", e->id) && BSON_APPEND_UTF8(out, "type", u ? u->type : e->type->name) &&
-            BSON_APPEND_INT32(out, "schemaVersion", (int32_t)(u ? u->schema_version : e->schema_version)) &&
-            BSON_APPEND_UTF8(out, "aggregateType", env->aggregate_type) &&
-            BSON_APPEND_UTF8(out, "aggregateId", env->aggregate_id) && BSON_APPEND_INT64(out, "version", e->version) &&
-            BSON_APPEND_DATE_TIME(out, "timestamp", e->timestamp) && BSON_APPEND_INT64(out, "position", e->position) &&
-            BSON_APPEND_UTF8(out, "causationId", env->causation_id) &&
-            BSON_APPEND_UTF8(out, "correlationId", env->correlation_id);
-  if (!ok) return cqrs_error_set(err, CQRS_ETOO_LARGE, "event document too large");
-  if (u) {
-    bson_t raw;
-    if (!bson_init_static(&raw, u->data, u->data_len) || !BSON_APPEND_DOCUMENT(out, "data", &raw))
-      return cqrs_error_set(err, CQRS_ETOO_LARGE, "event document too large");
-    return CQRS_OK;
-  }
-  bson_t data;
-  if (!BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data)) return cqrs_error_set(err, CQRS_ETOO_LARGE, "event too large");
-  cqrs_code_t rc = cqrs_fields_encode(e->type->fields, e->payload, &data, err);
-  if (!bson_append_document_end(out, &data) && !rc) rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "event too large");
-  return rc;
-}
-
 cqrs_code_t cqrs__event_vec_push_ref(cqrs__event_vec_t *v, const cqrs_event_t *e) {
   if (v->len == v->cap) {
     size_t cap = v->cap ? v->cap * 2 : 16;

@@ -19,28 +19,13 @@
 /* MongoDB refuses documents over 16 MiB. */
 #define MAX_COMMIT_BYTES (16 * 1024 * 1024)
 
-/* Appends one event; false when the document cannot grow. A payload the
- * field table cannot encode is that error in `*rc` (`err` filled). */
-static bool append_event(bson_t *out, const cqrs_event_t *e, cqrs_code_t *rc, cqrs_error_t *err) {
-  const cqrs_unknown_event_t *u = e->type == &cqrs_unknown_event_type ? e->payload : NULL;
-  bool ok = BSON_APPEND_UTF8(out, "eventId", e->id) && BSON_APPEND_UTF8(out, "type", u ? u->type : e->type->name) &&
-            BSON_APPEND_INT32(out, "schemaVersion", (int32_t)(u ? u->schema_version : e->schema_version)) &&
-            BSON_APPEND_INT64(out, "version", e->version) && BSON_APPEND_DATE_TIME(out, "timestamp", e->timestamp);
-  if (!ok) return false;
-  if (u) {
-    bson_t raw;
-    return bson_init_static(&raw, u->data, u->data_len) && BSON_APPEND_DOCUMENT(out, "data", &raw);
-  }
-  bson_t data;
-  if (!BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data)) return false;
-  *rc = cqrs_fields_encode(e->type->fields, e->payload, &data, err);
-  return bson_append_document_end(out, &data) && *rc != CQRS_ETOO_LARGE;
-}
-
 /* The commit document: the seed's top-level fields (`type`, `timestamp`,
- * `version` of the first event), the commit's metadata, and every event in
- * `events`, where the multikey index {events.type, events.timestamp} finds
- * each of them by type and time. Over MongoDB's limit: CQRS_ETOO_LARGE. */
+ * `version` of the first event), the commit's metadata (the envelope and
+ * positions), and every event in `events` as the framework's codec writes
+ * its body, the id under "eventId" (cqrs_event_body_to_bson), where the
+ * multikey index {events.type, events.timestamp} finds each of them by type
+ * and time. Over MongoDB's limit: CQRS_ETOO_LARGE; a payload that cannot be
+ * encoded: its error, and nothing is stored. */
 static cqrs_code_t build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position, cqrs_error_t *err) {
   const cqrs_event_t *first = req->events[0];
   const cqrs_unknown_event_t *u = first->type == &cqrs_unknown_event_type ? first->payload : NULL;
@@ -62,14 +47,16 @@ static cqrs_code_t build_commit(bson_t *doc, const cqrs_append_t *req, int64_t p
     const char *k;
     bson_uint32_to_string((uint32_t)i, &k, key, sizeof key);
     bson_t ev;
-    cqrs_code_t rc = CQRS_OK;
-    bool ok = bson_append_document_begin(&events, k, -1, &ev) && append_event(&ev, req->events[i], &rc, err);
-    ok = bson_append_document_end(&events, &ev) && ok;
-    if (ok && rc) {
+    cqrs_code_t rc = CQRS_ETOO_LARGE;
+    if (bson_append_document_begin(&events, k, -1, &ev)) {
+      rc = cqrs_event_body_to_bson(req->events[i], "eventId", &ev, err);
+      if (!bson_append_document_end(&events, &ev) && !rc) rc = CQRS_ETOO_LARGE;
+    }
+    if (rc && rc != CQRS_ETOO_LARGE) {
       bson_append_array_end(doc, &events);
       return rc; /* nothing is stored with part of its data */
     }
-    if (!ok || doc->len + events.len > MAX_COMMIT_BYTES) {
+    if (rc || doc->len + events.len > MAX_COMMIT_BYTES) {
       bson_append_array_end(doc, &events);
       return cqrs_error_set(err, CQRS_ETOO_LARGE,
                             "a commit of %zu events to %s/%s is over MongoDB's 16 MB document limit", req->count,
@@ -88,60 +75,9 @@ static const char *str_of(const bson_t *doc, const char *key) {
   return NULL;
 }
 
-static bool int_of(const bson_iter_t *it, int64_t *v) {
-  switch (bson_iter_type(it)) {
-  case BSON_TYPE_INT64:
-  case BSON_TYPE_INT32:
-    *v = bson_iter_as_int64(it);
-    return true;
-  case BSON_TYPE_DOUBLE: {
-    double d = bson_iter_double(it);
-    if (!(d > -9.2e18 && d < 9.2e18)) return false; /* the cast would be undefined */
-    *v = (int64_t)d;
-    return true;
-  }
-  case BSON_TYPE_DATE_TIME:
-    *v = bson_iter_date_time(it);
-    return true;
-  default:
-    return false;
-  }
-}
-
 static bool get_int(const bson_t *doc, const char *key, int64_t *v) {
   bson_iter_t it;
-  return bson_iter_init_find(&it, doc, key) && int_of(&it, v);
-}
-
-/* Decodes one event of a commit. A type this process does not know is, when
- * `placeholder`, the framework's unknown-event placeholder. */
-static cqrs_code_t decode_event(const cqrs_registry_t *reg, const bson_t *ev, const cqrs_envelope_t *env,
-                                int64_t position, bool placeholder, cqrs_event_t **out, cqrs_error_t *err) {
-  const char *type = str_of(ev, "type");
-  int64_t schema = 0, version = 0, ts = 0;
-  bson_iter_t it;
-  if (!type || !get_int(ev, "schemaVersion", &schema) || !get_int(ev, "version", &version) ||
-      !get_int(ev, "timestamp", &ts) || !bson_iter_init_find(&it, ev, "data") || !BSON_ITER_HOLDS_DOCUMENT(&it))
-    return cqrs_error_set(err, CQRS_ECODEC, "malformed event at position %lld", (long long)position);
-  if (schema < 1 || schema > UINT32_MAX) return cqrs_error_set(err, CQRS_ECODEC, "bad schema version");
-  uint32_t len;
-  const uint8_t *raw;
-  bson_iter_document(&it, &len, &raw);
-  bson_t data;
-  if (!bson_init_static(&data, raw, len)) return cqrs_error_set(err, CQRS_ECODEC, "malformed event data");
-  const char *id = str_of(ev, "eventId");
-  cqrs_code_t rc;
-  if (placeholder && !cqrs_registry_event(reg, type)) {
-    rc = cqrs_unknown_event_new(type, (uint32_t)schema, &data, env, id, version, ts, out, err);
-  } else {
-    const cqrs_event_type_t *etype;
-    void *payload;
-    if ((rc = cqrs_registry_decode_payload(reg, type, (uint32_t)schema, &data, &etype, &payload, err))) return rc;
-    rc = cqrs_event_new(etype, env, id, version, ts, payload, out, err);
-    cqrs_payload_free(payload);
-  }
-  if (!rc) (*out)->position = position;
-  return rc;
+  return bson_iter_init_find(&it, doc, key) && cqrs_bson_iter_int64(&it, v);
 }
 
 typedef struct reader {
@@ -192,7 +128,8 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
     get_int(&ev, "version", &version);
     if (version < r->min_version || position + i < r->min_position) continue;
     cqrs_event_t *e;
-    if ((rc = decode_event(r->reg, &ev, env, position + i, r->placeholders, &e, err))) break;
+    rc = cqrs_event_body_from_bson(r->reg, &ev, "eventId", env, position + i, r->placeholders, &e, err);
+    if (rc) break;
     if (version > r->last_version) r->last_version = version;
     if (!r->cb(e, r->data) || ++r->seen >= r->limit) r->stopped = true;
     cqrs_event_unref(e);
