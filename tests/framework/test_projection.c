@@ -187,7 +187,8 @@ static cqrs_code_t cc_save(void *impl, const char *name, int64_t position, cqrs_
  * is at the head when the loop returns, without closing. */
 static void test_checkpoint_saved_per_batch(void **state) {
   fx_t *fx = *state;
-  static const cqrs_checkpoint_ops_t ops = {false, cc_load, cc_save, NULL, NULL};
+  static const cqrs_checkpoint_ops_t ops = {.blocking = false, .load = cc_load, .save = cc_save, .destroy = NULL,
+                                            .save_fenced = NULL};
   counted_cp_t cc = {fx->cp_mem, 0};
   cqrs_checkpoints_t *cp;
   assert_int_equal(cqrs_checkpoints_new(&ops, &cc, &cp, NULL), CQRS_OK);
