@@ -70,6 +70,19 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   return CQRS_OK;
 }
 
+cqrs_code_t cqrs_dispatcher_execute_sync(cqrs_dispatcher_t *d, cqrs_command_t *cmd, const char *projection,
+                                         uint64_t timeout_ms, cqrs_execution_t *out, cqrs_error_t *err) {
+  cqrs_execution_t x;
+  cqrs_code_t rc = cqrs_dispatcher_execute_ex(d, cmd, &x, err);
+  if (out) *out = x;
+  if (rc || !x.position) return rc;
+  rc = cqrs_projection_wait_sync(d, projection, x.position, timeout_ms);
+  if (rc)
+    cqrs_error_set(err, rc, "the command committed (position %lld), but waiting for %s: %s", (long long)x.position,
+                   projection ? projection : "the projections", cqrs_code_name(rc));
+  return rc;
+}
+
 cqrs_code_t cqrs_dispatcher_close(cqrs_dispatcher_t *d, cqrs_close_cb cb, void *data) {
   if (!d) return CQRS_EINVAL;
   return cqrs__runtime_close(d, cb, data);

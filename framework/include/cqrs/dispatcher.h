@@ -142,6 +142,21 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err,
                                                 bool *duplicate);
 
+/* What an executed command came to, beyond its code: a cqrs_result_t's
+ * figures, copied (the result itself lives only during `done`). */
+typedef struct cqrs_execution {
+  bool duplicate;   /* the command id had committed before: nothing appended */
+  int64_t version;  /* of the changed aggregate after the command */
+  size_t events;    /* events committed */
+  int64_t position; /* global position of the last event committed (0: none): wait for projections to reach it */
+  void *reserved[4];
+} cqrs_execution_t;
+/* cqrs_dispatcher_execute, filling `out` (may be NULL) with the figures.
+ * For read-your-writes from a worker thread, see cqrs_dispatcher_execute_sync
+ * (projection.h). */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute_ex(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_execution_t *out,
+                                                   cqrs_error_t *err);
+
 /* Inside a handler: loads an aggregate (from the repository, once per id)
  * and tracks it; the framework commits its pending events when the handler
  * returns CQRS_OK. Only one aggregate may change per command. */
