@@ -423,7 +423,7 @@ static void executor(void *arg) {
 static void test_execute_and_wait_for_a_projection(void **state) {
   fx_t *fx = *state;
   seen_t *s = calloc(1, sizeof *s);
-  credit(fx, "x", 1);
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("x", "o"), on_done, fx), CQRS_OK);
   start(fx, "slow", s, CQRS_SUBSCRIBE_BLOCKING);
   exec_job_t j = {fx->d, s, CQRS_ECODEC, {0}, 0};
   uv_thread_t t;
