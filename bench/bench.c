@@ -445,8 +445,9 @@ static cqrs_code_t t_snap_load(void *impl, const char *t, const char *id, cqrs_s
 static cqrs_code_t t_snap_save(void *impl, const cqrs_snapshot_t *s, cqrs_error_t *err) {
   return cqrs_store_snapshot_save(((timed_t *)impl)->inner, s, err);
 }
-static cqrs_store_ops_t timed_ops = {"timed", false, t_append, t_read_stream, t_read_all, t_head,
-                                     t_snap_load, t_snap_save, NULL};
+static cqrs_store_ops_t timed_ops = {.name = "timed", .blocking = false, .append = t_append,
+                                     .read_stream = t_read_stream, .read_all = t_read_all, .head = t_head,
+                                     .snapshot_load = t_snap_load, .snapshot_save = t_snap_save, .destroy = NULL};
 
 typedef struct lag_proj {
   billing_t *b;

@@ -57,8 +57,9 @@ static cqrs_code_t s_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_err
   return CQRS_OK;
 }
 
-static const cqrs_store_ops_t ops = {"fuzz-snapshot", false, s_append,    s_read_stream, s_read_all,
-                                     s_head,          s_snap_load, s_snap_save, NULL};
+static const cqrs_store_ops_t ops = {.name = "fuzz-snapshot", .blocking = false, .append = s_append,
+                                     .read_stream = s_read_stream, .read_all = s_read_all, .head = s_head,
+                                     .snapshot_load = s_snap_load, .snapshot_save = s_snap_save, .destroy = NULL};
 static cqrs_store_t *store;
 
 static void free_stores(void) {

@@ -26,8 +26,10 @@ static const cqrs_field_t counted_fields[] = {CQRS_INT64(fz_payload_t, count, "c
 
 const cqrs_command_type_t fz_command = {
     .name = "fz.do", .payload_size = sizeof(fz_payload_t), .fields = fz_payload_fields};
-const cqrs_event_type_t fz_done = {"fz.done", 3, sizeof(fz_payload_t), fz_payload_fields};
-const cqrs_event_type_t fz_counted = {"fz.counted", 1, sizeof(fz_payload_t), counted_fields};
+const cqrs_event_type_t fz_done = {.name = "fz.done", .schema_version = 3, .payload_size = sizeof(fz_payload_t),
+                                   .fields = fz_payload_fields};
+const cqrs_event_type_t fz_counted = {.name = "fz.counted", .schema_version = 1, .payload_size = sizeof(fz_payload_t),
+                                      .fields = counted_fields};
 
 static void apply_done(void *state, const cqrs_event_t *e) {
   fz_state_t *s = state;
@@ -50,7 +52,9 @@ static const cqrs_field_t state_fields[] = {CQRS_STRING(fz_state_t, name, "name"
                                             CQRS_INT64(fz_state_t, total, "total", 0),
                                             CQRS_INT32(fz_state_t, seen, "seen", 0),
                                             CQRS_BOOL(fz_state_t, open, "open", 0), CQRS_FIELDS_END};
-const cqrs_aggregate_type_t fz_aggregate = {"fz", sizeof(fz_state_t), NULL, NULL, fz_apply, state_fields, 2, 4};
+const cqrs_aggregate_type_t fz_aggregate = {.name = "fz", .state_size = sizeof(fz_state_t), .state_init = NULL,
+                                            .state_cleanup = NULL, .apply = fz_apply, .snapshot_fields = state_fields,
+                                            .snapshot_version = 2, .snapshot_every = 4};
 
 /* Schema 1 named the payload's name "title"; schema 2 had no note. */
 static cqrs_code_t v1_to_v2(const bson_t *in, bson_t *out, cqrs_error_t *err) {

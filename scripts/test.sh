@@ -69,7 +69,8 @@ phase --summary "${tsan_may_fail[@]}" "threaded tests (TSan)" -- \
 phase "fuzz smoke" -- scripts/fuzz.sh 4
 
 phase "build (Release, -O3, -Werror, with the benchmarks)" -- \
-  configure_and_build build/release-check -DCMAKE_BUILD_TYPE=Release -DCQRS_WERROR=ON -DCQRS_BENCH=ON -DCQRS_TESTS=OFF
+  configure_and_build build/release-check -DCMAKE_BUILD_TYPE=Release -DCQRS_WERROR=ON -DCQRS_BENCH=ON -DCQRS_TESTS=OFF \
+  "-DCMAKE_C_FLAGS_RELEASE=-O3 -DNDEBUG -g" # debug info for the ABI check
 # The benchmarks still run (a smoke run: nothing here is timed or compared).
 bench_smoke() {
   build/release-check/bench/cqrs-bench dispatch --n 20000
@@ -87,6 +88,10 @@ install_and_consume() {
   tests/consumer/run.sh "$prefix" build/consumer
 }
 phase "install + consumer project (find_package, pkg-config)" -- install_and_consume
+# The installed ABI against the baselines of abi/ (docs/versioning.md), and
+# 0.1.0 (built from this repository's history) beside this version.
+phase "ABI (abidiff against abi/)" -- scripts/abi.sh build/install-check
+phase "versions (0.1.0 beside this one)" -- tests/abi/run.sh build/install-check build/abi-versions
 
 # The protocol models (docs/models.md), exhaustive within their bounds.
 phase "model checking (spin)" -- scripts/models.sh

@@ -5,9 +5,14 @@
 #include "command/command-private.h"
 #include "events/events-private.h"
 
-void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
-  if (!o) return;
+/* The size of the options as 0.2.0 had them: what a caller who set no size
+ * (0: a struct filled by hand) is read as. When an option is appended, this
+ * becomes offsetof(cqrs_dispatcher_options_t, <the first one appended>). */
+#define OPTIONS_SIZE_0_2 sizeof(cqrs_dispatcher_options_t)
+
+static void defaults(cqrs_dispatcher_options_t *o) {
   memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
   o->conflict_retries = 5;
   o->retry_attempts = 3;
   o->retry_base_ms = 1000;
@@ -17,17 +22,31 @@ void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
   o->dead_letters_kept = 1024;
 }
 
+void cqrs_dispatcher_options_init_size(cqrs_dispatcher_options_t *o, size_t size) {
+  if (!o || size < sizeof o->size) return;
+  cqrs_dispatcher_options_t d;
+  defaults(&d);
+  d.size = size < sizeof d ? size : sizeof d;
+  memcpy(o, &d, d.size);
+}
+
+/* The caller's options over the defaults, as far as its size goes. */
+static void options_of(const cqrs_dispatcher_options_t *opts, cqrs_dispatcher_options_t *o) {
+  defaults(o);
+  if (!opts) return;
+  size_t n = opts->size ? opts->size : OPTIONS_SIZE_0_2;
+  if (n > sizeof *o) n = sizeof *o;
+  memcpy(o, opts, n);
+  o->size = sizeof *o;
+}
+
 cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqrs_store_t *store,
                                 const cqrs_dispatcher_options_t *opts, cqrs_dispatcher_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!loop || !reg || !store) return cqrs_error_set(err, CQRS_EINVAL, "NULL loop, registry or store");
   cqrs_dispatcher_options_t o;
-  if (opts) {
-    o = *opts;
-  } else {
-    cqrs_dispatcher_options_init(&o);
-  }
+  options_of(opts, &o);
   cqrs__runtime_t *rt = cqrs__calloc(1, sizeof *rt);
   if (!rt) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a dispatcher");
   cqrs_code_t rc = cqrs__runtime_init(rt, loop, reg, store, err);
@@ -49,6 +68,19 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   }
   *out = rt;
   return CQRS_OK;
+}
+
+cqrs_code_t cqrs_dispatcher_execute_sync(cqrs_dispatcher_t *d, cqrs_command_t *cmd, const char *projection,
+                                         uint64_t timeout_ms, cqrs_execution_t *out, cqrs_error_t *err) {
+  cqrs_execution_t x;
+  cqrs_code_t rc = cqrs_dispatcher_execute_ex(d, cmd, &x, err);
+  if (out) *out = x;
+  if (rc || !x.position) return rc;
+  rc = cqrs_projection_wait_sync(d, projection, x.position, timeout_ms);
+  if (rc)
+    cqrs_error_set(err, rc, "the command committed (position %lld), but waiting for %s: %s", (long long)x.position,
+                   projection ? projection : "the projections", cqrs_code_name(rc));
+  return rc;
 }
 
 cqrs_code_t cqrs_dispatcher_close(cqrs_dispatcher_t *d, cqrs_close_cb cb, void *data) {

@@ -11,9 +11,12 @@ static const cqrs_field_t opened_fields[] = {CQRS_STRING(ledger_opened_t, owner,
                                              CQRS_FIELDS_END};
 static const cqrs_field_t amount_fields[] = {CQRS_INT64_RANGE(ledger_amount_t, amount, "amount", 1, INT64_MAX),
                                              CQRS_FIELDS_END};
-const cqrs_event_type_t ledger_opened = {"ledger.opened", 1, sizeof(ledger_opened_t), opened_fields};
-const cqrs_event_type_t ledger_credited = {"ledger.credited", 1, sizeof(ledger_amount_t), amount_fields};
-const cqrs_event_type_t ledger_debited = {"ledger.debited", 1, sizeof(ledger_amount_t), amount_fields};
+const cqrs_event_type_t ledger_opened = {.name = "ledger.opened", .schema_version = 1,
+                                         .payload_size = sizeof(ledger_opened_t), .fields = opened_fields};
+const cqrs_event_type_t ledger_credited = {.name = "ledger.credited", .schema_version = 1,
+                                           .payload_size = sizeof(ledger_amount_t), .fields = amount_fields};
+const cqrs_event_type_t ledger_debited = {.name = "ledger.debited", .schema_version = 1,
+                                          .payload_size = sizeof(ledger_amount_t), .fields = amount_fields};
 
 static const cqrs_field_t renamed_v1_fields[] = {
     CQRS_STRING(ledger_renamed_v1_t, title, "title", CQRS_F_REQUIRED), CQRS_FIELDS_END};
@@ -37,9 +40,12 @@ static const cqrs_field_t open_fields[] = {CQRS_STRING(ledger_open_cmd_t, id, "i
 static const cqrs_field_t move_fields[] = {CQRS_STRING(ledger_move_cmd_t, id, "id", CQRS_F_REQUIRED),
                                            CQRS_INT64_RANGE(ledger_move_cmd_t, amount, "amount", 1, 1000000000000),
                                            CQRS_FIELDS_END};
-const cqrs_command_type_t ledger_open = {.name = "ledger.open", .payload_size = sizeof(ledger_open_cmd_t), .fields = open_fields};
-const cqrs_command_type_t ledger_credit = {.name = "ledger.credit", .payload_size = sizeof(ledger_move_cmd_t), .fields = move_fields};
-const cqrs_command_type_t ledger_debit = {.name = "ledger.debit", .payload_size = sizeof(ledger_move_cmd_t), .fields = move_fields};
+const cqrs_command_type_t ledger_open = {.name = "ledger.open", .payload_size = sizeof(ledger_open_cmd_t),
+                                         .fields = open_fields};
+const cqrs_command_type_t ledger_credit = {.name = "ledger.credit", .payload_size = sizeof(ledger_move_cmd_t),
+                                           .fields = move_fields};
+const cqrs_command_type_t ledger_debit = {.name = "ledger.debit", .payload_size = sizeof(ledger_move_cmd_t),
+                                          .fields = move_fields};
 
 static void apply_opened(void *state, const cqrs_event_t *e) {
   ledger_state_t *s = state;
@@ -65,9 +71,13 @@ static const cqrs_field_t state_fields[] = {CQRS_BOOL(ledger_state_t, opened, "o
                                             CQRS_STRING(ledger_state_t, owner, "owner", 0),
                                             CQRS_INT64(ledger_state_t, balance, "balance", 0), CQRS_FIELDS_END};
 
-const cqrs_aggregate_type_t ledger_type = {"ledger", sizeof(ledger_state_t), NULL, NULL, ledger_apply, NULL, 0, 0};
-const cqrs_aggregate_type_t ledger_snap_type = {"ledger-snap", sizeof(ledger_state_t), NULL, NULL, ledger_apply,
-                                                state_fields, 1, 10};
+const cqrs_aggregate_type_t ledger_type = {.name = "ledger", .state_size = sizeof(ledger_state_t), .state_init = NULL,
+                                           .state_cleanup = NULL, .apply = ledger_apply, .snapshot_fields = NULL,
+                                           .snapshot_version = 0, .snapshot_every = 0};
+const cqrs_aggregate_type_t ledger_snap_type = {.name = "ledger-snap", .state_size = sizeof(ledger_state_t),
+                                                .state_init = NULL, .state_cleanup = NULL, .apply = ledger_apply,
+                                                .snapshot_fields = state_fields, .snapshot_version = 1,
+                                                .snapshot_every = 10};
 
 cqrs_registry_t *ledger_registry(void) {
   cqrs_registry_t *reg = NULL;
@@ -243,10 +253,13 @@ static cqrs_code_t b_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_err
   return cqrs_store_snapshot_save(((blocking_t *)impl)->inner, snap, err);
 }
 
-static const cqrs_store_ops_t blocking_ops = {"blocking", true, b_append, b_read_stream, b_read_all, b_head,
-                                              b_snap_load, b_snap_save, free};
-static const cqrs_store_ops_t flaky_ops = {"flaky", false, b_append, b_read_stream, b_read_all, b_head,
-                                           b_snap_load, b_snap_save, free};
+static const cqrs_store_ops_t blocking_ops = {.name = "blocking", .blocking = true, .append = b_append,
+                                              .read_stream = b_read_stream, .read_all = b_read_all, .head = b_head,
+                                              .snapshot_load = b_snap_load, .snapshot_save = b_snap_save,
+                                              .destroy = free};
+static const cqrs_store_ops_t flaky_ops = {.name = "flaky", .blocking = false, .append = b_append,
+                                           .read_stream = b_read_stream, .read_all = b_read_all, .head = b_head,
+                                           .snapshot_load = b_snap_load, .snapshot_save = b_snap_save, .destroy = free};
 
 void ledger_blocking_store_fail_reads(cqrs_store_t *store, int n) { ledger_store_fail_reads(store, n, false); }
 
@@ -294,7 +307,8 @@ static cqrs_code_t bc_save(void *impl, const char *name, int64_t position, cqrs_
 static cqrs_code_t bc_save_fenced(void *impl, const char *name, int64_t position, int64_t token, cqrs_error_t *err) {
   return cqrs_checkpoints_save_fenced(impl, name, position, token, err);
 }
-static const cqrs_checkpoint_ops_t blocking_cp_ops = {true, bc_load, bc_save, NULL, bc_save_fenced};
+static const cqrs_checkpoint_ops_t blocking_cp_ops = {.blocking = true, .load = bc_load, .save = bc_save,
+                                                      .destroy = NULL, .save_fenced = bc_save_fenced};
 
 cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner) {
   cqrs_checkpoints_t *cp = NULL;
@@ -350,8 +364,10 @@ static cqrs_code_t f_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_err
   return cqrs_store_snapshot_save(f->inner, snap, err);
 }
 
-static const cqrs_store_ops_t faulty_ops = {"faulty", false, f_append, f_read_stream, f_read_all, f_head,
-                                            f_snap_load, f_snap_save, free};
+static const cqrs_store_ops_t faulty_ops = {.name = "faulty", .blocking = false, .append = f_append,
+                                            .read_stream = f_read_stream, .read_all = f_read_all, .head = f_head,
+                                            .snapshot_load = f_snap_load, .snapshot_save = f_snap_save,
+                                            .destroy = free};
 
 cqrs_store_t *ledger_faulty_store(cqrs_store_t *inner, long budget) {
   faulty_t *f = calloc(1, sizeof *f);

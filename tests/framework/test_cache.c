@@ -35,13 +35,17 @@ static void apply_added(void *state, const cqrs_event_t *e) {
 static void cleanup_nothing(void *state) { (void)state; }
 
 static const cqrs_field_t added_fields[] = {CQRS_INT64(added_t, amount, "amount", 0), CQRS_FIELDS_END};
-static const cqrs_event_type_t counter_added = {"counter.added", 1, sizeof(added_t), added_fields};
+static const cqrs_event_type_t counter_added = {.name = "counter.added", .schema_version = 1,
+                                                .payload_size = sizeof(added_t), .fields = added_fields};
 static const cqrs_apply_entry_t counter_apply[] = {{&counter_added, apply_added}, {NULL, NULL}};
-static const cqrs_aggregate_type_t counter_type = {"counter", sizeof(counter_state_t), NULL, NULL,
-                                                   counter_apply, NULL, 0, 0};
+static const cqrs_aggregate_type_t counter_type = {.name = "counter", .state_size = sizeof(counter_state_t),
+                                                   .state_init = NULL, .state_cleanup = NULL, .apply = counter_apply,
+                                                   .snapshot_fields = NULL, .snapshot_version = 0, .snapshot_every = 0};
 /* A state that owns resources: never cached. */
-static const cqrs_aggregate_type_t owning_type = {"owning", sizeof(counter_state_t), NULL, cleanup_nothing,
-                                                  counter_apply, NULL, 0, 0};
+static const cqrs_aggregate_type_t owning_type = {.name = "owning", .state_size = sizeof(counter_state_t),
+                                                  .state_init = NULL, .state_cleanup = cleanup_nothing,
+                                                  .apply = counter_apply, .snapshot_fields = NULL, .snapshot_version = 0,
+                                                  .snapshot_every = 0};
 
 static const cqrs_field_t add_fields[] = {CQRS_STRING(add_cmd_t, id, "id", CQRS_F_REQUIRED),
                                           CQRS_INT64(add_cmd_t, amount, "amount", 0),

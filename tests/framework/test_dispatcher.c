@@ -549,6 +549,59 @@ static void test_send_racing_close(void **state) {
   cqrs_registry_destroy(reg);
 }
 
+/* A program built against a header whose options struct was shorter: the
+ * dispatcher reads only what the caller's size covers (the bytes past it
+ * are poison here) and takes the defaults for the rest. A struct filled by
+ * hand (size 0) is read as 0.2.0's. */
+static void test_options_are_read_as_far_as_their_size(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_store_t *store = NULL;
+  cqrs_memory_store_new(&store, NULL);
+  cqrs_dispatcher_options_t o;
+  memset(&o, 0xff, sizeof o);
+  cqrs_dispatcher_options_init_size(&o, offsetof(cqrs_dispatcher_options_t, loops));
+  assert_int_equal(o.size, offsetof(cqrs_dispatcher_options_t, loops));
+  assert_int_equal(o.conflict_retries, 5);
+  assert_int_equal(o.loops, 0xffffffffu); /* not the caller's: not touched */
+  o.conflict_retries = 2;
+  cqrs_dispatcher_t *d;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&loop, reg, store, &o, &d, &err)) fail_msg("%s", err.message); /* 0xffffffff loops: refused */
+  assert_int_equal(ledger_handlers(d, NULL, 0, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, ledger_open_new("l-1", "o"), NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  cqrs_dispatcher_options_t by_hand = {.conflict_retries = 1};
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, &by_hand, &d, &err), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  int64_t head;
+  assert_int_equal(cqrs_store_head(store, &head, NULL), CQRS_OK);
+  assert_int_equal(head, 1);
+  cqrs_store_destroy(store);
+  cqrs_registry_destroy(reg);
+}
+
+/* Descriptors and ops tables keep room for later versions: it must be zero. */
+static void test_reserved_room_must_be_zero(void **state) {
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_error_t err;
+  static const cqrs_field_t fields[] = {CQRS_FIELDS_END};
+  cqrs_event_type_t e = {.name = "x.happened", .schema_version = 1, .payload_size = 1, .fields = fields};
+  e.reserved[3] = &e;
+  assert_int_equal(cqrs_registry_add_event(reg, &e, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "reserved"));
+  e.reserved[3] = NULL;
+  assert_int_equal(cqrs_registry_add_event(reg, &e, &err), CQRS_OK);
+  cqrs_registry_destroy(reg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_commands_reach_their_handler, setup, teardown),
@@ -570,6 +623,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_result_carries_a_value, setup, teardown),
       cmocka_unit_test_setup_teardown(test_execute_waits_for_the_result, setup_threads, teardown),
       cmocka_unit_test(test_send_racing_close),
+      cmocka_unit_test(test_options_are_read_as_far_as_their_size),
+      cmocka_unit_test(test_reserved_room_must_be_zero),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,7 +19,8 @@ typedef struct renamed_v3 {
 static const cqrs_field_t renamed_fields[] = {CQRS_STRING(renamed_t, name, "name", CQRS_F_REQUIRED),
                                               CQRS_STRING(renamed_t, reason, "reason", 0),
                                               CQRS_INT64(renamed_t, count, "count", 0), CQRS_FIELDS_END};
-static const cqrs_event_type_t renamed = {"ledger.renamed", 3, sizeof(renamed_t), renamed_fields};
+static const cqrs_event_type_t renamed = {.name = "ledger.renamed", .schema_version = 3,
+                                          .payload_size = sizeof(renamed_t), .fields = renamed_fields};
 
 static cqrs_code_t v1_to_v2(const bson_t *in, bson_t *out, cqrs_error_t *err) {
   bson_iter_t it;
@@ -70,7 +71,7 @@ static void test_registry(void **state) {
   cqrs_event_type_t clash = ledger_credited;
   assert_int_equal(cqrs_registry_add_event(reg, &clash, &err), CQRS_EDUPLICATE);
   assert_non_null(strstr(err.message, "ledger.credited"));
-  cqrs_event_type_t nameless = {NULL, 1, 8, renamed_fields};
+  cqrs_event_type_t nameless = {.name = NULL, .schema_version = 1, .payload_size = 8, .fields = renamed_fields};
   assert_int_equal(cqrs_registry_add_event(reg, &nameless, &err), CQRS_EINVAL);
   assert_int_equal(cqrs_registry_add_upcaster(reg, "ledger.renamed", 1, v1_to_v2, &err), CQRS_EDUPLICATE);
   assert_int_equal(cqrs_registry_add_upcaster(reg, "ledger.renamed", 0, v1_to_v2, &err), CQRS_EINVAL);

@@ -103,8 +103,10 @@ static cqrs_code_t tl_renew(void *impl, const char *name, const char *owner, int
 static cqrs_code_t tl_release(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err) {
   return cqrs_leases_release(((test_leases_t *)impl)->inner, name, owner, token, err);
 }
-static const cqrs_lease_ops_t tl_ops = {false, tl_acquire, tl_renew, tl_release, NULL};
-static const cqrs_lease_ops_t tl_blocking_ops = {true, tl_acquire, tl_renew, tl_release, NULL};
+static const cqrs_lease_ops_t tl_ops = {.blocking = false, .acquire = tl_acquire, .renew = tl_renew,
+                                        .release = tl_release, .destroy = NULL};
+static const cqrs_lease_ops_t tl_blocking_ops = {.blocking = true, .acquire = tl_acquire, .renew = tl_renew,
+                                                 .release = tl_release, .destroy = NULL};
 
 typedef struct seen {
   int count[MAX_POS];
@@ -673,7 +675,8 @@ static void test_lease_rules(void **state) {
   assert_int_equal(cqrs_dispatcher_set_leases(d, &lo, &err), CQRS_OK);
   assert_int_equal(cqrs_dispatcher_set_leases(d, &lo, &err), CQRS_ESTATE);
   /* Under leases, checkpoints must fence their writes. */
-  static const cqrs_checkpoint_ops_t unfenced_ops = {false, uf_load, uf_save, NULL, NULL};
+  static const cqrs_checkpoint_ops_t unfenced_ops = {.blocking = false, .load = uf_load, .save = uf_save,
+                                                     .destroy = NULL, .save_fenced = NULL};
   cqrs_checkpoints_t *unfenced;
   assert_int_equal(cqrs_checkpoints_new(&unfenced_ops, fx->cp_mem, &unfenced, &err), CQRS_OK);
   side_t side = {fx, 0};

@@ -409,8 +409,9 @@ static cqrs_code_t st_read_all(void *impl, int64_t from, size_t limit, cqrs_even
 static cqrs_code_t st_head(void *impl, int64_t *p, cqrs_error_t *err) {
   return cqrs_store_head(((stale_t *)impl)->inner, p, err);
 }
-static const cqrs_store_ops_t stale_ops = {"stale", false, st_append, st_read_stream, st_read_all, st_head,
-                                           NULL, NULL, free};
+static const cqrs_store_ops_t stale_ops = {.name = "stale", .blocking = false, .append = st_append,
+                                           .read_stream = st_read_stream, .read_all = st_read_all, .head = st_head,
+                                           .snapshot_load = NULL, .snapshot_save = NULL, .destroy = free};
 
 /* The first run: the instance of l-1 records its start and its step, and
  * the dispatcher closes before the step could run (the gate is closed). */

@@ -187,7 +187,8 @@ static cqrs_code_t cc_save(void *impl, const char *name, int64_t position, cqrs_
  * is at the head when the loop returns, without closing. */
 static void test_checkpoint_saved_per_batch(void **state) {
   fx_t *fx = *state;
-  static const cqrs_checkpoint_ops_t ops = {false, cc_load, cc_save, NULL, NULL};
+  static const cqrs_checkpoint_ops_t ops = {.blocking = false, .load = cc_load, .save = cc_save, .destroy = NULL,
+                                            .save_fenced = NULL};
   counted_cp_t cc = {fx->cp_mem, 0};
   cqrs_checkpoints_t *cp;
   assert_int_equal(cqrs_checkpoints_new(&ops, &cc, &cp, NULL), CQRS_OK);
@@ -397,6 +398,51 @@ static void test_wait_from_another_thread(void **state) {
   assert_int_equal(atomic_load(&unknown.got), CQRS_ENOT_FOUND);
   uv_close((uv_handle_t *)&keep, NULL);
   uv_run(&fx->loop, UV_RUN_NOWAIT); /* `keep` lives on this stack */
+  free(s);
+}
+
+typedef struct exec_job {
+  cqrs_dispatcher_t *d;
+  seen_t *seen;
+  _Atomic int got;
+  cqrs_execution_t x;
+  int seen_after; /* what the projection had handled when the call returned */
+} exec_job_t;
+
+static void executor(void *arg) {
+  exec_job_t *j = arg;
+  cqrs_error_t err;
+  cqrs_code_t rc = cqrs_dispatcher_execute_sync(j->d, ledger_credit_new("x", 5), "slow", 10000, &j->x, &err);
+  j->seen_after = (int)j->seen->n; /* the wait saw the projection handle it: ordered before */
+  atomic_store(&j->got, rc);
+}
+
+/* Read-your-writes from a worker thread in one call: the command's figures
+ * (its position), and the projection has handled it by the time it returns,
+ * though it runs on the pool behind the command. */
+static void test_execute_and_wait_for_a_projection(void **state) {
+  fx_t *fx = *state;
+  seen_t *s = calloc(1, sizeof *s);
+  assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("x", "o"), on_done, fx), CQRS_OK);
+  start(fx, "slow", s, CQRS_SUBSCRIBE_BLOCKING);
+  exec_job_t j = {fx->d, s, CQRS_ECODEC, {0}, 0};
+  uv_thread_t t;
+  assert_int_equal(uv_thread_create(&t, executor, &j), 0);
+  uv_timer_t keep;
+  uv_timer_init(&fx->loop, &keep);
+  while (atomic_load(&j.got) == CQRS_ECODEC) {
+    uv_timer_start(&keep, tick, 5, 0);
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  }
+  uv_thread_join(&t);
+  assert_int_equal(atomic_load(&j.got), CQRS_OK);
+  assert_int_equal(j.x.events, 1);
+  assert_false(j.x.duplicate);
+  assert_int_equal(j.x.position, head(fx));
+  assert_int_equal(j.x.version, 2);
+  assert_int_equal(j.seen_after, (int)head(fx));
+  uv_close((uv_handle_t *)&keep, NULL);
+  uv_run(&fx->loop, UV_RUN_NOWAIT);
   free(s);
 }
 
@@ -649,6 +695,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_wait_for_a_projection, setup, teardown),
       cmocka_unit_test_setup_teardown(test_wait_for_a_projection, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_wait_from_another_thread, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_execute_and_wait_for_a_projection, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup, teardown),
       cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_restart_resumes_from_checkpoint, setup, teardown),

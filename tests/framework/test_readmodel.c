@@ -206,7 +206,9 @@ static cqrs_code_t spy_find(void *impl, const char *coll, const cqrs_find_t *q, 
 
 static void test_set_int64_elsewhere_is_a_patch(void **state) {
   (void)state;
-  static const cqrs_readmodel_ops_t spy_ops = {false, spy_put, spy_patch, spy_patch_where, spy_get, spy_find, NULL};
+  static const cqrs_readmodel_ops_t spy_ops = {.blocking = false, .put = spy_put, .patch = spy_patch,
+                                               .patch_where = spy_patch_where, .get = spy_get, .find = spy_find,
+                                               .destroy = NULL};
   spy_t spy = {NULL};
   cqrs_readmodel_t *rm = NULL;
   cqrs_readmodel_new(&spy_ops, &spy, &rm, NULL);
@@ -240,11 +242,14 @@ static void *no_realloc(void *p, size_t n) {
  * exactly once, and leaves *out NULL. */
 static void test_wrappers_release_impl_on_failure(void **state) {
   (void)state;
-  static const cqrs_readmodel_ops_t rm_ops = {false, spy_put, spy_patch, spy_patch_where, spy_get, spy_find,
-                                              count_destroy};
-  static const cqrs_readmodel_ops_t rm_no_find = {false, spy_put, spy_patch, spy_patch_where, spy_get, NULL,
-                                                  count_destroy};
-  static const cqrs_checkpoint_ops_t cp_no_save = {false, NULL, NULL, count_destroy, NULL};
+  static const cqrs_readmodel_ops_t rm_ops = {.blocking = false, .put = spy_put, .patch = spy_patch,
+                                              .patch_where = spy_patch_where, .get = spy_get, .find = spy_find,
+                                              .destroy = count_destroy};
+  static const cqrs_readmodel_ops_t rm_no_find = {.blocking = false, .put = spy_put, .patch = spy_patch,
+                                                  .patch_where = spy_patch_where, .get = spy_get, .find = NULL,
+                                                  .destroy = count_destroy};
+  static const cqrs_checkpoint_ops_t cp_no_save = {.blocking = false, .load = NULL, .save = NULL,
+                                                   .destroy = count_destroy, .save_fenced = NULL};
   static const cqrs_store_ops_t store_no_head = {.name = "none", .destroy = count_destroy};
   int impl;
   static max_align_t stale; /* what *out held before: a failure must clear it */

@@ -31,7 +31,8 @@ static const cqrs_field_t good[] = {CQRS_STRING(pay_t, id, "id", CQRS_F_REQUIRED
                                     CQRS_INT32_RANGE(pay_t, count, "count", 1, 100),
                                     CQRS_DOC(pay_t, at, "at", at_bounded, 0), CQRS_FIELDS_END};
 
-static const cqrs_event_type_t bad_event = {"pay.made", 1, sizeof(pay_t), unbounded};
+static const cqrs_event_type_t bad_event = {.name = "pay.made", .schema_version = 1, .payload_size = sizeof(pay_t),
+                                            .fields = unbounded};
 static const cqrs_apply_entry_t bad_apply[] = {{&bad_event, NULL}, {NULL, NULL}};
 
 static void expect_refused(cqrs_code_t rc, const cqrs_error_t *err, const char *needle) {
@@ -86,7 +87,8 @@ static void test_names_must_be_utf8(void **state) {
   cqrs_registry_t *reg = NULL;
   cqrs_registry_new(&reg, NULL);
   cqrs_error_t err;
-  const cqrs_event_type_t odd = {"pay.\xff", 1, sizeof(pay_t), good};
+  const cqrs_event_type_t odd = {.name = "pay.\xff", .schema_version = 1, .payload_size = sizeof(pay_t),
+                                 .fields = good};
   assert_int_equal(cqrs_registry_add_event(reg, &odd, &err), CQRS_EINVAL);
   assert_non_null(strstr(err.message, "not valid UTF-8"));
   cqrs_registry_destroy(reg);

@@ -152,8 +152,9 @@ static cqrs_code_t c_snap_save(void *impl, const cqrs_snapshot_t *snap, cqrs_err
 static void test_snapshot_plus_events_equals_full_replay(void **state) {
   (void)state;
   cqrs_memory_store_new(&counter.inner, NULL);
-  counter.ops = (cqrs_store_ops_t){"counting", false, c_append, c_read_stream, c_read_all, c_head,
-                                   c_snap_load,  c_snap_save, NULL};
+  counter.ops = (cqrs_store_ops_t){.name = "counting", .blocking = false, .append = c_append,
+                                   .read_stream = c_read_stream, .read_all = c_read_all, .head = c_head,
+                                   .snapshot_load = c_snap_load, .snapshot_save = c_snap_save, .destroy = NULL};
   cqrs_store_t *s = NULL;
   cqrs_store_new(&counter.ops, NULL, &s, NULL);
   cqrs_aggregate_t *agg;
@@ -275,8 +276,9 @@ static cqrs_code_t c_snap_load_corrupt(void *impl, const char *t, const char *id
 static void test_snapshot_at_int64_max_is_corrupt(void **state) {
   (void)state;
   cqrs_memory_store_new(&counter.inner, NULL);
-  counter.ops = (cqrs_store_ops_t){"corrupt", false, c_append, c_read_stream, c_read_all, c_head,
-                                   c_snap_load_corrupt, c_snap_save, NULL};
+  counter.ops = (cqrs_store_ops_t){.name = "corrupt", .blocking = false, .append = c_append,
+                                   .read_stream = c_read_stream, .read_all = c_read_all, .head = c_head,
+                                   .snapshot_load = c_snap_load_corrupt, .snapshot_save = c_snap_save, .destroy = NULL};
   cqrs_store_t *s = NULL;
   cqrs_store_new(&counter.ops, NULL, &s, NULL);
   cqrs_aggregate_t *agg = (cqrs_aggregate_t *)1;

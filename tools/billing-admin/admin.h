@@ -102,7 +102,7 @@ int admin_status(admin_t *a, int argc, char **argv);
 typedef struct admin_projection {
   const char *name; /* "billing.invoices" */
   const char *const *collections; /* NULL-terminated */
-  cqrs_event_handler_fn handler;
+  cqrs_event_handler_cb handler;
   const cqrs_event_type_t *const *types;
 } admin_projection_t;
 extern const admin_projection_t admin_projections[]; /* ends with a NULL name */

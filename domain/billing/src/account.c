@@ -49,16 +49,21 @@ static const cqrs_field_t moved_fields[] = {
 static const cqrs_field_t closed_fields[] = {CQRS_TIME(billing_account_closed_t, closed_at, "closedAt", 0),
                                              CQRS_FIELDS_END};
 
-const cqrs_event_type_t billing_account_opened = {"account.opened", 1, sizeof(billing_account_opened_t),
-                                                  opened_fields};
-const cqrs_event_type_t billing_account_deposited = {"account.deposited", 1, sizeof(billing_account_moved_t),
-                                                     moved_fields};
-const cqrs_event_type_t billing_account_withdrawn = {"account.withdrawn", 1, sizeof(billing_account_moved_t),
-                                                     moved_fields};
-const cqrs_event_type_t billing_account_refunded = {"account.refunded", 1, sizeof(billing_account_moved_t),
-                                                    moved_fields};
-const cqrs_event_type_t billing_account_closed = {"account.closed", 1, sizeof(billing_account_closed_t),
-                                                  closed_fields};
+const cqrs_event_type_t billing_account_opened = {.name = "account.opened", .schema_version = 1,
+                                                  .payload_size = sizeof(billing_account_opened_t),
+                                                  .fields = opened_fields};
+const cqrs_event_type_t billing_account_deposited = {.name = "account.deposited", .schema_version = 1,
+                                                     .payload_size = sizeof(billing_account_moved_t),
+                                                     .fields = moved_fields};
+const cqrs_event_type_t billing_account_withdrawn = {.name = "account.withdrawn", .schema_version = 1,
+                                                     .payload_size = sizeof(billing_account_moved_t),
+                                                     .fields = moved_fields};
+const cqrs_event_type_t billing_account_refunded = {.name = "account.refunded", .schema_version = 1,
+                                                    .payload_size = sizeof(billing_account_moved_t),
+                                                    .fields = moved_fields};
+const cqrs_event_type_t billing_account_closed = {.name = "account.closed", .schema_version = 1,
+                                                  .payload_size = sizeof(billing_account_closed_t),
+                                                  .fields = closed_fields};
 
 static void on_opened(void *state, const cqrs_event_t *e) {
   billing_account_state_t *s = state;

@@ -64,10 +64,12 @@ static const cqrs_field_t changed_fields[] = {
     CQRS_STRING(billing_email_changed_t, email, "email", CQRS_F_REQUIRED),
     CQRS_STRING(billing_email_changed_t, previous, "previous", 0), CQRS_FIELDS_END};
 
-const cqrs_event_type_t billing_customer_registered = {"customer.registered", 1,
-                                                       sizeof(billing_customer_registered_t), registered_fields};
-const cqrs_event_type_t billing_customer_email_changed = {"customer.email_changed", 1,
-                                                          sizeof(billing_email_changed_t), changed_fields};
+const cqrs_event_type_t billing_customer_registered = {.name = "customer.registered", .schema_version = 1,
+                                                       .payload_size = sizeof(billing_customer_registered_t),
+                                                       .fields = registered_fields};
+const cqrs_event_type_t billing_customer_email_changed = {.name = "customer.email_changed", .schema_version = 1,
+                                                          .payload_size = sizeof(billing_email_changed_t),
+                                                          .fields = changed_fields};
 
 static void on_registered(void *state, const cqrs_event_t *e) {
   billing_customer_state_t *s = state;

@@ -72,13 +72,17 @@ static const cqrs_field_t paid_fields[] = {CQRS_MONEY_RANGE(billing_invoice_paid
 static const cqrs_field_t cancelled_fields[] = {CQRS_STRING(billing_invoice_cancelled_t, reason, "reason", 0),
                                                 CQRS_FIELDS_END};
 
-const cqrs_event_type_t billing_invoice_numbered = {"invoice.numbered", 1, sizeof(billing_invoice_numbered_t),
-                                                    numbered_fields};
-const cqrs_event_type_t billing_invoice_issued = {"invoice.issued", 1, sizeof(billing_invoice_issued_t),
-                                                  issued_fields};
-const cqrs_event_type_t billing_invoice_paid = {"invoice.paid", 1, sizeof(billing_invoice_paid_t), paid_fields};
-const cqrs_event_type_t billing_invoice_cancelled = {"invoice.cancelled", 1, sizeof(billing_invoice_cancelled_t),
-                                                     cancelled_fields};
+const cqrs_event_type_t billing_invoice_numbered = {.name = "invoice.numbered", .schema_version = 1,
+                                                    .payload_size = sizeof(billing_invoice_numbered_t),
+                                                    .fields = numbered_fields};
+const cqrs_event_type_t billing_invoice_issued = {.name = "invoice.issued", .schema_version = 1,
+                                                  .payload_size = sizeof(billing_invoice_issued_t),
+                                                  .fields = issued_fields};
+const cqrs_event_type_t billing_invoice_paid = {.name = "invoice.paid", .schema_version = 1,
+                                                .payload_size = sizeof(billing_invoice_paid_t), .fields = paid_fields};
+const cqrs_event_type_t billing_invoice_cancelled = {.name = "invoice.cancelled", .schema_version = 1,
+                                                     .payload_size = sizeof(billing_invoice_cancelled_t),
+                                                     .fields = cancelled_fields};
 
 static void on_numbered(void *state, const cqrs_event_t *e) {
   BILLING_UNUSED(e);

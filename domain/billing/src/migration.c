@@ -122,8 +122,9 @@ const cqrs_command_type_t billing_import_invoice = {.name = "invoice.import",
                                                     .fields = import_fields,
                                                     .validate = import_validate,
                                                     .make_id = import_id};
-const cqrs_event_type_t billing_invoice_imported = {"invoice.imported", 1, sizeof(billing_invoice_imported_t),
-                                                    imported_fields};
+const cqrs_event_type_t billing_invoice_imported = {.name = "invoice.imported", .schema_version = 1,
+                                                    .payload_size = sizeof(billing_invoice_imported_t),
+                                                    .fields = imported_fields};
 
 void billing__book_on_imported(void *state, const cqrs_event_t *e) {
   billing_book_state_t *s = state;

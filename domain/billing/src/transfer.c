@@ -46,14 +46,18 @@ static const cqrs_field_t requested_fields[] = {
 static const cqrs_field_t ended_fields[] = {CQRS_STRING(billing_transfer_ended_t, reason, "reason", 0),
                                             CQRS_FIELDS_END};
 
-const cqrs_event_type_t billing_transfer_requested = {"transfer.requested", 1, sizeof(billing_transfer_requested_t),
-                                                      requested_fields};
-const cqrs_event_type_t billing_transfer_completed = {"transfer.completed", 1, sizeof(billing_transfer_ended_t),
-                                                      ended_fields};
-const cqrs_event_type_t billing_transfer_failed = {"transfer.failed", 1, sizeof(billing_transfer_ended_t),
-                                                   ended_fields};
-const cqrs_event_type_t billing_transfer_refunded = {"transfer.refunded", 1, sizeof(billing_transfer_ended_t),
-                                                     ended_fields};
+const cqrs_event_type_t billing_transfer_requested = {.name = "transfer.requested", .schema_version = 1,
+                                                      .payload_size = sizeof(billing_transfer_requested_t),
+                                                      .fields = requested_fields};
+const cqrs_event_type_t billing_transfer_completed = {.name = "transfer.completed", .schema_version = 1,
+                                                      .payload_size = sizeof(billing_transfer_ended_t),
+                                                      .fields = ended_fields};
+const cqrs_event_type_t billing_transfer_failed = {.name = "transfer.failed", .schema_version = 1,
+                                                   .payload_size = sizeof(billing_transfer_ended_t),
+                                                   .fields = ended_fields};
+const cqrs_event_type_t billing_transfer_refunded = {.name = "transfer.refunded", .schema_version = 1,
+                                                     .payload_size = sizeof(billing_transfer_ended_t),
+                                                     .fields = ended_fields};
 
 static void on_requested(void *state, const cqrs_event_t *e) {
   billing_transfer_state_t *s = state;

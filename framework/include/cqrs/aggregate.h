@@ -10,7 +10,8 @@ extern "C" {
 
 /* Applies one event to the state. Must not fail: an event is a fact. */
 typedef void (*cqrs_apply_cb)(void *state, const cqrs_event_t *e);
-typedef cqrs_apply_cb cqrs_apply_fn; /* the name before 0.2; kept for old code */
+/* The 0.1 name, removed in 0.3. */
+typedef cqrs_apply_cb cqrs_apply_fn CQRS_DEPRECATED("use cqrs_apply_cb");
 
 typedef struct cqrs_apply_entry {
   const cqrs_event_type_t *type;
@@ -32,6 +33,8 @@ typedef struct cqrs_aggregate_type {
   const cqrs_field_t *snapshot_fields; /* optional */
   uint32_t snapshot_version;
   uint32_t snapshot_every;
+  /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
+  void *reserved[4];
 } cqrs_aggregate_type_t;
 
 typedef struct cqrs_aggregate cqrs_aggregate_t;

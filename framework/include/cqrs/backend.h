@@ -154,6 +154,8 @@ typedef struct cqrs_store_ops {
                                cqrs_snapshot_t *out, bool *found, cqrs_error_t *err);
   cqrs_code_t (*snapshot_save)(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err);
   void (*destroy)(void *impl);
+  /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
+  void *reserved[4];
 } cqrs_store_ops_t;
 
 /* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
@@ -196,6 +198,8 @@ typedef struct cqrs_readmodel_ops {
   cqrs_code_t (*find)(void *impl, const char *coll, const cqrs_find_t *q, cqrs_doc_visit_cb cb, void *data,
                       cqrs_error_t *err);
   void (*destroy)(void *impl);
+  /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
+  void *reserved[4];
 } cqrs_readmodel_ops_t;
 
 /* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
@@ -220,6 +224,8 @@ typedef struct cqrs_checkpoint_ops {
    * passed to another). A plain save is not fenced (an operator's reset)
    * and leaves the highest token in force. */
   cqrs_code_t (*save_fenced)(void *impl, const char *name, int64_t position, int64_t token, cqrs_error_t *err);
+  /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
+  void *reserved[4];
 } cqrs_checkpoint_ops_t;
 
 /* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
@@ -252,6 +258,8 @@ typedef struct cqrs_lease_ops {
   /* Lets go at once (others may take it now); nothing when not held. */
   cqrs_code_t (*release)(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err);
   void (*destroy)(void *impl);
+  /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
+  void *reserved[4];
 } cqrs_lease_ops_t;
 
 /* Wraps an implementation into *out, as cqrs_checkpoints_new does: `ops`

@@ -29,6 +29,8 @@ typedef struct cqrs_command_type {
    * that aggregate on the one loop owning it. NULL, or a NULL return: the
    * home loop. Any thread; must not fail. */
   const char *(*aggregate_id)(const void *payload);
+  /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
+  void *reserved[4];
 } cqrs_command_type_t;
 
 typedef struct cqrs_command cqrs_command_t;

@@ -23,6 +23,14 @@ extern "C" {
 #define CQRS_PRINTF(f, a)
 #endif
 
+/* An old name, kept for one minor version: the compiler says what to use
+ * instead (docs/versioning.md). */
+#if defined(__GNUC__)
+#define CQRS_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#define CQRS_DEPRECATED(msg)
+#endif
+
 /* Bounded lengths, terminating NUL included. */
 #define CQRS_ID_MAX 64      /* aggregate ids, command ids, correlation ids */
 #define CQRS_NAME_MAX 64    /* type names, reasons, subscriber names */

@@ -19,7 +19,7 @@
 #include "cqrs/lease.h"
 
 #define CQRS_VERSION_MAJOR 0
-#define CQRS_VERSION_MINOR 1
+#define CQRS_VERSION_MINOR 2
 #define CQRS_VERSION_PATCH 0
 
 #endif

@@ -40,21 +40,29 @@ typedef void (*cqrs_done_cb)(const cqrs_result_t *result, void *data);
  * thread of the dispatcher's loop owning the aggregate (options.loops). */
 typedef cqrs_code_t (*cqrs_command_handler_cb)(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data,
                                                cqrs_error_t *err);
-typedef cqrs_command_handler_cb cqrs_command_handler_fn; /* the name before 0.2; kept for old code */
+/* The 0.1 name, removed in 0.3. */
+typedef cqrs_command_handler_cb cqrs_command_handler_fn CQRS_DEPRECATED("use cqrs_command_handler_cb");
 
 /* An event handler or projection: CQRS_OK, or an error (the event is retried
  * with back-off, then dead-lettered). */
 typedef cqrs_code_t (*cqrs_event_handler_cb)(const cqrs_event_t *e, void *data, cqrs_error_t *err);
-typedef cqrs_event_handler_cb cqrs_event_handler_fn; /* the name before 0.2; kept for old code */
+/* The 0.1 name, removed in 0.3. */
+typedef cqrs_event_handler_cb cqrs_event_handler_fn CQRS_DEPRECATED("use cqrs_event_handler_cb");
 
 /* Where events go once a subscriber has failed on them for good. Loop thread. */
 typedef void (*cqrs_dead_letter_cb)(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
                                     void *data);
-typedef cqrs_dead_letter_cb cqrs_dead_letter_fn; /* the name before 0.2; kept for old code */
+/* The 0.1 name, removed in 0.3. */
+typedef cqrs_dead_letter_cb cqrs_dead_letter_fn CQRS_DEPRECATED("use cqrs_dead_letter_cb");
 
 typedef void (*cqrs_close_cb)(void *data);
 
+/* Options that can grow (docs/versioning.md): `size` is the caller's
+ * sizeof, set by cqrs_dispatcher_options_init; the dispatcher reads only
+ * what it covers and takes the defaults for the rest (0: the size 0.2.0
+ * had). Fill it with cqrs_dispatcher_options_init, then set what differs. */
 typedef struct cqrs_dispatcher_options {
+  size_t size;
   unsigned conflict_retries;      /* handler re-runs after a conflict; default 5 */
   unsigned retry_attempts;        /* deliveries to a failing subscriber; default 3 */
   uint64_t retry_base_ms;         /* first back-off; default 1000 */
@@ -85,8 +93,11 @@ typedef struct cqrs_dispatcher_options {
   unsigned home_percent;
 } cqrs_dispatcher_options_t;
 
-/* Fills `opts` with the defaults. */
-CQRS_EXPORT void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *opts);
+/* Fills the first `size` bytes of `opts` with the defaults and sets its
+ * size: call it through cqrs_dispatcher_options_init(opts), which passes
+ * the sizeof the caller was built with. */
+CQRS_EXPORT void cqrs_dispatcher_options_init_size(cqrs_dispatcher_options_t *opts, size_t size);
+#define cqrs_dispatcher_options_init(opts) cqrs_dispatcher_options_init_size((opts), sizeof *(opts))
 
 /* Creates a dispatcher on `loop`; call from the loop's thread. `reg` and
  * `store` are borrowed and must outlive it. `opts` NULL: defaults. Reads the
@@ -130,6 +141,21 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_send(cqrs_dispatcher_t *d, cqrs_command_
  * send steps without waiting. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err,
                                                 bool *duplicate);
+
+/* What an executed command came to, beyond its code: a cqrs_result_t's
+ * figures, copied (the result itself lives only during `done`). */
+typedef struct cqrs_execution {
+  bool duplicate;   /* the command id had committed before: nothing appended */
+  int64_t version;  /* of the changed aggregate after the command */
+  size_t events;    /* events committed */
+  int64_t position; /* global position of the last event committed (0: none): wait for projections to reach it */
+  void *reserved[4];
+} cqrs_execution_t;
+/* cqrs_dispatcher_execute, filling `out` (may be NULL) with the figures.
+ * For read-your-writes from a worker thread, see cqrs_dispatcher_execute_sync
+ * (projection.h). */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute_ex(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_execution_t *out,
+                                                   cqrs_error_t *err);
 
 /* Inside a handler: loads an aggregate (from the repository, once per id)
  * and tracks it; the framework commits its pending events when the handler

@@ -17,6 +17,8 @@ typedef struct cqrs_event_type {
   uint32_t schema_version; /* current version of the payload shape, >= 1 */
   size_t payload_size;
   const cqrs_field_t *fields;
+  /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
+  void *reserved[4];
 } cqrs_event_type_t;
 
 /* What the events of one commit share. Immutable, reference counted. */

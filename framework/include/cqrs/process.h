@@ -89,6 +89,8 @@ typedef struct cqrs_process_type {
   const cqrs_process_step_t *steps;    /* ends with {NULL, NULL} */
   cqrs_process_step_cb on_step;        /* required when there are steps */
   cqrs_process_deadline_cb on_deadline; /* optional */
+  /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
+  void *reserved[4];
 } cqrs_process_type_t;
 
 /* Registers a process type and the types it records (its stream, events

@@ -67,6 +67,17 @@ CQRS_EXPORT cqrs_code_t cqrs_projection_wait(cqrs_dispatcher_t *d, const char *n
 CQRS_EXPORT cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const char *name, int64_t position,
                                                   uint64_t timeout_ms);
 
+/* Read-your-writes in one call, from a thread other than the loop's:
+ * executes `cmd` (taken over; cqrs_dispatcher_execute_ex) and, when it
+ * committed events, waits until `projection` (NULL: every projection and
+ * process manager on `d`) has handled them, at most `timeout_ms`. Returns
+ * the command's code; or, when the command succeeded and only the wait did
+ * not (CQRS_ETIMEOUT, CQRS_ECLOSED, CQRS_ENOT_FOUND), that code, with `out`
+ * (may be NULL) saying what the command committed all the same. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute_sync(cqrs_dispatcher_t *d, cqrs_command_t *cmd,
+                                                     const char *projection, uint64_t timeout_ms,
+                                                     cqrs_execution_t *out, cqrs_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,7 +15,8 @@ extern "C" {
  * the handler appends its answer. */
 typedef cqrs_code_t (*cqrs_query_handler_cb)(const cqrs_readmodel_t *rm, const bson_t *params, bson_t *out, void *data,
                                      cqrs_error_t *err);
-typedef cqrs_query_handler_cb cqrs_query_fn; /* the name before 0.2; kept for old code */
+/* The 0.1 name, removed in 0.3. */
+typedef cqrs_query_handler_cb cqrs_query_fn CQRS_DEPRECATED("use cqrs_query_handler_cb");
 
 typedef struct cqrs_queries cqrs_queries_t;
 

@@ -13,7 +13,8 @@ extern "C" {
  * `out` is initialised by the caller. `in` is well-formed BSON whose strings
  * are valid UTF-8 (a corrupt stored payload never reaches an upcaster). */
 typedef cqrs_code_t (*cqrs_upcast_cb)(const bson_t *in, bson_t *out, cqrs_error_t *err);
-typedef cqrs_upcast_cb cqrs_upcast_fn; /* the name before 0.2; kept for old code */
+/* The 0.1 name, removed in 0.3. */
+typedef cqrs_upcast_cb cqrs_upcast_fn CQRS_DEPRECATED("use cqrs_upcast_cb");
 
 /* Creates an empty registry into *out. Register every type before sharing it
  * between threads: reads are then lock-free. Free with cqrs_registry_destroy.

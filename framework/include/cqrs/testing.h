@@ -15,7 +15,8 @@ typedef struct cqrs_test cqrs_test_t;
 /* Registers the handlers (and subscribers) under test on the fixture's
  * dispatcher. */
 typedef cqrs_code_t (*cqrs_test_setup_cb)(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err);
-typedef cqrs_test_setup_cb cqrs_test_setup_fn; /* the name before 0.2; kept for old code */
+/* The 0.1 name, removed in 0.3. */
+typedef cqrs_test_setup_cb cqrs_test_setup_fn CQRS_DEPRECATED("use cqrs_test_setup_cb");
 
 /* Creates a fixture for aggregate `id` of `type` into *out. `reg` is
  * borrowed. NULL `out`, registry or type, or a bad id: CQRS_EINVAL; a failing

@@ -190,6 +190,17 @@ void cqrs__registry_forget(cqrs_registry_t *reg, const void *type);
 
 #define CQRS__UNUSED(x) (void)(x)
 
+/* Whether the reserved room of a descriptor or ops table is all zero (what
+ * a later version may give a meaning to). */
+static inline bool cqrs__reserved_zero(void *const *reserved, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (reserved[i]) return false;
+  }
+  return true;
+}
+#define CQRS__RESERVED_ZERO(desc) \
+  cqrs__reserved_zero((desc)->reserved, sizeof(desc)->reserved / sizeof *(desc)->reserved)
+
 /* Command ids starting with this character belong to process managers:
  * the dispatcher refuses them from anyone else, so no outside command can
  * take the id of a step before the step runs. */

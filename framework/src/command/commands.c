@@ -152,18 +152,29 @@ static cqrs_code_t port_handle(void *self, const cqrs_command_type_t *type, cqrs
 typedef struct waiter {
   uv_sem_t sem;
   cqrs_error_t error;
-  bool duplicate;
+  cqrs_execution_t figures;
 } waiter_t;
 
 static void wake(const cqrs_result_t *r, void *data) {
   waiter_t *w = data;
   w->error = r->error;
-  w->duplicate = r->duplicate;
+  w->figures.duplicate = r->duplicate;
+  w->figures.version = r->version;
+  w->figures.events = r->events;
+  w->figures.position = r->position;
   uv_sem_post(&w->sem);
 }
 
 cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_error_t *err, bool *duplicate) {
-  if (duplicate) *duplicate = false;
+  cqrs_execution_t x;
+  cqrs_code_t rc = cqrs_dispatcher_execute_ex(d, cmd, &x, err);
+  if (duplicate) *duplicate = x.duplicate;
+  return rc;
+}
+
+cqrs_code_t cqrs_dispatcher_execute_ex(cqrs_dispatcher_t *d, cqrs_command_t *cmd, cqrs_execution_t *out,
+                                       cqrs_error_t *err) {
+  if (out) memset(out, 0, sizeof *out);
   if (!d || !cmd) {
     cqrs_command_destroy(cmd);
     return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher or command");
@@ -173,6 +184,7 @@ cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, c
     return cqrs_error_set(err, CQRS_ESTATE, "cqrs_dispatcher_execute would block the loop thread");
   }
   waiter_t w;
+  memset(&w.figures, 0, sizeof w.figures);
   if (uv_sem_init(&w.sem, 0)) {
     cqrs_command_destroy(cmd);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot create a semaphore");
@@ -185,7 +197,7 @@ cqrs_code_t cqrs_dispatcher_execute(cqrs_dispatcher_t *d, cqrs_command_t *cmd, c
   uv_sem_wait(&w.sem);
   uv_sem_destroy(&w.sem);
   cqrs__error_copy(err, &w.error);
-  if (duplicate) *duplicate = w.duplicate;
+  if (out) *out = w.figures;
   return w.error.code;
 }
 

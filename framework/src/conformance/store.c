@@ -16,7 +16,8 @@ typedef struct amount {
   int64_t amount;
 } amount_t;
 static const cqrs_field_t amount_fields[] = {CQRS_INT64(amount_t, amount, "amount", 0), CQRS_FIELDS_END};
-static const cqrs_event_type_t credited = {"conformance.credited", 1, sizeof(amount_t), amount_fields};
+static const cqrs_event_type_t credited = {.name = "conformance.credited", .schema_version = 1,
+                                           .payload_size = sizeof(amount_t), .fields = amount_fields};
 
 typedef struct fx {
   const cqrs_store_factory_t *f;

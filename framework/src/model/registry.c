@@ -137,6 +137,7 @@ cqrs_code_t cqrs_registry_add_command(cqrs_registry_t *reg, const cqrs_command_t
   if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or command type");
   if (!type->fields || !type->payload_size)
     return cqrs_error_set(err, CQRS_EINVAL, "command type lacks fields or payload size");
+  if (!CQRS__RESERVED_ZERO(type)) return cqrs_error_set(err, CQRS_EINVAL, "command type: reserved fields must be zero");
   if (type->name && !strncmp(type->name, CQRS__RESERVED_TYPE_PREFIX, strlen(CQRS__RESERVED_TYPE_PREFIX)))
     return cqrs_error_set(err, CQRS_EINVAL, "command type %.64s: names starting '%s' are the framework's",
                           type->name, CQRS__RESERVED_TYPE_PREFIX);
@@ -148,6 +149,7 @@ cqrs_code_t cqrs_registry_add_event(cqrs_registry_t *reg, const cqrs_event_type_
   if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or event type");
   if (!type->fields || !type->payload_size || type->schema_version < 1)
     return cqrs_error_set(err, CQRS_EINVAL, "event type lacks fields, payload size or schema version");
+  if (!CQRS__RESERVED_ZERO(type)) return cqrs_error_set(err, CQRS_EINVAL, "event type: reserved fields must be zero");
   cqrs_code_t rc = check_table("event type", type->name, type->fields, err);
   return rc ? rc : add(&reg->events, "event type", type->name, type, err);
 }
@@ -156,6 +158,8 @@ cqrs_code_t cqrs_registry_add_aggregate(cqrs_registry_t *reg, const cqrs_aggrega
                                         cqrs_error_t *err) {
   if (!reg || !type) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry or aggregate type");
   if (!type->apply) return cqrs_error_set(err, CQRS_EINVAL, "aggregate type lacks an apply table");
+  if (!CQRS__RESERVED_ZERO(type))
+    return cqrs_error_set(err, CQRS_EINVAL, "aggregate type: reserved fields must be zero");
   if (type->snapshot_every && !type->snapshot_fields)
     return cqrs_error_set(err, CQRS_EINVAL, "aggregate type takes snapshots but has no snapshot fields");
   cqrs_code_t rc;

@@ -13,7 +13,8 @@ typedef struct refusal {
 static const cqrs_field_t refusal_fields[] = {CQRS_INT32(refusal_t, code, "code", 0),
                                               CQRS_STRING(refusal_t, name, "name", 0),
                                               CQRS_STRING(refusal_t, message, "message", 0), CQRS_FIELDS_END};
-static const cqrs_event_type_t refused_type = {"cqrs.step.refused", 1, sizeof(refusal_t), refusal_fields};
+static const cqrs_event_type_t refused_type = {.name = "cqrs.step.refused", .schema_version = 1,
+                                               .payload_size = sizeof(refusal_t), .fields = refusal_fields};
 static void no_apply(void *state, const cqrs_event_t *e) {
   CQRS__UNUSED(state);
   CQRS__UNUSED(e);

@@ -87,7 +87,7 @@ static bool kind_init(pm_event_type_t *t, const pm_type_t *pm, int kind, const c
   t->pm = pm;
   t->kind = kind;
   int n = snprintf(t->name, sizeof t->name, "%s.%s", pm->stream, suffix);
-  t->pub = (cqrs_event_type_t){t->name, version, size, fields};
+  t->pub = (cqrs_event_type_t){.name = t->name, .schema_version = version, .payload_size = size, .fields = fields};
   return n > 0 && (size_t)n < sizeof t->name;
 }
 
@@ -97,6 +97,8 @@ static cqrs_code_t check_def(const cqrs_process_type_t *def, cqrs_error_t *err) 
   if (!def || !cqrs__process_name_ok(def->name, ".") || strlen(def->name) > CQRS_PROCESS_NAME_MAX)
     return cqrs_error_set(err, CQRS_EINVAL, "a process type needs a name of 1 to %d letters, digits, '_', '-', '.'",
                           CQRS_PROCESS_NAME_MAX);
+  if (!CQRS__RESERVED_ZERO(def))
+    return cqrs_error_set(err, CQRS_EINVAL, "process %s: reserved fields must be zero", def->name);
   if (!def->routes || !def->routes[0].type)
     return cqrs_error_set(err, CQRS_EINVAL, "process %s routes no event", def->name);
   if (def->state_size && !def->state_fields)

@@ -16,6 +16,8 @@ cqrs_code_t cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl, c
     rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   } else if (!ops || !ops->load || !ops->save) {
     rc = cqrs_error_set(err, CQRS_EINVAL, "NULL ops or a missing load or save");
+  } else if (!CQRS__RESERVED_ZERO(ops)) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "ops: reserved fields must be zero");
   } else if (!(cp = cqrs__calloc(1, sizeof *cp))) {
     rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate checkpoints");
   }
@@ -133,7 +135,8 @@ static void mem_cp_destroy(void *impl) {
   cqrs__free(m);
 }
 
-static const cqrs_checkpoint_ops_t mem_cp_ops = {false, mem_cp_load, mem_cp_save, mem_cp_destroy, mem_cp_save_fenced};
+static const cqrs_checkpoint_ops_t mem_cp_ops = {.blocking = false, .load = mem_cp_load, .save = mem_cp_save,
+                                                 .destroy = mem_cp_destroy, .save_fenced = mem_cp_save_fenced};
 
 cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoints_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");

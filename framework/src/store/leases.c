@@ -16,6 +16,8 @@ cqrs_code_t cqrs_leases_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_leases
     rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   } else if (!ops || !ops->acquire || !ops->renew || !ops->release) {
     rc = cqrs_error_set(err, CQRS_EINVAL, "NULL ops or a missing acquire, renew or release");
+  } else if (!CQRS__RESERVED_ZERO(ops)) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "ops: reserved fields must be zero");
   } else if (!(l = cqrs__calloc(1, sizeof *l))) {
     rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate leases");
   }
@@ -149,7 +151,8 @@ static void mem_destroy(void *impl) {
   cqrs__free(m);
 }
 
-static const cqrs_lease_ops_t mem_ops = {false, mem_acquire, mem_renew, mem_release, mem_destroy};
+static const cqrs_lease_ops_t mem_ops = {.blocking = false, .acquire = mem_acquire, .renew = mem_renew,
+                                         .release = mem_release, .destroy = mem_destroy};
 
 cqrs_code_t cqrs_memory_leases_new(cqrs_leases_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");

@@ -536,8 +536,9 @@ static void mrm_destroy(void *impl) {
   cqrs__free(m);
 }
 
-const cqrs_readmodel_ops_t cqrs__memrm_ops = {false,   mrm_put,  mrm_patch,  mrm_patch_where,
-                                              mrm_get, mrm_find, mrm_destroy};
+const cqrs_readmodel_ops_t cqrs__memrm_ops = {.blocking = false, .put = mrm_put, .patch = mrm_patch,
+                                              .patch_where = mrm_patch_where, .get = mrm_get, .find = mrm_find,
+                                              .destroy = mrm_destroy};
 
 cqrs_code_t cqrs__memrm_new(memrm_t **out, cqrs_error_t *err) {
   *out = NULL;

@@ -16,6 +16,8 @@ cqrs_code_t cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl, cqrs
     rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   } else if (!ops || !ops->put || !ops->patch || !ops->patch_where || !ops->get || !ops->find) {
     rc = cqrs_error_set(err, CQRS_EINVAL, "NULL ops or a missing put, patch, patch_where, get or find");
+  } else if (!CQRS__RESERVED_ZERO(ops)) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "ops: reserved fields must be zero");
   } else if (!(rm = cqrs__calloc(1, sizeof *rm))) {
     rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a read model");
   }

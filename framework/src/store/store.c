@@ -7,6 +7,8 @@ cqrs_code_t cqrs_store_new(const cqrs_store_ops_t *ops, void *impl, cqrs_store_t
     rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   } else if (!ops || !ops->append || !ops->read_stream || !ops->read_all || !ops->head) {
     rc = cqrs_error_set(err, CQRS_EINVAL, "NULL ops or a missing append, read_stream, read_all or head");
+  } else if (!CQRS__RESERVED_ZERO(ops)) {
+    rc = cqrs_error_set(err, CQRS_EINVAL, "ops: reserved fields must be zero");
   } else if (!(s = cqrs__calloc(1, sizeof *s))) {
     rc = cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a store");
   }

@@ -47,8 +47,13 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   *out = NULL;
   if (!uri_string || !*uri_string || !reg) return cqrs_error_set(err, CQRS_EINVAL, "NULL or empty URI, or no registry");
   uv_once(&init_once, init_driver);
+  /* The caller's options as far as its size goes; 0: the size 0.2.0 had
+   * (offsetof the first option appended since, when one is). */
   cqrs_mongo_options_t o = {0};
-  if (opts) o = *opts;
+  if (opts) {
+    size_t n = opts->size ? opts->size : sizeof o;
+    memcpy(&o, opts, n < sizeof o ? n : sizeof o);
+  }
   bson_error_t berr;
   mongoc_uri_t *uri = mongoc_uri_new_with_error(uri_string, &berr);
   if (!uri) return cqrs_error_set(err, CQRS_EINVAL, "invalid MongoDB URI (%.180s)", berr.message);

@@ -221,7 +221,8 @@ static cqrs_code_t ml_release(void *impl, const char *name, const char *owner, i
   return run(impl, L_RELEASE, name, owner, 0, &token, err);
 }
 
-static const cqrs_lease_ops_t mongo_lease_ops = {true, ml_acquire, ml_renew, ml_release, NULL};
+static const cqrs_lease_ops_t mongo_lease_ops = {.blocking = true, .acquire = ml_acquire, .renew = ml_renew,
+                                                 .release = ml_release, .destroy = NULL};
 
 cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **out, cqrs_error_t *err) {
   if (!m) {

@@ -149,8 +149,9 @@ static cqrs_code_t mrm_find(void *impl, const char *coll, const cqrs_find_t *q, 
   return rc;
 }
 
-static const cqrs_readmodel_ops_t mongo_rm_ops = {true,    mrm_put,  mrm_patch, mrm_patch_where,
-                                                  mrm_get, mrm_find, NULL};
+static const cqrs_readmodel_ops_t mongo_rm_ops = {.blocking = true, .put = mrm_put, .patch = mrm_patch,
+                                                  .patch_where = mrm_patch_where, .get = mrm_get, .find = mrm_find,
+                                                  .destroy = NULL};
 
 cqrs_code_t cqrs_mongo_readmodel_new(cqrs_mongo_t *m, cqrs_readmodel_t **out, cqrs_error_t *err) {
   if (!m) {
@@ -225,7 +226,8 @@ static cqrs_code_t mcp_save(void *impl, const char *name, int64_t position, cqrs
   return mcp_save_fenced(impl, name, position, 0, err);
 }
 
-static const cqrs_checkpoint_ops_t mongo_cp_ops = {true, mcp_load, mcp_save, NULL, mcp_save_fenced};
+static const cqrs_checkpoint_ops_t mongo_cp_ops = {.blocking = true, .load = mcp_load, .save = mcp_save, .destroy = NULL,
+                                                   .save_fenced = mcp_save_fenced};
 
 cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out, cqrs_error_t *err) {
   if (!m) {

@@ -14,8 +14,12 @@ extern "C" {
 
 typedef struct cqrs_mongo cqrs_mongo_t;
 
-/* Database and collection names; NULL fields take the defaults. */
+/* Database and collection names; NULL fields take the defaults. `size`: the
+ * caller's sizeof (CQRS_MONGO_OPTIONS_INIT sets it), so that options
+ * appended later leave older programs working (docs/versioning.md); 0 is
+ * read as the size 0.2.0 had. */
 typedef struct cqrs_mongo_options {
+  size_t size;
   const char *database;     /* default: the URI's, else "cqrs" */
   const char *events;       /* one document per commit; default "cqrs_events" */
   const char *snapshots;    /* default "cqrs_snapshots" */
@@ -24,6 +28,9 @@ typedef struct cqrs_mongo_options {
   int32_t server_selection_timeout_ms; /* 0: the URI's, else 2000 */
   const char *leases;       /* default "cqrs_leases" */
 } cqrs_mongo_options_t;
+
+/* cqrs_mongo_options_t o = {CQRS_MONGO_OPTIONS_INIT, .database = "billing"}; */
+#define CQRS_MONGO_OPTIONS_INIT .size = sizeof(cqrs_mongo_options_t)
 
 /* Parses `uri` and creates a client pool; does not contact the server, so a
  * server that is down now is an error of the first operation, not of this
