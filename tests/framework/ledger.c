@@ -22,8 +22,10 @@ static const cqrs_field_t renamed_v1_fields[] = {
     CQRS_STRING(ledger_renamed_v1_t, title, "title", CQRS_F_REQUIRED), CQRS_FIELDS_END};
 static const cqrs_field_t renamed_fields[] = {CQRS_STRING(ledger_renamed_t, name, "name", CQRS_F_REQUIRED),
                                               CQRS_STRING(ledger_renamed_t, reason, "reason", 0), CQRS_FIELDS_END};
-const cqrs_event_type_t ledger_renamed_v1 = {"ledger.renamed", 1, sizeof(ledger_renamed_v1_t), renamed_v1_fields};
-const cqrs_event_type_t ledger_renamed = {"ledger.renamed", 2, sizeof(ledger_renamed_t), renamed_fields};
+const cqrs_event_type_t ledger_renamed_v1 = {.name = "ledger.renamed", .schema_version = 1,
+                                             .payload_size = sizeof(ledger_renamed_v1_t), .fields = renamed_v1_fields};
+const cqrs_event_type_t ledger_renamed = {.name = "ledger.renamed", .schema_version = 2,
+                                          .payload_size = sizeof(ledger_renamed_t), .fields = renamed_fields};
 
 cqrs_code_t ledger_renamed_upcast(const bson_t *in, bson_t *out, cqrs_error_t *err) {
   bson_iter_t it;
