@@ -150,7 +150,8 @@ void cqrs__request_execute(request_t *r, bool on_loop) {
   for (unsigned attempt = 0;; attempt++) {
     if (attempt) cqrs_error_clear(err); /* submit cleared it for the first */
     r->result.version = 0;
-    rc = r->handler->fn(&ctx, r->cmd, r->handler->data, err);
+    rc = r->handler->fn ? r->handler->fn(&ctx, r->cmd, r->handler->data, err)
+                        : r->handler->decide(&ctx, r->cmd, r->reply, r->handler->data, err);
     if (rc == CQRS_OK) rc = context_commit(&ctx, r, err);
     if (rc == CQRS_ECONFLICT) r->conflicts++;
     if (rc != CQRS_ECONFLICT || attempt >= c->conflict_retries) break;
