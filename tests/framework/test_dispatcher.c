@@ -602,6 +602,88 @@ static void test_reserved_room_must_be_zero(void **state) {
   cqrs_registry_destroy(reg);
 }
 
+/* The idempotent pattern: a command whose id comes from its natural id
+ * (make_id) is answered "duplicate" when sent again after it committed,
+ * even though its handler now rejects it (the ledger is open): a caller
+ * tells a retry from a conflict, which a command of another id still is. */
+static cqrs_code_t open_once_id(const void *payload, char *buf, size_t cap, cqrs_error_t *err) {
+  (void)err;
+  snprintf(buf, cap, "open-%s", ((const ledger_open_cmd_t *)payload)->id);
+  return CQRS_OK;
+}
+static const cqrs_field_t open_once_fields[] = {CQRS_STRING(ledger_open_cmd_t, id, "id", CQRS_F_REQUIRED),
+                                                CQRS_STRING(ledger_open_cmd_t, owner, "owner", CQRS_F_REQUIRED),
+                                                CQRS_FIELDS_END};
+static const cqrs_command_type_t open_once = {.name = "test.open_once", .payload_size = sizeof(ledger_open_cmd_t),
+                                              .fields = open_once_fields, .make_id = open_once_id};
+
+static cqrs_code_t handle_open_once(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)data;
+  const ledger_open_cmd_t *c = cqrs_command_payload(cmd);
+  cqrs_aggregate_t *agg;
+  cqrs_code_t rc = cqrs_context_load(ctx, &ledger_type, c->id, &agg, err);
+  if (rc) return rc;
+  if (((const ledger_state_t *)cqrs_aggregate_state(agg))->opened)
+    return cqrs_reject(err, "ledger.already_open", "ledger %s is already open", c->id);
+  ledger_opened_t e = {{0}};
+  memcpy(e.owner, c->owner, sizeof e.owner);
+  return cqrs_aggregate_raise(agg, &ledger_opened, &e, err);
+}
+
+typedef struct outcome {
+  cqrs_code_t code;
+  bool duplicate;
+  size_t events;
+} outcome_t;
+
+static void keep_outcome(const cqrs_result_t *r, void *data) {
+  outcome_t *o = data;
+  o->code = r->error.code;
+  o->duplicate = r->duplicate;
+  o->events = r->events;
+}
+
+static void test_a_natural_id_sent_again_is_a_duplicate(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg = ledger_registry();
+  assert_int_equal(cqrs_registry_add_command(reg, &open_once, NULL), CQRS_OK);
+  cqrs_store_t *store = NULL;
+  cqrs_memory_store_new(&store, NULL);
+  cqrs_dispatcher_t *d;
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, NULL), CQRS_OK);
+  assert_int_equal(ledger_handlers(d, NULL, 0, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_register(d, &open_once, handle_open_once, NULL, 0, NULL), CQRS_OK);
+  outcome_t first = {0}, again = {0}, other = {0};
+  ledger_open_cmd_t p = {"o-1", "ada"};
+  cqrs_command_t *cmd;
+  assert_int_equal(cqrs_command_new(&open_once, &p, &cmd, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, cmd, keep_outcome, &first), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(cqrs_command_new(&open_once, &p, &cmd, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, cmd, keep_outcome, &again), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  /* Another command on the same ledger: a conflict with what is, rejected. */
+  assert_int_equal(cqrs_dispatcher_send(d, ledger_open_new("o-1", "bob"), keep_outcome, &other), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(first.code, CQRS_OK);
+  assert_false(first.duplicate);
+  assert_int_equal(first.events, 1);
+  assert_int_equal(again.code, CQRS_OK);
+  assert_true(again.duplicate);
+  assert_int_equal(again.events, 0);
+  assert_int_equal(other.code, CQRS_EREJECTED);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  bool found = false;
+  assert_int_equal(cqrs_store_has_command(store, "open-o-1", &found, NULL), CQRS_OK);
+  assert_true(found);
+  cqrs_store_destroy(store);
+  cqrs_registry_destroy(reg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_commands_reach_their_handler, setup, teardown),
@@ -625,6 +707,7 @@ int main(void) {
       cmocka_unit_test(test_send_racing_close),
       cmocka_unit_test(test_options_are_read_as_far_as_their_size),
       cmocka_unit_test(test_reserved_room_must_be_zero),
+      cmocka_unit_test(test_a_natural_id_sent_again_is_a_duplicate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

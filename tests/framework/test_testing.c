@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cqrs/testing.h>
@@ -120,6 +121,56 @@ static void test_given_for_other_aggregates(void **state) {
   assert_true(cqrs_test_destroy(NULL));
 }
 
+/* Payloads from functions, not only compound literals. */
+static ledger_opened_t opened_by(const char *owner) {
+  ledger_opened_t e = {{0}};
+  snprintf(e.owner, sizeof e.owner, "%s", owner);
+  return e;
+}
+static ledger_move_cmd_t debit_of(int64_t amount) { return (ledger_move_cmd_t){"acc-1", amount}; }
+
+static void test_payloads_from_functions(void **state) {
+  fx_t *fx = *state;
+  CQRS_GIVEN(fx->t, &ledger_opened, opened_by("ada"));
+  CQRS_GIVEN(fx->t, &ledger_credited, (ledger_amount_t){50});
+  CQRS_WHEN(fx->t, &ledger_debit, debit_of(20));
+  CQRS_THEN_EVENTS(fx->t, {&ledger_debited, &(ledger_amount_t){20}});
+}
+
+/* A process decision that sends two steps, checked in one assertion. */
+static cqrs_code_t split_start(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)state, (void)e, (void)data;
+  cqrs_code_t rc = cqrs_process_send(p, "take", &(ledger_move_cmd_t){"a", 5}, err);
+  return rc ? rc : cqrs_process_send(p, "give", &(ledger_move_cmd_t){"b", 5}, err);
+}
+static cqrs_code_t split_step(cqrs_process_t *p, void *state, const cqrs_step_outcome_t *o, void *data,
+                              cqrs_error_t *err) {
+  (void)p, (void)state, (void)o, (void)data, (void)err;
+  return CQRS_OK;
+}
+static const cqrs_process_route_t split_routes[] = {{&ledger_opened, true, NULL, split_start},
+                                                    {NULL, false, NULL, NULL}};
+static const cqrs_process_step_t split_steps[] = {{"take", &ledger_debit}, {"give", &ledger_credit}, {NULL, NULL}};
+static const cqrs_process_type_t split_type = {.name = "split", .routes = split_routes, .steps = split_steps,
+                                               .on_step = split_step};
+
+static void test_a_decision_of_several_steps(void **state) {
+  (void)state;
+  cqrs_process_test_t *t;
+  assert_int_equal(cqrs_process_test_new(&split_type, "s-1", NULL, &t, NULL), CQRS_OK);
+  CQRS_PROCESS_WHEN_EVENT(t, &ledger_opened, "s-1", opened_by("ada"));
+  CQRS_PROCESS_THEN_SENDS_STEPS(t, {"take", &ledger_debit}, {"give", &ledger_credit});
+  char msg[256];
+  assert_false(cqrs_process_test_check_sent(t, (const cqrs_expected_step_t[]){{"take", &ledger_debit}, {NULL, NULL}},
+                                            msg, sizeof msg));
+  assert_non_null(strstr(msg, "2 step(s) sent, expected 1"));
+  assert_false(cqrs_process_test_check_sent(
+      t, (const cqrs_expected_step_t[]){{"give", &ledger_credit}, {"take", &ledger_debit}, {NULL, NULL}}, msg,
+      sizeof msg));
+  assert_non_null(strstr(msg, "step 0 sent: take"));
+  cqrs_process_test_destroy(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_given_when_then_events, setup, teardown),
@@ -128,6 +179,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_checks_explain_mismatches, setup, teardown),
       cmocka_unit_test_setup_teardown(test_given_for_other_aggregates, setup, teardown),
       cmocka_unit_test(test_then_ignores_what_subscribers_commit),
+      cmocka_unit_test_setup_teardown(test_payloads_from_functions, setup, teardown),
+      cmocka_unit_test(test_a_decision_of_several_steps),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -154,6 +154,11 @@ typedef struct cqrs_store_ops {
                                cqrs_snapshot_t *out, bool *found, cqrs_error_t *err);
   cqrs_code_t (*snapshot_save)(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err);
   void (*destroy)(void *impl);
+  /* Optional: whether a commit of command id `command_id` is stored
+   * (*found). What lets a command with a natural id, sent again, be
+   * answered as the duplicate it is rather than as its handler's rejection
+   * (cqrs_command_type_t.make_id; docs/architecture.md, "Idempotency"). */
+  cqrs_code_t (*has_command)(void *impl, const char *command_id, bool *found, cqrs_error_t *err);
   /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
   void *reserved[4];
 } cqrs_store_ops_t;

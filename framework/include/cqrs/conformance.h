@@ -30,6 +30,9 @@ typedef struct cqrs_store_factory {
   /* The store keeps no snapshots (snapshot_load and snapshot_save NULL):
    * the suite checks that a save is refused and a load finds none. */
   bool without_snapshots;
+  /* The store has no has_command op (it cannot tell whether a command id
+   * committed): its test is skipped. */
+  bool without_command_lookup;
   uint64_t reserved[4];
 } cqrs_store_factory_t;
 

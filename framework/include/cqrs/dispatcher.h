@@ -118,6 +118,40 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqr
                                                  cqrs_command_handler_cb fn, void *data, unsigned flags,
                                                  cqrs_error_t *err);
 
+/* A handler that calls out (a payment gateway, a mail service) without
+ * holding a thread while it waits: `start` begins the work on the
+ * application's own I/O and returns at once (loop thread; it must not
+ * block); later, from any thread, the application calls
+ * cqrs_call_complete with the reply, or cqrs_call_fail. Then `decide` runs
+ * as a command handler runs (loads, raises; on the loop thread, or on the
+ * pool with a blocking store or flag), and again after a conflict, with the
+ * same reply: the call is never made twice. Use it where a blocking handler
+ * would hold a pool thread for the length of a remote call; a plain handler
+ * for work of the store alone. docs/architecture.md, "Handlers that call out". */
+typedef struct cqrs_call cqrs_call_t;
+typedef cqrs_code_t (*cqrs_call_start_cb)(cqrs_call_t *call, const cqrs_command_t *cmd, void *data,
+                                          cqrs_error_t *err);
+typedef cqrs_code_t (*cqrs_call_decide_cb)(cqrs_context_t *ctx, const cqrs_command_t *cmd, const bson_t *reply,
+                                           void *data, cqrs_error_t *err);
+/* Registers the one handler of `type` as a call (as cqrs_dispatcher_register
+ * does a handler; the same refusals). `start` returning an error completes
+ * the command with it, and the call is not made. */
+CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register_call(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
+                                                      cqrs_call_start_cb start, cqrs_call_decide_cb decide,
+                                                      void *data, unsigned flags, cqrs_error_t *err);
+/* Completes a call started by `start`, once, from any thread: `reply` (may
+ * be NULL: an empty document) is copied and handed to `decide`. Afterwards
+ * `call` is gone. CQRS_EINVAL for NULL, CQRS_ESTATE for a call completed
+ * already, CQRS_ENOMEM (the call stays: complete or fail it again). */
+CQRS_EXPORT cqrs_code_t cqrs_call_complete(cqrs_call_t *call, const bson_t *reply);
+/* Ends a call in failure, once, from any thread: the command completes with
+ * `error` (its code; CQRS_EHANDLER when NULL or CQRS_OK), `decide` is not
+ * called. A dispatcher's close waits for every call started: complete or
+ * fail them (e.g. CQRS_ECLOSED) when the application stops. */
+CQRS_EXPORT cqrs_code_t cqrs_call_fail(cqrs_call_t *call, const cqrs_error_t *error);
+/* The command a call is for (borrowed, until the call completes). */
+CQRS_EXPORT const cqrs_command_t *cqrs_call_command(const cqrs_call_t *call);
+
 /* Sends a command; callable from any thread. Takes over `cmd` in every case.
  * The dispatcher keeps its loop alive while it has work it knows of; a
  * command sent from another thread while uv_run has already returned waits

@@ -51,6 +51,10 @@ CQRS_EXPORT cqrs_code_t cqrs_store_read_stream(cqrs_store_t *s, const char *aggr
 CQRS_EXPORT cqrs_code_t cqrs_store_read_all(cqrs_store_t *s, int64_t from_position, size_t limit,
                                             cqrs_event_visit_cb cb, void *data, cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_store_head(cqrs_store_t *s, int64_t *position, cqrs_error_t *err);
+/* Whether a commit of command id `command_id` is stored (*found). A store
+ * that cannot tell (no has_command op) is CQRS_ESTATE. */
+CQRS_EXPORT cqrs_code_t cqrs_store_has_command(cqrs_store_t *s, const char *command_id, bool *found,
+                                               cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_store_snapshot_load(cqrs_store_t *s, const char *aggregate_type,
                                                  const char *aggregate_id, cqrs_snapshot_t *out, bool *found,
                                                  cqrs_error_t *err);

@@ -76,15 +76,44 @@ CQRS_EXPORT bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, c
   CQRS__THEN(cqrs_test_check_events((t), (const cqrs_expected_event_t[]){{NULL, NULL}}, cqrs__msg, sizeof cqrs__msg))
 #define CQRS_THEN_REJECTED(t, reason) CQRS__THEN(cqrs_test_check_rejected((t), (reason), cqrs__msg, sizeof cqrs__msg))
 #define CQRS_THEN_ERROR(t, code) CQRS__THEN(cqrs_test_check_error((t), (code), cqrs__msg, sizeof cqrs__msg))
-#define CQRS_GIVEN(t, type, ...) assert_int_equal(cqrs_test_given((t), (type), &(__VA_ARGS__)), CQRS_OK)
-#define CQRS_WHEN(t, type, ...) assert_int_equal(cqrs_test_when((t), (type), &(__VA_ARGS__)), CQRS_OK)
+/* The payload is any expression of the payload's type: a compound literal,
+ * a variable, or what a function returns (copied first; with GCC or Clang). */
+#if defined(__GNUC__)
+#define CQRS__PAYLOAD(call, ...)                              \
+  do {                                                        \
+    __typeof__(__VA_ARGS__) cqrs__payload = (__VA_ARGS__);    \
+    assert_int_equal(call(&cqrs__payload), CQRS_OK);          \
+  } while (0)
+#else
+#define CQRS__PAYLOAD(call, ...) assert_int_equal(call(&(__VA_ARGS__)), CQRS_OK)
+#endif
+#define CQRS__GIVEN_CALL(p) cqrs_test_given(cqrs__t, cqrs__type, (p))
+#define CQRS__WHEN_CALL(p) cqrs_test_when(cqrs__t, cqrs__type, (p))
+#define CQRS_GIVEN(t, type, ...)                                      \
+  do {                                                                \
+    cqrs_test_t *cqrs__t = (t);                                       \
+    const cqrs_event_type_t *cqrs__type = (type);                     \
+    CQRS__PAYLOAD(CQRS__GIVEN_CALL, __VA_ARGS__);                     \
+  } while (0)
+#define CQRS_WHEN(t, type, ...)                                       \
+  do {                                                                \
+    cqrs_test_t *cqrs__t = (t);                                       \
+    const cqrs_command_type_t *cqrs__type = (type);                   \
+    CQRS__PAYLOAD(CQRS__WHEN_CALL, __VA_ARGS__);                      \
+  } while (0)
 
 /* Process types (cqrs_process_test_t from process.h): given / when these
  * inputs, then these steps are sent, this deadline set, or the instance
  * ended; no loop, no store. Given and when are the same call; the then
  * macros look at what the last input decided. */
-#define CQRS_PROCESS_GIVEN_EVENT(t, type, aggregate_id, ...) \
-  assert_int_equal(cqrs_process_test_event((t), (type), (aggregate_id), &(__VA_ARGS__), NULL), CQRS_OK)
+#define CQRS__PROCESS_EVENT_CALL(p) cqrs_process_test_event(cqrs__pt, cqrs__ptype, cqrs__pid, (p), NULL)
+#define CQRS_PROCESS_GIVEN_EVENT(t, type, aggregate_id, ...)      \
+  do {                                                            \
+    cqrs_process_test_t *cqrs__pt = (t);                          \
+    const cqrs_event_type_t *cqrs__ptype = (type);                \
+    const char *cqrs__pid = (aggregate_id);                       \
+    CQRS__PAYLOAD(CQRS__PROCESS_EVENT_CALL, __VA_ARGS__);         \
+  } while (0)
 #define CQRS_PROCESS_WHEN_EVENT CQRS_PROCESS_GIVEN_EVENT
 #define CQRS_PROCESS_GIVEN_STEP(t, step, status, reason) \
   assert_int_equal(cqrs_process_test_step((t), (step), (status), (reason), NULL), CQRS_OK)
@@ -98,6 +127,17 @@ CQRS_EXPORT bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, c
     assert_string_equal(cqrs_process_test_sent((t), 0, &cqrs__type, NULL), (step));         \
     assert_ptr_equal(cqrs__type, (type));                                                   \
   } while (0)
+/* These steps were sent, in this order, and no other:
+ * CQRS_PROCESS_THEN_SENDS_STEPS(t, {"debit", &debit_cmd}, {"notify", &notify_cmd}). */
+typedef struct cqrs_expected_step {
+  const char *step; /* NULL ends a list */
+  const cqrs_command_type_t *type;
+} cqrs_expected_step_t;
+CQRS_EXPORT bool cqrs_process_test_check_sent(const cqrs_process_test_t *t, const cqrs_expected_step_t *expected,
+                                              char *msg, size_t cap);
+#define CQRS_PROCESS_THEN_SENDS_STEPS(t, ...)                                                                      \
+  CQRS__THEN(cqrs_process_test_check_sent((t), (const cqrs_expected_step_t[]){__VA_ARGS__, {NULL, NULL}}, cqrs__msg, \
+                                          sizeof cqrs__msg))
 #define CQRS_PROCESS_THEN_NOTHING(t) assert_int_equal(cqrs_process_test_recorded(t), 0)
 #define CQRS_PROCESS_THEN_ENDED(t) assert_true(cqrs_process_test_ended(t))
 #define CQRS_PROCESS_THEN_DEADLINE(t, name, at) assert_int_equal(cqrs_process_test_deadline_at((t), (name)), (at))

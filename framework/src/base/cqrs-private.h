@@ -151,6 +151,7 @@ typedef enum cqrs__store_op {
   CQRS__STORE_HEAD,
   CQRS__STORE_SNAPSHOT_LOAD,
   CQRS__STORE_SNAPSHOT_SAVE,
+  CQRS__STORE_HAS_COMMAND,
   CQRS__STORE_OPS
 } cqrs__store_op_t;
 

@@ -23,7 +23,9 @@
 
 typedef struct handler {
   const cqrs_command_type_t *type; /* key */
-  cqrs_command_handler_cb fn;
+  cqrs_command_handler_cb fn;      /* NULL for a call */
+  cqrs_call_start_cb start;        /* a call (calls.c): start, then decide */
+  cqrs_call_decide_cb decide;
   void *data;
   unsigned flags;
   UT_hash_handle hh;
@@ -61,6 +63,8 @@ struct request {
   int64_t last_position;
   cqrs__event_vec_t committed; /* the events the command committed, referenced */
   uint64_t started_ns;         /* for the middleware; 0 when none was in use */
+  bson_t *reply;               /* a call's, once completed (calls.c); owned */
+  int call_state;              /* a call: CALL_NONE, CALL_OUT (started), CALL_BACK (completed or failed) */
   unsigned conflicts;
   bool foreign; /* sent from another thread: counted in `pending`, else in `pending_local` */
 };
@@ -103,9 +107,11 @@ struct cqrs__commands {
   cqrs__member_t *members;     /* home only: nloops entries, [0] unused */
   request_t *returns_head, *returns_tail; /* finished by members; the runtime's lock */
   size_t away;                 /* home: commands out on members; loop thread */
+  size_t calls_out;            /* calls started and not back; loop thread */
   request_t *batch_head, *batch_tail;     /* member: run, not handed back yet */
   size_t batch_n;
   _Atomic bool stop;           /* member: the home asks it to close */
+  request_t *called_head, *called_tail; /* calls completed from any thread; the runtime's lock */
   /* Set by loops.c when there are several: runs what the inbox brought
    * (and what members returned); and routes an admitted request to its
    * loop (true: routed, not to run here). NULL: one loop. */
@@ -135,6 +141,12 @@ bool cqrs__request_admit(cqrs__commands_t *c, request_t *r);
 void cqrs__request_run_here(cqrs__commands_t *c, request_t *r);
 /* Publishes what `r` committed, completes it, keeps or frees it. */
 void cqrs__request_finish(request_t *r);
+
+/* calls.c: a call to start (true: started, or finished refused: nothing
+ * more to do with it now); what the inbox brought back. */
+enum { CALL_NONE, CALL_OUT, CALL_BACK };
+bool cqrs__call_start(cqrs__commands_t *c, request_t *r);
+void cqrs__calls_drain(cqrs__commands_t *c, request_t *back);
 
 /* context.c: runs the handler and commits, again after a conflict; then
  * the command's interceptor, if it has one. Any thread. */

@@ -8,7 +8,7 @@
 static void async_cb(uv_async_t *h);
 
 static cqrs_code_t add_handler(cqrs__commands_t *c, const cqrs_command_type_t *type, cqrs_command_handler_cb fn,
-                               void *data, unsigned flags, cqrs_error_t *err) {
+                               void *data, unsigned flags, handler_t **out, cqrs_error_t *err) {
   if (cqrs__runtime_closing(c->rt)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   handler_t *h;
   HASH_FIND_PTR(c->handlers, &type, h);
@@ -24,16 +24,36 @@ static cqrs_code_t add_handler(cqrs__commands_t *c, const cqrs_command_type_t *t
     cqrs__free(h);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot register a handler");
   }
+  if (out) *out = h;
+  return CQRS_OK;
+}
+
+/* The checks of a public registration. */
+static cqrs_code_t check_registration(cqrs_dispatcher_t *d, const cqrs_command_type_t *type, bool fn,
+                                      cqrs_error_t *err) {
+  if (!d || !type || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, command type or handler");
+  if (!type->name || !type->fields) return cqrs_error_set(err, CQRS_EINVAL, "command type lacks a name or fields");
+  if (cqrs_registry_command(d->reg, type->name) != type)
+    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "command type '%s' is not in the registry", type->name);
   return CQRS_OK;
 }
 
 cqrs_code_t cqrs_dispatcher_register(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
                                      cqrs_command_handler_cb fn, void *data, unsigned flags, cqrs_error_t *err) {
-  if (!d || !type || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, command type or handler");
-  if (!type->name || !type->fields) return cqrs_error_set(err, CQRS_EINVAL, "command type lacks a name or fields");
-  if (cqrs_registry_command(d->reg, type->name) != type)
-    return cqrs_error_set(err, CQRS_EUNKNOWN_TYPE, "command type '%s' is not in the registry", type->name);
-  return add_handler(d->commands, type, fn, data, flags, err);
+  cqrs_code_t rc = check_registration(d, type, fn != NULL, err);
+  return rc ? rc : add_handler(d->commands, type, fn, data, flags, NULL, err);
+}
+
+cqrs_code_t cqrs_dispatcher_register_call(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
+                                          cqrs_call_start_cb start, cqrs_call_decide_cb decide, void *data,
+                                          unsigned flags, cqrs_error_t *err) {
+  cqrs_code_t rc = check_registration(d, type, start && decide, err);
+  handler_t *h = NULL;
+  if (!rc) rc = add_handler(d->commands, type, NULL, data, flags, &h, err);
+  if (rc) return rc;
+  h->start = start;
+  h->decide = decide;
+  return CQRS_OK;
 }
 
 cqrs_code_t cqrs_dispatcher_use(cqrs_dispatcher_t *d, const cqrs_middleware_t *mw, void *data, cqrs_error_t *err) {
@@ -89,6 +109,8 @@ static cqrs_code_t submit(cqrs__commands_t *c, cqrs_command_t *cmd, cqrs_done_cb
   r->result.events = 0;
   r->result.duplicate = false;
   r->result.position = 0;
+  r->reply = NULL;
+  r->call_state = CALL_NONE;
   r->foreign = !local;
   if (local) {
     /* Only this thread writes it: no locked add. */
@@ -146,7 +168,7 @@ static cqrs_code_t port_send(void *self, cqrs_command_t *cmd, cqrs_done_cb done,
 
 static cqrs_code_t port_handle(void *self, const cqrs_command_type_t *type, cqrs_command_handler_cb fn, void *data,
                                unsigned flags, cqrs_error_t *err) {
-  return add_handler(self, type, fn, data, flags, err);
+  return add_handler(self, type, fn, data, flags, NULL, err);
 }
 
 typedef struct waiter {
@@ -207,7 +229,7 @@ static void drain(cqrs__commands_t *c) {
     request_t *r = c->local_head;
     c->local_head = r->next;
     if (!c->local_head) c->local_tail = NULL;
-    if (cqrs__request_admit(c, r)) cqrs__request_run_here(c, r);
+    if (cqrs__request_admit(c, r) && !(r->handler->start && cqrs__call_start(c, r))) cqrs__request_run_here(c, r);
   }
 }
 
@@ -220,7 +242,10 @@ static void async_cb(uv_async_t *h) {
   c->inbox_head = c->inbox_tail = NULL;
   request_t *back = c->returns_head;
   c->returns_head = c->returns_tail = NULL;
+  request_t *called = c->called_head;
+  c->called_head = c->called_tail = NULL;
   uv_mutex_unlock(&rt->lock);
+  if (called) cqrs__calls_drain(c, called);
   if (in) {
     if (c->local_tail) {
       c->local_tail->next = in;
@@ -236,7 +261,7 @@ static void async_cb(uv_async_t *h) {
   }
   if (c->local_head) {
     uv_async_send(&c->async); /* yield to I/O, then go on */
-  } else if (!c->keep_alive && !c->away) {
+  } else if (!c->keep_alive && !c->away && !c->calls_out) {
     uv_unref((uv_handle_t *)&c->async);
   }
   if (c->home && atomic_load(&c->stop) && !atomic_load(&rt->closing)) cqrs__runtime_close(rt, NULL, NULL);

@@ -122,6 +122,21 @@ static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_
   return CQRS_OK;
 }
 
+/* A command whose id comes from its payload (make_id) and that its handler
+ * rejects may be that command sent again, committed the first time: the
+ * handler now finds what it did (e.g. "order.exists"). When the store holds
+ * a commit of its id, the answer is the duplicate, not the rejection, so a
+ * caller tells a retry from a conflict (docs/architecture.md, "Idempotency").
+ * A store that cannot tell leaves the rejection. */
+static cqrs_code_t natural_duplicate(cqrs__commands_t *c, request_t *r, cqrs_code_t rc) {
+  bool found = false;
+  cqrs_error_t e;
+  if (cqrs_store_has_command(c->rt->store, r->cmd->id, &found, &e) || !found) return rc;
+  cqrs_error_clear(&r->result.error);
+  r->result.duplicate = true;
+  return CQRS_OK;
+}
+
 void cqrs__request_execute(request_t *r, bool on_loop) {
   cqrs__commands_t *c = r->runner;
   cqrs_error_t *err = &r->result.error;
@@ -135,7 +150,8 @@ void cqrs__request_execute(request_t *r, bool on_loop) {
   for (unsigned attempt = 0;; attempt++) {
     if (attempt) cqrs_error_clear(err); /* submit cleared it for the first */
     r->result.version = 0;
-    rc = r->handler->fn(&ctx, r->cmd, r->handler->data, err);
+    rc = r->handler->fn ? r->handler->fn(&ctx, r->cmd, r->handler->data, err)
+                        : r->handler->decide(&ctx, r->cmd, r->reply, r->handler->data, err);
     if (rc == CQRS_OK) rc = context_commit(&ctx, r, err);
     if (rc == CQRS_ECONFLICT) r->conflicts++;
     if (rc != CQRS_ECONFLICT || attempt >= c->conflict_retries) break;
@@ -145,6 +161,7 @@ void cqrs__request_execute(request_t *r, bool on_loop) {
     /* The handler failed without saying why. */
     cqrs_error_set(err, rc, "handler of %s returned %s", r->cmd->type->name, cqrs_code_name(rc));
   }
+  if (rc == CQRS_EREJECTED && r->cmd->type->make_id) rc = natural_duplicate(c, r, rc);
   /* The command's own interceptor (a process manager's step records its
    * refusal), after the handler and on its thread. */
   if (r->cmd->settle) r->cmd->settle(c->rt->store, r->cmd, &rc, &r->result, err);

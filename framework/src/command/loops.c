@@ -121,7 +121,9 @@ static void handover(cqrs__member_t *m) {
  * it (a blocking store or handler runs on the pool, as with one loop). */
 static bool route(cqrs__commands_t *c, request_t *r) {
   const cqrs_command_type_t *type = r->cmd->type;
-  if (!type->aggregate_id || c->store_blocking || (r->handler->flags & CQRS_HANDLER_BLOCKING)) return false;
+  /* A call starts and comes back here, and its decide runs here too. */
+  if (!type->aggregate_id || c->store_blocking || (r->handler->flags & CQRS_HANDLER_BLOCKING) || r->handler->start)
+    return false;
   const char *id = type->aggregate_id(r->cmd->payload);
   unsigned i = id ? cqrs__owner_of(c, id) : 0;
   if (!i) return false;
@@ -201,7 +203,7 @@ static void drain_home(cqrs__commands_t *c, request_t *returned) {
     request_t *r = c->local_head;
     c->local_head = r->next;
     if (!c->local_head) c->local_tail = NULL;
-    if (cqrs__request_admit(c, r)) {
+    if (cqrs__request_admit(c, r) && !(r->handler->start && cqrs__call_start(c, r))) {
       r->next = NULL;
       *tail = r;
       tail = &r->next;

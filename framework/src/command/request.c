@@ -24,6 +24,7 @@ void cqrs__request_finish(request_t *r) {
   if (c->mw.n) cqrs__mw_command_after(&c->mw, r->cmd, &r->result, r->started_ns, r->conflicts);
   if (r->done) r->done(&r->result, r->data);
   if (r->value) bson_destroy(r->value);
+  if (r->reply) bson_destroy(r->reply);
   cqrs_command_destroy(r->cmd);
   bool closing = cqrs__runtime_closing(rt);
   if (c->nfree < FREE_REQUESTS && !closing) {

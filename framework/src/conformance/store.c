@@ -194,6 +194,25 @@ static void test_repeated_command_id(void **state) {
   seen_clear(&seen);
 }
 
+/* has_command: whether a commit of a command id is stored, in any stream. */
+static void test_command_lookup(void **state) {
+  fx_t *fx = *state;
+  if (factory->without_command_lookup) skip();
+  int64_t one[] = {1};
+  bool found = true;
+  cqrs_error_t err;
+  assert_int_equal(cqrs_store_has_command(fx->store, "look-1", &found, &err), CQRS_OK);
+  assert_false(found);
+  append_ok(fx, "l1", 0, "look-1", one, 1, NULL);
+  assert_int_equal(cqrs_store_has_command(fx->store, "look-1", &found, &err), CQRS_OK);
+  assert_true(found);
+  assert_int_equal(cqrs_store_has_command(fx->store, "look-2", &found, &err), CQRS_OK);
+  assert_false(found);
+  assert_int_equal(cqrs_store_has_command(fx->store, "", &found, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_store_has_command(fx->store, NULL, &found, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_store_has_command(fx->store, "look-1", NULL, &err), CQRS_EINVAL);
+}
+
 static void test_streams_are_separate(void **state) {
   fx_t *fx = *state;
   int64_t one[] = {1}, two[] = {2, 2};
@@ -565,6 +584,7 @@ int cqrs_conformance_store(const cqrs_store_factory_t *f) {
       cmocka_unit_test_setup_teardown(test_append_and_read, setup, teardown),
       cmocka_unit_test_setup_teardown(test_conflict_appends_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(test_repeated_command_id, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_command_lookup, setup, teardown),
       cmocka_unit_test_setup_teardown(test_streams_are_separate, setup, teardown),
       cmocka_unit_test_setup_teardown(test_read_all, setup, teardown),
       cmocka_unit_test_setup_teardown(test_positions_ids_and_early_stops, setup, teardown),

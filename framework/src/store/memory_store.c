@@ -328,6 +328,16 @@ static cqrs_code_t mem_read_all(void *impl, int64_t from_position, size_t limit,
   return rc;
 }
 
+static cqrs_code_t mem_has_command(void *impl, const char *command_id, bool *found, cqrs_error_t *err) {
+  CQRS__UNUSED(err);
+  memstore_t *m = impl;
+  uint32_t h = hash_id(command_id);
+  lock_appends(m);
+  *found = ids_has(m, command_id, h);
+  pthread_mutex_unlock(&m->lock);
+  return CQRS_OK;
+}
+
 static cqrs_code_t mem_head(void *impl, int64_t *position, cqrs_error_t *err) {
   CQRS__UNUSED(err);
   *position = atomic_load_explicit(&((memstore_t *)impl)->head, memory_order_acquire);
@@ -385,6 +395,7 @@ static const cqrs_store_ops_t memory_ops = {
     .read_stream = mem_read_stream,
     .read_all = mem_read_all,
     .head = mem_head,
+    .has_command = mem_has_command,
     .snapshot_load = mem_snapshot_load,
     .snapshot_save = mem_snapshot_save,
     .destroy = mem_destroy,

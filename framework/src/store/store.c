@@ -123,6 +123,17 @@ cqrs_code_t cqrs_store_head(cqrs_store_t *s, int64_t *position, cqrs_error_t *er
   return rc;
 }
 
+cqrs_code_t cqrs_store_has_command(cqrs_store_t *s, const char *command_id, bool *found, cqrs_error_t *err) {
+  cqrs_error_t own;
+  err = err_or(err, &own);
+  if (!s || !found) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or flag");
+  *found = false;
+  cqrs_code_t rc = cqrs__check_str(command_id, CQRS_ID_MAX, "command id", err);
+  if (rc) return rc;
+  if (!s->ops->has_command) return cqrs_error_set(err, CQRS_ESTATE, "store %s does not look up command ids", s->ops->name);
+  return counted(s, CQRS__STORE_HAS_COMMAND, s->ops->has_command(s->impl, command_id, found, err), err);
+}
+
 cqrs_code_t cqrs_store_snapshot_load(cqrs_store_t *s, const char *type, const char *id, cqrs_snapshot_t *out,
                                      bool *found, cqrs_error_t *err) {
   cqrs_error_t own;

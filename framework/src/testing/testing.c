@@ -263,3 +263,25 @@ bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, char *msg, si
   }
   return true;
 }
+
+bool cqrs_process_test_check_sent(const cqrs_process_test_t *t, const cqrs_expected_step_t *expected, char *msg,
+                                  size_t cap) {
+  size_t want = 0;
+  while (expected && expected[want].step) want++;
+  size_t got = cqrs_process_test_sent_count(t);
+  for (size_t i = 0; i < want && i < got; i++) {
+    const cqrs_command_type_t *type = NULL;
+    const char *step = cqrs_process_test_sent(t, i, &type, NULL);
+    if (!step || strcmp(step, expected[i].step) || type != expected[i].type) {
+      snprintf(msg, cap, "step %zu sent: %s (%s), expected %s (%s)", i, step ? step : "(none)",
+               type && type->name ? type->name : "?", expected[i].step,
+               expected[i].type && expected[i].type->name ? expected[i].type->name : "?");
+      return false;
+    }
+  }
+  if (got != want) {
+    snprintf(msg, cap, "%zu step(s) sent, expected %zu", got, want);
+    return false;
+  }
+  return true;
+}

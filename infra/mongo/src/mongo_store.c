@@ -807,6 +807,15 @@ static cqrs_code_t ms_head(void *impl, int64_t *position, cqrs_error_t *err) {
   return rc;
 }
 
+static cqrs_code_t ms_has_command(void *impl, const char *command_id, bool *found, cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
+  mconn_t c;
+  cqrs__mongo_open(m, m->events, &c);
+  cqrs_code_t rc = command_exists(c.coll, command_id, found, err);
+  cqrs__mongo_done(m, &c);
+  return rc;
+}
+
 /* ---- snapshots ---- */
 
 /* An unambiguous key for (type, id): "<length of type>:<type>/<id>". */
@@ -886,6 +895,7 @@ static const cqrs_store_ops_t mongo_store_ops = {
     .read_stream = ms_read_stream,
     .read_all = ms_read_all,
     .head = ms_head,
+    .has_command = ms_has_command,
     .snapshot_load = ms_snapshot_load,
     .snapshot_save = ms_snapshot_save,
     .destroy = NULL, /* the store is a view on m */
