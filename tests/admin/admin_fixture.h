@@ -146,4 +146,49 @@ static inline long long adm_json_int(const adm_t *t, const char *key) {
   return atoll(p);
 }
 
+/* ---- writing the database behind the tool's back ---- */
+
+/* Applies the update `json` (e.g. {"$set": {"amount": 1}}) to the document
+ * `id` of `coll`; with `upsert`, creates it when absent. */
+static inline void update_json(adm_t *t, const char *coll, const char *id, const char *json, bool upsert) {
+  mongoc_collection_t *c = adm_coll(t, coll);
+  bson_error_t e;
+  bson_t *u = bson_new_from_json((const uint8_t *)json, -1, &e);
+  if (!u) fail_msg("%s: %s", json, e.message);
+  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", id);
+  BSON_APPEND_BOOL(&opts, "upsert", upsert);
+  if (!mongoc_collection_update_one(c, &filter, u, &opts, NULL, &e)) fail_msg("%s", e.message);
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  bson_destroy(u);
+  mongoc_collection_destroy(c);
+}
+
+static inline void set_field(adm_t *t, const char *coll, const char *id, const char *key, int64_t v) {
+  char json[256];
+  snprintf(json, sizeof json, "{\"$set\": {\"%s\": {\"$numberLong\": \"%lld\"}}}", key, (long long)v);
+  update_json(t, coll, id, json, false);
+}
+
+static inline void delete_doc(adm_t *t, const char *coll, const char *id) {
+  mongoc_collection_t *c = adm_coll(t, coll);
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", id);
+  bson_error_t e;
+  if (!mongoc_collection_delete_one(c, &filter, NULL, NULL, &e)) fail_msg("%s", e.message);
+  bson_destroy(&filter);
+  mongoc_collection_destroy(c);
+}
+
+static inline void insert_json(adm_t *t, const char *coll, const char *json) {
+  mongoc_collection_t *c = adm_coll(t, coll);
+  bson_error_t e;
+  bson_t *doc = bson_new_from_json((const uint8_t *)json, -1, &e);
+  assert_non_null(doc);
+  if (!mongoc_collection_insert_one(c, doc, NULL, NULL, &e)) fail_msg("%s", e.message);
+  bson_destroy(doc);
+  mongoc_collection_destroy(c);
+}
+
 #endif

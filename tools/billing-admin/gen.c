@@ -87,6 +87,7 @@ int admin_gen_legacy(admin_t *a, int argc, char **argv) {
       (args.vals[2] && admin_int("--seed", args.vals[2], 0, INT64_MAX, &seed)))
     return ADMIN_USAGE;
   const char *name = args.vals[3] ? args.vals[3] : BILLING_LEGACY_COLLECTION;
+  a->may_be_empty = true; /* it writes the data */
   if ((rc = admin_connect(a, NULL))) return rc;
   mongoc_collection_t *coll = mongoc_database_get_collection(a->db, name);
   bson_error_t e;

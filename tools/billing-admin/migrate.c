@@ -292,7 +292,12 @@ static int import_numbers(mig_t *g) {
   const bson_t *doc;
   int rc = ADMIN_OK;
   cqrs_error_t err;
+  bson_error_t e;
+  int64_t total = mongoc_collection_estimated_document_count(c, NULL, NULL, NULL, &e), seen = 0;
+  admin_progress_t prog;
+  admin_progress_start(&prog, "migrate: legacy numbers", total > 0 ? total : 0);
   while (!rc && mongoc_cursor_next(cur, &doc)) {
+    if (++seen % 1000 == 0) admin_progress_update(&prog, seen);
     legacy_t l;
     char reason[CQRS_MESSAGE_MAX];
     if (!legacy_parse(doc, &l, reason, sizeof reason)) continue;
@@ -310,8 +315,12 @@ static int import_numbers(mig_t *g) {
       memcpy(ym[y].number, l.number, sizeof ym[y].number);
     }
   }
-  bson_error_t e;
   if (!rc && mongoc_cursor_error(cur, &e)) rc = admin_server_error("read the legacy documents", &e);
+  if (!rc) {
+    prog.total = seen;
+    admin_progress_update(&prog, seen);
+    admin_progress_end(&prog);
+  }
   if (!rc && import_books(g, ym, nym, &err)) rc = admin_cqrs_error("tell the books their numbers", &err);
   for (size_t i = 0; !rc && !g->quiet && !g->a->json && i < nym; i++)
     printf("book %04d: numbering continues after %s\n", ym[i].year, ym[i].number);
@@ -497,15 +506,38 @@ static int report(mig_t *g) {
   return rc ? rc : malformed ? ADMIN_PROBLEMS : ADMIN_OK;
 }
 
+/* Nothing to migrate is a wrong database or --from, unless --allow-empty
+ * says the collections are only being set up. Checked before step 1
+ * creates anything. */
+static int require_source(mig_t *g) {
+  if (g->a->allow_empty) return ADMIN_OK;
+  mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, g->source);
+  bson_t all = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+  BSON_APPEND_INT64(&opts, "limit", 1);
+  bson_error_t e;
+  int64_t n = mongoc_collection_count_documents(c, &all, &opts, NULL, NULL, &e);
+  bson_destroy(&all);
+  bson_destroy(&opts);
+  mongoc_collection_destroy(c);
+  if (n < 0) return admin_server_error("count the legacy documents", &e);
+  if (n > 0) return ADMIN_OK;
+  admin_err("migrate: no documents in %s.%s, nothing to migrate: a wrong database or --from? (--allow-empty "
+            "creates the collections all the same)",
+            cqrs_mongo_database(g->a->m), g->source);
+  return ADMIN_SERVER;
+}
+
 static int work(admin_t *a, cqrs_dispatcher_t *d, void *data) {
   mig_t *g = data;
   g->a = a;
   g->d = d;
   cqrs_error_t err;
+  int src = require_source(g);
+  if (src) return src;
   if (billing_mongo_indexes(a->m, &err)) return admin_cqrs_error("create the indexes", &err);
   if (!g->quiet && !a->json)
     printf("step 1: collections and indexes ready in %s at %s\n", cqrs_mongo_database(a->m),
-           cqrs_mongo_uri_redacted(a->m));
+           a->redacted);
   g->mp = memproj_new(a, NULL, true);
   if (!g->mp) return ADMIN_SERVER;
   int rc = load_progress(g);
