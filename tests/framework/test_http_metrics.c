@@ -7,6 +7,8 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -231,6 +233,143 @@ static void test_other_requests(void **state) {
   free(text);
 }
 
+/* ---- slow clients: many connections trickling a request byte by byte ---- */
+
+#define SLOW_CLIENTS 80     /* more than the endpoint's 64 connections */
+#define TRICKLE_MS 2000     /* one byte per connection this often */
+#define SLOW_MAX_MS 60000   /* they give up after this, answered or not */
+
+typedef struct slow {
+  uint16_t port;
+  atomic_bool holding, stop;
+  int connected;
+  uv_async_t closed;
+} slow_t;
+
+static void slow_clients(void *arg) {
+  slow_t *sl = arg;
+  int fds[SLOW_CLIENTS];
+  static const char start[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+  for (int i = 0; i < SLOW_CLIENTS; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(sl->port), .sin_addr.s_addr = htonl(0x7f000001)};
+    if (fds[i] >= 0 && connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0 &&
+        send(fds[i], start, sizeof start - 1, MSG_NOSIGNAL) > 0)
+      sl->connected++;
+  }
+  atomic_store(&sl->holding, true);
+  /* A byte each, every TRICKLE_MS, never the end of the headers. */
+  for (int waited = 0; !atomic_load(&sl->stop) && waited < SLOW_MAX_MS; waited += 100) {
+    uv_sleep(100);
+    if (waited % TRICKLE_MS) continue;
+    for (int i = 0; i < SLOW_CLIENTS; i++) {
+      if (fds[i] >= 0) send(fds[i], "a", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+  }
+  for (int i = 0; i < SLOW_CLIENTS; i++) {
+    if (fds[i] >= 0) close(fds[i]);
+  }
+  uv_async_send(&sl->closed);
+}
+
+typedef struct scrape_while {
+  slow_t *sl;
+  uint16_t port;
+  long status;
+  char *body;
+  uv_async_t done;
+} scrape_while_t;
+
+/* Scrapes once the slow clients hold their connections, then lets them go. */
+static void scrape_during(void *arg) {
+  scrape_while_t *sw = arg;
+  while (!atomic_load(&sw->sl->holding)) uv_sleep(10);
+  char url[64];
+  snprintf(url, sizeof url, "http://127.0.0.1:%u/metrics", (unsigned)sw->port);
+  sw->body = http_get(url, NULL, &sw->status, NULL, 0);
+  atomic_store(&sw->sl->stop, true);
+  uv_async_send(&sw->done);
+}
+
+static int asyncs_left;
+static void one_done(uv_async_t *a) {
+  uv_close((uv_handle_t *)a, NULL);
+  if (--asyncs_left == 0) uv_stop(a->loop);
+}
+
+/* While 80 connections trickle a byte every 2 s, the endpoint still
+ * answers a scrape; once they are gone it answers too. */
+static void test_slow_clients(void **state) {
+  fx_t *fx = *state;
+  slow_t sl = {.port = cqrs_http_metrics_port(fx->h)};
+  atomic_init(&sl.holding, false);
+  atomic_init(&sl.stop, false);
+  scrape_while_t sw = {.sl = &sl, .port = sl.port};
+  uv_async_init(&fx->loop, &sl.closed, one_done);
+  uv_async_init(&fx->loop, &sw.done, one_done);
+  asyncs_left = 2;
+  uv_thread_t slow, scraper;
+  assert_int_equal(uv_thread_create(&slow, slow_clients, &sl), 0);
+  assert_int_equal(uv_thread_create(&scraper, scrape_during, &sw), 0);
+  uv_run(&fx->loop, UV_RUN_DEFAULT); /* serves until both are done */
+  uv_thread_join(&scraper);
+  uv_thread_join(&slow);
+  assert_int_equal(sl.connected, SLOW_CLIENTS);
+  if (sw.status != 200) fail_msg("no answer while slow clients held the endpoint (status %ld)", sw.status);
+  assert_non_null(sw.body);
+  assert_non_null(strstr(sw.body, "cqrs_head_position"));
+  free(sw.body);
+  /* After them, every time. */
+  for (int i = 0; i < 5; i++) free(scrape(fx));
+}
+
+typedef struct trickler {
+  uint16_t port;
+  bool cut_off;   /* the server closed it */
+  int64_t after_ms;
+  uv_async_t done;
+} trickler_t;
+
+/* One connection that never finishes its request and is never idle for
+ * long: a byte every 500 ms, until the server closes it (or 30 s). */
+static void trickle(void *arg) {
+  trickler_t *tr = arg;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(tr->port), .sin_addr.s_addr = htonl(0x7f000001)};
+  int64_t start = (int64_t)(uv_hrtime() / 1000000);
+  if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      send(fd, "GET /metrics HTTP/1.1\r\nX-Slow: ", 31, MSG_NOSIGNAL) > 0) {
+    for (int i = 0; i < 60 && !tr->cut_off; i++) {
+      struct pollfd p = {.fd = fd, .events = POLLIN};
+      if (poll(&p, 1, 500) == 1) {
+        char buf[256];
+        (void)recv(fd, buf, sizeof buf, 0); /* the end, or an error page before it */
+        tr->cut_off = true;
+      } else {
+        send(fd, "a", 1, MSG_NOSIGNAL);
+      }
+    }
+  }
+  tr->after_ms = (int64_t)(uv_hrtime() / 1000000) - start;
+  if (fd >= 0) close(fd);
+  uv_async_send(&tr->done);
+}
+
+/* A connection gets a few seconds to deliver its request, however busy it
+ * keeps itself. */
+static void test_request_deadline(void **state) {
+  fx_t *fx = *state;
+  trickler_t tr = {.port = cqrs_http_metrics_port(fx->h)};
+  uv_async_init(&fx->loop, &tr.done, client_done);
+  uv_thread_t t;
+  assert_int_equal(uv_thread_create(&t, trickle, &tr), 0);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_thread_join(&t);
+  uv_run(&fx->loop, UV_RUN_NOWAIT);
+  if (!tr.cut_off) fail_msg("a connection trickling its request was kept %lld ms", (long long)tr.after_ms);
+  assert_true(tr.after_ms >= 4000); /* not before its deadline (5 s, reaped every 250 ms) */
+}
+
 static void test_bad_start(void **state) {
   fx_t *fx = *state;
   cqrs_http_metrics_t *h = (void *)1;
@@ -251,6 +390,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_counts_what_happened, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lag_returns_to_zero, setup, teardown),
       cmocka_unit_test_setup_teardown(test_other_requests, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_slow_clients, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_request_deadline, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_start, setup, teardown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
