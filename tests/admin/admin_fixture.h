@@ -191,4 +191,33 @@ static inline void insert_json(adm_t *t, const char *coll, const char *json) {
   mongoc_collection_destroy(c);
 }
 
+/* ---- the read path behind mongodb_cqs_enabled, as an application runs it ---- */
+
+typedef struct reader {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_mongo_t *m;
+  cqrs_readmodel_t *rm;
+  billing_flags_t *flags;
+} reader_t;
+
+static inline void reader_open(reader_t *r, adm_t *t) {
+  uv_loop_init(&r->loop);
+  cqrs_registry_new(&r->reg, NULL);
+  cqrs_mongo_options_t o = {.database = t->db};
+  cqrs_error_t e;
+  if (cqrs_mongo_new(t->uri, &o, r->reg, &r->loop, &r->m, &e)) fail_msg("%s", e.message);
+  cqrs_mongo_readmodel_new(r->m, &r->rm, NULL);
+  r->flags = billing_flags_new(r->rm, 0); /* no caching: each read sees the flag just set */
+  assert_non_null(r->flags);
+}
+
+static inline void reader_close(reader_t *r) {
+  billing_flags_destroy(r->flags);
+  cqrs_readmodel_destroy(r->rm);
+  cqrs_mongo_destroy(r->m);
+  cqrs_registry_destroy(r->reg);
+  assert_int_equal(uv_loop_close(&r->loop), 0);
+}
+
 #endif
