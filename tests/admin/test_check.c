@@ -113,6 +113,10 @@ static void test_projection_behind_the_head(void **state) {
   delete_doc(&t, "billing_checkpoints", "billing.invoices");
   assert_int_equal(ADM(&t, "check", "--wait", "0"), 1);
   assert_non_null(strstr(t.out, "events behind"));
+  /* A rebuild projects them all: its checkpoint says so. */
+  assert_int_equal(ADM(&t, "rebuild", "billing.invoices"), 0);
+  assert_int_equal(checkpoint_of(&t, "billing.invoices"), cp);
+  assert_int_equal(ADM(&t, "check"), 0);
   adm_close(&t);
 }
 
