@@ -92,7 +92,8 @@ static void test_legacy_dates_numbers_and_customers_kept(void **state) {
   adm_close(&t);
 }
 
-/* A run again from the first document appends no customer the store holds. */
+/* A run again, from the first document or resumed, appends no customer the
+ * store holds. */
 static void test_resume_from_the_store(void **state) {
   (void)state;
   NEED_MONGO();
@@ -104,6 +105,14 @@ static void test_resume_from_the_store(void **state) {
   assert_true(registered > 0 && registered <= 25);
   assert_int_equal(ADM(&t, "--json", "migrate", "--restart", "--quiet"), 0);
   assert_int_equal(adm_json_int(&t, "customersKnown"), registered);
+  assert_int_equal(adm_json_int(&t, "customersAppended"), 0);
+  /* As after a run killed at the 200th document: the same 200 documents
+   * and 100 more (gen-legacy is the same sequence for a seed), the run
+   * resumes after the 200th and appends none of the customers the store
+   * holds. */
+  assert_int_equal(ADM(&t, "gen-legacy", "300", "--customers", "25", "--drop"), 0);
+  assert_int_equal(ADM(&t, "--json", "migrate", "--quiet"), 0);
+  assert_int_equal(adm_json_int(&t, "migrated"), 300);
   assert_int_equal(adm_json_int(&t, "customersAppended"), 0);
   bson_t cust = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&cust, "aggregateType", "customer");

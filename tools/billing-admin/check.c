@@ -564,7 +564,8 @@ static void print_json(const checker_t *k, const coll_report_t *r, double pct, i
   bson_destroy(&out);
 }
 
-static void print_text(const checker_t *k, const coll_report_t *r, double pct, int64_t problems, double secs) {
+static void print_text(const checker_t *k, const coll_report_t *r, double pct, int64_t problems, int64_t behind,
+                       double secs) {
   if (k->shown < problems) printf("... %lld more (see --show or --json)\n", (long long)(problems - k->shown));
   for (size_t i = 0; i < NCOLL; i++) {
     if (k->only_id[0] && !k->only_id[i]) continue;
@@ -587,8 +588,10 @@ static void print_text(const checker_t *k, const coll_report_t *r, double pct, i
     else
       printf("caught up\n");
   }
-  printf("consistency %.3f %% (target 99.9 %%) over %lld events in %.1f s%s\n", pct, (long long)k->events, secs,
+  printf("consistency %.3f %% (target 99.9 %%) over %lld events in %.1f s%s", pct, (long long)k->events, secs,
          problems ? (k->repair ? ": differences repaired" : ": differences found") : "");
+  if (behind) printf("%s%lld events not projected yet", problems ? "; " : ": ", (long long)behind);
+  printf("\n");
 }
 
 static int parse(admin_t *a, int argc, char **argv, checker_t *k, const char **invoice) {
@@ -667,7 +670,7 @@ static int run(checker_t *k, const char *invoice) {
   double pct = total ? 100.0 * (double)consistent / (double)total : 100.0;
   double secs = (double)(cqrs_now_ms() - started) / 1000.0;
   if (k->a->json) print_json(k, r, pct, problems, behind, secs);
-  else print_text(k, r, pct, problems, secs);
+  else print_text(k, r, pct, problems, behind, secs);
   return problems || behind ? ADMIN_PROBLEMS : ADMIN_OK;
 }
 
