@@ -4,6 +4,10 @@
  * calls MHD_run, which never blocks. So every request is answered on the loop
  * thread, where a snapshot of the dispatcher may be taken.
  *
+ * GET /healthz answers 200 while the loop does; GET /readyz 200 while the
+ * projections are caught up within a second and the store answers, 503
+ * with the reason otherwise (for load balancers and orchestrators).
+ *
  * Slow clients: MHD's connection timeout is an idle one, which a client
  * trickling a byte now and then never reaches, so 64 of them would hold
  * every slot. Each connection here has REQUEST_DEADLINE_MS from its accept
@@ -25,6 +29,7 @@
 #define CONNECTION_TIMEOUT_S 10
 #define REQUEST_DEADLINE_MS 5000
 #define REAP_EVERY_MS 250
+#define READY_LAG_S 1.0 /* the seed's sync-lag target */
 
 /* A connection, in the order they started waiting for a request. */
 typedef struct conn {
@@ -44,6 +49,7 @@ struct cqrs_http_metrics {
   conn_t *oldest, *newest;
   unsigned connections;
   uint64_t closed; /* connections closed so far */
+  double ready_calls, ready_failed; /* store calls and transient failures at the last /readyz */
   int handles_open;
   bool closing;
   uint16_t port;
@@ -63,17 +69,57 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
   return ok;
 }
 
+static const char text_plain[] = "text/plain; charset=utf-8";
+
+/* /readyz: ready while every subscriber's oldest unhandled event is at most
+ * READY_LAG_S old (the seed's sync-lag target), and the event store is
+ * answering: not every store call since the previous /readyz failed for a
+ * transient reason (server unavailable, time-out). */
+static enum MHD_Result readiness(cqrs_http_metrics_t *h, struct MHD_Connection *c) {
+  cqrs_metrics_snapshot_t *s;
+  cqrs_error_t err;
+  char msg[CQRS_NAME_MAX + 160];
+  if (cqrs_metrics_snapshot(h->m, &s, &err)) {
+    int n = snprintf(msg, sizeof msg, "not ready: %s\n", err.message);
+    return reply(c, MHD_HTTP_SERVICE_UNAVAILABLE, text_plain, msg, n > 0 ? (size_t)n : 0, NULL);
+  }
+  const cqrs_metric_t *worst = NULL;
+  for (size_t i = 0; i < cqrs_metrics_snapshot_count(s); i++) {
+    const cqrs_metric_t *m = cqrs_metrics_snapshot_get(s, i);
+    if (!strcmp(m->name, "cqrs_projection_lag_seconds") && (!worst || m->value > worst->value)) worst = m;
+  }
+  double calls = cqrs_metrics_snapshot_value(s, "cqrs_store_calls_total", NULL);
+  double failed = cqrs_metrics_snapshot_value(s, "cqrs_store_errors_total", "class", "transient", NULL);
+  bool store_down = failed > h->ready_failed && calls - h->ready_calls <= failed - h->ready_failed;
+  h->ready_calls = calls;
+  h->ready_failed = failed;
+  int n;
+  if (worst && worst->value > READY_LAG_S)
+    n = snprintf(msg, sizeof msg, "not ready: %s lags %.3f s (more than %.0f s)\n", worst->label_values[0],
+                 worst->value, READY_LAG_S);
+  else if (store_down)
+    n = snprintf(msg, sizeof msg, "not ready: every event store call since the last check failed\n");
+  else
+    n = snprintf(msg, sizeof msg, "ready\n");
+  cqrs_metrics_snapshot_destroy(s);
+  bool ready = !strcmp(msg, "ready\n");
+  return reply(c, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, text_plain, msg, n > 0 ? (size_t)n : 0, NULL);
+}
+
 static enum MHD_Result answer(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                               const char *version, const char *upload, size_t *upload_size, void **con_cls) {
   (void)version, (void)upload, (void)con_cls;
   cqrs_http_metrics_t *h = cls;
-  static const char text_plain[] = "text/plain; charset=utf-8";
   h->requests++;
   *upload_size = 0; /* a body is read and ignored */
   bool get = !strcmp(method, MHD_HTTP_METHOD_GET), head = !strcmp(method, MHD_HTTP_METHOD_HEAD);
-  if (strcmp(url, "/metrics")) return reply(c, MHD_HTTP_NOT_FOUND, text_plain, "not found: try /metrics\n", 24, NULL);
+  bool metrics = !strcmp(url, "/metrics"), healthz = !strcmp(url, "/healthz"), readyz = !strcmp(url, "/readyz");
+  if (!metrics && !healthz && !readyz)
+    return reply(c, MHD_HTTP_NOT_FOUND, text_plain, "not found: try /metrics, /healthz or /readyz\n", 45, NULL);
   if (!get && !head)
     return reply(c, MHD_HTTP_METHOD_NOT_ALLOWED, text_plain, "method not allowed\n", 19, "GET, HEAD");
+  if (healthz) return reply(c, MHD_HTTP_OK, text_plain, "ok\n", 3, NULL); /* the loop answers: alive */
+  if (readyz) return readiness(h, c);
   cqrs_metrics_snapshot_t *s;
   char *text = NULL;
   size_t len = 0;

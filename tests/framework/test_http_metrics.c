@@ -37,14 +37,15 @@ static cqrs_code_t projection(const cqrs_event_t *e, void *data, cqrs_error_t *e
   return ++fx->calls <= fx->fail_first ? cqrs_error_set(err, CQRS_EHANDLER, "not yet") : CQRS_OK;
 }
 
-static int setup(void **state) {
+static int setup_with(void **state, uint64_t retry_base_ms, int fail_first) {
   fx_t *fx = calloc(1, sizeof *fx);
+  fx->fail_first = fail_first;
   uv_loop_init(&fx->loop);
   fx->reg = ledger_registry();
   cqrs_memory_store_new(&fx->store, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
-  o.retry_base_ms = 1000; /* the first retry waits long enough for a scrape */
+  o.retry_base_ms = retry_base_ms;
   cqrs_error_t err;
   if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err) ||
       ledger_handlers(fx->d, NULL, 0, &err) ||
@@ -56,6 +57,13 @@ static int setup(void **state) {
   *state = fx;
   return 0;
 }
+
+/* The first retry waits long enough for a scrape. */
+static int setup(void **state) { return setup_with(state, 1000, 0); }
+
+/* A projection that fails its first two deliveries, backing off 2 s then
+ * 4 s: stalled for 6 s. */
+static int setup_stalling(void **state) { return setup_with(state, 2000, 2); }
 
 static void http_closed(void *data) { ((fx_t *)data)->http_closed = true; }
 
@@ -370,6 +378,54 @@ static void test_request_deadline(void **state) {
   assert_true(tr.after_ms >= 4000); /* not before its deadline (5 s, reaped every 250 ms) */
 }
 
+static void wake(uv_timer_t *t) { uv_stop(t->loop); }
+
+/* Serves for `ms` (the loop runs its timers meanwhile). */
+static void serve_for(fx_t *fx, uint64_t ms) {
+  uv_timer_t t;
+  uv_timer_init(&fx->loop, &t);
+  uv_timer_start(&t, wake, ms, 0);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&fx->loop, UV_RUN_NOWAIT);
+}
+
+/* Asks /readyz every 100 ms until it answers `status` (or 30 s); the last
+ * answer's body into body[cap]. */
+static long readyz_until(fx_t *fx, long status, char *body, size_t cap) {
+  long got = 0;
+  for (int i = 0; i < 300 && got != status; i++) {
+    if (i) serve_for(fx, 100);
+    call_t *c = request(fx, NULL, "/readyz", NULL);
+    got = c->status;
+    snprintf(body, cap, "%s", c->body ? c->body : "");
+    call_free(c);
+  }
+  return got;
+}
+
+/* /healthz: the process answers. /readyz: its projections are caught up
+ * within the seed's second; a stalled one makes it 503 until it recovers. */
+static void test_health_and_readiness(void **state) {
+  fx_t *fx = *state;
+  char body[512];
+  call_t *c = request(fx, NULL, "/healthz", NULL);
+  assert_int_equal(c->status, 200);
+  call_free(c);
+  assert_int_equal(readyz_until(fx, 200, body, sizeof body), 200);
+  completed = 0;
+  send_cmd(fx, ledger_open_new("r", "rea")); /* its projection fails twice, backing off */
+  if (readyz_until(fx, 503, body, sizeof body) != 503) fail_msg("never unready while stalled: %s", body);
+  assert_non_null(strstr(body, "ledger.view"));
+  c = request(fx, NULL, "/healthz", NULL);
+  assert_int_equal(c->status, 200); /* alive all the same */
+  call_free(c);
+  if (readyz_until(fx, 200, body, sizeof body) != 200) fail_msg("not ready again: %s", body);
+  char *text = scrape(fx);
+  assert_true(prom_value(text, "cqrs_projection_position{projection=\"ledger.view\"}") == 1);
+  free(text);
+}
+
 static void test_bad_start(void **state) {
   fx_t *fx = *state;
   cqrs_http_metrics_t *h = (void *)1;
@@ -392,6 +448,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_other_requests, setup, teardown),
       cmocka_unit_test_setup_teardown(test_slow_clients, setup, teardown),
       cmocka_unit_test_setup_teardown(test_request_deadline, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_health_and_readiness, setup_stalling, teardown),
       cmocka_unit_test_setup_teardown(test_bad_start, setup, teardown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
