@@ -10,7 +10,7 @@
 
 static void usage(const char *name, FILE *to) {
   fprintf(to,
-          "usage: %s [--mongo URI [--reset]]\n"
+          "usage: %s [--mongo URI [--reset]] [--cqs MODE] [--metrics-port N [--linger S]]\n"
           "  Runs the %s flow of the billing sample, in memory by default.\n"
           "  --mongo URI   use a MongoDB server (URI also read from MONGODB_URI when the flag has none);\n"
           "                the database is the URI's, else \"cqrs\"\n"
