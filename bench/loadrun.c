@@ -37,6 +37,7 @@ typedef struct run {
   uint64_t t0, end;
   uint64_t started, issued, in_flight, skipped;
   uint64_t reads, writes, read_errors, write_errors, rejections;
+  uint64_t from_legacy, from_cqs, not_found; /* invoice.read, through mongodb_cqs_enabled */
   lat_t read_lat, write_lat, lag_ms;
   double max_lag_s;
   int64_t max_lag_positions;
@@ -137,8 +138,15 @@ static void send_cmd(run_t *r, const cqrs_command_type_t *type, const void *payl
 }
 
 static void query_done(cqrs_code_t code, const bson_t *answer, const cqrs_error_t *err, void *data) {
-  (void)answer, (void)err;
-  op_end(data, code != CQRS_OK && code != CQRS_ENOT_FOUND, false);
+  (void)err;
+  op_t *o = data;
+  bson_iter_t it;
+  if (code == CQRS_ENOT_FOUND) o->r->not_found++;
+  if (code == CQRS_OK && answer && bson_iter_init_find(&it, answer, "source") && BSON_ITER_HOLDS_UTF8(&it)) {
+    if (!strcmp(bson_iter_utf8(&it, NULL), "cqs")) o->r->from_cqs++;
+    else o->r->from_legacy++;
+  }
+  op_end(o, code != CQRS_OK && code != CQRS_ENOT_FOUND, false);
 }
 
 static void query(run_t *r, const char *name, const bson_t *params) {
@@ -163,9 +171,10 @@ static void read_op(run_t *r) {
       break;
     }
     case 5: case 6: case 7:
+      /* As the application reads an invoice: through the seed's flag. */
       snprintf(id, sizeof id, "lr-i%ld-%ld", c, (long)((x >> 40) % (uint64_t)r->invoices_per_customer));
       BSON_APPEND_UTF8(&p, "id", id);
-      query(r, "invoice.by_id", &p);
+      query(r, "invoice.read", &p);
       break;
     default:
       account_id(id, sizeof id, c);
@@ -348,6 +357,12 @@ static void breakdown(run_t *r) {
 
 static const char *verdict(bool ok) { return ok ? "yes" : "NO"; }
 
+static uint64_t shadow_differing(run_t *r) {
+  uint64_t differing = 0;
+  billing_flags_shadow_counts(r->s.flags, NULL, &differing);
+  return differing;
+}
+
 static int report(run_t *r, double seconds, double drain_s) {
   uint64_t ops = r->reads + r->writes;
   uint64_t errors = r->read_errors + r->write_errors + r->skipped;
@@ -364,9 +379,12 @@ static int report(run_t *r, double seconds, double drain_s) {
     printf("{\"name\": \"loadrun\", \"rate\": %ld, \"seconds\": %.2f, \"reads\": %" PRIu64 ", \"writes\": %" PRIu64
            ", \"ops_per_s\": %.0f, \"read_ms\": [%.2f, %.2f, %.2f], \"write_ms\": [%.2f, %.2f, %.2f], "
            "\"lag_s_p99\": %.3f, \"lag_s_max\": %.3f, \"lag_positions_max\": %" PRId64 ", \"drain_s\": %.3f, "
-           "\"errors\": %" PRIu64 ", \"skipped\": %" PRIu64 ", \"rejections\": %" PRIu64 ", \"error_rate\": %.5f}\n",
+           "\"errors\": %" PRIu64 ", \"skipped\": %" PRIu64 ", \"rejections\": %" PRIu64 ", \"error_rate\": %.5f, "
+           "\"invoice_reads\": {\"legacy\": %" PRIu64 ", \"cqs\": %" PRIu64 ", \"not_found\": %" PRIu64
+           ", \"shadow_differences\": %" PRIu64 "}}\n",
            r->rate, seconds, r->reads, r->writes, achieved, rp50, rp95, rp99, wp50, wp95, wp99, lag99, r->max_lag_s,
-           r->max_lag_positions, drain_s, r->read_errors + r->write_errors, r->skipped, r->rejections, err_rate);
+           r->max_lag_positions, drain_s, r->read_errors + r->write_errors, r->skipped, r->rejections, err_rate,
+           r->from_legacy, r->from_cqs, r->not_found, shadow_differing(r));
   } else {
     printf("load run: %ld ops/s asked for %ld s (the last completed after %.1f s); %" PRIu64 " reads, %" PRIu64
            " writes\n",
@@ -382,6 +400,11 @@ static int report(run_t *r, double seconds, double drain_s) {
            r->read_errors + r->write_errors, r->skipped, "< 0.1 %", verdict(ok_err));
     printf("  business rejections: %" PRIu64 "; projections caught up %.3f s after the last operation\n",
            r->rejections, drain_s);
+    uint64_t compared = 0, differing = 0;
+    billing_flags_shadow_counts(r->s.flags, &compared, &differing);
+    printf("  invoice reads through %s: %" PRIu64 " from legacy, %" PRIu64 " from CQS, %" PRIu64
+           " not found; shadow: %" PRIu64 " compared, %" PRIu64 " differed\n",
+           BILLING_CQS_FLAG, r->from_legacy, r->from_cqs, r->not_found, compared, differing);
     breakdown(r);
   }
   return r->check && !(ok_read && ok_write && ok_ops && ok_lag && ok_err) ? 1 : 0;
@@ -390,11 +413,14 @@ static int report(run_t *r, double seconds, double drain_s) {
 static void usage(FILE *to) {
   fprintf(to,
           "usage: cqrs-loadrun --mongo URI [--rate OPS] [--duration S] [--customers N] [--invoices K]\n"
-          "                    [--write-percent W] [--reset] [--metrics-port P] [--json] [--check]\n"
+          "                    [--write-percent W] [--reset] [--cqs MODE] [--metrics-port P] [--json] [--check]\n"
           "  Seeds N customers with an account and K pending invoices each (default 200, 5), then\n"
           "  runs 95 %% reads (billing queries) and 5 %% writes (commands; W %%) at OPS per second\n"
           "  (default 1000) for S seconds (default 10), and reports the seed's figures.\n"
-          "  --reset drops the URI's database first; --check exits 1 when a target is missed.\n");
+          "  --reset drops the URI's database first; --check exits 1 when a target is missed.\n"
+          "  Invoices are read as the application reads them, through the flag mongodb_cqs_enabled\n"
+          "  (invoice.read; --cqs MODE sets it first: off, shadow, PERCENT, on; the load's own invoices\n"
+          "  exist on the CQS side only).\n");
 }
 
 static long arg_long(int argc, char **argv, int *i, long lo, long hi) {
@@ -416,7 +442,7 @@ int main(int argc, char **argv) {
   r.invoices_per_customer = 5;
   r.write_percent = 5;
   r.rng = 0x9e3779b97f4a7c15u;
-  char *sargv[8] = {"loadrun"};
+  char *sargv[10] = {"loadrun"};
   int sargc = 1;
   const char *uri = getenv("MONGODB_URI");
   for (int i = 1; i < argc; i++) {
@@ -437,6 +463,9 @@ int main(int argc, char **argv) {
       r.write_percent = arg_long(argc, argv, &i, 0, 100);
     } else if (!strcmp(argv[i], "--reset")) {
       sargv[sargc++] = "--reset";
+    } else if (!strcmp(argv[i], "--cqs") && i + 1 < argc) {
+      sargv[sargc++] = "--cqs";
+      sargv[sargc++] = argv[++i];
     } else if (!strcmp(argv[i], "--metrics-port") && i + 1 < argc) {
       sargv[sargc++] = "--metrics-port";
       sargv[sargc++] = argv[++i];

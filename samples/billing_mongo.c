@@ -1,8 +1,11 @@
 #include "billing_mongo.h"
 
+#include <ctype.h>
 #include <mongoc/mongoc.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 
 
 const cqrs_mongo_options_t billing_mongo_options = {
@@ -28,6 +31,68 @@ cqrs_code_t billing_mongo_indexes(cqrs_mongo_t *m, cqrs_error_t *err) {
     bson_destroy(keys);
   }
   return rc;
+}
+
+/* Options whose value the driver treats as a secret. */
+static const char *const secret_options[] = {MONGOC_URI_TLSCERTIFICATEKEYFILEPASSWORD,
+                                             MONGOC_URI_SSLCLIENTCERTIFICATEKEYPASSWORD, "sslpemkeypassword",
+                                             MONGOC_URI_AUTHMECHANISMPROPERTIES, NULL};
+/* Options the driver knows that none of mongoc_uri_option_is_* names. */
+static const char *const other_known[] = {MONGOC_URI_AUTHMECHANISM, MONGOC_URI_AUTHSOURCE, MONGOC_URI_GSSAPISERVICENAME,
+                                          MONGOC_URI_CANONICALIZEHOSTNAME, MONGOC_URI_READPREFERENCE,
+                                          MONGOC_URI_READPREFERENCETAGS, MONGOC_URI_READCONCERNLEVEL, MONGOC_URI_W,
+                                          MONGOC_URI_COMPRESSORS, MONGOC_URI_MAXSTALENESSSECONDS, NULL};
+
+static bool listed_key(const char *const *list, const char *key, size_t len) {
+  for (size_t i = 0; list[i]; i++) {
+    if (strlen(list[i]) == len && !strncasecmp(list[i], key, len)) return true;
+  }
+  return false;
+}
+
+static bool secret_option(const char *key, size_t len) {
+  if (listed_key(secret_options, key, len)) return true;
+  char name[64];
+  if (len >= sizeof name) return true; /* no option has so long a name */
+  for (size_t i = 0; i < len; i++) name[i] = (char)tolower((unsigned char)key[i]);
+  name[len] = '\0';
+  bool known = mongoc_uri_option_is_int32(name) || mongoc_uri_option_is_int64(name) ||
+               mongoc_uri_option_is_bool(name) || mongoc_uri_option_is_utf8(name) || listed_key(other_known, key, len);
+  return !known;
+}
+
+char *billing_mongo_uri_redacted(const char *uri) {
+  if (!uri) return bson_strdup("");
+  bson_string_t *out = bson_string_new(NULL);
+  const char *scheme = strstr(uri, "://");
+  const char *rest = scheme ? scheme + 3 : uri;
+  const char *query = strchr(rest, '?');
+  const char *hosts_end = query ? query : rest + strlen(rest);
+  /* user:password@ -- the last '@' before the options ends the user part. */
+  const char *at = NULL;
+  for (const char *p = rest; p < hosts_end; p++) {
+    if (*p == '@') at = p;
+  }
+  const char *colon = at ? memchr(rest, ':', (size_t)(at - rest)) : NULL;
+  if (colon) {
+    bson_string_append_printf(out, "%.*s:***", (int)(colon - uri), uri);
+    bson_string_append_printf(out, "%.*s", (int)(hosts_end - at), at);
+  } else {
+    bson_string_append_printf(out, "%.*s", (int)(hosts_end - uri), uri);
+  }
+  if (query) {
+    bson_string_append_c(out, '?');
+    for (const char *p = query + 1; *p;) {
+      size_t len = strcspn(p, "&;");
+      const char *eq = memchr(p, '=', len);
+      size_t klen = eq ? (size_t)(eq - p) : len;
+      if (eq && secret_option(p, klen)) bson_string_append_printf(out, "%.*s=***", (int)klen, p);
+      else bson_string_append_printf(out, "%.*s", (int)len, p);
+      p += len;
+      if (*p) bson_string_append_c(out, *p++);
+    }
+  }
+  return bson_string_free(out, false);
 }
 
 cqrs_code_t billing_mongo_reset(cqrs_mongo_t *m, cqrs_error_t *err) {

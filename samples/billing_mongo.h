@@ -14,6 +14,14 @@ extern const cqrs_mongo_options_t billing_mongo_options;
  * {"customer.id": 1, status: 1}, {amount: 1, currency: 1}, {createdAt: -1}. */
 cqrs_code_t billing_mongo_indexes(cqrs_mongo_t *m, cqrs_error_t *err);
 
+/* `uri` fit to print (a new string, free with bson_free): the password and
+ * the value of every option that can hold a secret replaced by "***" --
+ * mongoc's tlsCertificateKeyFilePassword and its deprecated spelling
+ * sslClientCertificateKeyPassword, authMechanismProperties (which carries
+ * AWS_SESSION_TOKEN), and any option the driver does not know (a misspelt
+ * secret is still a secret). Never NULL but for allocation failure. */
+char *billing_mongo_uri_redacted(const char *uri);
+
 /* Drops the billing collections (the sample's --reset). */
 cqrs_code_t billing_mongo_reset(cqrs_mongo_t *m, cqrs_error_t *err);
 

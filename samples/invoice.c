@@ -1,6 +1,7 @@
 /* The invoice flow: registers customers, issues invoices, pays some (once
  * twice, once with a wrong amount), cancels one, changes an e-mail, then
- * prints the read model (the seed's billing_queries documents) through the
+ * reads an invoice through the seed's flag mongodb_cqs_enabled and prints
+ * the read model (the seed's billing_queries documents) through the
  * queries. */
 #include <stdio.h>
 #include <string.h>
@@ -74,6 +75,74 @@ static void list(sample_t *s, const char *cust, const char *status) {
   bson_destroy(&params);
 }
 
+/* The invoice of a query's answer {invoice: doc}, read in place. */
+static bool invoice_of(const bson_t *answer, bson_t *doc) {
+  bson_iter_t it;
+  uint32_t len;
+  const uint8_t *raw;
+  if (!bson_iter_init_find(&it, answer, "invoice") || !BSON_ITER_HOLDS_DOCUMENT(&it)) return false;
+  bson_iter_document(&it, &len, &raw);
+  return bson_init_static(doc, raw, len);
+}
+
+/* Prints it as JSON after `label`; the e-mail change must have reached it. */
+static void show_invoice(sample_t *s, const char *label, const bson_t *doc) {
+  char *json = bson_as_relaxed_extended_json(doc, NULL);
+  printf("  %s: %s\n", label, json);
+  bson_free(json);
+  if (strcmp(sample_str(doc, "customer.email"), "accounts@acme.com")) s->failures++;
+}
+
+/* The read model itself: the query invoice.by_id over billing_queries. */
+static void read_by_id(sample_t *s, const char *id) {
+  printf("read model (billing_queries):\n");
+  bson_t params = BSON_INITIALIZER, out, doc;
+  BSON_APPEND_UTF8(&params, "id", id);
+  if (sample_query(s, "invoice.by_id", &params, &out) && invoice_of(&out, &doc)) show_invoice(s, id, &doc);
+  bson_destroy(&out);
+  bson_destroy(&params);
+}
+
+/* Reads an invoice the way the application does, through the seed's flag
+ * (invoice.read): from billing_documents, billing_queries or both. The
+ * sample's invoices are new: only the CQS side has them. */
+static void read_through_flag(sample_t *s, const char *id, const char *customer) {
+  billing_cqs_flag_t f;
+  cqrs_error_t err;
+  if (billing_flags_current(s->flags, &f, &err)) {
+    fprintf(stderr, "%s: cannot read %s: %s\n", s->name, BILLING_CQS_FLAG, err.message);
+    s->failures++;
+    return;
+  }
+  bool to_cqs = billing_cqs_routes_to_cqs(&f, customer);
+  printf("reads through %s (%s%s):\n", BILLING_CQS_FLAG, billing_cqs_mode_name(f.mode),
+         f.mode == BILLING_CQS_PERCENT ? (to_cqs ? ", acme on the CQS side" : ", acme on the legacy side") : "");
+  bson_t params = BSON_INITIALIZER, out;
+  BSON_APPEND_UTF8(&params, "id", id);
+  BSON_APPEND_UTF8(&params, "customerId", customer);
+  cqrs_code_t rc = sample_query_maybe(s, "invoice.read", &params, &out);
+  bson_t doc;
+  if (rc == CQRS_OK && invoice_of(&out, &doc)) {
+    char label[96];
+    snprintf(label, sizeof label, "%s from the %s side", id, strcmp(sample_str(&out, "source"), "cqs") ? "legacy" : "CQS");
+    show_invoice(s, label, &doc);
+  } else if (rc == CQRS_ENOT_FOUND && !to_cqs) {
+    printf("  %s: not in %s (the sample's invoices are new: only the CQS side has them)\n", id,
+           BILLING_LEGACY_COLLECTION);
+  } else {
+    printf("  %s: not found on the CQS side\n", id);
+    s->failures++;
+  }
+  if (f.mode == BILLING_CQS_SHADOW) {
+    uint64_t compared, differing;
+    billing_flags_shadow_counts(s->flags, &compared, &differing);
+    printf("  shadow: %llu reads compared, %llu differed (recorded in %s)\n", (unsigned long long)compared,
+           (unsigned long long)differing, BILLING_FLAG_DIFFS_COLLECTION);
+  }
+  bson_destroy(&out);
+  bson_destroy(&params);
+}
+
 int main(int argc, char **argv) {
   sample_t s;
   int rc = sample_open(&s, "invoice", argc, argv);
@@ -101,26 +170,8 @@ int main(int argc, char **argv) {
   billing_change_email_t change = {"acme", "accounts@acme.com"};
   sample_send(&s, "change acme's e-mail to accounts@acme.com", &billing_change_email, &change, "");
 
-  printf("read model (billing_queries):\n");
-  bson_t params = BSON_INITIALIZER, out;
-  BSON_APPEND_UTF8(&params, "id", "inv_1");
-  if (sample_query(&s, "invoice.by_id", &params, &out)) {
-    bson_iter_t it;
-    if (bson_iter_init_find(&it, &out, "invoice")) {
-      uint32_t len;
-      const uint8_t *raw;
-      bson_iter_document(&it, &len, &raw);
-      bson_t doc;
-      if (bson_init_static(&doc, raw, len)) {
-        char *json = bson_as_relaxed_extended_json(&doc, NULL);
-        printf("  inv_1: %s\n", json);
-        bson_free(json);
-        if (strcmp(sample_str(&doc, "customer.email"), "accounts@acme.com")) s.failures++;
-      }
-    }
-  }
-  bson_destroy(&out);
-  bson_destroy(&params);
+  read_by_id(&s, "inv_1");
+  read_through_flag(&s, "inv_1", "acme");
   list(&s, "acme", "paid");
   list(&s, "acme", "pending");
   list(&s, "acme", "cancelled");

@@ -10,14 +10,16 @@
 
 static void usage(const char *name, FILE *to) {
   fprintf(to,
-          "usage: %s [--mongo URI [--reset]]\n"
+          "usage: %s [--mongo URI [--reset]] [--cqs MODE] [--metrics-port N [--linger S]]\n"
           "  Runs the %s flow of the billing sample, in memory by default.\n"
           "  --mongo URI   use a MongoDB server (URI also read from MONGODB_URI when the flag has none);\n"
           "                the database is the URI's, else \"cqrs\"\n"
           "  --reset       drop that database first (the sample expects to start empty)\n"
           "  --metrics-port N  serve GET /metrics on 127.0.0.1:N (0: any free port); with --mongo,\n"
           "                announce it in the collection cqrs_instances\n"
-          "  --linger S    keep serving /metrics S seconds after the flow\n",
+          "  --linger S    keep serving /metrics S seconds after the flow\n"
+          "  --cqs MODE    set the flag mongodb_cqs_enabled first (off, shadow, PERCENT, on); invoice\n"
+          "                reads (the query invoice.read) go where it says, legacy or CQS\n",
           name, name);
 }
 
@@ -87,6 +89,13 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
       }
     } else if (!strcmp(argv[i], "--reset")) {
       s->reset = true;
+    } else if (!strcmp(argv[i], "--cqs")) {
+      billing_cqs_flag_t f;
+      if (i + 1 == argc || billing_cqs_flag_parse(argv[i + 1], &f, NULL)) {
+        fprintf(stderr, "%s: --cqs needs off, shadow, on or a percentage 0..100\n", name);
+        return 2;
+      }
+      s->cqs_mode = argv[++i];
     } else if (!strcmp(argv[i], "--metrics-port") || !strcmp(argv[i], "--linger")) {
       bool port = !strcmp(argv[i], "--metrics-port");
       long n = number_arg(i + 1 < argc ? argv[i + 1] : NULL, 0, port ? 65535 : 86400);
@@ -136,7 +145,17 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
     fprintf(stderr, "%s: cannot start: %s\n", name, err.message);
     return 3;
   }
-  if (cqrs_queries_new(s->rm, &s->q, &err) || billing_register_queries(s->q, NULL, &err)) {
+  if (s->cqs_mode) {
+    billing_cqs_flag_t f;
+    billing_cqs_flag_parse(s->cqs_mode, &f, NULL);
+    if (billing_cqs_flag_save(s->rm, &f, &err)) {
+      fprintf(stderr, "%s: cannot set %s: %s\n", name, BILLING_CQS_FLAG, err.message);
+      return 3;
+    }
+  }
+  /* The flag is read again at most once a second. */
+  if (cqrs_queries_new(s->rm, &s->q, &err) || billing_register_queries(s->q, NULL, &err) ||
+      !(s->flags = billing_flags_new(s->rm, 1000)) || billing_register_flagged_queries(s->q, s->flags, &err)) {
     fprintf(stderr, "%s: cannot register the queries\n", name);
     return 3;
   }
@@ -157,6 +176,7 @@ int sample_close(sample_t *s) {
   int rc = uv_loop_close(&s->loop);
   if (rc) fprintf(stderr, "%s: the loop did not close cleanly: %s\n", s->name, uv_strerror(rc));
   cqrs_queries_destroy(s->q);
+  billing_flags_destroy(s->flags);
   cqrs_metrics_destroy(s->metrics);
   billing_destroy(s->billing);
   if (s->backend) {
@@ -229,6 +249,17 @@ bool sample_query(sample_t *s, const char *name, const bson_t *params, bson_t *o
     return false;
   }
   return true;
+}
+
+cqrs_code_t sample_query_maybe(sample_t *s, const char *name, const bson_t *params, bson_t *out) {
+  bson_init(out);
+  cqrs_error_t err;
+  cqrs_code_t rc = cqrs_queries_run(s->q, name, params, out, &err);
+  if (rc && rc != CQRS_ENOT_FOUND) {
+    fprintf(stderr, "%s: query %s failed: %s\n", s->name, name, err.message);
+    s->failures++;
+  }
+  return rc;
 }
 
 const char *sample_str(const bson_t *doc, const char *path) {

@@ -14,6 +14,8 @@ typedef struct sample {
   cqrs_checkpoints_t *cp;
   cqrs_dispatcher_t *d;
   cqrs_queries_t *q;
+  billing_flags_t *flags; /* mongodb_cqs_enabled: invoice.read goes where it says */
+  const char *cqs_mode;   /* --cqs MODE: set it first (NULL: as stored) */
   billing_t *billing;
   void *backend; /* what the MongoDB back end keeps, when used */
   bool reset;    /* --reset: start from an empty database */
@@ -43,6 +45,10 @@ void sample_send(sample_t *s, const char *label, const cqrs_command_type_t *type
 /* Runs a query; `out` is initialised here; returns false (and prints why)
  * on error. */
 bool sample_query(sample_t *s, const char *name, const bson_t *params, bson_t *out);
+/* Runs a query that may find nothing: returns its code (CQRS_OK or
+ * CQRS_ENOT_FOUND, with `out` initialised either way); any other error
+ * is printed and counted as a failure. */
+cqrs_code_t sample_query_maybe(sample_t *s, const char *name, const bson_t *params, bson_t *out);
 
 /* The string or integer at a dotted path of `doc`; "?" or `dflt` when absent. */
 const char *sample_str(const bson_t *doc, const char *path);

@@ -3,6 +3,8 @@
 # then invoices) on the in-memory store. Pass --mongo URI to run them on
 # MongoDB, and --reset to drop that database first: it is dropped once,
 # before the transfer sample, and the invoice sample adds its data beside.
+# Other arguments go to both samples: --cqs MODE sets the flag
+# mongodb_cqs_enabled that the invoice sample reads through (docs/billing.md).
 # One line per phase; the samples' reports are in build/logs/sample-*.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."

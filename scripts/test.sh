@@ -2,7 +2,8 @@
 # The test command. Builds libcqrs with AddressSanitizer + UndefinedBehavior-
 # Sanitizer and warnings as errors and runs the whole suite, then its MongoDB
 # tests once more on a second server (see below); builds with
-# ThreadSanitizer and runs the threaded tests; builds Release -O3 -Werror
+# ThreadSanitizer and runs the threaded tests; checks the shipped alert rules
+# and dashboard with promtool; builds Release -O3 -Werror
 # with the benchmarks; installs into a temporary prefix and builds a consumer
 # project against it; then runs the suite once more under valgrind.
 # One line per phase; each phase's output is in build/logs/, shown on failure.
@@ -64,6 +65,11 @@ tsan_may_fail=()
 phase --summary "${tsan_may_fail[@]}" "threaded tests (TSan)" -- \
   ctest --test-dir build/tsan -L threaded --output-on-failure -j"$jobs" ||
   echo "note: ThreadSanitizer failures allowed by CQRS_TSAN_ALLOW_FAIL=1 (see build/logs/threaded-tests-tsan.log)"
+
+# The shipped alert rules and dashboard (tools/monitoring): promtool check
+# rules and test rules, and the dashboard's queries as PromQL. promtool is
+# built once from the Go module proxy (scripts/promtool.sh).
+phase "monitoring (promtool check + test rules, dashboard)" -- scripts/check-monitoring.sh
 
 # The decoders' fuzzers, a few seconds each, after replaying every stored input.
 phase "fuzz smoke" -- scripts/fuzz.sh 4

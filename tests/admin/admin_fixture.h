@@ -146,4 +146,78 @@ static inline long long adm_json_int(const adm_t *t, const char *key) {
   return atoll(p);
 }
 
+/* ---- writing the database behind the tool's back ---- */
+
+/* Applies the update `json` (e.g. {"$set": {"amount": 1}}) to the document
+ * `id` of `coll`; with `upsert`, creates it when absent. */
+static inline void update_json(adm_t *t, const char *coll, const char *id, const char *json, bool upsert) {
+  mongoc_collection_t *c = adm_coll(t, coll);
+  bson_error_t e;
+  bson_t *u = bson_new_from_json((const uint8_t *)json, -1, &e);
+  if (!u) fail_msg("%s: %s", json, e.message);
+  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", id);
+  BSON_APPEND_BOOL(&opts, "upsert", upsert);
+  if (!mongoc_collection_update_one(c, &filter, u, &opts, NULL, &e)) fail_msg("%s", e.message);
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  bson_destroy(u);
+  mongoc_collection_destroy(c);
+}
+
+static inline void set_field(adm_t *t, const char *coll, const char *id, const char *key, int64_t v) {
+  char json[256];
+  snprintf(json, sizeof json, "{\"$set\": {\"%s\": {\"$numberLong\": \"%lld\"}}}", key, (long long)v);
+  update_json(t, coll, id, json, false);
+}
+
+static inline void delete_doc(adm_t *t, const char *coll, const char *id) {
+  mongoc_collection_t *c = adm_coll(t, coll);
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", id);
+  bson_error_t e;
+  if (!mongoc_collection_delete_one(c, &filter, NULL, NULL, &e)) fail_msg("%s", e.message);
+  bson_destroy(&filter);
+  mongoc_collection_destroy(c);
+}
+
+static inline void insert_json(adm_t *t, const char *coll, const char *json) {
+  mongoc_collection_t *c = adm_coll(t, coll);
+  bson_error_t e;
+  bson_t *doc = bson_new_from_json((const uint8_t *)json, -1, &e);
+  assert_non_null(doc);
+  if (!mongoc_collection_insert_one(c, doc, NULL, NULL, &e)) fail_msg("%s", e.message);
+  bson_destroy(doc);
+  mongoc_collection_destroy(c);
+}
+
+/* ---- the read path behind mongodb_cqs_enabled, as an application runs it ---- */
+
+typedef struct reader {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_mongo_t *m;
+  cqrs_readmodel_t *rm;
+  billing_flags_t *flags;
+} reader_t;
+
+static inline void reader_open(reader_t *r, adm_t *t) {
+  uv_loop_init(&r->loop);
+  cqrs_registry_new(&r->reg, NULL);
+  cqrs_mongo_options_t o = {.database = t->db};
+  cqrs_error_t e;
+  if (cqrs_mongo_new(t->uri, &o, r->reg, &r->loop, &r->m, &e)) fail_msg("%s", e.message);
+  cqrs_mongo_readmodel_new(r->m, &r->rm, NULL);
+  r->flags = billing_flags_new(r->rm, 0); /* no caching: each read sees the flag just set */
+  assert_non_null(r->flags);
+}
+
+static inline void reader_close(reader_t *r) {
+  billing_flags_destroy(r->flags);
+  cqrs_readmodel_destroy(r->rm);
+  cqrs_mongo_destroy(r->m);
+  cqrs_registry_destroy(r->reg);
+  assert_int_equal(uv_loop_close(&r->loop), 0);
+}
+
 #endif

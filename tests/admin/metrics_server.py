@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A real HTTP server standing in for a process's /metrics endpoint in the
 status test: Prometheus text whose counters grow by a fixed amount on each
-scrape. Usage: metrics_server.py PORTFILE. Prints the port into PORTFILE."""
+scrape. Usage: metrics_server.py PORTFILE [SCALE]. Prints the port into
+PORTFILE. SCALE (default 1) multiplies every count: 0.01 is a quiet system."""
 import http.server
 import sys
 
@@ -15,13 +16,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         scrapes += 1
-        k = scrapes
-        # Per scrape: 1000 commands (2 errors, 10 rejected), 19000 queries.
+        k = scrapes * scale
+        # Per scrape: 1000 commands (2 errors, 10 rejected), 19000 queries,
+        # and 500 steps the invoice process manager sent (invoice.record).
         body = f"""# HELP cqrs_commands_total Commands handled, by type and outcome.
 # TYPE cqrs_commands_total counter
 cqrs_commands_total{{type="invoice.pay",outcome="ok",reason=""}} {988 * k}
 cqrs_commands_total{{type="invoice.pay",outcome="rejected",reason="invoice.already_paid"}} {10 * k}
 cqrs_commands_total{{type="invoice.issue",outcome="error",reason="store"}} {2 * k}
+cqrs_commands_total{{type="invoice.record",outcome="ok",reason=""}} {500 * k}
 # TYPE cqrs_queries_total counter
 cqrs_queries_total{{name="invoice.by_id",outcome="ok"}} {19000 * k}
 # TYPE cqrs_command_duration_seconds histogram
@@ -55,6 +58,7 @@ cqrs_head_position {5000 * k}
         pass
 
 
+scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
 server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
 with open(sys.argv[1] + ".tmp", "w") as f:
     f.write(str(server.server_address[1]))

@@ -7,6 +7,8 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -35,14 +37,15 @@ static cqrs_code_t projection(const cqrs_event_t *e, void *data, cqrs_error_t *e
   return ++fx->calls <= fx->fail_first ? cqrs_error_set(err, CQRS_EHANDLER, "not yet") : CQRS_OK;
 }
 
-static int setup(void **state) {
+static int setup_with(void **state, uint64_t retry_base_ms, int fail_first) {
   fx_t *fx = calloc(1, sizeof *fx);
+  fx->fail_first = fail_first;
   uv_loop_init(&fx->loop);
   fx->reg = ledger_registry();
   cqrs_memory_store_new(&fx->store, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
-  o.retry_base_ms = 1000; /* the first retry waits long enough for a scrape */
+  o.retry_base_ms = retry_base_ms;
   cqrs_error_t err;
   if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err) ||
       ledger_handlers(fx->d, NULL, 0, &err) ||
@@ -54,6 +57,13 @@ static int setup(void **state) {
   *state = fx;
   return 0;
 }
+
+/* The first retry waits long enough for a scrape. */
+static int setup(void **state) { return setup_with(state, 1000, 0); }
+
+/* A projection that fails its first two deliveries, backing off 2 s then
+ * 4 s: stalled for 6 s. */
+static int setup_stalling(void **state) { return setup_with(state, 2000, 2); }
 
 static void http_closed(void *data) { ((fx_t *)data)->http_closed = true; }
 
@@ -231,6 +241,191 @@ static void test_other_requests(void **state) {
   free(text);
 }
 
+/* ---- slow clients: many connections trickling a request byte by byte ---- */
+
+#define SLOW_CLIENTS 80     /* more than the endpoint's 64 connections */
+#define TRICKLE_MS 2000     /* one byte per connection this often */
+#define SLOW_MAX_MS 60000   /* they give up after this, answered or not */
+
+typedef struct slow {
+  uint16_t port;
+  atomic_bool holding, stop;
+  int connected;
+  uv_async_t closed;
+} slow_t;
+
+static void slow_clients(void *arg) {
+  slow_t *sl = arg;
+  int fds[SLOW_CLIENTS];
+  static const char start[] = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+  for (int i = 0; i < SLOW_CLIENTS; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(sl->port), .sin_addr.s_addr = htonl(0x7f000001)};
+    if (fds[i] >= 0 && connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0 &&
+        send(fds[i], start, sizeof start - 1, MSG_NOSIGNAL) > 0)
+      sl->connected++;
+  }
+  atomic_store(&sl->holding, true);
+  /* A byte each, every TRICKLE_MS, never the end of the headers. */
+  for (int waited = 0; !atomic_load(&sl->stop) && waited < SLOW_MAX_MS; waited += 100) {
+    uv_sleep(100);
+    if (waited % TRICKLE_MS) continue;
+    for (int i = 0; i < SLOW_CLIENTS; i++) {
+      if (fds[i] >= 0) send(fds[i], "a", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+  }
+  for (int i = 0; i < SLOW_CLIENTS; i++) {
+    if (fds[i] >= 0) close(fds[i]);
+  }
+  uv_async_send(&sl->closed);
+}
+
+typedef struct scrape_while {
+  slow_t *sl;
+  uint16_t port;
+  long status;
+  char *body;
+  uv_async_t done;
+} scrape_while_t;
+
+/* Scrapes once the slow clients hold their connections, then lets them go. */
+static void scrape_during(void *arg) {
+  scrape_while_t *sw = arg;
+  while (!atomic_load(&sw->sl->holding)) uv_sleep(10);
+  char url[64];
+  snprintf(url, sizeof url, "http://127.0.0.1:%u/metrics", (unsigned)sw->port);
+  sw->body = http_get(url, NULL, &sw->status, NULL, 0);
+  atomic_store(&sw->sl->stop, true);
+  uv_async_send(&sw->done);
+}
+
+static int asyncs_left;
+static void one_done(uv_async_t *a) {
+  uv_close((uv_handle_t *)a, NULL);
+  if (--asyncs_left == 0) uv_stop(a->loop);
+}
+
+/* While 80 connections trickle a byte every 2 s, the endpoint still
+ * answers a scrape; once they are gone it answers too. */
+static void test_slow_clients(void **state) {
+  fx_t *fx = *state;
+  slow_t sl = {.port = cqrs_http_metrics_port(fx->h)};
+  atomic_init(&sl.holding, false);
+  atomic_init(&sl.stop, false);
+  scrape_while_t sw = {.sl = &sl, .port = sl.port};
+  uv_async_init(&fx->loop, &sl.closed, one_done);
+  uv_async_init(&fx->loop, &sw.done, one_done);
+  asyncs_left = 2;
+  uv_thread_t slow, scraper;
+  assert_int_equal(uv_thread_create(&slow, slow_clients, &sl), 0);
+  assert_int_equal(uv_thread_create(&scraper, scrape_during, &sw), 0);
+  uv_run(&fx->loop, UV_RUN_DEFAULT); /* serves until both are done */
+  uv_thread_join(&scraper);
+  uv_thread_join(&slow);
+  assert_int_equal(sl.connected, SLOW_CLIENTS);
+  if (sw.status != 200) fail_msg("no answer while slow clients held the endpoint (status %ld)", sw.status);
+  assert_non_null(sw.body);
+  assert_non_null(strstr(sw.body, "cqrs_head_position"));
+  free(sw.body);
+  /* After them, every time. */
+  for (int i = 0; i < 5; i++) free(scrape(fx));
+}
+
+typedef struct trickler {
+  uint16_t port;
+  bool cut_off;   /* the server closed it */
+  int64_t after_ms;
+  uv_async_t done;
+} trickler_t;
+
+/* One connection that never finishes its request and is never idle for
+ * long: a byte every 500 ms, until the server closes it (or 30 s). */
+static void trickle(void *arg) {
+  trickler_t *tr = arg;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(tr->port), .sin_addr.s_addr = htonl(0x7f000001)};
+  int64_t start = (int64_t)(uv_hrtime() / 1000000);
+  if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      send(fd, "GET /metrics HTTP/1.1\r\nX-Slow: ", 31, MSG_NOSIGNAL) > 0) {
+    for (int i = 0; i < 60 && !tr->cut_off; i++) {
+      struct pollfd p = {.fd = fd, .events = POLLIN};
+      if (poll(&p, 1, 500) == 1) {
+        char buf[256];
+        (void)recv(fd, buf, sizeof buf, 0); /* the end, or an error page before it */
+        tr->cut_off = true;
+      } else {
+        send(fd, "a", 1, MSG_NOSIGNAL);
+      }
+    }
+  }
+  tr->after_ms = (int64_t)(uv_hrtime() / 1000000) - start;
+  if (fd >= 0) close(fd);
+  uv_async_send(&tr->done);
+}
+
+/* A connection gets a few seconds to deliver its request, however busy it
+ * keeps itself. */
+static void test_request_deadline(void **state) {
+  fx_t *fx = *state;
+  trickler_t tr = {.port = cqrs_http_metrics_port(fx->h)};
+  uv_async_init(&fx->loop, &tr.done, client_done);
+  uv_thread_t t;
+  assert_int_equal(uv_thread_create(&t, trickle, &tr), 0);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_thread_join(&t);
+  uv_run(&fx->loop, UV_RUN_NOWAIT);
+  if (!tr.cut_off) fail_msg("a connection trickling its request was kept %lld ms", (long long)tr.after_ms);
+  assert_true(tr.after_ms >= 4000); /* not before its deadline (5 s, reaped every 250 ms) */
+}
+
+static void wake(uv_timer_t *t) { uv_stop(t->loop); }
+
+/* Serves for `ms` (the loop runs its timers meanwhile). */
+static void serve_for(fx_t *fx, uint64_t ms) {
+  uv_timer_t t;
+  uv_timer_init(&fx->loop, &t);
+  uv_timer_start(&t, wake, ms, 0);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&fx->loop, UV_RUN_NOWAIT);
+}
+
+/* Asks /readyz every 100 ms until it answers `status` (or 30 s); the last
+ * answer's body into body[cap]. */
+static long readyz_until(fx_t *fx, long status, char *body, size_t cap) {
+  long got = 0;
+  for (int i = 0; i < 300 && got != status; i++) {
+    if (i) serve_for(fx, 100);
+    call_t *c = request(fx, NULL, "/readyz", NULL);
+    got = c->status;
+    snprintf(body, cap, "%s", c->body ? c->body : "");
+    call_free(c);
+  }
+  return got;
+}
+
+/* /healthz: the process answers. /readyz: its projections are caught up
+ * within the seed's second; a stalled one makes it 503 until it recovers. */
+static void test_health_and_readiness(void **state) {
+  fx_t *fx = *state;
+  char body[512];
+  call_t *c = request(fx, NULL, "/healthz", NULL);
+  assert_int_equal(c->status, 200);
+  call_free(c);
+  assert_int_equal(readyz_until(fx, 200, body, sizeof body), 200);
+  completed = 0;
+  send_cmd(fx, ledger_open_new("r", "rea")); /* its projection fails twice, backing off */
+  if (readyz_until(fx, 503, body, sizeof body) != 503) fail_msg("never unready while stalled: %s", body);
+  assert_non_null(strstr(body, "ledger.view"));
+  c = request(fx, NULL, "/healthz", NULL);
+  assert_int_equal(c->status, 200); /* alive all the same */
+  call_free(c);
+  if (readyz_until(fx, 200, body, sizeof body) != 200) fail_msg("not ready again: %s", body);
+  char *text = scrape(fx);
+  assert_true(prom_value(text, "cqrs_projection_position{projection=\"ledger.view\"}") == 1);
+  free(text);
+}
+
 static void test_bad_start(void **state) {
   fx_t *fx = *state;
   cqrs_http_metrics_t *h = (void *)1;
@@ -251,6 +446,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_counts_what_happened, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lag_returns_to_zero, setup, teardown),
       cmocka_unit_test_setup_teardown(test_other_requests, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_slow_clients, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_request_deadline, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_health_and_readiness, setup_stalling, teardown),
       cmocka_unit_test_setup_teardown(test_bad_start, setup, teardown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);

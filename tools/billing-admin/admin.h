@@ -14,12 +14,15 @@ enum {
   ADMIN_OK = 0,       /* done, nothing wrong found */
   ADMIN_PROBLEMS = 1, /* differences, malformed documents, stale instances... found */
   ADMIN_USAGE = 2,    /* bad command line */
-  ADMIN_SERVER = 3    /* bad URI, server unreachable or failing */
+  ADMIN_SERVER = 3    /* bad URI, server unreachable or failing, a database without the application's data */
 };
 
 typedef struct admin {
-  const char *uri; /* as given: never print it, print cqrs_mongo_uri_redacted */
+  const char *uri; /* as given: never print it, print `redacted` */
+  char *redacted;  /* the URI with its secrets masked (billing_mongo_uri_redacted) */
   bool json;
+  bool allow_empty;  /* --allow-empty: a database without the application's data is meant */
+  bool may_be_empty; /* set by a command that creates the data (gen-legacy) */
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_store_t *store;
@@ -33,12 +36,16 @@ typedef struct admin {
 typedef int (*admin_cmd_fn)(admin_t *a, int argc, char **argv);
 
 /* Connects (parse the URI, ping the server, registry with the billing
- * types). Returns ADMIN_OK or ADMIN_SERVER after printing why. */
+ * types) and, unless allow_empty or may_be_empty, makes sure the database
+ * holds some of the application's collections (a typo in the URI's
+ * database is not an empty, consistent store). Returns ADMIN_OK or
+ * ADMIN_SERVER after printing why. */
 int admin_connect(admin_t *a, uv_loop_t *loop);
 void admin_disconnect(admin_t *a);
 
 /* Option parsing shared by the subcommands. Each spec is "name" (a flag) or
- * "name=" (takes a value); --help, --json and --uri are always accepted.
+ * "name=" (takes a value); --help, --json, --uri and --allow-empty are
+ * always accepted.
  * Fills vals[i] ("" for a set flag, NULL when absent) and the positional
  * arguments. Returns -1 when --help was asked (usage printed), ADMIN_USAGE
  * after printing the error, 0 otherwise. */

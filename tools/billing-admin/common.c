@@ -32,6 +32,41 @@ static void no_log(mongoc_log_level_t level, const char *domain, const char *mes
   (void)level, (void)domain, (void)message, (void)data;
 }
 
+/* The collections of the billing context, the legacy one included: a
+ * database with none of them is not the application's. */
+static const char *const app_collections[] = {"billing_commands",  "billing_queries",     "billing_customers",
+                                              "billing_balances",  "billing_checkpoints", "billing_dead_letters",
+                                              BILLING_LEGACY_COLLECTION, BILLING_FLAGS_COLLECTION, "cqrs_instances", NULL};
+
+static int require_app_data(admin_t *a) {
+  bson_error_t be;
+  char **names = mongoc_database_get_collection_names_with_opts(a->db, NULL, &be);
+  if (!names) return admin_server_error("list the collections", &be);
+  bool found = false;
+  for (char **n = names; *n && !found; n++) {
+    for (size_t i = 0; app_collections[i] && !found; i++) found = !strcmp(*n, app_collections[i]);
+  }
+  bson_strfreev(names);
+  if (found) return ADMIN_OK;
+  admin_err("database '%s' holds none of the billing context's collections (billing_commands, billing_queries, "
+            "billing_documents...): a wrong database in the URI? (the default is 'cqrs'; --allow-empty uses it "
+            "all the same)",
+            mongoc_database_get_name(a->db));
+  return ADMIN_SERVER;
+}
+
+/* Why the ping failed: the server answered and refused the credentials, or
+ * it could not be reached at all. */
+static int ping_failed(admin_t *a, const mongoc_uri_t *parsed, const bson_error_t *be) {
+  if (be->domain == MONGOC_ERROR_CLIENT && be->code == MONGOC_ERROR_CLIENT_AUTHENTICATE) {
+    const char *user = mongoc_uri_get_username(parsed);
+    admin_err("cannot log in to MongoDB at %s as %s: %s", a->redacted, user ? user : "(no user)", be->message);
+  } else {
+    admin_err("cannot reach MongoDB at %s: %s", a->redacted, be->message);
+  }
+  return ADMIN_SERVER;
+}
+
 int admin_connect(admin_t *a, uv_loop_t *loop) {
   if (a->m) return ADMIN_OK;
   const char *uri = a->uri;
@@ -50,19 +85,21 @@ int admin_connect(admin_t *a, uv_loop_t *loop) {
   bson_error_t be;
   mongoc_uri_t *parsed = mongoc_uri_new_with_error(uri, &be);
   if (!parsed) {
-    /* The driver's message can quote the URI, password included. */
+    /* The driver's message can quote the URI, secrets included. */
     admin_err("the MongoDB URI is not valid (expected mongodb://[user:password@]host[:port][/database])");
     return ADMIN_SERVER;
   }
-  cqrs_mongo_options_t o = billing_mongo_options;
-  if (!mongoc_uri_get_database(parsed)) o.database = "billing";
-  mongoc_uri_destroy(parsed);
-  if (cqrs_mongo_new(uri, &o, a->reg, loop, &a->m, &err)) {
+  bson_free(a->redacted);
+  a->redacted = billing_mongo_uri_redacted(uri);
+  /* The database: the URI's, else libcqrs-mongo's default, "cqrs". */
+  if (cqrs_mongo_new(uri, &billing_mongo_options, a->reg, loop, &a->m, &err)) {
+    mongoc_uri_destroy(parsed);
     admin_err("%s", err.message);
     return ADMIN_SERVER;
   }
-  a->client = mongoc_client_new(uri);
+  a->client = mongoc_client_new_from_uri(parsed);
   if (!a->client) {
+    mongoc_uri_destroy(parsed);
     admin_err("the MongoDB URI is not valid");
     return ADMIN_SERVER;
   }
@@ -72,16 +109,15 @@ int admin_connect(admin_t *a, uv_loop_t *loop) {
   BSON_APPEND_INT32(&ping, "ping", 1);
   bool ok = mongoc_database_command_simple(a->db, &ping, NULL, NULL, &be);
   bson_destroy(&ping);
-  if (!ok) {
-    admin_err("cannot reach MongoDB at %s: %s", cqrs_mongo_uri_redacted(a->m), be.message);
-    return ADMIN_SERVER;
-  }
+  int rc = ok ? ADMIN_OK : ping_failed(a, parsed, &be);
+  mongoc_uri_destroy(parsed);
+  if (rc) return rc;
   if (cqrs_mongo_store_new(a->m, &a->store, &err) || cqrs_mongo_readmodel_new(a->m, &a->rm, &err) ||
       cqrs_mongo_checkpoints_new(a->m, &a->cp, &err)) {
     admin_err("%s", err.message);
     return ADMIN_SERVER;
   }
-  return ADMIN_OK;
+  return a->allow_empty || a->may_be_empty ? ADMIN_OK : require_app_data(a);
 }
 
 void admin_disconnect(admin_t *a) {
@@ -92,13 +128,15 @@ void admin_disconnect(admin_t *a) {
   if (a->client) mongoc_client_destroy(a->client);
   cqrs_mongo_destroy(a->m);
   cqrs_registry_destroy(a->reg);
+  bson_free(a->redacted);
   a->cp = NULL, a->rm = NULL, a->store = NULL, a->db = NULL, a->client = NULL, a->m = NULL, a->reg = NULL;
+  a->redacted = NULL;
 }
 
 int admin_parse(admin_t *a, int argc, char **argv, const char *const *specs, const char *usage, int min_pos,
                 int max_pos, admin_args_t *out) {
   memset(out, 0, sizeof *out);
-  struct option opts[20];
+  struct option opts[21];
   char names[16][32];
   int n = 0;
   for (; specs && specs[n] && n < 16; n++) {
@@ -110,7 +148,8 @@ int admin_parse(admin_t *a, int argc, char **argv, const char *const *specs, con
   opts[n] = (struct option){"help", no_argument, NULL, 'h'};
   opts[n + 1] = (struct option){"json", no_argument, NULL, 'j'};
   opts[n + 2] = (struct option){"uri", required_argument, NULL, 'u'};
-  opts[n + 3] = (struct option){NULL, 0, NULL, 0};
+  opts[n + 3] = (struct option){"allow-empty", no_argument, NULL, 'e'};
+  opts[n + 4] = (struct option){NULL, 0, NULL, 0};
   optind = 1;
   opterr = 0;
   int c;
@@ -122,6 +161,8 @@ int admin_parse(admin_t *a, int argc, char **argv, const char *const *specs, con
       a->json = true;
     } else if (c == 'u') {
       a->uri = optarg;
+    } else if (c == 'e') {
+      a->allow_empty = true;
     } else if (c >= 1000) {
       out->vals[c - 1000] = optarg ? optarg : "";
     } else {

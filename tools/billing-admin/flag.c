@@ -15,9 +15,10 @@ static const char usage[] =
     "  on       the CQS side only (billing_queries)\n"
     "Processes pick a change up within their refresh interval. Exit: 0, 2 usage, 3 server error.\n";
 
-static void describe(const billing_cqs_flag_t *f, int64_t diffs, bool json) {
-  if (json) {
+static void describe(admin_t *a, const billing_cqs_flag_t *f, int64_t diffs) {
+  if (a->json) {
     bson_t out = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&out, "database", cqrs_mongo_database(a->m));
     BSON_APPEND_UTF8(&out, "flag", BILLING_CQS_FLAG);
     BSON_APPEND_UTF8(&out, "mode", billing_cqs_mode_name(f->mode));
     BSON_APPEND_INT32(&out, "percent", f->percent);
@@ -60,6 +61,6 @@ int admin_flag(admin_t *a, int argc, char **argv) {
   bson_destroy(&all);
   mongoc_collection_destroy(c);
   if (diffs < 0) return admin_server_error("count the shadow differences", &e);
-  describe(&f, diffs, a->json);
+  describe(a, &f, diffs);
   return ADMIN_OK;
 }

@@ -8,7 +8,8 @@
 static const char usage[] =
     "usage: billing-admin gen-legacy N [--malformed PCT] [--customers C] [--seed S] [--collection NAME] [--drop]\n"
     "Writes N documents {_id, invoiceNumber, amount (a double), currency, customer {id, name, email},\n"
-    "status, createdAt, updatedAt, paidAt} into NAME (default billing_documents). PCT percent of them\n"
+    "status, createdAt, dueDate (two documents in three), updatedAt, paidAt} into NAME (default\n"
+    "billing_documents). PCT percent of them\n"
     "(default 0) are malformed, in turn: a missing field, a negative amount, a non-numeric amount,\n"
     "an unknown status, a bad e-mail, an amount that is no whole number of minor units.\n"
     "--drop empties the collection first. Deterministic for a given --seed.\n"
@@ -71,6 +72,7 @@ static void build(bson_t *doc, uint64_t *rng, long long i, long long customers, 
   }
   if (missing != 4) BSON_APPEND_UTF8(doc, "status", kind == 3 ? "refunded" : status);
   BSON_APPEND_DATE_TIME(doc, "createdAt", created);
+  if (i % 3) BSON_APPEND_DATE_TIME(doc, "dueDate", created + 30LL * 86400000); /* a third have none */
   BSON_APPEND_DATE_TIME(doc, "updatedAt", created + (st >= 6 ? 86400000 : 0));
   if (!strcmp(status, "paid")) BSON_APPEND_DATE_TIME(doc, "paidAt", created + 86400000);
 }
@@ -87,6 +89,7 @@ int admin_gen_legacy(admin_t *a, int argc, char **argv) {
       (args.vals[2] && admin_int("--seed", args.vals[2], 0, INT64_MAX, &seed)))
     return ADMIN_USAGE;
   const char *name = args.vals[3] ? args.vals[3] : BILLING_LEGACY_COLLECTION;
+  a->may_be_empty = true; /* it writes the data */
   if ((rc = admin_connect(a, NULL))) return rc;
   mongoc_collection_t *coll = mongoc_database_get_collection(a->db, name);
   bson_error_t e;

@@ -1,5 +1,7 @@
-/* The legacy invoice document (the seed's billing_documents shape) and its
- * checks. */
+/* The legacy invoice document (the seed's billing_documents shape) as the
+ * migration takes it: the domain's reading of it (billing_legacy_invoice_parse,
+ * the one the mongodb_cqs_enabled read path uses too) and what the
+ * migration needs on top. */
 #ifndef BILLING_ADMIN_LEGACY_H
 #define BILLING_ADMIN_LEGACY_H
 
@@ -8,19 +10,14 @@
 #define LEGACY_ID_MAX 41 /* 40 characters: natural command ids keep that many */
 
 typedef struct legacy {
-  char id[LEGACY_ID_MAX];
-  char number[BILLING_NUMBER_MAX];
+  billing_invoice_view_t v; /* id, number, amount (minor units), customer, status, dates */
   int year;
   int64_t sequence;
-  char customer_id[LEGACY_ID_MAX];
-  char name[BILLING_NAME_MAX];
-  char email[BILLING_EMAIL_MAX];
-  cqrs_money_t amount; /* exact minor units */
-  int status;          /* billing_invoice_status_t */
 } legacy_t;
 
-/* Checks `doc` and fills `l`; false with the reason (e.g. "amount is
- * negative", "missing field customer") in reason[cap] otherwise. */
-bool legacy_parse(const bson_t *doc, legacy_t *l, char *reason, size_t cap);
+/* Checks `doc` and fills `l`; false otherwise, with the reason in
+ * err->message ("amount is negative", "missing field customer") and its
+ * kind in err->name ("legacy.negative_amount"...). */
+bool legacy_parse(const bson_t *doc, legacy_t *l, cqrs_error_t *err);
 
 #endif

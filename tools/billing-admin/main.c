@@ -22,16 +22,22 @@ static const struct {
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: billing-admin [--uri URI] [--json] COMMAND [ARGS...]\n\n"
+  fprintf(f, "usage: billing-admin [--uri URI] [--json] [--allow-empty] COMMAND [ARGS...]\n\n"
              "The operator tool of the billing context on MongoDB. URI: --uri, else\n"
-             "$BILLING_MONGODB_URI, else $MONGODB_URI (the database: the URI's, else \"billing\").\n\n"
+             "$BILLING_MONGODB_URI, else $MONGODB_URI (the database: the URI's, else \"cqrs\", as for the\n"
+             "samples and the load run). A database that holds none of the billing context's collections\n"
+             "is refused (a wrong database name), and check refuses an empty event store, unless\n"
+             "--allow-empty says it is meant.\n\n"
              "commands:\n");
   for (size_t i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-13s %s\n", commands[i].name, commands[i].summary);
   fprintf(f, "\nEach command takes --help. Exit codes: 0 ok, 1 problems found (differences,\n"
-             "malformed documents, stale processes, thresholds missed), 2 usage, 3 server or URI error.\n");
+             "malformed documents, stale processes, thresholds missed), 2 usage, 3 server or URI error\n"
+             "(also: a database without the application's data).\n");
 }
 
 int main(int argc, char **argv) {
+  /* A kill loses no finished line (stdout is often a file or a pipe). */
+  setvbuf(stdout, NULL, _IOLBF, 0);
   admin_t a;
   memset(&a, 0, sizeof a);
   int i = 1;
@@ -41,7 +47,13 @@ int main(int argc, char **argv) {
       return ADMIN_OK;
     } else if (!strcmp(argv[i], "--json")) {
       a.json = true;
-    } else if (!strcmp(argv[i], "--uri") && i + 1 < argc) {
+    } else if (!strcmp(argv[i], "--allow-empty")) {
+      a.allow_empty = true;
+    } else if (!strcmp(argv[i], "--uri")) {
+      if (i + 1 == argc) {
+        admin_err("--uri needs a value: --uri mongodb://[user:password@]host[:port][/database]");
+        return ADMIN_USAGE;
+      }
       a.uri = argv[++i];
     } else if (!strncmp(argv[i], "--uri=", 6)) {
       a.uri = argv[i] + 6;

@@ -3,27 +3,39 @@
  * heartbeatAt}, the heartbeat refreshed every 5 s); this scrapes each one
  * twice (libcurl), reads the Prometheus text and shows commands/s,
  * queries/s, sync lag, error rate and read/write latency, each against the
- * seed's target. A heartbeat older than 15 s marks the process stale. */
+ * seed's target. A heartbeat older than 15 s marks the process stale.
+ *
+ * The sync lag is also read from the store: each projection's checkpoint
+ * against the head, the events of its types past it (the commits that hold
+ * them, read without their payloads) and the age of the oldest, whether or
+ * not a process runs it. A figure nobody measured is
+ * unknown (null in --json), and unknown is never "ok". */
 #include <curl/curl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "admin.h"
+#include "billing_mongo.h"
 #include "prom.h"
 
 #define INSTANCES "cqrs_instances"
 #define STALE_MS 15000
 #define MAX_INSTANCES 64
+#define LAG_READ_MAX 100000 /* commits read past a checkpoint to count what is left; beyond: "at least" */
 
 static const char usage[] =
     "usage: billing-admin status [--watch] [--interval SECONDS] [--count N] [--json]\n"
-    "The dashboard of every process registered in cqrs_instances: commands/s, queries/s, sync lag\n"
-    "(the largest projection lag), error rate, write and read latency (p99), each against the seed's\n"
-    "targets (write < 100 ms, read < 50 ms, > 10k ops/s, lag < 1 s, errors < 0.1 %). Rates are taken\n"
-    "between two scrapes INTERVAL apart (default 1). --watch redraws every INTERVAL until interrupted\n"
-    "(or N times with --count). Exit: 0 all targets met, 1 a target missed or a process stale or\n"
+    "The dashboard of every process registered in cqrs_instances: commands/s (sent by clients; the\n"
+    "process managers' steps apart), queries/s, sync lag, error rate, write and read latency (p99),\n"
+    "each against the seed's targets (write < 100 ms, read < 50 ms, > 10k ops/s, lag < 1 s, errors\n"
+    "< 0.1 %). The sync lag is the larger of what the processes report and what the store says: each\n"
+    "projection's checkpoint against the head, the events it has still to handle and the age of the\n"
+    "oldest. Rates are taken between two scrapes INTERVAL apart (default 1). A figure nobody measured\n"
+    "is unknown, which meets no target. --watch redraws every INTERVAL until interrupted (or N times\n"
+    "with --count). Exit: 0 all targets met, 1 a target missed or unknown, a process stale or\n"
     "unreachable or none registered, 3 server error.\n";
 
 typedef struct instance {
@@ -35,9 +47,20 @@ typedef struct instance {
   double seconds; /* between the scrapes */
 } instance_t;
 
+/* NAN: unknown. */
 typedef struct figures {
-  double cmds, queries, lag, errors, ops, write_p99, read_p99;
+  double cmds, steps, queries, lag, errors, ops, write_p99, read_p99;
 } figures_t;
+
+#define UNKNOWN NAN
+
+/* What the store says of a projection. */
+typedef struct store_lag {
+  const char *name;
+  int64_t checkpoint, head, behind;
+  bool at_least;     /* more than LAG_READ_MAX commits */
+  double lag_s;      /* age of the oldest event not handled; 0 when none */
+} store_lag_t;
 
 typedef struct buffer {
   char *data;
@@ -121,51 +144,225 @@ static double delta(const instance_t *in, const char *name, const char *key, con
   return prom_sum(&in->now, name, key, value, NULL) - prom_sum(&in->before, name, key, value, NULL);
 }
 
+/* Commands only the billing process managers send (their steps), not the
+ * clients: the steps account.withdraw and account.deposit are the clients'
+ * commands too, and are counted as theirs (the metrics do not say who sent
+ * a command). */
+static const char *const step_types[] = {"invoice.record", "transfer.complete", "transfer.fail", "transfer.refund",
+                                         "account.refund", NULL};
+
+static double steps_delta(const instance_t *in) {
+  double sum = 0;
+  for (size_t i = 0; step_types[i]; i++) sum += delta(in, "cqrs_commands_total", "type", step_types[i]);
+  return sum;
+}
+
+static double quantile_or_unknown(const instance_t *in, const char *base) {
+  /* Latency of what happened between the scrapes; since the start when nothing did. */
+  double q = prom_quantile(&in->now, &in->before, base, 0.99);
+  if (q < 0) q = prom_quantile(&in->now, NULL, base, 0.99);
+  return q < 0 ? UNKNOWN : q;
+}
+
 static void compute(const instance_t *in, figures_t *f) {
   double s = in->seconds > 0 ? in->seconds : 1;
-  double cmds = delta(in, "cqrs_commands_total", NULL, NULL), qs = delta(in, "cqrs_queries_total", NULL, NULL);
+  double all = delta(in, "cqrs_commands_total", NULL, NULL), qs = delta(in, "cqrs_queries_total", NULL, NULL);
+  double steps = steps_delta(in);
   double errs = delta(in, "cqrs_commands_total", "outcome", "error") + delta(in, "cqrs_queries_total", "outcome", "error");
-  f->cmds = cmds / s;
+  f->cmds = (all - steps) / s;
+  f->steps = steps / s;
   f->queries = qs / s;
   f->ops = f->cmds + f->queries;
-  f->errors = cmds + qs > 0 ? 100.0 * errs / (cmds + qs) : 0;
-  f->lag = prom_max(&in->now, "cqrs_projection_lag_seconds");
-  /* Latency of what happened between the scrapes; since the start when nothing did. */
-  f->write_p99 = prom_quantile(&in->now, &in->before, "cqrs_command_duration_seconds", 0.99);
-  if (f->write_p99 < 0) f->write_p99 = prom_quantile(&in->now, NULL, "cqrs_command_duration_seconds", 0.99);
-  f->read_p99 = prom_quantile(&in->now, &in->before, "cqrs_query_duration_seconds", 0.99);
-  if (f->read_p99 < 0) f->read_p99 = prom_quantile(&in->now, NULL, "cqrs_query_duration_seconds", 0.99);
+  f->errors = all + qs > 0 ? 100.0 * errs / (all + qs) : UNKNOWN; /* no operation, no rate */
+  bool found;
+  prom_sum(&in->now, "cqrs_projection_lag_seconds", NULL, NULL, &found);
+  f->lag = found ? prom_max(&in->now, "cqrs_projection_lag_seconds") : UNKNOWN;
+  f->write_p99 = quantile_or_unknown(in, "cqrs_command_duration_seconds");
+  f->read_p99 = quantile_or_unknown(in, "cqrs_query_duration_seconds");
 }
 
-/* Whether the figures meet the seed's targets (throughput is a capacity
- * target: shown, not counted against an idle system). */
+/* Whether the figures meet the seed's targets: every one known and within. */
 static bool meets(const figures_t *f) {
-  return f->lag < 1.0 && f->errors < 0.1 && f->write_p99 < 0.100 && f->read_p99 < 0.050;
+  return f->ops > 10000 && f->lag < 1.0 && f->errors < 0.1 && f->write_p99 < 0.100 && f->read_p99 < 0.050;
 }
 
-static const char *mark(bool ok) { return ok ? "ok" : "MISSED"; }
+static const char *mark(double v, bool ok) { return isnan(v) ? "unknown" : ok ? "ok" : "MISSED"; }
 
 static void fmt_ms(char *buf, size_t cap, double secs) {
-  if (secs < 0) snprintf(buf, cap, "-");
+  if (isnan(secs)) snprintf(buf, cap, "unknown");
   else snprintf(buf, cap, "%.1f ms", secs * 1000);
+}
+
+static void fmt_num(char *buf, size_t cap, const char *fmt, double v) {
+  if (isnan(v)) snprintf(buf, cap, "unknown");
+  else snprintf(buf, cap, fmt, v);
+}
+
+static void append_figure(bson_t *d, const char *key, double v) {
+  if (isnan(v)) BSON_APPEND_NULL(d, key);
+  else BSON_APPEND_DOUBLE(d, key, v);
 }
 
 static void figures_json(bson_t *out, const char *key, const figures_t *f) {
   bson_t d;
   BSON_APPEND_DOCUMENT_BEGIN(out, key, &d);
-  BSON_APPEND_DOUBLE(&d, "commandsPerSecond", f->cmds);
-  BSON_APPEND_DOUBLE(&d, "queriesPerSecond", f->queries);
-  BSON_APPEND_DOUBLE(&d, "opsPerSecond", f->ops);
-  BSON_APPEND_DOUBLE(&d, "syncLagSeconds", f->lag);
-  BSON_APPEND_DOUBLE(&d, "errorRatePercent", f->errors);
-  BSON_APPEND_DOUBLE(&d, "writeP99Seconds", f->write_p99);
-  BSON_APPEND_DOUBLE(&d, "readP99Seconds", f->read_p99);
+  append_figure(&d, "commandsPerSecond", f->cmds);
+  append_figure(&d, "processStepsPerSecond", f->steps);
+  append_figure(&d, "queriesPerSecond", f->queries);
+  append_figure(&d, "opsPerSecond", f->ops);
+  append_figure(&d, "syncLagSeconds", f->lag);
+  append_figure(&d, "errorRatePercent", f->errors);
+  append_figure(&d, "writeP99Seconds", f->write_p99);
+  append_figure(&d, "readP99Seconds", f->read_p99);
   BSON_APPEND_BOOL(&d, "targetsMet", meets(f));
   bson_append_document_end(out, &d);
 }
 
-static int render(admin_t *a, instance_t *ins, size_t n, double interval, bool watch) {
-  figures_t total = {0, 0, 0, 0, 0, -1, -1};
+/* ---- what the store says of each projection ---- */
+
+/* The commits past the checkpoint that hold events of the projection's
+ * types, oldest first, read light (positions and time, no payload): a
+ * commit is one aggregate's events, all of them of its types or none. */
+static int store_lag_one(admin_t *a, const admin_projection_t *p, store_lag_t *l) {
+  mongoc_collection_t *c = mongoc_database_get_collection(a->db, billing_mongo_options.events);
+  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, gt, ev, in, sort, proj;
+  BSON_APPEND_DOCUMENT_BEGIN(&filter, "position", &gt);
+  BSON_APPEND_INT64(&gt, "$gt", l->checkpoint);
+  bson_append_document_end(&filter, &gt);
+  BSON_APPEND_DOCUMENT_BEGIN(&filter, "events.type", &ev);
+  BSON_APPEND_ARRAY_BEGIN(&ev, "$in", &in);
+  for (uint32_t i = 0; p->types[i]; i++) {
+    char key[16];
+    const char *k;
+    bson_uint32_to_string(i, &k, key, sizeof key);
+    bson_append_utf8(&in, k, -1, p->types[i]->name, -1);
+  }
+  bson_append_array_end(&ev, &in);
+  bson_append_document_end(&filter, &ev);
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+  BSON_APPEND_INT32(&sort, "position", 1);
+  bson_append_document_end(&opts, &sort);
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+  BSON_APPEND_INT32(&proj, "position", 1);
+  BSON_APPEND_INT32(&proj, "lastPosition", 1);
+  BSON_APPEND_INT32(&proj, "timestamp", 1);
+  bson_append_document_end(&opts, &proj);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, &opts, NULL);
+  const bson_t *doc;
+  int64_t commits = 0;
+  while (mongoc_cursor_next(cur, &doc)) {
+    if (++commits > LAG_READ_MAX) {
+      l->at_least = true;
+      break;
+    }
+    int64_t first = admin_int64(doc, "position", 0), last = admin_int64(doc, "lastPosition", first);
+    if (!l->behind) l->lag_s = (double)(cqrs_now_ms() - admin_int64(doc, "timestamp", cqrs_now_ms())) / 1000.0;
+    l->behind += last >= first ? last - first + 1 : 1;
+  }
+  bson_error_t e;
+  int rc = mongoc_cursor_error(cur, &e) ? admin_server_error("read the event store", &e) : ADMIN_OK;
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  mongoc_collection_destroy(c);
+  if (l->lag_s < 0) l->lag_s = 0; /* clocks apart */
+  return rc;
+}
+
+static int store_lags(admin_t *a, store_lag_t *lags) {
+  cqrs_error_t err;
+  int64_t head;
+  if (cqrs_store_head(a->store, &head, &err)) return admin_cqrs_error("read the head of the store", &err);
+  for (size_t i = 0; admin_projections[i].name; i++) {
+    store_lag_t *l = &lags[i];
+    memset(l, 0, sizeof *l);
+    l->name = admin_projections[i].name;
+    l->head = head;
+    if (cqrs_checkpoints_load(a->cp, l->name, &l->checkpoint, &err)) return admin_cqrs_error("read a checkpoint", &err);
+    int rc = l->checkpoint < head ? store_lag_one(a, &admin_projections[i], l) : ADMIN_OK;
+    if (rc) return rc;
+  }
+  return ADMIN_OK;
+}
+
+static void store_lags_json(bson_t *out, const store_lag_t *lags, size_t n) {
+  bson_t arr;
+  BSON_APPEND_ARRAY_BEGIN(out, "projections", &arr);
+  for (size_t i = 0; i < n; i++) {
+    char key[16];
+    const char *k;
+    bson_t d;
+    bson_uint32_to_string((uint32_t)i, &k, key, sizeof key);
+    bson_append_document_begin(&arr, k, -1, &d);
+    BSON_APPEND_UTF8(&d, "name", lags[i].name);
+    BSON_APPEND_INT64(&d, "checkpoint", lags[i].checkpoint);
+    BSON_APPEND_INT64(&d, "head", lags[i].head);
+    BSON_APPEND_INT64(&d, "behindEvents", lags[i].behind);
+    BSON_APPEND_BOOL(&d, "behindAtLeast", lags[i].at_least);
+    BSON_APPEND_DOUBLE(&d, "lagSeconds", lags[i].lag_s);
+    bson_append_document_end(&arr, &d);
+  }
+  bson_append_array_end(out, &arr);
+}
+
+static void store_lags_text(const store_lag_t *lags, size_t n) {
+  printf("\n%-24s %12s %12s  %s\n", "projection (the store)", "checkpoint", "head", "to handle");
+  for (size_t i = 0; i < n; i++) {
+    const store_lag_t *l = &lags[i];
+    printf("%-24s %12lld %12lld  ", l->name, (long long)l->checkpoint, (long long)l->head);
+    if (l->behind)
+      printf("%s%lld events behind, the oldest %.1f s old\n", l->at_least ? "at least " : "", (long long)l->behind,
+             l->lag_s);
+    else
+      printf("caught up\n");
+  }
+}
+
+/* Adds one process's figures to the total (unknown stays unknown until
+ * some process knows it). */
+static void add_up(figures_t *t, const figures_t *f, double *weighted_errors, double *ops_count) {
+  t->cmds = isnan(t->cmds) ? f->cmds : t->cmds + f->cmds;
+  t->steps = isnan(t->steps) ? f->steps : t->steps + f->steps;
+  t->queries = isnan(t->queries) ? f->queries : t->queries + f->queries;
+  t->ops = isnan(t->ops) ? f->ops : t->ops + f->ops;
+  if (!isnan(f->lag) && (isnan(t->lag) || f->lag > t->lag)) t->lag = f->lag;
+  if (!isnan(f->errors)) {
+    *weighted_errors += f->errors * f->ops;
+    *ops_count += f->ops;
+  }
+  if (!isnan(f->write_p99) && (isnan(t->write_p99) || f->write_p99 > t->write_p99)) t->write_p99 = f->write_p99;
+  if (!isnan(f->read_p99) && (isnan(t->read_p99) || f->read_p99 > t->read_p99)) t->read_p99 = f->read_p99;
+}
+
+static void instance_line(const instance_t *in, const figures_t *f) {
+  char w[32], r[32], lag[32], err[32];
+  fmt_ms(w, sizeof w, f->write_p99);
+  fmt_ms(r, sizeof r, f->read_p99);
+  fmt_num(lag, sizeof lag, "%.3fs", f->lag);
+  fmt_num(err, sizeof err, "%.3f%%", f->errors);
+  printf("%-24s %-34s %9.1f %9.1f %9s %8s %10s %10s\n", in->id, in->endpoint, f->cmds, f->queries, lag, err, w, r);
+}
+
+static void targets_text(const figures_t *t, size_t n, int problems) {
+  char w[32], r[32], lag[32], err[32], ops[32];
+  fmt_ms(w, sizeof w, t->write_p99);
+  fmt_ms(r, sizeof r, t->read_p99);
+  fmt_num(lag, sizeof lag, "%.3fs", t->lag);
+  fmt_num(err, sizeof err, "%.3f%%", t->errors);
+  fmt_num(ops, sizeof ops, "%.1f ops/s", t->ops);
+  if (!n) printf("(no process registered in %s)\n", INSTANCES);
+  printf("\ntargets (the seed's):\n");
+  printf("  throughput   %16s   > 10000 ops/s   %s\n", ops, mark(t->ops, t->ops > 10000));
+  printf("  write p99    %13s   < 100 ms        %s\n", w, mark(t->write_p99, t->write_p99 < 0.100));
+  printf("  read p99     %13s   < 50 ms         %s\n", r, mark(t->read_p99, t->read_p99 < 0.050));
+  printf("  sync lag     %13s   < 1 s           %s\n", lag, mark(t->lag, t->lag < 1.0));
+  printf("  error rate   %13s   < 0.1 %%         %s\n", err, mark(t->errors, t->errors < 0.1));
+  printf("%s\n", problems ? "problems found" : "all targets met");
+}
+
+static int render(admin_t *a, instance_t *ins, size_t n, double interval, bool watch, const store_lag_t *lags,
+                  size_t nlags) {
+  figures_t total = {UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN};
   double weighted_errors = 0, ops_count = 0;
   int problems = n ? 0 : 1;
   bson_t out = BSON_INITIALIZER, list;
@@ -204,42 +401,28 @@ static int render(admin_t *a, instance_t *ins, size_t n, double interval, bool w
       compute(in, &f);
       figures_json(&item, "figures", &f);
       if (!meets(&f)) problems++;
-      char w[32], r[32];
-      fmt_ms(w, sizeof w, f.write_p99);
-      fmt_ms(r, sizeof r, f.read_p99);
-      if (!a->json)
-        printf("%-24s %-34s %9.1f %9.1f %8.3fs %7.3f%% %10s %10s\n", in->id, in->endpoint, f.cmds, f.queries, f.lag,
-               f.errors, w, r);
-      total.cmds += f.cmds;
-      total.queries += f.queries;
-      total.ops += f.ops;
-      if (f.lag > total.lag) total.lag = f.lag;
-      weighted_errors += f.errors * f.ops;
-      ops_count += f.ops;
-      if (f.write_p99 > total.write_p99) total.write_p99 = f.write_p99;
-      if (f.read_p99 > total.read_p99) total.read_p99 = f.read_p99;
+      if (!a->json) instance_line(in, &f);
+      add_up(&total, &f, &weighted_errors, &ops_count);
     }
     bson_append_document_end(&list, &item);
   }
   bson_append_array_end(&out, &list);
-  total.errors = ops_count > 0 ? weighted_errors / ops_count : 0;
+  total.errors = ops_count > 0 ? weighted_errors / ops_count : UNKNOWN;
+  /* The store's word on lag stands whether or not a process answered. */
+  for (size_t i = 0; i < nlags; i++) {
+    if (isnan(total.lag) || lags[i].lag_s > total.lag) total.lag = lags[i].lag_s;
+    if (lags[i].behind && lags[i].lag_s >= 1.0) problems++;
+  }
+  if (!meets(&total)) problems += !problems;
   if (a->json) {
     BSON_APPEND_UTF8(&out, "at", when);
+    store_lags_json(&out, lags, nlags);
     figures_json(&out, "total", &total);
     BSON_APPEND_INT32(&out, "problems", problems);
     admin_print_json(stdout, &out);
   } else {
-    char w[32], r[32];
-    fmt_ms(w, sizeof w, total.write_p99);
-    fmt_ms(r, sizeof r, total.read_p99);
-    if (!n) printf("(no process registered in %s)\n", INSTANCES);
-    printf("\ntargets (the seed's):\n");
-    printf("  throughput   %10.1f ops/s   > 10000 ops/s   %s\n", total.ops, total.ops > 10000 ? "ok" : "below (a capacity target)");
-    printf("  write p99    %13s   < 100 ms        %s\n", w, mark(total.write_p99 < 0.100));
-    printf("  read p99     %13s   < 50 ms         %s\n", r, mark(total.read_p99 < 0.050));
-    printf("  sync lag     %12.3fs   < 1 s           %s\n", total.lag, mark(total.lag < 1.0));
-    printf("  error rate   %12.3f%%   < 0.1 %%         %s\n", total.errors, mark(total.errors < 0.1));
-    printf("%s\n", problems ? "problems found" : "all targets met");
+    store_lags_text(lags, nlags);
+    targets_text(&total, n, problems);
   }
   bson_destroy(&out);
   fflush(stdout);
@@ -307,7 +490,11 @@ int admin_status(admin_t *a, int argc, char **argv) {
       ins[i].seconds = (double)(t1 - t0) / 1000.0;
     }
     t0 = t1;
-    rc = render(a, ins, n, (double)interval, args.vals[0] != NULL);
+    store_lag_t lags[4];
+    size_t nlags = 0;
+    while (admin_projections[nlags].name) nlags++;
+    rc = store_lags(a, lags);
+    if (!rc) rc = render(a, ins, n, (double)interval, args.vals[0] != NULL, lags, nlags);
   }
   for (size_t i = 0; i < n; i++) {
     prom_free(&ins[i].before);

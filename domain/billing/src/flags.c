@@ -2,7 +2,8 @@
  * billing_documents collection (off), to the CQS read model (on), to both
  * (shadow: the legacy answer is returned, every difference recorded in
  * billing_flag_diffs), or by customer (a percentage: a stable hash of the
- * customer id decides, so a customer's view does not flip between reads). */
+ * customer id decides, so a customer's view does not flip between reads).
+ * Either side answers in one representation (invoice_view.c). */
 #include <stdlib.h>
 #include <uv.h>
 
@@ -14,6 +15,7 @@ struct billing_flags {
   uv_mutex_t lock;
   int64_t loaded_at; /* 0: never */
   billing_cqs_flag_t flag;
+  uint64_t compared, differing; /* shadow reads */
 };
 
 cqrs_code_t billing_cqs_flag_parse(const char *text, billing_cqs_flag_t *out, cqrs_error_t *err) {
@@ -147,61 +149,14 @@ static const char *str_at(const bson_t *doc, const char *path) {
   return NULL;
 }
 
-/* The legacy amount (a double) in minor units, as text; "?" when it is none. */
-static void legacy_amount(const bson_t *doc, char *buf, size_t cap) {
-  bson_iter_t it;
-  int64_t minor;
-  snprintf(buf, cap, "?");
-  if (!bson_iter_init_find(&it, doc, "amount") || !BSON_ITER_HOLDS_NUMBER(&it)) return;
-  if (!billing_amount_from_double(bson_iter_as_double(&it), str_at(doc, "currency"), &minor, NULL))
-    snprintf(buf, cap, "%lld", (long long)minor);
-}
-
-static void cqs_amount(const bson_t *doc, char *buf, size_t cap) {
-  bson_iter_t it;
-  snprintf(buf, cap, "?");
-  if (bson_iter_init_find(&it, doc, "amount") && BSON_ITER_HOLDS_NUMBER(&it))
-    snprintf(buf, cap, "%lld", (long long)bson_iter_as_int64(&it));
-}
-
-static const char *const compared[] = {"invoiceNumber", "currency", "status", "customer.id", "customer.name",
-                                       "customer.email", NULL};
-
-static void add_difference(bson_t *list, size_t *n, const char *field, const char *l, const char *c) {
-  if ((l && c && !strcmp(l, c)) || (!l && !c)) return;
-  char key[16];
-  const char *k;
-  bson_t d;
-  bson_uint32_to_string((uint32_t)(*n)++, &k, key, sizeof key);
-  bson_append_document_begin(list, k, -1, &d);
-  if (l) BSON_APPEND_UTF8(&d, "legacy", l); else BSON_APPEND_NULL(&d, "legacy");
-  if (c) BSON_APPEND_UTF8(&d, "cqs", c); else BSON_APPEND_NULL(&d, "cqs");
-  BSON_APPEND_UTF8(&d, "field", field);
-  bson_append_document_end(list, &d);
-}
-
-/* Appends {field, legacy, cqs} for each field the two answers disagree on;
- * the amount compared in minor units. */
-static size_t differences(const bson_t *legacy, const bson_t *cqs, bson_t *list) {
-  size_t n = 0;
-  for (size_t i = 0; compared[i]; i++)
-    add_difference(list, &n, compared[i], legacy ? str_at(legacy, compared[i]) : NULL,
-                   cqs ? str_at(cqs, compared[i]) : NULL);
-  char a[32], b[32];
-  if (legacy) legacy_amount(legacy, a, sizeof a);
-  if (cqs) cqs_amount(cqs, b, sizeof b);
-  add_difference(list, &n, "amount", legacy ? a : NULL, cqs ? b : NULL);
-  return n;
-}
-
-static cqrs_code_t record_differences(billing_flags_t *f, const char *id, const bson_t *legacy, const bson_t *cqs,
-                                      size_t *count, cqrs_error_t *err) {
+static cqrs_code_t record_differences(billing_flags_t *f, const char *id, const billing_invoice_view_t *legacy,
+                                      const billing_invoice_view_t *cqs, size_t *count, cqrs_error_t *err) {
   bson_t doc = BSON_INITIALIZER, list;
   BSON_APPEND_UTF8(&doc, "invoiceId", id);
   BSON_APPEND_BOOL(&doc, "legacyFound", legacy != NULL);
   BSON_APPEND_BOOL(&doc, "cqsFound", cqs != NULL);
   BSON_APPEND_ARRAY_BEGIN(&doc, "differences", &list);
-  *count = differences(legacy, cqs, &list);
+  *count = billing_invoice_view_diff(legacy, cqs, &list);
   bson_append_array_end(&doc, &list);
   BSON_APPEND_DATE_TIME(&doc, "at", cqrs_now_ms());
   cqrs_code_t rc = CQRS_OK;
@@ -219,12 +174,49 @@ static cqrs_code_t record_differences(billing_flags_t *f, const char *id, const 
     if (!rc) rc = cqrs_readmodel_put(f->rm, BILLING_FLAG_DIFFS_COLLECTION, id, &doc, position + 1, NULL, err);
   }
   bson_destroy(&doc);
+  uv_mutex_lock(&f->lock);
+  f->compared++;
+  f->differing += *count > 0;
+  uv_mutex_unlock(&f->lock);
   return rc;
 }
 
-static cqrs_code_t get(billing_flags_t *f, const char *coll, const char *id, bson_t *doc, bool *found,
-                       cqrs_error_t *err) {
-  return cqrs_readmodel_get(f->rm, coll, id, doc, found, err);
+void billing_flags_shadow_counts(billing_flags_t *f, uint64_t *compared, uint64_t *differing) {
+  if (!f) return;
+  uv_mutex_lock(&f->lock);
+  if (compared) *compared = f->compared;
+  if (differing) *differing = f->differing;
+  uv_mutex_unlock(&f->lock);
+}
+
+/* Reads one side into `v`. A legacy document that cannot be read exactly
+ * is no invoice (how->malformed says why); a CQS one is the projection's
+ * and must read. */
+static cqrs_code_t read_side(billing_flags_t *f, const char *coll, bool legacy, const char *id,
+                             billing_invoice_view_t *v, bool *found, billing_read_t *how, cqrs_error_t *err) {
+  bson_t doc;
+  cqrs_code_t rc = cqrs_readmodel_get(f->rm, coll, id, &doc, found, err);
+  if (rc || !*found) return rc;
+  cqrs_error_t why;
+  rc = legacy ? billing_legacy_invoice_parse(&doc, v, &why) : billing_cqs_invoice_parse(&doc, v, &why);
+  bson_destroy(&doc);
+  if (rc && legacy) {
+    *found = false;
+    how->malformed = true;
+    snprintf(how->problem, sizeof how->problem, "%s", why.message);
+    return CQRS_OK;
+  }
+  if (rc && err) *err = why;
+  return rc;
+}
+
+static cqrs_code_t answer(const billing_invoice_view_t *v, bool found, bson_t *out, bool *out_found) {
+  *out_found = found;
+  if (found) {
+    bson_init(out);
+    billing_invoice_view_to_bson(v, out);
+  }
+  return CQRS_OK;
 }
 
 cqrs_code_t billing_invoice_read(billing_flags_t *f, const billing_collections_t *cols, const char *id,
@@ -238,44 +230,39 @@ cqrs_code_t billing_invoice_read(billing_flags_t *f, const billing_collections_t
   cqrs_code_t rc = billing_flags_current(f, &flag, err);
   if (rc) return rc;
   how->mode = flag.mode;
-  bson_t legacy, cqs;
+  billing_invoice_view_t legacy, cqs;
   bool lf = false, cf = false;
   switch (flag.mode) {
   case BILLING_CQS_OFF:
     how->source = BILLING_READ_LEGACY;
-    return get(f, BILLING_LEGACY_COLLECTION, id, out, found, err);
+    break;
   case BILLING_CQS_ON:
     how->source = BILLING_READ_CQS;
-    return get(f, c->invoices, id, out, found, err);
+    break;
   case BILLING_CQS_PERCENT:
     if (!customer_id) {
-      /* Without the caller's customer, the document names it. */
-      if ((rc = get(f, c->invoices, id, &cqs, &cf, err))) return rc;
-      if (!cf && (rc = get(f, BILLING_LEGACY_COLLECTION, id, &legacy, &lf, err))) return rc;
-      customer_id = str_at(cf ? &cqs : lf ? &legacy : NULL, "customer.id");
+      /* Without the caller's customer, the invoice names it. */
+      if ((rc = read_side(f, c->invoices, false, id, &cqs, &cf, how, err))) return rc;
+      if (!cf && (rc = read_side(f, BILLING_LEGACY_COLLECTION, true, id, &legacy, &lf, how, err))) return rc;
+      customer_id = cf ? cqs.customer_id : lf ? legacy.customer_id : NULL;
     }
     how->source = billing_cqs_routes_to_cqs(&flag, customer_id) ? BILLING_READ_CQS : BILLING_READ_LEGACY;
-    if (cf) bson_destroy(&cqs);
-    if (lf) bson_destroy(&legacy);
-    return get(f, how->source == BILLING_READ_CQS ? c->invoices : BILLING_LEGACY_COLLECTION, id, out, found, err);
+    if (how->source == BILLING_READ_CQS && cf) return answer(&cqs, true, out, found);
+    if (how->source == BILLING_READ_LEGACY && lf) return answer(&legacy, true, out, found);
+    break;
   case BILLING_CQS_SHADOW:
   default:
     how->source = BILLING_READ_BOTH;
-    if ((rc = get(f, BILLING_LEGACY_COLLECTION, id, &legacy, &lf, err))) return rc;
-    if ((rc = get(f, c->invoices, id, &cqs, &cf, err))) {
-      if (lf) bson_destroy(&legacy);
+    if ((rc = read_side(f, BILLING_LEGACY_COLLECTION, true, id, &legacy, &lf, how, err)) ||
+        (rc = read_side(f, c->invoices, false, id, &cqs, &cf, how, err)))
       return rc;
-    }
     rc = record_differences(f, id, lf ? &legacy : NULL, cf ? &cqs : NULL, &how->differences, err);
-    if (cf) bson_destroy(&cqs);
-    if (lf && !rc) {
-      bson_init(out);
-      bson_copy_to_excluding_noinit(&legacy, out, "", NULL);
-      *found = true;
-    }
-    if (lf) bson_destroy(&legacy);
-    return rc;
+    return rc ? rc : answer(&legacy, lf, out, found);
   }
+  bool to_cqs = how->source == BILLING_READ_CQS;
+  billing_invoice_view_t *v = to_cqs ? &cqs : &legacy;
+  rc = read_side(f, to_cqs ? c->invoices : BILLING_LEGACY_COLLECTION, !to_cqs, id, v, found, how, err);
+  return rc ? rc : answer(v, *found, out, found);
 }
 
 static cqrs_code_t query_read(const cqrs_readmodel_t *rm, const bson_t *params, bson_t *out, void *data,
@@ -288,9 +275,13 @@ static cqrs_code_t query_read(const cqrs_readmodel_t *rm, const bson_t *params, 
   billing_read_t how;
   cqrs_code_t rc = billing_invoice_read(data, NULL, id, customer, &doc, &found, &how, err);
   if (rc) return rc;
+  if (!found && how.malformed)
+    return cqrs_error_set(err, CQRS_ENOT_FOUND, "no invoice %s (%s holds one that cannot be read: %s)", id,
+                          BILLING_LEGACY_COLLECTION, how.problem);
   if (!found) return cqrs_error_set(err, CQRS_ENOT_FOUND, "no invoice %s", id);
   BSON_APPEND_DOCUMENT(out, "invoice", &doc);
   BSON_APPEND_UTF8(out, "source", how.source == BILLING_READ_CQS ? "cqs" : "legacy");
+  if (how.source == BILLING_READ_BOTH) BSON_APPEND_INT64(out, "shadowDifferences", (int64_t)how.differences);
   bson_destroy(&doc);
   return CQRS_OK;
 }

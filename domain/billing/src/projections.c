@@ -57,7 +57,7 @@ static cqrs_code_t invoice_issued(billing_t *b, const cqrs_event_t *e, cqrs_erro
   BSON_APPEND_UTF8(&doc, "status", "pending");
   BSON_APPEND_DATE_TIME(&doc, "createdAt", e->timestamp);
   BSON_APPEND_DATE_TIME(&doc, "updatedAt", e->timestamp);
-  BSON_APPEND_DATE_TIME(&doc, "dueDate", p->due_date);
+  if (p->due_date) BSON_APPEND_DATE_TIME(&doc, "dueDate", p->due_date); /* 0: none known (a migrated invoice) */
   rc = cqrs_readmodel_put(b->rm, b->cols.invoices, cqrs_event_aggregate_id(e), &doc, e->position, NULL, err);
   bson_destroy(&doc);
   bson_destroy(&empty);

@@ -313,6 +313,49 @@ cqrs_code_t billing_amount_from_double(double value, const char *currency, int64
 /* Parses "INV-YYYY-NNN" (at least three digits, NNN >= 1). */
 bool billing_invoice_number_parse(const char *number, int *year, int64_t *n);
 
+/* ---- an invoice as a read answers it (invoice_view.c) ---- */
+
+/* One representation of an invoice, whichever side answers a read, the
+ * legacy billing_documents or the CQS billing_queries:
+ *   {_id, invoiceNumber, amount (int64, minor units), currency,
+ *    customer {id, name, email}, status, createdAt, updatedAt,
+ *    dueDate?, paidAt?, cancelledAt?}
+ * dates as BSON dates (UTC ms); a date an invoice does not have is left
+ * out. Money is never a double here. */
+typedef struct billing_invoice_view {
+  char id[CQRS_ID_MAX]; /* an ObjectId as 24 hex characters */
+  char number[BILLING_NUMBER_MAX];
+  cqrs_money_t amount;
+  char customer_id[CQRS_ID_MAX];
+  char name[BILLING_NAME_MAX];
+  char email[BILLING_EMAIL_MAX];
+  billing_invoice_status_t status;
+  int64_t created_at, updated_at, due_date, paid_at, cancelled_at; /* UTC ms; 0: none */
+} billing_invoice_view_t;
+
+/* Checks a legacy billing_documents invoice (the seed's shape: amount a
+ * double in major units, createdAt required, dueDate, updatedAt, paidAt,
+ * cancelledAt optional) and fills `out`: the amount converted exactly into
+ * minor units; paidAt (paid) and cancelledAt (cancelled) default to
+ * updatedAt, then createdAt; updatedAt to the latest date. A document that
+ * cannot be read exactly is CQRS_EINVAL, with the reason in err->message
+ * ("amount is negative", "missing field customer") and its kind in
+ * err->name ("legacy.negative_amount", "legacy.missing_field"...). */
+cqrs_code_t billing_legacy_invoice_parse(const bson_t *doc, billing_invoice_view_t *out, cqrs_error_t *err);
+/* A billing_queries document, as the invoices projection writes it;
+ * CQRS_ECODEC when it lacks a field the projection always writes. */
+cqrs_code_t billing_cqs_invoice_parse(const bson_t *doc, billing_invoice_view_t *out, cqrs_error_t *err);
+/* Appends the representation above to `out`. */
+void billing_invoice_view_to_bson(const billing_invoice_view_t *v, bson_t *out);
+/* Appends {field, legacy, cqs} (values as text, NULL for a side with no
+ * invoice) to the array `list` for each field that says what the invoice
+ * is and on which they disagree (number, amount, currency, status,
+ * customer, createdAt, dueDate, paidAt, cancelledAt; not updatedAt).
+ * Either view may be NULL (no such invoice). Returns how many. */
+size_t billing_invoice_view_diff(const billing_invoice_view_t *legacy, const billing_invoice_view_t *cqs, bson_t *list);
+/* "pending", "paid", "cancelled" ("none" otherwise). */
+const char *billing_invoice_status_name(billing_invoice_status_t s);
+
 /* ---- the mongodb_cqs_enabled feature flag (flags.c) ---- */
 
 #define BILLING_LEGACY_COLLECTION "billing_documents"
@@ -357,19 +400,32 @@ typedef struct billing_read {
   billing_cqs_mode_t mode;
   billing_read_source_t source;
   size_t differences; /* shadow: fields that disagreed on this read */
+  bool malformed;     /* the legacy side holds a document it cannot read */
+  char problem[CQRS_MESSAGE_MAX]; /* why, when malformed */
 } billing_read_t;
 
-/* Reads invoice `id` where the flag routes it. `customer_id` (may be NULL:
- * then the document's customer.id decides) picks the side in percent mode.
- * Shadow returns the legacy document and records {invoiceId, differences:
- * [{field, legacy, cqs}], at} in billing_flag_diffs when they disagree
- * (amounts compared in minor units). `out` initialised when *found. */
+/* Reads invoice `id` where the flag routes it, in the one representation
+ * of billing_invoice_view_to_bson whichever side answers. `customer_id`
+ * (may be NULL: then the document's customer.id decides) picks the side in
+ * percent mode. A legacy document that cannot be read exactly (the
+ * documents the migration refuses) is not found, with how->malformed and
+ * the reason: the CQS side has no such invoice either. Shadow returns the
+ * legacy answer, compares it with the CQS one (billing_invoice_view_diff),
+ * records {invoiceId, legacyFound, cqsFound, differences: [{field, legacy,
+ * cqs}], at} in billing_flag_diffs when they disagree, and counts the reads
+ * compared and those that disagreed (billing_flags_shadow_counts). `out`
+ * initialised when *found. */
 cqrs_code_t billing_invoice_read(billing_flags_t *f, const billing_collections_t *cols, const char *id,
                                  const char *customer_id, bson_t *out, bool *found, billing_read_t *how,
                                  cqrs_error_t *err);
 
-/* Registers "invoice.read" {id, customerId?} -> {invoice, source: "legacy"|"cqs"}
- * on `q`, honouring the flag through `f` (borrowed, must outlive `q`). */
+/* Shadow reads since `f` was made: compared, and those where the two sides
+ * disagreed (either pointer may be NULL). Thread-safe. */
+void billing_flags_shadow_counts(billing_flags_t *f, uint64_t *compared, uint64_t *differing);
+
+/* Registers "invoice.read" {id, customerId?} -> {invoice, source: "legacy"|"cqs",
+ * shadowDifferences?} on `q`, honouring the flag through `f` (borrowed, must
+ * outlive `q`); CQRS_ENOT_FOUND when the side read has no such invoice. */
 cqrs_code_t billing_register_flagged_queries(cqrs_queries_t *q, billing_flags_t *f, cqrs_error_t *err);
 
 #ifdef __cplusplus
