@@ -4,6 +4,8 @@
  * be read is found on neither side, and shadow reads count what differs. */
 #include <stdio.h>
 
+#include <cqrs/backend.h>
+
 #include "fixture.h"
 
 #define CREATED 1700000000000LL
