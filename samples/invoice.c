@@ -158,7 +158,7 @@ int main(int argc, char **argv) {
   issue(&s, "inv_2", "acme", 20000, "");
   issue(&s, "inv_3", "globex", 9990, "");
   issue(&s, "inv_4", "acme", 5000, "");
-  issue(&s, "inv_1", "acme", 150000, "invoice.already_issued"); /* again: no second number */
+  issue(&s, "inv_1", "acme", 150000, SAMPLE_DUPLICATE); /* again: no second number */
   billing_issue_invoice_t stranger = {"inv_9", "nobody", {100, "EUR"}, 1};
   sample_send(&s, "issue inv_9 to an unknown customer", &billing_issue_invoice, &stranger, "invoice.unknown_customer");
   pay(&s, "inv_1", 150000, "");

@@ -200,7 +200,7 @@ typedef struct pending {
 static void on_done(const cqrs_result_t *r, void *data) {
   pending_t *p = data;
   p->done = true;
-  const char *got = r->error.code == CQRS_OK ? "" : r->error.name;
+  const char *got = r->error.code != CQRS_OK ? r->error.name : r->duplicate ? SAMPLE_DUPLICATE : "";
   bool as_expected = !strcmp(got, p->expect);
   if (r->error.code == CQRS_OK) {
     const char *extra = "";
@@ -215,8 +215,11 @@ static void on_done(const cqrs_result_t *r, void *data) {
     printf("  %-44s %s: %s\n", p->label, r->error.code == CQRS_EREJECTED ? "refused" : "error", r->error.message);
   }
   if (!as_expected) {
-    fprintf(stderr, "%s: '%s' should have %s%s\n", p->s->name, p->label, *p->expect ? "been refused as " : "succeeded",
-            p->expect);
+    const char *should = !strcmp(p->expect, SAMPLE_DUPLICATE) ? "been answered as already done"
+                         : *p->expect                         ? "been refused as "
+                                                              : "succeeded";
+    fprintf(stderr, "%s: '%s' should have %s%s\n", p->s->name, p->label, should,
+            strcmp(p->expect, SAMPLE_DUPLICATE) ? p->expect : "");
     p->s->failures++;
   }
 }

@@ -35,10 +35,14 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv);
 /* Closes and frees everything; returns the exit code. */
 int sample_close(sample_t *s);
 
+/* What sample_send expects of a command sent again with the same natural
+ * id: success, answered from the first commit (`duplicate`). */
+#define SAMPLE_DUPLICATE "(duplicate)"
+
 /* Sends a command built from `payload` and runs the loop until everything
  * it set off has settled. Prints one line. `expect` is the business reason
- * the script expects ("" for success); a different outcome counts as a
- * failure. */
+ * the script expects ("" for success, SAMPLE_DUPLICATE for a command already
+ * done); a different outcome counts as a failure. */
 void sample_send(sample_t *s, const char *label, const cqrs_command_type_t *type, const void *payload,
                  const char *expect);
 

@@ -112,7 +112,7 @@ int main(int argc, char **argv) {
   transfer(&s, "t-2", "bob", "alice", 1000000, "account.not_enough_money");
   transfer(&s, "t-3", "alice", "carol", 5000, "");
   transfer(&s, "t-4", "alice", "dave", 1000, "");
-  transfer(&s, "t-1", "alice", "bob", 30000, "transfer.already_requested"); /* sent again */
+  transfer(&s, "t-1", "alice", "bob", 30000, SAMPLE_DUPLICATE); /* sent again: done once */
 
   printf("outcomes:\n");
   report_transfer(&s, "t-1", BILLING_TRANSFER_COMPLETED);
