@@ -138,7 +138,7 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
   }
   cqrs_dispatcher_options_t opts;
   cqrs_dispatcher_options_init(&opts);
-  opts.dead_letter = s->dead_letter;
+  opts.dead_letter_info = s->dead_letter_info;
   opts.dead_letter_data = s->dead_letter_data;
   if (cqrs_dispatcher_new(&s->loop, s->reg, s->store, &opts, &s->d, &err) ||
       billing_start(s->d, s->rm, s->cp, NULL, &s->billing, &err)) {

@@ -9,7 +9,8 @@ static void fan_out(cqrs__events_t *ev, const cqrs_event_t *e) {
   for (size_t i = 0; i < ev->nsubs; i++) {
     sub_t *s = ev->subs[i];
     if (s->state != SUB_LIVE || e->position <= s->position || !cqrs__sub_wants(s, e)) continue;
-    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async && !s->lease.on) {
+    if (!s->q_len && !s->npark && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async &&
+        !s->lease.on) {
       cqrs_error_t err;
       if (cqrs__sub_deliver(s, e, &err) == CQRS_OK) {
         s->position = e->position;
@@ -17,7 +18,7 @@ static void fan_out(cqrs__events_t *ev, const cqrs_event_t *e) {
       }
       if (!cqrs__sub_push(s, e)) {
         /* No room to hold it for a retry: this subscriber gives up on it. */
-        cqrs__dead_letter(s, e, &err);
+        cqrs__dead_letter(s, e, &err, 1, cqrs_now_ms());
         s->position = e->position;
         continue;
       }
@@ -27,7 +28,7 @@ static void fan_out(cqrs__events_t *ev, const cqrs_event_t *e) {
     if (!cqrs__sub_push(s, e)) {
       cqrs_error_t err;
       cqrs_error_set(&err, CQRS_ENOMEM, "subscriber queue full");
-      cqrs__dead_letter(s, e, &err);
+      cqrs__dead_letter(s, e, &err, 0, 0);
     }
   }
   ev->feed_pos = e->position;
@@ -55,7 +56,8 @@ static void feed_done(cqrs__events_t *ev) {
   bool defer = !cqrs__runtime_closing(ev->rt);
   for (size_t i = 0; i < ev->nsubs; i++) {
     sub_t *s = ev->subs[i];
-    if (!defer || s->state != SUB_LIVE || s->q_len || s->busy || s->waiting || s->running || s->lease.on) {
+    if (!defer || s->state != SUB_LIVE || s->q_len || s->npark || s->busy || s->waiting || s->running ||
+        s->lease.on) {
       cqrs__sub_run(s);
     } else if (s->cp && !s->blocking && !s->cp_due) {
       s->cp_due = true;
@@ -270,7 +272,7 @@ static bool events_idle(const cqrs__component_t *c) {
   if (ev->feed_busy) return false;
   for (size_t i = 0; i < ev->nsubs; i++) {
     const sub_t *s = ev->subs[i];
-    if (s->busy || s->q_len || s->cp_saving) return false;
+    if (s->busy || s->q_len || s->npark || s->cp_saving) return false;
   }
   return true;
 }
@@ -281,6 +283,7 @@ static void events_close_handles(cqrs__component_t *c) {
   if (!ev->attached) return;
   cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->feed_timer);
   cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->cp_check);
+  cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->park_timer);
   if (ev->poll_on) cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->poll);
   for (size_t i = 0; i < ev->nsubs; i++) cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->subs[i]->timer);
   cqrs__waiters_close_handles(ev);
@@ -308,6 +311,7 @@ cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_
   ev->retry_base_ms = opts->retry_base_ms;
   ev->retry_cap_ms = opts->retry_cap_ms;
   ev->dead_letter = opts->dead_letter;
+  ev->dead_letter_info = opts->dead_letter_info;
   ev->dead_letter_data = opts->dead_letter_data;
   ev->dead_letters_kept = opts->dead_letters_kept ? opts->dead_letters_kept : 1024;
   /* A blocking store's head is read on the pool, once the loop runs. */
@@ -332,6 +336,9 @@ cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err) {
   ev->attached = true;
   uv_timer_init(rt->loop, &ev->feed_timer);
   ev->feed_timer.data = ev;
+  cqrs__runtime_handle_opened(rt);
+  uv_timer_init(rt->loop, &ev->park_timer);
+  ev->park_timer.data = ev;
   cqrs__runtime_handle_opened(rt);
   uv_check_init(rt->loop, &ev->cp_check);
   uv_unref((uv_handle_t *)&ev->cp_check); /* the loop need not stay for it: it runs in the iteration that started it */

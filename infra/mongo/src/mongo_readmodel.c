@@ -278,8 +278,10 @@ static void dl_done(uv_work_t *w, int status) {
   bson_free(d);
 }
 
-void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
-  cqrs_mongo_t *m = data;
+/* Writes {subscriber, event, error, at[, attempts, firstFailedAt]} from the
+ * pool (attempts 0 and no `figures`: not known). */
+static void dl_send(cqrs_mongo_t *m, const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
+                    bool figures, unsigned attempts, int64_t first_failed_at) {
   if (!m || !subscriber || !e || !error) {
     cqrs_log(CQRS_LOG_ERROR, "mongo", "dead letter with a NULL argument dropped");
     return;
@@ -302,6 +304,10 @@ void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const
   BSON_APPEND_UTF8(&er, "message", error->message);
   bson_append_document_end(d->doc, &er);
   BSON_APPEND_DATE_TIME(d->doc, "at", cqrs_now_ms());
+  if (figures) {
+    BSON_APPEND_INT32(d->doc, "attempts", attempts > INT32_MAX ? INT32_MAX : (int32_t)attempts);
+    if (first_failed_at) BSON_APPEND_DATE_TIME(d->doc, "firstFailedAt", first_failed_at);
+  }
   uv_mutex_lock(&m->dl_lock);
   m->dl_writing++;
   uv_mutex_unlock(&m->dl_lock);
@@ -315,4 +321,16 @@ void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const
     bson_free(d);
     dl_written(m);
   }
+}
+
+void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
+  dl_send(data, subscriber, e, error, false, 0, 0);
+}
+
+void cqrs_mongo_dead_letter_info(const cqrs_dead_letter_t *dl, void *data) {
+  if (!dl) {
+    cqrs_log(CQRS_LOG_ERROR, "mongo", "dead letter with a NULL argument dropped");
+    return;
+  }
+  dl_send(data, dl->subscriber, dl->event, dl->error, true, dl->attempts, dl->first_failed_at);
 }
