@@ -110,6 +110,10 @@ typedef struct cqrs_dispatcher_options {
    * failure (data: dead_letter_data); called instead of dead_letter when
    * set. NULL: dead_letter, or kept in memory. */
   cqrs_dead_letter_info_cb dead_letter_info;
+  /* Projections whose checkpoints keep control records (projection.h) read
+   * them every control_ms, act on what an operator asked and report;
+   * default 1000; 0: never. */
+  uint64_t control_ms;
 } cqrs_dispatcher_options_t;
 
 /* Fills the first `size` bytes of `opts` with the defaults and sets its

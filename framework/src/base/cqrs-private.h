@@ -179,6 +179,7 @@ cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, 
 
 bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp);
 bool cqrs__checkpoints_fenced(const cqrs_checkpoints_t *cp);
+bool cqrs__checkpoints_controlled(const cqrs_checkpoints_t *cp); /* keeps control records */
 bool cqrs__leases_blocking(const cqrs_leases_t *l);
 
 /* Objects a module builds for types it registers, freed with the registry. */

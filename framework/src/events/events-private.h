@@ -6,9 +6,11 @@
  *
  *   feed.c         the component; the feed; fan-out; checkpoints of idle subscribers
  *   projection.c   subscribing, projections, leases, what a subscriber shows
+ *   control.c      an operator's controls, read from the checkpoints: pause, reset, skip, replay
  *   startup.c      a projection's checkpoint load, its life under a lease
  *   subscriber.c   one subscriber: its queue, delivery, retries, catch-up, checkpoints
- *   parked.c       poison events a projection set aside, retried off its path; back-off
+ *   parked.c       poison events a projection set aside, retried off its path; back-off;
+ *                  an operator's skip
  *   deadletters.c  events subscribers gave up on
  *   wait.c         read-your-writes: waiting until projections reach a position
  *
@@ -34,8 +36,22 @@ typedef struct parked {
   unsigned attempts;         /* failed deliveries (0: not tried yet) */
   uint64_t due;              /* uv_now at which it is tried (again) */
   int64_t first_failed_at;   /* cqrs_now_ms of its first failure (0: none yet) */
+  int64_t request;           /* an operator's replay it answers (0: none): no hold on the checkpoint */
   cqrs_error_t error;        /* its last failure */
 } parked_t;
+
+/* What a projection does of its control record (control.c). Loop thread. */
+typedef struct sub_ctl {
+  bool paused;       /* the operator's pause, as last read: nothing is delivered */
+  bool resetting;    /* a reset waits for what is in flight: nothing is delivered */
+  int64_t reset_to;
+  int64_t skip_at;   /* the event to dead-letter unhandled when it comes (0: none) */
+  int64_t replay_at; /* the event to read and deliver again (0: none) */
+  int64_t busy;      /* the request being carried out (0: none) */
+  int64_t done;      /* the newest request carried out */
+  char result[CQRS_PROJECTION_RESULT_MAX];
+  bool report_due;   /* something to report before the next tick */
+} sub_ctl_t;
 
 /* At most this many events set aside per projection; past it a failing
  * event is retried in place again (its queue waits). */
@@ -76,6 +92,7 @@ typedef struct sub {
   const cqrs_event_t *park_inflight;
   bool park_orphan;     /* park_inflight was let go of: unreferenced when it comes back */
   int64_t park_ceiling; /* after events set aside were let go of: the checkpoint stays before them */
+  sub_ctl_t ctl;
   cqrs__lease_t lease; /* `on` false without leases */
   uv_timer_t timer;
 } sub_t;
@@ -119,6 +136,12 @@ struct cqrs__events {
   bool cp_check_on;
   uv_timer_t park_timer; /* the nearest retry of an event set aside (parked.c) */
 
+  /* Projection controls (control.c): their records read every control_ms. */
+  uint64_t control_ms;
+  uv_timer_t control_timer;
+  bool control_on, control_busy, control_again;
+  char owner[CQRS_NAME_MAX]; /* host:pid, for reports without leases */
+
   /* Dead letters kept in memory (no sink): a ring of dead_cap entries from
    * dead_head, grown up to dead_letters_kept while it has not wrapped; past
    * that the oldest is dropped. */
@@ -139,6 +162,14 @@ struct cqrs__events {
 cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_t *opts, cqrs_error_t *err);
 cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err);
 
+/* The queue of `s`: its i-th event, and letting go of the oldest. */
+static inline const cqrs_event_t *cqrs__q_peek(const sub_t *s, size_t i) { return s->q[(s->q_head + i) % s->q_cap]; }
+static inline void cqrs__q_pop(sub_t *s) {
+  cqrs_event_unref(s->q[s->q_head]);
+  s->q_head = (s->q_head + 1) % s->q_cap;
+  s->q_len--;
+}
+
 /* subscriber.c */
 /* Reads up to `limit` events of the store from `from` into `out`; no room
  * for all of them is a failure (retried), not the end of what there is. Any thread. */
@@ -154,6 +185,8 @@ bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error);
 /* Moves a subscriber forward as far as it can without waiting. */
 void cqrs__sub_run(sub_t *s);
 void cqrs__sub_save_checkpoint(sub_t *s);
+/* Nothing is delivered: paused or resetting by an operator's request. */
+static inline bool cqrs__sub_held(const sub_t *s) { return s->ctl.paused || s->ctl.resetting; }
 /* Loads the checkpoint of `s` (SUB_LOADING), then catches up: inline, or
  * on the pool for blocking checkpoints. Under a lease, a failure lets it go. */
 void cqrs__sub_load_checkpoint(sub_t *s);
@@ -189,9 +222,29 @@ void cqrs__park_resolved(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *er
 /* The highest position a checkpoint of `s` may take: before its oldest
  * event set aside (INT64_MAX: none). */
 static inline int64_t cqrs__park_floor(const sub_t *s) {
-  int64_t floor = s->npark ? s->park[0].event->position - 1 : INT64_MAX;
-  return floor < s->park_ceiling ? floor : s->park_ceiling;
+  for (size_t i = 0; i < s->npark; i++) {
+    int64_t floor = s->park[i].event->position - 1;
+    if (!s->park[i].request) return floor < s->park_ceiling ? floor : s->park_ceiling;
+  }
+  return s->park_ceiling;
 }
+/* Request `request` (0: none) is carried out, with what came of it: the
+ * projection reports it (control.c) at once. */
+void cqrs__ctl_answer(sub_t *s, int64_t request, const char *fmt, ...) CQRS_PRINTF(3, 4);
+/* Sets `e` aside for an operator's replay (request `request`), due at once. */
+bool cqrs__park_replay(sub_t *s, const cqrs_event_t *e, int64_t request);
+/* Dead-letters the event set aside at `position` now (`why`), unless it is
+ * on its way; true when it did. */
+bool cqrs__park_skip(sub_t *s, int64_t position, const cqrs_error_t *why);
+/* Lets go of every event set aside and of the hold on the checkpoint (a reset). */
+void cqrs__park_clear(sub_t *s);
+/* Lets go of the queue; a live or catching-up subscriber catches up again
+ * from its position. Nothing in flight. */
+void cqrs__sub_let_go(sub_t *s);
+/* Dead-letters the event ctl.skip_at now if it is held (set aside, or the
+ * queue's head while nothing is in flight), answering ctl.busy; true when
+ * it did. */
+bool cqrs__sub_skip_now(sub_t *s);
 /* Lets go of every event set aside (a lost lease, a store gone at close):
  * read again from the checkpoint, which never passed them. */
 void cqrs__park_drop(sub_t *s);
@@ -204,6 +257,13 @@ uint64_t cqrs__park_next_due(const cqrs__events_t *ev);
 void cqrs__dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error, unsigned attempts,
                        int64_t first_failed_at);
 void cqrs__dead_letters_free(cqrs__events_t *ev);
+
+/* control.c: reads the records, on the pool when the checkpoints or the
+ * store block; closing stops it. */
+void cqrs__control_attach(cqrs__events_t *ev);
+void cqrs__control_close_handles(cqrs__events_t *ev);
+/* Reports now (a request was carried out), not at the next tick. */
+void cqrs__control_kick(cqrs__events_t *ev);
 
 /* wait.c */
 cqrs_code_t cqrs__waiters_init(cqrs__events_t *ev, cqrs_error_t *err); /* its handles */

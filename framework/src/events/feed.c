@@ -10,7 +10,7 @@ static void fan_out(cqrs__events_t *ev, const cqrs_event_t *e) {
     sub_t *s = ev->subs[i];
     if (s->state != SUB_LIVE || e->position <= s->position || !cqrs__sub_wants(s, e)) continue;
     if (!s->q_len && !s->npark && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async &&
-        !s->lease.on) {
+        !s->lease.on && !cqrs__sub_held(s) && !s->ctl.skip_at) {
       cqrs_error_t err;
       if (cqrs__sub_deliver(s, e, &err) == CQRS_OK) {
         s->position = e->position;
@@ -255,6 +255,7 @@ static void poll_cb(uv_timer_t *t) { kick(t->data, 0, 0); }
 static void events_closing(cqrs__component_t *c) {
   cqrs__events_t *ev = (cqrs__events_t *)c;
   if (ev->poll_on) uv_timer_stop(&ev->poll);
+  if (ev->control_on) uv_timer_stop(&ev->control_timer);
   uv_timer_stop(&ev->feed_timer);
   cqrs__waiters_close(ev);
   for (size_t i = 0; i < ev->nsubs; i++) {
@@ -284,6 +285,7 @@ static void events_close_handles(cqrs__component_t *c) {
   cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->feed_timer);
   cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->cp_check);
   cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->park_timer);
+  cqrs__control_close_handles(ev);
   if (ev->poll_on) cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->poll);
   for (size_t i = 0; i < ev->nsubs; i++) cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->subs[i]->timer);
   cqrs__waiters_close_handles(ev);
@@ -323,6 +325,7 @@ cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_
     return rc;
   }
   ev->poll_ms = opts->poll_ms;
+  ev->control_ms = opts->control_ms;
   cqrs__runtime_add(rt, &ev->comp, &events_ops);
   rt->events = ev;
   rt->publish = (cqrs__publish_port_t){ev, committed, kick};
@@ -352,6 +355,7 @@ cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err) {
     ev->poll_on = true;
     cqrs__runtime_handle_opened(rt);
   }
+  cqrs__control_attach(ev);
   if (!ev->head_known) kick(ev, 0, 0);
   return CQRS_OK;
 }

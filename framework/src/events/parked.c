@@ -6,6 +6,9 @@
  * next of its stream is then delivered. The checkpoint never passes the
  * oldest event set aside, so what a crash or a lost lease lets go of is
  * read again from it (docs/architecture.md, "Poison events"). */
+#include <stdarg.h>
+#include <stdio.h>
+
 #include "events/events-private.h"
 
 uint64_t cqrs__events_backoff(const cqrs__events_t *ev, unsigned attempts) {
@@ -95,6 +98,17 @@ static void remove_at(sub_t *s, size_t i) {
   cqrs_event_unref(e);
 }
 
+void cqrs__ctl_answer(sub_t *s, int64_t request, const char *fmt, ...) {
+  if (!request) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->ctl.result, sizeof s->ctl.result, fmt, ap);
+  va_end(ap);
+  if (request > s->ctl.done) s->ctl.done = request;
+  if (s->ctl.busy == request) s->ctl.busy = 0;
+  s->ctl.report_due = true;
+}
+
 void cqrs__park_resolved(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *err) {
   size_t i = find(s, e);
   if (i == SIZE_MAX) { /* let go of meanwhile (a lost lease) */
@@ -104,6 +118,7 @@ void cqrs__park_resolved(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *er
   }
   parked_t *p = &s->park[i];
   if (!err || err->code == CQRS_OK) {
+    cqrs__ctl_answer(s, p->request, "replayed #%lld: handled", (long long)e->position);
     remove_at(s, i);
     return;
   }
@@ -128,7 +143,38 @@ void cqrs__park_resolved(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *er
   }
   cqrs_error_t last = p->error;
   cqrs__dead_letter(s, e, &last, p->attempts, p->first_failed_at);
+  cqrs__ctl_answer(s, p->request, "replayed #%lld: failed again, dead-lettered: %.100s", (long long)e->position, last.message);
   remove_at(s, i);
+}
+
+bool cqrs__park_replay(sub_t *s, const cqrs_event_t *e, int64_t request) {
+  if (!cqrs__park_add(s, e, NULL)) return false;
+  size_t i = find(s, e);
+  s->park[i].request = request;
+  s->park[i].due = now_of(s);
+  return true;
+}
+
+bool cqrs__park_skip(sub_t *s, int64_t position, const cqrs_error_t *why) {
+  for (size_t i = 0; i < s->npark; i++) {
+    parked_t *p = &s->park[i];
+    if (p->event->position != position || p->event == s->park_inflight) continue;
+    cqrs__dead_letter(s, p->event, why, p->attempts, p->first_failed_at);
+    cqrs__ctl_answer(s, p->request, "replay of #%lld skipped", (long long)position);
+    remove_at(s, i);
+    return true;
+  }
+  return false;
+}
+
+void cqrs__park_clear(sub_t *s) {
+  for (size_t i = 0; i < s->npark; i++) {
+    cqrs__ctl_answer(s, s->park[i].request, "replay of #%lld let go of: reset", (long long)s->park[i].event->position);
+    if (s->park[i].event != s->park_inflight) cqrs_event_unref(s->park[i].event);
+  }
+  s->park_orphan = s->park_inflight != NULL;
+  s->npark = 0;
+  s->park_ceiling = INT64_MAX;
 }
 
 void cqrs__park_drop(sub_t *s) {
@@ -156,4 +202,43 @@ uint64_t cqrs__park_next_due(const cqrs__events_t *ev) {
     }
   }
   return next;
+}
+
+/* ---- an operator's controls (control.c) ---- */
+
+void cqrs__sub_let_go(sub_t *s) {
+  while (s->q_len) cqrs__q_pop(s);
+  s->attempts = 0;
+  if (s->waiting) {
+    uv_timer_stop(&s->timer);
+    s->waiting = false;
+  }
+  if (s->state == SUB_LIVE || s->state == SUB_CATCHING_UP) {
+    s->read_pos = s->position;
+    s->state = SUB_CATCHING_UP;
+  }
+}
+
+bool cqrs__sub_skip_now(sub_t *s) {
+  int64_t at = s->ctl.skip_at;
+  cqrs_error_t why;
+  cqrs_error_set(&why, CQRS_EHANDLER, "skipped by an operator (request %lld)", (long long)s->ctl.busy);
+  snprintf(why.name, sizeof why.name, "skipped");
+  bool skipped = cqrs__park_skip(s, at, &why);
+  if (!skipped && !s->busy && s->q_len && cqrs__q_peek(s, 0)->position == at) {
+    const cqrs_event_t *e = cqrs__q_peek(s, 0);
+    cqrs__dead_letter(s, e, &why, s->attempts, s->attempts ? s->first_failed_at : 0);
+    s->position = e->position;
+    s->attempts = 0;
+    if (s->waiting) {
+      uv_timer_stop(&s->timer);
+      s->waiting = false;
+    }
+    cqrs__q_pop(s);
+    skipped = true;
+  }
+  if (!skipped) return false;
+  s->ctl.skip_at = 0;
+  cqrs__ctl_answer(s, s->ctl.busy, "skipped #%lld: dead-lettered", (long long)at);
+  return true;
 }

@@ -25,13 +25,6 @@ bool cqrs__sub_push(sub_t *s, const cqrs_event_t *e) {
   return true;
 }
 
-static const cqrs_event_t *q_peek(const sub_t *s, size_t i) { return s->q[(s->q_head + i) % s->q_cap]; }
-
-static void q_pop(sub_t *s) {
-  cqrs_event_unref(s->q[s->q_head]);
-  s->q_head = (s->q_head + 1) % s->q_cap;
-  s->q_len--;
-}
 
 bool cqrs__sub_wants(const sub_t *s, const cqrs_event_t *e) {
   if (!s->types) return true;
@@ -58,7 +51,7 @@ static void retry_later(sub_t *s, uint64_t ms, const char *why) {
   if (cqrs__runtime_closing(s->ev->rt)) {
     if (!s->cp && s->q_len)
       cqrs_log(CQRS_LOG_ERROR, "bus", "subscriber %s drops %zu event(s) at close: %s", s->name, s->q_len, why);
-    while (s->q_len) q_pop(s);
+    while (s->q_len) cqrs__q_pop(s);
     s->attempts = 0;
     return;
   }
@@ -80,7 +73,7 @@ bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error) {
   if (error->code == CQRS_ECLOSED && cqrs__runtime_closing(s->ev->rt)) {
     /* A process manager cannot send at close: what it holds is read again
      * from its checkpoint on the next start. */
-    while (s->q_len) q_pop(s);
+    while (s->q_len) cqrs__q_pop(s);
     s->attempts = 0;
     return false;
   }
@@ -91,10 +84,10 @@ bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error) {
   /* An event this process cannot decode fails the same way every time. */
   bool retry = s->attempts < s->ev->retry_attempts && error->code != CQRS_EUNKNOWN_TYPE;
   /* A projection sets a poison event aside and goes on with the rest. */
-  if (retry && s->cp && !s->async && s->attempts == 1 && cqrs__park_add(s, q_peek(s, 0), error)) {
-    s->position = q_peek(s, 0)->position;
+  if (retry && s->cp && !s->async && s->attempts == 1 && cqrs__park_add(s, cqrs__q_peek(s, 0), error)) {
+    s->position = cqrs__q_peek(s, 0)->position;
     s->attempts = 0;
-    q_pop(s);
+    cqrs__q_pop(s);
     return true;
   }
   if (retry) {
@@ -103,11 +96,11 @@ bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error) {
     uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, s->attempts), 0);
     return false;
   }
-  const cqrs_event_t *e = q_peek(s, 0);
+  const cqrs_event_t *e = cqrs__q_peek(s, 0);
   cqrs__dead_letter(s, e, error, s->attempts, s->first_failed_at);
   s->position = e->position;
   s->attempts = 0;
-  q_pop(s);
+  cqrs__q_pop(s);
   return true;
 }
 
@@ -234,9 +227,9 @@ void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err) {
     s->park_inflight = NULL;
     cqrs__park_resolved(s, e, err);
   } else if (!err || err->code == CQRS_OK) {
-    s->position = q_peek(s, 0)->position;
+    s->position = cqrs__q_peek(s, 0)->position;
     s->attempts = 0;
-    q_pop(s);
+    cqrs__q_pop(s);
   } else {
     cqrs__sub_failed(s, err);
   }
@@ -345,9 +338,9 @@ static void sub_after_work(cqrs__job_t *job, bool cancelled) {
     cqrs_event_unref(sw->batch[0]);
   } else {
     for (size_t i = 0; i < sw->done; i++) {
-      s->position = q_peek(s, 0)->position;
+      s->position = cqrs__q_peek(s, 0)->position;
       s->attempts = 0;
-      q_pop(s);
+      cqrs__q_pop(s);
     }
     if (!cancelled && sw->rc != CQRS_OK) cqrs__sub_failed(s, &sw->err);
   }
@@ -379,8 +372,9 @@ static bool start_work(sub_t *s, bool catchup, const cqrs_event_t *parked) {
       sw->batch[0] = cqrs_event_ref(parked);
     } else if (!catchup) {
       size_t n = s->q_len < SUB_BATCH ? s->q_len : SUB_BATCH;
-      while (sw->n < n && !(s->npark && cqrs__park_holds(s, q_peek(s, sw->n)))) {
-        sw->batch[sw->n] = q_peek(s, sw->n);
+      while (sw->n < n && !(s->npark && cqrs__park_holds(s, cqrs__q_peek(s, sw->n))) &&
+             cqrs__q_peek(s, sw->n)->position != s->ctl.skip_at) {
+        sw->batch[sw->n] = cqrs__q_peek(s, sw->n);
         sw->n++;
       }
     }
@@ -480,15 +474,22 @@ void cqrs__sub_run(sub_t *s) {
   s->running = true;
   cqrs__events_t *ev = s->ev;
   bool closing = cqrs__runtime_closing(ev->rt);
-  while (!s->busy && !s->waiting && s->state != SUB_LOADING && s->state != SUB_STANDBY) {
+  if (closing && cqrs__sub_held(s) && !s->busy) {
+    /* Held by an operator at close: what it holds is read again from its
+     * checkpoint on the next start. */
+    while (s->q_len) cqrs__q_pop(s);
+    cqrs__park_drop(s);
+  }
+  while (!s->busy && !s->waiting && !cqrs__sub_held(s) && s->state != SUB_LOADING && s->state != SUB_STANDBY) {
     if (s->lease.on && !cqrs__lease_valid(&s->lease)) break;
+    if (s->ctl.skip_at && cqrs__sub_skip_now(s)) continue;
     if (s->npark && park_run(s)) continue;
     if (s->busy) break;
-    if (s->q_len && s->npark && cqrs__park_holds(s, q_peek(s, 0))) {
+    if (s->q_len && s->npark && cqrs__park_holds(s, cqrs__q_peek(s, 0))) {
       /* Behind an event of its stream set aside; no room: the queue waits. */
-      if (!cqrs__park_add(s, q_peek(s, 0), NULL)) break;
-      s->position = q_peek(s, 0)->position;
-      q_pop(s);
+      if (!cqrs__park_add(s, cqrs__q_peek(s, 0), NULL)) break;
+      s->position = cqrs__q_peek(s, 0)->position;
+      cqrs__q_pop(s);
       continue;
     }
     if (s->q_len) {
@@ -497,7 +498,7 @@ void cqrs__sub_run(sub_t *s) {
         continue;
       }
       cqrs_error_t err;
-      const cqrs_event_t *e = q_peek(s, 0);
+      const cqrs_event_t *e = cqrs__q_peek(s, 0);
       cqrs_code_t rc = call_handler(s, e, &err);
       if (rc == CQRS__PENDING) {
         s->busy = true;
@@ -506,7 +507,7 @@ void cqrs__sub_run(sub_t *s) {
       if (rc == CQRS_OK) {
         s->position = e->position;
         s->attempts = 0;
-        q_pop(s);
+        cqrs__q_pop(s);
       } else if (!cqrs__sub_failed(s, &err)) {
         break;
       }
@@ -529,7 +530,7 @@ void cqrs__sub_run(sub_t *s) {
   }
   /* A standby lets go of what it held once nothing is in flight. */
   if (s->state == SUB_STANDBY && !s->busy) {
-    while (s->q_len) q_pop(s);
+    while (s->q_len) cqrs__q_pop(s);
   }
   if (!s->blocking) {
     cqrs__sub_save_checkpoint(s);
@@ -550,10 +551,10 @@ void cqrs__sub_start_catchup(sub_t *s, int64_t position) {
   cqrs__sub_run(s);
 }
 
-const cqrs_event_t *cqrs__sub_head(const sub_t *s) { return s->q_len ? q_peek(s, 0) : NULL; }
+const cqrs_event_t *cqrs__sub_head(const sub_t *s) { return s->q_len ? cqrs__q_peek(s, 0) : NULL; }
 
 void cqrs__sub_free(sub_t *s) {
-  while (s->q_len) q_pop(s);
+  while (s->q_len) cqrs__q_pop(s);
   for (size_t i = 0; i < s->npark; i++) cqrs_event_unref(s->park[i].event);
   cqrs__free(s->park);
   cqrs__free((void *)s->q);
