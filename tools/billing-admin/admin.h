@@ -95,6 +95,17 @@ void admin_progress_start(admin_progress_t *p, const char *label, int64_t total)
 void admin_progress_update(admin_progress_t *p, int64_t done);
 void admin_progress_end(admin_progress_t *p);
 
+/* What the store says of a projection (lag.c). */
+typedef struct admin_store_lag {
+  const char *name;
+  int64_t checkpoint, head, behind;
+  bool at_least; /* more than the commits it reads past a checkpoint (100,000) */
+  double lag_s;  /* age of the oldest event not handled; 0 when none */
+} admin_store_lag_t;
+/* Fills lags[i] for each of admin_projections (a lag for each). Returns
+ * ADMIN_OK or an exit code (printed). */
+int admin_store_lags(admin_t *a, admin_store_lag_t *lags);
+
 /* The subcommands. */
 int admin_check(admin_t *a, int argc, char **argv);
 int admin_migrate(admin_t *a, int argc, char **argv);
