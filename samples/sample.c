@@ -58,6 +58,8 @@ static void linger_done(uv_timer_t *t) { uv_close((uv_handle_t *)t, NULL); }
 static void metrics_close(sample_t *s) {
 #ifdef CQRS_SAMPLE_HTTP
   if (s->http && s->linger_s) {
+    printf("%s: flow done; serving /metrics %u s more\n", s->name, s->linger_s);
+    fflush(stdout);
     uv_timer_t t;
     uv_timer_init(&s->loop, &t);
     uv_timer_start(&t, linger_done, (uint64_t)s->linger_s * 1000, 0);

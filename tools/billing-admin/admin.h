@@ -30,6 +30,8 @@ typedef struct admin {
   cqrs_checkpoints_t *cp;
   mongoc_client_t *client; /* for scans the framework's interfaces do not offer */
   mongoc_database_t *db;
+  int argc; /* the command line, for the audit record (secrets masked there) */
+  char **argv;
 } admin_t;
 
 /* A subcommand: parses its own arguments (argv[0] is its name). */
@@ -106,6 +108,12 @@ typedef struct admin_store_lag {
  * ADMIN_OK or an exit code (printed). */
 int admin_store_lags(admin_t *a, admin_store_lag_t *lags);
 
+/* Records an admin action in cqrs_audit (audit.c): {at, who: user@host,
+ * action ("projection.reset"), target, detail, arguments: the command line
+ * with every secret masked}. A failed write is said on stderr and does not
+ * fail the action (it is done already). */
+void admin_audit(admin_t *a, const char *action, const char *target, const char *detail);
+
 /* The subcommands. */
 int admin_check(admin_t *a, int argc, char **argv);
 int admin_migrate(admin_t *a, int argc, char **argv);
@@ -115,6 +123,8 @@ int admin_rebuild(admin_t *a, int argc, char **argv);
 int admin_dead_letters(admin_t *a, int argc, char **argv);
 int admin_events(admin_t *a, int argc, char **argv);
 int admin_status(admin_t *a, int argc, char **argv);
+int admin_projections_cmd(admin_t *a, int argc, char **argv);
+int admin_audit_cmd(admin_t *a, int argc, char **argv);
 
 /* The projections the tool knows, by name: their collections and handler. */
 typedef struct admin_projection {
