@@ -120,7 +120,7 @@ static void test_controls_on_a_running_sample(void **state) {
   /* Paused: then a read document is lost and another process writes. */
   if (ADM(&t, "projections", "pause", "billing.invoices", "--wait", "60"))
     fail_msg("pause: %s %s", t.out, t.err);
-  assert_non_null(strstr(t.out, "billing.invoices: pause (paused, by "));
+  assert_non_null(strstr(t.out, "billing.invoices: paused (paused, by "));
   delete_doc(&t, "billing_queries", "inv_2");
   app_t w; /* another process's commits, with no projection of its own */
   app_open(&w, &t, false);
@@ -134,7 +134,7 @@ static void test_controls_on_a_running_sample(void **state) {
   /* Reset to 0 while paused: the checkpoint goes back, nothing moves yet. */
   if (ADM(&t, "projections", "reset", "--to", "0", "billing.invoices", "--wait", "60"))
     fail_msg("reset: %s %s", t.out, t.err);
-  assert_non_null(strstr(t.out, "billing.invoices: reset to #0: reset to #0 (paused, by "));
+  assert_non_null(strstr(t.out, "billing.invoices: request 1 (reset to #0) carried out: reset to #0 (paused, by "));
   assert_int_equal(checkpoint(&t, "billing.invoices"), 0);
   assert_false(has_doc(&t, "billing_customers", "tp_cust"));
   assert_false(has_doc(&t, "billing_queries", "inv_2"));
@@ -163,10 +163,17 @@ static void test_controls_on_a_running_sample(void **state) {
   snprintf(pos, sizeof pos, "%lld", (long long)at);
   if (ADM(&t, "projections", "replay", pos, "billing.invoices", "--wait", "60"))
     fail_msg("replay: %s %s", t.out, t.err);
-  assert_non_null(strstr(t.out, "billing.invoices: replay of #"));
+  assert_non_null(strstr(t.out, ") carried out: replayed #"));
   WAIT_FOR(has_doc(&t, "billing_customers", "tp_cust"), 60);
   assert_int_equal(checkpoint(&t, "billing.invoices"), head(&t));
   assert_int_equal(ADM(&t, "check"), 0);
+
+  /* What the process refuses fails; a skip ahead of it is taken. */
+  snprintf(pos, sizeof pos, "%lld", (long long)head(&t) + 1000);
+  assert_int_equal(ADM(&t, "projections", "replay", pos, "billing.invoices", "--wait", "60"), 1);
+  assert_non_null(strstr(t.out, "not carried out: replay refused: no event #"));
+  assert_int_equal(ADM(&t, "projections", "skip", pos, "billing.invoices", "--wait", "60"), 0);
+  assert_non_null(strstr(t.out, "taken: #"));
 
   /* Each action is on record, with who did it. */
   assert_int_equal(ADM(&t, "audit"), 0);

@@ -32,7 +32,8 @@ static const char usage[] =
     "with back-off and dead-lettered again if it keeps failing, the checkpoint not held. NAME may also\n"
     "be a process manager's (process:billing.transfer). The tool waits S seconds (default 10; 0: not at\n"
     "all) for the projection to report that it acted.\n"
-    "Exit: 0 done (or listed, nothing failing), 1 not acted on within S seconds, a projection failing,\n"
+    "Exit: 0 done (a skip: also taken, for when the event comes; or listed, nothing failing), 1 refused\n"
+    "or failed, not acted on within S seconds, a projection failing,\n"
     "stopped or behind (list), 2 usage, 3 server error.\n";
 
 typedef struct row {
@@ -179,6 +180,18 @@ static bool wait_for(admin_t *a, const char *name, int64_t request, bool paused,
 
 /* A projection of the tool's, or a process manager's checkpoint name
  * ("process:" and a name that fits a checkpoint's). */
+/* Whether a request's answer says it was done: the framework answers
+ * "reset to #N", "skipped #N: dead-lettered" or "replayed #N: handled"
+ * (events/control.c, parked.c); anything else (refused, not skipped,
+ * failed again, superseded, let go of) is not done. */
+static bool succeeded(const char *result) {
+  long long n;
+  char rest[32];
+  return sscanf(result, "reset to #%lld%1s", &n, rest) == 1 ||
+         sscanf(result, "skipped #%lld: dead-letter%1s", &n, rest) == 2 ||
+         (sscanf(result, "replayed #%lld: %31s", &n, rest) == 2 && !strcmp(rest, "handled"));
+}
+
 static bool known(const char *name) {
   size_t len = strlen(name);
   return admin_projection_find(name) || (!strncmp(name, "process:", 8) && len > 8 && len < CQRS_NAME_MAX);
@@ -237,7 +250,13 @@ int admin_projections_cmd(admin_t *a, int argc, char **argv) {
   snprintf(audited, sizeof audited, "projection.%s", verb);
   admin_audit(a, audited, name, what);
   cqrs_projection_control_t c;
+  memset(&c, 0, sizeof c);
   bool acted = secs > 0 && wait_for(a, name, request, pause, since, secs, &c);
+  /* A skip of an event not yet reached is taken, not yet carried out. */
+  char later[CQRS_PROJECTION_RESULT_MAX];
+  snprintf(later, sizeof later, "#%lld to be skipped when it comes", position);
+  bool taken = !acted && skip && c.reported_at > since && c.done < request && !strcmp(c.result, later);
+  bool ok = acted ? !request || succeeded(c.result) : taken || secs == 0;
   if (a->json) {
     bson_t out = BSON_INITIALIZER;
     BSON_APPEND_UTF8(&out, "projection", name);
@@ -245,20 +264,25 @@ int admin_projections_cmd(admin_t *a, int argc, char **argv) {
     if (request) BSON_APPEND_INT64(&out, "position", position);
     BSON_APPEND_INT64(&out, "request", request);
     BSON_APPEND_BOOL(&out, "actedOn", acted);
-    if (acted) {
+    BSON_APPEND_BOOL(&out, "pending", taken);
+    BSON_APPEND_BOOL(&out, "ok", ok);
+    if (acted || taken) {
       BSON_APPEND_UTF8(&out, "state", c.state);
       BSON_APPEND_UTF8(&out, "by", c.owner);
       if (request) BSON_APPEND_UTF8(&out, "result", c.result);
     }
     admin_print_json(stdout, &out);
     bson_destroy(&out);
-  } else if (acted) {
-    printf("%s: %s%s%s (%s, by %s)\n", name, what, request ? ": " : "", request ? c.result : "", c.state, c.owner);
+  } else if (acted && !request) {
+    printf("%s: %s (%s, by %s)\n", name, pause ? "paused" : "resumed", c.state, c.owner);
+  } else if (acted || taken) {
+    printf("%s: request %lld (%s) %s: %s (%s, by %s)\n", name, (long long)request, what,
+           taken ? "taken" : ok ? "carried out" : "not carried out", c.result, c.state, c.owner);
   } else if (secs > 0) {
     printf("%s: %s recorded%s; no running process acted on it within %lld s (one will when it runs %s)\n", name, what,
            request ? " as a request" : "", secs, name);
   } else {
     printf("%s: %s recorded\n", name, what);
   }
-  return acted || secs == 0 ? ADMIN_OK : ADMIN_PROBLEMS;
+  return ok ? ADMIN_OK : ADMIN_PROBLEMS;
 }
