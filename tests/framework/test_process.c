@@ -208,14 +208,18 @@ static void test_deadline_given_when_then(void **state) {
   (void)state;
   cqrs_process_test_t *t;
   assert_int_equal(cqrs_process_test_new(&timer_type, "l-1", NULL, &t, NULL), CQRS_OK);
+  cqrs_clock_t *clock;
+  assert_int_equal(cqrs_clock_manual_new(1700000000000LL, &clock, NULL), CQRS_OK);
+  cqrs_process_test_set_clock(t, clock); /* the event given is stamped by it */
   CQRS_PROCESS_WHEN_EVENT(t, &ledger_opened, "l-1", (ledger_opened_t){"o"});
-  assert_true(cqrs_process_test_deadline_at(t, "expire") > 0);
+  CQRS_PROCESS_THEN_DEADLINE(t, "expire", 1700000000000LL + 150);
   int before = deadlines_fired;
   CQRS_PROCESS_WHEN_DEADLINE(t, "expire");
   CQRS_PROCESS_THEN_ENDED(t);
   assert_int_equal(deadlines_fired, before + 1);
   CQRS_PROCESS_THEN_DEADLINE(t, "expire", 0);
   cqrs_process_test_destroy(t);
+  cqrs_clock_destroy(clock);
 }
 
 /* ---- ids and registration ---- */

@@ -5,6 +5,7 @@
 
 #include <uv.h>
 
+#include "cqrs/clock.h"
 #include "cqrs/repository.h"
 
 #ifdef __cplusplus
@@ -83,6 +84,12 @@ typedef struct cqrs_dispatcher_options {
    * (the members share the rest evenly); 0: an even share, 100 / loops.
    * Lower it when subscribers keep this loop busy. */
   unsigned home_percent;
+  /* The clock it reads time through (borrowed; must outlive it): event
+   * timestamps, back-offs, polls, wait time-outs, and the deadlines of its
+   * process managers and the terms of its leases unless those name their
+   * own. NULL: the real clock. A manual clock (cqrs/clock.h) makes time
+   * move only when the application or a test advances it. */
+  cqrs_clock_t *clock;
 } cqrs_dispatcher_options_t;
 
 /* Fills `opts` with the defaults. */
