@@ -135,7 +135,11 @@ void cqrs__runtime_close_handle(cqrs__runtime_t *rt, uv_handle_t *h);
  * ms, so it fires at the loop's next turn) once cqrs_clock_advance passes
  * the due time; a repeating one sets its alarm again when it fires. While
  * it waits for the clock its handle is not active, so it does not keep
- * uv_run going: a test advances the clock and runs the loop again.
+ * uv_run going: a test advances the clock and runs the loop again. Once
+ * due it keeps the loop running until it has fired, even if its handle is
+ * unreferenced (a poll, a lease's tick): an advance followed by uv_run
+ * fires whatever came due. (An owner that restarts an unreferenced timer
+ * sets its reference before the start, as the process runtime does.)
  * `handle` is first, and its `data` is the owner's: callbacks get
  * &timer->handle, as from a plain libuv timer. Loop thread. */
 typedef struct cqrs__timer {
@@ -144,6 +148,7 @@ typedef struct cqrs__timer {
   cqrs__alarm_t alarm;
   uv_timer_cb cb;
   uint64_t repeat;
+  bool held; /* referenced by its alarm's ring until it fires */
 } cqrs__timer_t;
 /* uv_timer_init on the runtime's loop, following `clock` (NULL: the
  * runtime's), with `data` in its handle. The caller counts the handle

@@ -7,15 +7,28 @@ static cqrs__timer_t *timer_of_alarm(const cqrs__alarm_t *a) {
   return (cqrs__timer_t *)((char *)a - offsetof(cqrs__timer_t, alarm));
 }
 
+/* A due timer holds the loop until it fires (runtime-private.h); then its
+ * handle is referenced as its owner left it. */
+static void let_go(cqrs__timer_t *t) {
+  if (!t->held) return;
+  t->held = false;
+  uv_unref((uv_handle_t *)&t->handle);
+}
+
 /* On a manual clock every firing comes through here. */
 static void fire(uv_timer_t *h) {
   cqrs__timer_t *t = (cqrs__timer_t *)h;
+  let_go(t);
   if (t->repeat) cqrs__alarm_set(t->clock, &t->alarm, cqrs__clock_mono(t->clock) + t->repeat);
   t->cb(h);
 }
 
 static void ring(cqrs__alarm_t *a) {
   cqrs__timer_t *t = timer_of_alarm(a);
+  if (!uv_has_ref((uv_handle_t *)&t->handle)) {
+    t->held = true;
+    uv_ref((uv_handle_t *)&t->handle);
+  }
   uv_timer_start(&t->handle, fire, 0, 0);
 }
 
@@ -28,6 +41,7 @@ void cqrs__timer_init(cqrs__runtime_t *rt, cqrs__timer_t *t, cqrs_clock_t *clock
   t->alarm = (cqrs__alarm_t){.ring = ring, .holds = holds};
   t->cb = NULL;
   t->repeat = 0;
+  t->held = false;
 }
 
 void cqrs__timer_start(cqrs__timer_t *t, uv_timer_cb cb, uint64_t ms, uint64_t repeat) {
@@ -37,6 +51,7 @@ void cqrs__timer_start(cqrs__timer_t *t, uv_timer_cb cb, uint64_t ms, uint64_t r
   }
   t->cb = cb;
   t->repeat = repeat;
+  t->held = false; /* its owner has just set its reference as it wants it */
   cqrs__alarm_cancel(t->clock, &t->alarm);
   if (ms == 0) {
     uv_timer_start(&t->handle, fire, 0, 0);
@@ -47,7 +62,10 @@ void cqrs__timer_start(cqrs__timer_t *t, uv_timer_cb cb, uint64_t ms, uint64_t r
 }
 
 void cqrs__timer_stop(cqrs__timer_t *t) {
-  if (t->clock->manual) cqrs__alarm_cancel(t->clock, &t->alarm);
+  if (t->clock->manual) {
+    cqrs__alarm_cancel(t->clock, &t->alarm);
+    let_go(t);
+  }
   uv_timer_stop(&t->handle);
 }
 
