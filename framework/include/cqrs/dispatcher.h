@@ -147,6 +147,11 @@ CQRS_EXPORT cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggreg
 CQRS_EXPORT cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqrs_error_t *err);
 /* Inside a handler: the command being handled. */
 CQRS_EXPORT const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx);
+/* Inside a handler: the time by the dispatcher's clock (UTC ms), what the
+ * events it raises are stamped with; use it rather than cqrs_now_ms for a
+ * time the domain records, so that a test's manual clock decides it. NULL:
+ * the real clock's. */
+CQRS_EXPORT int64_t cqrs_context_now_ms(const cqrs_context_t *ctx);
 
 #define CQRS_SUBSCRIBE_BLOCKING 0x1u /* the handler blocks: deliver on the thread pool */
 

@@ -80,6 +80,8 @@ cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqr
 
 const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx) { return ctx ? ctx->cmd : NULL; }
 
+int64_t cqrs_context_now_ms(const cqrs_context_t *ctx) { return cqrs__clock_wall(ctx ? ctx->c->rt->clock : NULL); }
+
 static void context_reset(cqrs_context_t *ctx) {
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->c->free_aggs : NULL;
   for (size_t i = 0; i < ctx->naggs; i++) cqrs__aggregate_release(pool, ctx->aggs[i]);
