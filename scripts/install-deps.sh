@@ -11,6 +11,7 @@ if [ "${1:-}" = "--fuzz" ]; then pkgs+=(clang libclang-rt-14-dev); fi
 if [ "${1:-}" = "--java" ]; then pkgs+=(openjdk-17-jdk-headless maven); fi
 missing=()
 pkgs+=(spin) # model checking: scripts/models.sh
+pkgs+=(stress-ng) # scripts/test.sh --stress: the load beside the tests
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
