@@ -42,6 +42,7 @@ struct proc {
   bool drain, closing;
   bool hold; /* stops at its first credit step until the test says "go" */
   bool go, more; /* heard from the test: "go" (do not stop), "more" (send the rest) */
+  cqrs_clock_t *lease_clock; /* manual: moves when the test says "advance <ms>" */
   uv_timer_t watch; /* samples whether it holds the lease */
 };
 
@@ -53,9 +54,11 @@ static void watch_lease(uv_timer_t *t) {
 /* What the test said since last time; with `block`, waits for a line. */
 static void hear_test(proc_t *p, bool block) {
   char line[64];
+  unsigned long long ms;
   while (procs_child_hear(line, sizeof line, block)) {
     p->go = p->go || !strcmp(line, "go");
     p->more = p->more || !strcmp(line, "more");
+    if (sscanf(line, "advance %llu", &ms) == 1) cqrs_clock_advance(p->lease_clock, ms);
     block = false;
   }
 }
@@ -100,7 +103,7 @@ static void proc_tick(uv_timer_t *t) {
       proc_stop(p);
     return;
   }
-  if (!p->more) hear_test(p, false);
+  hear_test(p, false);
   if (p->sent >= TRANSFERS_MAX || (p->sent >= TRANSFERS_FIRST && !p->more)) return;
   billing_request_transfer_t r;
   memset(&r, 0, sizeof r);
@@ -130,13 +133,15 @@ static void report(proc_t *p) {
   mongoc_client_destroy(c);
 }
 
-static int run_proc(const char *db, const char *owner, bool drain) {
+/* `t0`: where the leases' manual clock starts, the same for every process. */
+static int run_proc(const char *db, const char *owner, bool drain, int64_t t0) {
   prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test that failed leaves nothing running */
   static proc_t p;
   snprintf(p.owner, sizeof p.owner, "%s", owner);
   p.drain = drain;
   p.hold = !drain;
-  app_open_leased(&p.app, test_mongo_uri(), db, 0, false, owner);
+  if (cqrs_clock_manual_new(t0, &p.lease_clock, NULL)) return 1;
+  app_open_leased(&p.app, test_mongo_uri(), db, 0, false, owner, p.lease_clock);
   if (cqrs_dispatcher_use(p.app.d, &step_counter, &p, NULL)) return 1;
   uv_timer_init(&p.app.loop, &p.watch);
   p.watch.data = &p;
@@ -152,6 +157,7 @@ static int run_proc(const char *db, const char *owner, bool drain) {
   uv_run(&p.app.loop, UV_RUN_DEFAULT);
   report(&p);
   app_close(&p.app, false);
+  cqrs_clock_destroy(p.lease_clock);
   return 0;
 }
 
@@ -239,11 +245,16 @@ static void test_transfers_survive_their_owner(void **state) {
   mongoc_collection_t *leases = mongoc_client_get_collection(client, db, "cqrs_leases");
   mongoc_collection_t *procs = mongoc_client_get_collection(client, db, "procs");
   setenv("UV_THREADPOOL_SIZE", "8", 1);
+  /* The leases' clocks of the processes stand at t0 until the test moves
+   * them: the first to ask takes each lease, which then runs out only when
+   * the test says, and nobody renews or tries again meanwhile. */
+  char t0[24];
+  snprintf(t0, sizeof t0, "%lld", (long long)cqrs_now_ms());
   char owners[APPS][32];
   procs_child_t c[APPS];
   for (int i = 0; i < APPS; i++) {
     snprintf(owners[i], sizeof owners[i], "app-%d-%d", (int)getpid(), i);
-    char *argv[] = {"test_mongo_lease_transfers", "app", db, owners[i], NULL};
+    char *argv[] = {"test_mongo_lease_transfers", "app", db, owners[i], t0, NULL};
     c[i] = procs_spawn_talking(self, argv);
     children[i] = c[i].pid;
   }
@@ -258,6 +269,12 @@ static void test_transfers_survive_their_owner(void **state) {
   assert_int_equal(procs_wait_exit(c[first].pid), 128 + SIGKILL);
   children[first] = 0;
   procs_child_close(&c[first]);
+  /* Its terms run out: the others' lease clocks move to their first tick
+   * past them (ticks every ttl/6). */
+  char advance[48];
+  snprintf(advance, sizeof advance, "advance %d\n", APP_LEASE_TTL_MS + APP_LEASE_TTL_MS / 6);
+  for (int i = 0; i < APPS; i++)
+    if (i != first) procs_tell(&c[i], advance);
   int second = wait_owner(leases, owners, first, 20000);
   fprintf(stderr, "transfer process manager taken over after %llu ms\n", (unsigned long long)(procs_ms() - killed));
   /* The others send the rest of their transfers now that another owns the
@@ -273,10 +290,13 @@ static void test_transfers_survive_their_owner(void **state) {
     children[i] = 0;
     procs_child_close(&c[i]);
   }
-  char *drain_argv[] = {"test_mongo_lease_transfers", "drain", db, "drain", NULL};
+  uint64_t drain_start = procs_ms();
+  char *drain_argv[] = {"test_mongo_lease_transfers", "drain", db, "drain", t0, NULL};
   children[APPS] = procs_spawn(self, drain_argv, true);
   assert_int_equal(procs_wait_exit(children[APPS]), 0);
   children[APPS] = 0;
+  fprintf(stderr, "the survivors stopped %llu ms after the kill; the drain took %llu ms\n",
+          (unsigned long long)(drain_start - killed), (unsigned long long)(procs_ms() - drain_start));
 
   /* Only the process that took over sent steps; the third sent none. */
   for (int i = 0; i < APPS; i++) {
@@ -320,8 +340,8 @@ static void test_transfers_survive_their_owner(void **state) {
 int main(int argc, char **argv) {
   self = argv[0];
   if (argc == 3 && !strcmp(argv[1], "setup")) return run_setup(argv[2]);
-  if (argc == 4 && !strcmp(argv[1], "app")) return run_proc(argv[2], argv[3], false);
-  if (argc == 4 && !strcmp(argv[1], "drain")) return run_proc(argv[2], argv[3], true);
+  if (argc == 5 && !strcmp(argv[1], "app")) return run_proc(argv[2], argv[3], false, strtoll(argv[4], NULL, 10));
+  if (argc == 5 && !strcmp(argv[1], "drain")) return run_proc(argv[2], argv[3], true, strtoll(argv[4], NULL, 10));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_transfers_survive_their_owner, kill_children),
   };

@@ -360,17 +360,17 @@ static void app_tick(uv_timer_t *t) {
   if (cqrs_dispatcher_send(a->d, cmd, a->sent == 0 ? on_opened : on_done, a) == CQRS_OK) a->sent++;
 }
 
-/* `t0`: the start of the leases' manual clock, the same for every app; 0:
- * the leases run on the real clock (the drain). */
+/* `t0`: the start of the leases' manual clock, the same for every
+ * process. The drain's never moves: it holds what it takes. */
 static int run_app(const char *db, const char *owner, bool drain, int64_t t0) {
   prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test that failed leaves nothing running */
   static app_t a;
   memset(&a, 0, sizeof a);
   a.drain = drain;
-  a.talking = t0 > 0;
+  a.talking = !drain;
   uv_mutex_init(&a.hold_lock);
   uv_cond_init(&a.hold_cond);
-  if (a.talking && cqrs_clock_manual_new(t0, &a.lease_clock, NULL)) return 1;
+  if (cqrs_clock_manual_new(t0, &a.lease_clock, NULL)) return 1;
   snprintf(a.db, sizeof a.db, "%s", db);
   snprintf(a.owner, sizeof a.owner, "%s", owner);
   snprintf(a.account, sizeof a.account, "acc-%s", owner);
@@ -585,7 +585,7 @@ static void test_sigkilled_owner_is_replaced(void **state) {
     procs_child_close(&c[i]);
   }
   /* What was committed last, a process of its own projects. */
-  char *argv[] = {"test_mongo_leases", "drain", (char *)db, "drain", NULL};
+  char *argv[] = {"test_mongo_leases", "drain", (char *)db, "drain", t0s, NULL};
   children[APPS] = procs_spawn(self, argv, true);
   assert_int_equal(procs_wait_exit(children[APPS]), 0);
   children[APPS] = 0;
@@ -629,7 +629,7 @@ static void test_sigkilled_owner_is_replaced(void **state) {
 int main(int argc, char **argv) {
   self = argv[0];
   if (argc == 5 && !strcmp(argv[1], "app")) return run_app(argv[2], argv[3], false, strtoll(argv[4], NULL, 10));
-  if (argc == 4 && !strcmp(argv[1], "drain")) return run_app(argv[2], argv[3], true, 0);
+  if (argc == 5 && !strcmp(argv[1], "drain")) return run_app(argv[2], argv[3], true, strtoll(argv[4], NULL, 10));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_mongo_lease_contract),
       cmocka_unit_test(test_one_taker_wins),
