@@ -28,7 +28,7 @@ static const char *self; /* argv[0]: this binary (under valgrind, /proc/self/exe
 #define TTL_MS 3000
 #define GUARD_MS 1000
 #define TALLY "tally"             /* the projection, and the collection it writes */
-#define HOLD_AT 30                /* a process stops after projecting this many events, until told to go on */
+#define HOLD_AT 10                /* a process stops after projecting this many events, until told to go on */
 #define AGAIN "tally_again"       /* a second application of an event, recorded */
 
 /* ---- the lease store on the server ----
