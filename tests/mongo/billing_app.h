@@ -32,7 +32,9 @@ typedef struct app {
 
 /* `lease_owner` not NULL: the dispatcher runs the projections and process
  * managers under leases in the database, as owner `lease_owner`, whose
- * terms run on `lease_clock` (NULL: the real clock; borrowed). */
+ * terms run on `lease_clock` (NULL: the real clock; borrowed; a manual one
+ * makes the lease store's calls run on the loop thread, see
+ * test_mongo_leases_on_loop). */
 static inline void app_open_leased(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints,
                                    const char *lease_owner, cqrs_clock_t *lease_clock) {
   memset(a, 0, sizeof *a);
@@ -61,7 +63,8 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
     lo.ttl_ms = APP_LEASE_TTL_MS;
     lo.guard_ms = APP_LEASE_GUARD_MS;
     lo.clock = lease_clock;
-    if (cqrs_mongo_leases_new_with_clock(a->m, lease_clock, &a->leases, &err) ||
+    if ((lease_clock ? test_mongo_leases_on_loop(a->m, lease_clock, &a->leases, &err)
+                     : cqrs_mongo_leases_new(a->m, &a->leases, &err)) ||
         (lo.leases = a->leases, cqrs_dispatcher_set_leases(a->d, &lo, &err)))
       fail_msg("%s", err.message);
   }

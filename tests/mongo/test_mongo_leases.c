@@ -395,7 +395,7 @@ static int run_app(const char *db, const char *owner, bool drain, int64_t t0) {
   lo.clock = a.lease_clock; /* the dispatcher's other timers (polls, back-offs) keep the real one */
   cqrs_projection_def_t def = {TALLY, NULL, tally, &a, CQRS_SUBSCRIBE_BLOCKING};
   if (cqrs_mongo_store_new(a.m, &a.store, &err) || cqrs_mongo_checkpoints_new(a.m, &a.cp, &err) ||
-      cqrs_mongo_leases_new_with_clock(a.m, a.lease_clock, &a.leases, &err) ||
+      test_mongo_leases_on_loop(a.m, a.lease_clock, &a.leases, &err) ||
       cqrs_dispatcher_new(&a.loop, a.reg, a.store, &o, &a.d, &err) || ledger_handlers(a.d, NULL, 0, &err) ||
       (lo.leases = a.leases, cqrs_dispatcher_set_leases(a.d, &lo, &err)) ||
       cqrs_projection_start(a.d, &def, a.cp, &err)) {
