@@ -26,6 +26,7 @@ for opt in "$@"; do
   esac
 done
 pkgs+=(spin) # model checking: scripts/models.sh
+pkgs+=(stress-ng) # scripts/test.sh --stress: the load beside the tests
 pkgs+=(abigail-tools) # the ABI check: scripts/abi.sh
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=() present=()

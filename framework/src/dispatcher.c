@@ -50,7 +50,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   options_of(opts, &o);
   cqrs__runtime_t *rt = cqrs__calloc(1, sizeof *rt);
   if (!rt) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a dispatcher");
-  cqrs_code_t rc = cqrs__runtime_init(rt, loop, reg, store, err);
+  cqrs_code_t rc = cqrs__runtime_init(rt, loop, o.clock, reg, store, err);
   if (rc) {
     cqrs__free(rt);
     return rc;

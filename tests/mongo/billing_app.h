@@ -31,9 +31,12 @@ typedef struct app {
 #define APP_LEASE_GUARD_MS 1000
 
 /* `lease_owner` not NULL: the dispatcher runs the projections and process
- * managers under leases in the database, as owner `lease_owner`. */
+ * managers under leases in the database, as owner `lease_owner`, whose
+ * terms run on `lease_clock` (NULL: the real clock; borrowed; a manual one
+ * makes the lease store's calls run on the loop thread, see
+ * test_mongo_leases_on_loop). */
 static inline void app_open_leased(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints,
-                                   const char *lease_owner) {
+                                   const char *lease_owner, cqrs_clock_t *lease_clock) {
   memset(a, 0, sizeof *a);
   uv_loop_init(&a->loop);
   cqrs_registry_new(&a->reg, NULL);
@@ -59,7 +62,9 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
     lo.owner = lease_owner;
     lo.ttl_ms = APP_LEASE_TTL_MS;
     lo.guard_ms = APP_LEASE_GUARD_MS;
-    if (cqrs_mongo_leases_new(a->m, &a->leases, &err) ||
+    lo.clock = lease_clock;
+    if ((lease_clock ? test_mongo_leases_on_loop(a->m, lease_clock, &a->leases, &err)
+                     : cqrs_mongo_leases_new(a->m, &a->leases, &err)) ||
         (lo.leases = a->leases, cqrs_dispatcher_set_leases(a->d, &lo, &err)))
       fail_msg("%s", err.message);
   }
@@ -69,7 +74,7 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
 }
 
 static inline void app_open_with(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints) {
-  app_open_leased(a, uri, db, sst, fresh_checkpoints, NULL);
+  app_open_leased(a, uri, db, sst, fresh_checkpoints, NULL, NULL);
 }
 
 /* Closes everything; `drop` the database too. */

@@ -130,8 +130,9 @@ const cqrs_aggregate_type_t billing_invoice = {
 
 /* ---- domain ---- */
 
-static int current_year(void) {
-  time_t now = (time_t)(cqrs_now_ms() / 1000);
+/* The year by the dispatcher's clock. */
+static int current_year(const cqrs_context_t *ctx) {
+  time_t now = (time_t)(cqrs_context_now_ms(ctx) / 1000);
   struct tm tm;
   gmtime_r(&now, &tm);
   return tm.tm_year + 1900;
@@ -148,7 +149,7 @@ static cqrs_code_t handle_issue(cqrs_context_t *ctx, const cqrs_command_t *cmd, 
   if ((rc = cqrs_context_load(ctx, &billing_customer, c->customer_id, &cust, err))) return rc;
   if (!((const billing_customer_state_t *)cqrs_aggregate_state_const(cust))->registered)
     return cqrs_reject(err, "invoice.unknown_customer", "customer %s does not exist", c->customer_id);
-  int year = current_year();
+  int year = current_year(ctx);
   char book_id[16];
   snprintf(book_id, sizeof book_id, "%04d", year);
   if ((rc = cqrs_context_load(ctx, &billing_invoice_book, book_id, &book, err))) return rc;

@@ -3,6 +3,7 @@
 #define CQRS_H
 
 #include "cqrs/common.h"
+#include "cqrs/clock.h"
 #include "cqrs/fields.h"
 #include "cqrs/event.h"
 #include "cqrs/command.h"

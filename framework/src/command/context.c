@@ -63,7 +63,7 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->c->free_aggs : NULL;
   if ((rc = cqrs__repository_load_cached(ctx->c->rt->store, cache_for(ctx, id), pool, type, id, h, &agg, err)))
     return rc;
-  cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
+  cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id, ctx->c->rt->clock);
   ctx->aggs[ctx->naggs++] = agg;
   *out = agg;
   return CQRS_OK;
@@ -79,6 +79,8 @@ cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqr
 }
 
 const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx) { return ctx ? ctx->cmd : NULL; }
+
+int64_t cqrs_context_now_ms(const cqrs_context_t *ctx) { return cqrs__clock_wall(ctx ? ctx->c->rt->clock : NULL); }
 
 static void context_reset(cqrs_context_t *ctx) {
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->c->free_aggs : NULL;
@@ -164,7 +166,7 @@ void cqrs__request_execute(request_t *r, bool on_loop) {
   if (rc == CQRS_EREJECTED && r->cmd->type->make_id) rc = natural_duplicate(c, r, rc);
   /* The command's own interceptor (a process manager's step records its
    * refusal), after the handler and on its thread. */
-  if (r->cmd->settle) r->cmd->settle(c->rt->store, r->cmd, &rc, &r->result, err);
+  if (r->cmd->settle) r->cmd->settle(c->rt->store, c->rt->clock, r->cmd, &rc, &r->result, err);
   if (rc == CQRS_OK) {
     r->value = ctx.value;
     ctx.value = NULL;

@@ -49,7 +49,7 @@ static void fill_report(const cqrs__events_t *ev, const sub_t *s, cqrs_projectio
   snprintf(out->state, sizeof out->state, "%s", state_of(s));
   const char *owner = ev->rt->leasing ? cqrs__leasing_owner(ev->rt->leasing) : ev->owner;
   snprintf(out->owner, sizeof out->owner, "%s", owner);
-  out->reported_at = cqrs_now_ms();
+  out->reported_at = cqrs_now_ms(); /* real time, whatever the clock: other processes read it against theirs */
   out->reached = s->position > 0 ? s->position : 0;
   out->parked = (int64_t)s->npark;
 }
@@ -261,10 +261,9 @@ void cqrs__control_kick(cqrs__events_t *ev) {
 
 void cqrs__control_attach(cqrs__events_t *ev) {
   if (!ev->control_ms) return;
-  uv_timer_init(ev->rt->loop, &ev->control_timer);
-  ev->control_timer.data = ev;
-  uv_timer_start(&ev->control_timer, timer_cb, ev->control_ms, ev->control_ms);
-  uv_unref((uv_handle_t *)&ev->control_timer); /* it keeps no loop alive */
+  cqrs__timer_init(ev->rt, &ev->control_timer, NULL, ev);
+  uv_unref((uv_handle_t *)&ev->control_timer.handle); /* it keeps no loop alive */
+  cqrs__timer_start(&ev->control_timer, timer_cb, ev->control_ms, ev->control_ms);
   ev->control_on = true;
   cqrs__runtime_handle_opened(ev->rt);
   /* host:pid; a host name too long for that is hashed, not cut. */
@@ -282,5 +281,5 @@ void cqrs__control_attach(cqrs__events_t *ev) {
 
 void cqrs__control_close_handles(cqrs__events_t *ev) {
   if (!ev->control_on) return;
-  cqrs__runtime_close_handle(ev->rt, (uv_handle_t *)&ev->control_timer);
+  cqrs__timer_close(ev->rt, &ev->control_timer);
 }

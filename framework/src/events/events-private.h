@@ -34,8 +34,8 @@ typedef enum sub_state { SUB_LOADING, SUB_CATCHING_UP, SUB_LIVE, SUB_STANDBY } s
 typedef struct parked {
   const cqrs_event_t *event; /* a reference */
   unsigned attempts;         /* failed deliveries (0: not tried yet) */
-  uint64_t due;              /* uv_now at which it is tried (again) */
-  int64_t first_failed_at;   /* cqrs_now_ms of its first failure (0: none yet) */
+  uint64_t due;              /* cqrs__runtime_now at which it is tried (again) */
+  int64_t first_failed_at;   /* wall time (the runtime's clock) of its first failure (0: none yet) */
   int64_t request;           /* an operator's replay it answers (0: none): no hold on the checkpoint */
   cqrs_error_t error;        /* its last failure */
 } parked_t;
@@ -74,7 +74,7 @@ typedef struct sub {
   const cqrs_event_t **q;
   size_t q_head, q_len, q_cap;
   unsigned attempts;     /* failed deliveries of the queue's head */
-  int64_t first_failed_at; /* cqrs_now_ms of the head's first failure */
+  int64_t first_failed_at; /* wall time (the runtime's clock) of the head's first failure */
   bool busy;             /* pool work in flight */
   bool waiting;          /* back-off timer running */
   bool running;          /* inside cqrs__sub_run */
@@ -94,7 +94,7 @@ typedef struct sub {
   int64_t park_ceiling; /* after events set aside were let go of: the checkpoint stays before them */
   sub_ctl_t ctl;
   cqrs__lease_t lease; /* `on` false without leases */
-  uv_timer_t timer;
+  cqrs__timer_t timer;
 } sub_t;
 
 typedef struct dead_letter {
@@ -126,19 +126,20 @@ struct cqrs__events {
   bool head_known;
   int64_t head_floor, committed_max;
   bool feed_busy, feed_again; /* feed_busy: a read of the feed or of the head in flight */
-  uv_timer_t feed_timer;  /* retries a read of the store that failed */
+  cqrs__timer_t feed_timer; /* retries a read of the store that failed */
   unsigned feed_failures; /* reads failed in a row */
   sub_t **subs;
   size_t nsubs;
-  uv_timer_t poll;
+  cqrs__timer_t poll;
   bool poll_on;
   uv_check_t cp_check; /* saves the checkpoints of idle subscribers once per loop iteration */
   bool cp_check_on;
-  uv_timer_t park_timer; /* the nearest retry of an event set aside (parked.c) */
+  cqrs__timer_t park_timer; /* the nearest retry of an event set aside (parked.c) */
+  bool park_armed;           /* park_timer is started (on a manual clock its handle waits inactive) */
 
   /* Projection controls (control.c): their records read every control_ms. */
   uint64_t control_ms;
-  uv_timer_t control_timer;
+  cqrs__timer_t control_timer;
   bool control_on, control_busy, control_again;
   char owner[CQRS_NAME_MAX]; /* host:pid, for reports without leases */
 
@@ -151,7 +152,7 @@ struct cqrs__events {
   /* Read-your-writes waiters (wait.c): on the loop thread, and handed over
    * from other threads under the runtime's lock through wait_async. */
   struct cqrs__waiter *waiters, *wait_inbox;
-  uv_timer_t wait_timer;
+  cqrs__timer_t wait_timer;
   uv_async_t wait_async;
 };
 
@@ -249,11 +250,11 @@ bool cqrs__sub_skip_now(sub_t *s);
  * read again from the checkpoint, which never passed them. */
 void cqrs__park_drop(sub_t *s);
 /* When the next event set aside of a subscriber that is neither busy nor
- * in a back-off is due (uv_now; UINT64_MAX: none). */
+ * in a back-off is due (cqrs__runtime_now; UINT64_MAX: none). */
 uint64_t cqrs__park_next_due(const cqrs__events_t *ev);
 
 /* deadletters.c: `s` gave up on `e` after `attempts` failed deliveries, the
- * first at `first_failed_at` (cqrs_now_ms): to the sink, or kept in memory. */
+ * first at `first_failed_at` (wall ms): to the sink, or kept in memory. */
 void cqrs__dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error, unsigned attempts,
                        int64_t first_failed_at);
 void cqrs__dead_letters_free(cqrs__events_t *ev);

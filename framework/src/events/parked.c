@@ -45,7 +45,7 @@ static size_t find(const sub_t *s, const cqrs_event_t *e) {
   return SIZE_MAX;
 }
 
-static uint64_t now_of(const sub_t *s) { return uv_now(s->ev->rt->loop); }
+static uint64_t now_of(const sub_t *s) { return cqrs__runtime_now(s->ev->rt); }
 
 bool cqrs__park_add(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error) {
   if (s->npark == CQRS__PARK_MAX) return false;
@@ -66,7 +66,7 @@ bool cqrs__park_add(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error) 
   if (error) {
     p->attempts = 1;
     p->error = *error;
-    p->first_failed_at = cqrs_now_ms();
+    p->first_failed_at = cqrs__clock_wall(s->ev->rt->clock);
     p->due = now_of(s) + cqrs__events_backoff(s->ev, 1);
   }
   s->npark++;
@@ -136,7 +136,7 @@ void cqrs__park_resolved(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *er
   }
   p->attempts++;
   p->error = *err;
-  if (!p->first_failed_at) p->first_failed_at = cqrs_now_ms();
+  if (!p->first_failed_at) p->first_failed_at = cqrs__clock_wall(s->ev->rt->clock);
   if (p->attempts < ev->retry_attempts && err->code != CQRS_EUNKNOWN_TYPE) {
     p->due = now_of(s) + cqrs__events_backoff(ev, p->attempts);
     return;
@@ -210,7 +210,7 @@ void cqrs__sub_let_go(sub_t *s) {
   while (s->q_len) cqrs__q_pop(s);
   s->attempts = 0;
   if (s->waiting) {
-    uv_timer_stop(&s->timer);
+    cqrs__timer_stop(&s->timer);
     s->waiting = false;
   }
   if (s->state == SUB_LIVE || s->state == SUB_CATCHING_UP) {
@@ -231,7 +231,7 @@ bool cqrs__sub_skip_now(sub_t *s) {
     s->position = e->position;
     s->attempts = 0;
     if (s->waiting) {
-      uv_timer_stop(&s->timer);
+      cqrs__timer_stop(&s->timer);
       s->waiting = false;
     }
     cqrs__q_pop(s);

@@ -83,7 +83,7 @@ static void lease_lost(cqrs__lease_t *l) {
   sub_t *s = sub_of_lease(l);
   s->state = SUB_STANDBY;
   if (s->waiting) {
-    uv_timer_stop(&s->timer);
+    cqrs__timer_stop(&s->timer);
     s->waiting = false;
   }
   s->attempts = 0;

@@ -56,7 +56,7 @@ static void retry_later(sub_t *s, uint64_t ms, const char *why) {
     return;
   }
   s->waiting = true;
-  uv_timer_start(&s->timer, timer_cb, ms, 0);
+  cqrs__timer_start(&s->timer, timer_cb, ms, 0);
 }
 
 /* The head of the queue failed: retry later, or give up on it. Returns true
@@ -67,7 +67,7 @@ static void retry_later(sub_t *s, uint64_t ms, const char *why) {
  * from its checkpoint. A permanent store error is dead-lettered like any. */
 bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error) {
   if (s->state == SUB_STANDBY) return false; /* another process delivers it */
-  if (!s->attempts) s->first_failed_at = cqrs_now_ms();
+  if (!s->attempts) s->first_failed_at = cqrs__clock_wall(s->ev->rt->clock);
   s->attempts++;
   s->retries++;
   if (error->code == CQRS_ECLOSED && cqrs__runtime_closing(s->ev->rt)) {
@@ -93,7 +93,7 @@ bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error) {
   if (retry) {
     if (cqrs__runtime_closing(s->ev->rt)) return true; /* closing: retry at once */
     s->waiting = true;
-    uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, s->attempts), 0);
+    cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, s->attempts), 0);
     return false;
   }
   const cqrs_event_t *e = cqrs__q_peek(s, 0);
@@ -162,7 +162,7 @@ static void cp_save_work_cb(cqrs__job_t *job) {
 static void cp_save_later(sub_t *s) {
   if (s->waiting || cqrs__runtime_closing(s->ev->rt) || (s->lease.on && !s->lease.held)) return;
   s->waiting = true;
-  uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
+  cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
 }
 
 static void cp_save_after(cqrs__job_t *job, bool cancelled) {
@@ -291,7 +291,7 @@ static void sub_work_cb(cqrs__job_t *job) {
     /* A batch of slow handlers may outlast the lease: the rest waits for the
      * loop, which renews or lets go (the deadline is the one at the start,
      * so a renewal meanwhile only costs a second batch). */
-    if (sw->deadline && uv_hrtime() / 1000000u >= sw->deadline) break;
+    if (sw->deadline && cqrs__lease_now(&s->lease) >= sw->deadline) break;
     if ((sw->rc = call_handler(s, sw->batch[sw->done], &sw->err))) break;
     sw->position = sw->batch[sw->done]->position;
   }
@@ -317,19 +317,19 @@ static void sub_after_work(cqrs__job_t *job, bool cancelled) {
       if (queued < sw->read.len && !cqrs__runtime_closing(s->ev->rt)) {
         /* Out of memory: read the rest again later. */
         s->waiting = true;
-        uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
+        cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
       } else if (sw->read.len == 0 && s->ev->head_known) { /* else the head's arrival runs it again */
         if (s->read_pos >= s->ev->feed_pos) {
           if (s->state == SUB_CATCHING_UP) s->state = SUB_LIVE;
         } else if (!cqrs__runtime_closing(s->ev->rt)) {
           s->waiting = true;
-          uv_timer_start(&s->timer, timer_cb, CATCHUP_RETRY_MS, 0);
+          cqrs__timer_start(&s->timer, timer_cb, CATCHUP_RETRY_MS, 0);
         }
       }
     } else if (!cqrs__runtime_closing(s->ev->rt)) {
       cqrs_log(CQRS_LOG_WARNING, "bus", "projection %s cannot read the store: %s", s->name, sw->err.message);
       s->waiting = true;
-      uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
+      cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
     }
     cqrs__event_vec_free(&sw->read);
   } else if (sw->parked) {
@@ -431,17 +431,20 @@ static void park_arm(cqrs__events_t *ev) {
   if (!ev->attached || cqrs__runtime_closing(ev->rt)) return;
   uint64_t next = cqrs__park_next_due(ev);
   if (next == UINT64_MAX) {
-    uv_timer_stop(&ev->park_timer);
+    cqrs__timer_stop(&ev->park_timer);
+    ev->park_armed = false;
     return;
   }
   /* At least a millisecond: a timer due at once would run again within
    * the same pass of the loop's timers, before any work came back. */
-  uint64_t now = uv_now(ev->rt->loop);
-  uv_timer_start(&ev->park_timer, park_timer_cb, next > now + 1 ? next - now : 1, 0);
+  uint64_t now = cqrs__runtime_now(ev->rt);
+  cqrs__timer_start(&ev->park_timer, park_timer_cb, next > now + 1 ? next - now : 1, 0);
+  ev->park_armed = true;
 }
 
 static void park_timer_cb(uv_timer_t *t) {
   cqrs__events_t *ev = t->data;
+  ev->park_armed = false;
   for (size_t i = 0; i < ev->nsubs; i++) {
     if (ev->subs[i]->npark) cqrs__sub_run(ev->subs[i]);
   }
@@ -537,7 +540,7 @@ void cqrs__sub_run(sub_t *s) {
   } else if (!s->busy && !s->waiting && cp_behind(s)) {
     start_work(s, false, NULL);
   }
-  if (s->npark || uv_is_active((uv_handle_t *)&ev->park_timer)) park_arm(ev);
+  if (s->npark || ev->park_armed) park_arm(ev);
   s->running = false;
   cqrs__waiters_check(ev);
 }

@@ -73,6 +73,11 @@ CQRS_EXPORT cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpo
  * whose insert is what decides between processes taking the lease at once.
  * Expiry compares the holder's clock with the taker's: docs/scaling.md. */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **out, cqrs_error_t *err);
+/* The same, with the terms' times read from `clock` (borrowed, must outlive
+ * them; NULL: the real clock): a test's manual clock, for the leases of
+ * dispatchers in one process. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new_with_clock(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_leases_t **out,
+                                                         cqrs_error_t *err);
 
 /* A dead-letter sink for cqrs_dispatcher_options_t (data: the cqrs_mongo_t):
  * writes {subscriber, event, error, at} to the dead-letters collection from
