@@ -4,7 +4,7 @@
 # scripts/go-toolchain.sh (Debian 12 ships no Go recent enough).
 set -euo pipefail
 pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind
-  libmicrohttpd-dev libcurl4-openssl-dev python3)
+  libmicrohttpd-dev libcurl4-openssl-dev python3 libsodium-dev)
 # --fuzz (scripts/fuzz.sh): clang and its libFuzzer runtime as well.
 if [ "${1:-}" = "--fuzz" ]; then pkgs+=(clang libclang-rt-14-dev); fi
 # --java (scripts/java-mongo-server.sh): a JDK and Maven for mongo-java-server.

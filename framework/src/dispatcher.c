@@ -4,6 +4,7 @@
  * its own module. */
 #include "command/command-private.h"
 #include "events/events-private.h"
+#include "forget-private.h"
 
 void cqrs_dispatcher_options_init(cqrs_dispatcher_options_t *o) {
   if (!o) return;
@@ -37,7 +38,7 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   }
   cqrs__commands_t *c = NULL;
   if ((rc = cqrs__commands_new(rt, &o, &c, err)) || (rc = cqrs__events_new(rt, &o, err)) ||
-      (rc = cqrs__loops_start(rt, c, &o, err))) {
+      (rc = cqrs__loops_start(rt, c, &o, err)) || (rc = cqrs__forget_start(rt, err))) {
     cqrs__runtime_abandon(rt);
     return rc;
   }

@@ -54,7 +54,9 @@ CQRS_EXPORT const cqrs_event_t *cqrs_event_ref(const cqrs_event_t *e);
 CQRS_EXPORT void cqrs_event_unref(const cqrs_event_t *e);
 
 /* Encodes a whole event (envelope, metadata and payload under "data"), for
- * a dead-letter sink or an export; cqrs_event_from_bson reads it back. */
+ * a dead-letter sink or an export; cqrs_event_from_bson reads it back.
+ * Personal fields (CQRS_F_PERSONAL) are written redacted, never in clear:
+ * they read back as placeholders (cqrs/personal.h). */
 CQRS_EXPORT cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err);
 
 /* The placeholder for a stored event this process cannot decode, because no

@@ -1,6 +1,6 @@
 #include <pthread.h>
 
-#include "base/cqrs-private.h"
+#include "model/personal-private.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -225,6 +225,7 @@ const cqrs_envelope_t *cqrs__envelope_ref(const cqrs_envelope_t *env) {
 static void event_fill(cqrs__event_t *b, const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
                        int64_t version, int64_t timestamp, const void *payload) {
   atomic_init(&b->refs, 1);
+  b->forgotten = 0;
   memcpy(b->payload, payload, type->payload_size);
   cqrs_event_t *e = &b->pub;
   e->type = type;
@@ -324,6 +325,7 @@ cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **ino
     env_fill(env, b, &v); /* the envelope in the block is another one, or elsewhere */
   }
   atomic_init(&b->refs, 1);
+  b->forgotten = 0;
   memcpy(b->payload, p->payload, p->payload_len);
   memset(b->payload + p->payload_len, 0, p->type->payload_size - p->payload_len);
   cqrs_event_t *e = &b->pub;
@@ -384,7 +386,8 @@ cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t 
   }
   bson_t data;
   if (!BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data)) return cqrs_error_set(err, CQRS_ETOO_LARGE, "event too large");
-  cqrs_code_t rc = cqrs_fields_encode(e->type->fields, e->payload, &data, err);
+  /* An export never carries personal data: those fields are redacted. */
+  cqrs_code_t rc = cqrs__personal_encode_redacted(e->type->fields, e->payload, &data, err);
   if (!bson_append_document_end(out, &data) && !rc) rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "event too large");
   return rc;
 }

@@ -114,7 +114,8 @@ static bool get_int(const bson_t *doc, const char *key, int64_t *v) {
 }
 
 /* Decodes one event of a commit. A type this process does not know is, when
- * `placeholder`, the framework's unknown-event placeholder. */
+ * `placeholder`, the framework's unknown-event placeholder; sealed personal
+ * data is yielded as stored, for the store wrapper to open. */
 static cqrs_code_t decode_event(const cqrs_registry_t *reg, const bson_t *ev, const cqrs_envelope_t *env,
                                 int64_t position, bool placeholder, cqrs_event_t **out, cqrs_error_t *err) {
   const char *type = str_of(ev, "type");
@@ -131,7 +132,7 @@ static cqrs_code_t decode_event(const cqrs_registry_t *reg, const bson_t *ev, co
   if (!bson_init_static(&data, raw, len)) return cqrs_error_set(err, CQRS_ECODEC, "malformed event data");
   const char *id = str_of(ev, "eventId");
   cqrs_code_t rc;
-  if (placeholder && !cqrs_registry_event(reg, type)) {
+  if ((placeholder && !cqrs_registry_event(reg, type)) || cqrs_payload_sealed(&data)) {
     rc = cqrs_unknown_event_new(type, (uint32_t)schema, &data, env, id, version, ts, out, err);
   } else {
     const cqrs_event_type_t *etype;
