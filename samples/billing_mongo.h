@@ -7,12 +7,19 @@
 #include <billing/billing.h>
 #include <cqrs/mongo.h>
 
-/* events: billing_commands; snapshots, checkpoints, dead letters: billing_*. */
+/* events: billing_commands; snapshots, checkpoints, dead letters, keys: billing_*. */
 extern const cqrs_mongo_options_t billing_mongo_options;
 
 /* The store's indexes, and on billing_queries the seed's
  * {"customer.id": 1, status: 1}, {amount: 1, currency: 1}, {createdAt: -1}. */
 cqrs_code_t billing_mongo_indexes(cqrs_mongo_t *m, cqrs_error_t *err);
+
+/* The key store of the customers' personal data, in billing_keys
+ * (cqrs_mongo_keys_new). Its data keys are wrapped by the master key in
+ * the environment variable BILLING_MASTER_KEY (64 hex digits), when it is
+ * set: it comes from where the application keeps its secrets, never from
+ * the database. A malformed one is CQRS_EINVAL. */
+cqrs_code_t billing_mongo_keys(cqrs_mongo_t *m, cqrs_keys_t **out, cqrs_error_t *err);
 
 /* Drops the billing collections (the sample's --reset). */
 cqrs_code_t billing_mongo_reset(cqrs_mongo_t *m, cqrs_error_t *err);

@@ -100,12 +100,11 @@ CQRS_EXPORT cqrs_code_t cqrs_keys_list(cqrs_keys_t *keys, cqrs_subject_visit_cb 
 
 /* Gives `store` a key store (borrowed, must outlive it): from now on the
  * personal fields of the events it appends are sealed, and what it reads
- * is opened (`reg`, borrowed, decodes the events it yields sealed; the
- * framework's cqrs_forgotten_event_type is registered in it). Call before
- * the store is used. Without a key store, appending an event with personal
+ * is opened (`reg`, borrowed, decodes the events it yields sealed). Call
+ * before the store is used; calling it again replaces both. Without a key store, appending an event with personal
  * fields fails (CQRS_ESTATE), as does reading one back: personal data is
  * never written in clear. Snapshots (the repository) are sealed likewise. */
-CQRS_EXPORT cqrs_code_t cqrs_store_set_keys(cqrs_store_t *store, cqrs_keys_t *keys, cqrs_registry_t *reg,
+CQRS_EXPORT cqrs_code_t cqrs_store_set_keys(cqrs_store_t *store, cqrs_keys_t *keys, const cqrs_registry_t *reg,
                                             cqrs_error_t *err);
 /* The key store given to `store`, or NULL (borrowed). */
 CQRS_EXPORT cqrs_keys_t *cqrs_store_keys(const cqrs_store_t *store);
@@ -134,8 +133,9 @@ typedef struct cqrs_doc_type {
  * sets a personal key must name the subject: put and patch_where carry it
  * (the document, or the filter's equality on the subject's key), a patch of
  * one document reads it there. Personal keys cannot be filtered or sorted
- * on. `type` is borrowed (static). Call before the read model is used; a
- * second type for one collection is CQRS_EDUPLICATE. */
+ * on. `type` is copied (its table borrowed: static). Call before the read
+ * model is used; the same type and keys again change nothing, another type
+ * for the collection is CQRS_EDUPLICATE. */
 CQRS_EXPORT cqrs_code_t cqrs_readmodel_add_type(cqrs_readmodel_t *rm, const cqrs_doc_type_t *type,
                                                 cqrs_keys_t *keys, cqrs_error_t *err);
 
@@ -143,7 +143,8 @@ CQRS_EXPORT cqrs_code_t cqrs_readmodel_add_type(cqrs_readmodel_t *rm, const cqrs
 
 /* The fact that a subject was forgotten: what cqrs_forget and
  * cqrs_context_forget's handlers record. Projections subscribe to it and
- * drop (or overwrite with CQRS_FORGOTTEN) what they derived for `subject`. */
+ * drop (or overwrite with CQRS_FORGOTTEN) what they derived for `subject`.
+ * Every registry knows this type from cqrs_registry_new. */
 typedef struct cqrs_forgotten {
   char subject[CQRS_ID_MAX];
 } cqrs_forgotten_t;

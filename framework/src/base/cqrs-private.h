@@ -162,7 +162,7 @@ struct cqrs_store {
   _Atomic uint64_t errors[CQRS__STORE_OPS][2]; /* [op][0 transient (CQRS_ESTORE), 1 permanent] */
   _Atomic int64_t head_seen;                   /* highest position an append or a head call returned */
   cqrs_keys_t *keys;                           /* personal data (store/sealed.c); NULL: none */
-  cqrs_registry_t *reg;                        /* decodes the events it opens */
+  const cqrs_registry_t *reg;                  /* decodes the events it opens */
 };
 
 /* A growable array of event references. */

@@ -37,15 +37,17 @@ cqrs_code_t cqrs__sealed_snapshot_decode(cqrs_store_t *s, const cqrs_aggregate_t
 /* sealed_rm.c: the read-model side. The document types a read model was
  * given, by collection. */
 typedef struct cqrs__rm_type {
-  const cqrs_doc_type_t *type;
+  cqrs_doc_type_t type; /* a copy; `collection` points at `name` */
   cqrs_keys_t *keys;
   struct cqrs__rm_type *next;
+  char name[CQRS_NAME_MAX];
 } cqrs__rm_type_t;
 
 /* The type of `coll` among `list`, NULL when none. */
 const cqrs__rm_type_t *cqrs__rm_type_of(const cqrs__rm_type_t *list, const char *coll);
-/* Adds `type` at the head of *list (CQRS_EDUPLICATE for a collection it
- * has, CQRS_EINVAL for a table cqrs_fields_check refuses). */
+/* Adds a copy of `type` at the head of *list (the same again: nothing;
+ * another for a collection it has: CQRS_EDUPLICATE; a table
+ * cqrs_fields_check refuses: CQRS_EINVAL). */
 cqrs_code_t cqrs__rm_type_add(cqrs__rm_type_t **list, const cqrs_doc_type_t *type, cqrs_keys_t *keys,
                               cqrs_error_t *err);
 void cqrs__rm_types_free(cqrs__rm_type_t *list);

@@ -8,10 +8,8 @@
 
 #include "store/keys-private.h"
 
-cqrs_code_t cqrs_store_set_keys(cqrs_store_t *s, cqrs_keys_t *keys, cqrs_registry_t *reg, cqrs_error_t *err) {
+cqrs_code_t cqrs_store_set_keys(cqrs_store_t *s, cqrs_keys_t *keys, const cqrs_registry_t *reg, cqrs_error_t *err) {
   if (!s || !keys || !reg) return cqrs_error_set(err, CQRS_EINVAL, "NULL store, key store or registry");
-  cqrs_code_t rc = cqrs_registry_add_event(reg, &cqrs_forgotten_event_type, err);
-  if (rc) return rc;
   s->keys = keys;
   s->reg = reg;
   return CQRS_OK;

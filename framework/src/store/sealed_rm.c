@@ -7,7 +7,7 @@
 
 const cqrs__rm_type_t *cqrs__rm_type_of(const cqrs__rm_type_t *list, const char *coll) {
   for (const cqrs__rm_type_t *t = list; t && coll; t = t->next) {
-    if (!strcmp(t->type->collection, coll)) return t;
+    if (!strcmp(t->name, coll)) return t;
   }
   return NULL;
 }
@@ -20,11 +20,14 @@ cqrs_code_t cqrs__rm_type_add(cqrs__rm_type_t **list, const cqrs_doc_type_t *typ
   cqrs_error_t e;
   if (cqrs_fields_check(type->fields, &e))
     return cqrs_error_set(err, CQRS_EINVAL, "document type of %s: %.180s", type->collection, e.message);
-  if (cqrs__rm_type_of(*list, type->collection))
-    return cqrs_error_set(err, CQRS_EDUPLICATE, "collection %s already has a document type", type->collection);
+  const cqrs__rm_type_t *had = cqrs__rm_type_of(*list, type->collection);
+  if (had && had->type.fields == type->fields && had->keys == keys) return CQRS_OK;
+  if (had) return cqrs_error_set(err, CQRS_EDUPLICATE, "collection %s already has a document type", type->collection);
   cqrs__rm_type_t *t = cqrs__calloc(1, sizeof *t);
   if (!t) return cqrs_error_set(err, CQRS_ENOMEM, "cannot add a document type");
-  t->type = type;
+  memcpy(t->name, type->collection, strlen(type->collection) + 1);
+  t->type.collection = t->name;
+  t->type.fields = type->fields;
   t->keys = keys;
   t->next = *list;
   *list = t;
@@ -52,7 +55,7 @@ static const char *subject_in(const cqrs_field_t *fields, const bson_t *doc, con
 }
 
 const char *cqrs__rm_subject(const cqrs__rm_type_t *t, const bson_t *doc, const char *owner) {
-  return subject_in(t->type->fields, doc, owner);
+  return subject_in(t->type.fields, doc, owner);
 }
 
 /* Whether `doc` sets a personal key (or a document holding one). */
@@ -79,7 +82,7 @@ static bool touches(const cqrs_field_t *fields, const bson_t *doc, const char *p
 
 cqrs_code_t cqrs__rm_seal(const cqrs__rm_type_t *t, const bson_t *doc, const char *owner, const bson_t *filter,
                           cqrs__rm_lookup_fn lookup, void *lookup_data, bson_t *out, bool *sealed, cqrs_error_t *err) {
-  const cqrs_field_t *fields = t->type->fields;
+  const cqrs_field_t *fields = t->type.fields;
   *sealed = false;
   if (!touches(fields, doc, "", 0)) return CQRS_OK;
   char found_subject[CQRS_ID_MAX];
@@ -93,9 +96,9 @@ cqrs_code_t cqrs__rm_seal(const cqrs__rm_type_t *t, const bson_t *doc, const cha
   }
   if (!subject || !*subject)
     return cqrs_error_set(err, CQRS_EINVAL, "a write to %s sets personal data and names no subject",
-                          t->type->collection);
+                          t->type.collection);
   char ctx[CQRS_NAME_MAX + 8];
-  if (!ctx_of(ctx, sizeof ctx, t->type->collection)) return cqrs_error_set(err, CQRS_ETOO_LARGE, "collection name");
+  if (!ctx_of(ctx, sizeof ctx, t->type.collection)) return cqrs_error_set(err, CQRS_ETOO_LARGE, "collection name");
   cqrs__keyring_t ring;
   cqrs__keys_ring(t->keys, &ring);
   *sealed = true;
@@ -106,7 +109,7 @@ cqrs_code_t cqrs__rm_open(const cqrs__rm_type_t *t, const bson_t *doc, bson_t *o
   *opened = false;
   if (!cqrs__personal_sealed(doc)) return CQRS_OK;
   char ctx[CQRS_NAME_MAX + 8];
-  if (!ctx_of(ctx, sizeof ctx, t->type->collection)) return cqrs_error_set(err, CQRS_ETOO_LARGE, "collection name");
+  if (!ctx_of(ctx, sizeof ctx, t->type.collection)) return cqrs_error_set(err, CQRS_ETOO_LARGE, "collection name");
   cqrs__keyring_t ring;
   cqrs__keys_ring(t->keys, &ring);
   *opened = true;

@@ -39,6 +39,7 @@ struct cqrs_test {
   const cqrs_aggregate_type_t *type;
   char id[CQRS_ID_MAX];
   cqrs_store_t *store;
+  cqrs_keys_t *keys; /* personal fields are sealed as in production */
   cqrs_dispatcher_t *d;
   unsigned given;
   bool done;
@@ -65,6 +66,8 @@ cqrs_code_t cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1;
   cqrs_code_t rc = cqrs_memory_store_new(&t->store, err);
+  if (!rc) rc = cqrs_memory_keys_new(NULL, &t->keys, err);
+  if (!rc) rc = cqrs_store_set_keys(t->store, t->keys, reg, err);
   if (!rc) rc = cqrs_dispatcher_new(&t->loop, reg, t->store, &o, &t->d, err);
   if (!rc && setup) rc = setup(t->d, data, err);
   if (rc) {
@@ -90,6 +93,7 @@ bool cqrs_test_destroy(cqrs_test_t *t) {
   if (rc) fprintf(stderr, "cqrs_test_destroy: uv_loop_close: %s\n", uv_strerror(rc));
   vec_free(&t->events);
   cqrs_store_destroy(t->store);
+  cqrs_keys_destroy(t->keys);
   free(t);
   return ok && rc == 0;
 }
