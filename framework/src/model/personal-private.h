@@ -44,9 +44,21 @@ typedef struct cqrs__keyring {
 
 /* personal.c */
 
-/* Whether the table (or one nested in it) has a personal field. Cached per
- * table pointer on each thread: stores ask it of every event they append. */
-bool cqrs__personal_table(const cqrs_field_t *fields);
+/* Whether the table (or one nested in it) has a personal field. Cached by
+ * the table's address (personal.c): stores ask it of every event they
+ * append, so the hit is inline, a load and a compare. */
+#define CQRS__PERSONAL_TABLES 256
+extern _Atomic uintptr_t cqrs__personal_tables[CQRS__PERSONAL_TABLES];
+bool cqrs__personal_scan(const cqrs_field_t *fields);
+static inline size_t cqrs__personal_slot(const cqrs_field_t *fields) {
+  return ((uintptr_t)fields >> 4) % CQRS__PERSONAL_TABLES;
+}
+static inline bool cqrs__personal_table(const cqrs_field_t *fields) {
+  if (!fields) return false;
+  uintptr_t e = atomic_load_explicit(&cqrs__personal_tables[cqrs__personal_slot(fields)], memory_order_relaxed);
+  if ((e & ~(uintptr_t)1) == (uintptr_t)fields) return e & 1;
+  return cqrs__personal_scan(fields);
+}
 
 /* The subject of `obj` described by `fields` (CQRS_F_SUBJECT or a subject
  * entry), `owner` the aggregate's or document's id; NULL when none. */

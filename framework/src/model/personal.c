@@ -18,23 +18,18 @@ static bool scan(const cqrs_field_t *fields, int depth) {
   return false;
 }
 
-/* A small direct-mapped cache per thread: tables are static, so their
- * addresses are stable keys; a miss scans the table again, which is right
- * whatever was evicted. */
-#define TABLES 64
-static _Thread_local struct {
-  const cqrs_field_t *fields;
-  bool personal;
-} tables[TABLES];
+/* What the tables said, direct-mapped by address, shared by every thread:
+ * one word per entry, the table's address with the answer in its low bit
+ * (tables are aligned), so a racing write leaves a whole entry, never a
+ * torn one. Tables are static: their addresses are stable keys; a miss
+ * scans the table again, which is right whatever was evicted. */
+_Atomic uintptr_t cqrs__personal_tables[CQRS__PERSONAL_TABLES];
 
-bool cqrs__personal_table(const cqrs_field_t *fields) {
-  if (!fields) return false;
-  size_t i = ((uintptr_t)fields >> 4) % TABLES;
-  if (tables[i].fields != fields) {
-    tables[i].personal = scan(fields, 0);
-    tables[i].fields = fields;
-  }
-  return tables[i].personal;
+bool cqrs__personal_scan(const cqrs_field_t *fields) {
+  bool personal = scan(fields, 0);
+  atomic_store_explicit(&cqrs__personal_tables[cqrs__personal_slot(fields)], (uintptr_t)fields | personal,
+                        memory_order_relaxed);
+  return personal;
 }
 
 /* The subject's field or entry, with the offset of the struct holding it

@@ -10,9 +10,14 @@
 /* A keyring (model/personal-private.h) over `keys`. */
 void cqrs__keys_ring(cqrs_keys_t *keys, cqrs__keyring_t *ring);
 
-/* sealed.c: the event store's side. `s` has keys, or `req` has personal
- * events (then without keys it fails). */
-bool cqrs__sealed_needed(const cqrs_append_t *req);
+/* sealed.c: the event store's side. Whether `req` has an event with
+ * personal fields (inline: every append asks). */
+static inline bool cqrs__sealed_needed(const cqrs_append_t *req) {
+  for (size_t i = 0; i < req->count; i++) {
+    if (cqrs__personal_table(req->events[i]->type->fields)) return true;
+  }
+  return false;
+}
 cqrs_code_t cqrs__sealed_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
                                 cqrs_error_t *err);
 /* A visitor that opens the sealed events a store yields before `cb` sees

@@ -176,9 +176,9 @@ cqrs_code_t cqrs_readmodel_get(const cqrs_readmodel_t *rm, const char *coll, con
   if (rc || any) {
     bson_destroy(out);
     *found = !rc;
-    if (!rc) bson_steal(out, &opened);
+    if (!rc) bson_copy_to(&opened, out);
   }
-  if (rc || !any) bson_destroy(&opened);
+  bson_destroy(&opened);
   return rc;
 }
 

@@ -26,13 +26,6 @@ cqrs_code_t cqrs_store_read_sealed(cqrs_store_t *s, int64_t from_position, size_
 
 bool cqrs_payload_sealed(const bson_t *data) { return data && cqrs__personal_sealed(data); }
 
-bool cqrs__sealed_needed(const cqrs_append_t *req) {
-  for (size_t i = 0; i < req->count; i++) {
-    if (cqrs__personal_table(req->events[i]->type->fields)) return true;
-  }
-  return false;
-}
-
 /* The event as the store is to keep it: sealed, with one reference. */
 static cqrs_code_t seal_event(cqrs_store_t *s, const cqrs__keyring_t *ring, const cqrs_append_t *req,
                               const cqrs_event_t *e, cqrs_event_t **out, cqrs_error_t *err) {
