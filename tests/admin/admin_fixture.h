@@ -11,6 +11,7 @@
 #include <billing/billing.h>
 #include <mongoc/mongoc.h>
 
+#include "billing_mongo.h"
 #include "mongo/mongo_fixture.h"
 
 extern char **environ;
@@ -132,6 +133,20 @@ static inline int64_t adm_int(const bson_t *doc, const char *path) {
   if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &v) && BSON_ITER_HOLDS_NUMBER(&v))
     return bson_iter_as_int64(&v);
   return INT64_MIN;
+}
+
+/* The key store of the billing application on `m` (billing_keys, as the
+ * tool and the samples use it), given to `store` and to `rm` (either may be
+ * NULL): what any process reading or writing customers' personal data
+ * holds. Destroy it after them. */
+static inline cqrs_keys_t *adm_keys(cqrs_mongo_t *m, const cqrs_registry_t *reg, cqrs_store_t *store,
+                                    cqrs_readmodel_t *rm) {
+  cqrs_keys_t *keys;
+  cqrs_error_t e;
+  if (billing_mongo_keys(m, &keys, &e) || (store && cqrs_store_set_keys(store, keys, reg, &e)) ||
+      (rm && billing_seal_read_model(rm, NULL, keys, &e)))
+    fail_msg("%s", e.message);
+  return keys;
 }
 
 /* The integer after `key":` in the last run's JSON output. */

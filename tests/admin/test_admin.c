@@ -163,6 +163,17 @@ static void test_migrate_killed_and_rerun(void **state) {
   assert_int_equal(adm_json_int(&t, "malformedCount"), 400 - valid);
 
   /* Exactly the valid documents, each once, amounts exact, numbers kept. */
+  struct {
+    cqrs_registry_t *reg;
+    cqrs_mongo_t *m;
+    cqrs_readmodel_t *rm;
+    cqrs_keys_t *keys;
+  } k;
+  cqrs_registry_new(&k.reg, NULL);
+  cqrs_mongo_options_t ko = billing_mongo_options;
+  ko.database = t.db;
+  if (cqrs_mongo_new(t.uri, &ko, k.reg, NULL, &k.m, NULL) || cqrs_mongo_readmodel_new(k.m, &k.rm, NULL)) fail();
+  k.keys = adm_keys(k.m, k.reg, NULL, k.rm);
   assert_int_equal(adm_count(&t, "billing_queries", NULL), valid);
   assert_int_equal(adm_count(&t, "billing_migration_rejects", NULL), 400 - valid);
   mongoc_collection_t *legacy = adm_coll(&t, "billing_documents");
@@ -187,7 +198,10 @@ static void test_migrate_killed_and_rerun(void **state) {
     assert_int_equal(adm_int(&q, "amount"), exact_minor(bson_iter_double(&it), adm_str(doc, "currency")));
     assert_string_equal(adm_str(&q, "invoiceNumber"), adm_str(doc, "invoiceNumber"));
     assert_string_equal(adm_str(&q, "status"), adm_str(doc, "status"));
-    assert_string_equal(adm_str(&q, "customer.email"), adm_str(doc, "customer.email"));
+    bson_t opened = BSON_INITIALIZER; /* personal data is sealed at rest */
+    assert_int_equal(cqrs_readmodel_open_doc(k.rm, "billing_queries", &q, &opened, NULL), CQRS_OK);
+    assert_string_equal(adm_str(&opened, "customer.email"), adm_str(doc, "customer.email"));
+    bson_destroy(&opened);
     int year;
     int64_t seq;
     assert_true(billing_invoice_number_parse(adm_str(doc, "invoiceNumber"), &year, &seq));
@@ -199,6 +213,10 @@ static void test_migrate_killed_and_rerun(void **state) {
   mongoc_cursor_destroy(cur);
   bson_destroy(&all);
   mongoc_collection_destroy(legacy);
+  cqrs_readmodel_destroy(k.rm);
+  cqrs_keys_destroy(k.keys);
+  cqrs_mongo_destroy(k.m);
+  cqrs_registry_destroy(k.reg);
   /* One commit per migrated invoice, whatever the kills. */
   bson_t inv = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&inv, "aggregateType", "invoice");
@@ -254,16 +272,18 @@ typedef struct reader {
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_readmodel_t *rm;
+  cqrs_keys_t *keys;
   billing_flags_t *flags;
 } reader_t;
 
 static void reader_open(reader_t *r, adm_t *t) {
   uv_loop_init(&r->loop);
   cqrs_registry_new(&r->reg, NULL);
-  cqrs_mongo_options_t o = {.database = t->db};
+  cqrs_mongo_options_t o = {.database = t->db, .keys = "billing_keys"};
   cqrs_error_t e;
   if (cqrs_mongo_new(t->uri, &o, r->reg, &r->loop, &r->m, &e)) fail_msg("%s", e.message);
   cqrs_mongo_readmodel_new(r->m, &r->rm, NULL);
+  r->keys = adm_keys(r->m, r->reg, NULL, r->rm);
   r->flags = billing_flags_new(r->rm, 0); /* no caching: each read sees the flag just set */
   assert_non_null(r->flags);
 }
@@ -271,6 +291,7 @@ static void reader_open(reader_t *r, adm_t *t) {
 static void reader_close(reader_t *r) {
   billing_flags_destroy(r->flags);
   cqrs_readmodel_destroy(r->rm);
+  cqrs_keys_destroy(r->keys);
   cqrs_mongo_destroy(r->m);
   cqrs_registry_destroy(r->reg);
   assert_int_equal(uv_loop_close(&r->loop), 0);
@@ -394,6 +415,7 @@ typedef struct app {
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_store_t *store;
+  cqrs_keys_t *keys;
   cqrs_readmodel_t *rm;
   cqrs_checkpoints_t *cp;
   cqrs_dispatcher_t *d;
@@ -406,12 +428,14 @@ static void app_open(app_t *a, adm_t *t) {
   cqrs_registry_new(&a->reg, NULL);
   assert_int_equal(billing_register(a->reg, NULL), CQRS_OK);
   cqrs_mongo_options_t o = {.database = t->db, .events = "billing_commands", .snapshots = "billing_snapshots",
-                            .checkpoints = "billing_checkpoints", .dead_letters = "billing_dead_letters"};
+                            .checkpoints = "billing_checkpoints", .dead_letters = "billing_dead_letters",
+                            .keys = "billing_keys"};
   cqrs_error_t e;
   if (cqrs_mongo_new(t->uri, &o, a->reg, &a->loop, &a->m, &e)) fail_msg("%s", e.message);
   cqrs_mongo_store_new(a->m, &a->store, NULL);
   cqrs_mongo_readmodel_new(a->m, &a->rm, NULL);
   cqrs_mongo_checkpoints_new(a->m, &a->cp, NULL);
+  a->keys = adm_keys(a->m, a->reg, a->store, NULL);
   cqrs_dispatcher_options_t opts;
   cqrs_dispatcher_options_init(&opts);
   opts.retry_base_ms = 50;
@@ -430,6 +454,7 @@ static void app_close(app_t *a) {
   cqrs_checkpoints_destroy(a->cp);
   cqrs_readmodel_destroy(a->rm);
   cqrs_store_destroy(a->store);
+  cqrs_keys_destroy(a->keys);
   cqrs_mongo_destroy(a->m);
   cqrs_registry_destroy(a->reg);
 }
@@ -544,12 +569,14 @@ static void test_dead_letters(void **state) {
   cqrs_registry_t *reg = NULL;
   cqrs_registry_new(&reg, NULL);
   assert_int_equal(billing_register(reg, NULL), CQRS_OK);
-  cqrs_mongo_options_t o = {.database = t.db, .events = "billing_commands", .dead_letters = "billing_dead_letters"};
+  cqrs_mongo_options_t o = {.database = t.db, .events = "billing_commands", .dead_letters = "billing_dead_letters",
+                            .keys = "billing_keys"};
   cqrs_mongo_t *m;
   cqrs_error_t e;
   if (cqrs_mongo_new(t.uri, &o, reg, NULL, &m, &e)) fail_msg("%s", e.message);
   cqrs_store_t *store = NULL;
   cqrs_mongo_store_new(m, &store, NULL);
+  cqrs_keys_t *keys = adm_keys(m, reg, store, NULL);
   const cqrs_event_t *ev = NULL;
   if (cqrs_store_read_stream(store, "customer", "cust_00000", 1, keep_first, &ev, &e)) fail_msg("%s", e.message);
   assert_non_null(ev);
@@ -560,6 +587,7 @@ static void test_dead_letters(void **state) {
   cqrs_mongo_dead_letter("billing.process", ev, &why, m);
   cqrs_event_unref(ev);
   cqrs_store_destroy(store);
+  cqrs_keys_destroy(keys);
   cqrs_mongo_destroy(m);
   cqrs_registry_destroy(reg);
 

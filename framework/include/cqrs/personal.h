@@ -139,6 +139,16 @@ typedef struct cqrs_doc_type {
 CQRS_EXPORT cqrs_code_t cqrs_readmodel_add_type(cqrs_readmodel_t *rm, const cqrs_doc_type_t *type,
                                                 cqrs_keys_t *keys, cqrs_error_t *err);
 
+/* For tools that read or write the documents of a collection directly (a
+ * driver's bulk writes, a comparison with what is stored): `in`, a document
+ * of `coll`, sealed (as `rm` would write it; `id` is the document's id) or
+ * opened (as `rm` would read it) into `out` (initialised by the caller).
+ * A collection without a document type is copied as it is. */
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_seal_doc(const cqrs_readmodel_t *rm, const char *coll, const char *id,
+                                                const bson_t *in, bson_t *out, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_readmodel_open_doc(const cqrs_readmodel_t *rm, const char *coll, const bson_t *in,
+                                                bson_t *out, cqrs_error_t *err);
+
 /* ---- forgetting ---- */
 
 /* The fact that a subject was forgotten: what cqrs_forget and

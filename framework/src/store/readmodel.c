@@ -55,6 +55,26 @@ cqrs_code_t cqrs_readmodel_add_type(cqrs_readmodel_t *rm, const cqrs_doc_type_t 
   return cqrs__rm_type_add(&rm->types, type, keys, err);
 }
 
+cqrs_code_t cqrs_readmodel_seal_doc(const cqrs_readmodel_t *rm, const char *coll, const char *id, const bson_t *in,
+                                    bson_t *out, cqrs_error_t *err) {
+  if (!rm || !coll || !in || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL read model, collection or document");
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  bool any = false;
+  cqrs_code_t rc = t ? cqrs__rm_seal(t, in, id, NULL, NULL, NULL, out, &any, err) : CQRS_OK;
+  if (!rc && !any) bson_concat(out, in);
+  return rc;
+}
+
+cqrs_code_t cqrs_readmodel_open_doc(const cqrs_readmodel_t *rm, const char *coll, const bson_t *in, bson_t *out,
+                                    cqrs_error_t *err) {
+  if (!rm || !coll || !in || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL read model, collection or document");
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  bool any = false;
+  cqrs_code_t rc = t ? cqrs__rm_open(t, in, out, &any, err) : CQRS_OK;
+  if (!rc && !any) bson_concat(out, in);
+  return rc;
+}
+
 /* What a patch of one document needs to seal: the stored document's subject. */
 typedef struct stored {
   const cqrs_readmodel_t *rm;

@@ -42,7 +42,13 @@ void cqrs__rm_types_free(cqrs__rm_type_t *list) {
   }
 }
 
-static bool ctx_of(char *buf, size_t cap, const char *coll) { return (size_t)snprintf(buf, cap, "rm:%s", coll) < cap; }
+/* The associated data of read-model values names no collection: a rebuild
+ * writes a fresh collection and renames it (billing-admin rebuild). The
+ * field's key and the subject bind them. */
+static bool ctx_of(char *buf, size_t cap, const char *coll) {
+  CQRS__UNUSED(coll);
+  return (size_t)snprintf(buf, cap, "rm") < cap;
+}
 
 /* The subject's id under its (dotted) key in `doc`, written as one key
  * ({"customer.id": x}, a filter or a patch) or nested ({customer: {id: x}}). */
