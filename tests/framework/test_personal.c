@@ -59,7 +59,13 @@ static void test_table_needs_one_subject(void **state) {
                                                 CQRS_STRING(two_t, b, "b", CQRS_F_PERSONAL), CQRS_FIELDS_END};
   static const cqrs_field_t null_fn[] = {CQRS_STRING(two_t, b, "b", CQRS_F_PERSONAL), CQRS_SUBJECT_FN(NULL),
                                          CQRS_FIELDS_END};
+  static const cqrs_field_t long_key[] = {
+      CQRS_STRING(two_t, a, "a_personal_field_whose_key_is_far_too_long_to_be_sealed_because_the_associated_data_"
+                           "and_the_mask_name_it_in_at_most_127_bytes_xx", CQRS_F_PERSONAL),
+      CQRS_SUBJECT_OWNER, CQRS_FIELDS_END};
   cqrs_error_t err;
+  assert_int_equal(cqrs_fields_check(long_key, &err), CQRS_EINVAL);
+  assert_non_null(strstr(err.message, "dotted key"));
   assert_int_equal(cqrs_fields_check(no_subject, &err), CQRS_EINVAL);
   assert_non_null(strstr(err.message, "no subject"));
   assert_int_equal(cqrs_fields_check(field_subject, &err), CQRS_OK);

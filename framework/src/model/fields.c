@@ -488,12 +488,17 @@ static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int dep
   return CQRS_OK;
 }
 
-/* Counts the personal fields and the subjects of a checked table. */
-static void count_personal(const cqrs_field_t *fields, int depth, unsigned *personal, unsigned *subjects) {
+/* Counts the personal fields and the subjects of a checked table, and
+ * those whose dotted key is too long to seal (`prefix`: the key so far). */
+static void count_personal(const cqrs_field_t *fields, size_t prefix, int depth, unsigned *personal,
+                           unsigned *subjects, unsigned *too_long) {
   for (const cqrs_field_t *f = fields; depth <= CHECK_DEPTH && f->kind != CQRS_FIELD_END; f++) {
+    size_t key = prefix + (prefix ? 1 : 0) + strlen(f->key);
     if (f->flags & CQRS_F_PERSONAL) (*personal)++;
+    if ((f->flags & CQRS_F_PERSONAL) && key >= CQRS__PERSONAL_KEY_MAX) (*too_long)++;
     if ((f->flags & CQRS_F_SUBJECT) || f->kind == CQRS_FIELD_SUBJECT) (*subjects)++;
-    if (f->kind == CQRS_FIELD_DOC && !(f->flags & CQRS_F_PERSONAL)) count_personal(f->fields, depth + 1, personal, subjects);
+    if (f->kind == CQRS_FIELD_DOC && !(f->flags & CQRS_F_PERSONAL))
+      count_personal(f->fields, key, depth + 1, personal, subjects, too_long);
   }
 }
 
@@ -501,8 +506,11 @@ cqrs_code_t cqrs_fields_check(const cqrs_field_t *fields, cqrs_error_t *err) {
   if (!fields) return cqrs_error_set(err, CQRS_EINVAL, "field table is NULL");
   cqrs_code_t rc = check(fields, "", 0, err);
   if (rc) return rc;
-  unsigned personal = 0, subjects = 0;
-  count_personal(fields, 0, &personal, &subjects);
+  unsigned personal = 0, subjects = 0, too_long = 0;
+  count_personal(fields, 0, 0, &personal, &subjects, &too_long);
+  if (too_long)
+    return cqrs_error_set(err, CQRS_EINVAL, "field table has a personal field whose dotted key is %d bytes or more",
+                          CQRS__PERSONAL_KEY_MAX);
   if (subjects > 1)
     return cqrs_error_set(err, CQRS_EINVAL, "field table names %u subjects: personal data has exactly one", subjects);
   if (personal && !subjects)

@@ -26,6 +26,7 @@
 #define CQRS__SEAL_FORGOTTEN 2u
 #define CQRS__SEAL_REDACTED 3u
 #define CQRS__PERSONAL_MAX 32 /* personal fields of one table: bits of the event's mask */
+#define CQRS__PERSONAL_KEY_MAX 128 /* bytes of a personal field's dotted key, NUL included */
 
 /* The keys of data subjects, as the codec needs them (store/keys.c makes
  * one of a cqrs_keys_t). Both may be called from any thread. */
