@@ -280,7 +280,10 @@ int admin_forget(admin_t *a, int argc, char **argv) {
     printf("customer %s: %s\n", j.customer,
            j.known.forgotten ? "was forgotten already" : "forgotten (its key deleted, cqrs.forgotten recorded)");
   }
-  if (!rc && !args.vals[0]) {
+  if (!rc && !args.vals[0] && !j.known.n) {
+    if (!a->json) printf("verify: nothing of %s is known any more to search for; `billing-admin verify VALUE...` "
+                         "searches for what you know\n", j.customer);
+  } else if (!rc && !args.vals[0]) {
     scan_t s;
     memset(&s, 0, sizeof s);
     for (int i = 0; i < j.known.n; i++) s.values[s.nvalues++] = j.known.values[i];
