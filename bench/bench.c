@@ -3,7 +3,7 @@
  * latency in microseconds, peak RSS in KiB, and what the scenario adds.
  * Scenarios: dispatch, pipeline, pipeline-2threads, rehydrate,
  * mongo-append, mongo-ops, projection-lag, projection-lag-mongo,
- * query-mongo, memory-overhead. See docs/benchmarks.md. */
+ * query-mongo, memory-overhead, personal. See docs/benchmarks.md. */
 #include <billing/billing.h>
 #include <cqrs/backend.h>
 #include <cqrs/mongo.h>
@@ -247,6 +247,173 @@ static void bench_pipeline(void) {
   report("pipeline", (uint64_t)total, (double)busy / 1e9, &lat, extra);
   free(cmds);
   pipe_close(&e);
+}
+
+/* ---- personal: what personal data costs (docs/privacy.md) ---- */
+
+typedef struct pii {
+  char name[BILLING_NAME_MAX];
+  char email[BILLING_EMAIL_MAX];
+} pii_t;
+static const cqrs_field_t pii_plain_fields[] = {CQRS_STRING(pii_t, name, "name", 0),
+                                                CQRS_STRING(pii_t, email, "email", 0), CQRS_FIELDS_END};
+static const cqrs_field_t pii_sealed_fields[] = {CQRS_STRING(pii_t, name, "name", CQRS_F_PERSONAL),
+                                                 CQRS_STRING(pii_t, email, "email", CQRS_F_PERSONAL),
+                                                 CQRS_SUBJECT_OWNER, CQRS_FIELDS_END};
+static const cqrs_event_type_t pii_plain = {.name = "bench.pii_plain", .schema_version = 1, .payload_size = sizeof(pii_t), .fields = pii_plain_fields};
+static const cqrs_event_type_t pii_sealed = {.name = "bench.pii_sealed", .schema_version = 1, .payload_size = sizeof(pii_t), .fields = pii_sealed_fields};
+
+static bool count_event(const cqrs_event_t *e, void *data) {
+  (void)e;
+  (*(long *)data)++;
+  return true;
+}
+
+/* Appends one event of `type` to each of `n` streams "<prefix><i>" at
+ * `version`; returns ns per append. */
+static double pii_appends(cqrs_store_t *store, const cqrs_event_type_t *type, const char *prefix, long n,
+                          int64_t version) {
+  uint64_t busy = 0;
+  for (long i = 0; i < n; i++) {
+    char id[32], cmd_id[48];
+    snprintf(id, sizeof id, "%s%ld", prefix, i);
+    snprintf(cmd_id, sizeof cmd_id, "%s-v%lld", id, (long long)version);
+    pii_t p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.name, sizeof p.name, "Customer number %ld", i);
+    snprintf(p.email, sizeof p.email, "billing.department@customer-%ld.example.org", i);
+    cqrs_envelope_t *env;
+    cqrs_event_t *e;
+    if (cqrs_envelope_new("bench", id, cmd_id, NULL, &env, NULL) ||
+        cqrs_event_new(type, env, NULL, version, 1, &p, &e, NULL))
+      die("event", NULL);
+    cqrs_append_t req = {"bench", id, version - 1, cmd_id, &e, 1};
+    cqrs_append_result_t res;
+    cqrs_error_t err;
+    uint64_t t0 = now_ns();
+    if (cqrs_store_append(store, &req, &res, &err)) die("append", &err);
+    busy += now_ns() - t0;
+    cqrs_event_unref(e);
+    cqrs_envelope_unref(env);
+  }
+  return (double)busy / (double)n;
+}
+
+static double pii_reads(cqrs_store_t *store, int64_t from, long n) {
+  long seen = 0;
+  cqrs_error_t err;
+  uint64_t t0 = now_ns();
+  if (cqrs_store_read_all(store, from, (size_t)n, count_event, &seen, &err)) die("read", &err);
+  uint64_t dt = now_ns() - t0;
+  if (seen != n) die("read: events missing", NULL);
+  return (double)dt / (double)n;
+}
+
+/* Sends `n` commands built by `make` and runs them; returns us per command. */
+static double run_commands(pipe_env_t *e, long n, cqrs_command_t *(*make)(long i), samples_t *lat) {
+  uint64_t done = 0, busy = 0;
+  const long batch = 1000;
+  cqrs_command_t *cmds[1000];
+  for (long sent = 0; sent < n; sent += batch) {
+    long k = n - sent < batch ? n - sent : batch;
+    for (long i = 0; i < k; i++) cmds[i] = make(sent + i);
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < k; i++) cqrs_dispatcher_send(e->d, cmds[i], count_done, &done);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    uint64_t dt = now_ns() - t0;
+    busy += dt;
+    if (lat) sample(lat, dt / (uint64_t)k);
+  }
+  if (done != (uint64_t)n) fprintf(stderr, "personal: %" PRIu64 " of %ld commands done\n", done, n);
+  return (double)busy / 1e3 / (double)n;
+}
+
+static cqrs_command_t *register_cmd(long i) {
+  billing_register_customer_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.customer_id, sizeof c.customer_id, "cust-%ld", i);
+  snprintf(c.name, sizeof c.name, "Customer number %ld", i);
+  snprintf(c.email, sizeof c.email, "billing@customer-%ld.example.org", i);
+  cqrs_command_t *cmd;
+  cqrs_command_new(&billing_register_customer, &c, &cmd, NULL);
+  return cmd;
+}
+
+static cqrs_command_t *change_cmd(long i) {
+  billing_change_email_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.customer_id, sizeof c.customer_id, "cust-%ld", i);
+  snprintf(c.email, sizeof c.email, "accounts@customer-%ld.example.org", i);
+  cqrs_command_t *cmd;
+  cqrs_command_new(&billing_change_email, &c, &cmd, NULL);
+  return cmd;
+}
+
+static cqrs_command_t *forget_cmd(long i) {
+  billing_forget_customer_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.customer_id, sizeof c.customer_id, "cust-%ld", i);
+  cqrs_command_t *cmd;
+  cqrs_command_new(&billing_forget_customer, &c, &cmd, NULL);
+  return cmd;
+}
+
+/* In memory, one thread: (1) the store alone, the same payload (a name and
+ * an e-mail) as a plain event type and as a personal one: the cost of
+ * sealing per event (a new subject: its key made; a known one: cached) and
+ * of opening it; (2) customer.register and customer.change_email through
+ * the whole billing path, projections on; (3) customer.forget: the key
+ * deleted, the fact recorded, the customer's snapshot replaced, the read
+ * side's customer overwritten (with no invoices: billing.invoices also
+ * overwrites every invoice of the customer, a scan of the in-memory read
+ * model, which MongoDB serves from its customer.id index). */
+static void bench_personal(void) {
+  long n = n_arg ? n_arg : 100000, forgets = n < 10000 ? n : 10000;
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
+  cqrs_registry_add_event(reg, &pii_plain, NULL);
+  cqrs_registry_add_event(reg, &pii_sealed, NULL);
+  cqrs_store_t *store = NULL;
+  cqrs_keys_t *keys = NULL;
+  cqrs_error_t err;
+  if (cqrs_memory_store_new(&store, &err) || cqrs_memory_keys_new(NULL, &keys, &err) ||
+      cqrs_store_set_keys(store, keys, reg, &err))
+    die("store", &err);
+  double plain_append = pii_appends(store, &pii_plain, "p", n, 1);
+  double plain_read = pii_reads(store, 1, n);
+  double sealed_new = pii_appends(store, &pii_sealed, "s", n, 1);
+  double sealed_known = pii_appends(store, &pii_sealed, "s", n, 2);
+  double sealed_read = pii_reads(store, n + 1, 2 * n);
+  cqrs_store_destroy(store);
+  cqrs_keys_destroy(keys);
+  cqrs_registry_destroy(reg);
+
+  pipe_env_t e;
+  memset(&e, 0, sizeof e);
+  uv_loop_init(&e.loop);
+  cqrs_registry_new(&e.reg, NULL);
+  billing_register(e.reg, NULL);
+  if (cqrs_memory_store_new(&e.store, &err) || cqrs_memory_readmodel_new(&e.rm, &err) ||
+      cqrs_memory_checkpoints_new(&e.cp, &err) || cqrs_memory_keys_new(NULL, &keys, &err) ||
+      cqrs_store_set_keys(e.store, keys, e.reg, &err) || cqrs_dispatcher_new(&e.loop, e.reg, e.store, NULL, &e.d, &err) ||
+      billing_start(e.d, e.rm, e.cp, NULL, &e.b, &err))
+    die("billing", &err);
+  samples_t lat = {0};
+  double reg_us = run_commands(&e, n, register_cmd, &lat);
+  double change_us = run_commands(&e, n, change_cmd, NULL);
+  double forget_us = run_commands(&e, forgets, forget_cmd, NULL);
+  char extra[1024];
+  snprintf(extra, sizeof extra,
+           "\"events\": %ld, \"plain_append_ns\": %.0f, \"sealed_append_new_subject_ns\": %.0f, "
+           "\"sealed_append_known_subject_ns\": %.0f, \"plain_read_ns\": %.0f, \"sealed_read_ns\": %.0f, "
+           "\"seal_ns_per_event\": %.0f, \"open_ns_per_event\": %.0f, \"register_us\": %.2f, "
+           "\"change_email_us\": %.2f, \"forgets\": %ld, \"forget_us\": %.2f, "
+           "\"latency\": \"customer.register, per command, mean of each batch of 1000\"",
+           n, plain_append, sealed_new, sealed_known, plain_read, sealed_read, sealed_known - plain_append,
+           sealed_read - plain_read, reg_us, change_us, forgets, forget_us);
+  report("personal", (uint64_t)n, reg_us * (double)n / 1e6, &lat, extra);
+  pipe_close(&e);
+  cqrs_keys_destroy(keys);
 }
 
 typedef struct sender {
@@ -1086,6 +1253,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(s, "pipeline-2threads")) bench_pipeline_threads();
   else if (!strcmp(s, "rehydrate")) bench_rehydrate();
   else if (!strcmp(s, "memory-overhead")) bench_memory_overhead();
+  else if (!strcmp(s, "personal")) bench_personal();
   else if (!strcmp(s, "projection-lag")) bench_projection_lag(false);
   else if (!strcmp(s, "projection-lag-mongo") && mongo_uri) bench_projection_lag(true);
   else if (!strcmp(s, "mongo-append") && mongo_uri) bench_mongo_append();

@@ -59,7 +59,9 @@ CQRS_EXPORT void cqrs_event_unref(const cqrs_event_t *e);
  * stores write it (cqrs/backend.h, cqrs_event_body_to_bson: "id", "type",
  * "schemaVersion", "version", "timestamp", the payload under "data"), then
  * "aggregateType", "aggregateId", "position", "causationId" and
- * "correlationId". cqrs_event_from_bson reads it back. */
+ * "correlationId". cqrs_event_from_bson reads it back. Personal fields
+ * (CQRS_F_PERSONAL) are written redacted, never in clear: they read back as
+ * placeholders (cqrs/personal.h). */
 CQRS_EXPORT cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err);
 
 /* The placeholder for a stored event this process cannot decode, because no

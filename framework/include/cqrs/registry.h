@@ -16,7 +16,8 @@ typedef cqrs_code_t (*cqrs_upcast_cb)(const bson_t *in, bson_t *out, cqrs_error_
 /* The 0.1 name, removed in 0.3. */
 typedef cqrs_upcast_cb cqrs_upcast_fn CQRS_DEPRECATED("use cqrs_upcast_cb");
 
-/* Creates an empty registry into *out. Register every type before sharing it
+/* Creates a registry into *out, empty but for the framework's own
+ * cqrs_forgotten_event_type (cqrs/personal.h). Register every type before sharing it
  * between threads: reads are then lock-free. Free with cqrs_registry_destroy.
  * NULL `out`: CQRS_EINVAL; CQRS_ENOMEM; on error *out is NULL. `err` may be
  * NULL. */

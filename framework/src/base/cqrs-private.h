@@ -69,6 +69,7 @@ typedef struct cqrs__event {
   cqrs_event_t pub;
   atomic_uint refs;
   uint32_t size; /* bytes of the block, for cqrs__event_restore to rebuild in; 0: not to be rebuilt */
+  uint32_t forgotten; /* personal fields read as placeholders (model/personal.c): bits of the type's table */
   _Alignas(max_align_t) unsigned char payload[];
 } cqrs__event_t;
 
@@ -199,6 +200,8 @@ struct cqrs_store {
   _Atomic uint64_t calls[CQRS__STORE_OPS];
   _Atomic uint64_t errors[CQRS__STORE_OPS][2]; /* [op][0 transient (CQRS_ESTORE), 1 permanent] */
   _Atomic int64_t head_seen;                   /* highest position an append or a head call returned */
+  cqrs_keys_t *keys;                           /* personal data (store/sealed.c); NULL: none */
+  const cqrs_registry_t *reg;                  /* decodes the events it opens */
 };
 
 /* A growable array of event references. */

@@ -27,7 +27,7 @@ struct cqrs_mongo {
   mongoc_client_pool_t *pool;
   mongoc_uri_t *uri;
   char *redacted;
-  char *db, *events, *head, *snapshots, *checkpoints, *dead_letters, *leases;
+  char *db, *events, *head, *snapshots, *checkpoints, *dead_letters, *leases, *keys;
   const cqrs_registry_t *reg;
   uv_loop_t *loop;
   /* The newest commit seen (its number and last position; 0: none yet) and

@@ -73,6 +73,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->checkpoints = dup_or(o.checkpoints, "cqrs_checkpoints");
   m->dead_letters = dup_or(o.dead_letters, "cqrs_dead_letters");
   m->leases = dup_or(o.leases, "cqrs_leases");
+  m->keys = dup_or(o.keys, "cqrs_keys");
   m->reg = reg;
   m->loop = loop;
   m->versions = bson_malloc0(VERSION_SLOTS * sizeof *m->versions);
@@ -84,7 +85,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   uv_mutex_init(&m->dl_lock);
   uv_cond_init(&m->dl_cond);
   if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->head) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
-      !name_ok(m->dead_letters) || !name_ok(m->leases)) {
+      !name_ok(m->dead_letters) || !name_ok(m->leases) || !name_ok(m->keys)) {
     cqrs_mongo_destroy(m);
     return cqrs_error_set(err, CQRS_EINVAL, "database or collection names must be 1..120 plain characters");
   }
@@ -125,6 +126,7 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   bson_free(m->checkpoints);
   bson_free(m->dead_letters);
   bson_free(m->leases);
+  bson_free(m->keys);
   bson_free(m);
 }
 

@@ -27,6 +27,7 @@ typedef struct cqrs_mongo_options {
   const char *dead_letters; /* default "cqrs_dead_letters" */
   int32_t server_selection_timeout_ms; /* 0: the URI's, else 2000 */
   const char *leases;       /* default "cqrs_leases" */
+  const char *keys;         /* the key store's (cqrs_mongo_keys_new); default "cqrs_keys" */
 } cqrs_mongo_options_t;
 
 /* cqrs_mongo_options_t o = {CQRS_MONGO_OPTIONS_INIT, .database = "billing"}; */
@@ -78,6 +79,19 @@ CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **o
  * dispatchers in one process. */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new_with_clock(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_leases_t **out,
                                                          cqrs_error_t *err);
+
+/* A key store for personal data (cqrs/personal.h) in the keys collection:
+ * one document per subject, {_id: subject, state: "keyed" | "forgotten",
+ * generation, key: BinData (the data key, wrapped when `opts` gives a
+ * master key), wrap: BinData (which master key; absent: none), createdAt,
+ * forgottenAt}; forgetting removes `key` and `wrap` with the update that
+ * marks the subject forgotten. Needs no index beyond _id (docs/mongo.md).
+ * `opts` as cqrs_memory_keys_new's; the master key is never stored. Free
+ * with cqrs_keys_destroy before cqrs_mongo_destroy. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_keys_new(cqrs_mongo_t *m, const cqrs_keys_options_t *opts, cqrs_keys_t **out,
+                                            cqrs_error_t *err);
+/* The name of m's keys collection. */
+CQRS_EXPORT const char *cqrs_mongo_keys_collection(const cqrs_mongo_t *m);
 
 /* A dead-letter sink for cqrs_dispatcher_options_t (data: the cqrs_mongo_t):
  * writes {subscriber, event, error, at} to the dead-letters collection from
