@@ -556,9 +556,10 @@ typedef struct appender {
  * `seq` as its _id; see infra/mongo/src/mongo_store.c). */
 static void commit_doc(bson_t *doc, int64_t seq, const char *stream, int64_t version, int64_t position,
                        const char *cmd) {
-  char eid[25], id[24];
+  char eid[25], id[24], key[CQRS__MONGO_STREAM_KEY_MAX];
   cqrs_new_id(eid);
   snprintf(id, sizeof id, "%020lld", (long long)seq);
+  if (!cqrs__mongo_stream_version_key(key, sizeof key, "account", stream, version)) die("stream key", NULL);
   int64_t now = cqrs_now_ms();
   BSON_APPEND_UTF8(doc, "_id", id);
   BSON_APPEND_UTF8(doc, "type", "account.deposited");
@@ -566,6 +567,7 @@ static void commit_doc(bson_t *doc, int64_t seq, const char *stream, int64_t ver
   BSON_APPEND_INT64(doc, "version", version);
   BSON_APPEND_UTF8(doc, "aggregateType", "account");
   BSON_APPEND_UTF8(doc, "aggregateId", stream);
+  BSON_APPEND_UTF8(doc, "streamVersion", key);
   BSON_APPEND_INT64(doc, "lastVersion", version);
   BSON_APPEND_INT64(doc, "position", position);
   BSON_APPEND_INT64(doc, "lastPosition", position);
@@ -615,7 +617,7 @@ static int rt_kind(const char *name, const bson_t *cmd) {
     const char *k = bson_iter_key(&f);
     if (!strcmp(k, "_id")) return RT_FIND_ID;
     if (!strcmp(k, "commandId")) return RT_FIND_COMMAND;
-    if (!strcmp(k, "aggregateType")) return RT_FIND_STREAM;
+    if (!strcmp(k, "aggregateType") || !strcmp(k, "streamVersion")) return RT_FIND_STREAM;
   }
   return RT_OTHER;
 }
@@ -759,12 +761,13 @@ static void bench_mongo_append(void) {
                                       {"{\"type\": 1, \"timestamp\": 1}", "type_timestamp"},
                                       {"{\"events.type\": 1, \"events.timestamp\": 1}", "events_type_timestamp"},
                                       {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version"},
+                                      {"{\"streamVersion\": 1}", "stream_version_key"},
                                       {"{\"commandId\": 1}", "command_id"},
                                       {"{\"position\": 1}", "position"}};
-  for (int i = 0; i < 6; i++) {
+  for (int i = 0; i < 7; i++) {
     bson_error_t be;
     bson_t *keys = bson_new_from_json((const uint8_t *)idx[i][0], -1, &be);
-    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 3, &err)) die("index", &err);
+    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 4, &err)) die("index", &err);
     bson_destroy(keys);
   }
   /* The store gets a connection of its own, watched from its first client. */

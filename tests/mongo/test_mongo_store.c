@@ -552,7 +552,8 @@ static void test_indexes_exist_and_are_idempotent(void **state) {
   bson_t names = BSON_INITIALIZER;
   assert_int_equal(cqrs_mongo_index_names(fx->m, "cqrs_events", &names, &err), CQRS_OK);
   char *json = bson_as_relaxed_extended_json(&names, NULL);
-  const char *want[] = {"timestamp", "type_timestamp", "events_type_timestamp", "stream_version", "command_id", "position"};
+  const char *want[] = {"timestamp",          "type_timestamp", "events_type_timestamp", "stream_version",
+                        "stream_version_key", "command_id",     "position"};
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
     char quoted[64];
     snprintf(quoted, sizeof quoted, "\"%s\"", want[i]);
@@ -560,6 +561,30 @@ static void test_indexes_exist_and_are_idempotent(void **state) {
   }
   bson_free(json);
   bson_destroy(&names);
+  /* Uniqueness on one field each (a compound unique index's check grows
+   * with the collection on DocumentDB); the compound one serves reads. */
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_collection_t *events = mongoc_client_get_collection(client, cqrs_mongo_database(fx->m), "cqrs_events");
+  mongoc_cursor_t *cur = mongoc_collection_find_indexes_with_opts(events, NULL);
+  const bson_t *doc;
+  int unique = 0;
+  while (mongoc_cursor_next(cur, &doc)) {
+    bson_iter_t it, key;
+    if (!bson_iter_init_find(&it, doc, "unique") || !bson_iter_as_bool(&it)) continue;
+    const char *name = bson_iter_init_find(&it, doc, "name") ? bson_iter_utf8(&it, NULL) : "";
+    int fields = 0;
+    if (bson_iter_init_find(&it, doc, "key") && bson_iter_recurse(&it, &key)) {
+      while (bson_iter_next(&key)) fields++;
+    }
+    if (fields != 1) fail_msg("unique index %s has %d fields", name, fields);
+    if (strcmp(name, "stream_version_key") && strcmp(name, "command_id") && strcmp(name, "position"))
+      fail_msg("unique index %s is not one of the store's", name);
+    unique++;
+  }
+  assert_int_equal(unique, 3);
+  mongoc_cursor_destroy(cur);
+  mongoc_collection_destroy(events);
+  mongoc_client_destroy(client);
 }
 
 int main(void) {
