@@ -173,9 +173,10 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
  * a zero-padded decimal string (the one filter FerretDB 1.24 hands to its
  * SQL backend rather than filtering in Go). The head is found by galloping
  * primary-key probes from the newest commit this process has seen, and the
- * feed reads commits by key, or by a range of keys; other look-ups use the
- * unique indexes and the prefix of the stream's. See docs/scaling.md for
- * what each server makes of them. */
+ * feed reads commits by key, or by a range of keys, from the commit the
+ * unique position index names; other look-ups use the unique indexes and
+ * the prefix of the stream's. See docs/scaling.md for what each server
+ * makes of them. */
 
 #define SEQ_KEY_LEN 24
 
@@ -332,9 +333,35 @@ static cqrs_code_t head_on(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t *
   return rc;
 }
 
-/* The commit that holds global position p, by binary search over commit
- * numbers unless a recent read or append left its number. *seq is the head
- * + 1 when p is past the head. */
+/* The number of the commit whose first position is p, if any: the unique
+ * position index answers in one look-up on a server that reads through its
+ * indexes, whatever the store's size (a reader resuming from a checkpoint
+ * starts at a commit's first position). */
+static cqrs_code_t commit_starting_at(mongoc_collection_t *coll, int64_t p, int64_t *seq, bool *found,
+                                      cqrs_error_t *err) {
+  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj, doc;
+  BSON_APPEND_INT64(&filter, "position", p);
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+  BSON_APPEND_INT32(&proj, "_id", 1);
+  bson_append_document_end(&opts, &proj);
+  cqrs_code_t rc = cqrs__mongo_find_one(coll, &filter, &opts, &doc, found, err, "find a commit by position");
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  if (rc || !*found) return rc;
+  const char *key = str_of(&doc, "_id");
+  char *end = NULL;
+  *seq = key ? strtoll(key, &end, 10) : 0;
+  if (!key || *end || *seq < 1)
+    rc = cqrs_error_set(err, CQRS_ECODEC, "corrupt commit at position %lld: its _id is not a commit number",
+                        (long long)p);
+  bson_destroy(&doc);
+  return rc;
+}
+
+/* The commit that holds global position p: a recent read or append left
+ * its number, or it starts at p (commit_starting_at), or a binary search
+ * over commit numbers finds it. *seq is the head + 1 when p is past the
+ * head. */
 static cqrs_code_t locate(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t p, int64_t *seq, cqrs_error_t *err) {
   if (p <= 1) {
     *seq = 1;
@@ -350,9 +377,11 @@ static cqrs_code_t locate(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t p,
     *seq = hit;
     return CQRS_OK;
   }
+  bool starts;
+  cqrs_code_t rc = commit_starting_at(coll, p, seq, &starts, err);
+  if (rc || starts) return rc;
   commit_ref_t head, r;
-  cqrs_code_t rc = find_head(m, coll, &head, err);
-  if (rc) return rc;
+  if ((rc = find_head(m, coll, &head, err))) return rc;
   if (p > head.last_position) {
     *seq = head.seq + 1;
     return CQRS_OK;
