@@ -723,9 +723,10 @@ typedef struct appender {
  * `seq` as its _id; see infra/mongo/src/mongo_store.c). */
 static void commit_doc(bson_t *doc, int64_t seq, const char *stream, int64_t version, int64_t position,
                        const char *cmd) {
-  char eid[25], id[24];
+  char eid[25], id[24], key[CQRS__MONGO_STREAM_KEY_MAX];
   cqrs_new_id(eid);
   snprintf(id, sizeof id, "%020lld", (long long)seq);
+  if (!cqrs__mongo_stream_version_key(key, sizeof key, "account", stream, version)) die("stream key", NULL);
   int64_t now = cqrs_now_ms();
   BSON_APPEND_UTF8(doc, "_id", id);
   BSON_APPEND_UTF8(doc, "type", "account.deposited");
@@ -733,6 +734,7 @@ static void commit_doc(bson_t *doc, int64_t seq, const char *stream, int64_t ver
   BSON_APPEND_INT64(doc, "version", version);
   BSON_APPEND_UTF8(doc, "aggregateType", "account");
   BSON_APPEND_UTF8(doc, "aggregateId", stream);
+  BSON_APPEND_UTF8(doc, "streamVersion", key);
   BSON_APPEND_INT64(doc, "lastVersion", version);
   BSON_APPEND_INT64(doc, "position", position);
   BSON_APPEND_INT64(doc, "lastPosition", position);
@@ -782,7 +784,7 @@ static int rt_kind(const char *name, const bson_t *cmd) {
     const char *k = bson_iter_key(&f);
     if (!strcmp(k, "_id")) return RT_FIND_ID;
     if (!strcmp(k, "commandId")) return RT_FIND_COMMAND;
-    if (!strcmp(k, "aggregateType")) return RT_FIND_STREAM;
+    if (!strcmp(k, "aggregateType") || !strcmp(k, "streamVersion")) return RT_FIND_STREAM;
   }
   return RT_OTHER;
 }
@@ -926,12 +928,13 @@ static void bench_mongo_append(void) {
                                       {"{\"type\": 1, \"timestamp\": 1}", "type_timestamp"},
                                       {"{\"events.type\": 1, \"events.timestamp\": 1}", "events_type_timestamp"},
                                       {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version"},
+                                      {"{\"streamVersion\": 1}", "stream_version_key"},
                                       {"{\"commandId\": 1}", "command_id"},
                                       {"{\"position\": 1}", "position"}};
-  for (int i = 0; i < 6; i++) {
+  for (int i = 0; i < 7; i++) {
     bson_error_t be;
     bson_t *keys = bson_new_from_json((const uint8_t *)idx[i][0], -1, &be);
-    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 3, &err)) die("index", &err);
+    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 4, &err)) die("index", &err);
     bson_destroy(keys);
   }
   /* The store gets a connection of its own, watched from its first client. */
@@ -989,19 +992,22 @@ static void bench_mongo_append(void) {
 /* ---- mongo-ops: each store operation at 1k, 50k and 500k commits ---- */
 
 #define OPS_STREAM_LEN 10 /* commits per stream in the seeded store */
-#define OPS_REPS 5
+#define OPS_REPS 11
+#define OPS_STEADY 50 /* steady appends measured at each size */
 
 /* Appends commits (from, to] straight to the collection, in the store's own
- * format: commit k is version k % 10 + 1 of stream "s<k / 10>". */
-static void ops_seed(mongoc_collection_t *commits, int64_t from, int64_t to) {
+ * format, one event each: the j-th commit seeded (j from `seeded`) is
+ * version j % 10 + 1 of stream "s<j / 10>", so that every seeded stream
+ * holds ten commits whatever else the store holds. */
+static void ops_seed(mongoc_collection_t *commits, int64_t from, int64_t to, int64_t seeded) {
   enum { BATCH = 1000 };
   bson_t *docs[BATCH];
   for (int64_t k = from + 1; k <= to;) {
     size_t n = 0;
     for (; n < BATCH && k <= to; n++, k++) {
       char stream[32], cmd[48];
-      int64_t i = k - 1, version = i % OPS_STREAM_LEN + 1;
-      snprintf(stream, sizeof stream, "s%lld", (long long)(i / OPS_STREAM_LEN));
+      int64_t j = seeded + (k - from - 1), version = j % OPS_STREAM_LEN + 1;
+      snprintf(stream, sizeof stream, "s%lld", (long long)(j / OPS_STREAM_LEN));
       snprintf(cmd, sizeof cmd, "seed-%lld", (long long)k);
       docs[n] = bson_new();
       commit_doc(docs[n], k, stream, version, k, cmd);
@@ -1072,17 +1078,20 @@ static void bench_mongo_ops(void) {
   const char *db = cqrs_mongo_database(m);
   mongoc_client_t *client = mongoc_client_new(mongo_uri);
   mongoc_collection_t *commits = mongoc_client_get_collection(client, db, billing_mongo_options.events);
-  int64_t stored = 0;
+  int64_t stored = 0, seeded = 0;
   srand(42);
   for (size_t si = 0; si < nsizes; si++) {
     long size = sizes[si];
     uint64_t t0 = now_ns();
-    ops_seed(commits, stored, size);
+    /* The store holds `size` commits when measured: seeded ones, and those
+     * the measures of the sizes before appended. */
+    ops_seed(commits, stored, size, seeded);
+    seeded += size - stored;
+    cqrs_error_t err;
     ops_seed_head(client, db, size);
     fprintf(stderr, "cqrs-bench: seeded %ld commits in %.1f s\n", size, (double)(now_ns() - t0) / 1e9);
     stored = size;
-    cqrs_error_t err;
-    samples_t head = {0}, first = {0}, start_first = {0}, dup = {0}, load = {0}, feed = {0};
+    samples_t head = {0}, first = {0}, start_first = {0}, dup = {0}, load = {0}, feed = {0}, steady = {0};
     for (int r = 0; r < OPS_REPS; r++) {
       /* head and the first command of a process that has just started */
       cqrs_mongo_t *fresh = ops_connect(reg, db);
@@ -1123,7 +1132,7 @@ static void bench_mongo_ops(void) {
       cqrs_event_unref(e);
       cqrs_envelope_unref(env);
       /* a stream of 10 commits anywhere in the store */
-      snprintf(stream, sizeof stream, "s%ld", (long)(rand() % (size / OPS_STREAM_LEN)));
+      snprintf(stream, sizeof stream, "s%ld", (long)(rand() % (seeded / OPS_STREAM_LEN)));
       size_t n = 0;
       t = now_ns();
       if (cqrs_store_read_stream(s, "account", stream, 1, ops_count, &n, &err)) die("load", &err);
@@ -1139,12 +1148,42 @@ static void bench_mongo_ops(void) {
       cqrs_store_destroy(s);
       cqrs_mongo_destroy(fresh);
     }
+    /* Steady appends: a process that knows the head and the versions of
+     * the streams it writes (its own commits), one commit at a time, two
+     * to each new stream (versions 1 and 2). */
+    cqrs_mongo_t *warm = ops_connect(reg, db);
+    cqrs_store_t *ws = NULL;
+    cqrs_mongo_store_new(warm, &ws, NULL);
+    int64_t h;
+    if (cqrs_store_head(ws, &h, &err)) die("head", &err);
+    for (int i = 0; i < OPS_STEADY; i++) {
+      char stream[32], cmd[48];
+      snprintf(stream, sizeof stream, "steady-%ld-%d", size, i / 2);
+      snprintf(cmd, sizeof cmd, "steady-%ld-%d", size, i);
+      cqrs_envelope_t *env;
+      cqrs_event_t *e;
+      cqrs_envelope_new("account", stream, cmd, NULL, &env, NULL);
+      billing_account_moved_t mv = {{1, "EUR"}, 1, ""};
+      cqrs_event_new(&billing_account_deposited, env, NULL, i % 2 + 1, cqrs_now_ms(), &mv, &e, NULL);
+      cqrs_append_t req = {"account", stream, i % 2, cmd, &e, 1};
+      cqrs_append_result_t res;
+      uint64_t t = now_ns();
+      if (cqrs_store_append(ws, &req, &res, &err)) die("steady append", &err);
+      sample(&steady, now_ns() - t);
+      if (res.duplicate) die("a steady append was a duplicate", NULL);
+      cqrs_event_unref(e);
+      cqrs_envelope_unref(env);
+      stored++;
+    }
+    cqrs_store_destroy(ws);
+    cqrs_mongo_destroy(warm);
     ops_report("head", size, &head, OPS_REPS);
     ops_report("first-command", size, &first, OPS_REPS);
     ops_report("start-to-first-command", size, &start_first, OPS_REPS);
     ops_report("command-id", size, &dup, OPS_REPS);
     ops_report("stream-load", size, &load, OPS_REPS);
     ops_report("feed-256", size, &feed, OPS_REPS);
+    ops_report("steady-append", size, &steady, OPS_STEADY);
   }
   mongoc_collection_destroy(commits);
   mongoc_client_destroy(client);
@@ -1234,7 +1273,8 @@ static void bench_query_mongo(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N] [--batch B] [--queries Q] [--loops L]\n");
+    fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N] [--batch B] [--queries Q] [--loops L]\n"
+                    "       [--home P] [--metrics]\n");
     return 2;
   }
   for (int i = 2; i < argc; i++) {

@@ -291,7 +291,7 @@ static void test_samples_end_to_end(void **state) {
   assert_int_equal(cqrs_readmodel_find(rm, "billing_queries", &all, check_invoice_shape, &count, NULL), CQRS_OK);
   assert_int_equal(count, 5);
   const char *const queries_idx[] = {"customer_status", "amount_currency", "created_at", NULL};
-  const char *const commands_idx[] = {"timestamp", "type_timestamp", "events_type_timestamp", "stream_version", "command_id", "position", NULL};
+  const char *const commands_idx[] = {"timestamp", "type_timestamp", "events_type_timestamp", "stream_version", "stream_version_key", "command_id", "position", NULL};
   expect_indexes(m, "billing_queries", queries_idx);
   expect_indexes(m, "billing_commands", commands_idx);
   cqrs_readmodel_destroy(rm);

@@ -48,12 +48,27 @@ CQRS_EXPORT void cqrs_mongo_destroy(cqrs_mongo_t *m);
 CQRS_EXPORT const char *cqrs_mongo_uri_redacted(const cqrs_mongo_t *m);
 CQRS_EXPORT const char *cqrs_mongo_database(const cqrs_mongo_t *m);
 
-/* Creates the indexes the store needs, idempotently (blocks): on the events
- * collection {timestamp: 1}, {type: 1, timestamp: 1} (a commit's first
- * event), {events.type: 1, events.timestamp: 1} (every event), and the unique
- * {aggregateType, aggregateId, version}, {commandId} and {position}; on dead
- * letters {at: 1}. */
+/* Checks the store's format, then creates the indexes the store needs,
+ * idempotently (blocks): on the events collection {timestamp: 1}, {type: 1,
+ * timestamp: 1} (a commit's first event), {events.type: 1,
+ * events.timestamp: 1} (every event), {aggregateType, aggregateId, version}
+ * (a stream's reads), and the unique {streamVersion} (the stream's version),
+ * {commandId} and {position}; on dead letters {at: 1}. An empty store is
+ * noted in the current format; one written by libcqrs 0.1 (or another
+ * format) is refused with CQRS_ESTATE and a message naming
+ * cqrs_mongo_upgrade_store. */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_ensure_indexes(cqrs_mongo_t *m, cqrs_error_t *err);
+
+/* Upgrades the store to the current format, then ensures the indexes
+ * (blocks; minutes for a large store): every commit gets its stream key
+ * (streamVersion), the unique index {aggregateType, aggregateId, version}
+ * becomes a plain one and {streamVersion} a unique one. Run it with every
+ * process that writes to the store stopped. Idempotent; one that stopped
+ * part-way is finished by the next; a store already current costs a look.
+ * *keyed (may be NULL): the commits it wrote. Progress goes to the log hook
+ * (cqrs_log, domain "mongo"). CQRS_ECODEC names a commit it cannot read
+ * (nothing after it is upgraded); CQRS_ESTATE: a store of a newer format. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_upgrade_store(cqrs_mongo_t *m, int64_t *keyed, cqrs_error_t *err);
 
 /* Creates one index on collection `coll` if absent (blocks). `keys` e.g.
  * {"customer.id": 1, status: 1}. */
