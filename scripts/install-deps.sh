@@ -5,7 +5,7 @@
 set -euo pipefail
 unwanted=()
 pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind
-  libmicrohttpd-dev libcurl4-openssl-dev python3)
+  libmicrohttpd-dev libcurl4-openssl-dev python3 libsodium-dev)
 for opt in "$@"; do
   case $opt in
     # scripts/fuzz.sh: clang and its libFuzzer runtime as well.

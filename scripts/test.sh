@@ -126,6 +126,7 @@ bench_smoke() {
   build/release-check/bench/cqrs-bench dispatch --n 20000
   build/release-check/bench/cqrs-bench pipeline --n 20000
   build/release-check/bench/cqrs-bench pipeline-2threads --loops 2 --n 20000
+  build/release-check/bench/cqrs-bench personal --n 2000
 }
 phase "benchmarks (smoke)" -- bench_smoke
 

@@ -16,6 +16,7 @@ typedef struct app {
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_store_t *store;
+  cqrs_keys_t *keys;
   cqrs_readmodel_t *rm;
   cqrs_checkpoints_t *cp;
   cqrs_leases_t *leases; /* NULL: every projection runs here */
@@ -49,6 +50,7 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
   if (cqrs_mongo_new(uri, &o, a->reg, &a->loop, &a->m, &err)) fail_msg("%s", err.message);
   if (billing_mongo_indexes(a->m, &err)) fail_msg("%s", err.message);
   if (cqrs_mongo_store_new(a->m, &a->store, &err) || cqrs_mongo_readmodel_new(a->m, &a->rm, &err) ||
+      billing_mongo_keys(a->m, &a->keys, &err) || cqrs_store_set_keys(a->store, a->keys, a->reg, &err) ||
       (fresh_checkpoints ? cqrs_memory_checkpoints_new(&a->cp, &err) : cqrs_mongo_checkpoints_new(a->m, &a->cp, &err)))
     fail_msg("%s", err.message);
   cqrs_dispatcher_options_t opts;
@@ -88,6 +90,7 @@ static inline void app_close(app_t *a, bool drop) {
   cqrs_checkpoints_destroy(a->cp);
   cqrs_readmodel_destroy(a->rm);
   cqrs_store_destroy(a->store);
+  cqrs_keys_destroy(a->keys);
   if (drop) cqrs_mongo_drop_database(a->m, NULL);
   cqrs_mongo_destroy(a->m);
   cqrs_registry_destroy(a->reg);

@@ -1,7 +1,7 @@
 /* audit: the record of what operators did with this tool, in the store
  * (cqrs_audit: {at, who, action, target, detail, arguments}): flag changes,
  * repairs, rebuilds, projection pauses, resumes, resets, skips and
- * replays, dead-letter replays and drops. The arguments are the command line with
+ * replays, dead-letter replays and drops, customers forgotten. The arguments are the command line with
  * every secret masked: a URI as billing_mongo_uri_redacted shows it. */
 #include <pwd.h>
 #include <string.h>
@@ -17,7 +17,7 @@ static const char usage[] =
     "usage: billing-admin audit [-n N] [--action PREFIX] [--json]\n"
     "The newest N admin actions recorded in cqrs_audit (default 50), newest last: when, who\n"
     "(user@host), the action (flag.set, check.repair, rebuild, projection.pause|resume|reset|skip|replay,\n"
-    "dead-letters.replay|drop), its target, what came of it and the command line\n"
+    "dead-letters.replay|drop, customer.forget), its target, what came of it and the command line\n"
     "(secrets masked). --action keeps those whose action starts with PREFIX.\n"
     "Exit: 0, 2 usage, 3 server error.\n";
 

@@ -18,6 +18,7 @@
 #include "cqrs/metrics.h"
 #include "cqrs/process.h"
 #include "cqrs/lease.h"
+#include "cqrs/personal.h"
 
 #define CQRS_VERSION_MAJOR 0
 #define CQRS_VERSION_MINOR 2

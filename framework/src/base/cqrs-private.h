@@ -23,6 +23,9 @@ bool cqrs__utf8_valid(const char *s, size_t n);
  * at a time, mixed so that the low bits are usable as a bucket index. */
 uint64_t cqrs__hash_str(const char *s, uint64_t seed);
 uint64_t cqrs__hash_bytes(const void *p, size_t n, uint64_t seed);
+/* A 128-bit hash of the strings a and b, for ids (cqrs_id_derive): not for
+ * tables, and no byte of either can stand for the separator between them. */
+void cqrs__hash128(const char *a, const char *b, uint64_t h[2]);
 
 /* Fails with CQRS_EINVAL for NULL, empty or invalid UTF-8, CQRS_ETOO_LARGE past cap - 1. */
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err);
@@ -69,6 +72,7 @@ typedef struct cqrs__event {
   cqrs_event_t pub;
   atomic_uint refs;
   uint32_t size; /* bytes of the block, for cqrs__event_restore to rebuild in; 0: not to be rebuilt */
+  uint32_t forgotten; /* personal fields read as placeholders (model/personal.c): bits of the type's table */
   _Alignas(max_align_t) unsigned char payload[];
 } cqrs__event_t;
 
@@ -199,6 +203,8 @@ struct cqrs_store {
   _Atomic uint64_t calls[CQRS__STORE_OPS];
   _Atomic uint64_t errors[CQRS__STORE_OPS][2]; /* [op][0 transient (CQRS_ESTORE), 1 permanent] */
   _Atomic int64_t head_seen;                   /* highest position an append or a head call returned */
+  cqrs_keys_t *keys;                           /* personal data (store/sealed.c); NULL: none */
+  const cqrs_registry_t *reg;                  /* decodes the events it opens */
 };
 
 /* A growable array of event references. */

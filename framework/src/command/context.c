@@ -13,6 +13,7 @@ struct cqrs_context {
   unsigned held[CTX_MAX_AGGREGATES];
   size_t nheld;
   bson_t *value;
+  char forget[CQRS_ID_MAX]; /* cqrs_context_forget's subject, forgotten at the commit; "": none */
 };
 
 /* Takes the aggregate's lock when that cannot deadlock: a context waits for
@@ -82,16 +83,36 @@ const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx) { return c
 
 int64_t cqrs_context_now_ms(const cqrs_context_t *ctx) { return cqrs__clock_wall(ctx ? ctx->c->rt->clock : NULL); }
 
+cqrs_code_t cqrs_context_forget(cqrs_context_t *ctx, const char *subject, cqrs_error_t *err) {
+  if (!ctx) return cqrs_error_set(err, CQRS_EINVAL, "context is NULL");
+  cqrs_code_t rc = cqrs__check_str(subject, CQRS_ID_MAX, "subject", err);
+  if (rc) return rc;
+  if (ctx->forget[0] && strcmp(ctx->forget, subject))
+    return cqrs_error_set(err, CQRS_ESTATE, "a command forgets one subject");
+  if (!cqrs_store_keys(ctx->c->rt->store))
+    return cqrs_error_set(err, CQRS_ESTATE, "the store has no key store: nothing to forget with");
+  memcpy(ctx->forget, subject, strlen(subject) + 1);
+  return CQRS_OK;
+}
+
 static void context_reset(cqrs_context_t *ctx) {
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->c->free_aggs : NULL;
   for (size_t i = 0; i < ctx->naggs; i++) cqrs__aggregate_release(pool, ctx->aggs[i]);
   ctx->naggs = 0;
+  ctx->forget[0] = '\0';
   unlock_aggregates(ctx);
   if (ctx->value) bson_destroy(ctx->value);
   ctx->value = NULL;
 }
 
 static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_t *err) {
+  /* The key goes before the fact is recorded: a failure in between leaves
+   * a subject forgotten and not yet said to be, which running the command
+   * again records; never the reverse. */
+  if (ctx->forget[0]) {
+    cqrs_code_t rc = cqrs_keys_forget(cqrs_store_keys(ctx->c->rt->store), ctx->forget, err);
+    if (rc) return rc;
+  }
   cqrs_aggregate_t *changed = NULL;
   for (size_t i = 0; i < ctx->naggs; i++) {
     if (!ctx->aggs[i]->pending_count) continue;
@@ -148,6 +169,7 @@ void cqrs__request_execute(request_t *r, bool on_loop) {
   ctx.on_loop = on_loop;
   ctx.naggs = ctx.nheld = 0;
   ctx.value = NULL;
+  ctx.forget[0] = '\0';
   cqrs_code_t rc = CQRS_OK;
   for (unsigned attempt = 0;; attempt++) {
     if (attempt) cqrs_error_clear(err); /* submit cleared it for the first */

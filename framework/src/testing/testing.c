@@ -40,6 +40,7 @@ struct cqrs_test {
   const cqrs_aggregate_type_t *type;
   char id[CQRS_ID_MAX];
   cqrs_store_t *store;
+  cqrs_keys_t *keys; /* personal fields are sealed as in production */
   cqrs_dispatcher_t *d;
   unsigned given;
   bool done;
@@ -68,6 +69,8 @@ cqrs_code_t cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_
   cqrs_code_t rc = cqrs_clock_manual_new(cqrs_now_ms(), &t->clock, err);
   o.clock = t->clock;
   if (!rc) rc = cqrs_memory_store_new(&t->store, err);
+  if (!rc) rc = cqrs_memory_keys_new(NULL, &t->keys, err);
+  if (!rc) rc = cqrs_store_set_keys(t->store, t->keys, reg, err);
   if (!rc) rc = cqrs_dispatcher_new(&t->loop, reg, t->store, &o, &t->d, err);
   if (!rc && setup) rc = setup(t->d, data, err);
   if (rc) {
@@ -94,6 +97,7 @@ bool cqrs_test_destroy(cqrs_test_t *t) {
   vec_free(&t->events);
   cqrs_store_destroy(t->store);
   cqrs_clock_destroy(t->clock);
+  cqrs_keys_destroy(t->keys);
   free(t);
   return ok && rc == 0;
 }
