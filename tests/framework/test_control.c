@@ -1,6 +1,7 @@
 /* Projection controls: an operator's requests written to the control
  * records of the checkpoints (projection.h), read by the running
  * dispatcher every control_ms: pause and resume, reset, skip, replay. */
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,8 +17,8 @@
 #define MAX_POS 512
 
 typedef struct seen {
-  int count[MAX_POS];
-  size_t n;
+  _Atomic int count[MAX_POS]; /* written on the pool by a blocking projection, read on the loop */
+  _Atomic size_t n;
   int64_t fail_at; /* position to fail on; 0: none */
 } seen_t;
 

@@ -15,9 +15,12 @@
 #define MAX_POS 4096
 
 typedef struct seen {
-  int count[MAX_POS];
+  /* Written by a blocking projection's handler on the pool, read by the
+   * test on the loop while deliveries go on: atomic, and order[i] written
+   * before n counts it. */
+  _Atomic int count[MAX_POS];
   int64_t order[MAX_POS];
-  size_t n;
+  _Atomic size_t n;
   int fail_at; /* position to fail on forever; 0: none */
 } seen_t;
 
@@ -25,7 +28,11 @@ static cqrs_code_t watch(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
   seen_t *s = data;
   if (s->fail_at && e->position == s->fail_at) return cqrs_error_set(err, CQRS_EHANDLER, "cannot project %lld", (long long)e->position);
   if (e->position < MAX_POS) s->count[e->position]++;
-  if (s->n < MAX_POS) s->order[s->n++] = e->position;
+  size_t n = atomic_load(&s->n);
+  if (n < MAX_POS) {
+    s->order[n] = e->position;
+    atomic_store(&s->n, n + 1);
+  }
   return CQRS_OK;
 }
 
