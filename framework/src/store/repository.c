@@ -157,3 +157,23 @@ cqrs_code_t cqrs__repository_save_cached(cqrs_store_t *store, cqrs__cache_t *cac
   }
   return rc;
 }
+
+cqrs_code_t cqrs__repository_save_many_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs_aggregate_t *agg,
+                                              const cqrs_append_t *reqs, size_t n, bool clean,
+                                              cqrs_append_result_t *res, size_t *done, cqrs_error_t *err) {
+  cqrs_code_t rc = cqrs__store_append_many_valid(store, reqs, n, res, done, err);
+  size_t events = 0;
+  for (size_t i = 0; i < n; i++) events += reqs[i].count;
+  if (rc == CQRS_OK && *done == n && clean && events == agg->pending_count) {
+    int64_t before = agg->version;
+    cqrs__aggregate_committed(agg);
+    maybe_snapshot(store, agg, before);
+    if (cache) cqrs__cache_put(cache, agg);
+  } else if (cache) {
+    /* What the state says is not what landed (a commit that did not, or a
+     * command's events the batch left out), or a duplicate's state that may
+     * be stale: the next load reads the store. */
+    cqrs__cache_drop(cache, agg->type->name, agg->id);
+  }
+  return rc;
+}
