@@ -7,12 +7,15 @@
  *
  *   commands.c  the component: handlers, send, the inbox, the drain
  *   request.c   one request: admission, running, completion
+ *   batch.c     requests of a batch handler queued per aggregate, run as
+ *               batches: one context, one store call for their commits
  *   context.c   the handler's context: loads, locks, commit, conflicts
  *   owner.c     which loop owns an aggregate, and whose cache keeps it
  *   loops.c     a dispatcher with several loops: members, routing, returns
  *
  * Calls go down that list (loops.c uses the others; commands.c reaches it
- * through the drain and route hooks it sets). */
+ * through the drain and route hooks it sets, batch.c a member's through the
+ * ran hook). */
 #ifndef CQRS_COMMAND_PRIVATE_H
 #define CQRS_COMMAND_PRIVATE_H
 
@@ -33,6 +36,7 @@ typedef struct handler {
 
 typedef struct request request_t;
 typedef struct cqrs__commands cqrs__commands_t;
+typedef struct cqrs__batch cqrs__batch_t;
 
 /* A member loop of a home with several (loops.c). */
 typedef struct cqrs__member {
@@ -111,12 +115,20 @@ struct cqrs__commands {
   request_t *batch_head, *batch_tail;     /* member: run, not handed back yet */
   size_t batch_n;
   _Atomic bool stop;           /* member: the home asks it to close */
+  /* Batches (batch.c): the keys with requests queued or a batch running,
+   * those with requests to start a batch with, and the most requests of
+   * one batch (1: none are batched). Loop thread. */
+  cqrs__batch_t *batches, *ready;
+  unsigned batch_max;
   request_t *called_head, *called_tail; /* calls completed from any thread; the runtime's lock */
   /* Set by loops.c when there are several: runs what the inbox brought
    * (and what members returned); and routes an admitted request to its
    * loop (true: routed, not to run here). NULL: one loop. */
   void (*drain)(cqrs__commands_t *c, request_t *returned);
   bool (*route)(cqrs__commands_t *c, request_t *r);
+  /* Set by loops.c on a member: a request ran here (batch.c hands it back
+   * through it). NULL: cqrs__request_finish. */
+  void (*ran)(cqrs__commands_t *c, request_t *r);
 };
 
 /* commands.c: the command side of runtime `rt`, with the options that are
@@ -148,9 +160,60 @@ enum { CALL_NONE, CALL_OUT, CALL_BACK };
 bool cqrs__call_start(cqrs__commands_t *c, request_t *r);
 void cqrs__calls_drain(cqrs__commands_t *c, request_t *back);
 
-/* context.c: runs the handler and commits, again after a conflict; then
- * the command's interceptor, if it has one. Any thread. */
+/* batch.c: a request of a batch handler naming its aggregate is queued
+ * for a batch of that aggregate on `c`, its runner (true: taken); the
+ * batches queued start at the end of the drain (cqrs__batch_flush): inline,
+ * one after the other until nothing is queued, or one per aggregate at a
+ * time on the pool when the store or the handler blocks. */
+bool cqrs__batch_take(cqrs__commands_t *c, request_t *r);
+void cqrs__batch_flush(cqrs__commands_t *c);
+/* The dispatcher frees: what is left (nothing is queued by then). */
+void cqrs__batch_free_all(cqrs__commands_t *c);
+
+/* context.c */
+#define CTX_MAX_AGGREGATES 8
+
+struct cqrs_context {
+  cqrs__commands_t *c;
+  const cqrs_command_t *cmd;
+  bool on_loop; /* never wait for a lock on the loop thread */
+  bool limited; /* a load was refused: the command had CTX_MAX_AGGREGATES */
+  cqrs_aggregate_t *aggs[CTX_MAX_AGGREGATES];
+  size_t naggs;
+  unsigned held[CTX_MAX_AGGREGATES];
+  size_t nheld;
+  bson_t *value;
+};
+
+/* Runs the handler and commits, again after a conflict; then the command's
+ * interceptor, if it has one. Any thread. */
 void cqrs__request_execute(request_t *r, bool on_loop);
+/* The parts of it a batch runs. A context to run handlers of `c` in (its
+ * arrays read only up to their counts: not zeroed). */
+static inline void cqrs__context_init(cqrs_context_t *ctx, cqrs__commands_t *c, bool on_loop) {
+  ctx->c = c;
+  ctx->cmd = NULL;
+  ctx->on_loop = on_loop;
+  ctx->limited = false;
+  ctx->naggs = ctx->nheld = 0;
+  ctx->value = NULL;
+}
+/* Runs `r`'s handler once in `ctx`. */
+cqrs_code_t cqrs__context_run(cqrs_context_t *ctx, request_t *r);
+/* What cqrs__request_execute does once the handler ran in `ctx` and came
+ * to `rc`: the commit, the conflicts run again, the conclusion; resets
+ * `ctx`. */
+void cqrs__context_finish(cqrs_context_t *ctx, request_t *r, cqrs_code_t rc);
+/* Concludes a decision `rc` whose commit, if any, is known: the error's
+ * text when the handler gave none, a natural id's duplicate for a
+ * rejection, the command's interceptor. Returns the final code. */
+cqrs_code_t cqrs__request_conclude(request_t *r, cqrs_code_t rc);
+/* Lets go of every aggregate but `keep` (and of their locks). */
+void cqrs__context_keep_only(cqrs_context_t *ctx, const cqrs_aggregate_t *keep);
+/* Lets go of everything (the value too). */
+void cqrs__context_reset(cqrs_context_t *ctx);
+/* The cache the context keeps aggregate `id` in (NULL: none). */
+cqrs__cache_t *cqrs__context_cache(const cqrs_context_t *ctx, const char *id);
 
 /* owner.c */
 unsigned cqrs__owner_of(const cqrs__commands_t *c, const char *id);

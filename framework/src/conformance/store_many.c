@@ -9,10 +9,6 @@
 #define STREAM "conformance"
 #define MAX_EVENTS 8
 
-typedef struct amount {
-  int64_t amount;
-} amount_t;
-
 /* Commits whose events are built here: commit i of `n` is `counts[i]`
  * events of command `cmds[i]`, following the one before from `expected`;
  * its event k credits `base + 10 * i + k`. */
@@ -34,7 +30,7 @@ static void many_make(many_t *m, const char *id, int64_t expected, const char *c
     for (size_t k = 0; k < counts[i]; k++) {
       assert_true(m->nevents < MAX_EVENTS);
       amount_t a = {base + 10 * (int64_t)i + (int64_t)k};
-      if (cqrs_event_new(cqrs__conf_credited, m->envs[i], NULL, expected + (int64_t)k + 1, 1700000000000, &a,
+      if (cqrs_event_new(&cqrs__conf_credited, m->envs[i], NULL, expected + (int64_t)k + 1, 1700000000000, &a,
                          &m->events[m->nevents], &err))
         fail_msg("event: %s", err.message);
       m->nevents++;
