@@ -14,15 +14,13 @@
  * themselves. */
 #include "command/command-private.h"
 
-#define BATCH_MAX 256     /* requests of a batch at most (dispatcher.h, batch_max) */
 #define ROUND_EVENTS 4096 /* events of a round's commits at most */
 
 struct cqrs__batch {
   UT_hash_handle hh;       /* in c->batches, by key */
   cqrs__commands_t *c;
   request_t *head, *tail;  /* queued for the next batch */
-  cqrs__batch_t *next;     /* in c->ready */
-  bool ready, running;     /* in c->ready; a batch of it on the pool */
+  bool running;            /* a batch of it on the pool */
   cqrs__job_t job;
   struct run *run;         /* the batch on the pool */
   char key[];
@@ -75,11 +73,6 @@ bool cqrs__batch_take(cqrs__commands_t *c, request_t *r) {
     b->head = r;
   }
   b->tail = r;
-  if (!b->ready && !b->running) {
-    b->ready = true;
-    b->next = c->ready;
-    c->ready = b;
-  }
   return true;
 }
 
@@ -296,9 +289,10 @@ static run_t *run_new(cqrs__batch_t *b) {
   return run;
 }
 
+/* A member's requests go back to the home, which finishes them. */
 static void ran(cqrs__commands_t *c, request_t *r) {
-  if (c->ran) {
-    c->ran(c, r);
+  if (c->home) {
+    cqrs__member_ran(c, r);
   } else {
     cqrs__request_finish(r);
   }
@@ -339,9 +333,9 @@ static void start(cqrs__batch_t *b) {
       request_t *r = b->head;
       b->head = r->next;
       if (!b->head) b->tail = NULL;
-      if (c->ran) {
+      if (c->home) {
         cqrs__request_execute(r, true);
-        c->ran(c, r);
+        cqrs__member_ran(c, r);
       } else {
         cqrs__request_run_here(c, r);
       }
@@ -369,11 +363,9 @@ static void start(cqrs__batch_t *b) {
 }
 
 void cqrs__batch_flush(cqrs__commands_t *c) {
-  while (c->ready) {
-    cqrs__batch_t *b = c->ready;
-    c->ready = b->next;
-    b->ready = false;
-    start(b);
+  cqrs__batch_t *b, *tmp;
+  HASH_ITER(hh, c->batches, b, tmp) {
+    if (!b->running) start(b); /* a running one starts the next itself */
   }
 }
 
@@ -383,5 +375,4 @@ void cqrs__batch_free_all(cqrs__commands_t *c) {
     HASH_DEL(c->batches, b);
     cqrs__free(b);
   }
-  c->ready = NULL;
 }

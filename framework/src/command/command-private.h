@@ -14,8 +14,7 @@
  *   loops.c     a dispatcher with several loops: members, routing, returns
  *
  * Calls go down that list (loops.c uses the others; commands.c reaches it
- * through the drain and route hooks it sets, batch.c a member's through the
- * ran hook). */
+ * through the drain and route hooks it sets). */
 #ifndef CQRS_COMMAND_PRIVATE_H
 #define CQRS_COMMAND_PRIVATE_H
 
@@ -84,6 +83,7 @@ struct cqrs__commands {
   unsigned conflict_retries;
   bool keep_alive;
   bool store_blocking;
+  uint16_t batch_max; /* the most requests of one batch (batch.c); 1: none are batched */
   handler_t *handlers;
   handler_t *handler_memo[HANDLER_MEMO]; /* recent look-ups, by type address; loop thread */
   pthread_mutex_t stripes[CQRS_STRIPES]; /* plain mutexes: taken by every command */
@@ -96,7 +96,9 @@ struct cqrs__commands {
   request_t *inbox_head, *inbox_tail; /* from other threads; the runtime's lock */
   request_t *local_head, *local_tail; /* from the loop thread */
   request_t *free_requests;           /* loop thread only */
-  size_t nfree;
+  /* Batches (batch.c): the aggregates with requests queued or a batch
+   * running. Loop thread. */
+  cqrs__batch_t *batches;
   _Atomic size_t pending;       /* commands sent from other threads, not completed */
   _Atomic size_t pending_local; /* from the loop thread: only it writes, no locked add */
 
@@ -107,6 +109,7 @@ struct cqrs__commands {
    * finishes it when it comes back. */
   unsigned nloops, index;      /* index: 0 on the home */
   unsigned home_share;         /* of 1024 hashes, those the home owns */
+  unsigned nfree;              /* requests in free_requests */
   cqrs__commands_t *home;      /* on a member: its home; NULL on the home */
   cqrs__member_t *members;     /* home only: nloops entries, [0] unused */
   request_t *returns_head, *returns_tail; /* finished by members; the runtime's lock */
@@ -115,21 +118,26 @@ struct cqrs__commands {
   request_t *batch_head, *batch_tail;     /* member: run, not handed back yet */
   size_t batch_n;
   _Atomic bool stop;           /* member: the home asks it to close */
-  /* Batches (batch.c): the keys with requests queued or a batch running,
-   * those with requests to start a batch with, and the most requests of
-   * one batch (1: none are batched). Loop thread. */
-  cqrs__batch_t *batches, *ready;
-  unsigned batch_max;
   request_t *called_head, *called_tail; /* calls completed from any thread; the runtime's lock */
   /* Set by loops.c when there are several: runs what the inbox brought
    * (and what members returned); and routes an admitted request to its
    * loop (true: routed, not to run here). NULL: one loop. */
   void (*drain)(cqrs__commands_t *c, request_t *returned);
   bool (*route)(cqrs__commands_t *c, request_t *r);
-  /* Set by loops.c on a member: a request ran here (batch.c hands it back
-   * through it). NULL: cqrs__request_finish. */
-  void (*ran)(cqrs__commands_t *c, request_t *r);
 };
+
+/* Member: request `r` ran here; the end of the drain hands it back to the
+ * home (loops.c). */
+static inline void cqrs__member_ran(cqrs__commands_t *w, request_t *r) {
+  r->next = NULL;
+  if (w->batch_tail) {
+    w->batch_tail->next = r;
+  } else {
+    w->batch_head = r;
+  }
+  w->batch_tail = r;
+  w->batch_n++;
+}
 
 /* commands.c: the command side of runtime `rt`, with the options that are
  * its own. On failure nothing is left. */
@@ -160,7 +168,8 @@ enum { CALL_NONE, CALL_OUT, CALL_BACK };
 bool cqrs__call_start(cqrs__commands_t *c, request_t *r);
 void cqrs__calls_drain(cqrs__commands_t *c, request_t *back);
 
-/* batch.c: a request of a batch handler naming its aggregate is queued
+/* batch.c: a request of a batch handler (callers test the flag first: the
+ * lone path pays no call) naming its aggregate is queued
  * for a batch of that aggregate on `c`, its runner (true: taken); the
  * batches queued start at the end of the drain (cqrs__batch_flush): inline,
  * one after the other until nothing is queued, or one per aggregate at a

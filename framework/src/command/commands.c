@@ -230,10 +230,11 @@ static void drain(cqrs__commands_t *c) {
     request_t *r = c->local_head;
     c->local_head = r->next;
     if (!c->local_head) c->local_tail = NULL;
-    if (cqrs__request_admit(c, r) && !(r->handler->start && cqrs__call_start(c, r)) && !cqrs__batch_take(c, r))
+    if (cqrs__request_admit(c, r) && !(r->handler->start && cqrs__call_start(c, r)) &&
+        !((r->handler->flags & CQRS_HANDLER_BATCH) && cqrs__batch_take(c, r)))
       cqrs__request_run_here(c, r);
   }
-  if (c->ready) cqrs__batch_flush(c);
+  if (c->batches) cqrs__batch_flush(c);
 }
 
 static void async_cb(uv_async_t *h) {
@@ -356,7 +357,7 @@ cqrs_code_t cqrs__commands_new(cqrs__runtime_t *rt, const cqrs_dispatcher_option
   cqrs_code_t rc = commands_make(rt, opts->aggregate_cache, opts->keep_alive, out, err);
   if (rc) return rc;
   (*out)->conflict_retries = opts->conflict_retries;
-  (*out)->batch_max = opts->batch_max;
+  (*out)->batch_max = (uint16_t)opts->batch_max;
   rt->command = (cqrs__command_port_t){*out, port_send, port_handle};
   return CQRS_OK;
 }

@@ -153,14 +153,18 @@ static cqrs_code_t natural_duplicate(cqrs__commands_t *c, request_t *r, cqrs_cod
   return CQRS_OK;
 }
 
-cqrs_code_t cqrs__context_run(cqrs_context_t *ctx, request_t *r) {
+/* The lone path's parts are inlined in it; batch.c calls them through the
+ * cqrs__ names. */
+static inline cqrs_code_t run(cqrs_context_t *ctx, request_t *r) {
   ctx->cmd = r->cmd;
   r->result.version = 0;
   return r->handler->fn ? r->handler->fn(ctx, r->cmd, r->handler->data, &r->result.error)
                         : r->handler->decide(ctx, r->cmd, r->reply, r->handler->data, &r->result.error);
 }
 
-cqrs_code_t cqrs__request_conclude(request_t *r, cqrs_code_t rc) {
+cqrs_code_t cqrs__context_run(cqrs_context_t *ctx, request_t *r) { return run(ctx, r); }
+
+static inline cqrs_code_t conclude(request_t *r, cqrs_code_t rc) {
   cqrs_error_t *err = &r->result.error;
   if (rc != CQRS_OK && err->code != rc) {
     /* The handler failed without saying why. */
@@ -173,7 +177,9 @@ cqrs_code_t cqrs__request_conclude(request_t *r, cqrs_code_t rc) {
   return rc;
 }
 
-void cqrs__context_finish(cqrs_context_t *ctx, request_t *r, cqrs_code_t rc) {
+cqrs_code_t cqrs__request_conclude(request_t *r, cqrs_code_t rc) { return conclude(r, rc); }
+
+static inline void finish(cqrs_context_t *ctx, request_t *r, cqrs_code_t rc) {
   cqrs_error_t *err = &r->result.error;
   for (;;) {
     if (rc == CQRS_OK) rc = context_commit(ctx, r, err);
@@ -181,17 +187,19 @@ void cqrs__context_finish(cqrs_context_t *ctx, request_t *r, cqrs_code_t rc) {
     if (rc != CQRS_ECONFLICT || r->conflicts > ctx->c->conflict_retries) break;
     context_reset(ctx);
     cqrs_error_clear(err); /* submit cleared it for the first */
-    rc = cqrs__context_run(ctx, r);
+    rc = run(ctx, r);
   }
-  if (cqrs__request_conclude(r, rc) == CQRS_OK) {
+  if (conclude(r, rc) == CQRS_OK) {
     r->value = ctx->value;
     ctx->value = NULL;
   }
   context_reset(ctx);
 }
 
+void cqrs__context_finish(cqrs_context_t *ctx, request_t *r, cqrs_code_t rc) { finish(ctx, r, rc); }
+
 void cqrs__request_execute(request_t *r, bool on_loop) {
   cqrs_context_t ctx;
   cqrs__context_init(&ctx, r->runner, on_loop);
-  cqrs__context_finish(&ctx, r, cqrs__context_run(&ctx, r));
+  finish(&ctx, r, run(&ctx, r));
 }

@@ -28,7 +28,6 @@ static void chain_append(request_t **head, request_t **tail, request_t *first, r
 /* ---- the members' threads ---- */
 
 static void drain_member(cqrs__commands_t *w, request_t *returned);
-static void ran_member(cqrs__commands_t *w, request_t *r);
 
 static void member_main(void *arg) {
   cqrs__member_t *m = arg;
@@ -51,7 +50,6 @@ static void member_main(void *arg) {
     uv_sem_post(&m->ready);
     return;
   }
-  m->c->ran = ran_member;
   uv_sem_post(&m->ready);
   uv_run(&m->loop, UV_RUN_DEFAULT); /* until the home stops it: it closes, and its runtime is freed */
   int rc = uv_loop_close(&m->loop);
@@ -153,13 +151,6 @@ static void hand_back(cqrs__commands_t *w) {
   if (cqrs__runtime_closing(w->rt)) cqrs__runtime_maybe_closed(w->rt);
 }
 
-/* Member: the ran hook. */
-static void ran_member(cqrs__commands_t *w, request_t *r) {
-  r->next = NULL;
-  chain_append(&w->batch_head, &w->batch_tail, r, r);
-  if (++w->batch_n == HANDOVER_BATCH) hand_back(w);
-}
-
 /* Member: the drain hook. */
 static void drain_member(cqrs__commands_t *w, request_t *returned) {
   CQRS__UNUSED(returned); /* only the home hears of returns */
@@ -167,11 +158,12 @@ static void drain_member(cqrs__commands_t *w, request_t *returned) {
     request_t *r = w->local_head;
     w->local_head = r->next;
     if (!w->local_head) w->local_tail = NULL;
-    if (cqrs__batch_take(w, r)) continue;
+    if ((r->handler->flags & CQRS_HANDLER_BATCH) && cqrs__batch_take(w, r)) continue;
     cqrs__request_execute(r, true);
-    ran_member(w, r);
+    cqrs__member_ran(w, r);
+    if (w->batch_n == HANDOVER_BATCH) hand_back(w);
   }
-  if (w->ready) cqrs__batch_flush(w);
+  if (w->batches) cqrs__batch_flush(w); /* its requests join the hand-back */
   hand_back(w);
 }
 
@@ -222,9 +214,9 @@ static void drain_home(cqrs__commands_t *c, request_t *returned) {
   while (mine) {
     request_t *r = mine;
     mine = r->next;
-    if (!cqrs__batch_take(c, r)) cqrs__request_run_here(c, r);
+    if (!((r->handler->flags & CQRS_HANDLER_BATCH) && cqrs__batch_take(c, r))) cqrs__request_run_here(c, r);
   }
-  if (c->ready) cqrs__batch_flush(c);
+  if (c->batches) cqrs__batch_flush(c);
 }
 
 /* ---- the component ---- */

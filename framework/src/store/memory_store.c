@@ -39,6 +39,10 @@ static stream_t *find_stream(memstore_t *m, const char *type, const char *id) {
 #endif
 #define LOCK_SPINS 200 /* a few microseconds: longer than any append holds the lock */
 
+/* What an append calls is inlined in it, as when it was its only caller:
+ * append_many calls the same, and the single append is every command's. */
+#define HOT static inline __attribute__((always_inline))
+
 /* The lock is held for well under a microsecond: a writer that finds it
  * taken waits for it awake a while before it sleeps in the kernel. */
 /* pthread's calls directly (uv_mutex_t is a pthread_mutex_t on Unix):
@@ -105,7 +109,7 @@ typedef struct plan {
 
 /* A cause of its own for the first event and for another envelope than the
  * one before. Returns the bytes the event takes. */
-static size_t plan_event(const memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
+HOT size_t plan_event(const memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
   const cqrs_event_t *e = req->events[i];
   const cqrs_envelope_t *env = e->envelope;
   const cqrs_envelope_t *prev = i ? req->events[i - 1]->envelope : NULL;
@@ -135,8 +139,8 @@ static size_t plan_event(const memstore_t *m, const cqrs_append_t *req, size_t i
   return p->rec + p->cause;
 }
 
-static const cause_t *write_cause(arena_block_t *a, const plan_t *plan, const cqrs_envelope_t *env,
-                                  const char *command_id) {
+HOT const cause_t *write_cause(arena_block_t *a, const plan_t *plan, const cqrs_envelope_t *env,
+                               const char *command_id) {
   cause_t *c = arena_take(a, plan->cause);
   const char *cause = env ? env->causation_id : "", *corr = env ? env->correlation_id : "";
   char *p = c->strings;
@@ -156,8 +160,8 @@ static const cause_t *write_cause(arena_block_t *a, const plan_t *plan, const cq
   return c;
 }
 
-static const rec_t *write_rec(arena_block_t *a, const plan_t *plan, const cqrs_event_t *e, const stream_t *s,
-                              const cause_t *cause, int64_t position) {
+HOT const rec_t *write_rec(arena_block_t *a, const plan_t *plan, const cqrs_event_t *e, const stream_t *s,
+                           const cause_t *cause, int64_t position) {
   rec_t *r = arena_take(a, plan->rec);
   r->type = e->type;
   r->cause = cause;
@@ -219,11 +223,10 @@ static bool visit(reader_t *rd, const rec_t *r, cqrs_event_visit_cb cb, void *da
 
 /* What an append does under the lock, once its records are planned:
  * `*s` is the stream found (NULL: none yet), `*fresh` a new one for a
- * first commit (taken when used). Inlined in both appends: the single one
- * is every command's. */
-static inline __attribute__((always_inline)) cqrs_code_t
-commit_locked(memstore_t *m, const cqrs_append_t *req, const plan_t *plans, size_t need, uint32_t idh, uint64_t sh,
-              stream_t **sp, stream_t **freshp, cqrs_append_result_t *res, cqrs_error_t *err) {
+ * first commit (taken when used). */
+HOT cqrs_code_t commit_locked(memstore_t *m, const cqrs_append_t *req, const plan_t *plans, size_t need, uint32_t idh,
+                              uint64_t sh, stream_t **sp, stream_t **freshp, cqrs_append_result_t *res,
+                              cqrs_error_t *err) {
   if (ids_has(m, req->command_id, idh)) {
     res->duplicate = true;
     return CQRS_OK;

@@ -96,7 +96,9 @@ static cqrs_code_t stamp_cause(cqrs_aggregate_t *agg, const cqrs_cause_t *cause,
   return CQRS_OK;
 }
 
-static void maybe_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg, int64_t before) {
+/* Inlined in both saves: the single one is every command's. */
+static inline __attribute__((always_inline)) void maybe_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg,
+                                                                 int64_t before) {
   const cqrs_aggregate_type_t *type = agg->type;
   if (!type->snapshot_every || !type->snapshot_fields) return;
   if (agg->version / type->snapshot_every == before / type->snapshot_every) return;
