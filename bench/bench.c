@@ -3,7 +3,7 @@
  * latency in microseconds, peak RSS in KiB, and what the scenario adds.
  * Scenarios: dispatch, pipeline, pipeline-2threads, rehydrate,
  * mongo-append, mongo-ops, projection-lag, projection-lag-mongo,
- * query-mongo, memory-overhead, invoice-issue (issue.c). See
+ * query-mongo, memory-overhead, personal, invoice-issue (issue.c). See
  * docs/benchmarks.md. */
 #include <billing/billing.h>
 #include <cqrs/backend.h>
@@ -245,6 +245,173 @@ static void bench_pipeline(void) {
   report("pipeline", (uint64_t)total, (double)busy / 1e9, &lat, extra);
   free(cmds);
   pipe_close(&e);
+}
+
+/* ---- personal: what personal data costs (docs/privacy.md) ---- */
+
+typedef struct pii {
+  char name[BILLING_NAME_MAX];
+  char email[BILLING_EMAIL_MAX];
+} pii_t;
+static const cqrs_field_t pii_plain_fields[] = {CQRS_STRING(pii_t, name, "name", 0),
+                                                CQRS_STRING(pii_t, email, "email", 0), CQRS_FIELDS_END};
+static const cqrs_field_t pii_sealed_fields[] = {CQRS_STRING(pii_t, name, "name", CQRS_F_PERSONAL),
+                                                 CQRS_STRING(pii_t, email, "email", CQRS_F_PERSONAL),
+                                                 CQRS_SUBJECT_OWNER, CQRS_FIELDS_END};
+static const cqrs_event_type_t pii_plain = {.name = "bench.pii_plain", .schema_version = 1, .payload_size = sizeof(pii_t), .fields = pii_plain_fields};
+static const cqrs_event_type_t pii_sealed = {.name = "bench.pii_sealed", .schema_version = 1, .payload_size = sizeof(pii_t), .fields = pii_sealed_fields};
+
+static bool count_event(const cqrs_event_t *e, void *data) {
+  (void)e;
+  (*(long *)data)++;
+  return true;
+}
+
+/* Appends one event of `type` to each of `n` streams "<prefix><i>" at
+ * `version`; returns ns per append. */
+static double pii_appends(cqrs_store_t *store, const cqrs_event_type_t *type, const char *prefix, long n,
+                          int64_t version) {
+  uint64_t busy = 0;
+  for (long i = 0; i < n; i++) {
+    char id[32], cmd_id[48];
+    snprintf(id, sizeof id, "%s%ld", prefix, i);
+    snprintf(cmd_id, sizeof cmd_id, "%s-v%lld", id, (long long)version);
+    pii_t p;
+    memset(&p, 0, sizeof p);
+    snprintf(p.name, sizeof p.name, "Customer number %ld", i);
+    snprintf(p.email, sizeof p.email, "billing.department@customer-%ld.example.org", i);
+    cqrs_envelope_t *env;
+    cqrs_event_t *e;
+    if (cqrs_envelope_new("bench", id, cmd_id, NULL, &env, NULL) ||
+        cqrs_event_new(type, env, NULL, version, 1, &p, &e, NULL))
+      die("event", NULL);
+    cqrs_append_t req = {"bench", id, version - 1, cmd_id, &e, 1};
+    cqrs_append_result_t res;
+    cqrs_error_t err;
+    uint64_t t0 = now_ns();
+    if (cqrs_store_append(store, &req, &res, &err)) die("append", &err);
+    busy += now_ns() - t0;
+    cqrs_event_unref(e);
+    cqrs_envelope_unref(env);
+  }
+  return (double)busy / (double)n;
+}
+
+static double pii_reads(cqrs_store_t *store, int64_t from, long n) {
+  long seen = 0;
+  cqrs_error_t err;
+  uint64_t t0 = now_ns();
+  if (cqrs_store_read_all(store, from, (size_t)n, count_event, &seen, &err)) die("read", &err);
+  uint64_t dt = now_ns() - t0;
+  if (seen != n) die("read: events missing", NULL);
+  return (double)dt / (double)n;
+}
+
+/* Sends `n` commands built by `make` and runs them; returns us per command. */
+static double run_commands(pipe_env_t *e, long n, cqrs_command_t *(*make)(long i), samples_t *lat) {
+  uint64_t done = 0, busy = 0;
+  const long batch = 1000;
+  cqrs_command_t *cmds[1000];
+  for (long sent = 0; sent < n; sent += batch) {
+    long k = n - sent < batch ? n - sent : batch;
+    for (long i = 0; i < k; i++) cmds[i] = make(sent + i);
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < k; i++) cqrs_dispatcher_send(e->d, cmds[i], count_done, &done);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    uint64_t dt = now_ns() - t0;
+    busy += dt;
+    if (lat) sample(lat, dt / (uint64_t)k);
+  }
+  if (done != (uint64_t)n) fprintf(stderr, "personal: %" PRIu64 " of %ld commands done\n", done, n);
+  return (double)busy / 1e3 / (double)n;
+}
+
+static cqrs_command_t *register_cmd(long i) {
+  billing_register_customer_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.customer_id, sizeof c.customer_id, "cust-%ld", i);
+  snprintf(c.name, sizeof c.name, "Customer number %ld", i);
+  snprintf(c.email, sizeof c.email, "billing@customer-%ld.example.org", i);
+  cqrs_command_t *cmd;
+  cqrs_command_new(&billing_register_customer, &c, &cmd, NULL);
+  return cmd;
+}
+
+static cqrs_command_t *change_cmd(long i) {
+  billing_change_email_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.customer_id, sizeof c.customer_id, "cust-%ld", i);
+  snprintf(c.email, sizeof c.email, "accounts@customer-%ld.example.org", i);
+  cqrs_command_t *cmd;
+  cqrs_command_new(&billing_change_email, &c, &cmd, NULL);
+  return cmd;
+}
+
+static cqrs_command_t *forget_cmd(long i) {
+  billing_forget_customer_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.customer_id, sizeof c.customer_id, "cust-%ld", i);
+  cqrs_command_t *cmd;
+  cqrs_command_new(&billing_forget_customer, &c, &cmd, NULL);
+  return cmd;
+}
+
+/* In memory, one thread: (1) the store alone, the same payload (a name and
+ * an e-mail) as a plain event type and as a personal one: the cost of
+ * sealing per event (a new subject: its key made; a known one: cached) and
+ * of opening it; (2) customer.register and customer.change_email through
+ * the whole billing path, projections on; (3) customer.forget: the key
+ * deleted, the fact recorded, the customer's snapshot replaced, the read
+ * side's customer overwritten (with no invoices: billing.invoices also
+ * overwrites every invoice of the customer, a scan of the in-memory read
+ * model, which MongoDB serves from its customer.id index). */
+static void bench_personal(void) {
+  long n = n_arg ? n_arg : 100000, forgets = n < 10000 ? n : 10000;
+  cqrs_registry_t *reg = NULL;
+  cqrs_registry_new(&reg, NULL);
+  cqrs_registry_add_event(reg, &pii_plain, NULL);
+  cqrs_registry_add_event(reg, &pii_sealed, NULL);
+  cqrs_store_t *store = NULL;
+  cqrs_keys_t *keys = NULL;
+  cqrs_error_t err;
+  if (cqrs_memory_store_new(&store, &err) || cqrs_memory_keys_new(NULL, &keys, &err) ||
+      cqrs_store_set_keys(store, keys, reg, &err))
+    die("store", &err);
+  double plain_append = pii_appends(store, &pii_plain, "p", n, 1);
+  double plain_read = pii_reads(store, 1, n);
+  double sealed_new = pii_appends(store, &pii_sealed, "s", n, 1);
+  double sealed_known = pii_appends(store, &pii_sealed, "s", n, 2);
+  double sealed_read = pii_reads(store, n + 1, 2 * n);
+  cqrs_store_destroy(store);
+  cqrs_keys_destroy(keys);
+  cqrs_registry_destroy(reg);
+
+  pipe_env_t e;
+  memset(&e, 0, sizeof e);
+  uv_loop_init(&e.loop);
+  cqrs_registry_new(&e.reg, NULL);
+  billing_register(e.reg, NULL);
+  if (cqrs_memory_store_new(&e.store, &err) || cqrs_memory_readmodel_new(&e.rm, &err) ||
+      cqrs_memory_checkpoints_new(&e.cp, &err) || cqrs_memory_keys_new(NULL, &keys, &err) ||
+      cqrs_store_set_keys(e.store, keys, e.reg, &err) || cqrs_dispatcher_new(&e.loop, e.reg, e.store, NULL, &e.d, &err) ||
+      billing_start(e.d, e.rm, e.cp, NULL, &e.b, &err))
+    die("billing", &err);
+  samples_t lat = {0};
+  double reg_us = run_commands(&e, n, register_cmd, &lat);
+  double change_us = run_commands(&e, n, change_cmd, NULL);
+  double forget_us = run_commands(&e, forgets, forget_cmd, NULL);
+  char extra[1024];
+  snprintf(extra, sizeof extra,
+           "\"events\": %ld, \"plain_append_ns\": %.0f, \"sealed_append_new_subject_ns\": %.0f, "
+           "\"sealed_append_known_subject_ns\": %.0f, \"plain_read_ns\": %.0f, \"sealed_read_ns\": %.0f, "
+           "\"seal_ns_per_event\": %.0f, \"open_ns_per_event\": %.0f, \"register_us\": %.2f, "
+           "\"change_email_us\": %.2f, \"forgets\": %ld, \"forget_us\": %.2f, "
+           "\"latency\": \"customer.register, per command, mean of each batch of 1000\"",
+           n, plain_append, sealed_new, sealed_known, plain_read, sealed_read, sealed_known - plain_append,
+           sealed_read - plain_read, reg_us, change_us, forgets, forget_us);
+  report("personal", (uint64_t)n, reg_us * (double)n / 1e6, &lat, extra);
+  pipe_close(&e);
+  cqrs_keys_destroy(keys);
 }
 
 typedef struct sender {
@@ -554,9 +721,10 @@ typedef struct appender {
  * `seq` as its _id; see infra/mongo/src/mongo_store.c). */
 static void commit_doc(bson_t *doc, int64_t seq, const char *stream, int64_t version, int64_t position,
                        const char *cmd) {
-  char eid[25], id[24];
+  char eid[25], id[24], key[CQRS__MONGO_STREAM_KEY_MAX];
   cqrs_new_id(eid);
   snprintf(id, sizeof id, "%020lld", (long long)seq);
+  if (!cqrs__mongo_stream_version_key(key, sizeof key, "account", stream, version)) die("stream key", NULL);
   int64_t now = cqrs_now_ms();
   BSON_APPEND_UTF8(doc, "_id", id);
   BSON_APPEND_UTF8(doc, "type", "account.deposited");
@@ -564,6 +732,7 @@ static void commit_doc(bson_t *doc, int64_t seq, const char *stream, int64_t ver
   BSON_APPEND_INT64(doc, "version", version);
   BSON_APPEND_UTF8(doc, "aggregateType", "account");
   BSON_APPEND_UTF8(doc, "aggregateId", stream);
+  BSON_APPEND_UTF8(doc, "streamVersion", key);
   BSON_APPEND_INT64(doc, "lastVersion", version);
   BSON_APPEND_INT64(doc, "position", position);
   BSON_APPEND_INT64(doc, "lastPosition", position);
@@ -613,7 +782,7 @@ static int rt_kind(const char *name, const bson_t *cmd) {
     const char *k = bson_iter_key(&f);
     if (!strcmp(k, "_id")) return RT_FIND_ID;
     if (!strcmp(k, "commandId")) return RT_FIND_COMMAND;
-    if (!strcmp(k, "aggregateType")) return RT_FIND_STREAM;
+    if (!strcmp(k, "aggregateType") || !strcmp(k, "streamVersion")) return RT_FIND_STREAM;
   }
   return RT_OTHER;
 }
@@ -757,12 +926,13 @@ static void bench_mongo_append(void) {
                                       {"{\"type\": 1, \"timestamp\": 1}", "type_timestamp"},
                                       {"{\"events.type\": 1, \"events.timestamp\": 1}", "events_type_timestamp"},
                                       {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version"},
+                                      {"{\"streamVersion\": 1}", "stream_version_key"},
                                       {"{\"commandId\": 1}", "command_id"},
                                       {"{\"position\": 1}", "position"}};
-  for (int i = 0; i < 6; i++) {
+  for (int i = 0; i < 7; i++) {
     bson_error_t be;
     bson_t *keys = bson_new_from_json((const uint8_t *)idx[i][0], -1, &be);
-    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 3, &err)) die("index", &err);
+    if (cqrs_mongo_ensure_index(m, "raw_commands", keys, idx[i][1], i >= 4, &err)) die("index", &err);
     bson_destroy(keys);
   }
   /* The store gets a connection of its own, watched from its first client. */
@@ -820,19 +990,22 @@ static void bench_mongo_append(void) {
 /* ---- mongo-ops: each store operation at 1k, 50k and 500k commits ---- */
 
 #define OPS_STREAM_LEN 10 /* commits per stream in the seeded store */
-#define OPS_REPS 5
+#define OPS_REPS 11
+#define OPS_STEADY 50 /* steady appends measured at each size */
 
 /* Appends commits (from, to] straight to the collection, in the store's own
- * format: commit k is version k % 10 + 1 of stream "s<k / 10>". */
-static void ops_seed(mongoc_collection_t *commits, int64_t from, int64_t to) {
+ * format, one event each: the j-th commit seeded (j from `seeded`) is
+ * version j % 10 + 1 of stream "s<j / 10>", so that every seeded stream
+ * holds ten commits whatever else the store holds. */
+static void ops_seed(mongoc_collection_t *commits, int64_t from, int64_t to, int64_t seeded) {
   enum { BATCH = 1000 };
   bson_t *docs[BATCH];
   for (int64_t k = from + 1; k <= to;) {
     size_t n = 0;
     for (; n < BATCH && k <= to; n++, k++) {
       char stream[32], cmd[48];
-      int64_t i = k - 1, version = i % OPS_STREAM_LEN + 1;
-      snprintf(stream, sizeof stream, "s%lld", (long long)(i / OPS_STREAM_LEN));
+      int64_t j = seeded + (k - from - 1), version = j % OPS_STREAM_LEN + 1;
+      snprintf(stream, sizeof stream, "s%lld", (long long)(j / OPS_STREAM_LEN));
       snprintf(cmd, sizeof cmd, "seed-%lld", (long long)k);
       docs[n] = bson_new();
       commit_doc(docs[n], k, stream, version, k, cmd);
@@ -903,17 +1076,20 @@ static void bench_mongo_ops(void) {
   const char *db = cqrs_mongo_database(m);
   mongoc_client_t *client = mongoc_client_new(mongo_uri);
   mongoc_collection_t *commits = mongoc_client_get_collection(client, db, billing_mongo_options.events);
-  int64_t stored = 0;
+  int64_t stored = 0, seeded = 0;
   srand(42);
   for (size_t si = 0; si < nsizes; si++) {
     long size = sizes[si];
     uint64_t t0 = now_ns();
-    ops_seed(commits, stored, size);
+    /* The store holds `size` commits when measured: seeded ones, and those
+     * the measures of the sizes before appended. */
+    ops_seed(commits, stored, size, seeded);
+    seeded += size - stored;
+    cqrs_error_t err;
     ops_seed_head(client, db, size);
     fprintf(stderr, "cqrs-bench: seeded %ld commits in %.1f s\n", size, (double)(now_ns() - t0) / 1e9);
     stored = size;
-    cqrs_error_t err;
-    samples_t head = {0}, first = {0}, start_first = {0}, dup = {0}, load = {0}, feed = {0};
+    samples_t head = {0}, first = {0}, start_first = {0}, dup = {0}, load = {0}, feed = {0}, steady = {0};
     for (int r = 0; r < OPS_REPS; r++) {
       /* head and the first command of a process that has just started */
       cqrs_mongo_t *fresh = ops_connect(reg, db);
@@ -954,7 +1130,7 @@ static void bench_mongo_ops(void) {
       cqrs_event_unref(e);
       cqrs_envelope_unref(env);
       /* a stream of 10 commits anywhere in the store */
-      snprintf(stream, sizeof stream, "s%ld", (long)(rand() % (size / OPS_STREAM_LEN)));
+      snprintf(stream, sizeof stream, "s%ld", (long)(rand() % (seeded / OPS_STREAM_LEN)));
       size_t n = 0;
       t = now_ns();
       if (cqrs_store_read_stream(s, "account", stream, 1, ops_count, &n, &err)) die("load", &err);
@@ -970,12 +1146,42 @@ static void bench_mongo_ops(void) {
       cqrs_store_destroy(s);
       cqrs_mongo_destroy(fresh);
     }
+    /* Steady appends: a process that knows the head and the versions of
+     * the streams it writes (its own commits), one commit at a time, two
+     * to each new stream (versions 1 and 2). */
+    cqrs_mongo_t *warm = ops_connect(reg, db);
+    cqrs_store_t *ws = NULL;
+    cqrs_mongo_store_new(warm, &ws, NULL);
+    int64_t h;
+    if (cqrs_store_head(ws, &h, &err)) die("head", &err);
+    for (int i = 0; i < OPS_STEADY; i++) {
+      char stream[32], cmd[48];
+      snprintf(stream, sizeof stream, "steady-%ld-%d", size, i / 2);
+      snprintf(cmd, sizeof cmd, "steady-%ld-%d", size, i);
+      cqrs_envelope_t *env;
+      cqrs_event_t *e;
+      cqrs_envelope_new("account", stream, cmd, NULL, &env, NULL);
+      billing_account_moved_t mv = {{1, "EUR"}, 1, ""};
+      cqrs_event_new(&billing_account_deposited, env, NULL, i % 2 + 1, cqrs_now_ms(), &mv, &e, NULL);
+      cqrs_append_t req = {"account", stream, i % 2, cmd, &e, 1};
+      cqrs_append_result_t res;
+      uint64_t t = now_ns();
+      if (cqrs_store_append(ws, &req, &res, &err)) die("steady append", &err);
+      sample(&steady, now_ns() - t);
+      if (res.duplicate) die("a steady append was a duplicate", NULL);
+      cqrs_event_unref(e);
+      cqrs_envelope_unref(env);
+      stored++;
+    }
+    cqrs_store_destroy(ws);
+    cqrs_mongo_destroy(warm);
     ops_report("head", size, &head, OPS_REPS);
     ops_report("first-command", size, &first, OPS_REPS);
     ops_report("start-to-first-command", size, &start_first, OPS_REPS);
     ops_report("command-id", size, &dup, OPS_REPS);
     ops_report("stream-load", size, &load, OPS_REPS);
     ops_report("feed-256", size, &feed, OPS_REPS);
+    ops_report("steady-append", size, &steady, OPS_STEADY);
   }
   mongoc_collection_destroy(commits);
   mongoc_client_destroy(client);
@@ -1065,8 +1271,8 @@ static void bench_query_mongo(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr,
-            "usage: cqrs-bench SCENARIO [--mongo URI] [--n N] [--batch B] [--queries Q] [--loops L] [--senders S]\n");
+    fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N] [--batch B] [--queries Q] [--loops L]\n"
+                    "       [--home P] [--metrics] [--senders S]\n");
     return 2;
   }
   for (int i = 2; i < argc; i++) {
@@ -1086,6 +1292,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(s, "pipeline-2threads")) bench_pipeline_threads();
   else if (!strcmp(s, "rehydrate")) bench_rehydrate();
   else if (!strcmp(s, "memory-overhead")) bench_memory_overhead();
+  else if (!strcmp(s, "personal")) bench_personal();
   else if (!strcmp(s, "projection-lag")) bench_projection_lag(false);
   else if (!strcmp(s, "projection-lag-mongo") && mongo_uri) bench_projection_lag(true);
   else if (!strcmp(s, "mongo-append") && mongo_uri) bench_mongo_append();

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "billing_mongo.h"
 
 #define DUE 1798761600000LL
 
@@ -77,12 +78,14 @@ static void run_mode(bool mongo, bool batched, long n, unsigned senders) {
   if (cqrs_registry_new(&reg, &err) || billing_register(reg, &err)) die("registry", &err);
   cqrs_mongo_t *m = NULL;
   cqrs_store_t *store = NULL;
+  cqrs_keys_t *keys = NULL; /* customers' personal fields are sealed */
   if (mongo) {
     m = bench_mongo(reg, &loop, batched ? "issue_batched" : "issue_alone");
-    if (cqrs_mongo_store_new(m, &store, &err)) die("store", &err);
-  } else if (cqrs_memory_store_new(&store, &err)) {
+    if (cqrs_mongo_store_new(m, &store, &err) || billing_mongo_keys(m, &keys, &err)) die("store", &err);
+  } else if (cqrs_memory_store_new(&store, &err) || cqrs_memory_keys_new(NULL, &keys, &err)) {
     die("store", &err);
   }
+  if (cqrs_store_set_keys(store, keys, reg, &err)) die("keys", &err);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.keep_alive = true;
@@ -146,6 +149,7 @@ static void run_mode(bool mongo, bool batched, long n, unsigned senders) {
   uv_loop_close(&loop);
   cqrs_metrics_destroy(metrics);
   cqrs_store_destroy(store);
+  cqrs_keys_destroy(keys);
   if (m) {
     cqrs_mongo_drop_database(m, NULL);
     cqrs_mongo_destroy(m);

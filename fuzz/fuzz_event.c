@@ -1,6 +1,7 @@
 /* The event document (cqrs_event_from_bson), upcasting included: fz.done
  * has schema versions 1 to 3. An event that decodes has valid strings, a
- * version of at least 1, and survives cqrs_event_to_bson unchanged. */
+ * version of at least 1, and survives cqrs_event_to_bson unchanged (but
+ * for the personal fields of fz.personal, which an export redacts). */
 #include <string.h>
 
 #include "fuzz_types.h"
@@ -16,6 +17,7 @@ static void check_event(const cqrs_event_t *e) {
   if (e->version < 1 || e->version == INT64_MAX) FZ_FAIL("event version %lld", (long long)e->version);
   if (e->schema_version != e->type->schema_version) FZ_FAIL("not upcast to the current schema");
   if (e->type == &fz_done) fz_check_payload(e->payload);
+  if (e->type == &fz_personal) fz_check_personal(e->payload);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -36,7 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       e->position != again->position || e->timestamp != again->timestamp ||
       strcmp(cqrs_event_aggregate_id(e), cqrs_event_aggregate_id(again)) ||
       strcmp(cqrs_event_correlation_id(e), cqrs_event_correlation_id(again)) ||
-      memcmp(e->payload, again->payload, e->type->payload_size))
+      /* an export redacts personal fields: those read back as placeholders */
+      (e->type != &fz_personal && memcmp(e->payload, again->payload, e->type->payload_size)))
     FZ_FAIL("round trip changed the event");
   bson_destroy(&out);
   cqrs_event_unref(again);

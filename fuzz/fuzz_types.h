@@ -41,6 +41,27 @@ extern const cqrs_event_type_t fz_done;          /* "fz.done", schema 3, fz_payl
 extern const cqrs_event_type_t fz_counted;       /* "fz.counted", {count} as fz_payload_t */
 extern const cqrs_aggregate_type_t fz_aggregate; /* "fz", snapshots of fz_state_t every 4 events */
 
+/* Personal data (cqrs/personal.h): name, e-mail, birth year, a home and
+ * trips are personal, the subject is the owner (the aggregate id). Schema
+ * 1 called the e-mail "mail". */
+typedef struct fz_personal {
+  char name[16];
+  char email[24];
+  int64_t born;
+  fz_place_t home;
+  char city[12]; /* not personal */
+  fz_place_t trips[2];
+  int32_t ntrips;
+} fz_personal_t;
+extern const cqrs_field_t fz_personal_fields[];
+extern const cqrs_event_type_t fz_personal; /* "fz.personal", schema 2 */
+/* A key store with fixed contents, the same in every run: subject "s1"
+ * has the key FZ_KEY (32 bytes of 0x5a), "s2" was forgotten, no other
+ * subject has a key (and none is kept if made). Built once. */
+cqrs_keys_t *fz_keys(void);
+/* The event id the sealed harness and its seeds use: the associated data. */
+#define FZ_EVENT_ID "0123456789abcdef01234567"
+
 /* Every type above and the upcasters of fz.done (1 -> 2 -> 3). Built once. */
 const cqrs_registry_t *fz_registry(void);
 
@@ -49,6 +70,7 @@ const cqrs_registry_t *fz_registry(void);
 void fz_check_string(const char *what, const char *s, size_t cap);
 /* The same for every string member of a decoded payload. */
 void fz_check_payload(const fz_payload_t *p);
+void fz_check_personal(const fz_personal_t *p);
 
 /* Aborts with a message: the harness found a broken promise. */
 #define FZ_FAIL(...)                  \

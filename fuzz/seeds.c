@@ -12,6 +12,11 @@
 
 static const char *root;
 
+static bool keep_first_seed(const cqrs_event_t *e, void *data) {
+  *(const cqrs_event_t **)data = cqrs_event_ref(e);
+  return false;
+}
+
 static void put(const char *harness, const char *name, const uint8_t *data, size_t len) {
   char path[512];
   snprintf(path, sizeof path, "%s/%s", root, harness);
@@ -181,6 +186,79 @@ static void snapshot_seeds(void) {
   bson_destroy(&s);
 }
 
+/* fz.personal as a store holds it, sealed with fz_keys under FZ_EVENT_ID
+ * for `owner` ("s1": sealed, "s2": forgotten): its data into `out`. */
+static void sealed_payload(const char *owner, bson_t *out) {
+  fz_personal_t p;
+  memset(&p, 0, sizeof p);
+  strcpy(p.name, "Ada");
+  strcpy(p.email, "ada@example.org");
+  p.born = 1815;
+  strcpy(p.home.city, "London");
+  p.home.zip = 1;
+  strcpy(p.city, "Paris");
+  strcpy(p.trips[0].city, "Turin");
+  p.ntrips = 1;
+  cqrs_store_t *store;
+  if (cqrs_memory_store_new(&store, NULL) || cqrs_store_set_keys(store, fz_keys(), fz_registry(), NULL))
+    FZ_FAIL("store");
+  cqrs_envelope_t *env;
+  cqrs_event_t *e;
+  if (cqrs_envelope_new("fz", owner, "seed", NULL, &env, NULL) ||
+      cqrs_event_new(&fz_personal, env, FZ_EVENT_ID, 1, 1, &p, &e, NULL))
+    FZ_FAIL("event");
+  cqrs_append_t req = {"fz", owner, 0, "seed", &e, 1};
+  cqrs_append_result_t res;
+  cqrs_error_t err;
+  if (cqrs_store_append(store, &req, &res, &err)) FZ_FAIL("append: %s", err.message);
+  const cqrs_event_t *raw = NULL;
+  if (cqrs_store_read_sealed(store, 1, 1, keep_first_seed, &raw, NULL) || !raw ||
+      raw->type != &cqrs_unknown_event_type)
+    FZ_FAIL("not sealed");
+  const cqrs_unknown_event_t *u = raw->payload;
+  bson_t view;
+  bson_init_static(&view, u->data, u->data_len);
+  bson_copy_to(&view, out);
+  cqrs_event_unref(raw);
+  cqrs_event_unref(e);
+  cqrs_envelope_unref(env);
+  cqrs_store_destroy(store);
+}
+
+static void sealed_seeds(void) {
+  bson_t sealed, forgotten;
+  sealed_payload("s1", &sealed);
+  put_doc("sealed", "seed-sealed", &sealed);
+  sealed_payload("s2", &forgotten);
+  put_doc("sealed", "seed-forgotten", &forgotten);
+  /* The name's ciphertext moved under the e-mail's key: refused. */
+  bson_iter_t it;
+  bson_subtype_t sub;
+  uint32_t len;
+  const uint8_t *bin;
+  if (!bson_iter_init_find(&it, &sealed, "name")) FZ_FAIL("no name");
+  bson_iter_binary(&it, &sub, &len, &bin);
+  bson_t moved = BSON_INITIALIZER;
+  bson_copy_to_excluding_noinit(&sealed, &moved, "email", NULL);
+  bson_append_binary(&moved, "email", -1, sub, bin, len);
+  put_doc("sealed", "seed-moved", &moved);
+  /* An export's redacted fields; an old event in clear, before the fields
+   * were personal, in schema 1. */
+  const uint8_t marker[3] = {3, BSON_TYPE_UTF8, 0};
+  bson_t *redacted = BCON_NEW("name", BCON_BIN(BSON_SUBTYPE_USER, marker, 3), "email",
+                              BCON_BIN(BSON_SUBTYPE_USER, marker, 3), "city", "Paris");
+  put_doc("sealed", "seed-redacted", redacted);
+  bson_t old = BSON_INITIALIZER;
+  bson_copy_to_excluding_noinit(&sealed, &old, "email", NULL);
+  BSON_APPEND_UTF8(&old, "mail", "ada@old.example");
+  put_doc("sealed", "seed-plain-v1", &old);
+  bson_destroy(&old);
+  bson_destroy(redacted);
+  bson_destroy(&moved);
+  bson_destroy(&forgotten);
+  bson_destroy(&sealed);
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: fuzz_seeds DIR\n");
@@ -192,5 +270,6 @@ int main(int argc, char **argv) {
   event_seeds();
   commit_seeds();
   snapshot_seeds();
+  sealed_seeds();
   return 0;
 }

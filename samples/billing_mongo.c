@@ -13,7 +13,34 @@ const cqrs_mongo_options_t billing_mongo_options = {
     .snapshots = "billing_snapshots",
     .checkpoints = "billing_checkpoints",
     .dead_letters = "billing_dead_letters",
+    .keys = "billing_keys",
 };
+
+static int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+cqrs_code_t billing_mongo_keys(cqrs_mongo_t *m, cqrs_keys_t **out, cqrs_error_t *err) {
+  cqrs_keys_options_t o;
+  cqrs_keys_options_init(&o);
+  uint8_t master[32];
+  const char *hex = getenv("BILLING_MASTER_KEY");
+  if (hex && *hex) {
+    if (strlen(hex) != 64) return cqrs_error_set(err, CQRS_EINVAL, "BILLING_MASTER_KEY must be 64 hex digits");
+    for (size_t i = 0; i < 32; i++) {
+      int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+      if (hi < 0 || lo < 0) return cqrs_error_set(err, CQRS_EINVAL, "BILLING_MASTER_KEY must be 64 hex digits");
+      master[i] = (uint8_t)(hi << 4 | lo);
+    }
+    o.master_key = master;
+  }
+  cqrs_code_t rc = cqrs_mongo_keys_new(m, &o, out, err);
+  explicit_bzero(master, sizeof master);
+  return rc;
+}
 
 cqrs_code_t billing_mongo_indexes(cqrs_mongo_t *m, cqrs_error_t *err) {
   cqrs_code_t rc = cqrs_mongo_ensure_indexes(m, err);

@@ -7,7 +7,7 @@
 #include <billing/billing.h>
 #include <cqrs/mongo.h>
 
-/* events: billing_commands; snapshots, checkpoints, dead letters: billing_*. */
+/* events: billing_commands; snapshots, checkpoints, dead letters, keys: billing_*. */
 extern const cqrs_mongo_options_t billing_mongo_options;
 
 /* The store's indexes, and on billing_queries the seed's
@@ -21,6 +21,13 @@ cqrs_code_t billing_mongo_indexes(cqrs_mongo_t *m, cqrs_error_t *err);
  * AWS_SESSION_TOKEN), and any option the driver does not know (a misspelt
  * secret is still a secret). Never NULL but for allocation failure. */
 char *billing_mongo_uri_redacted(const char *uri);
+
+/* The key store of the customers' personal data, in billing_keys
+ * (cqrs_mongo_keys_new). Its data keys are wrapped by the master key in
+ * the environment variable BILLING_MASTER_KEY (64 hex digits), when it is
+ * set: it comes from where the application keeps its secrets, never from
+ * the database. A malformed one is CQRS_EINVAL. */
+cqrs_code_t billing_mongo_keys(cqrs_mongo_t *m, cqrs_keys_t **out, cqrs_error_t *err);
 
 /* Drops the billing collections (the sample's --reset). */
 cqrs_code_t billing_mongo_reset(cqrs_mongo_t *m, cqrs_error_t *err);

@@ -1,8 +1,9 @@
 /* The invoice flow: registers customers, issues invoices, pays some (once
- * twice, once with a wrong amount), cancels one, changes an e-mail, then
- * reads an invoice through the seed's flag mongodb_cqs_enabled and prints
- * the read model (the seed's billing_queries documents) through the
- * queries. */
+ * twice, once with a wrong amount), cancels one, changes an e-mail, forgets
+ * a customer who was invoiced and paid (their name and e-mail go, their
+ * invoice and its amount stay), then reads an invoice through the seed's
+ * flag mongodb_cqs_enabled and prints the read model (the seed's
+ * billing_queries documents) through the queries. */
 #include <stdio.h>
 #include <string.h>
 
@@ -143,6 +144,31 @@ static void read_through_flag(sample_t *s, const char *id, const char *customer)
   bson_destroy(&params);
 }
 
+/* The forgotten customer's invoice: still there, still paid, its amount
+ * whole; their name and e-mail the placeholder. */
+static void check_forgotten(sample_t *s, const char *id, int64_t cents) {
+  bson_t params = BSON_INITIALIZER, out;
+  BSON_APPEND_UTF8(&params, "id", id);
+  bool ok = false;
+  if (sample_query(s, "invoice.by_id", &params, &out)) {
+    bson_iter_t it;
+    uint32_t len;
+    const uint8_t *raw;
+    bson_t doc;
+    if (bson_iter_init_find(&it, &out, "invoice") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+      bson_iter_document(&it, &len, &raw);
+      ok = bson_init_static(&doc, raw, len) && !strcmp(sample_str(&doc, "customer.name"), CQRS_FORGOTTEN) &&
+           !strcmp(sample_str(&doc, "customer.email"), CQRS_FORGOTTEN) && !strcmp(sample_str(&doc, "status"), "paid") &&
+           sample_int(&doc, "amount", 0) == cents;
+    }
+    bson_destroy(&out);
+  }
+  bson_destroy(&params);
+  printf("  %s kept its amount and status, without the forgotten customer's name and e-mail: %s\n", id,
+         ok ? "yes" : "NO");
+  if (!ok) s->failures++;
+}
+
 int main(int argc, char **argv) {
   sample_t s;
   int rc = sample_open(&s, "invoice", argc, argv);
@@ -170,11 +196,23 @@ int main(int argc, char **argv) {
   billing_change_email_t change = {"acme", "accounts@acme.com"};
   sample_send(&s, "change acme's e-mail to accounts@acme.com", &billing_change_email, &change, "");
 
+  printf("forgetting a customer (docs/privacy.md):\n");
+  customer(&s, "umbrella", "Umbrella Corp", "it@umbrella.example", "");
+  issue(&s, "inv_5", "umbrella", 4200, "");
+  pay(&s, "inv_5", 4200, "");
+  billing_forget_customer_t forget = {"umbrella"};
+  sample_send(&s, "forget umbrella", &billing_forget_customer, &forget, "");
+  sample_send(&s, "forget umbrella again (nothing more)", &billing_forget_customer, &forget, "");
+  billing_change_email_t late = {"umbrella", "new@umbrella.example"};
+  sample_send(&s, "change umbrella's e-mail", &billing_change_email, &late, "customer.forgotten");
+
   read_by_id(&s, "inv_1");
   read_through_flag(&s, "inv_1", "acme");
   list(&s, "acme", "paid");
   list(&s, "acme", "pending");
   list(&s, "acme", "cancelled");
   list(&s, "globex", "pending");
+  list(&s, "umbrella", "paid");
+  check_forgotten(&s, "inv_5", 4200);
   return sample_close(&s);
 }

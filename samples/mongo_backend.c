@@ -30,7 +30,8 @@ int sample_mongo_open(sample_t *s, const char *uri) {
   }
   s->backend = m;
   if (cqrs_mongo_store_new(m, &s->store, &err) || cqrs_mongo_readmodel_new(m, &s->rm, &err) ||
-      cqrs_mongo_checkpoints_new(m, &s->cp, &err)) {
+      cqrs_mongo_checkpoints_new(m, &s->cp, &err) || billing_mongo_keys(m, &s->keys, &err) ||
+      cqrs_store_set_keys(s->store, s->keys, s->reg, &err)) {
     fprintf(stderr, "%s: %s\n", s->name, err.message);
     bson_free(shown);
     return 3;
@@ -46,6 +47,7 @@ void sample_mongo_close(sample_t *s) {
   cqrs_checkpoints_destroy(s->cp);
   cqrs_readmodel_destroy(s->rm);
   cqrs_store_destroy(s->store);
+  cqrs_keys_destroy(s->keys);
   cqrs_mongo_destroy(s->backend);
 }
 

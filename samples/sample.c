@@ -123,7 +123,8 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
     if (rc) return rc;
   } else {
     if (cqrs_memory_store_new(&s->store, &err) || cqrs_memory_readmodel_new(&s->rm, &err) ||
-        cqrs_memory_checkpoints_new(&s->cp, &err)) {
+        cqrs_memory_checkpoints_new(&s->cp, &err) || cqrs_memory_keys_new(NULL, &s->keys, &err) ||
+        cqrs_store_set_keys(s->store, s->keys, s->reg, &err)) {
       fprintf(stderr, "%s: %s\n", name, err.message);
       return 3;
     }
@@ -185,6 +186,7 @@ int sample_close(sample_t *s) {
     cqrs_checkpoints_destroy(s->cp);
     cqrs_readmodel_destroy(s->rm);
     cqrs_store_destroy(s->store);
+    cqrs_keys_destroy(s->keys);
   }
   cqrs_registry_destroy(s->reg);
   return s->failures ? 1 : rc ? 1 : 0;

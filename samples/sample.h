@@ -10,6 +10,7 @@ typedef struct sample {
   uv_loop_t loop;
   cqrs_registry_t *reg;
   cqrs_store_t *store;
+  cqrs_keys_t *keys; /* the customers' personal data */
   cqrs_readmodel_t *rm;
   cqrs_checkpoints_t *cp;
   cqrs_dispatcher_t *d;

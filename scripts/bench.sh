@@ -34,6 +34,7 @@ run pipeline-2threads
 run pipeline-2threads --loops 2 --home 30
 run rehydrate
 run memory-overhead
+run personal
 run projection-lag
 if [ -n "${MONGODB_URI:-}" ]; then
   run mongo-append --n 2000

@@ -140,9 +140,13 @@ documentdb_server_start() {
   fi
   # The settings FerretDB 2.7 expects of DocumentDB; the last two (marked
   # experimental in this version) let a compound index serve equality on
-  # several fields and sorts, as MongoDB's do.
+  # several fields and sorts, as MongoDB's do. Each FerretDB keeps a pool of
+  # connections, and the tests that stop and start servers run several
+  # FerretDBs on this one cluster at once: 100 connections, the default,
+  # ran out ("sorry, too many clients already").
   cat >>"$data/db/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
+max_connections = 500
 port = $pgport
 unix_socket_directories = '$data'
 shared_preload_libraries = 'pg_cron,pg_documentdb_core,pg_documentdb'

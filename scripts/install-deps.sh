@@ -5,7 +5,7 @@
 set -euo pipefail
 unwanted=()
 pkgs=(cmake gcc make pkg-config libuv1-dev libbson-dev libmongoc-dev uthash-dev libcmocka-dev valgrind
-  libmicrohttpd-dev libcurl4-openssl-dev python3)
+  libmicrohttpd-dev libcurl4-openssl-dev python3 libsodium-dev)
 for opt in "$@"; do
   case $opt in
     # scripts/fuzz.sh: clang and its libFuzzer runtime as well.
@@ -26,6 +26,7 @@ for opt in "$@"; do
   esac
 done
 pkgs+=(spin) # model checking: scripts/models.sh
+pkgs+=(stress-ng) # scripts/test.sh --stress: the load beside the tests
 pkgs+=(abigail-tools) # the ABI check: scripts/abi.sh
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=() present=()

@@ -8,6 +8,14 @@
 # project against it; then runs the suite once more under valgrind.
 # One line per phase; each phase's output is in build/logs/, shown on failure.
 # Usage: scripts/test.sh [--no-valgrind]   (PHASE_VERBOSE=1 shows everything)
+#
+# scripts/test.sh --stress [ROUNDS] instead builds the TSan, ASan and
+# valgrind trees and runs, ROUNDS times in a row (default 3), the threaded
+# tests under TSan, the MongoDB tests under ASan and the whole suite under
+# valgrind, each with `stress-ng --cpu 4` running beside it (on a 2-core
+# machine: a machine three times busier), and prints each phase's time. The
+# tests must not depend on how fast the machine is (docs/architecture.md,
+# "Time").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc 2>/dev/null || echo 2)
@@ -39,18 +47,54 @@ configure_and_build() {
   cmake --build "$dir" -j"$jobs"
 }
 
+valgrind_build() {
+  configure_and_build build/valgrind -DCMAKE_BUILD_TYPE=Debug -DCQRS_WERROR=ON -DCQRS_SAMPLES=ON \
+    "-DCQRS_TEST_WRAPPER=valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect --track-origins=no -q"
+}
+asan_env=(env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
+
+# under_load COMMAND...: runs COMMAND with `stress-ng --cpu 4` beside it.
+under_load() {
+  local load rc=0
+  stress-ng --cpu 4 --quiet &
+  load=$!
+  "$@" || rc=$?
+  kill "$load" 2>/dev/null || true
+  wait "$load" 2>/dev/null || true
+  return "$rc"
+}
+
+if [ "${1:-}" = "--stress" ]; then
+  rounds=${2:-3}
+  phase "build (ASan + UBSan, -Werror)" -- \
+    configure_and_build build/asan -DCMAKE_BUILD_TYPE=Debug -DCQRS_SANITIZE=ON -DCQRS_WERROR=ON
+  phase "build (TSan, -Werror)" -- \
+    configure_and_build build/tsan -DCMAKE_BUILD_TYPE=Debug -DCQRS_TSAN=ON -DCQRS_WERROR=ON
+  phase "build (plain, for valgrind)" -- valgrind_build
+  start=$SECONDS
+  for round in $(seq 1 "$rounds"); do
+    phase --summary "round $round/$rounds: threaded tests (TSan) under stress-ng --cpu 4" -- \
+      under_load ctest --test-dir build/tsan -L threaded --output-on-failure -j"$jobs"
+    phase --summary "round $round/$rounds: MongoDB tests (ASan) under stress-ng --cpu 4" -- \
+      under_load "${asan_env[@]}" ctest --test-dir build/asan -R mongo --output-on-failure -j"$jobs"
+    phase --summary "round $round/$rounds: tests (valgrind) under stress-ng --cpu 4" -- \
+      under_load ctest --test-dir build/valgrind --output-on-failure -j"$jobs"
+  done
+  echo "== $rounds round(s) under load passed in $((SECONDS - start)) s"
+  exit 0
+fi
+
 phase "build (ASan + UBSan, -Werror)" -- \
   configure_and_build build/asan -DCMAKE_BUILD_TYPE=Debug -DCQRS_SANITIZE=ON -DCQRS_WERROR=ON
 # framework/src's layout: arrows down only, no circle of files, no file over 600 lines.
 phase "layout (scripts/layers.py)" -- python3 scripts/layers.py build/asan
-asan_env=(ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
 phase --summary "tests (ASan + UBSan)" -- \
-  env "${asan_env[@]}" ctest --test-dir build/asan --output-on-failure -j"$jobs"
+  "${asan_env[@]}" ctest --test-dir build/asan --output-on-failure -j"$jobs"
 if [ -n "${CQRS_DOCUMENTDB_URI:-}" ]; then
   # The tests that stop and start a server of their own start FerretDB 2.7
   # on the same DocumentDB.
   phase --summary "tests (ASan + UBSan, MongoDB tests on DocumentDB)" -- \
-    env "${asan_env[@]}" MONGODB_URI="$CQRS_DOCUMENTDB_URI" CQRS_FERRETDB_LAUNCHER="$CQRS_DOCUMENTDB_LAUNCHER" \
+    "${asan_env[@]}" MONGODB_URI="$CQRS_DOCUMENTDB_URI" CQRS_FERRETDB_LAUNCHER="$CQRS_DOCUMENTDB_LAUNCHER" \
     ctest --test-dir build/asan -L mongo --output-on-failure -j"$jobs"
 else
   echo "== tests (ASan + UBSan, MongoDB tests on DocumentDB) skipped: no DocumentDB server (see the note above)"
@@ -82,6 +126,7 @@ bench_smoke() {
   build/release-check/bench/cqrs-bench dispatch --n 20000
   build/release-check/bench/cqrs-bench pipeline --n 20000
   build/release-check/bench/cqrs-bench pipeline-2threads --loops 2 --n 20000
+  build/release-check/bench/cqrs-bench personal --n 2000
 }
 phase "benchmarks (smoke)" -- bench_smoke
 
@@ -103,9 +148,7 @@ phase "versions (0.1.0 beside this one)" -- tests/abi/run.sh build/install-check
 phase "model checking (spin)" -- scripts/models.sh
 
 if [ "${1:-}" != "--no-valgrind" ]; then
-  phase "build (plain, for valgrind)" -- \
-    configure_and_build build/valgrind -DCMAKE_BUILD_TYPE=Debug -DCQRS_WERROR=ON -DCQRS_SAMPLES=ON \
-    "-DCQRS_TEST_WRAPPER=valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect --track-origins=no -q"
+  phase "build (plain, for valgrind)" -- valgrind_build
   phase --summary "tests (valgrind)" -- ctest --test-dir build/valgrind --output-on-failure -j"$jobs"
 fi
 echo "== all tests passed"

@@ -32,12 +32,12 @@ static const cqrs_field_t counted_fields[] = {CQRS_INT32(counted_t, n, "n", 0), 
 
 typedef struct fixture {
   uv_loop_t loop;
+  cqrs_clock_t *clock; /* manual: the dispatchers', moved by drive() and crash_run() */
   cqrs_registry_t *reg;
   cqrs_store_t *store;
   cqrs_checkpoints_t *cp;
   cqrs_dispatcher_t *d;
   const char *process; /* the one the driver watches */
-  unsigned ticks;
 } fixture_t;
 
 static const cqrs_process_type_t *const *all_types(void);
@@ -45,6 +45,7 @@ static const cqrs_process_type_t *const *all_types(void);
 static fixture_t *fixture_new(void) {
   fixture_t *f = calloc(1, sizeof *f);
   assert_int_equal(uv_loop_init(&f->loop), 0);
+  assert_int_equal(cqrs_clock_manual_new(1700000000000LL, &f->clock, NULL), CQRS_OK);
   f->reg = ledger_registry();
   for (const cqrs_process_type_t *const *t = all_types(); *t; t++)
     assert_int_equal(cqrs_registry_add_process(f->reg, *t, NULL), CQRS_OK);
@@ -61,6 +62,7 @@ static cqrs_dispatcher_t *start(fixture_t *f, cqrs_store_t *store, const cqrs_pr
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1;
   o.retry_cap_ms = 2;
+  o.clock = f->clock;
   cqrs_error_t err;
   cqrs_dispatcher_t *d;
   if (cqrs_dispatcher_new(&f->loop, f->reg, store, &o, &d, &err)) fail_msg("dispatcher: %s", err.message);
@@ -80,6 +82,7 @@ static void fixture_free(fixture_t *f) {
   cqrs_checkpoints_destroy(f->cp);
   factory->dispose(f->store, factory->data);
   cqrs_registry_destroy(f->reg);
+  cqrs_clock_destroy(f->clock);
   free(f);
 }
 
@@ -94,29 +97,34 @@ static void run_command(fixture_t *f, cqrs_dispatcher_t *d, cqrs_command_t *cmd)
   uv_run(&f->loop, UV_RUN_DEFAULT);
 }
 
-/* Drives the loop until the watched process has ended its instance and has
- * nothing in flight, or a handler ran away; a deadline alone does not hold
- * the loop, so a timer looks in between (a failure after 120 s, not a hang). */
-static void drive_tick(uv_timer_t *t) {
-  fixture_t *f = t->data;
-  bool idle = atomic_load(&ended) && cqrs_dispatcher_pending(f->d) == 0 &&
-              cqrs_process_open_count(f->d, f->process) == 0;
-  if (idle) uv_timer_stop(t);
-  if (atomic_load(&runs) > RUNAWAY || ++f->ticks > 60000) uv_stop(t->loop); /* a failure, not a hang */
+/* The clock's time a driver may take before it fails (not hangs): far
+ * past any deadline or back-off here. */
+#define PATIENCE_MS 120000
+
+/* Runs the loop until nothing is in flight, then moves the clock on: to the
+ * next timer that keeps the loop running (a back-off, a retry), else by
+ * 1 ms, for a deadline (which holds nothing). */
+static void run_then_advance(fixture_t *f) {
+  uv_run(&f->loop, UV_RUN_DEFAULT);
+  uint64_t in;
+  if (!cqrs_clock_next_due(f->clock, &in)) in = 1;
+  assert_int_equal(cqrs_clock_advance(f->clock, in), CQRS_OK);
 }
 
+static bool settled(fixture_t *f) {
+  return atomic_load(&ended) && cqrs_dispatcher_pending(f->d) == 0 && cqrs_process_open_count(f->d, f->process) == 0;
+}
+
+/* Drives the loop and the clock until the watched process has ended its
+ * instance and has nothing in flight, or a handler ran away. */
 static void drive(fixture_t *f) {
-  uv_timer_t t;
-  uv_timer_init(&f->loop, &t);
-  t.data = f;
-  f->ticks = 0;
-  uv_timer_start(&t, drive_tick, 2, 2);
+  uint64_t until = cqrs_clock_monotonic_ms(f->clock) + PATIENCE_MS;
   uv_run(&f->loop, UV_RUN_DEFAULT);
+  while (!settled(f) && atomic_load(&runs) <= RUNAWAY && cqrs_clock_monotonic_ms(f->clock) < until)
+    run_then_advance(f);
   if (atomic_load(&runs) > RUNAWAY) fail_msg("a handler ran %d times: an input was taken for another's duplicate",
                                              atomic_load(&runs));
-  if (f->ticks > 60000) fail_msg("process %s did not settle in 120 s", f->process);
-  uv_close((uv_handle_t *)&t, NULL);
-  uv_run(&f->loop, UV_RUN_NOWAIT);
+  if (!settled(f)) fail_msg("process %s did not settle in %d s of the clock", f->process, PATIENCE_MS / 1000);
   assert_true(atomic_load(&ended));
   assert_int_equal(cqrs_process_open_count(f->d, f->process), 0);
 }
@@ -299,44 +307,32 @@ typedef struct crash {
   long budget;
 } crash_t;
 
-/* The faulty store has stopped (the process is "killed"): close; or the run
- * ended on its own. */
-static void crash_tick(uv_timer_t *t) {
-  crash_t *c = t->data;
-  bool killed = c->budget >= 0 && ledger_faulty_store_calls(c->faulty) > c->budget;
-  bool idle = atomic_load(&ended) && cqrs_dispatcher_pending(c->f->d) == 0 &&
-              cqrs_process_open_count(c->f->d, c->f->process) == 0;
-  if (killed || idle || ++c->f->ticks > 60000) {
-    uv_timer_stop(t);
-    uv_stop(t->loop); /* the close cuts what retries short */
-  }
-}
-
-/* A run whose store stops answering after `budget` calls (-1: never);
- * returns the calls it made. */
+/* A run whose store stops answering after `budget` calls (-1: never),
+ * driven until the store has stopped (the process is "killed": the close
+ * cuts what retries short) or the run has ended on its own; returns the
+ * calls it made. */
 static long crash_run(fixture_t *f, long budget) {
-  crash_t c = {f, ledger_faulty_store(f->store, budget), budget};
+  cqrs_store_t *faulty = ledger_faulty_store(f->store, budget);
   atomic_store(&ended, false);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1;
   o.retry_cap_ms = 2;
-  if (cqrs_dispatcher_new(&f->loop, f->reg, c.faulty, &o, &f->d, NULL) == CQRS_OK) {
+  o.clock = f->clock;
+  if (cqrs_dispatcher_new(&f->loop, f->reg, faulty, &o, &f->d, NULL) == CQRS_OK) {
     assert_int_equal(ledger_handlers(f->d, NULL, 0, NULL), CQRS_OK);
     f->process = long_type.name;
     if (cqrs_process_start(f->d, &long_type, NULL, f->cp, NULL) == CQRS_OK)
       cqrs_dispatcher_send(f->d, open_t1(), NULL, NULL);
-    uv_timer_t t;
-    uv_timer_init(&f->loop, &t);
-    t.data = &c;
-    f->ticks = 0;
-    uv_timer_start(&t, crash_tick, 1, 1);
+    uint64_t until = cqrs_clock_monotonic_ms(f->clock) + PATIENCE_MS;
     uv_run(&f->loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&t, NULL);
+    while (!(budget >= 0 && ledger_faulty_store_calls(faulty) > budget) && !settled(f) &&
+           cqrs_clock_monotonic_ms(f->clock) < until)
+      run_then_advance(f);
     stop(f, f->d);
   }
-  long calls = ledger_faulty_store_calls(c.faulty);
-  cqrs_store_destroy(c.faulty);
+  long calls = ledger_faulty_store_calls(faulty);
+  cqrs_store_destroy(faulty);
   return calls;
 }
 

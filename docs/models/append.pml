@@ -43,7 +43,8 @@
  *   BUG_NO_CMD_INDEX    no unique index on commandId
  *   BUG_DUP_IS_SUCCESS  a refusal with the claimed number free is answered
  *                       "duplicate" without looking the command id up
- *   BUG_NO_VERSION_INDEX no unique index on (stream, version)
+ *   BUG_NO_VERSION_INDEX no unique index on the stream's version (the
+ *                       code's streamVersion: stream and version in one key)
  */
 
 #ifndef MAXCRASH
@@ -123,7 +124,7 @@ byte dcmd[MAXSEQ + 2] = NONE; /* commandId (unique index); NONE: no such _id */
 byte dpos[MAXSEQ + 2];        /* position (unique index) */
 byte dlast[MAXSEQ + 2];       /* lastPosition */
 byte dstream[MAXSEQ + 2];     /* aggregateType/aggregateId */
-byte dver[MAXSEQ + 2];        /* version of the first event: unique with the stream */
+byte dver[MAXSEQ + 2];        /* version of the first event: with the stream, streamVersion (unique index) */
 byte dlastver[MAXSEQ + 2];    /* lastVersion */
 /* <events>_head: {_id: "head", seq} raised with $max (head_note_write);
  * note_last only for BUG_NOTE_UNPROBED, which trusts the note unprobed. */
@@ -188,7 +189,9 @@ inline command_exists(x, found) {
   k = 0
 }
 
-/* version_exists(coll, req, "version" | "lastVersion", v) on stream st. */
+/* version_taken(coll, req, v) ({streamVersion}: a commit begins at v) when
+ * `first`, else version_reached ({..., lastVersion}: one ends at v), on
+ * stream st. */
 inline version_exists(st, first, v, found) {
   found = false; k = 1;
   do
@@ -430,8 +433,8 @@ proctype writer(byte w) {
        k = 0;
        printf("w%d (process %d): loads stream %d, version %d\n", w, p, s, rexp[w]);
        /* append_on: an expected version this process has not seen
-        * (cqrs__mongo_version_known) is looked up, version_exists
-        * "lastVersion", and one ahead of the stream is a conflict. Here every
+        * (cqrs__mongo_version_known) is looked up, version_reached
+        * (lastVersion), and one ahead of the stream is a conflict. Here every
         * expected version comes from a full load, which the look-up finds
         * (commits are never deleted): the look-up, the versions[] cache
         * and an expected version ahead of the stream are left out. Then

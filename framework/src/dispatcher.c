@@ -4,6 +4,7 @@
  * its own module. */
 #include "command/command-private.h"
 #include "events/events-private.h"
+#include "forget-private.h"
 
 /* The size of the options as 0.2.0 had them: what a caller who set no size
  * (0: a struct filled by hand) is read as. When an option is appended, this
@@ -53,14 +54,14 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   if (!o.batch_max) o.batch_max = CQRS_BATCH_MAX;
   cqrs__runtime_t *rt = cqrs__calloc(1, sizeof *rt);
   if (!rt) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a dispatcher");
-  cqrs_code_t rc = cqrs__runtime_init(rt, loop, reg, store, err);
+  cqrs_code_t rc = cqrs__runtime_init(rt, loop, o.clock, reg, store, err);
   if (rc) {
     cqrs__free(rt);
     return rc;
   }
   cqrs__commands_t *c = NULL;
   if ((rc = cqrs__commands_new(rt, &o, &c, err)) || (rc = cqrs__events_new(rt, &o, err)) ||
-      (rc = cqrs__loops_start(rt, c, &o, err))) {
+      (rc = cqrs__loops_start(rt, c, &o, err)) || (rc = cqrs__forget_start(rt, err))) {
     cqrs__runtime_abandon(rt);
     return rc;
   }

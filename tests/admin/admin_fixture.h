@@ -11,6 +11,7 @@
 #include <billing/billing.h>
 #include <mongoc/mongoc.h>
 
+#include "billing_mongo.h"
 #include "mongo/mongo_fixture.h"
 
 extern char **environ;
@@ -134,6 +135,20 @@ static inline int64_t adm_int(const bson_t *doc, const char *path) {
   return INT64_MIN;
 }
 
+/* The key store of the billing application on `m` (billing_keys, as the
+ * tool and the samples use it), given to `store` and to `rm` (either may be
+ * NULL): what any process reading or writing customers' personal data
+ * holds. Destroy it after them. */
+static inline cqrs_keys_t *adm_keys(cqrs_mongo_t *m, const cqrs_registry_t *reg, cqrs_store_t *store,
+                                    cqrs_readmodel_t *rm) {
+  cqrs_keys_t *keys;
+  cqrs_error_t e;
+  if (billing_mongo_keys(m, &keys, &e) || (store && cqrs_store_set_keys(store, keys, reg, &e)) ||
+      (rm && billing_seal_read_model(rm, NULL, keys, &e)))
+    fail_msg("%s", e.message);
+  return keys;
+}
+
 /* The integer after `key":` in the last run's JSON output. */
 static inline long long adm_json_int(const adm_t *t, const char *key) {
   char pat[64];
@@ -198,16 +213,18 @@ typedef struct reader {
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_readmodel_t *rm;
+  cqrs_keys_t *keys;
   billing_flags_t *flags;
 } reader_t;
 
 static inline void reader_open(reader_t *r, adm_t *t) {
   uv_loop_init(&r->loop);
   cqrs_registry_new(&r->reg, NULL);
-  cqrs_mongo_options_t o = {.database = t->db};
+  cqrs_mongo_options_t o = {.database = t->db, .keys = "billing_keys"};
   cqrs_error_t e;
   if (cqrs_mongo_new(t->uri, &o, r->reg, &r->loop, &r->m, &e)) fail_msg("%s", e.message);
   cqrs_mongo_readmodel_new(r->m, &r->rm, NULL);
+  r->keys = adm_keys(r->m, r->reg, NULL, r->rm);
   r->flags = billing_flags_new(r->rm, 0); /* no caching: each read sees the flag just set */
   assert_non_null(r->flags);
 }
@@ -215,9 +232,105 @@ static inline void reader_open(reader_t *r, adm_t *t) {
 static inline void reader_close(reader_t *r) {
   billing_flags_destroy(r->flags);
   cqrs_readmodel_destroy(r->rm);
+  cqrs_keys_destroy(r->keys);
   cqrs_mongo_destroy(r->m);
   cqrs_registry_destroy(r->reg);
   assert_int_equal(uv_loop_close(&r->loop), 0);
+}
+
+/* ---- the billing application itself: commands, and its projections ---- */
+
+typedef struct app {
+  uv_loop_t loop;
+  cqrs_registry_t *reg;
+  cqrs_mongo_t *m;
+  cqrs_store_t *store;
+  cqrs_keys_t *keys;
+  cqrs_readmodel_t *rm;
+  cqrs_checkpoints_t *cp;
+  cqrs_dispatcher_t *d;
+  billing_t *billing;
+} app_t;
+
+static inline void app_open(app_t *a, adm_t *t) {
+  memset(a, 0, sizeof *a);
+  uv_loop_init(&a->loop);
+  cqrs_registry_new(&a->reg, NULL);
+  assert_int_equal(billing_register(a->reg, NULL), CQRS_OK);
+  cqrs_mongo_options_t o = {.database = t->db, .events = "billing_commands", .snapshots = "billing_snapshots",
+                            .checkpoints = "billing_checkpoints", .dead_letters = "billing_dead_letters",
+                            .keys = "billing_keys"};
+  cqrs_error_t e;
+  if (cqrs_mongo_new(t->uri, &o, a->reg, &a->loop, &a->m, &e)) fail_msg("%s", e.message);
+  cqrs_mongo_store_new(a->m, &a->store, NULL);
+  cqrs_mongo_readmodel_new(a->m, &a->rm, NULL);
+  cqrs_mongo_checkpoints_new(a->m, &a->cp, NULL);
+  a->keys = adm_keys(a->m, a->reg, a->store, NULL);
+  cqrs_dispatcher_options_t opts;
+  cqrs_dispatcher_options_init(&opts);
+  opts.retry_base_ms = 50;
+  opts.retry_cap_ms = 400;
+  opts.dead_letter = cqrs_mongo_dead_letter;
+  opts.dead_letter_data = a->m;
+  if (cqrs_dispatcher_new(&a->loop, a->reg, a->store, &opts, &a->d, &e)) fail_msg("%s", e.message);
+  if (billing_start(a->d, a->rm, a->cp, NULL, &a->billing, &e)) fail_msg("%s", e.message);
+}
+
+static inline void app_close(app_t *a) {
+  cqrs_dispatcher_close(a->d, NULL, NULL);
+  uv_run(&a->loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&a->loop), 0);
+  billing_destroy(a->billing);
+  cqrs_checkpoints_destroy(a->cp);
+  cqrs_readmodel_destroy(a->rm);
+  cqrs_store_destroy(a->store);
+  cqrs_keys_destroy(a->keys);
+  cqrs_mongo_destroy(a->m);
+  cqrs_registry_destroy(a->reg);
+}
+
+typedef struct waited {
+  bool done;
+  cqrs_code_t status;
+} waited_t;
+
+static inline void on_waited(cqrs_code_t status, void *data) {
+  waited_t *w = data;
+  w->status = status;
+  w->done = true;
+}
+
+/* Every projection of the application has handled every event in the
+ * store: `check` compares caught-up projections only. */
+static inline void app_catch_up(app_t *a) {
+  int64_t head;
+  cqrs_error_t e;
+  if (cqrs_store_head(a->store, &head, &e)) fail_msg("%s", e.message);
+  waited_t w = {false, CQRS_OK};
+  assert_int_equal(cqrs_projection_wait(a->d, NULL, head, 60000, on_waited, &w), CQRS_OK);
+  while (!w.done) uv_run(&a->loop, UV_RUN_ONCE);
+  assert_int_equal(w.status, CQRS_OK);
+}
+
+typedef struct sent {
+  bool done;
+  cqrs_error_t error;
+} sent_t;
+
+static inline void on_sent(const cqrs_result_t *r, void *data) {
+  sent_t *s = data;
+  s->error = r->error;
+  s->done = true;
+}
+
+static inline void app_send(app_t *a, const cqrs_command_type_t *type, const void *payload) {
+  cqrs_command_t *cmd;
+  cqrs_error_t e;
+  if (cqrs_command_new(type, payload, &cmd, &e)) fail_msg("%s", e.message);
+  sent_t s = {false, {0}};
+  assert_int_equal(cqrs_dispatcher_send(a->d, cmd, on_sent, &s), CQRS_OK);
+  while (!s.done) uv_run(&a->loop, UV_RUN_ONCE);
+  if (s.error.code) fail_msg("%s: %s", type->name, s.error.message);
 }
 
 #endif

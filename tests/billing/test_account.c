@@ -80,6 +80,10 @@ static void test_close(void **state) {
   assert_int_equal(cqrs_test_error(T)->code, CQRS_OK);
   assert_int_equal(cqrs_test_event_count(T), 1);
   assert_ptr_equal(cqrs_test_event(T, 0)->type, &billing_account_closed);
+  /* Closed at the time of the dispatcher's clock, the fixture's. */
+  int64_t now = cqrs_clock_now_ms(cqrs_test_clock(T));
+  CQRS_THEN_EVENTS(T, {&billing_account_closed, &(billing_account_closed_t){now}});
+  assert_int_equal(cqrs_test_event(T, 0)->timestamp, now);
 }
 
 static void test_close_with_money_inside_is_refused(void **state) {

@@ -59,6 +59,34 @@ static void test_change_email_rules(void **state) {
   CQRS_THEN_ERROR(T, CQRS_EINVALID_COMMAND);
 }
 
+static void test_forget(void **state) {
+  CQRS_GIVEN(T, &billing_customer_registered, (billing_customer_registered_t){"Acme Corp", "billing@acme.com"});
+  CQRS_WHEN(T, &billing_forget_customer, (billing_forget_customer_t){"c-1"});
+  CQRS_THEN_EVENTS(T, {&cqrs_forgotten_event_type, &(cqrs_forgotten_t){"c-1"}});
+  cqrs_aggregate_t *agg = cqrs_test_load(T);
+  const billing_customer_state_t *s = cqrs_aggregate_state_const(agg);
+  assert_true(s->registered);
+  assert_true(s->forgotten);
+  assert_string_equal(s->name, CQRS_FORGOTTEN);
+  assert_string_equal(s->email, CQRS_FORGOTTEN);
+  cqrs_aggregate_destroy(agg);
+}
+
+static void test_forget_rules(void **state) {
+  CQRS_WHEN(T, &billing_forget_customer, (billing_forget_customer_t){"c-1"});
+  CQRS_THEN_REJECTED(T, "customer.unknown");
+  CQRS_GIVEN(T, &billing_customer_registered, (billing_customer_registered_t){"Acme Corp", "billing@acme.com"});
+  CQRS_GIVEN(T, &cqrs_forgotten_event_type, (cqrs_forgotten_t){"c-1"});
+  /* Forgotten: forgetting again records nothing; no new address; no new
+   * registration under the same id. */
+  CQRS_WHEN(T, &billing_forget_customer, (billing_forget_customer_t){"c-1"});
+  CQRS_THEN_NO_EVENTS(T);
+  CQRS_WHEN(T, &billing_change_email, (billing_change_email_t){"c-1", "new@acme.com"});
+  CQRS_THEN_REJECTED(T, "customer.forgotten");
+  CQRS_WHEN(T, &billing_register_customer, (billing_register_customer_t){"c-1", "Acme Corp", "billing@acme.com"});
+  CQRS_THEN_REJECTED(T, "customer.already_registered");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_register, setup, bfx_teardown),
@@ -66,6 +94,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_register_validates_name_and_email, setup, bfx_teardown),
       cmocka_unit_test_setup_teardown(test_change_email, setup, bfx_teardown),
       cmocka_unit_test_setup_teardown(test_change_email_rules, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_forget, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_forget_rules, setup, bfx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

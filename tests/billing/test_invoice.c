@@ -11,8 +11,10 @@ static int setup(void **state) {
 #define T (((bfx_t *)*state)->t)
 #define DUE 1798761600000LL
 
-static int year_now(void) {
-  time_t now = time(NULL);
+/* The year by the fixture's clock, the dispatcher's. */
+#define year_now() year_of(cqrs_clock_now_ms(cqrs_test_clock(T)))
+static int year_of(int64_t ms) {
+  time_t now = (time_t)(ms / 1000);
   struct tm tm;
   gmtime_r(&now, &tm);
   return tm.tm_year + 1900;
@@ -44,6 +46,29 @@ static void test_issue_takes_the_next_number_of_the_year(void **state) {
   CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-3", "c-1", EUR(5), DUE});
   billing_invoice_number(third, year_now(), 3);
   assert_string_equal(((const billing_invoice_numbered_t *)cqrs_test_event(T, 0)->payload)->number, third);
+}
+
+/* On the first of January by the dispatcher's clock the new year's book
+ * starts from 1. */
+static void test_a_new_year_starts_a_new_book(void **state) {
+  given_customer(state);
+  int year = year_now();
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-1", "c-1", EUR(5), DUE});
+  char number[BILLING_NUMBER_MAX];
+  billing_invoice_number(number, year, 1);
+  assert_string_equal(((const billing_invoice_numbered_t *)cqrs_test_event(T, 0)->payload)->number, number);
+  /* To midnight, UTC, on the first of January of the next year. */
+  struct tm jan1 = {.tm_year = year + 1 - 1900, .tm_mon = 0, .tm_mday = 1};
+  int64_t next = (int64_t)timegm(&jan1) * 1000;
+  cqrs_test_advance(T, (uint64_t)(next - 1 - cqrs_clock_now_ms(cqrs_test_clock(T))));
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-2", "c-1", EUR(5), DUE});
+  billing_invoice_number(number, year, 2);
+  assert_string_equal(((const billing_invoice_numbered_t *)cqrs_test_event(T, 0)->payload)->number, number);
+  cqrs_test_advance(T, 1);
+  assert_int_equal(year_now(), year + 1);
+  CQRS_WHEN(T, &billing_issue_invoice, (billing_issue_invoice_t){"inv-3", "c-1", EUR(5), DUE});
+  billing_invoice_number(number, year + 1, 1);
+  assert_string_equal(((const billing_invoice_numbered_t *)cqrs_test_event(T, 0)->payload)->number, number);
 }
 
 static void test_issue_needs_a_known_customer(void **state) {
@@ -196,7 +221,7 @@ static double store_calls(cqrs_metrics_t *m, const char *op) {
 static bool number_of(const cqrs_event_t *e, void *data) {
   int *n = data;
   char want[BILLING_NUMBER_MAX];
-  billing_invoice_number(want, year_now(), ++*n);
+  billing_invoice_number(want, year_of(cqrs_now_ms()), ++*n);
   assert_string_equal(((const billing_invoice_numbered_t *)e->payload)->number, want);
   return true;
 }
@@ -209,7 +234,10 @@ static void test_issues_sent_at_once_are_numbered_in_order(void **state) {
   cqrs_registry_new(&reg, NULL);
   assert_int_equal(billing_register(reg, NULL), CQRS_OK);
   cqrs_store_t *store;
-  cqrs_memory_store_new(&store, NULL);
+  cqrs_keys_t *keys; /* the customer's personal fields are sealed */
+  assert_int_equal(cqrs_memory_store_new(&store, NULL), CQRS_OK);
+  assert_int_equal(cqrs_memory_keys_new(NULL, &keys, NULL), CQRS_OK);
+  assert_int_equal(cqrs_store_set_keys(store, keys, reg, NULL), CQRS_OK);
   cqrs_dispatcher_t *d;
   cqrs_metrics_t *m;
   assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, NULL), CQRS_OK);
@@ -240,7 +268,7 @@ static void test_issues_sent_at_once_are_numbered_in_order(void **state) {
       assert_int_equal(out[i].code, CQRS_EREJECTED);
     } else {
       char want[BILLING_NUMBER_MAX];
-      billing_invoice_number(want, year_now(), ++n);
+      billing_invoice_number(want, year_of(cqrs_now_ms()) /* the real clock, the dispatcher's */, ++n);
       assert_int_equal(out[i].code, CQRS_OK);
       assert_string_equal(out[i].number, want);
     }
@@ -249,7 +277,7 @@ static void test_issues_sent_at_once_are_numbered_in_order(void **state) {
   assert_int_equal(store_calls(m, "append_many"), 2);
   assert_int_equal(store_calls(m, "append"), appends);
   char book[16];
-  snprintf(book, sizeof book, "%04d", year_now());
+  snprintf(book, sizeof book, "%04d", year_of(cqrs_now_ms()));
   int numbered = 0;
   assert_int_equal(cqrs_store_read_stream(store, "invoice_book", book, 1, number_of, &numbered, NULL), CQRS_OK);
   assert_int_equal(numbered, 38);
@@ -258,12 +286,14 @@ static void test_issues_sent_at_once_are_numbered_in_order(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
   cqrs_metrics_destroy(m);
   cqrs_store_destroy(store);
+  cqrs_keys_destroy(keys);
   cqrs_registry_destroy(reg);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_issue_takes_the_next_number_of_the_year, setup, bfx_teardown),
+      cmocka_unit_test_setup_teardown(test_a_new_year_starts_a_new_book, setup, bfx_teardown),
       cmocka_unit_test_setup_teardown(test_issue_needs_a_known_customer, setup, bfx_teardown),
       cmocka_unit_test_setup_teardown(test_issue_validates, setup, bfx_teardown),
       cmocka_unit_test_setup_teardown(test_issue_twice_is_refused, setup, bfx_teardown),

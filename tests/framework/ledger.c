@@ -383,3 +383,10 @@ cqrs_store_t *ledger_faulty_store(cqrs_store_t *inner, long budget) {
 long ledger_faulty_store_calls(cqrs_store_t *store) {
   return atomic_load(&((faulty_t *)cqrs_store_impl(store))->calls);
 }
+
+void ledger_run_idle(uv_loop_t *loop, cqrs_clock_t *clock) {
+  uint64_t in;
+  do {
+    uv_run(loop, UV_RUN_DEFAULT);
+  } while (cqrs_clock_next_due(clock, &in) && cqrs_clock_advance(clock, in) == CQRS_OK);
+}

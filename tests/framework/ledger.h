@@ -79,4 +79,9 @@ cqrs_store_t *ledger_faulty_store(cqrs_store_t *inner, long budget);
 long ledger_faulty_store_calls(cqrs_store_t *store);
 /* Checkpoints that forward to `inner` (borrowed) but are blocking. */
 cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner);
+
+/* Runs `loop` until nothing is left, advancing the manual `clock` to each
+ * framework timer that keeps the loop running (a back-off, a retry) as it
+ * comes: uv_run's "until done" in the clock's time, with no waiting. */
+void ledger_run_idle(uv_loop_t *loop, cqrs_clock_t *clock);
 #endif

@@ -323,48 +323,69 @@ static void test_racing_threads_lose_no_update(void **state) {
   assert_int_equal(balance(fx, "race"), SENDERS * PER_SENDER + 3);
 }
 
-static cqrs_code_t slow(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
-  (void)ctx;
-  (void)cmd;
-  (void)data;
-  (void)err;
-  uv_sleep(300);
-  return CQRS_OK;
+/* A handler that, once running, asks the loop to run a callback (an async
+ * handle's) and blocks until the loop has run it: it can end only if the
+ * loop keeps turning while it runs. It gives up after 30 s (a failure, not
+ * a hang). */
+typedef struct gate {
+  uv_async_t wake;
+  uv_mutex_t lock;
+  uv_cond_t cond;
+  bool woken;      /* the loop ran the callback */
+  bool done_first; /* the command completed before that */
+  bool done;
+} gate_t;
+
+static cqrs_code_t wait_for_the_loop(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
+  (void)ctx, (void)cmd;
+  gate_t *g = data;
+  uv_async_send(&g->wake);
+  uv_mutex_lock(&g->lock);
+  int rc = 0;
+  while (!g->woken && rc == 0) rc = uv_cond_timedwait(&g->cond, &g->lock, 30 * 1000000000ull);
+  bool woken = g->woken;
+  uv_mutex_unlock(&g->lock);
+  return woken ? CQRS_OK : cqrs_error_set(err, CQRS_EHANDLER, "the loop ran nothing while the handler waited");
 }
 
-static void tick(uv_timer_t *t) { *(bool *)t->data = true; }
-
-typedef struct order {
-  bool *timer_fired;
-  bool fired_before_done;
-  bool done;
-} order_t;
+static void on_wake(uv_async_t *h) {
+  gate_t *g = h->data;
+  uv_mutex_lock(&g->lock);
+  g->woken = true;
+  uv_cond_signal(&g->cond);
+  uv_mutex_unlock(&g->lock);
+}
 
 static void note_order(const cqrs_result_t *r, void *data) {
-  order_t *o = data;
+  gate_t *g = data;
   assert_int_equal(r->error.code, CQRS_OK);
-  o->fired_before_done = *o->timer_fired;
-  o->done = true;
+  uv_mutex_lock(&g->lock);
+  g->done_first = !g->woken;
+  uv_mutex_unlock(&g->lock);
+  g->done = true;
 }
 
 static void test_blocking_handler_keeps_the_loop_responsive(void **state) {
   fx_t *fx = *state;
-  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_audit, slow, NULL, CQRS_HANDLER_BLOCKING, NULL), CQRS_OK);
-  uv_timer_t timer;
-  bool fired = false;
-  uv_timer_init(&fx->loop, &timer);
-  timer.data = &fired;
-  uv_timer_start(&timer, tick, 20, 0); /* due long before the 300 ms handler ends */
+  gate_t g = {.woken = false};
+  assert_int_equal(uv_mutex_init(&g.lock), 0);
+  assert_int_equal(uv_cond_init(&g.cond), 0);
+  assert_int_equal(uv_async_init(&fx->loop, &g.wake, on_wake), 0);
+  g.wake.data = &g;
+  uv_unref((uv_handle_t *)&g.wake);
+  assert_int_equal(cqrs_dispatcher_register(fx->d, &ledger_audit, wait_for_the_loop, &g, CQRS_HANDLER_BLOCKING, NULL),
+                   CQRS_OK);
   audit_cmd_t a = {"a"};
   cqrs_command_t *cmd;
   cqrs_command_new(&ledger_audit, &a, &cmd, NULL);
-  order_t o = {&fired, false, false};
-  assert_int_equal(cqrs_dispatcher_send(fx->d, cmd, note_order, &o), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(fx->d, cmd, note_order, &g), CQRS_OK);
   uv_run(&fx->loop, UV_RUN_DEFAULT);
-  assert_true(o.done);
-  assert_true(o.fired_before_done);
-  uv_close((uv_handle_t *)&timer, NULL);
+  assert_true(g.done);
+  assert_false(g.done_first);
+  uv_close((uv_handle_t *)&g.wake, NULL);
   uv_run(&fx->loop, UV_RUN_DEFAULT);
+  uv_cond_destroy(&g.cond);
+  uv_mutex_destroy(&g.lock);
 }
 
 static void test_close_drains_in_flight_commands(void **state) {

@@ -29,6 +29,7 @@ typedef struct fx {
   cqrs_http_metrics_t *h;
   int fail_first, calls;
   bool http_closed;
+  cqrs_clock_t *clock; /* manual: the projection's retry waits for the test */
 } fx_t;
 
 static cqrs_code_t projection(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
@@ -37,7 +38,7 @@ static cqrs_code_t projection(const cqrs_event_t *e, void *data, cqrs_error_t *e
   return ++fx->calls <= fx->fail_first ? cqrs_error_set(err, CQRS_EHANDLER, "not yet") : CQRS_OK;
 }
 
-static int setup_with(void **state, uint64_t retry_base_ms, int fail_first) {
+static int setup_with(void **state, uint64_t retry_base_ms, int fail_first, bool manual) {
   fx_t *fx = calloc(1, sizeof *fx);
   fx->fail_first = fail_first;
   uv_loop_init(&fx->loop);
@@ -46,6 +47,10 @@ static int setup_with(void **state, uint64_t retry_base_ms, int fail_first) {
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = retry_base_ms;
+  if (manual) { /* the retry waits for the test */
+    assert_int_equal(cqrs_clock_manual_new(1700000000000LL, &fx->clock, NULL), CQRS_OK);
+    o.clock = fx->clock;
+  }
   cqrs_error_t err;
   if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err) ||
       ledger_handlers(fx->d, NULL, 0, &err) ||
@@ -58,12 +63,12 @@ static int setup_with(void **state, uint64_t retry_base_ms, int fail_first) {
   return 0;
 }
 
-/* The first retry waits long enough for a scrape. */
-static int setup(void **state) { return setup_with(state, 1000, 0); }
+/* The first retry waits 1 s of a manual clock: as long as the test likes. */
+static int setup(void **state) { return setup_with(state, 1000, 0, true); }
 
 /* A projection that fails its first two deliveries, backing off 2 s then
- * 4 s: stalled for 6 s. */
-static int setup_stalling(void **state) { return setup_with(state, 2000, 2); }
+ * 4 s: stalled for 6 s of the real clock (what /readyz judges by). */
+static int setup_stalling(void **state) { return setup_with(state, 2000, 2, false); }
 
 static void http_closed(void *data) { ((fx_t *)data)->http_closed = true; }
 
@@ -78,6 +83,7 @@ static int teardown(void **state) {
   cqrs_metrics_destroy(fx->m);
   cqrs_store_destroy(fx->store);
   cqrs_registry_destroy(fx->reg);
+  cqrs_clock_destroy(fx->clock);
   free(fx);
   return 0;
 }
@@ -199,22 +205,18 @@ static void test_counts_what_happened(void **state) {
   assert_int_equal(cqrs_http_metrics_requests(fx->h), 1);
 }
 
-static void stop_loop(uv_timer_t *t) { uv_stop(t->loop); }
-
 static void test_lag_returns_to_zero(void **state) {
   fx_t *fx = *state;
   fx->fail_first = 1;
-  send_cmd(fx, ledger_open_new("l", "lea")); /* the projection fails; its retry waits 1 s */
+  send_cmd(fx, ledger_open_new("l", "lea")); /* the projection fails; its retry waits 1 s of the clock */
+  assert_int_equal(cqrs_clock_advance(fx->clock, 500), CQRS_OK);
   char *text = scrape(fx);
   assert_true(prom_value(text, "cqrs_projection_lag_positions{projection=\"ledger.view\"}") == 1);
-  assert_true(prom_value(text, "cqrs_projection_lag_seconds{projection=\"ledger.view\"}") >= 0);
+  assert_true(prom_value(text, "cqrs_projection_lag_seconds{projection=\"ledger.view\"}") == 0.5);
   assert_true(prom_value(text, "cqrs_projection_retries_total{projection=\"ledger.view\"}") == 1);
   free(text);
-  uv_timer_t t;
-  uv_timer_init(&fx->loop, &t);
-  uv_timer_start(&t, stop_loop, 1500, 0);
+  assert_int_equal(cqrs_clock_advance(fx->clock, 500), CQRS_OK);
   uv_run(&fx->loop, UV_RUN_DEFAULT); /* the retry succeeds; then idle */
-  uv_close((uv_handle_t *)&t, NULL);
   text = scrape(fx);
   assert_true(prom_value(text, "cqrs_projection_lag_positions{projection=\"ledger.view\"}") == 0);
   assert_true(prom_value(text, "cqrs_projection_lag_seconds{projection=\"ledger.view\"}") == 0);

@@ -145,62 +145,67 @@ static const cqrs_process_route_t timer_routes[] = {{&ledger_opened, true, NULL,
                                                     {NULL, false, NULL, NULL}};
 static const cqrs_process_type_t timer_type = {.name = "timer", .routes = timer_routes, .on_deadline = on_expire};
 
-typedef struct waiter {
-  cqrs_dispatcher_t *d;
-  uv_timer_t t;
-  unsigned ticks;
-} waiter_t;
+#define T0 1700000000000LL /* the manual clocks' start, UTC ms */
 
-/* Until the restored deadline has fired and ended its instance, or 20 s
- * (a failure, not a hang). The open count alone is not enough: it is 0 too
- * before the restarted process manager has caught up, which under valgrind
- * on a loaded machine can take longer than the first tick. */
-static void wait_ended(uv_timer_t *t) {
-  waiter_t *w = t->data;
-  if ((deadlines_fired > 0 && cqrs_process_open_count(w->d, "timer") == 0) || ++w->ticks > 2000) uv_timer_stop(t);
+static cqrs_dispatcher_t *clocked_dispatcher(uv_loop_t *loop, cqrs_registry_t *reg, cqrs_store_t *store,
+                                             cqrs_clock_t *clock) {
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.clock = clock;
+  cqrs_dispatcher_t *d;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(loop, reg, store, &o, &d, &err)) fail_msg("%s", err.message);
+  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  return d;
 }
 
-/* A deadline set before a stop fires after the restart, once. */
+/* A deadline set before a stop fires after the restart, once, when the
+ * clock reaches it and not before. */
 static void test_deadline_fires_after_a_restart(void **state) {
   (void)state;
   uv_loop_t loop;
   uv_loop_init(&loop);
+  cqrs_clock_t *clock;
+  assert_int_equal(cqrs_clock_manual_new(T0, &clock, NULL), CQRS_OK);
   cqrs_registry_t *reg = ledger_registry();
   assert_int_equal(cqrs_registry_add_process(reg, &timer_type, NULL), CQRS_OK);
   cqrs_store_t *store = NULL;
   cqrs_memory_store_new(&store, NULL);
   cqrs_checkpoints_t *cp = NULL;
   cqrs_memory_checkpoints_new(&cp, NULL);
-  cqrs_dispatcher_t *d;
   cqrs_error_t err;
-  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err), CQRS_OK);
-  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  cqrs_dispatcher_t *d = clocked_dispatcher(&loop, reg, store, clock);
   assert_int_equal(cqrs_process_start(d, &timer_type, NULL, cp, &err), CQRS_OK);
   assert_int_equal(cqrs_dispatcher_send(d, ledger_open_new("l-1", "o"), NULL, NULL), CQRS_OK);
   uv_run(&loop, UV_RUN_DEFAULT); /* returns: a deadline alone does not hold the loop */
   assert_int_equal(cqrs_process_open_count(d, "timer"), 1);
+  assert_int_equal(cqrs_clock_advance(clock, 100), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(deadlines_fired, 0);
   assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
   uv_run(&loop, UV_RUN_DEFAULT);
 
-  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err), CQRS_OK);
-  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  d = clocked_dispatcher(&loop, reg, store, clock);
   assert_int_equal(cqrs_process_start(d, &timer_type, NULL, cp, &err), CQRS_OK);
-  waiter_t w = {d, {0}, 0};
-  uv_timer_init(&loop, &w.t);
-  w.t.data = &w;
-  uv_timer_start(&w.t, wait_ended, 10, 10);
+  uv_run(&loop, UV_RUN_DEFAULT); /* the instance is back, its deadline 50 ms away */
+  assert_int_equal(cqrs_process_open_count(d, "timer"), 1);
+  assert_int_equal(cqrs_clock_advance(clock, 49), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(deadlines_fired, 0);
+  assert_int_equal(cqrs_clock_advance(clock, 1), CQRS_OK);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(deadlines_fired, 1);
   assert_int_equal(cqrs_process_open_count(d, "timer"), 0);
+  assert_int_equal(cqrs_clock_advance(clock, 1000), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
-  uv_close((uv_handle_t *)&w.t, NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
   assert_int_equal(deadlines_fired, 1);
   cqrs_checkpoints_destroy(cp);
   cqrs_store_destroy(store);
   cqrs_registry_destroy(reg);
+  cqrs_clock_destroy(clock);
 }
 
 /* Given / when / then of a deadline, with the test helpers. */
@@ -208,14 +213,18 @@ static void test_deadline_given_when_then(void **state) {
   (void)state;
   cqrs_process_test_t *t;
   assert_int_equal(cqrs_process_test_new(&timer_type, "l-1", NULL, &t, NULL), CQRS_OK);
+  cqrs_clock_t *clock;
+  assert_int_equal(cqrs_clock_manual_new(T0, &clock, NULL), CQRS_OK);
+  cqrs_process_test_set_clock(t, clock); /* the event given is stamped by it */
   CQRS_PROCESS_WHEN_EVENT(t, &ledger_opened, "l-1", (ledger_opened_t){"o"});
-  assert_true(cqrs_process_test_deadline_at(t, "expire") > 0);
+  CQRS_PROCESS_THEN_DEADLINE(t, "expire", T0 + 150);
   int before = deadlines_fired;
   CQRS_PROCESS_WHEN_DEADLINE(t, "expire");
   CQRS_PROCESS_THEN_ENDED(t);
   assert_int_equal(deadlines_fired, before + 1);
   CQRS_PROCESS_THEN_DEADLINE(t, "expire", 0);
   cqrs_process_test_destroy(t);
+  cqrs_clock_destroy(clock);
 }
 
 /* ---- ids and registration ---- */
@@ -434,14 +443,14 @@ static cqrs_checkpoints_t *gate_cp;
 static stale_t *gate_store;
 static int64_t gate_cp_before_reload; /* the highest checkpoint saved before the reload worked */
 
-static void wait_gate(uv_timer_t *t) {
-  waiter_t *w = t->data;
+/* The highest checkpoint saved so far, once the duplicate has been met and
+ * the reload has failed, and before the step has run. */
+static void note_checkpoint(void) {
   if (gate_store->duplicates && gate_store->failed_reads == 0 && !gate_passed) {
     int64_t at = 0;
     assert_int_equal(cqrs_checkpoints_load(gate_cp, "process:gated", &at, NULL), CQRS_OK);
     if (at > gate_cp_before_reload) gate_cp_before_reload = at;
   }
-  if ((gate_passed && cqrs_process_open_count(w->d, "gated") == 0) || ++w->ticks > 2000) uv_timer_stop(t);
 }
 
 /* A run records an instance's first input and is stopped before its step
@@ -475,15 +484,22 @@ static void test_input_recorded_by_an_earlier_run(void **state) {
   cqrs_store_t *store = NULL;
   assert_int_equal(cqrs_store_new(&stale_ops, impl, &store, NULL), CQRS_OK);
   gate_open = true;
-  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err), CQRS_OK);
-  assert_int_equal(ledger_handlers(d, NULL, 0, &err), CQRS_OK);
+  cqrs_clock_t *clock;
+  assert_int_equal(cqrs_clock_manual_new(T0, &clock, NULL), CQRS_OK);
+  d = clocked_dispatcher(&loop, reg, store, clock);
   assert_int_equal(cqrs_dispatcher_register(d, &gate_work, handle_gate, NULL, 0, &err), CQRS_OK);
   assert_int_equal(cqrs_process_start(d, &gated_type, NULL, cp, &err), CQRS_OK);
-  waiter_t w = {d, {0}, 0};
-  uv_timer_init(&loop, &w.t);
-  w.t.data = &w;
-  uv_timer_start(&w.t, wait_gate, 10, 10);
+  /* The reload that failed is tried again later (a retry on the clock):
+   * the checkpoint is looked at in between, each time the loop is idle. */
+  uint64_t in;
   uv_run(&loop, UV_RUN_DEFAULT);
+  note_checkpoint();
+  assert_false(gate_passed);
+  while (cqrs_clock_next_due(clock, &in)) {
+    assert_int_equal(cqrs_clock_advance(clock, in), CQRS_OK);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    note_checkpoint();
+  }
   assert_int_equal(impl->stale_reads, 0); /* the stale read, */
   assert_int_equal(impl->duplicates, 1);  /* the duplicate it led to, */
   assert_int_equal(impl->failed_reads, 0); /* and the failed reload did happen */
@@ -491,13 +507,13 @@ static void test_input_recorded_by_an_earlier_run(void **state) {
   assert_int_equal(gate_passed, 1);
   assert_int_equal(cqrs_process_open_count(d, "gated"), 0);
   assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
-  uv_close((uv_handle_t *)&w.t, NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
   cqrs_checkpoints_destroy(cp);
   cqrs_store_destroy(store);
   cqrs_store_destroy(mem);
   cqrs_registry_destroy(reg);
+  cqrs_clock_destroy(clock);
 }
 
 static void race_quiet(cqrs_log_level_t level, const char *domain, const char *message, void *data);
@@ -511,14 +527,13 @@ static void *dup_realloc(void *p, size_t n) {
   return gate_store && gate_store->duplicates && atomic_fetch_sub(&fail_after_dup, 1) == 0 ? NULL : realloc(p, n);
 }
 
-static void stop_loop(uv_timer_t *t) { uv_stop(t->loop); }
-
 static cqrs_dispatcher_t *gated_dispatcher(uv_loop_t *loop, cqrs_registry_t *reg, cqrs_store_t *store,
-                                           cqrs_checkpoints_t *cp) {
+                                           cqrs_checkpoints_t *cp, cqrs_clock_t *clock) {
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1;
   o.retry_cap_ms = 2;
+  o.clock = clock;
   cqrs_dispatcher_t *d;
   assert_int_equal(cqrs_dispatcher_new(loop, reg, store, &o, &d, NULL), CQRS_OK);
   assert_int_equal(ledger_handlers(d, NULL, 0, NULL), CQRS_OK);
@@ -555,22 +570,27 @@ static void test_allocation_failures_after_a_duplicate(void **state) {
     gate_store = impl;
     gate_open = true;
     atomic_store(&fail_after_dup, n);
+    cqrs_clock_t *clock;
+    assert_int_equal(cqrs_clock_manual_new(T0, &clock, NULL), CQRS_OK);
     cqrs_set_allocator(&hook);
-    cqrs_dispatcher_t *d = gated_dispatcher(&loop, reg, store, cp);
-    uv_timer_t stop;
-    uv_timer_init(&loop, &stop);
-    uv_timer_start(&stop, stop_loop, 100, 0);
+    cqrs_dispatcher_t *d = gated_dispatcher(&loop, reg, store, cp, clock);
+    /* It runs for 100 ms of the clock, through the back-offs due by then. */
+    uint64_t in, ran = 0;
     uv_run(&loop, UV_RUN_DEFAULT);
+    while (cqrs_clock_next_due(clock, &in) && ran + in <= 100) {
+      assert_int_equal(cqrs_clock_advance(clock, in), CQRS_OK);
+      ran += in;
+      uv_run(&loop, UV_RUN_DEFAULT);
+    }
     assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
-    uv_close((uv_handle_t *)&stop, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     cqrs_set_allocator(NULL);
     bool failed = atomic_load(&fail_after_dup) < 0;
     assert_int_equal(impl->duplicates, 1);
 
-    d = gated_dispatcher(&loop, reg, store, cp);
+    d = gated_dispatcher(&loop, reg, store, cp, clock);
     while (!cqrs_projection_live(d, "process:gated")) uv_run(&loop, UV_RUN_ONCE);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    ledger_run_idle(&loop, clock);
     assert_int_equal(cqrs_process_open_count(d, "gated"), 0);
     assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -584,6 +604,7 @@ static void test_allocation_failures_after_a_duplicate(void **state) {
     cqrs_aggregate_destroy(agg);
     assert_true(gate_passed >= 1);
     gate_store = NULL;
+    cqrs_clock_destroy(clock);
     cqrs_checkpoints_destroy(cp);
     cqrs_store_destroy(store);
     cqrs_store_destroy(mem);

@@ -31,6 +31,7 @@ static cqrs_code_t watch(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
 
 typedef struct fx {
   uv_loop_t loop;
+  cqrs_clock_t *clock; /* manual: back-offs, retries and wait time-outs follow it */
   cqrs_registry_t *reg;
   cqrs_store_t *mem, *store; /* store: mem, or a blocking view of it */
   cqrs_checkpoints_t *cp_mem, *cp;
@@ -42,20 +43,32 @@ static void open_dispatcher(fx_t *fx) {
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1;
+  o.clock = fx->clock;
   cqrs_error_t err;
   if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err)) fail_msg("%s", err.message);
   assert_int_equal(ledger_handlers(fx->d, NULL, 0, NULL), CQRS_OK);
 }
 
+static void run_idle(fx_t *fx) { ledger_run_idle(&fx->loop, fx->clock); }
+
+/* One turn of the loop; when nothing is left for it, the clock moves to
+ * the next timer that keeps the loop running. */
+static void step(fx_t *fx) {
+  uint64_t in;
+  if (!uv_run(&fx->loop, UV_RUN_ONCE) && cqrs_clock_next_due(fx->clock, &in))
+    assert_int_equal(cqrs_clock_advance(fx->clock, in), CQRS_OK);
+}
+
 static void close_dispatcher(fx_t *fx) {
   assert_int_equal(cqrs_dispatcher_close(fx->d, NULL, NULL), CQRS_OK);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   fx->d = NULL;
 }
 
 static fx_t *fx_new(bool blocking) {
   fx_t *fx = calloc(1, sizeof *fx);
   uv_loop_init(&fx->loop);
+  assert_int_equal(cqrs_clock_manual_new(1700000000000LL, &fx->clock, NULL), CQRS_OK);
   fx->reg = ledger_registry();
   cqrs_memory_store_new(&fx->mem, NULL);
   fx->store = blocking ? ledger_blocking_store(fx->mem, 2) : fx->mem;
@@ -84,6 +97,7 @@ static int teardown(void **state) {
   if (fx->store != fx->mem) cqrs_store_destroy(fx->store);
   cqrs_store_destroy(fx->mem);
   cqrs_registry_destroy(fx->reg);
+  cqrs_clock_destroy(fx->clock);
   free(fx);
   return 0;
 }
@@ -132,10 +146,10 @@ static void test_catch_up_then_live(void **state) {
   start(fx, "proj", s, 0);
   credit(fx, "a", 50); /* live, perhaps while still catching up */
   while (fx->done < 50 || !cqrs_projection_live(fx->d, "proj") || cqrs_projection_position(fx->d, "proj") < head(fx))
-    uv_run(&fx->loop, UV_RUN_ONCE);
+    step(fx);
   assert_exactly_once(fx, s, 100);
   credit(fx, "b", 20);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_int_equal(fx->done, 70);
   assert_exactly_once(fx, s, 100);
   int64_t saved;
@@ -151,7 +165,7 @@ static void test_restart_resumes_from_checkpoint(void **state) {
   ledger_fill(fx->mem, &ledger_type, "a", 1); /* opens it */
   start(fx, "proj", first, 0);
   credit(fx, "a", 30);
-  while (fx->done < 30 || cqrs_projection_position(fx->d, "proj") < head(fx)) uv_run(&fx->loop, UV_RUN_ONCE);
+  while (fx->done < 30 || cqrs_projection_position(fx->d, "proj") < head(fx)) step(fx);
   close_dispatcher(fx);
   int64_t stop = head(fx);
   /* While no projection runs, others write. */
@@ -160,7 +174,7 @@ static void test_restart_resumes_from_checkpoint(void **state) {
   start(fx, "proj", second, 0);
   credit(fx, "a", 5);
   while (fx->done < 35 || !cqrs_projection_live(fx->d, "proj") || cqrs_projection_position(fx->d, "proj") < head(fx))
-    uv_run(&fx->loop, UV_RUN_ONCE);
+    step(fx);
   assert_range_once(first, 0, stop);
   assert_exactly_once(fx, second, stop);
   free(first);
@@ -196,18 +210,18 @@ static void test_checkpoint_saved_per_batch(void **state) {
   seen_t *s = calloc(1, sizeof *s);
   cqrs_projection_def_t def = {"proj", NULL, watch, s, 0};
   assert_int_equal(cqrs_projection_start(fx->d, &def, cp, NULL), CQRS_OK);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   int64_t saved = 0;
   cc.saves = 0;
   credit(fx, "a", 200);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_int_equal(fx->done, 200);
   assert_exactly_once(fx, s, 0);
   assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
   assert_int_equal(saved, head(fx));
   if (cc.saves > 2) fail_msg("%d checkpoint saves for one batch of 200 commands", cc.saves);
   credit(fx, "a", 1);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
   assert_int_equal(saved, head(fx));
   close_dispatcher(fx);
@@ -221,8 +235,8 @@ static void test_failing_projection_dead_letters_and_moves_on(void **state) {
   seen_t *s = calloc(1, sizeof *s);
   s->fail_at = 4;
   start(fx, "proj", s, 0);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
-  while (cqrs_projection_position(fx->d, "proj") < 10) uv_run(&fx->loop, UV_RUN_ONCE);
+  run_idle(fx);
+  while (cqrs_projection_position(fx->d, "proj") < 10) step(fx);
   assert_int_equal(s->n, 9);
   assert_int_equal(s->count[4], 0);
   assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 1);
@@ -249,12 +263,12 @@ static void test_feed_retries_a_failed_read(void **state) {
   seen_t *s = calloc(1, sizeof *s);
   ledger_fill(fx->mem, &ledger_type, "a", 1);
   start(fx, "proj", s, 0);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_true(cqrs_projection_live(fx->d, "proj"));
   ledger_fill(fx->mem, &ledger_type, "c", 1); /* another writer's: the next commit does not follow */
   ledger_blocking_store_fail_reads(fx->store, 3);
   credit(fx, "a", 1);
-  uv_run(&fx->loop, UV_RUN_DEFAULT); /* returns once the retries have delivered it */
+  run_idle(fx); /* returns once the retries have delivered it */
   assert_int_equal(fx->done, 1);
   assert_exactly_once(fx, s, 0);
   assert_int_equal(cqrs_projection_position(fx->d, "proj"), 3);
@@ -321,17 +335,17 @@ static void test_wait_for_a_projection(void **state) {
   seen_t *s = calloc(1, sizeof *s);
   start(fx, "waited", s, CQRS_SUBSCRIBE_BLOCKING);
   assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("w", "o"), on_done, fx), CQRS_OK);
-  while (!fx->done) uv_run(&fx->loop, UV_RUN_ONCE); /* on the pool, a credit could overtake it */
+  while (!fx->done) step(fx); /* on the pool, a credit could overtake it */
   pos_of_t p = {0, 0};
   assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_credit_new("w", 5), note_position, &p), CQRS_OK);
-  while (!p.done) uv_run(&fx->loop, UV_RUN_ONCE);
+  while (!p.done) step(fx);
   assert_int_equal(p.position, 2);
   waited_t w = {CQRS_OK, 0, p.position, s};
   assert_int_equal(cqrs_projection_wait(fx->d, "waited", p.position, 5000, on_waited, &w), CQRS_OK);
   assert_int_equal(w.calls, 0); /* never inside the call */
   waited_t all = {CQRS_OK, 0, p.position, s};
   assert_int_equal(cqrs_projection_wait(fx->d, NULL, p.position, 5000, on_waited, &all), CQRS_OK);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_int_equal(w.calls, 1);
   assert_int_equal(w.status, CQRS_OK);
   assert_int_equal(all.calls, 1);
@@ -342,7 +356,7 @@ static void test_wait_for_a_projection(void **state) {
   assert_int_equal(cqrs_projection_wait(fx->d, "waited", p.position + 100, 30, on_waited, &late), CQRS_OK);
   assert_int_equal(cqrs_projection_wait(fx->d, "nobody", 1, 30, on_waited, &late), CQRS_ENOT_FOUND);
   assert_int_equal(cqrs_projection_wait(fx->d, "waited", 1, 30, NULL, NULL), CQRS_EINVAL);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_int_equal(late.calls, 1);
   assert_int_equal(late.status, CQRS_ETIMEOUT);
 
@@ -463,15 +477,15 @@ static void test_the_head_is_read_on_the_pool(void **state) {
   assert_int_equal(cqrs_dispatcher_subscribe(fx->d, "plain", NULL, watch, plain, 0, NULL), CQRS_OK);
   start(fx, "proj", proj, 0);
   assert_int_equal(cqrs_dispatcher_send(fx->d, ledger_open_new("b", "bo"), on_done, fx), CQRS_OK);
-  while (!fx->done) uv_run(&fx->loop, UV_RUN_ONCE); /* committed while the head is being read */
+  while (!fx->done) step(fx); /* committed while the head is being read */
   ledger_blocking_store_hold_head(fx->store, false);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_int_equal(plain->n, 1);
   assert_int_equal(plain->order[0], 4);
   assert_true(cqrs_projection_live(fx->d, "proj"));
   assert_exactly_once(fx, proj, 0);
   credit(fx, "b", 1);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_range_once(plain, 3, 5);
   assert_exactly_once(fx, proj, 0);
   close_dispatcher(fx);
@@ -495,7 +509,7 @@ static void test_start_fails_when_the_pool_refuses(void **state) {
   assert_non_null(strstr(err.message, "proj"));
   assert_false(cqrs_projection_live(fx->d, "proj"));
   if (cqrs_projection_start(fx->d, &def, fx->cp, &err)) fail_msg("%s", err.message);
-  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  run_idle(fx);
   assert_true(cqrs_projection_live(fx->d, "proj"));
   assert_exactly_once(fx, s, 0);
   free(s);
@@ -506,7 +520,7 @@ static cqrs_code_t wait_head(fx_t *fx) {
   waited_t w = {CQRS_CODE_COUNT, 0, 0, NULL};
   cqrs_code_t rc = cqrs_projection_wait(fx->d, NULL, head(fx), 10000, on_waited, &w);
   if (rc) return rc;
-  while (!w.calls) uv_run(&fx->loop, UV_RUN_ONCE);
+  while (!w.calls) step(fx);
   return w.status;
 }
 
@@ -545,7 +559,7 @@ static int64_t send_twice(fx_t *fx, cqrs_command_t *first, cqrs_command_t *again
   for (int i = 0; i < 2; i++) {
     pos_of_t p = {-1, 0};
     if (cqrs_dispatcher_send(fx->d, cmds[i], on_any_done, &p) == CQRS_OK) {
-      while (!p.done) uv_run(&fx->loop, UV_RUN_ONCE);
+      while (!p.done) step(fx);
     }
     if (p.position > 0) {
       if (i == 0) cqrs_command_destroy(again);
@@ -577,11 +591,11 @@ static void test_pool_failures_stall_nothing(void **state) {
       assert_int_equal(err.code, CQRS_ENOMEM);
       if (cqrs_projection_start(fx->d, &def, fx->cp, &err)) fail_msg("n=%lu: %s", n, err.message);
     }
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    run_idle(fx);
     OPEN_TWICE(fx, "b");
     ledger_fill(fx->mem, &ledger_type, "c", 1); /* the next commit does not follow: the feed reads */
     OPEN_TWICE(fx, "d");
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    run_idle(fx);
     bool reached = work_fault_calls() - before > n;
     work_fault_fail(0, 0);
     cqrs_code_t rc = wait_head(fx);
@@ -626,10 +640,10 @@ static void test_pool_failures_keep_saving_checkpoints(void **state) {
       assert_int_equal(err.code, CQRS_ENOMEM);
       if (cqrs_process_start(fx->d, &brief, NULL, cp, &err)) fail_msg("n=%lu: %s", n, err.message);
     }
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    run_idle(fx);
     OPEN_TWICE(fx, "a");
     int64_t last = OPEN_TWICE(fx, "b"); /* the process's own records follow, not of its types */
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    run_idle(fx);
     bool reached = work_fault_calls() - before > n;
     work_fault_fail(0, 0);
     int64_t saved = 0;
@@ -669,14 +683,14 @@ static void test_allocation_failures_stall_nothing(void **state) {
     atomic_store(&alloc_fail_at, n);
     /* Switched only while nothing runs on the pool (uv_run has returned). */
     cqrs_set_allocator(&(cqrs_allocator_t){failing_malloc, failing_realloc, free});
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    run_idle(fx);
     send_twice(fx, b1, b2);
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    run_idle(fx);
     cqrs_set_allocator(NULL);
     ledger_fill(fx->mem, &ledger_type, "c", 1);
     cqrs_set_allocator(&(cqrs_allocator_t){failing_malloc, failing_realloc, free});
     send_twice(fx, d1, d2);
-    uv_run(&fx->loop, UV_RUN_DEFAULT);
+    run_idle(fx);
     cqrs_set_allocator(NULL);
     bool reached = atomic_load(&alloc_count) >= n;
     cqrs_code_t rc = wait_head(fx);

@@ -171,6 +171,50 @@ static void test_a_decision_of_several_steps(void **state) {
   cqrs_process_test_destroy(t);
 }
 
+/* The fixture's clock: it stamps the given and the when's events, moves
+ * only when the test advances it, and a subscriber's back-off is waited for
+ * by advancing it, not by sleeping. */
+static int fail_twice_calls;
+static cqrs_code_t fail_twice(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)e, (void)data;
+  return fail_twice_calls++ < 2 ? cqrs_error_set(err, CQRS_EHANDLER, "not yet") : CQRS_OK;
+}
+
+static cqrs_code_t setup_with_flaky(cqrs_dispatcher_t *d, void *data, cqrs_error_t *err) {
+  (void)data;
+  cqrs_code_t rc = ledger_handlers(d, NULL, 0, err);
+  return rc ? rc : cqrs_dispatcher_subscribe(d, "flaky", NULL, fail_twice, NULL, 0, err);
+}
+
+static void test_the_fixtures_clock(void **state) {
+  (void)state;
+  cqrs_registry_t *reg = ledger_registry();
+  cqrs_test_t *t = NULL;
+  int64_t before = cqrs_now_ms();
+  cqrs_test_new(reg, &ledger_type, "acc-1", setup_with_flaky, NULL, &t, NULL);
+  assert_non_null(t);
+  cqrs_clock_t *clock = cqrs_test_clock(t);
+  assert_true(cqrs_clock_is_manual(clock));
+  int64_t t0 = cqrs_clock_now_ms(clock);
+  assert_true(t0 >= before && t0 <= cqrs_now_ms());
+  CQRS_GIVEN(t, &ledger_opened, (ledger_opened_t){"ada"});
+  assert_int_equal(fail_twice_calls, 0); /* given events reach no subscriber */
+  cqrs_test_advance(t, 60000);
+  CQRS_WHEN(t, &ledger_credit, (ledger_move_cmd_t){"acc-1", 5});
+  assert_int_equal(cqrs_test_event(t, 0)->timestamp, t0 + 60000);
+  /* The subscriber hears of the given event too (the feed reads it from
+   * the store at the when's commit): it failed twice on it, was retried
+   * after 1 then 2 ms of the clock (the fixture's back-off), and handled it
+   * and the credit: the when ran until then. */
+  assert_int_equal(fail_twice_calls, 4);
+  assert_int_equal(cqrs_clock_now_ms(clock), t0 + 60003);
+  assert_int_equal(cqrs_dispatcher_dead_letter_count(cqrs_test_dispatcher(t)), 0);
+  assert_null(cqrs_test_clock(NULL));
+  cqrs_test_advance(NULL, 1);
+  assert_true(cqrs_test_destroy(t));
+  cqrs_registry_destroy(reg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_given_when_then_events, setup, teardown),
@@ -181,6 +225,7 @@ int main(void) {
       cmocka_unit_test(test_then_ignores_what_subscribers_commit),
       cmocka_unit_test_setup_teardown(test_payloads_from_functions, setup, teardown),
       cmocka_unit_test(test_a_decision_of_several_steps),
+      cmocka_unit_test(test_the_fixtures_clock),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,6 +16,7 @@ typedef struct app {
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_store_t *store;
+  cqrs_keys_t *keys;
   cqrs_readmodel_t *rm;
   cqrs_checkpoints_t *cp;
   cqrs_leases_t *leases; /* NULL: every projection runs here */
@@ -31,9 +32,12 @@ typedef struct app {
 #define APP_LEASE_GUARD_MS 1000
 
 /* `lease_owner` not NULL: the dispatcher runs the projections and process
- * managers under leases in the database, as owner `lease_owner`. */
+ * managers under leases in the database, as owner `lease_owner`, whose
+ * terms run on `lease_clock` (NULL: the real clock; borrowed; a manual one
+ * makes the lease store's calls run on the loop thread, see
+ * test_mongo_leases_on_loop). */
 static inline void app_open_leased(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints,
-                                   const char *lease_owner) {
+                                   const char *lease_owner, cqrs_clock_t *lease_clock) {
   memset(a, 0, sizeof *a);
   uv_loop_init(&a->loop);
   cqrs_registry_new(&a->reg, NULL);
@@ -46,6 +50,7 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
   if (cqrs_mongo_new(uri, &o, a->reg, &a->loop, &a->m, &err)) fail_msg("%s", err.message);
   if (billing_mongo_indexes(a->m, &err)) fail_msg("%s", err.message);
   if (cqrs_mongo_store_new(a->m, &a->store, &err) || cqrs_mongo_readmodel_new(a->m, &a->rm, &err) ||
+      billing_mongo_keys(a->m, &a->keys, &err) || cqrs_store_set_keys(a->store, a->keys, a->reg, &err) ||
       (fresh_checkpoints ? cqrs_memory_checkpoints_new(&a->cp, &err) : cqrs_mongo_checkpoints_new(a->m, &a->cp, &err)))
     fail_msg("%s", err.message);
   cqrs_dispatcher_options_t opts;
@@ -59,7 +64,9 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
     lo.owner = lease_owner;
     lo.ttl_ms = APP_LEASE_TTL_MS;
     lo.guard_ms = APP_LEASE_GUARD_MS;
-    if (cqrs_mongo_leases_new(a->m, &a->leases, &err) ||
+    lo.clock = lease_clock;
+    if ((lease_clock ? test_mongo_leases_on_loop(a->m, lease_clock, &a->leases, &err)
+                     : cqrs_mongo_leases_new(a->m, &a->leases, &err)) ||
         (lo.leases = a->leases, cqrs_dispatcher_set_leases(a->d, &lo, &err)))
       fail_msg("%s", err.message);
   }
@@ -69,7 +76,7 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
 }
 
 static inline void app_open_with(app_t *a, const char *uri, const char *db, int32_t sst, bool fresh_checkpoints) {
-  app_open_leased(a, uri, db, sst, fresh_checkpoints, NULL);
+  app_open_leased(a, uri, db, sst, fresh_checkpoints, NULL, NULL);
 }
 
 /* Closes everything; `drop` the database too. */
@@ -83,6 +90,7 @@ static inline void app_close(app_t *a, bool drop) {
   cqrs_checkpoints_destroy(a->cp);
   cqrs_readmodel_destroy(a->rm);
   cqrs_store_destroy(a->store);
+  cqrs_keys_destroy(a->keys);
   if (drop) cqrs_mongo_drop_database(a->m, NULL);
   cqrs_mongo_destroy(a->m);
   cqrs_registry_destroy(a->reg);

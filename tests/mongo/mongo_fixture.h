@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cqrs/backend.h>
 #include <cqrs/mongo.h>
 
 /* The server's base URI (no database), or NULL after printing why. */
@@ -54,6 +55,35 @@ static inline cqrs_mongo_t *test_mongo_open(const cqrs_registry_t *reg, uv_loop_
   if (cqrs_mongo_new(test_mongo_uri(), &o, reg, loop, &m, &err)) fail_msg("%s", err.message);
   if (cqrs_mongo_ensure_indexes(m, &err)) fail_msg("%s", err.message);
   return m;
+}
+
+/* MongoDB leases on `clock` that a process of a test calls on its loop
+ * thread (declared non-blocking: the loop waits for each call), where the
+ * test moves that clock: so no lease call is in flight while the clock
+ * moves, which could claim a term by the moved clock that the dispatcher,
+ * having sent the call before, counts as run out at once. For the tests
+ * of several processes, whose lease clocks stand still until the test
+ * moves them; the lease thread of a blocking store is tested in-process
+ * (tests/framework/test_lease.c). */
+static cqrs_code_t loop_acquire(void *impl, const char *name, const char *owner, uint64_t ttl, int64_t *token,
+                                cqrs_error_t *err) {
+  return cqrs_leases_acquire(impl, name, owner, ttl, token, err);
+}
+static cqrs_code_t loop_renew(void *impl, const char *name, const char *owner, int64_t token, uint64_t ttl,
+                              cqrs_error_t *err) {
+  return cqrs_leases_renew(impl, name, owner, token, ttl, err);
+}
+static cqrs_code_t loop_release(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err) {
+  return cqrs_leases_release(impl, name, owner, token, err);
+}
+static void loop_destroy(void *impl) { cqrs_leases_destroy(impl); }
+static const cqrs_lease_ops_t loop_lease_ops = {.blocking = false, .acquire = loop_acquire, .renew = loop_renew, .release = loop_release, .destroy = loop_destroy};
+
+static inline cqrs_code_t test_mongo_leases_on_loop(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_leases_t **out,
+                                                    cqrs_error_t *err) {
+  cqrs_leases_t *inner;
+  cqrs_code_t rc = cqrs_mongo_leases_new_with_clock(m, clock, &inner, err);
+  return rc ? rc : cqrs_leases_new(&loop_lease_ops, inner, out, err);
 }
 
 static inline void test_mongo_close(cqrs_mongo_t *m) {

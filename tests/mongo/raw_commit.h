@@ -1,7 +1,10 @@
 /* Commits written straight to the events collection, behind the store's
  * back, shaped as infra/mongo/src/mongo_store.c's build_commit writes them:
  * the format of every commit ever stored, which the store must go on
- * reading. For tests of old or corrupt stored commits. */
+ * reading. For tests of old or corrupt stored commits. Format 1 (libcqrs
+ * 0.1) has no streamVersion; format 2 adds it (the key of the stream at
+ * the commit's first version, "<length of type>:<type>/<id>#<version, 20
+ * digits>", written here by hand). */
 #ifndef TEST_RAW_COMMIT_H
 #define TEST_RAW_COMMIT_H
 
@@ -37,8 +40,9 @@ typedef struct raw_commit {
   const char *command_id, *correlation_id;
 } raw_commit_t;
 
-/* Writes the commit's own fields into `doc` and begins its `events`. */
-static inline void raw_commit_begin(bson_t *doc, bson_t *events, const raw_commit_t *c) {
+/* Writes the commit's own fields into `doc`, as format `format` (1 or 2)
+ * has them, and begins its `events`. */
+static inline void raw_commit_begin_format(bson_t *doc, bson_t *events, const raw_commit_t *c, int format) {
   char id[24];
   snprintf(id, sizeof id, "%020lld", (long long)c->seq);
   BSON_APPEND_UTF8(doc, "_id", id);
@@ -47,12 +51,22 @@ static inline void raw_commit_begin(bson_t *doc, bson_t *events, const raw_commi
   BSON_APPEND_INT64(doc, "version", c->version);
   BSON_APPEND_UTF8(doc, "aggregateType", "ledger");
   BSON_APPEND_UTF8(doc, "aggregateId", c->stream);
+  if (format >= 2) {
+    char key[200];
+    snprintf(key, sizeof key, "6:ledger/%s#%020lld", c->stream, (long long)c->version);
+    BSON_APPEND_UTF8(doc, "streamVersion", key);
+  }
   BSON_APPEND_INT64(doc, "lastVersion", c->last_version);
   BSON_APPEND_INT64(doc, "position", c->position);
   BSON_APPEND_INT64(doc, "lastPosition", c->last_position);
   BSON_APPEND_UTF8(doc, "commandId", c->command_id);
   BSON_APPEND_UTF8(doc, "correlationId", c->correlation_id);
   BSON_APPEND_ARRAY_BEGIN(doc, "events", events);
+}
+
+/* The same in the current format. */
+static inline void raw_commit_begin(bson_t *doc, bson_t *events, const raw_commit_t *c) {
+  raw_commit_begin_format(doc, events, c, 2);
 }
 
 /* Appends event `i`: eventId, type, schemaVersion as an int32, version as

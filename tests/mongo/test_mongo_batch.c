@@ -75,7 +75,9 @@ static int run_issuer(const char *db) {
   cqrs_store_t *store;
   cqrs_error_t err;
   cqrs_mongo_quiet_logs();
-  if (cqrs_mongo_new(test_mongo_uri(), &o, reg, &loop, &m, &err) || cqrs_mongo_store_new(m, &store, &err)) {
+  cqrs_keys_t *keys; /* customers' personal fields are sealed */
+  if (cqrs_mongo_new(test_mongo_uri(), &o, reg, &loop, &m, &err) || cqrs_mongo_store_new(m, &store, &err) ||
+      billing_mongo_keys(m, &keys, &err) || cqrs_store_set_keys(store, keys, reg, &err)) {
     fprintf(stderr, "issuer: %s\n", err.message);
     return 1;
   }
@@ -217,8 +219,10 @@ static void test_a_crash_mid_batch_loses_nothing(void **state) {
   cqrs_mongo_t *m;
   cqrs_store_t *store;
   cqrs_dispatcher_t *d;
+  cqrs_keys_t *keys;
   cqrs_error_t err;
   if (cqrs_mongo_new(test_mongo_uri(), &o, reg, &loop, &m, &err) || cqrs_mongo_store_new(m, &store, &err) ||
+      billing_mongo_keys(m, &keys, &err) || cqrs_store_set_keys(store, keys, reg, &err) ||
       cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err) || billing_register_handlers(d, &err))
     fail_msg("%s", err.message);
   static book_t before, after;
@@ -266,6 +270,7 @@ static void test_a_crash_mid_batch_loses_nothing(void **state) {
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
   cqrs_store_destroy(store);
+  cqrs_keys_destroy(keys);
   cqrs_mongo_drop_database(m, NULL);
   cqrs_mongo_destroy(m);
   cqrs_registry_destroy(reg);

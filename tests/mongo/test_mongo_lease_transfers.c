@@ -1,9 +1,12 @@
 /* The billing context in three real processes under leases on MongoDB:
  * the transfer process manager runs in one of them; its owner is SIGKILLed
- * while transfers keep coming from the others; another takes over; money is
- * conserved, every transfer ends as its record says, and the process that
- * never held the lease sent no step. The test binary runs the processes by
- * executing itself with a role as its first argument. */
+ * in the middle of a transfer (debited, its credit about to go: the owner
+ * stops there and says so, and the test kills it) while transfers keep
+ * coming from the others; another takes over; money is conserved, every
+ * transfer ends as its record says, and a process that never held the
+ * lease sent no step. The test binary runs the processes by executing
+ * itself with a role as its first argument, and talks with them on their
+ * standard input and output. */
 #include <signal.h>
 #include <sys/prctl.h>
 #include <uv.h>
@@ -19,6 +22,7 @@ static const char *self;
 
 #define APPS 3
 #define TRANSFERS_MAX 15 /* per process */
+#define TRANSFERS_FIRST 8 /* sent before the test says "more" */
 #define ACCOUNTS 4
 #define DEPOSIT 10000
 #define PM "process:transfer"
@@ -36,12 +40,27 @@ struct proc {
   int sent, steps;
   bool held; /* the process manager's lease, at some point */
   bool drain, closing;
+  bool hold; /* stops at its first credit step until the test says "go" */
+  bool go, more; /* heard from the test: "go" (do not stop), "more" (send the rest) */
+  cqrs_clock_t *lease_clock; /* manual: moves when the test says "advance <ms>" */
   uv_timer_t watch; /* samples whether it holds the lease */
 };
 
 static void watch_lease(uv_timer_t *t) {
   proc_t *p = t->data;
   p->held = p->held || cqrs_projection_owned(p->app.d, PM);
+}
+
+/* What the test said since last time; with `block`, waits for a line. */
+static void hear_test(proc_t *p, bool block) {
+  char line[64];
+  unsigned long long ms;
+  while (procs_child_hear(line, sizeof line, block)) {
+    p->go = p->go || !strcmp(line, "go");
+    p->more = p->more || !strcmp(line, "more");
+    if (sscanf(line, "advance %llu", &ms) == 1) cqrs_clock_advance(p->lease_clock, ms);
+    block = false;
+  }
 }
 
 /* The transfer's steps ("~transfer/<step>:<id>"), not its inputs ("~transfer/in:..."). */
@@ -51,6 +70,11 @@ static cqrs_code_t count_step(const cqrs_command_t *cmd, void *data, cqrs_error_
   const char *id = cqrs_command_id(cmd);
   p->held = p->held || cqrs_projection_owned(p->app.d, PM);
   if (!strncmp(id, "~transfer/", 10) && strncmp(id, "~transfer/in", 12)) p->steps++;
+  if (p->hold && !strncmp(id, "~transfer/credit:", 17)) {
+    p->hold = false;
+    procs_child_say("mid\n");
+    while (!p->go) hear_test(p, true); /* the loop stops here: debited, not yet credited */
+  }
   return CQRS_OK;
 }
 static const cqrs_middleware_t step_counter = {.command_before = count_step};
@@ -58,6 +82,7 @@ static const cqrs_middleware_t step_counter = {.command_before = count_step};
 static void proc_stop(proc_t *p) {
   if (p->closing) return;
   p->closing = true;
+  p->held = p->held || cqrs_projection_owned(p->app.d, PM);
   uv_close((uv_handle_t *)&p->timer, NULL);
   uv_close((uv_handle_t *)&p->watch, NULL);
   uv_close((uv_handle_t *)&p->term, NULL); /* then app_close closes the dispatcher */
@@ -78,7 +103,8 @@ static void proc_tick(uv_timer_t *t) {
       proc_stop(p);
     return;
   }
-  if (p->sent >= TRANSFERS_MAX) return;
+  hear_test(p, false);
+  if (p->sent >= TRANSFERS_MAX || (p->sent >= TRANSFERS_FIRST && !p->more)) return;
   billing_request_transfer_t r;
   memset(&r, 0, sizeof r);
   snprintf(r.transfer_id, sizeof r.transfer_id, "%s-%d", p->owner, p->sent);
@@ -88,8 +114,10 @@ static void proc_tick(uv_timer_t *t) {
   r.amount = (cqrs_money_t){100 + p->sent, "EUR"};
   cqrs_command_t *cmd;
   if (cqrs_command_new(&billing_request_transfer, &r, &cmd, NULL) == CQRS_OK &&
-      cqrs_dispatcher_send(p->app.d, cmd, NULL, NULL) == CQRS_OK)
-    p->sent++;
+      cqrs_dispatcher_send(p->app.d, cmd, NULL, NULL) == CQRS_OK && ++p->sent == TRANSFERS_MAX) {
+    fputs("sent\n", stdout);
+    fflush(stdout);
+  }
 }
 
 /* Writes what this process did where the test reads it: {_id: owner,
@@ -105,12 +133,15 @@ static void report(proc_t *p) {
   mongoc_client_destroy(c);
 }
 
-static int run_proc(const char *db, const char *owner, bool drain) {
+/* `t0`: where the leases' manual clock starts, the same for every process. */
+static int run_proc(const char *db, const char *owner, bool drain, int64_t t0) {
   prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test that failed leaves nothing running */
   static proc_t p;
   snprintf(p.owner, sizeof p.owner, "%s", owner);
   p.drain = drain;
-  app_open_leased(&p.app, test_mongo_uri(), db, 0, false, owner);
+  p.hold = !drain;
+  if (cqrs_clock_manual_new(t0, &p.lease_clock, NULL)) return 1;
+  app_open_leased(&p.app, test_mongo_uri(), db, 0, false, owner, p.lease_clock);
   if (cqrs_dispatcher_use(p.app.d, &step_counter, &p, NULL)) return 1;
   uv_timer_init(&p.app.loop, &p.watch);
   p.watch.data = &p;
@@ -126,6 +157,7 @@ static int run_proc(const char *db, const char *owner, bool drain) {
   uv_run(&p.app.loop, UV_RUN_DEFAULT);
   report(&p);
   app_close(&p.app, false);
+  cqrs_clock_destroy(p.lease_clock);
   return 0;
 }
 
@@ -149,7 +181,7 @@ static int run_setup(const char *db) {
 
 /* ---- the test ---- */
 
-static pid_t children[APPS + 2];
+static pid_t children[APPS + 2]; /* for the teardown */
 
 static int kill_children(void **state) {
   (void)state;
@@ -174,7 +206,7 @@ static int wait_owner(mongoc_collection_t *leases, char owners[APPS][32], int no
     mongoc_cursor_destroy(cur);
     bson_destroy(filter);
     if (found >= 0) return found;
-    uv_sleep(20);
+    uv_sleep(20); /* polls the server: the wait is for a condition, bounded by `within_ms` */
   }
   fail_msg("no owner of %s within %llu ms", PM, (unsigned long long)within_ms);
   return -1;
@@ -213,31 +245,58 @@ static void test_transfers_survive_their_owner(void **state) {
   mongoc_collection_t *leases = mongoc_client_get_collection(client, db, "cqrs_leases");
   mongoc_collection_t *procs = mongoc_client_get_collection(client, db, "procs");
   setenv("UV_THREADPOOL_SIZE", "8", 1);
+  /* The leases' clocks of the processes stand at t0 until the test moves
+   * them: the first to ask takes each lease, which then runs out only when
+   * the test says, and nobody renews or tries again meanwhile. */
+  char t0[24];
+  snprintf(t0, sizeof t0, "%lld", (long long)cqrs_now_ms());
   char owners[APPS][32];
+  procs_child_t c[APPS];
   for (int i = 0; i < APPS; i++) {
     snprintf(owners[i], sizeof owners[i], "app-%d-%d", (int)getpid(), i);
-    char *argv[] = {"test_mongo_lease_transfers", "app", db, owners[i], NULL};
-    children[i] = procs_spawn(self, argv, true);
+    char *argv[] = {"test_mongo_lease_transfers", "app", db, owners[i], t0, NULL};
+    c[i] = procs_spawn_talking(self, argv);
+    children[i] = c[i].pid;
   }
-  int first = wait_owner(leases, owners, -1, 20000);
-  uv_sleep(1500); /* transfers in flight */
-  assert_int_equal(kill(children[first], SIGKILL), 0);
+  /* The owner of the process manager (only it sends steps) stops at its
+   * first credit: a transfer debited and not credited. It is killed there. */
+  int first = procs_wait_line(c, APPS, "mid\n", 60000);
+  if (first < 0) fail_msg("no process sent a credit within 60 s");
+  for (int i = 0; i < APPS; i++)
+    if (i != first) procs_tell(&c[i], "go\n"); /* they will not stop there */
+  assert_int_equal(kill(c[first].pid, SIGKILL), 0);
   uint64_t killed = procs_ms();
-  assert_int_equal(procs_wait_exit(children[first]), 128 + SIGKILL);
+  assert_int_equal(procs_wait_exit(c[first].pid), 128 + SIGKILL);
   children[first] = 0;
+  procs_child_close(&c[first]);
+  /* Its terms run out: the others' lease clocks move to their first tick
+   * past them (ticks every ttl/6). */
+  char advance[48];
+  snprintf(advance, sizeof advance, "advance %d\n", APP_LEASE_TTL_MS + APP_LEASE_TTL_MS / 6);
+  for (int i = 0; i < APPS; i++)
+    if (i != first) procs_tell(&c[i], advance);
   int second = wait_owner(leases, owners, first, 20000);
   fprintf(stderr, "transfer process manager taken over after %llu ms\n", (unsigned long long)(procs_ms() - killed));
-  uv_sleep(1500);
+  /* The others send the rest of their transfers now that another owns the
+   * process manager; then they stop. */
+  for (int i = 0; i < APPS; i++)
+    if (i != first) procs_tell(&c[i], "more\n");
   for (int i = 0; i < APPS; i++) {
     if (i == first) continue;
-    assert_int_equal(kill(children[i], SIGTERM), 0);
-    assert_int_equal(procs_wait_exit(children[i]), 0);
+    procs_child_t *one = &c[i];
+    if (procs_wait_line(one, 1, "sent\n", 60000) < 0) fail_msg("%s did not send its transfers within 60 s", owners[i]);
+    assert_int_equal(kill(c[i].pid, SIGTERM), 0);
+    assert_int_equal(procs_wait_exit(c[i].pid), 0);
     children[i] = 0;
+    procs_child_close(&c[i]);
   }
-  char *drain_argv[] = {"test_mongo_lease_transfers", "drain", db, "drain", NULL};
+  uint64_t drain_start = procs_ms();
+  char *drain_argv[] = {"test_mongo_lease_transfers", "drain", db, "drain", t0, NULL};
   children[APPS] = procs_spawn(self, drain_argv, true);
   assert_int_equal(procs_wait_exit(children[APPS]), 0);
   children[APPS] = 0;
+  fprintf(stderr, "the survivors stopped %llu ms after the kill; the drain took %llu ms\n",
+          (unsigned long long)(drain_start - killed), (unsigned long long)(procs_ms() - drain_start));
 
   /* Only the process that took over sent steps; the third sent none. */
   for (int i = 0; i < APPS; i++) {
@@ -281,8 +340,8 @@ static void test_transfers_survive_their_owner(void **state) {
 int main(int argc, char **argv) {
   self = argv[0];
   if (argc == 3 && !strcmp(argv[1], "setup")) return run_setup(argv[2]);
-  if (argc == 4 && !strcmp(argv[1], "app")) return run_proc(argv[2], argv[3], false);
-  if (argc == 4 && !strcmp(argv[1], "drain")) return run_proc(argv[2], argv[3], true);
+  if (argc == 5 && !strcmp(argv[1], "app")) return run_proc(argv[2], argv[3], false, strtoll(argv[4], NULL, 10));
+  if (argc == 5 && !strcmp(argv[1], "drain")) return run_proc(argv[2], argv[3], true, strtoll(argv[4], NULL, 10));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_transfers_survive_their_owner, kill_children),
   };

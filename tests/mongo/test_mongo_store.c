@@ -512,6 +512,40 @@ static void test_a_fresh_process_finds_the_head(void **state) {
   mongoc_client_destroy(client);
 }
 
+static bool keep_position(const cqrs_event_t *e, void *data) {
+  int64_t *p = data;
+  assert_true(p[0] < 16);
+  p[1 + p[0]++] = e->position;
+  return true;
+}
+
+/* A process that has just started reads the feed from any position: from
+ * a commit's first one (found through the position index), from inside a
+ * commit (a search over commit numbers), past the head (nothing). */
+static void test_a_fresh_process_reads_the_feed_from_anywhere(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  static const struct {
+    const char *id;
+    int64_t events;
+  } commits[] = {{"a", 1}, {"b", 3}, {"c", 2}, {"d", 1}}; /* positions 1, 2-4, 5-6, 7 */
+  for (size_t i = 0; i < sizeof commits / sizeof commits[0]; i++) ledger_fill(fx->s, &ledger_type, commits[i].id, commits[i].events);
+  for (int64_t from = 1; from <= 8; from++) {
+    cqrs_mongo_options_t o = {.database = cqrs_mongo_database(fx->m)};
+    cqrs_mongo_t *m;
+    cqrs_store_t *s = NULL;
+    cqrs_error_t err;
+    assert_int_equal(cqrs_mongo_new(test_mongo_uri(), &o, fx->reg, NULL, &m, &err), CQRS_OK);
+    assert_int_equal(cqrs_mongo_store_new(m, &s, NULL), CQRS_OK);
+    int64_t seen[17] = {0};
+    if (cqrs_store_read_all(s, from, 100, keep_position, seen, &err)) fail_msg("read from %lld: %s", (long long)from, err.message);
+    assert_int_equal(seen[0], 8 - from);
+    for (int64_t i = 0; i < seen[0]; i++) assert_int_equal(seen[1 + i], from + i);
+    cqrs_store_destroy(s);
+    cqrs_mongo_destroy(m);
+  }
+}
+
 /* A commit another process is still inserting (here: taken away) leaves
  * its number missing while later ones are visible: the feed ends before it
  * rather than skip it, so a reader never passes a commit that lands late. */
@@ -552,7 +586,8 @@ static void test_indexes_exist_and_are_idempotent(void **state) {
   bson_t names = BSON_INITIALIZER;
   assert_int_equal(cqrs_mongo_index_names(fx->m, "cqrs_events", &names, &err), CQRS_OK);
   char *json = bson_as_relaxed_extended_json(&names, NULL);
-  const char *want[] = {"timestamp", "type_timestamp", "events_type_timestamp", "stream_version", "command_id", "position"};
+  const char *want[] = {"timestamp",          "type_timestamp", "events_type_timestamp", "stream_version",
+                        "stream_version_key", "command_id",     "position"};
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
     char quoted[64];
     snprintf(quoted, sizeof quoted, "\"%s\"", want[i]);
@@ -560,6 +595,30 @@ static void test_indexes_exist_and_are_idempotent(void **state) {
   }
   bson_free(json);
   bson_destroy(&names);
+  /* Uniqueness on one field each (a compound unique index's check grows
+   * with the collection on DocumentDB); the compound one serves reads. */
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_collection_t *events = mongoc_client_get_collection(client, cqrs_mongo_database(fx->m), "cqrs_events");
+  mongoc_cursor_t *cur = mongoc_collection_find_indexes_with_opts(events, NULL);
+  const bson_t *doc;
+  int unique = 0;
+  while (mongoc_cursor_next(cur, &doc)) {
+    bson_iter_t it, key;
+    if (!bson_iter_init_find(&it, doc, "unique") || !bson_iter_as_bool(&it)) continue;
+    const char *name = bson_iter_init_find(&it, doc, "name") ? bson_iter_utf8(&it, NULL) : "";
+    int fields = 0;
+    if (bson_iter_init_find(&it, doc, "key") && bson_iter_recurse(&it, &key)) {
+      while (bson_iter_next(&key)) fields++;
+    }
+    if (fields != 1) fail_msg("unique index %s has %d fields", name, fields);
+    if (strcmp(name, "stream_version_key") && strcmp(name, "command_id") && strcmp(name, "position"))
+      fail_msg("unique index %s is not one of the store's", name);
+    unique++;
+  }
+  assert_int_equal(unique, 3);
+  mongoc_cursor_destroy(cur);
+  mongoc_collection_destroy(events);
+  mongoc_client_destroy(client);
 }
 
 int main(void) {
@@ -572,6 +631,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_concurrent_commits_keep_their_own_outcome, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_fresh_process_finds_the_head, setup, teardown),
       cmocka_unit_test_setup_teardown(test_the_feed_ends_at_a_missing_commit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_a_fresh_process_reads_the_feed_from_anywhere, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_permanent_store_error_is_dead_lettered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_every_event_is_found_by_type_and_time, setup, teardown),
       cmocka_unit_test(test_a_server_that_is_down),

@@ -26,6 +26,7 @@ typedef struct admin {
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_store_t *store;
+  cqrs_keys_t *keys; /* the customers' personal data: opens the store and the read model */
   cqrs_readmodel_t *rm;
   cqrs_checkpoints_t *cp;
   mongoc_client_t *client; /* for scans the framework's interfaces do not offer */
@@ -104,6 +105,9 @@ int admin_rebuild(admin_t *a, int argc, char **argv);
 int admin_dead_letters(admin_t *a, int argc, char **argv);
 int admin_events(admin_t *a, int argc, char **argv);
 int admin_status(admin_t *a, int argc, char **argv);
+int admin_forget(admin_t *a, int argc, char **argv);
+int admin_keys(admin_t *a, int argc, char **argv);
+int admin_verify(admin_t *a, int argc, char **argv);
 
 /* The projections the tool knows, by name: their collections and handler. */
 typedef struct admin_projection {

@@ -307,7 +307,13 @@ static bool check_missing(const bson_t *d, void *data) {
   BSON_APPEND_DOCUMENT_BEGIN(&filter, CQRS_RM_POSITION, &range);
   BSON_APPEND_INT64(&range, "$lte", m->r->limit);
   bson_append_document_end(&filter, &range);
-  m->rc = count_repair(m->r, repair_doc(m->c, &filter, d, true));
+  /* Written as the application writes it: personal fields sealed. */
+  bson_t sealed = BSON_INITIALIZER;
+  if (cqrs_readmodel_seal_doc(m->k->a->rm, m->r->name, id, d, &sealed, &m->k->err))
+    m->rc = admin_cqrs_error("seal the implied document", &m->k->err);
+  else
+    m->rc = count_repair(m->r, repair_doc(m->c, &filter, &sealed, true));
+  bson_destroy(&sealed);
   bson_destroy(&filter);
   return m->rc == ADMIN_OK;
 }
@@ -344,9 +350,12 @@ static int compare_doc(checker_t *k, mongoc_collection_t *c, const bson_t *doc, 
   if (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it) &&
       cqrs_readmodel_get(k->mem, r->name, id, &want, &found, &k->err))
     return admin_cqrs_error("read the implied document", &k->err);
-  bson_t fields = BSON_INITIALIZER;
+  bson_t fields = BSON_INITIALIZER, opened = BSON_INITIALIZER, sealed = BSON_INITIALIZER;
   uint32_t n = 0;
-  if (found) diff_docs(&want, doc, "", &fields, &n);
+  /* Personal fields compare opened, and are written back sealed. */
+  if (found && cqrs_readmodel_open_doc(k->a->rm, r->name, doc, &opened, &k->err))
+    rc = admin_cqrs_error("open a read-side document", &k->err);
+  if (found && !rc) diff_docs(&want, &opened, "", &fields, &n);
   if (ahead) {
     r->ahead++;
     report(k, "ahead", r->name, id, n ? &fields : NULL, note);
@@ -359,13 +368,18 @@ static int compare_doc(checker_t *k, mongoc_collection_t *c, const bson_t *doc, 
   } else {
     r->consistent++;
   }
-  if (k->repair && (ahead || !found || n)) {
+  if (!rc && k->repair && (ahead || !found || n)) {
     bson_t filter;
     exact_filter(doc, &filter);
-    rc = count_repair(r, repair_doc(c, &filter, found ? &want : NULL, false));
+    if (found && cqrs_readmodel_seal_doc(k->a->rm, r->name, id, &want, &sealed, &k->err))
+      rc = admin_cqrs_error("seal the implied document", &k->err);
+    else
+      rc = count_repair(r, repair_doc(c, &filter, found ? &sealed : NULL, false));
     bson_destroy(&filter);
   }
   bson_destroy(&fields);
+  bson_destroy(&opened);
+  bson_destroy(&sealed);
   if (found) bson_destroy(&want);
   return rc;
 }

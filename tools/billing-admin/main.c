@@ -18,6 +18,9 @@ static const struct {
     {"dead-letters", admin_dead_letters, true, "list, replay or drop dead letters"},
     {"events", admin_events, true, "tail the event store, or stream one aggregate"},
     {"gen-legacy", admin_gen_legacy, true, "write a generated legacy billing_documents collection"},
+    {"keys", admin_keys, true, "list the subjects of personal data: with a key, or forgotten"},
+    {"forget", admin_forget, true, "forget a customer (customer.forget), then verify nothing of them is left"},
+    {"verify", admin_verify, true, "search every collection for values that must be gone"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

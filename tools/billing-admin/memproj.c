@@ -24,7 +24,9 @@ memproj_t *memproj_new(admin_t *a, const billing_collections_t *cols, bool flush
   cqrs_memory_readmodel_new(&mp->customers, NULL);
   mp->in_mem = billing_projector_new(mp->mem, &mp->cols);
   mp->in_mongo = billing_projector_new(a->rm, &mp->cols);
-  if (!mp->mem || !mp->customers || !mp->in_mem || !mp->in_mongo) {
+  /* What goes to MongoDB seals the customers' data, under these names too. */
+  if (!mp->mem || !mp->customers || !mp->in_mem || !mp->in_mongo ||
+      billing_seal_read_model(a->rm, &mp->cols, a->keys, NULL)) {
     memproj_destroy(mp);
     return NULL;
   }
@@ -105,6 +107,8 @@ cqrs_code_t memproj_apply(memproj_t *mp, const cqrs_event_t *e, cqrs_error_t *er
 typedef struct bulk {
   mongoc_bulk_operation_t *op;
   size_t n;
+  const cqrs_readmodel_t *rm; /* seals what is written */
+  const char *coll;
 } bulk_t;
 
 static bool keep_customer(const bson_t *doc, void *data) {
@@ -118,8 +122,13 @@ static bool keep_customer(const bson_t *doc, void *data) {
 
 static bool add_doc(const bson_t *doc, void *data) {
   bulk_t *b = data;
-  mongoc_bulk_operation_insert_with_opts(b->op, doc, NULL, NULL);
-  b->n++;
+  char id[CQRS_ID_MAX + 32];
+  bson_t sealed = BSON_INITIALIZER;
+  if (admin_doc_id(doc, id, sizeof id) && !cqrs_readmodel_seal_doc(b->rm, b->coll, id, doc, &sealed, NULL)) {
+    mongoc_bulk_operation_insert_with_opts(b->op, &sealed, NULL, NULL);
+    b->n++;
+  }
+  bson_destroy(&sealed);
   return true;
 }
 
@@ -146,7 +155,7 @@ int memproj_flush(memproj_t *mp) {
     mongoc_collection_t *c = mongoc_database_get_collection(mp->a->db, colls[i]);
     bson_t opts = BSON_INITIALIZER;
     BSON_APPEND_BOOL(&opts, "ordered", false);
-    bulk_t b = {mongoc_collection_create_bulk_operation_with_opts(c, &opts), 0};
+    bulk_t b = {mongoc_collection_create_bulk_operation_with_opts(c, &opts), 0, mp->a->rm, colls[i]};
     cqrs_find_t all = {NULL, NULL, false, 0};
     cqrs_error_t err;
     cqrs_code_t rc = cqrs_readmodel_find(mp->mem, colls[i], &all, add_doc, &b, &err);

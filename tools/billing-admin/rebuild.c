@@ -140,6 +140,9 @@ static int run_to_head(rebuild_t *r, bool progress) {
   return rc;
 }
 
+#define NAMESPACE_EXISTS 48
+#define SWITCH_ATTEMPTS 8
+
 static int rename_coll(rebuild_t *r, const char *from, const char *to) {
   mongoc_collection_t *c = mongoc_database_get_collection(r->a->db, from);
   bson_error_t e;
@@ -148,6 +151,35 @@ static int rename_coll(rebuild_t *r, const char *from, const char *to) {
   /* A live collection that never existed has nothing to keep. */
   if (!ok && e.code == 26) return ADMIN_OK;
   return ok ? ADMIN_OK : admin_server_error("rename a collection", &e);
+}
+
+/* The fresh collection takes the live name. The application may have
+ * written there since the live collection stepped aside, making it again:
+ * what it wrote is of events the catch-up pass applies after the switch, so
+ * that collection is dropped and the rename tried again (renameCollection's
+ * dropTarget would do it in one step; FerretDB 1.24 does not implement it). */
+static int take_name(rebuild_t *r, const char *fresh, const char *live) {
+  mongoc_collection_t *c = mongoc_database_get_collection(r->a->db, fresh);
+  bson_error_t e;
+  bool ok = false;
+  for (int i = 0; !ok && i < SWITCH_ATTEMPTS; i++) {
+    if ((ok = mongoc_collection_rename(c, cqrs_mongo_database(r->a->m), live, false, &e))) break;
+    if (e.code != NAMESPACE_EXISTS) break;
+    mongoc_collection_t *made = mongoc_database_get_collection(r->a->db, live);
+    bson_error_t de;
+    bool dropped = mongoc_collection_drop(made, &de) || de.code == 26;
+    mongoc_collection_destroy(made);
+    if (!dropped) {
+      e = de;
+      break;
+    }
+  }
+  mongoc_collection_destroy(c);
+  if (ok) return ADMIN_OK;
+  if (e.code == NAMESPACE_EXISTS)
+    admin_err("rebuild: the application made %s again %d times while it was switched over; run rebuild again",
+              live, SWITCH_ATTEMPTS);
+  return admin_server_error("rename a collection", &e);
 }
 
 /* The live collections hold every event up to r->position now: a
@@ -198,7 +230,7 @@ int admin_rebuild(admin_t *a, int argc, char **argv) {
     for (size_t j = 0; !rc && j < 3; j++) {
       if (strcmp(mine[i], src[j])) continue;
       snprintf(old[j], sizeof old[j], "%s_old_%s", src[j], r.suffix);
-      if (!(rc = rename_coll(&r, src[j], old[j]))) rc = rename_coll(&r, r.names[j], src[j]);
+      if (!(rc = rename_coll(&r, src[j], old[j]))) rc = take_name(&r, r.names[j], src[j]);
     }
   }
   if (!rc) {

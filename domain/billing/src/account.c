@@ -190,7 +190,7 @@ static cqrs_code_t handle_close(cqrs_context_t *ctx, const cqrs_command_t *cmd, 
   if (s->balance != 0)
     return cqrs_reject(err, "account.not_empty", "account %s still holds " BILLING_MONEY_FMT, c->account_id,
                        BILLING_MONEY_ARGS(s->balance, s->currency));
-  billing_account_closed_t e = {cqrs_now_ms()};
+  billing_account_closed_t e = {cqrs_context_now_ms(ctx)};
   return cqrs_aggregate_raise(agg, &billing_account_closed, &e, err);
 }
 

@@ -11,7 +11,7 @@ static const cqrs_aggregate_type_t *const aggregates[] = {&billing_account, &bil
 static const cqrs_command_type_t *const commands[] = {
     &billing_open_account,   &billing_deposit,           &billing_withdraw,      &billing_refund,
     &billing_close_account,  &billing_request_transfer,  &billing_complete_transfer, &billing_fail_transfer,
-    &billing_refund_transfer, &billing_register_customer, &billing_change_email,  &billing_issue_invoice,
+    &billing_refund_transfer, &billing_register_customer, &billing_change_email,  &billing_forget_customer, &billing_issue_invoice,
     &billing_record_invoice, &billing_pay_invoice,       &billing_cancel_invoice, &billing_import_invoice, NULL};
 
 cqrs_code_t billing_register(cqrs_registry_t *reg, cqrs_error_t *err) {
@@ -43,6 +43,7 @@ billing_t *billing_projector_new(cqrs_readmodel_t *rm, const billing_collections
 
 const cqrs_event_type_t *const billing_invoices_types[] = {&billing_customer_registered,
                                                            &billing_customer_email_changed,
+                                                           &cqrs_forgotten_event_type,
                                                            &billing_invoice_issued,
                                                            &billing_invoice_paid,
                                                            &billing_invoice_cancelled,
@@ -59,6 +60,16 @@ cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_check
   billing_t *b = billing_projector_new(rm, cols);
   if (!b) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate the billing context");
   b->d = d;
+  cqrs_keys_t *keys = cqrs_store_keys(cqrs_dispatcher_store(d));
+  /* With a key store the read model seals the customers' data too; without
+   * one no customer can be written (the store refuses), so none reaches it. */
+  if (keys) {
+    cqrs_code_t rc = billing_seal_read_model(rm, &b->cols, keys, err);
+    if (rc) {
+      billing_destroy(b);
+      return rc;
+    }
+  }
   unsigned rm_flags = cqrs_readmodel_blocking(rm) ? CQRS_SUBSCRIBE_BLOCKING : 0;
   const cqrs_projection_def_t invoices = {"billing.invoices", billing_invoices_types, billing_project_invoices, b, rm_flags};
   const cqrs_projection_def_t balances = {"billing.balances", billing_balances_types, billing_project_balances, b, rm_flags};

@@ -1,7 +1,42 @@
 /* The read side: invoices as the seed's billing_queries documents (with the
  * customer's name and e-mail), customers, and account balances. Every write
- * carries the event's position, so replaying events changes nothing. */
+ * carries the event's position, so replaying events changes nothing. The
+ * customer's name and e-mail are sealed in both collections with the
+ * customer's key, and overwritten when the customer is forgotten. */
 #include "billing-private.h"
+
+/* The personal keys of the two collections that hold customers' data. */
+typedef struct customer_doc {
+  char name[BILLING_NAME_MAX];
+  char email[BILLING_EMAIL_MAX];
+} customer_doc_t;
+typedef struct invoice_customer_doc {
+  char id[CQRS_ID_MAX];
+  char name[BILLING_NAME_MAX];
+  char email[BILLING_EMAIL_MAX];
+} invoice_customer_doc_t;
+typedef struct invoice_doc {
+  invoice_customer_doc_t customer;
+} invoice_doc_t;
+
+static const cqrs_field_t customer_doc_fields[] = {CQRS_STRING(customer_doc_t, name, "name", CQRS_F_PERSONAL),
+                                                   CQRS_STRING(customer_doc_t, email, "email", CQRS_F_PERSONAL),
+                                                   CQRS_SUBJECT_OWNER, CQRS_FIELDS_END};
+static const cqrs_field_t invoice_customer_fields[] = {
+    CQRS_STRING(invoice_customer_doc_t, id, "id", CQRS_F_SUBJECT),
+    CQRS_STRING(invoice_customer_doc_t, name, "name", CQRS_F_PERSONAL),
+    CQRS_STRING(invoice_customer_doc_t, email, "email", CQRS_F_PERSONAL), CQRS_FIELDS_END};
+static const cqrs_field_t invoice_doc_fields[] = {
+    CQRS_DOC(invoice_doc_t, customer, "customer", invoice_customer_fields, 0), CQRS_FIELDS_END};
+
+cqrs_code_t billing_seal_read_model(cqrs_readmodel_t *rm, const billing_collections_t *cols, cqrs_keys_t *keys,
+                                    cqrs_error_t *err) {
+  if (!cols) cols = &billing_default_collections;
+  const cqrs_doc_type_t customers = {cols->customers, customer_doc_fields};
+  const cqrs_doc_type_t invoices = {cols->invoices, invoice_doc_fields};
+  cqrs_code_t rc = cqrs_readmodel_add_type(rm, &customers, keys, err);
+  return rc ? rc : cqrs_readmodel_add_type(rm, &invoices, keys, err);
+}
 
 static cqrs_code_t customer_registered(billing_t *b, const cqrs_event_t *e, cqrs_error_t *err) {
   const billing_customer_registered_t *p = e->payload;
@@ -76,8 +111,32 @@ static cqrs_code_t invoice_status(billing_t *b, const cqrs_event_t *e, const cha
   return rc;
 }
 
+/* What the read side derived of a forgotten customer is overwritten with
+ * the placeholder (sealed for them, it is stored forgotten: no key). A
+ * subject that was no customer here has no document: nothing to do. */
+static cqrs_code_t customer_forgotten(billing_t *b, const cqrs_event_t *e, cqrs_error_t *err) {
+  const char *id = ((const cqrs_forgotten_t *)e->payload)->subject;
+  bson_t set = BSON_INITIALIZER, filter = BSON_INITIALIZER, inv_set = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&set, "name", CQRS_FORGOTTEN);
+  BSON_APPEND_UTF8(&set, "email", CQRS_FORGOTTEN);
+  BSON_APPEND_UTF8(&filter, "customer.id", id);
+  BSON_APPEND_UTF8(&inv_set, "customer.name", CQRS_FORGOTTEN);
+  BSON_APPEND_UTF8(&inv_set, "customer.email", CQRS_FORGOTTEN);
+  cqrs_code_t rc = cqrs_readmodel_patch(b->rm, b->cols.customers, id, &set, e->position, NULL, err);
+  if (rc == CQRS_ENOT_FOUND) {
+    cqrs_error_clear(err);
+    rc = CQRS_OK;
+  }
+  if (!rc) rc = cqrs_readmodel_patch_where(b->rm, b->cols.invoices, &filter, &inv_set, e->position, NULL, err);
+  bson_destroy(&set);
+  bson_destroy(&filter);
+  bson_destroy(&inv_set);
+  return rc;
+}
+
 cqrs_code_t billing_project_invoices(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
   billing_t *b = data;
+  if (e->type == &cqrs_forgotten_event_type) return customer_forgotten(b, e, err);
   if (e->type == &billing_customer_registered) return customer_registered(b, e, err);
   if (e->type == &billing_customer_email_changed) return email_changed(b, e, err);
   if (e->type == &billing_invoice_issued) return invoice_issued(b, e, err);

@@ -120,11 +120,22 @@ CQRS_EXPORT cqrs_code_t cqrs_event_body_to_bson(const cqrs_event_t *e, const cha
  * CQRS_EUNKNOWN_TYPE; an older schema version is upcast, with the errors of
  * cqrs_registry_decode_payload; what cqrs_event_new refuses is its error.
  * Check a document from outside first with cqrs_bson_check_utf8 (a store
- * checks each stored commit once, whole). */
+ * checks each stored commit once, whole). A payload that holds sealed
+ * personal data (cqrs_payload_sealed) is yielded as stored, a placeholder,
+ * for the store wrapper that holds the keys to open. */
 CQRS_EXPORT cqrs_code_t cqrs_event_body_from_bson(const cqrs_registry_t *reg, const bson_t *doc, const char *id_key,
                                                   const cqrs_envelope_t *env, int64_t position,
                                                   bool unknown_as_placeholder, cqrs_event_t **out,
                                                   cqrs_error_t *err);
+
+/* True when a stored payload holds sealed personal data (values the store
+ * wrapper sealed, cqrs/personal.h): a store yields such an event as it was
+ * stored, with cqrs_unknown_event_new (by read_stream as by read_all, the
+ * type known or not), and the wrapper opens it with its key store. The
+ * events a wrapper with a key store appends are of that kind already (an
+ * unknown event's type name, schema version and sealed data): a store that
+ * writes unknown events back as they were needs nothing more. */
+CQRS_EXPORT bool cqrs_payload_sealed(const bson_t *data);
 
 /* ---- event stores (store.h: the requests and the checked calls) ---- */
 
@@ -286,6 +297,55 @@ typedef struct cqrs_lease_ops {
  * `out` or ops or a missing operation; CQRS_ENOMEM). */
 CQRS_EXPORT cqrs_code_t cqrs_leases_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_leases_t **out,
                                         cqrs_error_t *err);
+
+/* ---- key stores (personal.h) ---- */
+
+/* What a key store keeps per subject. The key bytes are opaque to it: a
+ * data key, or a data key wrapped by the application's master key (then
+ * `wrap` names that master key; all zero: not wrapped). */
+#define CQRS_KEY_STORED_MAX 96
+typedef struct cqrs_key_record {
+  cqrs_subject_state_t state; /* CQRS_SUBJECT_UNKNOWN: no record */
+  uint32_t generation;        /* >= 1 */
+  uint8_t key[CQRS_KEY_STORED_MAX];
+  size_t key_len;
+  uint8_t wrap[8];
+  int64_t created_at, forgotten_at; /* UTC ms */
+} cqrs_key_record_t;
+
+typedef bool (*cqrs_key_visit_cb)(const char *subject, const cqrs_key_record_t *rec, void *data);
+
+typedef struct cqrs_keys_ops {
+  bool blocking;
+  /* The record of `subject`; out->state CQRS_SUBJECT_UNKNOWN when none. */
+  cqrs_code_t (*get)(void *impl, const char *subject, cqrs_key_record_t *out, cqrs_error_t *err);
+  /* Stores `rec` (KEYED) as the record of `subject` unless it has one
+   * (keyed or forgotten: a forgotten subject never gets a key again);
+   * *out is then the record stored, the one given or the one found. Two
+   * processes creating at once agree on one key. */
+  cqrs_code_t (*create)(void *impl, const char *subject, const cqrs_key_record_t *rec, cqrs_key_record_t *out,
+                        cqrs_error_t *err);
+  /* Deletes the key of `subject` and records it forgotten at `at`, whether
+   * or not it had a record; a forgotten record stays as it is. The key
+   * bytes must be gone from the store when this returns. */
+  cqrs_code_t (*forget)(void *impl, const char *subject, int64_t at, cqrs_error_t *err);
+  /* Visits every record, by subject. */
+  cqrs_code_t (*list)(void *impl, cqrs_key_visit_cb cb, void *data, cqrs_error_t *err);
+  void (*destroy)(void *impl);
+  /* Optional: replaces the key bytes and `wrap` of a KEYED record whose
+   * wrap is `old_wrap` (a master key's rotation); CQRS_ECONFLICT when it
+   * is not (another process did it). */
+  cqrs_code_t (*rewrap)(void *impl, const char *subject, const uint8_t old_wrap[8], const cqrs_key_record_t *rec,
+                        cqrs_error_t *err);
+} cqrs_keys_ops_t;
+
+/* Wraps a key store implementation, as cqrs_store_new does (`ops`
+ * borrowed, `impl` taken over in every case; NULL `out`, ops or a missing
+ * get, create, forget or list: CQRS_EINVAL), with the options of
+ * cqrs_memory_keys_new (NULL: defaults; a master key and its id, the
+ * cache). */
+CQRS_EXPORT cqrs_code_t cqrs_keys_new(const cqrs_keys_ops_t *ops, void *impl, const cqrs_keys_options_t *opts,
+                                      cqrs_keys_t **out, cqrs_error_t *err);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
 #define CQRS_H
 
 #include "cqrs/common.h"
+#include "cqrs/clock.h"
 #include "cqrs/fields.h"
 #include "cqrs/event.h"
 #include "cqrs/command.h"
@@ -17,6 +18,7 @@
 #include "cqrs/metrics.h"
 #include "cqrs/process.h"
 #include "cqrs/lease.h"
+#include "cqrs/personal.h"
 
 #define CQRS_VERSION_MAJOR 0
 #define CQRS_VERSION_MINOR 2

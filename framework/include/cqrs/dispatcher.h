@@ -5,6 +5,7 @@
 
 #include <uv.h>
 
+#include "cqrs/clock.h"
 #include "cqrs/repository.h"
 
 #ifdef __cplusplus
@@ -91,6 +92,12 @@ typedef struct cqrs_dispatcher_options {
    * (the members share the rest evenly); 0: an even share, 100 / loops.
    * Lower it when subscribers keep this loop busy. */
   unsigned home_percent;
+  /* The clock it reads time through (borrowed; must outlive it): event
+   * timestamps, back-offs, polls, wait time-outs, and the deadlines of its
+   * process managers and the terms of its leases unless those name their
+   * own. NULL: the real clock. A manual clock (cqrs/clock.h) makes time
+   * move only when the application or a test advances it. */
+  cqrs_clock_t *clock;
   /* Batches (CQRS_HANDLER_BATCH): the most requests of one aggregate a
    * batch runs, at most CQRS_BATCH_MAX; 0: the default, CQRS_BATCH_MAX;
    * 1: no batches (every request runs alone, as without the flag). */
@@ -221,6 +228,11 @@ CQRS_EXPORT cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggreg
 CQRS_EXPORT cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqrs_error_t *err);
 /* Inside a handler: the command being handled. */
 CQRS_EXPORT const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx);
+/* Inside a handler: the time by the dispatcher's clock (UTC ms), what the
+ * events it raises are stamped with; use it rather than cqrs_now_ms for a
+ * time the domain records, so that a test's manual clock decides it. NULL:
+ * the real clock's. */
+CQRS_EXPORT int64_t cqrs_context_now_ms(const cqrs_context_t *ctx);
 
 #define CQRS_SUBSCRIBE_BLOCKING 0x1u /* the handler blocks: deliver on the thread pool */
 

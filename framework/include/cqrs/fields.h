@@ -28,7 +28,8 @@ typedef enum cqrs_field_kind {
   CQRS_FIELD_TIME,   /* int64_t UTC milliseconds, a BSON date */
   CQRS_FIELD_MONEY,  /* cqrs_money_t, a nested {amount, currency} */
   CQRS_FIELD_DOC,    /* a nested struct described by its own field table */
-  CQRS_FIELD_ARRAY   /* a bounded array of items (CQRS_ARRAY): a BSON array */
+  CQRS_FIELD_ARRAY,  /* a bounded array of items (CQRS_ARRAY): a BSON array */
+  CQRS_FIELD_SUBJECT /* no member: names the subject of the table's personal fields (CQRS_SUBJECT_FN) */
 } cqrs_field_kind_t;
 
 /* Field flags. A range is given with a _RANGE macro, which sets both
@@ -40,7 +41,21 @@ typedef enum cqrs_field_kind {
 #define CQRS_F_RANGE 0x2u    /* integers, times and money amounts within [min, max] */
 #define CQRS_F_OPTIONAL 0x4u /* decode leaves the member zeroed when absent */
 #define CQRS_F_BOUNDS 0x8u   /* min and max were given: set by the _RANGE macros */
+/* Personal data (docs/privacy.md). A CQRS_F_PERSONAL field is stored
+ * encrypted with the key of its data subject, and reads as a placeholder
+ * once the subject is forgotten (cqrs/personal.h). A table holding one
+ * names its subject exactly once: a string field flagged CQRS_F_SUBJECT
+ * (its value is the subject's id), or a CQRS_SUBJECT_FN / CQRS_SUBJECT_OWNER
+ * entry; cqrs_fields_check refuses a personal field without a subject. The
+ * subject field itself is never personal. */
+#define CQRS_F_PERSONAL 0x10u
+#define CQRS_F_SUBJECT 0x20u
 
+/* Returns the id of the data subject of `obj` (a payload, a state, or NULL
+ * for a read-model document); `owner` is the id of the aggregate the event
+ * or snapshot belongs to, or the document's id. NULL or "": no subject
+ * (writing a personal field then fails). */
+typedef const char *(*cqrs_subject_cb)(const void *obj, const char *owner);
 typedef struct cqrs_field {
   const char *key; /* BSON key */
   cqrs_field_kind_t kind;
@@ -49,11 +64,12 @@ typedef struct cqrs_field {
   unsigned flags;
   int64_t min, max;
   const struct cqrs_field *fields; /* CQRS_FIELD_DOC: the nested table */
+  cqrs_subject_cb subject;          /* CQRS_FIELD_SUBJECT: the function */
 } cqrs_field_t;
 
 #define CQRS__MEMBER_SIZE(T, m) sizeof(((T *)0)->m)
 #define CQRS__FIELD(T, m, key, kind, flags, lo, hi, table) \
-  { (key), (kind), offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), (lo), (hi), (table) }
+  { (key), (kind), offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags), (lo), (hi), (table), NULL }
 /* The plain macros drop CQRS_F_BOUNDS: only a _RANGE macro gives bounds. */
 #define CQRS__PLAIN(T, m, key, kind, flags, table) \
   CQRS__FIELD(T, m, key, kind, (flags) & ~CQRS_F_BOUNDS, 0, 0, table)
@@ -72,7 +88,14 @@ typedef struct cqrs_field {
 #define CQRS_INT32_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_INT32, lo, hi)
 #define CQRS_TIME_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_TIME, lo, hi)
 #define CQRS_MONEY_RANGE(T, m, key, lo, hi) CQRS__RANGE(T, m, key, CQRS_FIELD_MONEY, lo, hi)
-#define CQRS_FIELDS_END { NULL, CQRS_FIELD_END, 0, 0, 0, 0, 0, NULL }
+#define CQRS_FIELDS_END { NULL, CQRS_FIELD_END, 0, 0, 0, 0, 0, NULL, NULL }
+/* The subject of the table's personal fields is what `fn` returns. */
+#define CQRS_SUBJECT_FN(fn) { "", CQRS_FIELD_SUBJECT, 0, 0, 0, 0, 0, NULL, (fn) }
+/* The subject is the owner: the aggregate whose event or snapshot it is
+ * (a customer's events name no customer id: their aggregate id is it), or
+ * the read-model document's id. */
+#define CQRS_SUBJECT_OWNER CQRS_SUBJECT_FN(cqrs_subject_owner)
+CQRS_EXPORT const char *cqrs_subject_owner(const void *obj, const char *owner);
 
 /* Collections: `E m[N]` with an `int32_t count` member beside it, encoded
  * as a BSON array of the first `count` items. `items` is a table of one
@@ -91,8 +114,8 @@ typedef struct cqrs_field {
   ((int64_t)offsetof(T, count) + 0 * (int64_t)sizeof(char[CQRS__MEMBER_SIZE(T, count) == sizeof(int32_t) ? 1 : -1]))
 #define CQRS_ARRAY(T, m, count, key, items, flags)                                                             \
   { (key), CQRS_FIELD_ARRAY, offsetof(T, m), CQRS__MEMBER_SIZE(T, m), (flags) & ~CQRS_F_BOUNDS, CQRS__COUNT_OFFSET(T, count), \
-    0, (items) }
-#define CQRS__ITEM(kind, size, flags, lo, hi, table) { "", (kind), 0, (size), (flags), (lo), (hi), (table) }
+    0, (items), NULL }
+#define CQRS__ITEM(kind, size, flags, lo, hi, table) { "", (kind), 0, (size), (flags), (lo), (hi), (table), NULL }
 #define CQRS_ITEM_STRING(cap, flags) CQRS__ITEM(CQRS_FIELD_STRING, (cap), (flags) & ~CQRS_F_BOUNDS, 0, 0, NULL)
 #define CQRS_ITEM_INT64(flags) CQRS__ITEM(CQRS_FIELD_INT64, sizeof(int64_t), (flags) & ~CQRS_F_BOUNDS, 0, 0, NULL)
 #define CQRS_ITEM_INT64_RANGE(lo, hi) \
@@ -106,7 +129,10 @@ typedef struct cqrs_field {
 
 /* Checks a table itself: known kinds and flags, member sizes that fit the
  * kind, keys present, nested tables present, and every CQRS_F_RANGE with
- * bounds from a _RANGE macro and min <= max. CQRS_EINVAL naming the field.
+ * bounds from a _RANGE macro and min <= max; personal fields with exactly
+ * one subject (a CQRS_F_SUBJECT string, or a CQRS_SUBJECT_FN entry, in the
+ * table or a nested one), not inside arrays, at most 32 of them, the
+ * subject itself not personal. CQRS_EINVAL naming the field.
  * The registry calls it for every type it is given. */
 CQRS_EXPORT cqrs_code_t cqrs_fields_check(const cqrs_field_t *fields, cqrs_error_t *err);
 

@@ -29,6 +29,10 @@ CQRS_EXPORT cqrs_code_t cqrs_leases_release(cqrs_leases_t *l, const char *name, 
                                             cqrs_error_t *err);
 /* In-memory leases, for tests and for dispatchers of one process; thread-safe. */
 CQRS_EXPORT cqrs_code_t cqrs_memory_leases_new(cqrs_leases_t **out, cqrs_error_t *err);
+/* The same, with terms that run out by `clock` (borrowed, must outlive them;
+ * NULL: the real clock): give it the dispatchers' manual clock in a test. */
+CQRS_EXPORT cqrs_code_t cqrs_memory_leases_new_with_clock(cqrs_clock_t *clock, cqrs_leases_t **out,
+                                                          cqrs_error_t *err);
 
 /* How a dispatcher takes part in leasing. */
 typedef struct cqrs_lease_options {
@@ -39,7 +43,15 @@ typedef struct cqrs_lease_options {
    * it has stopped before another can take over; covers the clocks'
    * difference and one delivery. Default ttl/3; less than 2/3 of ttl. */
   uint64_t guard_ms;
-  uint64_t reserved[4];
+  /* The clock its terms, renewals and ticks follow (borrowed; must outlive
+   * the dispatcher); NULL: the dispatcher's (cqrs_dispatcher_options_t).
+   * A lease store that decides expiry itself (the in-memory one, MongoDB)
+   * should be given the same clock. */
+  union {
+    cqrs_clock_t *clock;
+    uint64_t clock_room_; /* keeps the struct's size where pointers are smaller */
+  };
+  uint64_t reserved[3]; /* must be zero (cqrs_lease_options_init) */
 } cqrs_lease_options_t;
 
 /* Fills `o` with the defaults (no lease store, no owner). */
@@ -51,7 +63,8 @@ CQRS_EXPORT void cqrs_lease_options_init(cqrs_lease_options_t *o);
  * time, taken over, or a checkpoint write fenced off) it stops delivering,
  * dead-letters nothing, and tries again. Close releases what `d` holds.
  * Loop thread, before any projection or process manager starts:
- * CQRS_ESTATE after; CQRS_EINVAL for NULL or bad options. */
+ * CQRS_ESTATE after; CQRS_EINVAL for NULL or bad options (reserved fields
+ * not zero among them). */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_set_leases(cqrs_dispatcher_t *d, const cqrs_lease_options_t *o,
                                                    cqrs_error_t *err);
 /* Whether `d` holds the lease of projection or process `name` now. Loop thread. */

@@ -126,15 +126,10 @@ CQRS_EXPORT cqrs_code_t cqrs_process_cancel(cqrs_process_t *p, const char *name,
 /* Inside a handler: the instance ends once this input is recorded; nothing reaches it afterwards. */
 CQRS_EXPORT void cqrs_process_end(cqrs_process_t *p);
 CQRS_EXPORT const char *cqrs_process_id(const cqrs_process_t *p);
-/* The time of the input (the event's timestamp, the deadline's time): use
- * it rather than the clock, so that the decision depends only on its input. */
+/* The time of the input (the event's timestamp, the deadline's time, or
+ * the dispatcher's clock when a step's outcome came back): use it rather
+ * than the clock, so that the decision depends only on its input. */
 CQRS_EXPORT int64_t cqrs_process_now(const cqrs_process_t *p);
-
-/* Writes "<prefix>:<id>" into buf[CQRS_ID_MAX], or, when that does not fit,
- * "<prefix>#" and a 128-bit hash of both in hex: distinct inputs give
- * distinct ids, never a cut one. CQRS_EINVAL for NULL or an over-long prefix. */
-CQRS_EXPORT cqrs_code_t cqrs_id_derive(char buf[CQRS_ID_MAX], const char *prefix, const char *id,
-                                       cqrs_error_t *err);
 
 /* ---- testing a process type without a loop (see testing.h) ---- */
 
@@ -143,6 +138,11 @@ typedef struct cqrs_process_test cqrs_process_test_t;
 CQRS_EXPORT cqrs_code_t cqrs_process_test_new(const cqrs_process_type_t *type, const char *id, void *data,
                                               cqrs_process_test_t **out, cqrs_error_t *err);
 CQRS_EXPORT void cqrs_process_test_destroy(cqrs_process_test_t *t);
+/* The clock that stamps the events given and the outcomes of steps (what
+ * cqrs_process_now says), and the events recorded; borrowed, must outlive
+ * the test. NULL (the default): the real clock. A manual clock
+ * (cqrs/clock.h) makes a decision's times exact. */
+CQRS_EXPORT void cqrs_process_test_set_clock(cqrs_process_test_t *t, cqrs_clock_t *clock);
 /* Inputs: the instance handles them as it would live; its decisions are
  * kept as if recorded. An input it ignores records nothing. */
 CQRS_EXPORT cqrs_code_t cqrs_process_test_event(cqrs_process_test_t *t, const cqrs_event_type_t *type,

@@ -16,7 +16,8 @@ typedef cqrs_code_t (*cqrs_upcast_cb)(const bson_t *in, bson_t *out, cqrs_error_
 /* The 0.1 name, removed in 0.3. */
 typedef cqrs_upcast_cb cqrs_upcast_fn CQRS_DEPRECATED("use cqrs_upcast_cb");
 
-/* Creates an empty registry into *out. Register every type before sharing it
+/* Creates a registry into *out, empty but for the framework's own
+ * cqrs_forgotten_event_type (cqrs/personal.h). Register every type before sharing it
  * between threads: reads are then lock-free. Free with cqrs_registry_destroy.
  * NULL `out`: CQRS_EINVAL; CQRS_ENOMEM; on error *out is NULL. `err` may be
  * NULL. */
@@ -43,14 +44,6 @@ CQRS_EXPORT cqrs_code_t cqrs_registry_add_upcaster(cqrs_registry_t *reg, const c
 CQRS_EXPORT const cqrs_command_type_t *cqrs_registry_command(const cqrs_registry_t *reg, const char *name);
 CQRS_EXPORT const cqrs_event_type_t *cqrs_registry_event(const cqrs_registry_t *reg, const char *name);
 CQRS_EXPORT const cqrs_aggregate_type_t *cqrs_registry_aggregate(const cqrs_registry_t *reg, const char *name);
-
-/* Decodes a whole event document as written by cqrs_event_to_bson (upcasting
- * its payload; the keys in any order; integers as cqrs_event_body_from_bson
- * reads them). The event has one reference. A document that is not sound
- * BSON with valid UTF-8, or lacks a key: CQRS_ECODEC; a type `reg` does not
- * know: CQRS_EUNKNOWN_TYPE. */
-CQRS_EXPORT cqrs_code_t cqrs_event_from_bson(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_t **out,
-                                             cqrs_error_t *err);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,8 @@
 /* libcqrs-testing: given / when / then helpers for aggregate tests. Each
- * fixture owns a real libuv loop, an in-memory store and a dispatcher; the
- * test never sees them. Link cqrs::testing. */
+ * fixture owns a real libuv loop, an in-memory store, a dispatcher and a
+ * manual clock (cqrs/clock.h) that reads the time the fixture was made
+ * until the test advances it; the test never sees the others. Link
+ * cqrs::testing. */
 #ifndef CQRS_TESTING_H
 #define CQRS_TESTING_H
 
@@ -49,8 +51,17 @@ CQRS_EXPORT const cqrs_event_t *cqrs_test_event(const cqrs_test_t *t, size_t i);
  * with cqrs_aggregate_destroy. */
 CQRS_EXPORT cqrs_aggregate_t *cqrs_test_load(cqrs_test_t *t);
 CQRS_EXPORT cqrs_dispatcher_t *cqrs_test_dispatcher(cqrs_test_t *t);
-/* Runs the fixture's loop until nothing is pending. */
+/* Runs the fixture's loop until nothing is pending. A timer that keeps the
+ * loop running (a subscriber's back-off, a process manager's retry) is
+ * waited for by advancing the clock to it, so nothing waits for real time;
+ * a lone deadline is not: advance to it with cqrs_test_advance.
+ * cqrs_test_when runs the loop the same way. */
 CQRS_EXPORT void cqrs_test_run(cqrs_test_t *t);
+/* The fixture's clock: its events' timestamps, what the dispatcher's
+ * timers follow. Borrowed; freed with the fixture. */
+CQRS_EXPORT cqrs_clock_t *cqrs_test_clock(cqrs_test_t *t);
+/* Moves the fixture's clock `ms` forward, then runs as cqrs_test_run. */
+CQRS_EXPORT void cqrs_test_advance(cqrs_test_t *t, uint64_t ms);
 
 typedef struct cqrs_expected_event {
   const cqrs_event_type_t *type; /* NULL ends a list */

@@ -23,6 +23,9 @@ bool cqrs__utf8_valid(const char *s, size_t n);
  * at a time, mixed so that the low bits are usable as a bucket index. */
 uint64_t cqrs__hash_str(const char *s, uint64_t seed);
 uint64_t cqrs__hash_bytes(const void *p, size_t n, uint64_t seed);
+/* A 128-bit hash of the strings a and b, for ids (cqrs_id_derive): not for
+ * tables, and no byte of either can stand for the separator between them. */
+void cqrs__hash128(const char *a, const char *b, uint64_t h[2]);
 
 /* Fails with CQRS_EINVAL for NULL, empty or invalid UTF-8, CQRS_ETOO_LARGE past cap - 1. */
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err);
@@ -30,10 +33,46 @@ cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_er
 /* Copies `src` into `dst` (ok may be NULL: success). */
 void cqrs__error_copy(cqrs_error_t *dst, const cqrs_error_t *src);
 
+/* The clock (cqrs/clock.h). A manual clock keeps its two times and the
+ * alarms set on it: an alarm rings once the clock is advanced to its due
+ * time (runtime/timer.c hangs the framework's timers on them). */
+typedef struct cqrs__alarm cqrs__alarm_t;
+struct cqrs__alarm {
+  cqrs__alarm_t *next; /* the clock's list, by due time; clock's lock */
+  uint64_t due;        /* monotonic ms */
+  bool set;
+  /* Due: runs on the thread that advanced the clock, outside its lock. */
+  void (*ring)(cqrs__alarm_t *a);
+  /* Whether what waits keeps its loop running (cqrs_clock_next_due). */
+  bool (*holds)(const cqrs__alarm_t *a);
+};
+
+struct cqrs_clock {
+  bool manual; /* false: the real clock, and nothing below is used */
+  _Atomic int64_t wall;
+  _Atomic uint64_t mono;
+  uv_mutex_t lock;
+  cqrs__alarm_t *alarms;
+};
+
+/* Cheap reads: the real clock costs a test and a branch over its system
+ * call. `c` may be NULL (the real clock). */
+static inline int64_t cqrs__clock_wall(const cqrs_clock_t *c) {
+  return c && c->manual ? atomic_load_explicit(&c->wall, memory_order_relaxed) : cqrs_now_ms();
+}
+static inline uint64_t cqrs__clock_mono(const cqrs_clock_t *c) {
+  return c && c->manual ? atomic_load_explicit(&c->mono, memory_order_relaxed) : uv_hrtime() / 1000000u;
+}
+/* Sets `a` (not set) on manual clock `c` to ring at monotonic `due`, which
+ * is later than the clock's time; cancels it. */
+void cqrs__alarm_set(cqrs_clock_t *c, cqrs__alarm_t *a, uint64_t due);
+void cqrs__alarm_cancel(cqrs_clock_t *c, cqrs__alarm_t *a);
+
 typedef struct cqrs__event {
   cqrs_event_t pub;
   atomic_uint refs;
   uint32_t size; /* bytes of the block, for cqrs__event_restore to rebuild in; 0: not to be rebuilt */
+  uint32_t forgotten; /* personal fields read as placeholders (model/personal.c): bits of the type's table */
   _Alignas(max_align_t) unsigned char payload[];
 } cqrs__event_t;
 
@@ -47,8 +86,8 @@ typedef struct cqrs__envelope {
 /* A command's own interceptor, run after its handler on the handler's
  * thread; it may change the outcome (a process manager's step records a
  * refusal under the step's id: process/). */
-typedef void (*cqrs__settle_fn)(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code_t *rc,
-                                cqrs_result_t *res, cqrs_error_t *err);
+typedef void (*cqrs__settle_fn)(cqrs_store_t *store, const cqrs_clock_t *clock, const cqrs_command_t *cmd,
+                                cqrs_code_t *rc, cqrs_result_t *res, cqrs_error_t *err);
 
 struct cqrs_command {
   const cqrs_command_type_t *type;
@@ -69,6 +108,7 @@ struct cqrs_aggregate {
   void *state; /* state_inline */
   size_t state_cap; /* room in state_inline */
   const char *cause_id, *correlation_id; /* borrowed, for the envelope of raised events; NULL: set at commit */
+  const cqrs_clock_t *clock; /* stamps raised events (borrowed); NULL: the real clock */
   const char *env_cause, *env_corr; /* the (borrowed) strings `envelope` was copied from; NULL: unknown */
   uint32_t key_hash; /* the aggregate cache's hash of type name and id; 0: not computed yet */
   uint32_t cache_gen; /* cache.c: `cache_entry` is this aggregate's in `cache_shard` while it has this generation */
@@ -96,9 +136,11 @@ void cqrs__agg_pool_free(cqrs__agg_pool_t *pool);
 /* Envelope used by events an aggregate raises from now on (e.g. the command
  * being handled); NULL ids mean "set at commit". Takes a reference. */
 void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env);
-/* Names the command whose events the aggregate raises from now on (borrowed:
- * they must outlive the aggregate or the next call). */
-void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, const char *correlation_id);
+/* Names the command whose events the aggregate raises from now on, and the
+ * clock that stamps them (the dispatcher's); all borrowed: they must
+ * outlive the aggregate or the next call. */
+void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, const char *correlation_id,
+                               const cqrs_clock_t *clock);
 /* Marks the pending events committed: version moves, list empties. */
 void cqrs__aggregate_committed(cqrs_aggregate_t *agg);
 /* Drops the pending events (their effect on the state stays: discard the
@@ -162,6 +204,8 @@ struct cqrs_store {
   _Atomic uint64_t calls[CQRS__STORE_OPS];
   _Atomic uint64_t errors[CQRS__STORE_OPS][2]; /* [op][0 transient (CQRS_ESTORE), 1 permanent] */
   _Atomic int64_t head_seen;                   /* highest position an append or a head call returned */
+  cqrs_keys_t *keys;                           /* personal data (store/sealed.c); NULL: none */
+  const cqrs_registry_t *reg;                  /* decodes the events it opens */
 };
 
 /* A growable array of event references. */

@@ -115,8 +115,8 @@ static cqrs_aggregate_t *changed(const cqrs_context_t *ctx, const cqrs_aggregate
 /* Runs the requests after the round's first on the state of `agg` until
  * one cannot share the round (it runs first in the next): it raises and
  * then rejects or fails, changes another aggregate, loads more than a
- * context holds, or changes nothing (it then answers as a lone command
- * does). Returns how many share it; *clean is false when the one that
+ * context holds, forgets a subject, or changes nothing (it then answers
+ * as a lone command does). Returns how many share it; *clean is false when the one that
  * ended it left events of its own on the state. */
 static size_t decide(run_t *run, cqrs_context_t *ctx, cqrs_aggregate_t *agg, request_t **open, size_t nopen,
                      bool *clean) {
@@ -126,14 +126,15 @@ static size_t decide(run_t *run, cqrs_context_t *ctx, cqrs_aggregate_t *agg, req
     request_t *r = open[m];
     size_t before = agg->pending_count;
     cqrs__aggregate_set_envelope(agg, NULL); /* its events get an envelope of their own */
-    cqrs__aggregate_set_cause(agg, r->cmd->id, r->cmd->correlation_id);
+    cqrs__aggregate_set_cause(agg, r->cmd->id, r->cmd->correlation_id, ctx->c->rt->clock);
     ctx->limited = false;
     cqrs_code_t rc = cqrs__context_run(ctx, r);
     bool raised = agg->pending_count > before, others;
     changed(ctx, agg, &others);
-    if (ctx->limited || others || raised != (rc == CQRS_OK)) {
+    if (ctx->limited || others || raised != (rc == CQRS_OK) || ctx->forget[0]) {
       *clean = !raised;
       drop_value(ctx);
+      ctx->forget[0] = '\0';
       reopen(r);
       break;
     }
@@ -230,7 +231,8 @@ static void round_run(run_t *run, bool on_loop) {
   cqrs__context_init(&ctx, c, on_loop);
   cqrs_code_t rc = cqrs__context_run(&ctx, open[0]);
   bool others;
-  cqrs_aggregate_t *agg = rc == CQRS_OK && nopen > 1 ? changed(&ctx, NULL, &others) : NULL;
+  /* A subject to forget goes with the lone commit (context.c). */
+  cqrs_aggregate_t *agg = rc == CQRS_OK && nopen > 1 && !ctx.forget[0] ? changed(&ctx, NULL, &others) : NULL;
   if (!agg) {
     /* Alone: as a lone command. */
     cqrs__context_finish(&ctx, open[0], rc);

@@ -192,6 +192,7 @@ struct cqrs_context {
   unsigned held[CTX_MAX_AGGREGATES];
   size_t nheld;
   bson_t *value;
+  char forget[CQRS_ID_MAX]; /* cqrs_context_forget's subject, forgotten at the commit; "": none */
 };
 
 /* Runs the handler and commits, again after a conflict; then the command's
@@ -206,6 +207,7 @@ static inline void cqrs__context_init(cqrs_context_t *ctx, cqrs__commands_t *c, 
   ctx->limited = false;
   ctx->naggs = ctx->nheld = 0;
   ctx->value = NULL;
+  ctx->forget[0] = '\0';
 }
 /* Runs `r`'s handler once in `ctx`. */
 cqrs_code_t cqrs__context_run(cqrs_context_t *ctx, request_t *r);

@@ -54,7 +54,7 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->c->free_aggs : NULL;
   if ((rc = cqrs__repository_load_cached(ctx->c->rt->store, cache_for(ctx, id), pool, type, id, h, &agg, err)))
     return rc;
-  cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id);
+  cqrs__aggregate_set_cause(agg, ctx->cmd->id, ctx->cmd->correlation_id, ctx->c->rt->clock);
   ctx->aggs[ctx->naggs++] = agg;
   *out = agg;
   return CQRS_OK;
@@ -71,10 +71,25 @@ cqrs_code_t cqrs_context_set_value(cqrs_context_t *ctx, const bson_t *value, cqr
 
 const cqrs_command_t *cqrs_context_command(const cqrs_context_t *ctx) { return ctx ? ctx->cmd : NULL; }
 
+int64_t cqrs_context_now_ms(const cqrs_context_t *ctx) { return cqrs__clock_wall(ctx ? ctx->c->rt->clock : NULL); }
+
+cqrs_code_t cqrs_context_forget(cqrs_context_t *ctx, const char *subject, cqrs_error_t *err) {
+  if (!ctx) return cqrs_error_set(err, CQRS_EINVAL, "context is NULL");
+  cqrs_code_t rc = cqrs__check_str(subject, CQRS_ID_MAX, "subject", err);
+  if (rc) return rc;
+  if (ctx->forget[0] && strcmp(ctx->forget, subject))
+    return cqrs_error_set(err, CQRS_ESTATE, "a command forgets one subject");
+  if (!cqrs_store_keys(ctx->c->rt->store))
+    return cqrs_error_set(err, CQRS_ESTATE, "the store has no key store: nothing to forget with");
+  memcpy(ctx->forget, subject, strlen(subject) + 1);
+  return CQRS_OK;
+}
+
 static void context_reset(cqrs_context_t *ctx) {
   cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->c->free_aggs : NULL;
   for (size_t i = 0; i < ctx->naggs; i++) cqrs__aggregate_release(pool, ctx->aggs[i]);
   ctx->naggs = 0;
+  ctx->forget[0] = '\0';
   unlock_aggregates(ctx);
   if (ctx->value) bson_destroy(ctx->value);
   ctx->value = NULL;
@@ -106,6 +121,13 @@ void cqrs__context_keep_only(cqrs_context_t *ctx, const cqrs_aggregate_t *keep) 
 }
 
 static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_t *err) {
+  /* The key goes before the fact is recorded: a failure in between leaves
+   * a subject forgotten and not yet said to be, which running the command
+   * again records; never the reverse. */
+  if (ctx->forget[0]) {
+    cqrs_code_t rc = cqrs_keys_forget(cqrs_store_keys(ctx->c->rt->store), ctx->forget, err);
+    if (rc) return rc;
+  }
   cqrs_aggregate_t *changed = NULL;
   for (size_t i = 0; i < ctx->naggs; i++) {
     if (!ctx->aggs[i]->pending_count) continue;
@@ -173,7 +195,7 @@ static inline cqrs_code_t conclude(request_t *r, cqrs_code_t rc) {
   if (rc == CQRS_EREJECTED && r->cmd->type->make_id) rc = natural_duplicate(r->runner, r, rc);
   /* The command's own interceptor (a process manager's step records its
    * refusal), after the handler and on its thread. */
-  if (r->cmd->settle) r->cmd->settle(r->runner->rt->store, r->cmd, &rc, &r->result, err);
+  if (r->cmd->settle) r->cmd->settle(r->runner->rt->store, r->runner->rt->clock, r->cmd, &rc, &r->result, err);
   return rc;
 }
 

@@ -39,7 +39,7 @@ static void member_main(void *arg) {
   cqrs__runtime_t *rt = cqrs__calloc(1, sizeof *rt);
   if (!rt) {
     m->rc = cqrs_error_set(&m->err, CQRS_ENOMEM, "cannot allocate loop %u", m->index);
-  } else if ((m->rc = cqrs__runtime_init(rt, &m->loop, m->home->rt->reg, m->home->rt->store, &m->err))) {
+  } else if ((m->rc = cqrs__runtime_init(rt, &m->loop, m->home->rt->clock, m->home->rt->reg, m->home->rt->store, &m->err))) {
     cqrs__free(rt);
   } else if ((m->rc = cqrs__commands_new_member(rt, m->home, m->index, m->cache_size, drain_member, &m->c,
                                                 &m->err))) {

@@ -50,7 +50,7 @@ typedef struct sub {
   bool cp_blocking, cp_saving; /* a checkpoint save on the pool, for async subscribers */
   bool cp_due; /* a save waits for the loop's check phase (feed.c) */
   cqrs__lease_t lease; /* `on` false without leases */
-  uv_timer_t timer;
+  cqrs__timer_t timer;
 } sub_t;
 
 typedef struct dead_letter {
@@ -79,11 +79,11 @@ struct cqrs__events {
   bool head_known;
   int64_t head_floor, committed_max;
   bool feed_busy, feed_again; /* feed_busy: a read of the feed or of the head in flight */
-  uv_timer_t feed_timer;  /* retries a read of the store that failed */
+  cqrs__timer_t feed_timer; /* retries a read of the store that failed */
   unsigned feed_failures; /* reads failed in a row */
   sub_t **subs;
   size_t nsubs;
-  uv_timer_t poll;
+  cqrs__timer_t poll;
   bool poll_on;
   uv_check_t cp_check; /* saves the checkpoints of idle subscribers once per loop iteration */
   bool cp_check_on;
@@ -97,7 +97,7 @@ struct cqrs__events {
   /* Read-your-writes waiters (wait.c): on the loop thread, and handed over
    * from other threads under the runtime's lock through wait_async. */
   struct cqrs__waiter *waiters, *wait_inbox;
-  uv_timer_t wait_timer;
+  cqrs__timer_t wait_timer;
   uv_async_t wait_async;
 };
 

@@ -103,7 +103,7 @@ static void feed_retry(uv_timer_t *t) { kick(t->data, 0, 0); }
 static void feed_failed(cqrs__events_t *ev, const cqrs_error_t *err) {
   if (ev->feed_failures++ == 0) cqrs_log(CQRS_LOG_WARNING, "bus", "event feed cannot read the store: %s", err->message);
   if (!cqrs__runtime_closing(ev->rt))
-    uv_timer_start(&ev->feed_timer, feed_retry, cqrs__events_backoff(ev, ev->feed_failures), 0);
+    cqrs__timer_start(&ev->feed_timer, feed_retry, cqrs__events_backoff(ev, ev->feed_failures), 0);
 }
 
 static void feed_after_work(cqrs__job_t *job, bool cancelled) {
@@ -252,13 +252,13 @@ static void poll_cb(uv_timer_t *t) { kick(t->data, 0, 0); }
  * are cut short, so that subscribers deliver what they hold. */
 static void events_closing(cqrs__component_t *c) {
   cqrs__events_t *ev = (cqrs__events_t *)c;
-  if (ev->poll_on) uv_timer_stop(&ev->poll);
-  uv_timer_stop(&ev->feed_timer);
+  if (ev->poll_on) cqrs__timer_stop(&ev->poll);
+  cqrs__timer_stop(&ev->feed_timer);
   cqrs__waiters_close(ev);
   for (size_t i = 0; i < ev->nsubs; i++) {
     sub_t *s = ev->subs[i];
     if (s->waiting) {
-      uv_timer_stop(&s->timer);
+      cqrs__timer_stop(&s->timer);
       s->waiting = false;
     }
     cqrs__sub_run(s);
@@ -279,10 +279,10 @@ static void events_close_handles(cqrs__component_t *c) {
   cqrs__events_t *ev = (cqrs__events_t *)c;
   cqrs__runtime_t *rt = ev->rt;
   if (!ev->attached) return;
-  cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->feed_timer);
+  cqrs__timer_close(rt, &ev->feed_timer);
   cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->cp_check);
-  if (ev->poll_on) cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->poll);
-  for (size_t i = 0; i < ev->nsubs; i++) cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->subs[i]->timer);
+  if (ev->poll_on) cqrs__timer_close(rt, &ev->poll);
+  for (size_t i = 0; i < ev->nsubs; i++) cqrs__timer_close(rt, &ev->subs[i]->timer);
   cqrs__waiters_close_handles(ev);
 }
 
@@ -330,18 +330,16 @@ cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err) {
   cqrs_code_t rc = cqrs__waiters_init(ev, err);
   if (rc) return rc;
   ev->attached = true;
-  uv_timer_init(rt->loop, &ev->feed_timer);
-  ev->feed_timer.data = ev;
+  cqrs__timer_init(rt, &ev->feed_timer, NULL, ev);
   cqrs__runtime_handle_opened(rt);
   uv_check_init(rt->loop, &ev->cp_check);
   uv_unref((uv_handle_t *)&ev->cp_check); /* the loop need not stay for it: it runs in the iteration that started it */
   ev->cp_check.data = ev;
   cqrs__runtime_handle_opened(rt);
   if (ev->poll_ms) {
-    uv_timer_init(rt->loop, &ev->poll);
-    ev->poll.data = ev;
-    uv_timer_start(&ev->poll, poll_cb, ev->poll_ms, ev->poll_ms);
-    uv_unref((uv_handle_t *)&ev->poll);
+    cqrs__timer_init(rt, &ev->poll, NULL, ev);
+    cqrs__timer_start(&ev->poll, poll_cb, ev->poll_ms, ev->poll_ms);
+    uv_unref((uv_handle_t *)&ev->poll.handle);
     ev->poll_on = true;
     cqrs__runtime_handle_opened(rt);
   }

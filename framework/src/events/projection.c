@@ -35,8 +35,7 @@ static cqrs_code_t add_sub(cqrs__events_t *ev, const char *name, const cqrs_even
   s->blocking = blocking;
   s->position = ev->feed_pos;
   s->state = SUB_LIVE;
-  uv_timer_init(ev->rt->loop, &s->timer);
-  s->timer.data = s;
+  cqrs__timer_init(ev->rt, &s->timer, NULL, s);
   cqrs__runtime_handle_opened(ev->rt);
   ev->subs[ev->nsubs++] = s;
   *out = s;
@@ -59,7 +58,8 @@ static void discard_sub(sub_t *s) {
   ev->subs[--ev->nsubs] = NULL;
   ev->rt->handles--;
   ev->rt->jobs++;
-  uv_close((uv_handle_t *)&s->timer, sub_discarded);
+  cqrs__timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->timer.handle, sub_discarded);
 }
 
 cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name, const cqrs_event_type_t *const *types,

@@ -68,7 +68,7 @@ static void retry_later(sub_t *s, uint64_t ms, const char *why) {
     return;
   }
   s->waiting = true;
-  uv_timer_start(&s->timer, timer_cb, ms, 0);
+  cqrs__timer_start(&s->timer, timer_cb, ms, 0);
 }
 
 /* The head of the queue failed: retry later, or give up on it. Returns true
@@ -96,7 +96,7 @@ bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error) {
   if (s->attempts < s->ev->retry_attempts && error->code != CQRS_EUNKNOWN_TYPE) {
     if (cqrs__runtime_closing(s->ev->rt)) return true; /* closing: retry at once */
     s->waiting = true;
-    uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, s->attempts), 0);
+    cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, s->attempts), 0);
     return false;
   }
   const cqrs_event_t *e = q_peek(s, 0);
@@ -165,7 +165,7 @@ static void cp_save_work_cb(cqrs__job_t *job) {
 static void cp_save_later(sub_t *s) {
   if (s->waiting || cqrs__runtime_closing(s->ev->rt) || (s->lease.on && !s->lease.held)) return;
   s->waiting = true;
-  uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
+  cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
 }
 
 static void cp_save_after(cqrs__job_t *job, bool cancelled) {
@@ -285,7 +285,7 @@ static void sub_work_cb(cqrs__job_t *job) {
     /* A batch of slow handlers may outlast the lease: the rest waits for the
      * loop, which renews or lets go (the deadline is the one at the start,
      * so a renewal meanwhile only costs a second batch). */
-    if (sw->deadline && uv_hrtime() / 1000000u >= sw->deadline) break;
+    if (sw->deadline && cqrs__lease_now(&s->lease) >= sw->deadline) break;
     if ((sw->rc = call_handler(s, sw->batch[sw->done], &sw->err))) break;
     sw->position = sw->batch[sw->done]->position;
   }
@@ -310,19 +310,19 @@ static void sub_after_work(cqrs__job_t *job, bool cancelled) {
       if (queued < sw->read.len && !cqrs__runtime_closing(s->ev->rt)) {
         /* Out of memory: read the rest again later. */
         s->waiting = true;
-        uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
+        cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
       } else if (sw->read.len == 0 && s->ev->head_known) { /* else the head's arrival runs it again */
         if (s->read_pos >= s->ev->feed_pos) {
           if (s->state == SUB_CATCHING_UP) s->state = SUB_LIVE;
         } else if (!cqrs__runtime_closing(s->ev->rt)) {
           s->waiting = true;
-          uv_timer_start(&s->timer, timer_cb, CATCHUP_RETRY_MS, 0);
+          cqrs__timer_start(&s->timer, timer_cb, CATCHUP_RETRY_MS, 0);
         }
       }
     } else if (!cqrs__runtime_closing(s->ev->rt)) {
       cqrs_log(CQRS_LOG_WARNING, "bus", "projection %s cannot read the store: %s", s->name, sw->err.message);
       s->waiting = true;
-      uv_timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
+      cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
     }
     cqrs__event_vec_free(&sw->read);
   } else {
@@ -522,7 +522,7 @@ static void lease_lost(cqrs__lease_t *l) {
   sub_t *s = sub_of_lease(l);
   s->state = SUB_STANDBY;
   if (s->waiting) {
-    uv_timer_stop(&s->timer);
+    cqrs__timer_stop(&s->timer);
     s->waiting = false;
   }
   s->attempts = 0;

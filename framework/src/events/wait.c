@@ -10,7 +10,7 @@ typedef struct cqrs__waiter {
   struct cqrs__waiter *next;
   char name[CQRS_NAME_MAX]; /* "": every projection */
   int64_t position;
-  uint64_t deadline; /* uv_now */
+  uint64_t deadline; /* cqrs__runtime_now */
   uint64_t timeout_ms;
   bool timed; /* deadline set (on the loop) */
   cqrs_wait_cb cb;
@@ -45,7 +45,7 @@ static void wait_timer_cb(uv_timer_t *t) { cqrs__waiters_check(t->data); }
 /* Completes what is due and arms the timer for the nearest deadline. */
 void cqrs__waiters_check(cqrs__events_t *ev) {
   if (!ev->waiters) return;
-  uint64_t now = uv_now(ev->rt->loop), next = UINT64_MAX;
+  uint64_t now = cqrs__runtime_now(ev->rt), next = UINT64_MAX;
   waiter_t **pp = &ev->waiters;
   while (*pp) {
     waiter_t *w = *pp;
@@ -69,9 +69,9 @@ void cqrs__waiters_check(cqrs__events_t *ev) {
     cqrs__free(w);
   }
   if (next == UINT64_MAX) {
-    uv_timer_stop(&ev->wait_timer);
+    cqrs__timer_stop(&ev->wait_timer);
   } else {
-    uv_timer_start(&ev->wait_timer, wait_timer_cb, next - now, 0);
+    cqrs__timer_start(&ev->wait_timer, wait_timer_cb, next - now, 0);
   }
 }
 
@@ -99,19 +99,18 @@ cqrs_code_t cqrs__waiters_init(cqrs__events_t *ev, cqrs_error_t *err) {
   ev->wait_async.data = ev;
   uv_unref((uv_handle_t *)&ev->wait_async); /* like the loop's other handles: it runs for the application */
   cqrs__runtime_handle_opened(ev->rt);
-  uv_timer_init(ev->rt->loop, &ev->wait_timer);
-  ev->wait_timer.data = ev;
+  cqrs__timer_init(ev->rt, &ev->wait_timer, NULL, ev);
   cqrs__runtime_handle_opened(ev->rt);
   return CQRS_OK;
 }
 
 void cqrs__waiters_close_handles(cqrs__events_t *ev) {
-  cqrs__runtime_close_handle(ev->rt, (uv_handle_t *)&ev->wait_timer);
+  cqrs__timer_close(ev->rt, &ev->wait_timer);
   cqrs__runtime_close_handle(ev->rt, (uv_handle_t *)&ev->wait_async);
 }
 
 void cqrs__waiters_close(cqrs__events_t *ev) {
-  uv_timer_stop(&ev->wait_timer);
+  cqrs__timer_stop(&ev->wait_timer);
   uv_mutex_lock(&ev->rt->lock);
   adopt(ev);
   uv_mutex_unlock(&ev->rt->lock);
@@ -145,7 +144,7 @@ cqrs_code_t cqrs_projection_wait(cqrs_dispatcher_t *d, const char *name, int64_t
   w->next = ev->waiters;
   ev->waiters = w;
   /* Never inside the call: at the next turn of the loop at the earliest. */
-  uv_timer_start(&ev->wait_timer, wait_timer_cb, 0, 0);
+  cqrs__timer_start(&ev->wait_timer, wait_timer_cb, 0, 0);
   return CQRS_OK;
 }
 

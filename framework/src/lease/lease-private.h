@@ -26,7 +26,8 @@ struct cqrs__lease {
   bool busy;         /* an acquire, renew or release in flight */
   bool failing;      /* the last call failed (logged once) */
   int64_t token;     /* while held: fences its checkpoint writes */
-  uint64_t deadline; /* ms of uv_hrtime: delivering stops then unless renewed */
+  cqrs_clock_t *clock; /* its leasing's (cqrs__lease_add) */
+  uint64_t deadline; /* monotonic ms of `clock`: delivering stops then unless renewed */
   uint64_t renew_at; /* the same clock: the next renewal is due */
   /* Its holder: the lease was acquired (load the checkpoint, catch up) or
    * lost (stop delivering, drop what it holds); whether it may try to
@@ -51,6 +52,9 @@ bool cqrs__lease_valid(cqrs__lease_t *l);
  * holder's state change under it (a process manager walking its open
  * instances). */
 bool cqrs__lease_in_time(const cqrs__lease_t *l);
+/* Monotonic ms of the lease's clock, for a deadline check on another
+ * thread (a batch on the pool). */
+static inline uint64_t cqrs__lease_now(const cqrs__lease_t *l) { return cqrs__clock_mono(l->clock); }
 /* Lets it go: a checkpoint write was fenced off, or there is no checkpoint. */
 void cqrs__lease_give_up(cqrs__lease_t *l, const cqrs_error_t *err);
 size_t cqrs__leases_held(const cqrs__leasing_t *leasing);

@@ -14,7 +14,8 @@ struct cqrs__leasing {
   bool blocking;
   bool releasing; /* closing: nothing is acquired or renewed any more */
   cqrs__lease_t *list;
-  uv_timer_t timer;
+  cqrs_clock_t *clock; /* the options', else the runtime's */
+  cqrs__timer_t timer;
   /* A blocking store's calls run on a thread of their own rather than the
    * pool, where a renewal could wait behind slow reads of the store until
    * its lease ran out. Calls go in `todo`, come back in `done`. */
@@ -34,8 +35,6 @@ void cqrs_lease_options_init(cqrs_lease_options_t *o) {
   o->guard_ms = LEASE_TTL_DEFAULT / 3;
 }
 
-static uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
-
 enum { OP_ACQUIRE, OP_RENEW, OP_RELEASE };
 
 typedef struct lease_work {
@@ -44,7 +43,7 @@ typedef struct lease_work {
   cqrs__lease_t *lease;
   int op;
   int64_t token;  /* in: renew and release; out: acquire */
-  uint64_t sent;  /* now_ms when sent */
+  uint64_t sent;  /* monotonic ms of the leasing's clock when sent */
   cqrs_code_t rc;
   cqrs_error_t err;
 } lease_work_t;
@@ -76,7 +75,7 @@ static void lease_done(lease_work_t *w) {
   cqrs__lease_t *s = w->lease;
   cqrs__leasing_t *l = w->leasing;
   s->busy = false;
-  uint64_t now = now_ms();
+  uint64_t now = cqrs__clock_mono(l->clock);
   if (w->op == OP_ACQUIRE) {
     if (w->rc) {
       if (!s->failing)
@@ -157,7 +156,7 @@ static void lease_start(cqrs__leasing_t *l, cqrs__lease_t *s, int op) {
   w->lease = s;
   w->op = op;
   w->token = op == OP_ACQUIRE ? 0 : s->token;
-  w->sent = now_ms();
+  w->sent = cqrs__clock_mono(l->clock);
   s->busy = true;
   if (!l->blocking) {
     lease_call(w);
@@ -179,7 +178,7 @@ static void tick(uv_timer_t *t) {
   for (cqrs__lease_t *s = l->list; s; s = s->next) {
     if (s->busy) continue;
     if (s->held) {
-      if (cqrs__lease_valid(s) && now_ms() >= s->renew_at) lease_start(l, s, OP_RENEW);
+      if (cqrs__lease_valid(s) && cqrs__clock_mono(l->clock) >= s->renew_at) lease_start(l, s, OP_RENEW);
     } else if (!l->releasing && !cqrs__runtime_closing(l->rt) && s->may_acquire(s)) {
       lease_start(l, s, OP_ACQUIRE);
     }
@@ -196,7 +195,7 @@ static bool leasing_release(cqrs__component_t *c) {
   cqrs__leasing_t *l = (cqrs__leasing_t *)c;
   if (!l->releasing) {
     l->releasing = true;
-    uv_timer_stop(&l->timer);
+    cqrs__timer_stop(&l->timer);
   }
   bool done = true;
   for (cqrs__lease_t *s = l->list; s; s = s->next) {
@@ -219,7 +218,7 @@ static bool leasing_release(cqrs__component_t *c) {
  * idle and stops at once. */
 static void leasing_close_handles(cqrs__component_t *c) {
   cqrs__leasing_t *l = (cqrs__leasing_t *)c;
-  cqrs__runtime_close_handle(l->rt, (uv_handle_t *)&l->timer);
+  cqrs__timer_close(l->rt, &l->timer);
   if (!l->threaded) return;
   uv_mutex_lock(&l->lock);
   l->stop = true;
@@ -281,6 +280,9 @@ cqrs_code_t cqrs__leasing_new(cqrs__runtime_t *rt, const cqrs_lease_options_t *o
    * renewal is due (ttl/3). */
   if (o->ttl_ms < 6 || o->ttl_ms > INT32_MAX || o->guard_ms * 3 >= o->ttl_ms * 2)
     return cqrs_error_set(err, CQRS_EINVAL, "lease ttl out of range, or a guard of 2/3 of it or more");
+  for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++) {
+    if (o->reserved[i]) return cqrs_error_set(err, CQRS_EINVAL, "lease options: reserved fields must be zero");
+  }
   if (cqrs__runtime_closing(rt)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   if (rt->leasing) return cqrs_error_set(err, CQRS_ESTATE, "the dispatcher has leases already");
   cqrs__leasing_t *l = cqrs__calloc(1, sizeof *l);
@@ -290,19 +292,19 @@ cqrs_code_t cqrs__leasing_new(cqrs__runtime_t *rt, const cqrs_lease_options_t *o
   memcpy(l->owner, o->owner, strlen(o->owner) + 1);
   l->ttl_ms = o->ttl_ms;
   l->guard_ms = o->guard_ms;
+  l->clock = o->clock ? o->clock : rt->clock;
   l->blocking = cqrs__leases_blocking(o->leases);
   if (l->blocking && (rc = start_thread(l, err))) {
     cqrs__free(l);
     return rc;
   }
-  uv_timer_init(rt->loop, &l->timer);
-  l->timer.data = l;
+  cqrs__timer_init(rt, &l->timer, l->clock, l);
   /* Renewals are due every ttl/3; ticking twice as often lets one that
    * failed or came back late be tried again in time. */
   uint64_t every = o->ttl_ms / 6 ? o->ttl_ms / 6 : 1;
-  uv_timer_start(&l->timer, tick, every, every);
+  cqrs__timer_start(&l->timer, tick, every, every);
   /* Like the poll timer: the loop runs for the application's reasons. */
-  uv_unref((uv_handle_t *)&l->timer);
+  uv_unref((uv_handle_t *)&l->timer.handle);
   cqrs__runtime_handle_opened(rt);
   cqrs__runtime_add(rt, &l->comp, &leasing_ops);
   rt->leasing = l;
@@ -311,6 +313,7 @@ cqrs_code_t cqrs__leasing_new(cqrs__runtime_t *rt, const cqrs_lease_options_t *o
 
 void cqrs__lease_add(cqrs__leasing_t *l, cqrs__lease_t *s) {
   s->on = true;
+  s->clock = l->clock;
   s->next = NULL;
   cqrs__lease_t **tail = &l->list; /* in the order they came: the ticks try them so */
   while (*tail) tail = &(*tail)->next;
@@ -318,11 +321,11 @@ void cqrs__lease_add(cqrs__leasing_t *l, cqrs__lease_t *s) {
   lease_start(l, s, OP_ACQUIRE);
 }
 
-bool cqrs__lease_in_time(const cqrs__lease_t *s) { return s->held && now_ms() < s->deadline; }
+bool cqrs__lease_in_time(const cqrs__lease_t *s) { return s->held && cqrs__clock_mono(s->clock) < s->deadline; }
 
 bool cqrs__lease_valid(cqrs__lease_t *s) {
   if (!s->held) return false;
-  if (now_ms() < s->deadline) return true;
+  if (cqrs__clock_mono(s->clock) < s->deadline) return true;
   lost(s, "not renewed in time");
   return false;
 }

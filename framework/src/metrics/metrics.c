@@ -350,7 +350,7 @@ static int64_t head_of(const cqrs_dispatcher_t *d) {
 
 static bool subscribers(const cqrs_metrics_t *m, cqrs_metrics_snapshot_t *s) {
   const cqrs_dispatcher_t *d = m->d;
-  int64_t head = head_of(d), now = cqrs_now_ms();
+  int64_t head = head_of(d), now = cqrs__clock_wall(d->clock);
   static const family_t per_sub[] = {F_POSITION, F_LAG_POSITIONS, F_LAG_SECONDS, F_PROJECTION_RETRIES,
                                      F_DEAD_LETTERS};
   for (size_t k = 0; k < sizeof per_sub / sizeof per_sub[0]; k++) {

@@ -29,6 +29,7 @@ cqrs_code_t cqrs__aggregate_new_pooled(cqrs__agg_pool_t *pool, const cqrs_aggreg
   agg->version = 0;
   agg->envelope = NULL;
   agg->cause_id = agg->correlation_id = NULL;
+  agg->clock = NULL;
   agg->env_cause = agg->env_corr = NULL;
   agg->key_hash = 0;
   agg->cache_entry = NULL;
@@ -79,9 +80,11 @@ void cqrs__agg_pool_free(cqrs__agg_pool_t *pool) {
 
 void cqrs_aggregate_destroy(cqrs_aggregate_t *agg) { cqrs__aggregate_release(NULL, agg); }
 
-void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, const char *correlation_id) {
+void cqrs__aggregate_set_cause(cqrs_aggregate_t *agg, const char *cause_id, const char *correlation_id,
+                               const cqrs_clock_t *clock) {
   agg->cause_id = cause_id;
   agg->correlation_id = correlation_id;
+  agg->clock = clock;
 }
 
 void cqrs__aggregate_set_envelope(cqrs_aggregate_t *agg, const cqrs_envelope_t *env) {
@@ -129,13 +132,13 @@ cqrs_code_t cqrs_aggregate_raise(cqrs_aggregate_t *agg, const cqrs_event_type_t 
   int64_t version = agg->version + (int64_t)agg->pending_count + 1;
   cqrs_code_t rc;
   if (agg->envelope) {
-    rc = cqrs_event_new(type, agg->envelope, NULL, version, cqrs_now_ms(), payload, &e, err);
+    rc = cqrs_event_new(type, agg->envelope, NULL, version, cqrs__clock_wall(agg->clock), payload, &e, err);
   } else {
     /* The first event of a command carries the commit's envelope. */
     const char *cause = agg->cause_id ? agg->cause_id : "";
     const char *corr = agg->correlation_id && *agg->correlation_id ? agg->correlation_id : cause;
-    rc = cqrs__event_new_hosting(type, agg->type->name, agg->id, cause, corr, version, cqrs_now_ms(), payload, &e,
-                                 err);
+    rc = cqrs__event_new_hosting(type, agg->type->name, agg->id, cause, corr, version, cqrs__clock_wall(agg->clock),
+                                 payload, &e, err);
     if (!rc) {
       agg->envelope = cqrs__envelope_ref(e->envelope);
       agg->env_cause = cause;

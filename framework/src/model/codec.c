@@ -7,6 +7,7 @@
  * back through cqrs_event_body_from_bson, so a field added here is stored
  * and read everywhere. */
 #include "base/cqrs-private.h"
+#include "model/personal-private.h"
 
 /* The body's keys, the id's first (its name is the caller's). */
 enum { K_ID, K_TYPE, K_SCHEMA, K_VERSION, K_TIME, K_DATA, K_COUNT };
@@ -29,7 +30,10 @@ static cqrs_code_t too_large(cqrs_error_t *err) {
   return cqrs_error_set(err, CQRS_ETOO_LARGE, "event document too large");
 }
 
-cqrs_code_t cqrs_event_body_to_bson(const cqrs_event_t *e, const char *id_key, bson_t *out, cqrs_error_t *err) {
+/* `redacted`: personal fields written as placeholders (an export), never in
+ * clear. */
+static cqrs_code_t body_to_bson(const cqrs_event_t *e, const char *id_key, bool redacted, bson_t *out,
+                                cqrs_error_t *err) {
   if (!e || !e->type || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL event or output");
   cqrs_code_t rc = id_key_of(&id_key, err);
   if (rc) return rc;
@@ -46,9 +50,14 @@ cqrs_code_t cqrs_event_body_to_bson(const cqrs_event_t *e, const char *id_key, b
   }
   bson_t data;
   if (!BSON_APPEND_DOCUMENT_BEGIN(out, "data", &data)) return too_large(err);
-  rc = cqrs_fields_encode(e->type->fields, e->payload, &data, err);
+  rc = redacted ? cqrs__personal_encode_redacted(e->type->fields, e->payload, &data, err)
+                : cqrs_fields_encode(e->type->fields, e->payload, &data, err);
   if (!bson_append_document_end(out, &data) && !rc) rc = too_large(err);
   return rc;
+}
+
+cqrs_code_t cqrs_event_body_to_bson(const cqrs_event_t *e, const char *id_key, bson_t *out, cqrs_error_t *err) {
+  return body_to_bson(e, id_key, false, out, err);
 }
 
 /* Doubles are what a JavaScript shell stores. */
@@ -123,9 +132,12 @@ static const char *body_read(const bson_t *doc, const char *id_key, body_t *b) {
   return NULL;
 }
 
-cqrs_code_t cqrs_event_body_from_bson(const cqrs_registry_t *reg, const bson_t *doc, const char *id_key,
-                                      const cqrs_envelope_t *env, int64_t position, bool unknown_as_placeholder,
-                                      cqrs_event_t **out, cqrs_error_t *err) {
+/* `as_stored`: a store's commit, whose sealed personal data is yielded as
+ * stored, for the store wrapper that holds the keys to open
+ * (cqrs/personal.h); an export's redacted values are decoded. */
+static cqrs_code_t body_from_bson(const cqrs_registry_t *reg, const bson_t *doc, const char *id_key,
+                                  const cqrs_envelope_t *env, int64_t position, bool unknown_as_placeholder,
+                                  bool as_stored, cqrs_event_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!reg || !doc || !env) return cqrs_error_set(err, CQRS_EINVAL, "NULL registry, document or envelope");
@@ -142,7 +154,7 @@ cqrs_code_t cqrs_event_body_from_bson(const cqrs_registry_t *reg, const bson_t *
   bson_t data;
   if (!bson_init_static(&data, b.data, b.data_len))
     return cqrs_error_set(err, CQRS_ECODEC, "malformed event data at position %lld", (long long)position);
-  if (unknown_as_placeholder && !cqrs_registry_event(reg, b.type)) {
+  if ((unknown_as_placeholder && !cqrs_registry_event(reg, b.type)) || (as_stored && cqrs__personal_sealed(&data))) {
     rc = cqrs_unknown_event_new(b.type, (uint32_t)b.schema, &data, env, b.id, b.version, b.timestamp, out, err);
   } else {
     const cqrs_event_type_t *type;
@@ -155,11 +167,18 @@ cqrs_code_t cqrs_event_body_from_bson(const cqrs_registry_t *reg, const bson_t *
   return rc;
 }
 
+cqrs_code_t cqrs_event_body_from_bson(const cqrs_registry_t *reg, const bson_t *doc, const char *id_key,
+                                      const cqrs_envelope_t *env, int64_t position, bool unknown_as_placeholder,
+                                      cqrs_event_t **out, cqrs_error_t *err) {
+  return body_from_bson(reg, doc, id_key, env, position, unknown_as_placeholder, true, out, err);
+}
+
 /* ---- a whole event: its body, then its envelope and position ---- */
 
 cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err) {
   if (!e || !out || !e->envelope) return cqrs_error_set(err, CQRS_EINVAL, "NULL event, envelope or output");
-  cqrs_code_t rc = cqrs_event_body_to_bson(e, "id", out, err);
+  /* An export never carries personal data: those fields are redacted. */
+  cqrs_code_t rc = body_to_bson(e, "id", true, out, err);
   if (rc) return rc;
   const cqrs_envelope_t *env = e->envelope;
   bool ok = BSON_APPEND_UTF8(out, "aggregateType", env->aggregate_type) &&
@@ -194,7 +213,7 @@ cqrs_code_t cqrs_event_from_bson(const cqrs_registry_t *reg, const bson_t *doc, 
   cqrs_code_t rc =
       cqrs_envelope_new(atype, aid, get_str(doc, "causationId"), get_str(doc, "correlationId"), &env, err);
   if (rc) return rc;
-  rc = cqrs_event_body_from_bson(reg, doc, "id", env, position, false, out, err);
+  rc = body_from_bson(reg, doc, "id", env, position, false, false, out, err);
   cqrs_envelope_unref(env);
   return rc;
 }

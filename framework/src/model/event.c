@@ -1,6 +1,6 @@
 #include <pthread.h>
 
-#include "base/cqrs-private.h"
+#include "model/personal-private.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -225,6 +225,7 @@ const cqrs_envelope_t *cqrs__envelope_ref(const cqrs_envelope_t *env) {
 static void event_fill(cqrs__event_t *b, const cqrs_event_type_t *type, const cqrs_envelope_t *env, const char *id,
                        int64_t version, int64_t timestamp, const void *payload) {
   atomic_init(&b->refs, 1);
+  b->forgotten = 0;
   memcpy(b->payload, payload, type->payload_size);
   cqrs_event_t *e = &b->pub;
   e->type = type;
@@ -324,6 +325,7 @@ cqrs_code_t cqrs__event_restore(const cqrs__event_parts_t *p, cqrs_event_t **ino
     env_fill(env, b, &v); /* the envelope in the block is another one, or elsewhere */
   }
   atomic_init(&b->refs, 1);
+  b->forgotten = 0;
   memcpy(b->payload, p->payload, p->payload_len);
   memset(b->payload + p->payload_len, 0, p->type->payload_size - p->payload_len);
   cqrs_event_t *e = &b->pub;

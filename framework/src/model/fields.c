@@ -1,6 +1,6 @@
 #include <stdio.h>
 
-#include "base/cqrs-private.h"
+#include "model/personal-private.h"
 
 #define AT(obj, f) ((const unsigned char *)(obj) + (f)->offset)
 #define AT_MUT(obj, f) ((unsigned char *)(obj) + (f)->offset)
@@ -95,6 +95,7 @@ static cqrs_code_t encode_value(const cqrs_field_t *f, const void *p, const char
     }
     case CQRS_FIELD_ARRAY:
       return encode_array(f, obj, out, err);
+    case CQRS_FIELD_SUBJECT:
     case CQRS_FIELD_END:
       break;
     }
@@ -165,8 +166,8 @@ static cqrs_code_t decode_money(const bson_iter_t *it, const cqrs_field_t *f, cq
   bson_iter_t child;
   if (!bson_iter_recurse(it, &child)) return wrong_type(err, f, "a document {amount, currency}");
   bool have_amount = false, have_currency = false;
-  static const cqrs_field_t amount_f = {"amount", CQRS_FIELD_INT64, 0, 8, 0, 0, 0, NULL};
-  static const cqrs_field_t currency_f = {"currency", CQRS_FIELD_STRING, 0, 4, 0, 0, 0, NULL};
+  static const cqrs_field_t amount_f = {"amount", CQRS_FIELD_INT64, 0, 8, 0, 0, 0, NULL, NULL};
+  static const cqrs_field_t currency_f = {"currency", CQRS_FIELD_STRING, 0, 4, 0, 0, 0, NULL, NULL};
   while (bson_iter_next(&child)) {
     const char *k = bson_iter_key(&child);
     cqrs_code_t rc = CQRS_OK;
@@ -189,6 +190,7 @@ static cqrs_code_t decode_array(const bson_iter_t *it, const cqrs_field_t *f, vo
 /* Decodes the value at `it` into `p`, described by `f` (`obj`: the struct,
  * for an array's count). */
 static cqrs_code_t decode_value(const bson_iter_t *it, const cqrs_field_t *f, void *p, void *obj, cqrs_error_t *err) {
+  if (BSON_ITER_HOLDS_BINARY(it) && f->kind != CQRS_FIELD_END) return cqrs__personal_decode_marker(it, f, p, obj, err);
   switch (f->kind) {
   case CQRS_FIELD_STRING:
     return decode_string(it, f, (char *)p, err);
@@ -239,6 +241,7 @@ static cqrs_code_t decode_value(const bson_iter_t *it, const cqrs_field_t *f, vo
   }
   case CQRS_FIELD_ARRAY:
     return decode_array(it, f, obj, err);
+  case CQRS_FIELD_SUBJECT:
   case CQRS_FIELD_END:
     break;
   }
@@ -272,6 +275,7 @@ cqrs_code_t cqrs_fields_decode(const cqrs_field_t *fields, const bson_t *in, voi
   bson_iter_t it;
   if (!bson_iter_init(&it, in)) return cqrs_error_set(err, CQRS_ECODEC, "malformed BSON document");
   for (const cqrs_field_t *f = fields; f->kind != CQRS_FIELD_END; f++) {
+    if (f->kind == CQRS_FIELD_SUBJECT) continue;
     bson_iter_t fit;
     /* Keys usually come in table order: try the cursor's next key first. */
     bool found = false;
@@ -359,6 +363,7 @@ static inline cqrs_code_t validate_value(const cqrs_field_t *f, const void *p, c
     case CQRS_FIELD_ARRAY:
       return validate_nested(f, p, obj, prefix, err);
     case CQRS_FIELD_BOOL:
+    case CQRS_FIELD_SUBJECT:
     case CQRS_FIELD_END:
       break;
     }
@@ -415,7 +420,7 @@ static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int dep
 
 /* One field; an array's item (`item`) has no key of its own. */
 static cqrs_code_t check_field(const cqrs_field_t *f, const char *prefix, int depth, bool item, cqrs_error_t *err) {
-    if (!f->key || (!item && !*f->key))
+    if (!f->key || (!item && !*f->key && f->kind != CQRS_FIELD_SUBJECT))
       return cqrs_error_set(err, CQRS_EINVAL, "a field of table '%s' has no key", prefix);
     char name[128];
     nested_name(name, sizeof name, prefix, f->key);
@@ -441,11 +446,20 @@ static cqrs_code_t check_field(const cqrs_field_t *f, const char *prefix, int de
     case CQRS_FIELD_ARRAY:
       numeric = false;
       break;
+    case CQRS_FIELD_SUBJECT:
+      return f->subject && !f->flags ? CQRS_OK
+                                     : cqrs_error_set(err, CQRS_EINVAL, "table %s: a subject entry without its function "
+                                                      "or with flags", *prefix ? prefix : "(top)");
     default:
       return cqrs_error_set(err, CQRS_EINVAL, "field %s: unknown kind %d", name, (int)f->kind);
     }
     const char *bad = NULL;
-    if (f->flags & ~(CQRS_F_REQUIRED | CQRS_F_RANGE | CQRS_F_OPTIONAL | CQRS_F_BOUNDS)) bad = "unknown flags";
+    if (f->flags & ~(CQRS_F_REQUIRED | CQRS_F_RANGE | CQRS_F_OPTIONAL | CQRS_F_BOUNDS | CQRS_F_PERSONAL | CQRS_F_SUBJECT))
+      bad = "unknown flags";
+    if ((f->flags & CQRS_F_SUBJECT) && (f->kind != CQRS_FIELD_STRING || (f->flags & CQRS_F_PERSONAL)))
+      bad = "CQRS_F_SUBJECT on a field that is not a plain string (the subject's id is never personal)";
+    if ((f->flags & (CQRS_F_PERSONAL | CQRS_F_SUBJECT)) && item) bad = "personal data or a subject inside an array item "
+                                                                        "(flag the whole array)";
     if (want && f->size != want) bad = "a member whose size does not fit its kind";
     if (f->kind == CQRS_FIELD_STRING && f->size < 2) bad = "a string member with no room for a character";
     if (f->kind == CQRS_FIELD_DOC && !f->fields) bad = "no nested table";
@@ -474,9 +488,38 @@ static cqrs_code_t check(const cqrs_field_t *fields, const char *prefix, int dep
   return CQRS_OK;
 }
 
+/* Counts the personal fields and the subjects of a checked table, and
+ * those whose dotted key is too long to seal (`prefix`: the key so far). */
+static void count_personal(const cqrs_field_t *fields, size_t prefix, int depth, unsigned *personal,
+                           unsigned *subjects, unsigned *too_long) {
+  for (const cqrs_field_t *f = fields; depth <= CHECK_DEPTH && f->kind != CQRS_FIELD_END; f++) {
+    size_t key = prefix + (prefix ? 1 : 0) + strlen(f->key);
+    if (f->flags & CQRS_F_PERSONAL) (*personal)++;
+    if ((f->flags & CQRS_F_PERSONAL) && key >= CQRS__PERSONAL_KEY_MAX) (*too_long)++;
+    if ((f->flags & CQRS_F_SUBJECT) || f->kind == CQRS_FIELD_SUBJECT) (*subjects)++;
+    if (f->kind == CQRS_FIELD_DOC && !(f->flags & CQRS_F_PERSONAL))
+      count_personal(f->fields, key, depth + 1, personal, subjects, too_long);
+  }
+}
+
 cqrs_code_t cqrs_fields_check(const cqrs_field_t *fields, cqrs_error_t *err) {
   if (!fields) return cqrs_error_set(err, CQRS_EINVAL, "field table is NULL");
-  return check(fields, "", 0, err);
+  cqrs_code_t rc = check(fields, "", 0, err);
+  if (rc) return rc;
+  unsigned personal = 0, subjects = 0, too_long = 0;
+  count_personal(fields, 0, 0, &personal, &subjects, &too_long);
+  if (too_long)
+    return cqrs_error_set(err, CQRS_EINVAL, "field table has a personal field whose dotted key is %d bytes or more",
+                          CQRS__PERSONAL_KEY_MAX);
+  if (subjects > 1)
+    return cqrs_error_set(err, CQRS_EINVAL, "field table names %u subjects: personal data has exactly one", subjects);
+  if (personal && !subjects)
+    return cqrs_error_set(err, CQRS_EINVAL, "field table has %u personal field%s and no subject (a CQRS_F_SUBJECT "
+                          "string, CQRS_SUBJECT_OWNER or CQRS_SUBJECT_FN)", personal, personal > 1 ? "s" : "");
+  if (personal > CQRS__PERSONAL_MAX)
+    return cqrs_error_set(err, CQRS_EINVAL, "field table has %u personal fields, at most %d", personal,
+                          CQRS__PERSONAL_MAX);
+  return CQRS_OK;
 }
 
 #define UTF8_DEPTH 100

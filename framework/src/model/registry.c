@@ -68,7 +68,13 @@ cqrs_code_t cqrs_registry_new(cqrs_registry_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   if (!(*out = cqrs__calloc(1, sizeof(cqrs_registry_t))))
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a registry");
-  return CQRS_OK;
+  /* The framework's own event (cqrs/personal.h): every store reads it back. */
+  cqrs_code_t rc = cqrs_registry_add_event(*out, &cqrs_forgotten_event_type, err);
+  if (rc) {
+    cqrs_registry_destroy(*out);
+    *out = NULL;
+  }
+  return rc;
 }
 
 static void free_entries(entry_t **head) {

@@ -147,7 +147,7 @@ cqrs_code_t cqrs__process_decide(const pm_type_t *pm, cqrs_aggregate_t *agg, con
     rec.status = input->status;
     p.outcome_of = input->step;
     memcpy(rec.reason, input->reason, sizeof rec.reason);
-    p.now = cqrs_now_ms();
+    p.now = input->now;
   } else {
     const pm_deadline_t *dl = cqrs__process_deadline_find(in->deadlines, input->deadline);
     if (!dl || dl->at != input->at) return CQRS_OK;

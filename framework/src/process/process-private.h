@@ -122,6 +122,7 @@ typedef struct pm_input {
   char reason[CQRS_NAME_MAX];
   char deadline[CQRS_NAME_MAX]; /* IN_DEADLINE */
   int64_t at;
+  int64_t now; /* IN_STEP: when the outcome came (cqrs_process_now) */
 } pm_input_t;
 
 /* state.c */
@@ -199,7 +200,7 @@ struct cqrs__process {
   sub_t *sub;
   open_t *open;
   size_t inflight; /* commands this runtime sent and has not heard back from */
-  uv_timer_t timer;
+  cqrs__timer_t timer;
   bool closing;
 };
 
@@ -231,8 +232,8 @@ struct pm_request {
  * accepted; a duplicate that was a refusal is that refusal. May change
  * *rc, `res` and `err`. The interceptor of every step command
  * (cqrs_command.settle), on the thread that ran the handler. */
-void cqrs__step_settle(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code_t *rc, cqrs_result_t *res,
-                       cqrs_error_t *err);
+void cqrs__step_settle(cqrs_store_t *store, const cqrs_clock_t *clock, const cqrs_command_t *cmd, cqrs_code_t *rc,
+                       cqrs_result_t *res, cqrs_error_t *err);
 bool cqrs__code_transient(const cqrs_error_t *err); /* retried later, not an outcome */
 
 /* open.c */

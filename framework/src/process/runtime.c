@@ -35,6 +35,9 @@ static cqrs_code_t handle_input(cqrs_context_t *ctx, const cqrs_command_t *cmd, 
 }
 
 static void arm_timer(cqrs__process_t *rt);
+/* Deadlines are wall times (UTC ms, recorded); retries and resumptions
+ * share their timer, so they count on the same clock: the dispatcher's. */
+static int64_t now_ms(const cqrs__process_t *rt) { return cqrs__clock_wall(rt->d->clock); }
 static void send_steps(cqrs__process_t *rt, open_t *o);
 static void on_input_done(const cqrs_result_t *r, void *data);
 
@@ -114,7 +117,7 @@ static void on_input_done(const cqrs_result_t *r, void *data) {
      * stays and is reloaded, and does what its stream says. Until then a
      * recorded event of an instance not known here holds the checkpoint,
      * or a crash before the reload would forget the instance for good. */
-    o->resume_at = cqrs_now_ms() + (cqrs_result_ok(r) ? 0 : RETRY_BASE_MS * 10);
+    o->resume_at = now_ms(rt) + (cqrs_result_ok(r) ? 0 : RETRY_BASE_MS * 10);
     if (req->from_sub && !o->started && cqrs_result_ok(r) && (!o->held_at || req->input.event->position < o->held_at))
       o->held_at = req->input.event->position;
     memset(o->deadline_due, 0, sizeof o->deadline_due);
@@ -168,7 +171,7 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
   st->inflight = false;
   if (!rt->closing && st->sent && st->occurrence == sc->occurrence) {
     if (cqrs__code_transient(&r->error)) {
-      st->retry_at = cqrs_now_ms() + backoff(++st->attempts);
+      st->retry_at = now_ms(rt) + backoff(++st->attempts);
     } else {
       char what[WHAT_MAX];
       snprintf(what, sizeof what, "in:s:%s:%d", rt->pm->def->steps[sc->step].name, (int)sc->occurrence);
@@ -176,6 +179,7 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
       if (req) {
         req->input.step = sc->step;
         req->input.occurrence = sc->occurrence;
+        req->input.now = now_ms(rt);
         req->input.status = cqrs_result_ok(r)         ? CQRS_STEP_ACCEPTED
                             : cqrs_result_rejected(r) ? CQRS_STEP_REJECTED
                                                       : CQRS_STEP_FAILED;
@@ -183,9 +187,9 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
         /* Not sent again while its outcome is on its way; if recording
          * fails, the instance is reloaded and the step sent again. */
         st->retry_at = INT64_MAX;
-        if (send_input(rt, req, NULL)) o->resume_at = cqrs_now_ms() + RETRY_BASE_MS * 10;
+        if (send_input(rt, req, NULL)) o->resume_at = now_ms(rt) + RETRY_BASE_MS * 10;
       } else {
-        o->resume_at = cqrs_now_ms() + RETRY_BASE_MS * 10;
+        o->resume_at = now_ms(rt) + RETRY_BASE_MS * 10;
       }
     }
   }
@@ -202,7 +206,7 @@ static void send_step(cqrs__process_t *rt, open_t *o, int i) {
   step_call_t *sc = cqrs__calloc(1, sizeof *sc);
   if (!sc || cqrs_command_new(type, st->sent->payload, &cmd, NULL)) {
     cqrs__free(sc);
-    st->retry_at = cqrs_now_ms() + backoff(++st->attempts);
+    st->retry_at = now_ms(rt) + backoff(++st->attempts);
     return;
   }
   sc->rt = rt;
@@ -214,7 +218,7 @@ static void send_step(cqrs__process_t *rt, open_t *o, int i) {
   if (o->correlation[0]) memcpy(cmd->correlation_id, o->correlation, sizeof cmd->correlation_id);
   if (rt->d->command.send(rt->d->command.self, cmd, on_step_done, sc)) {
     cqrs__free(sc);
-    st->retry_at = cqrs_now_ms() + backoff(++st->attempts);
+    st->retry_at = now_ms(rt) + backoff(++st->attempts);
     return;
   }
   st->inflight = true;
@@ -230,7 +234,7 @@ static bool owned(const cqrs__process_t *rt) { return !rt->sub->lease.on || cqrs
 /* Sends what the instance awaits and is not out already. */
 static void send_steps(cqrs__process_t *rt, open_t *o) {
   if (rt->closing || !owned(rt) || o->busy || o->queue || o->resume_at) return;
-  int64_t now = cqrs_now_ms();
+  int64_t now = now_ms(rt);
   for (size_t i = 0; i < rt->pm->nsteps; i++) {
     open_step_t *st = &o->steps[i];
     if (st->sent && !st->inflight && st->retry_at <= now) send_step(rt, o, (int)i);
@@ -245,7 +249,7 @@ static void resume(cqrs__process_t *rt, open_t *o) {
     if (!o->steps[i].inflight) o->steps[i].retry_at = 0;
   }
   pm_request_t *req = cqrs__process_request_new(rt, o->id, IN_RESUME, NULL);
-  if (!req || send_input(rt, req, NULL)) o->resume_at = cqrs_now_ms() + RETRY_BASE_MS * 10;
+  if (!req || send_input(rt, req, NULL)) o->resume_at = now_ms(rt) + RETRY_BASE_MS * 10;
 }
 
 static void fire_deadline(cqrs__process_t *rt, open_t *o, size_t i) {
@@ -262,7 +266,7 @@ static void fire_deadline(cqrs__process_t *rt, open_t *o, size_t i) {
 static void timer_cb(uv_timer_t *t) {
   cqrs__process_t *rt = t->data;
   if (rt->closing || !owned(rt)) return;
-  int64_t now = cqrs_now_ms();
+  int64_t now = now_ms(rt);
   open_t *o, *tmp;
   HASH_ITER(hh, rt->open, o, tmp) {
     if (o->resume_at && o->resume_at <= now && !o->busy) {
@@ -282,7 +286,7 @@ static void timer_cb(uv_timer_t *t) {
 static void arm_timer(cqrs__process_t *rt) {
   if (rt->closing) return;
   if (!owned(rt)) {
-    uv_timer_stop(&rt->timer);
+    cqrs__timer_stop(&rt->timer);
     return;
   }
   int64_t next = INT64_MAX, urgent = INT64_MAX;
@@ -299,16 +303,16 @@ static void arm_timer(cqrs__process_t *rt) {
   }
   if (urgent < next) next = urgent;
   if (next == INT64_MAX) {
-    uv_timer_stop(&rt->timer);
+    cqrs__timer_stop(&rt->timer);
     return;
   }
   if (urgent != INT64_MAX) {
-    uv_ref((uv_handle_t *)&rt->timer);
+    uv_ref((uv_handle_t *)&rt->timer.handle);
   } else {
-    uv_unref((uv_handle_t *)&rt->timer);
+    uv_unref((uv_handle_t *)&rt->timer.handle);
   }
-  int64_t now = cqrs_now_ms();
-  uv_timer_start(&rt->timer, timer_cb, next > now ? (uint64_t)(next - now) : 0, 0);
+  int64_t now = now_ms(rt);
+  cqrs__timer_start(&rt->timer, timer_cb, next > now ? (uint64_t)(next - now) : 0, 0);
 }
 
 /* ---- the subscriber ---- */
@@ -348,7 +352,7 @@ static cqrs_code_t on_event(const cqrs_event_t *e, void *data, cqrs_error_t *err
 static void lease_changed(void *data, bool held) {
   cqrs__process_t *rt = data;
   if (held) return; /* the catch-up resumes the instances */
-  uv_timer_stop(&rt->timer);
+  cqrs__timer_stop(&rt->timer);
   open_t *o, *tmp;
   HASH_ITER(hh, rt->open, o, tmp) cqrs__process_open_maybe_drop(rt, o, true);
 }
@@ -375,7 +379,7 @@ static bool process_idle(const cqrs__component_t *c) { return ((const cqrs__proc
 static void process_closing(cqrs__component_t *c) {
   cqrs__process_t *rt = (cqrs__process_t *)c;
   rt->closing = true;
-  uv_timer_stop(&rt->timer);
+  cqrs__timer_stop(&rt->timer);
   open_t *o, *tmp;
   HASH_ITER(hh, rt->open, o, tmp) {
     while (o->queue) {
@@ -389,7 +393,7 @@ static void process_closing(cqrs__component_t *c) {
 
 static void process_close_handles(cqrs__component_t *c) {
   cqrs__process_t *rt = (cqrs__process_t *)c;
-  cqrs__runtime_close_handle(rt->d, (uv_handle_t *)&rt->timer);
+  cqrs__timer_close(rt->d, &rt->timer);
 }
 
 static void process_free(cqrs__component_t *c) {
@@ -446,9 +450,8 @@ cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *
   }
   rt->sub->lease.changed = lease_changed;
   rt->sub->lease.changed_data = rt;
-  uv_timer_init(d->loop, &rt->timer);
-  rt->timer.data = rt;
-  uv_unref((uv_handle_t *)&rt->timer);
+  cqrs__timer_init(d, &rt->timer, NULL, rt);
+  uv_unref((uv_handle_t *)&rt->timer.handle);
   cqrs__runtime_handle_opened(d);
   cqrs__runtime_add(d, &rt->comp, &process_ops);
   rt->next = d->procs;

@@ -49,8 +49,8 @@ static void refusal_to_error(const refusal_t *f, cqrs_code_t *rc, cqrs_error_t *
   }
 }
 
-void cqrs__step_settle(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code_t *rc, cqrs_result_t *res,
-                       cqrs_error_t *err) {
+void cqrs__step_settle(cqrs_store_t *store, const cqrs_clock_t *clock, const cqrs_command_t *cmd, cqrs_code_t *rc,
+                       cqrs_result_t *res, cqrs_error_t *err) {
   refusal_t f;
   cqrs_error_t e;
   if (*rc == CQRS_OK && !res->duplicate) return; /* the first answer under this id: accepted */
@@ -73,7 +73,7 @@ void cqrs__step_settle(cqrs_store_t *store, const cqrs_command_t *cmd, cqrs_code
   cqrs_event_t *ev = NULL;
   cqrs_code_t w = cqrs_envelope_new(refusal_stream.name, cmd->id, cmd->id, cmd->correlation_id, &env, &e);
   if (!w) {
-    w = cqrs_event_new(&refused_type, env, NULL, 1, cqrs_now_ms(), &f, &ev, &e);
+    w = cqrs_event_new(&refused_type, env, NULL, 1, cqrs_clock_now_ms(clock), &f, &ev, &e);
     cqrs_envelope_unref(env);
   }
   cqrs_append_result_t ar = {0};

@@ -9,6 +9,7 @@ struct cqrs_process_test {
   cqrs_aggregate_t *agg;
   void *data;
   int64_t position;
+  cqrs_clock_t *clock; /* NULL: the real one */
   size_t recorded;
   const cqrs_event_t *recorded_events[4 + CQRS_PROCESS_STEPS_MAX + CQRS_PROCESS_DEADLINES_MAX];
 };
@@ -51,6 +52,12 @@ void cqrs_process_test_destroy(cqrs_process_test_t *t) {
   cqrs__free(t);
 }
 
+void cqrs_process_test_set_clock(cqrs_process_test_t *t, cqrs_clock_t *clock) {
+  if (!t) return;
+  t->clock = clock;
+  cqrs__aggregate_set_cause(t->agg, NULL, NULL, clock);
+}
+
 static cqrs_code_t test_input(cqrs_process_test_t *t, const pm_input_t *in, cqrs_error_t *err) {
   test_forget(t);
   cqrs_code_t rc = cqrs__process_decide(t->pm, t->agg, in, t->data, err);
@@ -79,7 +86,7 @@ cqrs_code_t cqrs_process_test_event(cqrs_process_test_t *t, const cqrs_event_typ
   cqrs_code_t rc = cqrs_envelope_new("test", aggregate_id, "test", "test", &env, err);
   if (rc) return rc;
   cqrs_event_t *e;
-  rc = cqrs_event_new(type, env, NULL, 1, cqrs_now_ms(), payload, &e, err);
+  rc = cqrs_event_new(type, env, NULL, 1, cqrs_clock_now_ms(t->clock), payload, &e, err);
   cqrs_envelope_unref(env);
   if (rc) return rc;
   e->position = ++t->position;
@@ -95,7 +102,8 @@ cqrs_code_t cqrs_process_test_step(cqrs_process_test_t *t, const char *step, cqr
   int i = cqrs__process_step_index(t->pm, step);
   if (i < 0) return cqrs_error_set(err, CQRS_EINVAL, "no step %.64s", step);
   const pm_instance_t *st = cqrs_aggregate_state_const(t->agg);
-  pm_input_t in = {.kind = IN_STEP, .step = i, .occurrence = st->steps[i].count, .status = (int32_t)status};
+  pm_input_t in = {.kind = IN_STEP, .step = i, .occurrence = st->steps[i].count, .status = (int32_t)status,
+                   .now = cqrs_clock_now_ms(t->clock)};
   snprintf(in.reason, sizeof in.reason, "%s", reason ? reason : "");
   return test_input(t, &in, err);
 }

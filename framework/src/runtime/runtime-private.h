@@ -78,6 +78,7 @@ typedef struct cqrs__seen_port {
 
 struct cqrs_dispatcher {
   uv_loop_t *loop;
+  cqrs_clock_t *clock; /* never NULL: the options' or the real one */
   uv_thread_t loop_thread;
   const cqrs_registry_t *reg;
   cqrs_store_t *store;
@@ -104,8 +105,9 @@ struct cqrs_dispatcher {
   struct cqrs__process *procs; /* a list: the process types running here */
 };
 
-/* Sets up a runtime on `loop` (called on the loop's thread). */
-cqrs_code_t cqrs__runtime_init(cqrs__runtime_t *rt, uv_loop_t *loop, const cqrs_registry_t *reg,
+/* Sets up a runtime on `loop` (called on the loop's thread); `clock` NULL:
+ * the real one. */
+cqrs_code_t cqrs__runtime_init(cqrs__runtime_t *rt, uv_loop_t *loop, cqrs_clock_t *clock, const cqrs_registry_t *reg,
                                cqrs_store_t *store, cqrs_error_t *err);
 /* Undoes cqrs__runtime_init for a runtime that never ran (a constructor's
  * failure): no component, no handle. */
@@ -125,6 +127,43 @@ bool cqrs__runtime_on_loop(const cqrs__runtime_t *rt);
  * which finishes the close once the last one is. */
 void cqrs__runtime_handle_opened(cqrs__runtime_t *rt);
 void cqrs__runtime_close_handle(cqrs__runtime_t *rt, uv_handle_t *h);
+
+/* A timer of the framework (a back-off, a retry, a poll, a lease's tick, a
+ * deadline, a time-out): a libuv timer that follows a clock. On the real
+ * clock it is the libuv timer and nothing more. On a manual clock a start
+ * sets an alarm on the clock instead, and the libuv timer starts (with 0
+ * ms, so it fires at the loop's next turn) once cqrs_clock_advance passes
+ * the due time; a repeating one sets its alarm again when it fires. While
+ * it waits for the clock its handle is not active, so it does not keep
+ * uv_run going: a test advances the clock and runs the loop again. Once
+ * due it keeps the loop running until it has fired, even if its handle is
+ * unreferenced (a poll, a lease's tick): an advance followed by uv_run
+ * fires whatever came due. (An owner that restarts an unreferenced timer
+ * sets its reference before the start, as the process runtime does.)
+ * `handle` is first, and its `data` is the owner's: callbacks get
+ * &timer->handle, as from a plain libuv timer. Loop thread. */
+typedef struct cqrs__timer {
+  uv_timer_t handle;
+  cqrs_clock_t *clock; /* never NULL */
+  cqrs__alarm_t alarm;
+  uv_timer_cb cb;
+  uint64_t repeat;
+  bool held; /* referenced by its alarm's ring until it fires */
+} cqrs__timer_t;
+/* uv_timer_init on the runtime's loop, following `clock` (NULL: the
+ * runtime's), with `data` in its handle. The caller counts the handle
+ * (cqrs__runtime_handle_opened) as for any other. */
+void cqrs__timer_init(cqrs__runtime_t *rt, cqrs__timer_t *t, cqrs_clock_t *clock, void *data);
+/* uv_timer_start and uv_timer_stop, on the timer's clock. */
+void cqrs__timer_start(cqrs__timer_t *t, uv_timer_cb cb, uint64_t ms, uint64_t repeat);
+void cqrs__timer_stop(cqrs__timer_t *t);
+/* Stops it and closes its handle through the runtime. */
+void cqrs__timer_close(cqrs__runtime_t *rt, cqrs__timer_t *t);
+/* The loop's monotonic time in ms on the runtime's clock: uv_now (cached
+ * at the loop's turn, as libuv's timers count) on the real clock. */
+static inline uint64_t cqrs__runtime_now(const cqrs__runtime_t *rt) {
+  return rt->clock->manual ? cqrs__clock_mono(rt->clock) : uv_now(rt->loop);
+}
 
 /* Starts closing (loop thread): `closing` set under the lock, components
  * told (the last added first), then cqrs__runtime_maybe_closed. `cb` runs

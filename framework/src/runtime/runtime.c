@@ -1,9 +1,10 @@
 /* The runtime core: components, closing, handles, pool jobs. */
 #include "runtime/runtime-private.h"
 
-cqrs_code_t cqrs__runtime_init(cqrs__runtime_t *rt, uv_loop_t *loop, const cqrs_registry_t *reg,
+cqrs_code_t cqrs__runtime_init(cqrs__runtime_t *rt, uv_loop_t *loop, cqrs_clock_t *clock, const cqrs_registry_t *reg,
                                cqrs_store_t *store, cqrs_error_t *err) {
   rt->loop = loop;
+  rt->clock = clock ? clock : cqrs_clock_real();
   rt->loop_thread = uv_thread_self();
   rt->reg = reg;
   rt->store = store;

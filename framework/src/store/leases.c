@@ -74,12 +74,13 @@ cqrs_code_t cqrs_leases_release(cqrs_leases_t *l, const char *name, const char *
 typedef struct mem_lease {
   UT_hash_handle hh;
   int64_t token;   /* the latest handed out */
-  int64_t expires; /* cqrs_now_ms; 0: free */
+  int64_t expires; /* wall ms of the store's clock; 0: free */
   char owner[CQRS_NAME_MAX];
   char name[CQRS_NAME_MAX];
 } mem_lease_t;
 
 typedef struct mem_leases {
+  const cqrs_clock_t *clock; /* NULL: the real one */
   uv_mutex_t lock;
   mem_lease_t *all;
 } mem_leases_t;
@@ -88,7 +89,7 @@ static cqrs_code_t mem_acquire(void *impl, const char *name, const char *owner, 
                                cqrs_error_t *err) {
   mem_leases_t *m = impl;
   cqrs_code_t rc = CQRS_OK;
-  int64_t now = cqrs_now_ms();
+  int64_t now = cqrs__clock_wall(m->clock);
   uv_mutex_lock(&m->lock);
   mem_lease_t *e;
   HASH_FIND_STR(m->all, name, e);
@@ -116,7 +117,7 @@ static cqrs_code_t mem_acquire(void *impl, const char *name, const char *owner, 
 static mem_lease_t *mem_held(mem_leases_t *m, const char *name, const char *owner, int64_t token) {
   mem_lease_t *e;
   HASH_FIND_STR(m->all, name, e);
-  return e && e->token == token && e->expires > cqrs_now_ms() && !strcmp(e->owner, owner) ? e : NULL;
+  return e && e->token == token && e->expires > cqrs__clock_wall(m->clock) && !strcmp(e->owner, owner) ? e : NULL;
 }
 
 static cqrs_code_t mem_renew(void *impl, const char *name, const char *owner, int64_t token, uint64_t ttl_ms,
@@ -124,7 +125,7 @@ static cqrs_code_t mem_renew(void *impl, const char *name, const char *owner, in
   mem_leases_t *m = impl;
   uv_mutex_lock(&m->lock);
   mem_lease_t *e = mem_held(m, name, owner, token);
-  if (e) e->expires = cqrs_now_ms() + (int64_t)ttl_ms;
+  if (e) e->expires = cqrs__clock_wall(m->clock) + (int64_t)ttl_ms;
   uv_mutex_unlock(&m->lock);
   return e ? CQRS_OK : cqrs_error_set(err, CQRS_ECONFLICT, "lease %s is no longer %s's (token %lld)", name, owner,
                                       (long long)token);
@@ -155,6 +156,10 @@ static const cqrs_lease_ops_t mem_ops = {.blocking = false, .acquire = mem_acqui
                                          .release = mem_release, .destroy = mem_destroy};
 
 cqrs_code_t cqrs_memory_leases_new(cqrs_leases_t **out, cqrs_error_t *err) {
+  return cqrs_memory_leases_new_with_clock(NULL, out, err);
+}
+
+cqrs_code_t cqrs_memory_leases_new_with_clock(cqrs_clock_t *clock, cqrs_leases_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   mem_leases_t *m = cqrs__calloc(1, sizeof *m);
@@ -163,5 +168,6 @@ cqrs_code_t cqrs_memory_leases_new(cqrs_leases_t **out, cqrs_error_t *err) {
     cqrs__free(m);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the leases' lock");
   }
+  m->clock = clock;
   return cqrs_leases_new(&mem_ops, m, out, err);
 }

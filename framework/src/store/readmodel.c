@@ -1,11 +1,13 @@
 /* The read-model interface: argument checks around a backend's ops, and
  * the in-memory read model's fast path for cqrs_readmodel_set_int64. The
  * in-memory read model itself is in memory_readmodel.c. */
+#include "store/keys-private.h"
 #include "store/memory-readmodel-private.h"
 
 struct cqrs_readmodel {
   const cqrs_readmodel_ops_t *ops;
   void *impl;
+  cqrs__rm_type_t *types; /* collections with personal fields (sealed_rm.c) */
 };
 
 cqrs_code_t cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl, cqrs_readmodel_t **out,
@@ -34,6 +36,7 @@ cqrs_code_t cqrs_readmodel_new(const cqrs_readmodel_ops_t *ops, void *impl, cqrs
 void cqrs_readmodel_destroy(cqrs_readmodel_t *rm) {
   if (!rm) return;
   if (rm->ops->destroy) rm->ops->destroy(rm->impl);
+  cqrs__rm_types_free(rm->types);
   cqrs__free(rm);
 }
 
@@ -48,6 +51,51 @@ static cqrs_code_t check(const void *rm, const char *coll, const char *id, bool 
   return rc;
 }
 
+cqrs_code_t cqrs_readmodel_add_type(cqrs_readmodel_t *rm, const cqrs_doc_type_t *type, cqrs_keys_t *keys,
+                                    cqrs_error_t *err) {
+  if (!rm) return cqrs_error_set(err, CQRS_EINVAL, "read model is NULL");
+  return cqrs__rm_type_add(&rm->types, type, keys, err);
+}
+
+cqrs_code_t cqrs_readmodel_seal_doc(const cqrs_readmodel_t *rm, const char *coll, const char *id, const bson_t *in,
+                                    bson_t *out, cqrs_error_t *err) {
+  if (!rm || !coll || !in || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL read model, collection or document");
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  bool any = false;
+  cqrs_code_t rc = t ? cqrs__rm_seal(t, in, id, NULL, NULL, NULL, out, &any, err) : CQRS_OK;
+  if (!rc && !any) bson_concat(out, in);
+  return rc;
+}
+
+cqrs_code_t cqrs_readmodel_open_doc(const cqrs_readmodel_t *rm, const char *coll, const bson_t *in, bson_t *out,
+                                    cqrs_error_t *err) {
+  if (!rm || !coll || !in || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL read model, collection or document");
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  bool any = false;
+  cqrs_code_t rc = t ? cqrs__rm_open(t, in, out, &any, err) : CQRS_OK;
+  if (!rc && !any) bson_concat(out, in);
+  return rc;
+}
+
+/* What a patch of one document needs to seal: the stored document's subject. */
+typedef struct stored {
+  const cqrs_readmodel_t *rm;
+  const cqrs__rm_type_t *t;
+  const char *coll, *id;
+} stored_t;
+
+static cqrs_code_t stored_subject(void *data, char subject[CQRS_ID_MAX], bool *found, cqrs_error_t *err) {
+  stored_t *s = data;
+  bson_t doc;
+  cqrs_code_t rc = s->rm->ops->get(s->rm->impl, s->coll, s->id, &doc, found, err);
+  if (rc || !*found) return rc;
+  const char *subj = cqrs__rm_subject(s->t, &doc, s->id);
+  *found = subj && strnlen(subj, CQRS_ID_MAX) < CQRS_ID_MAX;
+  if (*found) memcpy(subject, subj, strlen(subj) + 1);
+  bson_destroy(&doc);
+  return CQRS_OK;
+}
+
 cqrs_code_t cqrs_readmodel_put(cqrs_readmodel_t *rm, const char *coll, const char *id, const bson_t *doc,
                                int64_t position, bool *applied, cqrs_error_t *err) {
   bool dummy;
@@ -56,7 +104,28 @@ cqrs_code_t cqrs_readmodel_put(cqrs_readmodel_t *rm, const char *coll, const cha
   cqrs_code_t rc = check(rm, coll, id, true, position, err);
   if (rc) return rc;
   if (!doc) return cqrs_error_set(err, CQRS_EINVAL, "document is NULL");
-  return rm->ops->put(rm->impl, coll, id, doc, position, applied, err);
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  if (!t) return rm->ops->put(rm->impl, coll, id, doc, position, applied, err);
+  bson_t sealed = BSON_INITIALIZER;
+  bool any;
+  if (!(rc = cqrs__rm_seal(t, doc, id, NULL, NULL, NULL, &sealed, &any, err)))
+    rc = rm->ops->put(rm->impl, coll, id, any ? &sealed : doc, position, applied, err);
+  bson_destroy(&sealed);
+  return rc;
+}
+
+/* A patch of one document, its personal keys sealed. */
+static cqrs_code_t patch_sealed(cqrs_readmodel_t *rm, const char *coll, const char *id, const bson_t *set,
+                                int64_t position, bool *applied, cqrs_error_t *err) {
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  if (!t) return rm->ops->patch(rm->impl, coll, id, set, position, applied, err);
+  stored_t st = {rm, t, coll, id};
+  bson_t sealed = BSON_INITIALIZER;
+  bool any;
+  cqrs_code_t rc = cqrs__rm_seal(t, set, id, NULL, stored_subject, &st, &sealed, &any, err);
+  if (!rc) rc = rm->ops->patch(rm->impl, coll, id, any ? &sealed : set, position, applied, err);
+  bson_destroy(&sealed);
+  return rc;
 }
 
 cqrs_code_t cqrs_readmodel_patch(cqrs_readmodel_t *rm, const char *coll, const char *id, const bson_t *set,
@@ -67,7 +136,7 @@ cqrs_code_t cqrs_readmodel_patch(cqrs_readmodel_t *rm, const char *coll, const c
   cqrs_code_t rc = check(rm, coll, id, true, position, err);
   if (rc) return rc;
   if (!set) return cqrs_error_set(err, CQRS_EINVAL, "patch is NULL");
-  return rm->ops->patch(rm->impl, coll, id, set, position, applied, err);
+  return patch_sealed(rm, coll, id, set, position, applied, err);
 }
 
 /* cqrs_readmodel_set_int64 as a patch of one key, for other read models.
@@ -83,7 +152,7 @@ __attribute__((noinline)) static cqrs_code_t set_int64_by_patch(cqrs_readmodel_t
   if (!key || !*key) return cqrs_error_set(err, CQRS_EINVAL, "key is NULL or empty");
   bson_t set = BSON_INITIALIZER;
   if (!BSON_APPEND_INT64(&set, key, value)) rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "key too long");
-  if (!rc) rc = rm->ops->patch(rm->impl, coll, id, &set, position, applied, err);
+  if (!rc) rc = patch_sealed(rm, coll, id, &set, position, applied, err);
   bson_destroy(&set);
   return rc;
 }
@@ -92,7 +161,7 @@ cqrs_code_t cqrs_readmodel_set_int64(cqrs_readmodel_t *rm, const char *coll, con
                                      int64_t value, int64_t position, bool *applied, cqrs_error_t *err) {
   /* A projection's common write: a tail call into the in-memory read model,
    * which checks the collection name and id itself, and only on a miss. */
-  if (rm && rm->ops == &cqrs__memrm_ops && coll && id && key && *key && position >= 1)
+  if (rm && rm->ops == &cqrs__memrm_ops && !rm->types && coll && id && key && *key && position >= 1)
     return cqrs__memrm_set_int64(rm->impl, coll, id, key, value, position, applied, err);
   return set_int64_by_patch(rm, coll, id, key, value, position, applied, err);
 }
@@ -105,7 +174,14 @@ cqrs_code_t cqrs_readmodel_patch_where(cqrs_readmodel_t *rm, const char *coll, c
   cqrs_code_t rc = check(rm, coll, NULL, false, position, err);
   if (rc) return rc;
   if (!filter || !set) return cqrs_error_set(err, CQRS_EINVAL, "filter or patch is NULL");
-  return rm->ops->patch_where(rm->impl, coll, filter, set, position, count, err);
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  if (!t) return rm->ops->patch_where(rm->impl, coll, filter, set, position, count, err);
+  bson_t sealed = BSON_INITIALIZER;
+  bool any;
+  if (!(rc = cqrs__rm_seal(t, set, NULL, filter, NULL, NULL, &sealed, &any, err)))
+    rc = rm->ops->patch_where(rm->impl, coll, filter, any ? &sealed : set, position, count, err);
+  bson_destroy(&sealed);
+  return rc;
 }
 
 cqrs_code_t cqrs_readmodel_get(const cqrs_readmodel_t *rm, const char *coll, const char *id, bson_t *out,
@@ -113,14 +189,49 @@ cqrs_code_t cqrs_readmodel_get(const cqrs_readmodel_t *rm, const char *coll, con
   if (!out || !found) return cqrs_error_set(err, CQRS_EINVAL, "NULL output");
   *found = false;
   cqrs_code_t rc = check(rm, coll, id, true, 1, err);
-  return rc ? rc : rm->ops->get(rm->impl, coll, id, out, found, err);
+  if (rc || (rc = rm->ops->get(rm->impl, coll, id, out, found, err)) || !*found) return rc;
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  if (!t) return CQRS_OK;
+  bson_t opened = BSON_INITIALIZER;
+  bool any;
+  rc = cqrs__rm_open(t, out, &opened, &any, err);
+  if (rc || any) {
+    bson_destroy(out);
+    *found = !rc;
+    if (!rc) bson_copy_to(&opened, out);
+  }
+  bson_destroy(&opened);
+  return rc;
+}
+
+/* Hands each document found to the caller's visitor, opened. */
+typedef struct opening {
+  const cqrs__rm_type_t *t;
+  cqrs_doc_visit_cb cb;
+  void *data;
+  cqrs_code_t rc;
+  cqrs_error_t *err;
+} opening_t;
+
+static bool open_visit(const bson_t *doc, void *data) {
+  opening_t *o = data;
+  bson_t opened = BSON_INITIALIZER;
+  bool any, more = false;
+  if (!(o->rc = cqrs__rm_open(o->t, doc, &opened, &any, o->err))) more = o->cb(any ? &opened : doc, o->data);
+  bson_destroy(&opened);
+  return more;
 }
 
 cqrs_code_t cqrs_readmodel_find(const cqrs_readmodel_t *rm, const char *coll, const cqrs_find_t *q,
                                 cqrs_doc_visit_cb cb, void *data, cqrs_error_t *err) {
   if (!q || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL query or callback");
   cqrs_code_t rc = check(rm, coll, NULL, false, 1, err);
-  return rc ? rc : rm->ops->find(rm->impl, coll, q, cb, data, err);
+  if (rc) return rc;
+  const cqrs__rm_type_t *t = cqrs__rm_type_of(rm->types, coll);
+  if (!t) return rm->ops->find(rm->impl, coll, q, cb, data, err);
+  opening_t o = {t, cb, data, CQRS_OK, err};
+  rc = rm->ops->find(rm->impl, coll, q, open_visit, &o, err);
+  return rc ? rc : o.rc;
 }
 
 cqrs_code_t cqrs_memory_readmodel_new(cqrs_readmodel_t **out, cqrs_error_t *err) {

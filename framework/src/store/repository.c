@@ -1,4 +1,5 @@
 #include "store/cache-private.h"
+#include "store/keys-private.h"
 
 typedef struct replay {
   cqrs_aggregate_t *agg;
@@ -27,7 +28,7 @@ static cqrs_code_t load_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg, cqr
                         (long long)snap.version);
   } else if (snap.schema_version == type->snapshot_version && snap.version > 0) {
     void *state = cqrs__calloc(1, type->state_size ? type->state_size : 1);
-    if (state && cqrs_fields_decode(type->snapshot_fields, &snap.state, state, NULL) == CQRS_OK) {
+    if (state && cqrs__sealed_snapshot_decode(store, type, agg->id, &snap.state, state, NULL) == CQRS_OK) {
       if (type->state_cleanup) type->state_cleanup(agg->state);
       memcpy(agg->state, state, type->state_size);
       agg->version = snap.version;
@@ -96,16 +97,25 @@ static cqrs_code_t stamp_cause(cqrs_aggregate_t *agg, const cqrs_cause_t *cause,
   return CQRS_OK;
 }
 
-/* Inlined in both saves: the single one is every command's. */
+/* Inlined in both saves: the single one is every command's. `forced`: a
+ * subject was just forgotten, and the snapshot before holds what it forgot
+ * (sealed with a key now gone): replace it at once. */
 static inline __attribute__((always_inline)) void maybe_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg,
-                                                                 int64_t before) {
+                                                                 int64_t before, bool forced) {
   const cqrs_aggregate_type_t *type = agg->type;
   if (!type->snapshot_every || !type->snapshot_fields) return;
-  if (agg->version / type->snapshot_every == before / type->snapshot_every) return;
+  if (!forced && agg->version / type->snapshot_every == before / type->snapshot_every) return;
   cqrs_snapshot_t snap = {type->name, agg->id, agg->version, type->snapshot_version, BSON_INITIALIZER};
-  if (cqrs_fields_encode(type->snapshot_fields, agg->state, &snap.state, NULL) == CQRS_OK)
+  if (cqrs__sealed_snapshot_encode(store, type, agg->id, agg->state, &snap.state, NULL) == CQRS_OK)
     cqrs_store_snapshot_save(store, &snap, NULL);
   bson_destroy(&snap.state);
+}
+
+static bool forgets(const cqrs_aggregate_t *agg) {
+  for (size_t i = 0; i < agg->pending_count; i++) {
+    if (agg->pending[i]->type == &cqrs_forgotten_event_type) return true;
+  }
+  return false;
 }
 
 /* An aggregate with pending events has a checked type name and id: its
@@ -132,9 +142,10 @@ static cqrs_code_t save(cqrs_store_t *store, cqrs_aggregate_t *agg, const cqrs_c
     return CQRS_OK;
   }
   int64_t before = agg->version;
+  bool forced = forgets(agg);
   res->committed = agg->pending_count;
   cqrs__aggregate_committed(agg);
-  maybe_snapshot(store, agg, before);
+  maybe_snapshot(store, agg, before, forced);
   return CQRS_OK;
 }
 
@@ -168,8 +179,9 @@ cqrs_code_t cqrs__repository_save_many_cached(cqrs_store_t *store, cqrs__cache_t
   for (size_t i = 0; i < n; i++) events += reqs[i].count;
   if (rc == CQRS_OK && *done == n && clean && events == agg->pending_count) {
     int64_t before = agg->version;
+    bool forced = forgets(agg);
     cqrs__aggregate_committed(agg);
-    maybe_snapshot(store, agg, before);
+    maybe_snapshot(store, agg, before, forced);
     if (cache) cqrs__cache_put(cache, agg);
   } else if (cache) {
     /* What the state says is not what landed (a commit that did not, or a

@@ -1,4 +1,4 @@
-#include "base/cqrs-private.h"
+#include "store/keys-private.h"
 
 cqrs_code_t cqrs_store_new(const cqrs_store_ops_t *ops, void *impl, cqrs_store_t **out, cqrs_error_t *err) {
   cqrs_code_t rc = CQRS_OK;
@@ -28,7 +28,8 @@ void cqrs_store_destroy(cqrs_store_t *s) {
   cqrs__free(s);
 }
 
-bool cqrs_store_blocking(const cqrs_store_t *s) { return s && s->ops->blocking; }
+/* A key store that does I/O makes the store's calls block too. */
+bool cqrs_store_blocking(const cqrs_store_t *s) { return s && (s->ops->blocking || cqrs_keys_blocking(s->keys)); }
 void *cqrs_store_impl(const cqrs_store_t *s) { return s ? s->impl : NULL; }
 
 /* Counts a call that reached the implementation. A conflict is an answer,
@@ -75,6 +76,12 @@ cqrs_code_t cqrs_store_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_ap
   return cqrs__store_append_valid(s, req, res, err);
 }
 
+/* One commit, its personal fields sealed first when it has any. */
+static cqrs_code_t append_one(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
+                              cqrs_error_t *err) {
+  return cqrs__sealed_needed(req) ? cqrs__sealed_append(s, req, res, err) : s->ops->append(s->impl, req, res, err);
+}
+
 cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
                                      cqrs_error_t *err) {
   cqrs_error_t own;
@@ -88,7 +95,7 @@ cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, 
     if (!e || e->version != req->expected_version + (int64_t)i + 1)
       return cqrs_error_set(err, CQRS_EINVAL, "event %zu is NULL or its version does not follow", i);
   }
-  rc = counted(s, CQRS__STORE_APPEND, s->ops->append(s->impl, req, res, err), err);
+  rc = counted(s, CQRS__STORE_APPEND, append_one(s, req, res, err), err);
   if (rc == CQRS_OK) saw_position(s, res->last_position);
   return rc;
 }
@@ -138,11 +145,14 @@ cqrs_code_t cqrs__store_append_many_valid(cqrs_store_t *s, const cqrs_append_t *
     }
   }
   if (rc) return rc;
-  if (!s->ops->append_many) {
-    /* Each in turn, as the op would. */
+  bool sealed = false;
+  for (size_t i = 0; i < n && !sealed; i++) sealed = cqrs__sealed_needed(&reqs[i]);
+  if (!s->ops->append_many || sealed) {
+    /* Each in turn, as the op would (personal fields are sealed commit by
+     * commit, by append's path). */
     for (; *done < n; ++*done) {
       cqrs_append_result_t *r = &res[*done];
-      rc = counted(s, CQRS__STORE_APPEND, s->ops->append(s->impl, &reqs[*done], r, err), err);
+      rc = counted(s, CQRS__STORE_APPEND, append_one(s, &reqs[*done], r, err), err);
       if (rc || r->duplicate) return rc;
       saw_position(s, r->last_position);
     }
@@ -161,8 +171,9 @@ cqrs_code_t cqrs_store_read_stream(cqrs_store_t *s, const char *type, const char
   if (!s || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or callback");
   cqrs_code_t rc = check_stream(type, id, err);
   if (rc) return rc;
-  return counted(s, CQRS__STORE_READ_STREAM,
-                 s->ops->read_stream(s->impl, type, id, from_version < 1 ? 1 : from_version, cb, data, err), err);
+  cqrs__opener_t o = {s, cb, data, CQRS_OK, err};
+  rc = s->ops->read_stream(s->impl, type, id, from_version < 1 ? 1 : from_version, cqrs__sealed_visit, &o, err);
+  return counted(s, CQRS__STORE_READ_STREAM, rc ? rc : o.rc, err);
 }
 
 cqrs_code_t cqrs_store_read_all(cqrs_store_t *s, int64_t from_position, size_t limit, cqrs_event_visit_cb cb,
@@ -171,8 +182,9 @@ cqrs_code_t cqrs_store_read_all(cqrs_store_t *s, int64_t from_position, size_t l
   err = err_or(err, &own);
   if (!s || !cb) return cqrs_error_set(err, CQRS_EINVAL, "NULL store or callback");
   if (limit == 0) return CQRS_OK;
-  return counted(s, CQRS__STORE_READ_ALL,
-                 s->ops->read_all(s->impl, from_position < 1 ? 1 : from_position, limit, cb, data, err), err);
+  cqrs__opener_t o = {s, cb, data, CQRS_OK, err};
+  cqrs_code_t rc = s->ops->read_all(s->impl, from_position < 1 ? 1 : from_position, limit, cqrs__sealed_visit, &o, err);
+  return counted(s, CQRS__STORE_READ_ALL, rc ? rc : o.rc, err);
 }
 
 cqrs_code_t cqrs_store_head(cqrs_store_t *s, int64_t *position, cqrs_error_t *err) {

@@ -35,10 +35,12 @@ static void vec_free(event_vec_t *v) {
 
 struct cqrs_test {
   uv_loop_t loop;
+  cqrs_clock_t *clock; /* manual: the dispatcher's, and the given events' */
   const cqrs_registry_t *reg;
   const cqrs_aggregate_type_t *type;
   char id[CQRS_ID_MAX];
   cqrs_store_t *store;
+  cqrs_keys_t *keys; /* personal fields are sealed as in production */
   cqrs_dispatcher_t *d;
   unsigned given;
   bool done;
@@ -64,7 +66,11 @@ cqrs_code_t cqrs_test_new(const cqrs_registry_t *reg, const cqrs_aggregate_type_
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1;
-  cqrs_code_t rc = cqrs_memory_store_new(&t->store, err);
+  cqrs_code_t rc = cqrs_clock_manual_new(cqrs_now_ms(), &t->clock, err);
+  o.clock = t->clock;
+  if (!rc) rc = cqrs_memory_store_new(&t->store, err);
+  if (!rc) rc = cqrs_memory_keys_new(NULL, &t->keys, err);
+  if (!rc) rc = cqrs_store_set_keys(t->store, t->keys, reg, err);
   if (!rc) rc = cqrs_dispatcher_new(&t->loop, reg, t->store, &o, &t->d, err);
   if (!rc && setup) rc = setup(t->d, data, err);
   if (rc) {
@@ -90,6 +96,8 @@ bool cqrs_test_destroy(cqrs_test_t *t) {
   if (rc) fprintf(stderr, "cqrs_test_destroy: uv_loop_close: %s\n", uv_strerror(rc));
   vec_free(&t->events);
   cqrs_store_destroy(t->store);
+  cqrs_clock_destroy(t->clock);
+  cqrs_keys_destroy(t->keys);
   free(t);
   return ok && rc == 0;
 }
@@ -115,7 +123,7 @@ cqrs_code_t cqrs_test_given_for(cqrs_test_t *t, const cqrs_aggregate_type_t *aty
   cqrs_envelope_t *env;
   if ((rc = cqrs_envelope_new(atype->name, id, cmd_id, NULL, &env, &err))) return rc;
   cqrs_event_t *e;
-  rc = cqrs_event_new(type, env, NULL, probe.version + 1, cqrs_now_ms(), payload, &e, &err);
+  rc = cqrs_event_new(type, env, NULL, probe.version + 1, cqrs_clock_now_ms(t->clock), payload, &e, &err);
   cqrs_envelope_unref(env);
   if (rc) return rc;
   cqrs_append_t req = {atype->name, id, probe.version, cmd_id, &e, 1};
@@ -143,8 +151,25 @@ static bool collect(const cqrs_event_t *e, void *data) {
   return vec_push(&t->events, e);
 }
 
+/* Runs the loop until it stops, and again after each advance of the clock
+ * to a timer that keeps the loop running (a back-off, a retry). */
+static void run_until_idle(cqrs_test_t *t) {
+  uint64_t ms;
+  do {
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+  } while (cqrs_clock_next_due(t->clock, &ms) && cqrs_clock_advance(t->clock, ms) == CQRS_OK);
+}
+
 void cqrs_test_run(cqrs_test_t *t) {
-  if (t) uv_run(&t->loop, UV_RUN_DEFAULT);
+  if (t) run_until_idle(t);
+}
+
+cqrs_clock_t *cqrs_test_clock(cqrs_test_t *t) { return t ? t->clock : NULL; }
+
+void cqrs_test_advance(cqrs_test_t *t, uint64_t ms) {
+  if (!t) return;
+  cqrs_clock_advance(t->clock, ms);
+  run_until_idle(t);
 }
 
 cqrs_code_t cqrs_test_when(cqrs_test_t *t, const cqrs_command_type_t *type, const void *payload) {
@@ -159,7 +184,7 @@ cqrs_code_t cqrs_test_when(cqrs_test_t *t, const cqrs_command_type_t *type, cons
   snprintf(t->cmd_id, sizeof t->cmd_id, "%s", cqrs_command_id(cmd));
   cqrs_code_t rc = cqrs_dispatcher_send(t->d, cmd, when_done, t);
   if (rc) return rc;
-  uv_run(&t->loop, UV_RUN_DEFAULT);
+  run_until_idle(t);
   if (!t->done) return CQRS_ESTATE;
   return cqrs_store_read_all(t->store, head + 1, SIZE_MAX, collect, t, NULL);
 }

@@ -27,7 +27,7 @@ struct cqrs_mongo {
   mongoc_client_pool_t *pool;
   mongoc_uri_t *uri;
   char *redacted;
-  char *db, *events, *head, *snapshots, *checkpoints, *dead_letters, *leases;
+  char *db, *events, *head, *snapshots, *checkpoints, *dead_letters, *leases, *keys;
   const cqrs_registry_t *reg;
   uv_loop_t *loop;
   /* The newest commit seen (its number and last position; 0: none yet) and
@@ -87,6 +87,26 @@ mongo_fault_t cqrs__mongo_classify(const bson_error_t *e);
  * an oversized document, else CQRS_ESTORE, transient or not). */
 cqrs_code_t cqrs__mongo_error(cqrs_error_t *err, const bson_error_t *e, const char *what);
 bool cqrs__mongo_duplicate_key(const bson_error_t *e);
+
+/* The format of the commit documents, noted in `<events>_head` as
+ * {_id: "format", version} (docs/mongo.md, "Formats"). 2: each commit holds
+ * `streamVersion`, the key of its stream at its first version, under a
+ * unique index of that one field; 1 (libcqrs 0.1 and 0.2 before it, no
+ * note) had a unique index on {aggregateType, aggregateId, version}
+ * instead, whose check grows with the collection on DocumentDB. */
+#define CQRS__MONGO_FORMAT 2
+
+/* The stream key of (type, id) at `version`, unambiguous and never cut:
+ * "<length of type>:<type>/<id>#<version, 20 digits>". False when it does
+ * not fit `cap` (CQRS__MONGO_STREAM_KEY_MAX holds any valid type and id). */
+#define CQRS__MONGO_STREAM_KEY_MAX (CQRS_NAME_MAX + CQRS_ID_MAX + 32)
+CQRS_EXPORT bool cqrs__mongo_stream_version_key(char *buf, size_t cap, const char *type, const char *id,
+                                               int64_t version); /* exported for tests and cqrs-bench */
+
+/* ensure_indexes' first step: CQRS_OK for a store of this format, or an
+ * empty one (then noted as such); a store of another format is refused
+ * with CQRS_ESTATE and a message naming the upgrade (mongo_format.c). */
+cqrs_code_t cqrs__mongo_check_format(cqrs_mongo_t *m, cqrs_error_t *err);
 
 /* Finds one document; *found false when none. `out` initialised when found. */
 cqrs_code_t cqrs__mongo_find_one(mongoc_collection_t *coll, const bson_t *filter, const bson_t *opts, bson_t *out,

@@ -73,6 +73,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   m->checkpoints = dup_or(o.checkpoints, "cqrs_checkpoints");
   m->dead_letters = dup_or(o.dead_letters, "cqrs_dead_letters");
   m->leases = dup_or(o.leases, "cqrs_leases");
+  m->keys = dup_or(o.keys, "cqrs_keys");
   m->reg = reg;
   m->loop = loop;
   m->versions = bson_malloc0(VERSION_SLOTS * sizeof *m->versions);
@@ -84,7 +85,7 @@ cqrs_code_t cqrs_mongo_new(const char *uri_string, const cqrs_mongo_options_t *o
   uv_mutex_init(&m->dl_lock);
   uv_cond_init(&m->dl_cond);
   if (!name_ok(m->db) || !name_ok(m->events) || !name_ok(m->head) || !name_ok(m->snapshots) || !name_ok(m->checkpoints) ||
-      !name_ok(m->dead_letters) || !name_ok(m->leases)) {
+      !name_ok(m->dead_letters) || !name_ok(m->leases) || !name_ok(m->keys)) {
     cqrs_mongo_destroy(m);
     return cqrs_error_set(err, CQRS_EINVAL, "database or collection names must be 1..120 plain characters");
   }
@@ -125,6 +126,7 @@ void cqrs_mongo_destroy(cqrs_mongo_t *m) {
   bson_free(m->checkpoints);
   bson_free(m->dead_letters);
   bson_free(m->leases);
+  bson_free(m->keys);
   bson_free(m);
 }
 
@@ -337,6 +339,10 @@ cqrs_code_t cqrs_mongo_index_names(cqrs_mongo_t *m, const char *coll, bson_t *ou
 
 cqrs_code_t cqrs_mongo_ensure_indexes(cqrs_mongo_t *m, cqrs_error_t *err) {
   if (!m) return cqrs_error_set(err, CQRS_EINVAL, "NULL connection");
+  cqrs_code_t rc = cqrs__mongo_check_format(m, err);
+  if (rc) return rc;
+  /* Uniqueness on one field each: DocumentDB checks a compound unique
+   * index at a cost that grows with the collection (docs/scaling.md). */
   static const struct {
     const char *json;
     const char *name;
@@ -346,7 +352,8 @@ cqrs_code_t cqrs_mongo_ensure_indexes(cqrs_mongo_t *m, cqrs_error_t *err) {
       {"{\"timestamp\": 1}", "timestamp", false, 0},
       {"{\"type\": 1, \"timestamp\": 1}", "type_timestamp", false, 0},
       {"{\"events.type\": 1, \"events.timestamp\": 1}", "events_type_timestamp", false, 0},
-      {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version", true, 0},
+      {"{\"aggregateType\": 1, \"aggregateId\": 1, \"version\": 1}", "stream_version", false, 0},
+      {"{\"streamVersion\": 1}", "stream_version_key", true, 0},
       {"{\"commandId\": 1}", "command_id", true, 0},
       {"{\"position\": 1}", "position", true, 0},
       {"{\"at\": 1}", "at", false, 1},
@@ -354,7 +361,7 @@ cqrs_code_t cqrs_mongo_ensure_indexes(cqrs_mongo_t *m, cqrs_error_t *err) {
   for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
     bson_error_t e;
     bson_t *keys = bson_new_from_json((const uint8_t *)specs[i].json, -1, &e);
-    cqrs_code_t rc = cqrs_mongo_ensure_index(m, specs[i].coll ? m->dead_letters : m->events, keys, specs[i].name,
+    rc = cqrs_mongo_ensure_index(m, specs[i].coll ? m->dead_letters : m->events, keys, specs[i].name,
                                              specs[i].unique, err);
     bson_destroy(keys);
     if (rc) return rc;

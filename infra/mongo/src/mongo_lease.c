@@ -116,14 +116,14 @@ static cqrs_code_t set_expires(mongoc_collection_t *coll, const char *name, cons
 
 _Atomic(cqrs__mongo_claim_hook_fn) cqrs__mongo_lease_claim_hook;
 
-static cqrs_code_t acquire(mongoc_collection_t *coll, const char *name, const char *owner, uint64_t ttl_ms,
-                           int64_t *token, cqrs_error_t *err) {
+static cqrs_code_t acquire(mongoc_collection_t *coll, const cqrs_clock_t *clock, const char *name, const char *owner,
+                           uint64_t ttl_ms, int64_t *token, cqrs_error_t *err) {
   term_t latest;
   int64_t t;
   *token = 0;
   cqrs_code_t rc = latest_term(coll, name, &latest, &t, err);
   if (rc) return rc;
-  int64_t now = cqrs_now_ms();
+  int64_t now = cqrs_clock_now_ms(clock);
   if (latest.found && latest.expires > now && strcmp(latest.owner, owner)) return CQRS_OK; /* held */
   cqrs__mongo_claim_hook_fn hook = atomic_load_explicit(&cqrs__mongo_lease_claim_hook, memory_order_acquire);
   if (hook) hook(name, owner);
@@ -167,9 +167,9 @@ static cqrs_code_t acquire(mongoc_collection_t *coll, const char *name, const ch
   return CQRS_OK;
 }
 
-static cqrs_code_t renew(mongoc_collection_t *coll, const char *name, const char *owner, int64_t token,
-                         uint64_t ttl_ms, cqrs_error_t *err) {
-  int64_t expires = cqrs_now_ms() + (int64_t)ttl_ms;
+static cqrs_code_t renew(mongoc_collection_t *coll, const cqrs_clock_t *clock, const char *name, const char *owner,
+                         int64_t token, uint64_t ttl_ms, cqrs_error_t *err) {
+  int64_t expires = cqrs_clock_now_ms(clock) + (int64_t)ttl_ms;
   bool matched, newer;
   cqrs_code_t rc = set_expires(coll, name, owner, token, expires, &matched, err);
   if (rc) return rc;
@@ -195,13 +195,20 @@ static cqrs_code_t release(mongoc_collection_t *coll, const char *name, const ch
 
 typedef enum { L_ACQUIRE, L_RENEW, L_RELEASE } lease_op_t;
 
+/* The lease store: a view on the connection, and the clock of its terms. */
+typedef struct mongo_leases {
+  cqrs_mongo_t *m;
+  const cqrs_clock_t *clock; /* NULL: the real one */
+} mongo_leases_t;
+
 static cqrs_code_t run(void *impl, lease_op_t op, const char *name, const char *owner, uint64_t ttl_ms,
                        int64_t *token, cqrs_error_t *err) {
-  cqrs_mongo_t *m = impl;
+  mongo_leases_t *ml = impl;
+  cqrs_mongo_t *m = ml->m;
   mconn_t c;
   cqrs__mongo_open(m, m->leases, &c);
-  cqrs_code_t rc = op == L_ACQUIRE ? acquire(c.coll, name, owner, ttl_ms, token, err)
-                   : op == L_RENEW ? renew(c.coll, name, owner, *token, ttl_ms, err)
+  cqrs_code_t rc = op == L_ACQUIRE ? acquire(c.coll, ml->clock, name, owner, ttl_ms, token, err)
+                   : op == L_RENEW ? renew(c.coll, ml->clock, name, owner, *token, ttl_ms, err)
                                    : release(c.coll, name, owner, *token, err);
   cqrs__mongo_done(m, &c);
   return rc;
@@ -221,13 +228,22 @@ static cqrs_code_t ml_release(void *impl, const char *name, const char *owner, i
   return run(impl, L_RELEASE, name, owner, 0, &token, err);
 }
 
+static void ml_destroy(void *impl) { free(impl); }
+
 static const cqrs_lease_ops_t mongo_lease_ops = {.blocking = true, .acquire = ml_acquire, .renew = ml_renew,
-                                                 .release = ml_release, .destroy = NULL};
+                                                 .release = ml_release, .destroy = ml_destroy};
+
+cqrs_code_t cqrs_mongo_leases_new_with_clock(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_leases_t **out,
+                                             cqrs_error_t *err) {
+  if (out) *out = NULL;
+  if (!m || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL connection or out");
+  mongo_leases_t *ml = calloc(1, sizeof *ml);
+  if (!ml) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a lease store");
+  ml->m = m;
+  ml->clock = clock;
+  return cqrs_leases_new(&mongo_lease_ops, ml, out, err);
+}
 
 cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **out, cqrs_error_t *err) {
-  if (!m) {
-    if (out) *out = NULL;
-    return cqrs_error_set(err, CQRS_EINVAL, "NULL connection");
-  }
-  return cqrs_leases_new(&mongo_lease_ops, m, out, err);
+  return cqrs_mongo_leases_new_with_clock(m, NULL, out, err);
 }

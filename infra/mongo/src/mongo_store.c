@@ -1,13 +1,16 @@
 /* The event store on MongoDB: one document per commit, so an append is one
  * insert, atomic without transactions. Commits are numbered 1, 2, 3...
- * (their _id), and unique indexes enforce the stream's version (optimistic
- * concurrency), the command id (idempotency) and the global position. A
- * writer claims the number and position after the newest commit and lets
- * the primary key turn away a racer, who looks for the head and tries
- * again: a commit is only claimed after its predecessor is visible, so
- * readers never meet a gap, nor a commit that lands late behind a later
- * one. Every read is served by the primary key or a unique index's prefix
- * on MongoDB, whatever the collection's size (docs/scaling.md). */
+ * (their _id), and unique indexes, each on one field (a compound one's
+ * check grows with the collection on DocumentDB), enforce the stream's
+ * version (streamVersion: optimistic concurrency), the command id
+ * (idempotency) and the global position. A writer claims the number and
+ * position after the newest commit and lets the primary key turn away a
+ * racer, who looks for the head and tries again: a commit is only claimed
+ * after its predecessor is visible, so readers never meet a gap, nor a
+ * commit that lands late behind a later one. Every read is served by the
+ * primary key, a unique index or the prefix of {aggregateType,
+ * aggregateId, version} on MongoDB, whatever the collection's size
+ * (docs/scaling.md). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,21 +22,47 @@
 /* MongoDB refuses documents over 16 MiB. */
 #define MAX_COMMIT_BYTES (16 * 1024 * 1024)
 
+/* "<length of type>:<type>/<id>": the stream, unambiguously (the length
+ * says where the type ends). False when it does not fit `cap`. */
+static bool stream_name(char *buf, size_t cap, const char *type, const char *id) {
+  int n = snprintf(buf, cap, "%zu:%s/%s", strlen(type), type, id);
+  return n >= 0 && (size_t)n < cap;
+}
+
+bool cqrs__mongo_stream_version_key(char *buf, size_t cap, const char *type, const char *id, int64_t version) {
+  if (version < 0 || !stream_name(buf, cap, type, id)) return false;
+  size_t len = strlen(buf);
+  int n = snprintf(buf + len, cap - len, "#%020lld", (long long)version);
+  return n >= 0 && (size_t)n < cap - len;
+}
+
+/* Keys are never cut: one that does not fit is refused. */
+static cqrs_code_t key_too_long(cqrs_error_t *err, const char *type, const char *id) {
+  return cqrs_error_set(err, CQRS_ETOO_LARGE, "the key of stream %.64s/%.64s is over %d bytes", type, id,
+                        CQRS__MONGO_STREAM_KEY_MAX - 1);
+}
+
 /* The commit document: the seed's top-level fields (`type`, `timestamp`,
- * `version` of the first event), the commit's metadata (the envelope and
- * positions), and every event in `events` as the framework's codec writes
+ * `version` of the first event), the commit's metadata (the envelope, the
+ * stream's key at the first version and the positions), and every event in
+ * `events` as the framework's codec writes
  * its body, the id under "eventId" (cqrs_event_body_to_bson), where the
  * multikey index {events.type, events.timestamp} finds each of them by type
  * and time. Over MongoDB's limit: CQRS_ETOO_LARGE; a payload that cannot be
  * encoded: its error, and nothing is stored. */
 static cqrs_code_t build_commit(bson_t *doc, const cqrs_append_t *req, int64_t position, cqrs_error_t *err) {
   const cqrs_event_t *first = req->events[0];
+  char stream_key[CQRS__MONGO_STREAM_KEY_MAX];
+  if (!cqrs__mongo_stream_version_key(stream_key, sizeof stream_key, req->aggregate_type, req->aggregate_id,
+                                      first->version))
+    return key_too_long(err, req->aggregate_type, req->aggregate_id);
   const cqrs_unknown_event_t *u = first->type == &cqrs_unknown_event_type ? first->payload : NULL;
   BSON_APPEND_UTF8(doc, "type", u ? u->type : first->type->name);
   BSON_APPEND_DATE_TIME(doc, "timestamp", first->timestamp);
   BSON_APPEND_INT64(doc, "version", first->version);
   BSON_APPEND_UTF8(doc, "aggregateType", req->aggregate_type);
   BSON_APPEND_UTF8(doc, "aggregateId", req->aggregate_id);
+  BSON_APPEND_UTF8(doc, "streamVersion", stream_key);
   BSON_APPEND_INT64(doc, "lastVersion", req->expected_version + (int64_t)req->count);
   BSON_APPEND_INT64(doc, "position", position);
   BSON_APPEND_INT64(doc, "lastPosition", position + (int64_t)req->count - 1);
@@ -144,9 +173,10 @@ static cqrs_code_t visit_commit(reader_t *r, const bson_t *doc, cqrs_error_t *er
  * a zero-padded decimal string (the one filter FerretDB 1.24 hands to its
  * SQL backend rather than filtering in Go). The head is found by galloping
  * primary-key probes from the newest commit this process has seen, and the
- * feed reads commits by key, or by a range of keys; other look-ups use the
- * unique indexes' prefixes. See docs/scaling.md for what each server makes
- * of them. */
+ * feed reads commits by key, or by a range of keys, from the commit the
+ * unique position index names; other look-ups use the unique indexes and
+ * the prefix of the stream's. See docs/scaling.md for what each server
+ * makes of them. */
 
 #define SEQ_KEY_LEN 24
 
@@ -303,9 +333,35 @@ static cqrs_code_t head_on(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t *
   return rc;
 }
 
-/* The commit that holds global position p, by binary search over commit
- * numbers unless a recent read or append left its number. *seq is the head
- * + 1 when p is past the head. */
+/* The number of the commit whose first position is p, if any: the unique
+ * position index answers in one look-up on a server that reads through its
+ * indexes, whatever the store's size (a reader resuming from a checkpoint
+ * starts at a commit's first position). */
+static cqrs_code_t commit_starting_at(mongoc_collection_t *coll, int64_t p, int64_t *seq, bool *found,
+                                      cqrs_error_t *err) {
+  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj, doc;
+  BSON_APPEND_INT64(&filter, "position", p);
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+  BSON_APPEND_INT32(&proj, "_id", 1);
+  bson_append_document_end(&opts, &proj);
+  cqrs_code_t rc = cqrs__mongo_find_one(coll, &filter, &opts, &doc, found, err, "find a commit by position");
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  if (rc || !*found) return rc;
+  const char *key = str_of(&doc, "_id");
+  char *end = NULL;
+  *seq = key ? strtoll(key, &end, 10) : 0;
+  if (!key || *end || *seq < 1)
+    rc = cqrs_error_set(err, CQRS_ECODEC, "corrupt commit at position %lld: its _id is not a commit number",
+                        (long long)p);
+  bson_destroy(&doc);
+  return rc;
+}
+
+/* The commit that holds global position p: a recent read or append left
+ * its number, or it starts at p (commit_starting_at), or a binary search
+ * over commit numbers finds it. *seq is the head + 1 when p is past the
+ * head. */
 static cqrs_code_t locate(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t p, int64_t *seq, cqrs_error_t *err) {
   if (p <= 1) {
     *seq = 1;
@@ -321,9 +377,11 @@ static cqrs_code_t locate(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t p,
     *seq = hit;
     return CQRS_OK;
   }
+  bool starts;
+  cqrs_code_t rc = commit_starting_at(coll, p, seq, &starts, err);
+  if (rc || starts) return rc;
   commit_ref_t head, r;
-  cqrs_code_t rc = find_head(m, coll, &head, err);
-  if (rc) return rc;
+  if ((rc = find_head(m, coll, &head, err))) return rc;
   if (p > head.last_position) {
     *seq = head.seq + 1;
     return CQRS_OK;
@@ -344,7 +402,7 @@ static cqrs_code_t locate(cqrs_mongo_t *m, mongoc_collection_t *coll, int64_t p,
   return CQRS_OK;
 }
 
-/* ---- look-ups the unique indexes serve ---- */
+/* ---- look-ups an index serves ---- */
 
 static cqrs_code_t exists(mongoc_collection_t *coll, const bson_t *filter, bool *found, cqrs_error_t *err,
                           const char *what) {
@@ -358,23 +416,40 @@ static cqrs_code_t exists(mongoc_collection_t *coll, const bson_t *filter, bool 
   return rc;
 }
 
-/* {commandId}: the unique command_id index. */
-static cqrs_code_t command_exists(mongoc_collection_t *coll, const char *command_id, bool *found, cqrs_error_t *err) {
+/* {field: value}, through that field's unique index. */
+static cqrs_code_t key_exists(mongoc_collection_t *coll, const char *field, const char *value, bool *found,
+                              cqrs_error_t *err, const char *what) {
   bson_t filter = BSON_INITIALIZER;
-  BSON_APPEND_UTF8(&filter, "commandId", command_id);
-  cqrs_code_t rc = exists(coll, &filter, found, err, "look up a command id");
+  BSON_APPEND_UTF8(&filter, field, value);
+  cqrs_code_t rc = exists(coll, &filter, found, err, what);
   bson_destroy(&filter);
   return rc;
 }
 
-/* {aggregateType, aggregateId, key: version}: the stream_version index's
- * prefix, then at most the stream's own commits. */
-static cqrs_code_t version_exists(mongoc_collection_t *coll, const cqrs_append_t *req, const char *key,
-                                  int64_t version, bool *found, cqrs_error_t *err) {
+/* {commandId}: the unique command_id index. */
+static cqrs_code_t command_exists(mongoc_collection_t *coll, const char *command_id, bool *found, cqrs_error_t *err) {
+  return key_exists(coll, "commandId", command_id, found, err, "look up a command id");
+}
+
+/* {streamVersion}: the unique stream_version_key index. A commit begins
+ * at `version` of the stream. */
+static cqrs_code_t version_taken(mongoc_collection_t *coll, const cqrs_append_t *req, int64_t version, bool *found,
+                                 cqrs_error_t *err) {
+  char key[CQRS__MONGO_STREAM_KEY_MAX];
+  if (!cqrs__mongo_stream_version_key(key, sizeof key, req->aggregate_type, req->aggregate_id, version))
+    return key_too_long(err, req->aggregate_type, req->aggregate_id);
+  return key_exists(coll, "streamVersion", key, found, err, "read the stream's version");
+}
+
+/* {aggregateType, aggregateId, lastVersion}: the stream_version index's
+ * prefix, then at most the stream's own commits. A commit ends at
+ * `version` of the stream. */
+static cqrs_code_t version_reached(mongoc_collection_t *coll, const cqrs_append_t *req, int64_t version, bool *found,
+                                   cqrs_error_t *err) {
   bson_t filter = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&filter, "aggregateType", req->aggregate_type);
   BSON_APPEND_UTF8(&filter, "aggregateId", req->aggregate_id);
-  BSON_APPEND_INT64(&filter, key, version);
+  BSON_APPEND_INT64(&filter, "lastVersion", version);
   cqrs_code_t rc = exists(coll, &filter, found, err, "read the stream's version");
   bson_destroy(&filter);
   return rc;
@@ -417,7 +492,7 @@ static cqrs_code_t stream_reaches(cqrs_mongo_t *m, mongoc_collection_t *coll, co
     /* The unique index catches an expected version that is behind; one
      * that is ahead of the stream needs this look, unless this process has
      * seen the stream reach it. */
-    if ((rc = version_exists(coll, req, "lastVersion", req->expected_version, &found, err))) return rc;
+    if ((rc = version_reached(coll, req, req->expected_version, &found, err))) return rc;
     if (!found) {
       if ((rc = command_exists(coll, req->command_id, &found, err))) return rc;
       if (found) {
@@ -471,7 +546,7 @@ static cqrs_code_t disambiguate(mongoc_collection_t *coll, const cqrs_append_t *
     res->duplicate = true;
     return CQRS_OK;
   }
-  if ((rc = version_exists(coll, req, "version", req->expected_version + 1, &found, err))) return rc;
+  if ((rc = version_taken(coll, req, req->expected_version + 1, &found, err))) return rc;
   if (found) return conflict(req, err);
   *retry = true; /* the position index, behind a stale head: look again */
   return CQRS_OK;
@@ -882,16 +957,11 @@ static cqrs_code_t ms_has_command(void *impl, const char *command_id, bool *foun
 
 /* ---- snapshots ---- */
 
-/* An unambiguous key for (type, id): "<length of type>:<type>/<id>". */
-static void snapshot_key(char *buf, size_t cap, const char *type, const char *id) {
-  snprintf(buf, cap, "%zu:%s/%s", strlen(type), type, id);
-}
-
 static cqrs_code_t ms_snapshot_load(void *impl, const char *type, const char *id, cqrs_snapshot_t *out, bool *found,
                                     cqrs_error_t *err) {
   cqrs_mongo_t *m = impl;
-  char key[CQRS_NAME_MAX + CQRS_ID_MAX + 16];
-  snapshot_key(key, sizeof key, type, id);
+  char key[CQRS__MONGO_STREAM_KEY_MAX];
+  if (!stream_name(key, sizeof key, type, id)) return key_too_long(err, type, id);
   bson_t filter = BSON_INITIALIZER, doc;
   BSON_APPEND_UTF8(&filter, "_id", key);
   mconn_t c;
@@ -924,8 +994,9 @@ static cqrs_code_t ms_snapshot_load(void *impl, const char *type, const char *id
 
 static cqrs_code_t ms_snapshot_save(void *impl, const cqrs_snapshot_t *snap, cqrs_error_t *err) {
   cqrs_mongo_t *m = impl;
-  char key[CQRS_NAME_MAX + CQRS_ID_MAX + 16];
-  snapshot_key(key, sizeof key, snap->aggregate_type, snap->aggregate_id);
+  char key[CQRS__MONGO_STREAM_KEY_MAX];
+  if (!stream_name(key, sizeof key, snap->aggregate_type, snap->aggregate_id))
+    return key_too_long(err, snap->aggregate_type, snap->aggregate_id);
   bson_t filter = BSON_INITIALIZER, doc = BSON_INITIALIZER, range;
   BSON_APPEND_UTF8(&filter, "_id", key);
   BSON_APPEND_DOCUMENT_BEGIN(&filter, "version", &range);

@@ -132,13 +132,23 @@ typedef struct billing_email_changed {
   char previous[BILLING_EMAIL_MAX];
 } billing_email_changed_t;
 
+/* customer.forget: the customer's key is deleted and cqrs.forgotten recorded
+ * on their stream (docs/privacy.md); their name and e-mail read CQRS_FORGOTTEN
+ * from then on, in events, snapshots and the read models alike. */
+typedef struct billing_forget_customer {
+  char customer_id[CQRS_ID_MAX];
+} billing_forget_customer_t;
+
+/* The name and e-mail of customers are personal (CQRS_F_PERSONAL): the
+ * store needs a key store (cqrs_store_set_keys) to write them. */
 typedef struct billing_customer_state {
   bool registered;
   char name[BILLING_NAME_MAX];
   char email[BILLING_EMAIL_MAX];
+  bool forgotten;
 } billing_customer_state_t;
 
-extern const cqrs_command_type_t billing_register_customer, billing_change_email;
+extern const cqrs_command_type_t billing_register_customer, billing_change_email, billing_forget_customer;
 extern const cqrs_event_type_t billing_customer_registered, billing_customer_email_changed;
 extern const cqrs_aggregate_type_t billing_customer;
 
@@ -249,13 +259,23 @@ typedef struct billing billing_t;
 
 /* Wires the whole context on `d`: command handlers, the process managers of
  * transfers and invoices (billing_transfer_process, billing_invoice_process), and the
- * projections "billing.invoices" and "billing.balances" into `rm`. `rm` and
+ * projections "billing.invoices" and "billing.balances" into `rm`. When the
+ * dispatcher's store has a key store, `rm` seals the customers' names and
+ * e-mails with it (billing_seal_read_model). `rm` and
  * `cp` are borrowed. `cols` NULL: the defaults. Free *out with
  * billing_destroy once `d` is closed; on an error *out may be set too (some
  * projections may already use it): close `d`, then destroy it. */
 cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoints_t *cp,
                                       const billing_collections_t *cols, billing_t **out, cqrs_error_t *err);
 void billing_destroy(billing_t *b);
+
+/* Declares the personal keys of the read side on `rm` (cqrs_readmodel_add_type):
+ * name and e-mail of `cols->customers` (the document's id is the customer)
+ * and customer.name, customer.email of `cols->invoices` (customer.id). A
+ * tool that reads the read model calls it with the same key store to read
+ * them. `cols` NULL: the defaults. */
+cqrs_code_t billing_seal_read_model(cqrs_readmodel_t *rm, const billing_collections_t *cols, cqrs_keys_t *keys,
+                                    cqrs_error_t *err);
 
 /* The event types each projection reads (NULL-terminated), for tools that
  * replay or rebuild them. */

@@ -27,6 +27,7 @@ typedef struct cqrs_mongo_options {
   const char *dead_letters; /* default "cqrs_dead_letters" */
   int32_t server_selection_timeout_ms; /* 0: the URI's, else 2000 */
   const char *leases;       /* default "cqrs_leases" */
+  const char *keys;         /* the key store's (cqrs_mongo_keys_new); default "cqrs_keys" */
 } cqrs_mongo_options_t;
 
 /* cqrs_mongo_options_t o = {CQRS_MONGO_OPTIONS_INIT, .database = "billing"}; */
@@ -47,12 +48,27 @@ CQRS_EXPORT void cqrs_mongo_destroy(cqrs_mongo_t *m);
 CQRS_EXPORT const char *cqrs_mongo_uri_redacted(const cqrs_mongo_t *m);
 CQRS_EXPORT const char *cqrs_mongo_database(const cqrs_mongo_t *m);
 
-/* Creates the indexes the store needs, idempotently (blocks): on the events
- * collection {timestamp: 1}, {type: 1, timestamp: 1} (a commit's first
- * event), {events.type: 1, events.timestamp: 1} (every event), and the unique
- * {aggregateType, aggregateId, version}, {commandId} and {position}; on dead
- * letters {at: 1}. */
+/* Checks the store's format, then creates the indexes the store needs,
+ * idempotently (blocks): on the events collection {timestamp: 1}, {type: 1,
+ * timestamp: 1} (a commit's first event), {events.type: 1,
+ * events.timestamp: 1} (every event), {aggregateType, aggregateId, version}
+ * (a stream's reads), and the unique {streamVersion} (the stream's version),
+ * {commandId} and {position}; on dead letters {at: 1}. An empty store is
+ * noted in the current format; one written by libcqrs 0.1 (or another
+ * format) is refused with CQRS_ESTATE and a message naming
+ * cqrs_mongo_upgrade_store. */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_ensure_indexes(cqrs_mongo_t *m, cqrs_error_t *err);
+
+/* Upgrades the store to the current format, then ensures the indexes
+ * (blocks; minutes for a large store): every commit gets its stream key
+ * (streamVersion), the unique index {aggregateType, aggregateId, version}
+ * becomes a plain one and {streamVersion} a unique one. Run it with every
+ * process that writes to the store stopped. Idempotent; one that stopped
+ * part-way is finished by the next; a store already current costs a look.
+ * *keyed (may be NULL): the commits it wrote. Progress goes to the log hook
+ * (cqrs_log, domain "mongo"). CQRS_ECODEC names a commit it cannot read
+ * (nothing after it is upgraded); CQRS_ESTATE: a store of a newer format. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_upgrade_store(cqrs_mongo_t *m, int64_t *keyed, cqrs_error_t *err);
 
 /* Creates one index on collection `coll` if absent (blocks). `keys` e.g.
  * {"customer.id": 1, status: 1}. */
@@ -73,6 +89,24 @@ CQRS_EXPORT cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpo
  * whose insert is what decides between processes taking the lease at once.
  * Expiry compares the holder's clock with the taker's: docs/scaling.md. */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **out, cqrs_error_t *err);
+/* The same, with the terms' times read from `clock` (borrowed, must outlive
+ * them; NULL: the real clock): a test's manual clock, for the leases of
+ * dispatchers in one process. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new_with_clock(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_leases_t **out,
+                                                         cqrs_error_t *err);
+
+/* A key store for personal data (cqrs/personal.h) in the keys collection:
+ * one document per subject, {_id: subject, state: "keyed" | "forgotten",
+ * generation, key: BinData (the data key, wrapped when `opts` gives a
+ * master key), wrap: BinData (which master key; absent: none), createdAt,
+ * forgottenAt}; forgetting removes `key` and `wrap` with the update that
+ * marks the subject forgotten. Needs no index beyond _id (docs/mongo.md).
+ * `opts` as cqrs_memory_keys_new's; the master key is never stored. Free
+ * with cqrs_keys_destroy before cqrs_mongo_destroy. */
+CQRS_EXPORT cqrs_code_t cqrs_mongo_keys_new(cqrs_mongo_t *m, const cqrs_keys_options_t *opts, cqrs_keys_t **out,
+                                            cqrs_error_t *err);
+/* The name of m's keys collection. */
+CQRS_EXPORT const char *cqrs_mongo_keys_collection(const cqrs_mongo_t *m);
 
 /* A dead-letter sink for cqrs_dispatcher_options_t (data: the cqrs_mongo_t):
  * writes {subscriber, event, error, at} to the dead-letters collection from
