@@ -16,9 +16,9 @@
 #include "procs.h"
 
 #define SENDERS 8
-#define PER_SENDER 20
+#define PER_SENDER 12
 #define INVOICES (SENDERS * PER_SENDER)
-#define KILL_AFTER 24 /* invoices the issuer hears of before it is killed */
+#define KILL_AFTER 16 /* invoices the issuer hears of before it is killed */
 #define DUE 1800000000000LL
 
 static const char *self;
