@@ -109,6 +109,24 @@ CQRS_EXPORT cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_proc
 
 /* Instances of the named process this dispatcher knows to be open. Loop thread. */
 CQRS_EXPORT size_t cqrs_process_open_count(const cqrs_dispatcher_t *d, const char *name);
+/* Waits until no instance of process `name` running on `d` is open: none
+ * started and not ended, none with an input on its way (a routed event, a
+ * step's outcome, a deadline), at most `timeout_ms` on the dispatcher's
+ * clock. Events the process has not received yet do not count: to include
+ * them, first wait for its subscriber, "process:<name>", to reach their
+ * position (cqrs_projection_wait). Under a lease held elsewhere nothing is
+ * open here. Loop thread. Calls `cb` once, later, on the loop thread:
+ * CQRS_OK, CQRS_ETIMEOUT, or CQRS_ECLOSED when the dispatcher closes first
+ * (from within cqrs_dispatcher_close); or returns an error (NULL arguments:
+ * CQRS_EINVAL; CQRS_ENOT_FOUND when `name` does not run on `d`;
+ * CQRS_ECLOSED) and never calls it. */
+CQRS_EXPORT cqrs_code_t cqrs_process_wait(cqrs_dispatcher_t *d, const char *name, uint64_t timeout_ms,
+                                          cqrs_wait_cb cb, void *data);
+/* The same from any thread but the loop's (which must be running): blocks
+ * and returns the status (CQRS_ENOT_FOUND when `name` does not run on `d`).
+ * On the loop thread: CQRS_ESTATE at once. A graceful shutdown waits so,
+ * then closes the dispatcher. */
+CQRS_EXPORT cqrs_code_t cqrs_process_wait_sync(cqrs_dispatcher_t *d, const char *name, uint64_t timeout_ms);
 
 /* Inside a handler: decides to send step `step` with `payload` (copied and
  * validated against the step's command type: CQRS_EINVALID_COMMAND). A
