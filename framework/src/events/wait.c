@@ -187,6 +187,8 @@ static void wake(cqrs_code_t status, void *data) {
 static cqrs_code_t wait_sync(cqrs_dispatcher_t *d, const char *name, int64_t position, cqrs__wait_check_fn check,
                              uint64_t timeout_ms) {
   if (cqrs__runtime_on_loop(d)) return CQRS_ESTATE;
+  /* No subscriber has a longer name; the waiter's copy would cut it to one that may. */
+  if (name && strlen(name) >= CQRS_NAME_MAX) return CQRS_ENOT_FOUND;
   cqrs__events_t *ev = d->events;
   sync_wait_t s = {.status = CQRS_OK};
   if (uv_sem_init(&s.sem, 0)) return CQRS_ENOMEM;
