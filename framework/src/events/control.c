@@ -14,7 +14,7 @@
 
 typedef struct ctl_item {
   sub_t *s; /* lives as long as the dispatcher, which waits for the job */
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   bool report;
   cqrs_projection_control_t out; /* the report to write */
   int64_t replay_at;             /* an event to read (0: none) */
@@ -64,9 +64,9 @@ static void work_cb(cqrs__job_t *job) {
     ctl_item_t *it = &cj->items[i];
     const char *name = it->s->name;
     cqrs_error_t err;
-    if (it->report && cqrs_checkpoints_control_save(it->cp, name, &it->out, CQRS_CONTROL_REPORT, &err))
+    if (it->report && cqrs_checkpoint_store_control_save(it->cp, name, &it->out, CQRS_CONTROL_REPORT, &err))
       cqrs_log(CQRS_LOG_WARNING, "bus", "projection %s: report not written: %s", name, err.message);
-    it->rc = cqrs_checkpoints_control_load(it->cp, name, &it->in, &it->found, &it->err);
+    it->rc = cqrs_checkpoint_store_control_load(it->cp, name, &it->in, &it->found, &it->err);
     if (it->replay_at)
       it->replay_rc = cqrs_store_read_all(cj->ev->rt->store, it->replay_at, 1, collect, &it->replay, &it->replay_err);
   }
@@ -84,7 +84,7 @@ static void reset_now(sub_t *s) {
   s->saved = -1;
   s->state = SUB_CATCHING_UP;
   s->ctl.resetting = false;
-  cqrs__ctl_answer(s, s->ctl.busy, "reset to #%lld", (long long)s->ctl.reset_to);
+  s->ctl.reset_saving = true; /* answered once the checkpoint says so: an operator reads it next */
   cqrs__sub_run(s);
 }
 
@@ -234,6 +234,10 @@ static void tick(cqrs__events_t *ev) {
     it->s = s;
     it->cp = s->cp;
     it->report = true;
+    if (s->ctl.reset_saving && !s->busy && !s->cp_saving && s->saved == s->ctl.reset_to) {
+      s->ctl.reset_saving = false;
+      cqrs__ctl_answer(s, s->ctl.busy, "reset to #%lld", (long long)s->ctl.reset_to);
+    }
     fill_report(ev, s, &it->out);
     s->ctl.report_due = false;
     it->replay_at = s->ctl.replay_at;

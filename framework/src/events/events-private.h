@@ -52,6 +52,7 @@ typedef struct sub_ctl {
   int64_t done;      /* the newest request carried out */
   char result[CQRS_PROJECTION_RESULT_MAX];
   bool report_due;   /* something to report before the next tick */
+  bool reset_saving; /* a reset carried out, answered once its checkpoint is saved */
 } sub_ctl_t;
 
 /* At most this many events set aside per projection; past it a failing
@@ -66,7 +67,7 @@ typedef struct sub {
   cqrs_event_handler_cb fn;
   void *data;
   bool blocking;
-  cqrs_checkpoints_t *cp; /* projections only */
+  cqrs_checkpoint_store_t *cp; /* projections only */
   sub_state_t state;
   int64_t position; /* last event handled (or dead-lettered) */
   int64_t read_pos; /* catch-up: last event read into the queue */
@@ -293,7 +294,7 @@ cqrs_code_t cqrs__wait_until_sync(cqrs_dispatcher_t *d, cqrs__wait_check_fn chec
  * holds it back to the oldest open instance). */
 typedef int64_t (*cqrs__checkpoint_fn)(void *data, int64_t handled);
 cqrs_code_t cqrs__projection_start_async(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
-                                         cqrs_checkpoints_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
+                                         cqrs_checkpoint_store_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
                                          cqrs_error_t *err);
 
 /* What a subscriber shows of itself, for metrics. Loop thread. */
