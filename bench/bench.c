@@ -154,7 +154,7 @@ typedef struct pipe_env {
   cqrs_registry_t *reg;
   cqrs_store_t *store;
   cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_dispatcher_t *d;
   billing_t *b;
   cqrs_metrics_t *m;
@@ -167,7 +167,7 @@ static void pipe_open(pipe_env_t *e, bool keep_alive) {
   billing_register(e->reg, NULL);
   cqrs_memory_store_new(&e->store, NULL);
   cqrs_memory_readmodel_new(&e->rm, NULL);
-  cqrs_memory_checkpoints_new(&e->cp, NULL);
+  cqrs_memory_checkpoint_store_new(&e->cp, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.keep_alive = keep_alive;
@@ -203,7 +203,7 @@ static void pipe_close(pipe_env_t *e) {
   uv_loop_close(&e->loop);
   cqrs_metrics_destroy(e->m);
   billing_destroy(e->b);
-  cqrs_checkpoints_destroy(e->cp);
+  cqrs_checkpoint_store_destroy(e->cp);
   cqrs_readmodel_destroy(e->rm);
   cqrs_store_destroy(e->store);
   cqrs_registry_destroy(e->reg);
@@ -392,8 +392,9 @@ static void bench_personal(void) {
   cqrs_registry_new(&e.reg, NULL);
   billing_register(e.reg, NULL);
   if (cqrs_memory_store_new(&e.store, &err) || cqrs_memory_readmodel_new(&e.rm, &err) ||
-      cqrs_memory_checkpoints_new(&e.cp, &err) || cqrs_memory_keys_new(NULL, &keys, &err) ||
-      cqrs_store_set_keys(e.store, keys, e.reg, &err) || cqrs_dispatcher_new(&e.loop, e.reg, e.store, NULL, &e.d, &err) ||
+      cqrs_memory_checkpoint_store_new(&e.cp, &err) || cqrs_memory_keys_new(NULL, &keys, &err) ||
+      cqrs_store_set_keys(e.store, keys, e.reg, &err) ||
+      cqrs_dispatcher_new(&e.loop, e.reg, e.store, NULL, &e.d, &err) ||
       billing_start(e.d, e.rm, e.cp, NULL, &e.b, &err))
     die("billing", &err);
   samples_t lat = {0};
@@ -641,18 +642,18 @@ static void bench_projection_lag(bool mongo) {
   cqrs_mongo_t *m = NULL;
   cqrs_store_t *inner;
   cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_error_t err;
   if (mongo) {
     m = bench_mongo(reg, &loop, "lag");
     cqrs_mongo_store_new(m, &inner, NULL);
     cqrs_mongo_readmodel_new(m, &rm, NULL);
-    cqrs_mongo_checkpoints_new(m, &cp, NULL);
+    cqrs_mongo_checkpoint_store_new(m, &cp, NULL);
     timed_ops.blocking = true;
   } else {
     cqrs_memory_store_new(&inner, NULL);
     cqrs_memory_readmodel_new(&rm, NULL);
-    cqrs_memory_checkpoints_new(&cp, NULL);
+    cqrs_memory_checkpoint_store_new(&cp, NULL);
   }
   timed_t timed = {inner};
   cqrs_store_t *store = NULL;
@@ -694,7 +695,7 @@ static void bench_projection_lag(bool mongo) {
   uv_loop_close(&loop);
   billing_destroy(lp.b);
   cqrs_store_destroy(store);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   cqrs_readmodel_destroy(rm);
   cqrs_store_destroy(inner);
   if (m) {
@@ -1232,8 +1233,8 @@ static void bench_query_mongo(void) {
   double load_s = (double)(now_ns() - load0) / 1e9;
   cqrs_readmodel_t *rm = NULL;
   cqrs_mongo_readmodel_new(m, &rm, NULL);
-  cqrs_queries_t *q = NULL;
-  cqrs_queries_new(rm, &q, NULL);
+  cqrs_query_bus_t *q = NULL;
+  cqrs_query_bus_new(rm, &q, NULL);
   billing_register_queries(q, NULL, NULL);
   samples_t lat = {0};
   uint64_t busy = 0;
@@ -1246,7 +1247,7 @@ static void bench_query_mongo(void) {
     BSON_APPEND_UTF8(&params, "status", statuses[i % 3]);
     BSON_APPEND_INT32(&params, "limit", 10);
     uint64_t t0 = now_ns();
-    if (cqrs_queries_run(q, "invoice.by_customer", &params, &out, &err)) die("query", &err);
+    if (cqrs_query_bus_run(q, "invoice.by_customer", &params, &out, &err)) die("query", &err);
     uint64_t dt = now_ns() - t0;
     busy += dt;
     sample(&lat, dt);
@@ -1262,7 +1263,7 @@ static void bench_query_mongo(void) {
            "\"latency\": \"per query\"",
            invoices, customers, (double)found / (double)queries, load_s);
   report("query-mongo", (uint64_t)queries, (double)busy / 1e9, &lat, extra);
-  cqrs_queries_destroy(q);
+  cqrs_query_bus_destroy(q);
   cqrs_readmodel_destroy(rm);
   cqrs_mongo_drop_database(m, NULL);
   cqrs_mongo_destroy(m);

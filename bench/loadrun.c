@@ -151,7 +151,7 @@ static void query_done(cqrs_code_t code, const bson_t *answer, const cqrs_error_
 
 static void query(run_t *r, const char *name, const bson_t *params) {
   op_t *o = op_new(r, false);
-  if (o && cqrs_queries_send(r->s.q, &r->s.loop, name, params, query_done, o)) op_end(o, true, false);
+  if (o && cqrs_query_bus_send(r->s.q, &r->s.loop, name, params, query_done, o)) op_end(o, true, false);
 }
 
 /* Reads: a customer's pending invoices (the seed's main read), an invoice by
@@ -491,7 +491,7 @@ int main(int argc, char **argv) {
   if (rc) return rc == 1 ? 0 : rc;
   cqrs_error_t err;
   if (!r.s.metrics && (cqrs_metrics_new(&r.s.metrics, &err) || cqrs_metrics_attach(r.s.metrics, r.s.d, &err) ||
-                       cqrs_metrics_attach_queries(r.s.metrics, r.s.q, &err))) {
+                       cqrs_metrics_attach_query_bus(r.s.metrics, r.s.q, &err))) {
     fprintf(stderr, "cqrs-loadrun: metrics: %s\n", err.message);
     return 3;
   }

@@ -30,7 +30,7 @@ int sample_mongo_open(sample_t *s, const char *uri) {
   }
   s->backend = m;
   if (cqrs_mongo_store_new(m, &s->store, &err) || cqrs_mongo_readmodel_new(m, &s->rm, &err) ||
-      cqrs_mongo_checkpoints_new(m, &s->cp, &err) || billing_mongo_keys(m, &s->keys, &err) ||
+      cqrs_mongo_checkpoint_store_new(m, &s->cp, &err) || billing_mongo_keys(m, &s->keys, &err) ||
       cqrs_store_set_keys(s->store, s->keys, s->reg, &err)) {
     fprintf(stderr, "%s: %s\n", s->name, err.message);
     bson_free(shown);
@@ -44,7 +44,7 @@ int sample_mongo_open(sample_t *s, const char *uri) {
 }
 
 void sample_mongo_close(sample_t *s) {
-  cqrs_checkpoints_destroy(s->cp);
+  cqrs_checkpoint_store_destroy(s->cp);
   cqrs_readmodel_destroy(s->rm);
   cqrs_store_destroy(s->store);
   cqrs_keys_destroy(s->keys);

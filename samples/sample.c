@@ -35,7 +35,7 @@ static int metrics_open(sample_t *s, const char *mongo) {
   cqrs_error_t err;
   cqrs_http_metrics_t *h;
   if (cqrs_metrics_new(&s->metrics, &err) || cqrs_metrics_attach(s->metrics, s->d, &err) ||
-      cqrs_metrics_attach_queries(s->metrics, s->q, &err) ||
+      cqrs_metrics_attach_query_bus(s->metrics, s->q, &err) ||
       cqrs_http_metrics_start(&s->loop, s->metrics, NULL, (uint16_t)s->metrics_port, &h, &err)) {
     fprintf(stderr, "%s: cannot serve metrics: %s\n", s->name, err.message);
     return 3;
@@ -125,7 +125,7 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
     if (rc) return rc;
   } else {
     if (cqrs_memory_store_new(&s->store, &err) || cqrs_memory_readmodel_new(&s->rm, &err) ||
-        cqrs_memory_checkpoints_new(&s->cp, &err) || cqrs_memory_keys_new(NULL, &s->keys, &err) ||
+        cqrs_memory_checkpoint_store_new(&s->cp, &err) || cqrs_memory_keys_new(NULL, &s->keys, &err) ||
         cqrs_store_set_keys(s->store, s->keys, s->reg, &err)) {
       fprintf(stderr, "%s: %s\n", name, err.message);
       return 3;
@@ -157,7 +157,7 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
     }
   }
   /* The flag is read again at most once a second. */
-  if (cqrs_queries_new(s->rm, &s->q, &err) || billing_register_queries(s->q, NULL, &err) ||
+  if (cqrs_query_bus_new(s->rm, &s->q, &err) || billing_register_queries(s->q, NULL, &err) ||
       !(s->flags = billing_flags_new(s->rm, 1000)) || billing_register_flagged_queries(s->q, s->flags, &err)) {
     fprintf(stderr, "%s: cannot register the queries\n", name);
     return 3;
@@ -178,14 +178,14 @@ int sample_close(sample_t *s) {
   }
   int rc = uv_loop_close(&s->loop);
   if (rc) fprintf(stderr, "%s: the loop did not close cleanly: %s\n", s->name, uv_strerror(rc));
-  cqrs_queries_destroy(s->q);
+  cqrs_query_bus_destroy(s->q);
   billing_flags_destroy(s->flags);
   cqrs_metrics_destroy(s->metrics);
   billing_destroy(s->billing);
   if (s->backend) {
     sample_mongo_close(s);
   } else {
-    cqrs_checkpoints_destroy(s->cp);
+    cqrs_checkpoint_store_destroy(s->cp);
     cqrs_readmodel_destroy(s->rm);
     cqrs_store_destroy(s->store);
     cqrs_keys_destroy(s->keys);
@@ -250,7 +250,7 @@ void sample_send(sample_t *s, const char *label, const cqrs_command_type_t *type
 bool sample_query(sample_t *s, const char *name, const bson_t *params, bson_t *out) {
   bson_init(out);
   cqrs_error_t err;
-  if (cqrs_queries_run(s->q, name, params, out, &err)) {
+  if (cqrs_query_bus_run(s->q, name, params, out, &err)) {
     fprintf(stderr, "%s: query %s failed: %s\n", s->name, name, err.message);
     s->failures++;
     return false;
@@ -261,7 +261,7 @@ bool sample_query(sample_t *s, const char *name, const bson_t *params, bson_t *o
 cqrs_code_t sample_query_maybe(sample_t *s, const char *name, const bson_t *params, bson_t *out) {
   bson_init(out);
   cqrs_error_t err;
-  cqrs_code_t rc = cqrs_queries_run(s->q, name, params, out, &err);
+  cqrs_code_t rc = cqrs_query_bus_run(s->q, name, params, out, &err);
   if (rc && rc != CQRS_ENOT_FOUND) {
     fprintf(stderr, "%s: query %s failed: %s\n", s->name, name, err.message);
     s->failures++;

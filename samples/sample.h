@@ -12,9 +12,9 @@ typedef struct sample {
   cqrs_store_t *store;
   cqrs_keys_t *keys; /* the customers' personal data */
   cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_dispatcher_t *d;
-  cqrs_queries_t *q;
+  cqrs_query_bus_t *q;
   billing_flags_t *flags; /* mongodb_cqs_enabled: invoice.read goes where it says */
   const char *cqs_mode;   /* --cqs MODE: set it first (NULL: as stored) */
   billing_t *billing;

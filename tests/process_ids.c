@@ -35,7 +35,7 @@ typedef struct fixture {
   cqrs_clock_t *clock; /* manual: the dispatchers', moved by drive() and crash_run() */
   cqrs_registry_t *reg;
   cqrs_store_t *store;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_dispatcher_t *d;
   const char *process; /* the one the driver watches */
 } fixture_t;
@@ -51,7 +51,7 @@ static fixture_t *fixture_new(void) {
     assert_int_equal(cqrs_registry_add_process(f->reg, *t, NULL), CQRS_OK);
   f->store = factory->create(f->reg, factory->data);
   assert_non_null(f->store);
-  assert_int_equal(cqrs_memory_checkpoints_new(&f->cp, NULL), CQRS_OK);
+  assert_int_equal(cqrs_memory_checkpoint_store_new(&f->cp, NULL), CQRS_OK);
   atomic_store(&runs, 0);
   atomic_store(&ended, false);
   return f;
@@ -79,7 +79,7 @@ static void stop(fixture_t *f, cqrs_dispatcher_t *d) {
 
 static void fixture_free(fixture_t *f) {
   assert_int_equal(uv_loop_close(&f->loop), 0);
-  cqrs_checkpoints_destroy(f->cp);
+  cqrs_checkpoint_store_destroy(f->cp);
   factory->dispose(f->store, factory->data);
   cqrs_registry_destroy(f->reg);
   cqrs_clock_destroy(f->clock);

@@ -247,7 +247,7 @@ typedef struct app {
   cqrs_store_t *store;
   cqrs_keys_t *keys;
   cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_dispatcher_t *d;
   billing_t *billing;
 } app_t;
@@ -267,7 +267,7 @@ static inline void app_open_with(app_t *a, adm_t *t, bool project) {
   cqrs_mongo_store_new(a->m, &a->store, NULL);
   if (project) {
     cqrs_mongo_readmodel_new(a->m, &a->rm, NULL);
-    cqrs_mongo_checkpoints_new(a->m, &a->cp, NULL);
+    cqrs_mongo_checkpoint_store_new(a->m, &a->cp, NULL);
   }
   a->keys = adm_keys(a->m, a->reg, a->store, NULL);
   cqrs_dispatcher_options_t opts;
@@ -288,7 +288,7 @@ static inline void app_close(app_t *a) {
   uv_run(&a->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&a->loop), 0);
   billing_destroy(a->billing);
-  cqrs_checkpoints_destroy(a->cp);
+  cqrs_checkpoint_store_destroy(a->cp);
   cqrs_readmodel_destroy(a->rm);
   cqrs_store_destroy(a->store);
   cqrs_keys_destroy(a->keys);
@@ -330,7 +330,7 @@ static inline void app_catch_up(app_t *a) {
   uint64_t until = uv_now(&a->loop) + 60000;
   for (size_t i = 0; i < 2;) {
     int64_t at = 0, handled = cqrs_projection_position(a->d, names[i]);
-    if (cqrs_checkpoints_load(a->cp, names[i], &at, &e)) fail_msg("%s", e.message);
+    if (cqrs_checkpoint_store_load(a->cp, names[i], &at, &e)) fail_msg("%s", e.message);
     if (at >= handled) {
       i++;
       continue;

@@ -49,18 +49,19 @@ typedef struct world {
 
 typedef struct app {
   uv_loop_t loop;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_dispatcher_t *d;
   billing_t *b;
-  cqrs_queries_t *q;
+  cqrs_query_bus_t *q;
 } app_t;
 
 static void app_start(app_t *a, world_t *w) {
   memset(a, 0, sizeof *a);
   uv_loop_init(&a->loop);
   cqrs_error_t err;
-  if (cqrs_memory_checkpoints_new(&a->cp, &err) || cqrs_dispatcher_new(&a->loop, w->reg, w->store, NULL, &a->d, &err) ||
-      billing_start(a->d, w->rm, a->cp, NULL, &a->b, &err) || cqrs_queries_new(w->rm, &a->q, &err) ||
+  if (cqrs_memory_checkpoint_store_new(&a->cp, &err) ||
+      cqrs_dispatcher_new(&a->loop, w->reg, w->store, NULL, &a->d, &err) ||
+      billing_start(a->d, w->rm, a->cp, NULL, &a->b, &err) || cqrs_query_bus_new(w->rm, &a->q, &err) ||
       billing_register_queries(a->q, NULL, &err))
     fail_msg("%s", err.message);
   uv_run(&a->loop, UV_RUN_DEFAULT); /* the projections catch up from the first event */
@@ -70,9 +71,9 @@ static void app_stop(app_t *a) {
   cqrs_dispatcher_close(a->d, NULL, NULL);
   uv_run(&a->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&a->loop), 0);
-  cqrs_queries_destroy(a->q);
+  cqrs_query_bus_destroy(a->q);
   billing_destroy(a->b);
-  cqrs_checkpoints_destroy(a->cp);
+  cqrs_checkpoint_store_destroy(a->cp);
 }
 
 static void done(const cqrs_result_t *r, void *data) { *(cqrs_code_t *)data = r->error.code; }
@@ -122,7 +123,7 @@ static int64_t int_at(const bson_t *doc, const char *path) {
 static void query(app_t *a, const char *name, const bson_t *params, bson_t *out) {
   bson_init(out);
   cqrs_error_t err;
-  if (cqrs_queries_run(a->q, name, params, out, &err)) fail_msg("%s: %s", name, err.message);
+  if (cqrs_query_bus_run(a->q, name, params, out, &err)) fail_msg("%s: %s", name, err.message);
 }
 
 static void invoice_doc(app_t *a, const char *id, bson_t *doc) {

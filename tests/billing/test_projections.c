@@ -7,7 +7,7 @@
 typedef struct pfx {
   cqrs_readmodel_t *rm;
   billing_t *b;
-  cqrs_queries_t *q;
+  cqrs_query_bus_t *q;
   cqrs_event_t *events[32];
   size_t n;
 } pfx_t;
@@ -16,7 +16,7 @@ static int setup(void **state) {
   pfx_t *p = calloc(1, sizeof *p);
   cqrs_memory_readmodel_new(&p->rm, NULL);
   p->b = billing_projector_new(p->rm, NULL);
-  cqrs_queries_new(p->rm, &p->q, NULL);
+  cqrs_query_bus_new(p->rm, &p->q, NULL);
   assert_int_equal(billing_register_queries(p->q, NULL, NULL), CQRS_OK);
   *state = p;
   return 0;
@@ -25,7 +25,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   pfx_t *p = *state;
   for (size_t i = 0; i < p->n; i++) cqrs_event_unref(p->events[i]);
-  cqrs_queries_destroy(p->q);
+  cqrs_query_bus_destroy(p->q);
   billing_destroy(p->b);
   cqrs_readmodel_destroy(p->rm);
   free(p);
@@ -76,7 +76,7 @@ static void script(pfx_t *p) {
 static bson_t *invoice(pfx_t *p, const char *id) {
   bson_t params = BSON_INITIALIZER, out = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&params, "id", id);
-  assert_int_equal(cqrs_queries_run(p->q, "invoice.by_id", &params, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(p->q, "invoice.by_id", &params, &out, NULL), CQRS_OK);
   bson_iter_t it;
   assert_true(bson_iter_init_find(&it, &out, "invoice"));
   uint32_t len;
@@ -225,17 +225,17 @@ static void test_balances_and_totals(void **state) {
   replay(p);
   bson_t params = BSON_INITIALIZER, out = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&params, "accountId", "a");
-  assert_int_equal(cqrs_queries_run(p->q, "account.balance", &params, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(p->q, "account.balance", &params, &out, NULL), CQRS_OK);
   assert_int_equal(i_at(&out, "balance.amount"), 300);
   assert_string_equal(s_at(&out, "balance.currency"), "EUR");
   assert_string_equal(s_at(&out, "status"), "open");
   bson_reinit(&params);
   bson_reinit(&out);
   BSON_APPEND_UTF8(&params, "accountId", "b");
-  assert_int_equal(cqrs_queries_run(p->q, "account.balance", &params, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(p->q, "account.balance", &params, &out, NULL), CQRS_OK);
   assert_string_equal(s_at(&out, "status"), "closed");
   bson_reinit(&out);
-  assert_int_equal(cqrs_queries_run(p->q, "account.total", NULL, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(p->q, "account.total", NULL, &out, NULL), CQRS_OK);
   assert_int_equal(i_at(&out, "totals.EUR"), 300);
   assert_int_equal(i_at(&out, "totals.USD"), 70);
   assert_int_equal(i_at(&out, "accounts"), 3);
@@ -243,7 +243,7 @@ static void test_balances_and_totals(void **state) {
   bson_reinit(&out);
   cqrs_error_t err;
   BSON_APPEND_UTF8(&params, "accountId", "nobody");
-  assert_int_equal(cqrs_queries_run(p->q, "account.balance", &params, &out, &err), CQRS_ENOT_FOUND);
+  assert_int_equal(cqrs_query_bus_run(p->q, "account.balance", &params, &out, &err), CQRS_ENOT_FOUND);
   bson_destroy(&params);
   bson_destroy(&out);
 }
@@ -267,7 +267,7 @@ static void test_customer_invoices_by_status_newest_first(void **state) {
   bson_t params = BSON_INITIALIZER, out = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&params, "customerId", "acme");
   BSON_APPEND_UTF8(&params, "status", "pending");
-  assert_int_equal(cqrs_queries_run(p->q, "invoice.by_customer", &params, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(p->q, "invoice.by_customer", &params, &out, NULL), CQRS_OK);
   char ids[8][16];
   size_t n;
   ids_of(&out, ids, &n);
@@ -276,7 +276,7 @@ static void test_customer_invoices_by_status_newest_first(void **state) {
   assert_string_equal(ids[1], "inv_4");
   BSON_APPEND_INT32(&params, "limit", 1);
   bson_reinit(&out);
-  assert_int_equal(cqrs_queries_run(p->q, "invoice.by_customer", &params, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(p->q, "invoice.by_customer", &params, &out, NULL), CQRS_OK);
   ids_of(&out, ids, &n);
   assert_int_equal(n, 1);
   assert_string_equal(ids[0], "inv_5");
@@ -296,15 +296,15 @@ static void test_query_parameters_are_checked(void **state) {
     bson_error_t berr;
     bson_t *params = bson_new_from_json((const uint8_t *)bad[i], -1, &berr);
     bson_reinit(&out);
-    if (cqrs_queries_run(p->q, "invoice.by_customer", params, &out, &err) != CQRS_EINVAL)
+    if (cqrs_query_bus_run(p->q, "invoice.by_customer", params, &out, &err) != CQRS_EINVAL)
       fail_msg("%s was accepted", bad[i]);
     bson_destroy(params);
   }
   bson_reinit(&out);
-  assert_int_equal(cqrs_queries_run(p->q, "invoice.by_id", NULL, &out, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_query_bus_run(p->q, "invoice.by_id", NULL, &out, &err), CQRS_EINVAL);
   bson_t params = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&params, "id", "inv_404");
-  assert_int_equal(cqrs_queries_run(p->q, "invoice.by_id", &params, &out, &err), CQRS_ENOT_FOUND);
+  assert_int_equal(cqrs_query_bus_run(p->q, "invoice.by_id", &params, &out, &err), CQRS_ENOT_FOUND);
   bson_destroy(&params);
   bson_destroy(&out);
 }

@@ -79,10 +79,10 @@ typedef struct flow {
   cqrs_registry_t *reg;
   cqrs_store_t *mem, *store;
   cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_dispatcher_t *d;
   billing_t *billing;
-  cqrs_queries_t *q;
+  cqrs_query_bus_t *q;
 } flow_t;
 
 static void flow_start(flow_t *f, bool with_process) {
@@ -118,8 +118,8 @@ static flow_t *flow_new(bool blocking) {
   cqrs_memory_store_new(&f->mem, NULL);
   f->store = blocking ? ledger_blocking_store(f->mem, 0) : f->mem;
   cqrs_memory_readmodel_new(&f->rm, NULL);
-  cqrs_memory_checkpoints_new(&f->cp, NULL);
-  cqrs_queries_new(f->rm, &f->q, NULL);
+  cqrs_memory_checkpoint_store_new(&f->cp, NULL);
+  cqrs_query_bus_new(f->rm, &f->q, NULL);
   assert_int_equal(billing_register_queries(f->q, NULL, NULL), CQRS_OK);
   flow_start(f, true);
   return f;
@@ -139,8 +139,8 @@ static int flow_teardown(void **state) {
   flow_t *f = *state;
   if (f->d) flow_stop(f);
   assert_int_equal(uv_loop_close(&f->loop), 0);
-  cqrs_queries_destroy(f->q);
-  cqrs_checkpoints_destroy(f->cp);
+  cqrs_query_bus_destroy(f->q);
+  cqrs_checkpoint_store_destroy(f->cp);
   cqrs_readmodel_destroy(f->rm);
   if (f->store != f->mem) cqrs_store_destroy(f->store);
   cqrs_store_destroy(f->mem);
@@ -194,7 +194,7 @@ static int64_t balance(flow_t *f, const char *id) {
   cqrs_aggregate_destroy(agg);
   bson_t params = BSON_INITIALIZER, out = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&params, "accountId", id);
-  assert_int_equal(cqrs_queries_run(f->q, "account.balance", &params, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(f->q, "account.balance", &params, &out, NULL), CQRS_OK);
   bson_iter_t it, v;
   assert_true(bson_iter_init(&it, &out) && bson_iter_find_descendant(&it, "balance.amount", &v));
   assert_int_equal(bson_iter_as_int64(&v), b);
@@ -205,7 +205,7 @@ static int64_t balance(flow_t *f, const char *id) {
 
 static int64_t total_eur(flow_t *f) {
   bson_t out = BSON_INITIALIZER;
-  assert_int_equal(cqrs_queries_run(f->q, "account.total", NULL, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(f->q, "account.total", NULL, &out, NULL), CQRS_OK);
   bson_iter_t it, v;
   int64_t total = bson_iter_init(&it, &out) && bson_iter_find_descendant(&it, "totals.EUR", &v) ? bson_iter_as_int64(&v) : 0;
   bson_destroy(&out);
@@ -440,8 +440,8 @@ static void test_replay_through_a_fresh_process_sends_nothing(void **state) {
   assert_int_equal(cqrs_store_head(f->mem, &head, NULL), CQRS_OK);
   flow_stop(f);
 
-  cqrs_checkpoints_destroy(f->cp);
-  cqrs_memory_checkpoints_new(&f->cp, NULL); /* forgets how far everything got */
+  cqrs_checkpoint_store_destroy(f->cp);
+  cqrs_memory_checkpoint_store_new(&f->cp, NULL); /* forgets how far everything got */
   flow_start(f, true);
   run_idle(f);
   assert_true(cqrs_projection_live(f->d, "process:transfer"));

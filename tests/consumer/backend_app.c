@@ -209,23 +209,23 @@ static void marks_destroy(void *impl) {
 static const cqrs_checkpoint_ops_t marks_ops = {.blocking = false, .load = marks_load, .save = marks_save,
                                                 .destroy = marks_destroy, .save_fenced = marks_save_fenced};
 
-static cqrs_checkpoints_t *make_checkpoints(void *data) {
+static cqrs_checkpoint_store_t *make_checkpoints(void *data) {
   (void)data;
   marks_t *m = calloc(1, sizeof *m);
   if (!m || uv_mutex_init(&m->lock)) {
     free(m);
     return NULL;
   }
-  cqrs_checkpoints_t *cp = NULL;
-  cqrs_checkpoints_new(&marks_ops, m, &cp, NULL);
+  cqrs_checkpoint_store_t *cp = NULL;
+  cqrs_checkpoint_store_new(&marks_ops, m, &cp, NULL);
   return cp;
 }
 
 int main(void) {
   int failures = cqrs_conformance_store(&(cqrs_store_factory_t){
       .name = "consumer log", .create = make_store, .without_snapshots = true, .without_command_lookup = true});
-  failures += cqrs_conformance_checkpoints(
-      &(cqrs_checkpoints_factory_t){.name = "consumer checkpoints", .create = make_checkpoints, .without_controls = true});
+  failures += cqrs_conformance_checkpoints(&(cqrs_checkpoint_store_factory_t){
+      .name = "consumer checkpoints", .create = make_checkpoints, .without_controls = true});
   printf("%s: %d failed\n", failures ? "FAILED" : "ok", failures);
   return failures;
 }

@@ -301,21 +301,21 @@ cqrs_store_t *ledger_blocking_store(cqrs_store_t *inner, unsigned delay_ms) {
 cqrs_store_t *ledger_flaky_store(cqrs_store_t *inner) { return forwarding_store(&flaky_ops, inner, 0); }
 
 static cqrs_code_t bc_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
-  return cqrs_checkpoints_load(impl, name, position, err);
+  return cqrs_checkpoint_store_load(impl, name, position, err);
 }
 static cqrs_code_t bc_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
-  return cqrs_checkpoints_save(impl, name, position, err);
+  return cqrs_checkpoint_store_save(impl, name, position, err);
 }
 static cqrs_code_t bc_save_fenced(void *impl, const char *name, int64_t position, int64_t token, cqrs_error_t *err) {
-  return cqrs_checkpoints_save_fenced(impl, name, position, token, err);
+  return cqrs_checkpoint_store_save_fenced(impl, name, position, token, err);
 }
 static cqrs_code_t bc_control_load(void *impl, const char *name, cqrs_projection_control_t *out, bool *found,
                                    cqrs_error_t *err) {
-  return cqrs_checkpoints_control_load(impl, name, out, found, err);
+  return cqrs_checkpoint_store_control_load(impl, name, out, found, err);
 }
 static cqrs_code_t bc_control_save(void *impl, const char *name, const cqrs_projection_control_t *c, unsigned parts,
                                    cqrs_error_t *err) {
-  return cqrs_checkpoints_control_save(impl, name, c, parts, err);
+  return cqrs_checkpoint_store_control_save(impl, name, c, parts, err);
 }
 static const cqrs_checkpoint_ops_t blocking_cp_ops = {.blocking = true,
                                                       .load = bc_load,
@@ -325,9 +325,9 @@ static const cqrs_checkpoint_ops_t blocking_cp_ops = {.blocking = true,
                                                       .control_load = bc_control_load,
                                                       .control_save = bc_control_save};
 
-cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner) {
-  cqrs_checkpoints_t *cp = NULL;
-  cqrs_checkpoints_new(&blocking_cp_ops, inner, &cp, NULL);
+cqrs_checkpoint_store_t *ledger_blocking_checkpoints(cqrs_checkpoint_store_t *inner) {
+  cqrs_checkpoint_store_t *cp = NULL;
+  cqrs_checkpoint_store_new(&blocking_cp_ops, inner, &cp, NULL);
   return cp;
 }
 

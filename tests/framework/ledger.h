@@ -78,7 +78,7 @@ cqrs_store_t *ledger_flaky_store(cqrs_store_t *inner);
 cqrs_store_t *ledger_faulty_store(cqrs_store_t *inner, long budget);
 long ledger_faulty_store_calls(cqrs_store_t *store);
 /* Checkpoints that forward to `inner` (borrowed) but are blocking. */
-cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner);
+cqrs_checkpoint_store_t *ledger_blocking_checkpoints(cqrs_checkpoint_store_t *inner);
 
 /* Runs `loop` until nothing is left, advancing the manual `clock` to each
  * framework timer that keeps the loop running (a back-off, a retry) as it

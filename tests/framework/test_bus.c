@@ -343,7 +343,7 @@ typedef struct doomed {
   fx_t *fx;
   recorder_t bad;
   cqrs_metrics_t *m;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
 } doomed_t;
 
 static void fail_everything(doomed_t *t, size_t kept, int64_t n) {
@@ -363,7 +363,7 @@ static void fail_everything(doomed_t *t, size_t kept, int64_t n) {
   if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err)) fail_msg("%s", err.message);
   assert_int_equal(cqrs_metrics_new(&t->m, NULL), CQRS_OK);
   assert_int_equal(cqrs_metrics_attach(t->m, fx->d, NULL), CQRS_OK);
-  assert_int_equal(cqrs_memory_checkpoints_new(&t->cp, NULL), CQRS_OK);
+  assert_int_equal(cqrs_memory_checkpoint_store_new(&t->cp, NULL), CQRS_OK);
   cqrs_projection_def_t def = {"bad", NULL, record, &t->bad, 0};
   assert_int_equal(cqrs_projection_start(fx->d, &def, t->cp, NULL), CQRS_OK);
   run_idle(fx);
@@ -372,7 +372,7 @@ static void fail_everything(doomed_t *t, size_t kept, int64_t n) {
 static void fail_everything_done(doomed_t *t) {
   teardown((void **)&t->fx);
   cqrs_metrics_destroy(t->m);
-  cqrs_checkpoints_destroy(t->cp);
+  cqrs_checkpoint_store_destroy(t->cp);
 }
 
 static double dead_letters_metric(cqrs_metrics_t *m, const char *subscriber) {

@@ -174,8 +174,8 @@ static void waited(cqrs_code_t status, void *data) { *(cqrs_code_t *)data = stat
 /* A wait's time-out is counted on the clock. */
 static void test_wait_times_out_by_the_clock(void **state) {
   fx_t *fx = *state;
-  cqrs_checkpoints_t *cp;
-  assert_int_equal(cqrs_memory_checkpoints_new(&cp, NULL), CQRS_OK);
+  cqrs_checkpoint_store_t *cp;
+  assert_int_equal(cqrs_memory_checkpoint_store_new(&cp, NULL), CQRS_OK);
   flaky_t f = {0, 0};
   cqrs_projection_def_t def = {"proj", NULL, flaky_handler, &f, 0};
   assert_int_equal(cqrs_projection_start(fx->d, &def, cp, NULL), CQRS_OK);
@@ -192,7 +192,7 @@ static void test_wait_times_out_by_the_clock(void **state) {
   assert_int_equal(cqrs_dispatcher_close(fx->d, NULL, NULL), CQRS_OK);
   fx->d = NULL;
   uv_run(&fx->loop, UV_RUN_DEFAULT);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
 }
 
 /* One turn of the loop, kept alive for it: an unreferenced timer (a poll)
@@ -240,31 +240,31 @@ static void test_poll_follows_the_clock(void **state) {
 /* The in-memory lease store's terms run out by its clock. */
 static void test_memory_leases_expire_by_the_clock(void **state) {
   fx_t *fx = *state;
-  cqrs_leases_t *l;
-  assert_int_equal(cqrs_memory_leases_new_with_clock(fx->clock, &l, NULL), CQRS_OK);
+  cqrs_lease_store_t *l;
+  assert_int_equal(cqrs_memory_lease_store_new_with_clock(fx->clock, &l, NULL), CQRS_OK);
   int64_t a, b;
-  assert_int_equal(cqrs_leases_acquire(l, "p", "a", 1000, &a, NULL), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "p", "a", 1000, &a, NULL), CQRS_OK);
   assert_true(a > 0);
   assert_int_equal(cqrs_clock_advance(fx->clock, 999), CQRS_OK);
-  assert_int_equal(cqrs_leases_acquire(l, "p", "b", 1000, &b, NULL), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "p", "b", 1000, &b, NULL), CQRS_OK);
   assert_int_equal(b, 0); /* held */
-  assert_int_equal(cqrs_leases_renew(l, "p", "a", a, 1000, NULL), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_renew(l, "p", "a", a, 1000, NULL), CQRS_OK);
   assert_int_equal(cqrs_clock_advance(fx->clock, 999), CQRS_OK);
-  assert_int_equal(cqrs_leases_acquire(l, "p", "b", 1000, &b, NULL), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "p", "b", 1000, &b, NULL), CQRS_OK);
   assert_int_equal(b, 0); /* renewed */
   assert_int_equal(cqrs_clock_advance(fx->clock, 1), CQRS_OK);
-  assert_int_equal(cqrs_leases_acquire(l, "p", "b", 1000, &b, NULL), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "p", "b", 1000, &b, NULL), CQRS_OK);
   assert_true(b > a); /* run out */
-  assert_int_equal(cqrs_leases_renew(l, "p", "a", a, 1000, NULL), CQRS_ECONFLICT);
-  cqrs_leases_destroy(l);
-  assert_int_equal(cqrs_memory_leases_new_with_clock(NULL, NULL, NULL), CQRS_EINVAL);
+  assert_int_equal(cqrs_lease_store_renew(l, "p", "a", a, 1000, NULL), CQRS_ECONFLICT);
+  cqrs_lease_store_destroy(l);
+  assert_int_equal(cqrs_memory_lease_store_new_with_clock(NULL, NULL, NULL), CQRS_EINVAL);
 }
 
 /* Lease options: the clock takes one reserved field; the others stay zero. */
 static void test_lease_options_reserved(void **state) {
   fx_t *fx = *state;
-  cqrs_leases_t *l;
-  assert_int_equal(cqrs_memory_leases_new_with_clock(fx->clock, &l, NULL), CQRS_OK);
+  cqrs_lease_store_t *l;
+  assert_int_equal(cqrs_memory_lease_store_new_with_clock(fx->clock, &l, NULL), CQRS_OK);
   cqrs_lease_options_t lo;
   cqrs_lease_options_init(&lo);
   assert_null(lo.clock);
@@ -280,7 +280,7 @@ static void test_lease_options_reserved(void **state) {
   assert_int_equal(cqrs_dispatcher_close(fx->d, NULL, NULL), CQRS_OK);
   fx->d = NULL;
   uv_run(&fx->loop, UV_RUN_DEFAULT);
-  cqrs_leases_destroy(l);
+  cqrs_lease_store_destroy(l);
 }
 
 int main(void) {

@@ -184,8 +184,8 @@ static int run_round_trip(void) {
   cqrs_registry_new(&reg, NULL);
   cqrs_store_t *store = NULL;
   cqrs_memory_store_new(&store, NULL);
-  cqrs_checkpoints_t *cp = NULL;
-  cqrs_memory_checkpoints_new(&cp, NULL);
+  cqrs_checkpoint_store_t *cp = NULL;
+  cqrs_memory_checkpoint_store_new(&cp, NULL);
   cqrs_dispatcher_t *d = NULL;
   if (!reg || !store || !cp) goto out;
   if (cqrs_registry_add_aggregate(reg, &ledger_type, NULL) || cqrs_registry_add_command(reg, &ledger_open, NULL) ||
@@ -219,7 +219,7 @@ out:
     uv_run(&loop, UV_RUN_DEFAULT);
   }
   if (uv_loop_close(&loop)) fail_msg("the loop still has handles");
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   cqrs_store_destroy(store);
   cqrs_registry_destroy(reg);
   return rc;

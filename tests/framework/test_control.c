@@ -50,7 +50,7 @@ typedef struct fx {
   uv_loop_t loop;
   cqrs_registry_t *reg;
   cqrs_store_t *mem, *store;
-  cqrs_checkpoints_t *cp_mem, *cp;
+  cqrs_checkpoint_store_t *cp_mem, *cp;
   cqrs_dispatcher_t *d;
   seen_t seen;
   letters_t letters;
@@ -87,7 +87,7 @@ static fx_t *fx_new(bool blocking) {
   fx->reg = ledger_registry();
   cqrs_memory_store_new(&fx->mem, NULL);
   fx->store = blocking ? ledger_blocking_store(fx->mem, 0) : fx->mem;
-  cqrs_memory_checkpoints_new(&fx->cp_mem, NULL);
+  cqrs_memory_checkpoint_store_new(&fx->cp_mem, NULL);
   fx->cp = blocking ? ledger_blocking_checkpoints(fx->cp_mem) : fx->cp_mem;
   /* Keeps the loop turning (the control timer does not) and fails a test
    * that waits for what never comes, rather than hanging it. */
@@ -113,8 +113,8 @@ static int teardown(void **state) {
   if (fx->d) cqrs_dispatcher_close(fx->d, NULL, NULL);
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
-  if (fx->cp != fx->cp_mem) cqrs_checkpoints_destroy(fx->cp);
-  cqrs_checkpoints_destroy(fx->cp_mem);
+  if (fx->cp != fx->cp_mem) cqrs_checkpoint_store_destroy(fx->cp);
+  cqrs_checkpoint_store_destroy(fx->cp_mem);
   if (fx->store != fx->mem) cqrs_store_destroy(fx->store);
   cqrs_store_destroy(fx->mem);
   cqrs_registry_destroy(fx->reg);
@@ -126,13 +126,13 @@ static cqrs_projection_control_t control(fx_t *fx) {
   cqrs_projection_control_t c;
   bool found;
   cqrs_error_t err;
-  if (cqrs_checkpoints_control_load(fx->cp_mem, "proj", &c, &found, &err)) fail_msg("%s", err.message);
+  if (cqrs_checkpoint_store_control_load(fx->cp_mem, "proj", &c, &found, &err)) fail_msg("%s", err.message);
   return c;
 }
 
 static int64_t checkpoint(fx_t *fx) {
   int64_t at = -1;
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &at, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &at, NULL), CQRS_OK);
   return at;
 }
 
@@ -256,7 +256,7 @@ static void test_replay_a_dead_letter(void **state) {
 static void test_requests_wait_for_a_process(void **state) {
   fx_t *fx = *state;
   ledger_fill(fx->mem, &ledger_type, "a", 4);
-  assert_int_equal(cqrs_checkpoints_save(fx->cp_mem, "proj", 4, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_save(fx->cp_mem, "proj", 4, NULL), CQRS_OK);
   int64_t r = request(fx, CQRS_PROJECTION_RESET, 1);
   assert_int_equal(cqrs_projection_pause(fx->cp_mem, "proj", true, NULL), CQRS_OK);
   open_dispatcher(fx, 1);
@@ -273,7 +273,7 @@ static void test_control_records(void **state) {
   cqrs_projection_control_t c;
   bool found = true;
   cqrs_error_t err;
-  assert_int_equal(cqrs_checkpoints_control_load(fx->cp_mem, "none", &c, &found, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_control_load(fx->cp_mem, "none", &c, &found, &err), CQRS_OK);
   assert_false(found);
   assert_int_equal(c.request, 0);
   assert_int_equal(cqrs_projection_request(fx->cp_mem, "p", CQRS_PROJECTION_NO_ACTION, 1, NULL, &err), CQRS_EINVAL);
@@ -281,25 +281,25 @@ static void test_control_records(void **state) {
   assert_int_equal(cqrs_projection_request(fx->cp_mem, "", CQRS_PROJECTION_SKIP, 1, NULL, &err), CQRS_EINVAL);
   assert_int_equal(cqrs_projection_request(fx->cp_mem, "p", CQRS_PROJECTION_SKIP, -1, NULL, &err), CQRS_EINVAL);
   memset(&c, 0, sizeof c);
-  assert_int_equal(cqrs_checkpoints_control_save(fx->cp_mem, "p", &c, 0, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_checkpoints_control_save(fx->cp_mem, "p", &c, 4, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoint_store_control_save(fx->cp_mem, "p", &c, 0, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoint_store_control_save(fx->cp_mem, "p", &c, 4, &err), CQRS_EINVAL);
   c.action = (cqrs_projection_action_t)9;
-  assert_int_equal(cqrs_checkpoints_control_save(fx->cp_mem, "p", &c, CQRS_CONTROL_REQUEST, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoint_store_control_save(fx->cp_mem, "p", &c, CQRS_CONTROL_REQUEST, &err), CQRS_EINVAL);
   c.action = CQRS_PROJECTION_SKIP;
   memset(c.state, 'x', sizeof c.state); /* not terminated */
-  assert_int_equal(cqrs_checkpoints_control_save(fx->cp_mem, "p", &c, CQRS_CONTROL_REPORT, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_checkpoints_control_load(fx->cp_mem, "p", &c, &found, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_control_save(fx->cp_mem, "p", &c, CQRS_CONTROL_REPORT, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoint_store_control_load(fx->cp_mem, "p", &c, &found, &err), CQRS_OK);
   assert_false(found); /* nothing refused was written */
   int64_t r1 = 0, r2 = 0;
   assert_int_equal(cqrs_projection_request(fx->cp_mem, "p", CQRS_PROJECTION_SKIP, 3, &r1, &err), CQRS_OK);
   assert_int_equal(cqrs_projection_request(fx->cp_mem, "p", CQRS_PROJECTION_RESET, 0, &r2, &err), CQRS_OK);
   assert_int_equal(r1, 1);
   assert_int_equal(r2, 2);
-  assert_int_equal(cqrs_checkpoints_control_load(fx->cp_mem, "p", &c, &found, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_control_load(fx->cp_mem, "p", &c, &found, &err), CQRS_OK);
   assert_true(found);
   assert_int_equal(c.action, CQRS_PROJECTION_RESET);
   assert_int_equal(c.position, 0);
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "p", &r1, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "p", &r1, &err), CQRS_OK);
   assert_int_equal(r1, 0); /* the checkpoint is the name's own */
 }
 
@@ -323,14 +323,14 @@ static void test_checkpoints_without_controls(void **state) {
   (void)state;
   static const cqrs_checkpoint_ops_t plain = {.load = no_load, .save = no_save};
   static const cqrs_checkpoint_ops_t half = {.load = no_load, .save = no_save, .control_load = half_load};
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_error_t err;
-  assert_int_equal(cqrs_checkpoints_new(&half, NULL, &cp, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoint_store_new(&half, NULL, &cp, &err), CQRS_EINVAL);
   assert_null(cp);
-  assert_int_equal(cqrs_checkpoints_new(&plain, NULL, &cp, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_new(&plain, NULL, &cp, &err), CQRS_OK);
   assert_int_equal(cqrs_projection_pause(cp, "p", true, &err), CQRS_EINVAL);
   assert_non_null(strstr(err.message, "no control records"));
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
 }
 
 int main(void) {

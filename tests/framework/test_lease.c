@@ -28,22 +28,22 @@
 
 static void test_memory_leases(void **state) {
   (void)state;
-  cqrs_leases_t *l;
-  assert_int_equal(cqrs_leases_new(NULL, NULL, &l, NULL), CQRS_EINVAL);
+  cqrs_lease_store_t *l;
+  assert_int_equal(cqrs_lease_store_new(NULL, NULL, &l, NULL), CQRS_EINVAL);
   assert_null(l);
-  cqrs_leases_destroy(NULL);
+  cqrs_lease_store_destroy(NULL);
 }
 
 /* A fenced-off write says so. */
 static void test_fenced_checkpoints(void **state) {
   (void)state;
-  cqrs_checkpoints_t *cp;
-  assert_int_equal(cqrs_memory_checkpoints_new(&cp, NULL), CQRS_OK);
+  cqrs_checkpoint_store_t *cp;
+  assert_int_equal(cqrs_memory_checkpoint_store_new(&cp, NULL), CQRS_OK);
   cqrs_error_t err;
-  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "p", 10, 2, &err), CQRS_OK);
-  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "p", 20, 1, &err), CQRS_ECONFLICT);
+  assert_int_equal(cqrs_checkpoint_store_save_fenced(cp, "p", 10, 2, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_save_fenced(cp, "p", 20, 1, &err), CQRS_ECONFLICT);
   assert_non_null(strstr(err.message, "fenced off"));
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
 }
 
 /* ---- dispatchers sharing a projection ---- */
@@ -52,7 +52,7 @@ static void test_fenced_checkpoints(void **state) {
  * leases (as a process that hangs or loses the network would), and can
  * block (its calls then run on the pool). */
 typedef struct test_leases {
-  cqrs_leases_t *inner;
+  cqrs_lease_store_t *inner;
   uv_mutex_t lock; /* the fields below: the test sets them while lease threads read them */
   char mute[CQRS_NAME_MAX]; /* calls of this owner fail */
   /* When the last successful acquire or renewal of lease `watch` was
@@ -94,7 +94,7 @@ static cqrs_code_t tl_acquire(void *impl, const char *name, const char *owner, u
   test_leases_t *t = impl;
   uint64_t at = cqrs_clock_monotonic_ms(t->clock);
   if (tl_muted(t, owner)) return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
-  cqrs_code_t rc = cqrs_leases_acquire(t->inner, name, owner, ttl, token, err);
+  cqrs_code_t rc = cqrs_lease_store_acquire(t->inner, name, owner, ttl, token, err);
   if (!rc && *token > 0) tl_ok(t, name, at);
   return rc;
 }
@@ -103,12 +103,12 @@ static cqrs_code_t tl_renew(void *impl, const char *name, const char *owner, int
   test_leases_t *t = impl;
   uint64_t at = cqrs_clock_monotonic_ms(t->clock);
   if (tl_muted(t, owner)) return cqrs_error_set(err, CQRS_ESTORE, "the server went away");
-  cqrs_code_t rc = cqrs_leases_renew(t->inner, name, owner, token, ttl, err);
+  cqrs_code_t rc = cqrs_lease_store_renew(t->inner, name, owner, token, ttl, err);
   if (!rc) tl_ok(t, name, at);
   return rc;
 }
 static cqrs_code_t tl_release(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err) {
-  return cqrs_leases_release(((test_leases_t *)impl)->inner, name, owner, token, err);
+  return cqrs_lease_store_release(((test_leases_t *)impl)->inner, name, owner, token, err);
 }
 static const cqrs_lease_ops_t tl_ops = {.blocking = false, .acquire = tl_acquire, .renew = tl_renew,
                                         .release = tl_release, .destroy = NULL};
@@ -131,9 +131,9 @@ typedef struct fx {
   cqrs_clock_t *clock;
   cqrs_registry_t *reg;
   cqrs_store_t *mem, *store;
-  cqrs_checkpoints_t *cp_mem, *cp;
+  cqrs_checkpoint_store_t *cp_mem, *cp;
   test_leases_t tl;
-  cqrs_leases_t *leases;
+  cqrs_lease_store_t *leases;
   cqrs_dispatcher_t *d[2];
   side_t side[2];
   seen_t seen;
@@ -237,12 +237,12 @@ static fx_t *fx_new(bool blocking) {
   cqrs_memory_store_new(&fx->mem, NULL);
   ledger_fill(fx->mem, &ledger_type, "acc", 1); /* opens the account */
   fx->store = blocking ? ledger_blocking_store(fx->mem, 1) : fx->mem;
-  cqrs_memory_checkpoints_new(&fx->cp_mem, NULL);
+  cqrs_memory_checkpoint_store_new(&fx->cp_mem, NULL);
   fx->cp = blocking ? ledger_blocking_checkpoints(fx->cp_mem) : fx->cp_mem;
-  cqrs_memory_leases_new_with_clock(fx->clock, &fx->tl.inner, NULL);
+  cqrs_memory_lease_store_new_with_clock(fx->clock, &fx->tl.inner, NULL);
   fx->tl.clock = fx->clock;
   uv_mutex_init(&fx->tl.lock);
-  cqrs_leases_new(blocking ? &tl_blocking_ops : &tl_ops, &fx->tl, &fx->leases, NULL);
+  cqrs_lease_store_new(blocking ? &tl_blocking_ops : &tl_ops, &fx->tl, &fx->leases, NULL);
   return fx;
 }
 
@@ -277,11 +277,11 @@ static int teardown(void **state) {
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
   for (int i = 0; i < 2; i++) cqrs_metrics_destroy(fx->metrics[i]);
-  cqrs_leases_destroy(fx->leases);
-  cqrs_leases_destroy(fx->tl.inner);
+  cqrs_lease_store_destroy(fx->leases);
+  cqrs_lease_store_destroy(fx->tl.inner);
   uv_mutex_destroy(&fx->tl.lock);
-  if (fx->cp != fx->cp_mem) cqrs_checkpoints_destroy(fx->cp);
-  cqrs_checkpoints_destroy(fx->cp_mem);
+  if (fx->cp != fx->cp_mem) cqrs_checkpoint_store_destroy(fx->cp);
+  cqrs_checkpoint_store_destroy(fx->cp_mem);
   if (fx->store != fx->mem) cqrs_store_destroy(fx->store);
   cqrs_store_destroy(fx->mem);
   cqrs_registry_destroy(fx->reg);
@@ -462,10 +462,10 @@ static void test_fenced_checkpoint_stops_the_owner(void **state) {
   /* Another process takes the lease (as if a's had run out while a was
    * paused) and writes its checkpoint; a has not noticed yet. */
   int64_t z;
-  assert_int_equal(cqrs_leases_release(fx->tl.inner, "proj", "a", 1, NULL), CQRS_OK);
-  assert_int_equal(cqrs_leases_acquire(fx->tl.inner, "proj", "z", 60000, &z, NULL), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_release(fx->tl.inner, "proj", "a", 1, NULL), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(fx->tl.inner, "proj", "z", 60000, &z, NULL), CQRS_OK);
   assert_int_equal(z, 2);
-  assert_int_equal(cqrs_checkpoints_save_fenced(fx->cp_mem, "proj", head(fx), z, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_save_fenced(fx->cp_mem, "proj", head(fx), z, NULL), CQRS_OK);
   assert_true(owns(fx, 0));
   credit(fx, 0, 3);
   uint64_t until = clock_ms(fx) + PATIENCE_MS;
@@ -480,7 +480,7 @@ static void test_fenced_checkpoint_stops_the_owner(void **state) {
   assert_false(owns(fx, 0));
   assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d[0]), 0);
   int64_t pos;
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &pos, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &pos, NULL), CQRS_OK);
   assert_int_equal(pos, 6); /* z's */
 }
 
@@ -739,10 +739,10 @@ static void test_process_manager_stops_at_the_deadline(void **state) {
 }
 
 static cqrs_code_t uf_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
-  return cqrs_checkpoints_load(impl, name, position, err);
+  return cqrs_checkpoint_store_load(impl, name, position, err);
 }
 static cqrs_code_t uf_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
-  return cqrs_checkpoints_save(impl, name, position, err);
+  return cqrs_checkpoint_store_save(impl, name, position, err);
 }
 
 static void test_lease_rules(void **state) {
@@ -766,13 +766,13 @@ static void test_lease_rules(void **state) {
   /* Under leases, checkpoints must fence their writes. */
   static const cqrs_checkpoint_ops_t unfenced_ops = {.blocking = false, .load = uf_load, .save = uf_save,
                                                      .destroy = NULL, .save_fenced = NULL};
-  cqrs_checkpoints_t *unfenced;
-  assert_int_equal(cqrs_checkpoints_new(&unfenced_ops, fx->cp_mem, &unfenced, &err), CQRS_OK);
+  cqrs_checkpoint_store_t *unfenced;
+  assert_int_equal(cqrs_checkpoint_store_new(&unfenced_ops, fx->cp_mem, &unfenced, &err), CQRS_OK);
   side_t side = {fx, 0};
   cqrs_projection_def_t def = {"proj", NULL, project, &side, 0};
   assert_int_equal(cqrs_projection_start(d, &def, unfenced, &err), CQRS_EINVAL);
   assert_non_null(strstr(err.message, "fence"));
-  cqrs_checkpoints_destroy(unfenced);
+  cqrs_checkpoint_store_destroy(unfenced);
   assert_int_equal(cqrs_projection_start(d, &def, fx->cp, &err), CQRS_OK);
   assert_true(cqrs_projection_owned(d, "proj") || fx->blocking);
   assert_false(cqrs_projection_owned(d, "nothing"));
@@ -788,7 +788,7 @@ static void test_lease_rules(void **state) {
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   /* Closing released it. */
   int64_t token;
-  assert_int_equal(cqrs_leases_acquire(fx->leases, "proj", "z", 1000, &token, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(fx->leases, "proj", "z", 1000, &token, &err), CQRS_OK);
   assert_true(token > 0);
 }
 

@@ -658,8 +658,8 @@ static void test_transfers_across_loops(void **state) {
   cqrs_memory_store_new(&store, NULL);
   cqrs_readmodel_t *rm;
   cqrs_memory_readmodel_new(&rm, NULL);
-  cqrs_checkpoints_t *cp;
-  cqrs_memory_checkpoints_new(&cp, NULL);
+  cqrs_checkpoint_store_t *cp;
+  cqrs_memory_checkpoint_store_new(&cp, NULL);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.loops = 3;
@@ -720,7 +720,7 @@ static void test_transfers_across_loops(void **state) {
   assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
   assert_int_equal(uv_loop_close(&loop), 0);
   billing_destroy(b);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   cqrs_readmodel_destroy(rm);
   cqrs_store_destroy(store);
   cqrs_registry_destroy(reg);

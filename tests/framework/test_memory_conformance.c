@@ -69,18 +69,18 @@ static cqrs_readmodel_t *readmodel(void *data) {
   return rm;
 }
 
-static cqrs_checkpoints_t *checkpoints(void *data) {
+static cqrs_checkpoint_store_t *checkpoints(void *data) {
   (void)data;
-  cqrs_checkpoints_t *cp = NULL;
+  cqrs_checkpoint_store_t *cp = NULL;
   cqrs_error_t err;
-  if (cqrs_memory_checkpoints_new(&cp, &err)) print_error("memory checkpoints: %s\n", err.message);
+  if (cqrs_memory_checkpoint_store_new(&cp, &err)) print_error("memory checkpoints: %s\n", err.message);
   return cp;
 }
 
-static cqrs_leases_t *leases(void *clock) {
-  cqrs_leases_t *l = NULL;
+static cqrs_lease_store_t *leases(void *clock) {
+  cqrs_lease_store_t *l = NULL;
   cqrs_error_t err;
-  if (cqrs_memory_leases_new_with_clock(clock, &l, &err)) print_error("memory leases: %s\n", err.message);
+  if (cqrs_memory_lease_store_new_with_clock(clock, &l, &err)) print_error("memory leases: %s\n", err.message);
   return l;
 }
 
@@ -91,12 +91,12 @@ int main(void) {
   failures += cqrs_conformance_readmodel(
       &(cqrs_readmodel_factory_t){.name = "memory read model conformance", .create = readmodel});
   failures += cqrs_conformance_checkpoints(
-      &(cqrs_checkpoints_factory_t){.name = "memory checkpoints conformance", .create = checkpoints});
+      &(cqrs_checkpoint_store_factory_t){.name = "memory checkpoints conformance", .create = checkpoints});
   /* The leases' terms on a manual clock that the suite moves. */
   cqrs_clock_t *clock;
   if (cqrs_clock_manual_new(cqrs_now_ms(), &clock, NULL)) return 1;
-  failures += cqrs_conformance_leases(
-      &(cqrs_leases_factory_t){.name = "memory leases conformance", .create = leases, .data = clock, .clock = clock});
+  failures += cqrs_conformance_leases(&(cqrs_lease_store_factory_t){
+      .name = "memory leases conformance", .create = leases, .data = clock, .clock = clock});
   cqrs_clock_destroy(clock);
   return failures;
 }

@@ -277,19 +277,19 @@ static void test_queries_by_outcome(void **state) {
   fx_t *fx = *state;
   cqrs_readmodel_t *rm = NULL;
   cqrs_memory_readmodel_new(&rm, NULL);
-  cqrs_queries_t *q = NULL;
-  cqrs_queries_new(rm, &q, NULL);
-  assert_int_equal(cqrs_queries_register(q, "ok", q_ok, NULL, NULL), CQRS_OK);
-  assert_int_equal(cqrs_queries_register(q, "missing", q_missing, NULL, NULL), CQRS_OK);
-  assert_int_equal(cqrs_queries_register(q, "fail", q_fail, NULL, NULL), CQRS_OK);
-  assert_int_equal(cqrs_queries_register(q, "secret", q_ok, NULL, NULL), CQRS_OK);
-  assert_int_equal(cqrs_queries_use(q, &q_auth, NULL, NULL), CQRS_OK);
-  assert_int_equal(cqrs_metrics_attach_queries(fx->m, q, NULL), CQRS_OK);
+  cqrs_query_bus_t *q = NULL;
+  cqrs_query_bus_new(rm, &q, NULL);
+  assert_int_equal(cqrs_query_bus_register(q, "ok", q_ok, NULL, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_register(q, "missing", q_missing, NULL, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_register(q, "fail", q_fail, NULL, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_register(q, "secret", q_ok, NULL, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_use(q, &q_auth, NULL, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_attach_query_bus(fx->m, q, NULL), CQRS_OK);
   const char *names[] = {"ok", "ok", "missing", "fail", "secret", "unknown"};
   cqrs_code_t want[] = {CQRS_OK, CQRS_OK, CQRS_ENOT_FOUND, CQRS_ESTORE, CQRS_EREJECTED, CQRS_ENOT_FOUND};
   for (size_t i = 0; i < 6; i++) {
     bson_t out = BSON_INITIALIZER;
-    assert_int_equal(cqrs_queries_run(q, names[i], NULL, &out, NULL), want[i]);
+    assert_int_equal(cqrs_query_bus_run(q, names[i], NULL, &out, NULL), want[i]);
     bson_destroy(&out);
   }
   cqrs_metrics_snapshot_t *s = snap(fx);
@@ -300,7 +300,7 @@ static void test_queries_by_outcome(void **state) {
   assert_int_equal(VALUE(s, "cqrs_queries_total"), 5); /* an unknown name is not a series */
   assert_int_equal(VALUE(s, "cqrs_query_duration_seconds", "name", "ok"), 2);
   cqrs_metrics_snapshot_destroy(s);
-  cqrs_queries_destroy(q);
+  cqrs_query_bus_destroy(q);
   cqrs_readmodel_destroy(rm);
 }
 

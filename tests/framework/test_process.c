@@ -81,8 +81,8 @@ static void test_eight_processes_on_four_pool_threads(void **state) {
   cqrs_store_t *mem = NULL;
   cqrs_memory_store_new(&mem, NULL);
   cqrs_store_t *store = ledger_blocking_store(mem, 0);
-  cqrs_checkpoints_t *cp = NULL;
-  cqrs_memory_checkpoints_new(&cp, NULL);
+  cqrs_checkpoint_store_t *cp = NULL;
+  cqrs_memory_checkpoint_store_new(&cp, NULL);
   cqrs_dispatcher_t *d;
   cqrs_error_t err;
   assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, &err), CQRS_OK);
@@ -118,7 +118,7 @@ static void test_eight_processes_on_four_pool_threads(void **state) {
   uv_close((uv_handle_t *)&dog, NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   cqrs_store_destroy(store);
   cqrs_store_destroy(mem);
   cqrs_registry_destroy(reg);
@@ -171,8 +171,8 @@ static void test_deadline_fires_after_a_restart(void **state) {
   assert_int_equal(cqrs_registry_add_process(reg, &timer_type, NULL), CQRS_OK);
   cqrs_store_t *store = NULL;
   cqrs_memory_store_new(&store, NULL);
-  cqrs_checkpoints_t *cp = NULL;
-  cqrs_memory_checkpoints_new(&cp, NULL);
+  cqrs_checkpoint_store_t *cp = NULL;
+  cqrs_memory_checkpoint_store_new(&cp, NULL);
   cqrs_error_t err;
   cqrs_dispatcher_t *d = clocked_dispatcher(&loop, reg, store, clock);
   assert_int_equal(cqrs_process_start(d, &timer_type, NULL, cp, &err), CQRS_OK);
@@ -202,7 +202,7 @@ static void test_deadline_fires_after_a_restart(void **state) {
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
   assert_int_equal(deadlines_fired, 1);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   cqrs_store_destroy(store);
   cqrs_registry_destroy(reg);
   cqrs_clock_destroy(clock);
@@ -424,7 +424,7 @@ static const cqrs_store_ops_t stale_ops = {.name = "stale", .blocking = false, .
 
 /* The first run: the instance of l-1 records its start and its step, and
  * the dispatcher closes before the step could run (the gate is closed). */
-static void record_and_stop(uv_loop_t *loop, cqrs_registry_t *reg, cqrs_store_t *store, cqrs_checkpoints_t *cp) {
+static void record_and_stop(uv_loop_t *loop, cqrs_registry_t *reg, cqrs_store_t *store, cqrs_checkpoint_store_t *cp) {
   cqrs_dispatcher_t *d;
   gate_open = false;
   gate_passed = 0;
@@ -439,7 +439,7 @@ static void record_and_stop(uv_loop_t *loop, cqrs_registry_t *reg, cqrs_store_t 
   assert_int_equal(gate_passed, 0);
 }
 
-static cqrs_checkpoints_t *gate_cp;
+static cqrs_checkpoint_store_t *gate_cp;
 static stale_t *gate_store;
 static int64_t gate_cp_before_reload; /* the highest checkpoint saved before the reload worked */
 
@@ -448,7 +448,7 @@ static int64_t gate_cp_before_reload; /* the highest checkpoint saved before the
 static void note_checkpoint(void) {
   if (gate_store->duplicates && gate_store->failed_reads == 0 && !gate_passed) {
     int64_t at = 0;
-    assert_int_equal(cqrs_checkpoints_load(gate_cp, "process:gated", &at, NULL), CQRS_OK);
+    assert_int_equal(cqrs_checkpoint_store_load(gate_cp, "process:gated", &at, NULL), CQRS_OK);
     if (at > gate_cp_before_reload) gate_cp_before_reload = at;
   }
 }
@@ -468,8 +468,8 @@ static void test_input_recorded_by_an_earlier_run(void **state) {
   assert_int_equal(cqrs_registry_add_process(reg, &gated_type, NULL), CQRS_OK);
   cqrs_store_t *mem = NULL;
   cqrs_memory_store_new(&mem, NULL);
-  cqrs_checkpoints_t *cp = NULL;
-  cqrs_memory_checkpoints_new(&cp, NULL);
+  cqrs_checkpoint_store_t *cp = NULL;
+  cqrs_memory_checkpoint_store_new(&cp, NULL);
   cqrs_error_t err;
   cqrs_dispatcher_t *d;
   record_and_stop(&loop, reg, mem, cp);
@@ -509,7 +509,7 @@ static void test_input_recorded_by_an_earlier_run(void **state) {
   assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   cqrs_store_destroy(store);
   cqrs_store_destroy(mem);
   cqrs_registry_destroy(reg);
@@ -528,7 +528,7 @@ static void *dup_realloc(void *p, size_t n) {
 }
 
 static cqrs_dispatcher_t *gated_dispatcher(uv_loop_t *loop, cqrs_registry_t *reg, cqrs_store_t *store,
-                                           cqrs_checkpoints_t *cp, cqrs_clock_t *clock) {
+                                           cqrs_checkpoint_store_t *cp, cqrs_clock_t *clock) {
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.retry_base_ms = 1;
@@ -560,8 +560,8 @@ static void test_allocation_failures_after_a_duplicate(void **state) {
     uv_loop_init(&loop);
     cqrs_store_t *mem = NULL, *store = NULL;
     cqrs_memory_store_new(&mem, NULL);
-    cqrs_checkpoints_t *cp = NULL;
-    cqrs_memory_checkpoints_new(&cp, NULL);
+    cqrs_checkpoint_store_t *cp = NULL;
+    cqrs_memory_checkpoint_store_new(&cp, NULL);
     record_and_stop(&loop, reg, mem, cp);
     stale_t *impl = calloc(1, sizeof *impl);
     impl->inner = mem;
@@ -605,7 +605,7 @@ static void test_allocation_failures_after_a_duplicate(void **state) {
     assert_true(gate_passed >= 1);
     gate_store = NULL;
     cqrs_clock_destroy(clock);
-    cqrs_checkpoints_destroy(cp);
+    cqrs_checkpoint_store_destroy(cp);
     cqrs_store_destroy(store);
     cqrs_store_destroy(mem);
     if (!failed) break; /* fewer than n allocations after the duplicate: every one has failed once */
@@ -702,9 +702,9 @@ static void test_two_runtimes_agree_on_each_step(void **state) {
   cqrs_store_t *mem = NULL;
   cqrs_memory_store_new(&mem, NULL);
   cqrs_store_t *store = ledger_blocking_store(mem, 0);
-  cqrs_checkpoints_t *cp[2] = {NULL, NULL};
-  cqrs_memory_checkpoints_new(&cp[0], NULL);
-  cqrs_memory_checkpoints_new(&cp[1], NULL);
+  cqrs_checkpoint_store_t *cp[2] = {NULL, NULL};
+  cqrs_memory_checkpoint_store_new(&cp[0], NULL);
+  cqrs_memory_checkpoint_store_new(&cp[1], NULL);
   cqrs_dispatcher_t *d[2];
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
@@ -752,7 +752,8 @@ static void test_two_runtimes_agree_on_each_step(void **state) {
   uv_close((uv_handle_t *)&credits, NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
-  for (int i = 0; i < 2; i++) cqrs_checkpoints_destroy(cp[i]);
+  for (int i = 0; i < 2; i++)
+    cqrs_checkpoint_store_destroy(cp[i]);
   cqrs_store_destroy(store);
   cqrs_store_destroy(mem);
   cqrs_registry_destroy(reg);

@@ -56,7 +56,7 @@ typedef struct fx {
   cqrs_clock_t *clock;
   cqrs_registry_t *reg;
   cqrs_store_t *store;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   cqrs_dispatcher_t *d;
   uv_timer_t keep; /* turns the loop while another thread waits */
 } fx_t;
@@ -69,7 +69,7 @@ static int setup(void **state) {
   fx->reg = ledger_registry();
   assert_int_equal(cqrs_registry_add_process(fx->reg, &order_type, NULL), CQRS_OK);
   assert_int_equal(cqrs_memory_store_new(&fx->store, NULL), CQRS_OK);
-  assert_int_equal(cqrs_memory_checkpoints_new(&fx->cp, NULL), CQRS_OK);
+  assert_int_equal(cqrs_memory_checkpoint_store_new(&fx->cp, NULL), CQRS_OK);
   cqrs_dispatcher_options_t o;
   cqrs_dispatcher_options_init(&o);
   o.clock = fx->clock;
@@ -89,7 +89,7 @@ static int teardown(void **state) {
   uv_close((uv_handle_t *)&fx->keep, NULL);
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
-  cqrs_checkpoints_destroy(fx->cp);
+  cqrs_checkpoint_store_destroy(fx->cp);
   cqrs_store_destroy(fx->store);
   cqrs_registry_destroy(fx->reg);
   cqrs_clock_destroy(fx->clock);

@@ -41,7 +41,7 @@ typedef struct fx {
   cqrs_clock_t *clock; /* manual: back-offs, retries and wait time-outs follow it */
   cqrs_registry_t *reg;
   cqrs_store_t *mem, *store; /* store: mem, or a blocking view of it */
-  cqrs_checkpoints_t *cp_mem, *cp;
+  cqrs_checkpoint_store_t *cp_mem, *cp;
   cqrs_dispatcher_t *d;
   int done;
 } fx_t;
@@ -79,7 +79,7 @@ static fx_t *fx_new(bool blocking) {
   fx->reg = ledger_registry();
   cqrs_memory_store_new(&fx->mem, NULL);
   fx->store = blocking ? ledger_blocking_store(fx->mem, 2) : fx->mem;
-  cqrs_memory_checkpoints_new(&fx->cp_mem, NULL);
+  cqrs_memory_checkpoint_store_new(&fx->cp_mem, NULL);
   fx->cp = blocking ? ledger_blocking_checkpoints(fx->cp_mem) : fx->cp_mem;
   open_dispatcher(fx);
   return fx;
@@ -99,8 +99,8 @@ static int teardown(void **state) {
   fx_t *fx = *state;
   if (fx->d) close_dispatcher(fx);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
-  if (fx->cp != fx->cp_mem) cqrs_checkpoints_destroy(fx->cp);
-  cqrs_checkpoints_destroy(fx->cp_mem);
+  if (fx->cp != fx->cp_mem) cqrs_checkpoint_store_destroy(fx->cp);
+  cqrs_checkpoint_store_destroy(fx->cp_mem);
   if (fx->store != fx->mem) cqrs_store_destroy(fx->store);
   cqrs_store_destroy(fx->mem);
   cqrs_registry_destroy(fx->reg);
@@ -148,7 +148,7 @@ static void test_catch_up_then_live(void **state) {
   fx_t *fx = *state;
   ledger_fill(fx->mem, &ledger_type, "a", 300);
   ledger_fill(fx->mem, &ledger_type, "b", 400);
-  assert_int_equal(cqrs_checkpoints_save(fx->cp, "proj", 100, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_save(fx->cp, "proj", 100, NULL), CQRS_OK);
   seen_t *s = calloc(1, sizeof *s);
   start(fx, "proj", s, 0);
   credit(fx, "a", 50); /* live, perhaps while still catching up */
@@ -161,7 +161,7 @@ static void test_catch_up_then_live(void **state) {
   assert_exactly_once(fx, s, 100);
   int64_t saved;
   close_dispatcher(fx);
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
   assert_int_equal(saved, head(fx));
   free(s);
 }
@@ -190,18 +190,18 @@ static void test_restart_resumes_from_checkpoint(void **state) {
 
 /* Memory checkpoints that count their saves. */
 typedef struct counted_cp {
-  cqrs_checkpoints_t *inner;
+  cqrs_checkpoint_store_t *inner;
   int saves;
 } counted_cp_t;
 
 static cqrs_code_t cc_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
-  return cqrs_checkpoints_load(((counted_cp_t *)impl)->inner, name, position, err);
+  return cqrs_checkpoint_store_load(((counted_cp_t *)impl)->inner, name, position, err);
 }
 
 static cqrs_code_t cc_save(void *impl, const char *name, int64_t position, cqrs_error_t *err) {
   counted_cp_t *c = impl;
   c->saves++;
-  return cqrs_checkpoints_save(c->inner, name, position, err);
+  return cqrs_checkpoint_store_save(c->inner, name, position, err);
 }
 
 /* The checkpoint is saved once per batch the loop ran, not per event, and
@@ -211,8 +211,8 @@ static void test_checkpoint_saved_per_batch(void **state) {
   static const cqrs_checkpoint_ops_t ops = {.blocking = false, .load = cc_load, .save = cc_save, .destroy = NULL,
                                             .save_fenced = NULL};
   counted_cp_t cc = {fx->cp_mem, 0};
-  cqrs_checkpoints_t *cp;
-  assert_int_equal(cqrs_checkpoints_new(&ops, &cc, &cp, NULL), CQRS_OK);
+  cqrs_checkpoint_store_t *cp;
+  assert_int_equal(cqrs_checkpoint_store_new(&ops, &cc, &cp, NULL), CQRS_OK);
   ledger_fill(fx->mem, &ledger_type, "a", 1);
   seen_t *s = calloc(1, sizeof *s);
   cqrs_projection_def_t def = {"proj", NULL, watch, s, 0};
@@ -224,15 +224,15 @@ static void test_checkpoint_saved_per_batch(void **state) {
   run_idle(fx);
   assert_int_equal(fx->done, 200);
   assert_exactly_once(fx, s, 0);
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
   assert_int_equal(saved, head(fx));
   if (cc.saves > 2) fail_msg("%d checkpoint saves for one batch of 200 commands", cc.saves);
   credit(fx, "a", 1);
   run_idle(fx);
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
   assert_int_equal(saved, head(fx));
   close_dispatcher(fx);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   free(s);
 }
 
@@ -310,7 +310,7 @@ static void test_poison_event_is_set_aside(void **state) {
   for (int64_t i = 1; i <= 9; i++) assert_int_equal(s->count[i], i == 5 || i == 6 ? 0 : 1);
   assert_int_equal(p.letters, 0);
   int64_t saved = -1;
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
   assert_int_equal(saved, 4);
   cqrs_metrics_t *m;
   cqrs_metrics_snapshot_t *snap;
@@ -329,7 +329,7 @@ static void test_poison_event_is_set_aside(void **state) {
   assert_false(p.later_seen);
   assert_int_equal(s->count[6], 1);
   assert_int_equal(s->count[5], 0);
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
   assert_int_equal(saved, 9);
   free(s);
 }
@@ -358,7 +358,7 @@ static void test_poison_event_in_memory(void **state) {
   run_idle(fx);
   int64_t saved = -1;
   close_dispatcher(fx);
-  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
   assert_int_equal(saved, 6);
   free(s);
 }
@@ -413,8 +413,8 @@ static void test_projection_rules(void **state) {
   assert_int_equal(cqrs_projection_start(fx->d, &def, fx->cp, &err), CQRS_EINVAL);
   assert_false(cqrs_projection_live(fx->d, "nope"));
   assert_int_equal(cqrs_projection_position(fx->d, "nope"), 0);
-  assert_int_equal(cqrs_checkpoints_save(fx->cp_mem, "", 1, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_checkpoints_save(fx->cp_mem, "x", -1, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoint_store_save(fx->cp_mem, "", 1, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoint_store_save(fx->cp_mem, "x", -1, &err), CQRS_EINVAL);
 }
 
 /* ---- read-your-writes ---- */
@@ -753,7 +753,7 @@ static void test_pool_failures_stall_nothing(void **state) {
     assert_exactly_once(fx, s, 0);
     close_dispatcher(fx);
     int64_t saved = 0;
-    assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+    assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
     if (saved != head(fx)) fail_msg("n=%lu: checkpoint %lld, head %lld", n, (long long)saved, (long long)head(fx));
     free(s);
     teardown((void **)&fx);
@@ -780,7 +780,7 @@ static void test_pool_failures_keep_saving_checkpoints(void **state) {
     fx_t *fx = fx_new(false);
     close_dispatcher(fx);
     assert_int_equal(cqrs_registry_add_process(fx->reg, &brief, NULL), CQRS_OK);
-    cqrs_checkpoints_t *cp = ledger_blocking_checkpoints(fx->cp_mem);
+    cqrs_checkpoint_store_t *cp = ledger_blocking_checkpoints(fx->cp_mem);
     open_dispatcher(fx);
     unsigned long before = work_fault_calls();
     work_fault_fail(n, 1);
@@ -796,10 +796,10 @@ static void test_pool_failures_keep_saving_checkpoints(void **state) {
     bool reached = work_fault_calls() - before > n;
     work_fault_fail(0, 0);
     int64_t saved = 0;
-    assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "process:brief", &saved, NULL), CQRS_OK);
+    assert_int_equal(cqrs_checkpoint_store_load(fx->cp_mem, "process:brief", &saved, NULL), CQRS_OK);
     if (saved != last) fail_msg("n=%lu: checkpoint %lld, want %lld", n, (long long)saved, (long long)last);
     close_dispatcher(fx);
-    cqrs_checkpoints_destroy(cp);
+    cqrs_checkpoint_store_destroy(cp);
     teardown((void **)&fx);
     if (!reached) break;
   }

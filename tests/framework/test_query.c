@@ -32,13 +32,13 @@ static cqrs_code_t count_by_status(const cqrs_readmodel_t *rm, const bson_t *par
 
 typedef struct fx {
   cqrs_readmodel_t *rm;
-  cqrs_queries_t *q;
+  cqrs_query_bus_t *q;
 } fx_t;
 
 static int setup(void **state) {
   fx_t *fx = calloc(1, sizeof *fx);
   cqrs_memory_readmodel_new(&fx->rm, NULL);
-  cqrs_queries_new(fx->rm, &fx->q, NULL);
+  cqrs_query_bus_new(fx->rm, &fx->q, NULL);
   const char *statuses[] = {"paid", "paid", "pending"};
   for (int i = 0; i < 3; i++) {
     bson_t doc = BSON_INITIALIZER;
@@ -48,14 +48,14 @@ static int setup(void **state) {
     assert_int_equal(cqrs_readmodel_put(fx->rm, "inv", id, &doc, i + 1, NULL, NULL), CQRS_OK);
     bson_destroy(&doc);
   }
-  assert_int_equal(cqrs_queries_register(fx->q, "count_by_status", count_by_status, NULL, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_register(fx->q, "count_by_status", count_by_status, NULL, NULL), CQRS_OK);
   *state = fx;
   return 0;
 }
 
 static int teardown(void **state) {
   fx_t *fx = *state;
-  cqrs_queries_destroy(fx->q);
+  cqrs_query_bus_destroy(fx->q);
   cqrs_readmodel_destroy(fx->rm);
   free(fx);
   return 0;
@@ -71,12 +71,12 @@ static void test_run(void **state) {
   fx_t *fx = *state;
   bson_t params = BSON_INITIALIZER, out = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&params, "status", "paid");
-  assert_int_equal(cqrs_queries_run(fx->q, "count_by_status", &params, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(fx->q, "count_by_status", &params, &out, NULL), CQRS_OK);
   assert_int_equal(answer_count(&out), 2);
   bson_destroy(&out);
   bson_init(&out);
   /* Pure: asking again gives the same answer. */
-  assert_int_equal(cqrs_queries_run(fx->q, "count_by_status", &params, &out, NULL), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_run(fx->q, "count_by_status", &params, &out, NULL), CQRS_OK);
   assert_int_equal(answer_count(&out), 2);
   bson_destroy(&out);
   bson_destroy(&params);
@@ -86,17 +86,17 @@ static void test_errors(void **state) {
   fx_t *fx = *state;
   bson_t out = BSON_INITIALIZER;
   cqrs_error_t err;
-  assert_int_equal(cqrs_queries_run(fx->q, "nope", NULL, &out, &err), CQRS_ENOT_FOUND);
-  assert_int_equal(cqrs_queries_run(fx->q, "count_by_status", NULL, &out, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_query_bus_run(fx->q, "nope", NULL, &out, &err), CQRS_ENOT_FOUND);
+  assert_int_equal(cqrs_query_bus_run(fx->q, "count_by_status", NULL, &out, &err), CQRS_EINVAL);
   assert_string_equal(err.message, "status is required");
-  assert_int_equal(cqrs_queries_register(fx->q, "count_by_status", count_by_status, NULL, &err), CQRS_EDUPLICATE);
-  assert_int_equal(cqrs_queries_register(fx->q, "", count_by_status, NULL, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_queries_register(fx->q, "x", NULL, NULL, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_queries_run(NULL, "x", NULL, &out, &err), CQRS_EINVAL);
-  cqrs_queries_t *q = fx->q;
-  assert_int_equal(cqrs_queries_new(NULL, &q, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_query_bus_register(fx->q, "count_by_status", count_by_status, NULL, &err), CQRS_EDUPLICATE);
+  assert_int_equal(cqrs_query_bus_register(fx->q, "", count_by_status, NULL, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_query_bus_register(fx->q, "x", NULL, NULL, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_query_bus_run(NULL, "x", NULL, &out, &err), CQRS_EINVAL);
+  cqrs_query_bus_t *q = fx->q;
+  assert_int_equal(cqrs_query_bus_new(NULL, &q, &err), CQRS_EINVAL);
   assert_null(q);
-  assert_int_equal(cqrs_queries_new(fx->rm, NULL, NULL), CQRS_EINVAL);
+  assert_int_equal(cqrs_query_bus_new(fx->rm, NULL, NULL), CQRS_EINVAL);
   bson_destroy(&out);
 }
 
@@ -113,11 +113,11 @@ static void test_send_on_a_loop(void **state) {
   bson_t params = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&params, "status", "pending");
   int64_t got = -1;
-  assert_int_equal(cqrs_queries_send(fx->q, &loop, "count_by_status", &params, on_answer, &got), CQRS_OK);
+  assert_int_equal(cqrs_query_bus_send(fx->q, &loop, "count_by_status", &params, on_answer, &got), CQRS_OK);
   assert_int_equal(got, -1); /* not inside the call, even on a non-blocking read model */
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(got, 1);
-  assert_int_equal(cqrs_queries_send(fx->q, &loop, "count_by_status", &params, NULL, &got), CQRS_EINVAL);
+  assert_int_equal(cqrs_query_bus_send(fx->q, &loop, "count_by_status", &params, NULL, &got), CQRS_EINVAL);
   bson_destroy(&params);
   assert_int_equal(uv_loop_close(&loop), 0);
 }

@@ -255,12 +255,12 @@ static void test_wrappers_release_impl_on_failure(void **state) {
   static max_align_t stale; /* what *out held before: a failure must clear it */
   cqrs_error_t err;
   cqrs_readmodel_t *rm = (void *)&stale;
-  cqrs_checkpoints_t *cp = (void *)&stale;
+  cqrs_checkpoint_store_t *cp = (void *)&stale;
   cqrs_store_t *st = (void *)&stale;
   released = 0;
   assert_int_equal(cqrs_readmodel_new(&rm_no_find, &impl, &rm, &err), CQRS_EINVAL);
   assert_null(rm);
-  assert_int_equal(cqrs_checkpoints_new(&cp_no_save, &impl, &cp, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoint_store_new(&cp_no_save, &impl, &cp, &err), CQRS_EINVAL);
   assert_null(cp);
   assert_int_equal(cqrs_store_new(&store_no_head, &impl, &st, NULL), CQRS_EINVAL);
   assert_null(st);
@@ -287,7 +287,7 @@ static void test_wrappers_release_impl_on_failure(void **state) {
   cqrs_readmodel_destroy(rm);
   assert_int_equal(released, 6);
   assert_int_equal(cqrs_memory_readmodel_new(NULL, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_memory_checkpoints_new(NULL, NULL), CQRS_EINVAL);
+  assert_int_equal(cqrs_memory_checkpoint_store_new(NULL, NULL), CQRS_EINVAL);
   assert_int_equal(cqrs_registry_new(NULL, &err), CQRS_EINVAL);
 }
 

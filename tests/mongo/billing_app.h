@@ -18,11 +18,11 @@ typedef struct app {
   cqrs_store_t *store;
   cqrs_keys_t *keys;
   cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
-  cqrs_leases_t *leases; /* NULL: every projection runs here */
+  cqrs_checkpoint_store_t *cp;
+  cqrs_lease_store_t *leases; /* NULL: every projection runs here */
   cqrs_dispatcher_t *d;
   billing_t *billing;
-  cqrs_queries_t *q;
+  cqrs_query_bus_t *q;
 } app_t;
 
 /* Opens database `db` of `uri` with the seed's collections and indexes.
@@ -51,7 +51,8 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
   if (billing_mongo_indexes(a->m, &err)) fail_msg("%s", err.message);
   if (cqrs_mongo_store_new(a->m, &a->store, &err) || cqrs_mongo_readmodel_new(a->m, &a->rm, &err) ||
       billing_mongo_keys(a->m, &a->keys, &err) || cqrs_store_set_keys(a->store, a->keys, a->reg, &err) ||
-      (fresh_checkpoints ? cqrs_memory_checkpoints_new(&a->cp, &err) : cqrs_mongo_checkpoints_new(a->m, &a->cp, &err)))
+      (fresh_checkpoints ? cqrs_memory_checkpoint_store_new(&a->cp, &err)
+                         : cqrs_mongo_checkpoint_store_new(a->m, &a->cp, &err)))
     fail_msg("%s", err.message);
   cqrs_dispatcher_options_t opts;
   cqrs_dispatcher_options_init(&opts);
@@ -66,12 +67,12 @@ static inline void app_open_leased(app_t *a, const char *uri, const char *db, in
     lo.guard_ms = APP_LEASE_GUARD_MS;
     lo.clock = lease_clock;
     if ((lease_clock ? test_mongo_leases_on_loop(a->m, lease_clock, &a->leases, &err)
-                     : cqrs_mongo_leases_new(a->m, &a->leases, &err)) ||
+                     : cqrs_mongo_lease_store_new(a->m, &a->leases, &err)) ||
         (lo.leases = a->leases, cqrs_dispatcher_set_leases(a->d, &lo, &err)))
       fail_msg("%s", err.message);
   }
   if (billing_start(a->d, a->rm, a->cp, NULL, &a->billing, &err)) fail_msg("%s", err.message);
-  if (cqrs_queries_new(a->rm, &a->q, &err)) fail_msg("%s", err.message);
+  if (cqrs_query_bus_new(a->rm, &a->q, &err)) fail_msg("%s", err.message);
   assert_int_equal(billing_register_queries(a->q, NULL, NULL), CQRS_OK);
 }
 
@@ -84,10 +85,10 @@ static inline void app_close(app_t *a, bool drop) {
   cqrs_dispatcher_close(a->d, NULL, NULL);
   uv_run(&a->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&a->loop), 0);
-  cqrs_queries_destroy(a->q);
+  cqrs_query_bus_destroy(a->q);
   billing_destroy(a->billing);
-  cqrs_leases_destroy(a->leases);
-  cqrs_checkpoints_destroy(a->cp);
+  cqrs_lease_store_destroy(a->leases);
+  cqrs_checkpoint_store_destroy(a->cp);
   cqrs_readmodel_destroy(a->rm);
   cqrs_store_destroy(a->store);
   cqrs_keys_destroy(a->keys);

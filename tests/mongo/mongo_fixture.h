@@ -67,23 +67,23 @@ static inline cqrs_mongo_t *test_mongo_open(const cqrs_registry_t *reg, uv_loop_
  * (tests/framework/test_lease.c). */
 static cqrs_code_t loop_acquire(void *impl, const char *name, const char *owner, uint64_t ttl, int64_t *token,
                                 cqrs_error_t *err) {
-  return cqrs_leases_acquire(impl, name, owner, ttl, token, err);
+  return cqrs_lease_store_acquire(impl, name, owner, ttl, token, err);
 }
 static cqrs_code_t loop_renew(void *impl, const char *name, const char *owner, int64_t token, uint64_t ttl,
                               cqrs_error_t *err) {
-  return cqrs_leases_renew(impl, name, owner, token, ttl, err);
+  return cqrs_lease_store_renew(impl, name, owner, token, ttl, err);
 }
 static cqrs_code_t loop_release(void *impl, const char *name, const char *owner, int64_t token, cqrs_error_t *err) {
-  return cqrs_leases_release(impl, name, owner, token, err);
+  return cqrs_lease_store_release(impl, name, owner, token, err);
 }
-static void loop_destroy(void *impl) { cqrs_leases_destroy(impl); }
+static void loop_destroy(void *impl) { cqrs_lease_store_destroy(impl); }
 static const cqrs_lease_ops_t loop_lease_ops = {.blocking = false, .acquire = loop_acquire, .renew = loop_renew, .release = loop_release, .destroy = loop_destroy};
 
-static inline cqrs_code_t test_mongo_leases_on_loop(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_leases_t **out,
+static inline cqrs_code_t test_mongo_leases_on_loop(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_lease_store_t **out,
                                                     cqrs_error_t *err) {
-  cqrs_leases_t *inner;
-  cqrs_code_t rc = cqrs_mongo_leases_new_with_clock(m, clock, &inner, err);
-  return rc ? rc : cqrs_leases_new(&loop_lease_ops, inner, out, err);
+  cqrs_lease_store_t *inner;
+  cqrs_code_t rc = cqrs_mongo_lease_store_new_with_clock(m, clock, &inner, err);
+  return rc ? rc : cqrs_lease_store_new(&loop_lease_ops, inner, out, err);
 }
 
 static inline void test_mongo_close(cqrs_mongo_t *m) {

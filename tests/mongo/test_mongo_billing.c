@@ -162,7 +162,7 @@ static int64_t read_balance(app_t *a, const char *id) {
   bson_t params = BSON_INITIALIZER, out = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&params, "accountId", id);
   int64_t v = -1;
-  if (cqrs_queries_run(a->q, "account.balance", &params, &out, NULL) == CQRS_OK) {
+  if (cqrs_query_bus_run(a->q, "account.balance", &params, &out, NULL) == CQRS_OK) {
     bson_iter_t it, b;
     if (bson_iter_init(&it, &out) && bson_iter_find_descendant(&it, "balance.amount", &b)) v = bson_iter_as_int64(&b);
   }

@@ -45,31 +45,31 @@ static void readmodel_dispose(cqrs_readmodel_t *rm, void *data) {
   close_db();
 }
 
-static cqrs_checkpoints_t *checkpoints(void *reg) {
-  cqrs_checkpoints_t *cp = NULL;
+static cqrs_checkpoint_store_t *checkpoints(void *reg) {
+  cqrs_checkpoint_store_t *cp = NULL;
   cqrs_error_t err;
-  if (cqrs_mongo_checkpoints_new(open_db(reg), &cp, &err)) print_error("%s\n", err.message);
+  if (cqrs_mongo_checkpoint_store_new(open_db(reg), &cp, &err)) print_error("%s\n", err.message);
   return cp;
 }
 
-static void checkpoints_dispose(cqrs_checkpoints_t *cp, void *data) {
+static void checkpoints_dispose(cqrs_checkpoint_store_t *cp, void *data) {
   (void)data;
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   close_db();
 }
 
 static cqrs_clock_t *lease_clock; /* manual: the suite moves it */
 
-static cqrs_leases_t *leases(void *reg) {
-  cqrs_leases_t *l = NULL;
+static cqrs_lease_store_t *leases(void *reg) {
+  cqrs_lease_store_t *l = NULL;
   cqrs_error_t err;
-  if (cqrs_mongo_leases_new_with_clock(open_db(reg), lease_clock, &l, &err)) print_error("%s\n", err.message);
+  if (cqrs_mongo_lease_store_new_with_clock(open_db(reg), lease_clock, &l, &err)) print_error("%s\n", err.message);
   return l;
 }
 
-static void leases_dispose(cqrs_leases_t *l, void *data) {
+static void leases_dispose(cqrs_lease_store_t *l, void *data) {
   (void)data;
-  cqrs_leases_destroy(l);
+  cqrs_lease_store_destroy(l);
   close_db();
 }
 
@@ -81,14 +81,14 @@ int main(void) {
       &(cqrs_store_factory_t){.name = "mongodb store conformance", .create = store, .dispose = store_dispose});
   failures += cqrs_conformance_readmodel(&(cqrs_readmodel_factory_t){
       .name = "mongodb read model conformance", .create = readmodel, .dispose = readmodel_dispose, .data = reg});
-  failures += cqrs_conformance_checkpoints(&(cqrs_checkpoints_factory_t){
+  failures += cqrs_conformance_checkpoints(&(cqrs_checkpoint_store_factory_t){
       .name = "mongodb checkpoints conformance", .create = checkpoints, .dispose = checkpoints_dispose, .data = reg});
   if (cqrs_clock_manual_new(cqrs_now_ms(), &lease_clock, NULL)) return 1;
-  failures += cqrs_conformance_leases(&(cqrs_leases_factory_t){.name = "mongodb leases conformance",
-                                                               .create = leases,
-                                                               .dispose = leases_dispose,
-                                                               .data = reg,
-                                                               .clock = lease_clock});
+  failures += cqrs_conformance_leases(&(cqrs_lease_store_factory_t){.name = "mongodb leases conformance",
+                                                                    .create = leases,
+                                                                    .dispose = leases_dispose,
+                                                                    .data = reg,
+                                                                    .clock = lease_clock});
   cqrs_clock_destroy(lease_clock);
   cqrs_registry_destroy(reg);
   return failures;

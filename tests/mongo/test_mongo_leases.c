@@ -40,15 +40,15 @@ static void test_mongo_lease_contract(void **state) {
   cqrs_registry_t *reg = ledger_registry();
   cqrs_mongo_t *m = test_mongo_open(reg, NULL, NULL);
   /* A fenced-off write says so. */
-  cqrs_checkpoints_t *cp;
-  assert_int_equal(cqrs_mongo_checkpoints_new(m, &cp, NULL), CQRS_OK);
+  cqrs_checkpoint_store_t *cp;
+  assert_int_equal(cqrs_mongo_checkpoint_store_new(m, &cp, NULL), CQRS_OK);
   cqrs_error_t err;
-  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "p", 10, 2, &err), CQRS_OK);
-  assert_int_equal(cqrs_checkpoints_save_fenced(cp, "p", 20, 1, &err), CQRS_ECONFLICT);
+  assert_int_equal(cqrs_checkpoint_store_save_fenced(cp, "p", 10, 2, &err), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_save_fenced(cp, "p", 20, 1, &err), CQRS_ECONFLICT);
   assert_non_null(strstr(err.message, "fenced off"));
-  cqrs_checkpoints_destroy(cp);
-  cqrs_leases_t *l;
-  assert_int_equal(cqrs_mongo_leases_new(NULL, &l, NULL), CQRS_EINVAL);
+  cqrs_checkpoint_store_destroy(cp);
+  cqrs_lease_store_t *l;
+  assert_int_equal(cqrs_mongo_lease_store_new(NULL, &l, NULL), CQRS_EINVAL);
   assert_null(l);
   test_mongo_close(m);
   cqrs_registry_destroy(reg);
@@ -62,7 +62,7 @@ static void test_mongo_lease_contract(void **state) {
 #define TAKERS 6
 #define RACE_TTL_MS 1500
 typedef struct taker {
-  cqrs_leases_t *l;
+  cqrs_lease_store_t *l;
   uv_barrier_t *start;
   const char *name;
   char owner[16];
@@ -74,11 +74,11 @@ static void take(void *arg) {
   taker_t *t = arg;
   cqrs_error_t err;
   uv_barrier_wait(t->start);
-  t->rc = cqrs_leases_acquire(t->l, t->name, t->owner, RACE_TTL_MS, &t->token, &err);
+  t->rc = cqrs_lease_store_acquire(t->l, t->name, t->owner, RACE_TTL_MS, &t->token, &err);
   if (t->rc) fprintf(stderr, "taker %s: %s\n", t->owner, err.message);
 }
 
-static void race(cqrs_leases_t *l, const char *name, int64_t *winner_token) {
+static void race(cqrs_lease_store_t *l, const char *name, int64_t *winner_token) {
   uv_barrier_t start;
   uv_barrier_init(&start, TAKERS);
   taker_t t[TAKERS];
@@ -108,8 +108,8 @@ static void test_one_taker_wins(void **state) {
   cqrs_mongo_t *m = test_mongo_open(reg, NULL, NULL);
   cqrs_clock_t *clock;
   assert_int_equal(cqrs_clock_manual_new(cqrs_now_ms(), &clock, NULL), CQRS_OK);
-  cqrs_leases_t *l;
-  assert_int_equal(cqrs_mongo_leases_new_with_clock(m, clock, &l, NULL), CQRS_OK);
+  cqrs_lease_store_t *l;
+  assert_int_equal(cqrs_mongo_lease_store_new_with_clock(m, clock, &l, NULL), CQRS_OK);
   int64_t prev = 0;
   for (int round = 0; round < 4; round++) {
     int64_t token = 0;
@@ -136,11 +136,11 @@ static void test_one_taker_wins(void **state) {
   assert_true(mongoc_collection_insert_one(coll, ghost, NULL, NULL, &e));
   bson_destroy(ghost);
   int64_t token;
-  assert_int_equal(cqrs_leases_acquire(l, "raced", "late", 1000, &token, NULL), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "raced", "late", 1000, &token, NULL), CQRS_OK);
   assert_int_equal(token, prev + 2);
   mongoc_collection_destroy(coll);
   mongoc_client_destroy(client);
-  cqrs_leases_destroy(l);
+  cqrs_lease_store_destroy(l);
   cqrs_clock_destroy(clock);
   test_mongo_close(m);
   cqrs_registry_destroy(reg);
@@ -152,7 +152,7 @@ static void test_one_taker_wins(void **state) {
  * but the copy names a newer term, so the claim holds nothing and takes its
  * document back out. (It used to return that term's token and hold the
  * lease beside its real holder until its first renewal.) */
-static cqrs_leases_t *stalled_leases;
+static cqrs_lease_store_t *stalled_leases;
 
 static void others_move_on(const char *name, const char *owner) {
   if (strcmp(owner, "stalled")) return;
@@ -160,9 +160,9 @@ static void others_move_on(const char *name, const char *owner) {
   const char *others[] = {"b", "c", "d"};
   for (int64_t i = 0; i < 3; i++) {
     int64_t token;
-    assert_int_equal(cqrs_leases_acquire(stalled_leases, name, others[i], 60000, &token, NULL), CQRS_OK);
+    assert_int_equal(cqrs_lease_store_acquire(stalled_leases, name, others[i], 60000, &token, NULL), CQRS_OK);
     assert_int_equal(token, i + 1);
-    if (i < 2) assert_int_equal(cqrs_leases_release(stalled_leases, name, others[i], token, NULL), CQRS_OK);
+    if (i < 2) assert_int_equal(cqrs_lease_store_release(stalled_leases, name, others[i], token, NULL), CQRS_OK);
   }
 }
 
@@ -180,13 +180,13 @@ static void test_stale_claim_backs_out(void **state) {
   NEED_MONGO();
   cqrs_registry_t *reg = ledger_registry();
   cqrs_mongo_t *m = test_mongo_open(reg, NULL, NULL);
-  assert_int_equal(cqrs_mongo_leases_new(m, &stalled_leases, NULL), CQRS_OK);
+  assert_int_equal(cqrs_mongo_lease_store_new(m, &stalled_leases, NULL), CQRS_OK);
   cqrs__mongo_lease_claim_hook = others_move_on;
   int64_t token = -1;
   cqrs_error_t err;
   /* It read "no term yet" and claims term 1; meanwhile b takes term 1, c
    * term 2, d term 3 (which deletes term 1). */
-  assert_int_equal(cqrs_leases_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
   assert_null(cqrs__mongo_lease_claim_hook); /* it did stall there */
   assert_int_equal(token, 0);
   mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
@@ -194,15 +194,15 @@ static void test_stale_claim_backs_out(void **state) {
   assert_int_equal(count_id(coll, "stale#00000000000000000001"), 0);
   assert_int_equal(count_id(coll, "stale#00000000000000000003"), 1);
   /* d holds it still; once d lets go, the next claim takes term 4. */
-  assert_int_equal(cqrs_leases_renew(stalled_leases, "stale", "d", 3, 60000, &err), CQRS_OK);
-  assert_int_equal(cqrs_leases_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_renew(stalled_leases, "stale", "d", 3, 60000, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
   assert_int_equal(token, 0);
-  assert_int_equal(cqrs_leases_release(stalled_leases, "stale", "d", 3, &err), CQRS_OK);
-  assert_int_equal(cqrs_leases_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_release(stalled_leases, "stale", "d", 3, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(stalled_leases, "stale", "stalled", 60000, &token, &err), CQRS_OK);
   assert_int_equal(token, 4);
   mongoc_collection_destroy(coll);
   mongoc_client_destroy(client);
-  cqrs_leases_destroy(stalled_leases);
+  cqrs_lease_store_destroy(stalled_leases);
   test_mongo_close(m);
   cqrs_registry_destroy(reg);
 }
@@ -214,8 +214,8 @@ typedef struct app {
   cqrs_registry_t *reg;
   cqrs_mongo_t *m;
   cqrs_store_t *store;
-  cqrs_checkpoints_t *cp;
-  cqrs_leases_t *leases;
+  cqrs_checkpoint_store_t *cp;
+  cqrs_lease_store_t *leases;
   cqrs_dispatcher_t *d;
   mongoc_client_pool_t *pool; /* the projection's own writes */
   char db[64], owner[32], account[32];
@@ -394,7 +394,7 @@ static int run_app(const char *db, const char *owner, bool drain, int64_t t0) {
   lo.guard_ms = GUARD_MS;
   lo.clock = a.lease_clock; /* the dispatcher's other timers (polls, back-offs) keep the real one */
   cqrs_projection_def_t def = {TALLY, NULL, tally, &a, CQRS_SUBSCRIBE_BLOCKING};
-  if (cqrs_mongo_store_new(a.m, &a.store, &err) || cqrs_mongo_checkpoints_new(a.m, &a.cp, &err) ||
+  if (cqrs_mongo_store_new(a.m, &a.store, &err) || cqrs_mongo_checkpoint_store_new(a.m, &a.cp, &err) ||
       test_mongo_leases_on_loop(a.m, a.lease_clock, &a.leases, &err) ||
       cqrs_dispatcher_new(&a.loop, a.reg, a.store, &o, &a.d, &err) || ledger_handlers(a.d, NULL, 0, &err) ||
       (lo.leases = a.leases, cqrs_dispatcher_set_leases(a.d, &lo, &err)) ||
@@ -419,8 +419,8 @@ static int run_app(const char *db, const char *owner, bool drain, int64_t t0) {
   uv_run(&a.loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&a.loop) != 0 || a.failed;
   cqrs_clock_destroy(a.lease_clock);
-  cqrs_leases_destroy(a.leases);
-  cqrs_checkpoints_destroy(a.cp);
+  cqrs_lease_store_destroy(a.leases);
+  cqrs_checkpoint_store_destroy(a.cp);
   cqrs_store_destroy(a.store);
   mongoc_client_pool_destroy(a.pool);
   cqrs_mongo_destroy(a.m);

@@ -49,7 +49,7 @@ static void account(app_t *a, const char *id, int64_t cents) {
 static void query(app_t *a, const char *name, const bson_t *params, bson_t *out) {
   cqrs_error_t err;
   bson_init(out);
-  if (cqrs_queries_run(a->q, name, params, out, &err)) fail_msg("%s: %s", name, err.message);
+  if (cqrs_query_bus_run(a->q, name, params, out, &err)) fail_msg("%s: %s", name, err.message);
 }
 
 static const char *str_at(const bson_t *doc, const char *path) {

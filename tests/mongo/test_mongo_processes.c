@@ -121,9 +121,9 @@ static int run_follower(const char *db) {
   /* A projection from position 0, not a subscriber from the head: the
    * head of a blocking store is read on the pool once the loop runs, by
    * when the writers (started on "ready") may have committed. */
-  cqrs_checkpoints_t *cp = NULL;
+  cqrs_checkpoint_store_t *cp = NULL;
   const cqrs_projection_def_t def = {.name = "follower", .handler = follow, .data = &f};
-  if (cqrs_memory_checkpoints_new(&cp, &err) || cqrs_dispatcher_new(&loop, reg, s, &o, &f.d, &err) ||
+  if (cqrs_memory_checkpoint_store_new(&cp, &err) || cqrs_dispatcher_new(&loop, reg, s, &o, &f.d, &err) ||
       cqrs_projection_start(f.d, &def, cp, &err)) {
     fprintf(stderr, "follower: %s\n", err.message);
     return 1;
@@ -137,7 +137,7 @@ static int run_follower(const char *db) {
   uv_run(&loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop) != 0 || f.errors || f.seen != TOTAL;
   if (f.seen != TOTAL) fprintf(stderr, "follower: saw %lld of %d events\n", (long long)f.seen, TOTAL);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   cqrs_store_destroy(s);
   cqrs_mongo_destroy(m);
   cqrs_registry_destroy(reg);

@@ -10,7 +10,7 @@ typedef struct fx {
   uv_loop_t loop;
   cqrs_mongo_t *m;
   cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
 } fx_t;
 
 static int setup(void **state) {
@@ -23,7 +23,7 @@ static int setup(void **state) {
   uv_loop_init(&fx->loop);
   fx->m = test_mongo_open(fx->reg, &fx->loop, NULL);
   cqrs_mongo_readmodel_new(fx->m, &fx->rm, NULL);
-  cqrs_mongo_checkpoints_new(fx->m, &fx->cp, NULL);
+  cqrs_mongo_checkpoint_store_new(fx->m, &fx->cp, NULL);
   *state = fx;
   return 0;
 }
@@ -33,7 +33,7 @@ static int teardown(void **state) {
   if (!fx) return 0;
   uv_run(&fx->loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&fx->loop), 0);
-  cqrs_checkpoints_destroy(fx->cp);
+  cqrs_checkpoint_store_destroy(fx->cp);
   cqrs_readmodel_destroy(fx->rm);
   test_mongo_close(fx->m);
   cqrs_registry_destroy(fx->reg);
@@ -130,11 +130,11 @@ static void test_checkpoints(void **state) {
   NEED_MONGO();
   fx_t *fx = *state;
   int64_t pos = -1;
-  assert_int_equal(cqrs_checkpoints_load(fx->cp, "p", &pos, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp, "p", &pos, NULL), CQRS_OK);
   assert_int_equal(pos, 0);
-  assert_int_equal(cqrs_checkpoints_save(fx->cp, "p", 42, NULL), CQRS_OK);
-  assert_int_equal(cqrs_checkpoints_save(fx->cp, "p", 43, NULL), CQRS_OK);
-  assert_int_equal(cqrs_checkpoints_load(fx->cp, "p", &pos, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_save(fx->cp, "p", 42, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_save(fx->cp, "p", 43, NULL), CQRS_OK);
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp, "p", &pos, NULL), CQRS_OK);
   assert_int_equal(pos, 43);
 }
 

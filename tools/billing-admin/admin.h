@@ -28,7 +28,7 @@ typedef struct admin {
   cqrs_store_t *store;
   cqrs_keys_t *keys; /* the customers' personal data: opens the store and the read model */
   cqrs_readmodel_t *rm;
-  cqrs_checkpoints_t *cp;
+  cqrs_checkpoint_store_t *cp;
   mongoc_client_t *client; /* for scans the framework's interfaces do not offer */
   mongoc_database_t *db;
   int argc; /* the command line, for the audit record (secrets masked there) */

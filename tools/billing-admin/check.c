@@ -500,7 +500,7 @@ static int load_checkpoints(checker_t *k) {
   cqrs_error_t err;
   for (size_t i = 0; i < NPROJ; i++) {
     proj_state_t *ps = &k->ps[i];
-    if (cqrs_checkpoints_load(k->a->cp, admin_projections[i].name, &ps->checkpoint, &err))
+    if (cqrs_checkpoint_store_load(k->a->cp, admin_projections[i].name, &ps->checkpoint, &err))
       return admin_cqrs_error("read a checkpoint", &err);
     /* No checkpoint: nothing ever ran it; compare with everything (it is
      * behind by every event it wants all the same). */
@@ -520,7 +520,7 @@ static int measure_behind(checker_t *k) {
     for (size_t i = 0; i < NPROJ; i++) {
       proj_state_t *ps = &k->ps[i];
       if (!ps->npending) continue;
-      if (cqrs_checkpoints_load(k->a->cp, admin_projections[i].name, &ps->checkpoint_now, &err))
+      if (cqrs_checkpoint_store_load(k->a->cp, admin_projections[i].name, &ps->checkpoint_now, &err))
         return admin_cqrs_error("read a checkpoint", &err);
       ps->behind = 0;
       for (size_t j = 0; j < ps->npending; j++) ps->behind += ps->pending[j] > ps->checkpoint_now;

@@ -113,9 +113,8 @@ int admin_connect(admin_t *a, uv_loop_t *loop) {
   mongoc_uri_destroy(parsed);
   if (rc) return rc;
   if (cqrs_mongo_store_new(a->m, &a->store, &err) || cqrs_mongo_readmodel_new(a->m, &a->rm, &err) ||
-      cqrs_mongo_checkpoints_new(a->m, &a->cp, &err) || billing_mongo_keys(a->m, &a->keys, &err) ||
-      cqrs_store_set_keys(a->store, a->keys, a->reg, &err) ||
-      billing_seal_read_model(a->rm, NULL, a->keys, &err)) {
+      cqrs_mongo_checkpoint_store_new(a->m, &a->cp, &err) || billing_mongo_keys(a->m, &a->keys, &err) ||
+      cqrs_store_set_keys(a->store, a->keys, a->reg, &err) || billing_seal_read_model(a->rm, NULL, a->keys, &err)) {
     admin_err("%s", err.message);
     return ADMIN_SERVER;
   }
@@ -123,7 +122,7 @@ int admin_connect(admin_t *a, uv_loop_t *loop) {
 }
 
 void admin_disconnect(admin_t *a) {
-  cqrs_checkpoints_destroy(a->cp);
+  cqrs_checkpoint_store_destroy(a->cp);
   cqrs_readmodel_destroy(a->rm);
   cqrs_store_destroy(a->store);
   cqrs_keys_destroy(a->keys);

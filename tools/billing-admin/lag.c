@@ -67,7 +67,8 @@ int admin_store_lags(admin_t *a, admin_store_lag_t *lags) {
     memset(l, 0, sizeof *l);
     l->name = admin_projections[i].name;
     l->head = head;
-    if (cqrs_checkpoints_load(a->cp, l->name, &l->checkpoint, &err)) return admin_cqrs_error("read a checkpoint", &err);
+    if (cqrs_checkpoint_store_load(a->cp, l->name, &l->checkpoint, &err))
+      return admin_cqrs_error("read a checkpoint", &err);
     int rc = l->checkpoint < head ? store_lag_one(a, &admin_projections[i], l) : ADMIN_OK;
     if (rc) return rc;
   }

@@ -354,9 +354,9 @@ static int save_checkpoint(mig_t *g) {
   if (rc) return rc;
   cqrs_error_t err;
   int64_t at;
-  if (cqrs_checkpoints_load(g->a->cp, admin_projections[0].name, &at, &err))
+  if (cqrs_checkpoint_store_load(g->a->cp, admin_projections[0].name, &at, &err))
     return admin_cqrs_error("read a checkpoint", &err);
-  if (g->projected > at && cqrs_checkpoints_save(g->a->cp, admin_projections[0].name, g->projected, &err))
+  if (g->projected > at && cqrs_checkpoint_store_save(g->a->cp, admin_projections[0].name, g->projected, &err))
     return admin_cqrs_error("save a checkpoint", &err);
   return ADMIN_OK;
 }
@@ -364,7 +364,7 @@ static int save_checkpoint(mig_t *g) {
 static int catch_up(mig_t *g) {
   cqrs_error_t err;
   int64_t from, head;
-  if (cqrs_checkpoints_load(g->a->cp, admin_projections[0].name, &from, &err) ||
+  if (cqrs_checkpoint_store_load(g->a->cp, admin_projections[0].name, &from, &err) ||
       cqrs_store_head(g->a->store, &head, &err))
     return admin_cqrs_error("read the checkpoint and the head", &err);
   if (from >= head) return ADMIN_OK;

@@ -80,7 +80,7 @@ static int rebuilding(admin_t *a, const char *name, bool *out) {
 
 static int read_row(admin_t *a, row_t *r) {
   cqrs_error_t err;
-  if (cqrs_checkpoints_control_load(a->cp, r->lag.name, &r->ctl, &r->found, &err))
+  if (cqrs_checkpoint_store_control_load(a->cp, r->lag.name, &r->ctl, &r->found, &err))
     return admin_cqrs_error("read a control record", &err);
   int rc = lease_owner(a, r->lag.name, r->lease_owner, sizeof r->lease_owner);
   if (!rc) rc = rebuilding(a, r->lag.name, &r->rebuilding);
@@ -170,7 +170,7 @@ static bool wait_for(admin_t *a, const char *name, int64_t request, bool paused,
   for (;;) {
     bool found;
     cqrs_error_t err;
-    if (cqrs_checkpoints_control_load(a->cp, name, c, &found, &err)) return false;
+    if (cqrs_checkpoint_store_control_load(a->cp, name, c, &found, &err)) return false;
     bool ok = request ? c->done >= request : c->reported_at > since && !strcmp(c->state, "paused") == paused;
     if (ok) return true;
     if (cqrs_now_ms() >= deadline) return false;

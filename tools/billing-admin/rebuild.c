@@ -189,8 +189,8 @@ static int take_name(rebuild_t *r, const char *fresh, const char *live) {
 static int advance_checkpoint(rebuild_t *r) {
   cqrs_error_t err;
   int64_t at;
-  if (cqrs_checkpoints_load(r->a->cp, r->p->name, &at, &err)) return admin_cqrs_error("read the checkpoint", &err);
-  if (at < r->position && cqrs_checkpoints_save(r->a->cp, r->p->name, r->position, &err))
+  if (cqrs_checkpoint_store_load(r->a->cp, r->p->name, &at, &err)) return admin_cqrs_error("read the checkpoint", &err);
+  if (at < r->position && cqrs_checkpoint_store_save(r->a->cp, r->p->name, r->position, &err))
     return admin_cqrs_error("save the checkpoint", &err);
   return ADMIN_OK;
 }

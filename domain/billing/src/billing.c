@@ -52,7 +52,7 @@ const cqrs_event_type_t *const billing_balances_types[] = {&billing_account_open
                                                            &billing_account_withdrawn, &billing_account_refunded,
                                                            &billing_account_closed, NULL};
 
-cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoints_t *cp,
+cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoint_store_t *cp,
                           const billing_collections_t *cols, billing_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;

@@ -286,7 +286,7 @@ static cqrs_code_t query_read(const cqrs_readmodel_t *rm, const bson_t *params, 
   return CQRS_OK;
 }
 
-cqrs_code_t billing_register_flagged_queries(cqrs_queries_t *q, billing_flags_t *f, cqrs_error_t *err) {
+cqrs_code_t billing_register_flagged_queries(cqrs_query_bus_t *q, billing_flags_t *f, cqrs_error_t *err) {
   if (!q || !f) return cqrs_error_set(err, CQRS_EINVAL, "NULL queries or flags");
-  return cqrs_queries_register(q, "invoice.read", query_read, f, err);
+  return cqrs_query_bus_register(q, "invoice.read", query_read, f, err);
 }

@@ -145,11 +145,11 @@ static cqrs_code_t account_total(const cqrs_readmodel_t *rm, const bson_t *param
   return CQRS_OK;
 }
 
-cqrs_code_t billing_register_queries(cqrs_queries_t *q, const billing_collections_t *cols, cqrs_error_t *err) {
+cqrs_code_t billing_register_queries(cqrs_query_bus_t *q, const billing_collections_t *cols, cqrs_error_t *err) {
   void *c = (void *)(cols ? cols : &billing_default_collections);
-  cqrs_code_t rc = cqrs_queries_register(q, "invoice.by_id", invoice_by_id, c, err);
-  if (!rc) rc = cqrs_queries_register(q, "invoice.by_customer", invoices_by_customer, c, err);
-  if (!rc) rc = cqrs_queries_register(q, "account.balance", account_balance, c, err);
-  if (!rc) rc = cqrs_queries_register(q, "account.total", account_total, c, err);
+  cqrs_code_t rc = cqrs_query_bus_register(q, "invoice.by_id", invoice_by_id, c, err);
+  if (!rc) rc = cqrs_query_bus_register(q, "invoice.by_customer", invoices_by_customer, c, err);
+  if (!rc) rc = cqrs_query_bus_register(q, "account.balance", account_balance, c, err);
+  if (!rc) rc = cqrs_query_bus_register(q, "account.total", account_total, c, err);
   return rc;
 }

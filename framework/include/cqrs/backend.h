@@ -7,8 +7,8 @@
  * (cqrs/conformance.h). docs/architecture.md, "Writing a backend".
  *
  * The contract every table shares:
- * - Wrapping. cqrs_store_new, cqrs_readmodel_new, cqrs_checkpoints_new and
- *   cqrs_leases_new borrow `ops` (a static table) and take over `impl` in
+ * - Wrapping. cqrs_store_new, cqrs_readmodel_new, cqrs_checkpoint_store_new and
+ *   cqrs_lease_store_new borrow `ops` (a static table) and take over `impl` in
  *   every case: ops->destroy(impl) runs once, in the object's _destroy or at
  *   once when the wrapping fails. A NULL destroy releases nothing.
  * - Arguments. Every call has its arguments checked before it reaches the
@@ -270,11 +270,11 @@ typedef struct cqrs_checkpoint_ops {
 
 /* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is
  * taken over in every case: released by ops->destroy in
- * cqrs_checkpoints_destroy, or at once when this fails (NULL `out`, NULL ops
+ * cqrs_checkpoint_store_destroy, or at once when this fails (NULL `out`, NULL ops
  * or a missing load or save: CQRS_EINVAL; CQRS_ENOMEM). On error *out is
  * NULL. `err` may be NULL. */
-CQRS_EXPORT cqrs_code_t cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl, cqrs_checkpoints_t **out,
-                                             cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_checkpoint_store_new(const cqrs_checkpoint_ops_t *ops, void *impl,
+                                                  cqrs_checkpoint_store_t **out, cqrs_error_t *err);
 
 /* ---- lease stores (lease.h) ---- */
 
@@ -302,11 +302,11 @@ typedef struct cqrs_lease_ops {
   void *reserved[4];
 } cqrs_lease_ops_t;
 
-/* Wraps an implementation into *out, as cqrs_checkpoints_new does: `ops`
+/* Wraps an implementation into *out, as cqrs_checkpoint_store_new does: `ops`
  * borrowed (static), `impl` taken over in every case (CQRS_EINVAL for NULL
  * `out` or ops or a missing operation; CQRS_ENOMEM). */
-CQRS_EXPORT cqrs_code_t cqrs_leases_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_leases_t **out,
-                                        cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_lease_store_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_lease_store_t **out,
+                                             cqrs_error_t *err);
 
 /* ---- key stores (personal.h) ---- */
 
@@ -356,6 +356,11 @@ typedef struct cqrs_keys_ops {
  * cache). */
 CQRS_EXPORT cqrs_code_t cqrs_keys_new(const cqrs_keys_ops_t *ops, void *impl, const cqrs_keys_options_t *opts,
                                       cqrs_keys_t **out, cqrs_error_t *err);
+
+/* ---- names before 0.2, deprecated (removed in 0.3) ---- */
+CQRS_DEPRECATED("use cqrs_checkpoint_store_new")
+CQRS_EXPORT cqrs_code_t cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl,
+                                             cqrs_checkpoint_store_t **out, cqrs_error_t *err);
 
 #ifdef __cplusplus
 }

@@ -58,10 +58,10 @@ typedef struct cqrs_readmodel_factory {
  * threads, arguments. */
 CQRS_EXPORT int cqrs_conformance_readmodel(const cqrs_readmodel_factory_t *f);
 
-typedef struct cqrs_checkpoints_factory {
+typedef struct cqrs_checkpoint_store_factory {
   const char *name;
-  cqrs_checkpoints_t *(*create)(void *data); /* fresh and empty; NULL fails the test */
-  void (*dispose)(cqrs_checkpoints_t *cp, void *data);
+  cqrs_checkpoint_store_t *(*create)(void *data); /* fresh and empty; NULL fails the test */
+  void (*dispose)(cqrs_checkpoint_store_t *cp, void *data);
   void *data;
   /* The checkpoints cannot fence (save_fenced NULL): the suite checks that
    * a fenced save is refused (CQRS_EINVAL) instead of its fencing. */
@@ -70,22 +70,22 @@ typedef struct cqrs_checkpoints_factory {
    * NULL): the suite checks that they are refused (CQRS_EINVAL). */
   bool without_controls;
   uint64_t reserved[4];
-} cqrs_checkpoints_factory_t;
+} cqrs_checkpoint_store_factory_t;
 
 /* load (0 for a name never saved), save (a later save wins, a reset to a
  * lower position too), names apart, fenced saves (a lower token than one
  * that wrote: CQRS_ECONFLICT, nothing saved; a plain save keeps the fence),
  * control records (each part kept by the other's write, apart from the
  * checkpoint), savers racing on threads, arguments. */
-CQRS_EXPORT int cqrs_conformance_checkpoints(const cqrs_checkpoints_factory_t *f);
+CQRS_EXPORT int cqrs_conformance_checkpoints(const cqrs_checkpoint_store_factory_t *f);
 
-typedef struct cqrs_leases_factory {
+typedef struct cqrs_lease_store_factory {
   const char *name;
-  cqrs_leases_t *(*create)(void *data); /* fresh, no lease held; NULL fails the test */
-  void (*dispose)(cqrs_leases_t *l, void *data);
+  cqrs_lease_store_t *(*create)(void *data); /* fresh, no lease held; NULL fails the test */
+  void (*dispose)(cqrs_lease_store_t *l, void *data);
   void *data;
   /* A manual clock the stores `create` makes decide expiry by (e.g.
-   * cqrs_memory_leases_new_with_clock): the suite advances it instead of
+   * cqrs_memory_lease_store_new_with_clock): the suite advances it instead of
    * waiting, so no term runs out early on a slow machine. NULL: the stores
    * run on the real clock and the suite waits for it (about 4 s). */
   union {
@@ -93,12 +93,12 @@ typedef struct cqrs_leases_factory {
     uint64_t clock_room_; /* keeps the struct's size where pointers are smaller */
   };
   uint64_t reserved[3];
-} cqrs_leases_factory_t;
+} cqrs_lease_store_factory_t;
 
 /* acquire (one holder; tokens that only grow), renew (only the holder under
  * its token; extends the term), release, expiry, names apart, takers racing
  * on threads (one wins), arguments. Terms run out on the factory's clock. */
-CQRS_EXPORT int cqrs_conformance_leases(const cqrs_leases_factory_t *f);
+CQRS_EXPORT int cqrs_conformance_leases(const cqrs_lease_store_factory_t *f);
 
 #ifdef __cplusplus
 }

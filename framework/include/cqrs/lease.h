@@ -2,7 +2,7 @@
  * each projection and process manager runs in exactly one of them. A lease
  * is held by one owner until it expires; every acquisition hands out a
  * fencing token higher than any before it for that name, and checkpoint
- * writes carry it (cqrs_checkpoints_save_fenced), so an owner that lost its
+ * writes carry it (cqrs_checkpoint_store_save_fenced), so an owner that lost its
  * lease cannot move a checkpoint back. See docs/scaling.md, "One owner per
  * projection". */
 #ifndef CQRS_LEASE_H
@@ -15,28 +15,28 @@ extern "C" {
 #endif
 
 /* Where leases live (a lease store of your own: cqrs/backend.h). */
-typedef struct cqrs_leases cqrs_leases_t;
+typedef struct cqrs_lease_store cqrs_lease_store_t;
 
-CQRS_EXPORT void cqrs_leases_destroy(cqrs_leases_t *l);
+CQRS_EXPORT void cqrs_lease_store_destroy(cqrs_lease_store_t *l);
 /* The operations, with their arguments checked (names and owners: non-empty,
  * shorter than CQRS_NAME_MAX; ttl_ms > 0; token > 0): CQRS_EINVAL. They
  * block when the implementation does. */
-CQRS_EXPORT cqrs_code_t cqrs_leases_acquire(cqrs_leases_t *l, const char *name, const char *owner, uint64_t ttl_ms,
-                                            int64_t *token, cqrs_error_t *err);
-CQRS_EXPORT cqrs_code_t cqrs_leases_renew(cqrs_leases_t *l, const char *name, const char *owner, int64_t token,
-                                          uint64_t ttl_ms, cqrs_error_t *err);
-CQRS_EXPORT cqrs_code_t cqrs_leases_release(cqrs_leases_t *l, const char *name, const char *owner, int64_t token,
-                                            cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_lease_store_acquire(cqrs_lease_store_t *l, const char *name, const char *owner,
+                                                 uint64_t ttl_ms, int64_t *token, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_lease_store_renew(cqrs_lease_store_t *l, const char *name, const char *owner,
+                                               int64_t token, uint64_t ttl_ms, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_lease_store_release(cqrs_lease_store_t *l, const char *name, const char *owner,
+                                                 int64_t token, cqrs_error_t *err);
 /* In-memory leases, for tests and for dispatchers of one process; thread-safe. */
-CQRS_EXPORT cqrs_code_t cqrs_memory_leases_new(cqrs_leases_t **out, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_memory_lease_store_new(cqrs_lease_store_t **out, cqrs_error_t *err);
 /* The same, with terms that run out by `clock` (borrowed, must outlive them;
  * NULL: the real clock): give it the dispatchers' manual clock in a test. */
-CQRS_EXPORT cqrs_code_t cqrs_memory_leases_new_with_clock(cqrs_clock_t *clock, cqrs_leases_t **out,
-                                                          cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_memory_lease_store_new_with_clock(cqrs_clock_t *clock, cqrs_lease_store_t **out,
+                                                               cqrs_error_t *err);
 
 /* How a dispatcher takes part in leasing. */
 typedef struct cqrs_lease_options {
-  cqrs_leases_t *leases; /* borrowed; must outlive the dispatcher */
+  cqrs_lease_store_t *leases; /* borrowed; must outlive the dispatcher */
   const char *owner;     /* copied; unique per process (e.g. host:pid:random) */
   uint64_t ttl_ms;       /* default 3000; renewed every ttl/3; standbys try every ttl/6 */
   /* The owner stops delivering this long before its lease runs out, so that

@@ -21,7 +21,7 @@ typedef struct cqrs_command_stats {
 } cqrs_command_stats_t;
 
 /* Callbacks around handling; any may be NULL. `data` is the pointer given to
- * cqrs_dispatcher_use / cqrs_queries_use. A `before` that returns an error
+ * cqrs_dispatcher_use / cqrs_query_bus_use. A `before` that returns an error
  * (filled into `err`, e.g. cqrs_reject for authorisation) stops the command
  * or query: its handler never runs, the `after`s still run with that error.
  * Command callbacks run on the loop thread, query callbacks on the thread
@@ -47,8 +47,8 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_use(cqrs_dispatcher_t *d, const cqrs_mid
                                             cqrs_error_t *err);
 /* The same around the registered queries of `q` (unknown names are not
  * seen). Before running any query; not thread-safe. */
-CQRS_EXPORT cqrs_code_t cqrs_queries_use(cqrs_queries_t *q, const cqrs_middleware_t *mw, void *data,
-                                         cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_query_bus_use(cqrs_query_bus_t *q, const cqrs_middleware_t *mw, void *data,
+                                           cqrs_error_t *err);
 
 /* ---- metrics ---- */
 
@@ -64,8 +64,8 @@ CQRS_EXPORT void cqrs_metrics_destroy(cqrs_metrics_t *m);
  * dispatcher per metrics; `d` (borrowed) must stay open while snapshots are
  * taken. Loop thread. */
 CQRS_EXPORT cqrs_code_t cqrs_metrics_attach(cqrs_metrics_t *m, cqrs_dispatcher_t *d, cqrs_error_t *err);
-/* Counts the queries of `q` (through cqrs_queries_use). */
-CQRS_EXPORT cqrs_code_t cqrs_metrics_attach_queries(cqrs_metrics_t *m, cqrs_queries_t *q, cqrs_error_t *err);
+/* Counts the queries of `q` (through cqrs_query_bus_use). */
+CQRS_EXPORT cqrs_code_t cqrs_metrics_attach_query_bus(cqrs_metrics_t *m, cqrs_query_bus_t *q, cqrs_error_t *err);
 
 typedef enum cqrs_metric_kind { CQRS_METRIC_COUNTER, CQRS_METRIC_GAUGE, CQRS_METRIC_HISTOGRAM } cqrs_metric_kind_t;
 

@@ -105,7 +105,7 @@ CQRS_EXPORT cqrs_code_t cqrs_registry_add_process(cqrs_registry_t *reg, const cq
  * outcome is sent again (same id). `data` goes to the handlers; `cp` is
  * borrowed and must outlive `d`. No thread ever waits for a step. */
 CQRS_EXPORT cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *type, void *data,
-                                           cqrs_checkpoints_t *cp, cqrs_error_t *err);
+                                           cqrs_checkpoint_store_t *cp, cqrs_error_t *err);
 
 /* Instances of the named process this dispatcher knows to be open. Loop thread. */
 CQRS_EXPORT size_t cqrs_process_open_count(const cqrs_dispatcher_t *d, const char *name);

@@ -10,21 +10,21 @@ extern "C" {
 #endif
 
 /* Where projections remember how far they have got: a name's position. */
-typedef struct cqrs_checkpoints cqrs_checkpoints_t;
+typedef struct cqrs_checkpoint_store cqrs_checkpoint_store_t;
 
-CQRS_EXPORT void cqrs_checkpoints_destroy(cqrs_checkpoints_t *cp);
-CQRS_EXPORT cqrs_code_t cqrs_checkpoints_load(cqrs_checkpoints_t *cp, const char *name, int64_t *position,
-                                              cqrs_error_t *err);
-CQRS_EXPORT cqrs_code_t cqrs_checkpoints_save(cqrs_checkpoints_t *cp, const char *name, int64_t position,
-                                              cqrs_error_t *err);
+CQRS_EXPORT void cqrs_checkpoint_store_destroy(cqrs_checkpoint_store_t *cp);
+CQRS_EXPORT cqrs_code_t cqrs_checkpoint_store_load(cqrs_checkpoint_store_t *cp, const char *name, int64_t *position,
+                                                   cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_checkpoint_store_save(cqrs_checkpoint_store_t *cp, const char *name, int64_t position,
+                                                   cqrs_error_t *err);
 /* A save fenced by a lease's token (lease.h): CQRS_ECONFLICT when a higher
  * token has written, CQRS_EINVAL for token <= 0 or checkpoints that cannot
  * fence. */
-CQRS_EXPORT cqrs_code_t cqrs_checkpoints_save_fenced(cqrs_checkpoints_t *cp, const char *name, int64_t position,
-                                                     int64_t token, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_checkpoint_store_save_fenced(cqrs_checkpoint_store_t *cp, const char *name,
+                                                          int64_t position, int64_t token, cqrs_error_t *err);
 /* In-memory checkpoints (fenced too); thread-safe. NULL `out`: CQRS_EINVAL; CQRS_ENOMEM;
  * on error *out is NULL. `err` may be NULL. */
-CQRS_EXPORT cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoints_t **out, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_memory_checkpoint_store_new(cqrs_checkpoint_store_t **out, cqrs_error_t *err);
 
 /* ---- controls: acting on a running projection through its checkpoints ----
  *
@@ -82,24 +82,25 @@ typedef struct cqrs_projection_control {
  * *found false when there is none). Checkpoints without control records
  * (ops control_load or control_save NULL): CQRS_EINVAL. Blocks as the
  * checkpoints' other calls do. */
-CQRS_EXPORT cqrs_code_t cqrs_checkpoints_control_load(cqrs_checkpoints_t *cp, const char *name,
-                                                      cqrs_projection_control_t *out, bool *found, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_checkpoint_store_control_load(cqrs_checkpoint_store_t *cp, const char *name,
+                                                           cqrs_projection_control_t *out, bool *found,
+                                                           cqrs_error_t *err);
 /* Writes the parts of `c` that `parts` names (CQRS_CONTROL_REQUEST and/or
  * CQRS_CONTROL_REPORT), keeping the rest of the record; creates it when
  * absent. A string of `c` not NUL-terminated or not valid UTF-8, negative
  * numbers, an unknown action or part: CQRS_EINVAL. */
-CQRS_EXPORT cqrs_code_t cqrs_checkpoints_control_save(cqrs_checkpoints_t *cp, const char *name,
-                                                      const cqrs_projection_control_t *c, unsigned parts,
-                                                      cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_checkpoint_store_control_save(cqrs_checkpoint_store_t *cp, const char *name,
+                                                           const cqrs_projection_control_t *c, unsigned parts,
+                                                           cqrs_error_t *err);
 /* An operator's request: numbers it one past the newest request and the
  * newest carried out, and writes it (*request, may be NULL: its number).
  * One operator at a time: two racing may both take one number, and the
  * later write wins. */
-CQRS_EXPORT cqrs_code_t cqrs_projection_request(cqrs_checkpoints_t *cp, const char *name,
+CQRS_EXPORT cqrs_code_t cqrs_projection_request(cqrs_checkpoint_store_t *cp, const char *name,
                                                 cqrs_projection_action_t action, int64_t position, int64_t *request,
                                                 cqrs_error_t *err);
 /* Pauses or resumes projection `name`: the operator's `paused`. */
-CQRS_EXPORT cqrs_code_t cqrs_projection_pause(cqrs_checkpoints_t *cp, const char *name, bool paused,
+CQRS_EXPORT cqrs_code_t cqrs_projection_pause(cqrs_checkpoint_store_t *cp, const char *name, bool paused,
                                               cqrs_error_t *err);
 
 typedef struct cqrs_projection_def {
@@ -118,7 +119,7 @@ typedef struct cqrs_projection_def {
  * failing (non-blocking checkpoints) or not queued (CQRS_ENOMEM): then no
  * projection of that name is left behind. */
 CQRS_EXPORT cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
-                                              cqrs_checkpoints_t *cp, cqrs_error_t *err);
+                                              cqrs_checkpoint_store_t *cp, cqrs_error_t *err);
 
 /* True once the named projection has caught up and follows live events.
  * Loop thread. */
@@ -153,6 +154,19 @@ CQRS_EXPORT cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const ch
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_execute_sync(cqrs_dispatcher_t *d, cqrs_command_t *cmd,
                                                      const char *projection, uint64_t timeout_ms,
                                                      cqrs_execution_t *out, cqrs_error_t *err);
+
+/* ---- names before 0.2, deprecated (removed in 0.3) ---- */
+typedef cqrs_checkpoint_store_t cqrs_checkpoints_t CQRS_DEPRECATED("use cqrs_checkpoint_store_t");
+CQRS_DEPRECATED("use cqrs_checkpoint_store_destroy")
+CQRS_EXPORT void cqrs_checkpoints_destroy(cqrs_checkpoint_store_t *cp);
+CQRS_DEPRECATED("use cqrs_checkpoint_store_load")
+CQRS_EXPORT cqrs_code_t cqrs_checkpoints_load(cqrs_checkpoint_store_t *cp, const char *name, int64_t *position,
+                                              cqrs_error_t *err);
+CQRS_DEPRECATED("use cqrs_checkpoint_store_save")
+CQRS_EXPORT cqrs_code_t cqrs_checkpoints_save(cqrs_checkpoint_store_t *cp, const char *name, int64_t position,
+                                              cqrs_error_t *err);
+CQRS_DEPRECATED("use cqrs_memory_checkpoint_store_new")
+CQRS_EXPORT cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoint_store_t **out, cqrs_error_t *err);
 
 #ifdef __cplusplus
 }

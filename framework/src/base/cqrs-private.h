@@ -225,10 +225,10 @@ cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, 
 cqrs_code_t cqrs__store_append_many_valid(cqrs_store_t *s, const cqrs_append_t *reqs, size_t n,
                                           cqrs_append_result_t *res, size_t *done, cqrs_error_t *err);
 
-bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp);
-bool cqrs__checkpoints_fenced(const cqrs_checkpoints_t *cp);
-bool cqrs__checkpoints_controlled(const cqrs_checkpoints_t *cp); /* keeps control records */
-bool cqrs__leases_blocking(const cqrs_leases_t *l);
+bool cqrs__checkpoints_blocking(const cqrs_checkpoint_store_t *cp);
+bool cqrs__checkpoints_fenced(const cqrs_checkpoint_store_t *cp);
+bool cqrs__checkpoints_controlled(const cqrs_checkpoint_store_t *cp); /* keeps control records */
+bool cqrs__leases_blocking(const cqrs_lease_store_t *l);
 
 /* Objects a module builds for types it registers, freed with the registry. */
 cqrs_code_t cqrs__registry_keep(cqrs_registry_t *reg, const char *key, void *obj, void (*free_fn)(void *),

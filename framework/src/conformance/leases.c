@@ -10,7 +10,7 @@
 
 #define LONG_TTL 60000 /* a term that does not run out during a test */
 
-static const cqrs_leases_factory_t *factory; /* the suite running */
+static const cqrs_lease_store_factory_t *factory; /* the suite running */
 
 static void *make(void) { return factory->create(factory->data); }
 
@@ -27,49 +27,49 @@ static void unmake(void *obj) {
   if (factory->dispose) {
     factory->dispose(obj, factory->data);
   } else {
-    cqrs_leases_destroy(obj);
+    cqrs_lease_store_destroy(obj);
   }
 }
 
 /* One holder at a time; every new term a higher token; only the holder
  * renews or releases, under its own token. */
 static void test_holders_and_tokens(void **state) {
-  cqrs_leases_t *l = *state;
+  cqrs_lease_store_t *l = *state;
   cqrs_error_t err;
   int64_t a = -1, b = -1, c = -1;
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "a", 10000, &a, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "a", 10000, &a, &err), CQRS_OK);
   assert_true(a > 0);
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "b", 10000, &b, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "b", 10000, &b, &err), CQRS_OK);
   assert_int_equal(b, 0); /* a holds it */
-  assert_int_equal(cqrs_leases_renew(l, "conformance.proj", "a", a, 10000, &err), CQRS_OK);
-  assert_int_equal(cqrs_leases_renew(l, "conformance.proj", "b", a, 10000, &err), CQRS_ECONFLICT);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.proj", "a", a, 10000, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.proj", "b", a, 10000, &err), CQRS_ECONFLICT);
   assert_int_equal(err.code, CQRS_ECONFLICT);
-  assert_int_equal(cqrs_leases_renew(l, "conformance.proj", "a", a + 1, 10000, &err), CQRS_ECONFLICT);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.proj", "a", a + 1, 10000, &err), CQRS_ECONFLICT);
   /* Another name is another lease. */
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.other", "b", 10000, &c, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.other", "b", 10000, &c, &err), CQRS_OK);
   assert_true(c > 0);
   /* Released (by its holder only): b takes it, with a higher token; a's is dead. */
-  assert_int_equal(cqrs_leases_release(l, "conformance.proj", "b", a, &err), CQRS_OK);
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "b", 10000, &b, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_release(l, "conformance.proj", "b", a, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "b", 10000, &b, &err), CQRS_OK);
   assert_int_equal(b, 0);
-  assert_int_equal(cqrs_leases_release(l, "conformance.proj", "a", a, &err), CQRS_OK);
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "b", 50, &b, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_release(l, "conformance.proj", "a", a, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "b", 50, &b, &err), CQRS_OK);
   assert_true(b > a);
-  assert_int_equal(cqrs_leases_renew(l, "conformance.proj", "a", a, 10000, &err), CQRS_ECONFLICT);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.proj", "a", a, 10000, &err), CQRS_ECONFLICT);
   /* Expired: a takes it back, and b can renew no more. */
   pass(100);
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "a", 10000, &a, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "a", 10000, &a, &err), CQRS_OK);
   assert_true(a > b);
-  assert_int_equal(cqrs_leases_renew(l, "conformance.proj", "b", b, 10000, &err), CQRS_ECONFLICT);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.proj", "b", b, 10000, &err), CQRS_ECONFLICT);
   /* The holder acquiring again gets a new token. */
   int64_t again;
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "a", 10000, &again, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "a", 10000, &again, &err), CQRS_OK);
   assert_true(again > a);
-  assert_int_equal(cqrs_leases_renew(l, "conformance.proj", "a", again, 10000, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.proj", "a", again, 10000, &err), CQRS_OK);
   /* Releasing what one does not hold changes nothing. */
-  assert_int_equal(cqrs_leases_release(l, "conformance.none", "a", 1, &err), CQRS_OK);
-  assert_int_equal(cqrs_leases_release(l, "conformance.other", "a", c, &err), CQRS_OK);
-  assert_int_equal(cqrs_leases_renew(l, "conformance.other", "b", c, 10000, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_release(l, "conformance.none", "a", 1, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_release(l, "conformance.other", "a", c, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.other", "b", c, 10000, &err), CQRS_OK);
 }
 
 /* A renewal extends the term from when it is made. TTL_MS is long beside
@@ -79,21 +79,21 @@ static void test_holders_and_tokens(void **state) {
 #define TTL_MS 3000
 #define WAIT_MS 1800
 static void test_renewal_extends_the_term(void **state) {
-  cqrs_leases_t *l = *state;
+  cqrs_lease_store_t *l = *state;
   cqrs_error_t err;
   int64_t a = 0, b = -1;
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.renewed", "a", TTL_MS, &a, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.renewed", "a", TTL_MS, &a, &err), CQRS_OK);
   assert_true(a > 0);
   pass(WAIT_MS);
-  if (cqrs_leases_renew(l, "conformance.renewed", "a", a, TTL_MS, &err)) fail_msg("renew: %s", err.message);
+  if (cqrs_lease_store_renew(l, "conformance.renewed", "a", a, TTL_MS, &err)) fail_msg("renew: %s", err.message);
   pass(WAIT_MS); /* past the first term, within the second */
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.renewed", "b", TTL_MS, &b, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.renewed", "b", TTL_MS, &b, &err), CQRS_OK);
   assert_int_equal(b, 0);
-  assert_int_equal(cqrs_leases_renew(l, "conformance.renewed", "a", a, TTL_MS, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.renewed", "a", a, TTL_MS, &err), CQRS_OK);
 }
 
 typedef struct taker {
-  cqrs_leases_t *l;
+  cqrs_lease_store_t *l;
   char owner[16];
   int64_t token;
   cqrs_code_t rc;
@@ -102,12 +102,12 @@ typedef struct taker {
 
 static void take(void *arg) {
   taker_t *t = arg;
-  t->rc = cqrs_leases_acquire(t->l, "conformance.raced", t->owner, LONG_TTL, &t->token, &t->err);
+  t->rc = cqrs_lease_store_acquire(t->l, "conformance.raced", t->owner, LONG_TTL, &t->token, &t->err);
 }
 
 /* Takers on several threads at once, for a free lease: one wins. */
 static void test_takers_race(void **state) {
-  cqrs_leases_t *l = *state;
+  cqrs_lease_store_t *l = *state;
   taker_t takers[CONF_THREADS];
   for (int i = 0; i < CONF_THREADS; i++) {
     takers[i] = (taker_t){.l = l, .token = -1};
@@ -121,37 +121,39 @@ static void test_takers_race(void **state) {
   }
   assert_int_equal(winners, 1);
   cqrs_error_t err;
-  assert_int_equal(cqrs_leases_renew(l, "conformance.raced", takers[winner].owner, takers[winner].token, LONG_TTL, &err),
-                   CQRS_OK);
+  assert_int_equal(
+      cqrs_lease_store_renew(l, "conformance.raced", takers[winner].owner, takers[winner].token, LONG_TTL, &err),
+      CQRS_OK);
   for (int i = 0; i < CONF_THREADS; i++) {
     if (i == winner) continue;
-    assert_int_equal(cqrs_leases_renew(l, "conformance.raced", takers[i].owner, takers[winner].token, LONG_TTL, &err),
-                     CQRS_ECONFLICT);
+    assert_int_equal(
+        cqrs_lease_store_renew(l, "conformance.raced", takers[i].owner, takers[winner].token, LONG_TTL, &err),
+        CQRS_ECONFLICT);
   }
 }
 
 static void test_bad_arguments(void **state) {
-  cqrs_leases_t *l = *state;
+  cqrs_lease_store_t *l = *state;
   cqrs_error_t err;
   int64_t a = -1;
-  assert_int_equal(cqrs_leases_acquire(l, "", "a", 10000, &a, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_lease_store_acquire(l, "", "a", 10000, &a, &err), CQRS_EINVAL);
   assert_int_equal(a, 0);
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", NULL, 10000, &a, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "a", 0, &a, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "a", 10, NULL, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_leases_acquire(NULL, "conformance.proj", "a", 10, &a, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_leases_renew(l, "conformance.proj", "a", 0, 10, &err), CQRS_EINVAL);
-  assert_int_equal(cqrs_leases_release(l, "conformance.proj", "a", -1, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", NULL, 10000, &a, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "a", 0, &a, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "a", 10, NULL, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_lease_store_acquire(NULL, "conformance.proj", "a", 10, &a, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_lease_store_renew(l, "conformance.proj", "a", 0, 10, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_lease_store_release(l, "conformance.proj", "a", -1, &err), CQRS_EINVAL);
   char long_name[CQRS_NAME_MAX + 1];
   memset(long_name, 'x', CQRS_NAME_MAX);
   long_name[CQRS_NAME_MAX] = '\0';
-  assert_int_equal(cqrs_leases_acquire(l, long_name, "a", 10, &a, &err), CQRS_ETOO_LARGE);
+  assert_int_equal(cqrs_lease_store_acquire(l, long_name, "a", 10, &a, &err), CQRS_ETOO_LARGE);
   /* Nothing refused took the lease. */
-  assert_int_equal(cqrs_leases_acquire(l, "conformance.proj", "b", 10000, &a, &err), CQRS_OK);
+  assert_int_equal(cqrs_lease_store_acquire(l, "conformance.proj", "b", 10000, &a, &err), CQRS_OK);
   assert_true(a > 0);
 }
 
-int cqrs_conformance_leases(const cqrs_leases_factory_t *f) {
+int cqrs_conformance_leases(const cqrs_lease_store_factory_t *f) {
   if (!f || !f->name || !f->create) return 1;
   factory = f;
   const struct CMUnitTest tests[] = {

@@ -539,8 +539,8 @@ static void test_unknown_type_reaches_no_handler(void **state) {
   /* Projections from 0: for subscribers (from the head, read on the pool
    * once the loop runs) the events below could come before it. */
   const cqrs_event_type_t *only_credited[] = {&credited, NULL};
-  cqrs_checkpoints_t *cp;
-  assert_int_equal(cqrs_memory_checkpoints_new(&cp, &err), CQRS_OK);
+  cqrs_checkpoint_store_t *cp;
+  assert_int_equal(cqrs_memory_checkpoint_store_new(&cp, &err), CQRS_OK);
   cqrs_projection_def_t typed = {"typed", only_credited, count, &p.typed, 0};
   cqrs_projection_def_t all = {"all", NULL, count, &p.all, 0};
   assert_int_equal(cqrs_projection_start(p.d, &typed, cp, &err), CQRS_OK);
@@ -567,7 +567,7 @@ static void test_unknown_type_reaches_no_handler(void **state) {
   assert_int_equal(p.all.n, 2);
   assert_int_equal(p.typed.unknown + p.all.unknown, 0);
   assert_int_equal(uv_loop_close(&loop), 0);
-  cqrs_checkpoints_destroy(cp);
+  cqrs_checkpoint_store_destroy(cp);
   cqrs_clock_destroy(clock);
 }
 

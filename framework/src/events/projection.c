@@ -70,7 +70,7 @@ cqrs_code_t cqrs_dispatcher_subscribe(cqrs_dispatcher_t *d, const char *name, co
   return add_sub(d->events, name, types, fn, data, flags & CQRS_SUBSCRIBE_BLOCKING, &s, err);
 }
 
-static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
+static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoint_store_t *cp,
                                     cqrs__checkpoint_fn checkpoint, bool async, sub_t **out, cqrs_error_t *err) {
   *out = NULL;
   if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, definition or checkpoints");
@@ -82,7 +82,7 @@ static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_
   cqrs_code_t rc;
   if (!cp_blocking && !leasing) {
     if ((rc = cqrs__check_str(def->name, CQRS_NAME_MAX, "projection name", err))) return rc;
-    if ((rc = cqrs_checkpoints_load(cp, def->name, &pos, err))) return rc;
+    if ((rc = cqrs_checkpoint_store_load(cp, def->name, &pos, err))) return rc;
   }
   sub_t *s = NULL;
   rc = add_sub(d->events, def->name, def->types, def->handler, def->data,
@@ -105,14 +105,14 @@ static cqrs_code_t projection_start(cqrs_dispatcher_t *d, const cqrs_projection_
   return CQRS_OK;
 }
 
-cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoints_t *cp,
+cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def, cqrs_checkpoint_store_t *cp,
                                   cqrs_error_t *err) {
   sub_t *s;
   return projection_start(d, def, cp, NULL, false, &s, err);
 }
 
 cqrs_code_t cqrs__projection_start_async(cqrs_dispatcher_t *d, const cqrs_projection_def_t *def,
-                                         cqrs_checkpoints_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
+                                         cqrs_checkpoint_store_t *cp, cqrs__checkpoint_fn checkpoint, sub_t **out,
                                          cqrs_error_t *err) {
   return projection_start(d, def, cp, checkpoint, true, out, err);
 }

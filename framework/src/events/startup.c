@@ -16,7 +16,7 @@ typedef struct cp_work {
 
 static void cp_work_cb(cqrs__job_t *job) {
   cp_work_t *cw = (cp_work_t *)job;
-  cw->rc = cqrs_checkpoints_load(cw->s->cp, cw->s->name, &cw->position, &cw->err);
+  cw->rc = cqrs_checkpoint_store_load(cw->s->cp, cw->s->name, &cw->position, &cw->err);
 }
 
 /* Keep the projection stopped rather than replaying from an unknown point;
@@ -63,7 +63,7 @@ void cqrs__sub_load_checkpoint(sub_t *s) {
   cqrs_error_t err;
   if (!cqrs__checkpoints_blocking(s->cp)) {
     int64_t pos = 0;
-    if (cqrs_checkpoints_load(s->cp, s->name, &pos, &err)) {
+    if (cqrs_checkpoint_store_load(s->cp, s->name, &pos, &err)) {
       cp_load_failed(s, &err);
     } else {
       cqrs__sub_start_catchup(s, pos);

@@ -137,8 +137,8 @@ typedef struct cp_save_work {
 
 /* Under a lease the save carries its token (0: none). Any thread. */
 static cqrs_code_t cp_save(sub_t *s, int64_t position, int64_t token, cqrs_error_t *err) {
-  if (token) return cqrs_checkpoints_save_fenced(s->cp, s->name, position, token, err);
-  return cqrs_checkpoints_save(s->cp, s->name, position, err);
+  if (token) return cqrs_checkpoint_store_save_fenced(s->cp, s->name, position, token, err);
+  return cqrs_checkpoint_store_save(s->cp, s->name, position, err);
 }
 
 /* A save refused because a newer lease holder has written: the lease is gone. */

@@ -8,7 +8,7 @@
 struct cqrs__leasing {
   cqrs__component_t comp;
   cqrs__runtime_t *rt;
-  cqrs_leases_t *leases;
+  cqrs_lease_store_t *leases;
   char owner[CQRS_NAME_MAX];
   uint64_t ttl_ms, guard_ms;
   bool blocking;
@@ -52,11 +52,11 @@ static void lease_call(lease_work_t *w) {
   cqrs__leasing_t *l = w->leasing;
   const char *name = w->lease->name;
   if (w->op == OP_ACQUIRE) {
-    w->rc = cqrs_leases_acquire(l->leases, name, l->owner, l->ttl_ms, &w->token, &w->err);
+    w->rc = cqrs_lease_store_acquire(l->leases, name, l->owner, l->ttl_ms, &w->token, &w->err);
   } else if (w->op == OP_RENEW) {
-    w->rc = cqrs_leases_renew(l->leases, name, l->owner, w->token, l->ttl_ms, &w->err);
+    w->rc = cqrs_lease_store_renew(l->leases, name, l->owner, w->token, l->ttl_ms, &w->err);
   } else {
-    w->rc = cqrs_leases_release(l->leases, name, l->owner, w->token, &w->err);
+    w->rc = cqrs_lease_store_release(l->leases, name, l->owner, w->token, &w->err);
   }
 }
 

@@ -267,9 +267,9 @@ cqrs_code_t cqrs_metrics_attach(cqrs_metrics_t *m, cqrs_dispatcher_t *d, cqrs_er
   return CQRS_OK;
 }
 
-cqrs_code_t cqrs_metrics_attach_queries(cqrs_metrics_t *m, cqrs_queries_t *q, cqrs_error_t *err) {
+cqrs_code_t cqrs_metrics_attach_query_bus(cqrs_metrics_t *m, cqrs_query_bus_t *q, cqrs_error_t *err) {
   if (!m || !q) return cqrs_error_set(err, CQRS_EINVAL, "NULL metrics or query bus");
-  return cqrs_queries_use(q, &metrics_mw, m, err);
+  return cqrs_query_bus_use(q, &metrics_mw, m, err);
 }
 
 /* ---- snapshots ---- */

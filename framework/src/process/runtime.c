@@ -416,7 +416,7 @@ static const cqrs__component_ops_t process_ops = {.name = "process",
                                                   .free = process_free};
 
 cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_process_type_t *def, void *data,
-                               cqrs_checkpoints_t *cp, cqrs_error_t *err) {
+                               cqrs_checkpoint_store_t *cp, cqrs_error_t *err) {
   if (!d || !def || !cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL dispatcher, process type or checkpoints");
   if (cqrs__runtime_closing(d)) return cqrs_error_set(err, CQRS_ECLOSED, "dispatcher is closing");
   char stream[CQRS_NAME_MAX];

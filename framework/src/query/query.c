@@ -10,24 +10,24 @@ typedef struct query {
   char name[CQRS_NAME_MAX];
 } query_t;
 
-struct cqrs_queries {
+struct cqrs_query_bus {
   const cqrs_readmodel_t *rm;
   query_t *queries;
   cqrs__mw_chain_t mw;
 };
 
-cqrs_code_t cqrs_queries_new(const cqrs_readmodel_t *rm, cqrs_queries_t **out, cqrs_error_t *err) {
+cqrs_code_t cqrs_query_bus_new(const cqrs_readmodel_t *rm, cqrs_query_bus_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   if (!rm) return cqrs_error_set(err, CQRS_EINVAL, "NULL read model");
-  cqrs_queries_t *q = cqrs__calloc(1, sizeof *q);
+  cqrs_query_bus_t *q = cqrs__calloc(1, sizeof *q);
   if (!q) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a query bus");
   q->rm = rm;
   *out = q;
   return CQRS_OK;
 }
 
-void cqrs_queries_destroy(cqrs_queries_t *q) {
+void cqrs_query_bus_destroy(cqrs_query_bus_t *q) {
   if (!q) return;
   query_t *e, *tmp;
   HASH_ITER(hh, q->queries, e, tmp) {
@@ -37,8 +37,8 @@ void cqrs_queries_destroy(cqrs_queries_t *q) {
   cqrs__free(q);
 }
 
-cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_query_handler_cb fn, void *data,
-                                  cqrs_error_t *err) {
+cqrs_code_t cqrs_query_bus_register(cqrs_query_bus_t *q, const char *name, cqrs_query_handler_cb fn, void *data,
+                                    cqrs_error_t *err) {
   if (!q || !fn) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus or handler");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "query name", err);
   if (rc) return rc;
@@ -57,13 +57,13 @@ cqrs_code_t cqrs_queries_register(cqrs_queries_t *q, const char *name, cqrs_quer
   return CQRS_OK;
 }
 
-cqrs_code_t cqrs_queries_use(cqrs_queries_t *q, const cqrs_middleware_t *mw, void *data, cqrs_error_t *err) {
+cqrs_code_t cqrs_query_bus_use(cqrs_query_bus_t *q, const cqrs_middleware_t *mw, void *data, cqrs_error_t *err) {
   if (!q) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus");
   return cqrs__mw_add(&q->mw, mw, data, err);
 }
 
-cqrs_code_t cqrs_queries_run(const cqrs_queries_t *q, const char *name, const bson_t *params, bson_t *out,
-                             cqrs_error_t *err) {
+cqrs_code_t cqrs_query_bus_run(const cqrs_query_bus_t *q, const char *name, const bson_t *params, bson_t *out,
+                               cqrs_error_t *err) {
   if (!q || !name || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL query bus, name or output");
   query_t *e;
   HASH_FIND_STR(q->queries, name, e);
@@ -84,7 +84,7 @@ cqrs_code_t cqrs_queries_run(const cqrs_queries_t *q, const char *name, const bs
 typedef struct query_req {
   uv_work_t work;
   uv_timer_t timer; /* a non-blocking read model: run at the next turn of the loop */
-  const cqrs_queries_t *q;
+  const cqrs_query_bus_t *q;
   char name[CQRS_NAME_MAX];
   bson_t *params, *answer; /* pointers: a bson_t needs 128-byte alignment */
   cqrs_query_cb cb;
@@ -95,7 +95,7 @@ typedef struct query_req {
 
 static void query_work(uv_work_t *w) {
   query_req_t *r = w->data;
-  r->rc = cqrs_queries_run(r->q, r->name, r->params, r->answer, &r->err);
+  r->rc = cqrs_query_bus_run(r->q, r->name, r->params, r->answer, &r->err);
 }
 
 static void query_free(query_req_t *r) {
@@ -120,8 +120,8 @@ static void query_now(uv_timer_t *t) {
   uv_close((uv_handle_t *)t, timer_closed);
 }
 
-cqrs_code_t cqrs_queries_send(const cqrs_queries_t *q, uv_loop_t *loop, const char *name, const bson_t *params,
-                              cqrs_query_cb cb, void *data) {
+cqrs_code_t cqrs_query_bus_send(const cqrs_query_bus_t *q, uv_loop_t *loop, const char *name, const bson_t *params,
+                                cqrs_query_cb cb, void *data) {
   if (!q || !loop || !cb) return CQRS_EINVAL;
   if (cqrs__check_str(name, CQRS_NAME_MAX, "query name", NULL)) return CQRS_EINVAL;
   query_req_t *r = cqrs__calloc(1, sizeof *r);

@@ -2,16 +2,15 @@
 
 #include "base/cqrs-uthash.h"
 
-
-struct cqrs_checkpoints {
+struct cqrs_checkpoint_store {
   const cqrs_checkpoint_ops_t *ops;
   void *impl;
 };
 
-cqrs_code_t cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl, cqrs_checkpoints_t **out,
-                                 cqrs_error_t *err) {
+cqrs_code_t cqrs_checkpoint_store_new(const cqrs_checkpoint_ops_t *ops, void *impl, cqrs_checkpoint_store_t **out,
+                                      cqrs_error_t *err) {
   cqrs_code_t rc = CQRS_OK;
-  cqrs_checkpoints_t *cp = NULL;
+  cqrs_checkpoint_store_t *cp = NULL;
   if (!out) {
     rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   } else if (!ops || !ops->load || !ops->save) {
@@ -33,30 +32,32 @@ cqrs_code_t cqrs_checkpoints_new(const cqrs_checkpoint_ops_t *ops, void *impl, c
   return CQRS_OK;
 }
 
-void cqrs_checkpoints_destroy(cqrs_checkpoints_t *cp) {
+void cqrs_checkpoint_store_destroy(cqrs_checkpoint_store_t *cp) {
   if (!cp) return;
   if (cp->ops->destroy) cp->ops->destroy(cp->impl);
   cqrs__free(cp);
 }
 
-bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp) { return cp->ops->blocking; }
+bool cqrs__checkpoints_blocking(const cqrs_checkpoint_store_t *cp) { return cp->ops->blocking; }
 
-cqrs_code_t cqrs_checkpoints_load(cqrs_checkpoints_t *cp, const char *name, int64_t *position, cqrs_error_t *err) {
+cqrs_code_t cqrs_checkpoint_store_load(cqrs_checkpoint_store_t *cp, const char *name, int64_t *position,
+                                       cqrs_error_t *err) {
   if (!cp || !position) return cqrs_error_set(err, CQRS_EINVAL, "NULL checkpoints or position");
   *position = 0;
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "checkpoint name", err);
   return rc ? rc : cp->ops->load(cp->impl, name, position, err);
 }
 
-cqrs_code_t cqrs_checkpoints_save(cqrs_checkpoints_t *cp, const char *name, int64_t position, cqrs_error_t *err) {
+cqrs_code_t cqrs_checkpoint_store_save(cqrs_checkpoint_store_t *cp, const char *name, int64_t position,
+                                       cqrs_error_t *err) {
   if (!cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL checkpoints");
   if (position < 0) return cqrs_error_set(err, CQRS_EINVAL, "negative checkpoint");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "checkpoint name", err);
   return rc ? rc : cp->ops->save(cp->impl, name, position, err);
 }
 
-cqrs_code_t cqrs_checkpoints_save_fenced(cqrs_checkpoints_t *cp, const char *name, int64_t position, int64_t token,
-                                         cqrs_error_t *err) {
+cqrs_code_t cqrs_checkpoint_store_save_fenced(cqrs_checkpoint_store_t *cp, const char *name, int64_t position,
+                                              int64_t token, cqrs_error_t *err) {
   if (!cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL checkpoints");
   if (position < 0 || token <= 0) return cqrs_error_set(err, CQRS_EINVAL, "negative checkpoint or token");
   if (!cp->ops->save_fenced) return cqrs_error_set(err, CQRS_EINVAL, "these checkpoints cannot fence their writes");
@@ -64,11 +65,11 @@ cqrs_code_t cqrs_checkpoints_save_fenced(cqrs_checkpoints_t *cp, const char *nam
   return rc ? rc : cp->ops->save_fenced(cp->impl, name, position, token, err);
 }
 
-bool cqrs__checkpoints_fenced(const cqrs_checkpoints_t *cp) { return cp->ops->save_fenced != NULL; }
+bool cqrs__checkpoints_fenced(const cqrs_checkpoint_store_t *cp) { return cp->ops->save_fenced != NULL; }
 
-bool cqrs__checkpoints_controlled(const cqrs_checkpoints_t *cp) { return cp->ops->control_load != NULL; }
+bool cqrs__checkpoints_controlled(const cqrs_checkpoint_store_t *cp) { return cp->ops->control_load != NULL; }
 
-static cqrs_code_t control_args(cqrs_checkpoints_t *cp, const char *name, cqrs_error_t *err) {
+static cqrs_code_t control_args(cqrs_checkpoint_store_t *cp, const char *name, cqrs_error_t *err) {
   if (!cp) return cqrs_error_set(err, CQRS_EINVAL, "NULL checkpoints");
   if (!cp->ops->control_load) return cqrs_error_set(err, CQRS_EINVAL, "these checkpoints keep no control records");
   return cqrs__check_str(name, CQRS_NAME_MAX, "projection name", err);
@@ -81,8 +82,8 @@ static bool field_ok(const char *s, size_t cap) {
   return n < cap && cqrs__utf8_valid(s, n);
 }
 
-cqrs_code_t cqrs_checkpoints_control_load(cqrs_checkpoints_t *cp, const char *name, cqrs_projection_control_t *out,
-                                          bool *found, cqrs_error_t *err) {
+cqrs_code_t cqrs_checkpoint_store_control_load(cqrs_checkpoint_store_t *cp, const char *name,
+                                               cqrs_projection_control_t *out, bool *found, cqrs_error_t *err) {
   if (!out || !found) return cqrs_error_set(err, CQRS_EINVAL, "NULL out or found");
   memset(out, 0, sizeof *out);
   *found = false;
@@ -93,8 +94,8 @@ cqrs_code_t cqrs_checkpoints_control_load(cqrs_checkpoints_t *cp, const char *na
   return CQRS_OK;
 }
 
-cqrs_code_t cqrs_checkpoints_control_save(cqrs_checkpoints_t *cp, const char *name, const cqrs_projection_control_t *c,
-                                          unsigned parts, cqrs_error_t *err) {
+cqrs_code_t cqrs_checkpoint_store_control_save(cqrs_checkpoint_store_t *cp, const char *name,
+                                               const cqrs_projection_control_t *c, unsigned parts, cqrs_error_t *err) {
   cqrs_code_t rc = control_args(cp, name, err);
   if (rc) return rc;
   if (!c) return cqrs_error_set(err, CQRS_EINVAL, "NULL control record");
@@ -110,30 +111,30 @@ cqrs_code_t cqrs_checkpoints_control_save(cqrs_checkpoints_t *cp, const char *na
   return cp->ops->control_save(cp->impl, name, c, parts, err);
 }
 
-cqrs_code_t cqrs_projection_request(cqrs_checkpoints_t *cp, const char *name, cqrs_projection_action_t action,
+cqrs_code_t cqrs_projection_request(cqrs_checkpoint_store_t *cp, const char *name, cqrs_projection_action_t action,
                                     int64_t position, int64_t *request, cqrs_error_t *err) {
   cqrs_projection_control_t c;
   bool found;
   if (action == CQRS_PROJECTION_NO_ACTION) return cqrs_error_set(err, CQRS_EINVAL, "no action asked");
-  cqrs_code_t rc = cqrs_checkpoints_control_load(cp, name, &c, &found, err);
+  cqrs_code_t rc = cqrs_checkpoint_store_control_load(cp, name, &c, &found, err);
   if (rc) return rc;
   int64_t newest = c.request > c.done ? c.request : c.done;
   if (newest == INT64_MAX) return cqrs_error_set(err, CQRS_EINVAL, "no request number left");
   c.request = newest + 1;
   c.action = action;
   c.position = position;
-  if ((rc = cqrs_checkpoints_control_save(cp, name, &c, CQRS_CONTROL_REQUEST, err))) return rc;
+  if ((rc = cqrs_checkpoint_store_control_save(cp, name, &c, CQRS_CONTROL_REQUEST, err))) return rc;
   if (request) *request = c.request;
   return CQRS_OK;
 }
 
-cqrs_code_t cqrs_projection_pause(cqrs_checkpoints_t *cp, const char *name, bool paused, cqrs_error_t *err) {
+cqrs_code_t cqrs_projection_pause(cqrs_checkpoint_store_t *cp, const char *name, bool paused, cqrs_error_t *err) {
   cqrs_projection_control_t c;
   bool found;
-  cqrs_code_t rc = cqrs_checkpoints_control_load(cp, name, &c, &found, err);
+  cqrs_code_t rc = cqrs_checkpoint_store_control_load(cp, name, &c, &found, err);
   if (rc) return rc;
   c.paused = paused;
-  return cqrs_checkpoints_control_save(cp, name, &c, CQRS_CONTROL_REQUEST, err);
+  return cqrs_checkpoint_store_control_save(cp, name, &c, CQRS_CONTROL_REQUEST, err);
 }
 
 typedef struct mem_cp_entry {
@@ -260,7 +261,7 @@ static const cqrs_checkpoint_ops_t mem_cp_ops = {.blocking = false,
                                                  .control_load = mem_cp_control_load,
                                                  .control_save = mem_cp_control_save};
 
-cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoints_t **out, cqrs_error_t *err) {
+cqrs_code_t cqrs_memory_checkpoint_store_new(cqrs_checkpoint_store_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   mem_cp_t *m = cqrs__calloc(1, sizeof *m);
@@ -269,5 +270,5 @@ cqrs_code_t cqrs_memory_checkpoints_new(cqrs_checkpoints_t **out, cqrs_error_t *
     cqrs__free(m);
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the checkpoints' lock");
   }
-  return cqrs_checkpoints_new(&mem_cp_ops, m, out, err);
+  return cqrs_checkpoint_store_new(&mem_cp_ops, m, out, err);
 }

@@ -4,14 +4,14 @@
 
 /* ---- the store interface ---- */
 
-struct cqrs_leases {
+struct cqrs_lease_store {
   const cqrs_lease_ops_t *ops;
   void *impl;
 };
 
-cqrs_code_t cqrs_leases_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_leases_t **out, cqrs_error_t *err) {
+cqrs_code_t cqrs_lease_store_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_lease_store_t **out, cqrs_error_t *err) {
   cqrs_code_t rc = CQRS_OK;
-  cqrs_leases_t *l = NULL;
+  cqrs_lease_store_t *l = NULL;
   if (!out) {
     rc = cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   } else if (!ops || !ops->acquire || !ops->renew || !ops->release) {
@@ -31,22 +31,22 @@ cqrs_code_t cqrs_leases_new(const cqrs_lease_ops_t *ops, void *impl, cqrs_leases
   return CQRS_OK;
 }
 
-void cqrs_leases_destroy(cqrs_leases_t *l) {
+void cqrs_lease_store_destroy(cqrs_lease_store_t *l) {
   if (!l) return;
   if (l->ops->destroy) l->ops->destroy(l->impl);
   cqrs__free(l);
 }
 
-bool cqrs__leases_blocking(const cqrs_leases_t *l) { return l->ops->blocking; }
+bool cqrs__leases_blocking(const cqrs_lease_store_t *l) { return l->ops->blocking; }
 
-static cqrs_code_t check_args(const cqrs_leases_t *l, const char *name, const char *owner, cqrs_error_t *err) {
+static cqrs_code_t check_args(const cqrs_lease_store_t *l, const char *name, const char *owner, cqrs_error_t *err) {
   if (!l) return cqrs_error_set(err, CQRS_EINVAL, "NULL leases");
   cqrs_code_t rc = cqrs__check_str(name, CQRS_NAME_MAX, "lease name", err);
   return rc ? rc : cqrs__check_str(owner, CQRS_NAME_MAX, "lease owner", err);
 }
 
-cqrs_code_t cqrs_leases_acquire(cqrs_leases_t *l, const char *name, const char *owner, uint64_t ttl_ms,
-                                int64_t *token, cqrs_error_t *err) {
+cqrs_code_t cqrs_lease_store_acquire(cqrs_lease_store_t *l, const char *name, const char *owner, uint64_t ttl_ms,
+                                     int64_t *token, cqrs_error_t *err) {
   if (!token) return cqrs_error_set(err, CQRS_EINVAL, "token is NULL");
   *token = 0;
   cqrs_code_t rc = check_args(l, name, owner, err);
@@ -54,16 +54,16 @@ cqrs_code_t cqrs_leases_acquire(cqrs_leases_t *l, const char *name, const char *
   return rc ? rc : l->ops->acquire(l->impl, name, owner, ttl_ms, token, err);
 }
 
-cqrs_code_t cqrs_leases_renew(cqrs_leases_t *l, const char *name, const char *owner, int64_t token, uint64_t ttl_ms,
-                              cqrs_error_t *err) {
+cqrs_code_t cqrs_lease_store_renew(cqrs_lease_store_t *l, const char *name, const char *owner, int64_t token,
+                                   uint64_t ttl_ms, cqrs_error_t *err) {
   cqrs_code_t rc = check_args(l, name, owner, err);
   if (!rc && (token <= 0 || ttl_ms == 0 || ttl_ms > INT32_MAX))
     rc = cqrs_error_set(err, CQRS_EINVAL, "lease token or ttl out of range");
   return rc ? rc : l->ops->renew(l->impl, name, owner, token, ttl_ms, err);
 }
 
-cqrs_code_t cqrs_leases_release(cqrs_leases_t *l, const char *name, const char *owner, int64_t token,
-                                cqrs_error_t *err) {
+cqrs_code_t cqrs_lease_store_release(cqrs_lease_store_t *l, const char *name, const char *owner, int64_t token,
+                                     cqrs_error_t *err) {
   cqrs_code_t rc = check_args(l, name, owner, err);
   if (!rc && token <= 0) rc = cqrs_error_set(err, CQRS_EINVAL, "lease token out of range");
   return rc ? rc : l->ops->release(l->impl, name, owner, token, err);
@@ -155,11 +155,11 @@ static void mem_destroy(void *impl) {
 static const cqrs_lease_ops_t mem_ops = {.blocking = false, .acquire = mem_acquire, .renew = mem_renew,
                                          .release = mem_release, .destroy = mem_destroy};
 
-cqrs_code_t cqrs_memory_leases_new(cqrs_leases_t **out, cqrs_error_t *err) {
-  return cqrs_memory_leases_new_with_clock(NULL, out, err);
+cqrs_code_t cqrs_memory_lease_store_new(cqrs_lease_store_t **out, cqrs_error_t *err) {
+  return cqrs_memory_lease_store_new_with_clock(NULL, out, err);
 }
 
-cqrs_code_t cqrs_memory_leases_new_with_clock(cqrs_clock_t *clock, cqrs_leases_t **out, cqrs_error_t *err) {
+cqrs_code_t cqrs_memory_lease_store_new_with_clock(cqrs_clock_t *clock, cqrs_lease_store_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
   *out = NULL;
   mem_leases_t *m = cqrs__calloc(1, sizeof *m);
@@ -169,5 +169,5 @@ cqrs_code_t cqrs_memory_leases_new_with_clock(cqrs_clock_t *clock, cqrs_leases_t
     return cqrs_error_set(err, CQRS_ENOMEM, "cannot initialise the leases' lock");
   }
   m->clock = clock;
-  return cqrs_leases_new(&mem_ops, m, out, err);
+  return cqrs_lease_store_new(&mem_ops, m, out, err);
 }

@@ -233,17 +233,17 @@ static void ml_destroy(void *impl) { free(impl); }
 static const cqrs_lease_ops_t mongo_lease_ops = {.blocking = true, .acquire = ml_acquire, .renew = ml_renew,
                                                  .release = ml_release, .destroy = ml_destroy};
 
-cqrs_code_t cqrs_mongo_leases_new_with_clock(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_leases_t **out,
-                                             cqrs_error_t *err) {
+cqrs_code_t cqrs_mongo_lease_store_new_with_clock(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_lease_store_t **out,
+                                                  cqrs_error_t *err) {
   if (out) *out = NULL;
   if (!m || !out) return cqrs_error_set(err, CQRS_EINVAL, "NULL connection or out");
   mongo_leases_t *ml = calloc(1, sizeof *ml);
   if (!ml) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a lease store");
   ml->m = m;
   ml->clock = clock;
-  return cqrs_leases_new(&mongo_lease_ops, ml, out, err);
+  return cqrs_lease_store_new(&mongo_lease_ops, ml, out, err);
 }
 
-cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **out, cqrs_error_t *err) {
-  return cqrs_mongo_leases_new_with_clock(m, NULL, out, err);
+cqrs_code_t cqrs_mongo_lease_store_new(cqrs_mongo_t *m, cqrs_lease_store_t **out, cqrs_error_t *err) {
+  return cqrs_mongo_lease_store_new_with_clock(m, NULL, out, err);
 }

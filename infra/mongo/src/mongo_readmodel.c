@@ -330,12 +330,12 @@ static const cqrs_checkpoint_ops_t mongo_cp_ops = {.blocking = true,
                                                    .control_load = mcp_control_load,
                                                    .control_save = mcp_control_save};
 
-cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out, cqrs_error_t *err) {
+cqrs_code_t cqrs_mongo_checkpoint_store_new(cqrs_mongo_t *m, cqrs_checkpoint_store_t **out, cqrs_error_t *err) {
   if (!m) {
     if (out) *out = NULL;
     return cqrs_error_set(err, CQRS_EINVAL, "NULL connection");
   }
-  return cqrs_checkpoints_new(&mongo_cp_ops, m, out, err);
+  return cqrs_checkpoint_store_new(&mongo_cp_ops, m, out, err);
 }
 
 /* ---- dead letters ---- */

@@ -265,8 +265,8 @@ typedef struct billing billing_t;
  * `cp` are borrowed. `cols` NULL: the defaults. Free *out with
  * billing_destroy once `d` is closed; on an error *out may be set too (some
  * projections may already use it): close `d`, then destroy it. */
-cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoints_t *cp,
-                                      const billing_collections_t *cols, billing_t **out, cqrs_error_t *err);
+cqrs_code_t billing_start(cqrs_dispatcher_t *d, cqrs_readmodel_t *rm, cqrs_checkpoint_store_t *cp,
+                          const billing_collections_t *cols, billing_t **out, cqrs_error_t *err);
 void billing_destroy(billing_t *b);
 
 /* Declares the personal keys of the read side on `rm` (cqrs_readmodel_add_type):
@@ -295,8 +295,7 @@ billing_t *billing_projector_new(cqrs_readmodel_t *rm, const billing_collections
  *   invoice.by_customer  {customerId, status, limit?} -> {invoices: [doc...]} newest first
  *   account.balance      {accountId}                  -> {balance: {amount, currency}, status}
  *   account.total        {}                           -> {totals: {EUR: n, ...}} */
-cqrs_code_t billing_register_queries(cqrs_queries_t *q, const billing_collections_t *cols,
-                                                 cqrs_error_t *err);
+cqrs_code_t billing_register_queries(cqrs_query_bus_t *q, const billing_collections_t *cols, cqrs_error_t *err);
 
 /* ---- migration from a legacy system (migration.c) ---- */
 
@@ -446,7 +445,7 @@ void billing_flags_shadow_counts(billing_flags_t *f, uint64_t *compared, uint64_
 /* Registers "invoice.read" {id, customerId?} -> {invoice, source: "legacy"|"cqs",
  * shadowDifferences?} on `q`, honouring the flag through `f` (borrowed, must
  * outlive `q`); CQRS_ENOT_FOUND when the side read has no such invoice. */
-cqrs_code_t billing_register_flagged_queries(cqrs_queries_t *q, billing_flags_t *f, cqrs_error_t *err);
+cqrs_code_t billing_register_flagged_queries(cqrs_query_bus_t *q, billing_flags_t *f, cqrs_error_t *err);
 
 #ifdef __cplusplus
 }

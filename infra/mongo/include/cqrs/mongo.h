@@ -83,17 +83,18 @@ CQRS_EXPORT cqrs_code_t cqrs_mongo_index_names(cqrs_mongo_t *m, const char *coll
  * NULL. `err` may be NULL. */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_store_new(cqrs_mongo_t *m, cqrs_store_t **out, cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_mongo_readmodel_new(cqrs_mongo_t *m, cqrs_readmodel_t **out, cqrs_error_t *err);
-CQRS_EXPORT cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_mongo_checkpoint_store_new(cqrs_mongo_t *m, cqrs_checkpoint_store_t **out,
+                                                        cqrs_error_t *err);
 /* Leases (lease.h) in the leases collection: per name a document {_id:
  * name, owner, token, expires} and one per term {_id: "name#<token>"},
  * whose insert is what decides between processes taking the lease at once.
  * Expiry compares the holder's clock with the taker's: docs/scaling.md. */
-CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new(cqrs_mongo_t *m, cqrs_leases_t **out, cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_mongo_lease_store_new(cqrs_mongo_t *m, cqrs_lease_store_t **out, cqrs_error_t *err);
 /* The same, with the terms' times read from `clock` (borrowed, must outlive
  * them; NULL: the real clock): a test's manual clock, for the leases of
  * dispatchers in one process. */
-CQRS_EXPORT cqrs_code_t cqrs_mongo_leases_new_with_clock(cqrs_mongo_t *m, cqrs_clock_t *clock, cqrs_leases_t **out,
-                                                         cqrs_error_t *err);
+CQRS_EXPORT cqrs_code_t cqrs_mongo_lease_store_new_with_clock(cqrs_mongo_t *m, cqrs_clock_t *clock,
+                                                              cqrs_lease_store_t **out, cqrs_error_t *err);
 
 /* A key store for personal data (cqrs/personal.h) in the keys collection:
  * one document per subject, {_id: subject, state: "keyed" | "forgotten",
