@@ -124,7 +124,10 @@ CQRS_EXPORT cqrs_code_t cqrs_projection_start(cqrs_dispatcher_t *d, const cqrs_p
 /* True once the named projection has caught up and follows live events.
  * Loop thread. */
 CQRS_EXPORT bool cqrs_projection_live(const cqrs_dispatcher_t *d, const char *name);
-/* Position of the last event the named projection has handled (0: none). */
+/* Position of the last event the named projection has handled (0: none).
+ * Live, only events of its types move it: the events it skips after the
+ * last of them leave it below the head, for good if no more come. Whether
+ * it has handled everything up to a position: cqrs_projection_wait. */
 CQRS_EXPORT int64_t cqrs_projection_position(const cqrs_dispatcher_t *d, const char *name);
 
 /* Read-your-writes: waits until projection `name` (NULL: every projection
