@@ -36,7 +36,7 @@ int sample_mongo_open(sample_t *s, const char *uri) {
     bson_free(shown);
     return 3;
   }
-  s->dead_letter = cqrs_mongo_dead_letter;
+  s->dead_letter_info = cqrs_mongo_dead_letter_info;
   s->dead_letter_data = m;
   printf("%s: MongoDB at %s, database %s\n", s->name, shown, cqrs_mongo_database(m));
   bson_free(shown);

@@ -58,6 +58,8 @@ static void linger_done(uv_timer_t *t) { uv_close((uv_handle_t *)t, NULL); }
 static void metrics_close(sample_t *s) {
 #ifdef CQRS_SAMPLE_HTTP
   if (s->http && s->linger_s) {
+    printf("%s: flow done; serving /metrics %u s more\n", s->name, s->linger_s);
+    fflush(stdout);
     uv_timer_t t;
     uv_timer_init(&s->loop, &t);
     uv_timer_start(&t, linger_done, (uint64_t)s->linger_s * 1000, 0);
@@ -139,7 +141,7 @@ int sample_open(sample_t *s, const char *name, int argc, char **argv) {
   }
   cqrs_dispatcher_options_t opts;
   cqrs_dispatcher_options_init(&opts);
-  opts.dead_letter = s->dead_letter;
+  opts.dead_letter_info = s->dead_letter_info;
   opts.dead_letter_data = s->dead_letter_data;
   if (cqrs_dispatcher_new(&s->loop, s->reg, s->store, &opts, &s->d, &err) ||
       billing_start(s->d, s->rm, s->cp, NULL, &s->billing, &err)) {

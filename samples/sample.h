@@ -20,7 +20,7 @@ typedef struct sample {
   billing_t *billing;
   void *backend; /* what the MongoDB back end keeps, when used */
   bool reset;    /* --reset: start from an empty database */
-  cqrs_dead_letter_cb dead_letter;
+  cqrs_dead_letter_info_cb dead_letter_info;
   void *dead_letter_data;
   int failures;  /* results that were not what the script expected */
   int metrics_port;     /* --metrics-port N: serve /metrics (0: any free port); -1: off */

@@ -21,6 +21,7 @@ static void defaults(cqrs_dispatcher_options_t *o) {
   o->aggregate_cache = 16384;
   o->loops = 1;
   o->dead_letters_kept = 1024;
+  o->control_ms = 1000;
 }
 
 void cqrs_dispatcher_options_init_size(cqrs_dispatcher_options_t *o, size_t size) {

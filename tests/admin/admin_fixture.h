@@ -252,7 +252,9 @@ typedef struct app {
   billing_t *billing;
 } app_t;
 
-static inline void app_open(app_t *a, adm_t *t) {
+/* With its projections (project), or as a writer only, whose commits are
+ * another process's as far as a running sample is concerned. */
+static inline void app_open_with(app_t *a, adm_t *t, bool project) {
   memset(a, 0, sizeof *a);
   uv_loop_init(&a->loop);
   cqrs_registry_new(&a->reg, NULL);
@@ -263,8 +265,10 @@ static inline void app_open(app_t *a, adm_t *t) {
   cqrs_error_t e;
   if (cqrs_mongo_new(t->uri, &o, a->reg, &a->loop, &a->m, &e)) fail_msg("%s", e.message);
   cqrs_mongo_store_new(a->m, &a->store, NULL);
-  cqrs_mongo_readmodel_new(a->m, &a->rm, NULL);
-  cqrs_mongo_checkpoints_new(a->m, &a->cp, NULL);
+  if (project) {
+    cqrs_mongo_readmodel_new(a->m, &a->rm, NULL);
+    cqrs_mongo_checkpoints_new(a->m, &a->cp, NULL);
+  }
   a->keys = adm_keys(a->m, a->reg, a->store, NULL);
   cqrs_dispatcher_options_t opts;
   cqrs_dispatcher_options_init(&opts);
@@ -273,8 +277,11 @@ static inline void app_open(app_t *a, adm_t *t) {
   opts.dead_letter = cqrs_mongo_dead_letter;
   opts.dead_letter_data = a->m;
   if (cqrs_dispatcher_new(&a->loop, a->reg, a->store, &opts, &a->d, &e)) fail_msg("%s", e.message);
-  if (billing_start(a->d, a->rm, a->cp, NULL, &a->billing, &e)) fail_msg("%s", e.message);
+  if (project ? billing_start(a->d, a->rm, a->cp, NULL, &a->billing, &e) : billing_register_handlers(a->d, &e))
+    fail_msg("%s", e.message);
 }
+
+static inline void app_open(app_t *a, adm_t *t) { app_open_with(a, t, true); }
 
 static inline void app_close(app_t *a) {
   cqrs_dispatcher_close(a->d, NULL, NULL);

@@ -67,6 +67,10 @@ static void test_keys_forget_verify(void **state) {
   assert_non_null(strstr(t.out, "was forgotten already"));
   assert_int_equal(ADM(&t, "forget", "nobody"), 1);
   assert_non_null(strstr(t.err, "does not exist"));
+  assert_int_equal(ADM(&t, "audit", "--action", "customer."), 0); /* on record, the refused one not */
+  const char *first = strstr(t.out, "customer.forget acme: forgotten\n");
+  assert_true(first && strstr(first, "customer.forget acme: forgotten already\n"));
+  assert_null(strstr(t.out, "nobody"));
   assert_int_equal(ADM(&t, "keys"), 0);
   assert_non_null(strstr(t.out, "1 with a key, 2 forgotten"));
 

@@ -309,8 +309,21 @@ static cqrs_code_t bc_save(void *impl, const char *name, int64_t position, cqrs_
 static cqrs_code_t bc_save_fenced(void *impl, const char *name, int64_t position, int64_t token, cqrs_error_t *err) {
   return cqrs_checkpoints_save_fenced(impl, name, position, token, err);
 }
-static const cqrs_checkpoint_ops_t blocking_cp_ops = {.blocking = true, .load = bc_load, .save = bc_save,
-                                                      .destroy = NULL, .save_fenced = bc_save_fenced};
+static cqrs_code_t bc_control_load(void *impl, const char *name, cqrs_projection_control_t *out, bool *found,
+                                   cqrs_error_t *err) {
+  return cqrs_checkpoints_control_load(impl, name, out, found, err);
+}
+static cqrs_code_t bc_control_save(void *impl, const char *name, const cqrs_projection_control_t *c, unsigned parts,
+                                   cqrs_error_t *err) {
+  return cqrs_checkpoints_control_save(impl, name, c, parts, err);
+}
+static const cqrs_checkpoint_ops_t blocking_cp_ops = {.blocking = true,
+                                                      .load = bc_load,
+                                                      .save = bc_save,
+                                                      .destroy = NULL,
+                                                      .save_fenced = bc_save_fenced,
+                                                      .control_load = bc_control_load,
+                                                      .control_save = bc_control_save};
 
 cqrs_checkpoints_t *ledger_blocking_checkpoints(cqrs_checkpoints_t *inner) {
   cqrs_checkpoints_t *cp = NULL;

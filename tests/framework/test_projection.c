@@ -15,9 +15,12 @@
 #define MAX_POS 4096
 
 typedef struct seen {
-  int count[MAX_POS];
+  /* Written by a blocking projection's handler on the pool, read by the
+   * test on the loop while deliveries go on: atomic, and order[i] written
+   * before n counts it. */
+  _Atomic int count[MAX_POS];
   int64_t order[MAX_POS];
-  size_t n;
+  _Atomic size_t n;
   int fail_at; /* position to fail on forever; 0: none */
 } seen_t;
 
@@ -25,7 +28,11 @@ static cqrs_code_t watch(const cqrs_event_t *e, void *data, cqrs_error_t *err) {
   seen_t *s = data;
   if (s->fail_at && e->position == s->fail_at) return cqrs_error_set(err, CQRS_EHANDLER, "cannot project %lld", (long long)e->position);
   if (e->position < MAX_POS) s->count[e->position]++;
-  if (s->n < MAX_POS) s->order[s->n++] = e->position;
+  size_t n = atomic_load(&s->n);
+  if (n < MAX_POS) {
+    s->order[n] = e->position;
+    atomic_store(&s->n, n + 1);
+  }
   return CQRS_OK;
 }
 
@@ -240,6 +247,119 @@ static void test_failing_projection_dead_letters_and_moves_on(void **state) {
   assert_int_equal(s->n, 9);
   assert_int_equal(s->count[4], 0);
   assert_int_equal(cqrs_dispatcher_dead_letter_count(fx->d), 1);
+  free(s);
+}
+
+/* ---- a poison event set aside ---- */
+
+typedef struct poisoned {
+  int letters;
+  int64_t position;
+  char message[CQRS_MESSAGE_MAX];
+  unsigned attempts;
+  int64_t first_failed_at;
+  bool later_seen; /* had the event behind it in its stream been projected when it was dead-lettered */
+  seen_t *seen;
+} poisoned_t;
+
+static void poison_sink(const cqrs_dead_letter_t *dl, void *data) {
+  poisoned_t *p = data;
+  assert_string_equal(dl->subscriber, "proj");
+  p->letters++;
+  p->position = dl->event->position;
+  p->attempts = dl->attempts;
+  p->first_failed_at = dl->first_failed_at;
+  snprintf(p->message, sizeof p->message, "%s", dl->error->message);
+  p->later_seen = p->seen->count[6] > 0;
+}
+
+static void guard_cb(uv_timer_t *t) { *(bool *)t->data = true; }
+
+/* A projection whose handler fails on one event (5, the second of stream
+ * b) with a back-off of a minute: the events of the other streams after it
+ * are projected at once, without waiting for its retry rounds; the one
+ * behind it in its own stream (6) waits for it, and the checkpoint stays
+ * before it. Closing cuts the back-off short: it ends in the dead letters
+ * after its attempts, then 6 is projected and the checkpoint reaches the
+ * head. */
+static void test_poison_event_is_set_aside(void **state) {
+  fx_t *fx = *state;
+  close_dispatcher(fx);
+  seen_t *s = calloc(1, sizeof *s);
+  poisoned_t p = {.seen = s};
+  cqrs_dispatcher_options_t o;
+  cqrs_dispatcher_options_init(&o);
+  o.retry_base_ms = 60000;
+  o.dead_letter_info = poison_sink;
+  o.dead_letter_data = &p;
+  cqrs_error_t err;
+  if (cqrs_dispatcher_new(&fx->loop, fx->reg, fx->store, &o, &fx->d, &err)) fail_msg("%s", err.message);
+  ledger_fill(fx->mem, &ledger_type, "a", 3); /* 1..3 */
+  ledger_fill(fx->mem, &ledger_type, "b", 3); /* 4..6 */
+  ledger_fill(fx->mem, &ledger_type, "c", 3); /* 7..9 */
+  s->fail_at = 5;
+  bool timeout = false;
+  uv_timer_t guard; /* fails the test rather than waiting out the back-off */
+  uv_timer_init(&fx->loop, &guard);
+  guard.data = &timeout;
+  uv_timer_start(&guard, guard_cb, 20000, 0);
+  start(fx, "proj", s, fx->store != fx->mem ? CQRS_SUBSCRIBE_BLOCKING : 0);
+  while (!s->count[9] && !timeout) uv_run(&fx->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&guard, NULL);
+  if (timeout) fail_msg("the events after the poison one waited for its retries (seen %zu)", s->n);
+  for (int64_t i = 1; i <= 9; i++) assert_int_equal(s->count[i], i == 5 || i == 6 ? 0 : 1);
+  assert_int_equal(p.letters, 0);
+  int64_t saved = -1;
+  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(saved, 4);
+  cqrs_metrics_t *m;
+  cqrs_metrics_snapshot_t *snap;
+  assert_int_equal(cqrs_metrics_new(&m, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_attach(m, fx->d, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_snapshot(m, &snap, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_snapshot_value(snap, "cqrs_projection_parked_events", "projection", "proj", NULL), 2);
+  cqrs_metrics_snapshot_destroy(snap);
+  close_dispatcher(fx);
+  cqrs_metrics_destroy(m);
+  assert_int_equal(p.letters, 1);
+  assert_int_equal(p.position, 5);
+  assert_int_equal(p.attempts, 3); /* the default */
+  assert_true(p.first_failed_at > 0 && p.first_failed_at <= cqrs_now_ms());
+  assert_non_null(strstr(p.message, "cannot project 5"));
+  assert_false(p.later_seen);
+  assert_int_equal(s->count[6], 1);
+  assert_int_equal(s->count[5], 0);
+  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(saved, 9);
+  free(s);
+}
+
+/* Without a sink the dead letter is kept in memory with its attempts; the
+ * events behind it in its stream follow it, in order. */
+static void test_poison_event_in_memory(void **state) {
+  fx_t *fx = *state; /* 3 attempts, 1 ms back-off */
+  seen_t *s = calloc(1, sizeof *s);
+  ledger_fill(fx->mem, &ledger_type, "a", 4); /* 1..4 */
+  ledger_fill(fx->mem, &ledger_type, "b", 2); /* 5..6 */
+  s->fail_at = 2;
+  start(fx, "proj", s, fx->store != fx->mem ? CQRS_SUBSCRIBE_BLOCKING : 0);
+  while (cqrs_dispatcher_dead_letter_count(fx->d) < 1 || s->n < 5) step(fx);
+  cqrs_dead_letter_t dl;
+  assert_true(cqrs_dispatcher_dead_letter_info(fx->d, 0, &dl));
+  assert_string_equal(dl.subscriber, "proj");
+  assert_int_equal(dl.event->position, 2);
+  assert_int_equal(dl.attempts, 3);
+  assert_non_null(strstr(dl.error->message, "cannot project 2"));
+  assert_false(cqrs_dispatcher_dead_letter_info(fx->d, 1, &dl));
+  assert_false(cqrs_dispatcher_dead_letter_info(NULL, 0, &dl));
+  /* b's events went first; a's 3 and 4 after its 2 was given up on. */
+  int64_t want[] = {1, 5, 6, 3, 4};
+  for (size_t i = 0; i < 5; i++) assert_int_equal(s->order[i], want[i]);
+  run_idle(fx);
+  int64_t saved = -1;
+  close_dispatcher(fx);
+  assert_int_equal(cqrs_checkpoints_load(fx->cp_mem, "proj", &saved, NULL), CQRS_OK);
+  assert_int_equal(saved, 6);
   free(s);
 }
 
@@ -717,6 +837,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_restart_resumes_from_checkpoint, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup, teardown),
       cmocka_unit_test_setup_teardown(test_failing_projection_dead_letters_and_moves_on, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_poison_event_is_set_aside, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_poison_event_is_set_aside, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_poison_event_in_memory, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_poison_event_in_memory, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_projection_rules, setup, teardown),
       cmocka_unit_test_setup_teardown(test_feed_retries_a_failed_read, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_start_fails_when_the_pool_refuses, setup_blocking, teardown),

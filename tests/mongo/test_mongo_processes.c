@@ -118,9 +118,13 @@ static int run_follower(const char *db) {
   o.poll_ms = 20;
   follower_t f = {0};
   cqrs_error_t err;
-  /* The store is empty when the follower starts (the parent waits for it). */
-  if (cqrs_dispatcher_new(&loop, reg, s, &o, &f.d, &err) ||
-      cqrs_dispatcher_subscribe(f.d, "follower", NULL, follow, &f, 0, &err)) {
+  /* A projection from position 0, not a subscriber from the head: the
+   * head of a blocking store is read on the pool once the loop runs, by
+   * when the writers (started on "ready") may have committed. */
+  cqrs_checkpoints_t *cp = NULL;
+  const cqrs_projection_def_t def = {.name = "follower", .handler = follow, .data = &f};
+  if (cqrs_memory_checkpoints_new(&cp, &err) || cqrs_dispatcher_new(&loop, reg, s, &o, &f.d, &err) ||
+      cqrs_projection_start(f.d, &def, cp, &err)) {
     fprintf(stderr, "follower: %s\n", err.message);
     return 1;
   }
@@ -133,6 +137,7 @@ static int run_follower(const char *db) {
   uv_run(&loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop) != 0 || f.errors || f.seen != TOTAL;
   if (f.seen != TOTAL) fprintf(stderr, "follower: saw %lld of %d events\n", (long long)f.seen, TOTAL);
+  cqrs_checkpoints_destroy(cp);
   cqrs_store_destroy(s);
   cqrs_mongo_destroy(m);
   cqrs_registry_destroy(reg);

@@ -138,18 +138,24 @@ static void test_checkpoints(void **state) {
   assert_int_equal(pos, 43);
 }
 
-/* One dead letter of a credit to "a", from subscriber "proj". */
-static void send_dead_letter(cqrs_mongo_t *m) {
+/* A credit of 5 to "a" (unref it). */
+static cqrs_event_t *a_credit(void) {
   cqrs_envelope_t *env;
   assert_int_equal(cqrs_envelope_new("ledger", "a", "c", NULL, &env, NULL), CQRS_OK);
   cqrs_event_t *e;
   ledger_amount_t a = {5};
   assert_int_equal(cqrs_event_new(&ledger_credited, env, NULL, 1, 0, &a, &e, NULL), CQRS_OK);
+  cqrs_envelope_unref(env);
+  return e;
+}
+
+/* One dead letter of a credit to "a", from subscriber "proj". */
+static void send_dead_letter(cqrs_mongo_t *m) {
+  cqrs_event_t *e = a_credit();
   cqrs_error_t why;
   cqrs_error_set(&why, CQRS_EHANDLER, "boom");
   cqrs_mongo_dead_letter("proj", e, &why, m);
   cqrs_event_unref(e);
-  cqrs_envelope_unref(env);
 }
 
 static void test_dead_letters_are_kept(void **state) {
@@ -166,6 +172,27 @@ static void test_dead_letters_are_kept(void **state) {
   assert_int_equal(cqrs_readmodel_find(fx->rm, "cqrs_dead_letters", &q, collect, &ids, NULL), CQRS_OK);
   n = (int)ids.n;
   assert_int_equal(n, 1);
+  bson_destroy(filter);
+}
+
+/* Through the sink with figures: how often it failed, and since when. */
+static void test_dead_letters_keep_their_attempts(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  cqrs_event_t *e = a_credit();
+  cqrs_error_t why;
+  cqrs_error_set(&why, CQRS_EHANDLER, "boom again");
+  cqrs_dead_letter_t dl = {.subscriber = "proj", .event = e, .error = &why, .attempts = 3,
+                           .first_failed_at = 1700000000000};
+  cqrs_mongo_dead_letter_info(&dl, fx->m);
+  cqrs_event_unref(e);
+  uv_run(&fx->loop, UV_RUN_DEFAULT);
+  bson_t *filter = json("{\"subscriber\":\"proj\",\"error.message\":\"boom again\",\"attempts\":3,"
+                        "\"firstFailedAt\":{\"$date\":{\"$numberLong\":\"1700000000000\"}}}");
+  cqrs_find_t q = {filter, NULL, false, 0};
+  ids_t ids = {{{0}}, 0};
+  assert_int_equal(cqrs_readmodel_find(fx->rm, "cqrs_dead_letters", &q, collect, &ids, NULL), CQRS_OK);
+  assert_int_equal(ids.n, 1);
   bson_destroy(filter);
 }
 
@@ -252,6 +279,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_find_and_patch_where, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checkpoints, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_letters_are_kept, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dead_letters_keep_their_attempts, setup, teardown),
       cmocka_unit_test(test_a_lost_dead_letter_is_logged),
       cmocka_unit_test(test_destroy_waits_for_dead_letters),
   };

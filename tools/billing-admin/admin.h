@@ -31,6 +31,8 @@ typedef struct admin {
   cqrs_checkpoints_t *cp;
   mongoc_client_t *client; /* for scans the framework's interfaces do not offer */
   mongoc_database_t *db;
+  int argc; /* the command line, for the audit record (secrets masked there) */
+  char **argv;
 } admin_t;
 
 /* A subcommand: parses its own arguments (argv[0] is its name). */
@@ -96,6 +98,23 @@ void admin_progress_start(admin_progress_t *p, const char *label, int64_t total)
 void admin_progress_update(admin_progress_t *p, int64_t done);
 void admin_progress_end(admin_progress_t *p);
 
+/* What the store says of a projection (lag.c). */
+typedef struct admin_store_lag {
+  const char *name;
+  int64_t checkpoint, head, behind;
+  bool at_least; /* more than the commits it reads past a checkpoint (100,000) */
+  double lag_s;  /* age of the oldest event not handled; 0 when none */
+} admin_store_lag_t;
+/* Fills lags[i] for each of admin_projections (a lag for each). Returns
+ * ADMIN_OK or an exit code (printed). */
+int admin_store_lags(admin_t *a, admin_store_lag_t *lags);
+
+/* Records an admin action in cqrs_audit (audit.c): {at, who: user@host,
+ * action ("projection.reset"), target, detail, arguments: the command line
+ * with every secret masked}. A failed write is said on stderr and does not
+ * fail the action (it is done already). */
+void admin_audit(admin_t *a, const char *action, const char *target, const char *detail);
+
 /* The subcommands. */
 int admin_check(admin_t *a, int argc, char **argv);
 int admin_migrate(admin_t *a, int argc, char **argv);
@@ -105,6 +124,8 @@ int admin_rebuild(admin_t *a, int argc, char **argv);
 int admin_dead_letters(admin_t *a, int argc, char **argv);
 int admin_events(admin_t *a, int argc, char **argv);
 int admin_status(admin_t *a, int argc, char **argv);
+int admin_projections_cmd(admin_t *a, int argc, char **argv);
+int admin_audit_cmd(admin_t *a, int argc, char **argv);
 int admin_forget(admin_t *a, int argc, char **argv);
 int admin_keys(admin_t *a, int argc, char **argv);
 int admin_verify(admin_t *a, int argc, char **argv);

@@ -685,6 +685,16 @@ static int run(checker_t *k, const char *invoice) {
   double secs = (double)(cqrs_now_ms() - started) / 1000.0;
   if (k->a->json) print_json(k, r, pct, problems, behind, secs);
   else print_text(k, r, pct, problems, behind, secs);
+  if (k->repair && problems) {
+    int64_t repaired = 0, unrepaired = 0;
+    for (size_t i = 0; i < NCOLL; i++) {
+      repaired += r[i].repaired;
+      unrepaired += r[i].unrepaired;
+    }
+    char detail[96];
+    snprintf(detail, sizeof detail, "%lld repaired, %lld not repaired", (long long)repaired, (long long)unrepaired);
+    admin_audit(k->a, "check.repair", k->only_id[0] ? k->only_id[0] : "all", detail);
+  }
   return problems || behind ? ADMIN_PROBLEMS : ADMIN_OK;
 }
 

@@ -180,6 +180,11 @@ int admin_dead_letters(admin_t *a, int argc, char **argv) {
   if (!proj) return ADMIN_SERVER;
   rc = each(a, id, args.vals[0], verb[0] == 'r' ? replay_one : drop_one, proj, &count);
   billing_destroy(proj);
+  if (count) {
+    char detail[64];
+    snprintf(detail, sizeof detail, "%lld dead letter(s)%s", (long long)count, rc ? ", not all of them" : "");
+    admin_audit(a, verb[0] == 'r' ? "dead-letters.replay" : "dead-letters.drop", id ? id : "all", detail);
+  }
   if (!rc && !count) {
     printf("no dead letters matched\n");
     rc = ADMIN_PROBLEMS;

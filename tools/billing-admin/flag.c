@@ -52,7 +52,10 @@ int admin_flag(admin_t *a, int argc, char **argv) {
     return ADMIN_USAGE;
   }
   if ((rc = admin_connect(a, NULL))) return rc;
-  if (args.npos == 2 && billing_cqs_flag_save(a->rm, &f, &err)) return admin_cqrs_error("save the flag", &err);
+  if (args.npos == 2) {
+    if (billing_cqs_flag_save(a->rm, &f, &err)) return admin_cqrs_error("save the flag", &err);
+    admin_audit(a, "flag.set", BILLING_CQS_FLAG, args.pos[1]);
+  }
   if (billing_cqs_flag_load(a->rm, &f, &err)) return admin_cqrs_error("read the flag", &err);
   mongoc_collection_t *c = mongoc_database_get_collection(a->db, BILLING_FLAG_DIFFS_COLLECTION);
   bson_t all = BSON_INITIALIZER;

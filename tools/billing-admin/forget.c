@@ -280,6 +280,8 @@ int admin_forget(admin_t *a, int argc, char **argv) {
     printf("customer %s: %s\n", j.customer,
            j.known.forgotten ? "was forgotten already" : "forgotten (its key deleted, cqrs.forgotten recorded)");
   }
+  if (!rc && !j.rejected && !(rc = admin_connect(a, NULL))) /* the dispatcher's run let go of the connection */
+    admin_audit(a, "customer.forget", j.customer, j.known.forgotten ? "forgotten already" : "forgotten");
   if (!rc && !args.vals[0] && !j.known.n) {
     if (!a->json) printf("verify: nothing of %s is known any more to search for; `billing-admin verify VALUE...` "
                          "searches for what you know\n", j.customer);

@@ -256,6 +256,11 @@ int admin_rebuild(admin_t *a, int argc, char **argv) {
     for (size_t i = 0; mine[i]; i++) printf(" %s_old_%s", mine[i], r.suffix);
     printf("\n");
   }
+  if (!rc) {
+    char detail[128];
+    snprintf(detail, sizeof detail, "up to #%lld, old collections suffixed _old_%s", (long long)r.position, r.suffix);
+    admin_audit(a, "rebuild", r.p->name, detail);
+  }
   memproj_destroy(r.mp);
   return rc;
 }

@@ -62,7 +62,7 @@ int admin_run_dispatcher(admin_t *a, bool projections, admin_work_fn work, void 
   cqrs_dispatcher_options_t opts;
   cqrs_dispatcher_options_init(&opts);
   opts.keep_alive = true;
-  opts.dead_letter = cqrs_mongo_dead_letter;
+  opts.dead_letter_info = cqrs_mongo_dead_letter_info;
   opts.dead_letter_data = a->m;
   opts.retry_base_ms = 100;
   opts.retry_cap_ms = 2000;

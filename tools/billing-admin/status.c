@@ -24,7 +24,6 @@
 #define INSTANCES "cqrs_instances"
 #define STALE_MS 15000
 #define MAX_INSTANCES 64
-#define LAG_READ_MAX 100000 /* commits read past a checkpoint to count what is left; beyond: "at least" */
 
 static const char usage[] =
     "usage: billing-admin status [--watch] [--interval SECONDS] [--count N] [--json]\n"
@@ -53,14 +52,6 @@ typedef struct figures {
 } figures_t;
 
 #define UNKNOWN NAN
-
-/* What the store says of a projection. */
-typedef struct store_lag {
-  const char *name;
-  int64_t checkpoint, head, behind;
-  bool at_least;     /* more than LAG_READ_MAX commits */
-  double lag_s;      /* age of the oldest event not handled; 0 when none */
-} store_lag_t;
 
 typedef struct buffer {
   char *data;
@@ -218,74 +209,7 @@ static void figures_json(bson_t *out, const char *key, const figures_t *f) {
   bson_append_document_end(out, &d);
 }
 
-/* ---- what the store says of each projection ---- */
-
-/* The commits past the checkpoint that hold events of the projection's
- * types, oldest first, read light (positions and time, no payload): a
- * commit is one aggregate's events, all of them of its types or none. */
-static int store_lag_one(admin_t *a, const admin_projection_t *p, store_lag_t *l) {
-  mongoc_collection_t *c = mongoc_database_get_collection(a->db, billing_mongo_options.events);
-  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, gt, ev, in, sort, proj;
-  BSON_APPEND_DOCUMENT_BEGIN(&filter, "position", &gt);
-  BSON_APPEND_INT64(&gt, "$gt", l->checkpoint);
-  bson_append_document_end(&filter, &gt);
-  BSON_APPEND_DOCUMENT_BEGIN(&filter, "events.type", &ev);
-  BSON_APPEND_ARRAY_BEGIN(&ev, "$in", &in);
-  for (uint32_t i = 0; p->types[i]; i++) {
-    char key[16];
-    const char *k;
-    bson_uint32_to_string(i, &k, key, sizeof key);
-    bson_append_utf8(&in, k, -1, p->types[i]->name, -1);
-  }
-  bson_append_array_end(&ev, &in);
-  bson_append_document_end(&filter, &ev);
-  BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-  BSON_APPEND_INT32(&sort, "position", 1);
-  bson_append_document_end(&opts, &sort);
-  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
-  BSON_APPEND_INT32(&proj, "position", 1);
-  BSON_APPEND_INT32(&proj, "lastPosition", 1);
-  BSON_APPEND_INT32(&proj, "timestamp", 1);
-  bson_append_document_end(&opts, &proj);
-  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, &filter, &opts, NULL);
-  const bson_t *doc;
-  int64_t commits = 0;
-  while (mongoc_cursor_next(cur, &doc)) {
-    if (++commits > LAG_READ_MAX) {
-      l->at_least = true;
-      break;
-    }
-    int64_t first = admin_int64(doc, "position", 0), last = admin_int64(doc, "lastPosition", first);
-    if (!l->behind) l->lag_s = (double)(cqrs_now_ms() - admin_int64(doc, "timestamp", cqrs_now_ms())) / 1000.0;
-    l->behind += last >= first ? last - first + 1 : 1;
-  }
-  bson_error_t e;
-  int rc = mongoc_cursor_error(cur, &e) ? admin_server_error("read the event store", &e) : ADMIN_OK;
-  mongoc_cursor_destroy(cur);
-  bson_destroy(&filter);
-  bson_destroy(&opts);
-  mongoc_collection_destroy(c);
-  if (l->lag_s < 0) l->lag_s = 0; /* clocks apart */
-  return rc;
-}
-
-static int store_lags(admin_t *a, store_lag_t *lags) {
-  cqrs_error_t err;
-  int64_t head;
-  if (cqrs_store_head(a->store, &head, &err)) return admin_cqrs_error("read the head of the store", &err);
-  for (size_t i = 0; admin_projections[i].name; i++) {
-    store_lag_t *l = &lags[i];
-    memset(l, 0, sizeof *l);
-    l->name = admin_projections[i].name;
-    l->head = head;
-    if (cqrs_checkpoints_load(a->cp, l->name, &l->checkpoint, &err)) return admin_cqrs_error("read a checkpoint", &err);
-    int rc = l->checkpoint < head ? store_lag_one(a, &admin_projections[i], l) : ADMIN_OK;
-    if (rc) return rc;
-  }
-  return ADMIN_OK;
-}
-
-static void store_lags_json(bson_t *out, const store_lag_t *lags, size_t n) {
+static void store_lags_json(bson_t *out, const admin_store_lag_t *lags, size_t n) {
   bson_t arr;
   BSON_APPEND_ARRAY_BEGIN(out, "projections", &arr);
   for (size_t i = 0; i < n; i++) {
@@ -305,10 +229,10 @@ static void store_lags_json(bson_t *out, const store_lag_t *lags, size_t n) {
   bson_append_array_end(out, &arr);
 }
 
-static void store_lags_text(const store_lag_t *lags, size_t n) {
+static void store_lags_text(const admin_store_lag_t *lags, size_t n) {
   printf("\n%-24s %12s %12s  %s\n", "projection (the store)", "checkpoint", "head", "to handle");
   for (size_t i = 0; i < n; i++) {
-    const store_lag_t *l = &lags[i];
+    const admin_store_lag_t *l = &lags[i];
     printf("%-24s %12lld %12lld  ", l->name, (long long)l->checkpoint, (long long)l->head);
     if (l->behind)
       printf("%s%lld events behind, the oldest %.1f s old\n", l->at_least ? "at least " : "", (long long)l->behind,
@@ -360,7 +284,7 @@ static void targets_text(const figures_t *t, size_t n, int problems) {
   printf("%s\n", problems ? "problems found" : "all targets met");
 }
 
-static int render(admin_t *a, instance_t *ins, size_t n, double interval, bool watch, const store_lag_t *lags,
+static int render(admin_t *a, instance_t *ins, size_t n, double interval, bool watch, const admin_store_lag_t *lags,
                   size_t nlags) {
   figures_t total = {UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN};
   double weighted_errors = 0, ops_count = 0;
@@ -490,10 +414,10 @@ int admin_status(admin_t *a, int argc, char **argv) {
       ins[i].seconds = (double)(t1 - t0) / 1000.0;
     }
     t0 = t1;
-    store_lag_t lags[4];
+    admin_store_lag_t lags[4];
     size_t nlags = 0;
     while (admin_projections[nlags].name) nlags++;
-    rc = store_lags(a, lags);
+    rc = admin_store_lags(a, lags);
     if (!rc) rc = render(a, ins, n, (double)interval, args.vals[0] != NULL, lags, nlags);
   }
   for (size_t i = 0; i < n; i++) {

@@ -240,6 +240,16 @@ typedef struct cqrs_checkpoint_ops {
    * passed to another). A plain save is not fenced (an operator's reset)
    * and leaves the highest token in force. */
   cqrs_code_t (*save_fenced)(void *impl, const char *name, int64_t position, int64_t token, cqrs_error_t *err);
+  /* Optional, both or neither (projection controls, projection.h): the
+   * control record of `name` into `out` (zeroed by the caller; *found false
+   * when none); and a write of the parts of `c` that `parts` names
+   * (CQRS_CONTROL_REQUEST, CQRS_CONTROL_REPORT), the other part kept, the
+   * record created when absent. A record is the name's own, apart from its
+   * checkpoint: a save leaves it alone, and it leaves the checkpoint. */
+  cqrs_code_t (*control_load)(void *impl, const char *name, cqrs_projection_control_t *out, bool *found,
+                              cqrs_error_t *err);
+  cqrs_code_t (*control_save)(void *impl, const char *name, const cqrs_projection_control_t *c, unsigned parts,
+                              cqrs_error_t *err);
   /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
   void *reserved[4];
 } cqrs_checkpoint_ops_t;

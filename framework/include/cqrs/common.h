@@ -152,6 +152,13 @@ CQRS_EXPORT int64_t cqrs_now_ms(void);
 /* Writes a fresh unique id (24 hex characters) into buf[CQRS_EVENT_ID_LEN]. */
 CQRS_EXPORT void cqrs_new_id(char buf[CQRS_EVENT_ID_LEN]);
 
+/* Writes "<prefix>:<id>" into buf[CQRS_ID_MAX], or, when that does not fit,
+ * "<prefix>#" and a 128-bit hash of both in hex: distinct inputs give
+ * distinct ids, never a cut one (a command id derived from a natural id,
+ * docs/architecture.md). CQRS_EINVAL for NULL or an over-long prefix. */
+CQRS_EXPORT cqrs_code_t cqrs_id_derive(char buf[CQRS_ID_MAX], const char *prefix, const char *id,
+                                       cqrs_error_t *err);
+
 #ifdef __cplusplus
 }
 #endif

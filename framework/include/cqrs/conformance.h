@@ -65,13 +65,17 @@ typedef struct cqrs_checkpoints_factory {
   /* The checkpoints cannot fence (save_fenced NULL): the suite checks that
    * a fenced save is refused (CQRS_EINVAL) instead of its fencing. */
   bool unfenced;
+  /* The checkpoints keep no control records (control_load and control_save
+   * NULL): the suite checks that they are refused (CQRS_EINVAL). */
+  bool without_controls;
   uint64_t reserved[4];
 } cqrs_checkpoints_factory_t;
 
 /* load (0 for a name never saved), save (a later save wins, a reset to a
  * lower position too), names apart, fenced saves (a lower token than one
  * that wrote: CQRS_ECONFLICT, nothing saved; a plain save keeps the fence),
- * savers racing on threads, arguments. */
+ * control records (each part kept by the other's write, apart from the
+ * checkpoint), savers racing on threads, arguments. */
 CQRS_EXPORT int cqrs_conformance_checkpoints(const cqrs_checkpoints_factory_t *f);
 
 typedef struct cqrs_leases_factory {

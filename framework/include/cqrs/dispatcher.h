@@ -56,6 +56,21 @@ typedef void (*cqrs_dead_letter_cb)(const char *subscriber, const cqrs_event_t *
 /* The 0.1 name, removed in 0.3. */
 typedef cqrs_dead_letter_cb cqrs_dead_letter_fn CQRS_DEPRECATED("use cqrs_dead_letter_cb");
 
+/* A dead letter with what the dispatcher knows of it: how often delivery
+ * failed, and since when. Borrowed for the duration of the call it is
+ * handed to. */
+typedef struct cqrs_dead_letter {
+  const char *subscriber;
+  const cqrs_event_t *event;
+  const cqrs_error_t *error; /* the last failure */
+  unsigned attempts;         /* deliveries that failed (0: none was made: an operator's skip) */
+  int64_t first_failed_at;   /* UTC ms of the first failure (0: none) */
+  void *reserved[4];
+} cqrs_dead_letter_t;
+
+/* The same sink with those figures. Loop thread. */
+typedef void (*cqrs_dead_letter_info_cb)(const cqrs_dead_letter_t *dl, void *data);
+
 typedef void (*cqrs_close_cb)(void *data);
 
 /* Options that can grow (docs/versioning.md): `size` is the caller's
@@ -98,6 +113,14 @@ typedef struct cqrs_dispatcher_options {
    * own. NULL: the real clock. A manual clock (cqrs/clock.h) makes time
    * move only when the application or a test advances it. */
   cqrs_clock_t *clock;
+  /* Where dead letters go, with their attempts and the time of their first
+   * failure (data: dead_letter_data); called instead of dead_letter when
+   * set. NULL: dead_letter, or kept in memory. */
+  cqrs_dead_letter_info_cb dead_letter_info;
+  /* Projections whose checkpoints keep control records (projection.h) read
+   * them every control_ms, act on what an operator asked and report;
+   * default 1000; 0: never. */
+  uint64_t control_ms;
 } cqrs_dispatcher_options_t;
 
 /* Fills the first `size` bytes of `opts` with the defaults and sets its
@@ -231,6 +254,10 @@ CQRS_EXPORT size_t cqrs_dispatcher_dead_letter_count(const cqrs_dispatcher_t *d)
 CQRS_EXPORT const cqrs_event_t *cqrs_dispatcher_dead_letter(const cqrs_dispatcher_t *d, size_t i,
                                                             const char **subscriber, const cqrs_error_t **error);
 CQRS_EXPORT size_t cqrs_dispatcher_dead_letters_dropped(const cqrs_dispatcher_t *d);
+/* The i-th dead letter kept in memory with its figures into `out` (its
+ * pointers borrowed, as cqrs_dispatcher_dead_letter's); false past the end
+ * or for NULL arguments. Loop thread. */
+CQRS_EXPORT bool cqrs_dispatcher_dead_letter_info(const cqrs_dispatcher_t *d, size_t i, cqrs_dead_letter_t *out);
 
 /* Number of commands sent and not yet completed. Any thread. */
 CQRS_EXPORT size_t cqrs_dispatcher_pending(const cqrs_dispatcher_t *d);

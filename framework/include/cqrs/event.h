@@ -64,6 +64,15 @@ CQRS_EXPORT void cqrs_event_unref(const cqrs_event_t *e);
  * placeholders (cqrs/personal.h). */
 CQRS_EXPORT cqrs_code_t cqrs_event_to_bson(const cqrs_event_t *e, bson_t *out, cqrs_error_t *err);
 
+typedef struct cqrs_registry cqrs_registry_t;
+/* Decodes a whole event document as written by cqrs_event_to_bson (upcasting
+ * its payload; the keys in any order; integers as cqrs_event_body_from_bson
+ * reads them). The event has one reference. A document that is not sound
+ * BSON with valid UTF-8, or lacks a key: CQRS_ECODEC; a type `reg` does not
+ * know: CQRS_EUNKNOWN_TYPE. */
+CQRS_EXPORT cqrs_code_t cqrs_event_from_bson(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_t **out,
+                                             cqrs_error_t *err);
+
 /* The placeholder for a stored event this process cannot decode, because no
  * type of that name is registered here (a newer version of the application
  * or another service wrote it). A store's read of the whole log yields it in

@@ -131,12 +131,6 @@ CQRS_EXPORT const char *cqrs_process_id(const cqrs_process_t *p);
  * than the clock, so that the decision depends only on its input. */
 CQRS_EXPORT int64_t cqrs_process_now(const cqrs_process_t *p);
 
-/* Writes "<prefix>:<id>" into buf[CQRS_ID_MAX], or, when that does not fit,
- * "<prefix>#" and a 128-bit hash of both in hex: distinct inputs give
- * distinct ids, never a cut one. CQRS_EINVAL for NULL or an over-long prefix. */
-CQRS_EXPORT cqrs_code_t cqrs_id_derive(char buf[CQRS_ID_MAX], const char *prefix, const char *id,
-                                       cqrs_error_t *err);
-
 /* ---- testing a process type without a loop (see testing.h) ---- */
 
 typedef struct cqrs_process_test cqrs_process_test_t;

@@ -45,14 +45,6 @@ CQRS_EXPORT const cqrs_command_type_t *cqrs_registry_command(const cqrs_registry
 CQRS_EXPORT const cqrs_event_type_t *cqrs_registry_event(const cqrs_registry_t *reg, const char *name);
 CQRS_EXPORT const cqrs_aggregate_type_t *cqrs_registry_aggregate(const cqrs_registry_t *reg, const char *name);
 
-/* Decodes a whole event document as written by cqrs_event_to_bson (upcasting
- * its payload; the keys in any order; integers as cqrs_event_body_from_bson
- * reads them). The event has one reference. A document that is not sound
- * BSON with valid UTF-8, or lacks a key: CQRS_ECODEC; a type `reg` does not
- * know: CQRS_EUNKNOWN_TYPE. */
-CQRS_EXPORT cqrs_code_t cqrs_event_from_bson(const cqrs_registry_t *reg, const bson_t *doc, cqrs_event_t **out,
-                                             cqrs_error_t *err);
-
 #ifdef __cplusplus
 }
 #endif

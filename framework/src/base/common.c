@@ -231,6 +231,41 @@ void cqrs_new_id(char buf[CQRS_EVENT_ID_LEN]) {
   buf[24] = '\0';
 }
 
+void cqrs__hash128(const char *a, const char *b, uint64_t h[2]) {
+  h[0] = 1469598103934665603ull;
+  h[1] = 0x9e3779b97f4a7c15ull;
+  const char *parts[2] = {a, b};
+  for (int k = 0; k < 2; k++) {
+    for (const unsigned char *p = (const unsigned char *)parts[k];; p++) {
+      unsigned c = *p ? *p : 0x100u + (unsigned)k; /* the separator cannot be a byte of the input */
+      h[0] = (h[0] ^ c) * 1099511628211ull;
+      h[1] = (h[1] ^ c) * 0xff51afd7ed558ccdull;
+      h[1] ^= h[1] >> 29;
+      if (!*p) break;
+    }
+  }
+  h[0] ^= h[1] >> 31;
+  h[1] ^= h[0] >> 33;
+  h[1] *= 0xc4ceb9fe1a85ec53ull;
+}
+
+cqrs_code_t cqrs_id_derive(char buf[CQRS_ID_MAX], const char *prefix, const char *id, cqrs_error_t *err) {
+  if (!buf || !prefix || !id) return cqrs_error_set(err, CQRS_EINVAL, "NULL buffer, prefix or id");
+  size_t np = strlen(prefix);
+  if (np + 34 >= CQRS_ID_MAX) return cqrs_error_set(err, CQRS_EINVAL, "id prefix '%.64s' is too long", prefix);
+  size_t ni = strlen(id);
+  if (np + 1 + ni < CQRS_ID_MAX) {
+    memcpy(buf, prefix, np);
+    buf[np] = ':';
+    memcpy(buf + np + 1, id, ni + 1);
+    return CQRS_OK;
+  }
+  uint64_t h[2];
+  cqrs__hash128(prefix, id, h);
+  snprintf(buf, CQRS_ID_MAX, "%s#%016llx%016llx", prefix, (unsigned long long)h[0], (unsigned long long)h[1]);
+  return CQRS_OK;
+}
+
 static cqrs_log_cb log_cb;
 static void *log_data;
 

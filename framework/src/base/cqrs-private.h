@@ -23,6 +23,9 @@ bool cqrs__utf8_valid(const char *s, size_t n);
  * at a time, mixed so that the low bits are usable as a bucket index. */
 uint64_t cqrs__hash_str(const char *s, uint64_t seed);
 uint64_t cqrs__hash_bytes(const void *p, size_t n, uint64_t seed);
+/* A 128-bit hash of the strings a and b, for ids (cqrs_id_derive): not for
+ * tables, and no byte of either can stand for the separator between them. */
+void cqrs__hash128(const char *a, const char *b, uint64_t h[2]);
 
 /* Fails with CQRS_EINVAL for NULL, empty or invalid UTF-8, CQRS_ETOO_LARGE past cap - 1. */
 cqrs_code_t cqrs__check_str(const char *s, size_t cap, const char *what, cqrs_error_t *err);
@@ -220,6 +223,7 @@ cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, 
 
 bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp);
 bool cqrs__checkpoints_fenced(const cqrs_checkpoints_t *cp);
+bool cqrs__checkpoints_controlled(const cqrs_checkpoints_t *cp); /* keeps control records */
 bool cqrs__leases_blocking(const cqrs_leases_t *l);
 
 /* Objects a module builds for types it registers, freed with the registry. */

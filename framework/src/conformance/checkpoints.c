@@ -95,6 +95,97 @@ static void test_fenced_saves(void **state) {
   assert_int_equal(load(cp, "conformance.q"), 9);
 }
 
+/* Control records (projection.h): none until written; each part written
+ * keeps the other; a record is its name's own and apart from its
+ * checkpoint; what is read is what was written. */
+static void fill_report(cqrs_projection_control_t *c, const char *state, int64_t done) {
+  c->done = done;
+  snprintf(c->result, sizeof c->result, "reset to #%lld", (long long)done);
+  snprintf(c->state, sizeof c->state, "%s", state);
+  snprintf(c->owner, sizeof c->owner, "h\xc3\xb4te:42");
+  c->reported_at = 1700000000123;
+  c->reached = 77;
+  c->parked = 3;
+}
+
+static void test_control_records(void **state) {
+  cqrs_checkpoints_t *cp = *state;
+  cqrs_projection_control_t c, got;
+  bool found = true;
+  cqrs_error_t err;
+  if (factory->without_controls) {
+    assert_int_equal(cqrs_checkpoints_control_load(cp, "conformance.p", &got, &found, &err), CQRS_EINVAL);
+    assert_false(found);
+    return;
+  }
+  if (cqrs_checkpoints_control_load(cp, "conformance.p", &got, &found, &err)) fail_msg("%s", err.message);
+  assert_false(found);
+  assert_int_equal(got.request, 0);
+  save(cp, "conformance.p", 12);
+  memset(&c, 0, sizeof c);
+  c.paused = true;
+  c.request = 5;
+  c.action = CQRS_PROJECTION_SKIP;
+  c.position = 9;
+  fill_report(&c, "ignored", 1); /* not written: the request part only */
+  if (cqrs_checkpoints_control_save(cp, "conformance.p", &c, CQRS_CONTROL_REQUEST, &err)) fail_msg("%s", err.message);
+  if (cqrs_checkpoints_control_load(cp, "conformance.p", &got, &found, &err)) fail_msg("%s", err.message);
+  assert_true(found);
+  assert_true(got.paused);
+  assert_int_equal(got.request, 5);
+  assert_int_equal(got.action, CQRS_PROJECTION_SKIP);
+  assert_int_equal(got.position, 9);
+  assert_int_equal(got.done, 0);
+  assert_string_equal(got.state, "");
+  assert_int_equal(load(cp, "conformance.p"), 12); /* the checkpoint stays */
+  /* The report keeps the request. */
+  memset(&c, 0, sizeof c);
+  fill_report(&c, "paused", 4);
+  if (cqrs_checkpoints_control_save(cp, "conformance.p", &c, CQRS_CONTROL_REPORT, &err)) fail_msg("%s", err.message);
+  if (cqrs_checkpoints_control_load(cp, "conformance.p", &got, &found, &err)) fail_msg("%s", err.message);
+  assert_true(got.paused);
+  assert_int_equal(got.request, 5);
+  assert_int_equal(got.position, 9);
+  assert_int_equal(got.done, 4);
+  assert_string_equal(got.result, "reset to #4");
+  assert_string_equal(got.state, "paused");
+  assert_string_equal(got.owner, "h\xc3\xb4te:42");
+  assert_int_equal(got.reported_at, 1700000000123);
+  assert_int_equal(got.reached, 77);
+  assert_int_equal(got.parked, 3);
+  /* A checkpoint's save keeps the record; the request keeps the report. */
+  save(cp, "conformance.p", 13);
+  if (cqrs_checkpoints_save_fenced(cp, "conformance.p", 14, 2, &err) && !factory->unfenced) fail_msg("%s", err.message);
+  memset(&c, 0, sizeof c);
+  c.request = 6;
+  c.action = CQRS_PROJECTION_RESET;
+  if (cqrs_checkpoints_control_save(cp, "conformance.p", &c, CQRS_CONTROL_REQUEST, &err)) fail_msg("%s", err.message);
+  if (cqrs_checkpoints_control_load(cp, "conformance.p", &got, &found, &err)) fail_msg("%s", err.message);
+  assert_false(got.paused);
+  assert_int_equal(got.request, 6);
+  assert_int_equal(got.action, CQRS_PROJECTION_RESET);
+  assert_int_equal(got.position, 0);
+  assert_int_equal(got.done, 4);
+  assert_string_equal(got.state, "paused");
+  assert_int_equal(load(cp, "conformance.p"), factory->unfenced ? 13 : 14);
+  /* Another name has none; a record without a checkpoint leaves it at 0. */
+  if (cqrs_checkpoints_control_load(cp, "conformance.q", &got, &found, &err)) fail_msg("%s", err.message);
+  assert_false(found);
+  if (cqrs_checkpoints_control_save(cp, "conformance.q", &c, CQRS_CONTROL_REQUEST | CQRS_CONTROL_REPORT, &err))
+    fail_msg("%s", err.message);
+  assert_int_equal(load(cp, "conformance.q"), 0);
+  /* Refused: nothing written. */
+  c.position = -1;
+  assert_int_equal(cqrs_checkpoints_control_save(cp, "conformance.r", &c, CQRS_CONTROL_REQUEST, &err), CQRS_EINVAL);
+  c.position = 0;
+  assert_int_equal(cqrs_checkpoints_control_save(cp, "conformance.r", &c, 0, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_control_save(cp, "", &c, CQRS_CONTROL_REQUEST, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_control_save(NULL, "conformance.r", &c, CQRS_CONTROL_REQUEST, &err), CQRS_EINVAL);
+  assert_int_equal(cqrs_checkpoints_control_load(cp, "conformance.r", &got, NULL, &err), CQRS_EINVAL);
+  if (cqrs_checkpoints_control_load(cp, "conformance.r", &got, &found, &err)) fail_msg("%s", err.message);
+  assert_false(found);
+}
+
 #define SAVES 40
 
 typedef struct saver {
@@ -155,6 +246,7 @@ int cqrs_conformance_checkpoints(const cqrs_checkpoints_factory_t *f) {
       CONF_TEST(test_a_name_never_saved_is_at_zero),
       CONF_TEST(test_save_then_load),
       CONF_TEST(test_fenced_saves),
+      CONF_TEST(test_control_records),
       CONF_TEST(test_savers_race),
       CONF_TEST(test_bad_arguments),
   };

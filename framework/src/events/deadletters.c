@@ -29,10 +29,20 @@ static dead_letter_t *dead_slot(cqrs__events_t *ev) {
   return oldest;
 }
 
-void cqrs__dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error) {
+void cqrs__dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *error, unsigned attempts,
+                       int64_t first_failed_at) {
   cqrs__events_t *ev = s->ev;
   ev->dead_total++;
   s->dead_letters++;
+  if (ev->dead_letter_info) {
+    const cqrs_dead_letter_t dl = {.subscriber = s->name,
+                                   .event = e,
+                                   .error = error,
+                                   .attempts = attempts,
+                                   .first_failed_at = first_failed_at};
+    ev->dead_letter_info(&dl, ev->dead_letter_data);
+    return;
+  }
   if (ev->dead_letter) {
     ev->dead_letter(s->name, e, error, ev->dead_letter_data);
     return;
@@ -47,6 +57,8 @@ void cqrs__dead_letter(sub_t *s, const cqrs_event_t *e, const cqrs_error_t *erro
   dl->event = cqrs_event_ref(e);
   snprintf(dl->subscriber, sizeof dl->subscriber, "%s", s->name);
   dl->error = *error;
+  dl->attempts = attempts;
+  dl->first_failed_at = first_failed_at;
 }
 
 size_t cqrs_dispatcher_dead_letter_count(const cqrs_dispatcher_t *d) { return d ? d->events->dead_total : 0; }
@@ -61,6 +73,18 @@ const cqrs_event_t *cqrs_dispatcher_dead_letter(const cqrs_dispatcher_t *d, size
   if (subscriber) *subscriber = dl->subscriber;
   if (error) *error = &dl->error;
   return dl->event;
+}
+
+bool cqrs_dispatcher_dead_letter_info(const cqrs_dispatcher_t *d, size_t i, cqrs_dead_letter_t *out) {
+  if (!d || !out || i >= d->events->ndead) return false;
+  const cqrs__events_t *ev = d->events;
+  const dead_letter_t *dl = &ev->dead[(ev->dead_head + i) % ev->dead_cap];
+  *out = (cqrs_dead_letter_t){.subscriber = dl->subscriber,
+                              .event = dl->event,
+                              .error = &dl->error,
+                              .attempts = dl->attempts,
+                              .first_failed_at = dl->first_failed_at};
+  return true;
 }
 
 void cqrs__dead_letters_free(cqrs__events_t *ev) {

@@ -9,7 +9,8 @@ static void fan_out(cqrs__events_t *ev, const cqrs_event_t *e) {
   for (size_t i = 0; i < ev->nsubs; i++) {
     sub_t *s = ev->subs[i];
     if (s->state != SUB_LIVE || e->position <= s->position || !cqrs__sub_wants(s, e)) continue;
-    if (!s->q_len && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async && !s->lease.on) {
+    if (!s->q_len && !s->npark && !s->busy && !s->waiting && !s->blocking && !s->running && !s->async &&
+        !s->lease.on && !cqrs__sub_held(s) && !s->ctl.skip_at) {
       cqrs_error_t err;
       if (cqrs__sub_deliver(s, e, &err) == CQRS_OK) {
         s->position = e->position;
@@ -17,7 +18,7 @@ static void fan_out(cqrs__events_t *ev, const cqrs_event_t *e) {
       }
       if (!cqrs__sub_push(s, e)) {
         /* No room to hold it for a retry: this subscriber gives up on it. */
-        cqrs__dead_letter(s, e, &err);
+        cqrs__dead_letter(s, e, &err, 1, cqrs__clock_wall(ev->rt->clock));
         s->position = e->position;
         continue;
       }
@@ -27,7 +28,7 @@ static void fan_out(cqrs__events_t *ev, const cqrs_event_t *e) {
     if (!cqrs__sub_push(s, e)) {
       cqrs_error_t err;
       cqrs_error_set(&err, CQRS_ENOMEM, "subscriber queue full");
-      cqrs__dead_letter(s, e, &err);
+      cqrs__dead_letter(s, e, &err, 0, 0);
     }
   }
   ev->feed_pos = e->position;
@@ -55,7 +56,8 @@ static void feed_done(cqrs__events_t *ev) {
   bool defer = !cqrs__runtime_closing(ev->rt);
   for (size_t i = 0; i < ev->nsubs; i++) {
     sub_t *s = ev->subs[i];
-    if (!defer || s->state != SUB_LIVE || s->q_len || s->busy || s->waiting || s->running || s->lease.on) {
+    if (!defer || s->state != SUB_LIVE || s->q_len || s->npark || s->busy || s->waiting || s->running ||
+        s->lease.on) {
       cqrs__sub_run(s);
     } else if (s->cp && !s->blocking && !s->cp_due) {
       s->cp_due = true;
@@ -253,6 +255,7 @@ static void poll_cb(uv_timer_t *t) { kick(t->data, 0, 0); }
 static void events_closing(cqrs__component_t *c) {
   cqrs__events_t *ev = (cqrs__events_t *)c;
   if (ev->poll_on) cqrs__timer_stop(&ev->poll);
+  if (ev->control_on) cqrs__timer_stop(&ev->control_timer);
   cqrs__timer_stop(&ev->feed_timer);
   cqrs__waiters_close(ev);
   for (size_t i = 0; i < ev->nsubs; i++) {
@@ -270,7 +273,7 @@ static bool events_idle(const cqrs__component_t *c) {
   if (ev->feed_busy) return false;
   for (size_t i = 0; i < ev->nsubs; i++) {
     const sub_t *s = ev->subs[i];
-    if (s->busy || s->q_len || s->cp_saving) return false;
+    if (s->busy || s->q_len || s->npark || s->cp_saving) return false;
   }
   return true;
 }
@@ -281,6 +284,8 @@ static void events_close_handles(cqrs__component_t *c) {
   if (!ev->attached) return;
   cqrs__timer_close(rt, &ev->feed_timer);
   cqrs__runtime_close_handle(rt, (uv_handle_t *)&ev->cp_check);
+  cqrs__timer_close(rt, &ev->park_timer);
+  cqrs__control_close_handles(ev);
   if (ev->poll_on) cqrs__timer_close(rt, &ev->poll);
   for (size_t i = 0; i < ev->nsubs; i++) cqrs__timer_close(rt, &ev->subs[i]->timer);
   cqrs__waiters_close_handles(ev);
@@ -308,6 +313,7 @@ cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_
   ev->retry_base_ms = opts->retry_base_ms;
   ev->retry_cap_ms = opts->retry_cap_ms;
   ev->dead_letter = opts->dead_letter;
+  ev->dead_letter_info = opts->dead_letter_info;
   ev->dead_letter_data = opts->dead_letter_data;
   ev->dead_letters_kept = opts->dead_letters_kept ? opts->dead_letters_kept : 1024;
   /* A blocking store's head is read on the pool, once the loop runs. */
@@ -319,6 +325,7 @@ cqrs_code_t cqrs__events_new(cqrs__runtime_t *rt, const cqrs_dispatcher_options_
     return rc;
   }
   ev->poll_ms = opts->poll_ms;
+  ev->control_ms = opts->control_ms;
   cqrs__runtime_add(rt, &ev->comp, &events_ops);
   rt->events = ev;
   rt->publish = (cqrs__publish_port_t){ev, committed, kick};
@@ -332,6 +339,8 @@ cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err) {
   ev->attached = true;
   cqrs__timer_init(rt, &ev->feed_timer, NULL, ev);
   cqrs__runtime_handle_opened(rt);
+  cqrs__timer_init(rt, &ev->park_timer, NULL, ev);
+  cqrs__runtime_handle_opened(rt);
   uv_check_init(rt->loop, &ev->cp_check);
   uv_unref((uv_handle_t *)&ev->cp_check); /* the loop need not stay for it: it runs in the iteration that started it */
   ev->cp_check.data = ev;
@@ -343,6 +352,7 @@ cqrs_code_t cqrs__events_attach(cqrs__events_t *ev, cqrs_error_t *err) {
     ev->poll_on = true;
     cqrs__runtime_handle_opened(rt);
   }
+  cqrs__control_attach(ev);
   if (!ev->head_known) kick(ev, 0, 0);
   return CQRS_OK;
 }

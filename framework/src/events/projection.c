@@ -34,6 +34,7 @@ static cqrs_code_t add_sub(cqrs__events_t *ev, const char *name, const cqrs_even
   s->data = data;
   s->blocking = blocking;
   s->position = ev->feed_pos;
+  s->park_ceiling = INT64_MAX;
   s->state = SUB_LIVE;
   cqrs__timer_init(ev->rt, &s->timer, NULL, s);
   cqrs__runtime_handle_opened(ev->rt);
@@ -168,6 +169,7 @@ bool cqrs__events_sub_figures(const cqrs_dispatcher_t *d, size_t i, cqrs__sub_fi
   }
   out->retries = s->retries;
   out->dead_letters = s->dead_letters;
+  out->parked = s->npark;
   return true;
 }
 

@@ -25,13 +25,6 @@ bool cqrs__sub_push(sub_t *s, const cqrs_event_t *e) {
   return true;
 }
 
-static const cqrs_event_t *q_peek(const sub_t *s, size_t i) { return s->q[(s->q_head + i) % s->q_cap]; }
-
-static void q_pop(sub_t *s) {
-  cqrs_event_unref(s->q[s->q_head]);
-  s->q_head = (s->q_head + 1) % s->q_cap;
-  s->q_len--;
-}
 
 bool cqrs__sub_wants(const sub_t *s, const cqrs_event_t *e) {
   if (!s->types) return true;
@@ -44,15 +37,10 @@ bool cqrs__sub_wants(const sub_t *s, const cqrs_event_t *e) {
 
 /* ---- delivery ---- */
 
-uint64_t cqrs__events_backoff(const cqrs__events_t *ev, unsigned attempts) {
-  uint64_t ms = ev->retry_base_ms;
-  for (unsigned i = 1; i < attempts && ms < ev->retry_cap_ms; i++) ms *= 2;
-  return ms > ev->retry_cap_ms ? ev->retry_cap_ms : ms;
-}
-
 static void timer_cb(uv_timer_t *t) {
   sub_t *s = t->data;
   s->waiting = false;
+  s->cp_hold = false;
   cqrs__sub_run(s);
 }
 
@@ -63,7 +51,7 @@ static void retry_later(sub_t *s, uint64_t ms, const char *why) {
   if (cqrs__runtime_closing(s->ev->rt)) {
     if (!s->cp && s->q_len)
       cqrs_log(CQRS_LOG_ERROR, "bus", "subscriber %s drops %zu event(s) at close: %s", s->name, s->q_len, why);
-    while (s->q_len) q_pop(s);
+    while (s->q_len) cqrs__q_pop(s);
     s->attempts = 0;
     return;
   }
@@ -79,12 +67,13 @@ static void retry_later(sub_t *s, uint64_t ms, const char *why) {
  * from its checkpoint. A permanent store error is dead-lettered like any. */
 bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error) {
   if (s->state == SUB_STANDBY) return false; /* another process delivers it */
+  if (!s->attempts) s->first_failed_at = cqrs__clock_wall(s->ev->rt->clock);
   s->attempts++;
   s->retries++;
   if (error->code == CQRS_ECLOSED && cqrs__runtime_closing(s->ev->rt)) {
     /* A process manager cannot send at close: what it holds is read again
      * from its checkpoint on the next start. */
-    while (s->q_len) q_pop(s);
+    while (s->q_len) cqrs__q_pop(s);
     s->attempts = 0;
     return false;
   }
@@ -93,17 +82,25 @@ bool cqrs__sub_failed(sub_t *s, const cqrs_error_t *error) {
     return false;
   }
   /* An event this process cannot decode fails the same way every time. */
-  if (s->attempts < s->ev->retry_attempts && error->code != CQRS_EUNKNOWN_TYPE) {
+  bool retry = s->attempts < s->ev->retry_attempts && error->code != CQRS_EUNKNOWN_TYPE;
+  /* A projection sets a poison event aside and goes on with the rest. */
+  if (retry && s->cp && !s->async && s->attempts == 1 && cqrs__park_add(s, cqrs__q_peek(s, 0), error)) {
+    s->position = cqrs__q_peek(s, 0)->position;
+    s->attempts = 0;
+    cqrs__q_pop(s);
+    return true;
+  }
+  if (retry) {
     if (cqrs__runtime_closing(s->ev->rt)) return true; /* closing: retry at once */
     s->waiting = true;
     cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, s->attempts), 0);
     return false;
   }
-  const cqrs_event_t *e = q_peek(s, 0);
-  cqrs__dead_letter(s, e, error);
+  const cqrs_event_t *e = cqrs__q_peek(s, 0);
+  cqrs__dead_letter(s, e, error, s->attempts, s->first_failed_at);
   s->position = e->position;
   s->attempts = 0;
-  q_pop(s);
+  cqrs__q_pop(s);
   return true;
 }
 
@@ -194,6 +191,8 @@ void cqrs__sub_save_checkpoint(sub_t *s) {
    * save could pass one). */
   if (!s->cp || (s->lease.on && !s->lease.held)) return;
   int64_t at = s->checkpoint ? s->checkpoint(s->data, s->position) : s->position;
+  int64_t floor = cqrs__park_floor(s);
+  if (at > floor) at = floor;
   if (at == s->saved || at < 0) return;
   if (s->cp_blocking) {
     if (s->cp_saving) return;
@@ -223,10 +222,14 @@ void cqrs__sub_save_checkpoint(sub_t *s) {
 
 void cqrs__sub_complete(sub_t *s, const cqrs_error_t *err) {
   s->busy = false;
-  if (!err || err->code == CQRS_OK) {
-    s->position = q_peek(s, 0)->position;
+  if (s->park_inflight) {
+    const cqrs_event_t *e = s->park_inflight;
+    s->park_inflight = NULL;
+    cqrs__park_resolved(s, e, err);
+  } else if (!err || err->code == CQRS_OK) {
+    s->position = cqrs__q_peek(s, 0)->position;
     s->attempts = 0;
-    q_pop(s);
+    cqrs__q_pop(s);
   } else {
     cqrs__sub_failed(s, err);
   }
@@ -245,7 +248,10 @@ typedef struct sub_work {
   cqrs__event_vec_t read;
   cqrs_code_t rc;
   cqrs_error_t err;
-  int64_t position;
+  int64_t position;   /* the last event handled: at the start, the subscriber's */
+  int64_t floor;      /* the checkpoint goes no further (events set aside) */
+  int64_t saved;      /* the checkpoint saved before the batch */
+  bool parked;        /* batch[0] is an event set aside: no checkpoint */
   int64_t token;      /* the lease's, for the checkpoint write */
   uint64_t deadline;  /* the lease's when the batch started (0: no lease): no delivery after it */
   bool cp_failed;     /* that write failed (refused: a newer lease holder wrote) */
@@ -289,10 +295,11 @@ static void sub_work_cb(cqrs__job_t *job) {
     if ((sw->rc = call_handler(s, sw->batch[sw->done], &sw->err))) break;
     sw->position = sw->batch[sw->done]->position;
   }
-  if (s->cp && sw->done) {
+  int64_t at = sw->position < sw->floor ? sw->position : sw->floor;
+  if (s->cp && !sw->parked && at != sw->saved && at >= 0) {
     /* Blocking projections save their checkpoint here, off the loop. */
-    if (cp_save(s, sw->position, sw->token, &sw->cp_err) == CQRS_OK) {
-      s->saved = sw->position;
+    if (cp_save(s, at, sw->token, &sw->cp_err) == CQRS_OK) {
+      s->saved = at;
     } else {
       sw->cp_failed = true;
     }
@@ -325,35 +332,56 @@ static void sub_after_work(cqrs__job_t *job, bool cancelled) {
       cqrs__timer_start(&s->timer, timer_cb, cqrs__events_backoff(s->ev, 1), 0);
     }
     cqrs__event_vec_free(&sw->read);
+  } else if (sw->parked) {
+    s->park_inflight = NULL;
+    if (!cancelled && (sw->done || sw->rc != CQRS_OK)) cqrs__park_resolved(s, sw->batch[0], sw->done ? NULL : &sw->err);
+    cqrs_event_unref(sw->batch[0]);
   } else {
     for (size_t i = 0; i < sw->done; i++) {
-      s->position = q_peek(s, 0)->position;
+      s->position = cqrs__q_peek(s, 0)->position;
       s->attempts = 0;
-      q_pop(s);
+      cqrs__q_pop(s);
     }
     if (!cancelled && sw->rc != CQRS_OK) cqrs__sub_failed(s, &sw->err);
-    if (sw->cp_failed) cp_save_failed(s, &sw->cp_err);
   }
+  if (sw->cp_failed) cp_save_failed(s, &sw->cp_err);
+  /* A save that failed is tried by the next batch of events, not by one
+   * of its own (at close, with the store gone, that would never end). */
+  if (!cancelled && !sw->catchup) s->cp_hold = sw->cp_failed;
   cqrs__free(sw);
   cqrs__sub_run(s);
 }
 
-/* Queues a batch of deliveries or a catch-up read on the pool. Returns
- * false when it cannot: it is tried again after a back-off. */
-static bool start_work(sub_t *s, bool catchup) {
+/* Queues a batch of deliveries (`parked`: that one event set aside; else
+ * the queue's head, up to an event of a stream set aside; none: only the
+ * checkpoint's save) or a catch-up read on the pool. Returns false when it
+ * cannot: it is tried again after a back-off. */
+static bool start_work(sub_t *s, bool catchup, const cqrs_event_t *parked) {
   sub_work_t *sw = cqrs__calloc(1, sizeof *sw);
   if (sw) {
     sw->s = s;
     sw->catchup = catchup;
     sw->token = s->lease.token;
     sw->deadline = s->lease.on ? s->lease.deadline : 0;
-    if (!catchup) {
-      sw->n = s->q_len < SUB_BATCH ? s->q_len : SUB_BATCH;
-      for (size_t i = 0; i < sw->n; i++) sw->batch[i] = q_peek(s, i);
+    sw->position = s->position;
+    sw->floor = cqrs__park_floor(s);
+    sw->saved = s->saved;
+    if (parked) {
+      sw->parked = true;
+      sw->n = 1;
+      sw->batch[0] = cqrs_event_ref(parked);
+    } else if (!catchup) {
+      size_t n = s->q_len < SUB_BATCH ? s->q_len : SUB_BATCH;
+      while (sw->n < n && !(s->npark && cqrs__park_holds(s, cqrs__q_peek(s, sw->n))) &&
+             cqrs__q_peek(s, sw->n)->position != s->ctl.skip_at) {
+        sw->batch[sw->n] = cqrs__q_peek(s, sw->n);
+        sw->n++;
+      }
     }
   }
   cqrs_error_t err;
   if (!sw || cqrs__job_submit(s->ev->rt, &sw->job, sub_work_cb, sub_after_work, &err)) {
+    if (sw && sw->parked) cqrs_event_unref(sw->batch[0]);
     cqrs__free(sw);
     static const char why[] = "cannot queue work on the thread pool";
     if (!cqrs__runtime_closing(s->ev->rt)) cqrs_log(CQRS_LOG_WARNING, "bus", "subscriber %s %s; retried", s->name, why);
@@ -361,7 +389,18 @@ static bool start_work(sub_t *s, bool catchup) {
     return false;
   }
   s->busy = true;
+  if (parked) s->park_inflight = parked;
   return true;
+}
+
+/* A blocking projection's checkpoint is saved by its batches; one behind
+ * where it may be (the events set aside it waited for are gone, a reset)
+ * is saved by a batch of no event. */
+static bool cp_behind(const sub_t *s) {
+  if (!s->cp || !s->blocking || s->cp_hold || (s->lease.on && !s->lease.held)) return false;
+  if (s->state != SUB_LIVE && s->state != SUB_CATCHING_UP) return false;
+  int64_t at = s->position < cqrs__park_floor(s) ? s->position : cqrs__park_floor(s);
+  return at != s->saved && at >= 0;
 }
 
 /* Reads the next catch-up batch inline (non-blocking store). Returns the
@@ -383,21 +422,86 @@ static size_t catchup_inline(sub_t *s) {
   return n;
 }
 
+/* ---- events set aside (parked.c) ---- */
+
+static void park_timer_cb(uv_timer_t *t);
+
+/* Arms the events' retry timer for the nearest event set aside that is due. */
+static void park_arm(cqrs__events_t *ev) {
+  if (!ev->attached || cqrs__runtime_closing(ev->rt)) return;
+  uint64_t next = cqrs__park_next_due(ev);
+  if (next == UINT64_MAX) {
+    cqrs__timer_stop(&ev->park_timer);
+    ev->park_armed = false;
+    return;
+  }
+  /* At least a millisecond: a timer due at once would run again within
+   * the same pass of the loop's timers, before any work came back. */
+  uint64_t now = cqrs__runtime_now(ev->rt);
+  cqrs__timer_start(&ev->park_timer, park_timer_cb, next > now + 1 ? next - now : 1, 0);
+  ev->park_armed = true;
+}
+
+static void park_timer_cb(uv_timer_t *t) {
+  cqrs__events_t *ev = t->data;
+  ev->park_armed = false;
+  for (size_t i = 0; i < ev->nsubs; i++) {
+    if (ev->subs[i]->npark) cqrs__sub_run(ev->subs[i]);
+  }
+  park_arm(ev);
+}
+
+/* Delivers the next event set aside that is due: inline (true: go on), or
+ * on the pool or to an async handler (false, busy), or none (false). */
+static bool park_run(sub_t *s) {
+  const cqrs_event_t *e = cqrs__park_next(s);
+  if (!e) return false;
+  if (s->blocking) {
+    start_work(s, false, e);
+    return false; /* on its way, or a back-off: nothing more now */
+  }
+  cqrs_error_t err;
+  cqrs_code_t rc = cqrs__sub_deliver(s, e, &err);
+  if (rc == CQRS__PENDING) {
+    s->park_inflight = e;
+    s->busy = true;
+    return false;
+  }
+  cqrs__park_resolved(s, e, rc ? &err : NULL);
+  return true;
+}
+
 /* Moves a subscriber forward as far as it can without waiting. */
 void cqrs__sub_run(sub_t *s) {
   if (s->running) return;
   s->running = true;
   cqrs__events_t *ev = s->ev;
   bool closing = cqrs__runtime_closing(ev->rt);
-  while (!s->busy && !s->waiting && s->state != SUB_LOADING && s->state != SUB_STANDBY) {
+  if (closing && cqrs__sub_held(s) && !s->busy) {
+    /* Held by an operator at close: what it holds is read again from its
+     * checkpoint on the next start. */
+    while (s->q_len) cqrs__q_pop(s);
+    cqrs__park_drop(s);
+  }
+  while (!s->busy && !s->waiting && !cqrs__sub_held(s) && s->state != SUB_LOADING && s->state != SUB_STANDBY) {
     if (s->lease.on && !cqrs__lease_valid(&s->lease)) break;
+    if (s->ctl.skip_at && cqrs__sub_skip_now(s)) continue;
+    if (s->npark && park_run(s)) continue;
+    if (s->busy) break;
+    if (s->q_len && s->npark && cqrs__park_holds(s, cqrs__q_peek(s, 0))) {
+      /* Behind an event of its stream set aside; no room: the queue waits. */
+      if (!cqrs__park_add(s, cqrs__q_peek(s, 0), NULL)) break;
+      s->position = cqrs__q_peek(s, 0)->position;
+      cqrs__q_pop(s);
+      continue;
+    }
     if (s->q_len) {
       if (s->blocking) {
-        if (!start_work(s, false)) break;
+        if (!start_work(s, false, NULL)) break;
         continue;
       }
       cqrs_error_t err;
-      const cqrs_event_t *e = q_peek(s, 0);
+      const cqrs_event_t *e = cqrs__q_peek(s, 0);
       cqrs_code_t rc = call_handler(s, e, &err);
       if (rc == CQRS__PENDING) {
         s->busy = true;
@@ -406,7 +510,7 @@ void cqrs__sub_run(sub_t *s) {
       if (rc == CQRS_OK) {
         s->position = e->position;
         s->attempts = 0;
-        q_pop(s);
+        cqrs__q_pop(s);
       } else if (!cqrs__sub_failed(s, &err)) {
         break;
       }
@@ -414,7 +518,7 @@ void cqrs__sub_run(sub_t *s) {
     }
     if (s->state != SUB_CATCHING_UP || closing) break;
     if (cqrs_store_blocking(ev->rt->store)) {
-      start_work(s, true);
+      start_work(s, true, NULL);
       break;
     }
     if (catchup_inline(s) == 0) {
@@ -429,125 +533,33 @@ void cqrs__sub_run(sub_t *s) {
   }
   /* A standby lets go of what it held once nothing is in flight. */
   if (s->state == SUB_STANDBY && !s->busy) {
-    while (s->q_len) q_pop(s);
+    while (s->q_len) cqrs__q_pop(s);
   }
-  if (!s->blocking) cqrs__sub_save_checkpoint(s);
+  if (!s->blocking) {
+    cqrs__sub_save_checkpoint(s);
+  } else if (!s->busy && !s->waiting && cp_behind(s)) {
+    start_work(s, false, NULL);
+  }
+  if (s->npark || ev->park_armed) park_arm(ev);
   s->running = false;
   cqrs__waiters_check(ev);
 }
 
-/* ---- loading the checkpoint ---- */
-
-/* Checkpoint loads of blocking checkpoint stores run on the pool. */
-typedef struct cp_work {
-  cqrs__job_t job; /* first: the job is the work */
-  sub_t *s;
-  int64_t position;
-  cqrs_code_t rc;
-  cqrs_error_t err;
-} cp_work_t;
-
-static void cp_work_cb(cqrs__job_t *job) {
-  cp_work_t *cw = (cp_work_t *)job;
-  cw->rc = cqrs_checkpoints_load(cw->s->cp, cw->s->name, &cw->position, &cw->err);
-}
+/* ---- catching up ---- */
 
 void cqrs__sub_start_catchup(sub_t *s, int64_t position) {
   s->position = s->read_pos = s->saved = position;
+  s->park_ceiling = INT64_MAX;
   s->state = SUB_CATCHING_UP;
   cqrs__sub_run(s);
 }
 
-/* Keep the projection stopped rather than replaying from an unknown point;
- * under a lease, let it go: another process (or a later try) starts it. */
-static void cp_load_failed(sub_t *s, const cqrs_error_t *err) {
-  if (s->lease.on) {
-    cqrs__lease_give_up(&s->lease, err);
-    return;
-  }
-  cqrs_log(CQRS_LOG_ERROR, "bus", "projection %s cannot load its checkpoint: %s", s->name, err->message);
-}
-
-static void cp_after_work(cqrs__job_t *job, bool cancelled) {
-  cp_work_t *cw = (cp_work_t *)job;
-  sub_t *s = cw->s;
-  s->busy = false;
-  if (s->state != SUB_LOADING) {
-    cqrs__sub_run(s); /* the lease went while it loaded */
-  } else if (!cancelled && cw->rc == CQRS_OK) {
-    cqrs__sub_start_catchup(s, cw->position);
-  } else if (!cqrs__runtime_closing(s->ev->rt)) {
-    cp_load_failed(s, &cw->err);
-  }
-  cqrs__free(cw);
-}
-
-cqrs_code_t cqrs__sub_queue_checkpoint_load(sub_t *s, cqrs_error_t *err) {
-  s->state = SUB_LOADING;
-  cp_work_t *cw = cqrs__calloc(1, sizeof *cw);
-  if (!cw) return cqrs_error_set(err, CQRS_ENOMEM, "projection %s cannot load its checkpoint", s->name);
-  cw->s = s;
-  cqrs_error_t e;
-  cqrs_code_t rc = cqrs__job_submit(s->ev->rt, &cw->job, cp_work_cb, cp_after_work, &e);
-  if (rc) {
-    cqrs__free(cw);
-    return cqrs_error_set(err, rc, "projection %s cannot queue its checkpoint load: %.180s", s->name, e.message);
-  }
-  s->busy = true;
-  return CQRS_OK;
-}
-
-void cqrs__sub_load_checkpoint(sub_t *s) {
-  s->state = SUB_LOADING;
-  cqrs_error_t err;
-  if (!cqrs__checkpoints_blocking(s->cp)) {
-    int64_t pos = 0;
-    if (cqrs_checkpoints_load(s->cp, s->name, &pos, &err)) {
-      cp_load_failed(s, &err);
-    } else {
-      cqrs__sub_start_catchup(s, pos);
-    }
-    return;
-  }
-  if (cqrs__sub_queue_checkpoint_load(s, &err)) cp_load_failed(s, &err);
-}
-
-/* ---- under a lease ---- */
-
-static sub_t *sub_of_lease(const cqrs__lease_t *l) { return (sub_t *)((char *)l - offsetof(sub_t, lease)); }
-
-static void lease_acquired(cqrs__lease_t *l) { cqrs__sub_load_checkpoint(sub_of_lease(l)); }
-
-static void lease_lost(cqrs__lease_t *l) {
-  sub_t *s = sub_of_lease(l);
-  s->state = SUB_STANDBY;
-  if (s->waiting) {
-    cqrs__timer_stop(&s->timer);
-    s->waiting = false;
-  }
-  s->attempts = 0;
-  cqrs__sub_run(s);
-}
-
-/* Standbys may start only once what they did before has settled. */
-static bool lease_may_acquire(const cqrs__lease_t *l) {
-  const sub_t *s = sub_of_lease(l);
-  return s->state == SUB_STANDBY && !s->busy && !s->q_len && !s->cp_saving;
-}
-
-void cqrs__sub_lease(sub_t *s, cqrs__leasing_t *leasing) {
-  s->lease.name = s->name;
-  s->lease.acquired = lease_acquired;
-  s->lease.lost = lease_lost;
-  s->lease.may_acquire = lease_may_acquire;
-  s->state = SUB_STANDBY;
-  cqrs__lease_add(leasing, &s->lease); /* loads its checkpoint once it holds the lease */
-}
-
-const cqrs_event_t *cqrs__sub_head(const sub_t *s) { return s->q_len ? q_peek(s, 0) : NULL; }
+const cqrs_event_t *cqrs__sub_head(const sub_t *s) { return s->q_len ? cqrs__q_peek(s, 0) : NULL; }
 
 void cqrs__sub_free(sub_t *s) {
-  while (s->q_len) q_pop(s);
+  while (s->q_len) cqrs__q_pop(s);
+  for (size_t i = 0; i < s->npark; i++) cqrs_event_unref(s->park[i].event);
+  cqrs__free(s->park);
   cqrs__free((void *)s->q);
   cqrs__free((void *)s->types);
   cqrs__free(s);

@@ -18,6 +18,7 @@ typedef struct cqrs__waiter {
 } waiter_t;
 
 static bool sub_reached(const cqrs__events_t *ev, const sub_t *s, int64_t position) {
+  if (cqrs__park_floor(s) < position) return false; /* an event up to it is set aside */
   if (s->position >= position) return true;
   return s->state == SUB_LIVE && !s->q_len && !s->busy && !s->waiting && ev->feed_pos >= position;
 }

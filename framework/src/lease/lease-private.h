@@ -58,5 +58,6 @@ static inline uint64_t cqrs__lease_now(const cqrs__lease_t *l) { return cqrs__cl
 /* Lets it go: a checkpoint write was fenced off, or there is no checkpoint. */
 void cqrs__lease_give_up(cqrs__lease_t *l, const cqrs_error_t *err);
 size_t cqrs__leases_held(const cqrs__leasing_t *leasing);
+const char *cqrs__leasing_owner(const cqrs__leasing_t *leasing); /* who takes the leases */
 
 #endif

@@ -332,6 +332,8 @@ bool cqrs__lease_valid(cqrs__lease_t *s) {
 
 void cqrs__lease_give_up(cqrs__lease_t *s, const cqrs_error_t *err) { lost(s, err->message); }
 
+const char *cqrs__leasing_owner(const cqrs__leasing_t *leasing) { return leasing->owner; }
+
 size_t cqrs__leases_held(const cqrs__leasing_t *l) {
   size_t n = 0;
   for (const cqrs__lease_t *s = l ? l->list : NULL; s; s = s->next) n += s->held;

@@ -27,6 +27,7 @@ typedef enum family {
   F_LAG_SECONDS,
   F_PROJECTION_RETRIES,
   F_DEAD_LETTERS,
+  F_PARKED,
   F_STORE_CALLS,
   F_STORE_ERRORS,
   F_HEAD,
@@ -64,6 +65,9 @@ static const struct {
                               CQRS_METRIC_COUNTER, {"projection"}},
     [F_DEAD_LETTERS] = {"cqrs_dead_letters_total", "Events a subscriber gave up on", CQRS_METRIC_COUNTER,
                         {"subscriber"}},
+    [F_PARKED] = {"cqrs_projection_parked_events",
+                  "Events a projection set aside: a poison event retried off its path, and those of its stream behind it",
+                  CQRS_METRIC_GAUGE, {"projection"}},
     [F_STORE_CALLS] = {"cqrs_store_calls_total", "Event store calls, by operation", CQRS_METRIC_COUNTER, {"op"}},
     [F_STORE_ERRORS] = {"cqrs_store_errors_total", "Event store failures, by operation and class",
                         CQRS_METRIC_COUNTER, {"op", "class"}},
@@ -350,8 +354,8 @@ static int64_t head_of(const cqrs_dispatcher_t *d) {
 static bool subscribers(const cqrs_metrics_t *m, cqrs_metrics_snapshot_t *s) {
   const cqrs_dispatcher_t *d = m->d;
   int64_t head = head_of(d), now = cqrs__clock_wall(d->clock);
-  static const family_t per_sub[] = {F_POSITION, F_LAG_POSITIONS, F_LAG_SECONDS, F_PROJECTION_RETRIES,
-                                     F_DEAD_LETTERS};
+  static const family_t per_sub[] = {F_POSITION,           F_LAG_POSITIONS, F_LAG_SECONDS,
+                                     F_PROJECTION_RETRIES, F_DEAD_LETTERS,  F_PARKED};
   for (size_t k = 0; k < sizeof per_sub / sizeof per_sub[0]; k++) {
     cqrs__sub_figures_t fig;
     for (size_t i = 0; cqrs__events_sub_figures(d, i, &fig); i++) {
@@ -367,6 +371,7 @@ static bool subscribers(const cqrs_metrics_t *m, cqrs_metrics_snapshot_t *s) {
                          : 0.0;
           break;
         case F_PROJECTION_RETRIES: x->value = (double)fig.retries; break;
+        case F_PARKED: x->value = (double)fig.parked; break;
         default: x->value = (double)fig.dead_letters; break;
       }
     }

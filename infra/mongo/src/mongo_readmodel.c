@@ -163,16 +163,23 @@ cqrs_code_t cqrs_mongo_readmodel_new(cqrs_mongo_t *m, cqrs_readmodel_t **out, cq
 
 /* ---- checkpoints ---- */
 
-static cqrs_code_t mcp_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
-  cqrs_mongo_t *m = impl;
-  bson_t filter = BSON_INITIALIZER, doc;
+/* The checkpoint document of `name` into `doc` (destroy it when *found). */
+static cqrs_code_t cp_doc(cqrs_mongo_t *m, const char *name, bson_t *doc, bool *found, cqrs_error_t *err,
+                          const char *what) {
+  bson_t filter = BSON_INITIALIZER;
   BSON_APPEND_UTF8(&filter, "_id", name);
-  bool found;
   mconn_t c;
   cqrs__mongo_open(m, m->checkpoints, &c);
-  cqrs_code_t rc = cqrs__mongo_find_one(c.coll, &filter, NULL, &doc, &found, err, "load a checkpoint");
+  cqrs_code_t rc = cqrs__mongo_find_one(c.coll, &filter, NULL, doc, found, err, what);
   cqrs__mongo_done(m, &c);
   bson_destroy(&filter);
+  return rc;
+}
+
+static cqrs_code_t mcp_load(void *impl, const char *name, int64_t *position, cqrs_error_t *err) {
+  bson_t doc;
+  bool found;
+  cqrs_code_t rc = cp_doc(impl, name, &doc, &found, err, "load a checkpoint");
   *position = 0;
   if (!rc && found) {
     bson_iter_t it;
@@ -226,8 +233,102 @@ static cqrs_code_t mcp_save(void *impl, const char *name, int64_t position, cqrs
   return mcp_save_fenced(impl, name, position, 0, err);
 }
 
-static const cqrs_checkpoint_ops_t mongo_cp_ops = {.blocking = true, .load = mcp_load, .save = mcp_save, .destroy = NULL,
-                                                   .save_fenced = mcp_save_fenced};
+/* Control records live in the checkpoint's document, under `control`:
+ * {paused, request, action, position} (the operator's) and {done, result,
+ * state, owner, reportedAt, reached, parked} (the projection's), each part
+ * written with $set of its own keys. */
+static void copy_str(const bson_t *doc, const char *key, char *out, size_t cap) {
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)) {
+    uint32_t len;
+    const char *v = bson_iter_utf8(&it, &len);
+    if (len < cap) memcpy(out, v, (size_t)len + 1); /* longer than written: left empty */
+  }
+}
+
+static int64_t get_int(const bson_t *doc, const char *key) {
+  bson_iter_t it;
+  int64_t v = 0;
+  if (bson_iter_init_find(&it, doc, key)) cqrs_bson_iter_int64(&it, &v);
+  return v;
+}
+
+static cqrs_code_t mcp_control_load(void *impl, const char *name, cqrs_projection_control_t *out, bool *found,
+                                    cqrs_error_t *err) {
+  bson_t doc;
+  bool any;
+  cqrs_code_t rc = cp_doc(impl, name, &doc, &any, err, "load a control record");
+  *found = false;
+  if (rc || !any) return rc;
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, &doc, "control") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+    uint32_t len;
+    const uint8_t *data;
+    bson_iter_document(&it, &len, &data);
+    bson_t ctl;
+    if (bson_init_static(&ctl, data, len)) {
+      *found = true;
+      bson_iter_t v;
+      out->paused = bson_iter_init_find(&v, &ctl, "paused") && bson_iter_as_bool(&v);
+      out->request = get_int(&ctl, "request");
+      int64_t action = get_int(&ctl, "action");
+      out->action = action >= 0 && action <= CQRS_PROJECTION_REPLAY ? (cqrs_projection_action_t)action
+                                                                      : CQRS_PROJECTION_NO_ACTION;
+      out->position = get_int(&ctl, "position");
+      out->done = get_int(&ctl, "done");
+      copy_str(&ctl, "result", out->result, sizeof out->result);
+      copy_str(&ctl, "state", out->state, sizeof out->state);
+      copy_str(&ctl, "owner", out->owner, sizeof out->owner);
+      out->reported_at = get_int(&ctl, "reportedAt");
+      out->reached = get_int(&ctl, "reached");
+      out->parked = get_int(&ctl, "parked");
+    }
+  }
+  bson_destroy(&doc);
+  return CQRS_OK;
+}
+
+static cqrs_code_t mcp_control_save(void *impl, const char *name, const cqrs_projection_control_t *ctl,
+                                    unsigned parts, cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
+  bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, s, opts = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", name);
+  BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &s);
+  if (parts & CQRS_CONTROL_REQUEST) {
+    BSON_APPEND_BOOL(&s, "control.paused", ctl->paused);
+    BSON_APPEND_INT64(&s, "control.request", ctl->request);
+    BSON_APPEND_INT32(&s, "control.action", (int32_t)ctl->action);
+    BSON_APPEND_INT64(&s, "control.position", ctl->position);
+  }
+  if (parts & CQRS_CONTROL_REPORT) {
+    BSON_APPEND_INT64(&s, "control.done", ctl->done);
+    BSON_APPEND_UTF8(&s, "control.result", ctl->result);
+    BSON_APPEND_UTF8(&s, "control.state", ctl->state);
+    BSON_APPEND_UTF8(&s, "control.owner", ctl->owner);
+    BSON_APPEND_DATE_TIME(&s, "control.reportedAt", ctl->reported_at);
+    BSON_APPEND_INT64(&s, "control.reached", ctl->reached);
+    BSON_APPEND_INT64(&s, "control.parked", ctl->parked);
+  }
+  bson_append_document_end(&u, &s);
+  BSON_APPEND_BOOL(&opts, "upsert", true);
+  mconn_t c;
+  cqrs__mongo_open(m, m->checkpoints, &c);
+  bson_error_t e;
+  bool ok = mongoc_collection_update_one(c.coll, &filter, &u, &opts, NULL, &e);
+  cqrs__mongo_done(m, &c);
+  bson_destroy(&filter);
+  bson_destroy(&u);
+  bson_destroy(&opts);
+  return ok ? CQRS_OK : cqrs__mongo_error(err, &e, "save a control record");
+}
+
+static const cqrs_checkpoint_ops_t mongo_cp_ops = {.blocking = true,
+                                                   .load = mcp_load,
+                                                   .save = mcp_save,
+                                                   .destroy = NULL,
+                                                   .save_fenced = mcp_save_fenced,
+                                                   .control_load = mcp_control_load,
+                                                   .control_save = mcp_control_save};
 
 cqrs_code_t cqrs_mongo_checkpoints_new(cqrs_mongo_t *m, cqrs_checkpoints_t **out, cqrs_error_t *err) {
   if (!m) {
@@ -278,8 +379,10 @@ static void dl_done(uv_work_t *w, int status) {
   bson_free(d);
 }
 
-void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
-  cqrs_mongo_t *m = data;
+/* Writes {subscriber, event, error, at[, attempts, firstFailedAt]} from the
+ * pool (attempts 0 and no `figures`: not known). */
+static void dl_send(cqrs_mongo_t *m, const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
+                    bool figures, unsigned attempts, int64_t first_failed_at) {
   if (!m || !subscriber || !e || !error) {
     cqrs_log(CQRS_LOG_ERROR, "mongo", "dead letter with a NULL argument dropped");
     return;
@@ -302,6 +405,10 @@ void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const
   BSON_APPEND_UTF8(&er, "message", error->message);
   bson_append_document_end(d->doc, &er);
   BSON_APPEND_DATE_TIME(d->doc, "at", cqrs_now_ms());
+  if (figures) {
+    BSON_APPEND_INT32(d->doc, "attempts", attempts > INT32_MAX ? INT32_MAX : (int32_t)attempts);
+    if (first_failed_at) BSON_APPEND_DATE_TIME(d->doc, "firstFailedAt", first_failed_at);
+  }
   uv_mutex_lock(&m->dl_lock);
   m->dl_writing++;
   uv_mutex_unlock(&m->dl_lock);
@@ -315,4 +422,16 @@ void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const
     bson_free(d);
     dl_written(m);
   }
+}
+
+void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error, void *data) {
+  dl_send(data, subscriber, e, error, false, 0, 0);
+}
+
+void cqrs_mongo_dead_letter_info(const cqrs_dead_letter_t *dl, void *data) {
+  if (!dl) {
+    cqrs_log(CQRS_LOG_ERROR, "mongo", "dead letter with a NULL argument dropped");
+    return;
+  }
+  dl_send(data, dl->subscriber, dl->event, dl->error, true, dl->attempts, dl->first_failed_at);
 }

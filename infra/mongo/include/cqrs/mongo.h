@@ -117,6 +117,10 @@ CQRS_EXPORT const char *cqrs_mongo_keys_collection(const cqrs_mongo_t *m);
  * naming the subscriber and the event). */
 CQRS_EXPORT void cqrs_mongo_dead_letter(const char *subscriber, const cqrs_event_t *e, const cqrs_error_t *error,
                                         void *data);
+/* The same for cqrs_dispatcher_options_t.dead_letter_info, which also
+ * writes how often delivery failed and when first: {..., attempts,
+ * firstFailedAt}. */
+CQRS_EXPORT void cqrs_mongo_dead_letter_info(const cqrs_dead_letter_t *dl, void *data);
 
 /* Drops the whole database (blocks). For tests. */
 CQRS_EXPORT cqrs_code_t cqrs_mongo_drop_database(cqrs_mongo_t *m, cqrs_error_t *err);
