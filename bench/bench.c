@@ -3,7 +3,8 @@
  * latency in microseconds, peak RSS in KiB, and what the scenario adds.
  * Scenarios: dispatch, pipeline, pipeline-2threads, rehydrate,
  * mongo-append, mongo-ops, projection-lag, projection-lag-mongo,
- * query-mongo, memory-overhead, personal. See docs/benchmarks.md. */
+ * query-mongo, memory-overhead, personal, invoice-issue (issue.c). See
+ * docs/benchmarks.md. */
 #include <billing/billing.h>
 #include <cqrs/backend.h>
 #include <cqrs/mongo.h>
@@ -17,17 +18,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
 #include "billing_mongo.h"
 #include "mongo-private.h" /* the store's client pool, for command monitoring */
 #include <mongoc/mongoc.h>
 
-static const char *mongo_uri;
-static long n_arg, batch_arg, queries_arg;
+const char *mongo_uri;
+long n_arg;
+unsigned senders_arg;
+static long batch_arg, queries_arg;
 static bool metrics_arg; /* --metrics: count commands and projections as an operator would */
 static unsigned loops_arg = 1; /* --loops N: loops that run commands (pipeline scenarios) */
 static unsigned home_arg;      /* --home P: the share of aggregates the home loop keeps, percent */
 
-static uint64_t now_ns(void) {
+uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
@@ -51,13 +55,7 @@ static int cmp_u64(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* Latency samples in nanoseconds. */
-typedef struct samples {
-  uint64_t *v;
-  size_t n, cap;
-} samples_t;
-
-static void sample(samples_t *s, uint64_t ns) {
+void sample(samples_t *s, uint64_t ns) {
   if (s->n == s->cap) {
     s->cap = s->cap ? s->cap * 2 : 4096;
     s->v = realloc(s->v, s->cap * sizeof *s->v);
@@ -72,7 +70,7 @@ static double pct(samples_t *s, double p) {
   return (double)s->v[i] / 1000.0;
 }
 
-static void report(const char *name, uint64_t ops, double seconds, samples_t *lat, const char *extra) {
+void report(const char *name, uint64_t ops, double seconds, samples_t *lat, const char *extra) {
   double p50 = pct(lat, 0.50), p99 = pct(lat, 0.99);
   printf("{\"name\": \"%s\", \"operations\": %" PRIu64 ", \"seconds\": %.4f, \"ops_per_s\": %.0f, \"p50_us\": %.3f, "
          "\"p99_us\": %.3f, \"peak_rss_kib\": %ld%s%s}\n",
@@ -82,7 +80,7 @@ static void report(const char *name, uint64_t ops, double seconds, samples_t *la
   free(lat->v);
 }
 
-static void die(const char *what, const cqrs_error_t *err) {
+void die(const char *what, const cqrs_error_t *err) {
   fprintf(stderr, "cqrs-bench: %s: %s\n", what, err ? err->message : "failed");
   exit(1);
 }
@@ -563,7 +561,7 @@ static void bench_memory_overhead(void) {
 
 /* A connection on a database of its own ("cqrs_bench_<what>_<pid>"), with
  * the billing collections and indexes. */
-static cqrs_mongo_t *bench_mongo(const cqrs_registry_t *reg, uv_loop_t *loop, const char *what) {
+cqrs_mongo_t *bench_mongo(const cqrs_registry_t *reg, uv_loop_t *loop, const char *what) {
   cqrs_mongo_options_t o = billing_mongo_options;
   char db[64];
   snprintf(db, sizeof db, "cqrs_bench_%s_%d", what, (int)getpid());
@@ -1274,7 +1272,7 @@ static void bench_query_mongo(void) {
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: cqrs-bench SCENARIO [--mongo URI] [--n N] [--batch B] [--queries Q] [--loops L]\n"
-                    "       [--home P] [--metrics]\n");
+                    "       [--home P] [--metrics] [--senders S]\n");
     return 2;
   }
   for (int i = 2; i < argc; i++) {
@@ -1285,6 +1283,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--metrics")) metrics_arg = true;
     else if (!strcmp(argv[i], "--loops") && i + 1 < argc) loops_arg = (unsigned)atol(argv[++i]);
     else if (!strcmp(argv[i], "--home") && i + 1 < argc) home_arg = (unsigned)atol(argv[++i]);
+    else if (!strcmp(argv[i], "--senders") && i + 1 < argc) senders_arg = (unsigned)atol(argv[++i]);
   }
   if (!mongo_uri) mongo_uri = getenv("MONGODB_URI");
   const char *s = argv[1];
@@ -1299,6 +1298,8 @@ int main(int argc, char **argv) {
   else if (!strcmp(s, "mongo-append") && mongo_uri) bench_mongo_append();
   else if (!strcmp(s, "query-mongo") && mongo_uri) bench_query_mongo();
   else if (!strcmp(s, "mongo-ops") && mongo_uri) bench_mongo_ops();
+  else if (!strcmp(s, "invoice-issue")) bench_invoice_issue(false);
+  else if (!strcmp(s, "invoice-issue-mongo") && mongo_uri) bench_invoice_issue(true);
   else {
     fprintf(stderr, "cqrs-bench: unknown scenario '%s', or no MongoDB URI for it\n", s);
     return 2;

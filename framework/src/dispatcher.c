@@ -22,6 +22,7 @@ static void defaults(cqrs_dispatcher_options_t *o) {
   o->loops = 1;
   o->dead_letters_kept = 1024;
   o->control_ms = 1000;
+  o->batch_max = CQRS_BATCH_MAX;
 }
 
 void cqrs_dispatcher_options_init_size(cqrs_dispatcher_options_t *o, size_t size) {
@@ -49,6 +50,9 @@ cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry_t *reg, cqr
   if (!loop || !reg || !store) return cqrs_error_set(err, CQRS_EINVAL, "NULL loop, registry or store");
   cqrs_dispatcher_options_t o;
   options_of(opts, &o);
+  if (o.batch_max > CQRS_BATCH_MAX)
+    return cqrs_error_set(err, CQRS_EINVAL, "batch_max %u is over %d", o.batch_max, CQRS_BATCH_MAX);
+  if (!o.batch_max) o.batch_max = CQRS_BATCH_MAX;
   cqrs__runtime_t *rt = cqrs__calloc(1, sizeof *rt);
   if (!rt) return cqrs_error_set(err, CQRS_ENOMEM, "cannot allocate a dispatcher");
   cqrs_code_t rc = cqrs__runtime_init(rt, loop, o.clock, reg, store, err);

@@ -182,6 +182,114 @@ static void test_invoice_process_records_the_numbered_invoice(void **state) {
   cqrs_process_test_destroy(t);
 }
 
+/* Issues sent at once run as one batch on the year's book: numbers in the
+ * order sent, without a gap, in one call of the store; an unknown customer
+ * and an invoice sent twice inside the batch leave the others numbered. */
+typedef struct issued {
+  cqrs_code_t code;
+  bool duplicate;
+  char number[BILLING_NUMBER_MAX];
+  int calls;
+} issued_t;
+
+static void on_issued(const cqrs_result_t *r, void *data) {
+  issued_t *o = data;
+  o->code = r->error.code;
+  o->duplicate = r->duplicate;
+  bson_iter_t it;
+  if (r->value && bson_iter_init_find(&it, r->value, "number")) snprintf(o->number, sizeof o->number, "%s", bson_iter_utf8(&it, NULL));
+  o->calls++;
+}
+
+static void issue_at_once(cqrs_dispatcher_t *d, const char *invoice, const char *customer, issued_t *o) {
+  billing_issue_invoice_t p = {"", "", EUR(1000), DUE};
+  snprintf(p.invoice_id, sizeof p.invoice_id, "%s", invoice);
+  snprintf(p.customer_id, sizeof p.customer_id, "%s", customer);
+  cqrs_command_t *cmd;
+  assert_int_equal(cqrs_command_new(&billing_issue_invoice, &p, &cmd, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, cmd, on_issued, o), CQRS_OK);
+}
+
+static double store_calls(cqrs_metrics_t *m, const char *op) {
+  cqrs_metrics_snapshot_t *s;
+  assert_int_equal(cqrs_metrics_snapshot(m, &s, NULL), CQRS_OK);
+  double v = cqrs_metrics_snapshot_value(s, "cqrs_store_calls_total", "op", op, NULL);
+  cqrs_metrics_snapshot_destroy(s);
+  return v;
+}
+
+static bool number_of(const cqrs_event_t *e, void *data) {
+  int *n = data;
+  char want[BILLING_NUMBER_MAX];
+  billing_invoice_number(want, year_of(cqrs_now_ms()), ++*n);
+  assert_string_equal(((const billing_invoice_numbered_t *)e->payload)->number, want);
+  return true;
+}
+
+static void test_issues_sent_at_once_are_numbered_in_order(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  cqrs_registry_t *reg;
+  cqrs_registry_new(&reg, NULL);
+  assert_int_equal(billing_register(reg, NULL), CQRS_OK);
+  cqrs_store_t *store;
+  cqrs_keys_t *keys; /* the customer's personal fields are sealed */
+  assert_int_equal(cqrs_memory_store_new(&store, NULL), CQRS_OK);
+  assert_int_equal(cqrs_memory_keys_new(NULL, &keys, NULL), CQRS_OK);
+  assert_int_equal(cqrs_store_set_keys(store, keys, reg, NULL), CQRS_OK);
+  cqrs_dispatcher_t *d;
+  cqrs_metrics_t *m;
+  assert_int_equal(cqrs_dispatcher_new(&loop, reg, store, NULL, &d, NULL), CQRS_OK);
+  assert_int_equal(billing_register_handlers(d, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_new(&m, NULL), CQRS_OK);
+  assert_int_equal(cqrs_metrics_attach(m, d, NULL), CQRS_OK);
+  billing_register_customer_t c = {"c-1", "Acme", "a@acme.com"};
+  cqrs_command_t *cmd;
+  assert_int_equal(cqrs_command_new(&billing_register_customer, &c, &cmd, NULL), CQRS_OK);
+  assert_int_equal(cqrs_dispatcher_send(d, cmd, NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  double appends = store_calls(m, "append");
+  static issued_t out[40];
+  memset(out, 0, sizeof out);
+  for (int i = 0; i < 40; i++) {
+    char inv[16];
+    snprintf(inv, sizeof inv, "inv-%d", i == 20 ? 7 : i); /* #20 is #7 sent again */
+    issue_at_once(d, inv, i == 30 ? "nobody" : "c-1", &out[i]);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  int n = 0;
+  for (int i = 0; i < 40; i++) {
+    assert_int_equal(out[i].calls, 1);
+    if (i == 20) {
+      assert_int_equal(out[i].code, CQRS_OK);
+      assert_true(out[i].duplicate);
+    } else if (i == 30) {
+      assert_int_equal(out[i].code, CQRS_EREJECTED);
+    } else {
+      char want[BILLING_NUMBER_MAX];
+      billing_invoice_number(want, year_of(cqrs_now_ms()) /* the real clock, the dispatcher's */, ++n);
+      assert_int_equal(out[i].code, CQRS_OK);
+      assert_string_equal(out[i].number, want);
+    }
+  }
+  /* The duplicate stopped the first call; the rest went in a second. */
+  assert_int_equal(store_calls(m, "append_many"), 2);
+  assert_int_equal(store_calls(m, "append"), appends);
+  char book[16];
+  snprintf(book, sizeof book, "%04d", year_of(cqrs_now_ms()));
+  int numbered = 0;
+  assert_int_equal(cqrs_store_read_stream(store, "invoice_book", book, 1, number_of, &numbered, NULL), CQRS_OK);
+  assert_int_equal(numbered, 38);
+  assert_int_equal(cqrs_dispatcher_close(d, NULL, NULL), CQRS_OK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  cqrs_metrics_destroy(m);
+  cqrs_store_destroy(store);
+  cqrs_keys_destroy(keys);
+  cqrs_registry_destroy(reg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_issue_takes_the_next_number_of_the_year, setup, bfx_teardown),
@@ -199,6 +307,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_cancel_paid_is_refused, setup, bfx_teardown),
       cmocka_unit_test_setup_teardown(test_number_format, setup, bfx_teardown),
       cmocka_unit_test(test_invoice_process_records_the_numbered_invoice),
+      cmocka_unit_test(test_issues_sent_at_once_are_numbered_in_order),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -182,7 +182,14 @@ static bool scan_event(const cqrs_event_t *e, void *data) {
     const cqrs_unknown_event_t *u = e->payload;
     s->hits += has(u->data, u->data_len, s->needle);
   } else {
-    s->hits += has(e->payload, e->type->payload_size, s->needle);
+    /* Every field of the payload, as its table encodes it (the struct's
+     * padding and the bytes after a string's end are nobody's data). */
+    bson_t fields = BSON_INITIALIZER;
+    if (cqrs_fields_encode(e->type->fields, e->payload, &fields, NULL) == CQRS_OK)
+      s->hits += has(bson_get_data(&fields), fields.len, s->needle);
+    else
+      s->hits++; /* what cannot be encoded is counted as found: the test fails */
+    bson_destroy(&fields);
   }
   return true;
 }

@@ -33,9 +33,9 @@ static inline cqrs_mongo_t *procs_connect(const cqrs_registry_t *reg, uv_loop_t 
   return m;
 }
 
-/* Starts `self` with `argv`; with `ready`, waits until the child writes
- * "ready\n" on its standard output. */
-static inline pid_t procs_spawn(const char *self, char *const argv[], bool ready) {
+/* Starts `self` with `argv`, its standard output into a pipe whose read
+ * end is *out. */
+static inline pid_t procs_spawn_piped(const char *self, char *const argv[], int *out) {
   int fds[2];
   assert_int_equal(pipe(fds), 0);
   posix_spawn_file_actions_t fa;
@@ -46,12 +46,21 @@ static inline pid_t procs_spawn(const char *self, char *const argv[], bool ready
   assert_int_equal(posix_spawn(&pid, self, &fa, NULL, argv, environ), 0);
   posix_spawn_file_actions_destroy(&fa);
   close(fds[1]);
+  *out = fds[0];
+  return pid;
+}
+
+/* Starts `self` with `argv`; with `ready`, waits until the child writes
+ * "ready\n" on its standard output. */
+static inline pid_t procs_spawn(const char *self, char *const argv[], bool ready) {
+  int fd;
+  pid_t pid = procs_spawn_piped(self, argv, &fd);
   if (ready) {
     char buf[8] = {0};
-    assert_int_equal(read(fds[0], buf, 6), 6);
+    assert_int_equal(read(fd, buf, 6), 6);
     assert_string_equal(buf, "ready\n");
   }
-  close(fds[0]);
+  close(fd);
   return pid;
 }
 

@@ -2,6 +2,9 @@
  * numbers: the n-th invoice.numbered event of its stream carries number n,
  * so numbers are unique and gapless by construction, and the natural id of
  * invoice.issue ("invoice.issue:<id>") makes a repeated issue commit once.
+ * Every issue of a year goes through its book: the handler runs in batches
+ * (CQRS_HANDLER_BATCH), so that issues sent at once take consecutive
+ * numbers in one store call instead of conflicting on the book.
  * The process manager then records the invoice on its own stream, where it
  * is paid or cancelled. */
 #include <time.h>
@@ -40,8 +43,42 @@ static cqrs_code_t record_id(const void *payload, char *buf, size_t cap, cqrs_er
   return cqrs_id_derive(buf, "invoice.record", ((const billing_record_invoice_t *)payload)->invoice_id, err);
 }
 
-/* Commands on one invoice run on the loop owning it (dispatcher loops);
- * issuing changes the year's book, so it stays on the home loop. */
+/* The year at `ms` (UTC). */
+static int year_at(int64_t ms) {
+  time_t now = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  return tm.tm_year + 1900;
+}
+
+/* invoice.issue changes the book of the year it runs in, which its payload
+ * does not name: its aggregate_id is the id of that book, the year the
+ * handler will compute (so its batches and its loop are the book's, and
+ * the loop owning the book keeps it cached). A hook returns a string that
+ * outlives the command: one per year, made once. A year outside them (a
+ * clock gone wrong) names none: the issue runs alone on the home loop. At
+ * midnight on 31 December an issue keyed to one year may number in the
+ * next, and a dispatcher on a manual clock (tests) numbers in its clock's
+ * year: such an issue runs alone, as one changing another aggregate than
+ * its batch's does. (The hook has no context, so the real clock.) */
+#define BOOK_FIRST_YEAR 2000
+#define BOOK_YEARS 1000
+static char book_ids[BOOK_YEARS][5];
+static uv_once_t book_ids_once = UV_ONCE_INIT;
+
+static void book_ids_make(void) {
+  for (int i = 0; i < BOOK_YEARS; i++) snprintf(book_ids[i], sizeof book_ids[i], "%04d", BOOK_FIRST_YEAR + i);
+}
+
+static const char *issued_book(const void *p) {
+  BILLING_UNUSED(p);
+  int year = year_at(cqrs_now_ms());
+  if (year < BOOK_FIRST_YEAR || year >= BOOK_FIRST_YEAR + BOOK_YEARS) return NULL;
+  uv_once(&book_ids_once, book_ids_make);
+  return book_ids[year - BOOK_FIRST_YEAR];
+}
+
+/* Commands on one invoice run on the loop owning it (dispatcher loops). */
 static const char *recorded_invoice(const void *p) { return ((const billing_record_invoice_t *)p)->invoice_id; }
 static const char *paid_invoice(const void *p) { return ((const billing_pay_invoice_t *)p)->invoice_id; }
 static const char *cancelled_invoice(const void *p) { return ((const billing_cancel_invoice_t *)p)->invoice_id; }
@@ -49,7 +86,8 @@ static const char *cancelled_invoice(const void *p) { return ((const billing_can
 const cqrs_command_type_t billing_issue_invoice = {.name = "invoice.issue",
                                                    .payload_size = sizeof(billing_issue_invoice_t),
                                                    .fields = issue_fields,
-                                                   .make_id = issue_id};
+                                                   .make_id = issue_id,
+                                                   .aggregate_id = issued_book};
 const cqrs_command_type_t billing_record_invoice = {.name = "invoice.record",
                                                     .payload_size = sizeof(billing_record_invoice_t),
                                                     .fields = numbered_fields,
@@ -130,14 +168,6 @@ const cqrs_aggregate_type_t billing_invoice = {
 
 /* ---- domain ---- */
 
-/* The year by the dispatcher's clock. */
-static int current_year(const cqrs_context_t *ctx) {
-  time_t now = (time_t)(cqrs_context_now_ms(ctx) / 1000);
-  struct tm tm;
-  gmtime_r(&now, &tm);
-  return tm.tm_year + 1900;
-}
-
 static cqrs_code_t handle_issue(cqrs_context_t *ctx, const cqrs_command_t *cmd, void *data, cqrs_error_t *err) {
   BILLING_UNUSED(data);
   const billing_issue_invoice_t *c = cqrs_command_payload(cmd);
@@ -149,7 +179,7 @@ static cqrs_code_t handle_issue(cqrs_context_t *ctx, const cqrs_command_t *cmd, 
   if ((rc = cqrs_context_load(ctx, &billing_customer, c->customer_id, &cust, err))) return rc;
   if (!((const billing_customer_state_t *)cqrs_aggregate_state_const(cust))->registered)
     return cqrs_reject(err, "invoice.unknown_customer", "customer %s does not exist", c->customer_id);
-  int year = current_year(ctx);
+  int year = year_at(cqrs_context_now_ms(ctx)); /* the dispatcher's clock */
   char book_id[16];
   snprintf(book_id, sizeof book_id, "%04d", year);
   if ((rc = cqrs_context_load(ctx, &billing_invoice_book, book_id, &book, err))) return rc;
@@ -231,7 +261,7 @@ static cqrs_code_t handle_cancel(cqrs_context_t *ctx, const cqrs_command_t *cmd,
 }
 
 cqrs_code_t billing__invoice_handlers(cqrs_dispatcher_t *d, cqrs_error_t *err) {
-  cqrs_code_t rc = cqrs_dispatcher_register(d, &billing_issue_invoice, handle_issue, NULL, 0, err);
+  cqrs_code_t rc = cqrs_dispatcher_register(d, &billing_issue_invoice, handle_issue, NULL, CQRS_HANDLER_BATCH, err);
   if (!rc) rc = cqrs_dispatcher_register(d, &billing_record_invoice, handle_record, NULL, 0, err);
   if (!rc) rc = cqrs_dispatcher_register(d, &billing_pay_invoice, handle_pay, NULL, 0, err);
   if (!rc) rc = cqrs_dispatcher_register(d, &billing_cancel_invoice, handle_cancel, NULL, 0, err);

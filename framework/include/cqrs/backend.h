@@ -170,8 +170,22 @@ typedef struct cqrs_store_ops {
    * answered as the duplicate it is rather than as its handler's rejection
    * (cqrs_command_type_t.make_id; docs/architecture.md, "Idempotency"). */
   cqrs_code_t (*has_command)(void *impl, const char *command_id, bool *found, cqrs_error_t *err);
+  /* Optional (NULL: the framework calls append for each in turn): appends
+   * the `n` commits of `reqs`, all of ONE stream and in its order (each
+   * expects the version the one before leaves), as append would append each
+   * in turn: each its own commit, command id and idempotency. Stops at the
+   * first that does not commit; *done: how many did (their `res` filled as
+   * append fills it). Returns what that one came to, as append returns it:
+   * CQRS_OK with res[*done].duplicate (a command id committed before, or
+   * earlier in this call), CQRS_ECONFLICT, or an error in `err`; CQRS_OK
+   * with *done == n when all committed. A commit after one that did not
+   * commit never lands: the stream's versions have no gap. One call lets a
+   * store write the commits in one round trip (docs/architecture.md,
+   * "Batches"). */
+  cqrs_code_t (*append_many)(void *impl, const cqrs_append_t *reqs, size_t n, cqrs_append_result_t *res,
+                             size_t *done, cqrs_error_t *err);
   /* Room for what later versions add without changing the size (docs/versioning.md): zero. */
-  void *reserved[4];
+  void *reserved[3];
 } cqrs_store_ops_t;
 
 /* Wraps an implementation into *out. `ops` is borrowed (static); `impl` is

@@ -36,7 +36,8 @@ typedef struct cqrs_store_factory {
   uint64_t reserved[4];
 } cqrs_store_factory_t;
 
-/* Appends (all or nothing, conflicts, repeated command ids on any stream),
+/* Appends (all or nothing, conflicts, repeated command ids on any stream;
+ * several commits of a stream in one call, alone and racing),
  * reads of a stream and of the whole log, head, snapshots, arguments,
  * appends racing on threads, events of a type the registry does not know
  * (read as placeholders, dead-lettered by a dispatcher). */

@@ -121,6 +121,10 @@ typedef struct cqrs_dispatcher_options {
    * them every control_ms, act on what an operator asked and report;
    * default 1000; 0: never. */
   uint64_t control_ms;
+  /* Batches (CQRS_HANDLER_BATCH): the most requests of one aggregate a
+   * batch runs, at most CQRS_BATCH_MAX; 0: the default, CQRS_BATCH_MAX;
+   * 1: no batches (every request runs alone, as without the flag). */
+  unsigned batch_max;
 } cqrs_dispatcher_options_t;
 
 /* Fills the first `size` bytes of `opts` with the defaults and sets its
@@ -141,6 +145,22 @@ CQRS_EXPORT cqrs_code_t cqrs_dispatcher_new(uv_loop_t *loop, const cqrs_registry
                                             cqrs_error_t *err);
 
 #define CQRS_HANDLER_BLOCKING 0x1u /* the handler blocks: run it on the thread pool */
+/* Commands of a hot aggregate run as batches (docs/architecture.md,
+ * "Batches"). A request whose command type names its aggregate
+ * (cqrs_command_type_t.aggregate_id, non-NULL) queues on the loop running
+ * it, per aggregate; while a batch of that aggregate runs, newcomers queue
+ * for the next, up to options.batch_max. A batch loads the aggregates once
+ * and runs each command's handler in turn on the same state (so the
+ * handler sees the commands before it in the batch as committed); each
+ * command commits as its own commit (its id, envelope, idempotency), all
+ * of them in one call of the store (backend.h, append_many), and gets its
+ * own result, in the order sent. Results are final in order up to the
+ * first commit that does not land; the commands after it run again (a
+ * conflict counts toward conflict_retries). A command that changes another
+ * aggregate, raises then rejects, or changes nothing runs as the first of
+ * the next batch, alone as without the flag. Not for calls. */
+#define CQRS_HANDLER_BATCH 0x2u
+#define CQRS_BATCH_MAX 256
 
 /* Registers the one handler of a command type (loop thread, before or while
  * running). A second handler for the same type is CQRS_EDUPLICATE. */
@@ -164,8 +184,9 @@ typedef cqrs_code_t (*cqrs_call_start_cb)(cqrs_call_t *call, const cqrs_command_
 typedef cqrs_code_t (*cqrs_call_decide_cb)(cqrs_context_t *ctx, const cqrs_command_t *cmd, const bson_t *reply,
                                            void *data, cqrs_error_t *err);
 /* Registers the one handler of `type` as a call (as cqrs_dispatcher_register
- * does a handler; the same refusals). `start` returning an error completes
- * the command with it, and the call is not made. */
+ * does a handler; the same refusals, and CQRS_EINVAL for CQRS_HANDLER_BATCH).
+ * `start` returning an error completes the command with it, and the call is
+ * not made. */
 CQRS_EXPORT cqrs_code_t cqrs_dispatcher_register_call(cqrs_dispatcher_t *d, const cqrs_command_type_t *type,
                                                       cqrs_call_start_cb start, cqrs_call_decide_cb decide,
                                                       void *data, unsigned flags, cqrs_error_t *err);

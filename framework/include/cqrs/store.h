@@ -45,6 +45,16 @@ CQRS_EXPORT bool cqrs_store_blocking(const cqrs_store_t *store);
  * negative versions, zero events) before calling the implementation. */
 CQRS_EXPORT cqrs_code_t cqrs_store_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
                                           cqrs_error_t *err);
+/* Appends `n` commits of one stream in order (each expecting the version
+ * the one before leaves), each its own commit as cqrs_store_append makes
+ * it, in one call of the store (backend.h, append_many; a store without
+ * it appends each in turn). Stops at the first that does not commit:
+ * *done says how many did (res[0..*done) filled), and the return is what
+ * that one came to: CQRS_OK with res[*done].duplicate, CQRS_ECONFLICT or
+ * an error; CQRS_OK with *done == n when all committed. Commits of several
+ * streams, or versions that do not follow: CQRS_EINVAL, nothing appended. */
+CQRS_EXPORT cqrs_code_t cqrs_store_append_many(cqrs_store_t *s, const cqrs_append_t *reqs, size_t n,
+                                               cqrs_append_result_t *res, size_t *done, cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_store_read_stream(cqrs_store_t *s, const char *aggregate_type,
                                                const char *aggregate_id, int64_t from_version,
                                                cqrs_event_visit_cb cb, void *data, cqrs_error_t *err);

@@ -194,6 +194,7 @@ typedef enum cqrs__store_op {
   CQRS__STORE_SNAPSHOT_LOAD,
   CQRS__STORE_SNAPSHOT_SAVE,
   CQRS__STORE_HAS_COMMAND,
+  CQRS__STORE_APPEND_MANY,
   CQRS__STORE_OPS
 } cqrs__store_op_t;
 
@@ -220,6 +221,9 @@ void cqrs__event_vec_free(cqrs__event_vec_t *v);
  * aggregate's type name and id, a command's id): no second check. */
 cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
                                      cqrs_error_t *err);
+/* cqrs_store_append_many, likewise. */
+cqrs_code_t cqrs__store_append_many_valid(cqrs_store_t *s, const cqrs_append_t *reqs, size_t n,
+                                          cqrs_append_result_t *res, size_t *done, cqrs_error_t *err);
 
 bool cqrs__checkpoints_blocking(const cqrs_checkpoints_t *cp);
 bool cqrs__checkpoints_fenced(const cqrs_checkpoints_t *cp);

@@ -7,6 +7,8 @@
  *
  *   commands.c  the component: handlers, send, the inbox, the drain
  *   request.c   one request: admission, running, completion
+ *   batch.c     requests of a batch handler queued per aggregate, run as
+ *               batches: one context, one store call for their commits
  *   context.c   the handler's context: loads, locks, commit, conflicts
  *   owner.c     which loop owns an aggregate, and whose cache keeps it
  *   loops.c     a dispatcher with several loops: members, routing, returns
@@ -33,6 +35,7 @@ typedef struct handler {
 
 typedef struct request request_t;
 typedef struct cqrs__commands cqrs__commands_t;
+typedef struct cqrs__batch cqrs__batch_t;
 
 /* A member loop of a home with several (loops.c). */
 typedef struct cqrs__member {
@@ -80,6 +83,7 @@ struct cqrs__commands {
   unsigned conflict_retries;
   bool keep_alive;
   bool store_blocking;
+  uint16_t batch_max; /* the most requests of one batch (batch.c); 1: none are batched */
   handler_t *handlers;
   handler_t *handler_memo[HANDLER_MEMO]; /* recent look-ups, by type address; loop thread */
   pthread_mutex_t stripes[CQRS_STRIPES]; /* plain mutexes: taken by every command */
@@ -92,7 +96,9 @@ struct cqrs__commands {
   request_t *inbox_head, *inbox_tail; /* from other threads; the runtime's lock */
   request_t *local_head, *local_tail; /* from the loop thread */
   request_t *free_requests;           /* loop thread only */
-  size_t nfree;
+  /* Batches (batch.c): the aggregates with requests queued or a batch
+   * running. Loop thread. */
+  cqrs__batch_t *batches;
   _Atomic size_t pending;       /* commands sent from other threads, not completed */
   _Atomic size_t pending_local; /* from the loop thread: only it writes, no locked add */
 
@@ -103,6 +109,7 @@ struct cqrs__commands {
    * finishes it when it comes back. */
   unsigned nloops, index;      /* index: 0 on the home */
   unsigned home_share;         /* of 1024 hashes, those the home owns */
+  unsigned nfree;              /* requests in free_requests */
   cqrs__commands_t *home;      /* on a member: its home; NULL on the home */
   cqrs__member_t *members;     /* home only: nloops entries, [0] unused */
   request_t *returns_head, *returns_tail; /* finished by members; the runtime's lock */
@@ -118,6 +125,19 @@ struct cqrs__commands {
   void (*drain)(cqrs__commands_t *c, request_t *returned);
   bool (*route)(cqrs__commands_t *c, request_t *r);
 };
+
+/* Member: request `r` ran here; the end of the drain hands it back to the
+ * home (loops.c). */
+static inline void cqrs__member_ran(cqrs__commands_t *w, request_t *r) {
+  r->next = NULL;
+  if (w->batch_tail) {
+    w->batch_tail->next = r;
+  } else {
+    w->batch_head = r;
+  }
+  w->batch_tail = r;
+  w->batch_n++;
+}
 
 /* commands.c: the command side of runtime `rt`, with the options that are
  * its own. On failure nothing is left. */
@@ -148,9 +168,63 @@ enum { CALL_NONE, CALL_OUT, CALL_BACK };
 bool cqrs__call_start(cqrs__commands_t *c, request_t *r);
 void cqrs__calls_drain(cqrs__commands_t *c, request_t *back);
 
-/* context.c: runs the handler and commits, again after a conflict; then
- * the command's interceptor, if it has one. Any thread. */
+/* batch.c: a request of a batch handler (callers test the flag first: the
+ * lone path pays no call) naming its aggregate is queued
+ * for a batch of that aggregate on `c`, its runner (true: taken); the
+ * batches queued start at the end of the drain (cqrs__batch_flush): inline,
+ * one after the other until nothing is queued, or one per aggregate at a
+ * time on the pool when the store or the handler blocks. */
+bool cqrs__batch_take(cqrs__commands_t *c, request_t *r);
+void cqrs__batch_flush(cqrs__commands_t *c);
+/* The dispatcher frees: what is left (nothing is queued by then). */
+void cqrs__batch_free_all(cqrs__commands_t *c);
+
+/* context.c */
+#define CTX_MAX_AGGREGATES 8
+
+struct cqrs_context {
+  cqrs__commands_t *c;
+  const cqrs_command_t *cmd;
+  bool on_loop; /* never wait for a lock on the loop thread */
+  bool limited; /* a load was refused: the command had CTX_MAX_AGGREGATES */
+  cqrs_aggregate_t *aggs[CTX_MAX_AGGREGATES];
+  size_t naggs;
+  unsigned held[CTX_MAX_AGGREGATES];
+  size_t nheld;
+  bson_t *value;
+  char forget[CQRS_ID_MAX]; /* cqrs_context_forget's subject, forgotten at the commit; "": none */
+};
+
+/* Runs the handler and commits, again after a conflict; then the command's
+ * interceptor, if it has one. Any thread. */
 void cqrs__request_execute(request_t *r, bool on_loop);
+/* The parts of it a batch runs. A context to run handlers of `c` in (its
+ * arrays read only up to their counts: not zeroed). */
+static inline void cqrs__context_init(cqrs_context_t *ctx, cqrs__commands_t *c, bool on_loop) {
+  ctx->c = c;
+  ctx->cmd = NULL;
+  ctx->on_loop = on_loop;
+  ctx->limited = false;
+  ctx->naggs = ctx->nheld = 0;
+  ctx->value = NULL;
+  ctx->forget[0] = '\0';
+}
+/* Runs `r`'s handler once in `ctx`. */
+cqrs_code_t cqrs__context_run(cqrs_context_t *ctx, request_t *r);
+/* What cqrs__request_execute does once the handler ran in `ctx` and came
+ * to `rc`: the commit, the conflicts run again, the conclusion; resets
+ * `ctx`. */
+void cqrs__context_finish(cqrs_context_t *ctx, request_t *r, cqrs_code_t rc);
+/* Concludes a decision `rc` whose commit, if any, is known: the error's
+ * text when the handler gave none, a natural id's duplicate for a
+ * rejection, the command's interceptor. Returns the final code. */
+cqrs_code_t cqrs__request_conclude(request_t *r, cqrs_code_t rc);
+/* Lets go of every aggregate but `keep` (and of their locks). */
+void cqrs__context_keep_only(cqrs_context_t *ctx, const cqrs_aggregate_t *keep);
+/* Lets go of everything (the value too). */
+void cqrs__context_reset(cqrs_context_t *ctx);
+/* The cache the context keeps aggregate `id` in (NULL: none). */
+cqrs__cache_t *cqrs__context_cache(const cqrs_context_t *ctx, const char *id);
 
 /* owner.c */
 unsigned cqrs__owner_of(const cqrs__commands_t *c, const char *id);

@@ -48,6 +48,7 @@ cqrs_code_t cqrs_dispatcher_register_call(cqrs_dispatcher_t *d, const cqrs_comma
                                           cqrs_call_start_cb start, cqrs_call_decide_cb decide, void *data,
                                           unsigned flags, cqrs_error_t *err) {
   cqrs_code_t rc = check_registration(d, type, start && decide, err);
+  if (!rc && (flags & CQRS_HANDLER_BATCH)) rc = cqrs_error_set(err, CQRS_EINVAL, "a call cannot run in batches");
   handler_t *h = NULL;
   if (!rc) rc = add_handler(d->commands, type, NULL, data, flags, &h, err);
   if (rc) return rc;
@@ -229,8 +230,11 @@ static void drain(cqrs__commands_t *c) {
     request_t *r = c->local_head;
     c->local_head = r->next;
     if (!c->local_head) c->local_tail = NULL;
-    if (cqrs__request_admit(c, r) && !(r->handler->start && cqrs__call_start(c, r))) cqrs__request_run_here(c, r);
+    if (cqrs__request_admit(c, r) && !(r->handler->start && cqrs__call_start(c, r)) &&
+        !((r->handler->flags & CQRS_HANDLER_BATCH) && cqrs__batch_take(c, r)))
+      cqrs__request_run_here(c, r);
   }
+  if (c->batches) cqrs__batch_flush(c);
 }
 
 static void async_cb(uv_async_t *h) {
@@ -300,6 +304,7 @@ static void commands_free(cqrs__component_t *comp) {
     HASH_DEL(c->handlers, h);
     cqrs__free(h);
   }
+  cqrs__batch_free_all(c);
   for (size_t i = 0; i < CQRS_STRIPES; i++) pthread_mutex_destroy(&c->stripes[i]);
   cqrs__cache_destroy(c->cache);
   cqrs__agg_pool_free(&c->free_aggs);
@@ -352,6 +357,7 @@ cqrs_code_t cqrs__commands_new(cqrs__runtime_t *rt, const cqrs_dispatcher_option
   cqrs_code_t rc = commands_make(rt, opts->aggregate_cache, opts->keep_alive, out, err);
   if (rc) return rc;
   (*out)->conflict_retries = opts->conflict_retries;
+  (*out)->batch_max = (uint16_t)opts->batch_max;
   rt->command = (cqrs__command_port_t){*out, port_send, port_handle};
   return CQRS_OK;
 }
@@ -364,6 +370,7 @@ cqrs_code_t cqrs__commands_new_member(cqrs__runtime_t *rt, const cqrs__commands_
   if (rc) return rc;
   cqrs__commands_t *c = *out;
   c->conflict_retries = home->conflict_retries;
+  c->batch_max = home->batch_max;
   c->home = (cqrs__commands_t *)home;
   c->index = index;
   c->nloops = home->nloops;

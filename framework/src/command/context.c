@@ -2,20 +2,6 @@
  * commit of what one of them raised, conflicts run again. */
 #include "command/command-private.h"
 
-#define CTX_MAX_AGGREGATES 8
-
-struct cqrs_context {
-  cqrs__commands_t *c;
-  const cqrs_command_t *cmd;
-  bool on_loop; /* never wait for a lock on the loop thread */
-  cqrs_aggregate_t *aggs[CTX_MAX_AGGREGATES];
-  size_t naggs;
-  unsigned held[CTX_MAX_AGGREGATES];
-  size_t nheld;
-  bson_t *value;
-  char forget[CQRS_ID_MAX]; /* cqrs_context_forget's subject, forgotten at the commit; "": none */
-};
-
 /* Takes the aggregate's lock when that cannot deadlock: a context waits for
  * a lock only while it holds none, and the loop thread never waits. Without
  * the lock, optimistic concurrency still guards the commit. The stripe is
@@ -40,6 +26,8 @@ static inline cqrs__cache_t *cache_for(const cqrs_context_t *ctx, const char *id
   return ctx->c->nloops > 1 ? cqrs__owner_cache(ctx->c, ctx->on_loop, id) : ctx->c->cache;
 }
 
+cqrs__cache_t *cqrs__context_cache(const cqrs_context_t *ctx, const char *id) { return cache_for(ctx, id); }
+
 cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *type, const char *id,
                               cqrs_aggregate_t **out, cqrs_error_t *err) {
   if (!out) return cqrs_error_set(err, CQRS_EINVAL, "out is NULL");
@@ -56,8 +44,10 @@ cqrs_code_t cqrs_context_load(cqrs_context_t *ctx, const cqrs_aggregate_type_t *
       return CQRS_OK;
     }
   }
-  if (ctx->naggs == CTX_MAX_AGGREGATES)
+  if (ctx->naggs == CTX_MAX_AGGREGATES) {
+    ctx->limited = true;
     return cqrs_error_set(err, CQRS_ETOO_LARGE, "a command may load at most %d aggregates", CTX_MAX_AGGREGATES);
+  }
   uint32_t h = cqrs__cache_hash(id, n);
   lock_aggregate(ctx, h);
   cqrs_aggregate_t *agg;
@@ -103,6 +93,31 @@ static void context_reset(cqrs_context_t *ctx) {
   unlock_aggregates(ctx);
   if (ctx->value) bson_destroy(ctx->value);
   ctx->value = NULL;
+}
+
+void cqrs__context_reset(cqrs_context_t *ctx) { context_reset(ctx); }
+
+void cqrs__context_keep_only(cqrs_context_t *ctx, const cqrs_aggregate_t *keep) {
+  cqrs__agg_pool_t *pool = ctx->on_loop ? &ctx->c->free_aggs : NULL;
+  size_t n = 0;
+  for (size_t i = 0; i < ctx->naggs; i++) {
+    if (ctx->aggs[i] == keep) {
+      ctx->aggs[n++] = ctx->aggs[i];
+    } else {
+      cqrs__aggregate_release(pool, ctx->aggs[i]);
+    }
+  }
+  ctx->naggs = n;
+  unsigned s = keep ? (keep->key_hash >> 8) % CQRS_STRIPES : CQRS_STRIPES;
+  n = 0;
+  for (size_t i = 0; i < ctx->nheld; i++) {
+    if (ctx->held[i] == s) {
+      ctx->held[n++] = s;
+    } else {
+      pthread_mutex_unlock(&ctx->c->stripes[ctx->held[i]]);
+    }
+  }
+  ctx->nheld = n;
 }
 
 static cqrs_code_t context_commit(cqrs_context_t *ctx, request_t *r, cqrs_error_t *err) {
@@ -160,38 +175,53 @@ static cqrs_code_t natural_duplicate(cqrs__commands_t *c, request_t *r, cqrs_cod
   return CQRS_OK;
 }
 
-void cqrs__request_execute(request_t *r, bool on_loop) {
-  cqrs__commands_t *c = r->runner;
+/* The lone path's parts are inlined in it; batch.c calls them through the
+ * cqrs__ names. */
+static inline cqrs_code_t run(cqrs_context_t *ctx, request_t *r) {
+  ctx->cmd = r->cmd;
+  r->result.version = 0;
+  return r->handler->fn ? r->handler->fn(ctx, r->cmd, r->handler->data, &r->result.error)
+                        : r->handler->decide(ctx, r->cmd, r->reply, r->handler->data, &r->result.error);
+}
+
+cqrs_code_t cqrs__context_run(cqrs_context_t *ctx, request_t *r) { return run(ctx, r); }
+
+static inline cqrs_code_t conclude(request_t *r, cqrs_code_t rc) {
   cqrs_error_t *err = &r->result.error;
-  cqrs_context_t ctx; /* its arrays are read only up to their counts: not zeroed */
-  ctx.c = c;
-  ctx.cmd = r->cmd;
-  ctx.on_loop = on_loop;
-  ctx.naggs = ctx.nheld = 0;
-  ctx.value = NULL;
-  ctx.forget[0] = '\0';
-  cqrs_code_t rc = CQRS_OK;
-  for (unsigned attempt = 0;; attempt++) {
-    if (attempt) cqrs_error_clear(err); /* submit cleared it for the first */
-    r->result.version = 0;
-    rc = r->handler->fn ? r->handler->fn(&ctx, r->cmd, r->handler->data, err)
-                        : r->handler->decide(&ctx, r->cmd, r->reply, r->handler->data, err);
-    if (rc == CQRS_OK) rc = context_commit(&ctx, r, err);
-    if (rc == CQRS_ECONFLICT) r->conflicts++;
-    if (rc != CQRS_ECONFLICT || attempt >= c->conflict_retries) break;
-    context_reset(&ctx);
-  }
   if (rc != CQRS_OK && err->code != rc) {
     /* The handler failed without saying why. */
     cqrs_error_set(err, rc, "handler of %s returned %s", r->cmd->type->name, cqrs_code_name(rc));
   }
-  if (rc == CQRS_EREJECTED && r->cmd->type->make_id) rc = natural_duplicate(c, r, rc);
+  if (rc == CQRS_EREJECTED && r->cmd->type->make_id) rc = natural_duplicate(r->runner, r, rc);
   /* The command's own interceptor (a process manager's step records its
    * refusal), after the handler and on its thread. */
-  if (r->cmd->settle) r->cmd->settle(c->rt->store, c->rt->clock, r->cmd, &rc, &r->result, err);
-  if (rc == CQRS_OK) {
-    r->value = ctx.value;
-    ctx.value = NULL;
+  if (r->cmd->settle) r->cmd->settle(r->runner->rt->store, r->runner->rt->clock, r->cmd, &rc, &r->result, err);
+  return rc;
+}
+
+cqrs_code_t cqrs__request_conclude(request_t *r, cqrs_code_t rc) { return conclude(r, rc); }
+
+static inline void finish(cqrs_context_t *ctx, request_t *r, cqrs_code_t rc) {
+  cqrs_error_t *err = &r->result.error;
+  for (;;) {
+    if (rc == CQRS_OK) rc = context_commit(ctx, r, err);
+    if (rc == CQRS_ECONFLICT) r->conflicts++;
+    if (rc != CQRS_ECONFLICT || r->conflicts > ctx->c->conflict_retries) break;
+    context_reset(ctx);
+    cqrs_error_clear(err); /* submit cleared it for the first */
+    rc = run(ctx, r);
   }
-  context_reset(&ctx);
+  if (conclude(r, rc) == CQRS_OK) {
+    r->value = ctx->value;
+    ctx->value = NULL;
+  }
+  context_reset(ctx);
+}
+
+void cqrs__context_finish(cqrs_context_t *ctx, request_t *r, cqrs_code_t rc) { finish(ctx, r, rc); }
+
+void cqrs__request_execute(request_t *r, bool on_loop) {
+  cqrs_context_t ctx;
+  cqrs__context_init(&ctx, r->runner, on_loop);
+  finish(&ctx, r, run(&ctx, r));
 }

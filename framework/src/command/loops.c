@@ -158,11 +158,12 @@ static void drain_member(cqrs__commands_t *w, request_t *returned) {
     request_t *r = w->local_head;
     w->local_head = r->next;
     if (!w->local_head) w->local_tail = NULL;
+    if ((r->handler->flags & CQRS_HANDLER_BATCH) && cqrs__batch_take(w, r)) continue;
     cqrs__request_execute(r, true);
-    r->next = NULL;
-    chain_append(&w->batch_head, &w->batch_tail, r, r);
-    if (++w->batch_n == HANDOVER_BATCH) hand_back(w);
+    cqrs__member_ran(w, r);
+    if (w->batch_n == HANDOVER_BATCH) hand_back(w);
   }
+  if (w->batches) cqrs__batch_flush(w); /* its requests join the hand-back */
   hand_back(w);
 }
 
@@ -213,8 +214,9 @@ static void drain_home(cqrs__commands_t *c, request_t *returned) {
   while (mine) {
     request_t *r = mine;
     mine = r->next;
-    cqrs__request_run_here(c, r);
+    if (!((r->handler->flags & CQRS_HANDLER_BATCH) && cqrs__batch_take(c, r))) cqrs__request_run_here(c, r);
   }
+  if (c->batches) cqrs__batch_flush(c);
 }
 
 /* ---- the component ---- */

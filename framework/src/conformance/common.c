@@ -2,6 +2,10 @@
 
 #include "conformance-private.h"
 
+static const cqrs_field_t amount_fields[] = {CQRS_INT64(amount_t, amount, "amount", 0), CQRS_FIELDS_END};
+const cqrs_event_type_t cqrs__conf_credited = {.name = "conformance.credited", .schema_version = 1,
+                                               .payload_size = sizeof(amount_t), .fields = amount_fields};
+
 typedef struct racer {
   uv_rwlock_t *start;
   void (*fn)(void *arg);

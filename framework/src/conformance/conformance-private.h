@@ -34,6 +34,23 @@ int cqrs__conf_teardown(void **state);
 int cqrs__conf_run(const conf_suite_t *suite, const struct CMUnitTest *tests, size_t n);
 #define CONF_TEST(t) cmocka_unit_test_setup_teardown(t, cqrs__conf_setup, cqrs__conf_teardown)
 
+/* The store suite's event type (common.c), "conformance.credited". */
+typedef struct amount {
+  int64_t amount;
+} amount_t;
+extern const cqrs_event_type_t cqrs__conf_credited;
+/* The store suite's fixture (store.c): a store of the factory's, over a
+ * registry that knows cqrs__conf_credited; its streams are of type
+ * "conformance". */
+typedef struct conf_store_fx {
+  const cqrs_store_factory_t *f;
+  cqrs_registry_t *reg;
+  cqrs_store_t *store;
+} conf_store_fx_t;
+/* store_many.c: cqrs_store_append_many, alone and racing. */
+void cqrs__conf_append_many(void **state);
+void cqrs__conf_append_many_racing(void **state);
+
 /* A BSON document from relaxed JSON; fails the test on bad JSON. Free with
  * bson_destroy. */
 bson_t *cqrs__conf_json(const char *json);

@@ -10,20 +10,12 @@
 #define STREAM "conformance"
 #define T0 1700000000000 /* the events' timestamps */
 
-/* The suite's one event type; a second, "conformance.audited", is stored
- * by no registry (a newer application's, as far as the store knows). */
-typedef struct amount {
-  int64_t amount;
-} amount_t;
-static const cqrs_field_t amount_fields[] = {CQRS_INT64(amount_t, amount, "amount", 0), CQRS_FIELDS_END};
-static const cqrs_event_type_t credited = {.name = "conformance.credited", .schema_version = 1,
-                                           .payload_size = sizeof(amount_t), .fields = amount_fields};
+/* The suite's one event type (cqrs__conf_credited); a second,
+ * "conformance.audited", is stored by no registry (a newer application's,
+ * as far as the store knows). */
+#define credited cqrs__conf_credited
 
-typedef struct fx {
-  const cqrs_store_factory_t *f;
-  cqrs_registry_t *reg;
-  cqrs_store_t *store;
-} fx_t;
+typedef conf_store_fx_t fx_t;
 
 static const cqrs_store_factory_t *factory; /* the suite running */
 
@@ -595,6 +587,8 @@ int cqrs_conformance_store(const cqrs_store_factory_t *f) {
       cmocka_unit_test_setup_teardown(test_concurrent_appends, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unknown_type_is_read_as_a_placeholder, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unknown_type_reaches_no_handler, setup, teardown),
+      {"test_append_many", cqrs__conf_append_many, setup, teardown, NULL},
+      {"test_append_many_racing", cqrs__conf_append_many_racing, setup, teardown, NULL},
   };
   return _cmocka_run_group_tests(f->name, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

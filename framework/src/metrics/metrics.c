@@ -86,6 +86,7 @@ static const char *const store_ops[CQRS__STORE_OPS] = {
     [CQRS__STORE_SNAPSHOT_LOAD] = "snapshot_load",
     [CQRS__STORE_SNAPSHOT_SAVE] = "snapshot_save",
     [CQRS__STORE_HAS_COMMAND] = "has_command",
+    [CQRS__STORE_APPEND_MANY] = "append_many",
 };
 
 static const uint64_t bounds_ns[CQRS_METRICS_BUCKETS - 1] = {

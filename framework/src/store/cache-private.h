@@ -55,4 +55,16 @@ cqrs_code_t cqrs__repository_load_cached(cqrs_store_t *store, cqrs__cache_t *cac
 cqrs_code_t cqrs__repository_save_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs_aggregate_t *agg,
                                          const cqrs_cause_t *cause, cqrs_save_result_t *res, cqrs_error_t *err);
 
+/* A batch's commits (command/batch.c): `n` consecutive slices of the
+ * pending events of `agg`, each its own commit (`reqs`, whose events carry
+ * their command's envelope), in one call of the store
+ * (cqrs__store_append_many_valid: *done, `res` and the return as it says).
+ * When every commit landed and the state is `clean` (it is the one the
+ * commits make: no other events pending), the aggregate is committed,
+ * snapshotted when due and cached; otherwise its cache entry is dropped and
+ * the aggregate must be discarded. */
+cqrs_code_t cqrs__repository_save_many_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs_aggregate_t *agg,
+                                              const cqrs_append_t *reqs, size_t n, bool clean,
+                                              cqrs_append_result_t *res, size_t *done, cqrs_error_t *err);
+
 #endif

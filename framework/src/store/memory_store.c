@@ -39,6 +39,10 @@ static stream_t *find_stream(memstore_t *m, const char *type, const char *id) {
 #endif
 #define LOCK_SPINS 200 /* a few microseconds: longer than any append holds the lock */
 
+/* What an append calls is inlined in it, as when it was its only caller:
+ * append_many calls the same, and the single append is every command's. */
+#define HOT static inline __attribute__((always_inline))
+
 /* The lock is held for well under a microsecond: a writer that finds it
  * taken waits for it awake a while before it sleeps in the kernel. */
 /* pthread's calls directly (uv_mutex_t is a pthread_mutex_t on Unix):
@@ -105,7 +109,7 @@ typedef struct plan {
 
 /* A cause of its own for the first event and for another envelope than the
  * one before. Returns the bytes the event takes. */
-static size_t plan_event(const memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
+HOT size_t plan_event(const memstore_t *m, const cqrs_append_t *req, size_t i, plan_t *p) {
   const cqrs_event_t *e = req->events[i];
   const cqrs_envelope_t *env = e->envelope;
   const cqrs_envelope_t *prev = i ? req->events[i - 1]->envelope : NULL;
@@ -135,8 +139,8 @@ static size_t plan_event(const memstore_t *m, const cqrs_append_t *req, size_t i
   return p->rec + p->cause;
 }
 
-static const cause_t *write_cause(arena_block_t *a, const plan_t *plan, const cqrs_envelope_t *env,
-                                  const char *command_id) {
+HOT const cause_t *write_cause(arena_block_t *a, const plan_t *plan, const cqrs_envelope_t *env,
+                               const char *command_id) {
   cause_t *c = arena_take(a, plan->cause);
   const char *cause = env ? env->causation_id : "", *corr = env ? env->correlation_id : "";
   char *p = c->strings;
@@ -156,8 +160,8 @@ static const cause_t *write_cause(arena_block_t *a, const plan_t *plan, const cq
   return c;
 }
 
-static const rec_t *write_rec(arena_block_t *a, const plan_t *plan, const cqrs_event_t *e, const stream_t *s,
-                              const cause_t *cause, int64_t position) {
+HOT const rec_t *write_rec(arena_block_t *a, const plan_t *plan, const cqrs_event_t *e, const stream_t *s,
+                           const cause_t *cause, int64_t position) {
   rec_t *r = arena_take(a, plan->rec);
   r->type = e->type;
   r->cause = cause;
@@ -217,52 +221,37 @@ static bool visit(reader_t *rd, const rec_t *r, cqrs_event_visit_cb cb, void *da
   return cb(rd->spare, data);
 }
 
-static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
-  memstore_t *m = impl;
-  cqrs_code_t rc = CQRS_OK;
-  plan_t few[4], *plans = req->count > 4 ? cqrs__malloc(req->count * sizeof *plans) : few;
-  if (!plans) return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
-  /* Outside the lock: what does not depend on the other writers. */
-  uint32_t idh = hash_id(req->command_id);
-  uint64_t sh = stream_hash(req->aggregate_type, req->aggregate_id);
-  stream_t *s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
-  stream_t *fresh = NULL;
-  size_t need = 0;
-  for (size_t i = 0; i < req->count; i++) need += plan_event(m, req, i, &plans[i]);
-  if (!s && req->expected_version == 0 && !(fresh = cqrs__memstore_stream_new(req->aggregate_type, req->aggregate_id, sh))) {
-    if (plans != few) cqrs__free(plans);
-    return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
-  }
-  lock_appends(m);
+/* What an append does under the lock, once its records are planned:
+ * `*s` is the stream found (NULL: none yet), `*fresh` a new one for a
+ * first commit (taken when used). */
+HOT cqrs_code_t commit_locked(memstore_t *m, const cqrs_append_t *req, const plan_t *plans, size_t need, uint32_t idh,
+                              uint64_t sh, stream_t **sp, stream_t **freshp, cqrs_append_result_t *res,
+                              cqrs_error_t *err) {
   if (ids_has(m, req->command_id, idh)) {
     res->duplicate = true;
-    goto out;
+    return CQRS_OK;
   }
   /* Another writer may have made the stream since the look-up. */
-  if (!s) s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
+  stream_t *s = *sp ? *sp : (*sp = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id));
+  stream_t *fresh = *freshp;
   int64_t count = s ? atomic_load_explicit(&s->count, memory_order_relaxed) : 0;
-  if (count != req->expected_version) {
-    rc = cqrs_error_set(err, CQRS_ECONFLICT, "%s/%s is at version %lld, expected %lld", req->aggregate_type,
-                        req->aggregate_id, (long long)count, (long long)req->expected_version);
-    goto out;
-  }
+  if (count != req->expected_version)
+    return cqrs_error_set(err, CQRS_ECONFLICT, "%s/%s is at version %lld, expected %lld", req->aggregate_type,
+                          req->aggregate_id, (long long)count, (long long)req->expected_version);
   int64_t head = atomic_load_explicit(&m->head, memory_order_relaxed);
-  if ((uint64_t)head + req->count > (uint64_t)LOG_DIR * LOG_CHUNK) {
-    rc = cqrs_error_set(err, CQRS_ETOO_LARGE, "the memory store is full");
-    goto out;
-  }
+  if ((uint64_t)head + req->count > (uint64_t)LOG_DIR * LOG_CHUNK)
+    return cqrs_error_set(err, CQRS_ETOO_LARGE, "the memory store is full");
   stream_t *target = s ? s : fresh;
   /* Allocate everything first so that a failure leaves the store unchanged. */
   if (!arena_reserve(&m->arena, need) || !ids_reserve(&m->commands) ||
-      (!s && !streams_reserve(&m->streams, &m->overhead)) || !chunks_reserve(m, target, count, head, req->count)) {
-    rc = cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
-    goto out;
-  }
+      (!s && !streams_reserve(&m->streams, &m->overhead)) || !chunks_reserve(m, target, count, head, req->count))
+    return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
   if (!s) {
     streams_put(atomic_load_explicit(&m->streams.table, memory_order_relaxed), fresh);
     m->streams.len++;
     m->overhead += sizeof *fresh + fresh->keylen;
-    fresh = NULL;
+    *sp = fresh;
+    *freshp = NULL;
   }
   const cause_t *cause = NULL;
   for (size_t i = 0; i < req->count; i++) {
@@ -284,10 +273,67 @@ static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_
   atomic_store_explicit(&m->head, head + (int64_t)req->count, memory_order_release);
   res->first_position = head + 1;
   res->last_position = head + (int64_t)req->count;
-out:
+  return CQRS_OK;
+}
+
+static cqrs_code_t mem_append(void *impl, const cqrs_append_t *req, cqrs_append_result_t *res, cqrs_error_t *err) {
+  memstore_t *m = impl;
+  plan_t few[4], *plans = req->count > 4 ? cqrs__malloc(req->count * sizeof *plans) : few;
+  if (!plans) return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
+  /* Outside the lock: what does not depend on the other writers. */
+  uint32_t idh = hash_id(req->command_id);
+  uint64_t sh = stream_hash(req->aggregate_type, req->aggregate_id);
+  stream_t *s = streams_find(&m->streams, sh, req->aggregate_type, req->aggregate_id);
+  stream_t *fresh = NULL;
+  size_t need = 0;
+  for (size_t i = 0; i < req->count; i++) need += plan_event(m, req, i, &plans[i]);
+  if (!s && req->expected_version == 0 && !(fresh = cqrs__memstore_stream_new(req->aggregate_type, req->aggregate_id, sh))) {
+    if (plans != few) cqrs__free(plans);
+    return cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
+  }
+  lock_appends(m);
+  cqrs_code_t rc = commit_locked(m, req, plans, need, idh, sh, &s, &fresh, res, err);
   pthread_mutex_unlock(&m->lock);
   cqrs__memstore_stream_free(fresh);
   if (plans != few) cqrs__free(plans);
+  return rc;
+}
+
+/* The commits of one stream under one hold of the lock: planned first,
+ * then each in turn until one does not commit. */
+static cqrs_code_t mem_append_many(void *impl, const cqrs_append_t *reqs, size_t n, cqrs_append_result_t *res,
+                                   size_t *done, cqrs_error_t *err) {
+  memstore_t *m = impl;
+  size_t events = 0;
+  for (size_t i = 0; i < n; i++) events += reqs[i].count;
+  plan_t *plans = cqrs__malloc(events * sizeof *plans);
+  size_t *needs = cqrs__malloc(n * sizeof *needs);
+  const cqrs_append_t *first = &reqs[0];
+  uint64_t sh = stream_hash(first->aggregate_type, first->aggregate_id);
+  stream_t *s = streams_find(&m->streams, sh, first->aggregate_type, first->aggregate_id);
+  stream_t *fresh = NULL;
+  cqrs_code_t rc = CQRS_OK;
+  if (!plans || !needs ||
+      (!s && first->expected_version == 0 &&
+       !(fresh = cqrs__memstore_stream_new(first->aggregate_type, first->aggregate_id, sh)))) {
+    rc = cqrs_error_set(err, CQRS_ENOMEM, "memory store: out of memory");
+    goto out;
+  }
+  for (size_t i = 0, at = 0; i < n; at += reqs[i++].count) {
+    needs[i] = 0;
+    for (size_t k = 0; k < reqs[i].count; k++) needs[i] += plan_event(m, &reqs[i], k, &plans[at + k]);
+  }
+  lock_appends(m);
+  for (size_t at = 0; *done < n; at += reqs[(*done)++].count) {
+    const cqrs_append_t *req = &reqs[*done];
+    rc = commit_locked(m, req, plans + at, needs[*done], hash_id(req->command_id), sh, &s, &fresh, &res[*done], err);
+    if (rc || res[*done].duplicate) break;
+  }
+  pthread_mutex_unlock(&m->lock);
+out:
+  cqrs__memstore_stream_free(fresh);
+  cqrs__free(needs);
+  cqrs__free(plans);
   return rc;
 }
 
@@ -396,6 +442,7 @@ static const cqrs_store_ops_t memory_ops = {
     .read_all = mem_read_all,
     .head = mem_head,
     .has_command = mem_has_command,
+    .append_many = mem_append_many,
     .snapshot_load = mem_snapshot_load,
     .snapshot_save = mem_snapshot_save,
     .destroy = mem_destroy,

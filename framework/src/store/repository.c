@@ -97,9 +97,11 @@ static cqrs_code_t stamp_cause(cqrs_aggregate_t *agg, const cqrs_cause_t *cause,
   return CQRS_OK;
 }
 
-/* `forced`: a subject was just forgotten, and the snapshot before holds
- * what it forgot (sealed with a key now gone): replace it at once. */
-static void maybe_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg, int64_t before, bool forced) {
+/* Inlined in both saves: the single one is every command's. `forced`: a
+ * subject was just forgotten, and the snapshot before holds what it forgot
+ * (sealed with a key now gone): replace it at once. */
+static inline __attribute__((always_inline)) void maybe_snapshot(cqrs_store_t *store, cqrs_aggregate_t *agg,
+                                                                 int64_t before, bool forced) {
   const cqrs_aggregate_type_t *type = agg->type;
   if (!type->snapshot_every || !type->snapshot_fields) return;
   if (!forced && agg->version / type->snapshot_every == before / type->snapshot_every) return;
@@ -165,6 +167,27 @@ cqrs_code_t cqrs__repository_save_cached(cqrs_store_t *store, cqrs__cache_t *cac
     cqrs__cache_drop(cache, agg->type->name, agg->id);
   } else if (res->committed) {
     cqrs__cache_put(cache, agg);
+  }
+  return rc;
+}
+
+cqrs_code_t cqrs__repository_save_many_cached(cqrs_store_t *store, cqrs__cache_t *cache, cqrs_aggregate_t *agg,
+                                              const cqrs_append_t *reqs, size_t n, bool clean,
+                                              cqrs_append_result_t *res, size_t *done, cqrs_error_t *err) {
+  cqrs_code_t rc = cqrs__store_append_many_valid(store, reqs, n, res, done, err);
+  size_t events = 0;
+  for (size_t i = 0; i < n; i++) events += reqs[i].count;
+  if (rc == CQRS_OK && *done == n && clean && events == agg->pending_count) {
+    int64_t before = agg->version;
+    bool forced = forgets(agg);
+    cqrs__aggregate_committed(agg);
+    maybe_snapshot(store, agg, before, forced);
+    if (cache) cqrs__cache_put(cache, agg);
+  } else if (cache) {
+    /* What the state says is not what landed (a commit that did not, or a
+     * command's events the batch left out), or a duplicate's state that may
+     * be stale: the next load reads the store. */
+    cqrs__cache_drop(cache, agg->type->name, agg->id);
   }
   return rc;
 }

@@ -76,6 +76,12 @@ cqrs_code_t cqrs_store_append(cqrs_store_t *s, const cqrs_append_t *req, cqrs_ap
   return cqrs__store_append_valid(s, req, res, err);
 }
 
+/* One commit, its personal fields sealed first when it has any. */
+static cqrs_code_t append_one(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
+                              cqrs_error_t *err) {
+  return cqrs__sealed_needed(req) ? cqrs__sealed_append(s, req, res, err) : s->ops->append(s->impl, req, res, err);
+}
+
 cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, cqrs_append_result_t *res,
                                      cqrs_error_t *err) {
   cqrs_error_t own;
@@ -89,10 +95,72 @@ cqrs_code_t cqrs__store_append_valid(cqrs_store_t *s, const cqrs_append_t *req, 
     if (!e || e->version != req->expected_version + (int64_t)i + 1)
       return cqrs_error_set(err, CQRS_EINVAL, "event %zu is NULL or its version does not follow", i);
   }
-  rc = counted(s, CQRS__STORE_APPEND,
-               cqrs__sealed_needed(req) ? cqrs__sealed_append(s, req, res, err) : s->ops->append(s->impl, req, res, err),
-               err);
+  rc = counted(s, CQRS__STORE_APPEND, append_one(s, req, res, err), err);
   if (rc == CQRS_OK) saw_position(s, res->last_position);
+  return rc;
+}
+
+/* One stream, versions that follow from commit to commit. */
+static cqrs_code_t check_many(const cqrs_append_t *reqs, size_t n, cqrs_error_t *err) {
+  for (size_t i = 1; i < n; i++) {
+    const cqrs_append_t *a = &reqs[i - 1], *b = &reqs[i];
+    if ((b->aggregate_type != a->aggregate_type && strcmp(b->aggregate_type, a->aggregate_type)) ||
+        (b->aggregate_id != a->aggregate_id && strcmp(b->aggregate_id, a->aggregate_id)))
+      return cqrs_error_set(err, CQRS_EINVAL, "commit %zu is of another stream than the one before", i);
+    if (a->expected_version > INT64_MAX - (int64_t)a->count ||
+        b->expected_version != a->expected_version + (int64_t)a->count)
+      return cqrs_error_set(err, CQRS_EINVAL, "commit %zu does not follow the one before", i);
+  }
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs_store_append_many(cqrs_store_t *s, const cqrs_append_t *reqs, size_t n, cqrs_append_result_t *res,
+                                   size_t *done, cqrs_error_t *err) {
+  if (done) *done = 0;
+  if (!s || !reqs || !res || !done || n == 0)
+    return cqrs_error_set(err, CQRS_EINVAL, "NULL store, requests, results or count, or no commit");
+  for (size_t i = 0; i < n; i++) {
+    cqrs_code_t rc = check_stream(reqs[i].aggregate_type, reqs[i].aggregate_id, err);
+    if (!rc) rc = cqrs__check_str(reqs[i].command_id, CQRS_ID_MAX, "command id", err);
+    if (rc) return rc;
+  }
+  return cqrs__store_append_many_valid(s, reqs, n, res, done, err);
+}
+
+cqrs_code_t cqrs__store_append_many_valid(cqrs_store_t *s, const cqrs_append_t *reqs, size_t n,
+                                          cqrs_append_result_t *res, size_t *done, cqrs_error_t *err) {
+  cqrs_error_t own;
+  err = err_or(err, &own);
+  *done = 0;
+  memset(res, 0, n * sizeof *res);
+  cqrs_code_t rc = check_many(reqs, n, err);
+  for (size_t i = 0; i < n && !rc; i++) {
+    const cqrs_append_t *req = &reqs[i];
+    if (req->expected_version < 0) return cqrs_error_set(err, CQRS_EINVAL, "expected version is negative");
+    if (!req->events || req->count == 0) return cqrs_error_set(err, CQRS_EINVAL, "nothing to append");
+    for (size_t k = 0; k < req->count; k++) {
+      const cqrs_event_t *e = req->events[k];
+      if (!e || e->version != req->expected_version + (int64_t)k + 1)
+        return cqrs_error_set(err, CQRS_EINVAL, "commit %zu: event %zu is NULL or its version does not follow", i, k);
+    }
+  }
+  if (rc) return rc;
+  bool sealed = false;
+  for (size_t i = 0; i < n && !sealed; i++) sealed = cqrs__sealed_needed(&reqs[i]);
+  if (!s->ops->append_many || sealed) {
+    /* Each in turn, as the op would (personal fields are sealed commit by
+     * commit, by append's path). */
+    for (; *done < n; ++*done) {
+      cqrs_append_result_t *r = &res[*done];
+      rc = counted(s, CQRS__STORE_APPEND, append_one(s, &reqs[*done], r, err), err);
+      if (rc || r->duplicate) return rc;
+      saw_position(s, r->last_position);
+    }
+    return CQRS_OK;
+  }
+  rc = counted(s, CQRS__STORE_APPEND_MANY, s->ops->append_many(s->impl, reqs, n, res, done, err), err);
+  if (*done > n) *done = n; /* a store's slip: never read past the requests */
+  if (*done) saw_position(s, res[*done - 1].last_position);
   return rc;
 }
 

@@ -470,13 +470,21 @@ typedef struct pending {
   cqrs_code_t rc;
   bool done;
   struct pending *next;
+  /* A chain (ms_append_many): the commit before this one of the same
+   * stream, which must land first; whether each has an outcome (`decided`,
+   * set by finish) and landed. */
+  const struct pending *after;
+  bool decided, landed;
 } pending_t;
 
-static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *p);
+static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *first, pending_t *last, size_t count);
 
 
-static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
-                             cqrs_append_result_t *res, cqrs_error_t *err) {
+/* Whether `req` may go to the insert: CQRS_OK unless the stream is behind
+ * the version it expects (a conflict), or CQRS_OK with res->duplicate when
+ * its command committed before. */
+static cqrs_code_t stream_reaches(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
+                                  cqrs_append_result_t *res, cqrs_error_t *err) {
   bool found;
   cqrs_code_t rc;
   if (req->expected_version > 0 &&
@@ -494,8 +502,15 @@ static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const c
       return conflict(req, err);
     }
   }
-  pending_t me = {req, res, err, CQRS_OK, false, NULL};
-  group_commit(m, coll, &me);
+  return CQRS_OK;
+}
+
+static cqrs_code_t append_on(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *req,
+                             cqrs_append_result_t *res, cqrs_error_t *err) {
+  cqrs_code_t rc = stream_reaches(m, coll, req, res, err);
+  if (rc || res->duplicate) return rc;
+  pending_t me = {.req = req, .res = res, .err = err};
+  group_commit(m, coll, &me, &me, 1);
   return me.rc;
 }
 
@@ -567,7 +582,10 @@ static bool insert_group(mongoc_collection_t *coll, const bson_t **docs, size_t 
 }
 
 /* The outcome; `done` is set under the lock afterwards (group_commit). */
-static void finish(pending_t *p, cqrs_code_t rc) { p->rc = rc; }
+static void finish(pending_t *p, cqrs_code_t rc) {
+  p->rc = rc;
+  p->decided = true;
+}
 
 static void fail_all(pending_t **g, size_t from, size_t n, cqrs_code_t rc, const cqrs_error_t *err) {
   for (size_t i = from; i < n; i++) {
@@ -603,6 +621,11 @@ static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **
     commit_ref_t at = head;
     for (size_t i = from; i < n; i++) {
       const cqrs_append_t *req = g[i]->req;
+      if (g[i]->after && g[i]->after->decided && !g[i]->after->landed) {
+        /* The commit before it in its chain did not land: never after it. */
+        finish(g[i], CQRS_ESTATE);
+        continue;
+      }
       if (at.last_position < 0 || req->count > (uint64_t)(INT64_MAX - 1 - at.last_position)) {
         /* The positions would pass INT64_MAX: the head read is corrupt. */
         finish(g[i], cqrs_error_set(g[i]->err, CQRS_ECODEC, "corrupt commit: no room for %zu events after position %lld",
@@ -634,6 +657,7 @@ static void write_group(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t **
     for (size_t i = 0; i < k; i++) bson_destroy(&built[i]);
     for (size_t i = 0; i < inserted; i++) {
       committed(m, batch[i]->req, &claims[i], batch[i]->res);
+      batch[i]->landed = true;
       finish(batch[i], CQRS_OK);
     }
     if (inserted && (claims[0].seq - 1) / HEAD_EVERY != claims[inserted - 1].seq / HEAD_EVERY)
@@ -685,16 +709,18 @@ static void gather(cqrs_mongo_t *m, uint64_t ended) {
   m->group_gathering = false;
 }
 
-static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *me) {
+/* Queues the commits first..last (`count`, linked) and returns once each has
+ * its outcome (the last one's comes last). */
+static void group_commit(cqrs_mongo_t *m, mongoc_collection_t *coll, pending_t *first, pending_t *last, size_t count) {
   uv_mutex_lock(&m->group_lock);
   if (m->group_tail) {
-    m->group_tail->next = me;
+    m->group_tail->next = first;
   } else {
-    m->group_head = me;
+    m->group_head = first;
   }
-  m->group_tail = me;
-  if (++m->group_queued >= m->group_demand && m->group_gathering) uv_cond_signal(&m->group_full);
-  while (!me->done) {
+  m->group_tail = last;
+  if ((m->group_queued += count) >= m->group_demand && m->group_gathering) uv_cond_signal(&m->group_full);
+  while (!last->done) {
     if (m->group_writing) {
       uv_cond_wait(&m->group_cond, &m->group_lock);
       continue;
@@ -750,6 +776,44 @@ static cqrs_code_t ms_append(void *impl, const cqrs_append_t *req, cqrs_append_r
   mconn_t c;
   cqrs__mongo_open(m, m->events, &c);
   cqrs_code_t rc = append_on(m, c.coll, req, res, err);
+  cqrs__mongo_done(m, &c);
+  return rc;
+}
+
+/* append_many: the commits of one stream as a chain through group commit,
+ * in order, so that consecutive commits share its ordered inserts (one
+ * round trip for up to GROUP_MAX commits rather than one each); a commit
+ * whose predecessor did not land is never written (write_group). Only the
+ * first commit can expect a version the stream has not reached (each after
+ * it expects what the one before leaves): append's look is for it alone.
+ * Chains of GROUP_MAX at most, on the stack: a group takes no more. */
+static cqrs_code_t append_chain(cqrs_mongo_t *m, mongoc_collection_t *coll, const cqrs_append_t *reqs, size_t n,
+                                cqrs_append_result_t *res, size_t *landed, cqrs_error_t *err) {
+  pending_t p[GROUP_MAX];
+  for (size_t i = 0; i < n; i++) {
+    p[i] = (pending_t){.req = &reqs[i], .res = &res[i], .err = err, .next = i + 1 < n ? &p[i + 1] : NULL,
+                       .after = i ? &p[i - 1] : NULL};
+  }
+  group_commit(m, coll, &p[0], &p[n - 1], n);
+  for (*landed = 0; *landed < n && p[*landed].landed;) ++*landed;
+  return *landed < n ? p[*landed].rc : CQRS_OK;
+}
+
+static cqrs_code_t ms_append_many(void *impl, const cqrs_append_t *reqs, size_t n, cqrs_append_result_t *res,
+                                  size_t *done, cqrs_error_t *err) {
+  cqrs_mongo_t *m = impl;
+  mconn_t c;
+  cqrs__mongo_open(m, m->events, &c);
+  *done = 0;
+  cqrs_code_t rc = stream_reaches(m, c.coll, &reqs[0], &res[0], err);
+  if (!rc && !res[0].duplicate) {
+    size_t k, landed;
+    do {
+      k = n - *done < GROUP_MAX ? n - *done : GROUP_MAX;
+      rc = append_chain(m, c.coll, reqs + *done, k, res + *done, &landed, err);
+      *done += landed;
+    } while (landed == k && *done < n);
+  }
   cqrs__mongo_done(m, &c);
   return rc;
 }
@@ -963,6 +1027,7 @@ static const cqrs_store_ops_t mongo_store_ops = {
     .name = "mongodb",
     .blocking = true,
     .append = ms_append,
+    .append_many = ms_append_many,
     .read_stream = ms_read_stream,
     .read_all = ms_read_all,
     .head = ms_head,
