@@ -535,6 +535,35 @@ static void test_wait_from_another_thread(void **state) {
   free(s);
 }
 
+/* A name longer than any subscriber's may be is unknown, from another
+ * thread too: never cut to the name of one that exists. */
+static void test_wait_for_an_over_long_name(void **state) {
+  fx_t *fx = *state;
+  seen_t *s = calloc(1, sizeof *s);
+  char name[CQRS_NAME_MAX], longer[CQRS_NAME_MAX + 8];
+  memset(name, 'w', sizeof name - 1);
+  name[sizeof name - 1] = '\0';
+  snprintf(longer, sizeof longer, "%s-other", name);
+  start(fx, name, s, CQRS_SUBSCRIBE_BLOCKING);
+  waited_t w = {CQRS_OK, 0, 0, NULL};
+  assert_int_equal(cqrs_projection_wait(fx->d, longer, 0, 30, on_waited, &w), CQRS_ENOT_FOUND);
+  sync_job_t j = {fx->d, 0, CQRS_ECODEC, longer};
+  uv_thread_t t;
+  assert_int_equal(uv_thread_create(&t, sync_waiter, &j), 0);
+  uv_timer_t keep;
+  uv_timer_init(&fx->loop, &keep);
+  while (atomic_load(&j.got) == CQRS_ECODEC) {
+    uv_timer_start(&keep, tick, 5, 0);
+    uv_run(&fx->loop, UV_RUN_ONCE);
+  }
+  uv_thread_join(&t);
+  assert_int_equal(atomic_load(&j.got), CQRS_ENOT_FOUND);
+  assert_int_equal(w.calls, 0);
+  uv_close((uv_handle_t *)&keep, NULL);
+  uv_run(&fx->loop, UV_RUN_NOWAIT); /* `keep` lives on this stack */
+  free(s);
+}
+
 typedef struct exec_job {
   cqrs_dispatcher_t *d;
   seen_t *seen;
@@ -829,6 +858,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_wait_for_a_projection, setup, teardown),
       cmocka_unit_test_setup_teardown(test_wait_for_a_projection, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_wait_from_another_thread, setup_blocking, teardown),
+      cmocka_unit_test_setup_teardown(test_wait_for_an_over_long_name, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_execute_and_wait_for_a_projection, setup_blocking, teardown),
       cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup, teardown),
       cmocka_unit_test_setup_teardown(test_catch_up_then_live, setup_blocking, teardown),

@@ -171,6 +171,137 @@ static void test_a_decision_of_several_steps(void **state) {
   cqrs_process_test_destroy(t);
 }
 
+/* The process helpers' clock. A hold: opened, it takes an amount (a step);
+ * once taken it expires a second after the step's outcome came back (a
+ * deadline); expired, it gives the amount back and ends. Its state keeps
+ * what cqrs_process_now said in each handler. */
+typedef struct hold {
+  int64_t opened_at, taken_at, expired_at;
+} hold_t;
+static const cqrs_field_t hold_fields[] = {CQRS_INT64(hold_t, opened_at, "opened_at", 0),
+                                           CQRS_INT64(hold_t, taken_at, "taken_at", 0),
+                                           CQRS_INT64(hold_t, expired_at, "expired_at", 0), CQRS_FIELDS_END};
+#define HOLD_MS 1000
+
+static cqrs_code_t hold_opened(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data, cqrs_error_t *err) {
+  (void)data;
+  hold_t *h = state;
+  assert_int_equal(cqrs_process_now(p), e->timestamp);
+  h->opened_at = cqrs_process_now(p);
+  return cqrs_process_send(p, "take", &(ledger_move_cmd_t){"a", 5}, err);
+}
+static cqrs_code_t hold_step(cqrs_process_t *p, void *state, const cqrs_step_outcome_t *o, void *data,
+                             cqrs_error_t *err) {
+  (void)data;
+  if (strcmp(o->step, "take")) return CQRS_OK;
+  hold_t *h = state;
+  h->taken_at = cqrs_process_now(p);
+  return cqrs_process_schedule(p, "expire", h->taken_at + HOLD_MS, err);
+}
+static cqrs_code_t hold_deadline(cqrs_process_t *p, void *state, const char *name, void *data, cqrs_error_t *err) {
+  (void)data;
+  assert_string_equal(name, "expire");
+  hold_t *h = state;
+  h->expired_at = cqrs_process_now(p);
+  cqrs_process_end(p);
+  return cqrs_process_send(p, "give", &(ledger_move_cmd_t){"a", 5}, err);
+}
+static const cqrs_process_route_t hold_routes[] = {{.type = &ledger_opened, .starts = true, .handle = hold_opened},
+                                                   {.type = NULL}};
+static const cqrs_process_step_t hold_steps[] = {
+    {.name = "take", .command = &ledger_debit}, {.name = "give", .command = &ledger_credit}, {.name = NULL}};
+static const cqrs_process_type_t hold_type = {.name = "hold", .state_size = sizeof(hold_t), .state_fields = hold_fields,
+                                              .routes = hold_routes, .steps = hold_steps, .on_step = hold_step,
+                                              .on_deadline = hold_deadline};
+
+/* A deadline armed at now + N is at an exact time, and advancing the test's
+ * clock to it fires it: what cqrs_process_now says in each handler is the
+ * event's time, the time of the step's outcome, the deadline's time. */
+static void test_the_process_helpers_clock(void **state) {
+  (void)state;
+  int64_t before = cqrs_now_ms();
+  cqrs_process_test_t *t;
+  assert_int_equal(cqrs_process_test_new(&hold_type, "h-1", NULL, &t, NULL), CQRS_OK);
+  cqrs_clock_t *clock = cqrs_process_test_clock(t);
+  assert_true(cqrs_clock_is_manual(clock));
+  int64_t t0 = cqrs_clock_now_ms(clock);
+  assert_true(t0 >= before && t0 <= cqrs_now_ms());
+  CQRS_PROCESS_WHEN_EVENT(t, &ledger_opened, "h-1", opened_by("ada"));
+  CQRS_PROCESS_THEN_SENDS(t, "take", &ledger_debit);
+  assert_int_equal(((const hold_t *)cqrs_process_test_state(t))->opened_at, t0);
+
+  CQRS_PROCESS_WHEN_ADVANCE(t, 250); /* nothing is due */
+  CQRS_PROCESS_THEN_NOTHING(t);
+  CQRS_PROCESS_WHEN_STEP(t, "take", CQRS_STEP_ACCEPTED, NULL);
+  CQRS_PROCESS_THEN_DEADLINE(t, "expire", t0 + 250 + HOLD_MS);
+  assert_int_equal(((const hold_t *)cqrs_process_test_state(t))->taken_at, t0 + 250);
+
+  CQRS_PROCESS_WHEN_ADVANCE(t, HOLD_MS - 1);
+  CQRS_PROCESS_THEN_NOTHING(t);
+  CQRS_PROCESS_THEN_DEADLINE(t, "expire", t0 + 250 + HOLD_MS);
+  CQRS_PROCESS_WHEN_ADVANCE(t, 1 + 500); /* past it: it fires at its own time */
+  CQRS_PROCESS_THEN_SENDS(t, "give", &ledger_credit);
+  CQRS_PROCESS_THEN_ENDED(t);
+  CQRS_PROCESS_THEN_DEADLINE(t, "expire", 0);
+  assert_int_equal(((const hold_t *)cqrs_process_test_state(t))->expired_at, t0 + 250 + HOLD_MS);
+  assert_int_equal(cqrs_clock_now_ms(clock), t0 + 250 + HOLD_MS + 500);
+
+  /* Another clock (here the real one, which cannot be advanced), then the
+   * test's own again. */
+  cqrs_error_t err;
+  cqrs_process_test_set_clock(t, cqrs_clock_real());
+  assert_ptr_equal(cqrs_process_test_clock(t), cqrs_clock_real());
+  assert_int_equal(cqrs_process_test_advance(t, 1, &err), CQRS_EINVAL);
+  cqrs_process_test_set_clock(t, NULL);
+  assert_ptr_equal(cqrs_process_test_clock(t), clock);
+  assert_int_equal(cqrs_process_test_advance(NULL, 1, &err), CQRS_EINVAL);
+  assert_null(cqrs_process_test_clock(NULL));
+  cqrs_process_test_destroy(t);
+}
+
+/* Several deadlines due in one advance fire the earliest first, and one a
+ * handler sets again for the time it fired at does not fire again. */
+typedef struct order {
+  char fired[16];
+} order_t;
+static const cqrs_field_t order_fields[] = {CQRS_STRING(order_t, fired, "fired", 0), CQRS_FIELDS_END};
+
+static cqrs_code_t order_opened(cqrs_process_t *p, void *state, const cqrs_event_t *e, void *data,
+                                cqrs_error_t *err) {
+  (void)state, (void)e, (void)data;
+  cqrs_code_t rc = cqrs_process_schedule(p, "late", cqrs_process_now(p) + 100, err);
+  return rc ? rc : cqrs_process_schedule(p, "early", cqrs_process_now(p) + 50, err);
+}
+static cqrs_code_t order_deadline(cqrs_process_t *p, void *state, const char *name, void *data, cqrs_error_t *err) {
+  (void)data;
+  order_t *o = state;
+  size_t n = strlen(o->fired);
+  if (n + 1 < sizeof o->fired) o->fired[n] = name[0];
+  /* "early" again for the same time: set, but it does not fire again. */
+  return strcmp(name, "early") ? CQRS_OK : cqrs_process_schedule(p, "early", cqrs_process_now(p), err);
+}
+static const cqrs_process_route_t order_routes[] = {{.type = &ledger_opened, .starts = true, .handle = order_opened},
+                                                    {.type = NULL}};
+static const cqrs_process_type_t order_type = {.name = "order", .state_size = sizeof(order_t),
+                                               .state_fields = order_fields, .routes = order_routes,
+                                               .on_deadline = order_deadline};
+
+static void test_deadlines_fire_in_time_order(void **state) {
+  (void)state;
+  cqrs_process_test_t *t;
+  assert_int_equal(cqrs_process_test_new(&order_type, "o-1", NULL, &t, NULL), CQRS_OK);
+  int64_t t0 = cqrs_clock_now_ms(cqrs_process_test_clock(t));
+  CQRS_PROCESS_WHEN_EVENT(t, &ledger_opened, "o-1", opened_by("ada"));
+  CQRS_PROCESS_WHEN_ADVANCE(t, 1000);
+  assert_string_equal(((const order_t *)cqrs_process_test_state(t))->fired, "el");
+  CQRS_PROCESS_THEN_DEADLINE(t, "early", t0 + 50);
+  CQRS_PROCESS_THEN_DEADLINE(t, "late", 0);
+  /* Two inputs recorded in one advance: both kept, the first's with its
+   * state and its deadline set again, the second's with its state. */
+  assert_int_equal(cqrs_process_test_recorded(t), 5);
+  cqrs_process_test_destroy(t);
+}
+
 /* The fixture's clock: it stamps the given and the when's events, moves
  * only when the test advances it, and a subscriber's back-off is waited for
  * by advancing it, not by sleeping. */
@@ -226,6 +357,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_payloads_from_functions, setup, teardown),
       cmocka_unit_test(test_a_decision_of_several_steps),
       cmocka_unit_test(test_the_fixtures_clock),
+      cmocka_unit_test(test_the_process_helpers_clock),
+      cmocka_unit_test(test_deadlines_fire_in_time_order),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -109,6 +109,24 @@ CQRS_EXPORT cqrs_code_t cqrs_process_start(cqrs_dispatcher_t *d, const cqrs_proc
 
 /* Instances of the named process this dispatcher knows to be open. Loop thread. */
 CQRS_EXPORT size_t cqrs_process_open_count(const cqrs_dispatcher_t *d, const char *name);
+/* Waits until no instance of process `name` running on `d` is open: none
+ * started and not ended, none with an input on its way (a routed event, a
+ * step's outcome, a deadline), at most `timeout_ms` on the dispatcher's
+ * clock. Events the process has not received yet do not count: to include
+ * them, first wait for its subscriber, "process:<name>", to reach their
+ * position (cqrs_projection_wait). Under a lease held elsewhere nothing is
+ * open here. Loop thread. Calls `cb` once, later, on the loop thread:
+ * CQRS_OK, CQRS_ETIMEOUT, or CQRS_ECLOSED when the dispatcher closes first
+ * (from within cqrs_dispatcher_close); or returns an error (NULL arguments:
+ * CQRS_EINVAL; CQRS_ENOT_FOUND when `name` does not run on `d`;
+ * CQRS_ECLOSED) and never calls it. */
+CQRS_EXPORT cqrs_code_t cqrs_process_wait(cqrs_dispatcher_t *d, const char *name, uint64_t timeout_ms,
+                                          cqrs_wait_cb cb, void *data);
+/* The same from any thread but the loop's (which must be running): blocks
+ * and returns the status (CQRS_ENOT_FOUND when `name` does not run on `d`).
+ * On the loop thread: CQRS_ESTATE at once. A graceful shutdown waits so,
+ * then closes the dispatcher. */
+CQRS_EXPORT cqrs_code_t cqrs_process_wait_sync(cqrs_dispatcher_t *d, const char *name, uint64_t timeout_ms);
 
 /* Inside a handler: decides to send step `step` with `payload` (copied and
  * validated against the step's command type: CQRS_EINVALID_COMMAND). A
@@ -126,9 +144,13 @@ CQRS_EXPORT cqrs_code_t cqrs_process_cancel(cqrs_process_t *p, const char *name,
 /* Inside a handler: the instance ends once this input is recorded; nothing reaches it afterwards. */
 CQRS_EXPORT void cqrs_process_end(cqrs_process_t *p);
 CQRS_EXPORT const char *cqrs_process_id(const cqrs_process_t *p);
-/* The time of the input (the event's timestamp, the deadline's time, or
- * the dispatcher's clock when a step's outcome came back): use it rather
- * than the clock, so that the decision depends only on its input. */
+/* The time of the input, UTC ms: use it rather than a clock, so that the
+ * decision depends only on its input. In a route's handler (on_event): the
+ * event's timestamp, when it was recorded. In on_step: the dispatcher's
+ * clock when the step's outcome came back (the same if the handler runs
+ * again after a conflict). In on_deadline: the time the deadline was set
+ * for (its at_ms), not the later moment it may have fired at. In the test
+ * helpers below the test's clock stamps the events given and the outcomes. */
 CQRS_EXPORT int64_t cqrs_process_now(const cqrs_process_t *p);
 
 /* ---- testing a process type without a loop (see testing.h) ---- */
@@ -138,11 +160,23 @@ typedef struct cqrs_process_test cqrs_process_test_t;
 CQRS_EXPORT cqrs_code_t cqrs_process_test_new(const cqrs_process_type_t *type, const char *id, void *data,
                                               cqrs_process_test_t **out, cqrs_error_t *err);
 CQRS_EXPORT void cqrs_process_test_destroy(cqrs_process_test_t *t);
-/* The clock that stamps the events given and the outcomes of steps (what
- * cqrs_process_now says), and the events recorded; borrowed, must outlive
- * the test. NULL (the default): the real clock. A manual clock
- * (cqrs/clock.h) makes a decision's times exact. */
+/* The test's clock: it stamps the events given and the outcomes of steps
+ * (what cqrs_process_now says in on_event and on_step), and the events
+ * recorded. A manual clock of its own (cqrs/clock.h) reading the time the
+ * test was made until cqrs_process_test_advance moves it, so a deadline
+ * set at cqrs_process_now(p) + N is at an exact time. Borrowed; freed with
+ * the test. */
+CQRS_EXPORT cqrs_clock_t *cqrs_process_test_clock(cqrs_process_test_t *t);
+/* Uses `clock` instead (borrowed, must outlive the test; e.g. one shared
+ * with a dispatcher, or cqrs_clock_real()); NULL: the test's own again. */
 CQRS_EXPORT void cqrs_process_test_set_clock(cqrs_process_test_t *t, cqrs_clock_t *clock);
+/* Moves the test's clock `ms` forward, then fires every deadline of the
+ * instance due by then, the earliest first, as the runtime would (one a
+ * handler sets for a time already past fires too; one it sets again for
+ * the time it fired at does not): the "last input" is then all of them.
+ * CQRS_EINVAL for NULL or a clock that is not manual; a handler's error
+ * stops there, with what fired before it kept. */
+CQRS_EXPORT cqrs_code_t cqrs_process_test_advance(cqrs_process_test_t *t, uint64_t ms, cqrs_error_t *err);
 /* Inputs: the instance handles them as it would live; its decisions are
  * kept as if recorded. An input it ignores records nothing. */
 CQRS_EXPORT cqrs_code_t cqrs_process_test_event(cqrs_process_test_t *t, const cqrs_event_type_t *type,
@@ -150,16 +184,16 @@ CQRS_EXPORT cqrs_code_t cqrs_process_test_event(cqrs_process_test_t *t, const cq
 CQRS_EXPORT cqrs_code_t cqrs_process_test_step(cqrs_process_test_t *t, const char *step, cqrs_step_status_t status,
                                                const char *reason, cqrs_error_t *err);
 CQRS_EXPORT cqrs_code_t cqrs_process_test_deadline(cqrs_process_test_t *t, const char *name, cqrs_error_t *err);
-/* What the last input decided: steps sent (i-th: its name, command type
- * and payload, borrowed), whether the instance ended, a deadline's time
- * (0: none). And the instance's state now. */
+/* What the last input (or advance) decided: steps sent (i-th: its name,
+ * command type and payload, borrowed), whether the instance ended, a
+ * deadline's time (0: none). And the instance's state now. */
 CQRS_EXPORT size_t cqrs_process_test_sent_count(const cqrs_process_test_t *t);
 CQRS_EXPORT const char *cqrs_process_test_sent(const cqrs_process_test_t *t, size_t i,
                                                const cqrs_command_type_t **type, const void **payload);
 CQRS_EXPORT bool cqrs_process_test_ended(const cqrs_process_test_t *t);
 CQRS_EXPORT int64_t cqrs_process_test_deadline_at(const cqrs_process_test_t *t, const char *name);
 CQRS_EXPORT const void *cqrs_process_test_state(const cqrs_process_test_t *t);
-/* Events the last input recorded in the instance's stream. */
+/* Events the last input (or advance) recorded in the instance's stream. */
 CQRS_EXPORT size_t cqrs_process_test_recorded(const cqrs_process_test_t *t);
 
 #ifdef __cplusplus

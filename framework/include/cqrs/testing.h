@@ -116,7 +116,8 @@ CQRS_EXPORT bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, c
 /* Process types (cqrs_process_test_t from process.h): given / when these
  * inputs, then these steps are sent, this deadline set, or the instance
  * ended; no loop, no store. Given and when are the same call; the then
- * macros look at what the last input decided. */
+ * macros look at what the last input decided. Times come from the test's
+ * manual clock, which only CQRS_PROCESS_WHEN_ADVANCE moves. */
 #define CQRS__PROCESS_EVENT_CALL(p) cqrs_process_test_event(cqrs__pt, cqrs__ptype, cqrs__pid, (p), NULL)
 #define CQRS_PROCESS_GIVEN_EVENT(t, type, aggregate_id, ...)      \
   do {                                                            \
@@ -130,6 +131,8 @@ CQRS_EXPORT bool cqrs_test_check_error(const cqrs_test_t *t, cqrs_code_t code, c
   assert_int_equal(cqrs_process_test_step((t), (step), (status), (reason), NULL), CQRS_OK)
 #define CQRS_PROCESS_WHEN_STEP CQRS_PROCESS_GIVEN_STEP
 #define CQRS_PROCESS_WHEN_DEADLINE(t, name) assert_int_equal(cqrs_process_test_deadline((t), (name), NULL), CQRS_OK)
+/* Moves the test's clock (cqrs_process_test_clock) `ms` forward: the deadlines due by then fire. */
+#define CQRS_PROCESS_WHEN_ADVANCE(t, ms) assert_int_equal(cqrs_process_test_advance((t), (ms), NULL), CQRS_OK)
 /* Exactly one step was sent: `step`, a command of `type`. */
 #define CQRS_PROCESS_THEN_SENDS(t, step, type)                                              \
   do {                                                                                      \
@@ -151,6 +154,8 @@ CQRS_EXPORT bool cqrs_process_test_check_sent(const cqrs_process_test_t *t, cons
                                           sizeof cqrs__msg))
 #define CQRS_PROCESS_THEN_NOTHING(t) assert_int_equal(cqrs_process_test_recorded(t), 0)
 #define CQRS_PROCESS_THEN_ENDED(t) assert_true(cqrs_process_test_ended(t))
+/* Deadline `name` is set for `at` (UTC ms; 0: none is set), e.g.
+ * cqrs_clock_now_ms(cqrs_process_test_clock(t)) + 1000. */
 #define CQRS_PROCESS_THEN_DEADLINE(t, name, at) assert_int_equal(cqrs_process_test_deadline_at((t), (name)), (at))
 
 #ifdef __cplusplus

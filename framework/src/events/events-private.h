@@ -12,7 +12,8 @@
  *   parked.c       poison events a projection set aside, retried off its path; back-off;
  *                  an operator's skip
  *   deadletters.c  events subscribers gave up on
- *   wait.c         read-your-writes: waiting until projections reach a position
+ *   wait.c         waiting on the loop: until projections reach a position, or a
+ *                  condition of a process manager holds (cqrs__wait_until)
  *
  * Calls go down that list. */
 #ifndef CQRS_EVENTS_PRIVATE_H
@@ -271,6 +272,21 @@ cqrs_code_t cqrs__waiters_init(cqrs__events_t *ev, cqrs_error_t *err); /* its ha
 void cqrs__waiters_check(cqrs__events_t *ev); /* after subscribers moved; loop thread */
 void cqrs__waiters_close(cqrs__events_t *ev); /* completes every waiter with CQRS_ECLOSED */
 void cqrs__waiters_close_handles(cqrs__events_t *ev);
+/* Something a waiter may be waiting for changed: its check runs at the
+ * loop's next turn (never inside the call). Loop thread. */
+void cqrs__waiters_kick(cqrs__events_t *ev);
+/* Waiting for a condition of another part of the runtime: `check(d, name)`
+ * runs on the loop thread and returns CQRS_OK (done), an error that ends
+ * the wait with it (e.g. CQRS_ENOT_FOUND), or CQRS_CODE_COUNT (not yet);
+ * who changes what it looks at calls cqrs__waiters_kick. The forms of
+ * cqrs_projection_wait and _wait_sync: `name` is copied (at most
+ * CQRS_NAME_MAX - 1 bytes: check longer ones before); the caller has checked
+ * `d`, `cb`, and that `d` is not closing (the loop form). */
+typedef cqrs_code_t (*cqrs__wait_check_fn)(const cqrs_dispatcher_t *d, const char *name);
+cqrs_code_t cqrs__wait_until(cqrs_dispatcher_t *d, cqrs__wait_check_fn check, const char *name, uint64_t timeout_ms,
+                             cqrs_wait_cb cb, void *data);
+cqrs_code_t cqrs__wait_until_sync(cqrs_dispatcher_t *d, cqrs__wait_check_fn check, const char *name,
+                                  uint64_t timeout_ms);
 
 /* projection.c: process managers' subscribers. `checkpoint` (may be NULL)
  * gives the position to save, at most the one handled (a process manager

@@ -1,7 +1,9 @@
-/* Read-your-writes: waiting until projections have handled a position. A
- * subscriber has handled position p when its own position reached p, or
- * when it is live and idle and the feed has gone past p (the events in
- * between were not of its types). */
+/* Waiting on the loop: until projections have handled a position
+ * (read-your-writes), or until a condition another part of the runtime
+ * checks holds (cqrs__wait_until: a process manager without open
+ * instances). A subscriber has handled position p when its own position
+ * reached p, or when it is live and idle and the feed has gone past p (the
+ * events in between were not of its types). */
 #include <stdio.h>
 
 #include "events/events-private.h"
@@ -10,6 +12,7 @@ typedef struct cqrs__waiter {
   struct cqrs__waiter *next;
   char name[CQRS_NAME_MAX]; /* "": every projection */
   int64_t position;
+  cqrs__wait_check_fn check; /* NULL: projections reaching `position` */
   uint64_t deadline; /* cqrs__runtime_now */
   uint64_t timeout_ms;
   bool timed; /* deadline set (on the loop) */
@@ -56,10 +59,11 @@ void cqrs__waiters_check(cqrs__events_t *ev) {
     }
     /* A name no subscriber has: one waited for from another thread, which
      * could not look (cqrs_projection_wait refuses it at once). */
-    cqrs_code_t status = w->name[0] && !find(ev, w->name) ? CQRS_ENOT_FOUND
+    cqrs_code_t status = w->check                         ? w->check(ev->rt, w->name)
+                         : w->name[0] && !find(ev, w->name) ? CQRS_ENOT_FOUND
                          : reached(ev, w)                  ? CQRS_OK
-                         : now >= w->deadline             ? CQRS_ETIMEOUT
                                                           : CQRS_CODE_COUNT;
+    if (status == CQRS_CODE_COUNT && now >= w->deadline) status = CQRS_ETIMEOUT;
     if (status == CQRS_CODE_COUNT) {
       if (w->deadline < next) next = w->deadline;
       pp = &w->next;
@@ -74,6 +78,10 @@ void cqrs__waiters_check(cqrs__events_t *ev) {
   } else {
     cqrs__timer_start(&ev->wait_timer, wait_timer_cb, next - now, 0);
   }
+}
+
+void cqrs__waiters_kick(cqrs__events_t *ev) {
+  if (ev->waiters) cqrs__timer_start(&ev->wait_timer, wait_timer_cb, 0, 0);
 }
 
 static void adopt(cqrs__events_t *ev) {
@@ -123,15 +131,25 @@ void cqrs__waiters_close(cqrs__events_t *ev) {
   }
 }
 
-static waiter_t *waiter_new(const char *name, int64_t position, uint64_t timeout_ms, cqrs_wait_cb cb, void *data) {
+static waiter_t *waiter_new(const char *name, int64_t position, cqrs__wait_check_fn check, uint64_t timeout_ms,
+                            cqrs_wait_cb cb, void *data) {
   waiter_t *w = cqrs__calloc(1, sizeof *w);
   if (!w) return NULL;
   if (name) snprintf(w->name, sizeof w->name, "%s", name);
   w->position = position;
+  w->check = check;
   w->timeout_ms = timeout_ms;
   w->cb = cb;
   w->data = data;
   return w;
+}
+
+/* Loop thread: `w` (taken over) waits, completed at the next turn of the
+ * loop at the earliest, never inside the call. */
+static void wait_add(cqrs__events_t *ev, waiter_t *w) {
+  w->next = ev->waiters;
+  ev->waiters = w;
+  cqrs__timer_start(&ev->wait_timer, wait_timer_cb, 0, 0);
 }
 
 cqrs_code_t cqrs_projection_wait(cqrs_dispatcher_t *d, const char *name, int64_t position, uint64_t timeout_ms,
@@ -140,12 +158,17 @@ cqrs_code_t cqrs_projection_wait(cqrs_dispatcher_t *d, const char *name, int64_t
   cqrs__events_t *ev = d->events;
   if (cqrs__runtime_closing(d)) return CQRS_ECLOSED;
   if (name && !find(ev, name)) return CQRS_ENOT_FOUND;
-  waiter_t *w = waiter_new(name, position, timeout_ms, cb, data);
+  waiter_t *w = waiter_new(name, position, NULL, timeout_ms, cb, data);
   if (!w) return CQRS_ENOMEM;
-  w->next = ev->waiters;
-  ev->waiters = w;
-  /* Never inside the call: at the next turn of the loop at the earliest. */
-  cqrs__timer_start(&ev->wait_timer, wait_timer_cb, 0, 0);
+  wait_add(ev, w);
+  return CQRS_OK;
+}
+
+cqrs_code_t cqrs__wait_until(cqrs_dispatcher_t *d, cqrs__wait_check_fn check, const char *name, uint64_t timeout_ms,
+                             cqrs_wait_cb cb, void *data) {
+  waiter_t *w = waiter_new(name, 0, check, timeout_ms, cb, data);
+  if (!w) return CQRS_ENOMEM;
+  wait_add(d->events, w);
   return CQRS_OK;
 }
 
@@ -160,14 +183,17 @@ static void wake(cqrs_code_t status, void *data) {
   uv_sem_post(&s->sem);
 }
 
-cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const char *name, int64_t position,
-                                      uint64_t timeout_ms) {
-  if (!d) return CQRS_EINVAL;
+/* From a thread other than the loop's: hands `w` (taken over) to the loop
+ * and blocks until it completes. */
+static cqrs_code_t wait_sync(cqrs_dispatcher_t *d, const char *name, int64_t position, cqrs__wait_check_fn check,
+                             uint64_t timeout_ms) {
   if (cqrs__runtime_on_loop(d)) return CQRS_ESTATE;
+  /* No subscriber has a longer name; the waiter's copy would cut it to one that may. */
+  if (name && strlen(name) >= CQRS_NAME_MAX) return CQRS_ENOT_FOUND;
   cqrs__events_t *ev = d->events;
   sync_wait_t s = {.status = CQRS_OK};
   if (uv_sem_init(&s.sem, 0)) return CQRS_ENOMEM;
-  waiter_t *w = waiter_new(name, position, timeout_ms, wake, &s);
+  waiter_t *w = waiter_new(name, position, check, timeout_ms, wake, &s);
   if (!w) {
     uv_sem_destroy(&s.sem);
     return CQRS_ENOMEM;
@@ -190,4 +216,15 @@ cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const char *name, in
   uv_sem_wait(&s.sem);
   uv_sem_destroy(&s.sem);
   return s.status;
+}
+
+cqrs_code_t cqrs_projection_wait_sync(cqrs_dispatcher_t *d, const char *name, int64_t position,
+                                      uint64_t timeout_ms) {
+  if (!d) return CQRS_EINVAL;
+  return wait_sync(d, name, position, NULL, timeout_ms);
+}
+
+cqrs_code_t cqrs__wait_until_sync(cqrs_dispatcher_t *d, cqrs__wait_check_fn check, const char *name,
+                                  uint64_t timeout_ms) {
+  return wait_sync(d, name, 0, check, timeout_ms);
 }

@@ -17,6 +17,7 @@
  *   subscriber (checkpoint held back to the oldest open instance)
  *
  * The files, each calling only those listed after it:
+ *   wait.c     waiting until no instance of a type is open (cqrs_process_wait)
  *   runtime.c  the runtime on a dispatcher: inputs and steps sent, their
  *              completions, deadlines and retries (one timer), the subscriber
  *   open.c     what the runtime knows of each instance, its requests, reports

@@ -145,6 +145,7 @@ static void on_input_done(const cqrs_result_t *r, void *data) {
   if (!rt->closing) send_steps(rt, o);
   cqrs__process_open_maybe_drop(rt, o, ended || lease_gone(rt));
   arm_timer(rt);
+  cqrs__waiters_kick(rt->d->events); /* an instance may have ended (cqrs_process_wait) */
   /* Last: the subscriber may route its next event at once, to this
    * instance too, and the entry may go with it. */
   if (from_sub) cqrs__sub_complete(rt->sub, ok ? NULL : &error);
@@ -196,6 +197,7 @@ static void on_step_done(const cqrs_result_t *r, void *data) {
   cqrs__free(sc);
   cqrs__process_open_maybe_drop(rt, o, lease_gone(rt));
   arm_timer(rt);
+  cqrs__waiters_kick(rt->d->events);
   if (rt->closing) cqrs__runtime_maybe_closed(rt->d);
 }
 
@@ -355,6 +357,7 @@ static void lease_changed(void *data, bool held) {
   cqrs__timer_stop(&rt->timer);
   open_t *o, *tmp;
   HASH_ITER(hh, rt->open, o, tmp) cqrs__process_open_maybe_drop(rt, o, true);
+  cqrs__waiters_kick(rt->d->events);
 }
 
 /* The checkpoint never passes the first event of an open instance, so a
