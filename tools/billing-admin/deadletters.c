@@ -17,6 +17,7 @@ static const char usage[] =
 
 static int each(admin_t *a, const char *id, const char *subscriber, bool (*fn)(admin_t *, const bson_t *, void *),
                 void *data, int64_t *count) {
+  *count = 0;
   mongoc_collection_t *c = mongoc_database_get_collection(a->db, "billing_dead_letters");
   bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort;
   if (id) {
@@ -170,7 +171,7 @@ int admin_dead_letters(admin_t *a, int argc, char **argv) {
     return ADMIN_USAGE;
   }
   if ((rc = admin_connect(a, NULL))) return rc;
-  int64_t count;
+  int64_t count = 0;
   if (list) {
     rc = each(a, id, args.vals[0], list_one, NULL, &count);
     if (!rc && !a->json) printf("%lld dead letters\n", (long long)count);
