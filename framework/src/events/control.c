@@ -257,7 +257,14 @@ static void tick(cqrs__events_t *ev) {
   ev->control_busy = true;
 }
 
-static void timer_cb(uv_timer_t *t) { tick(t->data); }
+/* The timer's round is skipped while one is still under way (a server that
+ * does not answer makes a round slow): rounds back to back would keep a
+ * job in flight for good, and with it the loop of a dispatcher meant to
+ * keep none alive. A kick while one is under way runs once after it. */
+static void timer_cb(uv_timer_t *t) {
+  cqrs__events_t *ev = t->data;
+  if (!ev->control_busy) tick(ev);
+}
 
 void cqrs__control_kick(cqrs__events_t *ev) {
   if (ev->control_on && !cqrs__runtime_closing(ev->rt)) tick(ev);
