@@ -3,6 +3,8 @@
  * and re-run, the flag's routing of reads, a rebuild while the application
  * writes, dead letters. (status: test_status.c.) */
 #include <time.h>
+#include <errno.h>
+#include <sys/stat.h>
 
 #include "admin_fixture.h"
 
@@ -333,12 +335,37 @@ static void test_rebuild_while_writing(void **state) {
   snprintf(out, sizeof out, "/tmp/adm_rout_%d", (int)getpid());
   snprintf(err, sizeof err, "/tmp/adm_rerr_%d", (int)getpid());
   const char *argv[] = {"--uri", t.uri, "rebuild", "billing.invoices", NULL};
+  /* The rebuild waits before its switch until the test has written, so
+   * that commands land between the build and the switch on every run. */
+  char hold[64];
+  snprintf(hold, sizeof hold, "/tmp/adm_hold_%d", (int)getpid());
+  unlink(hold);
+  assert_int_equal(mkfifo(hold, 0600), 0);
+  assert_int_equal(setenv("BILLING_ADMIN_HOLD_BEFORE_SWITCH", hold, 1), 0);
   pid_t pid = adm_spawn(&t, NULL, argv, out, err);
+  unsetenv("BILLING_ADMIN_HOLD_BEFORE_SWITCH");
+  /* Open once the rebuild waits at its switch (it opens the pipe to read);
+   * a rebuild that ended before that fails the test. */
+  int held, status;
+  while ((held = open(hold, O_WRONLY | O_NONBLOCK)) < 0) {
+    assert_int_equal(errno, ENXIO);
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      slurp(out, t.out, sizeof t.out);
+      slurp(err, t.err, sizeof t.err);
+      fail_msg("rebuild ended before its switch:\n%s%s", t.out, t.err);
+    }
+    uv_sleep(5); /* polls for the rebuild at its switch: a wait for a condition */
+  }
   /* Commands for the invoices projection while the rebuild runs, and after
    * it switched over: new customers, e-mail changes reaching invoices. */
-  int status, sent = 0;
+  int sent = 0;
   bool running = true;
   for (int i = 0; running || i < sent + 3; i++) {
+    if (i == 5) { /* five rounds committed between the build and the switch: let it switch */
+      assert_int_equal(write(held, "x", 1), 1);
+      close(held);
+      held = -1;
+    }
     billing_register_customer_t reg;
     memset(&reg, 0, sizeof reg);
     snprintf(reg.customer_id, sizeof reg.customer_id, "new_%03d", i);
@@ -360,7 +387,8 @@ static void test_rebuild_while_writing(void **state) {
   slurp(err, t.err, sizeof t.err);
   if (WEXITSTATUS(status) || !strstr(t.out, "switched over"))
     fail_msg("rebuild: exit %d\n%s%s", WEXITSTATUS(status), t.out, t.err);
-  assert_true(sent > 0); /* commands ran during the rebuild */
+  assert_true(sent >= 5); /* the five rounds at least ran before the switch */
+  unlink(hold);
   app_catch_up(&a);
   app_close(&a);
 

@@ -5,6 +5,7 @@
  * got to. The switch renames the live collection to <name>_old_<suffix>
  * (kept) and the fresh one to <name>, then applies what the application
  * committed meanwhile: writes carry positions, so nothing applies twice. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -153,6 +154,19 @@ static int rename_coll(rebuild_t *r, const char *from, const char *to) {
   return ok ? ADMIN_OK : admin_server_error("rename a collection", &e);
 }
 
+/* For a test that needs the application's commands to land between the
+ * build and the switch: BILLING_ADMIN_HOLD_BEFORE_SWITCH names a pipe, and
+ * the switch waits until a byte (or its end) comes through it. Unset: no
+ * wait. */
+static void hold_before_switch(void) {
+  const char *path = getenv("BILLING_ADMIN_HOLD_BEFORE_SWITCH");
+  if (!path || !*path) return;
+  FILE *f = fopen(path, "r");
+  if (!f) return;
+  (void)fgetc(f);
+  fclose(f);
+}
+
 /* The fresh collection takes the live name. The application may have
  * written there since the live collection stepped aside, making it again:
  * what it wrote is of events the catch-up pass applies after the switch, so
@@ -223,6 +237,7 @@ int admin_rebuild(admin_t *a, int argc, char **argv) {
   if (!rc) rc = save_state(&r, "building");
   if (!rc) rc = run_to_head(&r, true);
   if (!rc) rc = save_state(&r, "building");
+  if (!rc) hold_before_switch();
   /* The switch: the live collections step aside (kept), the fresh ones
    * take their names, and what was committed meanwhile is applied. */
   char old[3][96];
