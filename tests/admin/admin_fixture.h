@@ -324,11 +324,13 @@ static inline void app_catch_up(app_t *a) {
    * what a close leaves behind is applied again on the next start. `check`
    * reads the checkpoints: wait, the loop running, until they are saved
    * where the projections are. */
-  static const char *const names[] = {"billing.invoices", "billing.balances"};
+  /* billing.invoices only: check counts billing.balances caught up when
+   * none of its events is past its checkpoint, which may trail its position. */
+  static const char *const names[] = {"billing.invoices"};
   uv_timer_t tick;
   uv_timer_init(&a->loop, &tick);
   uint64_t until = uv_now(&a->loop) + 60000;
-  for (size_t i = 0; i < 2;) {
+  for (size_t i = 0; i < sizeof names / sizeof names[0];) {
     int64_t at = 0, handled = cqrs_projection_position(a->d, names[i]);
     if (cqrs_checkpoint_store_load(a->cp, names[i], &at, &e)) fail_msg("%s", e.message);
     if (at >= handled) {
