@@ -121,4 +121,17 @@ static inline cqrs_code_t app_run(app_t *a, const cqrs_command_type_t *type, con
   return res.error.code;
 }
 
+static inline void app_waited(cqrs_code_t status, void *data) { *(cqrs_code_t *)data = status; }
+
+/* Runs the loop until every projection has handled the whole store (a
+ * minute at most: past that, a stall fails the test). */
+static inline void app_catch_up(app_t *a) {
+  int64_t head = 0;
+  assert_int_equal(cqrs_store_head(a->store, &head, NULL), CQRS_OK);
+  cqrs_code_t status = CQRS_ECLOSED;
+  assert_int_equal(cqrs_projection_wait(a->d, NULL, head, 60000, app_waited, &status), CQRS_OK);
+  uv_run(&a->loop, UV_RUN_DEFAULT);
+  assert_int_equal(status, CQRS_OK);
+}
+
 #endif

@@ -187,18 +187,6 @@ static void assert_read_side(app_t *a) {
   cqrs_aggregate_destroy(agg);
 }
 
-static void done_waiting(cqrs_code_t status, void *data) { *(cqrs_code_t *)data = status; }
-
-/* Runs the loop until every projection has handled the whole store. */
-static void catch_up(app_t *a) {
-  int64_t head = 0;
-  assert_int_equal(cqrs_store_head(a->store, &head, NULL), CQRS_OK);
-  cqrs_code_t status = CQRS_ECLOSED;
-  assert_int_equal(cqrs_projection_wait(a->d, NULL, head, 60000, done_waiting, &status), CQRS_OK);
-  uv_run(&a->loop, UV_RUN_DEFAULT);
-  assert_int_equal(status, CQRS_OK);
-}
-
 static void test_forget_on_mongo(void **state) {
   (void)state;
   NEED_MONGO();
@@ -221,7 +209,7 @@ static void test_forget_on_mongo(void **state) {
   account(&a, "acc-2", 500);
   billing_request_transfer_t t = {"t-1", "acc-1", "acc-2", {2500, "EUR"}};
   assert_int_equal(app_run(&a, &billing_request_transfer, &t, false), CQRS_OK);
-  catch_up(&a);
+  app_catch_up(&a);
   figures_t before, after;
   figures(&a, &before);
   assert_int_equal(before.total, 10500);
@@ -231,7 +219,7 @@ static void test_forget_on_mongo(void **state) {
 
   billing_forget_customer_t f = {"umbrella"};
   assert_int_equal(app_run(&a, &billing_forget_customer, &f, false), CQRS_OK);
-  catch_up(&a);
+  app_catch_up(&a);
   assert_forgotten_everywhere(uri, db);
   figures(&a, &after);
   assert_memory_equal(&before, &after, sizeof before);
@@ -245,7 +233,7 @@ static void test_forget_on_mongo(void **state) {
 
   /* A restart changes nothing. */
   app_open_with(&a, uri, db, 0, false);
-  catch_up(&a);
+  app_catch_up(&a);
   figures(&a, &after);
   assert_memory_equal(&before, &after, sizeof before);
   assert_read_side(&a);
@@ -264,7 +252,7 @@ static void test_forget_on_mongo(void **state) {
   }
   mongoc_client_destroy(c);
   app_open_with(&a, uri, db, 0, true);
-  catch_up(&a);
+  app_catch_up(&a);
   figures(&a, &after);
   assert_memory_equal(&before, &after, sizeof before);
   assert_read_side(&a);
