@@ -1,3 +1,4 @@
+#include <mongoc/mongoc.h>
 #include <uv.h>
 
 #include <cqrs/backend.h>
@@ -136,6 +137,50 @@ static void test_checkpoints(void **state) {
   assert_int_equal(cqrs_checkpoint_store_save(fx->cp, "p", 43, NULL), CQRS_OK);
   assert_int_equal(cqrs_checkpoint_store_load(fx->cp, "p", &pos, NULL), CQRS_OK);
   assert_int_equal(pos, 43);
+}
+
+/* A control record as 0.2.0 kept it, inside the checkpoint's document, is
+ * read while no part of it was written since; a part written since wins,
+ * and the other part is still the old one's. */
+static void test_control_record_of_0_2_0(void **state) {
+  NEED_MONGO();
+  fx_t *fx = *state;
+  mongoc_client_t *client = mongoc_client_new(test_mongo_uri());
+  mongoc_collection_t *coll = mongoc_client_get_collection(client, cqrs_mongo_database(fx->m), "cqrs_checkpoints");
+  bson_t *old = json("{\"_id\": \"p\", \"position\": 5, \"control\": {\"paused\": true, \"request\": 3, "
+                     "\"action\": 1, \"position\": 0, \"done\": 2, \"state\": \"paused\", \"reached\": 5}}");
+  bson_error_t e;
+  if (!mongoc_collection_insert_one(coll, old, NULL, NULL, &e)) fail_msg("%s", e.message);
+  bson_destroy(old);
+  mongoc_collection_destroy(coll);
+  mongoc_client_destroy(client);
+  cqrs_projection_control_t c;
+  bool found = false;
+  assert_int_equal(cqrs_checkpoint_store_control_load(fx->cp, "p", &c, &found, NULL), CQRS_OK);
+  assert_true(found);
+  assert_true(c.paused);
+  assert_int_equal(c.request, 3);
+  assert_int_equal(c.action, CQRS_PROJECTION_RESET);
+  assert_int_equal(c.done, 2);
+  assert_string_equal(c.state, "paused");
+  assert_int_equal(c.reached, 5);
+  /* The projection reports: its part is the new one, the request the old. */
+  cqrs_projection_control_t r;
+  memset(&r, 0, sizeof r);
+  r.done = 3;
+  snprintf(r.state, sizeof r.state, "running");
+  r.reached = 9;
+  assert_int_equal(cqrs_checkpoint_store_control_save(fx->cp, "p", &r, CQRS_CONTROL_REPORT, NULL), CQRS_OK);
+  memset(&c, 0, sizeof c);
+  assert_int_equal(cqrs_checkpoint_store_control_load(fx->cp, "p", &c, &found, NULL), CQRS_OK);
+  assert_true(c.paused);
+  assert_int_equal(c.request, 3);
+  assert_int_equal(c.done, 3);
+  assert_string_equal(c.state, "running");
+  assert_int_equal(c.reached, 9);
+  int64_t pos = 0;
+  assert_int_equal(cqrs_checkpoint_store_load(fx->cp, "p", &pos, NULL), CQRS_OK);
+  assert_int_equal(pos, 5);
 }
 
 /* A credit of 5 to "a" (unref it). */
@@ -278,6 +323,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_writes_are_idempotent_by_position, setup, teardown),
       cmocka_unit_test_setup_teardown(test_find_and_patch_where, setup, teardown),
       cmocka_unit_test_setup_teardown(test_checkpoints, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_control_record_of_0_2_0, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_letters_are_kept, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dead_letters_keep_their_attempts, setup, teardown),
       cmocka_unit_test(test_a_lost_dead_letter_is_logged),

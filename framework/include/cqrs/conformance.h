@@ -76,7 +76,8 @@ typedef struct cqrs_checkpoint_store_factory {
  * lower position too), names apart, fenced saves (a lower token than one
  * that wrote: CQRS_ECONFLICT, nothing saved; a plain save keeps the fence),
  * control records (each part kept by the other's write, apart from the
- * checkpoint), savers racing on threads, arguments. */
+ * checkpoint), savers racing on threads, a checkpoint, a report and a
+ * request written at once (none lost to the others), arguments. */
 CQRS_EXPORT int cqrs_conformance_checkpoints(const cqrs_checkpoint_store_factory_t *f);
 
 typedef struct cqrs_lease_store_factory {

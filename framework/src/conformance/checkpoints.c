@@ -224,6 +224,48 @@ static void test_savers_race(void **state) {
   }
 }
 
+/* One projection's three writers at once, as they run: the projection
+ * saving its checkpoint, its process writing reports, an operator writing
+ * requests. Each part ends at its own last write: none is lost to the
+ * others' (a store that reads a document and writes it whole loses them). */
+typedef struct part_writer {
+  cqrs_checkpoint_store_t *cp;
+  int part; /* 0: the checkpoint, else CQRS_CONTROL_REPORT or _REQUEST */
+  int failures;
+  cqrs_error_t err;
+} part_writer_t;
+
+static void write_part(void *arg) {
+  part_writer_t *w = arg;
+  for (int64_t i = 1; i <= SAVES && !w->failures; i++) {
+    cqrs_projection_control_t c;
+    memset(&c, 0, sizeof c);
+    c.request = c.done = i;
+    cqrs_code_t rc =
+        w->part ? cqrs_checkpoint_store_control_save(w->cp, "conformance.parts", &c, (unsigned)w->part, &w->err)
+                : cqrs_checkpoint_store_save(w->cp, "conformance.parts", i, &w->err);
+    if (rc) w->failures++;
+  }
+}
+
+static void test_checkpoint_and_controls_race(void **state) {
+  cqrs_checkpoint_store_t *cp = *state;
+  if (factory->without_controls) return; /* nothing but the checkpoint to write */
+  part_writer_t w[3] = {{cp, 0, 0, {0}}, {cp, CQRS_CONTROL_REPORT, 0, {0}}, {cp, CQRS_CONTROL_REQUEST, 0, {0}}};
+  cqrs__conf_race(write_part, w, sizeof w[0], 3);
+  for (int i = 0; i < 3; i++) {
+    if (w[i].failures) fail_msg("%s", w[i].err.message);
+  }
+  cqrs_projection_control_t got;
+  bool found;
+  cqrs_error_t err;
+  if (cqrs_checkpoint_store_control_load(cp, "conformance.parts", &got, &found, &err)) fail_msg("%s", err.message);
+  assert_true(found);
+  assert_int_equal(load(cp, "conformance.parts"), SAVES);
+  assert_int_equal(got.done, SAVES);
+  assert_int_equal(got.request, SAVES);
+}
+
 static void test_bad_arguments(void **state) {
   cqrs_checkpoint_store_t *cp = *state;
   cqrs_error_t err;
@@ -254,6 +296,7 @@ int cqrs_conformance_checkpoints(const cqrs_checkpoint_store_factory_t *f) {
       CONF_TEST(test_fenced_saves),
       CONF_TEST(test_control_records),
       CONF_TEST(test_savers_race),
+      CONF_TEST(test_checkpoint_and_controls_race),
       CONF_TEST(test_bad_arguments),
   };
   const conf_suite_t suite = {f->name, "checkpoints", make, unmake};

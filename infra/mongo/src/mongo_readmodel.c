@@ -189,6 +189,23 @@ static cqrs_code_t mcp_load(void *impl, const char *name, int64_t *position, cqr
   return rc;
 }
 
+/* An update of one checkpoint document, made if missing. Two writers
+ * making it at once (a projection's first save beside its first report)
+ * both try the insert and one gets a duplicate key: the document exists
+ * now, so that one's update is tried once more and matches it. Under a
+ * fence a second duplicate key is the fence's (a higher token wrote). */
+static bool cp_upsert(cqrs_mongo_t *m, const bson_t *filter, const bson_t *update, bson_error_t *e) {
+  bson_t opts = BSON_INITIALIZER;
+  BSON_APPEND_BOOL(&opts, "upsert", true);
+  mconn_t c;
+  cqrs__mongo_open(m, m->checkpoints, &c);
+  bool ok = mongoc_collection_update_one(c.coll, filter, update, &opts, NULL, e);
+  if (!ok && cqrs__mongo_duplicate_key(e)) ok = mongoc_collection_update_one(c.coll, filter, update, &opts, NULL, e);
+  cqrs__mongo_done(m, &c);
+  bson_destroy(&opts);
+  return ok;
+}
+
 /* Token 0: a plain save (an operator's reset), whoever wrote before. Else a
  * document written under a higher token does not match the filter, so the
  * upsert tries to insert a second one with its _id: duplicate key, fenced
@@ -198,7 +215,7 @@ static cqrs_code_t mcp_load(void *impl, const char *name, int64_t *position, cqr
 static cqrs_code_t mcp_save_fenced(void *impl, const char *name, int64_t position, int64_t token,
                                    cqrs_error_t *err) {
   cqrs_mongo_t *m = impl;
-  bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, s, opts = BSON_INITIALIZER;
+  bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, s;
   BSON_APPEND_UTF8(&filter, "_id", name);
   if (token) {
     bson_t t, not;
@@ -213,15 +230,10 @@ static cqrs_code_t mcp_save_fenced(void *impl, const char *name, int64_t positio
   if (token) BSON_APPEND_INT64(&s, "token", token);
   BSON_APPEND_DATE_TIME(&s, "at", cqrs_now_ms());
   bson_append_document_end(&u, &s);
-  BSON_APPEND_BOOL(&opts, "upsert", true);
-  mconn_t c;
-  cqrs__mongo_open(m, m->checkpoints, &c);
   bson_error_t e;
-  bool ok = mongoc_collection_update_one(c.coll, &filter, &u, &opts, NULL, &e);
-  cqrs__mongo_done(m, &c);
+  bool ok = cp_upsert(m, &filter, &u, &e);
   bson_destroy(&filter);
   bson_destroy(&u);
-  bson_destroy(&opts);
   if (ok) return CQRS_OK;
   if (token && cqrs__mongo_duplicate_key(&e))
     return cqrs_error_set(err, CQRS_ECONFLICT, "checkpoint %s: a higher token than %lld has written (fenced off)",
@@ -233,10 +245,16 @@ static cqrs_code_t mcp_save(void *impl, const char *name, int64_t position, cqrs
   return mcp_save_fenced(impl, name, position, 0, err);
 }
 
-/* Control records live in the checkpoint's document, under `control`:
- * {paused, request, action, position} (the operator's) and {done, result,
- * state, owner, reportedAt, reached, parked} (the projection's), each part
- * written with $set of its own keys. */
+/* Control records: the operator's part {paused, request, action,
+ * position} and the projection's {done, result, state, owner, reportedAt,
+ * reached, parked}, each under `control` in a document of its own beside
+ * the checkpoint's, `_id: {projection: NAME, part: "request" | "report"}`.
+ * Apart, three writers (the projection saving its checkpoint, its process
+ * reporting, an operator) never write one document at once: a server that
+ * applies an update by reading the document and writing it whole (FerretDB
+ * 1.x) would otherwise let one of them undo another's write (a report
+ * taking a checkpoint back). Records that 0.2.0 kept in the checkpoint's
+ * own document, under `control`, are read when there is no newer part. */
 static void copy_str(const bson_t *doc, const char *key, char *out, size_t cap) {
   bson_iter_t it;
   if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)) {
@@ -253,73 +271,109 @@ static int64_t get_int(const bson_t *doc, const char *key) {
   return v;
 }
 
+static void part_id(bson_t *filter, const char *name, const char *part) {
+  bson_t id;
+  BSON_APPEND_DOCUMENT_BEGIN(filter, "_id", &id);
+  BSON_APPEND_UTF8(&id, "projection", name);
+  BSON_APPEND_UTF8(&id, "part", part);
+  bson_append_document_end(filter, &id);
+}
+
+/* Reads the parts of `doc`'s `control` that `parts` names into `out`;
+ * false when it has none. */
+static bool read_parts(const bson_t *doc, unsigned parts, cqrs_projection_control_t *out) {
+  bson_iter_t it;
+  if (!bson_iter_init_find(&it, doc, "control") || !BSON_ITER_HOLDS_DOCUMENT(&it)) return false;
+  uint32_t len;
+  const uint8_t *data;
+  bson_iter_document(&it, &len, &data);
+  bson_t ctl;
+  if (!bson_init_static(&ctl, data, len)) return false;
+  if (parts & CQRS_CONTROL_REQUEST) {
+    bson_iter_t v;
+    out->paused = bson_iter_init_find(&v, &ctl, "paused") && bson_iter_as_bool(&v);
+    out->request = get_int(&ctl, "request");
+    int64_t action = get_int(&ctl, "action");
+    out->action =
+        action >= 0 && action <= CQRS_PROJECTION_REPLAY ? (cqrs_projection_action_t)action : CQRS_PROJECTION_NO_ACTION;
+    out->position = get_int(&ctl, "position");
+  }
+  if (parts & CQRS_CONTROL_REPORT) {
+    out->done = get_int(&ctl, "done");
+    out->result[0] = out->state[0] = out->owner[0] = '\0';
+    copy_str(&ctl, "result", out->result, sizeof out->result);
+    copy_str(&ctl, "state", out->state, sizeof out->state);
+    copy_str(&ctl, "owner", out->owner, sizeof out->owner);
+    out->reported_at = get_int(&ctl, "reportedAt");
+    out->reached = get_int(&ctl, "reached");
+    out->parked = get_int(&ctl, "parked");
+  }
+  return true;
+}
+
 static cqrs_code_t mcp_control_load(void *impl, const char *name, cqrs_projection_control_t *out, bool *found,
                                     cqrs_error_t *err) {
-  bson_t doc;
-  bool any;
-  cqrs_code_t rc = cp_doc(impl, name, &doc, &any, err, "load a control record");
+  cqrs_mongo_t *m = impl;
+  static const char *const names[] = {"request", "report"};
+  static const unsigned parts[] = {CQRS_CONTROL_REQUEST, CQRS_CONTROL_REPORT};
   *found = false;
-  if (rc || !any) return rc;
-  bson_iter_t it;
-  if (bson_iter_init_find(&it, &doc, "control") && BSON_ITER_HOLDS_DOCUMENT(&it)) {
-    uint32_t len;
-    const uint8_t *data;
-    bson_iter_document(&it, &len, &data);
-    bson_t ctl;
-    if (bson_init_static(&ctl, data, len)) {
-      *found = true;
-      bson_iter_t v;
-      out->paused = bson_iter_init_find(&v, &ctl, "paused") && bson_iter_as_bool(&v);
-      out->request = get_int(&ctl, "request");
-      int64_t action = get_int(&ctl, "action");
-      out->action = action >= 0 && action <= CQRS_PROJECTION_REPLAY ? (cqrs_projection_action_t)action
-                                                                      : CQRS_PROJECTION_NO_ACTION;
-      out->position = get_int(&ctl, "position");
-      out->done = get_int(&ctl, "done");
-      copy_str(&ctl, "result", out->result, sizeof out->result);
-      copy_str(&ctl, "state", out->state, sizeof out->state);
-      copy_str(&ctl, "owner", out->owner, sizeof out->owner);
-      out->reported_at = get_int(&ctl, "reportedAt");
-      out->reached = get_int(&ctl, "reached");
-      out->parked = get_int(&ctl, "parked");
+  unsigned read = 0;
+  bson_t legacy;
+  bool any_legacy;
+  cqrs_code_t rc = cp_doc(m, name, &legacy, &any_legacy, err, "load a control record");
+  for (size_t i = 0; !rc && i < 2; i++) {
+    bson_t filter = BSON_INITIALIZER, doc;
+    bool any;
+    part_id(&filter, name, names[i]);
+    mconn_t c;
+    cqrs__mongo_open(m, m->checkpoints, &c);
+    rc = cqrs__mongo_find_one(c.coll, &filter, NULL, &doc, &any, err, "load a control record");
+    cqrs__mongo_done(m, &c);
+    bson_destroy(&filter);
+    if (!rc && any) {
+      if (read_parts(&doc, parts[i], out)) read |= parts[i];
+      bson_destroy(&doc);
     }
   }
-  bson_destroy(&doc);
-  return CQRS_OK;
+  if (!rc && any_legacy && read != (CQRS_CONTROL_REQUEST | CQRS_CONTROL_REPORT) &&
+      read_parts(&legacy, ~read & (CQRS_CONTROL_REQUEST | CQRS_CONTROL_REPORT), out))
+    read = CQRS_CONTROL_REQUEST | CQRS_CONTROL_REPORT;
+  if (any_legacy) bson_destroy(&legacy);
+  *found = !rc && read != 0;
+  return rc;
 }
 
 static cqrs_code_t mcp_control_save(void *impl, const char *name, const cqrs_projection_control_t *ctl,
                                     unsigned parts, cqrs_error_t *err) {
   cqrs_mongo_t *m = impl;
-  bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, s, opts = BSON_INITIALIZER;
-  BSON_APPEND_UTF8(&filter, "_id", name);
-  BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &s);
-  if (parts & CQRS_CONTROL_REQUEST) {
-    BSON_APPEND_BOOL(&s, "control.paused", ctl->paused);
-    BSON_APPEND_INT64(&s, "control.request", ctl->request);
-    BSON_APPEND_INT32(&s, "control.action", (int32_t)ctl->action);
-    BSON_APPEND_INT64(&s, "control.position", ctl->position);
+  for (int i = 0; i < 2; i++) {
+    unsigned part = i ? CQRS_CONTROL_REPORT : CQRS_CONTROL_REQUEST;
+    if (!(parts & part)) continue;
+    bson_t filter = BSON_INITIALIZER, u = BSON_INITIALIZER, s;
+    part_id(&filter, name, i ? "report" : "request");
+    BSON_APPEND_DOCUMENT_BEGIN(&u, "$set", &s);
+    if (part == CQRS_CONTROL_REQUEST) {
+      BSON_APPEND_BOOL(&s, "control.paused", ctl->paused);
+      BSON_APPEND_INT64(&s, "control.request", ctl->request);
+      BSON_APPEND_INT32(&s, "control.action", (int32_t)ctl->action);
+      BSON_APPEND_INT64(&s, "control.position", ctl->position);
+    } else {
+      BSON_APPEND_INT64(&s, "control.done", ctl->done);
+      BSON_APPEND_UTF8(&s, "control.result", ctl->result);
+      BSON_APPEND_UTF8(&s, "control.state", ctl->state);
+      BSON_APPEND_UTF8(&s, "control.owner", ctl->owner);
+      BSON_APPEND_DATE_TIME(&s, "control.reportedAt", ctl->reported_at);
+      BSON_APPEND_INT64(&s, "control.reached", ctl->reached);
+      BSON_APPEND_INT64(&s, "control.parked", ctl->parked);
+    }
+    bson_append_document_end(&u, &s);
+    bson_error_t e;
+    bool ok = cp_upsert(m, &filter, &u, &e);
+    bson_destroy(&filter);
+    bson_destroy(&u);
+    if (!ok) return cqrs__mongo_error(err, &e, "save a control record");
   }
-  if (parts & CQRS_CONTROL_REPORT) {
-    BSON_APPEND_INT64(&s, "control.done", ctl->done);
-    BSON_APPEND_UTF8(&s, "control.result", ctl->result);
-    BSON_APPEND_UTF8(&s, "control.state", ctl->state);
-    BSON_APPEND_UTF8(&s, "control.owner", ctl->owner);
-    BSON_APPEND_DATE_TIME(&s, "control.reportedAt", ctl->reported_at);
-    BSON_APPEND_INT64(&s, "control.reached", ctl->reached);
-    BSON_APPEND_INT64(&s, "control.parked", ctl->parked);
-  }
-  bson_append_document_end(&u, &s);
-  BSON_APPEND_BOOL(&opts, "upsert", true);
-  mconn_t c;
-  cqrs__mongo_open(m, m->checkpoints, &c);
-  bson_error_t e;
-  bool ok = mongoc_collection_update_one(c.coll, &filter, &u, &opts, NULL, &e);
-  cqrs__mongo_done(m, &c);
-  bson_destroy(&filter);
-  bson_destroy(&u);
-  bson_destroy(&opts);
-  return ok ? CQRS_OK : cqrs__mongo_error(err, &e, "save a control record");
+  return CQRS_OK;
 }
 
 static const cqrs_checkpoint_ops_t mongo_cp_ops = {.blocking = true,
