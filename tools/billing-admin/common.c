@@ -19,7 +19,7 @@ void admin_err(const char *fmt, ...) {
 
 int admin_server_error(const char *what, const bson_error_t *e) {
   /* Driver messages may quote the host, never the password. */
-  admin_err("cannot %s: %s", what, e->message);
+  admin_err("cannot %s: %s (code %u)", what, e->message, e->code);
   return ADMIN_SERVER;
 }
 

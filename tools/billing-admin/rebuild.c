@@ -167,6 +167,11 @@ static void hold_before_switch(void) {
   fclose(f);
 }
 
+/* The live name exists again: NamespaceExists, or on FerretDB 2 over
+ * DocumentDB, when the application made it while the rename ran, the
+ * catalog's unique constraint (a duplicate key). */
+static bool made_again(const bson_error_t *e) { return e->code == NAMESPACE_EXISTS || e->code == 11000; }
+
 /* The fresh collection takes the live name. The application may have
  * written there since the live collection stepped aside, making it again:
  * what it wrote is of events the catch-up pass applies after the switch, so
@@ -178,7 +183,7 @@ static int take_name(rebuild_t *r, const char *fresh, const char *live) {
   bool ok = false;
   for (int i = 0; !ok && i < SWITCH_ATTEMPTS; i++) {
     if ((ok = mongoc_collection_rename(c, cqrs_mongo_database(r->a->m), live, false, &e))) break;
-    if (e.code != NAMESPACE_EXISTS) break;
+    if (!made_again(&e)) break;
     mongoc_collection_t *made = mongoc_database_get_collection(r->a->db, live);
     bson_error_t de;
     bool dropped = mongoc_collection_drop(made, &de) || de.code == 26;
@@ -190,7 +195,7 @@ static int take_name(rebuild_t *r, const char *fresh, const char *live) {
   }
   mongoc_collection_destroy(c);
   if (ok) return ADMIN_OK;
-  if (e.code == NAMESPACE_EXISTS)
+  if (made_again(&e))
     admin_err("rebuild: the application made %s again %d times while it was switched over; run rebuild again",
               live, SWITCH_ATTEMPTS);
   return admin_server_error("rename a collection", &e);
