@@ -115,15 +115,27 @@ static void test_migrate_killed_and_rerun(void **state) {
   char out[64], err[64];
   snprintf(out, sizeof out, "/tmp/adm_kout_%d", (int)getpid());
   snprintf(err, sizeof err, "/tmp/adm_kerr_%d", (int)getpid());
-  int killed = 0;
-  for (int round = 0; round < 8; round++) {
-    const char *argv[] = {"--uri", t.uri, args[0], args[1], args[2], args[3], NULL};
+  /* Runs killed part-way: four at a batch the test picks (each resumes
+   * after the last batch the one before it finished: its K-th batch is
+   * further on), killed by the tool's own hook once that batch's commits
+   * are written and before its checkpoint is saved, so each of these is
+   * killed on every machine; then four killed by the test at a random
+   * moment (a load generator: anywhere, or after the end). */
+  const char *argv[] = {"--uri", t.uri, args[0], args[1], args[2], args[3], NULL};
+  for (int round = 0; round < 4; round++) {
+    char batch[8];
+    snprintf(batch, sizeof batch, "%d", 1 + rand() % 3);
+    assert_int_equal(setenv("BILLING_ADMIN_KILL_AFTER_BATCH", batch, 1), 0);
     pid_t pid = adm_spawn(&t, NULL, argv, out, err);
-    uv_sleep(30 + (unsigned)(rand() % 400));
-    kill(pid, SIGKILL);
-    if (adm_wait(&t, pid, out, err) == 128 + SIGKILL) killed++;
+    unsetenv("BILLING_ADMIN_KILL_AFTER_BATCH");
+    assert_int_equal(adm_wait(&t, pid, out, err), 128 + SIGKILL);
   }
-  assert_true(killed >= 2); /* runs killed part-way, not only finished ones */
+  for (int round = 0; round < 4; round++) {
+    pid_t pid = adm_spawn(&t, NULL, argv, out, err);
+    uv_sleep(30 + (unsigned)(rand() % 400)); /* a kill at a random moment, not an ordering */
+    kill(pid, SIGKILL);
+    adm_wait(&t, pid, out, err);
+  }
   /* The last run finishes: some documents could not migrate, so 1. */
   assert_int_equal(adm_run_on(&t, t.uri, args), 1);
   assert_int_equal(ADM(&t, "--json", "migrate", "--quiet"), 1);
@@ -389,14 +401,6 @@ static void test_rebuild_while_writing(void **state) {
     fail_msg("rebuild: exit %d\n%s%s", WEXITSTATUS(status), t.out, t.err);
   assert_true(sent >= 5); /* the five rounds at least ran before the switch */
   unlink(hold);
-  app_catch_up(&a);
-  app_close(&a);
-  /* Restarted, the application takes in from its checkpoints what it had
-   * not: commands landing between the build and the switch have left
-   * billing.invoices behind its own events once in a CI run (its
-   * documents right, applied by the switch's catch-up; its checkpoint
-   * and position not): a lag not yet found. */
-  app_open(&a, &t);
   app_catch_up(&a);
   app_close(&a);
 

@@ -19,6 +19,7 @@
  * has. A document whose customer was registered with another name or
  * e-mail migrates, keeps the registered one, and is listed there too, as a
  * conflict. */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -411,6 +412,15 @@ static void free_docs(bson_t **docs, size_t n) {
   for (size_t i = 0; i < n; i++) bson_destroy(docs[i]);
 }
 
+/* For a test of a run killed part-way: BILLING_ADMIN_KILL_AFTER_BATCH=K
+ * kills the process once its K-th batch's commits are written, before
+ * that batch's checkpoint is saved (the point where a re-run has the most
+ * to sort out). Unset: nothing. */
+static void killed_after_batch(long batches) {
+  const char *k = getenv("BILLING_ADMIN_KILL_AFTER_BATCH");
+  if (k && *k && atol(k) == batches) raise(SIGKILL);
+}
+
 static int migrate_all(mig_t *g) {
   mongoc_collection_t *c = mongoc_database_get_collection(g->a->db, g->source);
   bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort, range;
@@ -428,6 +438,7 @@ static int migrate_all(mig_t *g) {
   mongoc_cursor_t *cur = rc ? NULL : mongoc_collection_find_with_opts(c, &filter, &opts, NULL);
   bson_t **docs = calloc((size_t)g->batch, sizeof *docs);
   size_t n = 0;
+  long batches = 0;
   int64_t done = 0;
   admin_progress_t prog;
   admin_progress_start(&prog, "migrate", total);
@@ -436,7 +447,10 @@ static int migrate_all(mig_t *g) {
     bool more = mongoc_cursor_next(cur, &doc);
     if (more) docs[n++] = bson_copy(doc);
     if (n == (size_t)g->batch || (!more && n)) {
-      if (!(rc = run_batch(g, docs, n))) rc = save_checkpoint(g);
+      if (!(rc = run_batch(g, docs, n))) {
+        killed_after_batch(++batches);
+        rc = save_checkpoint(g);
+      }
       admin_doc_id(docs[n - 1], g->last_id, sizeof g->last_id);
       if (!rc) rc = save_progress(g, false);
       g->migrated = g->already = 0;
