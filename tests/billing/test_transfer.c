@@ -591,7 +591,8 @@ static void test_close_with_transfers_in_flight(void **state) {
   flow_t *f = *state;
   /* Under valgrind, which looks for memory errors on the same paths, 200:
    * its thousand took most of the suite's five-minute bound beside
-   * stress-ng (each command some fifty times slower). */
+   * stress-ng, as the check of each transfer below (transfer_agrees) reads
+   * the whole store, a cost that grows with the square of the count. */
   const int N = RUNNING_ON_VALGRIND ? 200 : 1000;
   open_with(f, "a", "EUR", 100 * N);
   open_with(f, "b", "EUR", 0);
